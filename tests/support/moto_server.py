@@ -1,0 +1,75 @@
+"""Runs moto's server mode as a real HTTP endpoint on loopback, so boto3 talks HTTP exactly as to AWS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class MotoServer:
+    endpoint_url: str
+    pid: int
+
+    def reset(self) -> None:
+        """Forget every bucket, identity and sent message (moto's own reset API)."""
+        req = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(req, timeout=10).read()
+
+    def sent_emails(self) -> list[dict]:
+        """Messages SES accepted, as moto records them (``GET /moto-api/data.json``): simple and raw sends."""
+        import json
+
+        with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/data.json", timeout=10) as resp:
+            ses = json.load(resp).get("ses", {})
+        return list(ses.get("Message", [])) + list(ses.get("RawMessage", []))
+
+
+@contextmanager
+def moto_server() -> Iterator[MotoServer]:
+    """Start ``moto_server`` on a free loopback port, wait until it answers, stop it (by pid) afterwards."""
+    port = free_port()
+    exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
+    if exe is None:
+        raise RuntimeError("moto_server not found: pip install 'moto[server]'")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on port {port}") from None
+                time.sleep(0.1)
+        yield MotoServer(endpoint_url=url, pid=proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
