@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     cloud_enabled: bool = True  # the global offload switch of the routing rule
     job_batch_size: int = Field(default=200, ge=1, le=1000)
     max_recipients_per_job: int = Field(default=100_000, ge=1)
+    # Batches one worker serves at once; each batch's recipients are already sent concurrently.
+    batches_in_flight: int = Field(default=4, ge=1, le=64)
 
     # --- email ----------------------------------------------------------------------------------
     mail_from: str = "noreply@moodle.example.org"

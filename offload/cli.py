@@ -1,0 +1,189 @@
+"""``offload``: start the worker and projector, run the dev stack, create topics, submit jobs, watch progress."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from offload.config import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's message names the variable and the problem
+        sys.exit(f"configuration error: {exc}")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import create_app
+    from streams.topics import create_topics
+
+    settings = _settings()
+    asyncio.run(create_topics(settings, with_changelogs=True))
+    app = create_app(settings)
+    faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    return 0
+
+
+def cmd_projector(args: argparse.Namespace) -> int:
+    from projections.projector import Projector
+
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    projector = Projector(_settings(), schema=args.schema)
+
+    async def main() -> None:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, projector.stop)
+        stats = await projector.run(until_caught_up=args.until_caught_up)
+        print(f"projected {stats.events} events in {stats.seconds:.1f} s ({stats.per_second:,.0f}/s)")
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from offload.replay import replay
+
+    stats = asyncio.run(replay(_settings(), args.schema))
+    print(json.dumps({"schema": args.schema, "events": stats.events, "seconds": round(stats.seconds, 2),
+                      "events_per_s": round(stats.per_second)}))
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.topics import create_topics
+
+    for name, state in asyncio.run(create_topics(_settings())).items():
+        print(f"{state:8} {name}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from offload.client import submit_job
+
+    payload = json.loads(Path(args.file).read_text())
+    job_id = asyncio.run(submit_job(_settings(), payload))
+    print(f"submitted {job_id}")
+    if args.wait:
+        from offload.progress import watch
+
+        return asyncio.run(watch(_settings(), job_id, timeout=args.timeout))
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from offload.progress import watch
+
+    return asyncio.run(watch(_settings(), args.job_id, timeout=args.timeout))
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from offload.client import change_company_settings
+
+    event = asyncio.run(change_company_settings(
+        _settings(), args.company_id, cloud_enabled=args.cloud, use_cloud_for_emails=args.emails,
+        use_cloud_for_certificates=args.certificates, user_threshold=args.threshold,
+        email_provider=args.email_provider, storage_provider=args.storage_provider, changed_by=args.changed_by,
+    ))
+    print(event.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from offload import devstack
+
+    home = Path(args.home).resolve()
+    if args.action == "up":
+        info = devstack.up(home)
+        print(f"KAFKA_BOOTSTRAP_SERVERS={info.kafka_bootstrap}")
+        print(f"DATABASE_URL={info.database_url}")
+        print(f"OFFLOAD_SMTP_HOST={info.smtp_host}")
+        print(f"OFFLOAD_SMTP_PORT={info.smtp_port}")
+    elif args.action == "down":
+        devstack.down(home)
+    else:
+        for service, state in devstack.status(home).items():
+            print(f"{service:10} {state}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from offload.demo import run_demo
+
+    return run_demo(Path(args.home).resolve(), recipients=args.recipients, keep_running=args.keep_running)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="offload", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run the Faust worker (routing, batches, progress)")
+    p.add_argument("-l", "--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("projector", help="keep the Postgres read models current")
+    p.add_argument("-l", "--loglevel", default="info")
+    p.add_argument("--schema", help="Postgres schema of the read models (default OFFLOAD_PROJECTION_SCHEMA)")
+    p.add_argument("--until-caught-up", action="store_true", help="stop once the log's current end is reached")
+    p.set_defaults(func=cmd_projector)
+
+    p = sub.add_parser("replay", help="rebuild every read model from offset 0 into a fresh schema")
+    p.add_argument("schema")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("topics", help="create the public topics (idempotent)")
+    p.add_argument("action", choices=["create"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("submit", help="submit a job from a JSON file (the original design's Job JSON)")
+    p.add_argument("file")
+    p.add_argument("--wait", action="store_true", help="show live progress until the job completes")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("job", help="show a job's live progress until it completes")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("settings", help="change a company's cloud settings")
+    p.add_argument("company_id", type=int)
+    p.add_argument("--cloud", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--emails", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--certificates", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--threshold", type=int, default=0)
+    p.add_argument("--email-provider", choices=["ses", "sendgrid", "mailgun"], default="ses")
+    p.add_argument("--storage-provider", choices=["s3", "r2"], default="s3")
+    p.add_argument("--changed-by", default="cli")
+    p.set_defaults(func=cmd_settings)
+
+    p = sub.add_parser("dev", help="real Kafka, Postgres and a mail sink on loopback, without Docker")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--home", default=".dev", help="where the stack keeps its data, logs and pids")
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("demo", help="start everything and run a real email job with live progress")
+    p.add_argument("--recipients", type=int, default=5000)
+    p.add_argument("--home", default=".dev")
+    p.add_argument("--keep-running", action="store_true", help="leave the worker and projector running")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Producing to the service the way Moodle does: job requests and company settings changes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from offload.config import Settings
+from schemas.envelope import Record, encode
+from schemas.events import CompanySettingsChanged, JobRequested
+from streams.publisher import EventPublisher
+
+# The original design carried this inside the job; secrets never enter the log.
+_SECRET_FIELDS = ("callback_secret",)
+
+
+def job_record(payload: dict[str, Any]) -> Record:
+    """The job as Moodle sent it (minus secrets), validated later by the worker so every problem is reported."""
+    clean = {k: v for k, v in payload.items() if k not in _SECRET_FIELDS}
+    job_id = clean.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError("a job needs a job_id string")
+    headers = encode(JobRequested.model_construct(job_id=job_id)).headers
+    return Record("job-requests", job_id.encode(), json.dumps(clean, separators=(",", ":")).encode(), headers)
+
+
+async def submit_job(settings: Settings, payload: dict[str, Any]) -> str:
+    """Durably hand a job to Kafka (acks=all) and return its id."""
+    record = job_record(payload)
+    publisher = EventPublisher(settings, source="urn:manireports:offload:cli")
+    try:
+        await (await publisher.send_record(record))
+    finally:
+        await publisher.stop()
+    return record.key.decode()
+
+
+async def change_company_settings(settings: Settings, company_id: int, **fields: Any) -> CompanySettingsChanged:
+    event = CompanySettingsChanged(company_id=company_id, **fields)
+    publisher = EventPublisher(settings, source="urn:manireports:offload:cli")
+    try:
+        await publisher.send_and_wait(event)
+    finally:
+        await publisher.stop()
+    return event

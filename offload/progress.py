@@ -1,0 +1,71 @@
+"""Live progress of a job, read from the Postgres projection, drawn as one updating terminal line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from offload.config import Settings
+
+_QUERY = """SELECT job_id, status, route, route_reason, provider, total_recipients, succeeded, failed,
+                   batch_count, batches_done, fell_back, error_message, timecreated, timecompleted
+            FROM jobs WHERE job_id = %s"""
+
+
+async def job_row(conn: psycopg.AsyncConnection, job_id: str) -> dict | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_QUERY, (job_id,))
+        return await cur.fetchone()
+
+
+def bar(done: int, total: int, width: int = 30) -> str:
+    filled = int(width * done / total) if total else 0
+    return "#" * filled + "-" * (width - filled)
+
+
+async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=sys.stdout) -> int:
+    """Print progress until the job completes or is rejected; 0 when completed, 1 otherwise."""
+    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.projection_schema)))
+    started = time.monotonic()
+    routed = False
+    try:
+        while time.monotonic() - started < timeout:
+            try:
+                row = await job_row(conn, job_id)
+            except psycopg.errors.UndefinedTable:
+                row = None  # the projector has not created its tables yet
+            if row is None:
+                out.write(f"\r{job_id}: waiting for the worker to accept it ...")
+                out.flush()
+                await asyncio.sleep(0.5)
+                continue
+            if row["status"] == "rejected":
+                out.write(f"\n{job_id}: REJECTED: {row['error_message']}\n")
+                return 1
+            if not routed and row["route"]:
+                out.write(f"\n{job_id}: {row['route']} via {row['provider']} ({row['route_reason']})\n")
+                routed = True
+            done = row["succeeded"] + row["failed"]
+            total = row["total_recipients"]
+            elapsed = (datetime.now(UTC) - row["timecreated"]).total_seconds() if row["timecreated"] else 0
+            rate = done / elapsed if elapsed > 0 else 0
+            out.write(f"\r[{bar(done, total)}] {done}/{total} sent {row['succeeded']} failed {row['failed']} "
+                      f"pending {total - done}  {rate:,.0f}/s  ")
+            out.flush()
+            if row["status"] == "completed":
+                elapsed = (row["timecompleted"] - row["timecreated"]).total_seconds()
+                out.write(f"\n{job_id}: completed in {elapsed:.1f} s: {row['succeeded']} sent, "
+                          f"{row['failed']} failed{' (fell back to local)' if row['fell_back'] else ''}\n")
+                return 0
+            await asyncio.sleep(0.5)
+        out.write(f"\n{job_id}: not completed within {timeout:.0f} s\n")
+        return 1
+    finally:
+        await conn.close()

@@ -1,0 +1,46 @@
+"""audit_log: every job-level event, settings change and dead letter, once each, with its place in the log."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg import AsyncCursor
+
+from projections.base import Applied
+from schemas.events import BatchCompleted, BatchDispatched, CertificateIssued, RecipientFailed, RecipientSent
+
+DDL = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    id          bigserial PRIMARY KEY,
+    occurred_at timestamptz NOT NULL DEFAULT now(),
+    topic       text   NOT NULL,
+    partition   int    NOT NULL,
+    "offset"    bigint NOT NULL,
+    event_type  text   NOT NULL,
+    subject     text   NOT NULL,
+    company_id  int,
+    actor       text,
+    detail      jsonb  NOT NULL,
+    UNIQUE (topic, partition, "offset")
+);
+CREATE INDEX IF NOT EXISTS audit_log_subject ON audit_log (subject, id);
+"""
+
+# Per-recipient and per-batch events live in job_recipients/job_batches; the audit log keeps the rest.
+_SKIPPED = (BatchDispatched, BatchCompleted, RecipientSent, RecipientFailed, CertificateIssued)
+
+
+async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
+    rows = [
+        (pos.topic, pos.partition, pos.offset, event.ce_type, event.subject(), getattr(event, "company_id", None),
+         getattr(event, "changed_by", None) or (str(event.createdby) if getattr(event, "createdby", None) else None),
+         event.model_dump_json(exclude={"recipients", "template_data"}))
+        for pos, event in events
+        if not isinstance(event, _SKIPPED)
+    ]
+    if rows:
+        await cur.executemany(
+            """INSERT INTO audit_log (topic, partition, "offset", event_type, subject, company_id, actor, detail)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING""",
+            rows,
+        )

@@ -1,0 +1,109 @@
+"""jobs: one row per job with its route, status and progress counters (the original design's table).
+
+Counters are raised by projections.recipients when a recipient first reaches a terminal state, so they stay
+right whatever order the topics are read in; a job row may therefore be created by either module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from psycopg import AsyncCursor
+
+from projections.base import Applied
+from schemas.events import BatchCompleted, JobAccepted, JobCompleted, JobFellBackToLocal, JobRejected
+
+DDL = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id             text PRIMARY KEY,
+    type               text,
+    company_id         int,
+    status             text NOT NULL DEFAULT 'accepted',
+    route              text,
+    route_reason       text,
+    provider           text,
+    template_id        text,
+    total_recipients   int NOT NULL DEFAULT 0,
+    succeeded          int NOT NULL DEFAULT 0,
+    failed             int NOT NULL DEFAULT 0,
+    duplicates_removed int NOT NULL DEFAULT 0,
+    batch_count        int NOT NULL DEFAULT 0,
+    batches_done       int NOT NULL DEFAULT 0,
+    fell_back          boolean NOT NULL DEFAULT false,
+    fallback_reason    text,
+    error_message      text,
+    problems           jsonb,
+    callback_url       text,
+    createdby          int,
+    timecreated        timestamptz,
+    timestarted        timestamptz,
+    timecompleted      timestamptz,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS job_batches (
+    job_id       text NOT NULL,
+    run          int  NOT NULL,
+    batch_no     int  NOT NULL,
+    succeeded    int  NOT NULL,
+    failed       int  NOT NULL,
+    fell_back    boolean NOT NULL,
+    completed_at timestamptz NOT NULL,
+    PRIMARY KEY (job_id, run, batch_no)
+);
+CREATE INDEX IF NOT EXISTS jobs_company_created ON jobs (company_id, timecreated DESC);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+
+async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
+    for _, event in events:
+        if isinstance(event, JobAccepted):
+            await cur.execute(
+                """INSERT INTO jobs (job_id, type, company_id, status, route, route_reason, provider, template_id,
+                                     total_recipients, duplicates_removed, batch_count, callback_url, createdby,
+                                     timecreated)
+                   VALUES (%s, %s, %s, 'accepted', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (job_id) DO UPDATE SET
+                     type = EXCLUDED.type, company_id = EXCLUDED.company_id, route = EXCLUDED.route,
+                     route_reason = EXCLUDED.route_reason, provider = EXCLUDED.provider,
+                     template_id = EXCLUDED.template_id, total_recipients = EXCLUDED.total_recipients,
+                     duplicates_removed = EXCLUDED.duplicates_removed, batch_count = EXCLUDED.batch_count,
+                     callback_url = EXCLUDED.callback_url, createdby = EXCLUDED.createdby,
+                     timecreated = COALESCE(jobs.timecreated, EXCLUDED.timecreated), updated_at = now()""",
+                (event.job_id, event.type, event.company_id, event.route, event.reason, event.provider,
+                 event.template_id, event.total_recipients, event.duplicates_removed, event.batch_count,
+                 event.callback_url, event.createdby, event.accepted_at),
+            )
+        elif isinstance(event, JobRejected):
+            message = "; ".join(f"{p.field}: {p.message}" for p in event.problems)
+            await cur.execute(
+                """INSERT INTO jobs (job_id, company_id, status, error_message, problems, timecreated, timecompleted)
+                   VALUES (%s, %s, 'rejected', %s, %s, %s, %s)
+                   ON CONFLICT (job_id) DO NOTHING""",
+                (event.job_id, event.company_id, message[:4000],
+                 json.dumps([p.model_dump() for p in event.problems]), event.rejected_at, event.rejected_at),
+            )
+        elif isinstance(event, BatchCompleted):
+            # A batch reported twice (processed again after a crash) is counted once.
+            await cur.execute(
+                """WITH done AS (
+                     INSERT INTO job_batches VALUES (%s, %s, %s, %s, %s, %s, %s)
+                     ON CONFLICT DO NOTHING RETURNING job_id)
+                   UPDATE jobs SET batches_done = batches_done + 1, updated_at = now()
+                   WHERE job_id IN (SELECT job_id FROM done)""",
+                (event.job_id, event.run, event.batch_no, event.succeeded, event.failed, event.fell_back,
+                 event.completed_at),
+            )
+        elif isinstance(event, JobFellBackToLocal):
+            await cur.execute(
+                """UPDATE jobs SET fell_back = true, fallback_reason = %s, updated_at = now() WHERE job_id = %s""",
+                (event.reason[:1000], event.job_id),
+            )
+        elif isinstance(event, JobCompleted):
+            await cur.execute(
+                """UPDATE jobs SET status = 'completed', timecompleted = %s, batches_done = batch_count,
+                          updated_at = now()
+                   WHERE job_id = %s""",
+                (event.completed_at, event.job_id),
+            )

@@ -1,0 +1,151 @@
+"""The projector: reads the topics and keeps the Postgres read models current.
+
+Each poll is applied in one transaction together with the next offset of every partition it read, so a
+restart resumes exactly where the last commit ended: nothing lost, nothing applied twice. ``replay`` is the
+same loop started from offset 0 into a fresh schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from psycopg import sql
+
+from offload.config import Settings
+from projections import audit, company_settings, jobs, recipients, tracking
+from projections.base import Applied, Position
+from schemas.envelope import UndecodableRecord, decode
+from streams.topics import MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+# Read models in the order they apply a poll: settings and jobs first, then recipients (which raise job
+# counters), then the audit log.
+READ_MODELS = (company_settings, jobs, recipients, audit)
+PROJECTED_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "dead-letters")
+PROJECTION = "read-models"
+
+
+@dataclass
+class ProjectorStats:
+    events: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+async def connect(settings: Settings, schema: str | None = None) -> psycopg.AsyncConnection:
+    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+    target = schema or settings.projection_schema
+    async with conn.cursor() as cur:
+        await cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target)))
+        await cur.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target)))
+    return conn
+
+
+async def create_read_models(conn: psycopg.AsyncConnection) -> None:
+    async with conn.transaction(), conn.cursor() as cur:
+        # Serialise concurrent creators (two projectors starting together would race on CREATE ... IF NOT EXISTS).
+        await cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+        await cur.execute(tracking.DDL)
+        for model in READ_MODELS:
+            await cur.execute(model.DDL)
+
+
+class Projector:
+    def __init__(self, settings: Settings, *, schema: str | None = None, max_records: int = 5000) -> None:
+        self.settings = settings
+        self.schema = schema
+        self.max_records = max_records
+        self.stats = ProjectorStats()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, until_caught_up: bool = False) -> ProjectorStats:
+        """Project until stopped, or (``until_caught_up``) until every partition's end seen at start."""
+        conn = await connect(self.settings, self.schema)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+        )
+        await consumer.start()
+        started = time.monotonic()
+        try:
+            await create_read_models(conn)
+            partitions = await self._assign(consumer, conn)
+            targets = await consumer.end_offsets(partitions) if until_caught_up else {}
+            while not self._stop.is_set():
+                if until_caught_up and all(await self._reached(consumer, targets)):
+                    break
+                polled = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                if polled:
+                    await self._apply(conn, polled)
+        finally:
+            self.stats.seconds = time.monotonic() - started
+            await consumer.stop()
+            await conn.close()
+        return self.stats
+
+    async def _assign(self, consumer: AIOKafkaConsumer, conn: psycopg.AsyncConnection) -> list[TopicPartition]:
+        partitions: list[TopicPartition] = []
+        for short in PROJECTED_TOPICS:
+            name = self.settings.topic(short)
+            found = None
+            for _ in range(100):  # topics may be created moments after the projector starts
+                found = consumer.partitions_for_topic(name)
+                if found:
+                    break
+                await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh in aiokafka
+                await asyncio.sleep(0.1)
+            if not found:
+                raise RuntimeError(f"topic {name} does not exist: run `offload topics create` first")
+            partitions.extend(TopicPartition(name, p) for p in sorted(found))
+        consumer.assign(partitions)
+        async with conn.cursor() as cur:
+            stored = await tracking.load(cur, PROJECTION)
+        for tp in partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+        return partitions
+
+    @staticmethod
+    async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> list[bool]:
+        return [await consumer.position(tp) >= end for tp, end in targets.items()]
+
+    async def _apply(self, conn: psycopg.AsyncConnection, polled: dict) -> None:
+        events: list[Applied] = []
+        positions: dict[tuple[str, int], int] = {}
+        for tp, records in polled.items():
+            for record in records:
+                positions[(tp.topic, tp.partition)] = record.offset + 1
+                try:
+                    event = decode(record.value, record.headers)
+                except UndecodableRecord as exc:
+                    # The agents dead-letter what they cannot read; the projector only skips it.
+                    self.stats.skipped += 1
+                    log.warning("skipping %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc)
+                    continue
+                events.append((Position(tp.topic, tp.partition, record.offset), event))
+        async with conn.transaction():
+            async with conn.cursor() as cur:
+                for model in READ_MODELS:
+                    await model.apply(cur, events)
+                await tracking.save(cur, PROJECTION, positions)
+        self.stats.events += len(events)

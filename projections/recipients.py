@@ -1,0 +1,109 @@
+"""job_recipients: one row per learner of a job, pending until its outcome arrives (the original design's table).
+
+Written in bulk (one statement per kind per poll, arrays unnested server-side) because a 50,000-recipient job
+brings 50,000 outcomes. A row's first terminal outcome raises the job's counters; a repeated outcome changes
+nothing, so replays and re-deliveries never count twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg import AsyncCursor
+
+from projections.base import Applied
+from schemas.events import BatchDispatched, CertificateIssued, RecipientFailed, RecipientSent
+
+DDL = """
+CREATE TABLE IF NOT EXISTS job_recipients (
+    job_id              text   NOT NULL,
+    userid              bigint NOT NULL,
+    email               text   NOT NULL,
+    status              text   NOT NULL,   -- pending | sent | failed | issued
+    run                 int    NOT NULL DEFAULT 0,
+    batch_no            int    NOT NULL,
+    attempts            int    NOT NULL DEFAULT 0,
+    retryable           boolean,
+    error_message       text,
+    provider            text,
+    provider_message_id text,
+    message_id          text,
+    certificate_url     text,
+    certificate_code    text,
+    certificate_sha256  text,
+    timesent            timestamptz,
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, userid)
+);
+CREATE INDEX IF NOT EXISTS job_recipients_status ON job_recipients (job_id, status);
+CREATE UNIQUE INDEX IF NOT EXISTS job_recipients_code ON job_recipients (certificate_code)
+    WHERE certificate_code IS NOT NULL;
+"""
+
+_PENDING = """
+INSERT INTO job_recipients (job_id, userid, email, status, run, batch_no)
+SELECT t.job_id, t.userid, t.email, 'pending', t.run, t.batch_no
+FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::int[]) AS t(job_id, userid, email, run, batch_no)
+ON CONFLICT (job_id, userid) DO NOTHING
+"""
+
+# Only a row that is pending (or from an earlier run) takes an outcome; RETURNING lists the rows that did,
+# and those alone raise the job counters.
+_OUTCOMES = """
+WITH incoming AS (
+    SELECT * FROM unnest(
+        %s::text[], %s::bigint[], %s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::boolean[],
+        %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]
+    ) AS t(job_id, userid, email, status, run, batch_no, attempts, retryable, error_message, provider,
+           provider_message_id, message_id, certificate_url, certificate_code, certificate_sha256, timesent)
+), changed AS (
+    INSERT INTO job_recipients AS r (job_id, userid, email, status, run, batch_no, attempts, retryable,
+        error_message, provider, provider_message_id, message_id, certificate_url, certificate_code,
+        certificate_sha256, timesent)
+    SELECT * FROM incoming
+    ON CONFLICT (job_id, userid) DO UPDATE SET
+        status = EXCLUDED.status, run = EXCLUDED.run, attempts = EXCLUDED.attempts,
+        retryable = EXCLUDED.retryable, error_message = EXCLUDED.error_message, provider = EXCLUDED.provider,
+        provider_message_id = EXCLUDED.provider_message_id, message_id = EXCLUDED.message_id,
+        certificate_url = EXCLUDED.certificate_url, certificate_code = EXCLUDED.certificate_code,
+        certificate_sha256 = EXCLUDED.certificate_sha256, timesent = EXCLUDED.timesent, updated_at = now()
+    WHERE r.status = 'pending' OR r.run < EXCLUDED.run
+    RETURNING r.job_id, r.status
+), counts AS (
+    SELECT job_id, count(*) FILTER (WHERE status <> 'failed') AS ok, count(*) FILTER (WHERE status = 'failed') AS bad
+    FROM changed GROUP BY job_id
+)
+INSERT INTO jobs AS j (job_id, succeeded, failed, status, timestarted)
+SELECT job_id, ok, bad, 'running', now() FROM counts
+ON CONFLICT (job_id) DO UPDATE SET
+    succeeded = j.succeeded + EXCLUDED.succeeded,
+    failed = j.failed + EXCLUDED.failed,
+    status = CASE WHEN j.status = 'accepted' THEN 'running' ELSE j.status END,
+    timestarted = COALESCE(j.timestarted, EXCLUDED.timestarted),
+    updated_at = now()
+"""
+
+
+async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
+    pending: list[tuple] = []
+    outcomes: dict[tuple[str, int], tuple] = {}
+    for _, event in events:
+        if isinstance(event, BatchDispatched):
+            pending.extend((event.job_id, r.userid, r.email, event.run, event.batch_no) for r in event.recipients)
+        elif isinstance(event, RecipientSent):
+            outcomes.setdefault((event.job_id, event.userid), (
+                event.job_id, event.userid, event.email, "sent", event.run, event.batch_no, event.attempts, None,
+                None, event.provider, event.provider_message_id, event.message_id, None, None, None,
+                event.sent_at))
+        elif isinstance(event, RecipientFailed):
+            outcomes.setdefault((event.job_id, event.userid), (
+                event.job_id, event.userid, event.email, "failed", event.run, event.batch_no, event.attempts,
+                event.retryable, event.error[:2000], event.provider, None, None, None, None, None, event.failed_at))
+        elif isinstance(event, CertificateIssued):
+            outcomes.setdefault((event.job_id, event.userid), (
+                event.job_id, event.userid, event.email, "issued", event.run, event.batch_no, event.attempts, None,
+                None, event.backend, None, None, event.url, event.code, event.sha256, event.issued_at))
+    if pending:
+        await cur.execute(_PENDING, [list(col) for col in zip(*pending, strict=True)])
+    if outcomes:
+        await cur.execute(_OUTCOMES, [list(col) for col in zip(*outcomes.values(), strict=True)])

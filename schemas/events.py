@@ -1,0 +1,304 @@
+"""The event contract: frozen, typed values named in the past tense, free of Faust and Kafka types.
+
+These classes are the one source of truth. ``python -m schemas.generate`` writes the JSON Schema files under
+``schemas/json/`` from them for other teams; a test fails when the committed files drift from this code.
+Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+JobType = Literal["email", "certificate"]
+Route = Literal["cloud", "local"]
+EmailProviderName = Literal["smtp", "ses", "sendgrid", "mailgun"]
+StorageProviderName = Literal["local", "s3", "r2"]
+
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+TemplateId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Base of every event. Unknown fields are ignored so old consumers read newer producers."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    ce_type: ClassVar[str]
+    topic: ClassVar[str]  # short topic name; the full name is Settings.topic(topic)
+
+    def subject(self) -> str:
+        """The CloudEvents subject and the Kafka key: the job id for job events."""
+        return str(getattr(self, "job_id"))
+
+    def kafka_key(self) -> str:
+        return self.subject()
+
+
+class Recipient(BaseModel):
+    """One learner of a job as Moodle sends it; extra profile fields are kept for templates."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    userid: int = Field(ge=1)
+    email: str = Field(max_length=254)
+    firstname: str = Field(default="", max_length=200)
+    lastname: str = Field(default="", max_length=200)
+
+    def template_fields(self) -> dict[str, Any]:
+        fields = dict(self.model_extra or {})
+        fields.update(userid=self.userid, email=self.email, firstname=self.firstname, lastname=self.lastname)
+        return fields
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.firstname} {self.lastname}".strip()
+
+
+class JobRequested(Event):
+    """What Moodle asked for: the original design's Job JSON, minus any secret (no callback_secret)."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.requested.v1"
+    topic: ClassVar[str] = "job-requests"
+
+    job_id: JobId
+    type: JobType
+    company_id: int = Field(ge=0)
+    recipients: list[Recipient] = Field(min_length=1)
+    template_id: TemplateId
+    template_data: dict[str, Any] = Field(default_factory=dict)
+    callback_url: str | None = Field(default=None, max_length=2048)
+    timestamp: int | None = Field(default=None, description="Moodle's unix time of submission")
+    createdby: int | None = None
+    callback_key_id: str | None = Field(default=None, max_length=64, description="names a callback key, never the key")
+
+
+class Problem(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    message: str
+
+
+class JobRejected(Event):
+    """A job that failed validation, with every problem found."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.rejected.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    company_id: int | None = None
+    problems: list[Problem]
+    rejected_at: datetime = Field(default_factory=utcnow)
+
+
+class JobAccepted(Event):
+    """The routing decision and its reason, and how the job was split into batches."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.accepted.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    type: JobType
+    company_id: int
+    route: Route
+    reason: str
+    provider: str = Field(description="email: smtp|ses|sendgrid|mailgun; certificate: local|s3|r2")
+    template_id: str
+    total_recipients: int
+    duplicates_removed: int = 0
+    batch_size: int
+    batch_count: int
+    callback_url: str | None = None
+    createdby: int | None = None
+    accepted_at: datetime = Field(default_factory=utcnow)
+
+
+class BatchDispatched(Event):
+    """One batch of a job's recipients; keyed job_id:run:batch_no so batches spread over partitions."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.batch.dispatched.v1"
+    topic: ClassVar[str] = "batches"
+
+    job_id: str
+    run: int = Field(default=0, description="0 for the first run, n for the n-th retry run")
+    batch_no: int
+    batch_count: int
+    type: JobType
+    company_id: int
+    route: Route
+    provider: str
+    template_id: str
+    template_data: dict[str, Any] = Field(default_factory=dict)
+    recipients: list[Recipient]
+    dispatched_at: datetime = Field(default_factory=utcnow)
+
+    def kafka_key(self) -> str:
+        return f"{self.job_id}:{self.run}:{self.batch_no}"
+
+
+class RecipientSent(Event):
+    """A message accepted by the provider for one recipient."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.recipient.sent.v1"
+    topic: ClassVar[str] = "outcomes"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    userid: int
+    email: str
+    provider: str
+    provider_message_id: str | None = None
+    message_id: str
+    attempts: int
+    sent_at: datetime = Field(default_factory=utcnow)
+
+
+class RecipientFailed(Event):
+    """A recipient that could not be served in this run; retryable says whether a later retry may help."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.recipient.failed.v1"
+    topic: ClassVar[str] = "outcomes"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    userid: int
+    email: str
+    provider: str | None = None
+    error: str
+    attempts: int
+    retryable: bool
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+class CertificateIssued(Event):
+    """A certificate rendered and stored for one recipient."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.certificate.issued.v1"
+    topic: ClassVar[str] = "outcomes"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    userid: int
+    email: str
+    url: str
+    object_key: str
+    sha256: str
+    size: int
+    code: str
+    template_id: str
+    template_version: int
+    backend: StorageProviderName
+    attempts: int = 1
+    issued_at: datetime = Field(default_factory=utcnow)
+
+
+class BatchCompleted(Event):
+    """Every recipient of a batch has a terminal outcome in this run; feeds job progress."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.batch.completed.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    batch_count: int
+    succeeded: int
+    failed: int
+    fell_back: bool = False
+    completed_at: datetime = Field(default_factory=utcnow)
+
+
+class JobFellBackToLocal(Event):
+    """The cloud provider was unavailable past the retry budget; the rest of the batch went local."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.fell-back-to-local.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    from_provider: str
+    to_provider: str
+    reason: str
+    fell_back_at: datetime = Field(default_factory=utcnow)
+
+
+class JobCompleted(Event):
+    """Every recipient of the job has a terminal outcome; totals over all batches."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.completed.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    total: int
+    succeeded: int
+    failed: int
+    completed_at: datetime = Field(default_factory=utcnow)
+
+
+class CompanySettingsChanged(Event):
+    """A company's cloud settings (the original design's company_cloud_settings row), compacted by company."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.company-settings.changed.v1"
+    topic: ClassVar[str] = "company-settings"
+
+    company_id: int = Field(ge=0)
+    cloud_enabled: bool = False
+    use_cloud_for_emails: bool = False
+    use_cloud_for_certificates: bool = False
+    user_threshold: int = Field(default=0, ge=0)
+    email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
+    storage_provider: Literal["s3", "r2"] = "s3"
+    changed_by: str | None = None
+    changed_at: datetime = Field(default_factory=utcnow)
+
+    def subject(self) -> str:
+        return str(self.company_id)
+
+
+class DeadLettered(Event):
+    """A record that could not be decoded or processed, kept with its original bytes and the error."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.dead-lettered.v1"
+    topic: ClassVar[str] = "dead-letters"
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key_b64: str | None
+    value_b64: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    error: str
+    stage: str = Field(description="which agent gave up on it")
+    dead_lettered_at: datetime = Field(default_factory=utcnow)
+
+    def subject(self) -> str:
+        return f"{self.source_topic}/{self.source_partition}/{self.source_offset}"
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    JobRequested,
+    JobRejected,
+    JobAccepted,
+    BatchDispatched,
+    RecipientSent,
+    RecipientFailed,
+    CertificateIssued,
+    BatchCompleted,
+    JobFellBackToLocal,
+    JobCompleted,
+    CompanySettingsChanged,
+    DeadLettered,
+)
+BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}

@@ -1,0 +1,128 @@
+"""process-batches: do the work of one batch, record one outcome per recipient, then report the batch done.
+
+Crash safety, in order: (1) note where this batch's outcomes will start in the log and make that note durable,
+(2) do the work, producing each recipient's outcome as soon as it is final, (3) wait until the broker has
+every outcome, (4) emit BatchCompleted and mark the batch done. A batch that comes back after a crash
+reads its already recorded outcomes from the log (streams.ledger) and serves only the others; a batch that
+comes back after step 4 only repeats its BatchCompleted, which progress counts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import faust
+
+from schemas.envelope import UndecodableRecord, decode
+from schemas.events import BatchCompleted, BatchDispatched, Event, Recipient, RecipientFailed
+from streams.context import StreamContext
+from streams.ledger import Outcome
+
+log = logging.getLogger(__name__)
+
+
+class OutcomeRecorder:
+    """Produces a batch's outcome events without waiting on each; counts what succeeded and failed."""
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self._publisher = ctx.publisher
+        self._pending: list[asyncio.Future] = []
+        self.succeeded = 0
+        self.failed = 0
+
+    def count(self, outcome: Outcome) -> None:
+        if isinstance(outcome, RecipientFailed):
+            self.failed += 1
+        else:
+            self.succeeded += 1
+
+    async def record(self, outcome: Outcome) -> None:
+        self._pending.append(await self._publisher.send(outcome))
+        self.count(outcome)
+
+    async def record_event(self, event: Event) -> None:
+        """A non-outcome event of the batch (e.g. JobFellBackToLocal), awaited with the outcomes."""
+        self._pending.append(await self._publisher.send(event))
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+
+class BatchHandler(Protocol):
+    """Does one job type's work for the recipients of a batch not yet served; returns whether it fell back."""
+
+    async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        ...
+
+
+class BatchRunner:
+    def __init__(self, ctx: StreamContext, handlers: dict[str, BatchHandler]) -> None:
+        self.ctx = ctx
+        self.handlers = handlers
+
+    async def handle(self, message: faust.types.Message) -> None:
+        try:
+            batch = decode(message.value, message.headers)
+        except UndecodableRecord as exc:
+            await self.ctx.dead_letter(message, str(exc), "process-batches")
+            return
+        if not isinstance(batch, BatchDispatched):
+            await self.ctx.dead_letter(message, f"unexpected {type(batch).__name__}", "process-batches")
+            return
+        handler = self.handlers.get(batch.type)
+        if handler is None:
+            await self.ctx.dead_letter(message, f"no handler for {batch.type} batches", "process-batches")
+            return
+        key = batch.kafka_key().encode()
+        table = self.ctx.batch_progress
+        state = table.get(key)
+        recorder = OutcomeRecorder(self.ctx)
+        if state and state.get("state") == "done":
+            await self._complete(batch, state["succeeded"], state["failed"], state.get("fell_back", False))
+            return
+        if state and state.get("state") == "started":
+            recorded = await self.ctx.ledger.recorded(
+                job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
+                partition=state["partition"], from_offset=state["offset"],
+            )
+            log.warning("batch %s resumed after a crash: %d of %d already recorded", key.decode(),
+                        len(recorded), len(batch.recipients))
+            for outcome in recorded.values():
+                recorder.count(outcome)
+        else:
+            partition = self.ctx.publisher.partition_of("outcomes", batch.job_id.encode())
+            offset = await self.ctx.ledger.end_offset(partition)
+            table[key] = {"state": "started", "partition": partition, "offset": offset}
+            await self.ctx.app.producer.flush()  # the note must be durable before anyone is served
+            recorded = {}
+        remaining = [r for r in batch.recipients if r.userid not in recorded]
+        fell_back = await handler.process(batch, remaining, recorder) if remaining else False
+        await recorder.flush()
+        table[key] = {"state": "done", "succeeded": recorder.succeeded, "failed": recorder.failed,
+                      "fell_back": fell_back}
+        await self._complete(batch, recorder.succeeded, recorder.failed, fell_back)
+
+    async def _complete(self, batch: BatchDispatched, succeeded: int, failed: int, fell_back: bool) -> None:
+        await self.ctx.publisher.send_and_wait(
+            BatchCompleted(job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
+                           batch_count=batch.batch_count, succeeded=succeeded, failed=failed, fell_back=fell_back)
+        )
+
+
+def register(app: faust.App, ctx: StreamContext) -> None:
+    from streams.email_batches import EmailBatchHandler
+
+    handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx)}
+    runner = BatchRunner(ctx, handlers)
+
+    # concurrency=1 (faust-streaming #606); parallelism comes from taking several batches at once and from
+    # async I/O inside each. take_events acks the whole group only after every batch in it is finished.
+    @app.agent(ctx.batches, name="process-batches", concurrency=1)
+    async def process_batches(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(ctx.settings.batches_in_flight, within=0.05):
+            await asyncio.gather(*(ctx.guarded(event.message, "process-batches", runner.handle)
+                                   for event in events))

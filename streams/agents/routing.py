@@ -1,0 +1,103 @@
+"""route-jobs: validate each JobRequested, decide cloud or local, record why, and cut the job into batches."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from schemas.envelope import header
+from schemas.events import BatchDispatched, JobAccepted, JobRejected, JobRequested
+from streams.context import StreamContext
+from streams.intake import batch_count, batches, validate_request
+from streams.routing import decide_route
+
+log = logging.getLogger(__name__)
+
+
+class JobRouter:
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+
+    async def handle(self, message: faust.types.Message) -> None:
+        ce_type = header(message.headers, "ce_type")
+        if ce_type is not None and ce_type.decode("utf-8", "replace") != JobRequested.ce_type:
+            await self.ctx.dead_letter(message, f"unexpected event type {ce_type[:200]!r}", "route-jobs")
+            return
+        try:
+            intake = validate_request(message.value or b"", max_recipients=self.ctx.settings.max_recipients_per_job)
+        except ValueError as exc:
+            await self.ctx.dead_letter(message, str(exc), "route-jobs")
+            return
+        job_id = intake.job_id
+        assert job_id is not None
+        if self.ctx.known_jobs.get(job_id) is not None:
+            # The same job id again does nothing: Moodle may resubmit after a timeout.
+            log.info("job %s already %s; repeated request ignored", job_id, self.ctx.known_jobs[job_id])
+            return
+        if intake.job is None:
+            await self.ctx.publisher.send_and_wait(
+                JobRejected(job_id=job_id, company_id=intake.company_id, problems=list(intake.problems))
+            )
+            self.ctx.known_jobs[job_id] = "rejected"
+            return
+        await self._accept(intake.job, intake.duplicates_removed)
+        self.ctx.known_jobs[job_id] = "accepted"
+
+    async def _accept(self, job: JobRequested, duplicates_removed: int) -> None:
+        settings = self.ctx.settings
+        decision = decide_route(
+            job_type=job.type,
+            company_id=job.company_id,
+            recipient_count=len(job.recipients),
+            settings=self.ctx.company_settings_for(job.company_id),
+            offload_enabled=settings.cloud_enabled,
+        )
+        size = settings.job_batch_size
+        count = batch_count(len(job.recipients), size)
+        # Awaited before any batch exists, so progress never sees a batch of a job it does not know yet.
+        await self.ctx.publisher.send_and_wait(
+            JobAccepted(
+                job_id=job.job_id,
+                type=job.type,
+                company_id=job.company_id,
+                route=decision.route,
+                reason=decision.reason,
+                provider=decision.provider,
+                template_id=job.template_id,
+                total_recipients=len(job.recipients),
+                duplicates_removed=duplicates_removed,
+                batch_size=size,
+                batch_count=count,
+                callback_url=job.callback_url,
+                createdby=job.createdby,
+            )
+        )
+        await self.ctx.publisher.send_all(
+            BatchDispatched(
+                job_id=job.job_id,
+                run=0,
+                batch_no=number,
+                batch_count=count,
+                type=job.type,
+                company_id=job.company_id,
+                route=decision.route,
+                provider=decision.provider,
+                template_id=job.template_id,
+                template_data=job.template_data,
+                recipients=chunk,
+            )
+            for number, chunk in enumerate(batches(job.recipients, size))
+        )
+        log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches", job.job_id, decision.route,
+                 decision.provider, decision.reason, len(job.recipients), count)
+
+
+def register(app: faust.App, ctx: StreamContext) -> None:
+    router = JobRouter(ctx)
+
+    # concurrency=1: with more, faust-streaming can commit past an in-flight message (#606).
+    @app.agent(ctx.job_requests, name="route-jobs", concurrency=1)
+    async def route_jobs(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await ctx.guarded(event.message, "route-jobs", router.handle)

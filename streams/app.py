@@ -1,0 +1,60 @@
+"""Builds the one Faust app: topics, tables and agents, wired to the services they need.
+
+``faust -A streams.app worker`` and ``offload worker`` both use :func:`create_app`; nothing here touches the
+event loop at import time (the module-level ``app`` is built on first access).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from offload.config import Settings
+from streams.context import StreamContext
+from streams.topics import MAX_MESSAGE_BYTES
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",  # tables are rebuilt from their changelog topics on start
+        # faust-streaming's exactly_once has open duplicate/crash bugs (#323, #517): effects are idempotent.
+        processing_guarantee="at_least_once",
+        topic_disable_leader=True,
+        topic_replication_factor=settings.topic_replication,
+        topic_partitions=settings.job_partitions,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_rebalance_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        consumer_max_fetch_size=MAX_MESSAGE_BYTES,
+        producer_max_request_size=MAX_MESSAGE_BYTES,
+        producer_acks=-1,
+        web_enabled=False,
+        autodiscover=False,
+    )
+    ctx = StreamContext.build(app, settings)
+
+    # Imported here so that importing streams.app stays cheap and free of side effects.
+    from streams.agents import batches, progress, routing, settings as settings_agent
+
+    settings_agent.register(app, ctx)
+    routing.register(app, ctx)
+    batches.register(app, ctx)
+    progress.register(app, ctx)
+
+    @app.on_before_shutdown.connect
+    async def _stop_services(app: faust.App, **kwargs: Any) -> None:
+        await ctx.stop()
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """``streams.app.app`` for ``faust -A streams.app``: built from the environment on first access."""
+    if name == "app":
+        global app
+        app = create_app(Settings())
+        return app
+    raise AttributeError(name)

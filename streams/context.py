@@ -1,0 +1,182 @@
+"""What the agents share: Faust topics and tables, the event publisher, the dead-letter sink and the adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import faust
+
+from offload.config import Settings
+from schemas.envelope import UndecodableRecord, decode
+from schemas.events import CompanySettingsChanged, DeadLettered
+from streams.ledger import OutcomeLedger
+from streams.publisher import EventPublisher, partition_for
+
+log = logging.getLogger(__name__)
+
+
+def _raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
+    """Agents take bytes and decode through ``schemas/``: the contract is the same for every reader."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=False,
+    )
+
+
+class BatchProgressTable(faust.Table):
+    """Writes each key's changelog to the partition Kafka's partitioner gives the batch key itself.
+
+    Faust would use the partition of the event being processed, which is wrong when several batches are
+    processed at once; its use_partitioner option fails before the producer has the changelog's metadata.
+    """
+
+    def partition_for_key(self, key: bytes) -> int:
+        return partition_for(key, self.partitions)
+
+
+@dataclass
+class StreamContext:
+    app: faust.App
+    settings: Settings
+    job_requests: faust.TopicT
+    batches: faust.TopicT
+    jobs: faust.TopicT
+    company_settings: faust.TopicT
+    company_settings_table: faust.GlobalTable
+    known_jobs: faust.Table
+    batch_progress: faust.Table
+    job_progress: faust.Table
+    publisher: EventPublisher
+    ledger: OutcomeLedger
+    _started: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _services: list = field(default_factory=list)
+
+    @classmethod
+    def build(cls, app: faust.App, settings: Settings) -> StreamContext:
+        s = settings
+        company_settings = _raw_topic(app, s.topic("company-settings"), 1)
+        return cls(
+            app=app,
+            settings=s,
+            job_requests=_raw_topic(app, s.topic("job-requests"), s.job_partitions),
+            batches=_raw_topic(app, s.topic("batches"), s.batch_partitions),
+            jobs=_raw_topic(app, s.topic("jobs"), s.job_partitions),
+            company_settings=company_settings,
+            # Every worker holds every company's settings. Fed by the apply-settings agent from the compacted
+            # settings topic; partitions=1 and recovery_buffer_size=1 per faust's own warning about GlobalTable
+            # recovery. (Using the public topic itself as the changelog hangs faust's start-up.)
+            company_settings_table=app.GlobalTable(
+                "company-settings",
+                schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+                partitions=1,
+                recovery_buffer_size=1,
+                default=None,
+            ),
+            known_jobs=app.Table("known-jobs", partitions=s.job_partitions, default=None),
+            # Keyed exactly like the batches topic, so a batch's state lives in the changelog partition that
+            # matches the batch's own partition: the worker that owns the batch also holds its state.
+            batch_progress=app.tables.add(BatchProgressTable(
+                app,
+                name="batch-progress",
+                beacon=app.tables.beacon,
+                partitions=s.batch_partitions,
+                schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+                default=None,
+            )),
+            job_progress=app.Table("job-progress", partitions=s.job_partitions, default=None),
+            publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),
+            ledger=OutcomeLedger(s),
+        )
+
+    def add_service(self, service: object) -> None:
+        """Adapters with start()/stop() that should live as long as the worker."""
+        self._services.append(service)
+
+    async def ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._lock:
+            if self._started:
+                return
+            await self.publisher.start()
+            await self.ledger.start()
+            for service in self._services:
+                await service.start()
+            self._started = True
+
+    async def stop(self) -> None:
+        for service in reversed(self._services):
+            try:
+                await service.stop()
+            except Exception:  # shutting down: log and go on stopping the rest
+                log.exception("stopping %r failed", service)
+        await self.ledger.stop()
+        await self.publisher.stop()
+
+    def company_settings_for(self, company_id: int) -> CompanySettingsChanged | None:
+        raw = self.company_settings_table.get(str(company_id).encode())
+        return _decode_settings(raw) if raw else None
+
+    async def guarded(self, message: faust.types.Message, stage: str,
+                      handle: Callable[[faust.types.Message], Awaitable[None]], attempts: int = 4) -> None:
+        """Handle one record; retry an unexpected failure (a broker or database hiccup) with backoff, and
+        dead-letter the record only when it keeps failing, so one poison record never stops the agent."""
+        await self.ensure_started()
+        for attempt in range(1, attempts + 1):
+            try:
+                await handle(message)
+                return
+            except Exception as exc:
+                if attempt == attempts:
+                    log.exception("%s gave up on %s[%s]@%s", stage, message.topic, message.partition, message.offset)
+                    await self.dead_letter(message, f"{stage} failed {attempts} times: {exc!r}", stage)
+                    return
+                log.warning("%s failed on %s[%s]@%s (attempt %d): %r; retrying", stage, message.topic,
+                            message.partition, message.offset, attempt, exc)
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+
+    async def dead_letter(self, message: faust.types.Message, error: str, stage: str) -> None:
+        """Keep a record nobody could process, with its bytes and the reason; never stop the agent."""
+        log.warning("dead-lettering %s[%s]@%s (%s): %s", message.topic, message.partition, message.offset,
+                    stage, error)
+        headers = {}
+        for key, value in _header_items(message.headers):
+            headers[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        event = DeadLettered(
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            key_b64=base64.b64encode(message.key).decode() if isinstance(message.key, bytes) else None,
+            value_b64=base64.b64encode(message.value or b"").decode(),
+            headers=headers,
+            error=error[:2000],
+            stage=stage,
+        )
+        await self.publisher.send_and_wait(event)
+
+
+def _header_items(headers: object) -> list[tuple[str, object]]:
+    if not headers:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=4096)
+def _decode_settings(raw: bytes) -> CompanySettingsChanged | None:
+    try:
+        event = decode(raw, None, default=CompanySettingsChanged)
+    except UndecodableRecord:
+        log.error("undecodable company settings record ignored")
+        return None
+    return event if isinstance(event, CompanySettingsChanged) else None

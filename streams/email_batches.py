@@ -1,0 +1,185 @@
+"""Email work of one batch: render and compose each learner's message, deliver, record each outcome."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from adapters.email.base import EmailProvider, OutgoingEmail, ProviderUnavailable, SendResult
+from adapters.email.delivery import FinalResult, RetryPolicy, deliver
+from adapters.email.ses import SesProvider
+from adapters.email.smtp import SmtpProvider
+from content.email import (
+    EmailRenderer,
+    TemplateRenderError,
+    TemplateStore,
+    UnknownTemplate,
+    address_problem,
+    compose_message,
+    message_id_for,
+)
+from offload.config import Settings
+from schemas.events import BatchDispatched, JobFellBackToLocal, Recipient, RecipientFailed, RecipientSent
+from streams.agents.batches import OutcomeRecorder
+from streams.context import StreamContext
+
+log = logging.getLogger(__name__)
+
+
+class UnconfiguredProvider:
+    """A cloud provider this deployment has no credentials or adapter for: unavailable, so jobs fall back."""
+
+    max_batch = 1000
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        raise ProviderUnavailable(f"{self.name} is not configured on this worker")
+
+
+class EmailProviders:
+    """The providers a worker holds: local SMTP always, the cloud ones by name."""
+
+    def __init__(self, settings: Settings) -> None:
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        self.smtp = SmtpProvider(
+            settings.smtp_host,
+            settings.smtp_port,
+            mail_from=settings.mail_from,
+            username=settings.smtp_username,
+            password=password,
+            starttls=settings.smtp_starttls,
+            use_tls=settings.smtp_use_tls,
+            connections=settings.smtp_connections,
+            timeout=settings.smtp_timeout,
+        )
+        secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
+        self.cloud: dict[str, EmailProvider] = {
+            "ses": SesProvider(
+                region=settings.aws_region,
+                mail_from=settings.mail_from,
+                endpoint_url=settings.aws_endpoint_url,
+                access_key_id=settings.aws_access_key_id,
+                secret_access_key=secret,
+                configuration_set=settings.ses_configuration_set,
+                concurrency=settings.ses_concurrency,
+            ),
+            "sendgrid": UnconfiguredProvider("sendgrid"),
+            "mailgun": UnconfiguredProvider("mailgun"),
+        }
+
+    def for_batch(self, batch: BatchDispatched) -> tuple[EmailProvider, EmailProvider | None]:
+        """Primary provider and the fallback for when it is unavailable (local jobs have none)."""
+        if batch.route == "local":
+            return self.smtp, None
+        return self.cloud.get(batch.provider, UnconfiguredProvider(batch.provider)), self.smtp
+
+    async def start(self) -> None:
+        await self.smtp.start()
+        for provider in self.cloud.values():
+            await provider.start()
+
+    async def stop(self) -> None:
+        for provider in (*self.cloud.values(), self.smtp):
+            await provider.stop()
+
+
+class EmailBatchHandler:
+    def __init__(self, settings: Settings, renderer: EmailRenderer, providers: EmailProviders) -> None:
+        self.settings = settings
+        self.renderer = renderer
+        self.providers = providers
+        self.policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            base_delay=settings.retry_base_delay,
+            max_delay=settings.retry_max_delay,
+        )
+
+    @classmethod
+    def build(cls, ctx: StreamContext) -> EmailBatchHandler:
+        providers = EmailProviders(ctx.settings)
+        ctx.add_service(providers)
+        return cls(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers)
+
+    async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        messages: list[OutgoingEmail] = []
+        by_key: dict[str, Recipient] = {}
+        message_ids: dict[str, str] = {}
+        for recipient in recipients:
+            problem = address_problem(recipient.email)
+            error = f"unusable address: {problem}" if problem else None
+            if error is None:
+                try:
+                    message = self._compose(batch, recipient)
+                except (TemplateRenderError, UnknownTemplate) as exc:
+                    error = f"template error: {exc}"
+            if error is not None:
+                await recorder.record(self._failed(batch, recipient, error, attempts=0, retryable=False))
+                continue
+            messages.append(message)
+            by_key[message.key] = recipient
+            message_ids[message.key] = message.message_id
+        if not messages:
+            return False
+
+        async def on_result(result: FinalResult) -> None:
+            recipient = by_key[result.key]
+            if result.sent:
+                await recorder.record(RecipientSent(
+                    job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
+                    email=recipient.email, provider=result.provider,
+                    provider_message_id=result.provider_message_id, message_id=message_ids[result.key],
+                    attempts=result.attempts,
+                ))
+            else:
+                await recorder.record(self._failed(batch, recipient, result.error or "failed",
+                                                   attempts=result.attempts, retryable=result.retryable,
+                                                   provider=result.provider))
+
+        primary, fallback = self.providers.for_batch(batch)
+        report = await deliver(messages, primary=primary, fallback=fallback, policy=self.policy,
+                               on_result=on_result)
+        if report.fell_back and fallback is not None:
+            await recorder.record_event(JobFellBackToLocal(
+                job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, from_provider=primary.name,
+                to_provider=fallback.name, reason=report.fallback_reason or "cloud provider unavailable",
+            ))
+        return report.fell_back
+
+    def _compose(self, batch: BatchDispatched, recipient: Recipient) -> OutgoingEmail:
+        rendered = self.renderer.render(batch.template_id, recipient.template_fields(), batch.template_data)
+        message_id = message_id_for(batch.job_id, recipient.userid, self.settings.message_id_domain)
+        raw = compose_message(
+            rendered,
+            from_address=self.settings.mail_from,
+            from_name=self.settings.mail_from_name,
+            to_address=recipient.email,
+            to_name=recipient.full_name,
+            message_id=message_id,
+            headers={"X-Offload-Job": batch.job_id},
+        )
+        return OutgoingEmail(
+            key=str(recipient.userid),
+            to_address=recipient.email,
+            to_name=recipient.full_name,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=message_id,
+            raw=raw,
+        )
+
+    @staticmethod
+    def _failed(batch: BatchDispatched, recipient: Recipient, error: str, *, attempts: int, retryable: bool,
+                provider: str | None = None) -> RecipientFailed:
+        return RecipientFailed(
+            job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
+            email=recipient.email, provider=provider, error=error, attempts=attempts, retryable=retryable,
+        )

@@ -1,0 +1,90 @@
+"""Pure intake logic: validate a raw job request, list every problem, drop repeated learners, cut batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from schemas.events import JobRequested, Problem, Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    """Either a valid job (with repeated userids removed) or the job id and every problem found."""
+
+    job: JobRequested | None
+    job_id: str | None
+    company_id: int | None
+    problems: tuple[Problem, ...] = ()
+    duplicates_removed: int = 0
+
+
+def _identify(raw: object) -> tuple[str | None, int | None]:
+    if not isinstance(raw, dict):
+        return None, None
+    job_id = raw.get("job_id")
+    company_id = raw.get("company_id")
+    return (
+        job_id if isinstance(job_id, str) and 0 < len(job_id) <= 128 else None,
+        company_id if isinstance(company_id, int) and not isinstance(company_id, bool) else None,
+    )
+
+
+def _problems(exc: ValidationError, limit: int = 50) -> tuple[Problem, ...]:
+    errors = exc.errors(include_url=False, include_input=False)
+    found = [Problem(field=".".join(str(p) for p in e["loc"]) or "(root)", message=e["msg"]) for e in errors]
+    if len(found) > limit:
+        found = found[:limit] + [Problem(field="(root)", message=f"{len(errors) - limit} more problems")]
+    return tuple(found)
+
+
+def validate_request(value: bytes, *, max_recipients: int) -> IntakeResult:
+    """Validate one job-requests record. Raises ValueError when it is not JSON or names no job id."""
+    try:
+        raw = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    job_id, company_id = _identify(raw)
+    if job_id is None:
+        raise ValueError("no usable job_id: a job that cannot be named cannot be rejected either")
+    try:
+        job = JobRequested.model_validate(raw)
+    except ValidationError as exc:
+        return IntakeResult(None, job_id, company_id, _problems(exc))
+    if len(job.recipients) > max_recipients:
+        problem = Problem(
+            field="recipients",
+            message=f"{len(job.recipients)} recipients exceeds the limit of {max_recipients} per job",
+        )
+        return IntakeResult(None, job_id, company_id, (problem,))
+    unique = unique_recipients(job.recipients)
+    removed = len(job.recipients) - len(unique)
+    if removed:
+        job = job.model_copy(update={"recipients": unique})
+    return IntakeResult(job, job.job_id, job.company_id, (), removed)
+
+
+def unique_recipients(recipients: Sequence[Recipient]) -> list[Recipient]:
+    """Keep the first occurrence of each userid: a learner listed twice is served once."""
+    seen: set[int] = set()
+    out: list[Recipient] = []
+    for recipient in recipients:
+        if recipient.userid not in seen:
+            seen.add(recipient.userid)
+            out.append(recipient)
+    return out
+
+
+def batches(recipients: Sequence[Recipient], size: int) -> Iterator[list[Recipient]]:
+    """Consecutive slices of ``size`` recipients; the last may be shorter. None for no recipients."""
+    if size < 1:
+        raise ValueError("batch size must be at least 1")
+    for start in range(0, len(recipients), size):
+        yield list(recipients[start : start + size])
+
+
+def batch_count(n: int, size: int) -> int:
+    return -(-n // size)

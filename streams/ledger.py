@@ -1,0 +1,77 @@
+"""Reads back the outcomes a batch already recorded, so a batch processed again after a crash sends nobody twice.
+
+Before a batch sends anything, the batch agent notes the end offset of the outcomes partition its job writes
+to. If the batch comes back (the worker died before committing it), every outcome it recorded lies between
+that offset and the end of the partition: reading that range tells exactly who was already served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from offload.config import Settings
+from schemas.envelope import UndecodableRecord, decode
+from schemas.events import CertificateIssued, Event, RecipientFailed, RecipientSent
+from streams.topics import MAX_MESSAGE_BYTES
+
+Outcome = RecipientSent | RecipientFailed | CertificateIssued
+
+
+class OutcomeLedger:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._topic = settings.topic("outcomes")
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()  # one reader at a time: assign/seek are per consumer
+
+    async def start(self) -> None:
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            )
+            await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def end_offset(self, partition: int) -> int:
+        assert self._consumer is not None, "ledger not started"
+        tp = TopicPartition(self._topic, partition)
+        offsets = await self._consumer.end_offsets([tp])
+        return int(offsets[tp])
+
+    async def recorded(self, *, job_id: str, run: int, batch_no: int, partition: int,
+                       from_offset: int) -> dict[int, Outcome]:
+        """Outcomes of this batch already in the log, by userid (the first one wins)."""
+        assert self._consumer is not None, "ledger not started"
+        key = job_id.encode()
+        found: dict[int, Outcome] = {}
+        async with self._lock:
+            tp = TopicPartition(self._topic, partition)
+            end = (await self._consumer.end_offsets([tp]))[tp]
+            if end <= from_offset:
+                return found
+            self._consumer.assign([tp])
+            self._consumer.seek(tp, from_offset)
+            while await self._consumer.position(tp) < end:
+                records = await self._consumer.getmany(tp, timeout_ms=1000)
+                for record in records.get(tp, []):
+                    if record.key != key:
+                        continue
+                    try:
+                        event: Event = decode(record.value, record.headers)
+                    except UndecodableRecord:
+                        continue
+                    if (isinstance(event, Outcome) and event.run == run and event.batch_no == batch_no
+                            and event.userid not in found):
+                        found[event.userid] = event
+            self._consumer.unsubscribe()
+        return found

@@ -1,0 +1,90 @@
+"""The public topics, created on purpose (partitions, compaction, retention chosen here), never auto-created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from offload.config import Settings
+
+# One 100,000-recipient job request is ~10-15 MB of JSON; the broker's default limit is 1 MB.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+KEEP_FOREVER = "-1"  # the log is the system of record: projections are rebuilt from offset 0
+THIRTY_DAYS_MS = str(30 * 24 * 3600 * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str  # short name; full name is Settings.topic(name)
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+    purpose: str = ""
+
+
+def public_topics(settings: Settings) -> list[TopicSpec]:
+    keep = {"retention.ms": KEEP_FOREVER}
+    return [
+        TopicSpec("job-requests", settings.job_partitions,
+                  {**keep, "max.message.bytes": str(MAX_MESSAGE_BYTES)},
+                  "JobRequested from Moodle, keyed by job id"),
+        TopicSpec("company-settings", 1,
+                  {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+                  "CompanySettingsChanged, compacted by company id: the latest settings of every company"),
+        TopicSpec("jobs", settings.job_partitions, keep,
+                  "job lifecycle: accepted, rejected, batch completed, fell back, completed"),
+        # Batches are operational (work distribution); every result they lead to is kept in outcomes.
+        TopicSpec("batches", settings.batch_partitions,
+                  {"retention.ms": THIRTY_DAYS_MS, "max.message.bytes": str(MAX_MESSAGE_BYTES)},
+                  "BatchDispatched, keyed job:run:batch so one job spreads over every worker"),
+        TopicSpec("outcomes", settings.outcome_partitions, keep,
+                  "one event per recipient: sent, failed, certificate issued; keyed by job id"),
+        TopicSpec("callbacks", settings.job_partitions, keep, "callback attempts to Moodle"),
+        TopicSpec("dead-letters", 1, keep, "records no agent could decode or process, with original bytes"),
+    ]
+
+
+# Faust's table changelogs, named as Faust names them ("{app_id}-{table}-changelog"). Created here with the
+# partition count of their source topic so a fresh worker never races Faust's own creation (a changelog seen
+# with 0 partitions fails the table's partition check).
+TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions",
+          "batch-progress": "batch_partitions", "company-settings": None}
+
+
+def changelog_topics(settings: Settings) -> list[TopicSpec]:
+    return [
+        TopicSpec(f"{settings.app_id}-{table}-changelog", getattr(settings, attr) if attr else 1,
+                  {"cleanup.policy": "compact"}, f"changelog of the worker's {table} table")
+        for table, attr in TABLES.items()
+    ]
+
+
+async def create_topics(settings: Settings, *, with_changelogs: bool = False) -> dict[str, str]:
+    """Create the missing public topics (and the worker's changelogs); return name -> 'created' | 'exists'."""
+    specs = public_topics(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        result: dict[str, str] = {}
+        missing = []
+        named = [(settings.topic(spec.name), spec) for spec in specs]
+        if with_changelogs:
+            named += [(spec.name, spec) for spec in changelog_topics(settings)]
+        for name, spec in named:
+            if name in existing:
+                result[name] = "exists"
+            else:
+                missing.append(NewTopic(name, spec.partitions, settings.topic_replication,
+                                        topic_configs=dict(spec.config)))
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:  # another process won the race; fine
+                pass
+            for topic in missing:
+                result[topic.name] = "created"
+        return result
+    finally:
+        await admin.close()

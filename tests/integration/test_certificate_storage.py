@@ -1,0 +1,186 @@
+"""Certificate stores against real back ends: moto's S3 HTTP server and real files on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from adapters.storage.base import CertificateStore, ObjectNotFound, StorageUnavailable, object_key
+from adapters.storage.local import LocalCertificateStore
+from adapters.storage.s3 import S3CertificateStore
+from tests.support.certificates import builtin_template, render_inputs, renderer
+from tests.support.moto_server import MotoServer, free_port, moto_server
+
+pytestmark = pytest.mark.integration
+CREDS = {"access_key_id": "testing", "secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def certificate_pdf() -> bytes:
+    return renderer().render(builtin_template(), **render_inputs())
+
+
+@pytest.fixture
+async def s3_store(moto: MotoServer) -> AsyncIterator[S3CertificateStore]:
+    store = S3CertificateStore(bucket=f"certs-{uuid.uuid4().hex[:12]}", region="eu-west-1",
+                               endpoint_url=moto.endpoint_url, presign_seconds=3600, **CREDS)
+    await store.ensure_bucket()
+    await store.ensure_bucket()  # twice: idempotent
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalCertificateStore:
+    return LocalCertificateStore(tmp_path / "certificates", "https://offload.example.org/")
+
+
+@pytest.fixture(params=["s3", "local"])
+def store(request: pytest.FixtureRequest) -> CertificateStore:
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+def _key() -> str:
+    return object_key(7, uuid.uuid4().hex, 12345, "ABCD-EFGH-JKMN-PQRS")
+
+
+# --- the contract, run against every store ----------------------------------------------------------
+
+
+async def test_put_get_exists_round_trip(store: CertificateStore, certificate_pdf: bytes) -> None:
+    key = _key()
+    assert isinstance(store, CertificateStore)
+    assert not await store.exists(key)
+    stored = await store.put(key, certificate_pdf)
+    assert stored.key == key and stored.backend == store.backend
+    assert stored.size == len(certificate_pdf)
+    assert stored.sha256 == hashlib.sha256(certificate_pdf).hexdigest()
+    assert await store.exists(key)
+    assert await store.get(key) == certificate_pdf
+
+
+async def test_same_bytes_twice_is_harmless(store: CertificateStore, certificate_pdf: bytes) -> None:
+    key = _key()
+    first = await store.put(key, certificate_pdf)
+    second = await store.put(key, certificate_pdf)
+    assert (second.key, second.sha256, second.size) == (first.key, first.sha256, first.size)
+    assert await store.get(key) == certificate_pdf
+
+
+async def test_missing_key_and_unsafe_key(store: CertificateStore) -> None:
+    with pytest.raises(ObjectNotFound):
+        await store.get(_key())
+    for bad in ["../escape.pdf", "/etc/passwd", "a//b.pdf", "a/../../b.pdf", "a\\b.pdf"]:
+        with pytest.raises(ValueError):
+            await store.put(bad, b"x")
+
+
+async def test_concurrent_puts(store: CertificateStore) -> None:
+    blobs = {_key(): os.urandom(2048) for _ in range(20)}
+    stored = await asyncio.gather(*(store.put(k, v) for k, v in blobs.items()))
+    assert {s.key for s in stored} == set(blobs)
+    for key, blob in blobs.items():
+        assert await store.get(key) == blob
+
+
+# --- S3 specifics ----------------------------------------------------------------------------------
+
+
+async def test_s3_object_has_type_checksum_and_a_working_presigned_url(
+    s3_store: S3CertificateStore, moto: MotoServer, certificate_pdf: bytes
+) -> None:
+    key = _key()
+    stored = await s3_store.put(key, certificate_pdf)
+    client = boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="eu-west-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    head = client.head_object(Bucket=s3_store.bucket, Key=key)
+    assert head["ContentType"] == "application/pdf"
+    assert head["Metadata"]["sha256"] == stored.sha256
+    assert "X-Amz-Expires=3600" in stored.url and stored.url.startswith(moto.endpoint_url)
+    with urllib.request.urlopen(stored.url, timeout=10) as resp:
+        body = resp.read()
+    assert body == certificate_pdf and hashlib.sha256(body).hexdigest() == stored.sha256
+
+
+async def test_unreachable_endpoint_is_storage_unavailable() -> None:
+    store = S3CertificateStore(bucket="certs", region="eu-west-1",
+                               endpoint_url=f"http://127.0.0.1:{free_port()}", **CREDS)
+    started = time.monotonic()
+    try:
+        calls = (store.put(_key(), b"%PDF"), store.get(_key()), store.exists(_key()), store.ensure_bucket())
+        for call in calls:
+            with pytest.raises(StorageUnavailable):
+                await call
+    finally:
+        store.close()
+    assert time.monotonic() - started < 30  # few retries: fall back to local quickly
+
+
+async def test_missing_bucket_is_storage_unavailable(moto: MotoServer) -> None:
+    store = S3CertificateStore(bucket=f"absent-{uuid.uuid4().hex[:8]}", region="eu-west-1",
+                               endpoint_url=moto.endpoint_url, **CREDS)
+    try:
+        with pytest.raises(StorageUnavailable):
+            await store.put(_key(), b"%PDF")
+    finally:
+        store.close()
+
+
+# --- local specifics -------------------------------------------------------------------------------
+
+
+async def test_local_url_and_atomic_replace(local_store: LocalCertificateStore) -> None:
+    key = _key()
+    first = await local_store.put(key, b"%PDF-old" * 1000)
+    assert first.url == f"https://offload.example.org/certificates/{key}"
+    path = local_store.path(key)
+    with open(path, "rb") as reader:  # a reader holding the old file keeps reading the whole old file
+        await local_store.put(key, b"%PDF-new" * 1000)
+        assert reader.read() == b"%PDF-old" * 1000
+    assert path.read_bytes() == b"%PDF-new" * 1000
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left behind
+
+
+async def test_local_identical_put_does_not_rewrite(local_store: LocalCertificateStore) -> None:
+    key = _key()
+    first = await local_store.put(key, b"%PDF-same")
+    before = local_store.path(key).stat()
+    time.sleep(0.01)
+    again = await local_store.put(key, b"%PDF-same")
+    after = local_store.path(key).stat()
+    assert again == first
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+async def test_local_symlink_out_of_root_is_refused(
+    local_store: LocalCertificateStore, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    local_store.root.mkdir(parents=True, exist_ok=True)
+    (local_store.root / "company-9").symlink_to(outside)
+    with pytest.raises(ValueError):
+        await local_store.put("company-9/x.pdf", b"%PDF")
+    assert not any(outside.iterdir())
+
+
+async def test_local_unwritable_root_is_storage_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"not a directory")
+    with pytest.raises(StorageUnavailable):
+        await LocalCertificateStore(blocker, "http://x").put("a/b.pdf", b"%PDF")
