@@ -104,11 +104,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     home = Path(args.home).resolve()
     if args.action == "up":
-        info = devstack.up(home)
-        print(f"KAFKA_BOOTSTRAP_SERVERS={info.kafka_bootstrap}")
-        print(f"DATABASE_URL={info.database_url}")
-        print(f"OFFLOAD_SMTP_HOST={info.smtp_host}")
-        print(f"OFFLOAD_SMTP_PORT={info.smtp_port}")
+        devstack.up(home)  # prints the connection settings as environment lines
     elif args.action == "down":
         devstack.down(home)
     else:

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True, populate_by_name=True)
 
     environment: Literal["development", "test", "production"] = "development"
 

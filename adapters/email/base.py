@@ -1,0 +1,58 @@
+"""The contract between the email stream and every email provider (SMTP, SES, SendGrid, Mailgun)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    """One personalised message, already composed, ready for any provider."""
+
+    key: str  # recipient key within the batch (the userid as a string)
+    to_address: str
+    to_name: str
+    subject: str
+    text: str
+    html: str
+    message_id: str  # deterministic "<...@domain>"
+    raw: bytes  # the complete message from compose_message
+
+
+class Outcome(enum.Enum):
+    """What a provider said about one message."""
+
+    SENT = "sent"
+    RETRY = "retry"  # transient for this message: try it again later
+    THROTTLED = "throttled"  # the provider asks us to slow down: back-pressure, not a failure
+    FAILED = "failed"  # permanent: retrying will not help
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """A provider's answer for one message of a batch."""
+
+    key: str
+    outcome: Outcome
+    provider_message_id: str | None = None
+    error: str | None = None  # short, human readable, never a secret
+
+
+class ProviderUnavailable(Exception):
+    """The whole provider cannot be reached or refuses every call (connection refused, DNS, auth)."""
+
+
+class EmailProvider(Protocol):
+    """Sends batches of pre-composed messages; one result per message, in the order given."""
+
+    name: str  # "smtp" | "ses" | "sendgrid" | "mailgun"
+    max_batch: int  # messages per send_batch call it handles well (SendGrid/Mailgun: 1000)
+
+    async def start(self) -> None: ...
+
+    async def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]: ...
+
+    async def stop(self) -> None: ...

@@ -1,0 +1,199 @@
+"""SMTP relay provider: a pool of persistent aiosmtplib sessions sending pre-built messages concurrently.
+
+Moodle core opens one SMTP session per mail; reusing a few sessions and sending the bytes composed once
+is what lets one worker push thousands of messages a second through the same relay (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import aiosmtplib
+
+from adapters.email.base import Outcome, OutgoingEmail, ProviderUnavailable, SendResult
+
+# Replies that mean "slow down" rather than "this message has a problem" (RFC 5321 + common relays).
+_THROTTLE_CODES = frozenset({421, 451, 452, 454})
+_THROTTLE_TEXT = re.compile(r"rate|too many|throttl|try again later", re.IGNORECASE)
+_QUEUE_ID = re.compile(r"(?:queued as|\bid=)\s*([A-Za-z0-9._-]+)", re.IGNORECASE)
+
+
+class _Unreachable(Exception):
+    """No session could be opened to the relay (refused, DNS, TLS or authentication failure)."""
+
+
+def _short(text: Any, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def classify_reply(code: int, text: str) -> Outcome:
+    """Outcome of a non-2xx SMTP reply: throttling, a transient (4xx) or a permanent (5xx) failure."""
+    if 400 <= code < 500:
+        return Outcome.THROTTLED if code in _THROTTLE_CODES or _THROTTLE_TEXT.search(text) else Outcome.RETRY
+    if 500 <= code < 600:
+        return Outcome.FAILED
+    return Outcome.RETRY
+
+
+class SmtpProvider:
+    """Sends through an SMTP relay with ``connections`` persistent sessions shared by all batches.
+
+    Sessions open lazily and reopen after a drop; aiosmtplib sends RSET itself after a refused
+    transaction, so the session stays usable for the next message.
+    """
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        mail_from: str,
+        username: str | None = None,
+        password: Any = None,  # str or pydantic SecretStr; never logged
+        starttls: bool = False,
+        use_tls: bool = False,
+        connections: int = 8,
+        timeout: float = 30.0,
+        max_batch: int = 500,
+        local_hostname: str | None = None,
+    ) -> None:
+        if starttls and use_tls:
+            raise ValueError("choose either starttls (upgrade) or use_tls (implicit TLS), not both")
+        self.host, self.port, self.mail_from = host, port, mail_from
+        self.max_batch = max_batch
+        self._username = username
+        self._password = password.get_secret_value() if hasattr(password, "get_secret_value") else password
+        self._starttls, self._use_tls, self._timeout = starttls, use_tls, timeout
+        # socket.getfqdn() (aiosmtplib's default EHLO name) can block on a DNS lookup.
+        self._local_hostname = local_hostname or socket.gethostname() or "localhost"
+        self._slots: list[aiosmtplib.SMTP | None] = [None] * max(1, connections)
+        self._free: asyncio.Queue[int] = asyncio.Queue()  # indexes of sessions no batch is using
+        for slot in range(len(self._slots)):
+            self._free.put_nowait(slot)
+
+    async def start(self) -> None:
+        """Open every session now so a wrong host or password shows at start-up, not on the first batch."""
+        opened = await asyncio.gather(*(self._open() for _ in self._slots), return_exceptions=True)
+        errors = [o for o in opened if isinstance(o, BaseException)]
+        for i, smtp in enumerate(opened):
+            if isinstance(smtp, BaseException):
+                continue
+            if self._slots[i] is None:
+                self._slots[i] = smtp
+            else:  # started twice: keep the session already there
+                smtp.close()
+        if len(errors) == len(self._slots):
+            raise ProviderUnavailable(f"smtp {self.host}:{self.port}: {errors[0]}")
+
+    async def stop(self) -> None:
+        """Say QUIT on every open session."""
+        for i in range(len(self._slots)):
+            await self._drop(i, polite=True)
+
+    async def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """One SMTP transaction per message, spread over the pool; results in the order of ``messages``."""
+        results: list[SendResult | None] = [None] * len(messages)
+        pending = deque(range(len(messages)))
+        unreachable: list[str] = []
+
+        async def work() -> None:
+            # Lease a session so concurrent batches never interleave on one connection.
+            slot = await self._free.get()
+            try:
+                while pending:
+                    index = pending.popleft()
+                    try:
+                        results[index] = await self._send_on(slot, messages[index])
+                    except _Unreachable as exc:
+                        # Leave the message to a session that works; this one gives up for the batch.
+                        pending.appendleft(index)
+                        unreachable.append(str(exc))
+                        return
+            finally:
+                self._free.put_nowait(slot)
+
+        async with asyncio.TaskGroup() as group:  # a bug in one worker cancels the others
+            for _ in range(min(len(self._slots), len(messages))):
+                group.create_task(work())
+        if pending:
+            reason = f"smtp {self.host}:{self.port}: {unreachable[-1]}"
+            if all(r is None for r in results):
+                raise ProviderUnavailable(reason)
+            for index in pending:
+                results[index] = SendResult(messages[index].key, Outcome.RETRY, error=_short(reason))
+        return [r for r in results if r is not None]
+
+    async def _send_on(self, slot: int, msg: OutgoingEmail) -> SendResult:
+        for attempt in (1, 2):
+            smtp = self._slots[slot]
+            if smtp is None or not smtp.is_connected:
+                smtp = self._slots[slot] = await self._open()
+            try:
+                _, reply = await smtp.sendmail(self.mail_from, [msg.to_address], msg.raw)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                refused = exc.recipients[0]
+                return await self._refused(slot, msg, refused.code, refused.message)
+            except aiosmtplib.SMTPResponseException as exc:  # MAIL FROM or DATA refused
+                return await self._refused(slot, msg, exc.code, exc.message)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                # A dropped session (idle timeout, relay restart): reopen and try this message once more.
+                await self._drop(slot)
+                if attempt == 1:
+                    continue
+                return SendResult(msg.key, Outcome.RETRY, error=_short(f"connection lost: {exc}"))
+            except aiosmtplib.SMTPTimeoutError:
+                # The relay may or may not have taken the message; let the retry policy decide when.
+                await self._drop(slot)
+                return SendResult(msg.key, Outcome.RETRY, error="timeout waiting for the smtp server")
+            except (ValueError, aiosmtplib.SMTPNotSupported) as exc:
+                return SendResult(msg.key, Outcome.FAILED, error=_short(f"unusable message: {exc}"))
+            match = _QUEUE_ID.search(reply)
+            return SendResult(msg.key, Outcome.SENT, provider_message_id=match.group(1) if match else msg.message_id)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
+
+    async def _refused(self, slot: int, msg: OutgoingEmail, code: int, text: str) -> SendResult:
+        if code == 421:
+            await self._drop(slot)  # 421 means the server is closing this session
+        outcome = classify_reply(code, text)
+        return SendResult(msg.key, outcome, error=_short(f"{code} {text}"))
+
+    async def _open(self) -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            timeout=self._timeout,
+            use_tls=self._use_tls,
+            start_tls=self._starttls,
+            username=self._username,
+            password=self._password,
+            local_hostname=self._local_hostname,
+        )
+        try:
+            await smtp.connect()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            smtp.close()
+            raise _Unreachable(f"authentication failed ({exc.code})") from None
+        except (OSError, aiosmtplib.SMTPException) as exc:
+            smtp.close()
+            raise _Unreachable(_short(exc) or type(exc).__name__) from None
+        return smtp
+
+    async def _drop(self, slot: int, *, polite: bool = False) -> None:
+        smtp, self._slots[slot] = self._slots[slot], None
+        if smtp is None:
+            return
+        if polite and smtp.is_connected:
+            try:
+                await smtp.quit()
+                return
+            except (OSError, aiosmtplib.SMTPException):
+                pass
+        smtp.close()

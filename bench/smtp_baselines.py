@@ -1,0 +1,120 @@
+"""SMTP baselines for the email benchmark: the best a relay can take, and how Moodle core sends.
+
+``raw_smtp_rate`` is the ceiling (pre-built bytes, persistent sessions, concurrent, no pipeline at all);
+``naive_moodle_rate`` is the floor we replace (one SMTP session per mail, sequential, a new
+``EmailMessage`` each time, as Moodle core does with its default ``smtpmaxbulk=1``).
+Run ``python -m bench.smtp_baselines [-n N]`` to print both against an in-process DevMailSink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import smtplib
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from content.email import RenderedEmail, compose_message, message_id_for
+
+_TEXT = (
+    "Dear {name},\n\nThis is a friendly reminder that you have not yet completed the course\n"
+    '"Workplace safety 2026". Please finish it by 1 December 2026.\n\n'
+    "Continue where you left off:\nhttps://moodle.example.org/course/view.php?id=42\n\nKind regards,\nMoodle\n"
+)
+_HTML = (
+    "<html><body><p>Dear {name},</p><p>This is a friendly reminder that you have not yet completed the "
+    "course <strong>Workplace safety 2026</strong>. Please finish it by <strong>1 December 2026</strong>."
+    '</p><p><a href="https://moodle.example.org/course/view.php?id=42">Continue the course</a></p>'
+    "<p>Kind regards,<br>Moodle</p></body></html>"
+)
+_FROM = "noreply@moodle.example.org"
+
+
+def _recipient(i: int) -> tuple[str, str]:
+    return f"user{i}@example.org", f"User {i}"
+
+
+async def raw_smtp_rate(host: str, port: int, n: int, connections: int = 8) -> float:
+    """Messages/s through ``connections`` persistent aiosmtplib sessions sending pre-built bytes."""
+    prepared = []
+    for i in range(n):
+        address, name = _recipient(i)
+        rendered = RenderedEmail("Reminder: Workplace safety 2026", _TEXT.format(name=name), _HTML.format(name=name))
+        raw = compose_message(
+            rendered, from_address=_FROM, from_name="Moodle", to_address=address, to_name=name,
+            message_id=message_id_for("bench", i, "bench.local"),
+        )
+        prepared.append((address, raw))
+    clients = [aiosmtplib.SMTP(hostname=host, port=port, local_hostname="bench.local") for _ in range(connections)]
+    await asyncio.gather(*(c.connect() for c in clients))
+
+    async def send(client: aiosmtplib.SMTP, share: list[tuple[str, bytes]]) -> None:
+        for address, raw in share:
+            await client.sendmail(_FROM, [address], raw)
+
+    # Warm up first (fresh sessions, cold interpreter caches on both sides): we want the steady rate.
+    warmup = prepared[: min(len(prepared), 25 * connections)]
+    await asyncio.gather(*(send(c, warmup[k::connections]) for k, c in enumerate(clients)))
+    started = time.perf_counter()
+    await asyncio.gather(*(send(c, prepared[k::connections]) for k, c in enumerate(clients)))
+    elapsed = time.perf_counter() - started
+    await asyncio.gather(*(c.quit() for c in clients))
+    return n / elapsed
+
+
+def naive_moodle_rate(host: str, port: int, n: int) -> float:
+    """Messages/s sending like Moodle core: sequential, a new SMTP session and EmailMessage per mail."""
+    started = time.perf_counter()
+    for i in range(n):
+        address, name = _recipient(i)
+        msg = EmailMessage()
+        msg["From"] = f"Moodle <{_FROM}>"
+        msg["To"] = f"{name} <{address}>"
+        msg["Subject"] = "Reminder: Workplace safety 2026"
+        msg.set_content(_TEXT.format(name=name))
+        msg.add_alternative(_HTML.format(name=name), subtype="html")
+        with smtplib.SMTP(host, port, local_hostname="bench.local", timeout=30) as smtp:
+            smtp.send_message(msg)
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="SMTP baselines against a DevMailSink in its own process")
+    parser.add_argument("-n", type=int, default=5000, help="messages for the raw rate (naive uses n/10)")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--in-process", action="store_true", help="run the sink in this process (shares the GIL)")
+    args = parser.parse_args()
+    if args.in_process:
+        from offload.devmail import DevMailSink
+
+        with DevMailSink(keep_messages=False, max_records=1) as sink:
+            _report(sink.host, sink.port, args.n, args.connections)
+        return
+    # A real relay does not share our interpreter; in-process the sink and the client fight over one GIL.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offload.devmail", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()  # "devmail listening on 127.0.0.1:PORT ..."
+        port = int(ready.split()[3].rsplit(":", 1)[1])
+        _report("127.0.0.1", port, args.n, args.connections)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _report(host: str, port: int, n: int, connections: int) -> None:
+    raw = asyncio.run(raw_smtp_rate(host, port, n, connections))
+    naive = naive_moodle_rate(host, port, max(1, n // 10))
+    print(f"raw smtp ({connections} connections, pre-built bytes): {raw:,.0f} msg/s")
+    print(f"naive moodle (session per mail, EmailMessage each): {naive:,.0f} msg/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Email templates on disk and their sandboxed Jinja2 rendering, personalised per recipient."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "templates" / "email"
+_TEMPLATE_ID = re.compile(r"[a-z0-9_-]{1,64}")
+# C0 controls, DEL and the C1 block, plus Unicode line/paragraph separators: none belongs in a subject line.
+_SUBJECT_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SPACES = re.compile(r" {2,}")
+
+
+class UnknownTemplate(LookupError):
+    """No template with this id exists (or the id is not a valid template id)."""
+
+    def __init__(self, template_id: str) -> None:
+        super().__init__(f"unknown email template {template_id!r}")
+        self.template_id = template_id
+
+
+class TemplateRenderError(ValueError):
+    """A template could not be rendered for a recipient: syntax error, missing variable, sandbox violation."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class EmailTemplate:
+    """The three sources of one email template, as read from ``<id>/subject.txt, body.txt, body.html``."""
+
+    id: str
+    subject: str
+    text: str
+    html: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """One recipient's personalised subject line and text/HTML bodies."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def valid_template_id(template_id: object) -> bool:
+    """True for ids made of ``[a-z0-9_-]`` (1..64 chars): they can never name a path outside the store."""
+    return isinstance(template_id, str) and _TEMPLATE_ID.fullmatch(template_id) is not None
+
+
+class TemplateStore:
+    """Finds templates in ``extra_dir`` first (site-specific overrides), then among the built-in ones."""
+
+    def __init__(self, extra_dir: Path | None = None) -> None:
+        self._dirs = [d for d in (extra_dir, BUILTIN_DIR) if d is not None]
+        self._cache: dict[str, EmailTemplate] = {}
+        self._lock = threading.Lock()
+
+    def get(self, template_id: str) -> EmailTemplate:
+        """The template called ``template_id``; raises :class:`UnknownTemplate` when there is none."""
+        cached = self._cache.get(template_id)
+        if cached is not None:
+            return cached
+        if not valid_template_id(template_id):
+            raise UnknownTemplate(str(template_id))
+        for base in self._dirs:
+            folder = base / template_id
+            if (folder / "subject.txt").is_file():
+                template = EmailTemplate(
+                    id=template_id,
+                    # The file's trailing newline is not part of the subject.
+                    subject=_read(folder / "subject.txt").strip(),
+                    text=_read(folder / "body.txt"),
+                    html=_read(folder / "body.html"),
+                )
+                with self._lock:
+                    self._cache[template_id] = template
+                return template
+        raise UnknownTemplate(template_id)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""  # a template may have no HTML (or no text) body; the part is then empty
+
+
+def one_line(subject: str) -> str:
+    """A subject as one header-safe line: control characters and line breaks become single spaces."""
+    return _SPACES.sub(" ", _SUBJECT_CONTROL.sub(" ", subject)).strip()
+
+
+class EmailRenderer:
+    """Renders a template for one recipient in a Jinja2 sandbox; compiled templates are cached per id.
+
+    The sandbox is immutable, so a template cannot reach Python internals or change its data; values in
+    the data are only ever printed, never evaluated, so ``{{ ... }}`` inside a course name stays text.
+    """
+
+    def __init__(self, store: TemplateStore) -> None:
+        self._store = store
+        common: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "keep_trailing_newline": True}
+        self._html_env = ImmutableSandboxedEnvironment(autoescape=True, **common)
+        self._text_env = ImmutableSandboxedEnvironment(autoescape=False, **common)
+        self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
+        self._lock = threading.Lock()
+
+    def _templates(self, template_id: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
+        compiled = self._compiled.get(template_id)
+        if compiled is not None:
+            return compiled
+        source = self._store.get(template_id)
+        try:
+            compiled = (
+                self._text_env.from_string(source.subject),
+                self._text_env.from_string(source.text),
+                self._html_env.from_string(source.html),
+            )
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateRenderError(
+                f"template {template_id!r}: syntax error on line {exc.lineno}: {exc.message}"
+            ) from None
+        with self._lock:
+            self._compiled[template_id] = compiled
+        return compiled
+
+    def render(
+        self, template_id: str, recipient: Mapping[str, Any], template_data: Mapping[str, Any]
+    ) -> RenderedEmail:
+        """Subject, text and HTML for one recipient; recipient fields win over template_data of the same name."""
+        subject_t, text_t, html_t = self._templates(template_id)
+        context = {**template_data, **recipient}
+        try:
+            return RenderedEmail(
+                subject=one_line(subject_t.render(context)),
+                text=text_t.render(context),
+                html=html_t.render(context),
+            )
+        except jinja2.TemplateError as exc:
+            # UndefinedError, SecurityError and the rest carry a short message of their own.
+            raise TemplateRenderError(f"template {template_id!r}: {exc.message or type(exc).__name__}") from None
+        except Exception as exc:  # e.g. a division by zero or a bad filter argument inside the template
+            raise TemplateRenderError(f"template {template_id!r}: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,281 @@
+"""A development SMTP sink (like MailHog): accepts every message, records it, and can inject failures.
+
+Tests use it in-process (``DevMailSink``); the dev stack runs it standalone with
+``python -m offload.devmail --host 127.0.0.1 --port 2525 --spool DIR``, and other processes count what
+arrived by reading ``DIR/received.jsonl``. The handler does little more than a dict append so the sink
+keeps up with a few thousand messages a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.header
+import json
+import re
+import signal
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+_HEADER = {
+    name: re.compile(rb"^" + name.encode() + rb":[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+    for name in ("Message-ID", "Subject")
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """One message as the sink received it."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    raw: bytes  # empty when the sink runs with keep_messages=False
+    message_id: str | None
+    received_at: float
+
+
+@dataclass
+class _Injection:
+    code: int
+    text: str
+    times: int | None  # None: every time
+
+
+def _header(raw: bytes, name: str) -> str | None:
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    match = _HEADER[name].search(head)
+    if match is None:
+        return None
+    return re.sub(rb"\r?\n[ \t]", b" ", match.group(1)).decode("ascii", "replace").strip()
+
+
+def _decoded_subject(raw: bytes) -> str | None:
+    subject = _header(raw, "Subject")
+    if subject and "=?" in subject:
+        subject = str(email.header.make_header(email.header.decode_header(subject)))
+    return subject
+
+
+# "<local@domain>" followed by ESMTP parameters: what every real client sends in MAIL FROM / RCPT TO.
+_SIMPLE_PATH = re.compile(r"\s*<([^<>\s@\"()\\,;:]{1,64}@[^<>\s@\"()\\,;:]+)>(.*)", re.DOTALL)
+
+
+class _FastSMTP(SMTP):
+    """aiosmtpd's server with a regex fast path for plain addresses.
+
+    aiosmtpd parses each MAIL/RCPT path with the email package's header parser, which was about a third
+    of the sink's CPU per message; anything unusual still goes through the full parser.
+    """
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _SIMPLE_PATH.fullmatch(arg)
+        if match is not None:
+            return match.group(1), match.group(2)
+        return super()._getaddr(arg)
+
+
+class _PortController(Controller):
+    """Controller that accepts port 0 and learns the port the OS picked before its readiness probe."""
+
+    def factory(self) -> SMTP:
+        return _FastSMTP(self.handler, **self.SMTP_kwargs)
+
+    def _trigger_server(self) -> None:
+        assert self.server is not None
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+class DevMailSink:
+    """An aiosmtpd server in its own thread that records every message it accepts."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        keep_messages: bool = True,
+        spool_dir: Path | None = None,
+        max_records: int | None = None,
+    ) -> None:
+        self.host, self._port = host, port
+        self.keep_messages = keep_messages
+        self.spool_dir = spool_dir
+        self._lock = threading.Lock()
+        self._records: deque[ReceivedMessage] = deque(maxlen=max_records)
+        self._count = 0
+        self._per_recipient: Counter[str] = Counter()
+        self._failures: dict[str, _Injection] = {}
+        self._throttle: _Injection | None = None
+        self._spool: Any = None
+        self._controller: _PortController | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> DevMailSink:
+        if self.spool_dir is not None:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            self._spool = open(self.spool_dir / "received.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._controller = _PortController(
+            self, hostname=self.host, port=self._port, server_hostname="devmail.local", ready_timeout=10.0
+        )
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def __enter__(self) -> DevMailSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._controller is None:
+            raise RuntimeError("the sink is not running")
+        return int(self._controller.port)
+
+    # ---- what arrived ----------------------------------------------------------------------------
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    def messages(self) -> list[ReceivedMessage]:
+        with self._lock:
+            return list(self._records)
+
+    def by_recipient(self) -> dict[str, list[ReceivedMessage]]:
+        """Messages per envelope recipient (lower-cased), in arrival order."""
+        grouped: dict[str, list[ReceivedMessage]] = {}
+        for record in self.messages():
+            for rcpt in record.rcpt_tos:
+                grouped.setdefault(rcpt.lower(), []).append(record)
+        return grouped
+
+    def recipient_counts(self) -> dict[str, int]:
+        """How many messages each recipient received (kept even when messages themselves are not)."""
+        with self._lock:
+            return dict(self._per_recipient)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._per_recipient.clear()
+            self._count = 0
+
+    # ---- failure injection -----------------------------------------------------------------------
+    def fail_next(self, address: str, code: int = 451, times: int = 1, text: str = "Temporary failure, try again") -> None:
+        """Refuse the next ``times`` RCPT TO for ``address`` with ``code``."""
+        with self._lock:
+            self._failures[address.lower()] = _Injection(code, text, times)
+
+    def reject(self, address: str, code: int = 550, text: str = "No such user here") -> None:
+        """Refuse every RCPT TO for ``address`` with ``code`` (a permanent failure)."""
+        with self._lock:
+            self._failures[address.lower()] = _Injection(code, text, None)
+
+    def throttle_next(self, times: int, code: int = 421, text: str = "Too many messages, slow down") -> None:
+        """Refuse the next ``times`` MAIL FROM commands (any sender) with ``code``."""
+        with self._lock:
+            self._throttle = _Injection(code, text, times)
+
+    @staticmethod
+    def _take(injection: _Injection | None) -> str | None:
+        if injection is None or injection.times == 0:
+            return None
+        if injection.times is not None:
+            injection.times -= 1
+        return f"{injection.code} {injection.text}"
+
+    # ---- aiosmtpd handler hooks (run in the controller's thread) -----------------------------------
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list) -> str:
+        with self._lock:
+            refusal = self._take(self._throttle)
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list) -> str:
+        if self._failures:
+            with self._lock:
+                refusal = self._take(self._failures.get(address.lower()))
+            if refusal:
+                return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw: bytes = envelope.original_content or envelope.content
+        now = time.time()
+        message_id = _header(raw, "Message-ID")
+        record = ReceivedMessage(
+            mail_from=envelope.mail_from,
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            raw=raw if self.keep_messages else b"",
+            message_id=message_id,
+            received_at=now,
+        )
+        with self._lock:
+            self._count += 1
+            queue_id = f"DEV{self._count:08d}"
+            self._records.append(record)
+            self._per_recipient.update(r.lower() for r in envelope.rcpt_tos)
+            if self._spool is not None:
+                self._spool_record(queue_id, record, raw)
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _spool_record(self, queue_id: str, record: ReceivedMessage, raw: bytes) -> None:
+        assert self.spool_dir is not None
+        line = {
+            "queue_id": queue_id,
+            "rcpt": list(record.rcpt_tos),
+            "message_id": record.message_id,
+            "subject": _decoded_subject(raw),
+            "size": len(raw),
+            "received_at": record.received_at,
+        }
+        self._spool.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._spool.flush()  # other processes count lines as they arrive
+        if self.keep_messages:
+            (self.spool_dir / f"{queue_id}.eml").write_bytes(raw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sink until SIGTERM/SIGINT; print one line when it accepts connections."""
+    parser = argparse.ArgumentParser(prog="python -m offload.devmail", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2525)
+    parser.add_argument("--spool", type=Path, default=None, help="directory for received.jsonl (and .eml files)")
+    parser.add_argument("--keep-messages", action="store_true", help="also write one .eml file per message")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    # A long-running sink keeps only the latest records in memory; the spool file has them all.
+    sink = DevMailSink(args.host, args.port, keep_messages=args.keep_messages, spool_dir=args.spool, max_records=1000)
+    sink.start()
+    print(f"devmail listening on {args.host}:{sink.port} spool={args.spool}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        sink.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
