@@ -11,7 +11,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
+_DEV_CODE_SECRET = "development-only-certificate-code-secret"
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET}
 
 
 class Settings(BaseSettings):
@@ -76,6 +77,22 @@ class Settings(BaseSettings):
     ses_configuration_set: str | None = None
     ses_concurrency: int = Field(default=8, ge=1, le=64)
 
+    # --- certificates ---------------------------------------------------------------------------
+    # Codes are HMACs under this secret: deterministic per job+learner+template, unguessable without it.
+    certificate_code_secret: SecretStr = SecretStr(_DEV_CODE_SECRET)
+    public_base_url: str = "http://127.0.0.1:8080"  # local certificate URLs: {public_base_url}/certificates/{key}
+    certificate_verify_base_url: str = "http://127.0.0.1:8080/verify"  # QR codes point at {this}/{code}
+    certificate_storage_root: Path = Path(".dev/certificates")
+    certificate_template_dir: Path | None = None  # where new template versions are published
+    certificate_bucket: str = "offload-certificates"
+    certificate_storage_region: str | None = None  # default: aws_region; "auto" for Cloudflare R2
+    certificate_storage_endpoint_url: str | None = None  # default: aws_endpoint_url
+    certificate_presign_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+    r2_endpoint_url: str | None = None  # https://<account>.r2.cloudflarestorage.com
+    r2_access_key_id: str | None = None
+    r2_secret_access_key: SecretStr | None = None
+    certificate_render_processes: int = Field(default=0, ge=0, le=64)  # 0: one per core
+
     # --- retries --------------------------------------------------------------------------------
     max_attempts: int = Field(default=5, ge=1, le=50)
     retry_base_delay: float = 0.5
@@ -85,7 +102,7 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("smtp_password", "aws_secret_access_key"):
+        for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")

@@ -40,6 +40,15 @@ class MotoServer:
         return list(ses.get("Message", [])) + list(ses.get("RawMessage", []))
 
 
+def verify_ses_sender(server: MotoServer, address: str, region: str = "eu-west-1") -> None:
+    """What an operator does once in the AWS console: verify the sending identity."""
+    import boto3
+
+    client = boto3.client("sesv2", endpoint_url=server.endpoint_url, region_name=region,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_email_identity(EmailIdentity=address)
+
+
 @contextmanager
 def moto_server() -> Iterator[MotoServer]:
     """Start ``moto_server`` on a free loopback port, wait until it answers, stop it (by pid) afterwards."""

@@ -1,0 +1,122 @@
+"""Shared fixtures: a real broker and database for the session, fresh names per test, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offload.config import Settings
+from offload.devmail import DevMailSink
+from streams.topics import create_topics
+from tests.support.moto_server import MotoServer, moto_server
+from tests.support.stack import Infra, ServiceProcess, fresh_database, infrastructure
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    with infrastructure() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def database_url(infra: Infra) -> Iterator[str]:
+    with fresh_database(infra.database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def mail_sink() -> Iterator[DevMailSink]:
+    with DevMailSink(port=0) as sink:
+        yield sink
+
+
+@pytest.fixture
+def settings_factory(infra: Infra, database_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings with fresh topic names, consumer group/app id and projection schema for this test."""
+
+    def make(**overrides: Any) -> Settings:
+        tag = uuid.uuid4().hex[:10]
+        values: dict[str, Any] = dict(
+            environment="test",
+            kafka_bootstrap_servers=infra.kafka_bootstrap,
+            database_url=database_url,
+            topic_prefix=f"t{tag}.",
+            app_id=f"t{tag}",
+            projection_schema=f"t_{tag}",
+            job_partitions=3,
+            batch_partitions=6,
+            outcome_partitions=3,
+            broker_session_timeout=6.0,
+            retry_base_delay=0.05,
+            retry_max_delay=0.5,
+        )
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def topics_for() -> Callable[[Settings], dict[str, str]]:
+    def create(settings: Settings) -> dict[str, str]:
+        return asyncio.run(create_topics(settings, with_changelogs=True))
+
+    return create
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start ``offload worker``/``offload projector`` processes; all are stopped after the test."""
+    started: list[ServiceProcess] = []
+
+    def start(command: str, settings: Settings, *, wait: bool = True) -> ServiceProcess:
+        ready = {"worker": "Worker]: Ready", "projector": None}[command] if wait else None
+        proc = ServiceProcess(command, settings, tmp_path, ready).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def job_payload(job_id: str, n: int, *, company_id: int = 7, template_id: str = "course_reminder",
+                job_type: str = "email", start: int = 1, **extra: Any) -> dict[str, Any]:
+    """A job as Moodle sends it, with n learners learner<i>@example.org."""
+    return {
+        "job_id": job_id,
+        "type": job_type,
+        "company_id": company_id,
+        "recipients": [
+            {"userid": i, "email": f"learner{i}@example.org", "firstname": f"First{i}", "lastname": f"Last{i}"}
+            for i in range(start, start + n)
+        ],
+        "template_id": template_id,
+        "template_data": {"course_name": "Fire Safety 101", "due_date": "2026-12-31",
+                          "course_url": "https://moodle.example.org/course/view.php?id=7"},
+        "callback_url": "https://moodle.example.org/local/offload/callback.php",
+        "timestamp": 1795870000,
+        "createdby": 2,
+        **extra,
+    }
+
+
+@pytest.fixture
+def job_factory() -> Callable[..., dict[str, Any]]:
+    return job_payload
+
+
+def dump(payload: dict[str, Any]) -> str:
+    return json.dumps(payload)

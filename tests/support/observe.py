@@ -1,0 +1,91 @@
+"""Reading what the system did: read-model rows from Postgres and decoded events from the topics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from offload.config import Settings
+from schemas.envelope import decode
+from schemas.events import Event
+
+T = TypeVar("T")
+
+
+def query(settings: Settings, statement: str, params: tuple = ()) -> list[dict[str, Any]]:
+    """Rows of a read-model query in the test's projection schema ([] while its tables do not exist yet)."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.projection_schema)))
+        try:
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(statement, params)
+                return cur.fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 60, interval: float = 0.25, what: str = "") -> T:
+    """Poll until ``check()`` returns something truthy; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or check}: last value {last!r}")
+
+
+def job_row(settings: Settings, job_id: str) -> dict[str, Any] | None:
+    rows = query(settings, "SELECT * FROM jobs WHERE job_id = %s", (job_id,))
+    return rows[0] if rows else None
+
+
+def wait_for_job(settings: Settings, job_id: str, status: str = "completed", timeout: float = 90) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        row = job_row(settings, job_id)
+        return row if row and row["status"] == status else None
+
+    return wait_for(check, timeout=timeout, what=f"job {job_id} to be {status}")
+
+
+async def _read_topic(settings: Settings, short: str) -> list[tuple[Any, Event | Exception]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, max_partition_fetch_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    try:
+        name = settings.topic(short)
+        partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        out: list[tuple[Any, Event | Exception]] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for record in records:
+                    try:
+                        out.append((record, decode(record.value, record.headers)))
+                    except Exception as exc:  # tests look at undecodable records too
+                        out.append((record, exc))
+        return out
+    finally:
+        await consumer.stop()
+
+
+def events(settings: Settings, short_topic: str) -> list[Event]:
+    """Every decodable event on one of the test's topics, e.g. ``events(s, 'outcomes')``."""
+    return [e for _, e in asyncio.run(_read_topic(settings, short_topic)) if isinstance(e, Event)]
+
+
+def records(settings: Settings, short_topic: str) -> list[tuple[Any, Event | Exception]]:
+    return asyncio.run(_read_topic(settings, short_topic))
