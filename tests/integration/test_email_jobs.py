@@ -1,0 +1,155 @@
+"""Email jobs through the real worker and projector into a real SMTP server and moto's SES endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+from email.header import decode_header, make_header
+from email.message import Message
+
+import pytest
+
+from content.email import message_id_for
+from offload.client import change_company_settings, submit_job
+from schemas.events import JobFellBackToLocal, RecipientSent
+from tests.support.email import closed_port
+from tests.support.moto_server import verify_ses_sender
+from tests.support.observe import events, query, wait_for_job
+
+pytestmark = pytest.mark.integration
+
+
+def text_of(message: Message) -> str:
+    part = next(p for p in message.walk() if p.get_content_type() == "text/plain")
+    return part.get_payload(decode=True).decode(part.get_content_charset() or "utf-8")
+
+
+def html_of(message: Message) -> str:
+    part = next(p for p in message.walk() if p.get_content_type() == "text/html")
+    return part.get_payload(decode=True).decode(part.get_content_charset() or "utf-8")
+
+
+def recipients_rows(settings, job_id: str) -> dict[int, dict]:
+    return {r["userid"]: r for r in query(settings, "SELECT * FROM job_recipients WHERE job_id = %s", (job_id,))}
+
+
+def test_every_learner_gets_exactly_their_own_message_and_bad_input_is_recorded(
+    settings_factory, topics_for, processes, job_factory, mail_sink
+):
+    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=50)
+    topics_for(settings)
+    processes("worker", settings)
+    processes("projector", settings)
+    payload = job_factory("email-exact", 230)
+    learners = payload["recipients"]
+    learners[0].update(firstname="Zoë", lastname="Ångström")
+    learners[1].update(firstname="Иван", lastname="Петров")
+    learners[2].update(firstname="Eve\r\nBcc: victim@example.org", lastname="X\nTo: victim@example.org")
+    learners[3].update(firstname="<script>alert(1)</script>")
+    learners.append({"userid": 9001, "email": "no-at-sign.example.org", "firstname": "Bad", "lastname": "Address"})
+    learners.append(dict(learners[5]))  # the same learner twice is served once
+    asyncio.run(submit_job(settings, payload))
+
+    job = wait_for_job(settings, "email-exact")
+    assert (job["total_recipients"], job["succeeded"], job["failed"], job["duplicates_removed"]) == (231, 230, 1, 1)
+    assert job["batch_count"] == job["batches_done"] == 5
+
+    counts = mail_sink.recipient_counts()
+    assert "victim@example.org" not in counts, "a name injected a header"
+    assert sorted(counts) == sorted(r["email"] for r in learners[:230])
+    assert set(counts.values()) == {1}
+    by_address = mail_sink.by_recipient()
+    for learner in learners[:230]:
+        (received,) = by_address[learner["email"]]
+        message = email.message_from_bytes(received.raw)
+        assert message["Message-ID"] == message_id_for("email-exact", learner["userid"], settings.message_id_domain)
+        assert str(make_header(decode_header(message["Subject"]))) == "Reminder: Fire Safety 101 is due 2026-12-31"
+        if "\n" not in learner["firstname"] and "<" not in learner["firstname"]:
+            assert text_of(message).splitlines()[0] == f"Dear {learner['firstname']},"
+        assert learner["email"] in text_of(message)
+    injected = email.message_from_bytes(by_address[learners[3]["email"]][0].raw)
+    assert "<script>" not in html_of(injected) and "&lt;script&gt;" in html_of(injected)
+    assert "Zoë" in text_of(email.message_from_bytes(by_address[learners[0]["email"]][0].raw))
+
+    rows = recipients_rows(settings, "email-exact")
+    assert len(rows) == 231
+    assert rows[9001]["status"] == "failed" and rows[9001]["retryable"] is False
+    assert rows[9001]["error_message"].startswith("unusable address")
+    sent = [r for r in rows.values() if r["status"] == "sent"]
+    assert len(sent) == 230 and all(r["provider"] == "smtp" and r["provider_message_id"] for r in sent)
+    assert all(r["attempts"] == 1 and r["timesent"] is not None for r in sent)
+
+
+def test_transient_smtp_errors_are_retried_and_permanent_ones_recorded(
+    settings_factory, topics_for, processes, job_factory, mail_sink
+):
+    settings = settings_factory(smtp_port=mail_sink.port, max_attempts=4)
+    topics_for(settings)
+    mail_sink.fail_next("learner2@example.org", code=450, times=2)  # transient: retried, attempts counted
+    mail_sink.fail_next("learner4@example.org", code=451, times=2)  # back-pressure: retried, attempts not spent
+    mail_sink.throttle_next(3)
+    mail_sink.reject("learner3@example.org", code=550)
+    processes("worker", settings)
+    processes("projector", settings)
+    asyncio.run(submit_job(settings, job_factory("email-retry", 20)))
+
+    job = wait_for_job(settings, "email-retry")
+    assert (job["succeeded"], job["failed"]) == (19, 1)
+    rows = recipients_rows(settings, "email-retry")
+    assert rows[2]["status"] == "sent" and rows[2]["attempts"] == 3
+    assert rows[4]["status"] == "sent" and rows[4]["attempts"] == 1
+    assert rows[3]["status"] == "failed" and rows[3]["retryable"] is False and "550" in rows[3]["error_message"]
+    assert mail_sink.recipient_counts()["learner2@example.org"] == 1
+    assert mail_sink.recipient_counts()["learner4@example.org"] == 1
+    assert "learner3@example.org" not in mail_sink.recipient_counts()
+
+
+def test_a_template_that_cannot_render_fails_its_recipients_clearly(
+    settings_factory, topics_for, processes, job_factory, mail_sink
+):
+    settings = settings_factory(smtp_port=mail_sink.port)
+    topics_for(settings)
+    processes("worker", settings)
+    processes("projector", settings)
+    payload = job_factory("email-render", 3, template_data={"due_date": "tomorrow"})  # no course_name
+    asyncio.run(submit_job(settings, payload))
+    job = wait_for_job(settings, "email-render")
+    assert (job["succeeded"], job["failed"]) == (0, 3)
+    errors = {r["error_message"] for r in recipients_rows(settings, "email-render").values()}
+    assert len(errors) == 1 and "course_name" in errors.pop()
+    assert mail_sink.count() == 0
+
+
+def test_cloud_jobs_go_through_ses_and_fall_back_to_smtp_when_it_is_unreachable(
+    settings_factory, topics_for, processes, job_factory, mail_sink, moto
+):
+    moto.reset()
+    common = dict(smtp_port=mail_sink.port, aws_access_key_id="testing", aws_secret_access_key="testing",
+                  max_attempts=2)
+    ses = settings_factory(aws_endpoint_url=moto.endpoint_url, **common)
+    down = settings_factory(aws_endpoint_url=f"http://127.0.0.1:{closed_port()}", **common)
+    verify_ses_sender(moto, ses.mail_from)
+    for settings in (ses, down):
+        topics_for(settings)
+        asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_emails=True,
+                                            user_threshold=1, email_provider="ses"))
+        processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
+        processes("projector", settings)
+    asyncio.run(submit_job(ses, job_factory("via-ses", 30)))
+    asyncio.run(submit_job(down, job_factory("ses-down", 30, start=500)))
+
+    job = wait_for_job(ses, "via-ses")
+    assert (job["route"], job["provider"], job["succeeded"], job["fell_back"]) == ("cloud", "ses", 30, False)
+    sent_by_moto = [m for m in moto.sent_emails() if "X-Offload-Job: via-ses" in m.get("raw_data", "")]
+    assert len(sent_by_moto) == 30
+    outcomes = [e for e in events(ses, "outcomes") if isinstance(e, RecipientSent)]
+    assert {e.provider for e in outcomes} == {"ses"} and len({e.userid for e in outcomes}) == 30
+    assert not any(a.startswith("learner1@") for a in mail_sink.recipient_counts())
+
+    fell = wait_for_job(down, "ses-down")
+    assert (fell["route"], fell["succeeded"], fell["fell_back"]) == ("cloud", 30, True)
+    assert "ses" in fell["fallback_reason"]
+    assert [e for e in events(down, "jobs") if isinstance(e, JobFellBackToLocal)]
+    counts = mail_sink.recipient_counts()
+    assert all(counts[f"learner{i}@example.org"] == 1 for i in range(500, 530))
+    assert {r["provider"] for r in recipients_rows(down, "ses-down").values()} == {"smtp"}
