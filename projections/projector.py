@@ -87,6 +87,8 @@ class Projector:
         try:
             await create_read_models(conn)
             partitions = await self._assign(consumer, conn)
+            log.info("projector started: %d partitions into schema %s", len(partitions),
+                     self.schema or self.settings.projection_schema)
             targets = await consumer.end_offsets(partitions) if until_caught_up else {}
             while not self._stop.is_set():
                 if until_caught_up and all(await self._reached(consumer, targets)):

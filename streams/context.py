@@ -38,10 +38,11 @@ class BatchProgressTable(faust.Table):
 
     Faust would use the partition of the event being processed, which is wrong when several batches are
     processed at once; its use_partitioner option fails before the producer has the changelog's metadata.
+    Keys are the batch key as text: Faust's recovery reads changelog keys as JSON whatever the table schema.
     """
 
-    def partition_for_key(self, key: bytes) -> int:
-        return partition_for(key, self.partitions)
+    def partition_for_key(self, key: str) -> int:
+        return partition_for(key.encode(), self.partitions)
 
 
 @dataclass
@@ -78,7 +79,6 @@ class StreamContext:
             # recovery. (Using the public topic itself as the changelog hangs faust's start-up.)
             company_settings_table=app.GlobalTable(
                 "company-settings",
-                schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
                 partitions=1,
                 recovery_buffer_size=1,
                 default=None,
@@ -91,7 +91,6 @@ class StreamContext:
                 name="batch-progress",
                 beacon=app.tables.beacon,
                 partitions=s.batch_partitions,
-                schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
                 default=None,
             )),
             job_progress=app.Table("job-progress", partitions=s.job_partitions, default=None),
@@ -125,7 +124,7 @@ class StreamContext:
         await self.publisher.stop()
 
     def company_settings_for(self, company_id: int) -> CompanySettingsChanged | None:
-        raw = self.company_settings_table.get(str(company_id).encode())
+        raw = self.company_settings_table.get(str(company_id))
         return _decode_settings(raw) if raw else None
 
     async def guarded(self, message: faust.types.Message, stage: str,
@@ -173,9 +172,9 @@ def _header_items(headers: object) -> list[tuple[str, object]]:
 
 
 @lru_cache(maxsize=4096)
-def _decode_settings(raw: bytes) -> CompanySettingsChanged | None:
+def _decode_settings(raw: str) -> CompanySettingsChanged | None:
     try:
-        event = decode(raw, None, default=CompanySettingsChanged)
+        event = decode(raw.encode(), None, default=CompanySettingsChanged)
     except UndecodableRecord:
         log.error("undecodable company settings record ignored")
         return None

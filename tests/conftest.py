@@ -15,7 +15,8 @@ from offload.config import Settings
 from offload.devmail import DevMailSink
 from streams.topics import create_topics
 from tests.support.moto_server import MotoServer, moto_server
-from tests.support.stack import Infra, ServiceProcess, fresh_database, infrastructure
+from offload.processes import READY, ServiceProcess
+from tests.support.stack import REPO, Infra, fresh_database, infrastructure
 
 
 @pytest.fixture(scope="session")
@@ -77,13 +78,17 @@ def topics_for() -> Callable[[Settings], dict[str, str]]:
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start ``offload worker``/``offload projector`` processes; all are stopped after the test."""
+def processes(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start ``offload worker``/``offload projector`` processes; all are stopped after the test.
+
+    Their logs stay in ``.dev/test-logs/<test>/`` (not pytest's rotating tmp dirs) for diagnosing a failure.
+    """
     started: list[ServiceProcess] = []
+    log_dir = REPO / ".dev" / "test-logs" / request.node.name
+    log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(command: str, settings: Settings, *, wait: bool = True) -> ServiceProcess:
-        ready = {"worker": "Worker]: Ready", "projector": None}[command] if wait else None
-        proc = ServiceProcess(command, settings, tmp_path, ready).start()
+        proc = ServiceProcess(command, settings, log_dir, READY[command] if wait else None, cwd=REPO).start()
         started.append(proc)
         return proc
 

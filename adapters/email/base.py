@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +46,18 @@ class ProviderUnavailable(Exception):
     """The whole provider cannot be reached or refuses every call (connection refused, DNS, auth)."""
 
 
+# Told each message's result (by its index in the batch) as soon as the provider has it, so the stream can
+# record a send before the rest of the batch is done: a crash then re-sends as little as possible.
+OnEachResult = Callable[[int, SendResult], Awaitable[None] | None]
+
+
+async def report(on_result: OnEachResult | None, index: int, result: SendResult) -> None:
+    if on_result is not None:
+        outcome = on_result(index, result)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
 class EmailProvider(Protocol):
     """Sends batches of pre-composed messages; one result per message, in the order given."""
 
@@ -53,6 +66,8 @@ class EmailProvider(Protocol):
 
     async def start(self) -> None: ...
 
-    async def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]: ...
+    async def send_batch(
+        self, messages: Sequence[OutgoingEmail], on_result: OnEachResult | None = None
+    ) -> list[SendResult]: ...
 
     async def stop(self) -> None: ...

@@ -126,11 +126,23 @@ async def deliver(
         unavailable: str | None = None
         for start in range(0, len(open_), max(1, provider.max_batch)):
             chunk = open_[start : start + max(1, provider.max_batch)]
+            early: set[int] = set()  # recipients made final while the chunk was still being sent
+
+            async def on_each(position: int, result: SendResult, chunk: list[int] = chunk) -> None:
+                if result.outcome in (Outcome.SENT, Outcome.FAILED):
+                    index = chunk[position]
+                    early.add(index)
+                    attempts[index] += 1
+                    budget[index] += 1
+                    sent = result.outcome is Outcome.SENT
+                    await finish(index, sent, result, None if sent else result.error, retryable=False)
+
             try:
-                results = await provider.send_batch([messages[i] for i in chunk])
+                results = await provider.send_batch([messages[i] for i in chunk], on_result=on_each)
             except ProviderUnavailable as exc:
                 unavailable = f"{provider.name} unavailable: {exc}"
-                retry_next.extend(open_[start:])  # nothing after this point was sent this round
+                # nothing after this point was sent this round (but some of this chunk may have been)
+                retry_next.extend(i for i in open_[start:] if i not in early)
                 break
             except Exception as exc:  # a provider bug must not lose recipients: count it as a transient failure
                 log.exception("%s.send_batch failed", provider.name)
@@ -138,6 +150,8 @@ async def deliver(
             if len(results) != len(chunk):
                 raise RuntimeError(f"{provider.name} returned {len(results)} results for {len(chunk)} messages")
             for index, result in zip(chunk, results):
+                if index in early:
+                    continue
                 if result.outcome is Outcome.THROTTLED:
                     throttled = True
                     retry_next.append(index)

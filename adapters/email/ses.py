@@ -26,7 +26,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from adapters.email.base import Outcome, OutgoingEmail, ProviderUnavailable, SendResult
+from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
 
 _THROTTLED_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling"})
 _FAILED_CODES = frozenset(
@@ -129,14 +129,19 @@ class SesProvider:
         if client is not None:
             client.close()
 
-    async def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+    async def send_batch(
+        self, messages: Sequence[OutgoingEmail], on_result: OnEachResult | None = None
+    ) -> list[SendResult]:
         """Send every message (``concurrency`` at a time); raise ProviderUnavailable when SES refused them all."""
         await self.start()
         loop = asyncio.get_running_loop()
-        outcomes = await asyncio.gather(
-            *(loop.run_in_executor(self._executor, self._send_one, msg) for msg in messages),
-            return_exceptions=True,
-        )
+
+        async def send(index: int, msg: OutgoingEmail) -> SendResult:
+            result = await loop.run_in_executor(self._executor, self._send_one, msg)
+            await report(on_result, index, result)
+            return result
+
+        outcomes = await asyncio.gather(*(send(i, msg) for i, msg in enumerate(messages)), return_exceptions=True)
         results: list[SendResult] = []
         unavailable: list[str] = []
         for msg, outcome in zip(messages, outcomes):

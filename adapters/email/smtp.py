@@ -15,7 +15,7 @@ from typing import Any
 
 import aiosmtplib
 
-from adapters.email.base import Outcome, OutgoingEmail, ProviderUnavailable, SendResult
+from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
 
 # Replies that mean "slow down" rather than "this message has a problem" (RFC 5321 + common relays).
 _THROTTLE_CODES = frozenset({421, 451, 452, 454})
@@ -98,7 +98,9 @@ class SmtpProvider:
         for i in range(len(self._slots)):
             await self._drop(i, polite=True)
 
-    async def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+    async def send_batch(
+        self, messages: Sequence[OutgoingEmail], on_result: OnEachResult | None = None
+    ) -> list[SendResult]:
         """One SMTP transaction per message, spread over the pool; results in the order of ``messages``."""
         results: list[SendResult | None] = [None] * len(messages)
         pending = deque(range(len(messages)))
@@ -111,12 +113,13 @@ class SmtpProvider:
                 while pending:
                     index = pending.popleft()
                     try:
-                        results[index] = await self._send_on(slot, messages[index])
+                        results[index] = result = await self._send_on(slot, messages[index])
                     except _Unreachable as exc:
                         # Leave the message to a session that works; this one gives up for the batch.
                         pending.appendleft(index)
                         unreachable.append(str(exc))
                         return
+                    await report(on_result, index, result)
             finally:
                 self._free.put_nowait(slot)
 

@@ -77,7 +77,7 @@ class BatchRunner:
         if handler is None:
             await self.ctx.dead_letter(message, f"no handler for {batch.type} batches", "process-batches")
             return
-        key = batch.kafka_key().encode()
+        key = batch.kafka_key()
         table = self.ctx.batch_progress
         state = table.get(key)
         recorder = OutcomeRecorder(self.ctx)
@@ -89,7 +89,7 @@ class BatchRunner:
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
                 partition=state["partition"], from_offset=state["offset"],
             )
-            log.warning("batch %s resumed after a crash: %d of %d already recorded", key.decode(),
+            log.warning("batch %s resumed after a crash: %d of %d already recorded", key,
                         len(recorded), len(batch.recipients))
             for outcome in recorded.values():
                 recorder.count(outcome)

@@ -27,8 +27,8 @@ def register(app: faust.App, ctx: StreamContext) -> None:
         except UndecodableRecord as exc:
             await ctx.dead_letter(message, str(exc), "apply-settings")
             return
-        # Stored as the event's own bytes: the table is a cache of the topic, decoded on read.
-        ctx.company_settings_table[str(settings.company_id).encode()] = message.value
+        # Stored as the event's own JSON text: the table is a cache of the topic, decoded on read.
+        ctx.company_settings_table[str(settings.company_id)] = (message.value or b"").decode()
         log.info("company %s settings: cloud=%s emails=%s certificates=%s threshold=%s", settings.company_id,
                  settings.cloud_enabled, settings.use_cloud_for_emails, settings.use_cloud_for_certificates,
                  settings.user_threshold)

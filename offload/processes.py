@@ -1,0 +1,94 @@
+"""Runs ``offload worker`` / ``offload projector`` as child processes with a given Settings (demo, benchmarks,
+tests), each with its output in a log file, stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from offload.config import Settings
+
+_ALIASES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "database_url": "DATABASE_URL"}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a child process needs to build the same Settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        key = _ALIASES.get(name, f"OFFLOAD_{name.upper()}")
+        env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+READY = {"worker": "Worker]: Ready", "projector": "projector started"}
+
+
+class ServiceProcess:
+    """``offload worker`` or ``offload projector`` in its own process, its output in a log file."""
+
+    def __init__(self, command: str, settings: Settings, log_dir: Path, ready_text: str | None = None,
+                 cwd: Path | None = None) -> None:
+        self.command = command
+        self.settings = settings
+        self.log_path = log_dir / f"{command}-{uuid.uuid4().hex[:6]}.log"
+        self.ready_text = ready_text
+        self.proc: subprocess.Popen | None = None
+        self.cwd = cwd
+
+    def start(self, timeout: float = 90) -> ServiceProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+        env.update(settings_env(self.settings))
+        env["PYTHONUNBUFFERED"] = "1"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "offload.cli", self.command, "-l", "info"],
+            cwd=self.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        if self.ready_text:
+            self.wait_for_log(self.ready_text, timeout)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float, start: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_text()[start:]:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.command} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.command} did not log {text!r} within {timeout} s:\n{self.log_text()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit, no flush — a crash."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what ManiReports Offload needs on a fresh Debian/Ubuntu machine (no Docker needed):
+# Java + Maven (to fetch and run Apache Kafka's own jars), PostgreSQL, fonts for certificates,
+# and a Python virtualenv with the project and its test tools. Safe to run again: it skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(openjdk-17-jre-headless maven postgresql fonts-dejavu-core fonts-wqy-microhei fonts-droid-fallback)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's package creates and starts its own cluster; the project runs its own on another port instead.
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: done (activate with: . .venv/bin/activate)"
