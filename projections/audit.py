@@ -12,7 +12,7 @@ from schemas.events import BatchCompleted, BatchDispatched, CertificateIssued, R
 DDL = """
 CREATE TABLE IF NOT EXISTS audit_log (
     id          bigserial PRIMARY KEY,
-    occurred_at timestamptz NOT NULL DEFAULT now(),
+    occurred_at timestamptz NOT NULL,
     topic       text   NOT NULL,
     partition   int    NOT NULL,
     "offset"    bigint NOT NULL,
@@ -32,7 +32,7 @@ _SKIPPED = (BatchDispatched, BatchCompleted, RecipientSent, RecipientFailed, Cer
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     rows = [
-        (pos.topic, pos.partition, pos.offset, event.ce_type, event.subject(), getattr(event, "company_id", None),
+        (pos.timestamp, pos.topic, pos.partition, pos.offset, event.ce_type, event.subject(), getattr(event, "company_id", None),
          getattr(event, "changed_by", None) or (str(event.createdby) if getattr(event, "createdby", None) else None),
          event.model_dump_json(exclude={"recipients", "template_data"}))
         for pos, event in events
@@ -40,7 +40,8 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     ]
     if rows:
         await cur.executemany(
-            """INSERT INTO audit_log (topic, partition, "offset", event_type, subject, company_id, actor, detail)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING""",
+            """INSERT INTO audit_log (occurred_at, topic, partition, "offset", event_type, subject, company_id, actor,
+                                      detail)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING""",
             rows,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from schemas.events import Event
 
@@ -12,6 +13,7 @@ class Position:
     topic: str
     partition: int
     offset: int
+    timestamp: datetime  # the record's Kafka timestamp: read models take time from the log, never from now()
 
 
 Applied = tuple[Position, Event]

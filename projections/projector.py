@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -67,6 +68,9 @@ class Projector:
         self.max_records = max_records
         self.stats = ProjectorStats()
         self._stop = asyncio.Event()
+        # Next offset to apply per partition, from what was applied: aiokafka's position() moves when records
+        # are fetched into its buffer, before getmany() returns them, so it cannot say "caught up".
+        self._next: dict[TopicPartition, int] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -91,7 +95,7 @@ class Projector:
                      self.schema or self.settings.projection_schema)
             targets = await consumer.end_offsets(partitions) if until_caught_up else {}
             while not self._stop.is_set():
-                if until_caught_up and all(await self._reached(consumer, targets)):
+                if until_caught_up and all(self._next[tp] >= end for tp, end in targets.items()):
                     break
                 polled = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 if polled:
@@ -119,17 +123,14 @@ class Projector:
         consumer.assign(partitions)
         async with conn.cursor() as cur:
             stored = await tracking.load(cur, PROJECTION)
+        beginnings = await consumer.beginning_offsets(partitions)
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, offset)
+            if offset is None or offset < beginnings[tp]:  # never read, or expired by retention since
+                offset = beginnings[tp]
+            consumer.seek(tp, offset)
+            self._next[tp] = offset
         return partitions
-
-    @staticmethod
-    async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> list[bool]:
-        return [await consumer.position(tp) >= end for tp, end in targets.items()]
 
     async def _apply(self, conn: psycopg.AsyncConnection, polled: dict) -> None:
         events: list[Applied] = []
@@ -144,10 +145,13 @@ class Projector:
                     self.stats.skipped += 1
                     log.warning("skipping %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, exc)
                     continue
-                events.append((Position(tp.topic, tp.partition, record.offset), event))
+                when = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+                events.append((Position(tp.topic, tp.partition, record.offset, when), event))
         async with conn.transaction():
             async with conn.cursor() as cur:
                 for model in READ_MODELS:
                     await model.apply(cur, events)
                 await tracking.save(cur, PROJECTION, positions)
         self.stats.events += len(events)
+        for tp, records in polled.items():
+            self._next[tp] = records[-1].offset + 1

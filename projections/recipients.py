@@ -68,18 +68,19 @@ WITH incoming AS (
         certificate_url = EXCLUDED.certificate_url, certificate_code = EXCLUDED.certificate_code,
         certificate_sha256 = EXCLUDED.certificate_sha256, timesent = EXCLUDED.timesent, updated_at = now()
     WHERE r.status = 'pending' OR r.run < EXCLUDED.run
-    RETURNING r.job_id, r.status
+    RETURNING r.job_id, r.status, r.timesent
 ), counts AS (
-    SELECT job_id, count(*) FILTER (WHERE status <> 'failed') AS ok, count(*) FILTER (WHERE status = 'failed') AS bad
+    SELECT job_id, count(*) FILTER (WHERE status <> 'failed') AS ok, count(*) FILTER (WHERE status = 'failed') AS bad,
+           min(timesent) AS first
     FROM changed GROUP BY job_id
 )
 INSERT INTO jobs AS j (job_id, succeeded, failed, status, timestarted)
-SELECT job_id, ok, bad, 'running', now() FROM counts
+SELECT job_id, ok, bad, 'running', first FROM counts
 ON CONFLICT (job_id) DO UPDATE SET
     succeeded = j.succeeded + EXCLUDED.succeeded,
     failed = j.failed + EXCLUDED.failed,
     status = CASE WHEN j.status = 'accepted' THEN 'running' ELSE j.status END,
-    timestarted = COALESCE(j.timestarted, EXCLUDED.timestarted),
+    timestarted = LEAST(j.timestarted, EXCLUDED.timestarted),
     updated_at = now()
 """
 
