@@ -153,3 +153,21 @@ def test_cloud_jobs_go_through_ses_and_fall_back_to_smtp_when_it_is_unreachable(
     counts = mail_sink.recipient_counts()
     assert all(counts[f"learner{i}@example.org"] == 1 for i in range(500, 530))
     assert {r["provider"] for r in recipients_rows(down, "ses-down").values()} == {"smtp"}
+
+
+def test_the_same_job_id_submitted_twice_is_served_once(settings_factory, topics_for, processes, job_factory,
+                                                         mail_sink):
+    settings = settings_factory(smtp_port=mail_sink.port)
+    topics_for(settings)
+    worker = processes("worker", settings)
+    processes("projector", settings)
+    asyncio.run(submit_job(settings, job_factory("twice", 10)))
+    wait_for_job(settings, "twice")
+    asyncio.run(submit_job(settings, job_factory("twice", 10)))  # Moodle retried after a timeout
+    worker.wait_for_log("repeated request ignored", timeout=30)
+
+    accepted = [e for e in events(settings, "jobs") if getattr(e, "job_id", None) == "twice"
+                and type(e).__name__ == "JobAccepted"]
+    assert len(accepted) == 1
+    assert len([e for e in events(settings, "batches")]) == 1
+    assert set(mail_sink.recipient_counts().values()) == {1} and mail_sink.count() == 10
