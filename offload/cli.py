@@ -99,6 +99,45 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter(args: argparse.Namespace):
+    from datetime import datetime
+
+    from offload.logtools import EventFilter
+
+    def when(text: str | None):
+        return datetime.fromisoformat(text) if text else None
+
+    return EventFilter(job_id=args.job, company_id=args.company, type_contains=args.type,
+                       since=when(getattr(args, "since", None)), until=when(getattr(args, "until", None)))
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from offload.logtools import tail
+
+    try:
+        asyncio.run(tail(_settings(), _filter(args), follow=not args.no_follow, from_beginning=args.from_beginning))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from offload.logtools import export_csv
+
+    counts = asyncio.run(export_csv(_settings(), _filter(args), Path(args.out_dir)))
+    for name, n in sorted(counts.items()):
+        print(f"{n:8} {name}.csv")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from offload.progress import list_jobs
+
+    for line in asyncio.run(list_jobs(_settings(), company_id=args.company, status=args.status, limit=args.limit)):
+        print(line)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from offload import devstack
 
@@ -162,6 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-provider", choices=["s3", "r2"], default="s3")
     p.add_argument("--changed-by", default="cli")
     p.set_defaults(func=cmd_settings)
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--job", help="only this job id")
+        p.add_argument("--company", type=int, help="only this company")
+        p.add_argument("--type", help="only event types containing this, e.g. recipient.failed")
+
+    p = sub.add_parser("tail", help="decoded events from the topics, live")
+    filters(p)
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--no-follow", action="store_true", help="stop at the current end of the log")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("export", help="the event log (a time range, a company, a job) to CSV files, one per type")
+    filters(p)
+    p.add_argument("--since", help="ISO time, e.g. 2026-11-01T00:00:00+00:00")
+    p.add_argument("--until", help="ISO time (exclusive)")
+    p.add_argument("out_dir")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("jobs", help="recent jobs with their progress")
+    p.add_argument("--company", type=int)
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("dev", help="real Kafka, Postgres and a mail sink on loopback, without Docker")
     p.add_argument("action", choices=["up", "down", "status"])

@@ -69,3 +69,31 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
         return 1
     finally:
         await conn.close()
+
+
+async def list_jobs(settings: Settings, *, company_id: int | None, status: str | None, limit: int) -> list[str]:
+    """One line per job, newest first, from the jobs read model."""
+    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.projection_schema)))
+    try:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """SELECT job_id, type, company_id, status, route, provider, total_recipients, succeeded, failed,
+                          timecreated FROM jobs
+                   WHERE (%(company)s::int IS NULL OR company_id = %(company)s)
+                     AND (%(status)s::text IS NULL OR status = %(status)s)
+                   ORDER BY timecreated DESC NULLS LAST LIMIT %(limit)s""",
+                {"company": company_id, "status": status, "limit": limit},
+            )
+            rows = await cur.fetchall()
+    finally:
+        await conn.close()
+    lines = [f"{'job':24} {'type':11} {'co':>4} {'status':10} {'route':6} {'provider':8} "
+             f"{'done/total':>13} {'failed':>6}  created"]
+    for r in rows:
+        done = r["succeeded"] + r["failed"]
+        created = f"{r['timecreated']:%Y-%m-%d %H:%M}" if r["timecreated"] else "-"
+        lines.append(f"{r['job_id'][:24]:24} {r['type'] or '-':11} {r['company_id'] or 0:>4} {r['status']:10} "
+                     f"{r['route'] or '-':6} {r['provider'] or '-':8} {done:>6}/{r['total_recipients']:<6} "
+                     f"{r['failed']:>6}  {created}")
+    return lines

@@ -21,7 +21,7 @@ from offload.config import Settings
 from projections import audit, company_settings, jobs, recipients, tracking
 from projections.base import Applied, Position
 from schemas.envelope import UndecodableRecord, decode
-from streams.topics import MAX_MESSAGE_BYTES
+from streams.topics import MAX_MESSAGE_BYTES, partitions_of
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +110,10 @@ class Projector:
         partitions: list[TopicPartition] = []
         for short in PROJECTED_TOPICS:
             name = self.settings.topic(short)
-            found = None
-            for _ in range(100):  # topics may be created moments after the projector starts
-                found = consumer.partitions_for_topic(name)
-                if found:
-                    break
-                await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh in aiokafka
-                await asyncio.sleep(0.1)
+            found = await partitions_of(consumer, name)  # topics may be created moments after we start
             if not found:
                 raise RuntimeError(f"topic {name} does not exist: run `offload topics create` first")
-            partitions.extend(TopicPartition(name, p) for p in sorted(found))
+            partitions.extend(TopicPartition(name, p) for p in found)
         consumer.assign(partitions)
         async with conn.cursor() as cur:
             stored = await tracking.load(cur, PROJECTION)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -58,6 +60,19 @@ def changelog_topics(settings: Settings) -> list[TopicSpec]:
                   {"cleanup.policy": "compact"}, f"changelog of the worker's {table} table")
         for table, attr in TABLES.items()
     ]
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, *, wait: float = 10.0) -> list[int]:
+    """A topic's partition numbers, refreshing the consumer's metadata until the topic is known (or [])."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if found or loop.time() >= deadline:
+            return sorted(found or [])
+        # aiokafka has no public refresh; partitions_for_topic() only reads the metadata it already has.
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await asyncio.sleep(0.1)
 
 
 async def create_topics(settings: Settings, *, with_changelogs: bool = False) -> dict[str, str]:

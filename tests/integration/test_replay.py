@@ -1,12 +1,15 @@
-"""Replay rebuilds every read model from offset 0 into a fresh schema, equal to the live one row for row."""
+"""Replay rebuilds every read model from offset 0 into a fresh schema, equal to the live one row for row;
+the export gives analysts the same log as CSV."""
 
 from __future__ import annotations
 
 import asyncio
+import csv
 
 import pytest
 
 from offload.client import change_company_settings, submit_job
+from offload.logtools import EventFilter, export_csv
 from offload.replay import replay
 from tests.support.observe import query, wait_for_job
 
@@ -32,7 +35,7 @@ def snapshot(settings, schema: str) -> dict[str, list[dict]]:
 
 
 def test_replay_rebuilds_the_read_models_row_for_row(settings_factory, topics_for, processes, job_factory,
-                                                      mail_sink):
+                                                      mail_sink, tmp_path):
     settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=40, max_attempts=3)
     topics_for(settings)
     mail_sink.fail_next("learner5@example.org", code=450, times=2)      # retried, then sent
@@ -62,6 +65,14 @@ def test_replay_rebuilds_the_read_models_row_for_row(settings_factory, topics_fo
     for table in TABLES:
         assert live[table], f"{table} is empty: the test proves nothing"
         assert rebuilt[table] == live[table], table
+    # Analysts' export: one CSV per event type, one row per event, CloudEvents attributes + flattened data.
+    counts = asyncio.run(export_csv(settings, EventFilter(job_id="replay-a"), tmp_path))
+    assert counts["recipient.sent.v1"] == 148 and counts["recipient.failed.v1"] == 3
+    with (tmp_path / "recipient.failed.v1.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["ce_type"] for r in rows} == {"org.manireports.offload.recipient.failed.v1"}
+    assert {r["userid"] for r in rows} == {"6", "7", "999"} and {r["ce_subject"] for r in rows} == {"replay-a"}
+
     failures = {r["userid"]: r for r in live["job_recipients"] if r["status"] == "failed"}
     assert failures[6]["retryable"] is True and failures[6]["attempts"] == 3
     assert failures[7]["retryable"] is False and failures[999]["attempts"] == 0

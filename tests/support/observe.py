@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from offload.config import Settings
 from schemas.envelope import decode
 from schemas.events import Event
+from streams.topics import partitions_of
 
 T = TypeVar("T")
 
@@ -62,10 +63,7 @@ async def _read_topic(settings: Settings, short: str) -> list[tuple[Any, Event |
     await consumer.start()
     try:
         name = settings.topic(short)
-        partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
-        if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
+        partitions = [TopicPartition(name, p) for p in await partitions_of(consumer, name)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
