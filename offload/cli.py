@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from offload import certificates_cli
 from offload.config import Settings
 
 
@@ -48,6 +49,14 @@ def cmd_projector(args: argparse.Namespace) -> int:
         print(f"projected {stats.events} events in {stats.seconds:.1f} s ({stats.per_second:,.0f}/s)")
 
     asyncio.run(main())
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from api.app import run_api
+
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run_api(_settings(), args.host, args.port)
     return 0
 
 
@@ -172,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-caught-up", action="store_true", help="stop once the log's current end is reached")
     p.set_defaults(func=cmd_projector)
 
+    p = sub.add_parser("api", help="serve the Moodle-facing HTTP API (signed ingest, progress, settings)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("-l", "--loglevel", default="info")
+    p.set_defaults(func=cmd_api)
+
     p = sub.add_parser("replay", help="rebuild every read model from offset 0 into a fresh schema")
     p.add_argument("schema")
     p.set_defaults(func=cmd_replay)
@@ -236,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=".dev")
     p.add_argument("--keep-running", action="store_true", help="leave the worker and projector running")
     p.set_defaults(func=cmd_demo)
+
+    certificates_cli.add_commands(sub)  # offload certificates verify CODE | zip JOB OUT.zip
     return parser
 
 

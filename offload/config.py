@@ -5,10 +5,11 @@ Nothing else in the project reads ``os.environ``: processes build a :class:`Sett
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEV_CODE_SECRET = "development-only-certificate-code-secret"
@@ -111,3 +112,49 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""
         return f"{self.topic_prefix}{name}"
+
+    # === API: the Moodle-facing side (issue 5) ====================================================
+    # Per-company signing keys by key id, e.g. OFFLOAD_API_KEYS='{"moodle-7-2026a": {"secret": "...",
+    # "company_id": 7}, "ops": {"secret": "...", "company_id": null}}'; company_id null is an admin key.
+    # Two keys per company may be valid at once, so a key is rotated without downtime.
+    api_keys: dict[str, ApiKey] = Field(default_factory=dict)
+    api_timestamp_window: float = Field(default=300, ge=5, le=3600)  # seconds either side of now
+    # Default = the job-requests topic's max.message.bytes (streams.topics.MAX_MESSAGE_BYTES, 32 MiB): a body
+    # the API admits always fits in one Kafka record. A 100,000-recipient job is ~10-20 MB of JSON.
+    api_max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=32 * 1024 * 1024)
+    # Callback URLs resolving to loopback/private/link-local addresses are refused unless this is set.
+    api_allow_private_callbacks: bool = False
+    api_db_pool_size: int = Field(default=10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _check_api_keys(self) -> Settings:
+        per_company: dict[int | None, int] = {}
+        for key_id, key in self.api_keys.items():
+            if not _API_KEY_ID.fullmatch(key_id):
+                raise ValueError(f"api key id {key_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
+            per_company[key.company_id] = per_company.get(key.company_id, 0) + 1
+            if self.environment == "production" and (
+                len(key.secret.get_secret_value()) < 32
+                or key.secret.get_secret_value().strip().lower() in _PLACEHOLDERS
+            ):
+                raise ValueError(f"api key {key_id!r} needs a real secret of at least 32 characters in production")
+        crowded = sorted(str(c) for c, n in per_company.items() if n > 2 and c is not None)
+        if crowded:
+            raise ValueError(f"companies {', '.join(crowded)} have more than two api keys (two allow a rotation)")
+        return self
+
+
+# === API: the Moodle-facing side (issue 5) ========================================================
+_API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class ApiKey(BaseModel):
+    """One signing key: the shared secret and the company it speaks for (None: an admin key, every company)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    secret: SecretStr = Field(min_length=16)
+    company_id: int | None = Field(default=None, ge=0)
+
+
+Settings.model_rebuild()

@@ -3,6 +3,7 @@ tests), each with its output in a log file, stopped by pid."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is None:
             continue
+        if name == "api_keys":  # a dict of keys travels as the JSON the setting is read from
+            value = json.dumps({key_id: {"secret": key.secret.get_secret_value(), "company_id": key.company_id}
+                                for key_id, key in settings.api_keys.items()})
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         key = _ALIASES.get(name, f"OFFLOAD_{name.upper()}")

@@ -17,7 +17,8 @@ Route = Literal["cloud", "local"]
 EmailProviderName = Literal["smtp", "ses", "sendgrid", "mailgun"]
 StorageProviderName = Literal["local", "s3", "r2"]
 
-JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+# No ":" (it separates the parts of batch keys) and nothing that could not name a storage object.
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 TemplateId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
 
 
@@ -302,3 +303,36 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeadLettered,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}
+
+
+# === Requests from the API (issue 5) =============================================================
+
+
+class JobCancelled(Event):
+    """Someone asked that a job's remaining recipients not be served; what was already sent stays sent."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.cancelled.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    company_id: int | None = None
+    requested_by: str = Field(description="the API key id (or operator) that asked; never a secret")
+    reason: str | None = Field(default=None, max_length=500)
+    cancelled_at: datetime = Field(default_factory=utcnow)
+
+
+class JobRetryRequested(Event):
+    """Someone asked to serve a job's failed recipients again (a new run); the worker decides who qualifies."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.retry-requested.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    company_id: int | None = None
+    requested_by: str = Field(description="the API key id (or operator) that asked; never a secret")
+    only_retryable: bool = Field(default=True, description="true: only failures marked retryable; false: all")
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+EVENT_TYPES = (*EVENT_TYPES, JobCancelled, JobRetryRequested)
+BY_CE_TYPE.update({cls.ce_type: cls for cls in (JobCancelled, JobRetryRequested)})

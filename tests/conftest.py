@@ -88,9 +88,9 @@ def processes(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServiceP
     log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(command: str, settings: Settings, *, wait: bool = True) -> ServiceProcess:
-        proc = ServiceProcess(command, settings, log_dir, READY[command] if wait else None, cwd=REPO).start()
-        started.append(proc)
-        return proc
+        proc = ServiceProcess(command, settings, log_dir, READY[command] if wait else None, cwd=REPO)
+        started.append(proc)  # before start(): a process that never gets ready is stopped too
+        return proc.start()
 
     yield start
     for proc in started:

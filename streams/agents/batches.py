@@ -114,9 +114,11 @@ class BatchRunner:
 
 
 def register(app: faust.App, ctx: StreamContext) -> None:
+    from streams.certificate_batches import CertificateBatchHandler
     from streams.email_batches import EmailBatchHandler
 
-    handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx)}
+    handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx),
+                                         "certificate": CertificateBatchHandler.build(ctx)}
     runner = BatchRunner(ctx, handlers)
 
     # concurrency=1 (faust-streaming #606); parallelism comes from taking several batches at once and from

@@ -1,0 +1,168 @@
+"""A 10,000-certificate job end to end, on local disk and in S3 (moto's server), against raw render speed.
+
+Run ``python -m bench.certificate_job`` (or ``python bench/certificate_job.py``) with the dev stack up
+(``offload dev up``; started here if it is not). It starts its own worker and projector with a fresh topic
+prefix, app id and database, stops them by pid at the end, and prints one JSON line last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+if not __package__:  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+N = 10_000
+NAMES = [("Amélie", "Dubois-Laurent"), ("Анна", "Кузнецова"), ("Νικόλαος", "Παπαδόπουλος"), ("John", "Smith"),
+         ("小明", "王"), ("Maximiliana Theodora", "Alexandrescu-Wolfenstein"), ("Siobhán", "Ní Bhriain"),
+         ("Łukasz", "Żółkiewski")]
+
+
+def job(job_id: str, company_id: int, n: int, start: int = 1) -> dict:
+    return {
+        "job_id": job_id, "type": "certificate", "company_id": company_id, "template_id": "course_completion",
+        "recipients": [{"userid": i, "email": f"learner{i}@example.org", "firstname": NAMES[i % len(NAMES)][0],
+                        "lastname": f"{NAMES[i % len(NAMES)][1]} {i}"} for i in range(start, start + n)],
+        "template_data": {"course_name": "Occupational Health and Safety Management",
+                          "completion_date": "2026-11-20", "custom_text": "Awarded 12 CPD hours",
+                          "signer_name": "Dr. Helena Marsh"},
+    }
+
+
+def status_kb(pid: int, field: str = "VmHWM") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The worker's render processes (not multiprocessing's resource tracker)."""
+    try:
+        pids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(worker: int, projector: int) -> dict[str, float]:
+    return {"worker": cpu_seconds(worker), "render": sum(cpu_seconds(p) for p in children(worker)),
+            "projector": cpu_seconds(projector)}
+
+
+def cpu_ms_per_cert(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round((after[k] - before[k]) * 1000 / N, 2) for k in before}
+
+
+def run_job(settings, payload: dict, timeout: float = 900) -> tuple[float, dict]:
+    from offload.client import submit_job
+    from tests.support.observe import wait_for_job
+
+    started = time.perf_counter()
+    asyncio.run(submit_job(settings, payload))
+    row = wait_for_job(settings, payload["job_id"], timeout=timeout)
+    return time.perf_counter() - started, row
+
+
+def main() -> None:
+    import boto3
+
+    from bench.certificate_render import raw_render_rate
+    from offload import devstack
+    from offload.client import change_company_settings
+    from offload.config import Settings
+    from streams.topics import create_topics
+    from tests.support.moto_server import moto_server
+    from tests.support.stack import ServiceProcess, fresh_database
+
+    load_start = os.getloadavg()
+    info = devstack.up(Path(".dev").resolve(), log=lambda *a: None)
+    tag = uuid.uuid4().hex[:8]
+    work = Path(tempfile.mkdtemp(prefix=f"certbench-{tag}-"))
+    result: dict = {"recipients": N, "cores": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load_start]}
+    with moto_server() as moto, fresh_database(info.database_url) as database_url:
+        bucket = f"bench-{tag}"
+        boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="eu-west-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        settings = Settings(
+            environment="test", kafka_bootstrap_servers=info.kafka_bootstrap, database_url=database_url,
+            topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", projection_schema=f"bench_{tag}",
+            broker_session_timeout=6.0, aws_endpoint_url=moto.endpoint_url, aws_access_key_id="testing",
+            aws_secret_access_key="testing", certificate_bucket=bucket, certificate_storage_root=work / "certs",
+        )
+        asyncio.run(create_topics(settings, with_changelogs=True))
+        asyncio.run(change_company_settings(settings, 1, cloud_enabled=True, use_cloud_for_certificates=True,
+                                            storage_provider="s3", changed_by="bench"))
+        # Raw render rate before the worker starts and again after it stops: the machine is shared, so the
+        # ratio uses the mean of the two, taken as close in time to the jobs as possible.
+        raw_before = raw_render_rate(300)
+        worker = ServiceProcess("worker", settings, work, "Worker]: Ready").start()
+        projector = ServiceProcess("projector", settings, work, None).start()
+        try:
+            worker.wait_for_log("company 1 settings", timeout=60)
+            # Warm-up: partitions assigned, render processes spawned and fonts parsed, S3 connection open.
+            run_job(settings, job("warm-local", 2, 4, start=900_000))
+            run_job(settings, job("warm-s3", 1, 4, start=900_000))
+
+            cpu0 = cpu_snapshot(worker.pid, projector.pid)
+            seconds, row = run_job(settings, job(f"local-{tag}", 2, N))
+            cpu1 = cpu_snapshot(worker.pid, projector.pid)
+            assert (row["route"], row["succeeded"], row["failed"]) == ("local", N, 0), row
+            pdfs = [p for p in (work / "certs" / "company-2" / f"job-local-{tag}").glob("*.pdf")]
+            assert len(pdfs) == N, len(pdfs)
+            result.update(certs_10k_seconds=round(seconds, 1), certs_per_s=round(N / seconds, 1),
+                          median_pdf_kb=round(statistics.median(p.stat().st_size for p in pdfs) / 1024, 1))
+
+            s3_seconds, row = run_job(settings, job(f"s3-{tag}", 1, N))
+            cpu2 = cpu_snapshot(worker.pid, projector.pid)
+            result["cpu_ms_per_cert_local"] = cpu_ms_per_cert(cpu0, cpu1)
+            result["cpu_ms_per_cert_s3"] = cpu_ms_per_cert(cpu1, cpu2)
+            assert (row["route"], row["provider"], row["succeeded"], row["failed"], row["fell_back"]) == (
+                "cloud", "s3", N, 0, False), row
+            result.update(s3_certs_10k_seconds=round(s3_seconds, 1), s3_certs_per_s=round(N / s3_seconds, 1))
+
+            renderers = children(worker.pid)
+            result["peak_rss_mb"] = round(status_kb(worker.pid) / 1024, 1)
+            render_peaks = [status_kb(p) / 1024 for p in renderers]
+            result["render_process_peak_rss_mb"] = round(max(render_peaks, default=0), 1)
+            result["worker_with_renderers_peak_rss_mb"] = round(result["peak_rss_mb"] + sum(render_peaks), 1)
+            result["render_processes"] = len(renderers)
+            result["loadavg_after_jobs"] = [round(x, 2) for x in os.getloadavg()]
+        finally:
+            worker.stop()
+            projector.stop()
+        raw_after = raw_render_rate(300)
+    per_core = round((raw_before["per_core_per_s"] + raw_after["per_core_per_s"]) / 2, 1)
+    total = (raw_before["total_per_s"] + raw_after["total_per_s"]) / 2
+    result.update(raw_render_per_s_per_core=per_core, raw_render_per_s_total=round(total, 1),
+                  raw_render_per_s_per_core_before_after=[raw_before["per_core_per_s"], raw_after["per_core_per_s"]],
+                  ratio_to_raw=round(result["certs_per_s"] / total, 2),
+                  s3_ratio_to_raw=round(result["s3_certs_per_s"] / total, 2))
+    # The same ratio from CPU time, which other load on the machine does not distort: the share of the
+    # pipeline's CPU (worker, render processes, projector; not Kafka, Postgres or moto) spent rendering.
+    for route in ("local", "s3"):
+        cpu = result[f"cpu_ms_per_cert_{route}"]
+        result[f"cpu_ratio_{route}"] = round(cpu["render"] / sum(cpu.values()), 2)
+    result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

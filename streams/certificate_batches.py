@@ -1,0 +1,406 @@
+"""Certificate work of one batch: merge each learner's data, render the PDF in a process pool, store it, record it.
+
+What a certificate job carries (per recipient, falling back to the job's ``template_data``):
+
+- ``course_name``: non-empty text;
+- ``completion_date``: an ISO date (``2026-11-20``), an ISO date-time (its date part is used as written) or
+  Moodle's ``timecompleted`` unix time as an integer (its UTC date);
+- the learner's name is ``firstname`` + ``lastname``; other scalar fields (``custom_text``, ``signer_name``,
+  ``signer_title``, ``organisation``) fill the template's ``data_key`` fields.
+
+A missing or invalid one makes that recipient a RecipientFailed (not retryable) naming the field. Rendering is
+CPU-bound (~100 PDFs/s/core), so it runs in a ProcessPoolExecutor owned by the worker, never on the event loop;
+uploads run concurrently beside it. Codes and object keys are deterministic, so a batch served again after a
+crash puts the same bytes under the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from adapters.storage.base import CertificateStore, StorageUnavailable, StoredObject, object_key
+from adapters.storage.local import LocalCertificateStore
+from content.certificates.codes import certificate_code, verification_url
+from content.certificates.templates import CertificateTemplate, CertificateTemplateStore, TemplateNotFound
+from offload.config import Settings
+from schemas.events import (
+    BatchDispatched,
+    CertificateIssued,
+    JobFellBackToLocal,
+    Recipient,
+    RecipientFailed,
+    StorageProviderName,
+)
+
+if TYPE_CHECKING:  # the render processes import this module: keep Faust out of them
+    from streams.agents.batches import OutcomeRecorder
+    from streams.context import StreamContext
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16  # learners per trip to a render process: amortises pickling the template, keeps uploads flowing
+UPLOADS_IN_FLIGHT = 16
+_RESERVED = {"userid", "email", "firstname", "lastname", "course_name", "completion_date"}
+
+
+class InvalidCertificateData(ValueError):
+    """A recipient whose data cannot make a certificate; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInput:
+    """Everything one learner's certificate is made of; picklable for the render processes."""
+
+    userid: int
+    key: str
+    code: str
+    learner_name: str
+    course_name: str
+    completion_date: date
+    verification_url: str
+    template_data: Mapping[str, str]
+
+
+def completion_date_of(value: Any) -> date:
+    """``completion_date`` as the job may give it: ISO date, ISO date-time, or unix time (UTC date)."""
+    if isinstance(value, bool) or value is None or value == "":
+        raise InvalidCertificateData("completion_date is missing")
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(value, UTC).date()
+        except (OverflowError, OSError, ValueError):
+            raise InvalidCertificateData(f"completion_date {value!r} is not a unix time") from None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text).date()
+        except ValueError:
+            pass
+    raise InvalidCertificateData(f"completion_date {value!r} is not an ISO date (YYYY-MM-DD) or unix time")
+
+
+def certificate_input(settings: Settings, batch: BatchDispatched, recipient: Recipient) -> CertificateInput:
+    """The merged inputs of one learner's certificate, or InvalidCertificateData naming what is wrong."""
+    extra = dict(recipient.model_extra or {})
+    merged = {**batch.template_data, **extra}
+    name = recipient.full_name
+    if not name:
+        raise InvalidCertificateData("learner name is missing: firstname and lastname are both empty")
+    course = merged.get("course_name")
+    if not isinstance(course, str) or not course.strip():
+        raise InvalidCertificateData("course_name is missing: give it per recipient or in template_data")
+    when = completion_date_of(merged.get("completion_date"))
+    code = certificate_code(settings.certificate_code_secret.get_secret_value().encode(), batch.job_id,
+                            recipient.userid, batch.template_id)
+    try:
+        key = object_key(batch.company_id, batch.job_id, recipient.userid, code)
+    except ValueError as exc:
+        raise InvalidCertificateData(f"cannot name a storage object: {exc}") from None
+    data = {str(k): str(v) for k, v in merged.items()
+            if k not in _RESERVED and isinstance(v, str | int | float) and not isinstance(v, bool)}
+    return CertificateInput(recipient.userid, key, code, name, course.strip(), when,
+                            verification_url(settings.certificate_verify_base_url, code), data)
+
+
+# --- the render processes ---------------------------------------------------------------------------
+
+_renderer: Any = None
+
+
+def _child_init(parent_pid: int) -> None:
+    """Runs in each render process: leave Ctrl-C to the worker, and exit if the worker dies (even by SIGKILL)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _child_renderer() -> Any:
+    global _renderer
+    if _renderer is None:
+        from content.certificates.render import CertificateRenderer
+
+        _renderer = CertificateRenderer()
+    return _renderer
+
+
+def render_chunk(template: CertificateTemplate, items: Sequence[CertificateInput]) -> list[bytes | str]:
+    """PDF bytes per input, or an error text for one that failed; runs inside a render process."""
+    renderer = _child_renderer()
+    out: list[bytes | str] = []
+    for item in items:
+        try:
+            out.append(renderer.render(
+                template, learner_name=item.learner_name, course_name=item.course_name,
+                completion_date=item.completion_date, certificate_code=item.code,
+                verification_url=item.verification_url, template_data=item.template_data,
+            ))
+        except Exception as exc:  # noqa: BLE001 - one bad learner never sinks the chunk
+            out.append(f"render error: {exc!r}"[:1000])
+    return out
+
+
+def _warm_up() -> int:
+    """Loads reportlab and parses every font once, so the first real certificate is not the slow one."""
+    from content.certificates.templates import CertificateTemplateStore as Store
+
+    template = Store().get("course_completion", 1)
+    sample = CertificateInput(1, "warm", "0000-0000-0000-0000", "Warm Up 王", "Warm-up", date(2026, 1, 1),
+                              "https://example.org/verify/0000-0000-0000-0000", {})
+    render_chunk(template, [sample])
+    return os.getpid()
+
+
+class RenderPool:
+    """One process per core (or ``certificate_render_processes``) for the life of the worker."""
+
+    def __init__(self, processes: int = 0) -> None:
+        self.processes = processes or os.cpu_count() or 1
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the worker has threads (Kafka, boto3) that a forked child would inherit half-held.
+        executor = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_child_init, initargs=(os.getpid(),))
+        for _ in range(self.processes):
+            executor.submit(_warm_up)
+        return executor
+
+    async def start(self) -> None:
+        if self._executor is None:
+            self._executor = self._new_executor()
+
+    async def stop(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    def pids(self) -> list[int]:
+        return list(getattr(self._executor, "_processes", None) or {})
+
+    async def render(self, template: CertificateTemplate, items: Sequence[CertificateInput]) -> list[bytes | str]:
+        if self._executor is None:
+            await self.start()
+        assert self._executor is not None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, render_chunk, template,
+                                                                    list(items))
+        except BrokenProcessPool:
+            # A render process died (OOM killer, a crash in C code): start fresh ones and let the batch retry.
+            log.error("a certificate render process died; restarting the pool")
+            broken, self._executor = self._executor, self._new_executor()
+            broken.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+# --- stores ----------------------------------------------------------------------------------------
+
+
+class UnconfiguredStore:
+    """A cloud store this worker has no settings for: unavailable, so certificates fall back to local."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    async def put(self, key: str, data: bytes, *, content_type: str = "application/pdf") -> StoredObject:
+        raise StorageUnavailable(f"{self.backend} is not configured on this worker")
+
+    async def get(self, key: str) -> bytes:
+        raise StorageUnavailable(f"{self.backend} is not configured on this worker")
+
+    async def exists(self, key: str) -> bool:
+        raise StorageUnavailable(f"{self.backend} is not configured on this worker")
+
+
+class CertificateStores:
+    """The stores a worker (or the CLI) holds: local disk always, S3 and R2 when configured."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.local = LocalCertificateStore(settings.certificate_storage_root, settings.public_base_url)
+        self.cloud: dict[str, CertificateStore] = {}
+
+    async def start(self) -> None:
+        if self.cloud:
+            return
+        from adapters.storage.s3 import S3CertificateStore  # boto3 is slow to import: only where used
+
+        s = self.settings
+        secret = s.aws_secret_access_key.get_secret_value() if s.aws_secret_access_key else None
+        self.cloud["s3"] = S3CertificateStore(
+            bucket=s.certificate_bucket, region=s.certificate_storage_region or s.aws_region,
+            endpoint_url=s.certificate_storage_endpoint_url or s.aws_endpoint_url,
+            access_key_id=s.aws_access_key_id, secret_access_key=secret,
+            presign_seconds=s.certificate_presign_seconds, backend="s3",
+        )
+        if s.r2_endpoint_url:
+            r2_secret = s.r2_secret_access_key.get_secret_value() if s.r2_secret_access_key else None
+            self.cloud["r2"] = S3CertificateStore(
+                bucket=s.certificate_bucket, region=s.certificate_storage_region or "auto",
+                endpoint_url=s.r2_endpoint_url, access_key_id=s.r2_access_key_id, secret_access_key=r2_secret,
+                presign_seconds=s.certificate_presign_seconds, backend="r2",
+            )
+        else:
+            self.cloud["r2"] = UnconfiguredStore("r2")
+
+    async def stop(self) -> None:
+        for store in self.cloud.values():
+            close = getattr(store, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+        self.cloud = {}
+
+    def by_backend(self, backend: str) -> CertificateStore:
+        """The store a certificate was recorded in (``job_recipients.provider``)."""
+        if backend == "local":
+            return self.local
+        return self.cloud.get(backend) or UnconfiguredStore(backend)
+
+    def for_batch(self, batch: BatchDispatched) -> tuple[CertificateStore, CertificateStore | None]:
+        """Primary store and the fallback for when it is unavailable (local batches have none)."""
+        if batch.route == "local":
+            return self.local, None
+        return self.by_backend(batch.provider), self.local
+
+
+@dataclass
+class _Storing:
+    """Where the rest of a batch goes: the primary store until it fails once past its retries, then local."""
+
+    primary: CertificateStore
+    fallback: CertificateStore | None
+    reason: str | None = None
+    announced: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.reason is not None
+
+
+class CertificateBatchHandler:
+    def __init__(self, settings: Settings, templates: CertificateTemplateStore, pool: RenderPool,
+                 stores: CertificateStores) -> None:
+        self.settings = settings
+        self.templates = templates
+        self.pool = pool
+        self.stores = stores
+        self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+
+    @classmethod
+    def build(cls, ctx: StreamContext) -> CertificateBatchHandler:
+        pool = RenderPool(ctx.settings.certificate_render_processes)
+        stores = CertificateStores(ctx.settings)
+        ctx.add_service(pool)
+        ctx.add_service(stores)
+        return cls(ctx.settings, CertificateTemplateStore(ctx.settings.certificate_template_dir), pool, stores)
+
+    async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        try:
+            # The newest version when the batch runs; versions are append-only, so issued ones never change.
+            template = self.templates.get(batch.template_id)
+        except (TemplateNotFound, ValueError) as exc:
+            for recipient in recipients:
+                await recorder.record(self._failed(batch, recipient, f"template error: {exc}", retryable=False))
+            return False
+        by_user = {r.userid: r for r in recipients}
+        items: list[CertificateInput] = []
+        for recipient in recipients:
+            try:
+                items.append(certificate_input(self.settings, batch, recipient))
+            except InvalidCertificateData as exc:
+                await recorder.record(self._failed(batch, recipient, f"invalid certificate data: {exc}",
+                                                   retryable=False))
+        if not items:
+            return False
+        primary, fallback = self.stores.for_batch(batch)
+        storing = _Storing(primary, fallback)
+
+        async def store_one(item: CertificateInput, pdf: bytes | str) -> None:
+            recipient = by_user[item.userid]
+            if isinstance(pdf, str):
+                await recorder.record(self._failed(batch, recipient, pdf, retryable=False))
+                return
+            async with self._uploads:
+                stored, attempts, error = await self._store(batch, storing, recorder, item.key, pdf)
+            if stored is None:
+                await recorder.record(self._failed(batch, recipient, error or "storage failed", retryable=True,
+                                                   attempts=attempts, provider=storing.primary.backend))
+                return
+            await recorder.record(CertificateIssued(
+                job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=item.userid,
+                email=recipient.email, url=stored.url, object_key=stored.key, sha256=stored.sha256,
+                size=stored.size, code=item.code, template_id=template.id, template_version=template.version,
+                backend=cast(StorageProviderName, stored.backend), attempts=attempts,
+            ))
+
+        async def render_and_store(chunk: list[CertificateInput]) -> None:
+            pdfs = await self.pool.render(template, chunk)
+            async with asyncio.TaskGroup() as group:
+                for item, pdf in zip(chunk, pdfs, strict=True):
+                    group.create_task(store_one(item, pdf))
+
+        # A TaskGroup: if the render pool breaks, the rest of the batch is cancelled and the whole batch is
+        # retried (it resumes from its recorded outcomes), instead of half-finished tasks outliving it.
+        async with asyncio.TaskGroup() as group:
+            for start in range(0, len(items), CHUNK):
+                group.create_task(render_and_store(items[start:start + CHUNK]))
+        return storing.fell_back
+
+    async def _store(self, batch: BatchDispatched, storing: _Storing, recorder: OutcomeRecorder, key: str,
+                     pdf: bytes) -> tuple[StoredObject | None, int, str | None]:
+        """(stored object, attempts, error): the primary store, then local for the rest of the batch."""
+        attempts = 0
+        if not storing.fell_back:
+            attempts += 1
+            try:
+                return await storing.primary.put(key, pdf), attempts, None
+            except StorageUnavailable as exc:
+                if storing.fallback is None:
+                    return None, attempts, f"certificate store unavailable: {exc}"[:2000]
+                await self._fall_back(batch, storing, recorder, str(exc))
+        assert storing.fallback is not None
+        attempts += 1
+        try:
+            return await storing.fallback.put(key, pdf), attempts, None
+        except StorageUnavailable as exc:
+            return None, attempts, f"cloud and local certificate stores unavailable: {exc}"[:2000]
+
+    @staticmethod
+    async def _fall_back(batch: BatchDispatched, storing: _Storing, recorder: OutcomeRecorder, error: str) -> None:
+        async with storing.lock:
+            if storing.announced:
+                return
+            storing.reason = f"{storing.primary.backend} unavailable: {error}"[:1000]
+            storing.announced = True
+            assert storing.fallback is not None
+            log.warning("job %s batch %d: %s; storing the rest of the batch locally", batch.job_id,
+                        batch.batch_no, storing.reason)
+            await recorder.record_event(JobFellBackToLocal(
+                job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
+                from_provider=storing.primary.backend, to_provider=storing.fallback.backend, reason=storing.reason,
+            ))
+
+    @staticmethod
+    def _failed(batch: BatchDispatched, recipient: Recipient, error: str, *, retryable: bool, attempts: int = 0,
+                provider: str | None = None) -> RecipientFailed:
+        return RecipientFailed(
+            job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
+            email=recipient.email, provider=provider, error=error, attempts=attempts, retryable=retryable,
+        )
