@@ -1,0 +1,1 @@
+"""The Moodle-facing HTTP side: signed job ingest and job/settings endpoints; writes events, reads Postgres."""

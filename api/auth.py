@@ -1,0 +1,39 @@
+"""The middleware that lets only signed, fresh, first-time requests through, refusing big bodies unread."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from api.errors import ApiError, Handler
+from api.signing import AuthError
+from api.state import BODY, CALLER, state_of
+
+log = logging.getLogger(__name__)
+
+# Served to anyone: the API description and a liveness probe carry nothing about any company.
+UNSIGNED_PATHS = frozenset({"/api/v1/openapi.yaml", "/api/v1/health"})
+
+
+@web.middleware
+async def signed_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in UNSIGNED_PATHS:
+        return await handler(request)
+    state = state_of(request)
+    try:
+        # Headers first (key id, timestamp window): a stranger's 30 MB body is refused before it is read.
+        signed = state.verifier.check_headers(request.headers)
+        limit = state.settings.api_max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "body_too_large", f"the body is larger than the limit of {limit} bytes")
+        body = await request.read()  # aiohttp stops at client_max_size even without a Content-Length
+        caller = state.verifier.verify(signed, request.method, request.raw_path, body)
+    except AuthError as exc:
+        # The key id is logged, never a secret, a signature or the body.
+        log.warning("refused %s %s: %s (key id %r)", request.method, request.path, exc.code,
+                    request.headers.get("X-Offload-Key-Id", "")[:64])
+        raise ApiError(401, exc.code, exc.message) from None
+    request[CALLER] = caller
+    request[BODY] = body
+    return await handler(request)

@@ -1,0 +1,69 @@
+"""Every 4xx/5xx the API gives is JSON ``{"error": {"code": ..., "message": ...}}``, with a code a client can match."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An answer the client gets as JSON; ``extra`` adds fields next to code and message (e.g. problems)."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message, **self.extra)
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+def _default(value: object) -> str:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_response(data: Any, *, status: int = 200) -> web.Response:
+    """JSON with timestamps as ISO 8601 text."""
+    return web.Response(text=json.dumps(data, default=_default), status=status, content_type="application/json")
+
+
+# aiohttp's own refusals (unknown route, wrong method, body over client_max_size) get our shape and a code.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_request"}
+
+MAX_BODY = web.AppKey("max_body", int)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
+        message = exc.reason if exc.status != 413 else (
+            f"the body is larger than the limit of {request.app[MAX_BODY]} bytes")
+        return error_response(exc.status, code, message)
+    except Exception:
+        # Never echo internals (they may quote request data); the log has the traceback.
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal_error", "the request could not be completed")

@@ -1,0 +1,145 @@
+"""Job endpoints: signed ingest, list, progress, per-recipient status, cancel and retry requests."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from api import params
+from api.callback_urls import check_callback_url
+from api.errors import ApiError, json_response
+from api.ingest import NotAJob, check_job, gc_paused
+from api.signing import Caller
+from api.state import ApiState, body_of, caller_of, state_of
+from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
+from schemas.events import JobCancelled, JobRetryRequested
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/jobs")
+async def submit_job(request: web.Request) -> web.Response:
+    """202 once the JobRequested is durable in Kafka; 200 with the existing job for a job id seen before."""
+    state, caller = state_of(request), caller_of(request)
+    started = time.perf_counter()
+    try:
+        with gc_paused():
+            result = check_job(body_of(request), max_recipients=state.settings.max_recipients_per_job)
+    except NotAJob as exc:
+        status = 400 if exc.code == "malformed_json" else 422
+        raise ApiError(status, exc.code, exc.message) from None
+    if result.job is None:
+        raise ApiError(422, result.code, f"the job has {len(result.problems)} problem(s); nothing was accepted",
+                       problems=[p.as_json() for p in result.problems])
+    job = result.job
+    if caller.company_id is not None and job.company_id != caller.company_id:
+        raise ApiError(403, "company_mismatch", "this key may only submit jobs of its own company")
+    if job.callback_url:
+        refusal = await check_callback_url(job.callback_url,
+                                           allow_private=state.settings.api_allow_private_callbacks)
+        if refusal is not None:
+            raise ApiError(422, refusal.code, refusal.message, problems=[refusal.as_json()])
+    checked = time.perf_counter()
+    may_see = None if caller.company_id is None else {caller.company_id}
+    submission = await state.submissions.submit(job, may_see=may_see)
+    log.info("job %s of company %s from key %s: %s, %d recipients (checked in %.0f ms, handed over in %.0f ms)",
+             job.job_id, job.company_id, caller.key_id, "handed over" if submission.created else "already known",
+             len(job.recipients), (checked - started) * 1000, (time.perf_counter() - checked) * 1000)
+    return json_response(
+        {"job_id": submission.job_id, "status": submission.status, "created": submission.created,
+         "recipients": len(job.recipients), "links": {"self": f"/api/v1/jobs/{submission.job_id}"}},
+        status=202 if submission.created else 200,
+    )
+
+
+@routes.get("/api/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    state, caller = state_of(request), caller_of(request)
+    limit, offset = params.page(request)
+    status = params.choice(request, "status", JOB_STATUSES)
+    company = caller.company_id
+    if "company_id" in request.query:
+        wanted = params.integer(request, "company_id", 0, low=0, high=10**9)
+        if not caller.may_see(wanted):
+            raise ApiError(404, "company_not_found", "no such company")
+        company = wanted
+    rows, total = await state.store.jobs(company_id=company, status=status, limit=limit, offset=offset)
+    return json_response({
+        "jobs": [progress(row, []) for row in rows],
+        "total": total, "limit": limit, "offset": offset,
+        "next_offset": offset + len(rows) if offset + len(rows) < total else None,
+    })
+
+
+async def _visible_job(state: ApiState, caller: Caller, job_id: str) -> dict[str, Any]:
+    """The job's read-model row, or a stand-in for a job handed over but not yet routed; 404 for a job the
+    caller may not see, exactly as for one that does not exist."""
+    row, errors = await state.store.job_with_errors(job_id)
+    if row is not None:
+        if not caller.may_see(row["company_id"]):
+            raise ApiError(404, "job_not_found", "no such job")
+        return {**progress(row, errors), "_row": row}
+    company = state.submissions.handed_over(job_id)
+    if company is not None and caller.may_see(company):
+        return {"job_id": job_id, "company_id": company, "status": "submitted", "progress": None, "errors": [],
+                "_row": None}
+    raise ApiError(404, "job_not_found", "no such job")
+
+
+@routes.get("/api/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    job = await _visible_job(state_of(request), caller_of(request), params.job_id(request))
+    job.pop("_row")
+    return json_response(job)
+
+
+@routes.get("/api/v1/jobs/{job_id}/recipients")
+async def job_recipients(request: web.Request) -> web.Response:
+    state = state_of(request)
+    job_id = params.job_id(request)
+    await _visible_job(state, caller_of(request), job_id)
+    limit, offset = params.page(request)
+    status = params.choice(request, "status", RECIPIENT_STATUSES)
+    rows = await state.store.recipients(job_id, status=status, limit=limit, offset=offset)
+    return json_response({"job_id": job_id, "status": status, "recipients": rows, "limit": limit,
+                          "offset": offset, "next_offset": offset + len(rows) if len(rows) == limit else None})
+
+
+@routes.post("/api/v1/jobs/{job_id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    state, caller = state_of(request), caller_of(request)
+    job = await _visible_job(state, caller, params.job_id(request))
+    if job["status"] in ("completed", "rejected"):
+        raise ApiError(409, "job_finished", f"the job is already {job['status']}")
+    body = params.json_object(body_of(request), required=False)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise ApiError(422, "invalid_field", "reason must be a string of at most 500 characters")
+    event = JobCancelled(job_id=job["job_id"], company_id=job["company_id"], requested_by=caller.key_id,
+                         reason=reason)
+    await state.publisher.send_and_wait(event)
+    return json_response({"job_id": event.job_id, "status": "cancel_requested",
+                          "requested_at": event.cancelled_at}, status=202)
+
+
+@routes.post("/api/v1/jobs/{job_id}/retry")
+async def retry_job(request: web.Request) -> web.Response:
+    state, caller = state_of(request), caller_of(request)
+    job = await _visible_job(state, caller, params.job_id(request))
+    if job["status"] != "completed":
+        raise ApiError(409, "job_not_finished", f"only a completed job can be retried; this one is {job['status']}")
+    if not job["progress"]["failed"]:
+        raise ApiError(409, "nothing_to_retry", "the job has no failed recipients")
+    body = params.json_object(body_of(request), required=False)
+    only_retryable = body.get("only_retryable", True)
+    if not isinstance(only_retryable, bool):
+        raise ApiError(422, "invalid_field", "only_retryable must be true or false")
+    event = JobRetryRequested(job_id=job["job_id"], company_id=job["company_id"], requested_by=caller.key_id,
+                              only_retryable=only_retryable)
+    await state.publisher.send_and_wait(event)
+    return json_response({"job_id": event.job_id, "status": "retry_requested", "only_retryable": only_retryable,
+                          "requested_at": event.requested_at}, status=202)

@@ -1,0 +1,169 @@
+<?php
+// Reference client for Moodle: signs and submits jobs to the ManiReports Offload API, reads their progress,
+// and verifies the signature of a callback. Plain PHP (7.4+), no framework and no extension beyond json,
+// hash and openssl (for https): Moodle's own curl wrapper can replace http() in a plugin.
+//
+// The canonical string signed with HMAC-SHA256 under the key's secret (fields joined by "\n"):
+//   METHOD \n PATH?QUERY \n TIMESTAMP \n NONCE \n hex(sha256(BODY))
+// sent as X-Offload-Key-Id, X-Offload-Timestamp, X-Offload-Nonce and X-Offload-Signature (lower-case hex).
+
+declare(strict_types=1);
+
+final class OffloadResponse
+{
+    public int $status;
+    /** @var array<mixed>|null */
+    public ?array $body;
+
+    public function __construct(int $status, ?array $body)
+    {
+        $this->status = $status;
+        $this->body = $body;
+    }
+
+    public function errorCode(): ?string
+    {
+        return $this->body['error']['code'] ?? null;
+    }
+}
+
+final class OffloadClient
+{
+    private string $baseUrl;
+    private string $keyId;
+    private string $secret;
+    private int $timeout;
+
+    public function __construct(string $baseUrl, string $keyId, string $secret, int $timeout = 30)
+    {
+        $this->baseUrl = rtrim($baseUrl, '/');
+        $this->keyId = $keyId;
+        $this->secret = $secret;
+        $this->timeout = $timeout;
+    }
+
+    public static function canonical(string $method, string $path, string $timestamp, string $nonce,
+                                     string $body): string
+    {
+        return implode("\n", [strtoupper($method), $path, $timestamp, $nonce, hash('sha256', $body)]);
+    }
+
+    public static function sign(string $secret, string $method, string $path, string $timestamp, string $nonce,
+                                string $body): string
+    {
+        return hash_hmac('sha256', self::canonical($method, $path, $timestamp, $nonce, $body), $secret);
+    }
+
+    /** The headers of one signed request. @return array<string,string> */
+    public function signedHeaders(string $method, string $path, string $body): array
+    {
+        $timestamp = (string) time();
+        $nonce = rtrim(strtr(base64_encode(random_bytes(18)), '+/', '-_'), '=');
+        return [
+            'X-Offload-Key-Id' => $this->keyId,
+            'X-Offload-Timestamp' => $timestamp,
+            'X-Offload-Nonce' => $nonce,
+            'X-Offload-Signature' => self::sign($this->secret, $method, $path, $timestamp, $nonce, $body),
+            'Content-Type' => 'application/json',
+        ];
+    }
+
+    /**
+     * Hand a job over. 202: accepted (durably in Kafka); 200: this job id was already handed over.
+     * The job's callback_secret, if any, is dropped by the service; do not send one.
+     * @param array<string,mixed> $job the original design's Job JSON
+     */
+    public function submitJob(array $job): OffloadResponse
+    {
+        $body = json_encode($job, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR);
+        return $this->request('POST', '/api/v1/jobs', $body);
+    }
+
+    public function job(string $jobId): OffloadResponse
+    {
+        return $this->request('GET', '/api/v1/jobs/' . rawurlencode($jobId));
+    }
+
+    public function failedRecipients(string $jobId, int $limit = 200, int $offset = 0): OffloadResponse
+    {
+        return $this->request('GET', '/api/v1/jobs/' . rawurlencode($jobId) . '/recipients?status=failed&limit='
+            . $limit . '&offset=' . $offset);
+    }
+
+    public function retryFailed(string $jobId, bool $onlyRetryable = true): OffloadResponse
+    {
+        return $this->request('POST', '/api/v1/jobs/' . rawurlencode($jobId) . '/retry',
+            json_encode(['only_retryable' => $onlyRetryable], JSON_THROW_ON_ERROR));
+    }
+
+    public function cancel(string $jobId, ?string $reason = null): OffloadResponse
+    {
+        return $this->request('POST', '/api/v1/jobs/' . rawurlencode($jobId) . '/cancel',
+            json_encode(['reason' => $reason], JSON_THROW_ON_ERROR));
+    }
+
+    public function companySettings(int $companyId): OffloadResponse
+    {
+        return $this->request('GET', '/api/v1/companies/' . $companyId . '/settings');
+    }
+
+    /** @param array<string,mixed> $settings */
+    public function changeCompanySettings(int $companyId, array $settings): OffloadResponse
+    {
+        return $this->request('PUT', '/api/v1/companies/' . $companyId . '/settings',
+            json_encode($settings, JSON_THROW_ON_ERROR));
+    }
+
+    /**
+     * Verify a callback from the service: same canonical string, over the callback URL's path (and query),
+     * under the key the service names in X-Offload-Key-Id; the timestamp must be within $window seconds.
+     * Remember accepted signatures for $window seconds to refuse a replay (not done here: needs storage).
+     * @param array<string,string> $headers header name => value (any case)
+     * @param array<string,string> $secrets key id => secret, e.g. both keys of a rotation
+     */
+    public static function verifyCallback(array $headers, string $method, string $path, string $body,
+                                          array $secrets, int $window = 300, ?int $now = null): bool
+    {
+        $h = array_change_key_case($headers, CASE_LOWER);
+        $keyId = $h['x-offload-key-id'] ?? '';
+        $timestamp = $h['x-offload-timestamp'] ?? '';
+        $nonce = $h['x-offload-nonce'] ?? '';
+        $signature = strtolower($h['x-offload-signature'] ?? '');
+        if (!isset($secrets[$keyId]) || !ctype_digit($timestamp) || $nonce === '') {
+            return false;
+        }
+        if (abs(($now ?? time()) - (int) $timestamp) > $window) {
+            return false;
+        }
+        $expected = self::sign($secrets[$keyId], $method, $path, $timestamp, $nonce, $body);
+        return hash_equals($expected, $signature);  // constant time
+    }
+
+    private function request(string $method, string $path, string $body = ''): OffloadResponse
+    {
+        $headers = $this->signedHeaders($method, $path, $body);
+        $lines = [];
+        foreach ($headers as $name => $value) {
+            $lines[] = $name . ': ' . $value;
+        }
+        $context = stream_context_create(['http' => [
+            'method' => $method,
+            'header' => implode("\r\n", $lines),
+            'content' => $body,
+            'timeout' => $this->timeout,
+            'ignore_errors' => true,  // read the JSON error of a 4xx too
+        ]]);
+        $raw = @file_get_contents($this->baseUrl . $path, false, $context);
+        if ($raw === false) {
+            throw new RuntimeException('offload API unreachable at ' . $this->baseUrl);
+        }
+        $status = 0;
+        foreach ($http_response_header ?? [] as $line) {
+            if (preg_match('#^HTTP/\S+\s+(\d{3})#', $line, $m)) {
+                $status = (int) $m[1];  // the last status line wins (after redirects)
+            }
+        }
+        $decoded = $raw === '' ? null : json_decode($raw, true);
+        return new OffloadResponse($status, is_array($decoded) ? $decoded : null);
+    }
+}
