@@ -105,9 +105,11 @@ class ReplayCache:
         # Expiry is timestamp + window, which grows with arrival order only roughly; pruning stops at the
         # first live entry, so a few expired entries may stay a little longer. Harmless: they are refused
         # by the timestamp check anyway.
+        # A timestamp exactly at the edge of the window is still accepted, so its signature must still be
+        # remembered at that very moment: only entries strictly past their expiry go.
         while self._seen:
             signature, expires_at = next(iter(self._seen.items()))
-            if expires_at > now:
+            if expires_at >= now:
                 break
             del self._seen[signature]
 

@@ -96,6 +96,22 @@ def cmd_job(args: argparse.Namespace) -> int:
     return asyncio.run(watch(_settings(), args.job_id, timeout=args.timeout))
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    from offload.client import request_retry
+
+    asyncio.run(request_retry(_settings(), args.job_id, only_retryable=not args.all, requested_by=args.by))
+    print(f"retry of {args.job_id} requested ({'every failure' if args.all else 'retryable failures'})")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from offload.client import cancel_job
+
+    asyncio.run(cancel_job(_settings(), args.job_id, requested_by=args.by, reason=args.reason))
+    print(f"cancel of {args.job_id} requested")
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from offload.client import change_company_settings
 
@@ -205,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("retry", help="serve a job's failed learners again, as a new run")
+    p.add_argument("job_id")
+    p.add_argument("--all", action="store_true", help="also failures marked not retryable")
+    p.add_argument("--by", default="cli", help="who asks (recorded in the event)")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("cancel", help="stop serving a job's batches that have not started")
+    p.add_argument("job_id")
+    p.add_argument("--reason")
+    p.add_argument("--by", default="cli", help="who asks (recorded in the event)")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("settings", help="change a company's cloud settings")
     p.add_argument("company_id", type=int)

@@ -7,7 +7,7 @@ from typing import Any
 
 from offload.config import Settings
 from schemas.envelope import Record, encode
-from schemas.events import CompanySettingsChanged, JobRequested
+from schemas.events import CompanySettingsChanged, Event, JobCancelled, JobRequested, JobRetryRequested
 from streams.publisher import EventPublisher
 
 # The original design carried this inside the job; secrets never enter the log.
@@ -35,11 +35,31 @@ async def submit_job(settings: Settings, payload: dict[str, Any]) -> str:
     return record.key.decode()
 
 
-async def change_company_settings(settings: Settings, company_id: int, **fields: Any) -> CompanySettingsChanged:
-    event = CompanySettingsChanged(company_id=company_id, **fields)
+async def _send(settings: Settings, event: Event) -> None:
     publisher = EventPublisher(settings, source="urn:manireports:offload:cli")
     try:
         await publisher.send_and_wait(event)
     finally:
         await publisher.stop()
+
+
+async def request_retry(settings: Settings, job_id: str, *, only_retryable: bool = True,
+                        requested_by: str = "cli") -> JobRetryRequested:
+    """Serve a job's failed learners again (a new run) once its current run has completed."""
+    event = JobRetryRequested(job_id=job_id, only_retryable=only_retryable, requested_by=requested_by)
+    await _send(settings, event)
+    return event
+
+
+async def cancel_job(settings: Settings, job_id: str, *, requested_by: str = "cli",
+                     reason: str | None = None) -> JobCancelled:
+    """Batches of the job that have not started fail as cancelled; what was sent stays sent."""
+    event = JobCancelled(job_id=job_id, requested_by=requested_by, reason=reason)
+    await _send(settings, event)
+    return event
+
+
+async def change_company_settings(settings: Settings, company_id: int, **fields: Any) -> CompanySettingsChanged:
+    event = CompanySettingsChanged(company_id=company_id, **fields)
+    await _send(settings, event)
     return event

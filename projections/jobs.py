@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from psycopg import AsyncCursor
 
 from projections.base import Applied
-from schemas.events import BatchCompleted, JobAccepted, JobCompleted, JobFellBackToLocal, JobRejected
+from schemas.events import (
+    BatchCompleted,
+    BatchDispatched,
+    JobAccepted,
+    JobCompleted,
+    JobFellBackToLocal,
+    JobRejected,
+)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -100,10 +107,17 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                 """UPDATE jobs SET fell_back = true, fallback_reason = %s, updated_at = now() WHERE job_id = %s""",
                 (event.reason[:1000], event.job_id),
             )
-        elif isinstance(event, JobCompleted):
+        elif isinstance(event, BatchDispatched) and event.run > 0 and event.batch_no == 0:
+            # A retry run: its batches join the job's count (failed learners go back to pending in recipients).
             await cur.execute(
-                """UPDATE jobs SET status = 'completed', timecompleted = %s, batches_done = batch_count,
+                """UPDATE jobs SET batch_count = batch_count + %s, status = 'running', timecompleted = NULL,
                           updated_at = now()
                    WHERE job_id = %s""",
-                (event.completed_at, event.job_id),
+                (event.batch_count, event.job_id),
+            )
+        elif isinstance(event, JobCompleted):
+            await cur.execute(
+                """UPDATE jobs SET status = %s, timecompleted = %s, batches_done = batch_count, updated_at = now()
+                   WHERE job_id = %s""",
+                ("cancelled" if event.cancelled else "completed", event.completed_at, event.job_id),
             )

@@ -85,6 +85,11 @@ class Projector:
             isolation_level="read_committed",
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+            # Outcomes trickle in one by one while a job sends; without a minimum each poll brought a handful
+            # of events and cost its own transaction. Waiting up to 100 ms for 64 KiB cut the projector's CPU
+            # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag.
+            fetch_min_bytes=64 * 1024,
+            fetch_max_wait_ms=100,
         )
         await consumer.start()
         started = time.monotonic()

@@ -47,8 +47,26 @@ FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::int[]) AS t(job
 ON CONFLICT (job_id, userid) DO NOTHING
 """
 
-# Only a row that is pending (or from an earlier run) takes an outcome; RETURNING lists the rows that did,
-# and those alone raise the job counters.
+# A retry run puts the learners it serves again back to pending, and takes them off the failed count.
+_RETRY_PENDING = """
+WITH incoming AS (
+    SELECT * FROM unnest(%s::text[], %s::bigint[], %s::int[], %s::int[]) AS t(job_id, userid, run, batch_no)
+), reset AS (
+    UPDATE job_recipients r
+    SET status = 'pending', run = i.run, batch_no = i.batch_no, error_message = NULL, retryable = NULL,
+        updated_at = now()
+    FROM incoming i
+    WHERE r.job_id = i.job_id AND r.userid = i.userid AND r.status = 'failed' AND r.run < i.run
+    RETURNING r.job_id
+)
+UPDATE jobs j SET failed = j.failed - c.n, status = 'running', timecompleted = NULL, updated_at = now()
+FROM (SELECT job_id, count(*) AS n FROM reset GROUP BY job_id) c
+WHERE j.job_id = c.job_id
+"""
+
+# Only a row that is pending (or from an earlier run) takes an outcome. The job counters move by the change
+# from each row's previous status (read in the same snapshot) to its new one, so they stay right whatever
+# order the topics are read in, and a repeated outcome changes nothing.
 _OUTCOMES = """
 WITH incoming AS (
     SELECT * FROM unnest(
@@ -56,23 +74,29 @@ WITH incoming AS (
         %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]
     ) AS t(job_id, userid, email, status, run, batch_no, attempts, retryable, error_message, provider,
            provider_message_id, message_id, certificate_url, certificate_code, certificate_sha256, timesent)
+), previous AS (
+    SELECT r.job_id, r.userid, r.status FROM job_recipients r JOIN incoming i USING (job_id, userid)
 ), changed AS (
     INSERT INTO job_recipients AS r (job_id, userid, email, status, run, batch_no, attempts, retryable,
         error_message, provider, provider_message_id, message_id, certificate_url, certificate_code,
         certificate_sha256, timesent)
     SELECT * FROM incoming
     ON CONFLICT (job_id, userid) DO UPDATE SET
-        status = EXCLUDED.status, run = EXCLUDED.run, attempts = EXCLUDED.attempts,
+        status = EXCLUDED.status, run = EXCLUDED.run, batch_no = EXCLUDED.batch_no, attempts = EXCLUDED.attempts,
         retryable = EXCLUDED.retryable, error_message = EXCLUDED.error_message, provider = EXCLUDED.provider,
         provider_message_id = EXCLUDED.provider_message_id, message_id = EXCLUDED.message_id,
         certificate_url = EXCLUDED.certificate_url, certificate_code = EXCLUDED.certificate_code,
         certificate_sha256 = EXCLUDED.certificate_sha256, timesent = EXCLUDED.timesent, updated_at = now()
     WHERE r.status = 'pending' OR r.run < EXCLUDED.run
-    RETURNING r.job_id, r.status, r.timesent
+    RETURNING r.job_id, r.userid, r.status, r.timesent
 ), counts AS (
-    SELECT job_id, count(*) FILTER (WHERE status <> 'failed') AS ok, count(*) FILTER (WHERE status = 'failed') AS bad,
-           min(timesent) AS first
-    FROM changed GROUP BY job_id
+    SELECT c.job_id,
+           count(*) FILTER (WHERE c.status <> 'failed')
+             - count(*) FILTER (WHERE p.status IN ('sent', 'issued')) AS ok,
+           count(*) FILTER (WHERE c.status = 'failed') - count(*) FILTER (WHERE p.status = 'failed') AS bad,
+           min(c.timesent) AS first
+    FROM changed c LEFT JOIN previous p USING (job_id, userid)
+    GROUP BY c.job_id
 )
 INSERT INTO jobs AS j (job_id, succeeded, failed, status, timestarted)
 SELECT job_id, ok, bad, 'running', first FROM counts
@@ -87,9 +111,12 @@ ON CONFLICT (job_id) DO UPDATE SET
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     pending: list[tuple] = []
+    retried: list[tuple] = []
     outcomes: dict[tuple[str, int], tuple] = {}
     for _, event in events:
-        if isinstance(event, BatchDispatched):
+        if isinstance(event, BatchDispatched) and event.run > 0:
+            retried.extend((event.job_id, r.userid, event.run, event.batch_no) for r in event.recipients)
+        elif isinstance(event, BatchDispatched):
             pending.extend((event.job_id, r.userid, r.email, event.run, event.batch_no) for r in event.recipients)
         elif isinstance(event, RecipientSent):
             outcomes.setdefault((event.job_id, event.userid), (
@@ -106,5 +133,7 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                 None, event.backend, None, None, event.url, event.code, event.sha256, event.issued_at))
     if pending:
         await cur.execute(_PENDING, [list(col) for col in zip(*pending, strict=True)])
+    if retried:
+        await cur.execute(_RETRY_PENDING, [list(col) for col in zip(*retried, strict=True)])
     if outcomes:
         await cur.execute(_OUTCOMES, [list(col) for col in zip(*outcomes.values(), strict=True)])

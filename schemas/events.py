@@ -203,8 +203,15 @@ class CertificateIssued(Event):
     issued_at: datetime = Field(default_factory=utcnow)
 
 
+class FailedRecipient(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    userid: int
+    retryable: bool
+
+
 class BatchCompleted(Event):
-    """Every recipient of a batch has a terminal outcome in this run; feeds job progress."""
+    """Every recipient of a batch has a terminal outcome in this run; feeds job progress and retries."""
 
     ce_type: ClassVar[str] = "org.manireports.offload.batch.completed.v1"
     topic: ClassVar[str] = "jobs"
@@ -216,6 +223,9 @@ class BatchCompleted(Event):
     succeeded: int
     failed: int
     fell_back: bool = False
+    failures: list[FailedRecipient] = Field(default_factory=list, description="who failed, for a later retry")
+    source_partition: int | None = Field(default=None, description="where the BatchDispatched record lies")
+    source_offset: int | None = None
     completed_at: datetime = Field(default_factory=utcnow)
 
 
@@ -245,6 +255,7 @@ class JobCompleted(Event):
     total: int
     succeeded: int
     failed: int
+    cancelled: bool = Field(default=False, description="the job was cancelled; its unserved recipients failed")
     completed_at: datetime = Field(default_factory=utcnow)
 
 
@@ -336,3 +347,89 @@ class JobRetryRequested(Event):
 
 EVENT_TYPES = (*EVENT_TYPES, JobCancelled, JobRetryRequested)
 BY_CE_TYPE.update({cls.ce_type: cls for cls in (JobCancelled, JobRetryRequested)})
+
+
+# === Callbacks to Moodle (issue 5) ===============================================================
+CallbackName = Literal["started", "progress", "completed"]
+
+
+class CallbackDelivered(Event):
+    """Moodle answered a signed callback with 2xx: this callback is done."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.callback.delivered.v1"
+    topic: ClassVar[str] = "callbacks"
+
+    job_id: str
+    callback_id: str = Field(description="job_id:run:name, the same for every attempt of one callback")
+    event: CallbackName
+    run: int = 0
+    milestone: int | None = Field(default=None, description="percent, for progress callbacks")
+    attempt: int = Field(ge=1)
+    status: int = Field(description="Moodle's HTTP status")
+    duration_ms: int
+    delivered_at: datetime = Field(default_factory=utcnow)
+
+
+class CallbackFailed(Event):
+    """One attempt that did not reach Moodle; next_attempt_at is when it is tried again, None when given up."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.callback.failed.v1"
+    topic: ClassVar[str] = "callbacks"
+
+    job_id: str
+    callback_id: str = Field(description="job_id:run:name, the same for every attempt of one callback")
+    event: CallbackName
+    run: int = 0
+    milestone: int | None = None
+    attempt: int = Field(ge=1)
+    status: int | None = Field(default=None, description="Moodle's HTTP status; None when no answer came")
+    error: str = Field(max_length=2000)
+    next_attempt_at: datetime | None = None
+    duration_ms: int | None = None
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+EVENT_TYPES = (*EVENT_TYPES, CallbackDelivered, CallbackFailed)
+BY_CE_TYPE.update({cls.ce_type: cls for cls in (CallbackDelivered, CallbackFailed)})
+
+
+# === Provider webhooks (issue 5) =================================================================
+class _ProviderReport(Event):
+    """What a provider reported about one message after it was sent, matched to the job's recipient."""
+
+    topic: ClassVar[str] = "outcomes"
+
+    job_id: str
+    userid: int
+    email: str
+    provider: EmailProviderName
+    message_id: str | None = Field(default=None, description="our deterministic Message-ID")
+    provider_message_id: str | None = None
+    provider_event_id: str = Field(description="the provider's id of this report; repeats are the same report")
+    detail: str | None = Field(default=None, max_length=2000)
+    occurred_at: datetime
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class RecipientDelivered(_ProviderReport):
+    """The provider handed the message to the recipient's mail server."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.recipient.delivered.v1"
+
+
+class RecipientBounced(_ProviderReport):
+    """The recipient's mail server refused the message; permanent bounces should not be retried."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.recipient.bounced.v1"
+
+    permanent: bool = True
+
+
+class RecipientComplained(_ProviderReport):
+    """The recipient marked the message as spam."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.recipient.complained.v1"
+
+
+EVENT_TYPES = (*EVENT_TYPES, RecipientDelivered, RecipientBounced, RecipientComplained)
+BY_CE_TYPE.update({cls.ce_type: cls for cls in (RecipientDelivered, RecipientBounced, RecipientComplained)})

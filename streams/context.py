@@ -45,6 +45,13 @@ class BatchProgressTable(faust.Table):
         return partition_for(key.encode(), self.partitions)
 
 
+class SinglePartitionGlobalTable(faust.GlobalTable):
+    """A global table written from agents on many partitions: every write goes to its one changelog partition."""
+
+    def partition_for_key(self, key: str) -> int:
+        return 0
+
+
 @dataclass
 class StreamContext:
     app: faust.App
@@ -57,6 +64,8 @@ class StreamContext:
     known_jobs: faust.Table
     batch_progress: faust.Table
     job_progress: faust.Table
+    job_failures: faust.Table
+    cancelled_jobs: faust.GlobalTable
     publisher: EventPublisher
     ledger: OutcomeLedger
     _started: bool = False
@@ -94,6 +103,14 @@ class StreamContext:
                 default=None,
             )),
             job_progress=app.Table("job-progress", partitions=s.job_partitions, default=None),
+            # Who failed in which batch of which run ("job:run:batch"), kept apart from job-progress so that a
+            # job's progress value stays small; read when a retry is requested.
+            job_failures=app.Table("job-failures", partitions=s.job_partitions, default=None),
+            # Jobs someone cancelled: every worker checks it before serving a batch.
+            cancelled_jobs=app.tables.add(SinglePartitionGlobalTable(
+                app, name="cancelled-jobs", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
+                standby_buffer_size=1, is_global=True, default=None,  # as app.GlobalTable() sets them
+            )),
             publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),
             ledger=OutcomeLedger(s),
         )

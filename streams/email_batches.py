@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -25,9 +24,6 @@ from streams.agents.batches import OutcomeRecorder
 from streams.context import StreamContext
 
 log = logging.getLogger(__name__)
-
-# Messages composed between two yields to the event loop (~1-2 ms of CPU).
-_COMPOSE_SLICE = 8
 
 
 class UnconfiguredProvider:
@@ -118,11 +114,7 @@ class EmailBatchHandler:
         messages: list[OutgoingEmail] = []
         by_key: dict[str, Recipient] = {}
         message_ids: dict[str, str] = {}
-        for position, recipient in enumerate(recipients, 1):
-            if position % _COMPOSE_SLICE == 0:
-                # Composing is CPU work on the event loop: yield now and then so the SMTP sessions and Kafka
-                # acks of the batches already sending keep moving instead of stalling for the whole batch.
-                await asyncio.sleep(0)
+        for recipient in recipients:
             problem = address_problem(recipient.email)
             error = f"unusable address: {problem}" if problem else None
             if error is None:

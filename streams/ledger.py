@@ -48,6 +48,23 @@ class OutcomeLedger:
         offsets = await self._consumer.end_offsets([tp])
         return int(offsets[tp])
 
+    async def fetch(self, short_topic: str, partition: int, offset: int) -> Event:
+        """The event at one place in the log (a retry re-reads the BatchDispatched its failures came from)."""
+        assert self._consumer is not None, "ledger not started"
+        tp = TopicPartition(self._settings.topic(short_topic), partition)
+        async with self._lock:
+            self._consumer.assign([tp])
+            self._consumer.seek(tp, offset)
+            try:
+                while True:
+                    records = (await self._consumer.getmany(tp, timeout_ms=5000, max_records=1)).get(tp, [])
+                    if not records:
+                        raise LookupError(f"{tp.topic}[{partition}]@{offset} is no longer in the log")
+                    if records[0].offset >= offset:
+                        return decode(records[0].value, records[0].headers)
+            finally:
+                self._consumer.unsubscribe()
+
     async def recorded(self, *, job_id: str, run: int, batch_no: int, partition: int,
                        from_offset: int) -> dict[int, Outcome]:
         """Outcomes of this batch already in the log, by userid (the first one wins)."""

@@ -16,7 +16,14 @@ from typing import Protocol
 import faust
 
 from schemas.envelope import UndecodableRecord, decode
-from schemas.events import BatchCompleted, BatchDispatched, Event, Recipient, RecipientFailed
+from schemas.events import (
+    BatchCompleted,
+    BatchDispatched,
+    Event,
+    FailedRecipient,
+    Recipient,
+    RecipientFailed,
+)
 from streams.context import StreamContext
 from streams.ledger import Outcome
 
@@ -30,11 +37,15 @@ class OutcomeRecorder:
         self._publisher = ctx.publisher
         self._pending: list[asyncio.Future] = []
         self.succeeded = 0
-        self.failed = 0
+        self.failures: list[FailedRecipient] = []
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
     def count(self, outcome: Outcome) -> None:
         if isinstance(outcome, RecipientFailed):
-            self.failed += 1
+            self.failures.append(FailedRecipient(userid=outcome.userid, retryable=outcome.retryable))
         else:
             self.succeeded += 1
 
@@ -80,9 +91,11 @@ class BatchRunner:
         key = batch.kafka_key()
         table = self.ctx.batch_progress
         state = table.get(key)
+        source = (message.partition, message.offset)
         recorder = OutcomeRecorder(self.ctx)
         if state and state.get("state") == "done":
-            await self._complete(batch, state["succeeded"], state["failed"], state.get("fell_back", False))
+            failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.get("failures", [])]
+            await self._complete(batch, state["succeeded"], failures, state.get("fell_back", False), source)
             return
         if state and state.get("state") == "started":
             recorded = await self.ctx.ledger.recorded(
@@ -100,16 +113,27 @@ class BatchRunner:
             await self.ctx.app.producer.flush()  # the note must be durable before anyone is served
             recorded = {}
         remaining = [r for r in batch.recipients if r.userid not in recorded]
-        fell_back = await handler.process(batch, remaining, recorder) if remaining else False
+        fell_back = False
+        if remaining and self.ctx.cancelled_jobs.get(batch.job_id):
+            for recipient in remaining:  # a retry may serve them later
+                await recorder.record(RecipientFailed(
+                    job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
+                    email=recipient.email, error="job cancelled before this batch ran", attempts=0, retryable=True,
+                ))
+        elif remaining:
+            fell_back = await handler.process(batch, remaining, recorder)
         await recorder.flush()
-        table[key] = {"state": "done", "succeeded": recorder.succeeded, "failed": recorder.failed,
-                      "fell_back": fell_back}
-        await self._complete(batch, recorder.succeeded, recorder.failed, fell_back)
+        table[key] = {"state": "done", "succeeded": recorder.succeeded, "fell_back": fell_back,
+                      "failures": [[f.userid, f.retryable] for f in recorder.failures]}
+        await self._complete(batch, recorder.succeeded, recorder.failures, fell_back, source)
 
-    async def _complete(self, batch: BatchDispatched, succeeded: int, failed: int, fell_back: bool) -> None:
+    async def _complete(self, batch: BatchDispatched, succeeded: int, failures: list[FailedRecipient],
+                        fell_back: bool, source: tuple[int, int]) -> None:
         await self.ctx.publisher.send_and_wait(
             BatchCompleted(job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
-                           batch_count=batch.batch_count, succeeded=succeeded, failed=failed, fell_back=fell_back)
+                           batch_count=batch.batch_count, succeeded=succeeded, failed=len(failures),
+                           fell_back=fell_back, failures=failures, source_partition=source[0],
+                           source_offset=source[1])
         )
 
 

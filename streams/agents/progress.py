@@ -1,18 +1,31 @@
-"""track-progress: count finished batches per job and emit JobCompleted once every batch is done.
+"""track-progress: the life of each job after routing — batches done, completion, cancellation, retries.
 
-Batches report once each (BatchCompleted); a batch reported twice (processed again after a crash) is
-counted once, because the table remembers which batch numbers are done.
+Batches report once each (BatchCompleted); a batch reported twice (processed again after a crash) is counted
+once, because the table remembers which batch numbers of which run are done. A retry serves the learners
+still failed as a new run, once every earlier run has completed; a cancel makes every worker fail the
+batches of the job that have not started yet (a later retry may serve those learners).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 
 import faust
 
 from schemas.envelope import UndecodableRecord, decode
-from schemas.events import BatchCompleted, JobAccepted, JobCompleted
+from schemas.events import (
+    BatchCompleted,
+    BatchDispatched,
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+    JobRetryRequested,
+    Recipient,
+)
 from streams.context import StreamContext
+from streams.intake import batches
+from streams.retry import all_runs_completed, choose, current_failures
 
 log = logging.getLogger(__name__)
 
@@ -27,41 +40,102 @@ class ProgressTracker:
         except UndecodableRecord as exc:
             await self.ctx.dead_letter(message, str(exc), "track-progress")
             return
+        if not isinstance(event, JobAccepted | BatchCompleted | JobCancelled | JobRetryRequested):
+            return
+        state = self._state(event.job_id)
         if isinstance(event, JobAccepted):
-            state = self._state(event.job_id)
             state.setdefault("total", event.total_recipients)
-            state.setdefault("batch_count", event.batch_count)
-            await self._save_and_maybe_complete(event.job_id, state)
+            state.setdefault("runs", {}).setdefault("0", event.batch_count)
+            await self._advance(event.job_id, state, run=0)
         elif isinstance(event, BatchCompleted):
-            state = self._state(event.job_id)
-            state.setdefault("batch_count", event.batch_count)
-            done = state.setdefault("done", {})
-            run_done = done.setdefault(str(event.run), {})
-            run_done.setdefault(str(event.batch_no), [event.succeeded, event.failed])
-            await self._save_and_maybe_complete(event.job_id, state, run=event.run)
+            state.setdefault("runs", {}).setdefault(str(event.run), event.batch_count)
+            run_done = state.setdefault("done", {}).setdefault(str(event.run), {})
+            if str(event.batch_no) not in run_done:
+                run_done[str(event.batch_no)] = [event.succeeded, event.failed]
+                if event.failures:
+                    self.ctx.job_failures[f"{event.job_id}:{event.run}:{event.batch_no}"] = {
+                        "p": event.source_partition, "o": event.source_offset,
+                        "f": [[f.userid, f.retryable] for f in event.failures],
+                    }
+            await self._advance(event.job_id, state, run=event.run)
+        elif isinstance(event, JobCancelled):
+            state["cancelled"] = True
+            self.ctx.cancelled_jobs[event.job_id] = True
+            self._save(event.job_id, state)
+            log.info("job %s cancelled by %s", event.job_id, event.requested_by)
+        elif "runs" not in state:
+            log.warning("retry of unknown job %s ignored", event.job_id)
+        else:
+            # Kept until every run has completed, so a retry asked for mid-run serves that run's failures too.
+            state["retry_pending"] = event.only_retryable
+            await self._advance(event.job_id, state, run=None)
 
     def _state(self, job_id: str) -> dict:
         current = self.ctx.job_progress.get(job_id)
         return dict(current) if current else {}
 
-    async def _save_and_maybe_complete(self, job_id: str, state: dict, run: int = 0) -> None:
-        run_done = state.get("done", {}).get(str(run), {})
-        completed = state.setdefault("completed_runs", [])
-        finished = (
-            "total" in state
-            and len(run_done) >= state["batch_count"]
-            and run not in completed
-        )
-        if finished:
-            succeeded = sum(v[0] for v in run_done.values())
-            failed = sum(v[1] for v in run_done.values())
-            await self.ctx.publisher.send_and_wait(
-                JobCompleted(job_id=job_id, run=run, total=succeeded + failed, succeeded=succeeded, failed=failed)
-            )
-            completed.append(run)
-            log.info("job %s run %d completed: %d succeeded, %d failed", job_id, run, succeeded, failed)
+    def _save(self, job_id: str, state: dict) -> None:
         # Assign a new value: Faust writes the changelog on assignment, not on mutation.
         self.ctx.job_progress[job_id] = state
+
+    async def _advance(self, job_id: str, state: dict, run: int | None) -> None:
+        completed = state.setdefault("completed_runs", [])
+        expected = state.get("runs", {}).get(str(run)) if run is not None else None
+        run_done = state.get("done", {}).get(str(run), {})
+        if expected is not None and "total" in state and len(run_done) >= expected and run not in completed:
+            succeeded = sum(v[0] for v in run_done.values())
+            failed = sum(v[1] for v in run_done.values())
+            await self.ctx.publisher.send_and_wait(JobCompleted(
+                job_id=job_id, run=run, total=succeeded + failed, succeeded=succeeded, failed=failed,
+                cancelled=bool(state.get("cancelled")),
+            ))
+            completed.append(run)
+            log.info("job %s run %d completed: %d succeeded, %d failed", job_id, run, succeeded, failed)
+        if state.get("retry_pending") is not None and all_runs_completed(state):
+            await self._start_retry(job_id, state, only_retryable=state["retry_pending"])
+            state["retry_pending"] = None
+        self._save(job_id, state)
+
+    async def _start_retry(self, job_id: str, state: dict, *, only_retryable: bool) -> None:
+        def failures_of(run: int, batch: int) -> list:
+            return (self.ctx.job_failures.get(f"{job_id}:{run}:{batch}") or {}).get("f", [])
+
+        chosen = choose(current_failures(state, failures_of), only_retryable=only_retryable)
+        if not chosen:
+            log.info("retry of job %s: nobody to serve again", job_id)
+            return
+        wanted: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for userid, failure in chosen.items():
+            wanted[(failure.run, failure.batch_no)].add(userid)
+        recipients: list[Recipient] = []
+        source: BatchDispatched | None = None
+        for (run, batch_no), userids in sorted(wanted.items()):
+            where = self.ctx.job_failures.get(f"{job_id}:{run}:{batch_no}") or {}
+            if where.get("p") is None:
+                log.warning("retry of job %s: batch %d of run %d has no source record", job_id, batch_no, run)
+                continue
+            dispatched = await self.ctx.ledger.fetch("batches", where["p"], where["o"])
+            if not isinstance(dispatched, BatchDispatched):
+                continue
+            source = source or dispatched
+            recipients.extend(r for r in dispatched.recipients if r.userid in userids)
+        if source is None or not recipients:
+            return
+        new_run = max(int(r) for r in state["runs"]) + 1
+        chunks = list(batches(sorted(recipients, key=lambda r: r.userid), self.ctx.settings.job_batch_size))
+        await self.ctx.publisher.send_all(
+            BatchDispatched(
+                job_id=job_id, run=new_run, batch_no=number, batch_count=len(chunks), type=source.type,
+                company_id=source.company_id, route=source.route, provider=source.provider,
+                template_id=source.template_id, template_data=source.template_data, recipients=chunk,
+            )
+            for number, chunk in enumerate(chunks)
+        )
+        state["runs"][str(new_run)] = len(chunks)
+        state.setdefault("included", {})[str(new_run)] = [r.userid for r in recipients]
+        if state.pop("cancelled", False):  # serving them again is the opposite of cancelling
+            self.ctx.cancelled_jobs.pop(job_id, None)
+        log.info("job %s retry run %d: %d learners in %d batches", job_id, new_run, len(recipients), len(chunks))
 
 
 def register(app: faust.App, ctx: StreamContext) -> None:
