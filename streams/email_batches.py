@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
 from adapters.email.base import EmailProvider, OnEachResult, OutgoingEmail, ProviderUnavailable, SendResult
-from adapters.email.delivery import FinalResult, RetryPolicy, deliver
+from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
 from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider
 from content.email import (
@@ -24,6 +25,9 @@ from streams.agents.batches import OutcomeRecorder
 from streams.context import StreamContext
 
 log = logging.getLogger(__name__)
+
+# Learners composed before their sends start (see EmailBatchHandler.process).
+_SEND_CHUNK = 25
 
 
 class UnconfiguredProvider:
@@ -111,25 +115,9 @@ class EmailBatchHandler:
         return cls(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers)
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
-        messages: list[OutgoingEmail] = []
         by_key: dict[str, Recipient] = {}
         message_ids: dict[str, str] = {}
-        for recipient in recipients:
-            problem = address_problem(recipient.email)
-            error = f"unusable address: {problem}" if problem else None
-            if error is None:
-                try:
-                    message = self._compose(batch, recipient)
-                except (TemplateRenderError, UnknownTemplate) as exc:
-                    error = f"template error: {exc}"
-            if error is not None:
-                await recorder.record(self._failed(batch, recipient, error, attempts=0, retryable=False))
-                continue
-            messages.append(message)
-            by_key[message.key] = recipient
-            message_ids[message.key] = message.message_id
-        if not messages:
-            return False
+        primary, fallback = self.providers.for_batch(batch)
 
         async def on_result(result: FinalResult) -> None:
             recipient = by_key[result.key]
@@ -145,15 +133,38 @@ class EmailBatchHandler:
                                                    attempts=result.attempts, retryable=result.retryable,
                                                    provider=result.provider))
 
-        primary, fallback = self.providers.for_batch(batch)
-        report = await deliver(messages, primary=primary, fallback=fallback, policy=self.policy,
-                               on_result=on_result)
-        if report.fell_back and fallback is not None:
+        # Each chunk starts sending as soon as it is composed, so composing the next one (CPU) overlaps with
+        # the SMTP round trips of this one instead of the sessions idling until the whole batch is composed.
+        reports: list[asyncio.Task[DeliveryReport]] = []
+        chunk: list[OutgoingEmail] = []
+        async with asyncio.TaskGroup() as sending:
+            for position, recipient in enumerate(recipients, 1):
+                problem = address_problem(recipient.email)
+                error = f"unusable address: {problem}" if problem else None
+                if error is None:
+                    try:
+                        message = self._compose(batch, recipient)
+                    except (TemplateRenderError, UnknownTemplate) as exc:
+                        error = f"template error: {exc}"
+                if error is not None:
+                    await recorder.record(self._failed(batch, recipient, error, attempts=0, retryable=False))
+                else:
+                    chunk.append(message)
+                    by_key[message.key] = recipient
+                    message_ids[message.key] = message.message_id
+                if chunk and (len(chunk) == _SEND_CHUNK or position == len(recipients)):
+                    reports.append(sending.create_task(
+                        deliver(chunk, primary=primary, fallback=fallback, policy=self.policy, on_result=on_result)
+                    ))
+                    chunk = []
+                    await asyncio.sleep(0)  # let the chunk's first sends go out before composing on
+        fell_back = [task.result() for task in reports if task.result().fell_back]
+        if fell_back and fallback is not None:
             await recorder.record_event(JobFellBackToLocal(
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, from_provider=primary.name,
-                to_provider=fallback.name, reason=report.fallback_reason or "cloud provider unavailable",
+                to_provider=fallback.name, reason=fell_back[0].fallback_reason or "cloud provider unavailable",
             ))
-        return report.fell_back
+        return bool(fell_back)
 
     def _compose(self, batch: BatchDispatched, recipient: Recipient) -> OutgoingEmail:
         rendered = self.renderer.render(batch.template_id, recipient.template_fields(), batch.template_data)
