@@ -9,7 +9,7 @@ What a certificate job carries (per recipient, falling back to the job's ``templ
   ``signer_title``, ``organisation``) fill the template's ``data_key`` fields.
 
 A missing or invalid one makes that recipient a RecipientFailed (not retryable) naming the field. Rendering is
-CPU-bound (~100 PDFs/s/core), so it runs in a ProcessPoolExecutor owned by the worker, never on the event loop;
+CPU-bound, so it runs in the worker's render pool (content.certificates.pool), never on the event loop;
 uploads run concurrently beside it. Codes and object keys are deterministic, so a batch served again after a
 crash puts the same bytes under the same key.
 """
@@ -18,14 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import os
-import signal
-import threading
-import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -33,7 +25,8 @@ from typing import TYPE_CHECKING, Any, cast
 from adapters.storage.base import CertificateStore, StorageUnavailable, StoredObject, object_key
 from adapters.storage.local import LocalCertificateStore
 from content.certificates.codes import certificate_code, verification_url
-from content.certificates.templates import CertificateTemplate, CertificateTemplateStore, TemplateNotFound
+from content.certificates.pool import CertificateInput, RenderPool
+from content.certificates.templates import CertificateTemplateStore, TemplateNotFound
 from offload.config import Settings
 from schemas.events import (
     BatchDispatched,
@@ -57,20 +50,6 @@ _RESERVED = {"userid", "email", "firstname", "lastname", "course_name", "complet
 
 class InvalidCertificateData(ValueError):
     """A recipient whose data cannot make a certificate; the message names the field."""
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateInput:
-    """Everything one learner's certificate is made of; picklable for the render processes."""
-
-    userid: int
-    key: str
-    code: str
-    learner_name: str
-    course_name: str
-    completion_date: date
-    verification_url: str
-    template_data: Mapping[str, str]
 
 
 def completion_date_of(value: Any) -> date:
@@ -112,101 +91,6 @@ def certificate_input(settings: Settings, batch: BatchDispatched, recipient: Rec
             if k not in _RESERVED and isinstance(v, str | int | float) and not isinstance(v, bool)}
     return CertificateInput(recipient.userid, key, code, name, course.strip(), when,
                             verification_url(settings.certificate_verify_base_url, code), data)
-
-
-# --- the render processes ---------------------------------------------------------------------------
-
-_renderer: Any = None
-
-
-def _child_init(parent_pid: int) -> None:
-    """Runs in each render process: leave Ctrl-C to the worker, and exit if the worker dies (even by SIGKILL)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _child_renderer() -> Any:
-    global _renderer
-    if _renderer is None:
-        from content.certificates.render import CertificateRenderer
-
-        _renderer = CertificateRenderer()
-    return _renderer
-
-
-def render_chunk(template: CertificateTemplate, items: Sequence[CertificateInput]) -> list[bytes | str]:
-    """PDF bytes per input, or an error text for one that failed; runs inside a render process."""
-    renderer = _child_renderer()
-    out: list[bytes | str] = []
-    for item in items:
-        try:
-            out.append(renderer.render(
-                template, learner_name=item.learner_name, course_name=item.course_name,
-                completion_date=item.completion_date, certificate_code=item.code,
-                verification_url=item.verification_url, template_data=item.template_data,
-            ))
-        except Exception as exc:  # noqa: BLE001 - one bad learner never sinks the chunk
-            out.append(f"render error: {exc!r}"[:1000])
-    return out
-
-
-def _warm_up() -> int:
-    """Loads reportlab and parses every font once, so the first real certificate is not the slow one."""
-    from content.certificates.templates import CertificateTemplateStore as Store
-
-    template = Store().get("course_completion", 1)
-    sample = CertificateInput(1, "warm", "0000-0000-0000-0000", "Warm Up 王", "Warm-up", date(2026, 1, 1),
-                              "https://example.org/verify/0000-0000-0000-0000", {})
-    render_chunk(template, [sample])
-    return os.getpid()
-
-
-class RenderPool:
-    """One process per core (or ``certificate_render_processes``) for the life of the worker."""
-
-    def __init__(self, processes: int = 0) -> None:
-        self.processes = processes or os.cpu_count() or 1
-        self._executor: ProcessPoolExecutor | None = None
-
-    def _new_executor(self) -> ProcessPoolExecutor:
-        # spawn, not fork: the worker has threads (Kafka, boto3) that a forked child would inherit half-held.
-        executor = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_child_init, initargs=(os.getpid(),))
-        for _ in range(self.processes):
-            executor.submit(_warm_up)
-        return executor
-
-    async def start(self) -> None:
-        if self._executor is None:
-            self._executor = self._new_executor()
-
-    async def stop(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-
-    def pids(self) -> list[int]:
-        return list(getattr(self._executor, "_processes", None) or {})
-
-    async def render(self, template: CertificateTemplate, items: Sequence[CertificateInput]) -> list[bytes | str]:
-        if self._executor is None:
-            await self.start()
-        assert self._executor is not None
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, render_chunk, template,
-                                                                    list(items))
-        except BrokenProcessPool:
-            # A render process died (OOM killer, a crash in C code): start fresh ones and let the batch retry.
-            log.error("a certificate render process died; restarting the pool")
-            broken, self._executor = self._executor, self._new_executor()
-            broken.shutdown(wait=False, cancel_futures=True)
-            raise
 
 
 # --- stores ----------------------------------------------------------------------------------------
