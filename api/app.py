@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api import companies, jobs
+from api import certificates, companies, jobs
 from api.auth import signed_requests
 from api.errors import MAX_BODY, json_errors, json_response
 from api.signing import RequestVerifier
@@ -28,7 +28,8 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 def create_app(settings: Settings) -> web.Application:
     # client_max_size: aiohttp refuses a larger body while streaming it, Content-Length or not.
-    app = web.Application(middlewares=[json_errors, signed_requests], client_max_size=settings.api_max_body_bytes)
+    app = web.Application(middlewares=[json_errors, signed_requests],
+                          client_max_size=settings.api_max_body_bytes)
     source = f"urn:manireports:offload:api:{settings.app_id}"
     publisher = EventPublisher(settings, source=source)
     store = ReadStore(settings)
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     app[MAX_BODY] = settings.api_max_body_bytes
     app.add_routes(jobs.routes)
     app.add_routes(companies.routes)
+    app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}
     app.router.add_get("/api/v1/health", _health)
     app.router.add_get("/api/v1/openapi.yaml", _openapi)
     app.on_startup.append(_start)

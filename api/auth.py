@@ -12,13 +12,15 @@ from api.state import BODY, CALLER, state_of
 
 log = logging.getLogger(__name__)
 
-# Served to anyone: the API description and a liveness probe carry nothing about any company.
+# Served to anyone: the API description and a liveness probe carry nothing about any company; certificate
+# verification and local certificate files are reached from a QR code or a link (see api/certificates.py).
 UNSIGNED_PATHS = frozenset({"/api/v1/openapi.yaml", "/api/v1/health"})
+UNSIGNED_PREFIXES = ("/verify/", "/certificates/")
 
 
 @web.middleware
 async def signed_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in UNSIGNED_PATHS:
+    if request.path in UNSIGNED_PATHS or request.path.startswith(UNSIGNED_PREFIXES):
         return await handler(request)
     state = state_of(request)
     try:

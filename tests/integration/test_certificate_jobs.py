@@ -186,3 +186,19 @@ def test_a_learner_without_usable_data_fails_alone_and_an_unreachable_s3_falls_b
     failed = query(settings, "SELECT error_message, retryable FROM job_recipients WHERE status = 'failed'")
     assert failed == [{"error_message": "invalid certificate data: completion_date '20/11/2026' is not an ISO "
                                         "date (YYYY-MM-DD) or unix time", "retryable": False}]
+
+    # The service serves what it stored locally, and the QR code's verification page answers for that code.
+    from urllib.parse import urlparse
+
+    from tests.support.api import ApiServer, send
+
+    with ApiServer(settings) as server:
+        for event in issued(settings, "certs-fallback").values():
+            assert event.url.startswith(settings.public_base_url)
+            reply = send(server.base_url, "GET", urlparse(event.url).path, b"", {})
+            assert (reply.status, hashlib.sha256(reply.raw).hexdigest()) == (200, event.sha256)
+            page = send(server.base_url, "GET", f"/verify/{event.code}", b"", {"Accept": "application/json"})
+            assert page.status == 200 and page.body["valid"] is True and page.body["code"] == event.code
+        assert send(server.base_url, "GET", "/verify/0000-0000-0000-0000", b"", {}).status == 404
+        assert send(server.base_url, "GET", "/certificates/../../etc/passwd", b"", {}).status == 404
+        assert send(server.base_url, "GET", "/certificates/company-1/none.pdf", b"", {}).status == 404
