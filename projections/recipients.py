@@ -128,9 +128,11 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                 event.job_id, event.userid, event.email, "failed", event.run, event.batch_no, event.attempts,
                 event.retryable, event.error[:2000], event.provider, None, None, None, None, None, event.failed_at))
         elif isinstance(event, CertificateIssued):
+            # message_id/error_message: the email telling the learner, when the job asked for one.
             outcomes.setdefault((event.job_id, event.userid), (
                 event.job_id, event.userid, event.email, "issued", event.run, event.batch_no, event.attempts, None,
-                None, event.backend, None, None, event.url, event.code, event.sha256, event.issued_at))
+                event.email_error, event.backend, None, event.email_message_id, event.url, event.code, event.sha256,
+                event.issued_at))
     if pending:
         await cur.execute(_PENDING, [list(col) for col in zip(*pending, strict=True)])
     if retried:

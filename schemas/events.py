@@ -78,6 +78,9 @@ class JobRequested(Event):
     timestamp: int | None = Field(default=None, description="Moodle's unix time of submission")
     createdby: int | None = None
     callback_key_id: str | None = Field(default=None, max_length=64, description="names a callback key, never the key")
+    notify_template_id: TemplateId | None = Field(
+        default=None, description="certificate jobs: email each learner a link to their certificate with this template"
+    )
 
 
 class Problem(BaseModel):
@@ -138,6 +141,7 @@ class BatchDispatched(Event):
     template_id: str
     template_data: dict[str, Any] = Field(default_factory=dict)
     recipients: list[Recipient]
+    notify_template_id: str | None = None
     dispatched_at: datetime = Field(default_factory=utcnow)
 
     def kafka_key(self) -> str:
@@ -200,6 +204,9 @@ class CertificateIssued(Event):
     template_version: int
     backend: StorageProviderName
     attempts: int = 1
+    emailed: bool | None = Field(default=None, description="None: no email asked for; else whether it went out")
+    email_message_id: str | None = None
+    email_error: str | None = None
     issued_at: datetime = Field(default_factory=utcnow)
 
 

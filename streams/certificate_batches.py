@@ -37,7 +37,8 @@ from schemas.events import (
     StorageProviderName,
 )
 
-if TYPE_CHECKING:  # the render processes import this module: keep Faust out of them
+if TYPE_CHECKING:
+    from streams.email_batches import CertificateMailer  # the render processes import this module: keep Faust out of them
     from streams.agents.batches import OutcomeRecorder
     from streams.context import StreamContext
 
@@ -180,20 +181,22 @@ class _Storing:
 
 class CertificateBatchHandler:
     def __init__(self, settings: Settings, templates: CertificateTemplateStore, pool: RenderPool,
-                 stores: CertificateStores) -> None:
+                 stores: CertificateStores, mailer: CertificateMailer | None = None) -> None:
         self.settings = settings
         self.templates = templates
         self.pool = pool
         self.stores = stores
+        self.mailer = mailer
         self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
     @classmethod
-    def build(cls, ctx: StreamContext) -> CertificateBatchHandler:
+    def build(cls, ctx: StreamContext, mailer: CertificateMailer | None = None) -> CertificateBatchHandler:
         pool = RenderPool(ctx.settings.certificate_render_processes)
         stores = CertificateStores(ctx.settings)
         ctx.add_service(pool)
         ctx.add_service(stores)
-        return cls(ctx.settings, CertificateTemplateStore(ctx.settings.certificate_template_dir), pool, stores)
+        return cls(ctx.settings, CertificateTemplateStore(ctx.settings.certificate_template_dir), pool, stores,
+                   mailer)
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
         try:
@@ -227,11 +230,18 @@ class CertificateBatchHandler:
                 await recorder.record(self._failed(batch, recipient, error or "storage failed", retryable=True,
                                                    attempts=attempts, provider=storing.primary.backend))
                 return
+            emailed = message_id = email_error = None
+            if batch.notify_template_id and self.mailer is not None:
+                # Part of issuing: the outcome says whether the learner was told, so it stays one per learner.
+                message_id, email_error = await self.mailer.send(batch, recipient, certificate_url=stored.url,
+                                                                 code=item.code)
+                emailed = message_id is not None
             await recorder.record(CertificateIssued(
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=item.userid,
                 email=recipient.email, url=stored.url, object_key=stored.key, sha256=stored.sha256,
                 size=stored.size, code=item.code, template_id=template.id, template_version=template.version,
-                backend=cast(StorageProviderName, stored.backend), attempts=attempts,
+                backend=cast(StorageProviderName, stored.backend), attempts=attempts, emailed=emailed,
+                email_message_id=message_id, email_error=email_error,
             ))
 
         async def render_and_store(chunk: list[CertificateInput]) -> None:

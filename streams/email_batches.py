@@ -97,21 +97,65 @@ class EmailProviders:
             await provider.stop()
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(max_attempts=settings.max_attempts, base_delay=settings.retry_base_delay,
+                       max_delay=settings.retry_max_delay)
+
+
+def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, template_id: str,
+                  template_data: dict, recipient: Recipient, fields: dict | None = None,
+                  message_scope: str | None = None) -> OutgoingEmail:
+    """One learner's message, rendered and composed; its Message-ID is derived from job (or scope) and learner.
+
+    Raises TemplateRenderError / UnknownTemplate when the template cannot render for this learner.
+    """
+    rendered = renderer.render(template_id, {**recipient.template_fields(), **(fields or {})}, template_data)
+    message_id = message_id_for(message_scope or job_id, recipient.userid, settings.message_id_domain)
+    raw = compose_message(rendered, from_address=settings.mail_from, from_name=settings.mail_from_name,
+                          to_address=recipient.email, to_name=recipient.full_name, message_id=message_id,
+                          headers={"X-Offload-Job": job_id})
+    return OutgoingEmail(key=str(recipient.userid), to_address=recipient.email, to_name=recipient.full_name,
+                         subject=rendered.subject, text=rendered.text, html=rendered.html, message_id=message_id,
+                         raw=raw)
+
+
+class CertificateMailer:
+    """Emails a learner the link to the certificate just issued to them, over the local SMTP relay."""
+
+    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: EmailProvider) -> None:
+        self.settings = settings
+        self.renderer = renderer
+        self.smtp = smtp
+        self.policy = retry_policy(settings)
+
+    async def send(self, batch: BatchDispatched, recipient: Recipient, *, certificate_url: str,
+                   code: str) -> tuple[str | None, str | None]:
+        """(Message-ID, None) once sent, or (None, why not)."""
+        assert batch.notify_template_id is not None
+        problem = address_problem(recipient.email)
+        if problem:
+            return None, f"unusable address: {problem}"
+        fields = {"certificate_url": certificate_url, "verification_code": code}
+        try:
+            message = compose_email(self.settings, self.renderer, job_id=batch.job_id,
+                                    template_id=batch.notify_template_id, template_data=batch.template_data,
+                                    recipient=recipient, fields=fields, message_scope=f"{batch.job_id}/certificate")
+        except (TemplateRenderError, UnknownTemplate) as exc:
+            return None, f"template error: {exc}"
+        report = await deliver([message], primary=self.smtp, fallback=None, policy=self.policy)
+        result = report.results[0]
+        return (message.message_id, None) if result.sent else (None, result.error or "not sent")
+
+
 class EmailBatchHandler:
     def __init__(self, settings: Settings, renderer: EmailRenderer, providers: EmailProviders) -> None:
         self.settings = settings
         self.renderer = renderer
         self.providers = providers
-        self.policy = RetryPolicy(
-            max_attempts=settings.max_attempts,
-            base_delay=settings.retry_base_delay,
-            max_delay=settings.retry_max_delay,
-        )
+        self.policy = retry_policy(settings)
 
     @classmethod
-    def build(cls, ctx: StreamContext) -> EmailBatchHandler:
-        providers = EmailProviders(ctx.settings)
-        ctx.add_service(providers)
+    def build(cls, ctx: StreamContext, providers: EmailProviders) -> EmailBatchHandler:
         return cls(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers)
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
@@ -167,27 +211,8 @@ class EmailBatchHandler:
         return bool(fell_back)
 
     def _compose(self, batch: BatchDispatched, recipient: Recipient) -> OutgoingEmail:
-        rendered = self.renderer.render(batch.template_id, recipient.template_fields(), batch.template_data)
-        message_id = message_id_for(batch.job_id, recipient.userid, self.settings.message_id_domain)
-        raw = compose_message(
-            rendered,
-            from_address=self.settings.mail_from,
-            from_name=self.settings.mail_from_name,
-            to_address=recipient.email,
-            to_name=recipient.full_name,
-            message_id=message_id,
-            headers={"X-Offload-Job": batch.job_id},
-        )
-        return OutgoingEmail(
-            key=str(recipient.userid),
-            to_address=recipient.email,
-            to_name=recipient.full_name,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
-            message_id=message_id,
-            raw=raw,
-        )
+        return compose_email(self.settings, self.renderer, job_id=batch.job_id, template_id=batch.template_id,
+                             template_data=batch.template_data, recipient=recipient)
 
     @staticmethod
     def _failed(batch: BatchDispatched, recipient: Recipient, error: str, *, attempts: int, retryable: bool,

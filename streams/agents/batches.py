@@ -138,11 +138,15 @@ class BatchRunner:
 
 
 def register(app: faust.App, ctx: StreamContext) -> None:
+    from content.email import EmailRenderer, TemplateStore
     from streams.certificate_batches import CertificateBatchHandler
-    from streams.email_batches import EmailBatchHandler
+    from streams.email_batches import CertificateMailer, EmailBatchHandler, EmailProviders
 
-    handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx),
-                                         "certificate": CertificateBatchHandler.build(ctx)}
+    providers = EmailProviders(ctx.settings)  # one SMTP pool per worker, shared by email and certificate mail
+    ctx.add_service(providers)
+    mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp)
+    handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx, providers),
+                                         "certificate": CertificateBatchHandler.build(ctx, mailer)}
     runner = BatchRunner(ctx, handlers)
 
     # concurrency=1 (faust-streaming #606); parallelism comes from taking several batches at once and from

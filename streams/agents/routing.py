@@ -86,6 +86,7 @@ class JobRouter:
                 template_id=job.template_id,
                 template_data=job.template_data,
                 recipients=chunk,
+                notify_template_id=job.notify_template_id,
             )
             for number, chunk in enumerate(batches(job.recipients, size))
         )

@@ -4,6 +4,7 @@ re-runs that issue nothing new, template versions, non-Latin names, verification
 from __future__ import annotations
 
 import asyncio
+import email
 import hashlib
 import urllib.request
 import uuid
@@ -202,3 +203,34 @@ def test_a_learner_without_usable_data_fails_alone_and_an_unreachable_s3_falls_b
         assert send(server.base_url, "GET", "/verify/0000-0000-0000-0000", b"", {}).status == 404
         assert send(server.base_url, "GET", "/certificates/../../etc/passwd", b"", {}).status == 404
         assert send(server.base_url, "GET", "/certificates/company-1/none.pdf", b"", {}).status == 404
+
+
+def test_learners_can_be_emailed_a_link_to_their_new_certificate(settings_factory, topics_for, processes,
+                                                                  job_factory, mail_sink, tmp_path):
+    settings = settings_factory(smtp_port=mail_sink.port, certificate_storage_root=tmp_path / "certs")
+    topics_for(settings)
+    mail_sink.reject("learner803@example.org", code=550)  # the certificate is issued; the email is not
+    processes("worker", settings)
+    processes("projector", settings)
+    job = certificate_job(job_factory, "certs-mailed", 7, start=801, names=NAMES[:4])
+    job["notify_template_id"] = "certificate_ready"
+    asyncio.run(submit_job(settings, job))
+    row = wait_for_job(settings, "certs-mailed")
+    assert (row["succeeded"], row["failed"]) == (4, 0)
+
+    by_address = mail_sink.by_recipient()
+    for userid, event in issued(settings, "certs-mailed").items():
+        if userid == 803:
+            assert (event.emailed, event.email_message_id) == (False, None) and "550" in event.email_error
+            assert f"learner{userid}@example.org" not in by_address
+            continue
+        assert event.emailed is True and event.email_error is None
+        (received,) = by_address[f"learner{userid}@example.org"]
+        message = email.message_from_bytes(received.raw)
+        assert message["Message-ID"] == event.email_message_id
+        part = next(p for p in message.walk() if p.get_content_type() == "text/plain")
+        body = part.get_payload(decode=True).decode(part.get_content_charset() or "utf-8")
+        assert event.url in body and event.code in body and COURSE in body
+    rows = {r["userid"]: r for r in query(settings, "SELECT * FROM job_recipients WHERE job_id = 'certs-mailed'")}
+    assert rows[801]["message_id"] == issued(settings, "certs-mailed")[801].email_message_id
+    assert rows[803]["status"] == "issued" and "550" in rows[803]["error_message"]
