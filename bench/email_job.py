@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.keep:
             stack.callback(drop_own_artifacts, settings, tag)
-        knobs = {k: getattr(settings, k) for k in ("job_batch_size", "batches_in_flight", "smtp_connections",
+        knobs = {k: getattr(settings, k) for k in ("job_batch_size", "smtp_connections",
                                                     "batch_partitions", "outcome_partitions", "job_partitions",
                                                     "ses_concurrency")}
         knobs["workers"] = args.workers

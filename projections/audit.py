@@ -7,7 +7,16 @@ from collections.abc import Sequence
 from psycopg import AsyncCursor
 
 from projections.base import Applied
-from schemas.events import BatchCompleted, BatchDispatched, CertificateIssued, RecipientFailed, RecipientSent
+from schemas.events import (
+    BatchCompleted,
+    BatchDispatched,
+    CallbackDelivered,
+    CallbackFailed,
+    RecipientBounced,
+    RecipientComplained,
+    RecipientDelivered,
+    RecipientOutcome,
+)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -26,8 +35,10 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE INDEX IF NOT EXISTS audit_log_subject ON audit_log (subject, id);
 """
 
-# Per-recipient and per-batch events live in job_recipients/job_batches; the audit log keeps the rest.
-_SKIPPED = (BatchDispatched, BatchCompleted, RecipientSent, RecipientFailed, CertificateIssued)
+# Per-recipient, per-batch and callback events live in job_recipients/job_batches/callbacks; the audit log keeps
+# the rest.
+_SKIPPED = (BatchDispatched, BatchCompleted, RecipientOutcome, CallbackDelivered, CallbackFailed,
+            RecipientDelivered, RecipientBounced, RecipientComplained)
 
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:

@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     timecompleted      timestamptz,
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS job_runs (
+    job_id      text NOT NULL,
+    run         int  NOT NULL,
+    batch_count int  NOT NULL,
+    PRIMARY KEY (job_id, run)
+);
 CREATE TABLE IF NOT EXISTS job_batches (
     job_id       text NOT NULL,
     run          int  NOT NULL,
@@ -82,6 +88,8 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                  event.template_id, event.total_recipients, event.duplicates_removed, event.batch_count,
                  event.callback_url, event.createdby, event.accepted_at),
             )
+            await cur.execute("INSERT INTO job_runs VALUES (%s, 0, %s) ON CONFLICT DO NOTHING",
+                              (event.job_id, event.batch_count))
         elif isinstance(event, JobRejected):
             message = "; ".join(f"{p.field}: {p.message}" for p in event.problems)
             await cur.execute(
@@ -109,11 +117,14 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             )
         elif isinstance(event, BatchDispatched) and event.run > 0 and event.batch_no == 0:
             # A retry run: its batches join the job's count (failed learners go back to pending in recipients).
+            # Once per run, even when a stalled run's batches are sent again.
             await cur.execute(
-                """UPDATE jobs SET batch_count = batch_count + %s, status = 'running', timecompleted = NULL,
-                          updated_at = now()
-                   WHERE job_id = %s""",
-                (event.batch_count, event.job_id),
+                """WITH new_run AS (
+                     INSERT INTO job_runs VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING job_id, batch_count)
+                   UPDATE jobs SET batch_count = jobs.batch_count + new_run.batch_count, status = 'running',
+                          timecompleted = NULL, updated_at = now()
+                   FROM new_run WHERE jobs.job_id = new_run.job_id""",
+                (event.job_id, event.run, event.batch_count),
             )
         elif isinstance(event, JobCompleted):
             await cur.execute(

@@ -148,10 +148,21 @@ class BatchDispatched(Event):
         return f"{self.job_id}:{self.run}:{self.batch_no}"
 
 
-class RecipientSent(Event):
-    """A message accepted by the provider for one recipient."""
+class BatchesDispatched(Event):
+    """Where each batch of a job run lies in the log, so a stalled run's missing batches can be sent again."""
 
-    ce_type: ClassVar[str] = "org.manireports.offload.recipient.sent.v1"
+    ce_type: ClassVar[str] = "org.manireports.offload.batches.dispatched.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    locations: list[tuple[int, int]] = Field(description="(partition, offset) of batch 0, 1, … in the batches topic")
+    dispatched_at: datetime = Field(default_factory=utcnow)
+
+
+class RecipientOutcome(Event):
+    """What happened to one learner of one batch run: the terminal outcomes share these fields."""
+
     topic: ClassVar[str] = "outcomes"
 
     job_id: str
@@ -159,6 +170,13 @@ class RecipientSent(Event):
     batch_no: int
     userid: int
     email: str
+
+
+class RecipientSent(RecipientOutcome):
+    """A message accepted by the provider for one recipient."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.recipient.sent.v1"
+
     provider: str
     provider_message_id: str | None = None
     message_id: str
@@ -166,17 +184,11 @@ class RecipientSent(Event):
     sent_at: datetime = Field(default_factory=utcnow)
 
 
-class RecipientFailed(Event):
+class RecipientFailed(RecipientOutcome):
     """A recipient that could not be served in this run; retryable says whether a later retry may help."""
 
     ce_type: ClassVar[str] = "org.manireports.offload.recipient.failed.v1"
-    topic: ClassVar[str] = "outcomes"
 
-    job_id: str
-    run: int = 0
-    batch_no: int
-    userid: int
-    email: str
     provider: str | None = None
     error: str
     attempts: int
@@ -184,17 +196,11 @@ class RecipientFailed(Event):
     failed_at: datetime = Field(default_factory=utcnow)
 
 
-class CertificateIssued(Event):
+class CertificateIssued(RecipientOutcome):
     """A certificate rendered and stored for one recipient."""
 
     ce_type: ClassVar[str] = "org.manireports.offload.certificate.issued.v1"
-    topic: ClassVar[str] = "outcomes"
 
-    job_id: str
-    run: int = 0
-    batch_no: int
-    userid: int
-    email: str
     url: str
     object_key: str
     sha256: str
@@ -311,6 +317,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     JobRejected,
     JobAccepted,
     BatchDispatched,
+    BatchesDispatched,
     RecipientSent,
     RecipientFailed,
     CertificateIssued,

@@ -13,10 +13,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from offload.config import Settings
 from schemas.envelope import UndecodableRecord, decode
-from schemas.events import CertificateIssued, Event, RecipientFailed, RecipientSent
+from schemas.events import Event, RecipientOutcome
 from streams.topics import MAX_MESSAGE_BYTES
-
-Outcome = RecipientSent | RecipientFailed | CertificateIssued
 
 
 class OutcomeLedger:
@@ -66,11 +64,11 @@ class OutcomeLedger:
                 self._consumer.unsubscribe()
 
     async def recorded(self, *, job_id: str, run: int, batch_no: int, partition: int,
-                       from_offset: int) -> dict[int, Outcome]:
+                       from_offset: int) -> dict[int, RecipientOutcome]:
         """Outcomes of this batch already in the log, by userid (the first one wins)."""
         assert self._consumer is not None, "ledger not started"
         key = job_id.encode()
-        found: dict[int, Outcome] = {}
+        found: dict[int, RecipientOutcome] = {}
         async with self._lock:
             tp = TopicPartition(self._topic, partition)
             end = (await self._consumer.end_offsets([tp]))[tp]
@@ -87,7 +85,7 @@ class OutcomeLedger:
                         event: Event = decode(record.value, record.headers)
                     except UndecodableRecord:
                         continue
-                    if (isinstance(event, Outcome) and event.run == run and event.batch_no == batch_no
+                    if (isinstance(event, RecipientOutcome) and event.run == run and event.batch_no == batch_no
                             and event.userid not in found):
                         found[event.userid] = event
             self._consumer.unsubscribe()

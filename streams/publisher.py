@@ -79,11 +79,19 @@ class EventPublisher:
             headers=record.headers,
         )
 
-    async def send_and_wait(self, event: Event) -> None:
-        await (await self.send(event))
+    async def flush(self) -> None:
+        """Send what linger is holding now: at a batch's end nothing is gained by waiting for more."""
+        if self._producer is not None:
+            await self._producer.flush()
 
-    async def send_all(self, events: Iterable[Event]) -> None:
-        """Send many and wait until the broker has every one of them."""
+    async def send_and_wait(self, event: Event) -> None:
+        future = await self.send(event)
+        await self.flush()
+        await future
+
+    async def send_all(self, events: Iterable[Event]) -> list[tuple[int, int]]:
+        """Send many, wait until the broker has every one; (partition, offset) of each, in order."""
         futures = [await self.send(event) for event in events]
-        if futures:
-            await asyncio.gather(*futures)
+        await self.flush()
+        metadata = await asyncio.gather(*futures) if futures else []
+        return [(m.partition, m.offset) for m in metadata]

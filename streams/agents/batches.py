@@ -23,9 +23,9 @@ from schemas.events import (
     FailedRecipient,
     Recipient,
     RecipientFailed,
+    RecipientOutcome,
 )
 from streams.context import StreamContext
-from streams.ledger import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,13 @@ class OutcomeRecorder:
     def failed(self) -> int:
         return len(self.failures)
 
-    def count(self, outcome: Outcome) -> None:
+    def count(self, outcome: RecipientOutcome) -> None:
         if isinstance(outcome, RecipientFailed):
             self.failures.append(FailedRecipient(userid=outcome.userid, retryable=outcome.retryable))
         else:
             self.succeeded += 1
 
-    async def record(self, outcome: Outcome) -> None:
+    async def record(self, outcome: RecipientOutcome) -> None:
         self._pending.append(await self._publisher.send(outcome))
         self.count(outcome)
 
@@ -60,6 +60,7 @@ class OutcomeRecorder:
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
         if pending:
+            await self._publisher.flush()
             await asyncio.gather(*pending)
 
 
@@ -149,10 +150,10 @@ def register(app: faust.App, ctx: StreamContext) -> None:
                                          "certificate": CertificateBatchHandler.build(ctx, mailer)}
     runner = BatchRunner(ctx, handlers)
 
-    # concurrency=1 (faust-streaming #606); parallelism comes from taking several batches at once and from
-    # async I/O inside each. take_events acks the whole group only after every batch in it is finished.
+    # concurrency=1 (faust-streaming #606), and one batch at a time through stream.events(): with take_events()
+    # a killed worker was seen to have committed offsets past batches it never started (they were then never
+    # served). Parallelism comes from the batch's own concurrent sends, from partitions and from more workers.
     @app.agent(ctx.batches, name="process-batches", concurrency=1)
     async def process_batches(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(ctx.settings.batches_in_flight, within=0.05):
-            await asyncio.gather(*(ctx.guarded(event.message, "process-batches", runner.handle)
-                                   for event in events))
+        async for event in stream.events():
+            await ctx.guarded(event.message, "process-batches", runner.handle)

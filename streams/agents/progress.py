@@ -9,6 +9,7 @@ batches of the job that have not started yet (a later retry may serve those lear
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 
 import faust
@@ -17,6 +18,7 @@ from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
     BatchCompleted,
     BatchDispatched,
+    BatchesDispatched,
     JobAccepted,
     JobCancelled,
     JobCompleted,
@@ -40,9 +42,13 @@ class ProgressTracker:
         except UndecodableRecord as exc:
             await self.ctx.dead_letter(message, str(exc), "track-progress")
             return
-        if not isinstance(event, JobAccepted | BatchCompleted | JobCancelled | JobRetryRequested):
+        if not isinstance(event, JobAccepted | BatchCompleted | BatchesDispatched | JobCancelled | JobRetryRequested):
             return
         state = self._state(event.job_id)
+        if isinstance(event, BatchesDispatched):
+            state.setdefault("locations", {})[str(event.run)] = [list(where) for where in event.locations]
+            self._save(event.job_id, state)
+            return
         if isinstance(event, JobAccepted):
             state.setdefault("total", event.total_recipients)
             state.setdefault("runs", {}).setdefault("0", event.batch_count)
@@ -75,6 +81,7 @@ class ProgressTracker:
         return dict(current) if current else {}
 
     def _save(self, job_id: str, state: dict) -> None:
+        state["touched"] = time.time()  # last sign of life, for the stall sweeper
         # Assign a new value: Faust writes the changelog on assignment, not on mutation.
         self.ctx.job_progress[job_id] = state
 
@@ -121,9 +128,11 @@ class ProgressTracker:
             recipients.extend(r for r in dispatched.recipients if r.userid in userids)
         if source is None or not recipients:
             return
+        if state.pop("cancelled", False):  # before dispatching: serving them again is the opposite of cancelling
+            self.ctx.cancelled_jobs.pop(job_id, None)
         new_run = max(int(r) for r in state["runs"]) + 1
         chunks = list(batches(sorted(recipients, key=lambda r: r.userid), self.ctx.settings.job_batch_size))
-        await self.ctx.publisher.send_all(
+        locations = await self.ctx.publisher.send_all(
             BatchDispatched(
                 job_id=job_id, run=new_run, batch_no=number, batch_count=len(chunks), type=source.type,
                 company_id=source.company_id, route=source.route, provider=source.provider,
@@ -133,14 +142,58 @@ class ProgressTracker:
             for number, chunk in enumerate(chunks)
         )
         state["runs"][str(new_run)] = len(chunks)
+        state.setdefault("locations", {})[str(new_run)] = [list(where) for where in locations]
         state.setdefault("included", {})[str(new_run)] = [r.userid for r in recipients]
-        if state.pop("cancelled", False):  # serving them again is the opposite of cancelling
-            self.ctx.cancelled_jobs.pop(job_id, None)
         log.info("job %s retry run %d: %d learners in %d batches", job_id, new_run, len(recipients), len(chunks))
+
+
+class StallSweeper:
+    """Sends again the batches of a run that has made no progress for a while.
+
+    faust-streaming 0.15 was seen to lose the first records it fetched for a partition when a worker restarted
+    (it starts fetching before it seeks to the committed offsets), so a batch can be skipped and its job stall.
+    Sending a batch again is always safe: a batch already done only repeats its BatchCompleted, one in flight
+    queues behind itself in its partition, one half done resumes from its recorded outcomes.
+    """
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+        self._last: dict[tuple[str, int], float] = {}  # in memory: after a restart, one more re-send is harmless
+
+    async def sweep(self) -> None:
+        after = self.ctx.settings.stall_redispatch_seconds
+        now = time.time()
+        for job_id, state in list(self.ctx.job_progress.items()):
+            if not state or state.get("cancelled") or now - state.get("touched", now) < after:
+                continue
+            completed = set(state.get("completed_runs", []))
+            for run, count in state.get("runs", {}).items():
+                if int(run) in completed or now - self._last.get((job_id, int(run)), 0) < after:
+                    continue
+                done = state.get("done", {}).get(run, {})
+                where = state.get("locations", {}).get(run, [])
+                missing = [b for b in range(count) if str(b) not in done and b < len(where)]
+                if not missing:
+                    continue
+                self._last[(job_id, int(run))] = now
+                log.warning("job %s run %s made no progress for %.0f s: sending %d unfinished batches again",
+                            job_id, run, now - state["touched"], len(missing))
+                for batch_no in missing:
+                    partition, offset = where[batch_no]
+                    await self.ctx.publisher.send_and_wait(await self.ctx.ledger.fetch("batches", partition, offset))
 
 
 def register(app: faust.App, ctx: StreamContext) -> None:
     tracker = ProgressTracker(ctx)
+    sweeper = StallSweeper(ctx)
+
+    @app.timer(max(1.0, ctx.settings.stall_redispatch_seconds / 4))
+    async def sweep_stalled_runs() -> None:
+        await ctx.ensure_started()
+        try:
+            await sweeper.sweep()
+        except Exception:  # a sweep that fails is tried again at the next tick
+            log.exception("stall sweep failed")
 
     @app.agent(ctx.jobs, name="track-progress", concurrency=1)
     async def track_progress(stream: faust.StreamT) -> None:

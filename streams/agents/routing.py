@@ -7,7 +7,7 @@ import logging
 import faust
 
 from schemas.envelope import header
-from schemas.events import BatchDispatched, JobAccepted, JobRejected, JobRequested
+from schemas.events import BatchDispatched, BatchesDispatched, JobAccepted, JobRejected, JobRequested
 from streams.context import StreamContext
 from streams.intake import batch_count, batches, validate_request
 from streams.routing import decide_route
@@ -73,7 +73,7 @@ class JobRouter:
                 createdby=job.createdby,
             )
         )
-        await self.ctx.publisher.send_all(
+        locations = await self.ctx.publisher.send_all(
             BatchDispatched(
                 job_id=job.job_id,
                 run=0,
@@ -90,6 +90,7 @@ class JobRouter:
             )
             for number, chunk in enumerate(batches(job.recipients, size))
         )
+        await self.ctx.publisher.send_and_wait(BatchesDispatched(job_id=job.job_id, run=0, locations=locations))
         log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches", job.job_id, decision.route,
                  decision.provider, decision.reason, len(job.recipients), count)
 

@@ -20,6 +20,7 @@ TABLES = {
     "jobs": ("job_id", {"updated_at"}),
     "job_recipients": ("job_id, userid", {"updated_at"}),
     "job_batches": ("job_id, run, batch_no", set()),
+    "job_runs": ("job_id, run", set()),
     "company_cloud_settings": ("company_id", set()),
     "audit_log": ("topic, partition, \"offset\"", {"id"}),
 }

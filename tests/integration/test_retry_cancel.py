@@ -64,8 +64,7 @@ def test_cancel_fails_the_batches_not_yet_started_and_retry_serves_them(
     settings_factory, topics_for, processes, job_factory, mail_sink
 ):
     # One batch at a time over one SMTP connection, so the job is still running when it is cancelled.
-    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=20, smtp_connections=1,
-                                batches_in_flight=1)
+    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=20, smtp_connections=1)
     topics_for(settings)
     processes("worker", settings)
     processes("projector", settings)

@@ -65,10 +65,12 @@ def test_jobs_are_routed_by_company_settings_and_projected_once(
     assert applied_after_restart == read_after_restart, "the restarted projector did not resume where it stopped"
     new_events = [e for topic in ("jobs", "batches", "outcomes") for e in events(settings, topic)
                   if getattr(e, "job_id", None) == "after-restart"]
-    assert applied_after_restart >= len(new_events) == 7  # accepted, batch, 3 sent, batch done, completed
+    # accepted, batch, batch locations, 3 sent, batch done, completed
+    assert applied_after_restart >= len(new_events) == 8
     assert query(settings, "SELECT job_id, succeeded, failed, batches_done FROM jobs WHERE job_id <> 'after-restart' "
                            "ORDER BY 1") == counters_at_stop
-    assert query(settings, "SELECT count(*) AS n FROM audit_log")[0]["n"] == audit_at_stop + 2  # accepted, completed
+    # accepted, batch locations, completed
+    assert query(settings, "SELECT count(*) AS n FROM audit_log")[0]["n"] == audit_at_stop + 3
     for tp, offset in at_stop.items():
         assert after[tp] >= offset
 

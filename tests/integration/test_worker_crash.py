@@ -23,7 +23,8 @@ def test_a_killed_worker_resumes_without_resending_recorded_recipients(
 ):
     # One batch at a time over two SMTP connections: the job lasts long enough to be killed in the middle
     # of a batch, so the restarted worker must read back that batch's recorded outcomes.
-    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=100, smtp_connections=2, batches_in_flight=1)
+    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=100, smtp_connections=2,
+                                stall_redispatch_seconds=8)
     topics_for(settings)
     worker = processes("worker", settings)
     processes("projector", settings)
