@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api import certificates, companies, jobs
+from api import certificates, companies, jobs, metrics, ui, webhooks
 from api.auth import signed_requests
 from api.errors import MAX_BODY, json_errors, json_response
 from api.signing import RequestVerifier
@@ -28,7 +28,7 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 def create_app(settings: Settings) -> web.Application:
     # client_max_size: aiohttp refuses a larger body while streaming it, Content-Length or not.
-    app = web.Application(middlewares=[json_errors, signed_requests],
+    app = web.Application(middlewares=[json_errors, ui.exempt_from_signing(signed_requests)],
                           client_max_size=settings.api_max_body_bytes)
     source = f"urn:manireports:offload:api:{settings.app_id}"
     publisher = EventPublisher(settings, source=source)
@@ -46,6 +46,9 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}
     app.router.add_get("/api/v1/health", _health)
     app.router.add_get("/api/v1/openapi.yaml", _openapi)
+    ui.setup(app)  # /ui/: admin monitoring pages (session cookie)
+    metrics.setup(app)  # /metrics: Prometheus (optional bearer token)
+    webhooks.setup(app, settings, publisher, store)  # /webhooks/*: provider signatures, not ours
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     if not settings.api_keys:

@@ -5,11 +5,13 @@ Nothing else in the project reads ``os.environ``: processes build a :class:`Sett
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEV_CODE_SECRET = "development-only-certificate-code-secret"
@@ -52,8 +54,8 @@ class Settings(BaseSettings):
     cloud_enabled: bool = True  # the global offload switch of the routing rule
     job_batch_size: int = Field(default=200, ge=1, le=1000)
     max_recipients_per_job: int = Field(default=100_000, ge=1)
-    # Batches one worker serves at once; each batch's recipients are already sent concurrently.
-    batches_in_flight: int = Field(default=4, ge=1, le=64)
+    # A job run without progress for this long gets its unfinished batches sent again (always safe).
+    stall_redispatch_seconds: float = Field(default=60.0, ge=1.0, le=24 * 3600)
 
     # --- email ----------------------------------------------------------------------------------
     mail_from: str = "noreply@moodle.example.org"
@@ -143,6 +145,78 @@ class Settings(BaseSettings):
             raise ValueError(f"companies {', '.join(crowded)} have more than two api keys (two allow a rotation)")
         return self
 
+    # === Callbacks to Moodle (issue 5) ============================================================
+    # Callback signing keys by key id, the same JSON shape as api_keys, e.g. OFFLOAD_CALLBACK_KEYS=
+    # '{"moodle-7-cb-2026a": {"secret": "...", "company_id": 7}}'. A job's callbacks are signed with the key the
+    # job named (callback_key_id) when it belongs to the job's company, else the company's key listed last (a
+    # rotation appends the new key), else a key with company_id null. Held as one secret string so it never
+    # shows in a repr and travels to child processes as the JSON it is read from.
+    callback_keys: SecretStr = SecretStr("{}")
+    callback_milestones: list[int] = Field(default_factory=lambda: [25, 50, 75])  # percent of recipients done, between start and end
+    callback_max_age: float = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)  # then the callback is given up
+    callback_retry_base: float = Field(default=15.0, gt=0, le=3600)  # first retry ~ this many seconds later
+    callback_retry_max: float = Field(default=3600.0, gt=0, le=24 * 3600)  # backoff ceiling
+    callback_timeout: float = Field(default=10.0, gt=0, le=120)  # whole request, connect included
+    callback_connect_timeout: float = Field(default=5.0, gt=0, le=60)
+    callback_check_interval: float = Field(default=1.0, gt=0, le=60)  # how often due callbacks are looked for
+    callback_concurrency: int = Field(default=32, ge=1, le=512)  # callbacks in flight per worker
+
+    def callback_key_table(self) -> dict[str, ApiKey]:
+        return _parse_callback_keys(self.callback_keys.get_secret_value())
+
+    def callback_key_for(self, company_id: int, requested: str | None = None) -> tuple[str, ApiKey] | None:
+        """The key id and key that sign this company's callbacks, or None when none is configured."""
+        keys = self.callback_key_table()
+        if requested and requested in keys and keys[requested].company_id in (company_id, None):
+            return requested, keys[requested]
+        own = [(key_id, key) for key_id, key in keys.items() if key.company_id == company_id]
+        shared = [(key_id, key) for key_id, key in keys.items() if key.company_id is None]
+        chosen = own or shared
+        return chosen[-1] if chosen else None
+
+    @model_validator(mode="after")
+    def _check_callback_settings(self) -> Settings:
+        try:
+            keys = self.callback_key_table()
+        except ValueError as exc:
+            raise ValueError(f"callback_keys: {exc}") from None
+        for key_id, key in keys.items():
+            if not _API_KEY_ID.fullmatch(key_id):
+                raise ValueError(f"callback key id {key_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
+            secret = key.secret.get_secret_value()
+            if self.environment == "production" and (len(secret) < 32 or secret.strip().lower() in _PLACEHOLDERS):
+                raise ValueError(f"callback key {key_id!r} needs a real secret of at least 32 characters in production")
+        if any(not 0 < m < 100 for m in self.callback_milestones):
+            raise ValueError("callback_milestones are percentages strictly between 0 and 100")
+        return self
+
+    # === Provider webhooks (issue 5) ==============================================================
+    # SES through SNS: only these topic ARNs are accepted (anyone can sign a message with AWS's SNS key from
+    # their own topic, so the signature alone proves nothing about the sender). Empty: SES webhooks refused.
+    webhook_sns_topic_arns: list[str] = Field(default_factory=list)
+    # SendGrid Event Webhook verification key (base64 DER or PEM public key, as SendGrid shows it).
+    webhook_sendgrid_public_key: str | None = None
+    webhook_mailgun_signing_key: SecretStr | None = None  # Mailgun's HTTP webhook signing key
+    webhook_max_age: float = Field(default=3600, ge=60, le=7 * 24 * 3600)  # older signed timestamps are refused
+
+    # === Monitoring UI and /metrics (issue 6, items 1 and 5) ========================================
+    # Signs the admin UI's session cookies (HMAC-SHA256). Unset: a random secret per API process (every
+    # sign-in ends when the process restarts; several API replicas need one shared value). >= 32 chars.
+    ui_session_secret: SecretStr | None = None
+    ui_session_hours: float = Field(default=8, gt=0, le=24 * 7)
+    # Cookies marked Secure (HTTPS only); default on in production, off elsewhere (plain http on loopback).
+    ui_secure_cookies: bool | None = None
+    # When set, /metrics needs "Authorization: Bearer <token>"; unset, it is served to anyone who can reach it
+    # (it carries aggregate counts only: no company, job id, address or secret).
+    metrics_token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check_ui_secrets(self) -> Settings:
+        secret = self.ui_session_secret
+        if secret is not None and len(secret.get_secret_value()) < 32:
+            raise ValueError("ui_session_secret must be at least 32 characters")
+        return self
+
 
 # === API: the Moodle-facing side (issue 5) ========================================================
 _API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -155,6 +229,22 @@ class ApiKey(BaseModel):
 
     secret: SecretStr = Field(min_length=16)
     company_id: int | None = Field(default=None, ge=0)
+
+
+
+# === Callbacks to Moodle (issue 5) ================================================================
+@lru_cache(maxsize=8)
+def _parse_callback_keys(raw: str) -> dict[str, ApiKey]:
+    try:
+        data = json.loads(raw or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object of key id -> {secret, company_id}")  # noqa: TRY004
+    try:
+        return {str(key_id): ApiKey.model_validate(value) for key_id, value in data.items()}
+    except ValidationError as exc:
+        raise ValueError(str(exc.errors(include_url=False, include_input=False))) from None
 
 
 Settings.model_rebuild()

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 
 from offload.config import Settings
-from projections import audit, company_settings, jobs, recipients, tracking
+from projections import audit, callbacks, company_settings, jobs, recipients, tracking
 from projections.base import Applied, Position
 from schemas.envelope import UndecodableRecord, decode
 from streams.topics import MAX_MESSAGE_BYTES, partitions_of
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 # Read models in the order they apply a poll: settings and jobs first, then recipients (which raise job
 # counters), then the audit log.
-READ_MODELS = (company_settings, jobs, recipients, audit)
-PROJECTED_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "dead-letters")
+READ_MODELS = (company_settings, jobs, recipients, callbacks, audit)
+PROJECTED_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters")
 PROJECTION = "read-models"
 
 

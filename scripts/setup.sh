@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(openjdk-17-jre-headless maven postgresql fonts-dejavu-core fonts-wqy-microhei fonts-droid-fallback
-              php-cli)  # php-cli: the Moodle-side reference client's test
+              php-cli chromium)  # php-cli: the Moodle client's test; chromium: the monitoring page's test
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

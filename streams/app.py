@@ -43,6 +43,9 @@ def create_app(settings: Settings) -> faust.App:
     routing.register(app, ctx)
     batches.register(app, ctx)
     progress.register(app, ctx)
+    from streams.agents import callbacks
+
+    callbacks.register(app, ctx)
 
     @app.on_before_shutdown.connect
     async def _stop_services(app: faust.App, **kwargs: Any) -> None:

@@ -51,7 +51,8 @@ def public_topics(settings: Settings) -> list[TopicSpec]:
 # partition count of their source topic so a fresh worker never races Faust's own creation (a changelog seen
 # with 0 partitions fails the table's partition check).
 TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job-failures": "job_partitions",
-          "batch-progress": "batch_partitions", "company-settings": None, "cancelled-jobs": None}
+          "batch-progress": "batch_partitions", "company-settings": None, "cancelled-jobs": None,
+          "callbacks": "job_partitions"}
 
 
 def changelog_topics(settings: Settings) -> list[TopicSpec]:
