@@ -146,6 +146,13 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
             "batches": {"total": row["batch_count"], "done": row["batches_done"]},
             "duplicates_removed": row["duplicates_removed"],
         },
+        # From the providers' webhooks, after sending: how many were delivered, bounced, marked as spam.
+        "delivery": {
+            "delivered": row.get("delivered", 0),
+            "bounced": row.get("bounced", 0),
+            "complained": row.get("complained", 0),
+            "bounce_rate": round(row.get("bounced", 0) / sent, 4) if sent else 0.0,
+        },
         "errors": [{"message": e["message"], "count": e["count"], "retryable": e["retryable"]} for e in errors],
         "rejection": {"message": row["error_message"], "problems": row["problems"]} if row["status"] == "rejected"
         else None,

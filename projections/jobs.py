@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     timecompleted      timestamptz,
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS delivered int NOT NULL DEFAULT 0;   -- provider reports, see recipients
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS bounced int NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS complained int NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS job_runs (
     job_id      text NOT NULL,
     run         int  NOT NULL,

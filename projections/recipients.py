@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from psycopg import AsyncCursor
 
 from projections.base import Applied
-from schemas.events import BatchDispatched, CertificateIssued, RecipientFailed, RecipientSent
+from schemas.events import (
+    BatchDispatched,
+    CertificateIssued,
+    RecipientBounced,
+    RecipientComplained,
+    RecipientDelivered,
+    RecipientFailed,
+    RecipientSent,
+)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS job_recipients (
@@ -35,6 +43,8 @@ CREATE TABLE IF NOT EXISTS job_recipients (
     updated_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, userid)
 );
+ALTER TABLE job_recipients ADD COLUMN IF NOT EXISTS delivery text;  -- delivered | bounced | complained
+ALTER TABLE job_recipients ADD COLUMN IF NOT EXISTS delivery_detail text;
 CREATE INDEX IF NOT EXISTS job_recipients_status ON job_recipients (job_id, status);
 CREATE UNIQUE INDEX IF NOT EXISTS job_recipients_code ON job_recipients (certificate_code)
     WHERE certificate_code IS NOT NULL;
@@ -109,9 +119,39 @@ ON CONFLICT (job_id) DO UPDATE SET
 """
 
 
+# A provider's later report about a sent message. The most severe report stands (complained > bounced >
+# delivered); the job's counters move by the change, so a report the provider repeats counts once.
+_REPORTS = """
+WITH incoming AS (
+    SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[]) AS t(job_id, userid, delivery, detail)
+), previous AS (
+    SELECT r.job_id, r.userid, r.delivery FROM job_recipients r JOIN incoming i USING (job_id, userid)
+), changed AS (
+    UPDATE job_recipients r SET delivery = i.delivery, delivery_detail = i.detail, updated_at = now()
+    FROM incoming i
+    WHERE r.job_id = i.job_id AND r.userid = i.userid
+      AND array_position(ARRAY['delivered', 'bounced', 'complained'], i.delivery)
+          > coalesce(array_position(ARRAY['delivered', 'bounced', 'complained'], r.delivery), 0)
+    RETURNING r.job_id, r.userid, r.delivery
+), counts AS (
+    SELECT c.job_id,
+           count(*) FILTER (WHERE c.delivery = 'delivered') - count(*) FILTER (WHERE p.delivery = 'delivered') AS d,
+           count(*) FILTER (WHERE c.delivery = 'bounced') - count(*) FILTER (WHERE p.delivery = 'bounced') AS b,
+           count(*) FILTER (WHERE c.delivery = 'complained') - count(*) FILTER (WHERE p.delivery = 'complained') AS c
+    FROM changed c JOIN previous p USING (job_id, userid)
+    GROUP BY c.job_id
+)
+UPDATE jobs j SET delivered = j.delivered + counts.d, bounced = j.bounced + counts.b,
+                  complained = j.complained + counts.c, updated_at = now()
+FROM counts WHERE j.job_id = counts.job_id
+"""
+_SEVERITY = {"delivered": 1, "bounced": 2, "complained": 3}
+
+
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     pending: list[tuple] = []
     retried: list[tuple] = []
+    reports: dict[tuple[str, int], tuple] = {}
     outcomes: dict[tuple[str, int], tuple] = {}
     for _, event in events:
         if isinstance(event, BatchDispatched) and event.run > 0:
@@ -127,12 +167,20 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             outcomes.setdefault((event.job_id, event.userid), (
                 event.job_id, event.userid, event.email, "failed", event.run, event.batch_no, event.attempts,
                 event.retryable, event.error[:2000], event.provider, None, None, None, None, None, event.failed_at))
+        elif isinstance(event, RecipientDelivered | RecipientBounced | RecipientComplained):
+            kind = {RecipientDelivered: "delivered", RecipientBounced: "bounced",
+                    RecipientComplained: "complained"}[type(event)]
+            key = (event.job_id, event.userid)
+            if key not in reports or _SEVERITY[kind] > _SEVERITY[reports[key][2]]:
+                reports[key] = (event.job_id, event.userid, kind, (event.detail or "")[:2000] or None)
         elif isinstance(event, CertificateIssued):
             # message_id/error_message: the email telling the learner, when the job asked for one.
             outcomes.setdefault((event.job_id, event.userid), (
                 event.job_id, event.userid, event.email, "issued", event.run, event.batch_no, event.attempts, None,
                 event.email_error, event.backend, None, event.email_message_id, event.url, event.code, event.sha256,
                 event.issued_at))
+    if reports:
+        await cur.execute(_REPORTS, [list(col) for col in zip(*reports.values(), strict=True)])
     if pending:
         await cur.execute(_PENDING, [list(col) for col in zip(*pending, strict=True)])
     if retried:

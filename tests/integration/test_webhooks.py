@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from api import webhooks
 from api.errors import MAX_BODY, json_errors
-from api.store import ReadStore
+from api.store import ReadStore, progress
 from content.email.addresses import message_id_for
 from projections.projector import Projector
 from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered, RecipientSent
 from streams.publisher import EventPublisher
-from tests.support.observe import events
+from tests.support.observe import events, query
 from tests.unit.test_webhooks import (
     TOPIC,
     mailgun_signature,
@@ -174,3 +174,19 @@ def test_signed_provider_reports_become_recipient_events(settings_factory, topic
     bounced = next(e for e in reports if isinstance(e, RecipientBounced))
     assert bounced.job_id == JOB and bounced.permanent and bounced.detail == "550 5.1.1"
     assert bounced.occurred_at == datetime(2026, 11, 28, 10, tzinfo=UTC)
+
+    # The reports reach the read models: each learner's delivery state and the job's bounce rate, counted once
+    # even when a provider repeats a report.
+    asyncio.run(Projector(settings).run(until_caught_up=True))
+    async def repeat(event) -> None:  # the provider sends the same report again
+        publisher = EventPublisher(settings, source="urn:test")
+        await publisher.send_all([event])
+        await publisher.stop()
+
+    asyncio.run(repeat(bounced))
+    asyncio.run(Projector(settings).run(until_caught_up=True))
+    delivery = {r["userid"]: r["delivery"] for r in query(settings, "SELECT userid, delivery FROM job_recipients")}
+    assert delivery == {1: "bounced", 2: "delivered", 3: "delivered", 4: "complained"}
+    [job] = query(settings, "SELECT * FROM jobs WHERE job_id = %s", (JOB,))
+    assert (job["delivered"], job["bounced"], job["complained"]) == (2, 1, 1)
+    assert progress(job, [])["delivery"] == {"delivered": 2, "bounced": 1, "complained": 1, "bounce_rate": 0.25}
