@@ -148,10 +148,11 @@ def format_storage(home: Path, libs: Path, log: Log) -> bool:
     """Format the KRaft storage once (True if it ran); an existing meta.properties means done."""
     if (home / "kafka" / "data" / "meta.properties").exists():
         return False
+    # Joined to its flag with "=": a base64url id can start with "-", which the tool would read as an option.
     cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
     log(f"formatting Kafka storage (cluster id {cluster_id})")
     result = subprocess.run(
-        ["java", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id,
+        ["java", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
          "-c", str(props_path(home))],
         check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
     )
