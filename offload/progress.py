@@ -18,6 +18,13 @@ _QUERY = """SELECT job_id, status, route, route_reason, provider, total_recipien
             FROM jobs WHERE job_id = %s"""
 
 
+async def _connect(settings: Settings) -> psycopg.AsyncConnection:
+    """A read-only session on the read models' schema."""
+    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.projection_schema)))
+    return conn
+
+
 async def job_row(conn: psycopg.AsyncConnection, job_id: str) -> dict | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_QUERY, (job_id,))
@@ -31,8 +38,7 @@ def bar(done: int, total: int, width: int = 30) -> str:
 
 async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=sys.stdout) -> int:
     """Print progress until the job completes or is rejected; 0 when completed, 1 otherwise."""
-    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
-    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.projection_schema)))
+    conn = await _connect(settings)
     started = time.monotonic()
     routed = False
     try:
@@ -73,8 +79,7 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
 
 async def list_jobs(settings: Settings, *, company_id: int | None, status: str | None, limit: int) -> list[str]:
     """One line per job, newest first, from the jobs read model."""
-    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
-    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.projection_schema)))
+    conn = await _connect(settings)
     try:
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(

@@ -45,12 +45,16 @@ def encode(event: Event, *, source: str = DEFAULT_SOURCE, event_id: str | None =
     return Record(event.topic, event.kafka_key().encode(), event.model_dump_json().encode(), headers)
 
 
-def header(headers: object, name: str) -> bytes | None:
-    """Look a header up in whatever shape a client hands them over (list of pairs or mapping)."""
+def header_items(headers: object) -> list[tuple[str, object]]:
+    """Headers as (name, value) pairs, in whatever shape a client hands them over (list of pairs or mapping)."""
     if not headers:
-        return None
-    items = headers.items() if isinstance(headers, dict) else headers
-    for key, value in items:  # type: ignore[attr-defined]
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)  # type: ignore[call-overload]
+
+
+def header(headers: object, name: str) -> bytes | None:
+    """Look one header up."""
+    for key, value in header_items(headers):
         if key == name:
             return value if isinstance(value, bytes) else str(value).encode()
     return None

@@ -12,7 +12,7 @@ from functools import lru_cache
 import faust
 
 from offload.config import Settings
-from schemas.envelope import UndecodableRecord, decode
+from schemas.envelope import UndecodableRecord, decode, header_items
 from schemas.events import CompanySettingsChanged, DeadLettered
 from streams.ledger import OutcomeLedger
 from streams.publisher import EventPublisher, partition_for
@@ -167,7 +167,7 @@ class StreamContext:
         log.warning("dead-lettering %s[%s]@%s (%s): %s", message.topic, message.partition, message.offset,
                     stage, error)
         headers = {}
-        for key, value in _header_items(message.headers):
+        for key, value in header_items(message.headers):
             headers[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         event = DeadLettered(
             source_topic=message.topic,
@@ -180,12 +180,6 @@ class StreamContext:
             stage=stage,
         )
         await self.publisher.send_and_wait(event)
-
-
-def _header_items(headers: object) -> list[tuple[str, object]]:
-    if not headers:
-        return []
-    return list(headers.items()) if isinstance(headers, dict) else list(headers)  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=4096)
