@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> web.Application:
         submissions=Submissions(publisher, store, source=source),
     )
     app[MAX_BODY] = settings.api_max_body_bytes
-    public.setup(app)  # rate limit of /verify, /certificates, /ui/login, /metrics per client address
+    public.setup(app)  # rate limit of /verify, /certificates, /ui/login per client address
     app.add_routes(jobs.routes)
     app.add_routes(companies.routes)
     app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}

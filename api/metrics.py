@@ -14,7 +14,7 @@ its figures at scrape time (nothing is counted in this process between scrapes).
   ``offload_callback_success_ratio``.
 * ``offload_metrics_source_up{source}``: 1 when Postgres / Kafka answered this scrape, 0 otherwise.
 
-Scrapes arriving together share one read. With ``metrics_token`` set, or whenever ``metrics_require_token``
+Postgres and Kafka are read at most once a second however often /metrics is hit. With ``metrics_token`` set, or whenever ``metrics_require_token``
 is on (default in production), only ``Authorization: Bearer <token>`` gets an answer; the output holds no
 company id, job id, address or secret.
 """
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 KAFKA_TIMEOUT = 5.0
 PROJECTION = "read-models"  # projections.projector.PROJECTION
+MIN_INTERVAL = 1.0  # seconds: Prometheus scrapes every 15-60 s; anything faster gets the same reading
 CALLBACK_OUTCOMES = {"delivered": "succeeded", "gave_up": "failed", "retrying": "pending"}
 
 
@@ -111,6 +112,8 @@ class OffloadCollector(Collector):
         self.state = state
         self.kafka = kafka
         self.reading = Reading()
+        self.read_at: float | None = None
+        self.reads = 0
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
@@ -122,8 +125,13 @@ class OffloadCollector(Collector):
         self.reading = reading
 
     async def scrape(self, registry: CollectorRegistry) -> bytes:
-        async with self._lock:  # scrapes that arrive together wait for one read instead of each reading
-            await self.refresh()
+        """The exposition, from a reading at most MIN_INTERVAL old: however often /metrics is hit, Postgres and
+        Kafka are read at most once per MIN_INTERVAL (scrapes arriving together wait for one read)."""
+        async with self._lock:
+            if self.read_at is None or time.monotonic() - self.read_at >= MIN_INTERVAL:
+                await self.refresh()
+                self.read_at = time.monotonic()
+                self.reads += 1
             return generate_latest(registry)
 
     def collect(self) -> Iterator[Metric]:
