@@ -14,9 +14,9 @@ its figures at scrape time (nothing is counted in this process between scrapes).
   ``offload_callback_success_ratio``.
 * ``offload_metrics_source_up{source}``: 1 when Postgres / Kafka answered this scrape, 0 otherwise.
 
-Postgres and Kafka are read at most once a second however often /metrics is hit. With ``metrics_token`` set, or whenever ``metrics_require_token``
-is on (default in production), only ``Authorization: Bearer <token>`` gets an answer; the output holds no
-company id, job id, address or secret.
+Postgres and Kafka are read at most once a second however often /metrics is hit. With ``metrics_token`` set,
+or whenever ``metrics_require_token`` is on (default in production), only ``Authorization: Bearer <token>``
+gets an answer; the output holds no company id, job id, address or secret.
 """
 
 from __future__ import annotations

@@ -45,11 +45,39 @@ def _event(message: Message) -> bytes:
     return f"id: {data['id']}\nevent: history\ndata: {json.dumps(data)}\n\n".encode()
 
 
+async def _next(queue: asyncio.Queue[Message]) -> Message | None:
+    """The next message, or None after SESSION_CHECK_SECONDS without one (time to re-check the session)."""
+    try:
+        return await asyncio.wait_for(queue.get(), timeout=SESSION_CHECK_SECONDS)
+    except TimeoutError:
+        return None
+
+
+async def _pump(request: web.Request, response: web.StreamResponse, queue: asyncio.Queue[Message],
+                after: int) -> None:
+    ui = ui_of(request)
+    started = last_write = time.monotonic()
+    while time.monotonic() - started < STREAM_MAX_SECONDS and not ui.closing.is_set():
+        message = await _next(queue)
+        if message is not None and message[0] == "closed":
+            return
+        if current_session(request) is None:  # the key was removed or rotated, or the session expired
+            await response.write(b"event: signed-out\ndata: {}\n\n")
+            return
+        if message is not None and (message[0] == "progress" or message[1]["id"] > after):
+            await response.write(_event(message))
+            last_write = time.monotonic()
+            after = message[1]["id"] if message[0] == "history" else after
+        elif time.monotonic() - last_write > KEEP_ALIVE_SECONDS:
+            await response.write(b": keep-alive\n\n")
+            last_write = time.monotonic()
+
+
 @routes.get(PREFIX + "/jobs/{job_id}/stream")
 async def job_stream(request: web.Request) -> web.StreamResponse:
     if current_session(request) is None:
         raise web.HTTPUnauthorized(text="sign in first")
-    ui = ui_of(request)
+    feeds = ui_of(request).feeds
     job_id = request.match_info["job_id"][:128]
     last_id = request.headers.get("Last-Event-ID") or request.query.get("after", "0")
     after = int(last_id) if last_id.isascii() and last_id.isdigit() and len(last_id) <= 18 else 0
@@ -57,37 +85,14 @@ async def job_stream(request: web.Request) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     await response.write(b"retry: 2000\n\n")
-    queue = ui.feeds.subscribe(job_id, after)
-    started = last_write = last_check = time.monotonic()
+    queue = feeds.subscribe(job_id, after)
     try:
-        for item in await ui.feeds.backlog(job_id, after):
+        for item in await feeds.backlog(job_id, after):
             await response.write(_event(("history", item)))
             after = item["id"]
-        while time.monotonic() - started < STREAM_MAX_SECONDS and not ui.closing.is_set():
-            try:
-                message = await asyncio.wait_for(queue.get(), timeout=SESSION_CHECK_SECONDS)
-            except TimeoutError:
-                message = None
-            now = time.monotonic()
-            if message is not None and message[0] == "closed":
-                break
-            if now - last_check >= SESSION_CHECK_SECONDS or message is not None:
-                last_check = now
-                if current_session(request) is None:  # the key was removed or rotated, or the session expired
-                    await response.write(b"event: signed-out\ndata: {}\n\n")
-                    break
-            if message is not None and not (message[0] == "history" and message[1]["id"] <= after):
-                await response.write(_event(message))
-                last_write = now
-                if message[0] == "history":
-                    after = message[1]["id"]
-            elif now - last_write > KEEP_ALIVE_SECONDS:
-                await response.write(b": keep-alive\n\n")
-                last_write = now
+        await _pump(request, response, queue, after)
     except ConnectionResetError:
         pass  # the browser went away
     finally:
-        ui.feeds.unsubscribe(job_id, queue)
+        feeds.unsubscribe(job_id, queue)
     return response
-
-

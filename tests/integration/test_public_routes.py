@@ -54,7 +54,8 @@ async def project(settings: Settings, events: Sequence[Event]) -> None:
 
 def certificate(job_id: str = "certs-public", userid: int = 1, **extra: Any) -> CertificateIssued:
     return CertificateIssued(job_id=job_id, batch_no=0, userid=userid, email=f"l{userid}@example.org",
-                             url=f"https://files.example.org/{userid}.pdf", object_key=f"company-7/{job_id}/{userid}.pdf",
+                             url=f"https://files.example.org/{userid}.pdf",
+                             object_key=f"company-7/{job_id}/{userid}.pdf",
                              sha256="0" * 64, size=1234, code=CODE, template_id="course_completion",
                              template_version=1, backend="s3", **extra)
 
@@ -278,7 +279,7 @@ async def test_non_ascii_session_cookie_or_csrf_token_is_a_400_with_a_code(make_
     assert head.split()[1] == b"400" and json.loads(body)["error"]["code"] == "invalid_cookie", answer
     async with aiohttp.ClientSession() as http:
         cookie = "; ".join(f"{k}={v}" for k, v in signed_in_cookie(server).items())
-        async with http.post(server.make_url("/ui/logout"), data="csrf_token=%C3%A9%C2%B2".encode(),
+        async with http.post(server.make_url("/ui/logout"), data=b"csrf_token=%C3%A9%C2%B2",
                              allow_redirects=False, headers={**FORM, "Cookie": cookie}) as r:
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_csrf_token"
 
