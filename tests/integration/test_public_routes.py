@@ -26,7 +26,7 @@ from api.app import create_app
 from api.metrics import COLLECTOR
 from api.state import STATE
 from api.ui.state import COOKIE, UI_STATE
-from offload.config import Settings
+from config.settings import Settings
 from projections.base import Position
 from projections.projector import READ_MODELS, connect, create_read_models
 from schemas.events import CertificateIssued, Event, JobAccepted, RecipientSent

@@ -9,9 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from api.errors import ApiError
-from offload.config import Settings
+from config.settings import Settings
 from schemas.events import BatchDispatched, Recipient
-from streams.certificate_batches import InvalidCertificateData, certificate_input
+from streams.handlers.certificate_batches import InvalidCertificateData, certificate_input
 
 BATCH = BatchDispatched(job_id="certs", batch_no=0, batch_count=1, type="certificate", company_id=7, route="local",
                         provider="local", template_id="course_completion",
@@ -36,7 +36,7 @@ def test_certificates_are_refused_with_the_public_code_secret_outside_tests_and_
 
 
 def test_the_dev_stack_opts_in_to_the_public_code_secret_explicitly(tmp_path):
-    from offload.devstack import StackInfo
+    from devtools.devstack import StackInfo
 
     env = StackInfo("127.0.0.1:1", "postgresql://x@127.0.0.1:2/x", "127.0.0.1", 3, tmp_path).env()
     assert env["OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT"] == "true"
