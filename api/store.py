@@ -178,8 +178,8 @@ class ReadStore:
         """Everything /metrics reads from Postgres, on one connection: jobs by status and type, outcomes by
         route and provider, callbacks by status, and the projector's next offsets."""
         queries = {
-            "jobs": ("SELECT status, coalesce(type, 'unknown') AS type, count(*) AS n FROM jobs "
-                     "GROUP BY 1, 2 ORDER BY 1, 2", ()),
+            "jobs": ("""SELECT status, coalesce(type, 'unknown') AS type, count(*) AS n FROM jobs
+                        GROUP BY 1, 2 ORDER BY 1, 2""", ()),
             "outcomes": ("""SELECT coalesce(route, 'unknown') AS route, coalesce(provider, 'unknown') AS provider,
                                    sum(succeeded)::bigint AS sent, sum(failed)::bigint AS failed
                             FROM jobs GROUP BY 1, 2 ORDER BY 1, 2""", ()),

@@ -63,8 +63,10 @@ def certificate(job_id: str = "certs-public", userid: int = 1, **extra: Any) -> 
 @pytest.fixture
 def make_settings(settings_factory) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = dict(api_keys=api_keys(**{ADMIN: (ADMIN_SECRET, None)}),
-                                      ui_session_secret=SecretStr("ui-session-secret-public-routes-0123456789"))
+        values: dict[str, Any] = {
+            "api_keys": api_keys(**{ADMIN: (ADMIN_SECRET, None)}),
+            "ui_session_secret": SecretStr("ui-session-secret-public-routes-0123456789"),
+        }
         values.update(overrides)
         return settings_factory(**values)
 
