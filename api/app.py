@@ -15,6 +15,7 @@ from aiohttp import web
 from api import certificates, companies, jobs, metrics, ui, webhooks
 from api.auth import signed_requests
 from api.errors import MAX_BODY, json_errors, json_response
+from api.seen import PostgresSeen
 from api.signing import RequestVerifier
 from api.state import STATE, ApiState
 from api.store import ReadStore
@@ -35,7 +36,8 @@ def create_app(settings: Settings) -> web.Application:
     store = ReadStore(settings)
     app[STATE] = ApiState(
         settings=settings,
-        verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window),
+        verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window,
+                                 seen=PostgresSeen(store.pool, settings.projection_schema)),
         publisher=publisher,
         store=store,
         submissions=Submissions(publisher, store, source=source),

@@ -17,11 +17,42 @@ from api.ingest import Refusal
 _FIELD = "callback_url"
 
 
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))  # RFC 6052, RFC 8215
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a packet to this IPv6 address ends up at: IPv4-mapped, IPv4-compatible, NAT64
+    (well-known and local-use prefixes), 6to4 and Teredo (server and client). Empty for a plain IPv6 address."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address in _IPV4_COMPATIBLE or any(address in net for net in _NAT64):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
 def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for anything but a globally routable unicast address (IPv4-mapped IPv6 judged as IPv4)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global or address.is_multicast
+    """True for anything but a globally routable unicast address.
+
+    An IPv6 address that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged by that
+    IPv4 address too: ``[64:ff9b::a9fe:a9fe]`` reaches 169.254.169.254 through a NAT64 gateway. Reserved,
+    site-local (fec0::/10, deprecated but still routed by some stacks) and unspecified ranges are refused.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _IPV4_COMPATIBLE:  # deprecated since 2006 (RFC 4291): no public service is reached this way
+            return True
+        inner = embedded_ipv4(address)
+        if inner:
+            return any(non_public(v4) for v4 in inner)
+        if address.is_site_local:
+            return True
+    return (not address.is_global or address.is_multicast or address.is_reserved or address.is_unspecified
+            or address.is_loopback or address.is_link_local)
 
 
 async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: float = 3.0) -> Refusal | None:

@@ -15,7 +15,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEV_CODE_SECRET = "development-only-certificate-code-secret"
-_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET}
+_DEV_MESSAGE_ID_SECRET = "development-only-message-id-secret"
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET, _DEV_MESSAGE_ID_SECRET}
 
 
 class Settings(BaseSettings):
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     mail_from: str = "noreply@moodle.example.org"
     mail_from_name: str = "Moodle"
     message_id_domain: str = "offload.manireports.local"
+    # Message-IDs are HMAC(job id, userid) under this secret: the same learner of the same job always gets the
+    # same Message-ID (crash safety relies on it), and nobody outside can compute one to forge a webhook
+    # report. Every worker and API process of one deployment needs the same value; production refuses the
+    # development default.
+    message_id_secret: SecretStr = SecretStr(_DEV_MESSAGE_ID_SECRET)
     template_dir: Path | None = None  # extra email templates beside the built-in ones
     default_cloud_email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
 
@@ -105,11 +111,15 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret"):
+        for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret",
+                     "message_id_secret"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
         return self
+
+    def message_id_key(self) -> bytes:
+        return self.message_id_secret.get_secret_value().encode()
 
     def topic(self, name: str) -> str:
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""
@@ -127,6 +137,14 @@ class Settings(BaseSettings):
     # Callback URLs resolving to loopback/private/link-local addresses are refused unless this is set.
     api_allow_private_callbacks: bool = False
     api_db_pool_size: int = Field(default=10, ge=1, le=100)
+    # A job's template_data is printed into every message; more than this (JSON bytes) is refused at the API and
+    # by the worker (JobRejected), so one request cannot make the worker write gigabytes.
+    template_data_max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
+    # The whole body of a signed request must arrive within this many seconds (408 otherwise); the timestamp
+    # window is checked again once it has, so a slowly sent body cannot carry a replay past the window.
+    api_body_timeout: float = Field(default=60.0, gt=0, le=600)
+    # One retry request per job per this many seconds (429 retry_rate_limited otherwise), across API replicas.
+    api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
 
     @model_validator(mode="after")
     def _check_api_keys(self) -> Settings:
@@ -223,12 +241,16 @@ _API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ApiKey(BaseModel):
-    """One signing key: the shared secret and the company it speaks for (None: an admin key, every company)."""
+    """One signing key: the shared secret and the company it speaks for (None: an admin key, every company).
+
+    ``company_id`` must be given, ``null`` included: a key that forgot it must not quietly become an admin key
+    that sees every company (issue 11, finding 3).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     secret: SecretStr = Field(min_length=16)
-    company_id: int | None = Field(default=None, ge=0)
+    company_id: int | None = Field(ge=0, description="the key's company; null (explicitly) for an admin key")
 
 
 

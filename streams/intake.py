@@ -47,6 +47,8 @@ def validate_request(value: bytes, *, max_recipients: int) -> IntakeResult:
         raw = json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:  # nested ~1,000 deep: not a job, and no reason to crash over it
+        raise ValueError("not JSON: nested too deeply") from None
     job_id, company_id = _identify(raw)
     if job_id is None:
         raise ValueError("no usable job_id: a job that cannot be named cannot be rejected either")

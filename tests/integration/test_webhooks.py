@@ -44,7 +44,7 @@ async def record_sent(settings, n: int) -> None:
             await publisher.send_and_wait(RecipientSent(
                 job_id=JOB, batch_no=0, userid=userid, email=f"learner{userid}@example.org", provider="ses",
                 provider_message_id=f"ses-msg-{userid}", attempts=1,
-                message_id=message_id_for(JOB, userid, settings.message_id_domain)))
+                message_id=message_id_for(JOB, userid, settings.message_id_domain, key=settings.message_id_key())))
     finally:
         await publisher.stop()
 
@@ -88,7 +88,7 @@ def test_signed_provider_reports_become_recipient_events(settings_factory, topic
     topics_for(settings)
     asyncio.run(record_sent(settings, 4))
     asyncio.run(Projector(settings).run(until_caught_up=True))  # job_recipients with the message ids
-    mid = {u: message_id_for(JOB, u, settings.message_id_domain) for u in range(1, 5)}
+    mid = {u: message_id_for(JOB, u, settings.message_id_domain, key=settings.message_id_key()) for u in range(1, 5)}
     aws = FakeAws(make_certificate(sns_key))
 
     async def scenario() -> dict[str, tuple[int, dict]]:
