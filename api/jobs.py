@@ -12,10 +12,12 @@ from api import params
 from api.callback_urls import check_callback_url
 from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
+from api.seen import SeenUnavailable
 from api.signing import Caller
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
 from schemas.events import JobCancelled, JobRetryRequested
+from streams.intake import template_data_problem
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -38,6 +40,10 @@ async def submit_job(request: web.Request) -> web.Response:
     job = result.job
     if caller.company_id is not None and job.company_id != caller.company_id:
         raise ApiError(403, "company_mismatch", "this key may only submit jobs of its own company")
+    too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
+    if too_large is not None:
+        problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
+        raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
     if job.callback_url:
         refusal = await check_callback_url(job.callback_url,
                                            allow_private=state.settings.api_allow_private_callbacks)
@@ -138,8 +144,25 @@ async def retry_job(request: web.Request) -> web.Response:
     only_retryable = body.get("only_retryable", True)
     if not isinstance(only_retryable, bool):
         raise ApiError(422, "invalid_field", "only_retryable must be true or false")
+    await _limit_retries(state, job["job_id"])
     event = JobRetryRequested(job_id=job["job_id"], company_id=job["company_id"], requested_by=caller.key_id,
                               only_retryable=only_retryable)
     await state.publisher.send_and_wait(event)
     return json_response({"job_id": event.job_id, "status": "retry_requested", "only_retryable": only_retryable,
                           "requested_at": event.requested_at}, status=202)
+
+
+async def _limit_retries(state: ApiState, job_id: str) -> None:
+    """One retry request per job per api_retry_interval, counted in the store every API replica shares: each
+    retry run writes the job's failed learners to Kafka again, so a loop of retries must not be free."""
+    interval = state.settings.api_retry_interval
+    if interval <= 0:
+        return
+    now = time.time()
+    try:
+        first = await state.verifier.seen.first_time("retry", job_id, expires_at=now + interval, now=now)
+    except SeenUnavailable:
+        raise ApiError(503, "replay_store_unavailable", "retries cannot be counted now; try again shortly") from None
+    if not first:
+        raise ApiError(429, "retry_rate_limited", f"this job was retried less than {interval:.0f} s ago; "
+                                                  "wait for that run to finish", retry_after=int(interval))

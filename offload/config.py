@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     broker_session_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
     projection_schema: str = "public"
+    # Compression of every record the project produces (cramjam provides lz4/zstd; gzip needs nothing).
+    kafka_compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
 
     # --- routing and batching -------------------------------------------------------------------
     cloud_enabled: bool = True  # the global offload switch of the routing rule

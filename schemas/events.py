@@ -143,6 +143,11 @@ class BatchDispatched(Event):
     recipients: list[Recipient]
     notify_template_id: str | None = None
     dispatched_at: datetime = Field(default_factory=utcnow)
+    template_data_at: tuple[int, int] | None = Field(
+        default=None,
+        description="(partition, offset) of the JobRequested in job-requests whose template_data this batch uses; "
+                    "set, template_data is left empty: the job's data is written to the log once, not once per batch",
+    )
 
     def kafka_key(self) -> str:
         return f"{self.job_id}:{self.run}:{self.batch_no}"

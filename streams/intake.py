@@ -69,6 +69,16 @@ def validate_request(value: bytes, *, max_recipients: int) -> IntakeResult:
     return IntakeResult(job, job.job_id, job.company_id, (), removed)
 
 
+def template_data_problem(data: dict, limit: int) -> Problem | None:
+    """template_data larger than ``limit`` bytes of compact JSON, as a problem to report (issue 11, finding 1)."""
+    size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+    if size <= limit:
+        return None
+    return Problem(field="template_data", message=f"template_data is {size} bytes of JSON; the limit is {limit} "
+                                                  "(template_data_max_bytes): put per-learner values on the "
+                                                  "recipients instead")
+
+
 def unique_recipients(recipients: Sequence[Recipient]) -> list[Recipient]:
     """Keep the first occurrence of each userid: a learner listed twice is served once."""
     seen: set[int] = set()

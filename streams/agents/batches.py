@@ -26,6 +26,7 @@ from schemas.events import (
     RecipientOutcome,
 )
 from streams.context import StreamContext
+from streams.job_data import JobData
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class BatchRunner:
     def __init__(self, ctx: StreamContext, handlers: dict[str, BatchHandler]) -> None:
         self.ctx = ctx
         self.handlers = handlers
+        self.job_data = JobData(ctx.ledger)
 
     async def handle(self, message: faust.types.Message) -> None:
         try:
@@ -89,6 +91,8 @@ class BatchRunner:
         if handler is None:
             await self.ctx.dead_letter(message, f"no handler for {batch.type} batches", "process-batches")
             return
+        if batch.template_data_at is not None:
+            batch = batch.model_copy(update={"template_data": await self.job_data.template_data(batch)})
         key = batch.kafka_key()
         table = self.ctx.batch_progress
         state = table.get(key)
