@@ -8,9 +8,16 @@ because DNS can change between now and then (rebinding).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import ipaddress
+import os
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from api.ingest import Refusal
 
@@ -85,3 +92,51 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: 
         return Refusal("callback_url_forbidden", _FIELD,
                        f"the callback host {host!r} is or resolves to a loopback, private or link-local address")
     return None
+
+
+# --- the query string of a callback URL stays out of the log (issue 11, finding 13) --------------------------
+# Moodle's callback URLs may carry a token in their query (e.g. wstoken). The API keeps only scheme, host and path
+# in the events (JobRequested, JobAccepted) and read models, and the query sealed with AES-GCM under
+# Settings.callback_url_secret, bound to the job id; the worker opens it just before it calls Moodle.
+
+
+def _aead(secret: bytes) -> AESGCM:
+    return AESGCM(hashlib.sha256(b"offload callback query\x00" + secret).digest())
+
+
+def seal_query(url: str, job_id: str, secret: bytes) -> tuple[str, str | None]:
+    """(the URL without its query, the sealed query or None when there was none)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, None
+    nonce = os.urandom(12)
+    sealed = nonce + _aead(secret).encrypt(nonce, parts.query.encode(), job_id.encode())
+    return urlunsplit(parts._replace(query="", fragment="")), base64.urlsafe_b64encode(sealed).decode()
+
+
+class SealedQueryError(ValueError):
+    """The sealed query cannot be opened: another secret, another job, or damaged."""
+
+
+def open_query(url: str, sealed: str | None, job_id: str, secret: bytes) -> str:
+    """The full URL the worker calls."""
+    if sealed is None:
+        return url
+    try:
+        raw = base64.urlsafe_b64decode(sealed.encode())
+        query = _aead(secret).decrypt(raw[:12], raw[12:], job_id.encode()).decode()
+    except (binascii.Error, ValueError, InvalidTag) as exc:
+        raise SealedQueryError("the callback URL's sealed query cannot be opened (callback_url_secret changed?)") \
+            from exc
+    return urlunsplit(urlsplit(url)._replace(query=query))
+
+
+def redacted(url: str | None, sealed: str | None = None) -> str | None:
+    """What the API and UI show: the query's values replaced, so a token never reaches a screen or a log."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.query:
+        names = [pair.split("=", 1)[0] for pair in parts.query.split("&") if pair]
+        return urlunsplit(parts._replace(query="&".join(f"{n}=[redacted]" for n in names), fragment=""))
+    return f"{url}?[redacted]" if sealed else url

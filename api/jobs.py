@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from api import params
-from api.callback_urls import check_callback_url
+from api.callback_urls import check_callback_url, seal_query
 from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
 from api.seen import SeenUnavailable
@@ -40,6 +40,8 @@ async def submit_job(request: web.Request) -> web.Response:
     job = result.job
     if caller.company_id is not None and job.company_id != caller.company_id:
         raise ApiError(403, "company_mismatch", "this key may only submit jobs of its own company")
+    if job.callback_query_sealed is not None:
+        raise ApiError(422, "invalid_field", "callback_query_sealed is set by the API, never by a client")
     too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
     if too_large is not None:
         problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
@@ -49,6 +51,11 @@ async def submit_job(request: web.Request) -> web.Response:
                                            allow_private=state.settings.api_allow_private_callbacks)
         if refusal is not None:
             raise ApiError(422, refusal.code, refusal.message, problems=[refusal.as_json()])
+        # A token in the query (Moodle's wstoken) goes into the log sealed, never in clear (finding 13).
+        base, sealed = seal_query(job.callback_url, job.job_id,
+                                  state.settings.callback_url_secret.get_secret_value().encode())
+        if sealed is not None:
+            job = job.model_copy(update={"callback_url": base, "callback_query_sealed": sealed})
     checked = time.perf_counter()
     may_see = None if caller.company_id is None else {caller.company_id}
     submission = await state.submissions.submit(job, may_see=may_see)

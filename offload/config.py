@@ -16,7 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEV_CODE_SECRET = "development-only-certificate-code-secret"
 _DEV_MESSAGE_ID_SECRET = "development-only-message-id-secret"
-_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET, _DEV_MESSAGE_ID_SECRET}
+_DEV_CALLBACK_URL_SECRET = "development-only-callback-url-secret"
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET, _DEV_MESSAGE_ID_SECRET,
+                 _DEV_CALLBACK_URL_SECRET}
 
 
 class Settings(BaseSettings):
@@ -114,7 +116,7 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return self
         for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret",
-                     "message_id_secret"):
+                     "message_id_secret", "callback_url_secret"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
@@ -180,6 +182,10 @@ class Settings(BaseSettings):
     callback_connect_timeout: float = Field(default=5.0, gt=0, le=60)
     callback_check_interval: float = Field(default=1.0, gt=0, le=60)  # how often due callbacks are looked for
     callback_concurrency: int = Field(default=32, ge=1, le=512)  # callbacks in flight per worker
+    # Seals the query string of callback URLs (e.g. Moodle's wstoken) so it never sits in the log or a read model
+    # in clear; the API seals, the worker opens. Same value in every API and worker process; production refuses
+    # the development default. Rotating it makes the callbacks of jobs still running fail (say so, then rotate).
+    callback_url_secret: SecretStr = SecretStr(_DEV_CALLBACK_URL_SECRET)
 
     def callback_key_table(self) -> dict[str, ApiKey]:
         return _parse_callback_keys(self.callback_keys.get_secret_value())

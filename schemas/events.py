@@ -75,6 +75,11 @@ class JobRequested(Event):
     template_id: TemplateId
     template_data: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = Field(default=None, max_length=2048)
+    callback_query_sealed: str | None = Field(
+        default=None, max_length=4096,
+        description="set by the API: callback_url's query string, AES-GCM sealed under the deployment's "
+                    "callback_url_secret and bound to the job id; callback_url then has no query",
+    )
     timestamp: int | None = Field(default=None, description="Moodle's unix time of submission")
     createdby: int | None = None
     callback_key_id: str | None = Field(default=None, max_length=64, description="names a callback key, never the key")
@@ -122,6 +127,7 @@ class JobAccepted(Event):
     callback_url: str | None = None
     createdby: int | None = None
     accepted_at: datetime = Field(default_factory=utcnow)
+    callback_query_sealed: str | None = Field(default=None, description="as on JobRequested: never in clear")
 
 
 class BatchDispatched(Event):

@@ -23,6 +23,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from api.callback_urls import SealedQueryError, open_query
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
     BatchCompleted,
@@ -81,7 +82,7 @@ class CallbackScheduler:
             if not event.callback_url or self.table.get(event.job_id) is not None:
                 return
             state = {
-                "company_id": event.company_id, "url": event.callback_url,
+                "company_id": event.company_id, "url": event.callback_url, "sealed": event.callback_query_sealed,
                 # Optional on JobAccepted: a job may name which of its company's callback keys signs.
                 "key_id": getattr(event, "callback_key_id", None),
                 "total": event.total_recipients, "done": {}, "queued": [], "pending": [],
@@ -185,7 +186,14 @@ class CallbackScheduler:
                                      0, permanent=True)
                 else:
                     key_id, api_key = key
-                    result = await self.sender.send(state["url"], callback["body"].encode(), key_id=key_id,
+                    try:  # "sealed": absent in entries written before callback queries were sealed
+                        url = open_query(state["url"], state.get("sealed"), job_id,
+                                         self.settings.callback_url_secret.get_secret_value().encode())
+                    except SealedQueryError as exc:
+                        result = Attempt(False, None, str(exc), 0, permanent=True)
+                        await self._record(job_id, callback, attempt_no, result)
+                        return
+                    result = await self.sender.send(url, callback["body"].encode(), key_id=key_id,
                                                     secret=api_key.secret.get_secret_value(),
                                                     callback_id=callback["callback_id"])
                 await self._record(job_id, callback, attempt_no, result)

@@ -76,6 +76,7 @@ class JobRouter:
                 batch_size=size,
                 batch_count=count,
                 callback_url=job.callback_url,
+                callback_query_sealed=job.callback_query_sealed,
                 createdby=job.createdby,
             )
         )

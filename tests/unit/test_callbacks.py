@@ -118,6 +118,7 @@ def test_bad_callback_keys_are_refused_at_start_up(raw):
 def test_production_refuses_short_callback_secrets():
     with pytest.raises(ValueError, match="at least 32"):
         Settings(environment="production", certificate_code_secret="c" * 40, message_id_secret="m" * 40,
+                 callback_url_secret="u" * 40,
                  callback_keys=json.dumps({"k": {"secret": "x" * 20, "company_id": 1}}))
 
 

@@ -35,6 +35,7 @@ def test_a_key_without_company_id_is_refused_rather_than_made_an_admin_key():
         Settings(environment="test", api_keys={"moodle-7": {"secret": "s" * 32}})
     with pytest.raises(ValidationError, match="company_id"):
         Settings(environment="production", certificate_code_secret="c" * 40, message_id_secret="m" * 40,
+                 callback_url_secret="u" * 40,
                  api_keys={"moodle-7": {"secret": "s" * 32}})
     admin = Settings(environment="test", api_keys={"ops": {"secret": "s" * 32, "company_id": None}})
     assert admin.api_keys["ops"].company_id is None  # admin only when said so
@@ -245,3 +246,46 @@ def test_non_ascii_digits_in_webhook_timestamps_are_refused_cleanly():
         verify_mailgun("key", {"timestamp": "١٢", "token": "t", "signature": "00"}, max_age=600, now=TS)
     with pytest.raises(Refused, match="does not verify"):
         verify_mailgun("key", {"timestamp": str(TS), "token": "t", "signature": "é" * 64}, max_age=600, now=TS)
+
+
+# --- finding 13: a callback URL's query is sealed, opened only by the worker --------------------------------
+
+
+def test_a_callback_query_is_sealed_bound_to_its_job_and_opened_back_to_the_full_url():
+    from api.callback_urls import SealedQueryError, open_query, redacted, seal_query
+
+    url = "https://moodle.example.org/webservice/rest/server.php?wstoken=0123abcd-TOKEN&wsfunction=x"
+    base, sealed = seal_query(url, "job-1", b"k" * 32)
+    assert base == "https://moodle.example.org/webservice/rest/server.php"
+    assert sealed is not None and "TOKEN" not in sealed
+    assert open_query(base, sealed, "job-1", b"k" * 32) == url
+    with pytest.raises(SealedQueryError):
+        open_query(base, sealed, "job-2", b"k" * 32)  # moved to another job: refused
+    with pytest.raises(SealedQueryError):
+        open_query(base, sealed, "job-1", b"another-secret" * 3)
+    assert seal_query("https://moodle.example.org/cb.php", "job-1", b"k" * 32) == ("https://moodle.example.org/cb.php",
+                                                                                  None)
+    assert redacted(url) == ("https://moodle.example.org/webservice/rest/server.php"
+                             "?wstoken=[redacted]&wsfunction=[redacted]")
+    assert redacted(base, sealed).endswith("?[redacted]")
+
+
+def test_production_refuses_the_development_callback_url_and_message_id_secrets():
+    base = {"environment": "production", "certificate_code_secret": "c" * 40}
+    with pytest.raises(ValidationError, match="message_id_secret"):
+        Settings(**base, callback_url_secret="u" * 40)
+    with pytest.raises(ValidationError, match="callback_url_secret"):
+        Settings(**base, message_id_secret="m" * 40)
+    Settings(**base, message_id_secret="m" * 40, callback_url_secret="u" * 40)
+
+
+# --- finding 1 (pure part): the template_data cap -------------------------------------------------------------
+
+
+def test_template_data_over_the_limit_is_a_problem_with_its_size():
+    from streams.intake import template_data_problem
+
+    assert template_data_problem({"course": "x" * 100}, 1024) is None
+    problem = template_data_problem({"course": "é" * 40_000}, 64 * 1024)
+    assert problem is not None and problem.field == "template_data" and "80013 bytes" in problem.message
+    assert Settings(environment="test").template_data_max_bytes == 64 * 1024
