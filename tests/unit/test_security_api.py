@@ -289,3 +289,25 @@ def test_template_data_over_the_limit_is_a_problem_with_its_size():
     problem = template_data_problem({"course": "é" * 40_000}, 64 * 1024)
     assert problem is not None and problem.field == "template_data" and "80013 bytes" in problem.message
     assert Settings(environment="test").template_data_max_bytes == 64 * 1024
+
+
+# --- finding 1 (retry part): one retry request per job per interval ------------------------------------------
+
+
+def test_a_second_retry_request_within_the_interval_is_a_429_with_a_code():
+    from dataclasses import dataclass
+
+    from api.jobs import _limit_retries
+
+    @dataclass
+    class State:  # the two things _limit_retries reads from ApiState
+        settings: Settings
+        verifier: RequestVerifier
+
+    state = State(Settings(environment="test", api_retry_interval=60),
+                  RequestVerifier({}, window=WINDOW, seen=MemorySeen()))
+    asyncio.run(_limit_retries(state, "job-1"))  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as info:
+        asyncio.run(_limit_retries(state, "job-1"))  # type: ignore[arg-type]
+    assert (info.value.status, info.value.code) == (429, "retry_rate_limited")
+    asyncio.run(_limit_retries(state, "job-2"))  # type: ignore[arg-type]  # per job
