@@ -7,6 +7,7 @@ Within a version only optional fields are added; a breaking change is a new ``.v
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -20,6 +21,22 @@ StorageProviderName = Literal["local", "s3", "r2"]
 # No ":" (it separates the parts of batch keys) and nothing that could not name a storage object.
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 TemplateId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
+
+
+# Job ids are chosen by each company's Moodle, so two companies may pick the same one. The API then gives the
+# second company's job the id "<its id>..c<company>" in the log and read models, and shows, reads and calls back
+# with the id that company chose (issue 11, finding 12). A client id may not itself end in that form.
+SCOPED_SUFFIX = re.compile(r"\.\.c[0-9]{1,10}$")
+
+
+def scoped_job_id(job_id: str, company_id: int) -> str:
+    return f"{job_id}..c{company_id}"
+
+
+def client_job_id(job_id: str, company_id: int) -> str:
+    """The id the company chose for a job stored under ``job_id``."""
+    suffix = f"..c{company_id}"
+    return job_id.removesuffix(suffix)
 
 
 def utcnow() -> datetime:
@@ -36,7 +53,7 @@ class Event(BaseModel):
 
     def subject(self) -> str:
         """The CloudEvents subject and the Kafka key: the job id for job events."""
-        return str(getattr(self, "job_id"))
+        return str(self.job_id)
 
     def kafka_key(self) -> str:
         return self.subject()

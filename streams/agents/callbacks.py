@@ -31,6 +31,7 @@ from schemas.events import (
     CallbackFailed,
     JobAccepted,
     JobCompleted,
+    client_job_id,
 )
 from streams.callbacks import Attempt, CallbackSender, backoff_delay, callback_body
 from streams.context import BatchProgressTable, StreamContext
@@ -126,7 +127,9 @@ class CallbackScheduler:
             return
         event = name.split("-")[0]
         callback_id = f"{job_id}:{run}:{name}"
-        body = callback_body(callback_id=callback_id, job_id=job_id, company_id=state["company_id"], event=event,
+        # Moodle hears the job id it chose, also for a job the API stored scoped (schemas.events.client_job_id).
+        body = callback_body(callback_id=callback_id, job_id=client_job_id(job_id, state["company_id"]),
+                             company_id=state["company_id"], event=event,
                              status=status, run=run, total=state["total"] if total is None else total,
                              succeeded=succeeded, failed=failed, milestone=milestone, at=at)
         now = time.time()

@@ -197,3 +197,37 @@ def test_a_callback_token_in_the_query_never_enters_the_log_but_moodle_receives_
         assert token.encode() not in (record.value or b"")
     (row,) = query(settings, "SELECT callback_url FROM jobs WHERE job_id = %s", ("sealed-cb",))
     assert row["callback_url"].endswith("/webservice/rest/server.php") and token not in row["callback_url"]
+
+
+def test_two_companies_may_use_the_same_job_id_and_neither_learns_of_the_other(
+        settings_factory, topics_for, processes, job_factory, mail_sink):
+    """Finding 12: the second company's job is stored as "<id>..c<company>"; each company reads, cancels and is
+    called back with the id it chose, and the answer never says that the id was taken."""
+    k8_secret = "security-k8-secret-0123456789"
+    settings = settings_factory(smtp_port=mail_sink.port, api_keys=api_keys(k7=(K7, 7), k8=(k8_secret, 8)))
+    topics_for(settings)
+    processes("worker", without_api_keys(settings))
+    processes("projector", without_api_keys(settings))
+    with ApiServer(settings) as server:
+        k7, k8 = SignedClient(server.base_url, "k7", K7), SignedClient(server.base_url, "k8", k8_secret)
+        first = k7.post("/api/v1/jobs", job_factory("shared-id", 3, callback_url=PUBLIC_CALLBACK))
+        second = k8.post("/api/v1/jobs", job_factory("shared-id", 5, company_id=8, callback_url=PUBLIC_CALLBACK))
+        assert (first.status, first.body["job_id"]) == (202, "shared-id")
+        assert (second.status, second.body["job_id"], second.body["created"]) == (202, "shared-id", True)
+        again = k8.post("/api/v1/jobs", job_factory("shared-id", 5, company_id=8, callback_url=PUBLIC_CALLBACK))
+        assert (again.status, again.body["created"]) == (200, False)
+
+        def both_completed():
+            replies = [c.get("/api/v1/jobs/shared-id").body for c in (k7, k8)]
+            return replies if all(r.get("status") == "completed" for r in replies) else None
+
+        seen7, seen8 = wait_for(both_completed, timeout=120, what="both companies' jobs to complete")
+        assert (seen7["company_id"], seen7["progress"]["total"], seen7["job_id"]) == (7, 3, "shared-id")
+        assert (seen8["company_id"], seen8["progress"]["total"], seen8["job_id"]) == (8, 5, "shared-id")
+        assert [j["job_id"] for j in k8.get("/api/v1/jobs").body["jobs"]] == ["shared-id"]
+        recipients = k8.get("/api/v1/jobs/shared-id/recipients").body["recipients"]
+        assert len(recipients) == 5
+        reserved = k7.post("/api/v1/jobs", job_factory("x..c8", 1, callback_url=PUBLIC_CALLBACK))
+        assert (reserved.status, reserved.code) == (422, "invalid_field")
+    stored = sorted((e.job_id, e.company_id) for _, e in records(settings, "job-requests"))
+    assert stored == [("shared-id", 7), ("shared-id..c8", 8)]
