@@ -8,8 +8,8 @@ import logging
 from aiohttp import web
 
 from api.errors import ApiError, Handler
-from api.signing import AuthError, SeenUnavailable
 from api.state import BODY, CALLER, state_of
+from security.signing import AuthError, SeenUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,15 @@ from typing import Any
 from aiohttp import web
 
 from api import params
-from api.callback_urls import check_callback_url, seal_query
 from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
-from api.seen import SeenUnavailable
-from api.signing import Caller
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
 from schemas.events import SCOPED_SUFFIX, JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
-from streams.intake import template_data_problem
+from schemas.intake import template_data_problem
+from security.callback_urls import check_callback_url, seal_query
+from security.seen import SeenUnavailable
+from security.signing import Caller
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -6,7 +6,7 @@ Each provider signs its own way, and nothing is believed before its signature ve
   valid SNS signature from a topic of their own). A SubscriptionConfirmation is confirmed the same way.
 - SendGrid Event Webhook: ECDSA (P-256, SHA-256) over timestamp + body with the configured public key.
 - Mailgun: HMAC-SHA256 of timestamp + token under the webhook signing key.
-Each is accepted once, across every API replica (``api.seen``): SNS by topic + MessageId, SendGrid by what it
+Each is accepted once, across every API replica (``security.seen``): SNS by topic + MessageId, SendGrid by what it
 signed (timestamp + body), Mailgun by token. A provider's retry after a failure here is let through again.
 Reports are matched to a job's recipient through our deterministic Message-ID, else the provider's message id
 (both recorded in job_recipients by the projector), and become RecipientDelivered / RecipientBounced /
@@ -40,11 +40,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from api.errors import ApiError, json_response
-from api.seen import PostgresSeen, SeenOnce, SeenUnavailable, token_of
 from api.store import ReadStore
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.publisher import EventPublisher
 from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered
-from streams.publisher import EventPublisher
+from security.seen import PostgresSeen, SeenOnce, SeenUnavailable, token_of
 
 log = logging.getLogger(__name__)
 

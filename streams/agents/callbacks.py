@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from api.callback_urls import SealedQueryError, open_query
+from eventlog.publisher import partition_for
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
     BatchCompleted,
@@ -33,9 +33,9 @@ from schemas.events import (
     JobCompleted,
     client_job_id,
 )
+from security.callback_urls import SealedQueryError, open_query
 from streams.callbacks import Attempt, CallbackSender, backoff_delay, callback_body
 from streams.context import BatchProgressTable, StreamContext
-from streams.publisher import partition_for
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from api import params
-from api.callback_urls import check_callback_url, non_public
 from api.errors import ApiError
 from api.ingest import NotAJob, check_job
-from api.seen import MemorySeen
-from api.signing import AuthError, RequestVerifier, sign
 from api.webhooks import Refused, check_sns_url, verify_mailgun, verify_sendgrid
-from offload.config import ApiKey, Settings
-from streams.intake import validate_request
+from config.settings import ApiKey, Settings
+from schemas.intake import validate_request
+from security.callback_urls import check_callback_url, non_public
+from security.seen import MemorySeen
+from security.signing import AuthError, RequestVerifier, sign
 
 SECRET = "k7-secret-0123456789abcdef"
 WINDOW = 300
@@ -252,7 +252,7 @@ def test_non_ascii_digits_in_webhook_timestamps_are_refused_cleanly():
 
 
 def test_a_callback_query_is_sealed_bound_to_its_job_and_opened_back_to_the_full_url():
-    from api.callback_urls import SealedQueryError, open_query, redacted, seal_query
+    from security.callback_urls import SealedQueryError, open_query, redacted, seal_query
 
     url = "https://moodle.example.org/webservice/rest/server.php?wstoken=0123abcd-TOKEN&wsfunction=x"
     base, sealed = seal_query(url, "job-1", b"k" * 32)
@@ -283,7 +283,7 @@ def test_production_refuses_the_development_callback_url_and_message_id_secrets(
 
 
 def test_template_data_over_the_limit_is_a_problem_with_its_size():
-    from streams.intake import template_data_problem
+    from schemas.intake import template_data_problem
 
     assert template_data_problem({"course": "x" * 100}, 1024) is None
     problem = template_data_problem({"course": "é" * 40_000}, 64 * 1024)

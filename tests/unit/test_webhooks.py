@@ -162,7 +162,7 @@ def mailgun_signature(key: str, timestamp: str, token: str) -> dict[str, str]:
 def test_mailgun_hmac_verifies_and_refuses_wrong_key_stale_and_incomplete():
     now = time.time()
     signed = mailgun_signature("mg-signing-key", str(int(now)), "token-1")
-    assert verify_mailgun("mg-signing-key", signed, max_age=600, now=now) == "token-1"  # accepted once: api.seen
+    assert verify_mailgun("mg-signing-key", signed, max_age=600, now=now) == "token-1"  # accepted once: security.seen
     with pytest.raises(Refused, match="does not verify"):
         verify_mailgun("another-key", mailgun_signature("mg-signing-key", str(int(now)), "token-2"), max_age=600,
                        now=now)

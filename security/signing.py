@@ -16,7 +16,7 @@ The timestamp is checked twice with the same clock: when the headers arrive (so 
 read) and again when the signature is remembered, after the body has been read. A signature is remembered until
 timestamp + window, so a request admitted at any moment up to that edge is always still remembered: a replay
 whose body is sent slowly cannot outlive the memory of the original (issue 11, finding 2). The shared memory
-is ``api.seen`` (Postgres), so every API replica refuses the others' replays (finding 5).
+is ``security.seen`` (Postgres), so every API replica refuses the others' replays (finding 5).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from api.seen import MemorySeen, SeenOnce, SeenUnavailable
-from offload.config import ApiKey
+from config.settings import ApiKey
+from security.seen import MemorySeen, SeenOnce, SeenUnavailable
 
 KEY_ID_HEADER = "X-Offload-Key-Id"
 TIMESTAMP_HEADER = "X-Offload-Timestamp"

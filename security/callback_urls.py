@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from api.ingest import Refusal
+from schemas.intake import Refusal
 
 _FIELD = "callback_url"
 
