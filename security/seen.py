@@ -10,6 +10,7 @@ answer is "unavailable" (a 503), never "first time": a replay store that fails o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -80,12 +81,20 @@ class PostgresSeen:
         self._pool = pool
         self._schema = schema
         self._ready = False
+        self._creating = asyncio.Lock()
         self._pruned = 0.0
 
     async def _ensure_table(self, conn: psycopg.AsyncConnection) -> None:
-        if not self._ready:
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
-            await conn.execute(TABLE_DDL)
+        if self._ready:
+            return
+        async with self._creating:  # the first requests of a process arrive together
+            if self._ready:
+                return
+            try:
+                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
+                await conn.execute(TABLE_DDL)
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema):
+                pass  # another API process created it at the same moment (IF NOT EXISTS is not atomic)
             self._ready = True
 
     async def first_time(self, scope: str, token: str, *, expires_at: float, now: float) -> bool:
