@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -199,6 +200,9 @@ class CallbackScheduler:
                     result = await self.sender.send(url, callback["body"].encode(), key_id=key_id,
                                                     secret=api_key.secret.get_secret_value(),
                                                     callback_id=callback["callback_id"])
+                    query = url[len(state["url"]) + 1:]
+                    if query and result.error and query in result.error:  # an error that quotes the URL
+                        result = replace(result, error=result.error.replace(query, "[redacted]"))
                 await self._record(job_id, callback, attempt_no, result)
         except asyncio.CancelledError:
             raise
