@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
 
     @model_validator(mode="after")
+    def _refuse_open_limits(self) -> Settings:
+        if self.environment == "production" and self.api_retry_interval == 0:
+            raise ValueError("api_retry_interval 0 (retries unlimited) is refused in production")
+        return self
+
+    @model_validator(mode="after")
     def _check_api_keys(self) -> Settings:
         per_company: dict[int | None, int] = {}
         for key_id, key in self.api_keys.items():

@@ -277,6 +277,8 @@ def test_production_refuses_the_development_callback_url_and_message_id_secrets(
     with pytest.raises(ValidationError, match="callback_url_secret"):
         Settings(**base, message_id_secret="m" * 40)
     Settings(**base, message_id_secret="m" * 40, callback_url_secret="u" * 40)
+    with pytest.raises(ValidationError, match="api_retry_interval"):
+        Settings(**base, message_id_secret="m" * 40, callback_url_secret="u" * 40, api_retry_interval=0)
 
 
 # --- finding 1 (pure part): the template_data cap -------------------------------------------------------------
