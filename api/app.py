@@ -20,6 +20,7 @@ from api.store import ReadStore
 from api.submissions import Submissions
 from config.settings import Settings
 from eventlog.publisher import EventPublisher
+from security.seen import PostgresSeen
 from security.signing import RequestVerifier
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def create_app(settings: Settings) -> web.Application:
     store = ReadStore(settings)
     app[STATE] = ApiState(
         settings=settings,
-        verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window),
+        verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window,
+                                 seen=PostgresSeen(store.pool, settings.projection_schema)),
         publisher=publisher,
         store=store,
         submissions=Submissions(publisher, store, source=source),

@@ -16,7 +16,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEV_CODE_SECRET = "development-only-certificate-code-secret"
-_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET}
+_DEV_MESSAGE_ID_SECRET = "development-only-message-id-secret"
+_DEV_CALLBACK_URL_SECRET = "development-only-callback-url-secret"
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET, _DEV_MESSAGE_ID_SECRET,
+                 _DEV_CALLBACK_URL_SECRET}
 
 
 class Settings(BaseSettings):
@@ -50,6 +53,8 @@ class Settings(BaseSettings):
     broker_session_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
     projection_schema: str = "public"
+    # Compression of every record the project produces (cramjam provides lz4/zstd; gzip needs nothing).
+    kafka_compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
 
     # --- routing and batching -------------------------------------------------------------------
     cloud_enabled: bool = True  # the global offload switch of the routing rule
@@ -62,6 +67,11 @@ class Settings(BaseSettings):
     mail_from: str = "noreply@moodle.example.org"
     mail_from_name: str = "Moodle"
     message_id_domain: str = "offload.manireports.local"
+    # Message-IDs are HMAC(job id, userid) under this secret: the same learner of the same job always gets the
+    # same Message-ID (crash safety relies on it), and nobody outside can compute one to forge a webhook
+    # report. Every worker and API process of one deployment needs the same value; production refuses the
+    # development default.
+    message_id_secret: SecretStr = SecretStr(_DEV_MESSAGE_ID_SECRET)
     template_dir: Path | None = None  # extra email templates beside the built-in ones
     default_cloud_email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
 
@@ -110,7 +120,8 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret"):
+        for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret",
+                     "message_id_secret", "callback_url_secret"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
@@ -130,6 +141,9 @@ class Settings(BaseSettings):
                 "certificate codes; set a secret of your own (or OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT="
                 "true on a development machine)")
 
+    def message_id_key(self) -> bytes:
+        return self.message_id_secret.get_secret_value().encode()
+
     def topic(self, name: str) -> str:
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""
         return f"{self.topic_prefix}{name}"
@@ -146,6 +160,20 @@ class Settings(BaseSettings):
     # Callback URLs resolving to loopback/private/link-local addresses are refused unless this is set.
     api_allow_private_callbacks: bool = False
     api_db_pool_size: int = Field(default=10, ge=1, le=100)
+    # A job's template_data is printed into every message; more than this (JSON bytes) is refused at the API and
+    # by the worker (JobRejected), so one request cannot make the worker write gigabytes.
+    template_data_max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
+    # The whole body of a signed request must arrive within this many seconds (408 otherwise); the timestamp
+    # window is checked again once it has, so a slowly sent body cannot carry a replay past the window.
+    api_body_timeout: float = Field(default=60.0, gt=0, le=600)
+    # One retry request per job per this many seconds (429 retry_rate_limited otherwise), across API replicas.
+    api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
+
+    @model_validator(mode="after")
+    def _refuse_open_limits(self) -> Settings:
+        if self.environment == "production" and self.api_retry_interval == 0:
+            raise ValueError("api_retry_interval 0 (retries unlimited) is refused in production")
+        return self
 
     @model_validator(mode="after")
     def _check_api_keys(self) -> Settings:
@@ -179,6 +207,10 @@ class Settings(BaseSettings):
     callback_connect_timeout: float = Field(default=5.0, gt=0, le=60)
     callback_check_interval: float = Field(default=1.0, gt=0, le=60)  # how often due callbacks are looked for
     callback_concurrency: int = Field(default=32, ge=1, le=512)  # callbacks in flight per worker
+    # Seals the query string of callback URLs (e.g. Moodle's wstoken) so it never sits in the log or a read model
+    # in clear; the API seals, the worker opens. Same value in every API and worker process; production refuses
+    # the development default. Rotating it makes the callbacks of jobs still running fail (say so, then rotate).
+    callback_url_secret: SecretStr = SecretStr(_DEV_CALLBACK_URL_SECRET)
 
     def callback_key_table(self) -> dict[str, ApiKey]:
         return _parse_callback_keys(self.callback_keys.get_secret_value())
@@ -266,12 +298,16 @@ _API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ApiKey(BaseModel):
-    """One signing key: the shared secret and the company it speaks for (None: an admin key, every company)."""
+    """One signing key: the shared secret and the company it speaks for (None: an admin key, every company).
+
+    ``company_id`` must be given, ``null`` included: a key that forgot it must not quietly become an admin key
+    that sees every company (issue 11, finding 3).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     secret: SecretStr = Field(min_length=16)
-    company_id: int | None = Field(default=None, ge=0)
+    company_id: int | None = Field(ge=0, description="the key's company; null (explicitly) for an admin key")
 
 
 

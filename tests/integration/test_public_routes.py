@@ -31,6 +31,7 @@ from projections.base import Position
 from projections.projector import READ_MODELS, connect, create_read_models
 from schemas.events import CertificateIssued, Event, JobAccepted, RecipientSent
 from tests.support.api import api_keys
+from tests.support.production import PRODUCTION_SECRETS
 
 pytestmark = pytest.mark.integration
 
@@ -236,8 +237,7 @@ async def test_public_routes_are_rate_limited_per_client(make_settings, serve):
 
 
 async def test_metrics_need_a_bearer_token_in_production_by_default(make_settings, serve):
-    settings = make_settings(environment="production",
-                             certificate_code_secret=SecretStr("a-real-certificate-code-secret-0123456789"),
+    settings = make_settings(environment="production", **PRODUCTION_SECRETS,
                              metrics_token=SecretStr("scrape-token-0123456789"))
     assert settings.metrics_token_required
     server = await serve(settings)
@@ -248,8 +248,7 @@ async def test_metrics_need_a_bearer_token_in_production_by_default(make_setting
                             headers={"Authorization": "Bearer scrape-token-0123456789"}) as r:
             assert r.status == 200 and 'offload_metrics_source_up{source="postgres"} 1.0' in await r.text()
     # Required but no token configured: nobody gets the metrics (fail closed), in production by default.
-    closed = await serve(make_settings(environment="production",
-                                       certificate_code_secret=SecretStr("a-real-certificate-code-secret-012345")))
+    closed = await serve(make_settings(environment="production", **PRODUCTION_SECRETS))
     async with aiohttp.ClientSession() as http, http.get(closed.make_url("/metrics")) as r:
         assert r.status == 401
 

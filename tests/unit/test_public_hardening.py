@@ -12,6 +12,7 @@ from api.errors import ApiError
 from config.settings import Settings
 from schemas.events import BatchDispatched, Recipient
 from streams.handlers.certificate_batches import InvalidCertificateData, certificate_input
+from tests.support.production import PRODUCTION_SECRETS
 
 BATCH = BatchDispatched(job_id="certs", batch_no=0, batch_count=1, type="certificate", company_id=7, route="local",
                         provider="local", template_id="course_completion",
@@ -105,8 +106,7 @@ def test_a_non_ascii_csrf_token_is_a_400_and_a_wrong_one_a_403():
 
 def test_metrics_token_is_required_by_default_only_in_production_and_proxies_must_parse():
     assert Settings(environment="development").metrics_token_required is False
-    production = Settings(environment="production",
-                          certificate_code_secret=SecretStr("a-real-certificate-code-secret-0123456789"))
+    production = Settings(environment="production", **PRODUCTION_SECRETS)
     assert production.metrics_token_required is True
     assert Settings(metrics_require_token=True).metrics_token_required is True
     assert Settings(trusted_proxies=["10.0.0.0/8", "::1"]).trusted_proxy_networks()[0].num_addresses == 2**24
