@@ -189,6 +189,7 @@ async def _from_postgres(state: ApiState, out: Exposition) -> tuple[bool, dict[T
         out.family("offload_callbacks_total", "counter", "callbacks to Moodle by outcome")
         for outcome, n in callbacks.items():
             out.sample("offload_callbacks_total", {"outcome": outcome}, n)
+        # Counts by outcome from a GROUP BY: an outcome that never happened has no row, and that is a real 0.
         done = callbacks.get("succeeded", 0) + callbacks.get("failed", 0)
         out.family("offload_callback_success_ratio", "gauge", "succeeded / (succeeded + failed) callbacks")
         out.sample("offload_callback_success_ratio", {}, callbacks.get("succeeded", 0) / done if done else 1.0)
