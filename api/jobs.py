@@ -15,6 +15,7 @@ from api.ingest import NotAJob, check_job, gc_paused
 from api.signing import Caller
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
+from content.validation import job_template_problems, refusal_code
 from schemas.events import JobCancelled, JobRetryRequested
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ async def submit_job(request: web.Request) -> web.Response:
     job = result.job
     if caller.company_id is not None and job.company_id != caller.company_id:
         raise ApiError(403, "company_mismatch", "this key may only submit jobs of its own company")
+    if template_problems := job_template_problems(job, state.settings):  # before Kafka ever sees the job
+        raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
+                       problems=[p.as_json() for p in template_problems])
     if job.callback_url:
         refusal = await check_callback_url(job.callback_url,
                                            allow_private=state.settings.api_allow_private_callbacks)

@@ -8,6 +8,7 @@ import faust
 
 from schemas.envelope import header
 from schemas.events import BatchDispatched, BatchesDispatched, JobAccepted, JobRejected, JobRequested
+from content.validation import job_template_problems
 from streams.context import StreamContext
 from streams.intake import batch_count, batches, validate_request
 from streams.routing import decide_route
@@ -35,12 +36,16 @@ class JobRouter:
             # The same job id again does nothing: Moodle may resubmit after a timeout.
             log.info("job %s already %s; repeated request ignored", job_id, self.ctx.known_jobs[job_id])
             return
-        if intake.job is None:
+        # A template that cannot work for anyone rejects the job here, not every learner one by one later.
+        problems = list(intake.problems) if intake.job is None else [
+            p.as_problem() for p in job_template_problems(intake.job, self.ctx.settings)]
+        if intake.job is None or problems:
             await self.ctx.publisher.send_and_wait(
-                JobRejected(job_id=job_id, company_id=intake.company_id, problems=list(intake.problems))
+                JobRejected(job_id=job_id, company_id=intake.company_id, problems=problems)
             )
             self.ctx.known_jobs[job_id] = "rejected"
             return
+        assert intake.job is not None
         await self._accept(intake.job, intake.duplicates_removed)
         self.ctx.known_jobs[job_id] = "accepted"
 
@@ -71,6 +76,7 @@ class JobRouter:
                 batch_count=count,
                 callback_url=job.callback_url,
                 createdby=job.createdby,
+                callback_key_id=job.callback_key_id,
             )
         )
         locations = await self.ctx.publisher.send_all(
