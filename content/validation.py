@@ -28,7 +28,7 @@ from content.email.templates import TemplateStore, UnknownTemplate
 from schemas.events import JobRequested, Problem
 
 if TYPE_CHECKING:
-    from offload.config import Settings
+    from config.settings import Settings
 
 UNKNOWN_TEMPLATE = "unknown_template"
 TEMPLATE_DATA_MISSING = "template_data_missing"

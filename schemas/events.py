@@ -7,7 +7,7 @@ Within a version only optional fields are added; a breaking change is a new ``.v
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -219,6 +219,11 @@ class CertificateIssued(RecipientOutcome):
     email_message_id: str | None = None
     email_error: str | None = None
     issued_at: datetime = Field(default_factory=utcnow)
+    # What the certificate says, so /verify answers from the read model (absent on certificates issued before
+    # these fields existed: they verify as valid without details).
+    holder_name: str | None = Field(default=None, description="the learner's name as printed")
+    course_name: str | None = Field(default=None, description="the course as printed")
+    completion_date: date | None = Field(default=None, description="the completion date as printed")
 
 
 class FailedRecipient(BaseModel):

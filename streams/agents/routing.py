@@ -6,11 +6,11 @@ import logging
 
 import faust
 
+from content.validation import job_template_problems
 from schemas.envelope import header
 from schemas.events import BatchDispatched, BatchesDispatched, JobAccepted, JobRejected, JobRequested
-from content.validation import job_template_problems
+from schemas.intake import batch_count, batches, validate_request
 from streams.context import StreamContext
-from streams.intake import batch_count, batches, validate_request
 from streams.routing import decide_route
 
 log = logging.getLogger(__name__)

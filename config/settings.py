@@ -5,6 +5,7 @@ Nothing else in the project reads ``os.environ``: processes build a :class:`Sett
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from functools import lru_cache
@@ -83,6 +84,10 @@ class Settings(BaseSettings):
     # --- certificates ---------------------------------------------------------------------------
     # Codes are HMACs under this secret: deterministic per job+learner+template, unguessable without it.
     certificate_code_secret: SecretStr = SecretStr(_DEV_CODE_SECRET)
+    # The default above is public: anyone could compute codes with it. Certificates are issued with it only
+    # when environment is "test" or this is set (the dev stack sets it); otherwise every learner of a
+    # certificate job fails with a non-retryable error that names the setting to change.
+    certificate_code_secret_allow_default: bool = False
     public_base_url: str = "http://127.0.0.1:8080"  # local certificate URLs: {public_base_url}/certificates/{key}
     certificate_verify_base_url: str = "http://127.0.0.1:8080/verify"  # QR codes point at {this}/{code}
     certificate_storage_root: Path = Path(".dev/certificates")
@@ -111,6 +116,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
         return self
 
+    @property
+    def uses_public_code_secret(self) -> bool:
+        """True when certificate codes would be HMACs under the public development default."""
+        return self.certificate_code_secret.get_secret_value() == _DEV_CODE_SECRET
+
+    def code_secret_refusal(self) -> str | None:
+        """Why certificates must not be issued with these settings, or None when they may."""
+        if not self.uses_public_code_secret or self.environment == "test" \
+                or self.certificate_code_secret_allow_default:
+            return None
+        return ("OFFLOAD_CERTIFICATE_CODE_SECRET is the public development default: anyone could compute "
+                "certificate codes; set a secret of your own (or OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT="
+                "true on a development machine)")
+
     def topic(self, name: str) -> str:
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""
         return f"{self.topic_prefix}{name}"
@@ -121,7 +140,7 @@ class Settings(BaseSettings):
     # Two keys per company may be valid at once, so a key is rotated without downtime.
     api_keys: dict[str, ApiKey] = Field(default_factory=dict)
     api_timestamp_window: float = Field(default=300, ge=5, le=3600)  # seconds either side of now
-    # Default = the job-requests topic's max.message.bytes (streams.topics.MAX_MESSAGE_BYTES, 32 MiB): a body
+    # Default = the job-requests topic's max.message.bytes (eventlog.topics.MAX_MESSAGE_BYTES, 32 MiB): a body
     # the API admits always fits in one Kafka record. A 100,000-recipient job is ~10-20 MB of JSON.
     api_max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=32 * 1024 * 1024)
     # Callback URLs resolving to loopback/private/link-local addresses are refused unless this is set.
@@ -209,12 +228,36 @@ class Settings(BaseSettings):
     # When set, /metrics needs "Authorization: Bearer <token>"; unset, it is served to anyone who can reach it
     # (it carries aggregate counts only: no company, job id, address or secret).
     metrics_token: SecretStr | None = None
+    # Whether /metrics answers only with that token; default on in production, off elsewhere. Required but no
+    # token set: /metrics refuses everyone (and the API says so at start-up).
+    metrics_require_token: bool | None = None
+    # Largest form the admin UI reads (sign-in, CSRF-protected actions); checked before the body is read.
+    ui_max_form_bytes: int = Field(default=8 * 1024, ge=1024, le=1024 * 1024)
+    # Requests per minute per client address on the unauthenticated routes (/verify, /certificates, the UI's
+    # sign-in); 0 turns the limit off.
+    public_rate_limit_per_minute: int = Field(default=120, ge=0, le=100_000)
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the client address is the
+    # rightmost hop that is not one of them. Empty: the TCP peer is the client (X-Forwarded-For ignored).
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @property
+    def metrics_token_required(self) -> bool:
+        if self.metrics_require_token is not None:
+            return self.metrics_require_token
+        return self.environment == "production"
+
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return _networks(tuple(self.trusted_proxies))
 
     @model_validator(mode="after")
     def _check_ui_secrets(self) -> Settings:
         secret = self.ui_session_secret
         if secret is not None and len(secret.get_secret_value()) < 32:
             raise ValueError("ui_session_secret must be at least 32 characters")
+        try:
+            self.trusted_proxy_networks()
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {exc}") from None
         return self
 
 
@@ -230,6 +273,11 @@ class ApiKey(BaseModel):
     secret: SecretStr = Field(min_length=16)
     company_id: int | None = Field(default=None, ge=0)
 
+
+
+@lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
 
 
 # === Callbacks to Moodle (issue 5) ================================================================
