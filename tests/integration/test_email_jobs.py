@@ -114,6 +114,9 @@ def test_a_template_no_learner_can_render_rejects_the_job_and_one_learner_short_
     # Produced straight to Kafka (no API in front): the route agent refuses it as a whole.
     asyncio.run(submit_job(settings, job_factory("email-render", 3, template_data={"due_date": "tomorrow"})))
     asyncio.run(submit_job(settings, job_factory("email-no-template", 3, template_id="course_completion_reminder")))
+    asyncio.run(submit_job(settings, job_factory("cert-no-template", 3, job_type="certificate",
+                                                 template_id="no_such_certificate",
+                                                 template_data={"course_name": "C", "completion_date": "2026-11-20"})))
     # course_name per learner, and learner 3 lacks it: only that learner fails.
     partial = job_factory("email-partial", 3, template_data={"due_date": "tomorrow", "course_url": "https://c"})
     for recipient in partial["recipients"][:2]:
@@ -126,8 +129,10 @@ def test_a_template_no_learner_can_render_rejects_the_job_and_one_learner_short_
     unknown = wait_for_job(settings, "email-no-template", status="rejected")
     assert [p["code"] for p in unknown["problems"]] == ["unknown_template"]
     assert "course_completion_reminder" in unknown["error_message"]
+    certificate = wait_for_job(settings, "cert-no-template", status="rejected")
+    assert [(p["code"], p["field"]) for p in certificate["problems"]] == [("unknown_template", "template_id")]
     rejected = [e for e in events(settings, "jobs") if isinstance(e, JobRejected)]
-    assert {e.job_id for e in rejected} == {"email-render", "email-no-template"}
+    assert {e.job_id for e in rejected} == {"email-render", "email-no-template", "cert-no-template"}
 
     job = wait_for_job(settings, "email-partial")
     assert (job["succeeded"], job["failed"]) == (2, 1)
@@ -135,7 +140,7 @@ def test_a_template_no_learner_can_render_rejects_the_job_and_one_learner_short_
     assert rows[3]["status"] == "failed" and "course_name" in rows[3]["error_message"]
     # No learner row of a rejected job, and nothing sent for one.
     assert query(settings, "SELECT count(*) AS n FROM job_recipients WHERE job_id IN ('email-render', "
-                           "'email-no-template')")[0]["n"] == 0
+                           "'email-no-template', 'cert-no-template')")[0]["n"] == 0
     assert mail_sink.count() == 2
 
 
