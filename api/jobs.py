@@ -13,6 +13,7 @@ from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
+from content.validation import job_template_problems, refusal_code
 from schemas.events import SCOPED_SUFFIX, JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
 from schemas.intake import template_data_problem
 from security.callback_urls import check_callback_url, seal_query
@@ -49,6 +50,9 @@ async def submit_job(request: web.Request) -> web.Response:
     if too_large is not None:
         problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
         raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
+    if template_problems := job_template_problems(job, state.settings):  # before Kafka ever sees the job
+        raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
+                       problems=[p.as_json() for p in template_problems])
     if job.callback_url:
         refusal = await check_callback_url(job.callback_url,
                                            allow_private=state.settings.api_allow_private_callbacks)

@@ -153,6 +153,7 @@ class OffloadCollector(Collector):
             for outcome in ("succeeded", "failed", "pending"):
                 callbacks.add_metric([outcome], r.callbacks.get(outcome, 0))
             yield callbacks
+            # Counts by outcome from a GROUP BY: an outcome that never happened has no row, a real 0.
             done = r.callbacks.get("succeeded", 0) + r.callbacks.get("failed", 0)
             yield GaugeMetricFamily("offload_callback_success_ratio", "succeeded / (succeeded + failed) callbacks",
                                     value=r.callbacks.get("succeeded", 0) / done if done else 1.0)

@@ -22,7 +22,7 @@ JOB_STATUSES = ("accepted", "running", "completed", "rejected")
 
 _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provider, template_id, total_recipients,
     succeeded, failed, duplicates_removed, batch_count, batches_done, fell_back, fallback_reason, error_message,
-    problems, createdby, timecreated, timestarted, timecompleted, updated_at"""
+    problems, createdby, timecreated, timestarted, timecompleted, updated_at, delivered, bounced, complained"""
 
 
 class ReadStore:
@@ -239,10 +239,10 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
         },
         # From the providers' webhooks, after sending: how many were delivered, bounced, marked as spam.
         "delivery": {
-            "delivered": row.get("delivered", 0),
-            "bounced": row.get("bounced", 0),
-            "complained": row.get("complained", 0),
-            "bounce_rate": round(row.get("bounced", 0) / sent, 4) if sent else 0.0,
+            "delivered": row["delivered"],
+            "bounced": row["bounced"],
+            "complained": row["complained"],
+            "bounce_rate": round(row["bounced"] / sent, 4) if sent else 0.0,
         },
         "errors": [{"message": e["message"], "count": e["count"], "retryable": e["retryable"]} for e in errors],
         "rejection": {"message": row["error_message"], "problems": row["problems"]} if row["status"] == "rejected"

@@ -110,6 +110,7 @@ class Problem(BaseModel):
 
     field: str
     message: str
+    code: str | None = Field(default=None, description="a code a client can match, e.g. unknown_template")
 
 
 class JobRejected(Event):
@@ -143,6 +144,10 @@ class JobAccepted(Event):
     batch_count: int
     callback_url: str | None = None
     createdby: int | None = None
+    callback_key_id: str | None = Field(
+        default=None, max_length=64,
+        description="the JobRequested's callback key id, carried for the callback agent; names a key, never the key",
+    )
     accepted_at: datetime = Field(default_factory=utcnow)
     callback_query_sealed: str | None = Field(default=None, description="as on JobRequested: never in clear")
 

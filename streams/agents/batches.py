@@ -49,8 +49,8 @@ class BatchRunner:
         source = (message.partition, message.offset)
         recorder = OutcomeRecorder(self.ctx)
         if state and state.get("state") == "done":
-            failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.get("failures", [])]
-            await self._complete(batch, state["succeeded"], failures, state.get("fell_back", False), source)
+            failures = [FailedRecipient(userid=u, retryable=r) for u, r in state["failures"]]
+            await self._complete(batch, state["succeeded"], failures, state["fell_back"], source)
             return
         if state and state.get("state") == "started":
             recorded = await self.ctx.ledger.recorded(

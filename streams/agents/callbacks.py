@@ -85,8 +85,8 @@ class CallbackScheduler:
                 return
             state = {
                 "company_id": event.company_id, "url": event.callback_url, "sealed": event.callback_query_sealed,
-                # Optional on JobAccepted: a job may name which of its company's callback keys signs.
-                "key_id": getattr(event, "callback_key_id", None),
+                # None when the job named no key: the company's current key signs (Settings.callback_key_for).
+                "key_id": event.callback_key_id,
                 "total": event.total_recipients, "done": {}, "queued": [], "pending": [],
             }
             self._queue(state, event.job_id, "started", "accepted", run=0, succeeded=0, failed=0,
@@ -184,7 +184,7 @@ class CallbackScheduler:
             async with self._limit:
                 await self.ctx.ensure_started()
                 attempt_no = callback["attempt"] + 1
-                key = self.settings.callback_key_for(state["company_id"], state.get("key_id"))
+                key = self.settings.callback_key_for(state["company_id"], state["key_id"])
                 if key is None:
                     result = Attempt(False, None, f"no callback key configured for company {state['company_id']}",
                                      0, permanent=True)

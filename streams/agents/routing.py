@@ -6,6 +6,7 @@ import logging
 
 import faust
 
+from content.validation import job_template_problems
 from schemas.envelope import header
 from schemas.events import BatchDispatched, BatchesDispatched, JobAccepted, JobRejected, JobRequested
 from schemas.intake import batch_count, batches, template_data_problem, validate_request
@@ -38,7 +39,9 @@ class JobRouter:
         problems = list(intake.problems)
         if intake.job is not None:
             too_large = template_data_problem(intake.job.template_data, self.ctx.settings.template_data_max_bytes)
-            problems += [too_large] if too_large else []
+            # A template that cannot work for anyone rejects the job here, not every learner one by one later.
+            problems += [too_large] if too_large else [
+                p.as_problem() for p in job_template_problems(intake.job, self.ctx.settings)]
         if intake.job is None or problems:
             await self.ctx.publisher.send_and_wait(
                 JobRejected(job_id=job_id, company_id=intake.company_id, problems=problems)
@@ -78,6 +81,7 @@ class JobRouter:
                 callback_url=job.callback_url,
                 callback_query_sealed=job.callback_query_sealed,
                 createdby=job.createdby,
+                callback_key_id=job.callback_key_id,
             )
         )
         locations = await self.ctx.publisher.send_all(

@@ -151,7 +151,7 @@ class CertificateStores:
 
     async def stop(self) -> None:
         for store in self.cloud.values():
-            close = getattr(store, "close", None)
+            close = getattr(store, "close", None)  # optional: only the S3/R2 stores hold a client to close
             if close is not None:
                 await asyncio.to_thread(close)
         self.cloud = {}

@@ -129,6 +129,7 @@ def test_company_settings_are_read_from_postgres_and_changed_by_events(api_setti
                                                                                               "company_id"}
         # A job handed over but not yet routed (no worker here) can be read and cancelled by its company.
         job = {"job_id": "api-unrouted", "type": "email", "company_id": 7, "template_id": "course_reminder",
+               "template_data": {"course_name": "C", "due_date": "D", "course_url": "https://moodle.example.org/"},
                "recipients": [{"userid": 1, "email": "a@example.org"}]}
         assert k7.post("/api/v1/jobs", job).status == 202
         assert k7.get("/api/v1/jobs/api-unrouted").body["status"] == "submitted"
