@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, le=50)
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
+    # The local relay down: its learners wait this long (seconds of back-off) before failing as retryable.
+    relay_outage_max_seconds: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
+    # Circuit breaker per cloud provider account and region: opens after this many consecutive failed rounds
+    # (unreachable, or only 5xx), sends batches to the local relay for the cool-down, then lets one probe through.
+    breaker_failure_threshold: int = Field(default=3, ge=1, le=100)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 # Read models in the order they apply a poll: settings and jobs first, then recipients (which raise job
 # counters), then the audit log.
 READ_MODELS = (company_settings, jobs, recipients, callbacks, audit)
-PROJECTED_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters")
+PROJECTED_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters",
+                    "provider-health")
 PROJECTION = "read-models"
 
 

@@ -16,11 +16,12 @@ Each opening and closing is kept as a :class:`CircuitChange` until the stream dr
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class CircuitBreaker:
         self._probe_started = 0.0
         self.last_reason = ""
         self.changes: list[CircuitChange] = []
+        self._opened = asyncio.Event()  # set while open: batches waiting out a failure stop waiting
 
     def allows(self) -> bool:
         """May a batch use the provider now? Past the cool-down the first caller becomes the probe."""
@@ -108,6 +110,7 @@ class CircuitBreaker:
             self.changes.append(CircuitChange(self.account, False, "the provider answered a probe",
                                               self.failures, self.policy.cooldown, round(open_for, 3)))
             self.state = CircuitState.CLOSED
+            self._opened.clear()
         self.failures = 0
 
     def failed(self, reason: str) -> None:
@@ -118,8 +121,18 @@ class CircuitBreaker:
                 self.state is CircuitState.CLOSED and self.failures >= self.policy.failure_threshold):
             self._open(reason)
 
+    async def sleep_unless_opened(self, sleep: Awaitable[object]) -> None:
+        """Wait out a back-off, or less if the circuit opens meanwhile (another batch saw the outage too)."""
+        waits = [asyncio.ensure_future(sleep), asyncio.ensure_future(self._opened.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
     def _open(self, reason: str) -> None:
         self.state = CircuitState.OPEN
+        self._opened.set()
         self._opened_at = self._clock()
         log.warning("circuit of %s opened after %d consecutive failures (%s): batches go to the fallback "
                     "for %.0f s", self.account.key, self.failures, reason, self.policy.cooldown)

@@ -130,9 +130,10 @@ class BatchDelivery:
         self.outage_waited = 0.0  # seconds of back-off spent waiting for an unreachable provider
 
     async def run(self) -> DeliveryReport:
-        if self._guarded() and not self.breaker.allows():  # type: ignore[union-attr]
-            self._fall_back(f"circuit open for {self.breaker.account.key}: {self.breaker.last_reason}")  # type: ignore[union-attr]
         while self.open:
+            if self._guarded() and not self.breaker.allows():  # type: ignore[union-attr]
+                # Open before we start, or opened by another batch while we waited: go local at once.
+                self._fall_back(f"circuit open for {self.breaker.account.key}: {self.breaker.last_reason}")  # type: ignore[union-attr]
             self.phase = Phase.SENDING
             done = await self._send_round()
             self.open = done.retry
@@ -143,6 +144,8 @@ class BatchDelivery:
                 self._fall_back(reason)
             elif self.phase is Phase.GIVING_UP:
                 await self._give_up(reason)
+            elif self.phase is Phase.PROVIDER_DOWN and self._guarded():
+                await self.breaker.sleep_unless_opened(self.sleep(delay))  # type: ignore[union-attr]
             else:
                 await self.sleep(delay)
         self.phase = Phase.DONE
