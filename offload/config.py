@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
     # The local relay down: its learners wait this long (seconds of back-off) before failing as retryable.
+    # Reconnecting to Postgres or Kafka after losing them: exponential back-off from 0.5 s up to this.
+    reconnect_max_delay: float = Field(default=10.0, gt=0, le=300)
     relay_outage_max_seconds: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
     # Circuit breaker per cloud provider account and region: opens after this many consecutive failed rounds
     # (unreachable, or only 5xx), sends batches to the local relay for the cool-down, then lets one probe through.
