@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     # Callback URLs resolving to loopback/private/link-local addresses are refused unless this is set.
     api_allow_private_callbacks: bool = False
     api_db_pool_size: int = Field(default=10, ge=1, le=100)
+    # Bounds on waiting for a dependency, so a request answers 503 + Retry-After instead of hanging.
+    api_db_timeout: float = Field(default=5.0, gt=0, le=120)  # getting a Postgres connection
+    api_handoff_timeout: float = Field(default=10.0, gt=0, le=120)  # Kafka acknowledging a job (acks=all)
+    api_retry_after: int = Field(default=5, ge=1, le=3600)  # seconds a client is told to wait on a 503
+    api_health_interval: float = Field(default=2.0, gt=0, le=60)  # how often Postgres and Kafka are checked
 
     @model_validator(mode="after")
     def _check_api_keys(self) -> Settings:

@@ -79,6 +79,14 @@ class EventPublisher:
             headers=record.headers,
         )
 
+    async def ping(self, timeout: float) -> None:
+        """Raise unless a broker answers a metadata request within ``timeout`` seconds (health checks)."""
+        if self._producer is None:
+            await asyncio.wait_for(self.start(), timeout)
+        assert self._producer is not None
+        if not await asyncio.wait_for(self._producer.client.force_metadata_update(), timeout):
+            raise ConnectionError("no broker answered a metadata request")
+
     async def flush(self) -> None:
         """Send what linger is holding now: at a batch's end nothing is gained by waiting for more."""
         if self._producer is not None:

@@ -15,7 +15,8 @@ def stack(infra: Infra) -> Iterator[ControllableStack]:
     """The running stack's broker and Postgres, which the test may restart and stop; both run again after it."""
     control = controllable_stack(infra)
     yield control
-    control.start_postgres()  # whatever the test did, leave Postgres running for the next test
+    control.start_postgres()  # whatever the test did, leave the stack running for the next test
+    control.start_broker()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from offload import devstack
 from offload.devmail import DevMailSink
-from offload.devstack import postgres
+from offload.devstack import kafka, postgres
 from offload.devstack.process import stack_lock
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.stack import REPO, Infra
@@ -45,6 +45,18 @@ class ControllableStack:
 
     def restart_broker(self) -> None:
         devstack.restart_kafka(self.home, log=lambda *a: None)
+
+    def stop_broker(self) -> None:
+        with stack_lock(self.home):
+            kafka.stop(self.home, log=lambda *a: None)
+
+    def start_broker(self) -> None:
+        ports = json.loads((self.home / "run" / "stack.json").read_text())
+        with stack_lock(self.home):
+            if kafka.running(self.home) is None:
+                libs, _ = kafka.ensure_jars(self.home, lambda *a: None)
+                kafka.start(self.home, libs, int(ports["kafka_port"]), int(ports["controller_port"]),
+                            lambda *a: None)
 
     def stop_postgres(self) -> None:
         with stack_lock(self.home):
