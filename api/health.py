@@ -15,7 +15,10 @@ import contextlib
 import logging
 import time
 
+import psycopg
 from aiohttp import web
+from aiokafka.errors import KafkaError
+from psycopg_pool import PoolTimeout
 
 from api.errors import json_response
 from api.state import STATE, ApiState
@@ -48,12 +51,12 @@ async def check_once(state: ApiState) -> None:
         async with state.store.pool.connection(timeout=timeout) as conn:
             await asyncio.wait_for(conn.execute("SELECT 1"), timeout)
         DEPENDENCIES.restored("postgres")
-    except Exception as exc:  # any failure to answer is an outage, whatever its type
+    except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
         DEPENDENCIES.lost("postgres", _reason(exc))
     try:
         await state.publisher.ping(state.settings.api_handoff_timeout)
         DEPENDENCIES.restored("kafka")
-    except Exception as exc:
+    except (KafkaError, OSError, TimeoutError) as exc:
         DEPENDENCIES.lost("kafka", _reason(exc))
 
 

@@ -22,7 +22,15 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.email_job import CLOUD_COMPANY, LOCAL_COMPANY, REPO, LineCounter, SinkProcess, drop_own_artifacts, run_job
+from bench.email_job import (
+    CLOUD_COMPANY,
+    LOCAL_COMPANY,
+    REPO,
+    LineCounter,
+    SinkProcess,
+    drop_own_artifacts,
+    run_job,
+)
 from offload.config import Settings
 from offload.processes import ServiceProcess
 from tests.support.email import closed_port

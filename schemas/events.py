@@ -36,7 +36,7 @@ class Event(BaseModel):
 
     def subject(self) -> str:
         """The CloudEvents subject and the Kafka key: the job id for job events."""
-        return str(getattr(self, "job_id"))
+        return str(self.job_id)
 
     def kafka_key(self) -> str:
         return self.subject()

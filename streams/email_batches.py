@@ -9,7 +9,14 @@ import socket
 from collections.abc import Sequence
 
 from adapters.email.base import EmailProvider, OnEachResult, OutgoingEmail, ProviderUnavailable, SendResult
-from adapters.email.breaker import BreakerPolicy, Breakers, CircuitBreaker, CircuitChange, ProviderAccount, account_label
+from adapters.email.breaker import (
+    BreakerPolicy,
+    Breakers,
+    CircuitBreaker,
+    CircuitChange,
+    ProviderAccount,
+    account_label,
+)
 from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
 from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider

@@ -160,7 +160,8 @@ class BatchDelivery:
             chunk = self.open[start : start + size]
             early: set[int] = set()  # recipients made final while the chunk was still being sent
 
-            async def on_each(position: int, result: SendResult, chunk: list[int] = chunk) -> None:
+            async def on_each(position: int, result: SendResult, chunk: list[int] = chunk,
+                              early: set[int] = early) -> None:
                 if result.outcome in (Outcome.SENT, Outcome.FAILED):
                     index = chunk[position]
                     early.add(index)
