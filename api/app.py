@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors, ui.exempt_from_signing(signed_requests)],
                           client_max_size=settings.api_max_body_bytes)
     source = f"urn:manireports:offload:api:{settings.app_id}"
-    publisher = EventPublisher(settings, source=source)
+    publisher = EventPublisher(settings, source=source, ack_timeout=settings.api_handoff_timeout)
     store = ReadStore(settings)
     app[STATE] = ApiState(
         settings=settings,

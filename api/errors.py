@@ -13,6 +13,7 @@ from aiohttp import web
 from psycopg_pool import PoolTimeout
 
 from resilience.dependencies import DEPENDENCIES
+from streams.publisher import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except BrokerUnavailable as exc:
+        DEPENDENCIES.lost("kafka", str(exc))
+        return ApiError(503, "broker_unavailable", "the request could not be handed to Kafka in time; retry later",
+                        retry_after=request.app[RETRY_AFTER]).response()
     except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
         # Postgres is down or restarting: say so, and when to come back; the pool reconnects by itself.
         DEPENDENCIES.lost("postgres", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")

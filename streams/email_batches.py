@@ -122,7 +122,12 @@ class EmailProviders:
         return self.cloud.get(batch.provider, UnconfiguredProvider(batch.provider)), self.smtp
 
     async def start(self) -> None:
-        await self.smtp.start()
+        try:
+            await self.smtp.start()
+        except ProviderUnavailable as exc:
+            # The relay down at start-up is an outage like any other: batches wait for it (with back-off, no
+            # attempt spent) instead of the worker refusing to start.
+            log.warning("the local relay is unavailable at start-up (%s): batches will wait for it", exc)
         for provider in self.cloud.values():
             await provider.start()
 

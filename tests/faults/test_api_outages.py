@@ -84,6 +84,9 @@ def test_job_hand_off_answers_503_while_the_broker_is_gone_and_accepts_once_it_i
                                 what="health to say degraded")
             assert degraded["checks"]["kafka"]["up"] is False, degraded
             assert signed(client, "GET", "/api/v1/jobs")[0] == 200  # reads need only Postgres
+            # Other requests that produce an event are bounded the same way.
+            status, body, headers = signed(client, "POST", "/api/v1/jobs/before/cancel", {})
+            assert (status, body["error"]["code"], headers["Retry-After"]) == (503, "broker_unavailable", "5")
         finally:
             stack.start_broker()
 
