@@ -11,6 +11,7 @@ fails with a message that says what to set: fault tests are never skipped.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import time
@@ -29,6 +30,30 @@ from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.stack import REPO, Infra
 
 
+def _cmdlines() -> list[bytes]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                found.append((proc / "cmdline").read_bytes())
+            except OSError:
+                continue
+    return found
+
+
+def _locked(path: Path) -> bool:
+    """True when another process holds a POSIX record lock on ``path`` (as the JVM's FileChannel.tryLock)."""
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(handle, fcntl.LOCK_UN)
+        return False
+
+
 class StackNotControllable(AssertionError):
     """The tests run against a stack the fault suite cannot stop or restart."""
 
@@ -44,19 +69,38 @@ class ControllableStack:
     home: Path
 
     def restart_broker(self) -> None:
-        devstack.restart_kafka(self.home, log=lambda *a: None)
+        self.stop_broker()
+        self.start_broker()
 
     def stop_broker(self) -> None:
         with stack_lock(self.home):
             kafka.stop(self.home, log=lambda *a: None)
+            self._wait_until_broker_gone()
 
     def start_broker(self) -> None:
         ports = json.loads((self.home / "run" / "stack.json").read_text())
         with stack_lock(self.home):
             if kafka.running(self.home) is None:
+                self._wait_until_broker_gone()
                 libs, _ = kafka.ensure_jars(self.home, lambda *a: None)
                 kafka.start(self.home, libs, int(ports["kafka_port"]), int(ports["controller_port"]),
                             lambda *a: None)
+
+    def _wait_until_broker_gone(self) -> None:
+        """Until no JVM of this stack runs and none holds its log directory's lock.
+
+        A broker that got SIGTERM can still be writing its metadata log when its pid no longer looks like ours
+        (seen: the next broker started 1 s early and both wrote ``quorum-state``; the new one died). Kafka
+        locks ``log.dirs/.lock`` with a POSIX record lock, which ``lockf`` sees.
+        """
+        marker = str(kafka.props_path(self.home)).encode()
+        lock = self.home / "kafka" / "data" / ".lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not any(marker in cmdline for cmdline in _cmdlines()) and not _locked(lock):
+                return
+            time.sleep(0.2)
+        raise StackNotControllable(f"the broker of {self.home} did not go away within 60 s")
 
     def stop_postgres(self) -> None:
         with stack_lock(self.home):
