@@ -131,9 +131,10 @@ class BatchDelivery:
 
     async def run(self) -> DeliveryReport:
         while self.open:
-            if self._guarded() and not self.breaker.allows():  # type: ignore[union-attr]
+            breaker = self._guard()
+            if breaker is not None and not breaker.allows():
                 # Open before we start, or opened by another batch while we waited: go local at once.
-                self._fall_back(f"circuit open for {self.breaker.account.key}: {self.breaker.last_reason}")  # type: ignore[union-attr]
+                self._fall_back(f"circuit open for {breaker.account.key}: {breaker.last_reason}")
             self.phase = Phase.SENDING
             done = await self._send_round()
             self.open = done.retry
@@ -144,8 +145,8 @@ class BatchDelivery:
                 self._fall_back(reason)
             elif self.phase is Phase.GIVING_UP:
                 await self._give_up(reason)
-            elif self.phase is Phase.PROVIDER_DOWN and self._guarded():
-                await self.breaker.sleep_unless_opened(self.sleep(delay))  # type: ignore[union-attr]
+            elif self.phase is Phase.PROVIDER_DOWN and (breaker := self._guard()) is not None:
+                await breaker.sleep_unless_opened(self.sleep(delay))
             else:
                 await self.sleep(delay)
         self.phase = Phase.DONE
@@ -215,22 +216,23 @@ class BatchDelivery:
             done.retry.append(index)
 
     def _tell_breaker(self, done: Round) -> None:
-        if not self._guarded():
+        breaker = self._guard()
+        if breaker is None:
             return
-        assert self.breaker is not None
         if done.answered:
-            self.breaker.succeeded()
+            breaker.succeeded()
         elif done.unavailable is not None:
-            self.breaker.failed(done.unavailable)
+            breaker.failed(done.unavailable)
         elif done.transient is not None and not done.throttled:
-            self.breaker.failed(f"{self.provider.name}: only transient errors ({done.transient})")
+            breaker.failed(f"{self.provider.name}: only transient errors ({done.transient})")
 
     # -- between rounds ------------------------------------------------------------------------------------
     def _next_phase(self, done: Round) -> tuple[Phase, str, float]:
         """What to do with the recipients still open: (phase, reason for a fallback or giving up, delay)."""
         policy = self.policy
-        if self._guarded() and not self.breaker.allows():  # type: ignore[union-attr]
-            return Phase.FALLING_BACK, done.unavailable or f"circuit open for {self.breaker.account.key}", 0.0  # type: ignore[union-attr]
+        breaker = self._guard()
+        if breaker is not None and not breaker.allows():
+            return Phase.FALLING_BACK, done.unavailable or f"circuit open for {breaker.account.key}", 0.0
         if done.unavailable is not None:
             self.unavailable_rounds += 1
             if self._can_fall_back():
@@ -263,9 +265,11 @@ class BatchDelivery:
         self.retry_rounds += 1
         return Phase.BACKING_OFF, "", policy.delay(self.retry_rounds, self.rng)
 
-    def _guarded(self) -> bool:
-        """Is the breaker in charge? Only while the primary is used and a fallback exists."""
-        return self.breaker is not None and self.fallback is not None and not self.fell_back
+    def _guard(self) -> CircuitBreaker | None:
+        """The breaker in charge: only while the primary is used and a fallback exists."""
+        if self.breaker is None or self.fallback is None or self.fell_back:
+            return None
+        return self.breaker
 
     def _can_fall_back(self) -> bool:
         return self.fallback is not None and not self.fell_back
