@@ -13,7 +13,7 @@ from aiohttp import web
 from psycopg_pool import PoolTimeout
 
 from resilience.dependencies import DEPENDENCIES
-from streams.publisher import BrokerUnavailable
+from eventlog.publisher import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from offload.config import Settings
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from aiokafka.errors import KafkaError
 
 from api.errors import ApiError
 from api.store import ReadStore
+from eventlog.publisher import EventPublisher
+from eventlog.topics import MAX_MESSAGE_BYTES
 from resilience.dependencies import DEPENDENCIES
 from schemas.envelope import Record, encode
 from schemas.events import JobRequested
-from streams.publisher import EventPublisher
-from streams.topics import MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,8 @@ from bench.email_job import (
     drop_own_artifacts,
     run_job,
 )
-from offload.config import Settings
-from offload.processes import ServiceProcess
+from config.settings import Settings
+from devtools.processes import ServiceProcess
 from tests.support.email import closed_port
 
 
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep this run's topics and schema")
     args = parser.parse_args(argv)
 
-    from offload import devstack
+    from devtools import devstack
     from offload.client import change_company_settings
-    from streams.topics import create_topics
+    from eventlog.topics import create_topics
     from tests.support.observe import events
 
     info = devstack.up(args.home, start_mail_sink=False, log=lambda *a: None)

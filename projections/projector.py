@@ -18,12 +18,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from psycopg import sql
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import MAX_MESSAGE_BYTES, partitions_of
 from projections import audit, callbacks, company_settings, jobs, recipients, tracking
 from projections.base import Applied, Position
 from resilience.dependencies import DEPENDENCIES, Backoff
 from schemas.envelope import UndecodableRecord, decode
-from streams.topics import MAX_MESSAGE_BYTES, partitions_of
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from offload.client import submit_job
-from offload.processes import settings_env
+from devtools.processes import settings_env
 from projections.projector import Projector
 from schemas.events import RecipientFailed, RecipientSent
 from tests.support.faults import Timeline

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from offload import devstack
-from offload.devmail import DevMailSink
-from offload.devstack import kafka, postgres
-from offload.devstack.process import stack_lock
+from devtools import devstack
+from devtools.devmail import DevMailSink
+from devtools.devstack import kafka, postgres
+from devtools.devstack.process import stack_lock
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.stack import REPO, Infra
 

@@ -20,6 +20,7 @@ from adapters.email.breaker import (
 from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
 from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider
+from config.settings import Settings
 from content.email import (
     EmailRenderer,
     TemplateRenderError,
@@ -29,7 +30,6 @@ from content.email import (
     compose_message,
     message_id_for,
 )
-from offload.config import Settings
 from schemas.events import (
     BatchDispatched,
     Event,
@@ -40,7 +40,7 @@ from schemas.events import (
     RecipientFailed,
     RecipientSent,
 )
-from streams.agents.batches import OutcomeRecorder
+from streams.batchwork import OutcomeRecorder
 from streams.context import StreamContext
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import MAX_MESSAGE_BYTES, public_topics
 from schemas.envelope import Record, encode
 from schemas.events import Event
-from streams.topics import MAX_MESSAGE_BYTES, public_topics
 
 
 class BrokerUnavailable(Exception):
