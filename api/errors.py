@@ -12,8 +12,8 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import PoolTimeout
 
-from resilience.dependencies import DEPENDENCIES
 from eventlog.publisher import BrokerUnavailable
+from resilience.dependencies import DEPENDENCIES
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from devtools import devstack
-    from offload.client import change_company_settings
     from eventlog.topics import create_topics
+    from offload.client import change_company_settings
     from tests.support.observe import events
 
     info = devstack.up(args.home, start_mail_sink=False, log=lambda *a: None)

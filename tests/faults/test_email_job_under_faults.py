@@ -15,8 +15,8 @@ from collections import Counter
 
 import pytest
 
-from offload.client import submit_job
 from devtools.processes import settings_env
+from offload.client import submit_job
 from projections.projector import Projector
 from schemas.events import RecipientFailed, RecipientSent
 from tests.support.faults import Timeline
