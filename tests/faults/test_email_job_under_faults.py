@@ -98,11 +98,13 @@ def test_a_job_survives_killed_workers_a_broker_restart_a_postgres_outage_and_a_
 
     reach(0.38, "38% sent before stopping Postgres")
     entry = timeline.mark("postgres down 20 s")
+    log_before = len(projector.log_text())
     stack.stop_postgres()
     time.sleep(20)
     stack.start_postgres()
     entry["down_s"] = timeline.since(entry)
-    projector.wait_for_log("projector resumed at its stored offsets", timeout=60)
+    projector.wait_for_log("projector: postgres unavailable", timeout=5, start=log_before)  # it noticed
+    projector.wait_for_log("projector resumed at its stored offsets", timeout=60, start=log_before)
     entry["projector_resumed_s"] = timeline.since(entry)
     assert projector.proc is not None and projector.proc.poll() is None, "the projector exited"
 
