@@ -7,15 +7,18 @@ exist yet (a projector that has not started) read as empty.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from config.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RECIPIENT_STATUSES = ("pending", "sent", "failed", "issued")
 JOB_STATUSES = ("accepted", "running", "completed", "rejected")
@@ -39,10 +42,18 @@ class ReadStore:
             kwargs={"autocommit": True},
             configure=configure,
             open=False,
+            # Postgres down: a request waits at most this long for a connection, then answers 503.
+            timeout=settings.api_db_timeout,
+            # A connection Postgres dropped (restart, outage) is noticed and replaced before it is handed out.
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=24 * 3600,  # keep trying in the background; never give the pool up
         )
 
     async def open(self) -> None:
-        await self.pool.open(wait=True, timeout=30)
+        try:
+            await self.pool.open(wait=True, timeout=30)
+        except PoolTimeout:
+            log.warning("Postgres unavailable at start-up: reads answer 503 until it is back")
 
     async def close(self) -> None:
         await self.pool.close()

@@ -12,11 +12,14 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from aiokafka.errors import KafkaError
+
 from api.errors import ApiError
 from api.store import ReadStore
 from eventlog.publisher import EventPublisher
 from eventlog.topics import MAX_MESSAGE_BYTES
-from schemas.envelope import encode
+from resilience.dependencies import DEPENDENCIES
+from schemas.envelope import Record, encode
 from schemas.events import JobRequested, scoped_job_id
 
 
@@ -29,8 +32,11 @@ class Submission:
 
 
 class Submissions:
-    def __init__(self, publisher: EventPublisher, store: ReadStore, *, source: str, remember: int = 100_000) -> None:
+    def __init__(self, publisher: EventPublisher, store: ReadStore, *, source: str, remember: int = 100_000,
+                 handoff_timeout: float = 10.0, retry_after: int = 5) -> None:
         self._publisher = publisher
+        self._handoff_timeout = handoff_timeout
+        self._retry_after = retry_after
         self._store = store
         self._source = source
         self._remember = remember
@@ -85,8 +91,7 @@ class Submissions:
             if len(record.value) > MAX_MESSAGE_BYTES - 64 * 1024:
                 raise ApiError(413, "body_too_large", "the job is too large for one Kafka record")
             # acks=all, idempotent producer: once this returns, the request is durable in Kafka.
-            await (await self._publisher.send_record(record))
-            self._remember_handed_over(job_id, job.company_id)
+            await self._hand_over(record, job_id, job.company_id)
             future.set_result(None)
             return Submission(job_id, job.company_id, "submitted", created=True)
         except asyncio.CancelledError:
@@ -100,6 +105,28 @@ class Submissions:
             raise
         finally:
             self._in_flight.pop(job_id, None)
+
+    async def _hand_over(self, record: Record, job_id: str, company_id: int) -> None:
+        """Produce the job and wait for the broker's ack, at most ``handoff_timeout`` seconds.
+
+        Kafka gone (broker restarting, network): 503 with Retry-After instead of a request that hangs. The
+        record stays in the producer and may still land; the job id is then remembered as handed over, and a
+        resubmission meanwhile is dropped by the worker's known-jobs table anyway.
+        """
+        delivery: asyncio.Future | None = None
+        try:
+            delivery = await asyncio.wait_for(self._publisher.send_record(record), self._handoff_timeout)
+            await asyncio.wait_for(asyncio.shield(delivery), self._handoff_timeout)
+        except (TimeoutError, KafkaError) as exc:
+            DEPENDENCIES.lost("kafka", f"job hand-off: {type(exc).__name__} {exc}".strip())
+            if delivery is not None:
+                delivery.add_done_callback(
+                    lambda done: None if done.cancelled() or done.exception() is not None
+                    else self._remember_handed_over(job_id, company_id))
+            raise ApiError(503, "broker_unavailable", f"Kafka did not take the job within "
+                           f"{self._handoff_timeout:.0f} s; submit it again later with the same job id (a job "
+                           f"is served once)", retry_after=self._retry_after) from None
+        self._remember_handed_over(job_id, company_id)
 
     @staticmethod
     def _check_owner(company_id: int | None, may_see: set[int] | None) -> None:

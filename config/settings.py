@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, le=50)
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
+    # The local relay down: its learners wait this long (seconds of back-off) before failing as retryable.
+    # Reconnecting to Postgres or Kafka after losing them: exponential back-off from 0.5 s up to this.
+    reconnect_max_delay: float = Field(default=10.0, gt=0, le=300)
+    relay_outage_max_seconds: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
+    # Circuit breaker per cloud provider account and region: opens after this many consecutive failed rounds
+    # (unreachable, or only 5xx), sends batches to the local relay for the cool-down, then lets one probe through.
+    breaker_failure_threshold: int = Field(default=3, ge=1, le=100)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -168,6 +176,11 @@ class Settings(BaseSettings):
     api_body_timeout: float = Field(default=60.0, gt=0, le=600)
     # One retry request per job per this many seconds (429 retry_rate_limited otherwise), across API replicas.
     api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
+    # Bounds on waiting for a dependency, so a request answers 503 + Retry-After instead of hanging.
+    api_db_timeout: float = Field(default=5.0, gt=0, le=120)  # getting a Postgres connection
+    api_handoff_timeout: float = Field(default=10.0, gt=0, le=120)  # Kafka acknowledging a job (acks=all)
+    api_retry_after: int = Field(default=5, ge=1, le=3600)  # seconds a client is told to wait on a 503
+    api_health_interval: float = Field(default=2.0, gt=0, le=60)  # how often Postgres and Kafka are checked
 
     @model_validator(mode="after")
     def _refuse_open_limits(self) -> Settings:

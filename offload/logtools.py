@@ -18,7 +18,7 @@ from eventlog.topics import MAX_MESSAGE_BYTES, partitions_of, public_topics
 from schemas.envelope import UndecodableRecord, decode, header
 from schemas.events import Event
 
-LOG_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters")
+LOG_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters", "provider-health")
 
 
 @dataclass(frozen=True)
