@@ -37,6 +37,7 @@ from api.companies import SettingsChange
 from api.errors import Handler
 from api.state import STATE, ApiState
 from api.store import JOB_STATUSES, progress
+from projections.jobs import FINISHED, JobStatus
 from schemas.events import CompanySettingsChanged, JobCancelled, JobRetryRequested
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,7 @@ PREFIX = "/ui"
 HERE = Path(__file__).with_name("ui")
 COOKIE = "offload_ui"
 JOB_TYPES = ("email", "certificate")
-# The read model's statuses; a cancelled job ends as "cancelled" (JobCompleted with cancelled=true).
-STATUSES = (*JOB_STATUSES, *(s for s in ("cancelled",) if s not in JOB_STATUSES))
-FINISHED = ("completed", "rejected", "cancelled")
+STATUSES = JOB_STATUSES
 JOBS_PER_PAGE = 25
 RECIPIENTS_PER_PAGE = 50
 STREAM_INTERVAL = 0.5  # seconds between two reads of the job row for the live page
@@ -339,7 +338,7 @@ def _job_view(row: dict[str, Any], errors: list[dict[str, Any]], cancel_requeste
     p["done"] = p["sent"] + p["failed"]
     # Asked for but not yet effective (the job ends as "cancelled" once the worker has stopped it).
     view["cancel_requested"] = cancel_requested and row["status"] not in FINISHED
-    view["can_retry"] = row["status"] == "completed" and bool(row["failed"])  # as POST /api/v1/jobs/{id}/retry
+    view["can_retry"] = row["status"] == JobStatus.COMPLETED and bool(row["failed"])  # as POST /api/v1/jobs/{id}/retry
     view["can_cancel"] = row["status"] not in FINISHED and not cancel_requested
     view["timecreated"], view["timestarted"] = row["timecreated"], row["timestarted"]
     view["timecompleted"] = row["timecompleted"]
@@ -556,7 +555,7 @@ async def retry(request: web.Request) -> web.Response:
     if job is None:
         raise web.HTTPNotFound(text="no such job")
     back = f"{PREFIX}/jobs/{job_id}"
-    if job["status"] != "completed":
+    if job["status"] != JobStatus.COMPLETED:
         raise web.HTTPSeeOther(f"{back}?notice=job_not_finished")
     if not job["progress"]["failed"]:
         raise web.HTTPSeeOther(f"{back}?notice=nothing_to_retry")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from enum import StrEnum
 
 from psycopg import AsyncCursor
 
@@ -20,6 +21,20 @@ from schemas.events import (
     JobFellBackToLocal,
     JobRejected,
 )
+
+
+class JobStatus(StrEnum):
+    """A job's status in the read model; the API, the monitoring pages and the CLI all use these."""
+
+    ACCEPTED = "accepted"    # routed, batches on their way (JobAccepted)
+    RUNNING = "running"      # a retry run is under way (its first BatchDispatched)
+    COMPLETED = "completed"  # every batch of every run reported (JobCompleted)
+    REJECTED = "rejected"    # never accepted (JobRejected)
+    CANCELLED = "cancelled"  # stopped on request (JobCompleted with cancelled=true)
+
+
+# Statuses a job stays in unless someone acts: cancelling one of these is refused.
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.REJECTED})
 
 DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -133,5 +148,6 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             await cur.execute(
                 """UPDATE jobs SET status = %s, timecompleted = %s, batches_done = batch_count, updated_at = now()
                    WHERE job_id = %s""",
-                ("cancelled" if event.cancelled else "completed", event.completed_at, event.job_id),
+                ((JobStatus.CANCELLED if event.cancelled else JobStatus.COMPLETED).value, event.completed_at,
+                 event.job_id),
             )
