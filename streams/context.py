@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import faust
 
+from adapters.backoff import backoff
 from config.settings import Settings
 from eventlog.publisher import EventPublisher, partition_for
 from schemas.envelope import UndecodableRecord, decode, header_items
@@ -160,7 +161,7 @@ class StreamContext:
                     return
                 log.warning("%s failed on %s[%s]@%s (attempt %d): %r; retrying", stage, message.topic,
                             message.partition, message.offset, attempt, exc)
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff(attempt, base=0.5, jitter="none"))
 
     async def dead_letter(self, message: faust.types.Message, error: str, stage: str) -> None:
         """Keep a record nobody could process, with its bytes and the reason; never stop the agent."""

@@ -23,6 +23,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from adapters.backoff import backoff
 from eventlog.publisher import partition_for
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
@@ -32,7 +33,7 @@ from schemas.events import (
     JobAccepted,
     JobCompleted,
 )
-from streams.callbacks import Attempt, CallbackSender, backoff_delay, callback_body
+from streams.callbacks import Attempt, CallbackSender, callback_body
 from streams.context import BatchProgressTable, StreamContext
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,9 @@ class CallbackScheduler:
             log.info("callback %s delivered (attempt %d, HTTP %s)", callback["callback_id"], attempt_no,
                      result.status)
         else:
-            delay = backoff_delay(attempt_no, base=self.settings.callback_retry_base,
-                                  cap=self.settings.callback_retry_max)
+            # Equal jitter: never sooner than half the ceiling, so a Moodle coming back is not hit at once.
+            delay = backoff(attempt_no, base=self.settings.callback_retry_base,
+                            cap=self.settings.callback_retry_max, jitter="equal")
             if not result.permanent and time.time() + delay - callback["first_at"] <= self.settings.callback_max_age:
                 next_at = time.time() + delay
             await self.ctx.publisher.send_and_wait(CallbackFailed(

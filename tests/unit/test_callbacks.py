@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
+from adapters.backoff import backoff
 from config.settings import ApiKey, Settings
 from security.signing import RequestVerifier
 from streams.callbacks import (
@@ -22,7 +23,6 @@ from streams.callbacks import (
     CallbackSender,
     ForbiddenAddress,
     PublicOnlyResolver,
-    backoff_delay,
     callback_body,
     signed_headers,
 )
@@ -129,9 +129,9 @@ def test_backoff_doubles_up_to_the_cap_with_bounded_jitter():
     for attempt in range(1, 30):
         ceiling = min(3600.0, 15.0 * 2 ** (attempt - 1))
         for _ in range(50):
-            delay = backoff_delay(attempt, base=15.0, cap=3600.0, rng=rng)
+            delay = backoff(attempt, base=15.0, cap=3600.0, jitter="equal", rng=rng)
             assert ceiling / 2 <= delay <= ceiling
-    assert backoff_delay(10_000, base=15.0, cap=3600.0) <= 3600.0  # no overflow for absurd attempt counts
+    assert backoff(10_000, base=15.0, cap=3600.0, jitter="equal") <= 3600.0  # no overflow for absurd attempt counts
 
 
 def test_the_default_schedule_keeps_trying_for_a_day_without_hammering():
@@ -139,7 +139,7 @@ def test_the_default_schedule_keeps_trying_for_a_day_without_hammering():
     rng = random.Random(1)
     elapsed, attempts = 0.0, 1
     while True:
-        delay = backoff_delay(attempts, base=s.callback_retry_base, cap=s.callback_retry_max, rng=rng)
+        delay = backoff(attempts, base=s.callback_retry_base, cap=s.callback_retry_max, jitter="equal", rng=rng)
         if elapsed + delay > s.callback_max_age:
             break
         elapsed += delay
