@@ -33,7 +33,7 @@ from aiohttp import web
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
-from api.companies import SettingsChange
+from api.companies import CompanySettingsChange
 from api.errors import Handler
 from api.state import STATE, ApiState
 from api.store import JOB_STATUSES, progress
@@ -662,7 +662,7 @@ async def save_company(request: web.Request) -> web.Response:
         "storage_provider": str(form.get("storage_provider", "")),
     }
     try:
-        change = SettingsChange.model_validate(values)
+        change = CompanySettingsChange.model_validate(values)
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                     for e in exc.errors(include_url=False, include_input=False)]

@@ -38,9 +38,9 @@ def create_app(settings: Settings) -> faust.App:
 
     # Imported here so that importing streams.app stays cheap and free of side effects.
     from streams.agents import batches, progress, routing
-    from streams.agents import settings as settings_agent
+    from streams.agents import company_settings
 
-    settings_agent.register(app, ctx)
+    company_settings.register(app, ctx)
     routing.register(app, ctx)
     batches.register(app, ctx)
     progress.register(app, ctx)

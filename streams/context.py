@@ -143,7 +143,7 @@ class StreamContext:
 
     def company_settings_for(self, company_id: int) -> CompanySettingsChanged | None:
         raw = self.company_settings_table.get(str(company_id))
-        return _decode_settings(raw) if raw else None
+        return _decode_company_settings(raw) if raw else None
 
     async def guarded(self, message: faust.types.Message, stage: str,
                       handle: Callable[[faust.types.Message], Awaitable[None]], attempts: int = 4) -> None:
@@ -184,7 +184,7 @@ class StreamContext:
 
 
 @lru_cache(maxsize=4096)
-def _decode_settings(raw: str) -> CompanySettingsChanged | None:
+def _decode_company_settings(raw: str) -> CompanySettingsChanged | None:
     try:
         event = decode(raw.encode(), None, default=CompanySettingsChanged)
     except UndecodableRecord:
