@@ -50,7 +50,7 @@ from psycopg import sql
 from bench.smtp_baselines import naive_moodle_rate, raw_smtp_rate
 from config.settings import Settings
 from devtools.processes import ServiceProcess
-from tests.conftest import job_payload
+from tests.support.jobs import job_payload
 
 _TICK = os.sysconf("SC_CLK_TCK")
 LOCAL_COMPANY = 7
