@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""
         return f"{self.topic_prefix}{name}"
 
-    # === API: the Moodle-facing side (issue 5) ====================================================
+    # === API: the Moodle-facing side ==============================================================
     # Per-company signing keys by key id, e.g. OFFLOAD_API_KEYS='{"moodle-7-2026a": {"secret": "...",
     # "company_id": 7}, "ops": {"secret": "...", "company_id": null}}'; company_id null is an admin key.
     # Two keys per company may be valid at once, so a key is rotated without downtime.
@@ -145,7 +145,7 @@ class Settings(BaseSettings):
             raise ValueError(f"companies {', '.join(crowded)} have more than two api keys (two allow a rotation)")
         return self
 
-    # === Callbacks to Moodle (issue 5) ============================================================
+    # === Callbacks to Moodle ======================================================================
     # Callback signing keys by key id, the same JSON shape as api_keys, e.g. OFFLOAD_CALLBACK_KEYS=
     # '{"moodle-7-cb-2026a": {"secret": "...", "company_id": 7}}'. A job's callbacks are signed with the key the
     # job named (callback_key_id) when it belongs to the job's company, else the company's key listed last (a
@@ -190,7 +190,7 @@ class Settings(BaseSettings):
             raise ValueError("callback_milestones are percentages strictly between 0 and 100")
         return self
 
-    # === Provider webhooks (issue 5) ==============================================================
+    # === Provider webhooks ========================================================================
     # SES through SNS: only these topic ARNs are accepted (anyone can sign a message with AWS's SNS key from
     # their own topic, so the signature alone proves nothing about the sender). Empty: SES webhooks refused.
     webhook_sns_topic_arns: list[str] = Field(default_factory=list)
@@ -199,7 +199,7 @@ class Settings(BaseSettings):
     webhook_mailgun_signing_key: SecretStr | None = None  # Mailgun's HTTP webhook signing key
     webhook_max_age: float = Field(default=3600, ge=60, le=7 * 24 * 3600)  # older signed timestamps are refused
 
-    # === Monitoring UI and /metrics (issue 6, items 1 and 5) ========================================
+    # === Monitoring UI and /metrics ===============================================================
     # Signs the admin UI's session cookies (HMAC-SHA256). Unset: a random secret per API process (every
     # sign-in ends when the process restarts; several API replicas need one shared value). >= 32 chars.
     ui_session_secret: SecretStr | None = None
@@ -218,7 +218,7 @@ class Settings(BaseSettings):
         return self
 
 
-# === API: the Moodle-facing side (issue 5) ========================================================
+# === API: the Moodle-facing side ====================================================================
 _API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -232,7 +232,7 @@ class ApiKey(BaseModel):
 
 
 
-# === Callbacks to Moodle (issue 5) ================================================================
+# === Callbacks to Moodle ============================================================================
 @lru_cache(maxsize=8)
 def _parse_callback_keys(raw: str) -> dict[str, ApiKey]:
     try:

@@ -330,7 +330,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}
 
 
-# === Requests from the API (issue 5) =============================================================
+# === Requests from the API ==========================================================================
 
 
 class JobCancelled(Event):
@@ -363,7 +363,7 @@ EVENT_TYPES = (*EVENT_TYPES, JobCancelled, JobRetryRequested)
 BY_CE_TYPE.update({cls.ce_type: cls for cls in (JobCancelled, JobRetryRequested)})
 
 
-# === Callbacks to Moodle (issue 5) ===============================================================
+# === Callbacks to Moodle ============================================================================
 CallbackName = Literal["started", "progress", "completed"]
 
 
@@ -407,7 +407,7 @@ EVENT_TYPES = (*EVENT_TYPES, CallbackDelivered, CallbackFailed)
 BY_CE_TYPE.update({cls.ce_type: cls for cls in (CallbackDelivered, CallbackFailed)})
 
 
-# === Provider webhooks (issue 5) =================================================================
+# === Provider webhooks ==============================================================================
 class _ProviderReport(Event):
     """What a provider reported about one message after it was sent, matched to the job's recipient."""
 
