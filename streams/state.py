@@ -38,6 +38,16 @@ def _check_keys(kind: str, raw: Stored, allowed: Iterable[str]) -> None:
         raise ValueError(f"{kind}: unknown field(s) {sorted(unknown)} in stored value")
 
 
+def _lazy(raw: Stored, key: str) -> Mapping[str, Any]:
+    """A mapping the old writer added only when it first put something in it: absent means empty."""
+    value: Mapping[str, Any] = raw.get(key, {})
+    return value
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def _failures(pairs: Iterable[Iterable[Any]]) -> tuple[tuple[int, bool], ...]:
     return tuple((int(userid), bool(retryable)) for userid, retryable in pairs)
 
@@ -90,8 +100,8 @@ class BatchFailures:
     """Who failed in one batch of one run, and where that batch's BatchDispatched is in the log (a retry reads
     the learners' data back from it). Kept apart from JobProgress so that a job's progress value stays small."""
 
-    source_partition: int
-    source_offset: int
+    source_partition: int | None  # None when the BatchCompleted did not say (then a retry cannot serve them)
+    source_offset: int | None
     failures: tuple[tuple[int, bool], ...]  # (userid, retryable)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,9 +112,9 @@ class BatchFailures:
     def from_dict(cls, raw: Stored) -> BatchFailures:
         if "p" in raw:  # written before this type existed: {"p": partition, "o": offset, "f": [[userid, retryable]]}
             _check_keys("job-failures", raw, ("p", "o", "f"))
-            return cls(int(raw["p"]), int(raw["o"]), _failures(raw["f"]))
+            return cls(_optional_int(raw["p"]), _optional_int(raw["o"]), _failures(raw["f"]))
         _check_keys("job-failures", raw, ("partition", "offset", "failures"))
-        return cls(int(raw["partition"]), int(raw["offset"]), _failures(raw["failures"]))
+        return cls(_optional_int(raw["partition"]), _optional_int(raw["offset"]), _failures(raw["failures"]))
 
 
 def failures_key(job_id: str, run: int, batch_no: int) -> str:
@@ -222,10 +232,7 @@ class JobProgress:
     def from_dict(cls, raw: Stored) -> JobProgress:
         _check_keys("job-progress", raw, _JOB_PROGRESS_KEYS)
         # Every key is optional in the stored form: the old code added each one when it first needed it.
-        runs = raw["runs"] if "runs" in raw else {}
-        done = raw["done"] if "done" in raw else {}
-        locations = raw["locations"] if "locations" in raw else {}
-        included = raw["included"] if "included" in raw else {}
+        runs, done, locations, included = (_lazy(raw, key) for key in ("runs", "done", "locations", "included"))
         return cls(
             total=int(raw["total"]) if "total" in raw else None,
             runs={int(r): int(n) for r, n in runs.items()},
@@ -234,7 +241,7 @@ class JobProgress:
             included={int(r): [int(u) for u in userids] for r, userids in included.items()},
             completed_runs=[int(r) for r in raw["completed_runs"]] if "completed_runs" in raw else [],
             cancelled=bool(raw["cancelled"]) if "cancelled" in raw else False,
-            retry_pending=raw["retry_pending"] if "retry_pending" in raw else None,
+            retry_pending=bool(raw["retry_pending"]) if raw.get("retry_pending") is not None else None,
             touched=float(raw["touched"]) if "touched" in raw else None,
         )
 

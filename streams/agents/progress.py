@@ -119,7 +119,7 @@ class ProgressTracker:
         source: BatchDispatched | None = None
         for (run, batch_no), userids in sorted(wanted.items()):
             where = self._failures(job_id, run, batch_no)
-            if where is None:
+            if where is None or where.source_partition is None or where.source_offset is None:
                 log.warning("retry of job %s: batch %d of run %d has no source record", job_id, batch_no, run)
                 continue
             dispatched = await self.ctx.ledger.fetch("batches", where.source_partition, where.source_offset)

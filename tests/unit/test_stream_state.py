@@ -20,6 +20,8 @@ def test_job_failures_written_by_the_old_worker_in_one_letter_form_are_read():
     assert failures == BatchFailures(source_partition=3, source_offset=1207, failures=((41, True), (42, False)))
     assert BatchFailures.from_dict(stored(failures.to_dict())) == failures
     assert stored(failures.to_dict()) == {"partition": 3, "offset": 1207, "failures": [[41, True], [42, False]]}
+    unplaced = BatchFailures.from_dict({"p": None, "o": None, "f": [[5, True]]})  # BatchCompleted without a source
+    assert (unplaced.source_partition, unplaced.source_offset) == (None, None)
 
 
 def test_job_progress_written_by_the_old_worker_is_read_and_written_back_unchanged():
