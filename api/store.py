@@ -142,7 +142,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
             "sent": sent,
             "failed": failed,
             "pending": max(total - done, 0),
-            "percent": round(100.0 * done / total, 1) if total else (100.0 if row["status"] == JobStatus.COMPLETED else 0.0),
+            "percent": round(100.0 * done / total, 1) if total
+            else (100.0 if row["status"] == JobStatus.COMPLETED else 0.0),
             "rate_per_second": round(done / elapsed, 1) if elapsed > 0 else 0.0,
             "batches": {"total": row["batch_count"], "done": row["batches_done"]},
             "duplicates_removed": row["duplicates_removed"],
@@ -155,8 +156,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
             "bounce_rate": round(row.get("bounced", 0) / sent, 4) if sent else 0.0,
         },
         "errors": [{"message": e["message"], "count": e["count"], "retryable": e["retryable"]} for e in errors],
-        "rejection": {"message": row["error_message"], "problems": row["problems"]} if row["status"] == JobStatus.REJECTED
-        else None,
+        "rejection": {"message": row["error_message"], "problems": row["problems"]}
+        if row["status"] == JobStatus.REJECTED else None,
         "createdby": row["createdby"],
         "created_at": _iso(row["timecreated"]),
         "started_at": _iso(row["timestarted"]),

@@ -303,7 +303,7 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
                     timeline.append((round(now, 2), ok + bad, sink.count if sink else 0))
                     return {"row": dict(zip(("status", "total", "succeeded", "failed", "batches_done",
                                                 "batch_count", "route", "provider", "route_reason", "fell_back"),
-                                               row)),
+                                               row, strict=True)),
                             "marks": marks, "timeline": timeline}
                 if now - last_sample >= 2.0:
                     last_sample = now

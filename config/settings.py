@@ -152,7 +152,8 @@ class Settings(BaseSettings):
     # rotation appends the new key), else a key with company_id null. Held as one secret string so it never
     # shows in a repr and travels to child processes as the JSON it is read from.
     callback_keys: SecretStr = SecretStr("{}")
-    callback_milestones: list[int] = Field(default_factory=lambda: [25, 50, 75])  # percent of recipients done, between start and end
+    # Percent of recipients done at which Moodle hears of progress, between "started" and "completed".
+    callback_milestones: list[int] = Field(default_factory=lambda: [25, 50, 75])
     callback_max_age: float = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)  # then the callback is given up
     callback_retry_base: float = Field(default=15.0, gt=0, le=3600)  # first retry ~ this many seconds later
     callback_retry_max: float = Field(default=3600.0, gt=0, le=24 * 3600)  # backoff ceiling

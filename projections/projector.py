@@ -146,10 +146,9 @@ class Projector:
                     continue
                 when = datetime.fromtimestamp(record.timestamp / 1000, UTC)
                 events.append((Position(tp.topic, tp.partition, record.offset, when), event))
-        async with conn.transaction():
-            async with conn.cursor() as cur:
-                for model in READ_MODELS:
-                    await model.apply(cur, events)
+        async with conn.transaction(), conn.cursor() as cur:
+            for model in READ_MODELS:
+                await model.apply(cur, events)
                 await tracking.save(cur, PROJECTION, positions)
         self.stats.events += len(events)
         for tp, records in polled.items():

@@ -13,6 +13,8 @@ if ! offload dev status --home "$HOME_DIR" | grep -q "kafka *running"; then
 fi
 python -m schemas.generate --check
 .ci/check-compose
+ruff check .   # lint: rules in pyproject.toml [tool.ruff]
+mypy           # types: strict on the core packages, see pyproject.toml [tool.mypy]
 set +e
 python -m pytest -q "$@"
 rc=$?

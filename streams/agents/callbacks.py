@@ -116,8 +116,8 @@ class CallbackScheduler:
                 state.done = None  # no more milestones: keep the entry small
             self._save(event.job_id, state)
 
-    def _queue(self, state: CallbackQueue, job_id: str, name: str, status: str, *, run: int, succeeded: int, failed: int,
-               at: datetime, milestone: int | None = None, total: int | None = None) -> None:
+    def _queue(self, state: CallbackQueue, job_id: str, name: str, status: str, *, run: int, succeeded: int,
+               failed: int, at: datetime, milestone: int | None = None, total: int | None = None) -> None:
         if name in state.queued:
             return
         event = name.split("-")[0]
