@@ -114,6 +114,7 @@ class DevMailSink:
         self._per_recipient: Counter[str] = Counter()
         self._failures: dict[str, _Injection] = {}
         self._throttle: _Injection | None = None
+        self._hold_after: int | None = None  # accept this many messages, then hold the rest until release()
         self._spool: Any = None
         self._controller: _PortController | None = None
 
@@ -193,6 +194,22 @@ class DevMailSink:
         with self._lock:
             self._throttle = _Injection(code, text, times)
 
+    def hold_after(self, count: int) -> None:
+        """Accept ``count`` messages in all, then keep every further DATA waiting until :meth:`release`.
+
+        A test can so stop a sender at an exact point (the middle of a batch, say) however fast the machine is.
+        """
+        with self._lock:
+            self._hold_after = count
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold_after = None
+
+    def _held(self) -> bool:
+        with self._lock:
+            return self._hold_after is not None and self._count >= self._hold_after
+
     @staticmethod
     def _take(injection: _Injection | None) -> str | None:
         if injection is None or injection.times == 0:
@@ -221,6 +238,8 @@ class DevMailSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        while self._held():
+            await asyncio.sleep(0.01)
         raw: bytes = envelope.original_content or envelope.content
         now = time.time()
         message_id = _header(raw, "Message-ID")

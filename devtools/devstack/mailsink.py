@@ -23,7 +23,7 @@ from devtools.devstack.process import (
     write_pid,
 )
 
-READY_TIMEOUT = 15.0
+READY_TIMEOUT = 60.0  # a deadline, not an estimate: the sink starts in ~1 s, far slower on a loaded machine
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # so `-m devtools.devmail` works without an install
 
 
