@@ -25,6 +25,7 @@ import faust
 from faust.types import TP
 
 from adapters.backoff import backoff
+from adapters.callbacks import Attempt, CallbackSender, callback_body
 from eventlog.publisher import partition_for
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
@@ -34,7 +35,6 @@ from schemas.events import (
     JobAccepted,
     JobCompleted,
 )
-from streams.callbacks import Attempt, CallbackSender, callback_body
 from streams.context import BatchProgressTable, StreamContext
 from streams.state import CallbackQueue, PendingCallback
 

@@ -16,9 +16,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from adapters.backoff import backoff
-from config.settings import ApiKey, Settings
-from security.signing import RequestVerifier
-from streams.callbacks import (
+from adapters.callbacks import (
     CALLBACK_ID_HEADER,
     CallbackSender,
     ForbiddenAddress,
@@ -26,6 +24,8 @@ from streams.callbacks import (
     callback_body,
     signed_headers,
 )
+from config.settings import ApiKey, Settings
+from security.signing import RequestVerifier
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
 KEY_ID, SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
