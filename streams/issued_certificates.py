@@ -136,8 +136,8 @@ async def _fetch(stores: Any, row: dict[str, Any]) -> bytes:
 
 async def verify_certificate(settings: Settings, text: str) -> Verification | None:
     """The certificate with this code, or None when no certificate has it (or it is not a code at all)."""
+    from adapters.storage.stores import CertificateStores
     from content.certificates.codes import normalise_code
-    from streams.handlers.certificate_batches import CertificateStores
 
     code = normalise_code(text)
     if code is None:
@@ -163,7 +163,7 @@ async def zip_certificates(settings: Settings, job_id: str, out: Path, *, concur
 
     At most ``concurrency`` PDFs are held in memory at once; the ZIP appears at ``out`` only when complete.
     """
-    from streams.handlers.certificate_batches import CertificateStores
+    from adapters.storage.stores import CertificateStores
 
     rows = await asyncio.to_thread(_rows, settings, "r.job_id = %s", (job_id,))
     if not rows:  # no file at all rather than an empty archive that looks like a download
