@@ -130,6 +130,18 @@ class CertificateBatchHandler:
         return cls(ctx.settings, CertificateTemplateStore(ctx.settings.certificate_template_dir), pool, stores,
                    mailer)
 
+    async def _inputs(self, batch: BatchDispatched, recipients: list[Recipient],
+                      recorder: OutcomeRecorder) -> list[CertificateInput]:
+        """Each learner's merged inputs; a learner whose data cannot make a certificate is recorded as failed."""
+        items: list[CertificateInput] = []
+        for recipient in recipients:
+            try:
+                items.append(certificate_input(self.settings, batch, recipient))
+            except InvalidCertificateData as exc:
+                await recorder.record(self._failed(batch, recipient, f"invalid certificate data: {exc}",
+                                                   retryable=False))
+        return items
+
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
         try:
             # The newest version when the batch runs; versions are append-only, so issued ones never change.
@@ -139,13 +151,7 @@ class CertificateBatchHandler:
                 await recorder.record(self._failed(batch, recipient, f"template error: {exc}", retryable=False))
             return False
         by_user = {r.userid: r for r in recipients}
-        items: list[CertificateInput] = []
-        for recipient in recipients:
-            try:
-                items.append(certificate_input(self.settings, batch, recipient))
-            except InvalidCertificateData as exc:
-                await recorder.record(self._failed(batch, recipient, f"invalid certificate data: {exc}",
-                                                   retryable=False))
+        items = await self._inputs(batch, recipients, recorder)
         if not items:
             return False
         primary, fallback = self.stores.for_batch(batch)
