@@ -281,9 +281,10 @@ class CallbackQueue:
     twice), and those still to deliver, in order."""
 
     company_id: int
-    url: str
+    url: str  # without its query: that is sealed (security.callback_urls), opened only to send
     key_id: str | None
     total: int
+    sealed: str | None = None  # the sealed query; absent in entries written before queries were sealed
     done: dict[int, tuple[int, int]] | None = field(default_factory=dict)  # batch -> (succeeded, failed); run 0
     queued: list[str] = field(default_factory=list)
     pending: list[PendingCallback] = field(default_factory=list)
@@ -294,8 +295,8 @@ class CallbackQueue:
         return sum(v[0] for v in done.values()), sum(v[1] for v in done.values())
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"company_id": self.company_id, "url": self.url, "key_id": self.key_id,
-                               "total": self.total, "queued": list(self.queued),
+        out: dict[str, Any] = {"company_id": self.company_id, "url": self.url, "sealed": self.sealed,
+                               "key_id": self.key_id, "total": self.total, "queued": list(self.queued),
                                "pending": [p.to_dict() for p in self.pending]}
         if self.done is not None:
             out["done"] = {str(b): list(v) for b, v in self.done.items()}
@@ -303,9 +304,10 @@ class CallbackQueue:
 
     @classmethod
     def from_dict(cls, raw: Stored) -> CallbackQueue:
-        _check_keys("callbacks", raw, ("company_id", "url", "key_id", "total", "done", "queued", "pending"))
+        _check_keys("callbacks", raw, ("company_id", "url", "sealed", "key_id", "total", "done", "queued", "pending"))
         return cls(
             company_id=int(raw["company_id"]), url=raw["url"], key_id=raw["key_id"], total=int(raw["total"]),
+            sealed=raw.get("sealed"),  # absent in entries written before callback queries were sealed
             # Absent once the first run has completed: no more milestones.
             done={int(b): (int(v[0]), int(v[1])) for b, v in raw["done"].items()} if "done" in raw else None,
             queued=list(raw["queued"]),

@@ -17,6 +17,7 @@ from schemas.envelope import UndecodableRecord, decode
 from schemas.events import BatchCompleted, BatchDispatched, FailedRecipient, RecipientFailed
 from streams.batchwork import BatchHandler, OutcomeRecorder
 from streams.context import StreamContext
+from streams.job_data import JobData
 from streams.state import BatchProgress
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class BatchRunner:
     def __init__(self, ctx: StreamContext, handlers: dict[str, BatchHandler]) -> None:
         self.ctx = ctx
         self.handlers = handlers
+        self.job_data = JobData(ctx.ledger)
 
     async def handle(self, message: faust.types.Message) -> None:
         try:
@@ -40,6 +42,8 @@ class BatchRunner:
         if handler is None:
             await self.ctx.dead_letter(message, f"no handler for {batch.type} batches", "process-batches")
             return
+        if batch.template_data_at is not None:
+            batch = batch.model_copy(update={"template_data": await self.job_data.template_data(batch)})
         key = batch.kafka_key()
         table = self.ctx.batch_progress
         stored = table.get(key)

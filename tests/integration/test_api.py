@@ -58,8 +58,8 @@ def test_a_signed_job_goes_through_once_and_only_its_company_can_follow_it(
         # Moodle resubmits after a timeout, with the second (rotated-in) key of the same company.
         again = k7_next.post("/api/v1/jobs", job)
         assert (again.status, again.body["created"]) == (200, False)
-        # Another company cannot take or see the id.
-        assert k8.post("/api/v1/jobs", {**job, "company_id": 8}).code == "job_id_taken"
+        # Another company cannot see the job (that it may use the same id for its own job is tested in
+        # test_security_api.py).
 
         def completed():
             reply = k7.get("/api/v1/jobs/api-job-1")

@@ -62,7 +62,8 @@ def test_every_learner_gets_exactly_their_own_message_and_bad_input_is_recorded(
     for learner in learners[:230]:
         (received,) = by_address[learner["email"]]
         message = email.message_from_bytes(received.raw)
-        assert message["Message-ID"] == message_id_for("email-exact", learner["userid"], settings.message_id_domain)
+        assert message["Message-ID"] == message_id_for("email-exact", learner["userid"], settings.message_id_domain,
+                                                     key=settings.message_id_key())
         assert str(make_header(decode_header(message["Subject"]))) == "Reminder: Fire Safety 101 is due 2026-12-31"
         if "\n" not in learner["firstname"] and "<" not in learner["firstname"]:
             assert text_of(message).splitlines()[0] == f"Dear {learner['firstname']},"
