@@ -15,7 +15,7 @@ from schemas.events import CompanySettingsChanged
 routes = web.RouteTableDef()
 
 
-class SettingsChange(BaseModel):
+class CompanySettingsChange(BaseModel):
     """The body of a settings change: the whole row (PUT replaces it); who and when come from the request."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -36,7 +36,7 @@ def _visible_company(request: web.Request) -> int:
 
 
 @routes.get("/api/v1/companies/{company_id}/settings")
-async def get_settings(request: web.Request) -> web.Response:
+async def get_company_settings(request: web.Request) -> web.Response:
     company_id = _visible_company(request)
     row = await state_of(request).store.company_settings(company_id)
     if row is None:
@@ -47,12 +47,12 @@ async def get_settings(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/companies/{company_id}/settings")
-async def put_settings(request: web.Request) -> web.Response:
+async def put_company_settings(request: web.Request) -> web.Response:
     company_id = _visible_company(request)
     state, caller = state_of(request), caller_of(request)
     body = params.json_object(body_of(request), required=True)
     try:
-        change = SettingsChange.model_validate(body)
+        change = CompanySettingsChange.model_validate(body)
     except ValidationError as exc:
         problems = [{"code": "invalid_field", "field": ".".join(str(p) for p in e["loc"]) or "(root)",
                      "message": e["msg"]} for e in exc.errors(include_url=False, include_input=False)]

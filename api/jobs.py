@@ -14,6 +14,7 @@ from api.ingest import NotAJob, check_job, gc_paused
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
 from content.validation import job_template_problems, refusal_code
+from projections.jobs import FINISHED, JobStatus
 from schemas.events import SCOPED_SUFFIX, JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
 from schemas.intake import template_data_problem
 from security.callback_urls import check_callback_url, seal_query
@@ -145,7 +146,7 @@ async def job_recipients(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     state, caller = state_of(request), caller_of(request)
     job = await _visible_job(state, caller, params.job_id(request))
-    if job["status"] in ("completed", "rejected"):
+    if job["status"] in FINISHED:
         raise ApiError(409, "job_finished", f"the job is already {job['status']}")
     body = params.json_object(body_of(request), required=False)
     reason = body.get("reason")
@@ -162,7 +163,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def retry_job(request: web.Request) -> web.Response:
     state, caller = state_of(request), caller_of(request)
     job = await _visible_job(state, caller, params.job_id(request))
-    if job["status"] != "completed":
+    if job["status"] != JobStatus.COMPLETED:
         raise ApiError(409, "job_not_finished", f"only a completed job can be retried; this one is {job['status']}")
     if not job["progress"]["failed"]:
         raise ApiError(409, "nothing_to_retry", "the job has no failed recipients")

@@ -17,11 +17,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from config.settings import Settings
+from projections.jobs import JobStatus
 
 log = logging.getLogger(__name__)
 
 RECIPIENT_STATUSES = ("pending", "sent", "failed", "issued")
-JOB_STATUSES = ("accepted", "running", "completed", "rejected")
+JOB_STATUSES = tuple(JobStatus)
 
 _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provider, template_id, total_recipients,
     succeeded, failed, duplicates_removed, batch_count, batches_done, fell_back, fallback_reason, error_message,
@@ -243,7 +244,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
             "sent": sent,
             "failed": failed,
             "pending": max(total - done, 0),
-            "percent": round(100.0 * done / total, 1) if total else (100.0 if row["status"] == "completed" else 0.0),
+            "percent": round(100.0 * done / total, 1) if total
+            else (100.0 if row["status"] == JobStatus.COMPLETED else 0.0),
             "rate_per_second": round(done / elapsed, 1) if elapsed > 0 else 0.0,
             "batches": {"total": row["batch_count"], "done": row["batches_done"]},
             "duplicates_removed": row["duplicates_removed"],
@@ -256,8 +258,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
             "bounce_rate": round(row["bounced"] / sent, 4) if sent else 0.0,
         },
         "errors": [{"message": e["message"], "count": e["count"], "retryable": e["retryable"]} for e in errors],
-        "rejection": {"message": row["error_message"], "problems": row["problems"]} if row["status"] == "rejected"
-        else None,
+        "rejection": {"message": row["error_message"], "problems": row["problems"]}
+        if row["status"] == JobStatus.REJECTED else None,
         "createdby": row["createdby"],
         "created_at": _iso(row["timecreated"]),
         "started_at": _iso(row["timestarted"]),

@@ -52,7 +52,7 @@ class Submissions:
 
         A company key whose job id another company already uses gets its job stored as
         ``scoped_job_id(id, company)``: it is accepted like any other, and nothing about the other company's job
-        is revealed (issue 11, finding 12). The returned Submission names the stored id."""
+        is revealed. The returned Submission names the stored id."""
         try:
             return await self._submit(job, may_see=may_see)
         except _ForeignId:

@@ -40,7 +40,7 @@ import aiohttp
 
 from config.settings import Settings
 from security.signing import sign
-from tests.conftest import job_payload
+from tests.support.jobs import job_payload
 from tests.support.stack import ServiceProcess, settings_env
 
 KEY_ID, SECRET, COMPANY = "bench-7", secrets.token_urlsafe(32), 7

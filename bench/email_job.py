@@ -50,7 +50,7 @@ from psycopg import sql
 from bench.smtp_baselines import naive_moodle_rate, raw_smtp_rate
 from config.settings import Settings
 from devtools.processes import ServiceProcess
-from tests.conftest import job_payload
+from tests.support.jobs import job_payload
 
 _TICK = os.sysconf("SC_CLK_TCK")
 LOCAL_COMPANY = 7
@@ -303,7 +303,7 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
                     timeline.append((round(now, 2), ok + bad, sink.count if sink else 0))
                     return {"row": dict(zip(("status", "total", "succeeded", "failed", "batches_done",
                                                 "batch_count", "route", "provider", "route_reason", "fell_back"),
-                                               row)),
+                                               row, strict=True)),
                             "marks": marks, "timeline": timeline}
                 if now - last_sample >= 2.0:
                     last_sample = now

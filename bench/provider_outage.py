@@ -3,8 +3,9 @@
 Starts (or reuses) the dev stack's Kafka and Postgres, its own mail sink, one worker and the projector, with
 SES pointed at a loopback port nothing listens on (connection refused, as for a provider outage). Runs a local
 job of ``-n`` learners, then a cloud job of ``-n`` learners of a company routed to SES, ``--repeat`` times (each
-time with a new worker, so its breaker starts closed), and prints one JSON line: both rates, their median ratio (target >= 0.8: the circuit breaker sends batches straight to the local relay once it has
-opened), how many batches fell back, and the breaker events. Before the breaker: 33/s against ~1,200/s (0.03),
+time with a new worker, so its breaker starts closed), and prints one JSON line: both rates, their median
+ratio (target >= 0.8: the circuit breaker sends batches straight to the local relay once it has opened), how
+many batches fell back, and the breaker events. Before the breaker: 33/s against ~1,200/s (0.03),
 with 80 separate fallback decisions for 2,000 learners.
 
     python -m bench.provider_outage -n 2000 [--repeat 3] [--home .dev]

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""
         return f"{self.topic_prefix}{name}"
 
-    # === API: the Moodle-facing side (issue 5) ====================================================
+    # === API: the Moodle-facing side ==============================================================
     # Per-company signing keys by key id, e.g. OFFLOAD_API_KEYS='{"moodle-7-2026a": {"secret": "...",
     # "company_id": 7}, "ops": {"secret": "...", "company_id": null}}'; company_id null is an admin key.
     # Two keys per company may be valid at once, so a key is rotated without downtime.
@@ -205,14 +205,15 @@ class Settings(BaseSettings):
             raise ValueError(f"companies {', '.join(crowded)} have more than two api keys (two allow a rotation)")
         return self
 
-    # === Callbacks to Moodle (issue 5) ============================================================
+    # === Callbacks to Moodle ======================================================================
     # Callback signing keys by key id, the same JSON shape as api_keys, e.g. OFFLOAD_CALLBACK_KEYS=
     # '{"moodle-7-cb-2026a": {"secret": "...", "company_id": 7}}'. A job's callbacks are signed with the key the
     # job named (callback_key_id) when it belongs to the job's company, else the company's key listed last (a
     # rotation appends the new key), else a key with company_id null. Held as one secret string so it never
     # shows in a repr and travels to child processes as the JSON it is read from.
     callback_keys: SecretStr = SecretStr("{}")
-    callback_milestones: list[int] = Field(default_factory=lambda: [25, 50, 75])  # percent of recipients done, between start and end
+    # Percent of recipients done at which Moodle hears of progress, between "started" and "completed".
+    callback_milestones: list[int] = Field(default_factory=lambda: [25, 50, 75])
     callback_max_age: float = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)  # then the callback is given up
     callback_retry_base: float = Field(default=15.0, gt=0, le=3600)  # first retry ~ this many seconds later
     callback_retry_max: float = Field(default=3600.0, gt=0, le=24 * 3600)  # backoff ceiling
@@ -254,7 +255,7 @@ class Settings(BaseSettings):
             raise ValueError("callback_milestones are percentages strictly between 0 and 100")
         return self
 
-    # === Provider webhooks (issue 5) ==============================================================
+    # === Provider webhooks ========================================================================
     # SES through SNS: only these topic ARNs are accepted (anyone can sign a message with AWS's SNS key from
     # their own topic, so the signature alone proves nothing about the sender). Empty: SES webhooks refused.
     webhook_sns_topic_arns: list[str] = Field(default_factory=list)
@@ -263,7 +264,7 @@ class Settings(BaseSettings):
     webhook_mailgun_signing_key: SecretStr | None = None  # Mailgun's HTTP webhook signing key
     webhook_max_age: float = Field(default=3600, ge=60, le=7 * 24 * 3600)  # older signed timestamps are refused
 
-    # === Monitoring UI and /metrics (issue 6, items 1 and 5) ========================================
+    # === Monitoring UI and /metrics ===============================================================
     # Signs the admin UI's session cookies (HMAC-SHA256). Unset: a random secret per API process (every
     # sign-in ends when the process restarts; several API replicas need one shared value). >= 32 chars.
     ui_session_secret: SecretStr | None = None
@@ -306,7 +307,7 @@ class Settings(BaseSettings):
         return self
 
 
-# === API: the Moodle-facing side (issue 5) ========================================================
+# === API: the Moodle-facing side ====================================================================
 _API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -314,7 +315,7 @@ class ApiKey(BaseModel):
     """One signing key: the shared secret and the company it speaks for (None: an admin key, every company).
 
     ``company_id`` must be given, ``null`` included: a key that forgot it must not quietly become an admin key
-    that sees every company (issue 11, finding 3).
+    that sees every company.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -329,7 +330,7 @@ def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
     return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
 
 
-# === Callbacks to Moodle (issue 5) ================================================================
+# === Callbacks to Moodle ==========================================================================
 @lru_cache(maxsize=8)
 def _parse_callback_keys(raw: str) -> dict[str, ApiKey]:
     try:

@@ -19,7 +19,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
@@ -89,7 +89,7 @@ class _PortController(Controller):
 
     def _trigger_server(self) -> None:
         assert self.server is not None
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.port = cast(asyncio.Server, self.server).sockets[0].getsockname()[1]
         super()._trigger_server()
 
 
@@ -178,7 +178,8 @@ class DevMailSink:
             self._count = 0
 
     # ---- failure injection -----------------------------------------------------------------------
-    def fail_next(self, address: str, code: int = 451, times: int = 1, text: str = "Temporary failure, try again") -> None:
+    def fail_next(self, address: str, code: int = 451, times: int = 1,
+                  text: str = "Temporary failure, try again") -> None:
         """Refuse the next ``times`` RCPT TO for ``address`` with ``code``."""
         with self._lock:
             self._failures[address.lower()] = _Injection(code, text, times)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -21,7 +22,8 @@ class BrokerUnavailable(Exception):
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2, as in the Java client), so we know where a key lands."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 class EventPublisher:
@@ -55,7 +57,7 @@ class EventPublisher:
                 max_batch_size=1024 * 1024,
                 max_request_size=MAX_MESSAGE_BYTES,
                 request_timeout_ms=30000,
-                # Batches of similar JSON compress ~5-10x; lz4 costs the least CPU (issue 11, finding 1).
+                # Batches of similar JSON compress ~5-10x; lz4 costs the least CPU.
                 compression_type=None if (codec := self._settings.kafka_compression) == "none" else codec,
             )
             await producer.start()
@@ -72,22 +74,23 @@ class EventPublisher:
     def partition_of(self, short_topic: str, key: bytes) -> int:
         return partition_for(key, self._partitions[short_topic])
 
-    async def send(self, event: Event) -> asyncio.Future:
+    async def send(self, event: Event) -> asyncio.Future[Any]:
         """Hand the event to the producer; the returned future resolves once the broker has it (acks=all)."""
         return await self.send_record(encode(event, source=self._source))
 
-    async def send_record(self, record: Record, *, topic: str | None = None) -> asyncio.Future:
+    async def send_record(self, record: Record, *, topic: str | None = None) -> asyncio.Future[Any]:
         if self._producer is None:
             await self.start()
         assert self._producer is not None
         partition = self.partition_of(record.topic, record.key) if record.topic in self._partitions else None
-        return await self._producer.send(
+        sent: asyncio.Future[Any] = await self._producer.send(
             topic or self.topic_name(record.topic),
             value=record.value,
             key=record.key,
             partition=partition,
             headers=record.headers,
         )
+        return sent
 
     async def ping(self, timeout: float) -> None:
         """Raise unless a broker answers a metadata request within ``timeout`` seconds (health checks)."""

@@ -49,6 +49,10 @@ def public_topics(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+# The topics that hold what happened (every public topic but the raw job requests, which the route agent turns
+# into JobAccepted/JobRejected): what the projector reads into Postgres and what `offload tail/export` show.
+EVENT_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters", "provider-health")
+
 # Faust's table changelogs, named as Faust names them ("{app_id}-{table}-changelog"). Created here with the
 # partition count of their source topic so a fresh worker never races Faust's own creation (a changelog seen
 # with 0 partitions fails the table's partition check).

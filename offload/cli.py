@@ -112,7 +112,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_settings(args: argparse.Namespace) -> int:
+def cmd_company_settings(args: argparse.Namespace) -> int:
     from offload.client import change_company_settings
 
     event = asyncio.run(change_company_settings(
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email-provider", choices=["ses", "sendgrid", "mailgun"], default="ses")
     p.add_argument("--storage-provider", choices=["s3", "r2"], default="s3")
     p.add_argument("--changed-by", default="cli")
-    p.set_defaults(func=cmd_settings)
+    p.set_defaults(func=cmd_company_settings)
 
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--job", help="only this job id")

@@ -14,11 +14,9 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from config.settings import Settings
-from eventlog.topics import MAX_MESSAGE_BYTES, partitions_of, public_topics
+from eventlog.topics import EVENT_TOPICS, MAX_MESSAGE_BYTES, partitions_of, public_topics
 from schemas.envelope import UndecodableRecord, decode, header
 from schemas.events import Event
-
-LOG_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters", "provider-health")
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class EventFilter:
 
 
 async def read_log(settings: Settings, *, follow: bool, from_beginning: bool,
-                   topics: tuple[str, ...] = LOG_TOPICS) -> AsyncIterator[tuple[str, datetime, dict, Event]]:
+                   topics: tuple[str, ...] = EVENT_TOPICS) -> AsyncIterator[tuple[str, datetime, dict, Event]]:
     """(topic, record time, CloudEvents attributes, event) for every decodable record of the given topics."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, max_partition_fetch_bytes=MAX_MESSAGE_BYTES)

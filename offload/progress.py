@@ -12,6 +12,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from config.settings import Settings
+from projections.jobs import JobStatus
 
 _QUERY = """SELECT job_id, status, route, route_reason, provider, total_recipients, succeeded, failed,
                    batch_count, batches_done, fell_back, error_message, timecreated, timecompleted
@@ -37,7 +38,7 @@ def bar(done: int, total: int, width: int = 30) -> str:
 
 
 async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=sys.stdout) -> int:
-    """Print progress until the job completes or is rejected; 0 when completed, 1 otherwise."""
+    """Print progress until the job completes, is cancelled or is rejected; 0 when completed, 1 otherwise."""
     conn = await _connect(settings)
     started = time.monotonic()
     routed = False
@@ -52,7 +53,7 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
                 out.flush()
                 await asyncio.sleep(0.5)
                 continue
-            if row["status"] == "rejected":
+            if row["status"] == JobStatus.REJECTED:
                 out.write(f"\n{job_id}: REJECTED: {row['error_message']}\n")
                 return 1
             if not routed and row["route"]:
@@ -65,11 +66,14 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
             out.write(f"\r[{bar(done, total)}] {done}/{total} sent {row['succeeded']} failed {row['failed']} "
                       f"pending {total - done}  {rate:,.0f}/s  ")
             out.flush()
-            if row["status"] == "completed":
+            if row["status"] == JobStatus.COMPLETED:
                 elapsed = (row["timecompleted"] - row["timecreated"]).total_seconds()
                 out.write(f"\n{job_id}: completed in {elapsed:.1f} s: {row['succeeded']} sent, "
                           f"{row['failed']} failed{' (fell back to local)' if row['fell_back'] else ''}\n")
                 return 0
+            if row["status"] == JobStatus.CANCELLED:
+                out.write(f"\n{job_id}: cancelled: {row['succeeded']} sent, {row['failed']} failed\n")
+                return 1
             await asyncio.sleep(0.5)
         out.write(f"\n{job_id}: not completed within {timeout:.0f} s\n")
         return 1

@@ -12,6 +12,7 @@ from schemas.events import (
     BatchDispatched,
     CallbackDelivered,
     CallbackFailed,
+    Event,
     RecipientBounced,
     RecipientComplained,
     RecipientDelivered,
@@ -41,12 +42,18 @@ _SKIPPED = (BatchDispatched, BatchCompleted, RecipientOutcome, CallbackDelivered
             RecipientDelivered, RecipientBounced, RecipientComplained)
 
 
+def _actor(event: Event) -> str | None:
+    """Who caused the event, for the events that say: a key id or user that changed something, or Moodle's user."""
+    createdby = getattr(event, "createdby", None)
+    return getattr(event, "changed_by", None) or (str(createdby) if createdby else None)
+
+
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     # getattr with a default: the audit log takes every event type, and company_id, changed_by and createdby
     # are each carried by only some of them.
     rows = [
-        (pos.timestamp, pos.topic, pos.partition, pos.offset, event.ce_type, event.subject(), getattr(event, "company_id", None),
-         getattr(event, "changed_by", None) or (str(event.createdby) if getattr(event, "createdby", None) else None),
+        (pos.timestamp, pos.topic, pos.partition, pos.offset, event.ce_type, event.subject(),
+         getattr(event, "company_id", None), _actor(event),
          event.model_dump_json(exclude={"recipients", "template_data"}))
         for pos, event in events
         if not isinstance(event, _SKIPPED)

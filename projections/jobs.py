@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from enum import StrEnum
 
 from psycopg import AsyncCursor
 
@@ -20,6 +21,20 @@ from schemas.events import (
     JobFellBackToLocal,
     JobRejected,
 )
+
+
+class JobStatus(StrEnum):
+    """A job's status in the read model; the API, the monitoring pages and the CLI all use these."""
+
+    ACCEPTED = "accepted"    # routed, batches on their way (JobAccepted)
+    RUNNING = "running"      # a retry run is under way (its first BatchDispatched)
+    COMPLETED = "completed"  # every batch of every run reported (JobCompleted)
+    REJECTED = "rejected"    # never accepted (JobRejected)
+    CANCELLED = "cancelled"  # stopped on request (JobCompleted with cancelled=true)
+
+
+# Statuses a job stays in unless someone acts: cancelling one of these is refused.
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.REJECTED})
 
 DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -146,11 +161,11 @@ async def _note_run(cur: AsyncCursor, job_id: str, run: int, batch_count: int) -
 _REFRESH = """
 UPDATE jobs j SET
     batch_count = r.batches,
-    status = CASE WHEN r.done_at IS NOT NULL THEN CASE WHEN r.cancelled THEN 'cancelled' ELSE 'completed' END
-                  WHEN r.last_run > 0 OR j.status IN ('completed', 'cancelled') THEN 'running'
+    status = CASE WHEN r.done_at IS NOT NULL THEN CASE WHEN r.cancelled THEN %(cancelled)s ELSE %(completed)s END
+                  WHEN r.last_run > 0 OR j.status IN (%(completed)s, %(cancelled)s) THEN %(running)s
                   ELSE j.status END,
     timecompleted = CASE WHEN r.done_at IS NOT NULL THEN r.done_at
-                         WHEN r.last_run > 0 OR j.status IN ('completed', 'cancelled') THEN NULL
+                         WHEN r.last_run > 0 OR j.status IN (%(completed)s, %(cancelled)s) THEN NULL
                          ELSE j.timecompleted END,
     batches_done = CASE WHEN r.done_at IS NOT NULL THEN r.batches
                         ELSE (SELECT count(*) FROM job_batches b WHERE b.job_id = j.job_id) END,
@@ -164,4 +179,5 @@ WHERE j.job_id = %(job_id)s AND r.last_run IS NOT NULL
 
 
 async def _refresh(cur: AsyncCursor, job_id: str) -> None:
-    await cur.execute(_REFRESH, {"job_id": job_id})
+    await cur.execute(_REFRESH, {"job_id": job_id, "completed": JobStatus.COMPLETED.value,
+                                 "cancelled": JobStatus.CANCELLED.value, "running": JobStatus.RUNNING.value})

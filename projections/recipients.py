@@ -15,6 +15,7 @@ from projections.base import Applied
 from schemas.events import (
     BatchDispatched,
     CertificateIssued,
+    Event,
     RecipientBounced,
     RecipientComplained,
     RecipientDelivered,
@@ -156,6 +157,24 @@ FROM counts WHERE j.job_id = counts.job_id
 _SEVERITY = {"delivered": 1, "bounced": 2, "complained": 3}
 
 
+def _outcome_row(event: Event) -> tuple | None:
+    """The job_recipients row of a recipient's final outcome (sent, failed, issued); None for other events."""
+    if isinstance(event, RecipientSent):
+        return (event.job_id, event.userid, event.email, "sent", event.run, event.batch_no, event.attempts, None,
+                None, event.provider, event.provider_message_id, event.message_id, None, None, None, event.sent_at,
+                None, None, None)
+    if isinstance(event, RecipientFailed):
+        return (event.job_id, event.userid, event.email, "failed", event.run, event.batch_no, event.attempts,
+                event.retryable, event.error[:2000], event.provider, None, None, None, None, None, event.failed_at,
+                None, None, None)
+    if isinstance(event, CertificateIssued):
+        # message_id/error_message: the email telling the learner, when the job asked for one.
+        return (event.job_id, event.userid, event.email, "issued", event.run, event.batch_no, event.attempts, None,
+                event.email_error, event.backend, None, event.email_message_id, event.url, event.code, event.sha256,
+                event.issued_at, event.holder_name, event.course_name, event.completion_date)
+    return None
+
+
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     pending: list[tuple] = []
     retried: list[tuple] = []
@@ -166,33 +185,15 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             retried.extend((event.job_id, r.userid, event.run, event.batch_no) for r in event.recipients)
         elif isinstance(event, BatchDispatched):
             pending.extend((event.job_id, r.userid, r.email, event.run, event.batch_no) for r in event.recipients)
-        elif isinstance(event, RecipientSent):
-            outcomes.setdefault((event.job_id, event.userid), (
-                event.job_id, event.userid, event.email, "sent", event.run, event.batch_no, event.attempts, None,
-                None, event.provider, event.provider_message_id, event.message_id, None, None, None,
-                event.sent_at, None, None, None))
-        elif isinstance(event, RecipientFailed):
-            outcomes.setdefault((event.job_id, event.userid), (
-                event.job_id, event.userid, event.email, "failed", event.run, event.batch_no, event.attempts,
-                event.retryable, event.error[:2000], event.provider, None, None, None, None, None, event.failed_at,
-                None, None, None))
         elif isinstance(event, RecipientDelivered | RecipientBounced | RecipientComplained):
             kind = {RecipientDelivered: "delivered", RecipientBounced: "bounced",
                     RecipientComplained: "complained"}[type(event)]
             key = (event.job_id, event.userid)
             if key not in reports or _SEVERITY[kind] > _SEVERITY[reports[key][2]]:
                 reports[key] = (event.job_id, event.userid, kind, (event.detail or "")[:2000] or None)
-        elif isinstance(event, CertificateIssued):
-            # message_id/error_message: the email telling the learner, when the job asked for one.
-            outcomes.setdefault((event.job_id, event.userid), (
-                event.job_id, event.userid, event.email, "issued", event.run, event.batch_no, event.attempts, None,
-                event.email_error, event.backend, None, event.email_message_id, event.url, event.code, event.sha256,
-                event.issued_at, event.holder_name, event.course_name, event.completion_date))
-    if reports:
-        await cur.execute(_REPORTS, [list(col) for col in zip(*reports.values(), strict=True)])
-    if pending:
-        await cur.execute(_PENDING, [list(col) for col in zip(*pending, strict=True)])
-    if retried:
-        await cur.execute(_RETRY_PENDING, [list(col) for col in zip(*retried, strict=True)])
-    if outcomes:
-        await cur.execute(_OUTCOMES, [list(col) for col in zip(*outcomes.values(), strict=True)])
+        elif (row := _outcome_row(event)) is not None:
+            outcomes.setdefault((row[0], row[1]), row)
+    for statement, rows in ((_REPORTS, list(reports.values())), (_PENDING, pending), (_RETRY_PENDING, retried),
+                            (_OUTCOMES, list(outcomes.values()))):
+        if rows:
+            await cur.execute(statement, [list(col) for col in zip(*rows, strict=True)])

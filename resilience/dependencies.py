@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
+from resilience.backoff import backoff
+
 log = logging.getLogger(__name__)
 
 
@@ -91,8 +93,7 @@ class Backoff:
 
     def next(self) -> float:
         self.failures += 1
-        ceiling = min(self.cap, self.base * 2 ** min(self.failures - 1, 32))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        return backoff(self.failures, base=self.base, cap=self.cap, jitter="equal", rng=self._rng)
 
     def reset(self) -> None:
         self.failures = 0

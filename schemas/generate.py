@@ -9,13 +9,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from schemas.events import EVENT_TYPES, Event
 
 OUT_DIR = Path(__file__).parent / "json"
 
 
-def schema_for(cls: type[Event]) -> dict:
+def schema_for(cls: type[Event]) -> dict[str, Any]:
     schema = cls.model_json_schema(mode="serialization")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -81,8 +82,8 @@ def validate_request(value: bytes, *, max_recipients: int) -> IntakeResult:
     return IntakeResult(job, job.job_id, job.company_id, (), removed)
 
 
-def template_data_problem(data: dict, limit: int) -> Problem | None:
-    """template_data larger than ``limit`` bytes of compact JSON, as a problem to report (issue 11, finding 1)."""
+def template_data_problem(data: dict[str, Any], limit: int) -> Problem | None:
+    """template_data larger than ``limit`` bytes of compact JSON, as a problem to report."""
     size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
     if size <= limit:
         return None

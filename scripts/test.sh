@@ -16,6 +16,8 @@ if ! grep -q "kafka *running" <<<"$stack_status"; then
 fi
 python -m schemas.generate --check
 .ci/check-compose
+ruff check .   # lint: rules in pyproject.toml [tool.ruff]
+mypy           # types: strict on the core packages, see pyproject.toml [tool.mypy]
 set +e
 smoke=0
 if [ $# -eq 0 ]; then  # the whole suite: also the service as a user installs it, from its wheel

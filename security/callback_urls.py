@@ -94,7 +94,7 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: 
     return None
 
 
-# --- the query string of a callback URL stays out of the log (issue 11, finding 13) --------------------------
+# --- the query string of a callback URL stays out of the log -------------------------------------------------
 # Moodle's callback URLs may carry a token in their query (e.g. wstoken). The API keeps only scheme, host and path
 # in the events (JobRequested, JobAccepted) and read models, and the query sealed with AES-GCM under
 # Settings.callback_url_secret, bound to the job id; the worker opens it just before it calls Moodle.

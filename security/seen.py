@@ -1,6 +1,5 @@
 """Seen before? for everything that must be accepted once: signed API requests, provider webhooks, retry
-requests. Kept in Postgres so every API replica behind a balancer refuses the others' replays (issue 11,
-findings 5 and 10).
+requests. Kept in Postgres so every API replica behind a balancer refuses the others' replays.
 
 One row per (scope, token) with the unix time after which it may be forgotten. ``first_time`` is a single
 INSERT ... ON CONFLICT: two replicas offered the same token at the same moment cannot both win. An expired row

@@ -15,7 +15,7 @@ request looking like a replay; a signature already seen within the window is ref
 The timestamp is checked twice with the same clock: when the headers arrive (so a stale request's body is never
 read) and again when the signature is remembered, after the body has been read. A signature is remembered until
 timestamp + window, so a request admitted at any moment up to that edge is always still remembered: a replay
-whose body is sent slowly cannot outlive the memory of the original (issue 11, finding 2). The shared memory
+whose body is sent slowly cannot outlive the memory of the original. The shared memory
 is ``security.seen`` (Postgres), so every API replica refuses the others' replays (finding 5).
 """
 

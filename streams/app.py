@@ -14,6 +14,8 @@ from config.settings import Settings
 from eventlog.topics import MAX_MESSAGE_BYTES
 from streams.context import StreamContext
 
+app: faust.App  # built on first access, by __getattr__ below
+
 
 def create_app(settings: Settings) -> faust.App:
     app = faust.App(
@@ -37,10 +39,9 @@ def create_app(settings: Settings) -> faust.App:
     ctx = StreamContext.build(app, settings)
 
     # Imported here so that importing streams.app stays cheap and free of side effects.
-    from streams.agents import batches, progress, routing
-    from streams.agents import settings as settings_agent
+    from streams.agents import batches, company_settings, progress, routing
 
-    settings_agent.register(app, ctx)
+    company_settings.register(app, ctx)
     routing.register(app, ctx)
     batches.register(app, ctx)
     progress.register(app, ctx)
@@ -48,8 +49,8 @@ def create_app(settings: Settings) -> faust.App:
 
     callbacks.register(app, ctx)
 
-    @app.on_before_shutdown.connect
-    async def _stop_services(app: faust.App, **kwargs: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types the receiver narrower than it calls it
+    async def _stop_services(app: faust.App, *args: Any, signal: Any, **kwargs: Any) -> None:
         await ctx.stop()
 
     return app

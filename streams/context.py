@@ -8,11 +8,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, cast
 
 import faust
+from faust.types import TableT
+from faust.types.tables import GlobalTableT
 
 from config.settings import Settings
 from eventlog.publisher import EventPublisher, partition_for
+from resilience.backoff import backoff
 from schemas.envelope import UndecodableRecord, decode, header_items
 from schemas.events import CompanySettingsChanged, DeadLettered
 from streams.ledger import OutcomeLedger
@@ -42,6 +46,7 @@ class BatchProgressTable(faust.Table):
     """
 
     def partition_for_key(self, key: str) -> int:
+        assert self.partitions is not None  # always given when the table is made (StreamContext.build)
         return partition_for(key.encode(), self.partitions)
 
 
@@ -60,12 +65,12 @@ class StreamContext:
     batches: faust.TopicT
     jobs: faust.TopicT
     company_settings: faust.TopicT
-    company_settings_table: faust.GlobalTable
-    known_jobs: faust.Table
-    batch_progress: faust.Table
-    job_progress: faust.Table
-    job_failures: faust.Table
-    cancelled_jobs: faust.GlobalTable
+    company_settings_table: GlobalTableT
+    known_jobs: TableT[str, str]
+    batch_progress: TableT[str, dict[str, Any]]
+    job_progress: TableT[str, dict[str, Any]]
+    job_failures: TableT[str, dict[str, Any]]
+    cancelled_jobs: TableT[str, bool]
     publisher: EventPublisher
     ledger: OutcomeLedger
     _started: bool = False
@@ -95,22 +100,22 @@ class StreamContext:
             known_jobs=app.Table("known-jobs", partitions=s.job_partitions, default=None),
             # Keyed exactly like the batches topic, so a batch's state lives in the changelog partition that
             # matches the batch's own partition: the worker that owns the batch also holds its state.
-            batch_progress=app.tables.add(BatchProgressTable(
+            batch_progress=cast(BatchProgressTable, app.tables.add(BatchProgressTable(
                 app,
                 name="batch-progress",
                 beacon=app.tables.beacon,
                 partitions=s.batch_partitions,
                 default=None,
-            )),
+            ))),
             job_progress=app.Table("job-progress", partitions=s.job_partitions, default=None),
             # Who failed in which batch of which run ("job:run:batch"), kept apart from job-progress so that a
             # job's progress value stays small; read when a retry is requested.
             job_failures=app.Table("job-failures", partitions=s.job_partitions, default=None),
             # Jobs someone cancelled: every worker checks it before serving a batch.
-            cancelled_jobs=app.tables.add(SinglePartitionGlobalTable(
+            cancelled_jobs=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
                 app, name="cancelled-jobs", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
                 standby_buffer_size=1, is_global=True, default=None,  # as app.GlobalTable() sets them
-            )),
+            ))),
             publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),
             ledger=OutcomeLedger(s),
         )
@@ -142,7 +147,7 @@ class StreamContext:
 
     def company_settings_for(self, company_id: int) -> CompanySettingsChanged | None:
         raw = self.company_settings_table.get(str(company_id))
-        return _decode_settings(raw) if raw else None
+        return _decode_company_settings(raw) if raw else None
 
     async def guarded(self, message: faust.types.Message, stage: str,
                       handle: Callable[[faust.types.Message], Awaitable[None]], attempts: int = 4) -> None:
@@ -160,7 +165,7 @@ class StreamContext:
                     return
                 log.warning("%s failed on %s[%s]@%s (attempt %d): %r; retrying", stage, message.topic,
                             message.partition, message.offset, attempt, exc)
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff(attempt, base=0.5, jitter="none"))
 
     async def dead_letter(self, message: faust.types.Message, error: str, stage: str) -> None:
         """Keep a record nobody could process, with its bytes and the reason; never stop the agent."""
@@ -183,7 +188,7 @@ class StreamContext:
 
 
 @lru_cache(maxsize=4096)
-def _decode_settings(raw: str) -> CompanySettingsChanged | None:
+def _decode_company_settings(raw: str) -> CompanySettingsChanged | None:
     try:
         event = decode(raw.encode(), None, default=CompanySettingsChanged)
     except UndecodableRecord:

@@ -85,7 +85,7 @@ async def zip_certificates(settings: Settings, job_id: str, out: Path, *, concur
 
     At most ``concurrency`` PDFs are held in memory at once; the ZIP appears at ``out`` only when complete.
     """
-    from streams.handlers.certificate_batches import CertificateStores
+    from adapters.storage.stores import CertificateStores
 
     rows = await asyncio.to_thread(_rows, settings, "r.job_id = %s", (job_id,))
     if not rows:  # no file at all rather than an empty archive that looks like a download

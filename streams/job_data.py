@@ -1,6 +1,6 @@
 """A job's template_data, read from the job request itself: batches carry only where it lies in the log.
 
-The route agent writes no copy of template_data into the batches (issue 11, finding 1): a batch names the
+The route agent writes no copy of template_data into the batches: a batch names the
 (partition, offset) of its JobRequested in job-requests, a topic kept forever, and the batch agent reads the data
 from there. Crash safe without new state: the job request is durable before any batch exists, a retry run's
 batches copy the reference, and a worker that restarts simply reads it again. Each worker keeps the last few

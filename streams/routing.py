@@ -19,7 +19,7 @@ def decide_route(
     job_type: JobType,
     company_id: int,
     recipient_count: int,
-    settings: CompanySettingsChanged | None,
+    company: CompanySettingsChanged | None,
     offload_enabled: bool,
 ) -> RouteDecision:
     """Cloud only if offload is on globally and for the company, for this job type, at or above the threshold.
@@ -30,23 +30,23 @@ def decide_route(
     local = "smtp" if job_type == "email" else "local"
     if not offload_enabled:
         return RouteDecision("local", "offload is disabled globally", local)
-    if settings is None:
+    if company is None:
         return RouteDecision("local", f"company {company_id} has no cloud settings", local)
-    if not settings.cloud_enabled:
+    if not company.cloud_enabled:
         return RouteDecision("local", f"cloud is disabled for company {company_id}", local)
-    uses_cloud = settings.use_cloud_for_emails if job_type == "email" else settings.use_cloud_for_certificates
+    uses_cloud = company.use_cloud_for_emails if job_type == "email" else company.use_cloud_for_certificates
     if not uses_cloud:
         return RouteDecision("local", f"company {company_id} does not use the cloud for {job_type} jobs", local)
-    if recipient_count < settings.user_threshold:
+    if recipient_count < company.user_threshold:
         return RouteDecision(
             "local",
-            f"{recipient_count} recipients is below company {company_id}'s threshold of {settings.user_threshold}",
+            f"{recipient_count} recipients is below company {company_id}'s threshold of {company.user_threshold}",
             local,
         )
-    provider = settings.email_provider if job_type == "email" else settings.storage_provider
+    provider = company.email_provider if job_type == "email" else company.storage_provider
     return RouteDecision(
         "cloud",
         f"cloud enabled for company {company_id} {job_type} jobs and {recipient_count} recipients "
-        f"is at or above the threshold of {settings.user_threshold}",
+        f"is at or above the threshold of {company.user_threshold}",
         provider,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from config.settings import Settings
 from devtools.devmail import DevMailSink
 from devtools.processes import READY, ServiceProcess
 from eventlog.topics import create_topics
+from tests.support.jobs import job_payload
 from tests.support.moto_server import MotoServer, moto_server
 from tests.support.stack import REPO, Infra, fresh_database, infrastructure
 
@@ -97,31 +97,7 @@ def processes(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServiceP
         proc.stop()
 
 
-def job_payload(job_id: str, n: int, *, company_id: int = 7, template_id: str = "course_reminder",
-                job_type: str = "email", start: int = 1, **extra: Any) -> dict[str, Any]:
-    """A job as Moodle sends it, with n learners learner<i>@example.org."""
-    return {
-        "job_id": job_id,
-        "type": job_type,
-        "company_id": company_id,
-        "recipients": [
-            {"userid": i, "email": f"learner{i}@example.org", "firstname": f"First{i}", "lastname": f"Last{i}"}
-            for i in range(start, start + n)
-        ],
-        "template_id": template_id,
-        "template_data": {"course_name": "Fire Safety 101", "due_date": "2026-12-31",
-                          "course_url": "https://moodle.example.org/course/view.php?id=7"},
-        "callback_url": "https://moodle.example.org/local/offload/callback.php",
-        "timestamp": 1795870000,
-        "createdby": 2,
-        **extra,
-    }
-
-
 @pytest.fixture
 def job_factory() -> Callable[..., dict[str, Any]]:
     return job_payload
 
-
-def dump(payload: dict[str, Any]) -> str:
-    return json.dumps(payload)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from adapters.email.base import EmailProvider, Outcome, OutgoingEmail, ProviderUnavailable, SendResult
 from adapters.email.breaker import CircuitBreaker
+from resilience.backoff import backoff
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,9 @@ class RetryPolicy:
     max_outage_seconds: float | None = None
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before try number ``attempt + 1``: exponential backoff, full jitter, capped.
-
-        Full jitter (a uniform draw below the exponential ceiling) spreads many workers' retries apart.
-        """
-        exponent = min(max(attempt, 1) - 1, 32)  # 2**32 * base is past any sane cap; avoids huge floats
-        return rng.uniform(0.0, min(self.max_delay, self.base_delay * (2.0**exponent)))
+        """Seconds to wait before try number ``attempt + 1``: exponential, capped, full jitter (a uniform draw
+        below the ceiling), which spreads many workers' retries of one provider apart."""
+        return backoff(attempt, base=self.base_delay, cap=self.max_delay, jitter="full", rng=rng)
 
     @property
     def throttle_rounds(self) -> int:
@@ -121,7 +119,8 @@ class BatchDelivery:
         self.breaker = breaker  # guards the primary only; the fallback is the local relay
         self.provider = primary
         self.phase = Phase.SENDING
-        self.fell_back, self.fallback_reason = False, None
+        self.fell_back = False
+        self.fallback_reason: str | None = None
         self.open = list(range(len(messages)))
         self.final: list[FinalResult | None] = [None] * len(messages)
         self.attempts = [0] * len(messages)  # all tries, both providers
@@ -184,7 +183,7 @@ class BatchDelivery:
                            for i in chunk]
             if len(results) != len(chunk):
                 raise RuntimeError(f"{self.provider.name} returned {len(results)} results for {len(chunk)} messages")
-            for index, result in zip(chunk, results):
+            for index, result in zip(chunk, results, strict=True):
                 if index not in early:
                     await self._judge_one(index, result, done)
         if done.unavailable is None and done.unreached is not None and not done.answered:

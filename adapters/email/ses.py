@@ -158,7 +158,7 @@ class SesProvider:
         outcomes = await asyncio.gather(*(send(i, msg) for i, msg in enumerate(messages)), return_exceptions=True)
         results: list[SendResult] = []
         unavailable: list[str] = []
-        for msg, outcome in zip(messages, outcomes):
+        for msg, outcome in zip(messages, outcomes, strict=True):
             if isinstance(outcome, SendResult):
                 results.append(outcome)
             elif isinstance(outcome, _NotTried):  # never sent: costs no attempt

@@ -41,9 +41,9 @@ class LocalCertificateStore:
     def _put(self, key: str, path: Path, data: bytes) -> StoredObject:
         digest = hashlib.sha256(data).hexdigest()
         try:
-            if path.is_file() and path.stat().st_size == len(data):
-                if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
-                    return self._stored(key, digest, len(data))
+            if (path.is_file() and path.stat().st_size == len(data)
+                    and hashlib.sha256(path.read_bytes()).hexdigest() == digest):
+                return self._stored(key, digest, len(data))
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             try:

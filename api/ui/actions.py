@@ -11,11 +11,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from api.companies import SettingsChange
+from api.companies import CompanySettingsChange
 from api.state import STATE
 from api.ui.pages import SETTINGS_FIELDS, company_id_of, load_company, load_job
 from api.ui.state import render, require_post
-from api.ui.views import FINISHED, PREFIX
+from api.ui.views import PREFIX
+from projections.jobs import FINISHED, JobStatus
 from schemas.events import CompanySettingsChanged, JobCancelled, JobRetryRequested
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ async def retry(request: web.Request) -> web.Response:
     if job is None:
         raise web.HTTPNotFound(text="no such job")
     back = f"{PREFIX}/jobs/{job_id}"
-    if job["status"] != "completed":
+    if job["status"] != JobStatus.COMPLETED:
         raise web.HTTPSeeOther(f"{back}?notice=job_not_finished")
     if not job["progress"]["failed"]:
         raise web.HTTPSeeOther(f"{back}?notice=nothing_to_retry")
@@ -78,7 +79,7 @@ async def save_company(request: web.Request) -> web.Response:
         "storage_provider": form.get("storage_provider", ""),
     }
     try:
-        change = SettingsChange.model_validate(values)
+        change = CompanySettingsChange.model_validate(values)
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                     for e in exc.errors(include_url=False, include_input=False)]

@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 
+from projections.jobs import FINISHED
+
 log = logging.getLogger(__name__)
 
 INTERVAL = 0.5  # seconds between two reads of a running job
@@ -101,7 +103,7 @@ class JobFeeds:
                     log.exception("live feed of job %s: read failed; next try in %.1f s", feed.job_id, delay)
                 else:
                     self._publish(feed, job, history)
-                    finished = job is not None and job["status"] in ("completed", "rejected", "cancelled")
+                    finished = job is not None and job["status"] in FINISHED
                     delay = self.finished_interval if finished else self.interval
                 await asyncio.sleep(delay)
         finally:

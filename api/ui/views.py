@@ -10,14 +10,13 @@ from urllib.parse import urlsplit
 import jinja2
 
 from api.store import JOB_STATUSES, progress
+from projections.jobs import FINISHED, JobStatus
 from schemas.events import JobCancelled
 
 PREFIX = "/ui"
 HERE = Path(__file__).parent
 JOB_TYPES = ("email", "certificate")
-# The read model's statuses; a cancelled job ends as "cancelled" (JobCompleted with cancelled=true).
-STATUSES = (*JOB_STATUSES, *(s for s in ("cancelled",) if s not in JOB_STATUSES))
-FINISHED = ("completed", "rejected", "cancelled")
+STATUSES = JOB_STATUSES
 CANCELLED = JobCancelled.ce_type
 
 # Fixed notices the pages show after a POST (the query carries only the key, never text to reflect).
@@ -69,7 +68,7 @@ def job_view(row: dict[str, Any], errors: list[dict[str, Any]], cancel_requested
     p["done"] = p["sent"] + p["failed"]
     # Asked for but not yet effective (the job ends as "cancelled" once the worker has stopped it).
     view["cancel_requested"] = cancel_requested and row["status"] not in FINISHED
-    view["can_retry"] = row["status"] == "completed" and bool(row["failed"])  # as POST /api/v1/jobs/{id}/retry
+    view["can_retry"] = row["status"] == JobStatus.COMPLETED and bool(row["failed"])  # as POST /api/v1/jobs/{id}/retry
     view["can_cancel"] = row["status"] not in FINISHED and not cancel_requested
     view["timecreated"], view["timestarted"] = row["timecreated"], row["timestarted"]
     view["timecompleted"] = row["timecompleted"]

@@ -117,7 +117,7 @@ def font_runs(text: str, chain: Sequence[FontFace]) -> list[tuple[LoadedFont, st
         if all(c in font.cmap for c in codes):
             return [(font, text)]
     runs: list[tuple[LoadedFont, str]] = []
-    for char, code in zip(text, codes):
+    for char, code in zip(text, codes, strict=True):
         if runs and code in runs[-1][0].cmap:  # spaces and punctuation stay in the run they are in
             font = runs[-1][0]
         else:

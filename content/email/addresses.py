@@ -39,6 +39,10 @@ def address_problem(address: str) -> str | None:
     if address.count("@") != 1:
         return "address must contain exactly one @"
     local, domain = address.split("@")
+    return _local_part_problem(local) or _domain_problem(local, domain)
+
+
+def _local_part_problem(local: str) -> str | None:
     if not local:
         return "local part is empty"
     if len(local.encode("utf-8")) > 64:
@@ -47,6 +51,10 @@ def address_problem(address: str) -> str | None:
         return "local part is not ASCII (SMTPUTF8 is not supported)"
     if local.startswith(".") or local.endswith(".") or ".." in local:
         return "local part has a misplaced dot"
+    return None
+
+
+def _domain_problem(local: str, domain: str) -> str | None:
     if "." not in domain:
         return "domain has no dot"
     try:

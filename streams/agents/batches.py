@@ -18,6 +18,7 @@ from schemas.events import BatchCompleted, BatchDispatched, FailedRecipient, Rec
 from streams.batchwork import BatchHandler, OutcomeRecorder
 from streams.context import StreamContext
 from streams.job_data import JobData
+from streams.state import BatchProgress
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,19 @@ class BatchRunner:
             batch = batch.model_copy(update={"template_data": await self.job_data.template_data(batch)})
         key = batch.kafka_key()
         table = self.ctx.batch_progress
-        state = table.get(key)
+        stored = table.get(key)
+        state = BatchProgress.from_dict(stored) if stored else None
         source = (message.partition, message.offset)
         recorder = OutcomeRecorder(self.ctx)
-        if state and state.get("state") == "done":
-            failures = [FailedRecipient(userid=u, retryable=r) for u, r in state["failures"]]
-            await self._complete(batch, state["succeeded"], failures, state["fell_back"], source)
+        if state is not None and state.stage == "done":
+            failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.failures]
+            await self._complete(batch, state.succeeded, failures, state.fell_back, source)
             return
-        if state and state.get("state") == "started":
+        if state is not None and state.stage == "started":
+            assert state.partition is not None and state.offset is not None
             recorded = await self.ctx.ledger.recorded(
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
-                partition=state["partition"], from_offset=state["offset"],
+                partition=state.partition, from_offset=state.offset,
             )
             log.warning("batch %s resumed after a crash: %d of %d already recorded", key,
                         len(recorded), len(batch.recipients))
@@ -64,7 +67,7 @@ class BatchRunner:
         else:
             partition = self.ctx.publisher.partition_of("outcomes", batch.job_id.encode())
             offset = await self.ctx.ledger.end_offset(partition)
-            table[key] = {"state": "started", "partition": partition, "offset": offset}
+            table[key] = BatchProgress.started(partition, offset).to_dict()
             await self.ctx.app.producer.flush()  # the note must be durable before anyone is served
             recorded = {}
         remaining = [r for r in batch.recipients if r.userid not in recorded]
@@ -78,8 +81,8 @@ class BatchRunner:
         elif remaining:
             fell_back = await handler.process(batch, remaining, recorder)
         await recorder.flush()
-        table[key] = {"state": "done", "succeeded": recorder.succeeded, "fell_back": fell_back,
-                      "failures": [[f.userid, f.retryable] for f in recorder.failures]}
+        table[key] = BatchProgress.done(recorder.succeeded, fell_back,
+                                        [(f.userid, f.retryable) for f in recorder.failures]).to_dict()
         await self._complete(batch, recorder.succeeded, recorder.failures, fell_back, source)
 
     async def _complete(self, batch: BatchDispatched, succeeded: int, failures: list[FailedRecipient],

@@ -24,7 +24,9 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from adapters.callbacks import Attempt, CallbackSender, callback_body
 from eventlog.publisher import partition_for
+from resilience.backoff import backoff
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
     BatchCompleted,
@@ -35,8 +37,8 @@ from schemas.events import (
     client_job_id,
 )
 from security.callback_urls import SealedQueryError, open_query
-from streams.callbacks import Attempt, CallbackSender, backoff_delay, callback_body
 from streams.context import BatchProgressTable, StreamContext
+from streams.state import CallbackQueue, PendingCallback
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,7 @@ def _iso(ts: float) -> datetime:
 
 
 class CallbackScheduler:
-    """Queues callbacks from job events and delivers them when due; the table entry of a job is::
-
-        {"company_id", "url", "key_id", "total", "done": {batch_no: [succeeded, failed]},
-         "queued": [callback names ever queued, so a re-read event queues nothing twice],
-         "pending": [{"callback_id", "event", "run", "milestone", "body", "attempt", "first_at", "next_at"}]}
-    """
+    """Queues callbacks from job events and delivers them when due; a job's table entry is a CallbackQueue."""
 
     def __init__(self, ctx: StreamContext, table: Any, sender: CallbackSender) -> None:
         self.ctx = ctx
@@ -79,36 +76,35 @@ class CallbackScheduler:
         except UndecodableRecord as exc:
             await self.ctx.dead_letter(message, str(exc), "send-callbacks")
             return
-        state: dict[str, Any] | None
+        state: CallbackQueue | None
         if isinstance(event, JobAccepted):
             if not event.callback_url or self.table.get(event.job_id) is not None:
                 return
-            state = {
-                "company_id": event.company_id, "url": event.callback_url, "sealed": event.callback_query_sealed,
+            state = CallbackQueue(
+                company_id=event.company_id, url=event.callback_url, sealed=event.callback_query_sealed,
                 # None when the job named no key: the company's current key signs (Settings.callback_key_for).
-                "key_id": event.callback_key_id,
-                "total": event.total_recipients, "done": {}, "queued": [], "pending": [],
-            }
+                key_id=event.callback_key_id,
+                total=event.total_recipients,
+            )
             self._queue(state, event.job_id, "started", "accepted", run=0, succeeded=0, failed=0,
                         at=event.accepted_at)
             self._save(event.job_id, state)
         elif isinstance(event, BatchCompleted):
             state = self._state(event.job_id)
-            if state is None or event.run != 0 or "done" not in state:
+            if state is None or event.run != 0 or state.done is None:
                 return  # no callback URL, or a retry run (its milestones are not meaningful), or finished
-            state["done"].setdefault(str(event.batch_no), [event.succeeded, event.failed])
-            succeeded = sum(v[0] for v in state["done"].values())
-            failed = sum(v[1] for v in state["done"].values())
-            percent = (succeeded + failed) * 100 // state["total"] if state["total"] else 100
+            state.done.setdefault(event.batch_no, (event.succeeded, event.failed))
+            succeeded, failed = state.progress()
+            percent = (succeeded + failed) * 100 // state.total if state.total else 100
             crossed = [m for m in sorted(self.settings.callback_milestones)
-                       if m <= percent and f"progress-{m}" not in state["queued"]]
+                       if m <= percent and f"progress-{m}" not in state.queued]
             if crossed:
-                state["queued"].extend(f"progress-{m}" for m in crossed[:-1])
+                state.queued.extend(f"progress-{m}" for m in crossed[:-1])
                 if percent < 100:  # at 100 % the completed callback says it all
                     self._queue(state, event.job_id, f"progress-{crossed[-1]}", "running", run=0,
                                 succeeded=succeeded, failed=failed, milestone=crossed[-1], at=event.completed_at)
                 else:
-                    state["queued"].append(f"progress-{crossed[-1]}")
+                    state.queued.append(f"progress-{crossed[-1]}")
             self._save(event.job_id, state)
         elif isinstance(event, JobCompleted):
             state = self._state(event.job_id)
@@ -119,33 +115,33 @@ class CallbackScheduler:
             self._queue(state, event.job_id, name, status, run=event.run, succeeded=event.succeeded,
                         failed=event.failed, total=event.total, at=event.completed_at)
             if event.run == 0:
-                state.pop("done", None)  # no more milestones: keep the entry small
+                state.done = None  # no more milestones: keep the entry small
             self._save(event.job_id, state)
 
-    def _queue(self, state: dict, job_id: str, name: str, status: str, *, run: int, succeeded: int, failed: int,
-               at: datetime, milestone: int | None = None, total: int | None = None) -> None:
-        if name in state["queued"]:
+    def _queue(self, state: CallbackQueue, job_id: str, name: str, status: str, *, run: int, succeeded: int,
+               failed: int, at: datetime, milestone: int | None = None, total: int | None = None) -> None:
+        if name in state.queued:
             return
         event = name.split("-")[0]
         callback_id = f"{job_id}:{run}:{name}"
         # Moodle hears the job id it chose, also for a job the API stored scoped (schemas.events.client_job_id).
-        body = callback_body(callback_id=callback_id, job_id=client_job_id(job_id, state["company_id"]),
-                             company_id=state["company_id"], event=event,
-                             status=status, run=run, total=state["total"] if total is None else total,
+        body = callback_body(callback_id=callback_id, job_id=client_job_id(job_id, state.company_id),
+                             company_id=state.company_id, event=event,
+                             status=status, run=run, total=state.total if total is None else total,
                              succeeded=succeeded, failed=failed, milestone=milestone, at=at)
         now = time.time()
-        state["queued"].append(name)
-        state["pending"].append({"callback_id": callback_id, "event": event, "run": run, "milestone": milestone,
-                                 "body": body.decode(), "attempt": 0, "first_at": now, "next_at": now})
+        state.queued.append(name)
+        state.pending.append(PendingCallback(callback_id=callback_id, event=event, run=run, milestone=milestone,
+                                             body=body.decode(), attempt=0, first_at=now, next_at=now))
 
-    def _state(self, job_id: str) -> dict | None:
+    def _state(self, job_id: str) -> CallbackQueue | None:
         current = self.table.get(job_id)
-        return dict(current) if current else None
+        return CallbackQueue.from_dict(current) if current else None
 
-    def _save(self, job_id: str, state: dict) -> None:
+    def _save(self, job_id: str, state: CallbackQueue) -> None:
         # Assign a new value: Faust writes the changelog on assignment, not on mutation.
-        self.table[job_id] = state
-        if state["pending"]:
+        self.table[job_id] = state.to_dict()
+        if state.pending:
             self._with_pending.add(job_id)
         else:
             self._with_pending.discard(job_id)
@@ -157,7 +153,8 @@ class CallbackScheduler:
         actives = frozenset(self.ctx.app.assignor.assigned_actives())
         if actives != self._actives:  # started or rebalanced: entries may have arrived through recovery
             self._actives = actives
-            self._with_pending = {job_id for job_id, state in self.table.items() if state and state.get("pending")}
+            self._with_pending = {job_id for job_id, stored in self.table.items()
+                                  if stored and CallbackQueue.from_dict(stored).pending}
         changelog = self.table.changelog_topic.get_topic_name()
         now = time.time()
         for job_id in list(self._with_pending):
@@ -165,12 +162,12 @@ class CallbackScheduler:
                 continue
             if TP(changelog, partition_for(job_id.encode(), self.partitions)) not in actives:
                 continue  # another worker's job (we may hold a standby copy of it)
-            state = self.table.get(job_id)
-            if not state or not state.get("pending"):
+            state = self._state(job_id)
+            if state is None or not state.pending:
                 self._with_pending.discard(job_id)
                 continue
-            if state["pending"][0]["next_at"] <= now:
-                task = asyncio.ensure_future(self._attempt(job_id, dict(state["pending"][0]), state))
+            if state.pending[0].next_at <= now:
+                task = asyncio.ensure_future(self._attempt(job_id, state.pending[0], state))
                 self._in_flight[job_id] = task
                 task.add_done_callback(self._done)
 
@@ -179,66 +176,65 @@ class CallbackScheduler:
             if running is task:
                 del self._in_flight[job_id]
 
-    async def _attempt(self, job_id: str, callback: dict, state: dict) -> None:
+    async def _attempt(self, job_id: str, callback: PendingCallback, state: CallbackQueue) -> None:
         try:
             async with self._limit:
                 await self.ctx.ensure_started()
-                attempt_no = callback["attempt"] + 1
-                key = self.settings.callback_key_for(state["company_id"], state["key_id"])
+                attempt_no = callback.attempt + 1
+                key = self.settings.callback_key_for(state.company_id, state.key_id)
                 if key is None:
-                    result = Attempt(False, None, f"no callback key configured for company {state['company_id']}",
+                    result = Attempt(False, None, f"no callback key configured for company {state.company_id}",
                                      0, permanent=True)
                 else:
                     key_id, api_key = key
-                    try:  # "sealed": absent in entries written before callback queries were sealed
-                        url = open_query(state["url"], state.get("sealed"), job_id,
+                    try:
+                        url = open_query(state.url, state.sealed, job_id,
                                          self.settings.callback_url_secret.get_secret_value().encode())
                     except SealedQueryError as exc:
                         result = Attempt(False, None, str(exc), 0, permanent=True)
                         await self._record(job_id, callback, attempt_no, result)
                         return
-                    result = await self.sender.send(url, callback["body"].encode(), key_id=key_id,
+                    result = await self.sender.send(url, callback.body.encode(), key_id=key_id,
                                                     secret=api_key.secret.get_secret_value(),
-                                                    callback_id=callback["callback_id"])
-                    query = url[len(state["url"]) + 1:]
+                                                    callback_id=callback.callback_id)
+                    query = url[len(state.url) + 1:]
                     if query and result.error and query in result.error:  # an error that quotes the URL
                         result = replace(result, error=result.error.replace(query, "[redacted]"))
                 await self._record(job_id, callback, attempt_no, result)
         except asyncio.CancelledError:
             raise
         except Exception:  # a broker hiccup while recording: the entry is unchanged, the next tick tries again
-            log.exception("callback %s: attempt could not be recorded", callback["callback_id"])
+            log.exception("callback %s: attempt could not be recorded", callback.callback_id)
 
-    async def _record(self, job_id: str, callback: dict, attempt_no: int, result: Attempt) -> None:
-        common: dict[str, Any] = {"job_id": job_id, "callback_id": callback["callback_id"],
-                                  "event": callback["event"], "run": callback["run"],
-                                  "milestone": callback["milestone"], "attempt": attempt_no}
+    async def _record(self, job_id: str, callback: PendingCallback, attempt_no: int, result: Attempt) -> None:
+        common: dict[str, Any] = {"job_id": job_id, "callback_id": callback.callback_id,
+                                  "event": callback.event, "run": callback.run,
+                                  "milestone": callback.milestone, "attempt": attempt_no}
         next_at: float | None = None
         if result.delivered:
             await self.ctx.publisher.send_and_wait(
                 CallbackDelivered(**common, status=result.status or 0, duration_ms=result.duration_ms))
-            log.info("callback %s delivered (attempt %d, HTTP %s)", callback["callback_id"], attempt_no,
+            log.info("callback %s delivered (attempt %d, HTTP %s)", callback.callback_id, attempt_no,
                      result.status)
         else:
-            delay = backoff_delay(attempt_no, base=self.settings.callback_retry_base,
-                                  cap=self.settings.callback_retry_max)
-            if not result.permanent and time.time() + delay - callback["first_at"] <= self.settings.callback_max_age:
+            # Equal jitter: never sooner than half the ceiling, so a Moodle coming back is not hit at once.
+            delay = backoff(attempt_no, base=self.settings.callback_retry_base,
+                            cap=self.settings.callback_retry_max, jitter="equal")
+            if not result.permanent and time.time() + delay - callback.first_at <= self.settings.callback_max_age:
                 next_at = time.time() + delay
             await self.ctx.publisher.send_and_wait(CallbackFailed(
                 **common, status=result.status, error=(result.error or "failed")[:2000],
                 next_attempt_at=_iso(next_at) if next_at else None, duration_ms=result.duration_ms))
-            log.warning("callback %s attempt %d failed: %s; %s", callback["callback_id"], attempt_no, result.error,
+            log.warning("callback %s attempt %d failed: %s; %s", callback.callback_id, attempt_no, result.error,
                         f"next in {delay:.0f} s" if next_at else "given up")
         # Published first, then the table: a crash in between repeats the attempt, it never loses it.
         state = self._state(job_id)
-        if not state or not state["pending"] or state["pending"][0]["callback_id"] != callback["callback_id"]:
+        if state is None or not state.pending or state.pending[0].callback_id != callback.callback_id:
             return
-        pending = list(state["pending"])
         if next_at is None:
-            pending.pop(0)
+            state.pending.pop(0)
         else:
-            pending[0] = {**pending[0], "attempt": attempt_no, "next_at": next_at}
-        state["pending"] = pending
+            state.pending[0] = replace(state.pending[0], attempt=attempt_no, next_at=next_at)
         self._save(job_id, state)
 
     async def stop(self) -> None:

@@ -27,7 +27,7 @@ from schemas.events import (
 )
 from schemas.intake import batches
 from streams.context import StreamContext
-from streams.retry import all_runs_completed, choose, current_failures
+from streams.state import BatchFailures, JobProgress, choose, failures_key
 
 log = logging.getLogger(__name__)
 
@@ -46,68 +46,69 @@ class ProgressTracker:
             return
         state = self._state(event.job_id)
         if isinstance(event, BatchesDispatched):
-            state.setdefault("locations", {})[str(event.run)] = [list(where) for where in event.locations]
+            state.locations[event.run] = [(partition, offset) for partition, offset in event.locations]
             self._save(event.job_id, state)
             return
         if isinstance(event, JobAccepted):
-            state.setdefault("total", event.total_recipients)
-            state.setdefault("runs", {}).setdefault("0", event.batch_count)
+            if state.total is None:
+                state.total = event.total_recipients
+            state.runs.setdefault(0, event.batch_count)
             await self._advance(event.job_id, state, run=0)
         elif isinstance(event, BatchCompleted):
-            state.setdefault("runs", {}).setdefault(str(event.run), event.batch_count)
-            run_done = state.setdefault("done", {}).setdefault(str(event.run), {})
-            if str(event.batch_no) not in run_done:
-                run_done[str(event.batch_no)] = [event.succeeded, event.failed]
-                if event.failures:
-                    self.ctx.job_failures[f"{event.job_id}:{event.run}:{event.batch_no}"] = {
-                        "p": event.source_partition, "o": event.source_offset,
-                        "f": [[f.userid, f.retryable] for f in event.failures],
-                    }
+            first_report = state.record_batch(event.run, event.batch_no, event.batch_count, event.succeeded,
+                                              event.failed)
+            if first_report and event.failures:
+                self.ctx.job_failures[failures_key(event.job_id, event.run, event.batch_no)] = BatchFailures(
+                    event.source_partition, event.source_offset,
+                    tuple((f.userid, f.retryable) for f in event.failures),
+                ).to_dict()
             await self._advance(event.job_id, state, run=event.run)
         elif isinstance(event, JobCancelled):
-            state["cancelled"] = True
+            state.cancelled = True
             self.ctx.cancelled_jobs[event.job_id] = True
             self._save(event.job_id, state)
             log.info("job %s cancelled by %s", event.job_id, event.requested_by)
-        elif "runs" not in state:
+        elif not state.runs:
             log.warning("retry of unknown job %s ignored", event.job_id)
         else:
             # Kept until every run has completed, so a retry asked for mid-run serves that run's failures too.
-            state["retry_pending"] = event.only_retryable
+            state.retry_pending = event.only_retryable
             await self._advance(event.job_id, state, run=None)
 
-    def _state(self, job_id: str) -> dict:
+    def _state(self, job_id: str) -> JobProgress:
         current = self.ctx.job_progress.get(job_id)
-        return dict(current) if current else {}
+        return JobProgress.from_dict(current) if current else JobProgress()
 
-    def _save(self, job_id: str, state: dict) -> None:
-        state["touched"] = time.time()  # last sign of life, for the stall sweeper
+    def _save(self, job_id: str, state: JobProgress) -> None:
+        state.touched = time.time()  # last sign of life, for the stall sweeper
         # Assign a new value: Faust writes the changelog on assignment, not on mutation.
-        self.ctx.job_progress[job_id] = state
+        self.ctx.job_progress[job_id] = state.to_dict()
 
-    async def _advance(self, job_id: str, state: dict, run: int | None) -> None:
-        completed = state.setdefault("completed_runs", [])
-        expected = state.get("runs", {}).get(str(run)) if run is not None else None
-        run_done = state.get("done", {}).get(str(run), {})
-        if expected is not None and "total" in state and len(run_done) >= expected and run not in completed:
-            succeeded = sum(v[0] for v in run_done.values())
-            failed = sum(v[1] for v in run_done.values())
+    def _failures(self, job_id: str, run: int, batch_no: int) -> BatchFailures | None:
+        stored = self.ctx.job_failures.get(failures_key(job_id, run, batch_no))
+        return BatchFailures.from_dict(stored) if stored else None
+
+    async def _advance(self, job_id: str, state: JobProgress, run: int | None) -> None:
+        totals = state.run_totals(run) if run is not None else None
+        if run is not None and totals is not None:
+            succeeded, failed = totals
             await self.ctx.publisher.send_and_wait(JobCompleted(
                 job_id=job_id, run=run, total=succeeded + failed, succeeded=succeeded, failed=failed,
-                cancelled=bool(state.get("cancelled")),
+                cancelled=state.cancelled,
             ))
-            completed.append(run)
+            state.completed_runs.append(run)
             log.info("job %s run %d completed: %d succeeded, %d failed", job_id, run, succeeded, failed)
-        if state.get("retry_pending") is not None and all_runs_completed(state):
-            await self._start_retry(job_id, state, only_retryable=state["retry_pending"])
-            state["retry_pending"] = None
+        if state.retry_pending is not None and state.all_runs_completed():
+            await self._start_retry(job_id, state, only_retryable=state.retry_pending)
+            state.retry_pending = None
         self._save(job_id, state)
 
-    async def _start_retry(self, job_id: str, state: dict, *, only_retryable: bool) -> None:
-        def failures_of(run: int, batch: int) -> list:
-            return (self.ctx.job_failures.get(f"{job_id}:{run}:{batch}") or {}).get("f", [])
+    async def _start_retry(self, job_id: str, state: JobProgress, *, only_retryable: bool) -> None:
+        def failures_of(run: int, batch: int) -> tuple[tuple[int, bool], ...]:
+            found = self._failures(job_id, run, batch)
+            return found.failures if found else ()
 
-        chosen = choose(current_failures(state, failures_of), only_retryable=only_retryable)
+        chosen = choose(state.current_failures(failures_of), only_retryable=only_retryable)
         if not chosen:
             log.info("retry of job %s: nobody to serve again", job_id)
             return
@@ -117,20 +118,21 @@ class ProgressTracker:
         recipients: list[Recipient] = []
         source: BatchDispatched | None = None
         for (run, batch_no), userids in sorted(wanted.items()):
-            where = self.ctx.job_failures.get(f"{job_id}:{run}:{batch_no}") or {}
-            if where.get("p") is None:
+            where = self._failures(job_id, run, batch_no)
+            if where is None or where.source_partition is None or where.source_offset is None:
                 log.warning("retry of job %s: batch %d of run %d has no source record", job_id, batch_no, run)
                 continue
-            dispatched = await self.ctx.ledger.fetch("batches", where["p"], where["o"])
+            dispatched = await self.ctx.ledger.fetch("batches", where.source_partition, where.source_offset)
             if not isinstance(dispatched, BatchDispatched):
                 continue
             source = source or dispatched
             recipients.extend(r for r in dispatched.recipients if r.userid in userids)
         if source is None or not recipients:
             return
-        if state.pop("cancelled", False):  # before dispatching: serving them again is the opposite of cancelling
+        if state.cancelled:  # before dispatching: serving them again is the opposite of cancelling
+            state.cancelled = False
             self.ctx.cancelled_jobs.pop(job_id, None)
-        new_run = max(int(r) for r in state["runs"]) + 1
+        new_run = state.next_run()
         chunks = list(batches(sorted(recipients, key=lambda r: r.userid), self.ctx.settings.job_batch_size))
         locations = await self.ctx.publisher.send_all(
             BatchDispatched(
@@ -142,9 +144,7 @@ class ProgressTracker:
             )
             for number, chunk in enumerate(chunks)
         )
-        state["runs"][str(new_run)] = len(chunks)
-        state.setdefault("locations", {})[str(new_run)] = [list(where) for where in locations]
-        state.setdefault("included", {})[str(new_run)] = [r.userid for r in recipients]
+        state.add_run(new_run, list(locations), [r.userid for r in recipients])
         log.info("job %s retry run %d: %d learners in %d batches", job_id, new_run, len(recipients), len(chunks))
 
 
@@ -164,23 +164,23 @@ class StallSweeper:
     async def sweep(self) -> None:
         after = self.ctx.settings.stall_redispatch_seconds
         now = time.time()
-        for job_id, state in list(self.ctx.job_progress.items()):
-            if not state or state.get("cancelled") or now - state.get("touched", now) < after:
+        for job_id, stored in list(self.ctx.job_progress.items()):
+            if not stored:
                 continue
-            completed = set(state.get("completed_runs", []))
-            for run, count in state.get("runs", {}).items():
-                if int(run) in completed or now - self._last.get((job_id, int(run)), 0) < after:
+            state = JobProgress.from_dict(stored)
+            touched = state.touched if state.touched is not None else now
+            if state.cancelled or now - touched < after:
+                continue
+            for run in state.runs:
+                if run in state.completed_runs or now - self._last.get((job_id, run), 0) < after:
                     continue
-                done = state.get("done", {}).get(run, {})
-                where = state.get("locations", {}).get(run, [])
-                missing = [b for b in range(count) if str(b) not in done and b < len(where)]
+                missing = state.unfinished_batches(run)
                 if not missing:
                     continue
-                self._last[(job_id, int(run))] = now
+                self._last[(job_id, run)] = now
                 log.warning("job %s run %s made no progress for %.0f s: sending %d unfinished batches again",
-                            job_id, run, now - state["touched"], len(missing))
-                for batch_no in missing:
-                    partition, offset = where[batch_no]
+                            job_id, run, now - touched, len(missing))
+                for _, partition, offset in missing:
                     await self.ctx.publisher.send_and_wait(await self.ctx.ledger.fetch("batches", partition, offset))
 
 

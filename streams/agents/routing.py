@@ -59,7 +59,7 @@ class JobRouter:
             job_type=job.type,
             company_id=job.company_id,
             recipient_count=len(job.recipients),
-            settings=self.ctx.company_settings_for(job.company_id),
+            company=self.ctx.company_settings_for(job.company_id),
             offload_enabled=settings.cloud_enabled,
         )
         size = settings.job_batch_size

@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from adapters.storage.base import CertificateStore, StorageUnavailable, StoredObject, object_key
-from adapters.storage.local import LocalCertificateStore
+from adapters.storage.stores import CertificateStores
 from config.settings import Settings
 from content.certificates.codes import certificate_code, verification_url
 from content.certificates.pool import CertificateInput, RenderPool
@@ -99,76 +99,6 @@ def certificate_input(settings: Settings, batch: BatchDispatched, recipient: Rec
                             verification_url(settings.certificate_verify_base_url, code), data)
 
 
-# --- stores ----------------------------------------------------------------------------------------
-
-
-class UnconfiguredStore:
-    """A cloud store this worker has no settings for: unavailable, so certificates fall back to local."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-
-    async def put(self, key: str, data: bytes, *, content_type: str = "application/pdf") -> StoredObject:
-        raise StorageUnavailable(f"{self.backend} is not configured on this worker")
-
-    async def get(self, key: str) -> bytes:
-        raise StorageUnavailable(f"{self.backend} is not configured on this worker")
-
-    async def exists(self, key: str) -> bool:
-        raise StorageUnavailable(f"{self.backend} is not configured on this worker")
-
-
-class CertificateStores:
-    """The stores a worker (or the CLI) holds: local disk always, S3 and R2 when configured."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.local = LocalCertificateStore(settings.certificate_storage_root, settings.public_base_url)
-        self.cloud: dict[str, CertificateStore] = {}
-
-    async def start(self) -> None:
-        if self.cloud:
-            return
-        from adapters.storage.s3 import S3CertificateStore  # boto3 is slow to import: only where used
-
-        s = self.settings
-        secret = s.aws_secret_access_key.get_secret_value() if s.aws_secret_access_key else None
-        self.cloud["s3"] = S3CertificateStore(
-            bucket=s.certificate_bucket, region=s.certificate_storage_region or s.aws_region,
-            endpoint_url=s.certificate_storage_endpoint_url or s.aws_endpoint_url,
-            access_key_id=s.aws_access_key_id, secret_access_key=secret,
-            presign_seconds=s.certificate_presign_seconds, backend="s3",
-        )
-        if s.r2_endpoint_url:
-            r2_secret = s.r2_secret_access_key.get_secret_value() if s.r2_secret_access_key else None
-            self.cloud["r2"] = S3CertificateStore(
-                bucket=s.certificate_bucket, region=s.certificate_storage_region or "auto",
-                endpoint_url=s.r2_endpoint_url, access_key_id=s.r2_access_key_id, secret_access_key=r2_secret,
-                presign_seconds=s.certificate_presign_seconds, backend="r2",
-            )
-        else:
-            self.cloud["r2"] = UnconfiguredStore("r2")
-
-    async def stop(self) -> None:
-        for store in self.cloud.values():
-            close = getattr(store, "close", None)  # optional: only the S3/R2 stores hold a client to close
-            if close is not None:
-                await asyncio.to_thread(close)
-        self.cloud = {}
-
-    def by_backend(self, backend: str) -> CertificateStore:
-        """The store a certificate was recorded in (``job_recipients.provider``)."""
-        if backend == "local":
-            return self.local
-        return self.cloud.get(backend) or UnconfiguredStore(backend)
-
-    def for_batch(self, batch: BatchDispatched) -> tuple[CertificateStore, CertificateStore | None]:
-        """Primary store and the fallback for when it is unavailable (local batches have none)."""
-        if batch.route == "local":
-            return self.local, None
-        return self.by_backend(batch.provider), self.local
-
-
 @dataclass
 class _Storing:
     """Where the rest of a batch goes: the primary store until it fails once past its retries, then local."""
@@ -209,6 +139,18 @@ class CertificateBatchHandler:
         return cls(ctx.settings, CertificateTemplateStore(ctx.settings.certificate_template_dir), pool, stores,
                    mailer)
 
+    async def _inputs(self, batch: BatchDispatched, recipients: list[Recipient],
+                      recorder: OutcomeRecorder) -> list[CertificateInput]:
+        """Each learner's merged inputs; a learner whose data cannot make a certificate is recorded as failed."""
+        items: list[CertificateInput] = []
+        for recipient in recipients:
+            try:
+                items.append(certificate_input(self.settings, batch, recipient))
+            except InvalidCertificateData as exc:
+                await recorder.record(self._failed(batch, recipient, f"invalid certificate data: {exc}",
+                                                   retryable=False))
+        return items
+
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
         try:
             # The newest version when the batch runs; versions are append-only, so issued ones never change.
@@ -218,13 +160,7 @@ class CertificateBatchHandler:
                 await recorder.record(self._failed(batch, recipient, f"template error: {exc}", retryable=False))
             return False
         by_user = {r.userid: r for r in recipients}
-        items: list[CertificateInput] = []
-        for recipient in recipients:
-            try:
-                items.append(certificate_input(self.settings, batch, recipient))
-            except InvalidCertificateData as exc:
-                await recorder.record(self._failed(batch, recipient, f"invalid certificate data: {exc}",
-                                                   retryable=False))
+        items = await self._inputs(batch, recipients, recorder)
         if not items:
             return False
         primary, fallback = self.stores.for_batch(batch)

@@ -94,7 +94,7 @@ def signed_in_cookie(server: TestServer) -> dict[str, str]:
     return {COOKIE: sessions.issue(ADMIN, ADMIN_SECRET)}
 
 
-# --- certificate verification (issue 10 item 5, issue 11 finding 6) --------------------------------------
+# --- certificate verification ----------------------------------------------------------------------------
 
 
 async def test_verify_reads_holder_course_and_date_from_the_read_model_not_the_pdf(make_settings, serve):
@@ -139,7 +139,7 @@ async def test_verify_answers_while_the_default_thread_pool_is_busy(make_setting
         await blocker
 
 
-# --- sign-in: body limit, atomic throttle, proxies (issue 11 findings 6 and 7) ------------------------------
+# --- sign-in: body limit, atomic throttle, proxies ----------------------------------------------------------
 
 
 async def _raw(server: TestServer, head: bytes, body: bytes | None = None, *, after: asyncio.Event | None = None,
@@ -219,7 +219,7 @@ async def test_without_trusted_proxies_x_forwarded_for_is_ignored(make_settings,
     assert statuses == [401] * 10 + [429]
 
 
-# --- rate limit and /metrics token (issue 11 finding 6) --------------------------------------------------
+# --- rate limit and /metrics token -----------------------------------------------------------------------
 
 
 async def test_public_routes_are_rate_limited_per_client(make_settings, serve):
@@ -264,7 +264,7 @@ async def test_metrics_read_postgres_at_most_once_a_second_however_often_scraped
     assert collector.reads == 1
 
 
-# --- malformed cookies and CSRF tokens (issue 11 finding 11) ------------------------------------------
+# --- malformed cookies and CSRF tokens ----------------------------------------------------------------
 
 
 async def test_non_ascii_session_cookie_or_csrf_token_is_a_400_with_a_code(make_settings, serve):
@@ -285,7 +285,7 @@ async def test_non_ascii_session_cookie_or_csrf_token_is_a_400_with_a_code(make_
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_csrf_token"
 
 
-# --- live job page: one poll loop per job (issue 10 item 3) ---------------------------------------------
+# --- live job page: one poll loop per job ---------------------------------------------------------------
 
 
 async def _progress_events(response: aiohttp.ClientResponse, until: Callable[[dict], bool]) -> dict:

@@ -106,7 +106,7 @@ async def _read_topic(settings: Settings, short: str) -> list[tuple[Any, Event |
         ends = await consumer.end_offsets(partitions)
         out: list[tuple[Any, Event | Exception]] = []
         while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+            for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     try:
                         out.append((record, decode(record.value, record.headers)))

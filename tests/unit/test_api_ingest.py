@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from api.ingest import NotAJob, check_job
 from schemas.intake import validate_request
 from security.callback_urls import check_callback_url
-from tests.conftest import job_payload
+from tests.support.jobs import job_payload
 
 LIMIT = 100_000
 

@@ -15,17 +15,17 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from config.settings import ApiKey, Settings
-from security.signing import RequestVerifier
-from streams.callbacks import (
+from adapters.callbacks import (
     CALLBACK_ID_HEADER,
     CallbackSender,
     ForbiddenAddress,
     PublicOnlyResolver,
-    backoff_delay,
     callback_body,
     signed_headers,
 )
+from config.settings import ApiKey, Settings
+from resilience.backoff import backoff
+from security.signing import RequestVerifier
 from tests.support.production import PRODUCTION_SECRETS
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
@@ -130,9 +130,9 @@ def test_backoff_doubles_up_to_the_cap_with_bounded_jitter():
     for attempt in range(1, 30):
         ceiling = min(3600.0, 15.0 * 2 ** (attempt - 1))
         for _ in range(50):
-            delay = backoff_delay(attempt, base=15.0, cap=3600.0, rng=rng)
+            delay = backoff(attempt, base=15.0, cap=3600.0, jitter="equal", rng=rng)
             assert ceiling / 2 <= delay <= ceiling
-    assert backoff_delay(10_000, base=15.0, cap=3600.0) <= 3600.0  # no overflow for absurd attempt counts
+    assert backoff(10_000, base=15.0, cap=3600.0, jitter="equal") <= 3600.0  # no overflow for absurd attempt counts
 
 
 def test_the_default_schedule_keeps_trying_for_a_day_without_hammering():
@@ -140,7 +140,7 @@ def test_the_default_schedule_keeps_trying_for_a_day_without_hammering():
     rng = random.Random(1)
     elapsed, attempts = 0.0, 1
     while True:
-        delay = backoff_delay(attempts, base=s.callback_retry_base, cap=s.callback_retry_max, rng=rng)
+        delay = backoff(attempts, base=s.callback_retry_base, cap=s.callback_retry_max, jitter="equal", rng=rng)
         if elapsed + delay > s.callback_max_age:
             break
         elapsed += delay

@@ -10,7 +10,7 @@ from schemas import generate
 from schemas.envelope import UndecodableRecord, decode, encode, header
 from schemas.events import BatchDispatched, JobAccepted, JobRequested, Recipient, RecipientSent
 from schemas.intake import batch_count, batches, validate_request
-from tests.conftest import job_payload
+from tests.support.jobs import job_payload
 
 
 def as_bytes(payload) -> bytes:

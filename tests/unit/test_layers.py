@@ -5,15 +5,16 @@ function (deferred imports) or under ``TYPE_CHECKING``, because each one is a de
 
 The layers, bottom to top (a unit is the longest prefix below that names the module):
 
-    0  config                                   settings: read from the environment, imports nothing of ours
-    1  schemas                                  the event contract, envelope and intake validation
-    2  security  eventlog  adapters  content    signing and callback-URL checks; topics and publisher; provider
-                                                and storage adapters; templates and rendering
-    3  streams  projections                     the Faust agents and handlers; the Postgres read models
-    4  api  offload                             the HTTP side; the operator's commands (``offload/*`` but cli)
-    5  devtools                                 dev stack, mail sink, demo (which drives the operator's commands)
-    6  offload.cli                              the ``offload`` entry point, which dispatches to all of the above
-    7  bench                                    benchmarks drive everything
+    0  config                         settings: read from the environment, imports nothing of ours
+    1  schemas                        the event contract, envelope and intake validation
+    2  security                       request/callback signing and the callback-URL check (API and worker)
+    3  eventlog  adapters  content    topics and publisher; email, storage and callback-sending adapters;
+                                      templates and rendering
+    4  streams  projections           the Faust agents and handlers; the Postgres read models
+    5  api  offload                   the HTTP side; the operator's commands (``offload/*`` but cli)
+    6  devtools                       dev stack, mail sink, demo (which drives the operator's commands)
+    7  offload.cli                    the ``offload`` entry point, which dispatches to all of the above
+    8  bench                          benchmarks drive everything
 
 A module may import its own unit, or a unit in a strictly lower layer. Units that share a layer do not import
 each other (the API does not import the CLI's commands, streams/ does not import projections/), so a sibling
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[tuple[str, ...]] = [
     ("config",),
     ("schemas",),
-    ("security", "eventlog", "adapters", "content", "resilience"),
+    ("security", "resilience"),
+    ("eventlog", "adapters", "content"),
     ("streams", "projections"),
     ("api", "offload"),
     ("devtools",),

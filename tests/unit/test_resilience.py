@@ -25,7 +25,7 @@ def test_back_off_doubles_to_its_cap_with_bounded_jitter_and_starts_again_after_
     backoff = Backoff(base=0.5, cap=4.0, rng=random.Random(7))
     delays = [backoff.next() for _ in range(6)]
     ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings)), delays
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True)), delays
     backoff.reset()
     assert 0.25 <= backoff.next() <= 0.5
 

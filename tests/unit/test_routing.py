@@ -17,7 +17,7 @@ def company(**overrides) -> CompanySettingsChanged:
 
 def route(job_type="email", count=100, settings=None, offload_enabled=True, missing=False):
     return decide_route(job_type=job_type, company_id=7, recipient_count=count,
-                        settings=None if missing else (settings or company()), offload_enabled=offload_enabled)
+                        company=None if missing else (settings or company()), offload_enabled=offload_enabled)
 
 
 @pytest.mark.parametrize("job_type, provider", [("email", "sendgrid"), ("certificate", "r2")])

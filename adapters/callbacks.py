@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import random
 import secrets
 import socket
 import time
@@ -68,13 +67,6 @@ def signed_headers(url: str, body: bytes, key_id: str, secret: str, *, now: floa
         SIGNATURE_HEADER: sign(secret, "POST", path, timestamp, nonce, body),
         "Content-Type": "application/json",
     }
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped, with "equal jitter"
-    (half fixed, half random) so a Moodle coming back is not hit by every worker at the same instant."""
-    ceiling = min(cap, base * 2 ** min(attempt - 1, 32))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
 class ForbiddenAddress(aiohttp.ClientConnectionError):

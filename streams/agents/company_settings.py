@@ -21,14 +21,14 @@ def register(app: faust.App, ctx: StreamContext) -> None:
 
     async def apply_one(message: faust.types.Message) -> None:
         try:
-            settings = decode(message.value, message.headers, default=CompanySettingsChanged)
-            if not isinstance(settings, CompanySettingsChanged):
-                raise UndecodableRecord(f"unexpected {type(settings).__name__} on the settings topic")
+            company = decode(message.value, message.headers, default=CompanySettingsChanged)
+            if not isinstance(company, CompanySettingsChanged):
+                raise UndecodableRecord(f"unexpected {type(company).__name__} on the settings topic")
         except UndecodableRecord as exc:
             await ctx.dead_letter(message, str(exc), "apply-settings")
             return
         # Stored as the event's own JSON text: the table is a cache of the topic, decoded on read.
-        ctx.company_settings_table[str(settings.company_id)] = (message.value or b"").decode()
-        log.info("company %s settings: cloud=%s emails=%s certificates=%s threshold=%s", settings.company_id,
-                 settings.cloud_enabled, settings.use_cloud_for_emails, settings.use_cloud_for_certificates,
-                 settings.user_threshold)
+        ctx.company_settings_table[str(company.company_id)] = (message.value or b"").decode()
+        log.info("company %s settings: cloud=%s emails=%s certificates=%s threshold=%s", company.company_id,
+                 company.cloud_enabled, company.use_cloud_for_emails, company.use_cloud_for_certificates,
+                 company.user_threshold)

@@ -1,0 +1,315 @@
+"""The values the worker keeps in its Faust tables, as declared types with the logic that reads them.
+
+| table            | key                  | value                                                          |
+|------------------|----------------------|----------------------------------------------------------------|
+| known-jobs       | job id               | ``"accepted"`` or ``"rejected"`` (IntakeOutcome)               |
+| company-settings | company id           | the CompanySettingsChanged event's own JSON (schemas/ decodes) |
+| batch-progress   | job:run:batch        | BatchProgress                                                  |
+| job-progress     | job id               | JobProgress                                                    |
+| job-failures     | job:run:batch        | BatchFailures                                                  |
+| cancelled-jobs   | job id               | ``True``                                                       |
+| callbacks        | job id               | CallbackQueue                                                  |
+
+Tables hold each value's ``to_dict()`` (JSON in the changelog) and code reads it back through ``from_dict()``,
+which refuses a key it does not know, so a misspelt field fails loudly instead of reading as empty.
+
+Changelog compatibility: a worker of this code resumes from changelogs written before these types existed.
+Every ``to_dict()`` writes the same JSON the old untyped code wrote, except BatchFailures, which now spells its
+fields out (``partition``, ``offset``, ``failures``); its ``from_dict()`` also reads the old one-letter form
+(``p``, ``o``, ``f``). Keys that the old code added only when first needed (``done``, ``included``,
+``locations``, ``retry_pending``, ...) are optional in the stored form and read as empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+IntakeOutcome = Literal["accepted", "rejected"]
+BatchStage = Literal["started", "done"]
+
+Stored = Mapping[str, Any]
+
+
+def _check_keys(kind: str, raw: Stored, allowed: Iterable[str]) -> None:
+    unknown = set(raw) - set(allowed)
+    if unknown:
+        raise ValueError(f"{kind}: unknown field(s) {sorted(unknown)} in stored value")
+
+
+def _lazy(raw: Stored, key: str) -> Mapping[str, Any]:
+    """A mapping the old writer added only when it first put something in it: absent means empty."""
+    value: Mapping[str, Any] = raw.get(key, {})
+    return value
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _failures(pairs: Iterable[Iterable[Any]]) -> tuple[tuple[int, bool], ...]:
+    return tuple((int(userid), bool(retryable)) for userid, retryable in pairs)
+
+
+# --- batch-progress --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """Where one batch stands (streams.agents.batches): started, with where its outcomes begin in the log; or
+    done, with what it reported, so a batch seen again only repeats its BatchCompleted."""
+
+    stage: BatchStage
+    partition: int | None = None  # started: the outcomes partition and the log end when the batch started
+    offset: int | None = None
+    succeeded: int = 0  # done: what BatchCompleted said
+    fell_back: bool = False
+    failures: tuple[tuple[int, bool], ...] = ()  # (userid, retryable)
+
+    @classmethod
+    def started(cls, partition: int, offset: int) -> BatchProgress:
+        return cls("started", partition=partition, offset=offset)
+
+    @classmethod
+    def done(cls, succeeded: int, fell_back: bool, failures: Iterable[tuple[int, bool]]) -> BatchProgress:
+        return cls("done", succeeded=succeeded, fell_back=fell_back, failures=tuple(failures))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.stage == "started":
+            return {"state": "started", "partition": self.partition, "offset": self.offset}
+        return {"state": "done", "succeeded": self.succeeded, "fell_back": self.fell_back,
+                "failures": [[userid, retryable] for userid, retryable in self.failures]}
+
+    @classmethod
+    def from_dict(cls, raw: Stored) -> BatchProgress:
+        if raw["state"] == "started":
+            _check_keys("batch-progress", raw, ("state", "partition", "offset"))
+            return cls.started(int(raw["partition"]), int(raw["offset"]))
+        if raw["state"] == "done":
+            _check_keys("batch-progress", raw, ("state", "succeeded", "fell_back", "failures"))
+            return cls.done(int(raw["succeeded"]), bool(raw["fell_back"]), _failures(raw["failures"]))
+        raise ValueError(f"batch-progress: unknown state {raw['state']!r}")
+
+
+# --- job-failures ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFailures:
+    """Who failed in one batch of one run, and where that batch's BatchDispatched is in the log (a retry reads
+    the learners' data back from it). Kept apart from JobProgress so that a job's progress value stays small."""
+
+    source_partition: int | None  # None when the BatchCompleted did not say (then a retry cannot serve them)
+    source_offset: int | None
+    failures: tuple[tuple[int, bool], ...]  # (userid, retryable)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"partition": self.source_partition, "offset": self.source_offset,
+                "failures": [[userid, retryable] for userid, retryable in self.failures]}
+
+    @classmethod
+    def from_dict(cls, raw: Stored) -> BatchFailures:
+        if "p" in raw:  # written before this type existed: {"p": partition, "o": offset, "f": [[userid, retryable]]}
+            _check_keys("job-failures", raw, ("p", "o", "f"))
+            return cls(_optional_int(raw["p"]), _optional_int(raw["o"]), _failures(raw["f"]))
+        _check_keys("job-failures", raw, ("partition", "offset", "failures"))
+        return cls(_optional_int(raw["partition"]), _optional_int(raw["offset"]), _failures(raw["failures"]))
+
+
+def failures_key(job_id: str, run: int, batch_no: int) -> str:
+    return f"{job_id}:{run}:{batch_no}"
+
+
+# --- job-progress ----------------------------------------------------------------------------------------------
+
+
+class Failure(NamedTuple):
+    retryable: bool
+    run: int
+    batch_no: int
+
+
+def choose(failed: Mapping[int, Failure], *, only_retryable: bool) -> dict[int, Failure]:
+    """The learners a retry serves: every one still failed, or only those whose failure may pass next time."""
+    return {u: f for u, f in failed.items() if f.retryable or not only_retryable}
+
+
+_JOB_PROGRESS_KEYS = ("total", "runs", "done", "locations", "included", "completed_runs", "cancelled",
+                      "retry_pending", "touched")
+
+
+@dataclass(slots=True)
+class JobProgress:
+    """The life of one job after routing (streams.agents.progress): its runs, which batches of each are done,
+    where each run's batches are in the log, whom each retry run serves, cancellation and a pending retry.
+
+    A job's first run (0) serves everyone; each retry run n serves a chosen set of earlier failures
+    (``included``). A learner's standing is decided by the last run that served them.
+    """
+
+    total: int | None = None  # recipients of the job, from JobAccepted
+    runs: dict[int, int] = field(default_factory=dict)  # run -> batch count
+    done: dict[int, dict[int, tuple[int, int]]] = field(default_factory=dict)  # run -> batch -> (succeeded, failed)
+    locations: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # run -> [(partition, offset)]
+    included: dict[int, list[int]] = field(default_factory=dict)  # retry run -> userids it serves
+    completed_runs: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    retry_pending: bool | None = None  # a retry asked for (only_retryable), started once every run completed
+    touched: float | None = None  # last sign of life, for the stall sweeper
+
+    # -- progress --
+
+    def record_batch(self, run: int, batch_no: int, batch_count: int, succeeded: int, failed: int) -> bool:
+        """Count a batch once; False when it was already counted (reported again after a crash)."""
+        self.runs.setdefault(run, batch_count)
+        run_done = self.done.setdefault(run, {})
+        if batch_no in run_done:
+            return False
+        run_done[batch_no] = (succeeded, failed)
+        return True
+
+    def run_totals(self, run: int) -> tuple[int, int] | None:
+        """(succeeded, failed) of a run whose batches have all reported and that is not yet marked completed."""
+        expected = self.runs.get(run)
+        run_done = self.done.get(run, {})
+        if expected is None or self.total is None or len(run_done) < expected or run in self.completed_runs:
+            return None
+        return sum(v[0] for v in run_done.values()), sum(v[1] for v in run_done.values())
+
+    def all_runs_completed(self) -> bool:
+        return bool(self.runs) and set(self.runs) <= set(self.completed_runs)
+
+    def unfinished_batches(self, run: int) -> list[tuple[int, int, int]]:
+        """(batch_no, partition, offset) of the batches of ``run`` not yet reported whose location is known."""
+        done = self.done.get(run, {})
+        where = self.locations.get(run, [])
+        return [(b, *where[b]) for b in range(self.runs[run]) if b not in done and b < len(where)]
+
+    # -- retries --
+
+    def current_failures(self, failures_of: Callable[[int, int], Iterable[tuple[int, bool]]]) -> dict[int, Failure]:
+        """userid -> where and how they last failed. ``failures_of(run, batch)`` gives (userid, retryable) pairs."""
+        failed: dict[int, Failure] = {}
+        for run in sorted(self.runs):
+            for userid in self.included.get(run, []):
+                failed.pop(userid, None)
+            for batch, (_, failed_count) in sorted(self.done.get(run, {}).items()):
+                if failed_count:
+                    for userid, retryable in failures_of(run, batch):
+                        failed[userid] = Failure(bool(retryable), run, batch)
+        return failed
+
+    def next_run(self) -> int:
+        return max(self.runs) + 1
+
+    def add_run(self, run: int, locations: list[tuple[int, int]], userids: list[int]) -> None:
+        """Record a retry run's batches (where each is in the log) and whom it serves."""
+        self.runs[run] = len(locations)
+        self.locations[run] = list(locations)
+        self.included[run] = list(userids)
+
+    # -- stored form --
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "runs": {str(r): n for r, n in self.runs.items()},
+            "done": {str(r): {str(b): list(v) for b, v in batches.items()} for r, batches in self.done.items()},
+            "locations": {str(r): [list(w) for w in where] for r, where in self.locations.items()},
+            "included": {str(r): list(u) for r, u in self.included.items()},
+            "completed_runs": list(self.completed_runs),
+            "retry_pending": self.retry_pending,
+        }
+        if self.total is not None:
+            out["total"] = self.total
+        if self.cancelled:
+            out["cancelled"] = True
+        if self.touched is not None:
+            out["touched"] = self.touched
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Stored) -> JobProgress:
+        _check_keys("job-progress", raw, _JOB_PROGRESS_KEYS)
+        # Every key is optional in the stored form: the old code added each one when it first needed it.
+        runs, done, locations, included = (_lazy(raw, key) for key in ("runs", "done", "locations", "included"))
+        return cls(
+            total=int(raw["total"]) if "total" in raw else None,
+            runs={int(r): int(n) for r, n in runs.items()},
+            done={int(r): {int(b): (int(v[0]), int(v[1])) for b, v in batches.items()} for r, batches in done.items()},
+            locations={int(r): [(int(p), int(o)) for p, o in where] for r, where in locations.items()},
+            included={int(r): [int(u) for u in userids] for r, userids in included.items()},
+            completed_runs=[int(r) for r in raw["completed_runs"]] if "completed_runs" in raw else [],
+            cancelled=bool(raw["cancelled"]) if "cancelled" in raw else False,
+            retry_pending=bool(raw["retry_pending"]) if raw.get("retry_pending") is not None else None,
+            touched=float(raw["touched"]) if "touched" in raw else None,
+        )
+
+
+# --- callbacks -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCallback:
+    """One callback to Moodle waiting to be delivered, with its attempts so far and when to try next."""
+
+    callback_id: str
+    event: str
+    run: int
+    milestone: int | None
+    body: str
+    attempt: int
+    first_at: float
+    next_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"callback_id": self.callback_id, "event": self.event, "run": self.run, "milestone": self.milestone,
+                "body": self.body, "attempt": self.attempt, "first_at": self.first_at, "next_at": self.next_at}
+
+    @classmethod
+    def from_dict(cls, raw: Stored) -> PendingCallback:
+        _check_keys("callbacks.pending", raw, cls.__dataclass_fields__)
+        return cls(callback_id=raw["callback_id"], event=raw["event"], run=int(raw["run"]),
+                   milestone=raw["milestone"], body=raw["body"], attempt=int(raw["attempt"]),
+                   first_at=float(raw["first_at"]), next_at=float(raw["next_at"]))
+
+
+@dataclass(slots=True)
+class CallbackQueue:
+    """A job's callbacks (streams.agents.callbacks): where to send them, the first run's progress for the
+    milestones (dropped once the run completes), every callback ever queued (so a re-read event queues nothing
+    twice), and those still to deliver, in order."""
+
+    company_id: int
+    url: str  # without its query: that is sealed (security.callback_urls), opened only to send
+    key_id: str | None
+    total: int
+    sealed: str | None = None  # the sealed query; absent in entries written before queries were sealed
+    done: dict[int, tuple[int, int]] | None = field(default_factory=dict)  # batch -> (succeeded, failed); run 0
+    queued: list[str] = field(default_factory=list)
+    pending: list[PendingCallback] = field(default_factory=list)
+
+    def progress(self) -> tuple[int, int]:
+        """(succeeded, failed) of the first run so far."""
+        done = self.done or {}
+        return sum(v[0] for v in done.values()), sum(v[1] for v in done.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"company_id": self.company_id, "url": self.url, "sealed": self.sealed,
+                               "key_id": self.key_id, "total": self.total, "queued": list(self.queued),
+                               "pending": [p.to_dict() for p in self.pending]}
+        if self.done is not None:
+            out["done"] = {str(b): list(v) for b, v in self.done.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Stored) -> CallbackQueue:
+        _check_keys("callbacks", raw, ("company_id", "url", "sealed", "key_id", "total", "done", "queued", "pending"))
+        return cls(
+            company_id=int(raw["company_id"]), url=raw["url"], key_id=raw["key_id"], total=int(raw["total"]),
+            sealed=raw.get("sealed"),  # absent in entries written before callback queries were sealed
+            # Absent once the first run has completed: no more milestones.
+            done={int(b): (int(v[0]), int(v[1])) for b, v in raw["done"].items()} if "done" in raw else None,
+            queued=list(raw["queued"]),
+            pending=[PendingCallback.from_dict(p) for p in raw["pending"]],
+        )
