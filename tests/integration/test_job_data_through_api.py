@@ -73,7 +73,7 @@ def test_a_bounce_report_moves_the_bounce_rate_the_api_shows(settings_factory, t
         assert done["progress"]["sent"] == 4
         assert done["delivery"] == {"delivered": 0, "bounced": 0, "complained": 0, "bounce_rate": 0.0}
 
-        bounced_id = message_id_for("bounce-job", 2, settings.message_id_domain)
+        bounced_id = message_id_for("bounce-job", 2, settings.message_id_domain, key=settings.message_id_key())
         report = {"signature": mailgun_signature(MAILGUN_KEY, str(int(time.time())), "mg-bounce-token-1"),
                   "event-data": {"event": "failed", "severity": "permanent", "id": "mg-bounce-1",
                                  "recipient": "learner2@example.org", "timestamp": time.time(),
