@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS delivered int NOT NULL DEFAULT 0;   -- provider reports, see recipients
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS bounced int NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS complained int NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pacing text;                        -- latest batch's pacing (issue 12)
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS estimated_cost double precision;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS currency text;
 CREATE TABLE IF NOT EXISTS job_runs (
     job_id      text NOT NULL,
     run         int  NOT NULL,
@@ -113,6 +116,8 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                 (event.job_id, event.run, event.batch_no, event.succeeded, event.failed, event.fell_back,
                  event.completed_at),
             )
+            if event.pacing is not None:
+                await cur.execute("UPDATE jobs SET pacing = %s WHERE job_id = %s", (event.pacing[:300], event.job_id))
         elif isinstance(event, JobFellBackToLocal):
             await cur.execute(
                 """UPDATE jobs SET fell_back = true, fallback_reason = %s, updated_at = now() WHERE job_id = %s""",
@@ -131,7 +136,9 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             )
         elif isinstance(event, JobCompleted):
             await cur.execute(
-                """UPDATE jobs SET status = %s, timecompleted = %s, batches_done = batch_count, updated_at = now()
+                """UPDATE jobs SET status = %s, timecompleted = %s, batches_done = batch_count, updated_at = now(),
+                          estimated_cost = coalesce(%s, estimated_cost), currency = coalesce(%s, currency)
                    WHERE job_id = %s""",
-                ("cancelled" if event.cancelled else "completed", event.completed_at, event.job_id),
+                ("cancelled" if event.cancelled else "completed", event.completed_at, event.estimated_cost,
+                 event.currency, event.job_id),
             )

@@ -239,6 +239,8 @@ class BatchCompleted(Event):
     failures: list[FailedRecipient] = Field(default_factory=list, description="who failed, for a later retry")
     source_partition: int | None = Field(default=None, description="where the BatchDispatched record lies")
     source_offset: int | None = None
+    sent_by: dict[str, int] = Field(default_factory=dict, description="succeeded learners by provider/backend")
+    pacing: str | None = Field(default=None, description="what paced the batch, e.g. 'paced by SES max send rate 14/s'")
     completed_at: datetime = Field(default_factory=utcnow)
 
 
@@ -269,6 +271,9 @@ class JobCompleted(Event):
     succeeded: int
     failed: int
     cancelled: bool = Field(default=False, description="the job was cancelled; its unserved recipients failed")
+    estimated_cost: float | None = Field(
+        default=None, description="estimate of every run so far, from the settings' price table (OFFLOAD_PRICES)")
+    currency: str | None = Field(default=None, description="of estimated_cost, e.g. USD")
     completed_at: datetime = Field(default_factory=utcnow)
 
 

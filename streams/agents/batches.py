@@ -19,11 +19,13 @@ from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
     BatchCompleted,
     BatchDispatched,
+    CertificateIssued,
     Event,
     FailedRecipient,
     Recipient,
     RecipientFailed,
     RecipientOutcome,
+    RecipientSent,
 )
 from streams.context import StreamContext
 
@@ -38,6 +40,8 @@ class OutcomeRecorder:
         self._pending: list[asyncio.Future] = []
         self.succeeded = 0
         self.failures: list[FailedRecipient] = []
+        self.sent_by: dict[str, int] = {}  # succeeded learners by provider (email) or backend (certificates)
+        self.pacing: str | None = None  # set by the handler: what paced its sends
 
     @property
     def failed(self) -> int:
@@ -48,6 +52,10 @@ class OutcomeRecorder:
             self.failures.append(FailedRecipient(userid=outcome.userid, retryable=outcome.retryable))
         else:
             self.succeeded += 1
+            by = outcome.backend if isinstance(outcome, CertificateIssued) else None
+            by = outcome.provider if isinstance(outcome, RecipientSent) else by
+            if by is not None:
+                self.sent_by[by] = self.sent_by.get(by, 0) + 1
 
     async def record(self, outcome: RecipientOutcome) -> None:
         self._pending.append(await self._publisher.send(outcome))
@@ -96,7 +104,9 @@ class BatchRunner:
         recorder = OutcomeRecorder(self.ctx)
         if state and state.get("state") == "done":
             failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.get("failures", [])]
-            await self._complete(batch, state["succeeded"], failures, state.get("fell_back", False), source)
+            recorder.sent_by, recorder.pacing = dict(state.get("sent_by", {})), state.get("pacing")
+            await self._complete(batch, recorder, failures, state.get("fell_back", False), source,
+                                 succeeded=state["succeeded"])
             return
         if state and state.get("state") == "started":
             recorded = await self.ctx.ledger.recorded(
@@ -125,16 +135,17 @@ class BatchRunner:
             fell_back = await handler.process(batch, remaining, recorder)
         await recorder.flush()
         table[key] = {"state": "done", "succeeded": recorder.succeeded, "fell_back": fell_back,
-                      "failures": [[f.userid, f.retryable] for f in recorder.failures]}
-        await self._complete(batch, recorder.succeeded, recorder.failures, fell_back, source)
+                      "failures": [[f.userid, f.retryable] for f in recorder.failures],
+                      "sent_by": recorder.sent_by, "pacing": recorder.pacing}
+        await self._complete(batch, recorder, recorder.failures, fell_back, source, succeeded=recorder.succeeded)
 
-    async def _complete(self, batch: BatchDispatched, succeeded: int, failures: list[FailedRecipient],
-                        fell_back: bool, source: tuple[int, int]) -> None:
+    async def _complete(self, batch: BatchDispatched, recorder: OutcomeRecorder, failures: list[FailedRecipient],
+                        fell_back: bool, source: tuple[int, int], *, succeeded: int) -> None:
         await self.ctx.publisher.send_and_wait(
             BatchCompleted(job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
                            batch_count=batch.batch_count, succeeded=succeeded, failed=len(failures),
                            fell_back=fell_back, failures=failures, source_partition=source[0],
-                           source_offset=source[1])
+                           source_offset=source[1], sent_by=recorder.sent_by, pacing=recorder.pacing)
         )
 
 

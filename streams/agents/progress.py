@@ -27,6 +27,7 @@ from schemas.events import (
 )
 from streams.context import StreamContext
 from streams.intake import batches
+from streams.cost import job_cost
 from streams.retry import all_runs_completed, choose, current_failures
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class ProgressTracker:
             state.setdefault("runs", {}).setdefault(str(event.run), event.batch_count)
             run_done = state.setdefault("done", {}).setdefault(str(event.run), {})
             if str(event.batch_no) not in run_done:
-                run_done[str(event.batch_no)] = [event.succeeded, event.failed]
+                run_done[str(event.batch_no)] = [event.succeeded, event.failed, event.sent_by]
                 if event.failures:
                     self.ctx.job_failures[f"{event.job_id}:{event.run}:{event.batch_no}"] = {
                         "p": event.source_partition, "o": event.source_offset,
@@ -94,7 +95,8 @@ class ProgressTracker:
             failed = sum(v[1] for v in run_done.values())
             await self.ctx.publisher.send_and_wait(JobCompleted(
                 job_id=job_id, run=run, total=succeeded + failed, succeeded=succeeded, failed=failed,
-                cancelled=bool(state.get("cancelled")),
+                cancelled=bool(state.get("cancelled")), estimated_cost=job_cost(self.ctx.settings, state),
+                currency=self.ctx.settings.currency,
             ))
             completed.append(run)
             log.info("job %s run %d completed: %d succeeded, %d failed", job_id, run, succeeded, failed)
