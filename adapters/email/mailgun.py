@@ -16,6 +16,7 @@ id; ``api/webhooks.py`` matches a webhook to the learner by that id and the reci
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 
@@ -33,7 +34,7 @@ class MailgunProvider(HttpEmailProvider):
     def __init__(self, *, api_key: str, domain: str, base_url: str, mail_from: str, mail_from_name: str = "",
                  timeout: float = 30.0, concurrency: int = 4, limiter: RateLimiter | None = None) -> None:
         super().__init__(timeout=timeout, concurrency=concurrency, limiter=limiter)
-        self._auth = aiohttp.BasicAuth("api", api_key)
+        self._auth = "Basic " + base64.b64encode(f"api:{api_key}".encode()).decode()  # HTTP basic api:KEY
         self.url = f"{base_url.rstrip('/')}/v3/{domain}/messages"
         self.sender = f'"{mail_from_name}" <{mail_from}>' if mail_from_name else mail_from
 
@@ -80,7 +81,7 @@ class MailgunProvider(HttpEmailProvider):
         return writer
 
     async def _call(self, session: aiohttp.ClientSession, messages: Sequence[OutgoingEmail]) -> Answer:
-        async with session.post(self.url, data=self.form(messages), auth=self._auth) as response:
+        async with session.post(self.url, data=self.form(messages), headers={"Authorization": self._auth}) as response:
             return Answer(response.status, response.headers, await response.read())
 
     def _accepted(self, answer: Answer, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
