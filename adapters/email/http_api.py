@@ -6,7 +6,7 @@ Mapping of an HTTP answer for one call (a batch of learners):
 - 400: permanent. When the provider names the learner (SendGrid ``personalizations.N``) only that learner
   fails and the others are sent again at once; when it does not, the call is split in halves until each
   refused learner stands alone (a few extra calls instead of failing 999 good learners for one bad one).
-- 401/403: configuration (key revoked, wrong domain, no permission): :class:`ProviderUnavailable`, so the
+- 401/403 (and Mailgun's 404 for an unknown domain): configuration (key revoked, wrong domain, no permission): :class:`ProviderUnavailable`, so the
   delivery moves the job to the fallback and the fell-back event carries the reason.
 - 413: the call was too big: split in halves; a single learner's message that is still too big fails.
 - 429: back-pressure, ``THROTTLED`` (no attempt spent); the account limiter is held until
@@ -84,6 +84,8 @@ class HttpEmailProvider:
 
     name = "http"
     max_batch = 1000
+    # Answers that say the account or its set-up is wrong, whatever the message: fall back, say why.
+    configuration_statuses: tuple[int, ...] = (401, 403)
 
     def __init__(self, *, timeout: float = 30.0, concurrency: int = 4, limiter: RateLimiter | None = None) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -138,9 +140,9 @@ class HttpEmailProvider:
                 await done(index, result)
             return
         text = short(f"{self.name} {status}: {self._error_text(answer)}")
-        if status in (401, 403):
+        if status in self.configuration_statuses:
             raise ProviderUnavailable(f"{self.name} refused the credentials ({status}): {self._error_text(answer)}"
-                                      " — check the API key and its permissions")
+                                      " — check the API key, its permissions and the sending domain")
         if status == 429:
             wait = wait_seconds(answer.headers)
             if self.limiter is not None:

@@ -30,6 +30,7 @@ from adapters.email.pacing import RateLimiter
 class MailgunProvider(HttpEmailProvider):
     name = "mailgun"
     max_batch = 1000
+    configuration_statuses = (401, 403, 404)  # 404: no such domain on this account (or the wrong region)
 
     def __init__(self, *, api_key: str, domain: str, base_url: str, mail_from: str, mail_from_name: str = "",
                  timeout: float = 30.0, concurrency: int = 4, limiter: RateLimiter | None = None) -> None:

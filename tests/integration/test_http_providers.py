@@ -223,3 +223,12 @@ async def test_on_result_reports_each_learner_at_its_index(server, provider) -> 
     messages = [outgoing(i) for i in range(6)]
     await provider.send_batch(messages, on_result=lambda i, r: seen.append((i, r.key)))
     assert sorted(seen) == [(i, str(i)) for i in range(6)]
+
+
+async def test_a_mailgun_domain_the_account_does_not_have_is_a_configuration_error(mailgun_server) -> None:
+    provider = MailgunProvider(api_key=MG_KEY, domain="other.example.org", base_url=mailgun_server.base_url,
+                               mail_from=MAIL_FROM)
+    with pytest.raises(ProviderUnavailable, match=r"mailgun refused the credentials \(404\).*Domain not found"):
+        await provider.send_batch([outgoing(0)])
+    await provider.stop()
+    assert mailgun_server.delivered == []

@@ -1,0 +1,81 @@
+"""Provider settings: region URLs, prices, pacing checks, secrets; and the guides name only variables we read."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from offload.config import Settings
+from streams.cost import cost_of, job_cost
+
+REPO = Path(__file__).resolve().parents[2]
+GUIDES = ["docs/setup-aws.md", "docs/setup-cloudflare.md", "docs/troubleshooting.md", "README.md"]
+
+
+def known_variables() -> set[str]:
+    names = {f"OFFLOAD_{name.upper()}" for name in Settings.model_fields}
+    return names
+
+
+@pytest.mark.parametrize("path", GUIDES)
+def test_every_variable_a_guide_names_is_one_the_settings_read(path: str) -> None:
+    text = (REPO / path).read_text()
+    named = set(re.findall(r"OFFLOAD_[A-Z0-9_]*[A-Z0-9]", text))
+    # The README's table abbreviates families as OFFLOAD_SMTP_HOST, `_PORT`, ...: those suffixes are not names.
+    unknown = sorted(named - known_variables())
+    assert not unknown, f"{path} names variables the code does not read: {unknown}"
+    if path != "README.md":
+        assert named, f"{path} names no variable at all"
+
+
+def test_the_guides_name_the_provider_variables() -> None:
+    text = "".join((REPO / p).read_text() for p in GUIDES[:2])
+    for name in ("OFFLOAD_SENDGRID_API_KEY", "OFFLOAD_MAILGUN_API_KEY", "OFFLOAD_MAILGUN_DOMAIN",
+                 "OFFLOAD_MAILGUN_REGION", "OFFLOAD_WEBHOOK_SNS_TOPIC_ARNS", "OFFLOAD_R2_ENDPOINT_URL",
+                 "OFFLOAD_WEBHOOK_SENDGRID_PUBLIC_KEY", "OFFLOAD_WEBHOOK_MAILGUN_SIGNING_KEY"):
+        assert name in text
+
+
+def test_the_aws_guide_grants_what_the_code_calls() -> None:
+    text = (REPO / "docs/setup-aws.md").read_text()
+    for action in ("ses:SendRawEmail", "ses:GetAccount", "ses:GetSendQuota", "s3:PutObject", "s3:GetObject"):
+        assert f'"{action}"' in text
+    code = (REPO / "adapters/email/ses.py").read_text()
+    assert "get_account" in code and "get_send_quota" in code and "send_email" in code
+
+
+def test_mailgun_region_picks_the_base_url() -> None:
+    assert Settings(mailgun_region="eu").mailgun_url() == "https://api.eu.mailgun.net"
+    assert Settings(mailgun_region="us").mailgun_url() == "https://api.mailgun.net"
+    assert Settings(mailgun_region="eu", mailgun_base_url="http://127.0.0.1:9/").mailgun_url() == "http://127.0.0.1:9"
+
+
+def test_api_keys_never_show_in_a_repr_or_dump() -> None:
+    settings = Settings(sendgrid_api_key="SG.very-secret", mailgun_api_key="key-very-secret")
+    assert "very-secret" not in repr(settings) and "very-secret" not in str(settings.model_dump())
+
+
+def test_placeholder_provider_keys_are_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="sendgrid_api_key is a placeholder"):
+        Settings(environment="production", sendgrid_api_key="changeme", certificate_code_secret="x" * 40)
+
+
+def test_rate_limits_are_checked() -> None:
+    with pytest.raises(ValidationError, match="unknown provider postmark"):
+        Settings(provider_rate_limits={"postmark": 10})
+    with pytest.raises(ValidationError, match="negative rate"):
+        Settings(company_rate_limits={7: -1})
+    assert Settings(company_rate_limits={"7": 2.5}).company_rate_limits == {7: 2.5}
+
+
+def test_cost_uses_the_price_table_and_keeps_defaults_for_unlisted_providers() -> None:
+    settings = Settings(prices={"sendgrid": {"per_1000": 0.35}})
+    assert cost_of(settings, {"sendgrid": 2000}) == pytest.approx(0.70)
+    assert cost_of(settings, {"ses": 1000, "smtp": 500}) == pytest.approx(0.10)  # ses default, smtp free
+    assert cost_of(Settings(), {"r2": 1_000_000}) == pytest.approx(4.50)
+    state = {"done": {"0": {"0": [180, 20, {"ses": 150, "smtp": 30}], "1": [5, 0]},
+                      "1": {"0": [20, 0, {"ses": 20}]}}}
+    assert job_cost(Settings(), state) == pytest.approx(0.017)  # 170 on SES over both runs; old entries count 0
