@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     ses_concurrency: int = Field(default=8, ge=1, le=64)
     # How often SES's account quota (GetAccount: MaxSendRate, Max24HourSend) is read again.
     ses_quota_refresh_seconds: float = Field(default=300.0, ge=5, le=24 * 3600)
+    # Off: SES is not paced to the quota GetAccount reports (e.g. against moto, whose quota is fixed at 1/s).
+    ses_pace_to_account: bool = True
 
     # SendGrid v3 (POST {sendgrid_base_url}/v3/mail/send) and Mailgun (POST {base}/v3/{domain}/messages).
     # The keys are read from here only and never go into an event, a log line or a projection.

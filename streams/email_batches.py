@@ -142,6 +142,9 @@ class EmailProviders:
             log.warning("could not read the SES send quota (%s): %s", type(exc).__name__, exc)
             return
         configured = self.settings.provider_rate_limits.get("ses")
+        if not self.settings.ses_pace_to_account:
+            log.info("SES quota (%s): max send rate %g/s, not followed (OFFLOAD_SES_PACE_TO_ACCOUNT)", source, rate)
+            return
         if configured and configured < rate:
             rate, why = configured, f"OFFLOAD_PROVIDER_RATE_LIMITS ses {configured:g}/s"
         else:

@@ -60,6 +60,7 @@ class Call:
     recipients: int
     at: float
     content_type: str
+    size: int = 0  # request body bytes
 
 
 @dataclass
@@ -174,9 +175,9 @@ class _Server:
             self.state.window.append((now, recipients))
             return None
 
-    def _record(self, status: int, recipients: int, at: float, content_type: str) -> None:
+    def _record(self, status: int, recipients: int, at: float, content_type: str, size: int = 0) -> None:
         with self._lock:
-            self.state.calls.append(Call(status, recipients, at, content_type))
+            self.state.calls.append(Call(status, recipients, at, content_type, size))
 
     def _accept(self, messages: list[Delivered]) -> None:
         with self._lock:
@@ -213,7 +214,7 @@ class SendGridServer(_Server):
         raw = await request.read()
         content_type = request.headers.get("Content-Type", "")
         response = self._check(request, raw, content_type, now)
-        self._record(response.status, self._count(raw), now, content_type)
+        self._record(response.status, self._count(raw), now, content_type, len(raw))
         return response
 
     @staticmethod
@@ -347,7 +348,7 @@ class MailgunServer(_Server):
         now = time.monotonic()
         content_type = request.headers.get("Content-Type", "")
         response, recipients = await self._check(request, content_type, now)
-        self._record(response.status, recipients, now, content_type)
+        self._record(response.status, recipients, now, content_type, len(await request.read()))
         return response
 
     def _authorized(self, request: web.Request) -> bool:
