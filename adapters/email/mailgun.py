@@ -8,6 +8,11 @@ then sends each ``to`` address its own message (recipient variables make it a ba
 another's address). One address appears at most once per call: a second learner with the same address goes
 in a later call, so the variables cannot collide.
 
+Measured (``python -m bench.http_provider_forms -n 2000``, local API server on loopback, batches of 200): one
+call per batch made 10 calls, 490 request bytes per learner, 4,600 learners/s; one call per learner made 2,000
+calls, 1,564 bytes per learner (the multipart envelope repeats), 320 learners/s. Whole jobs
+(``python -m bench.email_job``, 5,000 learners): 1,110 learners/s, 25 calls.
+
 Authentication is HTTP basic ``api:<key>``; EU domains live on ``api.eu.mailgun.net``, US ones on
 ``api.mailgun.net`` (``OFFLOAD_MAILGUN_REGION``, or ``OFFLOAD_MAILGUN_BASE_URL`` for anything else). The
 answer's ``id`` (without its angle brackets, as Mailgun's webhooks show it) is stored as the provider message
