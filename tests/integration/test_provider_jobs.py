@@ -9,7 +9,7 @@ import pytest
 
 from content.email import EmailRenderer, TemplateStore
 from offload.client import change_company_settings, submit_job
-from schemas.events import JobCompleted, JobFellBackToLocal, Recipient
+from schemas.events import JobCompleted, JobFellBackToLocal, JobOverBudget, Recipient
 from streams.email_batches import compose_email
 from tests.integration.test_pacing import assert_never_faster_than
 from tests.support.observe import events, query, wait_for_job
@@ -106,3 +106,28 @@ def test_a_revoked_key_falls_back_to_local_and_says_why(
         assert "mailgun refused the credentials (401)" in job["fallback_reason"]
         assert "key-revoked" not in job["fallback_reason"]
         assert server.delivered == [] and mail_sink.count() == 10
+
+
+def test_a_job_that_would_pass_the_monthly_budget_goes_local_and_says_so(
+    settings_factory, topics_for, processes, job_factory, mail_sink
+):
+    with SendGridServer(api_key=SG_KEY) as server:
+        settings = settings_factory(smtp_port=mail_sink.port, **provider_settings(server))
+        topics_for(settings)
+        # SendGrid's default price: $0.90 per 1,000, so 50 learners ~ $0.045 and 10 more would make $0.054.
+        asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_emails=True,
+                                            user_threshold=1, email_provider="sendgrid", monthly_budget=0.05))
+        processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
+        processes("projector", settings)
+        asyncio.run(submit_job(settings, job_factory("within", 50)))
+        within = wait_for_job(settings, "within")
+        asyncio.run(submit_job(settings, job_factory("past", 10, start=100)))
+        past = wait_for_job(settings, "past")
+
+        assert (within["route"], within["provider"], within["succeeded"]) == ("cloud", "sendgrid", 50)
+        assert (past["route"], past["provider"], past["succeeded"]) == ("local", "smtp", 10)
+        assert "monthly budget 0.05 USD" in past["route_reason"] and "routed local" in past["route_reason"]
+        (over,) = [e for e in events(settings, "jobs") if isinstance(e, JobOverBudget)]
+        assert (over.job_id, over.action, over.spent, over.estimated_cost) == (
+            "past", "routed_local", pytest.approx(0.045), pytest.approx(0.009))
+        assert len(server.delivered) == 50 and mail_sink.count() == 10

@@ -79,3 +79,19 @@ def test_cost_uses_the_price_table_and_keeps_defaults_for_unlisted_providers() -
     state = {"done": {"0": {"0": [180, 20, {"ses": 150, "smtp": 30}], "1": [5, 0]},
                       "1": {"0": [20, 0, {"ses": 20}]}}}
     assert job_cost(Settings(), state) == pytest.approx(0.017)  # 170 on SES over both runs; old entries count 0
+
+
+def test_a_job_that_would_pass_the_monthly_budget_is_over() -> None:
+    from schemas.events import CompanySettingsChanged
+    from streams.budget import check_budget, spend_key, spent
+
+    company = CompanySettingsChanged(company_id=7, monthly_budget=0.05)
+    fits = check_budget(Settings(), company, provider="sendgrid", recipients=50, spent_this_month=0.0)
+    assert (fits.over, fits.estimated_cost) == (False, pytest.approx(0.045))
+    over = check_budget(Settings(), company, provider="sendgrid", recipients=10, spent_this_month=0.045)
+    assert over.over and "monthly budget 0.05 USD: spent 0.04" in over.reason
+    unlimited = CompanySettingsChanged(company_id=7)
+    assert not check_budget(Settings(), unlimited, provider="ses", recipients=10**6, spent_this_month=1e9).over
+    entries = [(spend_key(7, "2026-11", "a"), 0.5), (spend_key(7, "2026-10", "b"), 9.0),
+               (spend_key(77, "2026-11", "c"), 9.0), (spend_key(7, "2026-11", "d"), 0.25)]
+    assert spent(entries, 7, "2026-11") == pytest.approx(0.75)
