@@ -138,7 +138,7 @@ class EmailProviders:
         """Pace SES to the account's MaxSendRate; an unanswered read keeps the rate in force and says so."""
         try:
             rate, per_day, source = await self.ses.read_quota()
-        except Exception as exc:  # credentials, network, a double that serves neither call: keep going
+        except Exception as exc:  # noqa: BLE001 - credentials, network, a double serving neither call: go on
             log.warning("could not read the SES send quota (%s): %s", type(exc).__name__, exc)
             return
         configured = self.settings.provider_rate_limits.get("ses")

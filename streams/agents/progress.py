@@ -26,8 +26,8 @@ from schemas.events import (
     Recipient,
 )
 from streams.context import StreamContext
-from streams.intake import batches
 from streams.cost import job_cost
+from streams.intake import batches
 from streams.retry import all_runs_completed, choose, current_failures
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ def api_server(request: pytest.FixtureRequest) -> Iterator[SendGridServer | Mail
 
 def provider_settings(server: SendGridServer | MailgunServer, *, key: str | None = None) -> dict:
     if isinstance(server, SendGridServer):
-        return dict(sendgrid_api_key=key or SG_KEY, sendgrid_base_url=server.base_url)
-    return dict(mailgun_api_key=key or MG_KEY, mailgun_domain=DOMAIN, mailgun_base_url=server.base_url)
+        return {"sendgrid_api_key": key or SG_KEY, "sendgrid_base_url": server.base_url}
+    return {"mailgun_api_key": key or MG_KEY, "mailgun_domain": DOMAIN, "mailgun_base_url": server.base_url}
 
 
 def start(settings, topics_for, processes, provider: str) -> None:

@@ -30,8 +30,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import parseaddr
+from typing import Any, Self
 from urllib.parse import parse_qsl
-from typing import Any
 
 from aiohttp import web
 
@@ -95,7 +95,7 @@ class _Server:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=f"{self.name}-server")
         self.port = 0
 
-    def __enter__(self) -> _Server:
+    def __enter__(self) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
@@ -221,7 +221,7 @@ class SendGridServer(_Server):
     def _count(raw: bytes) -> int:
         try:
             return sum(len(p.get("to", [])) for p in json.loads(raw)["personalizations"])
-        except Exception:
+        except (ValueError, KeyError, TypeError, AttributeError):  # not the documented shape: counted as none
             return 0
 
     def _check(self, request: web.Request, raw: bytes, content_type: str, now: float) -> web.Response:
@@ -312,7 +312,7 @@ class _Form:
             if chunk.startswith(b"--"):
                 break  # the closing delimiter
             head, _, value = chunk.partition(b"\r\n\r\n")
-            name = re.search(rb'Content-Disposition:\s*form-data;[^\r\n]*\bname="([^"]*)"', head, re.I)
+            name = re.search(rb'Content-Disposition:\s*form-data;[^\r\n]*\bname="([^"]*)"', head, re.IGNORECASE)
             if name is None:
                 raise ValueError("a form part without a name")
             self.fields.append((name.group(1).decode(), value.removesuffix(b"\r\n").decode("utf-8")))
@@ -357,7 +357,7 @@ class MailgunServer(_Server):
             return False
         try:
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except Exception:
+        except (ValueError, UnicodeDecodeError):
             return False
         return user == "api" and password == self.api_key
 
@@ -373,8 +373,7 @@ class MailgunServer(_Server):
             return web.json_response(body, status=fault.status, headers=fault.headers), 0
         if request.content_length and request.content_length > MAILGUN_MAX_BYTES:
             return web.json_response({"message": "Request Entity Too Large"}, status=413), 0
-        if not (content_type.startswith("multipart/form-data")
-                or content_type.startswith("application/x-www-form-urlencoded")):
+        if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             return web.json_response({"message": "unsupported content type"}, status=400), 0
         form = _Form(await request.read(), content_type)
         to = [parseaddr(str(v)) for v in form.getall("to")]
