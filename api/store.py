@@ -145,8 +145,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
             "rate_per_second": round(done / elapsed, 1) if elapsed > 0 else 0.0,
             "batches": {"total": row["batch_count"], "done": row["batches_done"]},
             "duplicates_removed": row["duplicates_removed"],
-            "pacing": row["pacing"],  # what paces the sends, e.g. "paced by SES max send rate 14/s" (issue 12)
         },
+        "pacing": row["pacing"],  # what paces the sends, e.g. "paced by SES max send rate 14/s" (issue 12)
         "estimated_cost": row["estimated_cost"],  # from the price table (OFFLOAD_PRICES), once completed
         "currency": row["currency"],
         # From the providers' webhooks, after sending: how many were delivered, bounced, marked as spam.

@@ -72,7 +72,7 @@ class MailgunProvider(HttpEmailProvider):
         out = [("from", self.sender)]
         out += [("to", f'"{m.to_name}" <{m.to_address}>' if m.to_name else m.to_address) for m in messages]
         out += [("subject", "%recipient.subject%"), ("text", "%recipient.text%"), ("html", "%recipient.html%"),
-                ("v:offload-key", "%recipient.key%"), ("h:X-Offload-Message-Id", "%recipient.message_id%")]
+                ("v:offload-key", "%recipient.key%")]
         variables = {m.to_address: {"subject": m.subject, "text": m.text, "html": m.html, "key": m.key,
                                     "message_id": m.message_id} for m in messages}
         out.append(("recipient-variables", json.dumps(variables)))

@@ -23,6 +23,7 @@ from adapters.email.base import EmailProvider, OnEachResult, Outcome, OutgoingEm
 
 _MIN_RATE = 0.5  # messages/s: throttling never slows an account below this
 _RECOVERY = 1.10  # after each call without throttling, the slowed rate grows by this factor
+_WINDOW = 5.0  # seconds of history kept to know the rate actually sent at
 
 
 class RateLimiter:
@@ -90,6 +91,7 @@ class RateLimiter:
             self._slowed = None  # far above what we send anyway: the cap no longer binds
 
     def observed_rate(self, window: float = 5.0) -> float:
+        """Messages per second reserved over the last ``window`` seconds."""
         now = self._clock()
         self._sent = [(t, n) for t, n in self._sent if now - t <= window]
         if not self._sent:
@@ -105,6 +107,8 @@ class RateLimiter:
         rate = self.rate
         self._next = start + (messages / rate if rate else 0.0)
         self._sent.append((start, messages))
+        if len(self._sent) > 256:  # only the last seconds matter (observed_rate); keep the list short
+            self._sent = [(t, n) for t, n in self._sent if now - t <= _WINDOW]
         return start - now
 
     def chunk(self) -> int | None:
