@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS job_runs (
     batch_count int  NOT NULL,
     PRIMARY KEY (job_id, run)
 );
+ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS completed_at timestamptz;  -- the run's JobCompleted
+ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS cancelled boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS job_batches (
     job_id       text NOT NULL,
     run          int  NOT NULL,
@@ -94,8 +96,7 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                  event.template_id, event.total_recipients, event.duplicates_removed, event.batch_count,
                  event.callback_url, event.createdby, event.accepted_at),
             )
-            await cur.execute("INSERT INTO job_runs VALUES (%s, 0, %s) ON CONFLICT DO NOTHING",
-                              (event.job_id, event.batch_count))
+            await _note_run(cur, event.job_id, 0, event.batch_count)
         elif isinstance(event, JobRejected):
             message = "; ".join(f"{p.field}: {p.message}" for p in event.problems)
             await cur.execute(
@@ -108,16 +109,16 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
         elif isinstance(event, BatchCompleted):
             # A batch reported twice (processed again after a crash) is counted once.
             await cur.execute(
-                """WITH done AS (
-                     INSERT INTO job_batches VALUES (%s, %s, %s, %s, %s, %s, %s)
-                     ON CONFLICT DO NOTHING RETURNING job_id)
-                   UPDATE jobs SET batches_done = batches_done + 1, updated_at = now()
-                   WHERE job_id IN (SELECT job_id FROM done)""",
+                "INSERT INTO job_batches VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (event.job_id, event.run, event.batch_no, event.succeeded, event.failed, event.fell_back,
                  event.completed_at),
             )
-            if event.pacing is not None:
-                await cur.execute("UPDATE jobs SET pacing = %s WHERE job_id = %s", (event.pacing[:300], event.job_id))
+            if event.pacing is not None:  # the row may not exist yet: the topics are read in any order
+                await cur.execute(
+                    """INSERT INTO jobs (job_id, pacing) VALUES (%s, %s)
+                       ON CONFLICT (job_id) DO UPDATE SET pacing = EXCLUDED.pacing""",
+                    (event.job_id, event.pacing[:300]))
+            await _refresh(cur, event.job_id)
         elif isinstance(event, JobFellBackToLocal):
             await cur.execute(
                 """UPDATE jobs SET fell_back = true, fallback_reason = %s, updated_at = now() WHERE job_id = %s""",
@@ -125,20 +126,58 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             )
         elif isinstance(event, BatchDispatched) and event.run > 0 and event.batch_no == 0:
             # A retry run: its batches join the job's count (failed learners go back to pending in recipients).
-            # Once per run, even when a stalled run's batches are sent again.
-            await cur.execute(
-                """WITH new_run AS (
-                     INSERT INTO job_runs VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING job_id, batch_count)
-                   UPDATE jobs SET batch_count = jobs.batch_count + new_run.batch_count, status = 'running',
-                          timecompleted = NULL, updated_at = now()
-                   FROM new_run WHERE jobs.job_id = new_run.job_id""",
-                (event.job_id, event.run, event.batch_count),
-            )
+            # Idempotent, so a stalled run whose batches are sent again changes nothing.
+            await _note_run(cur, event.job_id, event.run, event.batch_count)
         elif isinstance(event, JobCompleted):
             await cur.execute(
-                """UPDATE jobs SET status = %s, timecompleted = %s, batches_done = batch_count, updated_at = now(),
-                          estimated_cost = coalesce(%s, estimated_cost), currency = coalesce(%s, currency)
-                   WHERE job_id = %s""",
-                ("cancelled" if event.cancelled else "completed", event.completed_at, event.estimated_cost,
-                 event.currency, event.job_id),
+                """INSERT INTO job_runs (job_id, run, batch_count, completed_at, cancelled) VALUES (%s, %s, 0, %s, %s)
+                   ON CONFLICT (job_id, run) DO UPDATE SET
+                     completed_at = EXCLUDED.completed_at, cancelled = EXCLUDED.cancelled""",
+                (event.job_id, event.run, event.completed_at, event.cancelled),
             )
+            if event.estimated_cost is not None:  # the estimate covers every run so far: the latest run's wins
+                await cur.execute(
+                    """INSERT INTO jobs (job_id, estimated_cost, currency) VALUES (%s, %s, %s)
+                       ON CONFLICT (job_id) DO UPDATE SET estimated_cost = EXCLUDED.estimated_cost,
+                         currency = EXCLUDED.currency
+                       WHERE jobs.estimated_cost IS NULL OR %s >= (SELECT coalesce(max(run), 0) FROM job_runs
+                                                                   WHERE job_id = EXCLUDED.job_id)""",
+                    (event.job_id, event.estimated_cost, event.currency, event.run))
+            await _refresh(cur, event.job_id)
+
+
+async def _note_run(cur: AsyncCursor, job_id: str, run: int, batch_count: int) -> None:
+    await cur.execute(
+        """INSERT INTO job_runs (job_id, run, batch_count) VALUES (%s, %s, %s)
+           ON CONFLICT (job_id, run) DO UPDATE SET batch_count = EXCLUDED.batch_count""",
+        (job_id, run, batch_count),
+    )
+    await _refresh(cur, job_id)
+
+
+# A job's status, batch count and batches done follow from its runs and batches as recorded so far, not from
+# the order events arrive in: the projector reads several topics, and a retry run's JobCompleted (on `jobs`)
+# can be read before its BatchDispatched (on `batches`), e.g. when it catches up on a backlog or replays.
+# The latest run decides: completed (or cancelled) once its JobCompleted is in, running while it is not.
+_REFRESH = """
+UPDATE jobs j SET
+    batch_count = r.batches,
+    status = CASE WHEN r.done_at IS NOT NULL THEN CASE WHEN r.cancelled THEN 'cancelled' ELSE 'completed' END
+                  WHEN r.last_run > 0 OR j.status IN ('completed', 'cancelled') THEN 'running'
+                  ELSE j.status END,
+    timecompleted = CASE WHEN r.done_at IS NOT NULL THEN r.done_at
+                         WHEN r.last_run > 0 OR j.status IN ('completed', 'cancelled') THEN NULL
+                         ELSE j.timecompleted END,
+    batches_done = CASE WHEN r.done_at IS NOT NULL THEN r.batches
+                        ELSE (SELECT count(*) FROM job_batches b WHERE b.job_id = j.job_id) END,
+    updated_at = now()
+FROM (SELECT sum(batch_count) AS batches, max(run) AS last_run,
+             (array_agg(completed_at ORDER BY run DESC))[1] AS done_at,
+             (array_agg(cancelled ORDER BY run DESC))[1] AS cancelled
+      FROM job_runs WHERE job_id = %(job_id)s) r
+WHERE j.job_id = %(job_id)s AND r.last_run IS NOT NULL
+"""
+
+
+async def _refresh(cur: AsyncCursor, job_id: str) -> None:
+    await cur.execute(_REFRESH, {"job_id": job_id})

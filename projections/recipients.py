@@ -69,7 +69,7 @@ WITH incoming AS (
     WHERE r.job_id = i.job_id AND r.userid = i.userid AND r.status = 'failed' AND r.run < i.run
     RETURNING r.job_id
 )
-UPDATE jobs j SET failed = j.failed - c.n, status = 'running', timecompleted = NULL, updated_at = now()
+UPDATE jobs j SET failed = j.failed - c.n, updated_at = now()  -- the status follows the runs (projections.jobs)
 FROM (SELECT job_id, count(*) AS n FROM reset GROUP BY job_id) c
 WHERE j.job_id = c.job_id
 """

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from offload.config import Settings
+from config.settings import Settings
 from schemas.events import CompanySettingsChanged
 from streams.cost import cost_of
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from offload.config import Settings
+from config.settings import Settings
 
 
 def cost_of(settings: Settings, sent_by: Mapping[str, int]) -> float:

@@ -17,10 +17,10 @@ from schemas.events import (
     JobRejected,
     JobRequested,
 )
+from schemas.intake import batch_count, batches, validate_request
 from streams.budget import check_budget, month_of, spend_key, spent
 from streams.context import StreamContext
 from streams.cost import cost_of
-from streams.intake import batch_count, batches, validate_request
 from streams.routing import RouteDecision, decide_route
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from adapters.email.mailgun import MailgunProvider
 from adapters.email.pacing import PacedProvider, RateLimiter
 from adapters.email.sendgrid import SendGridProvider
 from adapters.email.smtp import SmtpProvider
-from offload.devmail import DevMailSink
+from devtools.devmail import DevMailSink
 from tests.support.email import MAIL_FROM, RecordingSleep, address_of, closed_port, outgoing
 from tests.support.provider_servers import MailgunServer, SendGridServer
 

@@ -13,8 +13,8 @@ import pytest
 from adapters.email.delivery import RetryPolicy, deliver
 from adapters.email.pacing import PacedProvider, RateLimiter
 from adapters.email.sendgrid import SendGridProvider
-from offload.config import Settings
-from streams.email_batches import EmailProviders
+from config.settings import Settings
+from streams.handlers.email_batches import EmailProviders
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
 from tests.support.moto_server import MotoServer
 from tests.support.provider_servers import Call, SendGridServer

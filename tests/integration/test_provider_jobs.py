@@ -10,7 +10,7 @@ import pytest
 from content.email import EmailRenderer, TemplateStore
 from offload.client import change_company_settings, submit_job
 from schemas.events import JobCompleted, JobFellBackToLocal, JobOverBudget, Recipient
-from streams.email_batches import compose_email
+from streams.handlers.email_batches import compose_email
 from tests.integration.test_pacing import assert_never_faster_than
 from tests.support.observe import events, query, wait_for_job
 from tests.support.provider_servers import MailgunServer, SendGridServer

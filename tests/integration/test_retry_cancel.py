@@ -39,7 +39,7 @@ def test_retry_serves_only_the_failed_learners_again(settings_factory, topics_fo
     # Retryable failures only: learners 4 and 15, in one new batch of run 1.
     asyncio.run(request_retry(settings, "retry-job", requested_by="admin"))
     wait_for(lambda: completed_runs(settings, "retry-job") == [0, 1], timeout=60, what="run 1 completed")
-    job = wait_for_job(settings, "retry-job")
+    job = wait_for_job(settings, "retry-job", run=1)  # the read model, not only the log, has seen run 1 end
     assert (job["succeeded"], job["failed"], job["batch_count"]) == (29, 2, 5)
     now = rows(settings, "retry-job")
     assert (now[4]["status"], now[4]["run"], now[15]["status"]) == ("sent", 1, "sent")
@@ -54,7 +54,7 @@ def test_retry_serves_only_the_failed_learners_again(settings_factory, topics_fo
     # Every failure: the permanent ones are tried again (and fail again, the server still refuses).
     asyncio.run(request_retry(settings, "retry-job", only_retryable=False))
     wait_for(lambda: completed_runs(settings, "retry-job") == [0, 1, 2], timeout=60, what="run 2 completed")
-    job = wait_for_job(settings, "retry-job")
+    job = wait_for_job(settings, "retry-job", run=2)
     assert (job["succeeded"], job["failed"]) == (29, 2)
     now = rows(settings, "retry-job")
     assert (now[9]["run"], now[99]["run"], now[9]["status"]) == (2, 2, "failed")

@@ -26,15 +26,22 @@ def test_a_killed_worker_resumes_without_resending_recorded_recipients(
     settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=100, smtp_connections=2,
                                 stall_redispatch_seconds=8)
     topics_for(settings)
+    # Batches go one at a time, 100 learners each: the sink holds every message after the middle of a batch a
+    # quarter into the job, so the worker stands still there, however fast or loaded the machine is.
+    hold_at = N // 4 + 50
+    mail_sink.hold_after(hold_at)
     worker = processes("worker", settings)
     processes("projector", settings)
     asyncio.run(submit_job(settings, job_factory("crash-job", N)))
 
-    # Batches go one at a time, 100 learners each: kill when the batch in flight is about half sent.
-    wait_for(lambda: mail_sink.count() >= N // 4 and 30 <= mail_sink.count() % 100 <= 70, timeout=120,
-             interval=0.003, what="the middle of a batch, a quarter into the job")
+    wait_for(lambda: mail_sink.count() == hold_at, timeout=120, what="the middle of a batch, a quarter into the job")
+    # Outcomes reach the log shortly after the sends (they are produced in the background): kill once every
+    # accepted message is recorded, so the batch in flight has recorded half its learners.
+    wait_for(lambda: len({e.userid for e in events(settings, "outcomes") if isinstance(e, RecipientSent)})
+             == hold_at, timeout=60, what="every accepted send recorded in the log")
     worker.kill()
     sent_before_kill = mail_sink.count()
+    mail_sink.release()
     assert sent_before_kill < N, "the job finished before the crash; make it longer"
     recorded_before = [e for e in events(settings, "outcomes") if isinstance(e, RecipientSent | RecipientFailed)]
     recorded_userids = {e.userid for e in recorded_before}

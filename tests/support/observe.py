@@ -12,10 +12,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import partitions_of
+from projections.projector import PROJECTED_TOPICS, PROJECTION
 from schemas.envelope import decode
 from schemas.events import Event
-from streams.topics import partitions_of
 
 T = TypeVar("T")
 
@@ -49,12 +50,48 @@ def job_row(settings: Settings, job_id: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def wait_for_job(settings: Settings, job_id: str, status: str = "completed", timeout: float = 90) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        row = job_row(settings, job_id)
-        return row if row and row["status"] == status else None
+def wait_for_job(settings: Settings, job_id: str, status: str = "completed", timeout: float = 90,
+                 run: int = 0) -> dict[str, Any]:
+    """The job's read-model row once it has ``status`` as of run ``run`` (a retry run completes the job again:
+    waiting for the status alone would return the row as the earlier run left it)."""
 
-    return wait_for(check, timeout=timeout, what=f"job {job_id} to be {status}")
+    def matches() -> dict[str, Any] | None:
+        row = job_row(settings, job_id)
+        if not row or row["status"] != status:
+            return None
+        if run and not query(settings, "SELECT 1 FROM job_runs WHERE job_id = %s AND run = %s "
+                             "AND completed_at IS NOT NULL", (job_id, run)):
+            return None
+        return row
+
+    def check() -> dict[str, Any] | None:
+        # The job's status can be projected before the last outcomes that raise its counters (they are on
+        # other topics, read in no fixed order): once it shows, let the projector reach the log's end as it
+        # is now, which holds every outcome the job's completion waited for, then read the row again.
+        return matches() and projector_caught_up(settings) and matches()
+
+    return wait_for(check, timeout=timeout, what=f"job {job_id} to be {status} after run {run}")
+
+
+def projector_caught_up(settings: Settings) -> bool:
+    """Has the projector applied every record the projected topics hold now?"""
+    ends = asyncio.run(_end_offsets(settings, PROJECTED_TOPICS))
+    applied = {(r["topic"], r["partition"]): r["next_offset"] for r in query(
+        settings, "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = %s",
+        (PROJECTION,))}
+    return all(applied.get(place, 0) >= end for place, end in ends.items())
+
+
+async def _end_offsets(settings: Settings, shorts: tuple[str, ...]) -> dict[tuple[str, int], int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        places = [TopicPartition(settings.topic(short), p) for short in shorts
+                  for p in await partitions_of(consumer, settings.topic(short))]
+        return {(tp.topic, tp.partition): end for tp, end in (await consumer.end_offsets(places)).items()}
+    finally:
+        await consumer.stop()
 
 
 async def _read_topic(settings: Settings, short: str) -> list[tuple[Any, Event | Exception]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from offload.config import Settings
+from config.settings import Settings
 from streams.cost import cost_of, job_cost
 
 REPO = Path(__file__).resolve().parents[2]

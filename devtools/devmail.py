@@ -1,7 +1,7 @@
 """A development SMTP sink (like MailHog): accepts every message, records it, and can inject failures.
 
 Tests use it in-process (``DevMailSink``); the dev stack runs it standalone with
-``python -m offload.devmail --host 127.0.0.1 --port 2525 --spool DIR``, and other processes count what
+``python -m devtools.devmail --host 127.0.0.1 --port 2525 --spool DIR``, and other processes count what
 arrived by reading ``DIR/received.jsonl``. The handler does little more than a dict append so the sink
 keeps up with a few thousand messages a second.
 """
@@ -9,6 +9,7 @@ keeps up with a few thousand messages a second.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import email.header
 import json
 import re
@@ -113,6 +114,7 @@ class DevMailSink:
         self._per_recipient: Counter[str] = Counter()
         self._failures: dict[str, _Injection] = {}
         self._throttle: _Injection | None = None
+        self._hold_after: int | None = None  # accept this many messages, then hold the rest until release()
         self._spool: Any = None
         self._controller: _PortController | None = None
 
@@ -191,6 +193,22 @@ class DevMailSink:
         with self._lock:
             self._throttle = _Injection(code, text, times)
 
+    def hold_after(self, count: int) -> None:
+        """Accept ``count`` messages in all, then keep every further DATA waiting until :meth:`release`.
+
+        A test can so stop a sender at an exact point (the middle of a batch, say) however fast the machine is.
+        """
+        with self._lock:
+            self._hold_after = count
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold_after = None
+
+    def _held(self) -> bool:
+        with self._lock:
+            return self._hold_after is not None and self._count >= self._hold_after
+
     @staticmethod
     def _take(injection: _Injection | None) -> str | None:
         if injection is None or injection.times == 0:
@@ -219,6 +237,8 @@ class DevMailSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        while self._held():
+            await asyncio.sleep(0.01)
         raw: bytes = envelope.original_content or envelope.content
         now = time.time()
         message_id = _header(raw, "Message-ID")
@@ -256,7 +276,7 @@ class DevMailSink:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sink until SIGTERM/SIGINT; print one line when it accepts connections."""
-    parser = argparse.ArgumentParser(prog="python -m offload.devmail", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.devmail", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2525)
     parser.add_argument("--spool", type=Path, default=None, help="directory for received.jsonl (and .eml files)")
