@@ -232,3 +232,18 @@ async def test_a_mailgun_domain_the_account_does_not_have_is_a_configuration_err
         await provider.send_batch([outgoing(0)])
     await provider.stop()
     assert mailgun_server.delivered == []
+
+
+async def test_an_exhausted_rate_limit_window_holds_the_next_call_until_its_reset(server) -> None:
+    limiter = RateLimiter(server.name)
+    provider = make(server, limiter=limiter)
+    sleep = RecordingSleep()
+    paced = PacedProvider(provider, [limiter], sleep=sleep)
+    server.exhaust_window(2.0)  # accepted, but "X-RateLimit-Remaining: 0" until the reset
+    first = await paced.send_batch([outgoing(i) for i in range(3)])
+    assert limiter.describe().startswith(f"paused by {server.name} rate-limit window")
+    second = await paced.send_batch([outgoing(i) for i in range(3, 6)])
+    await provider.stop()
+    assert all(r.outcome is Outcome.SENT for r in first + second) and len(server.delivered) == 6
+    assert len(sleep.delays) == 1 and 1.0 < sleep.delays[0] <= 3.1
+    assert limiter.throttles == 0  # a full window is not throttling: nothing was refused

@@ -78,6 +78,7 @@ class _State:
     faults: list[_Fault] = field(default_factory=list)
     rejected: set[str] = field(default_factory=set)
     limit: tuple[int, float] | None = None
+    exhaust: float | None = None  # the next accepted answer says the window is used up for this many seconds
     window: list[tuple[float, int]] = field(default_factory=list)
     accepted_calls: int = 0
 
@@ -130,6 +131,11 @@ class _Server:
     def reject(self, address: str) -> None:
         with self._lock:
             self.state.rejected.add(address.lower())
+
+    def exhaust_window(self, seconds: float) -> None:
+        """The next accepted call answers ``X-RateLimit-Remaining: 0`` with a reset ``seconds`` from now."""
+        with self._lock:
+            self.state.exhaust = seconds
 
     def rate_limit(self, recipients: int, per: float = 1.0) -> None:
         with self._lock:
@@ -189,6 +195,9 @@ class _Server:
             return self.state.accepted_calls
 
     def _rate_headers(self, wait: float | None = None) -> dict[str, str]:
+        if wait is None:
+            with self._lock:
+                wait, self.state.exhaust = self.state.exhaust, None
         reset = int(time.time() + (wait if wait is not None else 1.0)) + (1 if wait else 0)
         return {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0" if wait else "599",
                 "X-RateLimit-Reset": str(reset)}
