@@ -121,12 +121,15 @@ class PacedProvider:
     """A provider seen through limiters: every call waits its turn, throttling slows the limiters down."""
 
     def __init__(self, inner: EmailProvider, limiters: Sequence[RateLimiter],
-                 sleep: Callable[[float], object] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], object] = asyncio.sleep, *, learn_from_throttling: bool = True) -> None:
         self.inner = inner
         self.name = inner.name
         self.max_batch = inner.max_batch
         self.limiters = list(limiters)
         self._sleep = sleep
+        # False for a provider whose throttling answers are about one recipient or session, not the account
+        # (an SMTP relay's 451 greylisting): delivery's back-off handles those; the rate stays as it is.
+        self._learn = learn_from_throttling
 
     def describe(self) -> str:
         """What paces this provider for this company now: the slowest limiter, with its reason."""
@@ -159,8 +162,9 @@ class PacedProvider:
 
             part_results = await self.inner.send_batch(part, on_result=shifted if on_result else None)
             throttled = any(r.outcome is Outcome.THROTTLED for r in part_results)
-            for limiter in self.limiters:
-                limiter.throttled() if throttled else limiter.succeeded()
+            if self._learn:
+                for limiter in self.limiters:
+                    limiter.throttled() if throttled else limiter.succeeded()
             results.extend(part_results)
             position += size
             if throttled:  # the rest would be refused too: hand them back as throttled, the caller waits

@@ -124,7 +124,10 @@ class EmailProviders:
     def paced(self, provider: EmailProvider, company_id: int) -> PacedProvider:
         limiters = [self.limiters[provider.name]] if provider.name in self.limiters else []
         company = self.company_limiter(company_id)
-        return PacedProvider(provider, [*limiters, *([company] if company else [])])
+        # SMTP's 45x replies concern one recipient or session (greylisting, a busy mailbox), not an account
+        # rate: delivery's back-off handles them and the limiters keep their rate.
+        return PacedProvider(provider, [*limiters, *([company] if company else [])],
+                             learn_from_throttling=provider.name != "smtp")
 
     def for_batch(self, batch: BatchDispatched) -> tuple[EmailProvider, EmailProvider | None]:
         """Primary provider and the fallback for when it is unavailable (local jobs have none), both paced."""

@@ -80,3 +80,35 @@ def test_a_new_account_ceiling_replaces_the_old_one() -> None:
     assert limiter.rate == 14 and limiter.chunk() == 14
     limiter.set_ceiling(1, "SES max send rate 1/s")
     assert limiter.describe() == "paced by SES max send rate 1/s"
+
+
+class _Answers:
+    """A provider that answers from a script: the wrapper's logic is under test, not a provider's."""
+
+    name, max_batch = "smtp", 100
+
+    def __init__(self, outcome) -> None:  # type: ignore[no-untyped-def]
+        self.outcome = outcome
+
+    async def send_batch(self, messages, on_result=None):  # type: ignore[no-untyped-def]
+        from adapters.email.base import SendResult
+
+        return [SendResult(m.key, self.outcome) for m in messages]
+
+
+@pytest.mark.parametrize("learn", [True, False])
+async def test_throttling_slows_the_limiters_only_when_it_speaks_for_the_account(learn: bool) -> None:
+    from adapters.email.base import Outcome
+    from adapters.email.pacing import PacedProvider
+    from tests.support.email import outgoing
+
+    limiter = RateLimiter("smtp", 100, "cap 100/s", clock=Clock())
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    paced = PacedProvider(_Answers(Outcome.THROTTLED), [limiter], no_sleep,  # type: ignore[arg-type]
+                          learn_from_throttling=learn)
+    results = await paced.send_batch([outgoing(i) for i in range(5)])
+    assert [r.outcome for r in results] == [Outcome.THROTTLED] * 5
+    assert limiter.rate == (50 if learn else 100)
