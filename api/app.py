@@ -7,19 +7,22 @@ plus a Content-Length check in the signing middleware).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
-from api import certificates, companies, jobs, metrics, ui, webhooks
+from api import certificates, companies, health, jobs, metrics, public, ui, webhooks
 from api.auth import signed_requests
-from api.errors import MAX_BODY, json_errors, json_response
+from api.errors import MAX_BODY, RETRY_AFTER, json_errors, json_response
 from api.state import STATE, ApiState
 from api.store import ReadStore
 from api.submissions import Submissions
 from config.settings import Settings
 from eventlog.publisher import EventPublisher
+from security.seen import PostgresSeen
 from security.signing import RequestVerifier
 
 log = logging.getLogger(__name__)
@@ -28,23 +31,28 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 def create_app(settings: Settings) -> web.Application:
     # client_max_size: aiohttp refuses a larger body while streaming it, Content-Length or not.
-    app = web.Application(middlewares=[json_errors, ui.exempt_from_signing(signed_requests)],
+    # Rate limit before signatures: the public routes are limited per client before any work is done.
+    app = web.Application(middlewares=[json_errors, public.rate_limited, ui.exempt_from_signing(signed_requests)],
                           client_max_size=settings.api_max_body_bytes)
     source = f"urn:manireports:offload:api:{settings.app_id}"
-    publisher = EventPublisher(settings, source=source)
+    publisher = EventPublisher(settings, source=source, ack_timeout=settings.api_handoff_timeout)
     store = ReadStore(settings)
     app[STATE] = ApiState(
         settings=settings,
-        verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window),
+        verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window,
+                                 seen=PostgresSeen(store.pool, settings.projection_schema)),
         publisher=publisher,
         store=store,
-        submissions=Submissions(publisher, store, source=source),
+        submissions=Submissions(publisher, store, source=source, handoff_timeout=settings.api_handoff_timeout,
+                                retry_after=settings.api_retry_after),
     )
     app[MAX_BODY] = settings.api_max_body_bytes
+    public.setup(app)  # rate limit of /verify, /certificates, /ui/login per client address
+    app[RETRY_AFTER] = settings.api_retry_after
     app.add_routes(jobs.routes)
     app.add_routes(companies.routes)
     app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}
-    app.router.add_get("/api/v1/health", _health)
+    health.setup(app)  # /api/v1/health: ready or degraded, with the reason
     app.router.add_get("/api/v1/openapi.yaml", _openapi)
     ui.setup(app)  # /ui/: admin monitoring pages (session cookie)
     metrics.setup(app)  # /metrics: Prometheus (optional bearer token)
@@ -53,23 +61,28 @@ def create_app(settings: Settings) -> web.Application:
     app.on_cleanup.append(_stop)
     if not settings.api_keys:
         log.warning("no API keys configured (OFFLOAD_API_KEYS): every signed request will be refused")
+    if settings.uses_public_code_secret:
+        log.warning("OFFLOAD_CERTIFICATE_CODE_SECRET is the public development default: certificate codes "
+                    "served by /verify and /certificates can be computed by anyone (workers refuse to issue "
+                    "certificates with it outside tests and the dev stack)")
     return app
 
 
 async def _start(app: web.Application) -> None:
+    # Start even while Postgres or Kafka is down: health says degraded, requests that need them answer 503,
+    # and the pool and the producer connect once they are back.
     state = app[STATE]
     await state.store.open()
-    await state.publisher.start()
+    try:
+        await asyncio.wait_for(state.publisher.start(), state.settings.api_handoff_timeout)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        log.warning("Kafka unavailable at start-up (%s): job hand-offs answer 503 until it is back", exc)
 
 
 async def _stop(app: web.Application) -> None:
     state = app[STATE]
     await state.publisher.stop()
     await state.store.close()
-
-
-async def _health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
 
 
 async def _openapi(request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,12 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any
 
+import psycopg
 from aiohttp import web
+from psycopg_pool import PoolTimeout
+
+from eventlog.publisher import BrokerUnavailable
+from resilience.dependencies import DEPENDENCIES
 
 log = logging.getLogger(__name__)
 
@@ -16,15 +21,20 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An answer the client gets as JSON; ``extra`` adds fields next to code and message (e.g. problems)."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds, sent as Retry-After (a 503 while a dependency is down)
         self.extra = extra
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message, **self.extra)
+        response = error_response(self.status, self.code, self.message, **self.extra)
+        if self.retry_after is not None:
+            response.headers["Retry-After"] = str(self.retry_after)
+        return response
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -46,6 +56,7 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_request"}
 
 MAX_BODY = web.AppKey("max_body", int)
+RETRY_AFTER = web.AppKey("retry_after", int)  # seconds a client is told to wait while a dependency is down
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,6 +67,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except BrokerUnavailable as exc:
+        DEPENDENCIES.lost("kafka", str(exc))
+        return ApiError(503, "broker_unavailable", "the request could not be handed to Kafka in time; retry later",
+                        retry_after=request.app[RETRY_AFTER]).response()
+    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+        # Postgres is down or restarting: say so, and when to come back; the pool reconnects by itself.
+        DEPENDENCIES.lost("postgres", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        return ApiError(503, "database_unavailable", "the read models are unavailable for a moment; retry later",
+                        retry_after=request.app[RETRY_AFTER]).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

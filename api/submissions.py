@@ -12,12 +12,15 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from aiokafka.errors import KafkaError
+
 from api.errors import ApiError
 from api.store import ReadStore
 from eventlog.publisher import EventPublisher
 from eventlog.topics import MAX_MESSAGE_BYTES
-from schemas.envelope import encode
-from schemas.events import JobRequested
+from resilience.dependencies import DEPENDENCIES
+from schemas.envelope import Record, encode
+from schemas.events import JobRequested, scoped_job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +32,11 @@ class Submission:
 
 
 class Submissions:
-    def __init__(self, publisher: EventPublisher, store: ReadStore, *, source: str, remember: int = 100_000) -> None:
+    def __init__(self, publisher: EventPublisher, store: ReadStore, *, source: str, remember: int = 100_000,
+                 handoff_timeout: float = 10.0, retry_after: int = 5) -> None:
         self._publisher = publisher
+        self._handoff_timeout = handoff_timeout
+        self._retry_after = retry_after
         self._store = store
         self._source = source
         self._remember = remember
@@ -42,7 +48,24 @@ class Submissions:
         return self._handed_over.get(job_id)
 
     async def submit(self, job: JobRequested, *, may_see: set[int] | None) -> Submission:
-        """Hand the job over once; ``may_see`` None means the caller sees every company (admin)."""
+        """Hand the job over once; ``may_see`` None means the caller sees every company (admin).
+
+        A company key whose job id another company already uses gets its job stored as
+        ``scoped_job_id(id, company)``: it is accepted like any other, and nothing about the other company's job
+        is revealed (issue 11, finding 12). The returned Submission names the stored id."""
+        try:
+            return await self._submit(job, may_see=may_see)
+        except _ForeignId:
+            scoped = scoped_job_id(job.job_id, job.company_id)
+            if len(scoped) > 128:
+                # Only ids of 116+ characters cannot be scoped; such a collision is still answered as before.
+                raise ApiError(409, "job_id_taken", "this job id is already in use; choose another") from None
+            try:
+                return await self._submit(job.model_copy(update={"job_id": scoped}), may_see=may_see)
+            except _ForeignId:  # an admin key chose this very id for another company
+                raise ApiError(409, "job_id_taken", "this job id is already in use; choose another") from None
+
+    async def _submit(self, job: JobRequested, *, may_see: set[int] | None) -> Submission:
         job_id = job.job_id
         in_flight = self._in_flight.get(job_id)
         if in_flight is not None:
@@ -68,8 +91,7 @@ class Submissions:
             if len(record.value) > MAX_MESSAGE_BYTES - 64 * 1024:
                 raise ApiError(413, "body_too_large", "the job is too large for one Kafka record")
             # acks=all, idempotent producer: once this returns, the request is durable in Kafka.
-            await (await self._publisher.send_record(record))
-            self._remember_handed_over(job_id, job.company_id)
+            await self._hand_over(record, job_id, job.company_id)
             future.set_result(None)
             return Submission(job_id, job.company_id, "submitted", created=True)
         except asyncio.CancelledError:
@@ -84,13 +106,38 @@ class Submissions:
         finally:
             self._in_flight.pop(job_id, None)
 
+    async def _hand_over(self, record: Record, job_id: str, company_id: int) -> None:
+        """Produce the job and wait for the broker's ack, at most ``handoff_timeout`` seconds.
+
+        Kafka gone (broker restarting, network): 503 with Retry-After instead of a request that hangs. The
+        record stays in the producer and may still land; the job id is then remembered as handed over, and a
+        resubmission meanwhile is dropped by the worker's known-jobs table anyway.
+        """
+        delivery: asyncio.Future | None = None
+        try:
+            delivery = await asyncio.wait_for(self._publisher.send_record(record), self._handoff_timeout)
+            await asyncio.wait_for(asyncio.shield(delivery), self._handoff_timeout)
+        except (TimeoutError, KafkaError) as exc:
+            DEPENDENCIES.lost("kafka", f"job hand-off: {type(exc).__name__} {exc}".strip())
+            if delivery is not None:
+                delivery.add_done_callback(
+                    lambda done: None if done.cancelled() or done.exception() is not None
+                    else self._remember_handed_over(job_id, company_id))
+            raise ApiError(503, "broker_unavailable", f"Kafka did not take the job within "
+                           f"{self._handoff_timeout:.0f} s; submit it again later with the same job id (a job "
+                           f"is served once)", retry_after=self._retry_after) from None
+        self._remember_handed_over(job_id, company_id)
+
     @staticmethod
     def _check_owner(company_id: int | None, may_see: set[int] | None) -> None:
         if may_see is not None and company_id not in may_see:
-            # Job ids are global: the id is taken, but whose it is stays unsaid.
-            raise ApiError(409, "job_id_taken", "this job id is already in use; choose another")
+            raise _ForeignId
 
     def _remember_handed_over(self, job_id: str, company_id: int) -> None:
         self._handed_over[job_id] = company_id
         while len(self._handed_over) > self._remember:
             self._handed_over.popitem(last=False)
+
+
+class _ForeignId(Exception):
+    """The job id is used by a company the caller is not: submit() scopes the id instead of saying so."""

@@ -44,6 +44,8 @@ def public_topics(settings: Settings) -> list[TopicSpec]:
                   "one event per recipient: sent, failed, certificate issued; keyed by job id"),
         TopicSpec("callbacks", settings.job_partitions, keep, "callback attempts to Moodle"),
         TopicSpec("dead-letters", 1, keep, "records no agent could decode or process, with original bytes"),
+        TopicSpec("provider-health", 1, keep,
+                  "circuit breaker openings and closings per cloud provider account and region"),
     ]
 
 

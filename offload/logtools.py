@@ -18,7 +18,7 @@ from eventlog.topics import MAX_MESSAGE_BYTES, partitions_of, public_topics
 from schemas.envelope import UndecodableRecord, decode, header
 from schemas.events import Event
 
-LOG_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters")
+LOG_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters", "provider-health")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class EventFilter:
     until: datetime | None = None
 
     def matches(self, event: Event, when: datetime) -> bool:
+        # getattr: the filter runs over every event type, and some (e.g. CompanySettingsChanged) have no job_id.
         if self.job_id is not None and getattr(event, "job_id", None) != self.job_id:
             return False
         if self.company_id is not None and getattr(event, "company_id", None) not in (None, self.company_id):

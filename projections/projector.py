@@ -15,12 +15,14 @@ from datetime import UTC, datetime
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from psycopg import sql
 
 from config.settings import Settings
 from eventlog.topics import MAX_MESSAGE_BYTES, partitions_of
 from projections import audit, callbacks, company_settings, jobs, recipients, tracking
 from projections.base import Applied, Position
+from resilience.dependencies import DEPENDENCIES, Backoff
 from schemas.envelope import UndecodableRecord, decode
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,8 @@ log = logging.getLogger(__name__)
 # Read models in the order they apply a poll: settings and jobs first, then recipients (which raise job
 # counters), then the audit log.
 READ_MODELS = (company_settings, jobs, recipients, callbacks, audit)
-PROJECTED_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters")
+PROJECTED_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters",
+                    "provider-health")
 PROJECTION = "read-models"
 
 
@@ -37,6 +40,7 @@ class ProjectorStats:
     events: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    reconnects: int = 0  # waits for Postgres or Kafka to come back
 
     @property
     def per_second(self) -> float:
@@ -50,6 +54,20 @@ async def connect(settings: Settings, schema: str | None = None) -> psycopg.Asyn
         await cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target)))
         await cur.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target)))
     return conn
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _close_quietly(conn: psycopg.AsyncConnection | None) -> None:
+    if conn is None:
+        return
+    try:
+        await conn.close()
+    except (psycopg.Error, OSError):
+        pass  # it was lost anyway
 
 
 async def create_read_models(conn: psycopg.AsyncConnection) -> None:
@@ -76,8 +94,13 @@ class Projector:
         self._stop.set()
 
     async def run(self, *, until_caught_up: bool = False) -> ProjectorStats:
-        """Project until stopped, or (``until_caught_up``) until every partition's end seen at start."""
-        conn = await connect(self.settings, self.schema)
+        """Project until stopped, or (``until_caught_up``) until every partition's end seen at start.
+
+        Postgres lost (stopped, restarted, a dropped connection): the poll's transaction did not commit, so its
+        offsets were not stored either; the projector reconnects with back-off and seeks every partition back to
+        the offsets stored with the rows, so nothing is lost or applied twice. A broker restart is ridden out
+        by the consumer itself; a Kafka call that fails is retried the same way.
+        """
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=None,
@@ -91,25 +114,74 @@ class Projector:
             fetch_min_bytes=64 * 1024,
             fetch_max_wait_ms=100,
         )
-        await consumer.start()
+        DEPENDENCIES.track("postgres")
+        DEPENDENCIES.track("kafka")
+        backoff = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
+        await self._start_consumer(consumer, backoff)
         started = time.monotonic()
+        conn: psycopg.AsyncConnection | None = None
+        synced = False  # partitions assigned and positioned at the stored offsets
+        targets: dict[TopicPartition, int] | None = None
         try:
-            await create_read_models(conn)
-            partitions = await self._assign(consumer, conn)
-            log.info("projector started: %d partitions into schema %s", len(partitions),
-                     self.schema or self.settings.projection_schema)
-            targets = await consumer.end_offsets(partitions) if until_caught_up else {}
             while not self._stop.is_set():
-                if until_caught_up and all(self._next[tp] >= end for tp, end in targets.items()):
-                    break
-                polled = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
-                if polled:
-                    await self._apply(conn, polled)
+                try:
+                    if conn is None:
+                        conn = await connect(self.settings, self.schema)
+                        await create_read_models(conn)
+                        DEPENDENCIES.restored("postgres")
+                    if not synced:
+                        partitions = await self._assign(consumer, conn)
+                        synced = True
+                        DEPENDENCIES.restored("kafka")
+                        if targets is None:
+                            targets = await consumer.end_offsets(partitions) if until_caught_up else {}
+                            log.info("projector started: %d partitions into schema %s", len(partitions),
+                                     self.schema or self.settings.projection_schema)
+                        else:
+                            log.warning("projector resumed at its stored offsets after %d reconnect(s)",
+                                        self.stats.reconnects)
+                        backoff.reset()
+                    if until_caught_up and all(self._next[tp] >= end for tp, end in targets.items()):
+                        break
+                    polled = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                    if polled:
+                        await self._apply(conn, polled)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    # The poll in hand was not committed: drop it and seek back to what Postgres stored.
+                    DEPENDENCIES.lost("postgres", _short(exc))
+                    await _close_quietly(conn)
+                    conn, synced = None, False
+                    await self._wait(backoff.next(), "postgres", exc)
+                except KafkaError as exc:
+                    DEPENDENCIES.lost("kafka", _short(exc))
+                    synced = False
+                    await self._wait(backoff.next(), "kafka", exc)
         finally:
             self.stats.seconds = time.monotonic() - started
             await consumer.stop()
-            await conn.close()
+            await _close_quietly(conn)
         return self.stats
+
+    async def _start_consumer(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
+        while True:
+            try:
+                await consumer.start()
+                return
+            except KafkaError as exc:
+                DEPENDENCIES.lost("kafka", _short(exc))
+                await self._wait(backoff.next(), "kafka", exc)
+                if self._stop.is_set():
+                    raise
+
+    async def _wait(self, delay: float, what: str, exc: BaseException) -> None:
+        """Back off before reconnecting, unless asked to stop meanwhile."""
+        self.stats.reconnects += 1
+        log.warning("projector: %s unavailable (%s: %s); reconnecting in %.1f s", what, type(exc).__name__,
+                    _short(exc), delay)
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        except TimeoutError:
+            pass
 
     async def _assign(self, consumer: AIOKafkaConsumer, conn: psycopg.AsyncConnection) -> list[TopicPartition]:
         partitions: list[TopicPartition] = []
@@ -146,11 +218,10 @@ class Projector:
                     continue
                 when = datetime.fromtimestamp(record.timestamp / 1000, UTC)
                 events.append((Position(tp.topic, tp.partition, record.offset, when), event))
-        async with conn.transaction():
-            async with conn.cursor() as cur:
-                for model in READ_MODELS:
-                    await model.apply(cur, events)
-                await tracking.save(cur, PROJECTION, positions)
+        async with conn.transaction(), conn.cursor() as cur:
+            for model in READ_MODELS:
+                await model.apply(cur, events)
+            await tracking.save(cur, PROJECTION, positions)
         self.stats.events += len(events)
         for tp, records in polled.items():
             self._next[tp] = records[-1].offset + 1

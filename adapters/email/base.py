@@ -30,6 +30,7 @@ class Outcome(enum.Enum):
     RETRY = "retry"  # transient for this message: try it again later
     THROTTLED = "throttled"  # the provider asks us to slow down: back-pressure, not a failure
     FAILED = "failed"  # permanent: retrying will not help
+    UNREACHED = "unreached"  # never sent: the provider went away before this message's turn (no attempt spent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,10 @@ class _Unavailable(Exception):
     """Raised inside a worker thread when the call says nothing about the message, only about SES."""
 
 
+class _NotTried(_Unavailable):
+    """Another call of the same batch already found SES unreachable: this one was not made."""
+
+
 def _short(text: Any, limit: int = 200) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -135,9 +139,19 @@ class SesProvider:
         """Send every message (``concurrency`` at a time); raise ProviderUnavailable when SES refused them all."""
         await self.start()
         loop = asyncio.get_running_loop()
+        unreachable: list[str] = []  # once SES refused a connection, the calls still queued are not made
+
+        def send_one(msg: OutgoingEmail) -> SendResult:
+            if unreachable:
+                raise _NotTried(unreachable[0])
+            try:
+                return self._send_one(msg)
+            except _Unavailable as exc:
+                unreachable.append(str(exc))
+                raise
 
         async def send(index: int, msg: OutgoingEmail) -> SendResult:
-            result = await loop.run_in_executor(self._executor, self._send_one, msg)
+            result = await loop.run_in_executor(self._executor, send_one, msg)
             await report(on_result, index, result)
             return result
 
@@ -147,6 +161,9 @@ class SesProvider:
         for msg, outcome in zip(messages, outcomes):
             if isinstance(outcome, SendResult):
                 results.append(outcome)
+            elif isinstance(outcome, _NotTried):  # never sent: costs no attempt
+                unavailable.append(str(outcome))
+                results.append(SendResult(msg.key, Outcome.UNREACHED, error=_short(f"ses unavailable: {outcome}")))
             elif isinstance(outcome, _Unavailable):
                 unavailable.append(str(outcome))
                 results.append(SendResult(msg.key, Outcome.RETRY, error=_short(f"ses unavailable: {outcome}")))

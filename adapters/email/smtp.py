@@ -130,8 +130,8 @@ class SmtpProvider:
             reason = f"smtp {self.host}:{self.port}: {unreachable[-1]}"
             if all(r is None for r in results):
                 raise ProviderUnavailable(reason)
-            for index in pending:
-                results[index] = SendResult(messages[index].key, Outcome.RETRY, error=_short(reason))
+            for index in pending:  # never handed to the relay: the outage must not cost them an attempt
+                results[index] = SendResult(messages[index].key, Outcome.UNREACHED, error=_short(reason))
         return [r for r in results if r is not None]
 
     async def _send_on(self, slot: int, msg: OutgoingEmail) -> SendResult:

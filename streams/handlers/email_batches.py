@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Sequence
 
 from adapters.email.base import EmailProvider, OnEachResult, OutgoingEmail, ProviderUnavailable, SendResult
+from adapters.email.breaker import (
+    BreakerPolicy,
+    Breakers,
+    CircuitBreaker,
+    CircuitChange,
+    ProviderAccount,
+    account_label,
+)
 from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
 from adapters.email.mailgun import MailgunProvider
 from adapters.email.pacing import PacedProvider, RateLimiter
@@ -23,7 +33,16 @@ from content.email import (
     compose_message,
     message_id_for,
 )
-from schemas.events import BatchDispatched, JobFellBackToLocal, Recipient, RecipientFailed, RecipientSent
+from schemas.events import (
+    BatchDispatched,
+    Event,
+    JobFellBackToLocal,
+    ProviderCircuitClosed,
+    ProviderCircuitOpened,
+    Recipient,
+    RecipientFailed,
+    RecipientSent,
+)
 from streams.batchwork import OutcomeRecorder
 from streams.context import StreamContext
 
@@ -94,7 +113,22 @@ class EmailProviders:
             "sendgrid": self._sendgrid(settings),
             "mailgun": self._mailgun(settings),
         }
+        # One circuit breaker per cloud provider account and region (shared by every batch of this worker).
+        self.breakers = Breakers(BreakerPolicy(failure_threshold=settings.breaker_failure_threshold,
+                                               cooldown=settings.breaker_cooldown_seconds))
+        self.accounts = {
+            "ses": ProviderAccount("ses", account_label(settings.aws_access_key_id), settings.aws_region),
+            "sendgrid": ProviderAccount("sendgrid", "default", "global"),
+            "mailgun": ProviderAccount("mailgun", "default", "global"),
+        }
         self._quota_task: asyncio.Task[None] | None = None
+
+    def breaker_for(self, batch: BatchDispatched) -> CircuitBreaker | None:
+        """The breaker guarding a cloud batch's provider account (local batches have none)."""
+        if batch.route == "local":
+            return None
+        account = self.accounts.get(batch.provider, ProviderAccount(batch.provider, "default", "global"))
+        return self.breakers.for_account(account)
 
     def _sendgrid(self, settings: Settings) -> EmailProvider:
         if settings.sendgrid_api_key is None:
@@ -161,7 +195,12 @@ class EmailProviders:
             await asyncio.sleep(self.settings.ses_quota_refresh_seconds)
 
     async def start(self) -> None:
-        await self.smtp.start()
+        try:
+            await self.smtp.start()
+        except ProviderUnavailable as exc:
+            # The relay down at start-up is an outage like any other: batches wait for it (with back-off, no
+            # attempt spent) instead of the worker refusing to start.
+            log.warning("the local relay is unavailable at start-up (%s): batches will wait for it", exc)
         for provider in self.cloud.values():
             await provider.start()
         if self._quota_task is None:
@@ -178,7 +217,22 @@ class EmailProviders:
 
 def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(max_attempts=settings.max_attempts, base_delay=settings.retry_base_delay,
-                       max_delay=settings.retry_max_delay)
+                       max_delay=settings.retry_max_delay, max_outage_seconds=settings.relay_outage_max_seconds)
+
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def circuit_event(change: CircuitChange) -> Event:
+    """The event that records one opening or closing of a breaker."""
+    account = change.account
+    if change.opened:
+        return ProviderCircuitOpened(provider=account.provider, account=account.account, region=account.region,
+                                     worker=WORKER, reason=change.reason,
+                                     consecutive_failures=change.consecutive_failures,
+                                     cooldown_seconds=change.cooldown_seconds)
+    return ProviderCircuitClosed(provider=account.provider, account=account.account, region=account.region,
+                                 worker=WORKER, reason=change.reason, open_seconds=change.open_seconds or 0.0)
 
 
 def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, template_id: str,
@@ -189,7 +243,8 @@ def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, t
     Raises TemplateRenderError / UnknownTemplate when the template cannot render for this learner.
     """
     rendered = renderer.render(template_id, {**recipient.template_fields(), **(fields or {})}, template_data)
-    message_id = message_id_for(message_scope or job_id, recipient.userid, settings.message_id_domain)
+    message_id = message_id_for(message_scope or job_id, recipient.userid, settings.message_id_domain,
+                                key=settings.message_id_key())
     raw = compose_message(rendered, from_address=settings.mail_from, from_name=settings.mail_from_name,
                           to_address=recipient.email, to_name=recipient.full_name, message_id=message_id,
                           headers={"X-Offload-Job": job_id})
@@ -242,6 +297,7 @@ class EmailBatchHandler:
         message_ids: dict[str, str] = {}
         primary, fallback = self.providers.for_batch(batch)
         chunk_size = len(recipients) if primary.name in _BATCH_FORM else _SEND_CHUNK
+        breaker = self.providers.breaker_for(batch)
 
         async def on_result(result: FinalResult) -> None:
             recipient = by_key[result.key]
@@ -278,12 +334,16 @@ class EmailBatchHandler:
                     message_ids[message.key] = message.message_id
                 if chunk and (len(chunk) == chunk_size or position == len(recipients)):
                     reports.append(sending.create_task(
-                        deliver(chunk, primary=primary, fallback=fallback, policy=self.policy, on_result=on_result)
+                        deliver(chunk, primary=primary, fallback=fallback, policy=self.policy, on_result=on_result,
+                                breaker=breaker)
                     ))
                     chunk = []
                     await asyncio.sleep(0)  # let the chunk's first sends go out before composing on
         recorder.pacing = primary.describe() if isinstance(primary, PacedProvider) else None
         fell_back = [task.result() for task in reports if task.result().fell_back]
+        # Openings and closings of any breaker since the last batch, made durable with this batch's outcomes.
+        for change in self.providers.breakers.drain():
+            await recorder.record_event(circuit_event(change))
         if fell_back and fallback is not None:
             await recorder.record_event(JobFellBackToLocal(
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, from_provider=primary.name,

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[tuple[str, ...]] = [
     ("config",),
     ("schemas",),
-    ("security", "eventlog", "adapters", "content"),
+    ("security", "eventlog", "adapters", "content", "resilience"),
     ("streams", "projections"),
     ("api", "offload"),
     ("devtools",),

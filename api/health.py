@@ -1,0 +1,87 @@
+"""``GET /api/v1/health``: ready, or degraded with the reason, from checks that run in the background.
+
+A task pings Postgres (``SELECT 1`` through the read pool) and Kafka (a metadata request through the job
+producer) every ``api_health_interval`` seconds and records the result in ``resilience.dependencies``; the
+endpoint only reads that record, so it answers at once even while a dependency hangs. Both states answer 200
+(the process itself is alive and serves what it can); ``status`` says which, ``checks`` say why.
+While Postgres is down reads answer 503 (``database_unavailable``), while Kafka is down job hand-offs answer
+503 (``broker_unavailable``), each with ``Retry-After``; both come back by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import psycopg
+from aiohttp import web
+from aiokafka.errors import KafkaError
+from psycopg_pool import PoolTimeout
+
+from api.errors import json_response
+from api.state import STATE, ApiState
+from resilience.dependencies import DEPENDENCIES
+
+log = logging.getLogger(__name__)
+CHECKER = web.AppKey("health_checker", asyncio.Task)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/v1/health", health)
+    app.on_startup.append(_start_checks)
+    app.on_cleanup.append(_stop_checks)
+
+
+async def health(request: web.Request) -> web.Response:
+    states = DEPENDENCIES.snapshot()
+    down = {name: s for name, s in states.items() if not s.up}
+    return json_response({
+        "status": "degraded" if down else "ready",
+        "reasons": [f"{name}: {s.reason}" for name, s in down.items()],
+        "checks": {name: {"up": s.up, "reason": s.reason, "since": round(s.since, 3), "losses": s.losses,
+                          "reconnects": s.reconnects} for name, s in sorted(states.items())},
+    })
+
+
+async def check_once(state: ApiState) -> None:
+    timeout = state.settings.api_db_timeout
+    try:
+        async with state.store.pool.connection(timeout=timeout) as conn:
+            await asyncio.wait_for(conn.execute("SELECT 1"), timeout)
+        DEPENDENCIES.restored("postgres")
+    except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
+        DEPENDENCIES.lost("postgres", _reason(exc))
+    try:
+        await state.publisher.ping(state.settings.api_handoff_timeout)
+        DEPENDENCIES.restored("kafka")
+    except (KafkaError, OSError, TimeoutError) as exc:
+        DEPENDENCIES.lost("kafka", _reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _start_checks(app: web.Application) -> None:
+    state = app[STATE]
+    DEPENDENCIES.track("postgres")
+    DEPENDENCIES.track("kafka")
+
+    async def loop() -> None:
+        while True:
+            started = time.monotonic()
+            await check_once(state)
+            await asyncio.sleep(max(0.0, state.settings.api_health_interval - (time.monotonic() - started)))
+
+    app[CHECKER] = asyncio.create_task(loop(), name="health-checks")
+
+
+async def _stop_checks(app: web.Application) -> None:
+    task = app.get(CHECKER)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,98 @@
+"""What a long-running process depends on (Postgres, Kafka, the SMTP relay ...), whether each is up now, and how
+often it was lost and got back: the one record that ``/api/v1/health``, ``/metrics`` and the logs read.
+
+Per process: the API records its own Postgres pool and Kafka producer, the projector its connection and
+consumer. A metrics collector reads :func:`snapshot` (``offload_dependency_up``,
+``offload_dependency_losses_total``, ``offload_dependency_reconnects_total``, labelled by dependency).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, replace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyState:
+    name: str
+    up: bool
+    reason: str | None  # why it is down (None while up)
+    since: float  # time.time() of the last change
+    losses: int  # times it was lost
+    reconnects: int  # times it came back after a loss
+
+
+class Dependencies:
+    """Thread-safe: the API's handlers and background tasks, and worker threads, may report."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, DependencyState] = {}
+
+    def track(self, name: str) -> None:
+        """Name a dependency before its first report, so health lists it as up from the start."""
+        with self._lock:
+            self._states.setdefault(name, DependencyState(name, True, None, time.time(), 0, 0))
+
+    def lost(self, name: str, reason: str) -> None:
+        """``name`` failed; the first report of an outage is logged and counted, repeats only update the reason."""
+        with self._lock:
+            state = self._states.get(name) or DependencyState(name, True, None, time.time(), 0, 0)
+            if state.up:
+                log.warning("%s lost: %s", name, reason)
+                state = replace(state, up=False, reason=reason, since=time.time(), losses=state.losses + 1)
+            else:
+                state = replace(state, reason=reason)
+            self._states[name] = state
+
+    def restored(self, name: str) -> None:
+        """``name`` answered again; counted as a reconnect if it had been lost."""
+        with self._lock:
+            state = self._states.get(name)
+            if state is None:
+                self._states[name] = DependencyState(name, True, None, time.time(), 0, 0)
+                return
+            if not state.up:
+                log.warning("%s is back after %.1f s", name, time.time() - state.since)
+                self._states[name] = replace(state, up=True, reason=None, since=time.time(),
+                                             reconnects=state.reconnects + 1)
+
+    def snapshot(self) -> dict[str, DependencyState]:
+        with self._lock:
+            return dict(self._states)
+
+    def down(self) -> dict[str, str]:
+        """The dependencies down now, with why."""
+        return {name: s.reason or "unavailable" for name, s in self.snapshot().items() if not s.up}
+
+
+# One record per process.
+DEPENDENCIES = Dependencies()
+
+
+def snapshot() -> dict[str, DependencyState]:
+    """Every dependency of this process: up or not, losses and reconnects so far (for metrics collectors)."""
+    return DEPENDENCIES.snapshot()
+
+
+class Backoff:
+    """Waits between reconnect attempts: exponential from ``base`` to ``cap`` seconds, with equal jitter (half
+    fixed, half random) so several processes coming back do not all knock at the same instant."""
+
+    def __init__(self, base: float = 0.5, cap: float = 15.0, rng: random.Random | None = None) -> None:
+        self.base, self.cap = base, cap
+        self._rng = rng or random.Random()
+        self.failures = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        ceiling = min(self.cap, self.base * 2 ** min(self.failures - 1, 32))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
