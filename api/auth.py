@@ -39,9 +39,9 @@ async def signed_requests(request: web.Request, handler: Handler) -> web.StreamR
                                                 f"{state.settings.api_body_timeout:.0f} s") from None
         caller = await state.verifier.admit(signed, request.method, request.raw_path, body)
     except SeenUnavailable as exc:
+        # Never admitted unchecked: json_errors answers 503 database_unavailable with Retry-After.
         log.error("replay store unavailable, %s %s refused: %s", request.method, request.path, exc)
-        raise ApiError(503, "replay_store_unavailable", "the request cannot be checked for replays now; "
-                                                        "try again shortly") from None
+        raise
     except AuthError as exc:
         # The key id is logged, never a secret, a signature or the body.
         log.warning("refused %s %s: %s (key id %r)", request.method, request.path, exc.code,

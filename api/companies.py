@@ -26,6 +26,8 @@ class CompanySettingsChange(BaseModel):
     user_threshold: int = Field(ge=0, le=10_000_000)
     email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
     storage_provider: Literal["s3", "r2"] = "s3"
+    monthly_budget: float | None = Field(default=None, ge=0, le=1e9)  # cloud spend per UTC month; None: no limit
+    over_budget: Literal["local"] = "local"
 
 
 def _visible_company(request: web.Request) -> int:

@@ -14,6 +14,7 @@ from psycopg_pool import PoolTimeout
 
 from eventlog.publisher import BrokerUnavailable
 from resilience.dependencies import DEPENDENCIES
+from security.seen import SeenUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         DEPENDENCIES.lost("kafka", str(exc))
         return ApiError(503, "broker_unavailable", "the request could not be handed to Kafka in time; retry later",
                         retry_after=request.app[RETRY_AFTER]).response()
-    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, SeenUnavailable) as exc:
+        # SeenUnavailable: the replay memory is in Postgres too; a request it cannot check is never admitted.
         # Postgres is down or restarting: say so, and when to come back; the pool reconnects by itself.
         DEPENDENCIES.lost("postgres", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
         return ApiError(503, "database_unavailable", "the read models are unavailable for a moment; retry later",

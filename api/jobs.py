@@ -18,7 +18,6 @@ from projections.jobs import FINISHED, JobStatus
 from schemas.events import SCOPED_SUFFIX, JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
 from schemas.intake import template_data_problem
 from security.callback_urls import check_callback_url, seal_query
-from security.seen import SeenUnavailable
 from security.signing import Caller
 
 log = logging.getLogger(__name__)
@@ -186,10 +185,7 @@ async def _limit_retries(state: ApiState, job_id: str) -> None:
     if interval <= 0:
         return
     now = time.time()
-    try:
-        first = await state.verifier.seen.first_time("retry", job_id, expires_at=now + interval, now=now)
-    except SeenUnavailable:
-        raise ApiError(503, "replay_store_unavailable", "retries cannot be counted now; try again shortly") from None
+    first = await state.verifier.seen.first_time("retry", job_id, expires_at=now + interval, now=now)
     if not first:
         raise ApiError(429, "retry_rate_limited", f"this job was retried less than {interval:.0f} s ago; "
                                                   "wait for that run to finish", retry_after=int(interval))

@@ -286,7 +286,7 @@ class WebhookService:
                                                now=now)
         except SeenUnavailable as exc:
             log.error("%s webhook refused: replay store unavailable (%s)", provider, exc)
-            raise ApiError(503, "replay_store_unavailable", "try again shortly") from None
+            raise  # 503 database_unavailable (json_errors): the provider delivers it again later
         if not first:
             log.warning("%s webhook refused: replayed_request", provider)
             raise ApiError(403, "replayed_request", "this webhook was already received")

@@ -13,7 +13,13 @@ Run ``python -m bench.email_job`` (or ``python bench/email_job.py``) after ``off
    checks the sink received exactly one message per learner;
 5. routes another company to the cloud (SES in moto), verifies the sender in moto, and times the same kind
    of job over SES with ``--ses-n`` recipients (moto serves ~200 sends/s, so the default is 5,000; the key
-   in the JSON names what was measured: ``ses_50k_seconds`` only when 50,000 were really sent);
+   in the JSON names what was measured: ``ses_50k_seconds`` only when 50,000 were really sent). moto's
+   quota is fixed at 1/s, so SES pacing to the account is switched off here (OFFLOAD_SES_PACE_TO_ACCOUNT);
+5b. routes two more companies to SendGrid and Mailgun, served by the local API servers of the tests
+   (``tests.support.provider_servers``, in this process), and times ``--sendgrid-n`` / ``--mailgun-n``
+   recipients through each: ``sendgrid_recipients_per_s``, ``mailgun_recipients_per_s``, with the calls
+   made and the request bytes per learner (per-learner content travels as substitutions / recipient
+   variables, one call per batch);
 6. prints one JSON line at the end, and stops every process it started, by pid (also on failure).
 
 Knobs reach the worker through the usual environment variables (OFFLOAD_SMTP_CONNECTIONS,
@@ -38,6 +44,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +62,7 @@ from tests.support.jobs import job_payload
 _TICK = os.sysconf("SC_CLK_TCK")
 LOCAL_COMPANY = 7
 CLOUD_COMPANY = 4242
+HTTP_COMPANIES = {4243: "sendgrid", 4244: "mailgun"}  # companies routed to the local SendGrid/Mailgun servers
 
 
 def log(msg: str) -> None:
@@ -287,7 +295,7 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
             try:
                 cur = await conn.execute(
                     "SELECT status, total_recipients, succeeded, failed, batches_done, batch_count, route, "
-                    "provider, route_reason, fell_back FROM jobs WHERE job_id = %s", (job_id,))
+                    "provider, route_reason, fell_back, estimated_cost, pacing FROM jobs WHERE job_id = %s", (job_id,))
                 row = await cur.fetchone()
             except psycopg.errors.UndefinedTable:
                 row = None
@@ -302,7 +310,8 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
                         sink.poll()
                     timeline.append((round(now, 2), ok + bad, sink.count if sink else 0))
                     return {"row": dict(zip(("status", "total", "succeeded", "failed", "batches_done",
-                                                "batch_count", "route", "provider", "route_reason", "fell_back"),
+                                               "batch_count", "route", "provider", "route_reason", "fell_back",
+                                               "estimated_cost", "pacing"),
                                                row, strict=True)),
                             "marks": marks, "timeline": timeline}
                 if now - last_sample >= 2.0:
@@ -363,10 +372,70 @@ def drop_own_artifacts(settings: Settings, tag: str) -> None:
         log(f"cleanup of this run's topics/schema failed: {exc!r}")
 
 
+def stack_info(home: Path) -> Any:
+    """Where Kafka and Postgres answer: a stack named by the environment, else the dev stack (started if need be)."""
+    from devtools import devstack
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"):  # a stack already running
+        return SimpleNamespace(kafka_bootstrap=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+                               database_url=os.environ["DATABASE_URL"], pids={})  # its pids are not ours
+    return devstack.up(home, start_mail_sink=False, log=lambda *a: None)
+
+
+def route_cloud_companies(settings: Settings) -> None:
+    """Route the SES company and the SendGrid/Mailgun companies to the cloud, from their first learner."""
+    from offload.client import change_company_settings
+
+    for company, provider in {CLOUD_COMPANY: "ses", **HTTP_COMPANIES}.items():
+        asyncio.run(change_company_settings(settings, company, cloud_enabled=True, use_cloud_for_emails=True,
+                                            user_threshold=1, email_provider=provider, changed_by="bench"))
+
+
+def wait_for_company_settings(workers: list[Any], companies: tuple[int, ...], timeout: float = 60) -> None:
+    """Until some worker has applied each company's settings (only the owner of the settings partition logs it)."""
+    deadline = time.monotonic() + timeout
+    while not all(any(f"company {c} settings" in w.log_text() for w in workers) for c in companies):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no worker applied the settings of companies {companies} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def run_http_provider_job(settings: Any, provider: str, company: int, n: int, server: Any, tag: str,
+                          timeout: float) -> dict[str, Any]:
+    """One job of ``n`` learners through SendGrid's or Mailgun's API (a local test server): rate and checks."""
+    if n <= 0:
+        return {}
+    log(f"submitting {provider} job of {n} recipients (company {company})")
+    job = run_job(settings, f"bench-{provider}-{tag}", n, company, timeout, None)
+    row = job["row"]
+    calls = [c for c in server.calls if c.status < 300]
+    out: dict[str, Any] = {
+        f"{provider}_n": n,
+        f"{provider}_seconds": round(job["seconds"], 2),
+        f"{provider}_recipients_per_s": round(n / job["seconds"], 1),
+        f"{provider}_check": {
+            "route": f"{row['route']}/{row['provider']}",
+            "pg_succeeded": row["succeeded"],
+            "fell_back": row["fell_back"],
+            "server_recipients": len(server.by_recipient()),
+            "server_messages": len(server.delivered),
+            "calls": len(calls),
+            "learners_per_call": round(sum(c.recipients for c in calls) / max(1, len(calls)), 1),
+            "request_bytes_per_learner": round(sum(c.size for c in calls)
+                                               / max(1, sum(c.recipients for c in calls))),
+            "estimated_cost": row["estimated_cost"],
+        },
+    }
+    log(f"{provider} job: {job['seconds']:.2f} s for {n}; {out[f'{provider}_check']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=50_000, help="recipients of the local job")
     parser.add_argument("--ses-n", type=int, default=5_000, help="recipients of the SES job (0: skip)")
+    parser.add_argument("--sendgrid-n", type=int, default=5_000, help="recipients of the SendGrid job (0: skip)")
+    parser.add_argument("--mailgun-n", type=int, default=5_000, help="recipients of the Mailgun job (0: skip)")
     parser.add_argument("--raw-n", type=int, default=10_000, help="messages for the raw SMTP rate")
     parser.add_argument("--naive-n", type=int, default=500, help="messages for the naive Moodle-like rate")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the job")
@@ -382,12 +451,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
 
-    from devtools import devstack
     from eventlog.topics import create_topics
-    from offload.client import change_company_settings
     from tests.support.moto_server import moto_server, verify_ses_sender
+    from tests.support.provider_servers import MailgunServer, SendGridServer
 
-    info = devstack.up(args.home, start_mail_sink=False, log=lambda *a: None)
+    info = stack_info(args.home)
     tag = uuid.uuid4().hex[:10]
     work = Path(tempfile.mkdtemp(prefix=f"bench-email-{tag}-"))
     out: dict[str, Any] = {"load_before": load_avg()}
@@ -397,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         sink = SinkProcess(work / "mail", work / "sink.log").start()
         stack.callback(sink.stop)
         moto = stack.enter_context(moto_server())
+        sendgrid = stack.enter_context(SendGridServer(api_key="SG.bench-key"))
+        mailgun = stack.enter_context(MailgunServer(api_key="key-bench", domain="mg.example.org"))
         settings = Settings(
             environment="test",
             kafka_bootstrap_servers=info.kafka_bootstrap,
@@ -410,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
             aws_endpoint_url=moto.endpoint_url,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
+            ses_pace_to_account=False,
+            sendgrid_api_key="SG.bench-key",
+            sendgrid_base_url=sendgrid.base_url,
+            mailgun_api_key="key-bench",
+            mailgun_domain="mg.example.org",
+            mailgun_base_url=mailgun.base_url,
         )
         if not args.keep:
             stack.callback(drop_own_artifacts, settings, tag)
@@ -421,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(create_topics(settings, with_changelogs=True))
         verify_ses_sender(moto, settings.mail_from, region=settings.aws_region)
-        asyncio.run(change_company_settings(settings, CLOUD_COMPANY, cloud_enabled=True, use_cloud_for_emails=True,
-                                            user_threshold=1, email_provider="ses", changed_by="bench"))
+        route_cloud_companies(settings)
 
         t0 = time.monotonic()
         workers: list[ServiceProcess] = []
@@ -436,11 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.wait_for_log("Worker]: Ready", timeout=120)
         # Only the worker that owns the settings topic's one partition applies (and logs) the change; the
         # others read the global table's changelog.
-        deadline = time.monotonic() + 60
-        while not any(f"company {CLOUD_COMPANY} settings" in w.log_text() for w in workers):
-            if time.monotonic() > deadline:
-                raise TimeoutError("no worker applied the cloud company's settings within 60 s")
-            time.sleep(0.2)
+        wait_for_company_settings(workers, (CLOUD_COMPANY, *HTTP_COMPANIES))
         if args.workers > 1:
             time.sleep(8)  # let the group settle after the last worker joined
         log(f"worker(s) {[w.pid for w in workers]} ready in {time.monotonic() - t0:.1f} s; projector {projector.pid}")
@@ -460,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- the local job ----
         pids = {f"worker{i + 1 if args.workers > 1 else ''}": w.pid for i, w in enumerate(workers)}
-        pids.update(projector=projector.pid, sink=sink.pid, kafka=info.pids["kafka"])
+        pids.update(projector=projector.pid, sink=sink.pid)
+        if "kafka" in info.pids:
+            pids["kafka"] = info.pids["kafka"]
         meter = CpuMeter(pids)
         profilers = Profilers(args.profile)
         profilers.start({k: v for k, v in pids.items() if k != "kafka"})
@@ -545,6 +618,13 @@ def main(argv: list[str] | None = None) -> int:
             out["peak_rss_mb_after_ses"] = {name: vm_hwm_mb(pid) for name, pid in
                                             {**pids, "moto": moto.pid}.items() if name != "kafka"}
             log(f"SES job: {ses['seconds']:.2f} s for {args.ses_n}; {out['ses_check']}")
+
+        # ---- the SendGrid and Mailgun jobs (local API servers) ----
+        sizes = {"sendgrid": args.sendgrid_n, "mailgun": args.mailgun_n}
+        servers = {"sendgrid": sendgrid, "mailgun": mailgun}
+        for company, provider in HTTP_COMPANIES.items():
+            out.update(run_http_provider_job(settings, provider, company, sizes[provider], servers[provider], tag,
+                                             args.timeout))
 
         out["knobs"] = knobs
         out["load_after"] = load_avg()

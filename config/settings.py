@@ -90,6 +90,36 @@ class Settings(BaseSettings):
     aws_secret_access_key: SecretStr | None = None
     ses_configuration_set: str | None = None
     ses_concurrency: int = Field(default=8, ge=1, le=64)
+    # How often SES's account quota (GetAccount: MaxSendRate, Max24HourSend) is read again.
+    ses_quota_refresh_seconds: float = Field(default=300.0, ge=5, le=24 * 3600)
+    # Off: SES is not paced to the quota GetAccount reports (e.g. against moto, whose quota is fixed at 1/s).
+    ses_pace_to_account: bool = True
+
+    # SendGrid v3 (POST {sendgrid_base_url}/v3/mail/send) and Mailgun (POST {base}/v3/{domain}/messages).
+    # The keys are read from here only and never go into an event, a log line or a projection.
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    mailgun_api_key: SecretStr | None = None
+    mailgun_domain: str | None = None  # the sending domain set up in Mailgun, e.g. mg.example.org
+    mailgun_region: Literal["us", "eu"] = "us"  # picks the base URL below when mailgun_base_url is unset
+    mailgun_base_url: str | None = None  # default: https://api.mailgun.net (us) / https://api.eu.mailgun.net (eu)
+    http_provider_timeout: float = Field(default=30.0, gt=0, le=300)  # one SendGrid/Mailgun call, whole request
+    http_provider_concurrency: int = Field(default=4, ge=1, le=64)  # calls in flight per provider per worker
+
+    # --- pacing ---------------------------------------------------------------------------------
+    # Messages per second per provider account (0: no cap of our own; SES also follows GetAccount's
+    # MaxSendRate, SendGrid/Mailgun their rate-limit headers). A company can get its own, lower cap.
+    provider_rate_limits: dict[str, float] = Field(default_factory=dict)  # e.g. '{"sendgrid": 100}'
+    company_rate_limits: dict[int, float] = Field(default_factory=dict)  # e.g. '{"7": 20}'
+
+    # --- cost -----------------------------------------------------------------------------------
+    # Estimates only, from the providers' public list prices (late 2026, USD, no free tier or volume
+    # discount): SES $0.10 per 1,000 emails and $0.12 per GB of attachments; SendGrid's Pro 100k plan
+    # ($89.95/month) ≈ $0.90 per 1,000; Mailgun's Foundation 50k ($35/month) ≈ $0.70 per 1,000 (overage
+    # $1.30); S3 Standard $0.023 per GB-month and $0.005 per 1,000 PUTs; R2 $0.015 per GB-month and $4.50
+    # per million writes. Override with your contract's prices: OFFLOAD_PRICES='{"ses": {"per_1000": 0.1}}'.
+    prices: dict[str, ProviderPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    currency: str = "USD"
 
     # --- certificates ---------------------------------------------------------------------------
     # Codes are HMACs under this secret: deterministic per job+learner+template, unguessable without it.
@@ -124,12 +154,36 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = Field(default=3, ge=1, le=100)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0, le=3600)
 
+    def mailgun_url(self) -> str:
+        """Mailgun's API base: the configured URL, else the region's (EU accounts live on a separate host)."""
+        if self.mailgun_base_url:
+            return self.mailgun_base_url.rstrip("/")
+        return "https://api.eu.mailgun.net" if self.mailgun_region == "eu" else "https://api.mailgun.net"
+
+    def price_of(self, provider: str) -> ProviderPrice:
+        """The price table entry of a provider; one missing from OFFLOAD_PRICES keeps its default."""
+        if provider in self.prices:
+            return self.prices[provider]
+        return DEFAULT_PRICES.get(provider, ProviderPrice())
+
+    @model_validator(mode="after")
+    def _check_pacing(self) -> Settings:
+        for name, limits in (("provider_rate_limits", self.provider_rate_limits),
+                             ("company_rate_limits", self.company_rate_limits)):
+            bad = [str(k) for k, v in limits.items() if v < 0]
+            if bad:
+                raise ValueError(f"{name}: negative rate for {', '.join(bad)} (0 means no cap)")
+        unknown = sorted(set(self.provider_rate_limits) - {"smtp", "ses", "sendgrid", "mailgun"})
+        if unknown:
+            raise ValueError(f"provider_rate_limits: unknown provider {', '.join(unknown)}")
+        return self
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "production":
             return self
         for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret",
-                     "message_id_secret", "callback_url_secret"):
+                     "message_id_secret", "callback_url_secret", "sendgrid_api_key", "mailgun_api_key"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
@@ -305,6 +359,28 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"trusted_proxies: {exc}") from None
         return self
+
+
+# === Cost ===========================================================================================
+class ProviderPrice(BaseModel):
+    """A provider's list price: per 1,000 messages, per request, per GB stored (certificates)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_1000: float = Field(default=0.0, ge=0)
+    per_request: float = Field(default=0.0, ge=0)
+    per_gb: float = Field(default=0.0, ge=0)
+
+
+DEFAULT_PRICES: dict[str, ProviderPrice] = {
+    "smtp": ProviderPrice(),  # Moodle's own relay: no per-message price
+    "local": ProviderPrice(),
+    "ses": ProviderPrice(per_1000=0.10, per_gb=0.12),
+    "sendgrid": ProviderPrice(per_1000=0.90),
+    "mailgun": ProviderPrice(per_1000=0.70),
+    "s3": ProviderPrice(per_request=0.000005, per_gb=0.023),
+    "r2": ProviderPrice(per_request=0.0000045, per_gb=0.015),
+}
 
 
 # === API: the Moodle-facing side ====================================================================

@@ -88,7 +88,7 @@ async def list_jobs(settings: Settings, *, company_id: int | None, status: str |
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 """SELECT job_id, type, company_id, status, route, provider, total_recipients, succeeded, failed,
-                          timecreated FROM jobs
+                          timecreated, estimated_cost, currency FROM jobs
                    WHERE (%(company)s::int IS NULL OR company_id = %(company)s)
                      AND (%(status)s::text IS NULL OR status = %(status)s)
                    ORDER BY timecreated DESC NULLS LAST LIMIT %(limit)s""",
@@ -98,11 +98,12 @@ async def list_jobs(settings: Settings, *, company_id: int | None, status: str |
     finally:
         await conn.close()
     lines = [f"{'job':24} {'type':11} {'co':>4} {'status':10} {'route':6} {'provider':8} "
-             f"{'done/total':>13} {'failed':>6}  created"]
+             f"{'done/total':>13} {'failed':>6} {'cost':>12}  created"]
     for r in rows:
         done = r["succeeded"] + r["failed"]
         created = f"{r['timecreated']:%Y-%m-%d %H:%M}" if r["timecreated"] else "-"
+        cost = f"{r['estimated_cost']:.4f} {r['currency']}" if r["estimated_cost"] is not None else "-"
         lines.append(f"{r['job_id'][:24]:24} {r['type'] or '-':11} {r['company_id'] or 0:>4} {r['status']:10} "
                      f"{r['route'] or '-':6} {r['provider'] or '-':8} {done:>6}/{r['total_recipients']:<6} "
-                     f"{r['failed']:>6}  {created}")
+                     f"{r['failed']:>6} {cost:>12}  {created}")
     return lines

@@ -66,6 +66,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS delivered int NOT NULL DEFAULT 0;   -- provider reports, see recipients
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS bounced int NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS complained int NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pacing text;                        -- latest batch's pacing
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS estimated_cost double precision;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS currency text;
 CREATE TABLE IF NOT EXISTS job_runs (
     job_id      text NOT NULL,
     run         int  NOT NULL,
@@ -125,6 +128,11 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                 (event.job_id, event.run, event.batch_no, event.succeeded, event.failed, event.fell_back,
                  event.completed_at),
             )
+            if event.pacing is not None:  # the row may not exist yet: the topics are read in any order
+                await cur.execute(
+                    """INSERT INTO jobs (job_id, pacing) VALUES (%s, %s)
+                       ON CONFLICT (job_id) DO UPDATE SET pacing = EXCLUDED.pacing""",
+                    (event.job_id, event.pacing[:300]))
             await _refresh(cur, event.job_id)
         elif isinstance(event, JobFellBackToLocal):
             await cur.execute(
@@ -142,6 +150,14 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                      completed_at = EXCLUDED.completed_at, cancelled = EXCLUDED.cancelled""",
                 (event.job_id, event.run, event.completed_at, event.cancelled),
             )
+            if event.estimated_cost is not None:  # the estimate covers every run so far: the latest run's wins
+                await cur.execute(
+                    """INSERT INTO jobs (job_id, estimated_cost, currency) VALUES (%s, %s, %s)
+                       ON CONFLICT (job_id) DO UPDATE SET estimated_cost = EXCLUDED.estimated_cost,
+                         currency = EXCLUDED.currency
+                       WHERE jobs.estimated_cost IS NULL OR %s >= (SELECT coalesce(max(run), 0) FROM job_runs
+                                                                   WHERE job_id = EXCLUDED.job_id)""",
+                    (event.job_id, event.estimated_cost, event.currency, event.run))
             await _refresh(cur, event.job_id)
 
 

@@ -277,6 +277,8 @@ class BatchCompleted(Event):
     failures: list[FailedRecipient] = Field(default_factory=list, description="who failed, for a later retry")
     source_partition: int | None = Field(default=None, description="where the BatchDispatched record lies")
     source_offset: int | None = None
+    sent_by: dict[str, int] = Field(default_factory=dict, description="succeeded learners by provider/backend")
+    pacing: str | None = Field(default=None, description="what paced the batch, e.g. 'paced by SES max send rate 14/s'")
     completed_at: datetime = Field(default_factory=utcnow)
 
 
@@ -307,6 +309,9 @@ class JobCompleted(Event):
     succeeded: int
     failed: int
     cancelled: bool = Field(default=False, description="the job was cancelled; its unserved recipients failed")
+    estimated_cost: float | None = Field(
+        default=None, description="estimate of every run so far, from the settings' price table (OFFLOAD_PRICES)")
+    currency: str | None = Field(default=None, description="of estimated_cost, e.g. USD")
     completed_at: datetime = Field(default_factory=utcnow)
 
 
@@ -323,11 +328,34 @@ class CompanySettingsChanged(Event):
     user_threshold: int = Field(default=0, ge=0)
     email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
     storage_provider: Literal["s3", "r2"] = "s3"
+    monthly_budget: float | None = Field(
+        default=None, ge=0, description="cloud spend allowed per calendar month (UTC), in the worker's currency")
+    over_budget: Literal["local"] = Field(
+        default="local", description="what a cloud job that would go past the budget does: route local")
     changed_by: str | None = None
     changed_at: datetime = Field(default_factory=utcnow)
 
     def subject(self) -> str:
         return str(self.company_id)
+
+
+class JobOverBudget(Event):
+    """A cloud job would take its company past the monthly budget: what was done about it, and the figures."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.over-budget.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    company_id: int
+    month: str = Field(description="YYYY-MM (UTC)")
+    monthly_budget: float
+    spent: float = Field(description="estimated cost of the company's cloud jobs accepted this month")
+    estimated_cost: float = Field(description="of this job on the provider it would have used")
+    currency: str
+    provider: str = Field(description="the cloud provider it would have used")
+    action: Literal["routed_local"]
+    reason: str
+    decided_at: datetime = Field(default_factory=utcnow)
 
 
 class DeadLettered(Event):
@@ -364,6 +392,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     JobCompleted,
     CompanySettingsChanged,
     DeadLettered,
+    JobOverBudget,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}
 

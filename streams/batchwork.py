@@ -12,11 +12,13 @@ from typing import Protocol
 
 from schemas.events import (
     BatchDispatched,
+    CertificateIssued,
     Event,
     FailedRecipient,
     Recipient,
     RecipientFailed,
     RecipientOutcome,
+    RecipientSent,
 )
 from streams.context import StreamContext
 
@@ -29,6 +31,8 @@ class OutcomeRecorder:
         self._pending: list[asyncio.Future] = []
         self.succeeded = 0
         self.failures: list[FailedRecipient] = []
+        self.sent_by: dict[str, int] = {}  # succeeded learners by provider (email) or backend (certificates)
+        self.pacing: str | None = None  # set by the handler: what paced its sends
 
     @property
     def failed(self) -> int:
@@ -39,6 +43,13 @@ class OutcomeRecorder:
             self.failures.append(FailedRecipient(userid=outcome.userid, retryable=outcome.retryable))
         else:
             self.succeeded += 1
+            by: str | None = None  # what served the learner: an email provider or a certificate store
+            if isinstance(outcome, CertificateIssued):
+                by = outcome.backend
+            elif isinstance(outcome, RecipientSent):
+                by = outcome.provider
+            if by is not None:
+                self.sent_by[by] = self.sent_by.get(by, 0) + 1
 
     async def record(self, outcome: RecipientOutcome) -> None:
         self._pending.append(await self._publisher.send(outcome))

@@ -71,6 +71,7 @@ class StreamContext:
     job_progress: TableT[str, dict[str, Any]]
     job_failures: TableT[str, dict[str, Any]]
     cancelled_jobs: TableT[str, bool]
+    company_spend: GlobalTableT
     publisher: EventPublisher
     ledger: OutcomeLedger
     _started: bool = False
@@ -115,6 +116,12 @@ class StreamContext:
             cancelled_jobs=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
                 app, name="cancelled-jobs", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
                 standby_buffer_size=1, is_global=True, default=None,  # as app.GlobalTable() sets them
+            ))),
+            # Estimated cost of each cloud job by "company:YYYY-MM:job_id", written once per job by the router:
+            # a company's spend this month is the sum of its keys (no read-modify-write between workers).
+            company_spend=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
+                app, name="company-spend", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
+                standby_buffer_size=1, is_global=True, default=None,
             ))),
             publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),
             ledger=OutcomeLedger(s),

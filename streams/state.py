@@ -66,20 +66,29 @@ class BatchProgress:
     succeeded: int = 0  # done: what BatchCompleted said
     fell_back: bool = False
     failures: tuple[tuple[int, bool], ...] = ()  # (userid, retryable)
+    sent_by: tuple[tuple[str, int], ...] = ()  # done: learners served per provider or storage backend
+    pacing: str | None = None  # done: what paced the batch's sends, when anything did
 
     @classmethod
     def started(cls, partition: int, offset: int) -> BatchProgress:
         return cls("started", partition=partition, offset=offset)
 
     @classmethod
-    def done(cls, succeeded: int, fell_back: bool, failures: Iterable[tuple[int, bool]]) -> BatchProgress:
-        return cls("done", succeeded=succeeded, fell_back=fell_back, failures=tuple(failures))
+    def done(cls, succeeded: int, fell_back: bool, failures: Iterable[tuple[int, bool]],
+             sent_by: Mapping[str, int] | None = None, pacing: str | None = None) -> BatchProgress:
+        return cls("done", succeeded=succeeded, fell_back=fell_back, failures=tuple(failures),
+                   sent_by=tuple(sorted((sent_by or {}).items())), pacing=pacing)
 
     def to_dict(self) -> dict[str, Any]:
         if self.stage == "started":
             return {"state": "started", "partition": self.partition, "offset": self.offset}
-        return {"state": "done", "succeeded": self.succeeded, "fell_back": self.fell_back,
-                "failures": [[userid, retryable] for userid, retryable in self.failures]}
+        out: dict[str, Any] = {"state": "done", "succeeded": self.succeeded, "fell_back": self.fell_back,
+                               "failures": [[userid, retryable] for userid, retryable in self.failures]}
+        if self.sent_by:
+            out["sent_by"] = dict(self.sent_by)
+        if self.pacing is not None:
+            out["pacing"] = self.pacing
+        return out
 
     @classmethod
     def from_dict(cls, raw: Stored) -> BatchProgress:
@@ -87,8 +96,11 @@ class BatchProgress:
             _check_keys("batch-progress", raw, ("state", "partition", "offset"))
             return cls.started(int(raw["partition"]), int(raw["offset"]))
         if raw["state"] == "done":
-            _check_keys("batch-progress", raw, ("state", "succeeded", "fell_back", "failures"))
-            return cls.done(int(raw["succeeded"]), bool(raw["fell_back"]), _failures(raw["failures"]))
+            _check_keys("batch-progress", raw, ("state", "succeeded", "fell_back", "failures", "sent_by", "pacing"))
+            # sent_by and pacing came later: a batch done before them served nobody we can price.
+            sent_by = _lazy(raw, "sent_by")
+            return cls.done(int(raw["succeeded"]), bool(raw["fell_back"]), _failures(raw["failures"]),
+                            {str(k): int(v) for k, v in sent_by.items()}, raw.get("pacing"))
         raise ValueError(f"batch-progress: unknown state {raw['state']!r}")
 
 
@@ -136,7 +148,7 @@ def choose(failed: Mapping[int, Failure], *, only_retryable: bool) -> dict[int, 
 
 
 _JOB_PROGRESS_KEYS = ("total", "runs", "done", "locations", "included", "completed_runs", "cancelled",
-                      "retry_pending", "touched")
+                      "retry_pending", "touched", "served")
 
 
 @dataclass(slots=True)
@@ -157,16 +169,20 @@ class JobProgress:
     cancelled: bool = False
     retry_pending: bool | None = None  # a retry asked for (only_retryable), started once every run completed
     touched: float | None = None  # last sign of life, for the stall sweeper
+    served: dict[str, int] = field(default_factory=dict)  # learners served per provider/backend, every run
 
     # -- progress --
 
-    def record_batch(self, run: int, batch_no: int, batch_count: int, succeeded: int, failed: int) -> bool:
+    def record_batch(self, run: int, batch_no: int, batch_count: int, succeeded: int, failed: int,
+                     sent_by: Mapping[str, int] | None = None) -> bool:
         """Count a batch once; False when it was already counted (reported again after a crash)."""
         self.runs.setdefault(run, batch_count)
         run_done = self.done.setdefault(run, {})
         if batch_no in run_done:
             return False
         run_done[batch_no] = (succeeded, failed)
+        for provider, count in (sent_by or {}).items():
+            self.served[provider] = self.served.get(provider, 0) + count
         return True
 
     def run_totals(self, run: int) -> tuple[int, int] | None:
@@ -226,6 +242,8 @@ class JobProgress:
             out["cancelled"] = True
         if self.touched is not None:
             out["touched"] = self.touched
+        if self.served:
+            out["served"] = dict(self.served)
         return out
 
     @classmethod
@@ -243,6 +261,7 @@ class JobProgress:
             cancelled=bool(raw["cancelled"]) if "cancelled" in raw else False,
             retry_pending=bool(raw["retry_pending"]) if raw.get("retry_pending") is not None else None,
             touched=float(raw["touched"]) if "touched" in raw else None,
+            served={str(k): int(v) for k, v in _lazy(raw, "served").items()},
         )
 
 

@@ -173,6 +173,32 @@ class SesProvider:
             raise ProviderUnavailable(unavailable[0])
         return results
 
+    async def read_quota(self) -> tuple[float, float, str]:
+        """(MaxSendRate, Max24HourSend, where read) of the account: SES v2 ``GetAccount``, else v1 ``GetSendQuota``.
+
+        Both carry the same quota; v1 is asked when v2's answer is refused or not served (moto 5.2, the test
+        double, serves only v1's). Raises the last error when neither answers.
+        """
+        await self.start()
+        loop = asyncio.get_running_loop()
+        try:
+            account = await loop.run_in_executor(self._executor, self._client.get_account)
+            quota = account["SendQuota"]
+            return float(quota["MaxSendRate"]), float(quota["Max24HourSend"]), "GetAccount"
+        except (ClientError, BotoCoreError, KeyError):
+            v1 = await loop.run_in_executor(self._executor, self._v1_quota)
+            return float(v1["MaxSendRate"]), float(v1["Max24HourSend"]), "GetSendQuota"
+
+    def _v1_quota(self) -> dict[str, Any]:
+        session = boto3.session.Session(
+            aws_access_key_id=self._access_key_id, aws_secret_access_key=self._secret, region_name=self.region
+        )
+        client = session.client("ses", endpoint_url=self.endpoint_url, config=self._config)
+        try:
+            return dict(client.get_send_quota())
+        finally:
+            client.close()
+
     def _send_one(self, msg: OutgoingEmail) -> SendResult:
         kwargs: dict[str, Any] = {
             "FromEmailAddress": self.mail_from,

@@ -52,7 +52,8 @@ class BatchRunner:
         recorder = OutcomeRecorder(self.ctx)
         if state is not None and state.stage == "done":
             failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.failures]
-            await self._complete(batch, state.succeeded, failures, state.fell_back, source)
+            recorder.sent_by, recorder.pacing = dict(state.sent_by), state.pacing
+            await self._complete(batch, recorder, failures, state.fell_back, source, succeeded=state.succeeded)
             return
         if state is not None and state.stage == "started":
             assert state.partition is not None and state.offset is not None
@@ -82,16 +83,17 @@ class BatchRunner:
             fell_back = await handler.process(batch, remaining, recorder)
         await recorder.flush()
         table[key] = BatchProgress.done(recorder.succeeded, fell_back,
-                                        [(f.userid, f.retryable) for f in recorder.failures]).to_dict()
-        await self._complete(batch, recorder.succeeded, recorder.failures, fell_back, source)
+                                        [(f.userid, f.retryable) for f in recorder.failures],
+                                        recorder.sent_by, recorder.pacing).to_dict()
+        await self._complete(batch, recorder, recorder.failures, fell_back, source, succeeded=recorder.succeeded)
 
-    async def _complete(self, batch: BatchDispatched, succeeded: int, failures: list[FailedRecipient],
-                        fell_back: bool, source: tuple[int, int]) -> None:
+    async def _complete(self, batch: BatchDispatched, recorder: OutcomeRecorder, failures: list[FailedRecipient],
+                        fell_back: bool, source: tuple[int, int], *, succeeded: int) -> None:
         await self.ctx.publisher.send_and_wait(
             BatchCompleted(job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
                            batch_count=batch.batch_count, succeeded=succeeded, failed=len(failures),
                            fell_back=fell_back, failures=failures, source_partition=source[0],
-                           source_offset=source[1])
+                           source_offset=source[1], sent_by=recorder.sent_by, pacing=recorder.pacing)
         )
 
 

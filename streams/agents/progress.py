@@ -27,6 +27,7 @@ from schemas.events import (
 )
 from schemas.intake import batches
 from streams.context import StreamContext
+from streams.cost import job_cost
 from streams.state import BatchFailures, JobProgress, choose, failures_key
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class ProgressTracker:
             await self._advance(event.job_id, state, run=0)
         elif isinstance(event, BatchCompleted):
             first_report = state.record_batch(event.run, event.batch_no, event.batch_count, event.succeeded,
-                                              event.failed)
+                                              event.failed, event.sent_by)
             if first_report and event.failures:
                 self.ctx.job_failures[failures_key(event.job_id, event.run, event.batch_no)] = BatchFailures(
                     event.source_partition, event.source_offset,
@@ -94,7 +95,8 @@ class ProgressTracker:
             succeeded, failed = totals
             await self.ctx.publisher.send_and_wait(JobCompleted(
                 job_id=job_id, run=run, total=succeeded + failed, succeeded=succeeded, failed=failed,
-                cancelled=state.cancelled,
+                cancelled=state.cancelled, estimated_cost=job_cost(self.ctx.settings, state),
+                currency=self.ctx.settings.currency,
             ))
             state.completed_runs.append(run)
             log.info("job %s run %d completed: %d succeeded, %d failed", job_id, run, succeeded, failed)

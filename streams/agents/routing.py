@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import faust
 
 from content.validation import job_template_problems
 from schemas.envelope import header
-from schemas.events import BatchDispatched, BatchesDispatched, JobAccepted, JobRejected, JobRequested
+from schemas.events import (
+    BatchDispatched,
+    BatchesDispatched,
+    CompanySettingsChanged,
+    JobAccepted,
+    JobOverBudget,
+    JobRejected,
+    JobRequested,
+)
 from schemas.intake import batch_count, batches, template_data_problem, validate_request
+from streams.budget import check_budget, month_of, spend_key, spent
 from streams.context import StreamContext
-from streams.routing import decide_route
+from streams.cost import cost_of
+from streams.routing import RouteDecision, decide_route
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +66,16 @@ class JobRouter:
         """Batches refer to the job request's place in job-requests (kept forever) for template_data instead of
         copying it: a job's data is in the log once, however many batches and retry runs it has."""
         settings = self.ctx.settings
+        company = self.ctx.company_settings_for(job.company_id)
         decision = decide_route(
             job_type=job.type,
             company_id=job.company_id,
             recipient_count=len(job.recipients),
-            company=self.ctx.company_settings_for(job.company_id),
+            company=company,
             offload_enabled=settings.cloud_enabled,
         )
+        if decision.route == "cloud":
+            decision = await self._within_budget(job, company, decision)
         size = settings.job_batch_size
         count = batch_count(len(job.recipients), size)
         # Awaited before any batch exists, so progress never sees a batch of a job it does not know yet.
@@ -102,8 +116,32 @@ class JobRouter:
             for number, chunk in enumerate(batches(job.recipients, size))
         )
         await self.ctx.publisher.send_and_wait(BatchesDispatched(job_id=job.job_id, run=0, locations=locations))
+        if decision.route == "cloud":
+            month = month_of(datetime.now(UTC))
+            self.ctx.company_spend[spend_key(job.company_id, month, job.job_id)] = round(
+                cost_of(settings, {decision.provider: len(job.recipients)}), 4)
         log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches", job.job_id, decision.route,
                  decision.provider, decision.reason, len(job.recipients), count)
+
+    async def _within_budget(self, job: JobRequested, company: CompanySettingsChanged | None,
+                             decision: RouteDecision) -> RouteDecision:
+        """The cloud decision, or local with an event saying why, when the job would pass the monthly budget."""
+        if company is None or company.monthly_budget is None:
+            return decision
+        month = month_of(datetime.now(UTC))
+        so_far = spent(self.ctx.company_spend.items(), job.company_id, month)
+        check = check_budget(self.ctx.settings, company, provider=decision.provider,
+                             recipients=len(job.recipients), spent_this_month=so_far)
+        if not check.over:
+            return decision
+        reason = f"{check.reason} would pass it: routed local"
+        await self.ctx.publisher.send_and_wait(JobOverBudget(
+            job_id=job.job_id, company_id=job.company_id, month=month, monthly_budget=company.monthly_budget,
+            spent=check.spent, estimated_cost=check.estimated_cost, currency=self.ctx.settings.currency,
+            provider=decision.provider, action="routed_local", reason=reason,
+        ))
+        log.info("job %s: %s", job.job_id, reason)
+        return RouteDecision("local", reason, "smtp" if job.type == "email" else "local")
 
 
 def register(app: faust.App, ctx: StreamContext) -> None:
@@ -114,3 +152,4 @@ def register(app: faust.App, ctx: StreamContext) -> None:
     async def route_jobs(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await ctx.guarded(event.message, "route-jobs", router.handle)
+

@@ -120,7 +120,7 @@ def test_company_settings_are_read_from_postgres_and_changed_by_events(api_setti
         row = wait_for(lambda: (b := k7.get("/api/v1/companies/7/settings").body)["configured"] and b,
                        timeout=30, what="the settings row")
         assert row | {"changed_at": None} == {"company_id": 7, **change, "changed_by": "k7", "changed_at": None,
-                                              "configured": True}
+                                              "configured": True, "monthly_budget": None, "over_budget": "local"}
         assert k8.get("/api/v1/companies/7/settings").code == "company_not_found"
         assert k8.put("/api/v1/companies/7/settings", change).code == "company_not_found"
         assert ops.get("/api/v1/companies/7/settings").body["user_threshold"] == 500

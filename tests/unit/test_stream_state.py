@@ -52,6 +52,20 @@ def test_a_batch_is_counted_once_and_a_run_completes_when_all_its_batches_report
     assert progress.run_totals(0) == (17, 3)
 
 
+def test_a_job_counts_what_each_provider_served_once_per_batch():
+    progress = JobProgress(total=30)
+    assert progress.record_batch(0, 0, 2, 10, 0, {"ses": 8, "smtp": 2})
+    assert not progress.record_batch(0, 0, 2, 10, 0, {"ses": 8, "smtp": 2})  # reported again: not counted again
+    assert progress.record_batch(0, 1, 2, 10, 0, {"ses": 10})
+    assert progress.served == {"ses": 18, "smtp": 2}
+    assert JobProgress.from_dict(stored(progress.to_dict())) == progress
+
+
+def test_a_done_batch_keeps_what_served_it_and_what_paced_it():
+    value = BatchProgress.done(7, False, [], {"sendgrid": 7}, "paced by SendGrid rate-limit headers 10/s")
+    assert BatchProgress.from_dict(stored(value.to_dict())) == value
+
+
 @pytest.mark.parametrize("value", [
     BatchProgress.started(partition=4, offset=99),
     BatchProgress.done(succeeded=9, fell_back=True, failures=[(5, True)]),

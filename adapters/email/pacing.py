@@ -1,0 +1,174 @@
+"""Pacing to the provider account and to each company: rate limiters and the provider wrapper that obeys them.
+
+One :class:`RateLimiter` per provider account (shared by every company on this worker) and one per company
+that has its own cap. A limiter spaces calls out (GCRA / "virtual scheduling": a call of ``n`` messages
+moves the next free moment on by ``n / rate``), so over any stretch of time the messages sent stay at or
+under the rate, plus at most one call's worth. Its rate comes from the account (SES ``GetAccount`` →
+``MaxSendRate``; SendGrid/Mailgun ``X-RateLimit-*`` headers), from settings, or from neither (no cap).
+
+Throttling answers slow it down: the rate halves (from the rate actually being sent at when there was no
+cap) and a ``Retry-After``/``X-RateLimit-Reset`` holds every call until then; each throttle-free call then
+raises the rate by 10 % until it is back at the account's ceiling, and the slowdown is lifted. Each limiter
+says what paces it (``describe()``), e.g. "paced by SES max send rate 14/s", for the job's progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from adapters.email.base import EmailProvider, OnEachResult, Outcome, OutgoingEmail, SendResult, report
+
+_MIN_RATE = 0.5  # messages/s: throttling never slows an account below this
+_RECOVERY = 1.10  # after each call without throttling, the slowed rate grows by this factor
+_WINDOW = 5.0  # seconds of history kept to know the rate actually sent at
+
+
+class RateLimiter:
+    """Messages per second for one account or one company, changing with what the provider says."""
+
+    def __init__(self, label: str, rate: float | None = None, reason: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label = label
+        self._clock = clock
+        self._ceiling: float | None = rate if rate else None  # what the account / settings allow
+        self._ceiling_reason = reason or (f"{label} cap {rate:g}/s" if rate else "")
+        self._slowed: float | None = None  # below the ceiling after throttling
+        self._next = 0.0  # the clock time the next call may start
+        self._held_until = 0.0
+        self._hold_reason = ""
+        self._sent: list[tuple[float, int]] = []  # recent (time, messages), to know the rate actually sent at
+        self.throttles = 0
+
+    # --- what paces it ------------------------------------------------------------------------------
+    @property
+    def rate(self) -> float | None:
+        """The rate in force now (None: no cap)."""
+        if self._slowed is not None:
+            return self._slowed if self._ceiling is None else min(self._slowed, self._ceiling)
+        return self._ceiling
+
+    def describe(self) -> str:
+        if self._clock() < self._held_until:
+            return f"paused by {self._hold_reason}"
+        rate = self.rate
+        if rate is None:
+            return f"{self.label}: not paced"
+        if self._slowed is not None and (self._ceiling is None or self._slowed < self._ceiling):
+            return f"slowed after {self.label} throttling to {rate:.3g}/s"
+        return f"paced by {self._ceiling_reason}"
+
+    def set_ceiling(self, rate: float | None, reason: str) -> None:
+        """The account's own limit (e.g. from GetAccount or a rate-limit header); None or 0 lifts it."""
+        self._ceiling = rate if rate else None
+        self._ceiling_reason = reason
+        if self._slowed is not None and self._ceiling is not None and self._slowed >= self._ceiling:
+            self._slowed = None
+
+    def hold_until(self, seconds_from_now: float, reason: str) -> None:
+        """Nobody calls the provider for this long (Retry-After / X-RateLimit-Reset)."""
+        until = self._clock() + max(0.0, seconds_from_now)
+        if until > self._held_until:
+            self._held_until, self._hold_reason = until, reason
+
+    # --- feedback -----------------------------------------------------------------------------------
+    def throttled(self) -> None:
+        """The provider refused for rate: halve the rate (starting from what was actually being sent)."""
+        self.throttles += 1
+        base = self.rate or self.observed_rate() or 10.0
+        self._slowed = max(_MIN_RATE, base / 2)
+
+    def succeeded(self) -> None:
+        """A call without throttling: speed back up towards the ceiling, then lift the slowdown."""
+        if self._slowed is None:
+            return
+        self._slowed *= _RECOVERY
+        if self._ceiling is not None and self._slowed >= self._ceiling:
+            self._slowed = None
+        elif self._ceiling is None and self._slowed > 4 * max(1.0, self.observed_rate()):
+            self._slowed = None  # far above what we send anyway: the cap no longer binds
+
+    def observed_rate(self, window: float = 5.0) -> float:
+        """Messages per second reserved over the last ``window`` seconds."""
+        now = self._clock()
+        self._sent = [(t, n) for t, n in self._sent if now - t <= window]
+        if not self._sent:
+            return 0.0
+        span = max(1.0, now - self._sent[0][0])
+        return sum(n for _, n in self._sent) / span
+
+    # --- use ----------------------------------------------------------------------------------------
+    def delay_for(self, messages: int) -> float:
+        """Reserve a start time for a call of ``messages``; returns how long to wait for it."""
+        now = self._clock()
+        start = max(now, self._next, self._held_until)
+        rate = self.rate
+        self._next = start + (messages / rate if rate else 0.0)
+        self._sent.append((start, messages))
+        if len(self._sent) > 256:  # only the last seconds matter (observed_rate); keep the list short
+            self._sent = [(t, n) for t, n in self._sent if now - t <= _WINDOW]
+        return start - now
+
+    def chunk(self) -> int | None:
+        """Most messages one call should carry so a call never holds more than a second's worth."""
+        rate = self.rate
+        return max(1, math.floor(rate)) if rate else None
+
+
+class PacedProvider:
+    """A provider seen through limiters: every call waits its turn, throttling slows the limiters down."""
+
+    def __init__(self, inner: EmailProvider, limiters: Sequence[RateLimiter],
+                 sleep: Callable[[float], object] = asyncio.sleep, *, learn_from_throttling: bool = True) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.max_batch = inner.max_batch
+        self.limiters = list(limiters)
+        self._sleep = sleep
+        # False for a provider whose throttling answers are about one recipient or session, not the account
+        # (an SMTP relay's 451 greylisting): delivery's back-off handles those; the rate stays as it is.
+        self._learn = learn_from_throttling
+
+    def describe(self) -> str:
+        """What paces this provider for this company now: the slowest limiter, with its reason."""
+        capped = [limiter for limiter in self.limiters if limiter.rate is not None]
+        if not capped:
+            return self.limiters[0].describe() if self.limiters else f"{self.name}: not paced"
+        return min(capped, key=lambda limiter: limiter.rate or math.inf).describe()
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def send_batch(
+        self, messages: Sequence[OutgoingEmail], on_result: OnEachResult | None = None
+    ) -> list[SendResult]:
+        results: list[SendResult] = []
+        position = 0
+        while position < len(messages):
+            sizes = [size for size in (limiter.chunk() for limiter in self.limiters) if size]
+            size = min([len(messages) - position, *sizes])
+            part = messages[position : position + size]
+            wait = max([limiter.delay_for(len(part)) for limiter in self.limiters], default=0.0)
+            if wait > 0:
+                await self._sleep(wait)  # type: ignore[misc]
+
+            async def shifted(index: int, result: SendResult, offset: int = position) -> None:
+                await report(on_result, offset + index, result)
+
+            part_results = await self.inner.send_batch(part, on_result=shifted if on_result else None)
+            throttled = any(r.outcome is Outcome.THROTTLED for r in part_results)
+            if self._learn:
+                for limiter in self.limiters:
+                    limiter.throttled() if throttled else limiter.succeeded()
+            results.extend(part_results)
+            position += size
+            if throttled:  # the rest would be refused too: hand them back as throttled, the caller waits
+                results.extend(SendResult(m.key, Outcome.THROTTLED, error=f"{self.name} throttling")
+                               for m in messages[position:])
+                break
+        return results
