@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -63,12 +64,16 @@ async def cancel(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"{back}?notice=cancel_requested")
 
 
+_DECIMAL = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")  # ASCII digits only; anything else fails validation as typed
+
+
 @routes.post(PREFIX + "/companies/{company_id}")
 async def save_company(request: web.Request) -> web.Response:
     session, form = await require_post(request)
     state = request.app[STATE]
     company_id = company_id_of(request)
     threshold = form.get("user_threshold", "").strip()
+    budget = form.get("monthly_budget", "").strip()
     values: dict[str, Any] = {
         "cloud_enabled": form.get("cloud_enabled") == "on",
         "use_cloud_for_emails": form.get("use_cloud_for_emails") == "on",
@@ -77,6 +82,9 @@ async def save_company(request: web.Request) -> web.Response:
         else -1,
         "email_provider": form.get("email_provider", ""),
         "storage_provider": form.get("storage_provider", ""),
+        # Every field of the row is in the form: a change replaces the whole row, so a budget left out would
+        # silently be cleared. Empty means no limit.
+        "monthly_budget": (float(budget) if _DECIMAL.fullmatch(budget) else budget) if budget else None,
     }
     try:
         change = CompanySettingsChange.model_validate(values)

@@ -228,6 +228,15 @@ def test_company_cloud_settings_are_changed_from_the_page_with_their_history(ui_
         assert "Nothing was changed" in page.get_by_role("alert").inner_text()
         assert query(settings, "SELECT user_threshold FROM company_cloud_settings")[0]["user_threshold"] == 500
         assert page.get_by_label("User threshold").input_value() == "-4"  # what was typed stays for correction
+        # A monthly budget set on the page survives a later change of another field (a change replaces the row).
+        for label, value in (("Monthly cloud budget", "250"), ("User threshold", "600")):
+            page.goto(f"{api.base_url}/ui/companies/7")
+            page.get_by_label(label).fill(value)
+            page.get_by_role("button", name="Save settings").click()
+            page.wait_for_url("**notice=settings_*")
+        [row] = query(settings, "SELECT monthly_budget, user_threshold FROM company_cloud_settings")
+        assert (row["monthly_budget"], row["user_threshold"]) == (250.0, 600)
+        assert page.get_by_label("Monthly cloud budget").input_value() == "250.0"
         # No secret ever reaches a page.
         for path in ("/ui/jobs", "/ui/companies", "/ui/companies/7"):
             page.goto(f"{api.base_url}{path}")
