@@ -147,11 +147,21 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from offload.logtools import export_csv
+    partition_by = tuple(p for p in (args.partition_by or "").split(",") if p)
+    if args.format == "parquet":
+        from offload.export_parquet import export_parquet
 
-    counts = asyncio.run(export_csv(_settings(), _filter(args), Path(args.out_dir)))
+        counts = asyncio.run(export_parquet(_settings(), _filter(args), Path(args.out_dir), partition_by))
+        suffix = "/" if partition_by else ".parquet"
+    else:
+        from offload.logtools import export_csv
+
+        if partition_by:
+            raise SystemExit("--partition-by needs --format parquet")
+        counts = asyncio.run(export_csv(_settings(), _filter(args), Path(args.out_dir)))
+        suffix = ".csv"
     for name, n in sorted(counts.items()):
-        print(f"{n:8} {name}.csv")
+        print(f"{n:8} {name}{suffix}")
     return 0
 
 
@@ -256,10 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-follow", action="store_true", help="stop at the current end of the log")
     p.set_defaults(func=cmd_tail)
 
-    p = sub.add_parser("export", help="the event log (a time range, a company, a job) to CSV files, one per type")
+    p = sub.add_parser("export", help="the event log (a time range, a company, a job) to CSV or Parquet files, "
+                                      "one per event type")
     filters(p)
     p.add_argument("--since", help="ISO time, e.g. 2026-11-01T00:00:00+00:00")
     p.add_argument("--until", help="ISO time (exclusive)")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                   help="parquet: typed columns (needs the analytics extra)")
+    p.add_argument("--partition-by", metavar="KEYS",
+                   help="parquet only: company, date or company,date (Hive-style directories)")
     p.add_argument("out_dir")
     p.set_defaults(func=cmd_export)
 
