@@ -46,6 +46,9 @@ def create_app(settings: Settings) -> faust.App:
     from streams.agents import callbacks
 
     callbacks.register(app, ctx)
+    from streams import expiry
+
+    expiry.register(app, ctx)  # forgets finished jobs' table state after finished_job_retention_days
 
     @app.on_before_shutdown.connect
     async def _stop_services(app: faust.App, **kwargs: Any) -> None:

@@ -52,7 +52,7 @@ def public_topics(settings: Settings) -> list[TopicSpec]:
 # with 0 partitions fails the table's partition check).
 TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job-failures": "job_partitions",
           "batch-progress": "batch_partitions", "company-settings": None, "cancelled-jobs": None,
-          "callbacks": "job_partitions"}
+          "callbacks": "job_partitions", "finished-jobs": None}
 
 
 def changelog_topics(settings: Settings) -> list[TopicSpec]:
