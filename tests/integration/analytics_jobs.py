@@ -102,9 +102,10 @@ async def publish_reports(settings: Settings, job: SampleJob) -> int:
 
 
 def run_sample(settings: Settings, mail_sink: DevMailSink, jobs: list[SampleJob], *,
-               rejected_job_id: str | None = "hooli-bad-1", timeout: float = 300) -> None:
+               rejected_job_id: str | None = "hooli-bad-1", timeout: float = 300, one_at_a_time: bool = False) -> None:
     """Submit every job (and one that intake rejects), wait for each, then publish the provider reports and
-    wait until the read model counts them."""
+    wait until the read model counts them. ``one_at_a_time``: each job starts when the one before completed
+    (their times to complete are then not shared)."""
     for job in jobs:
         for userid in job.refused:
             mail_sink.reject(job.email(userid), code=550)
@@ -112,6 +113,8 @@ def run_sample(settings: Settings, mail_sink: DevMailSink, jobs: list[SampleJob]
         payload = job_payload(job.job_id, job.learners, company_id=job.company_id, template_id=job.template_id,
                               start=job.start)
         asyncio.run(submit_job(settings, payload))
+        if one_at_a_time:
+            wait_for_job(settings, job.job_id, timeout=timeout)
     if rejected_job_id:
         bad = job_payload(rejected_job_id, 3, company_id=10)
         bad["recipients"][1]["userid"] = 0  # userid must be >= 1: the whole job is rejected with the reason
