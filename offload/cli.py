@@ -62,10 +62,24 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from offload.replay import replay
+    from offload.snapshot import SnapshotTooOld, replay_from_snapshot
 
-    stats = asyncio.run(replay(_settings(), args.schema))
-    print(json.dumps({"schema": args.schema, "events": stats.events, "seconds": round(stats.seconds, 2),
-                      "events_per_s": round(stats.per_second)}))
+    try:
+        stats = asyncio.run(replay_from_snapshot(_settings(), args.from_snapshot, args.schema) if args.from_snapshot
+                            else replay(_settings(), args.schema))
+    except SnapshotTooOld as exc:
+        raise SystemExit(str(exc)) from None
+    print(json.dumps({"schema": args.schema, "from_snapshot": args.from_snapshot, "events": stats.events,
+                      "seconds": round(stats.seconds, 2), "events_per_s": round(stats.per_second)}))
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from offload.snapshot import take_snapshot
+
+    snapshot = asyncio.run(take_snapshot(_settings(), args.name))
+    print(json.dumps({"snapshot": snapshot.schema, "rows": snapshot.rows,
+                      "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(snapshot.offsets.items())}}))
     return 0
 
 
@@ -213,9 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--loglevel", default="info")
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("replay", help="rebuild every read model from offset 0 into a fresh schema")
+    p = sub.add_parser("replay", help="rebuild every read model from offset 0 (or a snapshot) into a fresh schema")
     p.add_argument("schema")
+    p.add_argument("--from-snapshot", metavar="SNAPSHOT", help="start from this snapshot (offload snapshot)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("snapshot", help="copy the read models and their log offsets into a new schema, so a "
+                                        "replay needs only the log after it (docs/retention.md)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("topics", help="create the public topics (idempotent)")
     p.add_argument("action", choices=["create"])
