@@ -51,7 +51,8 @@ def queries() -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / ".dev" / "analytics-sample")
     args = parser.parse_args()
@@ -80,8 +81,9 @@ def main() -> None:
             for proc in procs:
                 proc.stop()
         shutil.rmtree(args.out, ignore_errors=True)
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}, **settings_env(settings)}
-        command = ["offload", "export", "--format", "parquet", "--partition-by", "company,date", str(args.out)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")} | settings_env(settings)
+        command = ["offload", "export", "--format", "parquet", "--partition-by", "company,date",
+                   str(args.out)]
         print("$ " + " ".join(command[:-1]) + " export/")
         subprocess.run([sys.executable, "-m", "offload.cli", *command[1:]], env=env, check=True, cwd=ROOT)
     os.chdir(args.out)  # the queries name the export's folders relative to it

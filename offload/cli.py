@@ -65,8 +65,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from offload.snapshot import SnapshotTooOld, replay_from_snapshot
 
     try:
-        stats = asyncio.run(replay_from_snapshot(_settings(), args.from_snapshot, args.schema) if args.from_snapshot
-                            else replay(_settings(), args.schema))
+        settings = _settings()
+        stats = asyncio.run(replay_from_snapshot(settings, args.from_snapshot, args.schema) if args.from_snapshot
+                            else replay(settings, args.schema))
     except SnapshotTooOld as exc:
         raise SystemExit(str(exc)) from None
     print(json.dumps({"schema": args.schema, "from_snapshot": args.from_snapshot, "events": stats.events,
@@ -227,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--loglevel", default="info")
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("replay", help="rebuild every read model from offset 0 (or a snapshot) into a fresh schema")
+    p = sub.add_parser("replay", help="rebuild every read model from offset 0 (or from a snapshot) into a fresh "
+                                      "schema")
     p.add_argument("schema")
     p.add_argument("--from-snapshot", metavar="SNAPSHOT", help="start from this snapshot (offload snapshot)")
     p.set_defaults(func=cmd_replay)

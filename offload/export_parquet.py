@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offload.config import Settings
-from offload.logtools import EXCLUDED_FIELDS, TYPE_PREFIX, EventFilter, companies_of_jobs, company_of, read_log
+from offload.logtools import (
+    EXCLUDED_FIELDS,
+    TYPE_PREFIX,
+    EventFilter,
+    companies_of_jobs,
+    company_of,
+    read_log,
+)
 from schemas.events import EVENT_TYPES, Event
 from schemas.generate import schema_for
 
@@ -35,7 +42,8 @@ def _pyarrow() -> Any:
         import pyarrow
         import pyarrow.parquet  # noqa: F401 - the writer lives there
     except ImportError:
-        raise SystemExit("Parquet export needs pyarrow: pip install 'manireports-offload[analytics]'") from None
+        raise SystemExit("Parquet export needs pyarrow: "
+                         "pip install 'manireports-offload[analytics]'") from None
     return pyarrow
 
 
@@ -78,7 +86,7 @@ def envelope_schema() -> pa.Schema:
 
 
 def arrow_schema(cls: type[Event]) -> pa.Schema:
-    """Envelope columns, then the event's own fields in the contract's order, then company_id if it has none."""
+    """Envelope columns, the event's own fields in the contract's order, then company_id if it has none."""
     pa = _pyarrow()
     contract = schema_for(cls)
     fields = list(envelope_schema())
@@ -136,7 +144,8 @@ def _row(entry: Any, company_id: int | None, json_columns: Iterable[str]) -> dic
     return row
 
 
-def _partition_dir(out_dir: Path, name: str, keys: tuple[str, ...], company_id: int | None, day: date) -> Path:
+def _partition_dir(out_dir: Path, name: str, keys: tuple[str, ...], company_id: int | None,
+                   day: date) -> Path:
     path = out_dir / name
     if "company" in keys:
         path /= f"company_id={'__HIVE_DEFAULT_PARTITION__' if company_id is None else company_id}"

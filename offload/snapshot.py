@@ -20,7 +20,14 @@ from psycopg import sql
 
 from offload.config import Settings
 from projections import tracking
-from projections.projector import PROJECTED_TOPICS, PROJECTION, Projector, ProjectorStats, connect, create_read_models
+from projections.projector import (
+    PROJECTED_TOPICS,
+    PROJECTION,
+    Projector,
+    ProjectorStats,
+    connect,
+    create_read_models,
+)
 from streams.topics import partitions_of
 
 
@@ -78,8 +85,8 @@ async def copy_read_models(settings: Settings, source: str, target: str) -> Snap
                    WHERE table_schema = %s AND column_default LIKE 'nextval(%%'""", (target,))
             for table, column in await cur.fetchall():
                 await conn.execute(
-                    sql.SQL("SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max({}), 0) + 1, false) FROM {}")
-                    .format(sql.Identifier(column), sql.Identifier(target, table)),
+                    sql.SQL("SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max({}), 0) + 1, false) "
+                            "FROM {}").format(sql.Identifier(column), sql.Identifier(target, table)),
                     (f'"{target}"."{table}"', column))
             async with conn.cursor() as cur:
                 offsets = await tracking.load(cur, PROJECTION)
@@ -103,7 +110,8 @@ async def log_beginnings(settings: Settings) -> dict[tuple[str, int], int]:
     try:
         places = [TopicPartition(settings.topic(short), p) for short in PROJECTED_TOPICS
                   for p in await partitions_of(consumer, settings.topic(short))]
-        return {(tp.topic, tp.partition): first for tp, first in (await consumer.beginning_offsets(places)).items()}
+        firsts = await consumer.beginning_offsets(places)
+        return {(tp.topic, tp.partition): first for tp, first in firsts.items()}
     finally:
         await consumer.stop()
 

@@ -11,8 +11,8 @@ the tree (``schemas/json/``), these are BACKWARD-incompatible and fail the check
   a new or changed ``pattern`` or ``format``, fewer tuple items);
 - a type dropped from the tree without an upcaster (``schemas/upcasters.py``) that reads it as a newer type.
 
-A breaking change is made as a new version: the type becomes ``….v2`` (a new type, always compatible), and an
-upcaster turns a ``….v1`` record into a ``….v2`` one, so records already in the log stay readable.
+A breaking change is made as a new version: the type becomes ``….v2`` (a new type, always compatible), and
+an upcaster turns a ``….v1`` record into a ``….v2`` one, so records already in the log stay readable.
 
 ``python -m schemas.evolution`` checks (exit 1 and one line per break); ``--refresh-baseline`` copies the
 tree's schemas into the baseline at a release.
@@ -43,7 +43,8 @@ _EXACT = ("pattern", "format")
 
 def load(directory: Path) -> dict[str, dict]:
     """ce_type -> JSON Schema for every ``*.schema.json`` in ``directory``."""
-    return {p.name.removesuffix(SUFFIX): json.loads(p.read_text()) for p in sorted(directory.glob(f"*{SUFFIX}"))}
+    files = sorted(directory.glob(f"*{SUFFIX}"))
+    return {p.name.removesuffix(SUFFIX): json.loads(p.read_text()) for p in files}
 
 
 class _Comparison:
@@ -134,7 +135,8 @@ class _Comparison:
             if name in old_props:
                 self.fail(f"{prefix}{name}", "optional field made required")
             else:
-                self.fail(f"{prefix}{name}", "new field is required (a new field must be optional, with a default)")
+                self.fail(f"{prefix}{name}",
+                          "new field is required (a new field must be optional, with a default)")
         if new.get("additionalProperties") is False and old.get("additionalProperties") is not False:
             self.fail(path, "additional properties no longer allowed")
 
@@ -162,7 +164,7 @@ def _matching_branch(old_type: object, new_branches: list[Schema]) -> Schema | N
 
 
 def compare(old: Schema, new: Schema) -> list[str]:
-    """Every BACKWARD-incompatible difference from ``old`` to ``new`` (one type's schemas); [] if compatible."""
+    """Every BACKWARD-incompatible difference from ``old`` to ``new`` (one type's schemas); [] if none."""
     comparison = _Comparison(old, new)
     comparison.compare(old, new, "")
     return comparison.problems
@@ -204,7 +206,8 @@ def _version(ce_type: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--refresh-baseline", action="store_true",
                         help="at a release: make the tree's schemas the new baseline")
     args = parser.parse_args(argv)

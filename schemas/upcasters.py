@@ -1,8 +1,9 @@
 """Upcasters: read a record of an older version of an event type as the current version.
 
-When a type changes incompatibly it gets a new version (``….v1`` -> ``….v2``, see ``schemas/evolution.py``);
-the records already in the log keep their old ``ce_type``. Register one function per old version here; the
-decoder (``schemas.envelope.decode``) applies them, chained, before it validates the record::
+When a type changes incompatibly it gets a new version (``….v1`` -> ``….v2``, see
+``schemas/evolution.py``); the records already in the log keep their old ``ce_type``. Register one function
+per old version here; the decoder (``schemas.envelope.decode``) applies them, chained, before it validates
+the record::
 
     @upcaster("org.manireports.offload.recipient.sent.v1", "org.manireports.offload.recipient.sent.v2")
     def _sent_v1_to_v2(data: dict) -> dict:

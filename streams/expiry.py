@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 from collections.abc import Iterable
+from datetime import timedelta
 
 import faust
 from faust.types import TP
@@ -43,7 +43,7 @@ SECONDS_PER_DAY = 24 * 3600
 
 
 def job_of(key: str) -> str:
-    """The job id a table key belongs to: keys are ``job_id`` or ``job_id:run:batch`` (job ids have no ':')."""
+    """The job id of a table key: keys are ``job_id`` or ``job_id:run:batch`` (job ids have no ':')."""
     return key.split(":", 1)[0]
 
 
@@ -67,7 +67,7 @@ class JobExpiry:
     def partition_of(self, table: faust.Table, key: str) -> int:
         """The changelog partition the table's owner wrote ``key`` to."""
         if type(table).partition_for_key is not faust.Table.partition_for_key:
-            return table.partition_for_key(key)  # tables that place keys themselves (batch key, one partition)
+            return table.partition_for_key(key)  # tables that place keys themselves (by batch key, or in 0)
         # Plain tables are written while handling an event of the job's topics, which are keyed by job id.
         return partition_for(job_of(key).encode(), self.ctx.settings.job_partitions)
 
@@ -80,7 +80,7 @@ class JobExpiry:
             self.finished[event.job_id] = event.completed_at.timestamp()
         elif isinstance(event, JobRejected):
             self.finished[event.job_id] = event.rejected_at.timestamp()
-        elif isinstance(event, BatchesDispatched) and event.run > 0 and self.finished.get(event.job_id) is not None:
+        elif isinstance(event, BatchesDispatched) and event.run > 0 and event.job_id in self.finished:
             del self.finished[event.job_id]  # a retry run started: the job is not finished any more
 
     def sweep(self, now: float | None = None) -> dict[str, int]:

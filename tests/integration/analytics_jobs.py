@@ -1,6 +1,6 @@
-"""Real jobs for the analytics tests and docs: several companies, templates and sizes, some learners refused by
-the mail server (RecipientFailed), some bounce/delivery/complaint reports afterwards (as the provider webhooks
-publish them), and one job rejected at intake. Run through the real worker and projector."""
+"""Real jobs for the analytics tests and docs: several companies, templates and sizes, some learners refused
+by the mail server (RecipientFailed), some bounce/delivery/complaint reports afterwards (as the provider
+webhooks publish them), and one job rejected at intake. Run through the real worker and projector."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from tests.support.observe import query, wait_for, wait_for_job
 EXTRA_TEMPLATES = {
     "course_overdue": ("Overdue: {{ course_name }}", "Dear {{ firstname }}, {{ course_name }} is overdue.\n",
                        "<p>Dear {{ firstname }}, <b>{{ course_name }}</b> is overdue.</p>\n"),
-    "welcome": ("Welcome to {{ course_name }}", "Welcome, {{ firstname }}!\n", "<p>Welcome, {{ firstname }}!</p>\n"),
+    "welcome": ("Welcome to {{ course_name }}", "Welcome, {{ firstname }}!\n",
+                "<p>Welcome, {{ firstname }}!</p>\n"),
 }
 
 
@@ -81,8 +82,8 @@ def sample_jobs(scale: int = 1) -> list[SampleJob]:
 async def publish_reports(settings: Settings, job: SampleJob) -> int:
     """The provider's later reports about sent messages, as the webhook endpoints publish them."""
     rows = {r["userid"]: r for r in query(
-        settings, "SELECT userid, email, message_id FROM job_recipients WHERE job_id = %s AND status = 'sent'",
-        (job.job_id,))}
+        settings, "SELECT userid, email, message_id FROM job_recipients "
+                  "WHERE job_id = %s AND status = 'sent'", (job.job_id,))}
     kinds = {"delivered": RecipientDelivered, "bounced": RecipientBounced, "complained": RecipientComplained}
     publisher = EventPublisher(settings, source="urn:manireports:offload:test-webhooks")
     await publisher.start()
@@ -91,7 +92,8 @@ async def publish_reports(settings: Settings, job: SampleJob) -> int:
         for userid, kind in sorted(job.reports.items()):
             row = rows[userid]
             sends.append(await publisher.send(kinds[kind](
-                job_id=job.job_id, userid=userid, email=row["email"], provider="smtp", message_id=row["message_id"],
+                job_id=job.job_id, userid=userid, email=row["email"], provider="smtp",
+                message_id=row["message_id"],
                 provider_event_id=f"{kind}-{job.job_id}-{userid}", occurred_at=datetime.now(UTC),
                 detail="550 5.1.1 mailbox unavailable" if kind == "bounced" else None)))
         await publisher.flush()
@@ -102,7 +104,8 @@ async def publish_reports(settings: Settings, job: SampleJob) -> int:
 
 
 def run_sample(settings: Settings, mail_sink: DevMailSink, jobs: list[SampleJob], *,
-               rejected_job_id: str | None = "hooli-bad-1", timeout: float = 300, one_at_a_time: bool = False) -> None:
+               rejected_job_id: str | None = "hooli-bad-1", timeout: float = 300,
+               one_at_a_time: bool = False) -> None:
     """Submit every job (and one that intake rejects), wait for each, then publish the provider reports and
     wait until the read model counts them. ``one_at_a_time``: each job starts when the one before completed
     (their times to complete are then not shared)."""
@@ -110,8 +113,8 @@ def run_sample(settings: Settings, mail_sink: DevMailSink, jobs: list[SampleJob]
         for userid in job.refused:
             mail_sink.reject(job.email(userid), code=550)
     for job in jobs:
-        payload = job_payload(job.job_id, job.learners, company_id=job.company_id, template_id=job.template_id,
-                              start=job.start)
+        payload = job_payload(job.job_id, job.learners, company_id=job.company_id,
+                              template_id=job.template_id, start=job.start)
         asyncio.run(submit_job(settings, payload))
         if one_at_a_time:
             wait_for_job(settings, job.job_id, timeout=timeout)
@@ -127,8 +130,10 @@ def run_sample(settings: Settings, mail_sink: DevMailSink, jobs: list[SampleJob]
 
     def reports_projected() -> bool:
         for job in jobs:
-            row = query(settings, "SELECT delivered, bounced, complained FROM jobs WHERE job_id = %s", (job.job_id,))
-            wanted = {k: sum(1 for v in job.reports.values() if v == k) for k in ("delivered", "bounced", "complained")}
+            row = query(settings, "SELECT delivered, bounced, complained FROM jobs WHERE job_id = %s",
+                        (job.job_id,))
+            kinds = list(job.reports.values())
+            wanted = {k: kinds.count(k) for k in ("delivered", "bounced", "complained")}
             if not row or {k: row[0][k] for k in wanted} != wanted:
                 return False
         return True

@@ -1,4 +1,4 @@
-"""Parquet export of real jobs: typed columns and the read model's counts, read back with DuckDB and pyarrow."""
+"""Parquet export of real jobs: typed columns and the read model's counts, read with DuckDB and pyarrow."""
 
 from __future__ import annotations
 
@@ -83,13 +83,13 @@ def test_an_export_of_real_jobs_opens_in_duckdb_with_typed_columns_and_the_read_
     parted = tmp_path / "by-company"
     asyncio.run(export_parquet(settings, EventFilter(), parted, ("company", "date")))
     glob = f"{parted}/recipient.sent.v1/**/*.parquet"
-    hive = {r[0]: r[1] for r in db.sql(f"DESCRIBE SELECT * FROM read_parquet('{glob}', hive_partitioning=true)")
-            .fetchall()}
+    described = db.sql(f"DESCRIBE SELECT * FROM read_parquet('{glob}', hive_partitioning=true)").fetchall()
+    hive = {r[0]: r[1] for r in described}
     assert (hive["company_id"], hive["date"], hive["userid"]) == ("BIGINT", "DATE", "BIGINT")
     assert dict(db.sql(f"SELECT company_id, count(*) FROM read_parquet('{glob}', hive_partitioning=true) "
                        "GROUP BY 1").fetchall()) == by_company
-    assert sorted(p.name for p in (parted / "recipient.sent.v1").iterdir()) == ["company_id=7", "company_id=8",
-                                                                               "company_id=9"]
+    folders = sorted(p.name for p in (parted / "recipient.sent.v1").iterdir())
+    assert folders == ["company_id=7", "company_id=8", "company_id=9"]
     table = ds.dataset(parted / "recipient.failed.v1", partitioning="hive").to_table()
     assert table.num_rows == sum(n for (_, s), n in expected.items() if s == "failed")
 

@@ -1,5 +1,6 @@
-"""A consumer that is not this Python code (Node.js, clients/node-consumer) reads the jobs and outcomes topics,
-validates every record against the committed JSON Schemas, and its per-job summary equals the read model."""
+"""A consumer that is not this Python code (Node.js, clients/node-consumer) reads the jobs and outcomes
+topics, validates every record against the committed JSON Schemas, and its per-job summary equals the read
+model."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.integration
 
 CLIENT = REPO / "clients" / "node-consumer"
 COMPARED = ("status", "type", "company_id", "route", "provider", "template_id", "total_recipients",
-            "duplicates_removed", "batch_count", "batches_done", "succeeded", "failed", "delivered", "bounced",
-            "complained")
+            "duplicates_removed", "batch_count", "batches_done", "succeeded", "failed", "delivered",
+            "bounced", "complained")
 
 
 def node_consumer(settings, *extra: str) -> subprocess.CompletedProcess:
@@ -86,8 +87,8 @@ def test_the_node_consumer_reports_a_record_that_breaks_the_contract(settings_fa
             headers = [("ce_specversion", b"1.0"), ("ce_id", b"x-1"), ("ce_source", b"urn:test"),
                        ("ce_type", b"org.manireports.offload.recipient.sent.v1"), ("ce_subject", b"j1"),
                        ("content-type", b"application/json")]
-            bad = {"job_id": "j1", "batch_no": 0, "userid": "seven", "email": "a@example.org", "provider": "smtp",
-                   "message_id": "<m@x>", "attempts": 1, "sent_at": "yesterday"}
+            bad = {"job_id": "j1", "batch_no": 0, "userid": "seven", "email": "a@example.org",
+                   "provider": "smtp", "message_id": "<m@x>", "attempts": 1, "sent_at": "yesterday"}
             await producer.send_and_wait(settings.topic("outcomes"), json.dumps(bad).encode(), key=b"j1",
                                          headers=headers)
             await producer.send_and_wait(settings.topic("jobs"), b'{"job_id": "j1"}', key=b"j1")  # no headers

@@ -25,7 +25,8 @@ async def delete_history(settings, before: dict[tuple[str, int], int]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
-        await admin.delete_records({TopicPartition(t, p): RecordsToDelete(o) for (t, p), o in before.items() if o})
+        await admin.delete_records({TopicPartition(t, p): RecordsToDelete(o)
+                                    for (t, p), o in before.items() if o})
     finally:
         await admin.close()
 
@@ -75,6 +76,7 @@ def test_a_replay_from_a_snapshot_rebuilds_the_read_models_after_the_history_bef
     assert (before["total_recipients"], before["type"]) == (0, None)  # its JobAccepted is gone
     assert [r["userid"] for r in from_zero["job_recipients"] if r["job_id"] == "before-a"] == [7]
     # From the empty snapshot (taken before the deleted history) the replay is refused.
-    with pytest.raises(SnapshotTooOld, match=r"older than the log: .*jobs\[\d\]: snapshot at 0, log starts at"):
+    too_old = r"older than the log: .*jobs\[\d\]: snapshot at 0, log starts at"
+    with pytest.raises(SnapshotTooOld, match=too_old):
         asyncio.run(replay_from_snapshot(settings, f"{schema}_empty", f"{schema}_too_old"))
     assert "company_cloud_settings" in TABLES  # compared by test_replay; empty here

@@ -1,4 +1,4 @@
-"""Which jobs' table state the expiry timer deletes (the timer itself runs in tests/integration/test_job_expiry.py)."""
+"""Which jobs' table state the expiry timer deletes (the timer: tests/integration/test_job_expiry.py)."""
 
 from streams.expiry import expired_jobs, job_of
 

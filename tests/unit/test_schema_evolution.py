@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from typing import ClassVar
 
 import pytest
@@ -11,7 +10,7 @@ from pydantic import Field
 
 from schemas import upcasters
 from schemas.envelope import UndecodableRecord, decode, encode
-from schemas.events import Event, RecipientSent
+from schemas.events import BY_CE_TYPE, Event, RecipientSent
 from schemas.evolution import BASELINE_DIR, TREE_DIR, check, compare, load
 from schemas.generate import schema_for
 
@@ -27,8 +26,8 @@ def test_the_tree_is_backward_compatible_with_the_baseline():
     assert baseline, "the committed baseline is missing"
     problems = check(baseline, tree)
     assert not problems, (
-        "backward-incompatible schema changes (bump the type to .vN+1 and add an upcaster in schemas/upcasters.py;"
-        " see schemas/README.md):\n  " + "\n  ".join(problems))
+        "backward-incompatible schema changes (bump the type to .vN+1 and add an upcaster in"
+        " schemas/upcasters.py; see schemas/README.md):\n  " + "\n  ".join(problems))
 
 
 # --- incompatible changes are caught ----------------------------------------------------------------------
@@ -63,7 +62,8 @@ def test_making_an_optional_field_required_is_caught():
 def test_dropping_null_from_a_nullable_field_is_caught():
     new = sent_schema()
     new["properties"]["provider_message_id"] = {"type": "string", "default": None}
-    assert compare(sent_schema(), new) == ["provider_message_id: type null is no longer accepted (now string)"]
+    assert compare(sent_schema(), new) == [
+        "provider_message_id: type null is no longer accepted (now string)"]
 
 
 def test_narrowing_an_enum_is_caught():
@@ -87,7 +87,8 @@ def test_narrowing_a_constraint_inside_a_nested_definition_is_caught():
 def test_removing_a_type_without_an_upcaster_is_caught():
     tree = load(BASELINE_DIR)
     del tree[SENT]
-    assert check(load(BASELINE_DIR), tree, upcasters={}) == [f"{SENT}: type removed without an upcaster to a newer version"]
+    assert check(load(BASELINE_DIR), tree, upcasters={}) == [
+        f"{SENT}: type removed without an upcaster to a newer version"]
 
 
 # --- compatible changes pass ------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_a_version_bump_with_an_upcaster_passes_and_the_decoder_reads_the_old_re
     assert check(load(BASELINE_DIR), tree, upcasters={SENT: RecipientSentV2.ce_type}) == []
 
     monkeypatch.setattr(upcasters, "UPCASTERS", {})
-    monkeypatch.setitem(__import__("schemas.events").events.BY_CE_TYPE, RecipientSentV2.ce_type, RecipientSentV2)
+    monkeypatch.setitem(BY_CE_TYPE, RecipientSentV2.ce_type, RecipientSentV2)
 
     @upcasters.upcaster(SENT, RecipientSentV2.ce_type)
     def _sent_v1_to_v2(data: dict) -> dict:
