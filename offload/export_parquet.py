@@ -133,7 +133,7 @@ def _row(entry: Any, company_id: int | None, json_columns: Iterable[str]) -> dic
     row: dict[str, Any] = {
         "topic": entry.topic, "partition": entry.partition, "offset": entry.offset, "record_time": entry.when,
         **{f"ce_{k}": v or None for k, v in entry.attrs.items()},
-        **event.model_dump(mode="python", exclude=EXCLUDED_FIELDS),
+        **event.model_dump(mode="python", exclude=set(EXCLUDED_FIELDS)),
         "company_id": company_id,
     }
     row["ce_time"] = datetime.fromisoformat(row["ce_time"]) if row["ce_time"] else None

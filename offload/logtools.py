@@ -121,7 +121,7 @@ async def tail(settings: Settings, flt: EventFilter, *, follow: bool, from_begin
     async for entry in read_log(settings, follow=follow, from_beginning=from_beginning):
         if not flt.matches(entry.event, entry.when):
             continue
-        data = entry.event.model_dump(mode="json", exclude=EXCLUDED_FIELDS)
+        data = entry.event.model_dump(mode="json", exclude=set(EXCLUDED_FIELDS))
         short = entry.attrs["type"].removeprefix(TYPE_PREFIX)
         out.write(f"{entry.when:%H:%M:%S.%f}"[:-3]
                   + f" {entry.topic:28} {short:34} {json.dumps(data, ensure_ascii=False)}\n")
@@ -155,7 +155,7 @@ async def export_csv(settings: Settings, flt: EventFilter, out_dir: Path) -> dic
                 continue
             row = {"topic": entry.topic, "record_time": entry.when.isoformat(),
                    **{f"ce_{k}": v for k, v in entry.attrs.items()},
-                   **flatten(event.model_dump(mode="json", exclude=EXCLUDED_FIELDS))}
+                   **flatten(event.model_dump(mode="json", exclude=set(EXCLUDED_FIELDS)))}
             name = event.ce_type.removeprefix(TYPE_PREFIX)
             if name not in writers:
                 handle = (out_dir / f"{name}.csv").open("w", newline="", encoding="utf-8")

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import cast
 
 import faust
 from faust.types import TP
@@ -67,7 +68,10 @@ class JobExpiry:
     def partition_of(self, table: faust.Table, key: str) -> int:
         """The changelog partition the table's owner wrote ``key`` to."""
         if type(table).partition_for_key is not faust.Table.partition_for_key:
-            return table.partition_for_key(key)  # tables that place keys themselves (by batch key, or in 0)
+            placed = table.partition_for_key(key)  # tables that place keys themselves (by batch key, or in 0)
+            if placed is None:
+                raise TypeError(f"table {table.name} leaves the partition of {key!r} to the producer")
+            return placed
         # Plain tables are written while handling an event of the job's topics, which are keyed by job id.
         return partition_for(job_of(key).encode(), self.ctx.settings.job_partitions)
 
@@ -92,7 +96,7 @@ class JobExpiry:
         actives = self.ctx.app.assignor.assigned_actives()
         deleted: dict[str, int] = {}
         for name in EXPIRING_TABLES:
-            table = self.ctx.app.tables.get(name)
+            table = cast(faust.Table, self.ctx.app.tables.get(name))
             if table is None:
                 continue
             changelog = table.changelog_topic.get_topic_name()
@@ -121,7 +125,7 @@ def register(app: faust.App, ctx: StreamContext) -> JobExpiry:
         app, name=TABLE, beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
         standby_buffer_size=1, is_global=True, default=None,  # as app.GlobalTable() sets them
     ))
-    expiry = JobExpiry(ctx, finished)
+    expiry = JobExpiry(ctx, cast(faust.GlobalTable, finished))
 
     # concurrency=1: with more, faust-streaming can commit past an in-flight message (#606).
     @app.agent(ctx.jobs, name="note-finished-jobs", concurrency=1)
