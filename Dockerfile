@@ -9,13 +9,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 # README* may not exist yet; pyproject.toml names it as the long description.
 COPY pyproject.toml README* ./
-COPY offload ./offload
-COPY streams ./streams
+COPY config ./config
 COPY schemas ./schemas
+COPY security ./security
+COPY eventlog ./eventlog
+COPY streams ./streams
 COPY projections ./projections
 COPY adapters ./adapters
 COPY content ./content
-# aiosmtpd is only in the `test` extra, but the mailsink service runs offload.devmail, which needs it.
+COPY offload ./offload
+COPY devtools ./devtools
+# aiosmtpd is only in the `test` extra, but the mailsink service runs devtools.devmail, which needs it.
 RUN pip install . "aiosmtpd>=1.4,<2" \
     && useradd --create-home --uid 10001 offload \
     && mkdir -p /data/mail && chown -R offload:offload /data

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from offload.config import Settings
+from config.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,12 @@ from aiohttp import web
 from api import certificates, companies, jobs, metrics, ui, webhooks
 from api.auth import signed_requests
 from api.errors import MAX_BODY, json_errors, json_response
-from api.signing import RequestVerifier
 from api.state import STATE, ApiState
 from api.store import ReadStore
 from api.submissions import Submissions
-from offload.config import Settings
-from streams.publisher import EventPublisher
+from config.settings import Settings
+from eventlog.publisher import EventPublisher
+from security.signing import RequestVerifier
 
 log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).with_name("openapi.yaml")

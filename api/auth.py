@@ -7,8 +7,8 @@ import logging
 from aiohttp import web
 
 from api.errors import ApiError, Handler
-from api.signing import AuthError
 from api.state import BODY, CALLER, state_of
+from security.signing import AuthError
 
 log = logging.getLogger(__name__)
 

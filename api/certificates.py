@@ -13,7 +13,7 @@ from aiohttp import web
 
 from adapters.storage.local import LocalCertificateStore
 from api.state import state_of
-from offload.certificates_cli import verify_certificate
+from streams.issued_certificates import verify_certificate
 
 routes = web.RouteTableDef()
 

@@ -1,4 +1,4 @@
-"""What the API accepts as a job: the worker's own validation (streams.intake) plus the edge's stricter rules.
+"""What the API accepts as a job: the worker's own validation (schemas.intake) plus the edge's stricter rules.
 
 The worker validates every JobRequested again, so a job the API accepts is one the worker accepts too. The
 edge adds what only makes sense while Moodle is still on the line: repeated userids, control characters in
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.events import JobRequested
-from streams.intake import validate_request
+from schemas.intake import Refusal, validate_request
 
 # C0 controls (CR and LF among them), DEL, C1 controls, and Unicode line/paragraph separators: none belongs in
 # a name or a one-line template value; in a subject or header they would start a new line.
@@ -25,18 +25,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # template is either an attack or a mistake, and Moodle should hear about it now.
 _TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|\}\}|%\}|#\}")
 _MAX_LISTED = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """One problem with a job: a code a client can match, the field, and words for a person."""
-
-    code: str
-    field: str
-    message: str
-
-    def as_json(self) -> dict[str, str]:
-        return {"code": self.code, "field": self.field, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,13 @@ from typing import Any
 from aiohttp import web
 
 from api import params
-from api.callback_urls import check_callback_url
 from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
-from api.signing import Caller
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
 from schemas.events import JobCancelled, JobRetryRequested
+from security.callback_urls import check_callback_url
+from security.signing import Caller
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

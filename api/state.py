@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from api.errors import ApiError
-from api.signing import Caller, RequestVerifier
 from api.store import ReadStore
 from api.submissions import Submissions
-from offload.config import Settings
-from streams.publisher import EventPublisher
+from config.settings import Settings
+from eventlog.publisher import EventPublisher
+from security.signing import Caller, RequestVerifier
 
 
 @dataclass

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from offload.config import Settings
+from config.settings import Settings
 
 RECIPIENT_STATUSES = ("pending", "sent", "failed", "issued")
 JOB_STATUSES = ("accepted", "running", "completed", "rejected")

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from api.errors import ApiError
 from api.store import ReadStore
+from eventlog.publisher import EventPublisher
+from eventlog.topics import MAX_MESSAGE_BYTES
 from schemas.envelope import encode
 from schemas.events import JobRequested
-from streams.publisher import EventPublisher
-from streams.topics import MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)

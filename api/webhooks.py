@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from api.errors import ApiError, json_response
 from api.store import ReadStore
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.publisher import EventPublisher
 from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered
-from streams.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ if str(REPO) not in sys.path:
 
 import aiohttp
 
-from api.signing import sign
-from offload.config import Settings
+from config.settings import Settings
+from security.signing import sign
 from tests.conftest import job_payload
 from tests.support.stack import ServiceProcess, settings_env
 
@@ -76,7 +76,7 @@ class Process:
 
 
 def start_sink(work: Path, stack: ExitStack) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "offload.devmail", "--host", "127.0.0.1", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0",
                              "--spool", str(work / "mail")], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     def stop() -> None:
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=REPO / ".dev", help="the dev stack's home")
     args = parser.parse_args(argv)
 
-    from offload import devstack
-    from streams.topics import create_topics
+    from devtools import devstack
+    from eventlog.topics import create_topics
 
     info = devstack.up(args.home, start_mail_sink=False, log=lambda *a: None)
     tag = uuid.uuid4().hex[:10]

@@ -83,10 +83,10 @@ def main() -> None:
     import boto3
 
     from bench.certificate_render import raw_render_rate
-    from offload import devstack
+    from config.settings import Settings
+    from devtools import devstack
+    from eventlog.topics import create_topics
     from offload.client import change_company_settings
-    from offload.config import Settings
-    from streams.topics import create_topics
     from tests.support.moto_server import moto_server
     from tests.support.stack import ServiceProcess, fresh_database
 

@@ -3,7 +3,7 @@
 Run ``python -m bench.email_job`` (or ``python bench/email_job.py``) after ``offload dev up``. In one run it
 
 1. starts (or reuses) the dev stack's Kafka and Postgres, but NOT its mail sink: it starts its own
-   ``offload.devmail`` sink as a separate process on a free port (keep_messages off, with a spool, so the
+   ``devtools.devmail`` sink as a separate process on a free port (keep_messages off, with a spool, so the
    sink never shares this process's GIL and we can count what arrived);
 2. starts a moto server (SES), ``offload worker`` (one or more) and ``offload projector`` as processes, with a
    fresh topic prefix, app id and projection schema;
@@ -48,8 +48,8 @@ import psycopg
 from psycopg import sql
 
 from bench.smtp_baselines import naive_moodle_rate, raw_smtp_rate
-from offload.config import Settings
-from offload.processes import ServiceProcess
+from config.settings import Settings
+from devtools.processes import ServiceProcess
 from tests.conftest import job_payload
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -137,7 +137,7 @@ class SinkProcess:
     def start(self) -> SinkProcess:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "offload.devmail", "--host", "127.0.0.1", "--port", "0",
+            [sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0",
              "--spool", str(self.spool)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True,
         )
@@ -382,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
 
-    from offload import devstack
+    from devtools import devstack
+    from eventlog.topics import create_topics
     from offload.client import change_company_settings
-    from streams.topics import create_topics
     from tests.support.moto_server import moto_server, verify_ses_sender
 
     info = devstack.up(args.home, start_mail_sink=False, log=lambda *a: None)

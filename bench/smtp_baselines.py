@@ -89,14 +89,14 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true", help="run the sink in this process (shares the GIL)")
     args = parser.parse_args()
     if args.in_process:
-        from offload.devmail import DevMailSink
+        from devtools.devmail import DevMailSink
 
         with DevMailSink(keep_messages=False, max_records=1) as sink:
             _report(sink.host, sink.port, args.n, args.connections)
         return
     # A real relay does not share our interpreter; in-process the sink and the client fight over one GIL.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offload.devmail", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE, text=True,
     )
     try:

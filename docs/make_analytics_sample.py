@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from offload.config import Settings  # noqa: E402
-from offload.devmail import DevMailSink  # noqa: E402
-from offload.processes import READY, ServiceProcess, settings_env  # noqa: E402
-from streams.topics import create_topics  # noqa: E402
+from config.settings import Settings  # noqa: E402
+from devtools.devmail import DevMailSink  # noqa: E402
+from devtools.processes import READY, ServiceProcess, settings_env  # noqa: E402
+from eventlog.topics import create_topics  # noqa: E402
 from tests.integration.analytics_jobs import run_sample, sample_jobs, write_templates  # noqa: E402
 from tests.support.stack import fresh_database  # noqa: E402
 

@@ -9,8 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from config.settings import Settings
 from offload import certificates_cli
-from offload.config import Settings
 
 
 def _settings() -> Settings:
@@ -23,8 +23,8 @@ def _settings() -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
+    from eventlog.topics import create_topics
     from streams.app import create_app
-    from streams.topics import create_topics
 
     settings = _settings()
     asyncio.run(create_topics(settings, with_changelogs=True))
@@ -85,7 +85,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streams.topics import create_topics
+    from eventlog.topics import create_topics
 
     for name, state in asyncio.run(create_topics(_settings())).items():
         print(f"{state:8} {name}")
@@ -189,7 +189,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from offload import devstack
+    from devtools import devstack
 
     home = Path(args.home).resolve()
     if args.action == "up":
@@ -203,7 +203,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from offload.demo import run_demo
+    from devtools.demo import run_demo
 
     return run_demo(Path(args.home).resolve(), recipients=args.recipients, keep_running=args.keep_running)
 

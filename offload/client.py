@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.publisher import EventPublisher
 from schemas.envelope import Record, encode
 from schemas.events import CompanySettingsChanged, Event, JobCancelled, JobRequested, JobRetryRequested
-from streams.publisher import EventPublisher
 
 # The original design carried this inside the job; secrets never enter the log.
 _SECRET_FIELDS = ("callback_secret",)

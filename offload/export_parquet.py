@@ -18,7 +18,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offload.config import Settings
+from config.settings import Settings
 from offload.logtools import (
     EXCLUDED_FIELDS,
     TYPE_PREFIX,

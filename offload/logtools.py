@@ -17,10 +17,10 @@ from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import MAX_MESSAGE_BYTES, partitions_of, public_topics
 from schemas.envelope import UndecodableRecord, decode, header
 from schemas.events import Event, JobAccepted, JobRejected
-from streams.topics import MAX_MESSAGE_BYTES, partitions_of, public_topics
 
 LOG_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters")
 TYPE_PREFIX = "org.manireports.offload."

@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from offload.config import Settings
+from config.settings import Settings
 
 _QUERY = """SELECT job_id, status, route, route_reason, provider, total_recipients, succeeded, failed,
                    batch_count, batches_done, fell_back, error_message, timecreated, timecompleted

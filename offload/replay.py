@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from offload.config import Settings
+from config.settings import Settings
 from projections.projector import Projector, ProjectorStats
 
 

@@ -18,7 +18,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 
-from offload.config import Settings
+from config.settings import Settings
 from projections import tracking
 from projections.projector import (
     PROJECTED_TOPICS,
@@ -28,7 +28,7 @@ from projections.projector import (
     connect,
     create_read_models,
 )
-from streams.topics import partitions_of
+from eventlog.topics import partitions_of
 
 
 class SnapshotTooOld(Exception):

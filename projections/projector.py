@@ -17,11 +17,11 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import MAX_MESSAGE_BYTES, partitions_of
 from projections import audit, callbacks, company_settings, jobs, recipients, tracking
 from projections.base import Applied, Position
 from schemas.envelope import UndecodableRecord, decode
-from streams.topics import MAX_MESSAGE_BYTES, partitions_of
 
 log = logging.getLogger(__name__)
 

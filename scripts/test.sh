@@ -6,14 +6,13 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 . .venv/bin/activate
 HOME_DIR=${OFFLOAD_TEST_STACK_HOME:-.dev}
-started=0
 # Read the status whole before matching: `| grep -q` closes the pipe early, the writer dies of a broken pipe,
 # and under pipefail a running stack then looked stopped (and was stopped at the end).
 stack_status=$(offload dev status --home "$HOME_DIR")
 if ! grep -q "kafka *running" <<<"$stack_status"; then
+  # Stopped again on exit, also when a step (or the start itself, half-way) fails or the run is interrupted.
+  trap 'offload dev down --home "$HOME_DIR"' EXIT
   offload dev up --home "$HOME_DIR"
-  started=1
-  trap 'offload dev down --home "$HOME_DIR"' EXIT  # also when a step fails or the run is interrupted
 fi
 python -m schemas.generate --check
 .ci/check-compose

@@ -10,9 +10,9 @@ from typing import Any
 
 import faust
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import MAX_MESSAGE_BYTES
 from streams.context import StreamContext
-from streams.topics import MAX_MESSAGE_BYTES
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -37,7 +37,8 @@ def create_app(settings: Settings) -> faust.App:
     ctx = StreamContext.build(app, settings)
 
     # Imported here so that importing streams.app stays cheap and free of side effects.
-    from streams.agents import batches, progress, routing, settings as settings_agent
+    from streams.agents import batches, progress, routing
+    from streams.agents import settings as settings_agent
 
     settings_agent.register(app, ctx)
     routing.register(app, ctx)

@@ -1,11 +1,11 @@
 """The callback adapter: signs a callback body the way Moodle verifies it and POSTs it to the job's callback URL.
 
-Signing is the API's own scheme (``api.signing``), seen from the other side: HMAC-SHA256 under the callback
+Signing is the API's own scheme (``security.signing``), seen from the other side: HMAC-SHA256 under the callback
 key over ``POST``, the callback URL's raw path and query, a timestamp, a fresh nonce and the body's SHA-256,
 sent as ``X-Offload-Key-Id/-Timestamp/-Nonce/-Signature``; ``OffloadClient::verifyCallback`` checks exactly
 that. Every attempt is signed anew, so a retry hours later is inside Moodle's timestamp window.
 
-No SSRF through the callback: the URL is checked as at ingest (``api.callback_urls``), and the resolver that
+No SSRF through the callback: the URL is checked as at ingest (``security.callback_urls``), and the resolver that
 opens the connection refuses a non-public address again, so DNS changed since ingest (rebinding) cannot reach
 inside. Redirects are not followed and proxies from the environment are not used.
 """
@@ -28,9 +28,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from api.callback_urls import check_callback_url, non_public
-from api.signing import KEY_ID_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from offload.config import Settings
+from config.settings import Settings
+from security.callback_urls import check_callback_url, non_public
+from security.signing import KEY_ID_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 USER_AGENT = "ManiReports-Offload-Callback/1"
 CALLBACK_ID_HEADER = "X-Offload-Callback-Id"

@@ -11,11 +11,11 @@ from functools import lru_cache
 
 import faust
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.publisher import EventPublisher, partition_for
 from schemas.envelope import UndecodableRecord, decode, header_items
 from schemas.events import CompanySettingsChanged, DeadLettered
 from streams.ledger import OutcomeLedger
-from streams.publisher import EventPublisher, partition_for
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from faust.types import TP
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import BatchesDispatched, JobCompleted, JobRejected
 from streams.context import SinglePartitionGlobalTable, StreamContext
-from streams.publisher import partition_for
+from eventlog.publisher import partition_for
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import MAX_MESSAGE_BYTES
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import Event, RecipientOutcome
-from streams.topics import MAX_MESSAGE_BYTES
 
 
 class OutcomeLedger:

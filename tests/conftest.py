@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from offload.config import Settings
-from offload.devmail import DevMailSink
-from streams.topics import create_topics
+from config.settings import Settings
+from devtools.devmail import DevMailSink
+from devtools.processes import READY, ServiceProcess
+from eventlog.topics import create_topics
 from tests.support.moto_server import MotoServer, moto_server
-from offload.processes import READY, ServiceProcess
 from tests.support.stack import REPO, Infra, fresh_database, infrastructure
 
 

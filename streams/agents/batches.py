@@ -9,66 +9,16 @@ comes back after step 4 only repeats its BatchCompleted, which progress counts o
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Protocol
 
 import faust
 
 from schemas.envelope import UndecodableRecord, decode
-from schemas.events import (
-    BatchCompleted,
-    BatchDispatched,
-    Event,
-    FailedRecipient,
-    Recipient,
-    RecipientFailed,
-    RecipientOutcome,
-)
+from schemas.events import BatchCompleted, BatchDispatched, FailedRecipient, RecipientFailed
+from streams.batchwork import BatchHandler, OutcomeRecorder
 from streams.context import StreamContext
 
 log = logging.getLogger(__name__)
-
-
-class OutcomeRecorder:
-    """Produces a batch's outcome events without waiting on each; counts what succeeded and failed."""
-
-    def __init__(self, ctx: StreamContext) -> None:
-        self._publisher = ctx.publisher
-        self._pending: list[asyncio.Future] = []
-        self.succeeded = 0
-        self.failures: list[FailedRecipient] = []
-
-    @property
-    def failed(self) -> int:
-        return len(self.failures)
-
-    def count(self, outcome: RecipientOutcome) -> None:
-        if isinstance(outcome, RecipientFailed):
-            self.failures.append(FailedRecipient(userid=outcome.userid, retryable=outcome.retryable))
-        else:
-            self.succeeded += 1
-
-    async def record(self, outcome: RecipientOutcome) -> None:
-        self._pending.append(await self._publisher.send(outcome))
-        self.count(outcome)
-
-    async def record_event(self, event: Event) -> None:
-        """A non-outcome event of the batch (e.g. JobFellBackToLocal), awaited with the outcomes."""
-        self._pending.append(await self._publisher.send(event))
-
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending:
-            await self._publisher.flush()
-            await asyncio.gather(*pending)
-
-
-class BatchHandler(Protocol):
-    """Does one job type's work for the recipients of a batch not yet served; returns whether it fell back."""
-
-    async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
-        ...
 
 
 class BatchRunner:
@@ -140,8 +90,8 @@ class BatchRunner:
 
 def register(app: faust.App, ctx: StreamContext) -> None:
     from content.email import EmailRenderer, TemplateStore
-    from streams.certificate_batches import CertificateBatchHandler
-    from streams.email_batches import CertificateMailer, EmailBatchHandler, EmailProviders
+    from streams.handlers.certificate_batches import CertificateBatchHandler
+    from streams.handlers.email_batches import CertificateMailer, EmailBatchHandler, EmailProviders
 
     providers = EmailProviders(ctx.settings)  # one SMTP pool per worker, shared by email and certificate mail
     ctx.add_service(providers)

@@ -23,6 +23,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from eventlog.publisher import partition_for
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
     BatchCompleted,
@@ -33,7 +34,6 @@ from schemas.events import (
 )
 from streams.callbacks import Attempt, CallbackSender, backoff_delay, callback_body
 from streams.context import BatchProgressTable, StreamContext
-from streams.publisher import partition_for
 
 log = logging.getLogger(__name__)
 

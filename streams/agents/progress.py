@@ -25,8 +25,8 @@ from schemas.events import (
     JobRetryRequested,
     Recipient,
 )
+from schemas.intake import batches
 from streams.context import StreamContext
-from streams.intake import batches
 from streams.retry import all_runs_completed, choose, current_failures
 
 log = logging.getLogger(__name__)

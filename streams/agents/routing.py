@@ -8,8 +8,8 @@ import faust
 
 from schemas.envelope import header
 from schemas.events import BatchDispatched, BatchesDispatched, JobAccepted, JobRejected, JobRequested
+from schemas.intake import batch_count, batches, validate_request
 from streams.context import StreamContext
-from streams.intake import batch_count, batches, validate_request
 from streams.routing import decide_route
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from offload.client import submit_job
-from offload.config import Settings
-from offload.devmail import DevMailSink
+from config.settings import Settings
+from devtools.devmail import DevMailSink
 from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered
-from streams.publisher import EventPublisher
+from eventlog.publisher import EventPublisher
 from tests.conftest import job_payload
 from tests.support.observe import query, wait_for, wait_for_job
 

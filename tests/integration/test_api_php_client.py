@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from api.signing import sign
+from security.signing import sign
 from tests.support.api import ApiServer, api_keys, without_api_keys
 from tests.support.observe import records, wait_for
 

@@ -14,8 +14,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from config.settings import Settings
 from offload.client import submit_job
-from offload.config import Settings
 from projections import callbacks as callbacks_model
 from projections import projector
 from schemas.events import CallbackDelivered, CallbackFailed
@@ -30,7 +30,7 @@ KEY_ID, SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
 
 
 def create_callbacks_changelog(settings: Settings) -> None:
-    """The callbacks table's changelog, made like streams.topics makes the others (until TABLES lists it)."""
+    """The callbacks table's changelog, made like eventlog.topics makes the others (until TABLES lists it)."""
 
     async def create() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)

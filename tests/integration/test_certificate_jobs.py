@@ -15,11 +15,11 @@ import boto3
 import pytest
 
 from content.certificates.templates import CertificateTemplateStore
-from offload.certificates_cli import verify_certificate, zip_certificates
+from eventlog.publisher import EventPublisher
 from offload.client import change_company_settings, submit_job
 from schemas.envelope import Record
 from schemas.events import BatchCompleted, BatchDispatched, CertificateIssued, JobFellBackToLocal
-from streams.publisher import EventPublisher
+from streams.issued_certificates import verify_certificate, zip_certificates
 from tests.support.certificates import decode_qr, pdf_text
 from tests.support.moto_server import free_port
 from tests.support.observe import events, query, records, wait_for, wait_for_job

@@ -20,9 +20,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from offload import devstack
-from offload.devstack import kafka as devkafka
-from offload.devstack.process import cmdline, is_ours
+from devtools import devstack
+from devtools.devstack import kafka as devkafka
+from devtools.devstack.process import cmdline, is_ours
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from adapters.email.base import Outcome, ProviderUnavailable
 from adapters.email.delivery import FinalResult, RetryPolicy, deliver
 from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider
-from offload.devmail import DevMailSink
+from devtools.devmail import DevMailSink
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, RecordingSleep, address_of, closed_port, outgoing
 from tests.support.moto_server import MotoServer, moto_server
 
@@ -272,7 +272,7 @@ async def test_sink_spools_json_lines(tmp_path: Path) -> None:
 
 async def test_sink_runs_standalone(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offload.devmail", "--host", "127.0.0.1", "--port", "0", "--spool", str(tmp_path)],
+        [sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0", "--spool", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )
     try:

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from offload.client import request_retry, submit_job
 from schemas.events import JobCompleted
-from streams.topics import partitions_of
+from eventlog.topics import partitions_of
 from tests.support.observe import events, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration

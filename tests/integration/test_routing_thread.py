@@ -85,8 +85,8 @@ def test_a_malformed_job_is_rejected_with_every_problem_and_junk_is_dead_lettere
     bad = {"job_id": "bad-job", "type": "fax", "company_id": 3, "recipients": [], "template_id": "../etc"}
     asyncio.run(submit_job(settings, bad))
 
+    from eventlog.publisher import EventPublisher
     from schemas.envelope import Record
-    from streams.publisher import EventPublisher
 
     async def send_junk() -> None:
         publisher = EventPublisher(settings, source="test")

@@ -17,9 +17,9 @@ from api import webhooks
 from api.errors import MAX_BODY, json_errors
 from api.store import ReadStore, progress
 from content.email.addresses import message_id_for
+from eventlog.publisher import EventPublisher
 from projections.projector import Projector
 from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered, RecipientSent
-from streams.publisher import EventPublisher
 from tests.support.observe import events, query
 from tests.unit.test_webhooks import (
     TOPIC,

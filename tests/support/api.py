@@ -21,8 +21,8 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from api.app import create_app
-from api.signing import sign
-from offload.config import ApiKey, Settings
+from config.settings import ApiKey, Settings
+from security.signing import sign
 
 PUBLIC_CALLBACK = "https://93.184.215.14/local/offload/callback.php"  # a literal public address: needs no DNS
 

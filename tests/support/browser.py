@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-from offload.config import Settings
+from config.settings import Settings
 from tests.support.api import send
 from tests.support.stack import REPO, settings_env
 

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from api.signing import sign
+from security.signing import sign
 
 
 @dataclass(frozen=True)

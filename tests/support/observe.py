@@ -12,11 +12,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import partitions_of
 from projections.projector import PROJECTED_TOPICS, PROJECTION
 from schemas.envelope import decode
 from schemas.events import Event
-from streams.topics import partitions_of
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from offload.processes import ServiceProcess, settings_env  # noqa: F401 - re-exported for tests
+from devtools.processes import ServiceProcess, settings_env  # noqa: F401 - re-exported for tests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def infrastructure() -> Iterator[Infra]:
             url = pg.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
             yield Infra(kafka.get_bootstrap_server(), url, "testcontainers")
         return
-    from offload import devstack
+    from devtools import devstack
 
     home = Path(os.environ.get("OFFLOAD_TEST_STACK_HOME", REPO / ".dev"))
     was_running = devstack.status(home).get("kafka") == "running"

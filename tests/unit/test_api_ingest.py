@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.callback_urls import check_callback_url
 from api.ingest import NotAJob, check_job
-from streams.intake import validate_request
+from schemas.intake import validate_request
+from security.callback_urls import check_callback_url
 from tests.conftest import job_payload
 
 LIMIT = 100_000

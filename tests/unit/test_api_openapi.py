@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from api.app import OPENAPI, create_app
-from offload.config import Settings
+from config.settings import Settings
 
 
 def test_every_route_is_described_and_every_description_is_a_route():

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from api import signing
-from api.signing import AuthError, RequestVerifier, canonical_string, sign
-from offload.config import ApiKey
+from config.settings import ApiKey
+from security import signing
+from security.signing import AuthError, RequestVerifier, canonical_string, sign
 
 SECRET = "k7-secret-0123456789abcdef"
 NOW = 1_800_000_000

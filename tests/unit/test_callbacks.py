@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from api.signing import RequestVerifier
-from offload.config import ApiKey, Settings
+from config.settings import ApiKey, Settings
+from security.signing import RequestVerifier
 from streams.callbacks import (
     CALLBACK_ID_HEADER,
     CallbackSender,

@@ -9,7 +9,7 @@ import pytest
 from schemas import generate
 from schemas.envelope import UndecodableRecord, decode, encode, header
 from schemas.events import BatchDispatched, JobAccepted, JobRequested, Recipient, RecipientSent
-from streams.intake import batch_count, batches, validate_request
+from schemas.intake import batch_count, batches, validate_request
 from tests.conftest import job_payload
 
 

@@ -1,7 +1,7 @@
 """A single-node KRaft Apache Kafka broker run straight from Maven Central jars, without Docker.
 
 Apache Kafka is neither a Debian nor a PyPI package, so the broker jars are fetched once with Maven from
-the pom shipped in ``offload/infra/kafka`` and the JVM runs ``kafka.Kafka`` from them.
+the pom shipped in ``devtools/infra/kafka`` and the JVM runs ``kafka.Kafka`` from them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from offload.devstack.process import (
+from devtools.devstack.process import (
     DevStackError,
     Log,
     ensure_port_free,
@@ -138,7 +138,7 @@ def write_properties(home: Path, kafka_port: int, controller_port: int) -> Path:
     }
     path = props_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = "# Written by offload.devstack on every start; edit the code, not this file.\n"
+    body = "# Written by devtools.devstack on every start; edit the code, not this file.\n"
     path.write_text(body + "".join(f"{key}={value}\n" for key, value in lines.items()))
     data.mkdir(parents=True, exist_ok=True)
     return path

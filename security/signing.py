@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from offload.config import ApiKey
+from config.settings import ApiKey
 
 KEY_ID_HEADER = "X-Offload-Key-Id"
 TIMESTAMP_HEADER = "X-Offload-Timestamp"

@@ -12,7 +12,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from api.ingest import Refusal
+from schemas.intake import Refusal
 
 _FIELD = "callback_url"
 

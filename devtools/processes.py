@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from offload.config import Settings
+from config.settings import Settings
 
 _ALIASES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "database_url": "DATABASE_URL"}
 

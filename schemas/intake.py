@@ -12,6 +12,18 @@ from schemas.events import JobRequested, Problem, Recipient
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """One problem with a job: a code a client can match, the field, and words for a person."""
+
+    code: str
+    field: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"code": self.code, "field": self.field, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
 class IntakeResult:
     """Either a valid job (with repeated userids removed) or the job id and every problem found."""
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from offload.devstack import kafka, mailsink, postgres
-from offload.devstack.process import DevStackError, Log, ensure_port_free, stack_lock
+from devtools.devstack import kafka, mailsink, postgres
+from devtools.devstack.process import DevStackError, Log, ensure_port_free, stack_lock
 
 __all__ = ["DevStackError", "StackInfo", "down", "restart_kafka", "status", "up"]
 
@@ -32,7 +32,7 @@ class StackInfo:
     pids: dict[str, int] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        """The settings as environment variables understood by ``offload.config.Settings``."""
+        """The settings as environment variables understood by ``config.settings.Settings``."""
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "DATABASE_URL": self.database_url,

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     # Two keys per company may be valid at once, so a key is rotated without downtime.
     api_keys: dict[str, ApiKey] = Field(default_factory=dict)
     api_timestamp_window: float = Field(default=300, ge=5, le=3600)  # seconds either side of now
-    # Default = the job-requests topic's max.message.bytes (streams.topics.MAX_MESSAGE_BYTES, 32 MiB): a body
+    # Default = the job-requests topic's max.message.bytes (eventlog.topics.MAX_MESSAGE_BYTES, 32 MiB): a body
     # the API admits always fits in one Kafka record. A 100,000-recipient job is ~10-20 MB of JSON.
     api_max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=32 * 1024 * 1024)
     # Callback URLs resolving to loopback/private/link-local addresses are refused unless this is set.

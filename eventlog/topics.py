@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from offload.config import Settings
+from config.settings import Settings
 
 # One 100,000-recipient job request is ~10-15 MB of JSON; the broker's default limit is 1 MB.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""The development SMTP sink (``python -m offload.devmail``) run beside Kafka and Postgres.
+"""The development SMTP sink (``python -m devtools.devmail``) run beside Kafka and Postgres.
 
 Local-route email goes to an SMTP relay; in development that relay is this sink, which writes every
 message it receives into ``home/mail`` instead of delivering it.
@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from offload.devstack.process import (
+from devtools.devstack.process import (
     DevStackError,
     Log,
     ensure_port_free,
@@ -23,8 +23,8 @@ from offload.devstack.process import (
     write_pid,
 )
 
-READY_TIMEOUT = 15.0
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # so `-m offload.devmail` works without an install
+READY_TIMEOUT = 60.0  # a deadline, not an estimate: the sink starts in ~1 s, far slower on a loaded machine
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # so `-m devtools.devmail` works without an install
 
 
 def spool(home: Path) -> Path:
@@ -36,7 +36,7 @@ def pidfile(home: Path) -> Path:
 
 
 def markers(home: Path) -> list[str]:
-    return ["offload.devmail", str(spool(home))]
+    return ["devtools.devmail", str(spool(home))]
 
 
 def running(home: Path) -> int | None:
@@ -50,7 +50,7 @@ def start(home: Path, port: int, log: Log) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
     log_path = home / "logs" / "mail.log"
-    argv = [sys.executable, "-m", "offload.devmail", "--host", "127.0.0.1", "--port", str(port),
+    argv = [sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", str(port),
             "--spool", str(spool(home))]
     pid = spawn(argv, log_path, env=env)
     write_pid(pidfile(home), pid)

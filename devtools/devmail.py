@@ -1,7 +1,7 @@
 """A development SMTP sink (like MailHog): accepts every message, records it, and can inject failures.
 
 Tests use it in-process (``DevMailSink``); the dev stack runs it standalone with
-``python -m offload.devmail --host 127.0.0.1 --port 2525 --spool DIR``, and other processes count what
+``python -m devtools.devmail --host 127.0.0.1 --port 2525 --spool DIR``, and other processes count what
 arrived by reading ``DIR/received.jsonl``. The handler does little more than a dict append so the sink
 keeps up with a few thousand messages a second.
 """
@@ -276,7 +276,7 @@ class DevMailSink:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sink until SIGTERM/SIGINT; print one line when it accepts connections."""
-    parser = argparse.ArgumentParser(prog="python -m offload.devmail", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.devmail", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2525)
     parser.add_argument("--spool", type=Path, default=None, help="directory for received.jsonl (and .eml files)")

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from adapters.storage.base import CertificateStore, StorageUnavailable, StoredObject, object_key
 from adapters.storage.local import LocalCertificateStore
+from config.settings import Settings
 from content.certificates.codes import certificate_code, verification_url
 from content.certificates.pool import CertificateInput, RenderPool
 from content.certificates.templates import CertificateTemplateStore, TemplateNotFound
-from offload.config import Settings
 from schemas.events import (
     BatchDispatched,
     CertificateIssued,
@@ -38,9 +38,11 @@ from schemas.events import (
 )
 
 if TYPE_CHECKING:
-    from streams.email_batches import CertificateMailer  # the render processes import this module: keep Faust out of them
-    from streams.agents.batches import OutcomeRecorder
+    from streams.batchwork import OutcomeRecorder
     from streams.context import StreamContext
+    from streams.handlers.email_batches import (
+        CertificateMailer,  # the render processes import this module: keep Faust out of them
+    )
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import time
 import uuid
 from pathlib import Path
 
-from offload import devstack
+from config.settings import Settings
+from devtools import devstack
+from devtools.processes import READY, ServiceProcess
+from eventlog.topics import create_topics
 from offload.client import submit_job
-from offload.config import Settings
-from offload.processes import READY, ServiceProcess
 from offload.progress import watch
-from streams.topics import create_topics
 
 FIRST = ["Zoë", "Иван", "Αλέξανδρος", "李", "Siobhán", "José", "Aiko", "Olu", "Maria", "Ahmed", "Priya", "Tom"]
 LAST = ["Ångström", "Петров", "Παπαδόπουλος", "雷", "O'Neil", "García", "Tanaka", "Adeyemi", "Rossi", "Khan"]

@@ -69,6 +69,15 @@ def is_ours(pid: int, markers: Sequence[str]) -> bool:
 
     Whole arguments, not substrings: ``/a/home/...`` must not match a stack in ``/b/a/home/...``.
     """
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        # Our own child is ours while it runs. Its command line cannot tell: the parent learns that exec()
+        # succeeded before the kernel has set up the new program's arguments, and /proc/<pid>/cmdline reads
+        # empty meanwhile. On a loaded machine a start was seen to take that window for "exited at once".
+        if child.poll() is None:
+            return True
+        _CHILDREN.pop(pid, None)
+        return False
     args = argv_of(pid)
     return args is not None and all(marker in args for marker in markers)
 

@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from offload.config import Settings
+from config.settings import Settings
+from eventlog.topics import MAX_MESSAGE_BYTES, public_topics
 from schemas.envelope import Record, encode
 from schemas.events import Event
-from streams.topics import MAX_MESSAGE_BYTES, public_topics
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -14,7 +14,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from offload.devstack.process import (
+from devtools.devstack.process import (
     DevStackError,
     Log,
     ensure_port_free,

@@ -10,6 +10,7 @@ from adapters.email.base import EmailProvider, OnEachResult, OutgoingEmail, Prov
 from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
 from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider
+from config.settings import Settings
 from content.email import (
     EmailRenderer,
     TemplateRenderError,
@@ -19,9 +20,8 @@ from content.email import (
     compose_message,
     message_id_for,
 )
-from offload.config import Settings
 from schemas.events import BatchDispatched, JobFellBackToLocal, Recipient, RecipientFailed, RecipientSent
-from streams.agents.batches import OutcomeRecorder
+from streams.batchwork import OutcomeRecorder
 from streams.context import StreamContext
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,62 @@
+"""The batch-work protocol: what a job type's handler does with a batch, and how it records each outcome.
+
+The process-batches agent (streams.agents.batches) drives a batch through its crash-safe steps; the handlers in
+streams.handlers do one job type's work and report through an OutcomeRecorder. Both import this module, so
+neither imports the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from schemas.events import (
+    BatchDispatched,
+    Event,
+    FailedRecipient,
+    Recipient,
+    RecipientFailed,
+    RecipientOutcome,
+)
+from streams.context import StreamContext
+
+
+class OutcomeRecorder:
+    """Produces a batch's outcome events without waiting on each; counts what succeeded and failed."""
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self._publisher = ctx.publisher
+        self._pending: list[asyncio.Future] = []
+        self.succeeded = 0
+        self.failures: list[FailedRecipient] = []
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def count(self, outcome: RecipientOutcome) -> None:
+        if isinstance(outcome, RecipientFailed):
+            self.failures.append(FailedRecipient(userid=outcome.userid, retryable=outcome.retryable))
+        else:
+            self.succeeded += 1
+
+    async def record(self, outcome: RecipientOutcome) -> None:
+        self._pending.append(await self._publisher.send(outcome))
+        self.count(outcome)
+
+    async def record_event(self, event: Event) -> None:
+        """A non-outcome event of the batch (e.g. JobFellBackToLocal), awaited with the outcomes."""
+        self._pending.append(await self._publisher.send(event))
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            await self._publisher.flush()
+            await asyncio.gather(*pending)
+
+
+class BatchHandler(Protocol):
+    """Does one job type's work for the recipients of a batch not yet served; returns whether it fell back."""
+
+    async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        ...
