@@ -47,6 +47,7 @@ function cloudEventOf(message) {
   if (attributes.datacontenttype && attributes.datacontenttype !== 'application/json') {
     return { error: `unexpected content-type ${attributes.datacontenttype}` };
   }
+  if (message.value === null) return { error: 'record has no value' };
   let data;
   try {
     data = JSON.parse(message.value.toString('utf8'));
