@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api import certificates, companies, jobs, metrics, ui, webhooks
+from api import certificates, companies, jobs, metrics, public, ui, webhooks
 from api.auth import signed_requests
 from api.errors import MAX_BODY, json_errors, json_response
 from api.state import STATE, ApiState
@@ -20,6 +20,7 @@ from api.store import ReadStore
 from api.submissions import Submissions
 from config.settings import Settings
 from eventlog.publisher import EventPublisher
+from security.seen import PostgresSeen
 from security.signing import RequestVerifier
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,22 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 def create_app(settings: Settings) -> web.Application:
     # client_max_size: aiohttp refuses a larger body while streaming it, Content-Length or not.
-    app = web.Application(middlewares=[json_errors, ui.exempt_from_signing(signed_requests)],
+    # Rate limit before signatures: the public routes are limited per client before any work is done.
+    app = web.Application(middlewares=[json_errors, public.rate_limited, ui.exempt_from_signing(signed_requests)],
                           client_max_size=settings.api_max_body_bytes)
     source = f"urn:manireports:offload:api:{settings.app_id}"
     publisher = EventPublisher(settings, source=source)
     store = ReadStore(settings)
     app[STATE] = ApiState(
         settings=settings,
-        verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window),
+        verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window,
+                                 seen=PostgresSeen(store.pool, settings.projection_schema)),
         publisher=publisher,
         store=store,
         submissions=Submissions(publisher, store, source=source),
     )
     app[MAX_BODY] = settings.api_max_body_bytes
+    public.setup(app)  # rate limit of /verify, /certificates, /ui/login per client address
     app.add_routes(jobs.routes)
     app.add_routes(companies.routes)
     app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}
@@ -53,6 +57,10 @@ def create_app(settings: Settings) -> web.Application:
     app.on_cleanup.append(_stop)
     if not settings.api_keys:
         log.warning("no API keys configured (OFFLOAD_API_KEYS): every signed request will be refused")
+    if settings.uses_public_code_secret:
+        log.warning("OFFLOAD_CERTIFICATE_CODE_SECRET is the public development default: certificate codes "
+                    "served by /verify and /certificates can be computed by anyone (workers refuse to issue "
+                    "certificates with it outside tests and the dev stack)")
     return app
 
 

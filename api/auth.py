@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 
 from api.errors import ApiError, Handler
 from api.state import BODY, CALLER, state_of
-from security.signing import AuthError
+from security.signing import AuthError, SeenUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,17 @@ async def signed_requests(request: web.Request, handler: Handler) -> web.StreamR
         limit = state.settings.api_max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "body_too_large", f"the body is larger than the limit of {limit} bytes")
-        body = await request.read()  # aiohttp stops at client_max_size even without a Content-Length
-        caller = state.verifier.verify(signed, request.method, request.raw_path, body)
+        # aiohttp stops at client_max_size even without a Content-Length, but puts no deadline on the read.
+        try:
+            body = await asyncio.wait_for(request.read(), timeout=state.settings.api_body_timeout)
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", f"the body did not arrive within "
+                                                f"{state.settings.api_body_timeout:.0f} s") from None
+        caller = await state.verifier.admit(signed, request.method, request.raw_path, body)
+    except SeenUnavailable as exc:
+        log.error("replay store unavailable, %s %s refused: %s", request.method, request.path, exc)
+        raise ApiError(503, "replay_store_unavailable", "the request cannot be checked for replays now; "
+                                                        "try again shortly") from None
     except AuthError as exc:
         # The key id is logged, never a secret, a signature or the body.
         log.warning("refused %s %s: %s (key id %r)", request.method, request.path, exc.code,

@@ -1,8 +1,10 @@
 """Public certificate routes: the verification page a QR code points at, and locally stored certificate files.
 
 Both are unsigned on purpose: a learner's employer scans the QR code in a browser. Verification answers for
-one code only, with that certificate's own holder, course and date, never anything about other learners.
-Local files are served only by their object key, which contains the certificate's unguessable code.
+one code only, with that certificate's own holder, course and date as recorded when it was issued (the read
+model, through the API's async pool: never a PDF read back, never a connection of its own), and nothing about
+other learners. Local files are served only by their object key, which contains the certificate's unguessable
+code. Both routes are rate limited per client (api.public).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from aiohttp import web
 
 from adapters.storage.local import LocalCertificateStore
 from api.state import state_of
-from streams.issued_certificates import verify_certificate
+from content.certificates.codes import normalise_code
 
 routes = web.RouteTableDef()
 
@@ -33,18 +35,20 @@ def _page(title: str, body: str, status: int) -> web.Response:
 
 @routes.get("/verify/{code}")
 async def verify(request: web.Request) -> web.Response:
-    found = await verify_certificate(state_of(request).settings, request.match_info["code"][:64])
-    if found is None:
+    code = normalise_code(request.match_info["code"][:64])
+    found = await state_of(request).store.certificate(code) if code is not None else None
+    if code is None or found is None:
         if _wants_json(request):
             return web.json_response({"valid": False}, status=404)
         return _page("Certificate not found", "<p>No certificate has this code.</p>", 404)
-    details = {"valid": True, "code": found.code, "holder": found.holder_name, "course": found.course_name,
-               "completion_date": found.completion_date.isoformat() if found.completion_date else None}
+    completed = found["certificate_completed"]
+    details = {"valid": True, "code": code, "holder": found["certificate_holder"],
+               "course": found["certificate_course"], "completion_date": completed.isoformat() if completed else None}
     if _wants_json(request):
         return web.json_response(details)
     rows = "".join(f"<dt>{html.escape(label)}</dt><dd>{html.escape(str(value or '–'))}</dd>"
-                   for label, value in (("Holder", found.holder_name), ("Course", found.course_name),
-                                        ("Completed", found.completion_date), ("Code", found.code)))
+                   for label, value in (("Holder", details["holder"]), ("Course", details["course"]),
+                                        ("Completed", details["completion_date"]), ("Code", code)))
     return _page("Valid certificate", f"<p>This certificate was issued and is valid.</p><dl>{rows}</dl>", 200)
 
 

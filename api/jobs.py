@@ -13,8 +13,11 @@ from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
-from schemas.events import JobCancelled, JobRetryRequested
-from security.callback_urls import check_callback_url
+from content.validation import job_template_problems, refusal_code
+from schemas.events import SCOPED_SUFFIX, JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
+from schemas.intake import template_data_problem
+from security.callback_urls import check_callback_url, seal_query
+from security.seen import SeenUnavailable
 from security.signing import Caller
 
 log = logging.getLogger(__name__)
@@ -38,20 +41,38 @@ async def submit_job(request: web.Request) -> web.Response:
     job = result.job
     if caller.company_id is not None and job.company_id != caller.company_id:
         raise ApiError(403, "company_mismatch", "this key may only submit jobs of its own company")
+    if SCOPED_SUFFIX.search(job.job_id):
+        raise ApiError(422, "invalid_field", "a job id may not end in ..c<digits>: that form is reserved",
+                       problems=[{"code": "invalid_field", "field": "job_id", "message": "reserved form"}])
+    if job.callback_query_sealed is not None:
+        raise ApiError(422, "invalid_field", "callback_query_sealed is set by the API, never by a client")
+    too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
+    if too_large is not None:
+        problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
+        raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
+    if template_problems := job_template_problems(job, state.settings):  # before Kafka ever sees the job
+        raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
+                       problems=[p.as_json() for p in template_problems])
     if job.callback_url:
         refusal = await check_callback_url(job.callback_url,
                                            allow_private=state.settings.api_allow_private_callbacks)
         if refusal is not None:
             raise ApiError(422, refusal.code, refusal.message, problems=[refusal.as_json()])
+        # A token in the query (Moodle's wstoken) goes into the log sealed, never in clear (finding 13).
+        base, sealed = seal_query(job.callback_url, job.job_id,
+                                  state.settings.callback_url_secret.get_secret_value().encode())
+        if sealed is not None:
+            job = job.model_copy(update={"callback_url": base, "callback_query_sealed": sealed})
     checked = time.perf_counter()
     may_see = None if caller.company_id is None else {caller.company_id}
     submission = await state.submissions.submit(job, may_see=may_see)
     log.info("job %s of company %s from key %s: %s, %d recipients (checked in %.0f ms, handed over in %.0f ms)",
              job.job_id, job.company_id, caller.key_id, "handed over" if submission.created else "already known",
              len(job.recipients), (checked - started) * 1000, (time.perf_counter() - checked) * 1000)
+    shown = client_job_id(submission.job_id, job.company_id)  # the id Moodle chose, even when stored scoped
     return json_response(
-        {"job_id": submission.job_id, "status": submission.status, "created": submission.created,
-         "recipients": len(job.recipients), "links": {"self": f"/api/v1/jobs/{submission.job_id}"}},
+        {"job_id": shown, "status": submission.status, "created": submission.created,
+         "recipients": len(job.recipients), "links": {"self": f"/api/v1/jobs/{shown}"}},
         status=202 if submission.created else 200,
     )
 
@@ -68,8 +89,12 @@ async def list_jobs(request: web.Request) -> web.Response:
             raise ApiError(404, "company_not_found", "no such company")
         company = wanted
     rows, total = await state.store.jobs(company_id=company, status=status, limit=limit, offset=offset)
+    shown = [progress(row, []) for row in rows]
+    if caller.company_id is not None:  # a company sees the ids it chose; an admin sees the stored ones
+        for job in shown:
+            job["job_id"] = client_job_id(job["job_id"], job["company_id"])
     return json_response({
-        "jobs": [progress(row, []) for row in rows],
+        "jobs": shown,
         "total": total, "limit": limit, "offset": offset,
         "next_offset": offset + len(rows) if offset + len(rows) < total else None,
     })
@@ -77,16 +102,22 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def _visible_job(state: ApiState, caller: Caller, job_id: str) -> dict[str, Any]:
     """The job's read-model row, or a stand-in for a job handed over but not yet routed; 404 for a job the
-    caller may not see, exactly as for one that does not exist."""
-    row, errors = await state.store.job_with_errors(job_id)
-    if row is not None:
-        if not caller.may_see(row["company_id"]):
-            raise ApiError(404, "job_not_found", "no such job")
-        return {**progress(row, errors), "_row": row}
-    company = state.submissions.handed_over(job_id)
-    if company is not None and caller.may_see(company):
-        return {"job_id": job_id, "company_id": company, "status": "submitted", "progress": None, "errors": [],
-                "_row": None}
+    caller may not see, exactly as for one that does not exist. ``_id`` is the id the job is stored under
+    (``job_id..c<company>`` when another company had already used the id); ``job_id`` is the one the caller
+    uses."""
+    candidates = [job_id]
+    if caller.company_id is not None:
+        candidates.append(scoped_job_id(job_id, caller.company_id))
+    for stored in candidates:
+        row, errors = await state.store.job_with_errors(stored)
+        if row is not None:
+            if caller.may_see(row["company_id"]):
+                return {**progress(row, errors), "job_id": job_id, "_id": stored, "_row": row}
+            continue
+        company = state.submissions.handed_over(stored)
+        if company is not None and caller.may_see(company):
+            return {"job_id": job_id, "company_id": company, "status": "submitted", "progress": None,
+                    "errors": [], "_id": stored, "_row": None}
     raise ApiError(404, "job_not_found", "no such job")
 
 
@@ -94,6 +125,7 @@ async def _visible_job(state: ApiState, caller: Caller, job_id: str) -> dict[str
 async def get_job(request: web.Request) -> web.Response:
     job = await _visible_job(state_of(request), caller_of(request), params.job_id(request))
     job.pop("_row")
+    job.pop("_id")
     return json_response(job)
 
 
@@ -101,10 +133,10 @@ async def get_job(request: web.Request) -> web.Response:
 async def job_recipients(request: web.Request) -> web.Response:
     state = state_of(request)
     job_id = params.job_id(request)
-    await _visible_job(state, caller_of(request), job_id)
+    stored = (await _visible_job(state, caller_of(request), job_id))["_id"]
     limit, offset = params.page(request)
     status = params.choice(request, "status", RECIPIENT_STATUSES)
-    rows = await state.store.recipients(job_id, status=status, limit=limit, offset=offset)
+    rows = await state.store.recipients(stored, status=status, limit=limit, offset=offset)
     return json_response({"job_id": job_id, "status": status, "recipients": rows, "limit": limit,
                           "offset": offset, "next_offset": offset + len(rows) if len(rows) == limit else None})
 
@@ -119,10 +151,10 @@ async def cancel_job(request: web.Request) -> web.Response:
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
         raise ApiError(422, "invalid_field", "reason must be a string of at most 500 characters")
-    event = JobCancelled(job_id=job["job_id"], company_id=job["company_id"], requested_by=caller.key_id,
+    event = JobCancelled(job_id=job["_id"], company_id=job["company_id"], requested_by=caller.key_id,
                          reason=reason)
     await state.publisher.send_and_wait(event)
-    return json_response({"job_id": event.job_id, "status": "cancel_requested",
+    return json_response({"job_id": job["job_id"], "status": "cancel_requested",
                           "requested_at": event.cancelled_at}, status=202)
 
 
@@ -138,8 +170,25 @@ async def retry_job(request: web.Request) -> web.Response:
     only_retryable = body.get("only_retryable", True)
     if not isinstance(only_retryable, bool):
         raise ApiError(422, "invalid_field", "only_retryable must be true or false")
-    event = JobRetryRequested(job_id=job["job_id"], company_id=job["company_id"], requested_by=caller.key_id,
+    await _limit_retries(state, job["_id"])
+    event = JobRetryRequested(job_id=job["_id"], company_id=job["company_id"], requested_by=caller.key_id,
                               only_retryable=only_retryable)
     await state.publisher.send_and_wait(event)
-    return json_response({"job_id": event.job_id, "status": "retry_requested", "only_retryable": only_retryable,
+    return json_response({"job_id": job["job_id"], "status": "retry_requested", "only_retryable": only_retryable,
                           "requested_at": event.requested_at}, status=202)
+
+
+async def _limit_retries(state: ApiState, job_id: str) -> None:
+    """One retry request per job per api_retry_interval, counted in the store every API replica shares: each
+    retry run writes the job's failed learners to Kafka again, so a loop of retries must not be free."""
+    interval = state.settings.api_retry_interval
+    if interval <= 0:
+        return
+    now = time.time()
+    try:
+        first = await state.verifier.seen.first_time("retry", job_id, expires_at=now + interval, now=now)
+    except SeenUnavailable:
+        raise ApiError(503, "replay_store_unavailable", "retries cannot be counted now; try again shortly") from None
+    if not first:
+        raise ApiError(429, "retry_rate_limited", f"this job was retried less than {interval:.0f} s ago; "
+                                                  "wait for that run to finish", retry_after=int(interval))

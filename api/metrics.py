@@ -1,6 +1,5 @@
-"""``GET /metrics``: Prometheus text exposition (format 0.0.4), written by hand (no client library needed).
-
-Everything is read at scrape time:
+"""``GET /metrics``: Prometheus exposition through ``prometheus_client``, with one custom collector that reads
+its figures at scrape time (nothing is counted in this process between scrapes).
 
 * ``offload_jobs{status,type}``: jobs per status, from the ``jobs`` read model.
 * ``offload_recipients_total{route,provider,outcome}``: recipients sent/failed, summed from the jobs' counters.
@@ -11,12 +10,13 @@ Everything is read at scrape time:
 * ``offload_consumer_lag{agent,group,topic}``: records not yet consumed, summed over partitions: the worker's
   Faust consumer group (``settings.app_id``, committed offsets from Kafka; agent="worker") and the projector
   (``projection_offsets`` in Postgres; agent="projector", group="projector:read-models").
-* ``offload_callbacks_total{outcome}`` and ``offload_callback_success_ratio``: only when a ``callbacks`` read
-  model exists (with a ``status`` column); otherwise not exported.
+* ``offload_callbacks_total{outcome}`` (succeeded / failed / pending, from the ``callbacks`` read model) and
+  ``offload_callback_success_ratio``.
 * ``offload_metrics_source_up{source}``: 1 when Postgres / Kafka answered this scrape, 0 otherwise.
 
-Served to anyone unless ``metrics_token`` is set (then ``Authorization: Bearer <token>``); the output holds no
-company id, job id, address or secret.
+Postgres and Kafka are read at most once a second however often /metrics is hit. With ``metrics_token`` set,
+or whenever ``metrics_require_token`` is on (default in production), only ``Authorization: Bearer <token>``
+gets an answer; the output holds no company id, job id, address or secret.
 """
 
 from __future__ import annotations
@@ -26,21 +26,25 @@ import hmac
 import logging
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import psycopg
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from psycopg.rows import dict_row
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from api.state import STATE, ApiState
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KAFKA_TIMEOUT = 5.0
 PROJECTION = "read-models"  # projections.projector.PROJECTION
+MIN_INTERVAL = 1.0  # seconds: Prometheus scrapes every 15-60 s; anything faster gets the same reading
+CALLBACK_OUTCOMES = {"delivered": "succeeded", "gave_up": "failed", "retrying": "pending"}
 
 
 class KafkaOffsets:
@@ -88,11 +92,101 @@ class KafkaOffsets:
         self.admin = self.consumer = None
 
 
+@dataclass
+class Reading:
+    """The figures of one scrape, as read from Postgres and Kafka."""
+
+    postgres_up: bool = False
+    kafka_up: bool = False
+    jobs: list[dict] = field(default_factory=list)
+    outcomes: list[dict] = field(default_factory=list)
+    callbacks: dict[str, int] = field(default_factory=dict)
+    lag: list[tuple[str, str, str, int]] = field(default_factory=list)  # agent, group, topic, records
+    seconds: float = 0.0
+
+
+class OffloadCollector(Collector):
+    """Yields the metric families of the latest reading; ``refresh()`` takes a new one at scrape time."""
+
+    def __init__(self, state: ApiState, kafka: KafkaOffsets) -> None:
+        self.state = state
+        self.kafka = kafka
+        self.reading = Reading()
+        self.read_at: float | None = None
+        self.reads = 0
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        started = time.perf_counter()
+        reading = Reading()
+        projector = await _from_postgres(self.state, reading)
+        await _consumer_lag(self.state, self.kafka, projector, reading)
+        reading.seconds = round(time.perf_counter() - started, 4)
+        self.reading = reading
+
+    async def scrape(self, registry: CollectorRegistry) -> bytes:
+        """The exposition, from a reading at most MIN_INTERVAL old: however often /metrics is hit, Postgres and
+        Kafka are read at most once per MIN_INTERVAL (scrapes arriving together wait for one read)."""
+        async with self._lock:
+            if self.read_at is None or time.monotonic() - self.read_at >= MIN_INTERVAL:
+                await self.refresh()
+                self.read_at = time.monotonic()
+                self.reads += 1
+            return generate_latest(registry)
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.reading
+        if r.postgres_up:
+            jobs = GaugeMetricFamily("offload_jobs", "jobs in the read model by status and type",
+                                     labels=["status", "type"])
+            for row in r.jobs:
+                jobs.add_metric([row["status"], row["type"]], row["n"])
+            yield jobs
+            outcomes = CounterMetricFamily(
+                "offload_recipients", "recipients with an outcome, by route, provider and outcome (sent includes "
+                "certificates issued); use rate() for per-second figures", labels=["route", "provider", "outcome"])
+            for row in r.outcomes:
+                outcomes.add_metric([row["route"], row["provider"], "sent"], row["sent"] or 0)
+                outcomes.add_metric([row["route"], row["provider"], "failed"], row["failed"] or 0)
+            yield outcomes
+            callbacks = CounterMetricFamily("offload_callbacks", "callbacks to Moodle by outcome", labels=["outcome"])
+            for outcome in ("succeeded", "failed", "pending"):
+                callbacks.add_metric([outcome], r.callbacks.get(outcome, 0))
+            yield callbacks
+            # Counts by outcome from a GROUP BY: an outcome that never happened has no row, a real 0.
+            done = r.callbacks.get("succeeded", 0) + r.callbacks.get("failed", 0)
+            yield GaugeMetricFamily("offload_callback_success_ratio", "succeeded / (succeeded + failed) callbacks",
+                                    value=r.callbacks.get("succeeded", 0) / done if done else 1.0)
+        if r.kafka_up:
+            lag = GaugeMetricFamily("offload_consumer_lag",
+                                    "records in the topic not yet consumed by the group, summed over partitions",
+                                    labels=["agent", "group", "topic"])
+            for agent, group, topic, records in r.lag:
+                lag.add_metric([agent, group, topic], records)
+            yield lag
+        up = GaugeMetricFamily("offload_metrics_source_up", "1 when the source answered this scrape",
+                               labels=["source"])
+        up.add_metric(["postgres"], int(r.postgres_up))
+        up.add_metric(["kafka"], int(r.kafka_up))
+        yield up
+        yield GaugeMetricFamily("offload_metrics_scrape_seconds", "time taken to gather these metrics",
+                                value=r.seconds)
+
+
 KAFKA = web.AppKey("metrics_kafka", KafkaOffsets)
+COLLECTOR = web.AppKey("metrics_collector", OffloadCollector)
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
 
 def setup(app: web.Application) -> None:
-    app[KAFKA] = KafkaOffsets(app[STATE].settings.kafka_bootstrap_servers)
+    state = app[STATE]
+    app[KAFKA] = KafkaOffsets(state.settings.kafka_bootstrap_servers)
+    app[COLLECTOR] = OffloadCollector(state, app[KAFKA])
+    app[REGISTRY] = CollectorRegistry(auto_describe=False)
+    app[REGISTRY].register(app[COLLECTOR])
+    if state.settings.metrics_token_required and state.settings.metrics_token is None:
+        log.warning("/metrics requires a bearer token (metrics_require_token, on in production) but "
+                    "OFFLOAD_METRICS_TOKEN is not set: every scrape will be refused")
     app.router.add_get("/metrics", metrics)
     app.on_cleanup.append(_close)
 
@@ -101,119 +195,40 @@ async def _close(app: web.Application) -> None:
     await app[KAFKA].close()
 
 
+def _authorised(request: web.Request, state: ApiState) -> bool:
+    token = state.settings.metrics_token
+    if token is None:
+        return not state.settings.metrics_token_required
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(errors="surrogateescape"),
+                               f"Bearer {token.get_secret_value()}".encode())
+
+
 async def metrics(request: web.Request) -> web.Response:
     state: ApiState = request.app[STATE]
-    token = state.settings.metrics_token
-    if token is not None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
-            return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
-    started = time.perf_counter()
-    out = Exposition()
-    postgres_up, projector = await _from_postgres(state, out)
-    kafka_up = await _consumer_lag(state, request.app[KAFKA], projector, out)
-    out.family("offload_metrics_source_up", "gauge", "1 when the source answered this scrape")
-    out.sample("offload_metrics_source_up", {"source": "postgres"}, int(postgres_up))
-    out.sample("offload_metrics_source_up", {"source": "kafka"}, int(kafka_up))
-    out.family("offload_metrics_scrape_seconds", "gauge", "time taken to gather these metrics")
-    out.sample("offload_metrics_scrape_seconds", {}, round(time.perf_counter() - started, 4))
-    return web.Response(body=out.text().encode(), headers={"Content-Type": CONTENT_TYPE})
+    if not _authorised(request, state):
+        return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
+    body = await request.app[COLLECTOR].scrape(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-class Exposition:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-
-    def sample(self, name: str, labels: dict[str, Any], value: float) -> None:
-        if labels:
-            inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{inner}}} {_number(value)}")
-        else:
-            self.lines.append(f"{name} {_number(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    return repr(float(value))
-
-
-async def _rows(conn: psycopg.AsyncConnection, query: str, params: tuple = ()) -> list[dict[str, Any]] | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        try:
-            await cur.execute(query, params)
-        except psycopg.errors.UndefinedTable:
-            return None
-        return await cur.fetchall()
-
-
-async def _from_postgres(state: ApiState, out: Exposition) -> tuple[bool, dict[TopicPartition, int]]:
+async def _from_postgres(state: ApiState, reading: Reading) -> dict[TopicPartition, int]:
     try:
-        async with state.store.pool.connection(timeout=5) as conn:
-            jobs = await _rows(conn, "SELECT status, coalesce(type, 'unknown') AS type, count(*) AS n FROM jobs "
-                                     "GROUP BY 1, 2 ORDER BY 1, 2") or []
-            totals = await _rows(conn, """
-                SELECT coalesce(route, 'unknown') AS route, coalesce(provider, 'unknown') AS provider,
-                       sum(succeeded)::bigint AS sent, sum(failed)::bigint AS failed
-                FROM jobs GROUP BY 1, 2 ORDER BY 1, 2""") or []
-            callbacks = await _callbacks(conn)
-            projector = await _rows(conn, "SELECT topic, partition, next_offset FROM projection_offsets "
-                                          "WHERE projection = %s", (PROJECTION,)) or []
+        found = await state.store.metrics(PROJECTION)
     except (psycopg.Error, OSError, TimeoutError) as exc:
         log.warning("/metrics: Postgres unavailable: %s", exc)
-        return False, {}
-    out.family("offload_jobs", "gauge", "jobs in the read model by status and type")
-    for row in jobs:
-        out.sample("offload_jobs", {"status": row["status"], "type": row["type"]}, row["n"])
-    out.family("offload_recipients_total", "counter",
-               "recipients with an outcome, by route, provider and outcome (sent includes certificates issued); "
-               "use rate() for per-second figures")
-    for row in totals:
-        labels = {"route": row["route"], "provider": row["provider"]}
-        out.sample("offload_recipients_total", {**labels, "outcome": "sent"}, row["sent"] or 0)
-        out.sample("offload_recipients_total", {**labels, "outcome": "failed"}, row["failed"] or 0)
-    if callbacks is not None:
-        out.family("offload_callbacks_total", "counter", "callbacks to Moodle by outcome")
-        for outcome, n in callbacks.items():
-            out.sample("offload_callbacks_total", {"outcome": outcome}, n)
-        done = callbacks.get("succeeded", 0) + callbacks.get("failed", 0)
-        out.family("offload_callback_success_ratio", "gauge", "succeeded / (succeeded + failed) callbacks")
-        out.sample("offload_callback_success_ratio", {}, callbacks.get("succeeded", 0) / done if done else 1.0)
-    return True, {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in projector}
-
-_SUCCESS = {"sent", "succeeded", "success", "delivered", "ok", "done"}
-_FAILURE = {"failed", "failure", "error", "dead", "gave_up", "abandoned"}
-
-
-async def _callbacks(conn: psycopg.AsyncConnection) -> dict[str, int] | None:
-    """Callback outcomes when some read model records them (a ``callbacks`` table with a ``status``)."""
-    found = await _rows(conn, """SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
-                                 AND table_name = 'callbacks' AND column_name = 'status'""")
-    if not found:
-        return None
-    rows = await _rows(conn, "SELECT status, count(*) AS n FROM callbacks GROUP BY status") or []
+        return {}
+    reading.postgres_up = True
+    reading.jobs, reading.outcomes = found["jobs"], found["outcomes"]
     counts: dict[str, int] = defaultdict(int)
-    for row in rows:
-        status = str(row["status"]).lower()
-        counts["succeeded" if status in _SUCCESS else "failed" if status in _FAILURE else "pending"] += row["n"]
-    return dict(counts)
+    for row in found["callbacks"]:
+        counts[CALLBACK_OUTCOMES.get(row["status"], "pending")] += row["n"]
+    reading.callbacks = dict(counts)
+    return {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in found["projector"]}
 
 
 async def _consumer_lag(state: ApiState, kafka: KafkaOffsets, projector: dict[TopicPartition, int],
-                        out: Exposition) -> bool:
+                        reading: Reading) -> None:
     settings = state.settings
     group = settings.app_id
     try:
@@ -224,13 +239,11 @@ async def _consumer_lag(state: ApiState, kafka: KafkaOffsets, projector: dict[To
     except Exception as exc:  # noqa: BLE001 - any broker trouble: report the source down, keep serving
         log.warning("/metrics: Kafka offsets unavailable: %s", exc)
         await kafka.close()  # reconnect on the next scrape
-        return False
-    out.family("offload_consumer_lag", "gauge",
-               "records in the topic not yet consumed by the group, summed over partitions")
+        return
+    reading.kafka_up = True
     for agent, label, positions in (("worker", group, worker), ("projector", f"projector:{PROJECTION}", projector)):
         per_topic: dict[str, int] = defaultdict(int)
         for tp, offset in positions.items():
             per_topic[tp.topic] += max(ends.get(tp, offset) - offset, 0)
         for topic in sorted(per_topic):
-            out.sample("offload_consumer_lag", {"agent": agent, "group": label, "topic": topic}, per_topic[topic])
-    return True
+            reading.lag.append((agent, label, topic, per_topic[topic]))

@@ -11,6 +11,8 @@ from aiohttp import web
 from api.errors import ApiError
 
 _JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# ASCII digits only: str.isdigit() is also true for "²" or "٣", which int() then refuses (a 500).
+_DIGITS = re.compile(r"[0-9]{1,12}")
 MAX_PAGE = 200
 
 
@@ -23,7 +25,7 @@ def job_id(request: web.Request) -> str:
 
 def company_id(request: web.Request) -> int:
     value = request.match_info["company_id"]
-    if not value.isdigit() or len(value) > 9:
+    if not _DIGITS.fullmatch(value) or len(value) > 9:
         raise ApiError(404, "company_not_found", "no such company")
     return int(value)
 
@@ -32,7 +34,7 @@ def integer(request: web.Request, name: str, default: int, *, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
@@ -58,6 +60,8 @@ def json_object(body: bytes, *, required: bool) -> dict[str, Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    except RecursionError:  # JSON nested ~1,000 deep
+        raise ApiError(400, "malformed_json", "the body is nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
     return value

@@ -1,4 +1,5 @@
-"""Reads the Postgres read models the projector keeps (jobs, job_recipients, company_cloud_settings).
+"""Reads the Postgres read models the projector keeps (jobs, job_recipients, company_cloud_settings, audit_log,
+callbacks, projection_offsets): every query the API, the admin UI, /verify and /metrics make.
 
 The API never writes here: writes are events, and the projector turns them into rows. Tables that do not
 exist yet (a projector that has not started) read as empty.
@@ -21,7 +22,7 @@ JOB_STATUSES = ("accepted", "running", "completed", "rejected")
 
 _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provider, template_id, total_recipients,
     succeeded, failed, duplicates_removed, batch_count, batches_done, fell_back, fallback_reason, error_message,
-    problems, createdby, timecreated, timestarted, timecompleted, updated_at"""
+    problems, createdby, timecreated, timestarted, timecompleted, updated_at, delivered, bounced, complained"""
 
 
 class ReadStore:
@@ -46,7 +47,7 @@ class ReadStore:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def _rows(self, query: str, params: tuple = ()) -> list[dict[str, Any]]:
+    async def _rows(self, query: str, params: tuple | dict[str, Any] = ()) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             try:
                 await cur.execute(query, params)
@@ -115,6 +116,96 @@ class ReadStore:
         rows = await self._rows("SELECT * FROM company_cloud_settings WHERE company_id = %s", (company_id,))
         return rows[0] if rows else None
 
+    # --- the admin UI ------------------------------------------------------------------------------
+
+    async def job_list(self, *, company_id: int | None, status: str | None, job_type: str | None,
+                       cancel_type: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of jobs, newest first, each with whether a cancel was asked for; and how many match."""
+        params = {"company": company_id, "status": status, "type": job_type, "cancel": cancel_type,
+                  "limit": limit, "offset": offset}
+        rows = await self._rows(
+            """SELECT j.*, count(*) OVER () AS total_rows,
+                      EXISTS (SELECT 1 FROM audit_log a WHERE a.subject = j.job_id AND a.event_type = %(cancel)s)
+                        AS cancel_requested
+               FROM jobs j
+               WHERE (%(company)s::int IS NULL OR j.company_id = %(company)s)
+                 AND (%(status)s::text IS NULL OR j.status = %(status)s)
+                 AND (%(type)s::text IS NULL OR j.type = %(type)s)
+               ORDER BY j.timecreated DESC NULLS LAST, j.job_id DESC
+               LIMIT %(limit)s OFFSET %(offset)s""", params)
+        total = rows[0]["total_rows"] if rows else 0
+        if not rows and offset:
+            counted = await self._rows(
+                """SELECT count(*) AS n FROM jobs WHERE (%(company)s::int IS NULL OR company_id = %(company)s)
+                   AND (%(status)s::text IS NULL OR status = %(status)s)
+                   AND (%(type)s::text IS NULL OR type = %(type)s)""", params)
+            total = counted[0]["n"] if counted else 0
+        return rows, total
+
+    async def companies_with_jobs(self) -> list[int]:
+        rows = await self._rows("SELECT DISTINCT company_id FROM jobs WHERE company_id IS NOT NULL ORDER BY 1")
+        return [r["company_id"] for r in rows]
+
+    async def was_requested(self, subject: str, event_type: str) -> bool:
+        """Whether the audit log holds an event of this type about this subject (e.g. a job's cancel)."""
+        rows = await self._rows("SELECT 1 FROM audit_log WHERE subject = %s AND event_type = %s LIMIT 1",
+                                (subject, event_type))
+        return bool(rows)
+
+    async def job_history(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        return await self._rows(
+            """SELECT id, occurred_at, event_type, actor, detail FROM audit_log
+               WHERE subject = %s AND id > %s ORDER BY occurred_at, id LIMIT %s""", (job_id, after, limit))
+
+    async def companies_overview(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every company with settings or jobs: its settings (if any) and how many jobs it has."""
+        return await self._rows("""
+            SELECT c.company_id, s.cloud_enabled, s.use_cloud_for_emails, s.use_cloud_for_certificates,
+                   s.user_threshold, s.email_provider, s.storage_provider, s.changed_by, s.changed_at,
+                   (SELECT count(*) FROM jobs j WHERE j.company_id = c.company_id) AS jobs
+            FROM (SELECT company_id FROM company_cloud_settings UNION SELECT DISTINCT company_id FROM jobs
+                  WHERE company_id IS NOT NULL) c
+            LEFT JOIN company_cloud_settings s USING (company_id) ORDER BY c.company_id LIMIT %s""", (limit,))
+
+    async def settings_history(self, company_id: int, event_type: str, limit: int = 200) -> list[dict[str, Any]]:
+        return await self._rows(
+            """SELECT id, occurred_at, actor, detail FROM audit_log WHERE event_type = %s AND subject = %s
+               ORDER BY occurred_at DESC, id DESC LIMIT %s""", (event_type, str(company_id), limit))
+
+    # --- /metrics ------------------------------------------------------------------------------------
+
+    async def metrics(self, projection: str) -> dict[str, list[dict[str, Any]]]:
+        """Everything /metrics reads from Postgres, on one connection: jobs by status and type, outcomes by
+        route and provider, callbacks by status, and the projector's next offsets."""
+        queries = {
+            "jobs": ("""SELECT status, coalesce(type, 'unknown') AS type, count(*) AS n FROM jobs
+                        GROUP BY 1, 2 ORDER BY 1, 2""", ()),
+            "outcomes": ("""SELECT coalesce(route, 'unknown') AS route, coalesce(provider, 'unknown') AS provider,
+                                   sum(succeeded)::bigint AS sent, sum(failed)::bigint AS failed
+                            FROM jobs GROUP BY 1, 2 ORDER BY 1, 2""", ()),
+            "callbacks": ("SELECT status, count(*) AS n FROM callbacks GROUP BY status ORDER BY status", ()),
+            "projector": ("SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = %s",
+                          (projection,)),
+        }
+        found: dict[str, list[dict[str, Any]]] = {}
+        async with self.pool.connection(timeout=5) as conn, conn.cursor(row_factory=dict_row) as cur:
+            for name, (query, params) in queries.items():
+                try:
+                    await cur.execute(query, params)
+                    found[name] = await cur.fetchall()
+                except psycopg.errors.UndefinedTable:  # the projector has not created its tables yet
+                    found[name] = []
+        return found
+
+    # --- public certificate verification ----------------------------------------------------------
+
+    async def certificate(self, code: str) -> dict[str, Any] | None:
+        """The issued certificate with this code: holder, course and date as recorded when it was issued."""
+        rows = await self._rows(
+            """SELECT job_id, userid, timesent, certificate_holder, certificate_course, certificate_completed
+               FROM job_recipients WHERE certificate_code = %s AND status = 'issued'""", (code,))
+        return rows[0] if rows else None
+
 
 def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | None = None) -> dict[str, Any]:
     """A job row as the API shows it: counters, percent done, rate over the time it has run, and why it went
@@ -148,10 +239,10 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
         },
         # From the providers' webhooks, after sending: how many were delivered, bounced, marked as spam.
         "delivery": {
-            "delivered": row.get("delivered", 0),
-            "bounced": row.get("bounced", 0),
-            "complained": row.get("complained", 0),
-            "bounce_rate": round(row.get("bounced", 0) / sent, 4) if sent else 0.0,
+            "delivered": row["delivered"],
+            "bounced": row["bounced"],
+            "complained": row["complained"],
+            "bounce_rate": round(row["bounced"] / sent, 4) if sent else 0.0,
         },
         "errors": [{"message": e["message"], "count": e["count"], "retryable": e["retryable"]} for e in errors],
         "rejection": {"message": row["error_message"], "problems": row["problems"]} if row["status"] == "rejected"

@@ -17,7 +17,7 @@ from api.store import ReadStore
 from eventlog.publisher import EventPublisher
 from eventlog.topics import MAX_MESSAGE_BYTES
 from schemas.envelope import encode
-from schemas.events import JobRequested
+from schemas.events import JobRequested, scoped_job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,24 @@ class Submissions:
         return self._handed_over.get(job_id)
 
     async def submit(self, job: JobRequested, *, may_see: set[int] | None) -> Submission:
-        """Hand the job over once; ``may_see`` None means the caller sees every company (admin)."""
+        """Hand the job over once; ``may_see`` None means the caller sees every company (admin).
+
+        A company key whose job id another company already uses gets its job stored as
+        ``scoped_job_id(id, company)``: it is accepted like any other, and nothing about the other company's job
+        is revealed (issue 11, finding 12). The returned Submission names the stored id."""
+        try:
+            return await self._submit(job, may_see=may_see)
+        except _ForeignId:
+            scoped = scoped_job_id(job.job_id, job.company_id)
+            if len(scoped) > 128:
+                # Only ids of 116+ characters cannot be scoped; such a collision is still answered as before.
+                raise ApiError(409, "job_id_taken", "this job id is already in use; choose another") from None
+            try:
+                return await self._submit(job.model_copy(update={"job_id": scoped}), may_see=may_see)
+            except _ForeignId:  # an admin key chose this very id for another company
+                raise ApiError(409, "job_id_taken", "this job id is already in use; choose another") from None
+
+    async def _submit(self, job: JobRequested, *, may_see: set[int] | None) -> Submission:
         job_id = job.job_id
         in_flight = self._in_flight.get(job_id)
         if in_flight is not None:
@@ -87,10 +104,13 @@ class Submissions:
     @staticmethod
     def _check_owner(company_id: int | None, may_see: set[int] | None) -> None:
         if may_see is not None and company_id not in may_see:
-            # Job ids are global: the id is taken, but whose it is stays unsaid.
-            raise ApiError(409, "job_id_taken", "this job id is already in use; choose another")
+            raise _ForeignId
 
     def _remember_handed_over(self, job_id: str, company_id: int) -> None:
         self._handed_over[job_id] = company_id
         while len(self._handed_over) > self._remember:
             self._handed_over.popitem(last=False)
+
+
+class _ForeignId(Exception):
+    """The job id is used by a company the caller is not: submit() scopes the id instead of saying so."""

@@ -5,7 +5,9 @@ Each provider signs its own way, and nothing is believed before its signature ve
   must be https on an ``sns.<region>.amazonaws.com`` host; the topic must be one we configured (anyone can get a
   valid SNS signature from a topic of their own). A SubscriptionConfirmation is confirmed the same way.
 - SendGrid Event Webhook: ECDSA (P-256, SHA-256) over timestamp + body with the configured public key.
-- Mailgun: HMAC-SHA256 of timestamp + token under the webhook signing key; a token is accepted once.
+- Mailgun: HMAC-SHA256 of timestamp + token under the webhook signing key.
+Each is accepted once, across every API replica (``security.seen``): SNS by topic + MessageId, SendGrid by what it
+signed (timestamp + body), Mailgun by token. A provider's retry after a failure here is let through again.
 Reports are matched to a job's recipient through our deterministic Message-ID, else the provider's message id
 (both recorded in job_recipients by the projector), and become RecipientDelivered / RecipientBounced /
 RecipientComplained on the outcomes topic. Unmatched reports are answered 200 and logged: a retry would not help.
@@ -23,7 +25,8 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,11 +44,16 @@ from api.store import ReadStore
 from config.settings import Settings
 from eventlog.publisher import EventPublisher
 from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered
+from security.seen import PostgresSeen, SeenOnce, SeenUnavailable, token_of
 
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[str], Awaitable[bytes]]
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# sns.<region>.amazonaws.com, sns.us-gov-west-1.amazonaws.com, sns.cn-north-1.amazonaws.com.cn: a region is
+# letters-letters-digit (an "s3" or "sns" in that place would be an S3 bucket's virtual host).
+SNS_HOST = re.compile(r"sns\.(?:(?:[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2})\.amazonaws\.com"
+                      r"|cn-[a-z]+-[0-9]{1,2}\.amazonaws\.com\.cn)")
+_UNIX_TIME = re.compile(r"[0-9]{1,12}")  # ASCII only: "²".isdigit() is true and float("²") raises
 MAX_WEBHOOK_BYTES = 1024 * 1024
 _SNS_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
@@ -131,7 +139,7 @@ class SnsVerifier:
 
 def verify_sendgrid(public_key: str, signature: str, timestamp: str, body: bytes, *, max_age: float,
                     now: float) -> None:
-    if not timestamp.isdigit():
+    if not _UNIX_TIME.fullmatch(timestamp):
         raise Refused("bad_signature", "the SendGrid timestamp header is missing")
     _check_age(float(timestamp), max_age, now)
     try:
@@ -147,32 +155,16 @@ def verify_sendgrid(public_key: str, signature: str, timestamp: str, body: bytes
         raise Refused("bad_signature", "the SendGrid signature does not verify") from None
 
 
-class TokenCache:
-    """Mailgun tokens seen within the age window: a replayed webhook is refused."""
-
-    def __init__(self) -> None:
-        self._seen: OrderedDict[str, float] = OrderedDict()
-
-    def first_time(self, token: str, expires_at: float, now: float) -> bool:
-        while self._seen and next(iter(self._seen.values())) <= now:
-            self._seen.popitem(last=False)
-        if token in self._seen:
-            return False
-        self._seen[token] = expires_at
-        return True
-
-
-def verify_mailgun(signing_key: str, signed: dict[str, Any], *, max_age: float, now: float,
-                   tokens: TokenCache) -> None:
+def verify_mailgun(signing_key: str, signed: dict[str, Any], *, max_age: float, now: float) -> str:
+    """Checks the signature block; returns the token, which the caller must then accept only once."""
     timestamp, token, signature = (str(signed.get(k, "")) for k in ("timestamp", "token", "signature"))
-    if not timestamp.isdigit() or not token or not signature:
+    if not _UNIX_TIME.fullmatch(timestamp) or not token or not signature or len(token) > 256:
         raise Refused("bad_signature", "the Mailgun signature block is incomplete")
     _check_age(float(timestamp), max_age, now)
     expected = hmac.new(signing_key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature.lower()):
+    if not hmac.compare_digest(expected.encode(), signature.lower().encode("utf-8", "replace")):
         raise Refused("bad_signature", "the Mailgun signature does not verify")
-    if not tokens.first_time(token, float(timestamp) + max_age, now):
-        raise Refused("replayed_request", "this Mailgun webhook was already received")
+    return token
 
 
 def _load_public_key(text: str) -> Any:
@@ -274,15 +266,35 @@ def mailgun_reports(data: dict[str, Any]) -> list[Report]:
 
 
 class WebhookService:
-    def __init__(self, settings: Settings, publisher: EventPublisher, store: ReadStore, fetch: Fetch | None) -> None:
+    def __init__(self, settings: Settings, publisher: EventPublisher, store: ReadStore, fetch: Fetch | None,
+                 seen: SeenOnce) -> None:
         self.settings = settings
+        self.seen = seen
         self.publisher = publisher
         self.store = store
         self._session: aiohttp.ClientSession | None = None
         self.sns = SnsVerifier(fetch or self._https_get, topic_arns=settings.webhook_sns_topic_arns,
                                max_age=settings.webhook_max_age)
         self._fetch = fetch or self._https_get
-        self.tokens = TokenCache()
+
+    @asynccontextmanager
+    async def once(self, provider: str, token: str, *, signed_at: float, now: float) -> AsyncIterator[None]:
+        """Lets a verified webhook through once across every API replica; forgotten again when handling it
+        fails, so the provider's own retry of the same delivery is not mistaken for a replay."""
+        try:
+            first = await self.seen.first_time(provider, token, expires_at=signed_at + self.settings.webhook_max_age,
+                                               now=now)
+        except SeenUnavailable as exc:
+            log.error("%s webhook refused: replay store unavailable (%s)", provider, exc)
+            raise ApiError(503, "replay_store_unavailable", "try again shortly") from None
+        if not first:
+            log.warning("%s webhook refused: replayed_request", provider)
+            raise ApiError(403, "replayed_request", "this webhook was already received")
+        try:
+            yield
+        except BaseException:
+            await self.seen.forget(provider, token)
+            raise
 
     async def _https_get(self, url: str) -> bytes:
         check_sns_url(url)  # again, right where the request is made
@@ -358,8 +370,8 @@ async def _body(request: web.Request) -> bytes:
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "malformed_json", "the body is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "malformed_json", "the body is not JSON (or is nested too deeply)") from None
 
 
 def _refused(provider: str, exc: Refused) -> ApiError:
@@ -373,6 +385,7 @@ async def ses_webhook(request: web.Request) -> web.Response:
     message = _json(await _body(request))
     if not isinstance(message, dict):
         raise ApiError(400, "bad_sns_message", "an SNS message is a JSON object")
+    now = time.time()
     try:
         await service.sns.verify(message)
         if message["Type"] == "SubscriptionConfirmation":
@@ -385,7 +398,9 @@ async def ses_webhook(request: web.Request) -> web.Response:
         return json_response({"ignored": message["Type"]})
     notification = _json(str(message.get("Message", "")).encode())
     reports = ses_reports(notification, str(message.get("MessageId"))) if isinstance(notification, dict) else []
-    published, unmatched = await service.publish("ses", reports)
+    async with service.once("ses", token_of(str(message["TopicArn"]), str(message.get("MessageId"))),
+                            signed_at=_parse_time(message.get("Timestamp")), now=now):
+        published, unmatched = await service.publish("ses", reports)
     return json_response({"published": published, "unmatched": unmatched})
 
 
@@ -393,17 +408,19 @@ async def sendgrid_webhook(request: web.Request) -> web.Response:
     service = request.app[WEBHOOKS]
     key = service.settings.webhook_sendgrid_public_key
     body = await _body(request)
+    timestamp, now = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", ""), time.time()
     try:
         if not key:
             raise Refused("webhook_not_configured", "no SendGrid verification key is configured")
-        verify_sendgrid(key, request.headers.get("X-Twilio-Email-Event-Webhook-Signature", ""),
-                        request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", ""), body,
-                        max_age=service.settings.webhook_max_age, now=time.time())
+        verify_sendgrid(key, request.headers.get("X-Twilio-Email-Event-Webhook-Signature", ""), timestamp, body,
+                        max_age=service.settings.webhook_max_age, now=now)
     except Refused as exc:
         raise _refused("sendgrid", exc) from None
     events = _json(body)
-    published, unmatched = await service.publish("sendgrid", sendgrid_reports(events if isinstance(events, list)
-                                                                              else []))
+    # Keyed by what was signed, not by the signature: an ECDSA signature has a second valid form (s -> n - s).
+    async with service.once("sendgrid", token_of(timestamp, body), signed_at=float(timestamp), now=now):
+        published, unmatched = await service.publish("sendgrid", sendgrid_reports(events if isinstance(events, list)
+                                                                                  else []))
     return json_response({"published": published, "unmatched": unmatched})
 
 
@@ -413,23 +430,30 @@ async def mailgun_webhook(request: web.Request) -> web.Response:
     payload = _json(await _body(request))
     if not isinstance(payload, dict):
         raise ApiError(400, "bad_webhook", "a Mailgun webhook is a JSON object")
+    now = time.time()
+    signed = payload.get("signature") or {}
     try:
         if key is None:
             raise Refused("webhook_not_configured", "no Mailgun signing key is configured")
-        verify_mailgun(key.get_secret_value(), payload.get("signature") or {},
-                       max_age=service.settings.webhook_max_age, now=time.time(), tokens=service.tokens)
+        if not isinstance(signed, dict):
+            raise Refused("bad_signature", "the Mailgun signature block is incomplete")
+        token = verify_mailgun(key.get_secret_value(), signed, max_age=service.settings.webhook_max_age, now=now)
     except Refused as exc:
         raise _refused("mailgun", exc) from None
     data = payload.get("event-data")
-    published, unmatched = await service.publish("mailgun", mailgun_reports(data if isinstance(data, dict) else {}))
+    async with service.once("mailgun", token, signed_at=float(signed["timestamp"]), now=now):
+        published, unmatched = await service.publish("mailgun", mailgun_reports(data if isinstance(data, dict)
+                                                                                else {}))
     return json_response({"published": published, "unmatched": unmatched})
 
 
 def setup(app: web.Application, settings: Settings, publisher: EventPublisher, store: ReadStore, *,
-          fetch: Fetch | None = None) -> None:
+          fetch: Fetch | None = None, seen: SeenOnce | None = None) -> None:
     """Add /webhooks/{ses,sendgrid,mailgun}. ``fetch`` replaces the https GET of SNS certificates and
-    subscription URLs in tests only; the SNS host check happens before it is called either way."""
-    service = WebhookService(settings, publisher, store, fetch)
+    subscription URLs in tests only; the SNS host check happens before it is called either way. ``seen`` is
+    the replay store every API replica shares (default: Postgres through the read store's pool)."""
+    shared = seen if seen is not None else PostgresSeen(store.pool, settings.projection_schema)
+    service = WebhookService(settings, publisher, store, fetch, shared)
     app[WEBHOOKS] = service
     app.router.add_post("/webhooks/ses", ses_webhook)
     app.router.add_post("/webhooks/sendgrid", sendgrid_webhook)

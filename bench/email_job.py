@@ -251,7 +251,7 @@ async def raw_smtp_rate_same_message(host: str, port: int, n: int, connections: 
         rendered = renderer.render(payload["template_id"], r.template_fields(), payload["template_data"])
         raw = compose_message(rendered, from_address="noreply@moodle.example.org", from_name="Moodle",
                               to_address=r.email, to_name=r.full_name,
-                              message_id=message_id_for("bench-raw-same", r.userid, "bench.local"),
+                              message_id=message_id_for("bench-raw-same", r.userid, "bench.local", key=b"bench"),
                               headers={"X-Offload-Job": "bench-raw-same"})
         prepared.append((r.email, raw))
     clients = [aiosmtplib.SMTP(hostname=host, port=port, local_hostname="bench.local") for _ in range(connections)]

@@ -46,7 +46,7 @@ async def raw_smtp_rate(host: str, port: int, n: int, connections: int = 8) -> f
         rendered = RenderedEmail("Reminder: Workplace safety 2026", _TEXT.format(name=name), _HTML.format(name=name))
         raw = compose_message(
             rendered, from_address=_FROM, from_name="Moodle", to_address=address, to_name=name,
-            message_id=message_id_for("bench", i, "bench.local"),
+            message_id=message_id_for("bench", i, "bench.local", key=b"bench"),
         )
         prepared.append((address, raw))
     clients = [aiosmtplib.SMTP(hostname=host, port=port, local_hostname="bench.local") for _ in range(connections)]

@@ -5,6 +5,7 @@ Nothing else in the project reads ``os.environ``: processes build a :class:`Sett
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from functools import lru_cache
@@ -15,7 +16,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEV_CODE_SECRET = "development-only-certificate-code-secret"
-_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET}
+_DEV_MESSAGE_ID_SECRET = "development-only-message-id-secret"
+_DEV_CALLBACK_URL_SECRET = "development-only-callback-url-secret"
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET, _DEV_MESSAGE_ID_SECRET,
+                 _DEV_CALLBACK_URL_SECRET}
 
 
 class Settings(BaseSettings):
@@ -49,6 +53,8 @@ class Settings(BaseSettings):
     broker_session_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
     projection_schema: str = "public"
+    # Compression of every record the project produces (cramjam provides lz4/zstd; gzip needs nothing).
+    kafka_compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
 
     # --- routing and batching -------------------------------------------------------------------
     cloud_enabled: bool = True  # the global offload switch of the routing rule
@@ -65,6 +71,11 @@ class Settings(BaseSettings):
     mail_from: str = "noreply@moodle.example.org"
     mail_from_name: str = "Moodle"
     message_id_domain: str = "offload.manireports.local"
+    # Message-IDs are HMAC(job id, userid) under this secret: the same learner of the same job always gets the
+    # same Message-ID (crash safety relies on it), and nobody outside can compute one to forge a webhook
+    # report. Every worker and API process of one deployment needs the same value; production refuses the
+    # development default.
+    message_id_secret: SecretStr = SecretStr(_DEV_MESSAGE_ID_SECRET)
     template_dir: Path | None = None  # extra email templates beside the built-in ones
     default_cloud_email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
 
@@ -87,6 +98,10 @@ class Settings(BaseSettings):
     # --- certificates ---------------------------------------------------------------------------
     # Codes are HMACs under this secret: deterministic per job+learner+template, unguessable without it.
     certificate_code_secret: SecretStr = SecretStr(_DEV_CODE_SECRET)
+    # The default above is public: anyone could compute codes with it. Certificates are issued with it only
+    # when environment is "test" or this is set (the dev stack sets it); otherwise every learner of a
+    # certificate job fails with a non-retryable error that names the setting to change.
+    certificate_code_secret_allow_default: bool = False
     public_base_url: str = "http://127.0.0.1:8080"  # local certificate URLs: {public_base_url}/certificates/{key}
     certificate_verify_base_url: str = "http://127.0.0.1:8080/verify"  # QR codes point at {this}/{code}
     certificate_storage_root: Path = Path(".dev/certificates")
@@ -109,11 +124,29 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret"):
+        for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret",
+                     "message_id_secret", "callback_url_secret"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
         return self
+
+    @property
+    def uses_public_code_secret(self) -> bool:
+        """True when certificate codes would be HMACs under the public development default."""
+        return self.certificate_code_secret.get_secret_value() == _DEV_CODE_SECRET
+
+    def code_secret_refusal(self) -> str | None:
+        """Why certificates must not be issued with these settings, or None when they may."""
+        if not self.uses_public_code_secret or self.environment == "test" \
+                or self.certificate_code_secret_allow_default:
+            return None
+        return ("OFFLOAD_CERTIFICATE_CODE_SECRET is the public development default: anyone could compute "
+                "certificate codes; set a secret of your own (or OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT="
+                "true on a development machine)")
+
+    def message_id_key(self) -> bytes:
+        return self.message_id_secret.get_secret_value().encode()
 
     def topic(self, name: str) -> str:
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""
@@ -131,6 +164,20 @@ class Settings(BaseSettings):
     # Callback URLs resolving to loopback/private/link-local addresses are refused unless this is set.
     api_allow_private_callbacks: bool = False
     api_db_pool_size: int = Field(default=10, ge=1, le=100)
+    # A job's template_data is printed into every message; more than this (JSON bytes) is refused at the API and
+    # by the worker (JobRejected), so one request cannot make the worker write gigabytes.
+    template_data_max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
+    # The whole body of a signed request must arrive within this many seconds (408 otherwise); the timestamp
+    # window is checked again once it has, so a slowly sent body cannot carry a replay past the window.
+    api_body_timeout: float = Field(default=60.0, gt=0, le=600)
+    # One retry request per job per this many seconds (429 retry_rate_limited otherwise), across API replicas.
+    api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
+
+    @model_validator(mode="after")
+    def _refuse_open_limits(self) -> Settings:
+        if self.environment == "production" and self.api_retry_interval == 0:
+            raise ValueError("api_retry_interval 0 (retries unlimited) is refused in production")
+        return self
 
     @model_validator(mode="after")
     def _check_api_keys(self) -> Settings:
@@ -164,6 +211,10 @@ class Settings(BaseSettings):
     callback_connect_timeout: float = Field(default=5.0, gt=0, le=60)
     callback_check_interval: float = Field(default=1.0, gt=0, le=60)  # how often due callbacks are looked for
     callback_concurrency: int = Field(default=32, ge=1, le=512)  # callbacks in flight per worker
+    # Seals the query string of callback URLs (e.g. Moodle's wstoken) so it never sits in the log or a read model
+    # in clear; the API seals, the worker opens. Same value in every API and worker process; production refuses
+    # the development default. Rotating it makes the callbacks of jobs still running fail (say so, then rotate).
+    callback_url_secret: SecretStr = SecretStr(_DEV_CALLBACK_URL_SECRET)
 
     def callback_key_table(self) -> dict[str, ApiKey]:
         return _parse_callback_keys(self.callback_keys.get_secret_value())
@@ -213,12 +264,36 @@ class Settings(BaseSettings):
     # When set, /metrics needs "Authorization: Bearer <token>"; unset, it is served to anyone who can reach it
     # (it carries aggregate counts only: no company, job id, address or secret).
     metrics_token: SecretStr | None = None
+    # Whether /metrics answers only with that token; default on in production, off elsewhere. Required but no
+    # token set: /metrics refuses everyone (and the API says so at start-up).
+    metrics_require_token: bool | None = None
+    # Largest form the admin UI reads (sign-in, CSRF-protected actions); checked before the body is read.
+    ui_max_form_bytes: int = Field(default=8 * 1024, ge=1024, le=1024 * 1024)
+    # Requests per minute per client address on the unauthenticated routes (/verify, /certificates, the UI's
+    # sign-in); 0 turns the limit off.
+    public_rate_limit_per_minute: int = Field(default=120, ge=0, le=100_000)
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the client address is the
+    # rightmost hop that is not one of them. Empty: the TCP peer is the client (X-Forwarded-For ignored).
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @property
+    def metrics_token_required(self) -> bool:
+        if self.metrics_require_token is not None:
+            return self.metrics_require_token
+        return self.environment == "production"
+
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return _networks(tuple(self.trusted_proxies))
 
     @model_validator(mode="after")
     def _check_ui_secrets(self) -> Settings:
         secret = self.ui_session_secret
         if secret is not None and len(secret.get_secret_value()) < 32:
             raise ValueError("ui_session_secret must be at least 32 characters")
+        try:
+            self.trusted_proxy_networks()
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {exc}") from None
         return self
 
 
@@ -227,13 +302,22 @@ _API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ApiKey(BaseModel):
-    """One signing key: the shared secret and the company it speaks for (None: an admin key, every company)."""
+    """One signing key: the shared secret and the company it speaks for (None: an admin key, every company).
+
+    ``company_id`` must be given, ``null`` included: a key that forgot it must not quietly become an admin key
+    that sees every company (issue 11, finding 3).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     secret: SecretStr = Field(min_length=16)
-    company_id: int | None = Field(default=None, ge=0)
+    company_id: int | None = Field(ge=0, description="the key's company; null (explicitly) for an admin key")
 
+
+
+@lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
 
 
 # === Callbacks to Moodle (issue 5) ================================================================

@@ -148,7 +148,7 @@ def _filter(args: argparse.Namespace):
         return datetime.fromisoformat(text) if text else None
 
     return EventFilter(job_id=args.job, company_id=args.company, type_contains=args.type,
-                       since=when(getattr(args, "since", None)), until=when(getattr(args, "until", None)))
+                       since=when(args.since), until=when(args.until))
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     filters(p)
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--no-follow", action="store_true", help="stop at the current end of the log")
-    p.set_defaults(func=cmd_tail)
+    p.set_defaults(func=cmd_tail, since=None, until=None)  # tail follows the log: no time range
 
     p = sub.add_parser("export", help="the event log (a time range, a company, a job) to CSV or Parquet files, "
                                       "one per event type")

@@ -37,6 +37,7 @@ class EventFilter:
     until: datetime | None = None
 
     def matches(self, event: Event, when: datetime) -> bool:
+        # getattr: the filter runs over every event type, and some (e.g. CompanySettingsChanged) have no job_id.
         if self.job_id is not None and getattr(event, "job_id", None) != self.job_id:
             return False
         if self.company_id is not None and getattr(event, "company_id", None) not in (None, self.company_id):

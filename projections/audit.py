@@ -42,6 +42,8 @@ _SKIPPED = (BatchDispatched, BatchCompleted, RecipientOutcome, CallbackDelivered
 
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
+    # getattr with a default: the audit log takes every event type, and company_id, changed_by and createdby
+    # are each carried by only some of them.
     rows = [
         (pos.timestamp, pos.topic, pos.partition, pos.offset, event.ce_type, event.subject(), getattr(event, "company_id", None),
          getattr(event, "changed_by", None) or (str(event.createdby) if getattr(event, "createdby", None) else None),

@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS job_recipients (
 );
 ALTER TABLE job_recipients ADD COLUMN IF NOT EXISTS delivery text;  -- delivered | bounced | complained
 ALTER TABLE job_recipients ADD COLUMN IF NOT EXISTS delivery_detail text;
+-- What an issued certificate says (CertificateIssued), for /verify: never read back from the PDF.
+ALTER TABLE job_recipients ADD COLUMN IF NOT EXISTS certificate_holder text;
+ALTER TABLE job_recipients ADD COLUMN IF NOT EXISTS certificate_course text;
+ALTER TABLE job_recipients ADD COLUMN IF NOT EXISTS certificate_completed date;
 CREATE INDEX IF NOT EXISTS job_recipients_status ON job_recipients (job_id, status);
 CREATE UNIQUE INDEX IF NOT EXISTS job_recipients_code ON job_recipients (certificate_code)
     WHERE certificate_code IS NOT NULL;
@@ -81,22 +85,26 @@ _OUTCOMES = """
 WITH incoming AS (
     SELECT * FROM unnest(
         %s::text[], %s::bigint[], %s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::boolean[],
-        %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]
+        %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
+        %s::text[], %s::text[], %s::date[]
     ) AS t(job_id, userid, email, status, run, batch_no, attempts, retryable, error_message, provider,
-           provider_message_id, message_id, certificate_url, certificate_code, certificate_sha256, timesent)
+           provider_message_id, message_id, certificate_url, certificate_code, certificate_sha256, timesent,
+           certificate_holder, certificate_course, certificate_completed)
 ), previous AS (
     SELECT r.job_id, r.userid, r.status FROM job_recipients r JOIN incoming i USING (job_id, userid)
 ), changed AS (
     INSERT INTO job_recipients AS r (job_id, userid, email, status, run, batch_no, attempts, retryable,
         error_message, provider, provider_message_id, message_id, certificate_url, certificate_code,
-        certificate_sha256, timesent)
+        certificate_sha256, timesent, certificate_holder, certificate_course, certificate_completed)
     SELECT * FROM incoming
     ON CONFLICT (job_id, userid) DO UPDATE SET
         status = EXCLUDED.status, run = EXCLUDED.run, batch_no = EXCLUDED.batch_no, attempts = EXCLUDED.attempts,
         retryable = EXCLUDED.retryable, error_message = EXCLUDED.error_message, provider = EXCLUDED.provider,
         provider_message_id = EXCLUDED.provider_message_id, message_id = EXCLUDED.message_id,
         certificate_url = EXCLUDED.certificate_url, certificate_code = EXCLUDED.certificate_code,
-        certificate_sha256 = EXCLUDED.certificate_sha256, timesent = EXCLUDED.timesent, updated_at = now()
+        certificate_sha256 = EXCLUDED.certificate_sha256, timesent = EXCLUDED.timesent,
+        certificate_holder = EXCLUDED.certificate_holder, certificate_course = EXCLUDED.certificate_course,
+        certificate_completed = EXCLUDED.certificate_completed, updated_at = now()
     WHERE r.status = 'pending' OR r.run < EXCLUDED.run
     RETURNING r.job_id, r.userid, r.status, r.timesent
 ), counts AS (
@@ -162,11 +170,12 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             outcomes.setdefault((event.job_id, event.userid), (
                 event.job_id, event.userid, event.email, "sent", event.run, event.batch_no, event.attempts, None,
                 None, event.provider, event.provider_message_id, event.message_id, None, None, None,
-                event.sent_at))
+                event.sent_at, None, None, None))
         elif isinstance(event, RecipientFailed):
             outcomes.setdefault((event.job_id, event.userid), (
                 event.job_id, event.userid, event.email, "failed", event.run, event.batch_no, event.attempts,
-                event.retryable, event.error[:2000], event.provider, None, None, None, None, None, event.failed_at))
+                event.retryable, event.error[:2000], event.provider, None, None, None, None, None, event.failed_at,
+                None, None, None))
         elif isinstance(event, RecipientDelivered | RecipientBounced | RecipientComplained):
             kind = {RecipientDelivered: "delivered", RecipientBounced: "bounced",
                     RecipientComplained: "complained"}[type(event)]
@@ -178,7 +187,7 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             outcomes.setdefault((event.job_id, event.userid), (
                 event.job_id, event.userid, event.email, "issued", event.run, event.batch_no, event.attempts, None,
                 event.email_error, event.backend, None, event.email_message_id, event.url, event.code, event.sha256,
-                event.issued_at))
+                event.issued_at, event.holder_name, event.course_name, event.completion_date))
     if reports:
         await cur.execute(_REPORTS, [list(col) for col in zip(*reports.values(), strict=True)])
     if pending:

@@ -7,7 +7,8 @@ Within a version only optional fields are added; a breaking change is a new ``.v
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -20,6 +21,22 @@ StorageProviderName = Literal["local", "s3", "r2"]
 # No ":" (it separates the parts of batch keys) and nothing that could not name a storage object.
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 TemplateId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
+
+
+# Job ids are chosen by each company's Moodle, so two companies may pick the same one. The API then gives the
+# second company's job the id "<its id>..c<company>" in the log and read models, and shows, reads and calls back
+# with the id that company chose (issue 11, finding 12). A client id may not itself end in that form.
+SCOPED_SUFFIX = re.compile(r"\.\.c[0-9]{1,10}$")
+
+
+def scoped_job_id(job_id: str, company_id: int) -> str:
+    return f"{job_id}..c{company_id}"
+
+
+def client_job_id(job_id: str, company_id: int) -> str:
+    """The id the company chose for a job stored under ``job_id``."""
+    suffix = f"..c{company_id}"
+    return job_id.removesuffix(suffix)
 
 
 def utcnow() -> datetime:
@@ -36,7 +53,7 @@ class Event(BaseModel):
 
     def subject(self) -> str:
         """The CloudEvents subject and the Kafka key: the job id for job events."""
-        return str(getattr(self, "job_id"))
+        return str(self.job_id)
 
     def kafka_key(self) -> str:
         return self.subject()
@@ -75,6 +92,11 @@ class JobRequested(Event):
     template_id: TemplateId
     template_data: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = Field(default=None, max_length=2048)
+    callback_query_sealed: str | None = Field(
+        default=None, max_length=4096,
+        description="set by the API: callback_url's query string, AES-GCM sealed under the deployment's "
+                    "callback_url_secret and bound to the job id; callback_url then has no query",
+    )
     timestamp: int | None = Field(default=None, description="Moodle's unix time of submission")
     createdby: int | None = None
     callback_key_id: str | None = Field(default=None, max_length=64, description="names a callback key, never the key")
@@ -88,6 +110,7 @@ class Problem(BaseModel):
 
     field: str
     message: str
+    code: str | None = Field(default=None, description="a code a client can match, e.g. unknown_template")
 
 
 class JobRejected(Event):
@@ -121,7 +144,12 @@ class JobAccepted(Event):
     batch_count: int
     callback_url: str | None = None
     createdby: int | None = None
+    callback_key_id: str | None = Field(
+        default=None, max_length=64,
+        description="the JobRequested's callback key id, carried for the callback agent; names a key, never the key",
+    )
     accepted_at: datetime = Field(default_factory=utcnow)
+    callback_query_sealed: str | None = Field(default=None, description="as on JobRequested: never in clear")
 
 
 class BatchDispatched(Event):
@@ -143,6 +171,11 @@ class BatchDispatched(Event):
     recipients: list[Recipient]
     notify_template_id: str | None = None
     dispatched_at: datetime = Field(default_factory=utcnow)
+    template_data_at: tuple[int, int] | None = Field(
+        default=None,
+        description="(partition, offset) of the JobRequested in job-requests whose template_data this batch uses; "
+                    "set, template_data is left empty: the job's data is written to the log once, not once per batch",
+    )
 
     def kafka_key(self) -> str:
         return f"{self.job_id}:{self.run}:{self.batch_no}"
@@ -214,6 +247,11 @@ class CertificateIssued(RecipientOutcome):
     email_message_id: str | None = None
     email_error: str | None = None
     issued_at: datetime = Field(default_factory=utcnow)
+    # What the certificate says, so /verify answers from the read model (absent on certificates issued before
+    # these fields existed: they verify as valid without details).
+    holder_name: str | None = Field(default=None, description="the learner's name as printed")
+    course_name: str | None = Field(default=None, description="the course as printed")
+    completion_date: date | None = Field(default=None, description="the completion date as printed")
 
 
 class FailedRecipient(BaseModel):

@@ -59,6 +59,8 @@ def validate_request(value: bytes, *, max_recipients: int) -> IntakeResult:
         raw = json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:  # nested ~1,000 deep: not a job, and no reason to crash over it
+        raise ValueError("not JSON: nested too deeply") from None
     job_id, company_id = _identify(raw)
     if job_id is None:
         raise ValueError("no usable job_id: a job that cannot be named cannot be rejected either")
@@ -77,6 +79,16 @@ def validate_request(value: bytes, *, max_recipients: int) -> IntakeResult:
     if removed:
         job = job.model_copy(update={"recipients": unique})
     return IntakeResult(job, job.job_id, job.company_id, (), removed)
+
+
+def template_data_problem(data: dict, limit: int) -> Problem | None:
+    """template_data larger than ``limit`` bytes of compact JSON, as a problem to report (issue 11, finding 1)."""
+    size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+    if size <= limit:
+        return None
+    return Problem(field="template_data", message=f"template_data is {size} bytes of JSON; the limit is {limit} "
+                                                  "(template_data_max_bytes): put per-learner values on the "
+                                                  "recipients instead")
 
 
 def unique_recipients(recipients: Sequence[Recipient]) -> list[Recipient]:

@@ -17,8 +17,15 @@ fi
 python -m schemas.generate --check
 .ci/check-compose
 set +e
+smoke=0
+if [ $# -eq 0 ]; then  # the whole suite: also the service as a user installs it, from its wheel
+  KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:19092} \
+  DATABASE_URL=${DATABASE_URL:-postgresql://offload@127.0.0.1:15432/offload} .ci/wheel-smoke
+  smoke=$?
+fi
 python -m pytest -q "$@"
 rc=$?
 set -e
+[ "$smoke" = 0 ] || { echo "test.sh: the wheel-installed service failed its smoke test (above)"; rc=1; }
 # pytest's 5 means "no tests collected": for this project that is a failure, never a pass.
 exit "$rc"

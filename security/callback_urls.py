@@ -8,20 +8,58 @@ because DNS can change between now and then (rebinding).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import ipaddress
+import os
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.intake import Refusal
 
 _FIELD = "callback_url"
 
 
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))  # RFC 6052, RFC 8215
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a packet to this IPv6 address ends up at: IPv4-mapped, IPv4-compatible, NAT64
+    (well-known and local-use prefixes), 6to4 and Teredo (server and client). Empty for a plain IPv6 address."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address in _IPV4_COMPATIBLE or any(address in net for net in _NAT64):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
 def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for anything but a globally routable unicast address (IPv4-mapped IPv6 judged as IPv4)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global or address.is_multicast
+    """True for anything but a globally routable unicast address.
+
+    An IPv6 address that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged by that
+    IPv4 address too: ``[64:ff9b::a9fe:a9fe]`` reaches 169.254.169.254 through a NAT64 gateway. Reserved,
+    site-local (fec0::/10, deprecated but still routed by some stacks) and unspecified ranges are refused.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _IPV4_COMPATIBLE:  # deprecated since 2006 (RFC 4291): no public service is reached this way
+            return True
+        inner = embedded_ipv4(address)
+        if inner:
+            return any(non_public(v4) for v4 in inner)
+        if address.is_site_local:
+            return True
+    return (not address.is_global or address.is_multicast or address.is_reserved or address.is_unspecified
+            or address.is_loopback or address.is_link_local)
 
 
 async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: float = 3.0) -> Refusal | None:
@@ -54,3 +92,51 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: 
         return Refusal("callback_url_forbidden", _FIELD,
                        f"the callback host {host!r} is or resolves to a loopback, private or link-local address")
     return None
+
+
+# --- the query string of a callback URL stays out of the log (issue 11, finding 13) --------------------------
+# Moodle's callback URLs may carry a token in their query (e.g. wstoken). The API keeps only scheme, host and path
+# in the events (JobRequested, JobAccepted) and read models, and the query sealed with AES-GCM under
+# Settings.callback_url_secret, bound to the job id; the worker opens it just before it calls Moodle.
+
+
+def _aead(secret: bytes) -> AESGCM:
+    return AESGCM(hashlib.sha256(b"offload callback query\x00" + secret).digest())
+
+
+def seal_query(url: str, job_id: str, secret: bytes) -> tuple[str, str | None]:
+    """(the URL without its query, the sealed query or None when there was none)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, None
+    nonce = os.urandom(12)
+    sealed = nonce + _aead(secret).encrypt(nonce, parts.query.encode(), job_id.encode())
+    return urlunsplit(parts._replace(query="", fragment="")), base64.urlsafe_b64encode(sealed).decode()
+
+
+class SealedQueryError(ValueError):
+    """The sealed query cannot be opened: another secret, another job, or damaged."""
+
+
+def open_query(url: str, sealed: str | None, job_id: str, secret: bytes) -> str:
+    """The full URL the worker calls."""
+    if sealed is None:
+        return url
+    try:
+        raw = base64.urlsafe_b64decode(sealed.encode())
+        query = _aead(secret).decrypt(raw[:12], raw[12:], job_id.encode()).decode()
+    except (binascii.Error, ValueError, InvalidTag) as exc:
+        raise SealedQueryError("the callback URL's sealed query cannot be opened (callback_url_secret changed?)") \
+            from exc
+    return urlunsplit(urlsplit(url)._replace(query=query))
+
+
+def redacted(url: str | None, sealed: str | None = None) -> str | None:
+    """What the API and UI show: the query's values replaced, so a token never reaches a screen or a log."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.query:
+        names = [pair.split("=", 1)[0] for pair in parts.query.split("&") if pair]
+        return urlunsplit(parts._replace(query="&".join(f"{n}=[redacted]" for n in names), fragment=""))
+    return f"{url}?[redacted]" if sealed else url

@@ -11,6 +11,12 @@ The canonical string a client signs (UTF-8, fields joined by a single ``\\n``, n
 ``X-Offload-Signature`` is the lower-case hex HMAC-SHA256 of that string under the secret of
 ``X-Offload-Key-Id``. The nonce lets a client poll the same URL twice in one second without the second
 request looking like a replay; a signature already seen within the window is refused.
+
+The timestamp is checked twice with the same clock: when the headers arrive (so a stale request's body is never
+read) and again when the signature is remembered, after the body has been read. A signature is remembered until
+timestamp + window, so a request admitted at any moment up to that edge is always still remembered: a replay
+whose body is sent slowly cannot outlive the memory of the original (issue 11, finding 2). The shared memory
+is ``security.seen`` (Postgres), so every API replica refuses the others' replays (finding 5).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from config.settings import ApiKey
+from security.seen import MemorySeen, SeenOnce, SeenUnavailable
 
 KEY_ID_HEADER = "X-Offload-Key-Id"
 TIMESTAMP_HEADER = "X-Offload-Timestamp"
@@ -117,11 +124,13 @@ class ReplayCache:
 class RequestVerifier:
     """Checks the signed headers of a request in the order cheapest first, so junk costs little."""
 
-    def __init__(self, keys: Mapping[str, ApiKey], *, window: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, keys: Mapping[str, ApiKey], *, window: float, clock: Callable[[], float] = time.time,
+                 seen: SeenOnce | None = None) -> None:
         self._keys = keys
         self._window = window
         self._clock = clock
-        self.replays = ReplayCache()
+        self.replays = ReplayCache()  # this process's own memory: refuses a local replay without a round trip
+        self.seen: SeenOnce = seen if seen is not None else MemorySeen()  # shared by every replica
 
     def check_headers(self, headers: Mapping[str, str]) -> SignedHeaders:
         """Everything that can be checked before the body is read: presence, shape, key id, timestamp."""
@@ -138,11 +147,7 @@ class RequestVerifier:
         timestamp = values[TIMESTAMP_HEADER]
         if not _TIMESTAMP.fullmatch(timestamp):
             raise AuthError("bad_timestamp", f"{TIMESTAMP_HEADER} must be unix seconds")
-        skew = self._clock() - int(timestamp)
-        if abs(skew) > self._window:
-            raise AuthError("stale_timestamp",
-                            f"the timestamp is {abs(skew):.0f} s {'old' if skew > 0 else 'ahead'}; "
-                            f"the window is {self._window:.0f} s")
+        self._check_window(int(timestamp), self._clock())
         nonce = values[NONCE_HEADER]
         if not _NONCE.fullmatch(nonce):
             raise AuthError("bad_nonce", f"{NONCE_HEADER} must be 16-64 characters of A-Z a-z 0-9 _ -")
@@ -151,13 +156,39 @@ class RequestVerifier:
             raise AuthError("bad_signature", "the signature does not match the request")
         return SignedHeaders(key_id, timestamp, nonce, signature, key)
 
-    def verify(self, signed: SignedHeaders, method: str, path: str, body: bytes) -> Caller:
-        """The body's signature, compared in constant time, then the replay check; returns the caller."""
+    def verify(self, signed: SignedHeaders, method: str, path: str, body: bytes, *,
+               now: float | None = None) -> Caller:
+        """The body's signature, compared in constant time, the window again, then this process's replay
+        check; returns the caller. ``admit`` adds the check shared by every replica."""
         expected = sign(signed.key.secret.get_secret_value(), method, path, signed.timestamp, signed.nonce, body)
         if not hmac.compare_digest(expected.encode(), signed.signature.encode()):
             raise AuthError("bad_signature", "the signature does not match the request")
+        now = self._clock() if now is None else now
+        self._check_window(int(signed.timestamp), now)  # the body may have taken a while: judged again, same clock
         # Only a verified signature is remembered: unsigned junk cannot fill the cache.
-        now = self._clock()
-        if not self.replays.check_and_remember(signed.signature, int(signed.timestamp) + self._window, now):
+        if not self.replays.check_and_remember(signed.signature, self.remember_until(signed), now):
             raise AuthError("replayed_request", "this signed request was already received")
         return Caller(signed.key_id, signed.key.company_id)
+
+    async def admit(self, signed: SignedHeaders, method: str, path: str, body: bytes) -> Caller:
+        """``verify`` plus the replay check in the store all API replicas share. Raises SeenUnavailable when
+        that store cannot be asked: the request is refused, never waved through."""
+        now = self._clock()
+        caller = self.verify(signed, method, path, body, now=now)
+        if not await self.seen.first_time("request", signed.signature, expires_at=self.remember_until(signed),
+                                          now=now):
+            raise AuthError("replayed_request", "this signed request was already received")
+        return caller
+
+    def remember_until(self, signed: SignedHeaders) -> float:
+        return int(signed.timestamp) + self._window
+
+    def _check_window(self, timestamp: int, now: float) -> None:
+        skew = now - timestamp
+        if abs(skew) > self._window:
+            raise AuthError("stale_timestamp",
+                            f"the timestamp is {abs(skew):.0f} s {'old' if skew > 0 else 'ahead'}; "
+                            f"the window is {self._window:.0f} s")
+
+
+__all__ = ["AuthError", "Caller", "RequestVerifier", "SeenUnavailable", "SignedHeaders", "sign"]

@@ -48,6 +48,12 @@ class OutcomeLedger:
 
     async def fetch(self, short_topic: str, partition: int, offset: int) -> Event:
         """The event at one place in the log (a retry re-reads the BatchDispatched its failures came from)."""
+        value, headers = await self.fetch_record(short_topic, partition, offset)
+        return decode(value, headers)
+
+    async def fetch_record(self, short_topic: str, partition: int,
+                           offset: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The raw value and headers of the record at one place in the log."""
         assert self._consumer is not None, "ledger not started"
         tp = TopicPartition(self._settings.topic(short_topic), partition)
         async with self._lock:
@@ -59,7 +65,7 @@ class OutcomeLedger:
                     if not records:
                         raise LookupError(f"{tp.topic}[{partition}]@{offset} is no longer in the log")
                     if records[0].offset >= offset:
-                        return decode(records[0].value, records[0].headers)
+                        return records[0].value or b"", list(records[0].headers or [])
             finally:
                 self._consumer.unsubscribe()
 

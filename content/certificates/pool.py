@@ -112,6 +112,7 @@ class RenderPool:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     def pids(self) -> list[int]:
+        # The executor is None before start/after stop, and _processes is None until its first task.
         return list(getattr(self._executor, "_processes", None) or {})
 
     async def render(self, template: CertificateTemplate, items: Sequence[CertificateInput]) -> list[bytes | str]:

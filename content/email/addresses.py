@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
@@ -10,12 +11,14 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 _FORBIDDEN = frozenset(' \t\r\n\x00"\',;<>()[]\\')
 
 
-def message_id_for(job_id: str, userid: int | str, domain: str) -> str:
+def message_id_for(job_id: str, userid: int | str, domain: str, *, key: bytes) -> str:
     """``<hex@domain>``: the same recipient of the same job always gets the same Message-ID.
 
-    Providers and mailbox owners can then recognise a message resent after a crash as a duplicate.
+    Providers and mailbox owners can then recognise a message resent after a crash as a duplicate. The hex is
+    an HMAC under ``key`` (Settings.message_id_secret), so nobody outside can compute the Message-ID of a
+    job's learner and forge a webhook report about it.
     """
-    digest = hashlib.sha256(f"{job_id}\x00{userid}".encode()).hexdigest()[:40]
+    digest = hmac.new(key, f"{job_id}\x00{userid}".encode(), hashlib.sha256).hexdigest()[:40]
     domain = re.sub(r"[^A-Za-z0-9.-]", "", domain) or "localhost"
     return f"<{digest}@{domain}>"
 

@@ -38,6 +38,8 @@ class StackInfo:
             "DATABASE_URL": self.database_url,
             "OFFLOAD_SMTP_HOST": self.smtp_host,
             "OFFLOAD_SMTP_PORT": str(self.smtp_port),
+            # A development machine: certificates may carry codes under the public default secret.
+            "OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT": "true",
         }
 
 

@@ -17,6 +17,7 @@ from schemas.envelope import UndecodableRecord, decode
 from schemas.events import BatchCompleted, BatchDispatched, FailedRecipient, RecipientFailed
 from streams.batchwork import BatchHandler, OutcomeRecorder
 from streams.context import StreamContext
+from streams.job_data import JobData
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class BatchRunner:
     def __init__(self, ctx: StreamContext, handlers: dict[str, BatchHandler]) -> None:
         self.ctx = ctx
         self.handlers = handlers
+        self.job_data = JobData(ctx.ledger)
 
     async def handle(self, message: faust.types.Message) -> None:
         try:
@@ -39,14 +41,16 @@ class BatchRunner:
         if handler is None:
             await self.ctx.dead_letter(message, f"no handler for {batch.type} batches", "process-batches")
             return
+        if batch.template_data_at is not None:
+            batch = batch.model_copy(update={"template_data": await self.job_data.template_data(batch)})
         key = batch.kafka_key()
         table = self.ctx.batch_progress
         state = table.get(key)
         source = (message.partition, message.offset)
         recorder = OutcomeRecorder(self.ctx)
         if state and state.get("state") == "done":
-            failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.get("failures", [])]
-            await self._complete(batch, state["succeeded"], failures, state.get("fell_back", False), source)
+            failures = [FailedRecipient(userid=u, retryable=r) for u, r in state["failures"]]
+            await self._complete(batch, state["succeeded"], failures, state["fell_back"], source)
             return
         if state and state.get("state") == "started":
             recorded = await self.ctx.ledger.recorded(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +32,9 @@ from schemas.events import (
     CallbackFailed,
     JobAccepted,
     JobCompleted,
+    client_job_id,
 )
+from security.callback_urls import SealedQueryError, open_query
 from streams.callbacks import Attempt, CallbackSender, backoff_delay, callback_body
 from streams.context import BatchProgressTable, StreamContext
 
@@ -81,9 +84,9 @@ class CallbackScheduler:
             if not event.callback_url or self.table.get(event.job_id) is not None:
                 return
             state = {
-                "company_id": event.company_id, "url": event.callback_url,
-                # Optional on JobAccepted: a job may name which of its company's callback keys signs.
-                "key_id": getattr(event, "callback_key_id", None),
+                "company_id": event.company_id, "url": event.callback_url, "sealed": event.callback_query_sealed,
+                # None when the job named no key: the company's current key signs (Settings.callback_key_for).
+                "key_id": event.callback_key_id,
                 "total": event.total_recipients, "done": {}, "queued": [], "pending": [],
             }
             self._queue(state, event.job_id, "started", "accepted", run=0, succeeded=0, failed=0,
@@ -125,7 +128,9 @@ class CallbackScheduler:
             return
         event = name.split("-")[0]
         callback_id = f"{job_id}:{run}:{name}"
-        body = callback_body(callback_id=callback_id, job_id=job_id, company_id=state["company_id"], event=event,
+        # Moodle hears the job id it chose, also for a job the API stored scoped (schemas.events.client_job_id).
+        body = callback_body(callback_id=callback_id, job_id=client_job_id(job_id, state["company_id"]),
+                             company_id=state["company_id"], event=event,
                              status=status, run=run, total=state["total"] if total is None else total,
                              succeeded=succeeded, failed=failed, milestone=milestone, at=at)
         now = time.time()
@@ -179,15 +184,25 @@ class CallbackScheduler:
             async with self._limit:
                 await self.ctx.ensure_started()
                 attempt_no = callback["attempt"] + 1
-                key = self.settings.callback_key_for(state["company_id"], state.get("key_id"))
+                key = self.settings.callback_key_for(state["company_id"], state["key_id"])
                 if key is None:
                     result = Attempt(False, None, f"no callback key configured for company {state['company_id']}",
                                      0, permanent=True)
                 else:
                     key_id, api_key = key
-                    result = await self.sender.send(state["url"], callback["body"].encode(), key_id=key_id,
+                    try:  # "sealed": absent in entries written before callback queries were sealed
+                        url = open_query(state["url"], state.get("sealed"), job_id,
+                                         self.settings.callback_url_secret.get_secret_value().encode())
+                    except SealedQueryError as exc:
+                        result = Attempt(False, None, str(exc), 0, permanent=True)
+                        await self._record(job_id, callback, attempt_no, result)
+                        return
+                    result = await self.sender.send(url, callback["body"].encode(), key_id=key_id,
                                                     secret=api_key.secret.get_secret_value(),
                                                     callback_id=callback["callback_id"])
+                    query = url[len(state["url"]) + 1:]
+                    if query and result.error and query in result.error:  # an error that quotes the URL
+                        result = replace(result, error=result.error.replace(query, "[redacted]"))
                 await self._record(job_id, callback, attempt_no, result)
         except asyncio.CancelledError:
             raise

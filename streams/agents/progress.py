@@ -136,7 +136,8 @@ class ProgressTracker:
             BatchDispatched(
                 job_id=job_id, run=new_run, batch_no=number, batch_count=len(chunks), type=source.type,
                 company_id=source.company_id, route=source.route, provider=source.provider,
-                template_id=source.template_id, template_data=source.template_data, recipients=chunk,
+                template_id=source.template_id, template_data=source.template_data,
+                template_data_at=source.template_data_at, recipients=chunk,
                 notify_template_id=source.notify_template_id,
             )
             for number, chunk in enumerate(chunks)

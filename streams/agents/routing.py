@@ -6,9 +6,10 @@ import logging
 
 import faust
 
+from content.validation import job_template_problems
 from schemas.envelope import header
 from schemas.events import BatchDispatched, BatchesDispatched, JobAccepted, JobRejected, JobRequested
-from schemas.intake import batch_count, batches, validate_request
+from schemas.intake import batch_count, batches, template_data_problem, validate_request
 from streams.context import StreamContext
 from streams.routing import decide_route
 
@@ -35,16 +36,24 @@ class JobRouter:
             # The same job id again does nothing: Moodle may resubmit after a timeout.
             log.info("job %s already %s; repeated request ignored", job_id, self.ctx.known_jobs[job_id])
             return
-        if intake.job is None:
+        problems = list(intake.problems)
+        if intake.job is not None:
+            too_large = template_data_problem(intake.job.template_data, self.ctx.settings.template_data_max_bytes)
+            # A template that cannot work for anyone rejects the job here, not every learner one by one later.
+            problems += [too_large] if too_large else [
+                p.as_problem() for p in job_template_problems(intake.job, self.ctx.settings)]
+        if intake.job is None or problems:
             await self.ctx.publisher.send_and_wait(
-                JobRejected(job_id=job_id, company_id=intake.company_id, problems=list(intake.problems))
+                JobRejected(job_id=job_id, company_id=intake.company_id, problems=problems)
             )
             self.ctx.known_jobs[job_id] = "rejected"
             return
-        await self._accept(intake.job, intake.duplicates_removed)
+        await self._accept(intake.job, intake.duplicates_removed, (message.partition, message.offset))
         self.ctx.known_jobs[job_id] = "accepted"
 
-    async def _accept(self, job: JobRequested, duplicates_removed: int) -> None:
+    async def _accept(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int]) -> None:
+        """Batches refer to the job request's place in job-requests (kept forever) for template_data instead of
+        copying it: a job's data is in the log once, however many batches and retry runs it has."""
         settings = self.ctx.settings
         decision = decide_route(
             job_type=job.type,
@@ -70,7 +79,9 @@ class JobRouter:
                 batch_size=size,
                 batch_count=count,
                 callback_url=job.callback_url,
+                callback_query_sealed=job.callback_query_sealed,
                 createdby=job.createdby,
+                callback_key_id=job.callback_key_id,
             )
         )
         locations = await self.ctx.publisher.send_all(
@@ -84,7 +95,7 @@ class JobRouter:
                 route=decision.route,
                 provider=decision.provider,
                 template_id=job.template_id,
-                template_data=job.template_data,
+                template_data_at=requested_at if job.template_data else None,
                 recipients=chunk,
                 notify_template_id=job.notify_template_id,
             )

@@ -84,6 +84,9 @@ def certificate_input(settings: Settings, batch: BatchDispatched, recipient: Rec
     if not isinstance(course, str) or not course.strip():
         raise InvalidCertificateData("course_name is missing: give it per recipient or in template_data")
     when = completion_date_of(merged.get("completion_date"))
+    refusal = settings.code_secret_refusal()
+    if refusal is not None:
+        raise InvalidCertificateData(refusal)
     code = certificate_code(settings.certificate_code_secret.get_secret_value().encode(), batch.job_id,
                             recipient.userid, batch.template_id)
     try:
@@ -148,7 +151,7 @@ class CertificateStores:
 
     async def stop(self) -> None:
         for store in self.cloud.values():
-            close = getattr(store, "close", None)
+            close = getattr(store, "close", None)  # optional: only the S3/R2 stores hold a client to close
             if close is not None:
                 await asyncio.to_thread(close)
         self.cloud = {}
@@ -193,6 +196,12 @@ class CertificateBatchHandler:
 
     @classmethod
     def build(cls, ctx: StreamContext, mailer: CertificateMailer | None = None) -> CertificateBatchHandler:
+        refusal = ctx.settings.code_secret_refusal()
+        if refusal is not None:
+            log.error("certificates will NOT be issued: %s", refusal)
+        elif ctx.settings.uses_public_code_secret:
+            log.warning("certificate codes use the public development secret (%s only): do not hand these "
+                        "certificates to anyone", ctx.settings.environment)
         pool = RenderPool(ctx.settings.certificate_render_processes)
         stores = CertificateStores(ctx.settings)
         ctx.add_service(pool)
@@ -243,7 +252,8 @@ class CertificateBatchHandler:
                 email=recipient.email, url=stored.url, object_key=stored.key, sha256=stored.sha256,
                 size=stored.size, code=item.code, template_id=template.id, template_version=template.version,
                 backend=cast(StorageProviderName, stored.backend), attempts=attempts, emailed=emailed,
-                email_message_id=message_id, email_error=email_error,
+                email_message_id=message_id, email_error=email_error, holder_name=item.learner_name,
+                course_name=item.course_name, completion_date=item.completion_date,
             ))
 
         async def render_and_store(chunk: list[CertificateInput]) -> None:

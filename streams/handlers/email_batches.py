@@ -110,7 +110,8 @@ def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, t
     Raises TemplateRenderError / UnknownTemplate when the template cannot render for this learner.
     """
     rendered = renderer.render(template_id, {**recipient.template_fields(), **(fields or {})}, template_data)
-    message_id = message_id_for(message_scope or job_id, recipient.userid, settings.message_id_domain)
+    message_id = message_id_for(message_scope or job_id, recipient.userid, settings.message_id_domain,
+                                key=settings.message_id_key())
     raw = compose_message(rendered, from_address=settings.mail_from, from_name=settings.mail_from_name,
                           to_address=recipient.email, to_name=recipient.full_name, message_id=message_id,
                           headers={"X-Offload-Job": job_id})

@@ -11,7 +11,7 @@ import pytest
 
 from content.email import message_id_for
 from offload.client import change_company_settings, submit_job
-from schemas.events import JobFellBackToLocal, RecipientSent
+from schemas.events import JobFellBackToLocal, JobRejected, RecipientSent
 from tests.support.email import closed_port
 from tests.support.moto_server import verify_ses_sender
 from tests.support.observe import events, query, wait_for_job
@@ -62,7 +62,8 @@ def test_every_learner_gets_exactly_their_own_message_and_bad_input_is_recorded(
     for learner in learners[:230]:
         (received,) = by_address[learner["email"]]
         message = email.message_from_bytes(received.raw)
-        assert message["Message-ID"] == message_id_for("email-exact", learner["userid"], settings.message_id_domain)
+        assert message["Message-ID"] == message_id_for("email-exact", learner["userid"], settings.message_id_domain,
+                                                     key=settings.message_id_key())
         assert str(make_header(decode_header(message["Subject"]))) == "Reminder: Fire Safety 101 is due 2026-12-31"
         if "\n" not in learner["firstname"] and "<" not in learner["firstname"]:
             assert text_of(message).splitlines()[0] == f"Dear {learner['firstname']},"
@@ -104,20 +105,44 @@ def test_transient_smtp_errors_are_retried_and_permanent_ones_recorded(
     assert "learner3@example.org" not in mail_sink.recipient_counts()
 
 
-def test_a_template_that_cannot_render_fails_its_recipients_clearly(
+def test_a_template_no_learner_can_render_rejects_the_job_and_one_learner_short_fails_only_that_learner(
     settings_factory, topics_for, processes, job_factory, mail_sink
 ):
     settings = settings_factory(smtp_port=mail_sink.port)
     topics_for(settings)
     processes("worker", settings)
     processes("projector", settings)
-    payload = job_factory("email-render", 3, template_data={"due_date": "tomorrow"})  # no course_name
-    asyncio.run(submit_job(settings, payload))
-    job = wait_for_job(settings, "email-render")
-    assert (job["succeeded"], job["failed"]) == (0, 3)
-    errors = {r["error_message"] for r in recipients_rows(settings, "email-render").values()}
-    assert len(errors) == 1 and "course_name" in errors.pop()
-    assert mail_sink.count() == 0
+    # Produced straight to Kafka (no API in front): the route agent refuses it as a whole.
+    asyncio.run(submit_job(settings, job_factory("email-render", 3, template_data={"due_date": "tomorrow"})))
+    asyncio.run(submit_job(settings, job_factory("email-no-template", 3, template_id="course_completion_reminder")))
+    asyncio.run(submit_job(settings, job_factory("cert-no-template", 3, job_type="certificate",
+                                                 template_id="no_such_certificate",
+                                                 template_data={"course_name": "C", "completion_date": "2026-11-20"})))
+    # course_name per learner, and learner 3 lacks it: only that learner fails.
+    partial = job_factory("email-partial", 3, template_data={"due_date": "tomorrow", "course_url": "https://c"})
+    for recipient in partial["recipients"][:2]:
+        recipient["course_name"] = "Fire Safety 101"
+    asyncio.run(submit_job(settings, partial))
+
+    missing = wait_for_job(settings, "email-render", status="rejected")
+    assert [(p["code"], p["field"]) for p in missing["problems"]] == [("template_data_missing", "template_data")]
+    assert "course_name, course_url" in missing["problems"][0]["message"]
+    unknown = wait_for_job(settings, "email-no-template", status="rejected")
+    assert [p["code"] for p in unknown["problems"]] == ["unknown_template"]
+    assert "course_completion_reminder" in unknown["error_message"]
+    certificate = wait_for_job(settings, "cert-no-template", status="rejected")
+    assert [(p["code"], p["field"]) for p in certificate["problems"]] == [("unknown_template", "template_id")]
+    rejected = [e for e in events(settings, "jobs") if isinstance(e, JobRejected)]
+    assert {e.job_id for e in rejected} == {"email-render", "email-no-template", "cert-no-template"}
+
+    job = wait_for_job(settings, "email-partial")
+    assert (job["succeeded"], job["failed"]) == (2, 1)
+    rows = recipients_rows(settings, "email-partial")
+    assert rows[3]["status"] == "failed" and "course_name" in rows[3]["error_message"]
+    # No learner row of a rejected job, and nothing sent for one.
+    assert query(settings, "SELECT count(*) AS n FROM job_recipients WHERE job_id IN ('email-render', "
+                           "'email-no-template', 'cert-no-template')")[0]["n"] == 0
+    assert mail_sink.count() == 2
 
 
 def test_cloud_jobs_go_through_ses_and_fall_back_to_smtp_when_it_is_unreachable(

@@ -49,10 +49,10 @@ def test_replay_rebuilds_the_read_models_row_for_row(settings_factory, topics_fo
     payload = job_factory("replay-a", 150)
     payload["recipients"].append({"userid": 999, "email": "broken", "firstname": "No", "lastname": "At"})
     asyncio.run(submit_job(settings, payload))
-    asyncio.run(submit_job(settings, job_factory("replay-b", 3, template_data={})))  # cannot render
+    asyncio.run(submit_job(settings, job_factory("replay-b", 3, template_data={})))  # rejected: no course_name
     asyncio.run(submit_job(settings, {"job_id": "replay-c", "type": "email"}))       # rejected
     a = wait_for_job(settings, "replay-a")
-    wait_for_job(settings, "replay-b")
+    wait_for_job(settings, "replay-b", status="rejected")
     wait_for_job(settings, "replay-c", status="rejected")
     assert (a["succeeded"], a["failed"]) == (148, 3)
     projector.stop()

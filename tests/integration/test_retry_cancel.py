@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from offload.client import cancel_job, request_retry, submit_job
 from schemas.events import BatchDispatched, JobCompleted
-from tests.support.observe import events, query, wait_for, wait_for_job
+from tests.support.observe import events, query, records, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +45,13 @@ def test_retry_serves_only_the_failed_learners_again(settings_factory, topics_fo
     now = rows(settings, "retry-job")
     assert (now[4]["status"], now[4]["run"], now[15]["status"]) == ("sent", 1, "sent")
     assert (now[9]["status"], now[9]["run"], now[99]["run"]) == ("failed", 0, 0)
-    retry_batches = [e for e in events(settings, "batches") if isinstance(e, BatchDispatched) and e.run == 1]
+    batches = [e for e in events(settings, "batches") if isinstance(e, BatchDispatched)]
+    retry_batches = [b for b in batches if b.run == 1]
     assert [sorted(r.userid for r in b.recipients) for b in retry_batches] == [[4, 15]]
-    assert retry_batches[0].template_data == payload["template_data"]
+    # Batches carry no copy of template_data: every run's batches point at the job's own request.
+    [(partition, offset)] = {b.template_data_at for b in batches}
+    [request] = [r for r, _ in records(settings, "job-requests") if (r.partition, r.offset) == (partition, offset)]
+    assert json.loads(request.value)["template_data"] == payload["template_data"]
     counts = mail_sink.recipient_counts()
     assert counts["learner4@example.org"] == counts["learner15@example.org"] == 1
     assert counts["learner1@example.org"] == 1  # nobody who was served is served again

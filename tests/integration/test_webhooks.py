@@ -44,7 +44,7 @@ async def record_sent(settings, n: int) -> None:
             await publisher.send_and_wait(RecipientSent(
                 job_id=JOB, batch_no=0, userid=userid, email=f"learner{userid}@example.org", provider="ses",
                 provider_message_id=f"ses-msg-{userid}", attempts=1,
-                message_id=message_id_for(JOB, userid, settings.message_id_domain)))
+                message_id=message_id_for(JOB, userid, settings.message_id_domain, key=settings.message_id_key())))
     finally:
         await publisher.stop()
 
@@ -88,7 +88,7 @@ def test_signed_provider_reports_become_recipient_events(settings_factory, topic
     topics_for(settings)
     asyncio.run(record_sent(settings, 4))
     asyncio.run(Projector(settings).run(until_caught_up=True))  # job_recipients with the message ids
-    mid = {u: message_id_for(JOB, u, settings.message_id_domain) for u in range(1, 5)}
+    mid = {u: message_id_for(JOB, u, settings.message_id_domain, key=settings.message_id_key()) for u in range(1, 5)}
     aws = FakeAws(make_certificate(sns_key))
 
     async def scenario() -> dict[str, tuple[int, dict]]:
@@ -116,8 +116,9 @@ def test_signed_provider_reports_become_recipient_events(settings_factory, topic
                 bounce = {"notificationType": "Bounce", "mail": {"messageId": "ses-msg-1", "commonHeaders": {
                     "messageId": mid[1]}}, "bounce": {"bounceType": "Permanent", "timestamp": "2026-11-28T10:00:00Z",
                     "bouncedRecipients": [{"emailAddress": "learner1@example.org", "diagnosticCode": "550 5.1.1"}]}}
-                await post("ses", "/webhooks/ses", json.dumps(sns_message(
-                    sns_key, version="1", Message=json.dumps(bounce))).encode())
+                bounce_message = json.dumps(sns_message(sns_key, version="1", Message=json.dumps(bounce))).encode()
+                await post("ses", "/webhooks/ses", bounce_message)
+                await post("ses-replay", "/webhooks/ses", bounce_message)  # the same signed SNS message again
                 complaint = {"notificationType": "Complaint", "mail": {"messageId": "ses-msg-4"},
                              "complaint": {"complainedRecipients": [{"emailAddress": "learner4@example.org"}]}}
                 await post("ses-by-provider-id", "/webhooks/ses", json.dumps(sns_message(
@@ -132,6 +133,9 @@ def test_signed_provider_reports_become_recipient_events(settings_factory, topic
                      "sg_event_id": "sg-e2", "timestamp": int(time.time())}]).encode()
                 ts = str(int(time.time()))
                 await post("sendgrid", "/webhooks/sendgrid", sg_body, {
+                    "X-Twilio-Email-Event-Webhook-Signature": sendgrid_sign(sg_key, ts, sg_body),
+                    "X-Twilio-Email-Event-Webhook-Timestamp": ts})
+                await post("sendgrid-replay", "/webhooks/sendgrid", sg_body, {
                     "X-Twilio-Email-Event-Webhook-Signature": sendgrid_sign(sg_key, ts, sg_body),
                     "X-Twilio-Email-Event-Webhook-Timestamp": ts})
                 await post("sendgrid-tampered", "/webhooks/sendgrid", sg_body.replace(b"delivered", b"spamreport"), {
@@ -158,6 +162,8 @@ def test_signed_provider_reports_become_recipient_events(settings_factory, topic
     assert any("Action=ConfirmSubscription" in r for r in aws.requests), aws.requests
     assert replies["ses"] == (200, {"published": 1, "unmatched": 0})
     assert replies["ses-by-provider-id"] == (200, {"published": 1, "unmatched": 0})
+    assert replies["ses-replay"][1]["error"]["code"] == "replayed_request"  # issue 11, finding 10
+    assert replies["sendgrid-replay"][1]["error"]["code"] == "replayed_request"
     assert replies["ses-evil-cert"][0] == 403 and replies["ses-evil-cert"][1]["error"]["code"] == "untrusted_sns_url"
     assert not any("evil" in r for r in aws.requests)
     assert replies["sendgrid"] == (200, {"published": 1, "unmatched": 1})

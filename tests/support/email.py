@@ -25,7 +25,7 @@ def outgoing(i: int, job_id: str = "job-test", *, name: str | None = None, addre
         text=f"Dear {name},\nplease finish the course.\n",
         html=f"<p>Dear {name},</p><p>please finish the course.</p>",
     )
-    message_id = message_id_for(job_id, i, "offload.test")
+    message_id = message_id_for(job_id, i, "offload.test", key=b"test-message-id-key")
     raw = compose_message(
         rendered, from_address=MAIL_FROM, from_name="Moodle", to_address=address, to_name=name, message_id=message_id
     )

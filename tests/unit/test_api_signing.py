@@ -22,7 +22,7 @@ NONCE = "nonce-0123456789AB"
 
 def verifier(now: float = NOW, window: float = 300) -> RequestVerifier:
     keys = {"k7": ApiKey(secret=SecretStr(SECRET), company_id=7),
-            "ops": ApiKey(secret=SecretStr("ops-secret-0123456789"))}
+            "ops": ApiKey(secret=SecretStr("ops-secret-0123456789"), company_id=None)}
     return RequestVerifier(keys, window=window, clock=lambda: now)
 
 

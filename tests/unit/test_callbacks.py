@@ -26,6 +26,7 @@ from streams.callbacks import (
     callback_body,
     signed_headers,
 )
+from tests.support.production import PRODUCTION_SECRETS
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
 KEY_ID, SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
@@ -52,7 +53,7 @@ def test_the_api_verifier_accepts_a_callback_signature_over_the_raw_path_and_que
     assert verifier.verify(checked, "POST", path, BODY).company_id == 7
     fresh = verifier.check_headers(headers)
     with pytest.raises(Exception, match="signature"):
-        RequestVerifier({KEY_ID: ApiKey(secret=SecretStr(SECRET))}, window=300, clock=lambda: 1_800_000_000) \
+        RequestVerifier({KEY_ID: ApiKey(secret=SecretStr(SECRET), company_id=7)}, window=300, clock=lambda: 1_800_000_000) \
             .verify(fresh, "POST", path, BODY.replace(b'"failed":1', b'"failed":2'))
 
 
@@ -117,7 +118,7 @@ def test_bad_callback_keys_are_refused_at_start_up(raw):
 
 def test_production_refuses_short_callback_secrets():
     with pytest.raises(ValueError, match="at least 32"):
-        Settings(environment="production", certificate_code_secret="c" * 40,
+        Settings(environment="production", **PRODUCTION_SECRETS,
                  callback_keys=json.dumps({"k": {"secret": "x" * 20, "company_id": 1}}))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import random
 import re
 import time
@@ -163,7 +164,7 @@ def test_composed_message_round_trips_through_the_email_parser(name: str) -> Non
         text=f"Dear {name},\nLine with = sign and trailing space \n" + "long " * 60 + "\nend",
         html=f"<p>Dear {name},</p>\n<p>{'€' * 300}</p>",
     )
-    message_id = message_id_for("job-1", 7, "offload.example.org")
+    message_id = message_id_for("job-1", 7, "offload.example.org", key=K)
     raw = compose_message(
         rendered, from_address="noreply@moodle.example.org", from_name="Moodle Académie",
         to_address="learner@example.org", to_name=name, message_id=message_id,
@@ -262,12 +263,23 @@ def test_composer_is_fast() -> None:
 
 
 # ---- message ids, addresses, retry policy ----------------------------------------------------------
+K = b"unit-test-message-id-key"
+
+
 def test_message_ids_are_deterministic_and_distinct() -> None:
-    first = message_id_for("job-1", 42, "offload.example.org")
-    assert first == message_id_for("job-1", "42", "offload.example.org")
+    first = message_id_for("job-1", 42, "offload.example.org", key=K)
+    assert first == message_id_for("job-1", "42", "offload.example.org", key=K)
     assert re.fullmatch(r"<[0-9a-f]{40}@offload\.example\.org>", first)
-    assert len({first, message_id_for("job-1", 43, "offload.example.org"), message_id_for("job-2", 42, "offload.example.org")}) == 3
-    assert message_id_for("j", 1, "evil.org>\r\nBcc: x").endswith("@evil.orgBccx>")
+    assert len({first, message_id_for("job-1", 43, "offload.example.org", key=K), message_id_for("job-2", 42, "offload.example.org", key=K)}) == 3
+    assert message_id_for("j", 1, "evil.org>\r\nBcc: x", key=K).endswith("@evil.orgBccx>")
+
+
+def test_message_ids_are_keyed_so_they_cannot_be_computed_from_outside() -> None:
+    """Issue 11 finding 10: sha256(job_id, userid) could be computed by anyone who knows a job id and a userid."""
+    unkeyed = "<" + hashlib.sha256(b"job-1\x0042").hexdigest()[:40] + "@offload.example.org>"
+    keyed = message_id_for("job-1", 42, "offload.example.org", key=K)
+    assert keyed != unkeyed
+    assert keyed != message_id_for("job-1", 42, "offload.example.org", key=b"another deployment's key")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,108 @@
+"""What the unauthenticated routes share: who the client is (behind a trusted proxy too) and a rate limit.
+
+The client address is the TCP peer, unless the peer is one of ``trusted_proxies``: then it is the rightmost
+``X-Forwarded-For`` hop that is not a trusted proxy (the hops to its left are whatever the client wrote, so they
+are never believed). Without ``trusted_proxies`` the header is ignored, so nobody can pick their own address.
+
+The rate limit is a token bucket per client address over the public routes (``/verify/``, ``/certificates/``
+and the sign-in form), held in memory for a bounded number of addresses (the least recently seen
+are forgotten first). Several API replicas each limit on their own, which only makes the limit looser.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections import OrderedDict
+
+from aiohttp import web
+
+from api.errors import Handler, error_response
+from api.state import STATE
+
+# /metrics is not here: it reads at most once a second whatever the rate (api/metrics.py), and in production
+# it answers only with its bearer token.
+PUBLIC_PREFIXES = ("/verify/", "/certificates/", "/ui/login")
+PUBLIC_PATHS: tuple[str, ...] = ()
+MAX_CLIENTS = 10_000
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def client_address(request: web.Request, trusted: tuple[Network, ...]) -> str:
+    """The address of the client that sent this request, as far as it can be known."""
+    peer = request.remote or "?"
+    ip = _address(peer)
+    if not trusted or ip is None or not any(ip in net for net in trusted):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", ())).split(",") if h.strip()]
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None:  # our proxy wrote what it received; a malformed hop is the client's own text
+            return hop[:64]
+        if not any(address in net for net in trusted):
+            return str(address)
+    return peer
+
+
+class RateLimiter:
+    """Token buckets per key: ``per_minute`` requests a minute, bursts up to that many; bounded in memory."""
+
+    def __init__(self, per_minute: int, *, max_keys: int = MAX_CLIENTS) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """Spend one token: 0.0 when allowed, else the seconds until a token is back."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.pop(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - at) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[key] = (tokens, now)  # most recently seen last
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+LIMITER = web.AppKey("public_rate_limiter", RateLimiter)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def setup(app: web.Application) -> None:
+    per_minute = app[STATE].settings.public_rate_limit_per_minute
+    if per_minute:
+        app[LIMITER] = RateLimiter(per_minute)
+
+
+@web.middleware
+async def rate_limited(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limiter = request.app.get(LIMITER)
+    if limiter is None or not is_public(request.path):
+        return await handler(request)
+    client = client_address(request, request.app[STATE].settings.trusted_proxy_networks())
+    wait = limiter.take(client)
+    if wait:
+        response = error_response(429, "rate_limited", "too many requests from this address; try again later")
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
+    return await handler(request)

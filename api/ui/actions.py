@@ -1,0 +1,99 @@
+"""The admin UI's actions (CSRF-protected POSTs): retry a job's failures, cancel a job, change a company's
+cloud settings. Each writes only by producing the event the API's own routes produce."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from api.companies import SettingsChange
+from api.state import STATE
+from api.ui.pages import SETTINGS_FIELDS, company_id_of, load_company, load_job
+from api.ui.state import render, require_post
+from api.ui.views import FINISHED, PREFIX
+from schemas.events import CompanySettingsChanged, JobCancelled, JobRetryRequested
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+
+@routes.post(PREFIX + "/jobs/{job_id}/retry")
+async def retry(request: web.Request) -> web.Response:
+    session, form = await require_post(request)
+    state = request.app[STATE]
+    job_id = request.match_info["job_id"][:128]
+    job = await load_job(state, job_id)
+    if job is None:
+        raise web.HTTPNotFound(text="no such job")
+    back = f"{PREFIX}/jobs/{job_id}"
+    if job["status"] != "completed":
+        raise web.HTTPSeeOther(f"{back}?notice=job_not_finished")
+    if not job["progress"]["failed"]:
+        raise web.HTTPSeeOther(f"{back}?notice=nothing_to_retry")
+    only_retryable = form.get("which", "retryable") != "all"
+    event = JobRetryRequested(job_id=job_id, company_id=job["company_id"], requested_by=f"ui:{session.key_id}",
+                              only_retryable=only_retryable)
+    await state.publisher.send_and_wait(event)
+    log.info("UI: retry of job %s requested by %s (only retryable: %s)", job_id, session.key_id, only_retryable)
+    raise web.HTTPSeeOther(f"{back}?notice=retry_requested")
+
+
+@routes.post(PREFIX + "/jobs/{job_id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    session, form = await require_post(request)
+    state = request.app[STATE]
+    job_id = request.match_info["job_id"][:128]
+    job = await load_job(state, job_id)
+    if job is None:
+        raise web.HTTPNotFound(text="no such job")
+    back = f"{PREFIX}/jobs/{job_id}"
+    if job["status"] in FINISHED:
+        raise web.HTTPSeeOther(f"{back}?notice=job_finished")
+    reason = form.get("reason", "").strip()[:500] or None
+    event = JobCancelled(job_id=job_id, company_id=job["company_id"], requested_by=f"ui:{session.key_id}",
+                         reason=reason)
+    await state.publisher.send_and_wait(event)
+    log.info("UI: cancel of job %s requested by %s", job_id, session.key_id)
+    raise web.HTTPSeeOther(f"{back}?notice=cancel_requested")
+
+
+@routes.post(PREFIX + "/companies/{company_id}")
+async def save_company(request: web.Request) -> web.Response:
+    session, form = await require_post(request)
+    state = request.app[STATE]
+    company_id = company_id_of(request)
+    threshold = form.get("user_threshold", "").strip()
+    values: dict[str, Any] = {
+        "cloud_enabled": form.get("cloud_enabled") == "on",
+        "use_cloud_for_emails": form.get("use_cloud_for_emails") == "on",
+        "use_cloud_for_certificates": form.get("use_cloud_for_certificates") == "on",
+        "user_threshold": int(threshold) if threshold.isascii() and threshold.isdigit() and len(threshold) <= 9
+        else -1,
+        "email_provider": form.get("email_provider", ""),
+        "storage_provider": form.get("storage_provider", ""),
+    }
+    try:
+        change = SettingsChange.model_validate(values)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in exc.errors(include_url=False, include_input=False)]
+        _, configured, changes = await load_company(state, company_id)
+        return render(request, "company.html", session, status=422, title=f"Company {company_id}",
+                      company_id=company_id, current={**values, "user_threshold": threshold[:12]},
+                      configured=configured, changes=changes, problems=problems, fields=SETTINGS_FIELDS)
+    event = CompanySettingsChanged(company_id=company_id, changed_by=f"ui:{session.key_id}", **change.model_dump())
+    await state.publisher.send_and_wait(event)
+    log.info("UI: settings of company %s changed by %s", company_id, session.key_id)
+    # Wait briefly for the projector so the page shows the change it just made.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        row = await state.store.company_settings(company_id)
+        if row is not None and row["changed_at"] >= event.changed_at:
+            raise web.HTTPSeeOther(f"{PREFIX}/companies/{company_id}?notice=settings_saved")
+        await asyncio.sleep(0.2)
+    raise web.HTTPSeeOther(f"{PREFIX}/companies/{company_id}?notice=settings_pending")
