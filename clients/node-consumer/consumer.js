@@ -16,6 +16,9 @@ const { parseArgs } = require('node:util');
 const { Kafka, logLevel } = require('kafkajs');
 const { loadValidators } = require('./schemas');
 const { JobSummaries } = require('./summary');
+const { registerLz4 } = require('./lz4');
+
+registerLz4(); // gzip is built into kafkajs; zstd and snappy are not read by this consumer
 
 const REQUIRED_ATTRIBUTES = ['ce_specversion', 'ce_id', 'ce_source', 'ce_type'];
 
