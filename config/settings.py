@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_recipients_per_job: int = Field(default=100_000, ge=1)
     # A job run without progress for this long gets its unfinished batches sent again (always safe).
     stall_redispatch_seconds: float = Field(default=60.0, ge=1.0, le=24 * 3600)
+    # The worker forgets a finished job's working state (progress, failures kept for retries, callbacks) this
+    # long after it finished: a retry must be asked for within it. See docs/retention.md.
+    finished_job_retention_days: float = Field(default=30.0, gt=0)
+    job_expiry_interval_seconds: float = Field(default=3600.0, ge=0.5)
 
     # --- email ----------------------------------------------------------------------------------
     mail_from: str = "noreply@moodle.example.org"

@@ -14,7 +14,15 @@ from config.settings import Settings
 # One 100,000-recipient job request is ~10-15 MB of JSON; the broker's default limit is 1 MB.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 KEEP_FOREVER = "-1"  # the log is the system of record: projections are rebuilt from offset 0
-THIRTY_DAYS_MS = str(30 * 24 * 3600 * 1000)
+DAY_MS = 24 * 3600 * 1000
+# Working topics outlive the worker's memory of a finished job by this much, so a retry asked for on the last
+# day still finds the job's batches (a long job's first batches are older than its completion).
+WORKING_TOPIC_MARGIN_DAYS = 7
+
+
+def working_retention_ms(settings: Settings) -> str:
+    """How long job-requests and batches keep records: see docs/retention.md."""
+    return str(round((settings.finished_job_retention_days + WORKING_TOPIC_MARGIN_DAYS) * DAY_MS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,18 +35,17 @@ class TopicSpec:
 
 def public_topics(settings: Settings) -> list[TopicSpec]:
     keep = {"retention.ms": KEEP_FOREVER}
+    # Requests and batches are working topics: they carry every learner's personal data, and everything that
+    # came of them is kept in jobs and outcomes. They live as long as a retry may need them (docs/retention.md).
+    working = {"retention.ms": working_retention_ms(settings), "max.message.bytes": str(MAX_MESSAGE_BYTES)}
     return [
-        TopicSpec("job-requests", settings.job_partitions,
-                  {**keep, "max.message.bytes": str(MAX_MESSAGE_BYTES)},
-                  "JobRequested from Moodle, keyed by job id"),
+        TopicSpec("job-requests", settings.job_partitions, working, "JobRequested from Moodle, keyed by job id"),
         TopicSpec("company-settings", 1,
                   {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
                   "CompanySettingsChanged, compacted by company id: the latest settings of every company"),
         TopicSpec("jobs", settings.job_partitions, keep,
                   "job lifecycle: accepted, rejected, batch completed, fell back, completed"),
-        # Batches are operational (work distribution); every result they lead to is kept in outcomes.
-        TopicSpec("batches", settings.batch_partitions,
-                  {"retention.ms": THIRTY_DAYS_MS, "max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        TopicSpec("batches", settings.batch_partitions, working,
                   "BatchDispatched, keyed job:run:batch so one job spreads over every worker"),
         TopicSpec("outcomes", settings.outcome_partitions, keep,
                   "one event per recipient: sent, failed, certificate issued; keyed by job id"),
@@ -59,7 +66,7 @@ EVENT_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", 
 TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job-failures": "job_partitions",
           "batch-progress": "batch_partitions", "company-settings": None, "cancelled-jobs": None,
           "company-spend": None,
-          "callbacks": "job_partitions"}
+          "callbacks": "job_partitions", "finished-jobs": None}
 
 
 def changelog_topics(settings: Settings) -> list[TopicSpec]:

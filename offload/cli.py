@@ -62,10 +62,25 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from offload.replay import replay
+    from offload.snapshot import SnapshotTooOld, replay_from_snapshot
 
-    stats = asyncio.run(replay(_settings(), args.schema))
-    print(json.dumps({"schema": args.schema, "events": stats.events, "seconds": round(stats.seconds, 2),
-                      "events_per_s": round(stats.per_second)}))
+    try:
+        settings = _settings()
+        stats = asyncio.run(replay_from_snapshot(settings, args.from_snapshot, args.schema) if args.from_snapshot
+                            else replay(settings, args.schema))
+    except SnapshotTooOld as exc:
+        raise SystemExit(str(exc)) from None
+    print(json.dumps({"schema": args.schema, "from_snapshot": args.from_snapshot, "events": stats.events,
+                      "seconds": round(stats.seconds, 2), "events_per_s": round(stats.per_second)}))
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from offload.snapshot import take_snapshot
+
+    snapshot = asyncio.run(take_snapshot(_settings(), args.name))
+    print(json.dumps({"snapshot": snapshot.schema, "rows": snapshot.rows,
+                      "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(snapshot.offsets.items())}}))
     return 0
 
 
@@ -148,11 +163,21 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from offload.logtools import export_csv
+    partition_by = tuple(p for p in (args.partition_by or "").split(",") if p)
+    if args.format == "parquet":
+        from offload.export_parquet import export_parquet
 
-    counts = asyncio.run(export_csv(_settings(), _filter(args), Path(args.out_dir)))
+        counts = asyncio.run(export_parquet(_settings(), _filter(args), Path(args.out_dir), partition_by))
+        suffix = "/" if partition_by else ".parquet"
+    else:
+        from offload.logtools import export_csv
+
+        if partition_by:
+            raise SystemExit("--partition-by needs --format parquet")
+        counts = asyncio.run(export_csv(_settings(), _filter(args), Path(args.out_dir)))
+        suffix = ".csv"
     for name, n in sorted(counts.items()):
-        print(f"{n:8} {name}.csv")
+        print(f"{n:8} {name}{suffix}")
     return 0
 
 
@@ -204,9 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--loglevel", default="info")
     p.set_defaults(func=cmd_api)
 
-    p = sub.add_parser("replay", help="rebuild every read model from offset 0 into a fresh schema")
+    p = sub.add_parser("replay", help="rebuild every read model from offset 0 (or from a snapshot) into a fresh "
+                                      "schema")
     p.add_argument("schema")
+    p.add_argument("--from-snapshot", metavar="SNAPSHOT", help="start from this snapshot (offload snapshot)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("snapshot", help="copy the read models and their log offsets into a new schema, so a "
+                                        "replay needs only the log after it (docs/retention.md)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("topics", help="create the public topics (idempotent)")
     p.add_argument("action", choices=["create"])
@@ -259,10 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-follow", action="store_true", help="stop at the current end of the log")
     p.set_defaults(func=cmd_tail, since=None, until=None)  # tail follows the log: no time range
 
-    p = sub.add_parser("export", help="the event log (a time range, a company, a job) to CSV files, one per type")
+    p = sub.add_parser("export", help="the event log (a time range, a company, a job) to CSV or Parquet files, "
+                                      "one per event type")
     filters(p)
     p.add_argument("--since", help="ISO time, e.g. 2026-11-01T00:00:00+00:00")
     p.add_argument("--until", help="ISO time (exclusive)")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                   help="parquet: typed columns (needs the analytics extra)")
+    p.add_argument("--partition-by", metavar="KEYS",
+                   help="parquet only: company, date or company,date (Hive-style directories)")
     p.add_argument("out_dir")
     p.set_defaults(func=cmd_export)
 

@@ -1,4 +1,8 @@
-"""Reading the event log as an operator or analyst: live decoded events (``tail``) and CSV export (``export``)."""
+"""Reading the event log as an operator or analyst: live decoded events (``tail``) and CSV export (``export``).
+
+Parquet export (typed columns, for DuckDB/pandas/Spark) is in ``offload.export_parquet``; it reads the log
+through :func:`read_log` too.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from config.settings import Settings
 from eventlog.topics import EVENT_TOPICS, MAX_MESSAGE_BYTES, partitions_of, public_topics
 from schemas.envelope import UndecodableRecord, decode, header
-from schemas.events import Event
+from schemas.events import Event, JobAccepted, JobRejected
+
+TYPE_PREFIX = "org.manireports.offload."
+# Left out of exports: a batch's learners (personal data, and the whole job again) and the template's data.
+EXCLUDED_FIELDS = frozenset({"recipients", "template_data"})
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,21 @@ class EventFilter:
         return not (self.until and when >= self.until)
 
 
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One decoded record of the log and where it lies."""
+
+    topic: str
+    partition: int
+    offset: int
+    when: datetime  # the record's broker timestamp
+    attrs: dict[str, str]  # CloudEvents attributes without the ce_ prefix: id, source, type, time, subject
+    event: Event
+
+
 async def read_log(settings: Settings, *, follow: bool, from_beginning: bool,
-                   topics: tuple[str, ...] = EVENT_TOPICS) -> AsyncIterator[tuple[str, datetime, dict, Event]]:
-    """(topic, record time, CloudEvents attributes, event) for every decodable record of the given topics."""
+                   topics: tuple[str, ...] = EVENT_TOPICS) -> AsyncIterator[LogEntry]:
+    """Every decodable record of the given topics (short names), up to their current end unless ``follow``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
     await consumer.start()
@@ -72,20 +92,39 @@ async def read_log(settings: Settings, *, follow: bool, from_beginning: bool,
                     attrs = {name: (header(record.headers, f"ce_{name}") or b"").decode()
                              for name in ("id", "source", "type", "time", "subject")}
                     when = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-                    yield tp.topic, when, attrs, event
+                    yield LogEntry(tp.topic, tp.partition, record.offset, when, attrs, event)
     finally:
         await consumer.stop()
+
+
+async def companies_of_jobs(settings: Settings) -> dict[str, int]:
+    """job id -> company id, from the jobs topic: outcome events carry the job id only."""
+    companies: dict[str, int] = {}
+    async for entry in read_log(settings, follow=False, from_beginning=True, topics=("jobs",)):
+        if isinstance(entry.event, JobAccepted | JobRejected) and entry.event.company_id is not None:
+            companies[entry.event.job_id] = entry.event.company_id
+    return companies
+
+
+def company_of(event: Event, companies: dict[str, int]) -> int | None:
+    """The company an event belongs to: its own company_id, else its job's (None: unknown or no job)."""
+    own = getattr(event, "company_id", None)  # only some types carry it; the others are looked up by job
+    if own is not None:
+        return own
+    job_id = getattr(event, "job_id", None)
+    return companies.get(job_id) if job_id is not None else None
 
 
 async def tail(settings: Settings, flt: EventFilter, *, follow: bool, from_beginning: bool,
                out: TextIO = sys.stdout) -> int:
     count = 0
-    async for topic, when, attrs, event in read_log(settings, follow=follow, from_beginning=from_beginning):
-        if not flt.matches(event, when):
+    async for entry in read_log(settings, follow=follow, from_beginning=from_beginning):
+        if not flt.matches(entry.event, entry.when):
             continue
-        data = event.model_dump(mode="json", exclude={"recipients", "template_data"})
-        short = attrs["type"].removeprefix("org.manireports.offload.")
-        out.write(f"{when:%H:%M:%S.%f}"[:-3] + f" {topic:28} {short:34} {json.dumps(data, ensure_ascii=False)}\n")
+        data = entry.event.model_dump(mode="json", exclude=set(EXCLUDED_FIELDS))
+        short = entry.attrs["type"].removeprefix(TYPE_PREFIX)
+        out.write(f"{entry.when:%H:%M:%S.%f}"[:-3]
+                  + f" {entry.topic:28} {short:34} {json.dumps(data, ensure_ascii=False)}\n")
         out.flush()
         count += 1
     return count
@@ -110,12 +149,14 @@ async def export_csv(settings: Settings, flt: EventFilter, out_dir: Path) -> dic
     writers: dict[str, tuple[Any, csv.DictWriter]] = {}
     counts: dict[str, int] = {}
     try:
-        async for topic, when, attrs, event in read_log(settings, follow=False, from_beginning=True):
-            if not flt.matches(event, when):
+        async for entry in read_log(settings, follow=False, from_beginning=True):
+            event = entry.event
+            if not flt.matches(event, entry.when):
                 continue
-            row = {"topic": topic, "record_time": when.isoformat(), **{f"ce_{k}": v for k, v in attrs.items()},
-                   **flatten(event.model_dump(mode="json", exclude={"recipients", "template_data"}))}
-            name = event.ce_type.removeprefix("org.manireports.offload.")
+            row = {"topic": entry.topic, "record_time": entry.when.isoformat(),
+                   **{f"ce_{k}": v for k, v in entry.attrs.items()},
+                   **flatten(event.model_dump(mode="json", exclude=set(EXCLUDED_FIELDS)))}
+            name = event.ce_type.removeprefix(TYPE_PREFIX)
             if name not in writers:
                 handle = (out_dir / f"{name}.csv").open("w", newline="", encoding="utf-8")
                 writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from schemas.events import BY_CE_TYPE, Event
+from schemas.upcasters import upcast
 
 SPEC_VERSION = b"1.0"
 DEFAULT_SOURCE = "urn:manireports:offload"
@@ -71,9 +72,12 @@ def decode(value: bytes | None, headers: object, *, default: type[Event] | None 
         cls = default
     else:
         try:
-            cls = BY_CE_TYPE[raw_type.decode()]
+            ce_type, value = upcast(raw_type.decode(), value)  # an older version, read as the current one
+            cls = BY_CE_TYPE[ce_type]
         except (KeyError, UnicodeDecodeError):
             raise UndecodableRecord(f"unknown event type {raw_type[:200]!r}") from None
+        except ValueError as exc:  # an old record its upcaster could not read
+            raise UndecodableRecord(f"cannot upcast {raw_type[:200]!r}: {exc}") from None
     try:
         return cls.model_validate_json(value)
     except ValidationError as exc:

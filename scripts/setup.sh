@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(openjdk-17-jre-headless maven postgresql fonts-dejavu-core fonts-wqy-microhei fonts-droid-fallback
               php-cli chromium)  # php-cli: the Moodle client's test; chromium: the monitoring page's test
+# Node.js runs the non-Python consumer (clients/node-consumer) in the tests; any node >= 18.3 with npm will do.
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -25,4 +27,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# The Node consumer's dependencies, exactly as pinned in its package-lock.json.
+NODE_CLIENT=clients/node-consumer
+if [ ! -d "$NODE_CLIENT/node_modules" ] || [ "$NODE_CLIENT/package-lock.json" -nt "$NODE_CLIENT/node_modules" ]; then
+  (cd "$NODE_CLIENT" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "setup: done (activate with: . .venv/bin/activate)"

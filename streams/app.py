@@ -48,6 +48,9 @@ def create_app(settings: Settings) -> faust.App:
     from streams.agents import callbacks
 
     callbacks.register(app, ctx)
+    from streams import expiry
+
+    expiry.register(app, ctx)  # forgets finished jobs' table state after finished_job_retention_days
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types the receiver narrower than it calls it
     async def _stop_services(app: faust.App, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -1,0 +1,104 @@
+'use strict';
+// Per-job summary from the jobs and outcomes topics, counted the way the service's read model counts:
+// a learner's outcome is the one of their latest run (a retry run replaces a failure), and of the provider's
+// reports about a learner the most severe stands (complained > bounced > delivered).
+
+const SEVERITY = { delivered: 1, bounced: 2, complained: 3 };
+const OUTCOME_STATUS = { 'recipient.sent.v1': 'sent', 'recipient.failed.v1': 'failed', 'certificate.issued.v1': 'issued' };
+const REPORT_KIND = { 'recipient.delivered.v1': 'delivered', 'recipient.bounced.v1': 'bounced', 'recipient.complained.v1': 'complained' };
+
+class JobState {
+  constructor(jobId) {
+    this.jobId = jobId;
+    this.accepted = null;
+    this.rejected = null;
+    this.runs = new Map(); // run -> { batchCount, completed, cancelled }
+    this.batchesDone = new Set(); // "run:batch"
+    this.learners = new Map(); // userid -> { run, status }
+    this.reports = new Map(); // userid -> kind
+  }
+
+  run(number) {
+    if (!this.runs.has(number)) this.runs.set(number, { batchCount: null, completed: false, cancelled: false });
+    return this.runs.get(number);
+  }
+
+  summary() {
+    const runNumbers = [...this.runs.keys()].sort((a, b) => a - b);
+    const last = runNumbers.length ? this.runs.get(runNumbers[runNumbers.length - 1]) : null;
+    const batchCount = runNumbers.reduce((sum, n) => sum + (this.runs.get(n).batchCount || 0), 0);
+    const count = (map, wanted) => [...map.values()].filter((v) => wanted.includes(v.status ?? v)).length;
+    let status;
+    if (this.rejected) status = 'rejected';
+    else if (last && last.completed) status = last.cancelled ? 'cancelled' : 'completed';
+    else if (runNumbers.length > 1 || this.learners.size > 0) status = 'running';
+    else status = 'accepted';
+    const a = this.accepted || {};
+    return {
+      job_id: this.jobId,
+      status,
+      type: a.type ?? null,
+      company_id: a.company_id ?? (this.rejected ? this.rejected.company_id ?? null : null),
+      route: a.route ?? null,
+      provider: a.provider ?? null,
+      template_id: a.template_id ?? null,
+      total_recipients: a.total_recipients ?? 0,
+      duplicates_removed: a.duplicates_removed ?? 0,
+      runs: runNumbers.length,
+      batch_count: batchCount,
+      batches_done: last && last.completed ? batchCount : this.batchesDone.size,
+      succeeded: count(this.learners, ['sent', 'issued']),
+      failed: count(this.learners, ['failed']),
+      delivered: count(this.reports, ['delivered']),
+      bounced: count(this.reports, ['bounced']),
+      complained: count(this.reports, ['complained']),
+      problems: this.rejected ? this.rejected.problems : undefined,
+    };
+  }
+}
+
+class JobSummaries {
+  constructor() {
+    this.jobs = new Map();
+  }
+
+  job(jobId) {
+    if (!this.jobs.has(jobId)) this.jobs.set(jobId, new JobState(jobId));
+    return this.jobs.get(jobId);
+  }
+
+  // type: the ce_type without its "org.manireports.offload." prefix; data: the validated event JSON.
+  apply(type, data) {
+    if (data.job_id === undefined) return;
+    const job = this.job(data.job_id);
+    if (type === 'job.accepted.v1') {
+      job.accepted = data;
+      job.run(0).batchCount = data.batch_count;
+    } else if (type === 'job.rejected.v1') {
+      job.rejected = data;
+    } else if (type === 'batches.dispatched.v1') {
+      job.run(data.run).batchCount = data.locations.length;
+    } else if (type === 'batch.completed.v1') {
+      const run = job.run(data.run);
+      if (run.batchCount === null) run.batchCount = data.batch_count;
+      job.batchesDone.add(`${data.run}:${data.batch_no}`);
+    } else if (type === 'job.completed.v1') {
+      const run = job.run(data.run);
+      run.completed = true;
+      run.cancelled = data.cancelled;
+    } else if (OUTCOME_STATUS[type]) {
+      const before = job.learners.get(data.userid);
+      if (!before || before.run < data.run) job.learners.set(data.userid, { run: data.run, status: OUTCOME_STATUS[type] });
+    } else if (REPORT_KIND[type]) {
+      const kind = REPORT_KIND[type];
+      const before = job.reports.get(data.userid);
+      if (!before || SEVERITY[kind] > SEVERITY[before]) job.reports.set(data.userid, kind);
+    }
+  }
+
+  all() {
+    return [...this.jobs.values()].map((job) => job.summary()).sort((a, b) => a.job_id.localeCompare(b.job_id));
+  }
+}
+
+module.exports = { JobSummaries };

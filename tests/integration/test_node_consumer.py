@@ -1,0 +1,104 @@
+"""A consumer that is not this Python code (Node.js, clients/node-consumer) reads the jobs and outcomes
+topics, validates every record against the committed JSON Schemas, and its per-job summary equals the read
+model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from offload.client import request_retry
+from tests.integration.analytics_jobs import run_sample, sample_jobs, write_templates
+from tests.support.observe import query, wait_for_job
+from tests.support.stack import REPO
+
+pytestmark = pytest.mark.integration
+
+CLIENT = REPO / "clients" / "node-consumer"
+COMPARED = ("status", "type", "company_id", "route", "provider", "template_id", "total_recipients",
+            "duplicates_removed", "batch_count", "batches_done", "succeeded", "failed", "delivered",
+            "bounced", "complained")
+
+
+def node_consumer(settings, *extra: str) -> subprocess.CompletedProcess:
+    assert shutil.which("node"), "node is not installed: run scripts/setup.sh"
+    if not (CLIENT / "node_modules" / "kafkajs").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=CLIENT, check=True,
+                       timeout=300)
+    return subprocess.run(
+        ["node", str(CLIENT / "consumer.js"), "--brokers", settings.kafka_bootstrap_servers,
+         "--prefix", settings.topic_prefix, "--schemas", str(REPO / "schemas" / "json"), *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_the_node_consumers_per_job_summary_equals_the_read_model(
+    settings_factory, topics_for, processes, mail_sink, tmp_path
+):
+    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=100,
+                                template_dir=write_templates(tmp_path / "templates"))
+    topics_for(settings)
+    processes("worker", settings)
+    processes("projector", settings)
+    jobs = sample_jobs()
+    run_sample(settings, mail_sink, jobs)
+    # A retry run of every failed learner of one job: each is refused again, in run 1 this time.
+    retried = next(j for j in jobs if j.refused)
+    asyncio.run(request_retry(settings, retried.job_id, only_retryable=False))
+    wait_for_job(settings, retried.job_id, run=1)
+
+    result = node_consumer(settings)
+    assert result.returncode == 0, f"node consumer failed ({result.returncode}):\n{result.stderr[-4000:]}"
+    out = json.loads(result.stdout)
+    assert out["invalid"] == 0 and out["unknown_types"] == 0
+    assert out["valid"] == out["records"] > sum(j.learners for j in jobs)
+
+    expected = {row["job_id"]: {k: row[k] for k in COMPARED} for row in query(settings, "SELECT * FROM jobs")}
+    got = {job["job_id"]: {k: job[k] for k in COMPARED} for job in out["jobs"]}
+    assert got == expected
+    # Not a vacuous match: the read model holds what the sample did.
+    assert expected["hooli-bad-1"]["status"] == "rejected"
+    assert {j.job_id for j in jobs} | {"hooli-bad-1"} == set(expected)
+    assert sum(r["failed"] for r in expected.values()) == sum(len(j.refused) for j in jobs) > 0
+    assert sum(r["bounced"] for r in expected.values()) == sum(list(j.reports.values()).count("bounced")
+                                                               for j in jobs) > 0
+    assert {j["job_id"]: j["runs"] for j in out["jobs"]}[retried.job_id] == 2
+    assert expected[retried.job_id]["batch_count"] > -(-retried.learners // 100)  # run 1's batches count too
+
+    one = json.loads(node_consumer(settings, "--job", retried.job_id).stdout)
+    assert [j["job_id"] for j in one["jobs"]] == [retried.job_id]
+
+
+def test_the_node_consumer_reports_a_record_that_breaks_the_contract(settings_factory, topics_for):
+    """A record whose JSON does not match its type's schema is reported and fails the run (exit 1)."""
+    from aiokafka import AIOKafkaProducer
+
+    settings = settings_factory()
+    topics_for(settings)
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await producer.start()
+        try:
+            headers = [("ce_specversion", b"1.0"), ("ce_id", b"x-1"), ("ce_source", b"urn:test"),
+                       ("ce_type", b"org.manireports.offload.recipient.sent.v1"), ("ce_subject", b"j1"),
+                       ("content-type", b"application/json")]
+            bad = {"job_id": "j1", "batch_no": 0, "userid": "seven", "email": "a@example.org",
+                   "provider": "smtp", "message_id": "<m@x>", "attempts": 1, "sent_at": "yesterday"}
+            await producer.send_and_wait(settings.topic("outcomes"), json.dumps(bad).encode(), key=b"j1",
+                                         headers=headers)
+            await producer.send_and_wait(settings.topic("jobs"), b'{"job_id": "j1"}', key=b"j1")  # no headers
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    result = node_consumer(settings)
+    assert result.returncode == 1, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["records"], out["invalid"], out["valid"]) == (2, 2, 0)
+    assert "/userid must be integer" in result.stderr and "/sent_at must match format" in result.stderr
+    assert "missing CloudEvents header(s) ce_specversion, ce_id, ce_source, ce_type" in result.stderr

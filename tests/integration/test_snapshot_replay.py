@@ -1,0 +1,82 @@
+"""A replay from a snapshot needs only the log after it: with the history before the snapshot deleted from the
+topics, it still rebuilds the read models row for row; a snapshot older than the log is refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.records_to_delete import RecordsToDelete
+
+from offload.client import request_retry, submit_job
+from offload.replay import replay
+from offload.snapshot import SnapshotTooOld, log_beginnings, replay_from_snapshot, take_snapshot
+from tests.integration.test_replay import TABLES
+from tests.integration.test_replay import snapshot as rows_of
+from tests.support.observe import wait_for_job
+
+pytestmark = pytest.mark.integration
+
+
+async def delete_history(settings, before: dict[tuple[str, int], int]) -> None:
+    """What retention does to old segments: every record before the given offsets is gone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(t, p): RecordsToDelete(o)
+                                    for (t, p), o in before.items() if o})
+    finally:
+        await admin.close()
+
+
+def test_a_replay_from_a_snapshot_rebuilds_the_read_models_after_the_history_before_it_is_gone(
+    settings_factory, topics_for, processes, job_factory, mail_sink
+):
+    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=40)
+    topics_for(settings)
+    mail_sink.reject("learner7@example.org")
+    processes("worker", settings)
+    projector = processes("projector", settings)
+    schema = settings.projection_schema
+    empty = asyncio.run(take_snapshot(settings, f"{schema}_empty"))
+    assert empty.rows["jobs"] == 0
+
+    asyncio.run(submit_job(settings, job_factory("before-a", 120)))
+    wait_for_job(settings, "before-a")
+    taken = asyncio.run(take_snapshot(settings, f"{schema}_snap"))  # the projector keeps running meanwhile
+    assert taken.rows["jobs"] == 1 and taken.rows["job_recipients"] == 120
+
+    asyncio.run(submit_job(settings, job_factory("after-b", 80, start=1000)))
+    asyncio.run(request_retry(settings, "before-a", only_retryable=False))  # a run after the snapshot
+    wait_for_job(settings, "after-b")
+    wait_for_job(settings, "before-a", run=1)
+    projector.stop()
+    live = rows_of(settings, schema)
+
+    # Retention at work: the compacted settings topic keeps its records; every other one loses its history up
+    # to where the snapshot stands.
+    cut = {place: offset for place, offset in taken.offsets.items()
+           if not place[0].endswith("company-settings")}
+    asyncio.run(delete_history(settings, cut))
+    beginnings = asyncio.run(log_beginnings(settings))
+    assert sum(beginnings.values()) >= 120, "nothing was deleted: the test would prove nothing"
+
+    asyncio.run(replay_from_snapshot(settings, f"{schema}_snap", f"{schema}_rebuilt"))
+    rebuilt = rows_of(settings, f"{schema}_rebuilt")
+    for table in ("jobs", "job_recipients", "job_batches", "job_runs", "audit_log"):
+        assert live[table], f"{table} is empty: the test proves nothing"
+        assert rebuilt[table] == live[table], table
+
+    # From offset 0 the log alone no longer knows the job before the snapshot: only its retry run's learner.
+    asyncio.run(replay(settings, f"{schema}_from_zero"))
+    from_zero = rows_of(settings, f"{schema}_from_zero")
+    before = {r["job_id"]: r for r in from_zero["jobs"]}["before-a"]
+    assert (before["total_recipients"], before["type"]) == (0, None)  # its JobAccepted is gone
+    assert [r["userid"] for r in from_zero["job_recipients"] if r["job_id"] == "before-a"] == [7]
+    # From the empty snapshot (taken before the deleted history) the replay is refused.
+    too_old = r"older than the log: .*jobs\[\d\]: snapshot at 0, log starts at"
+    with pytest.raises(SnapshotTooOld, match=too_old):
+        asyncio.run(replay_from_snapshot(settings, f"{schema}_empty", f"{schema}_too_old"))
+    assert "company_cloud_settings" in TABLES  # compared by test_replay; empty here
