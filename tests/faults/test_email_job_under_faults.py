@@ -20,7 +20,7 @@ from offload.client import submit_job
 from projections.projector import Projector
 from schemas.events import RecipientFailed, RecipientSent
 from tests.support.faults import Timeline
-from tests.support.observe import events, query, wait_for, wait_for_job
+from tests.support.observe import READ_MODEL_TABLES, events, query, read_models, wait_for, wait_for_job
 from tests.support.stack import REPO
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -29,25 +29,6 @@ N_VALID = 4000
 INVALID = [{"userid": 900_000 + i, "email": f"broken-{i}", "firstname": "No", "lastname": "Address"}
            for i in range(5)]
 BATCH = 50
-
-# Bookkeeping that says when a row was written, not what happened: the only columns allowed to differ.
-TABLES = {
-    "jobs": ("job_id", {"updated_at"}),
-    "job_recipients": ("job_id, userid", {"updated_at"}),
-    "job_batches": ("job_id, run, batch_no", set()),
-    "company_cloud_settings": ("company_id", set()),
-    "audit_log": ('topic, partition, "offset"', {"id"}),
-}
-
-
-def snapshot(settings, schema: str) -> dict[str, list[dict]]:
-    view = settings.model_copy(update={"projection_schema": schema})
-    out = {}
-    for table, (order, skip) in TABLES.items():
-        rows = query(view, f"SELECT * FROM {table} ORDER BY {order}")
-        out[table] = [{k: v for k, v in row.items() if k not in skip} for row in rows]
-    return out
-
 
 def recorded_userids(settings) -> set[int]:
     return {e.userid for e in events(settings, "outcomes") if isinstance(e, RecipientSent | RecipientFailed)}
@@ -156,10 +137,10 @@ def test_a_job_survives_killed_workers_a_broker_restart_a_postgres_outage_and_a_
     done = subprocess.run([sys.executable, "-m", "offload.cli", "replay", rebuilt_schema], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    live, rebuilt = snapshot(settings, settings.projection_schema), snapshot(settings, rebuilt_schema)
+    live, rebuilt = read_models(settings, settings.projection_schema), read_models(settings, rebuilt_schema)
     for table in ("jobs", "job_recipients", "job_batches", "audit_log"):
         assert live[table], f"{table} is empty: the comparison proves nothing"
-    for table in TABLES:
+    for table in READ_MODEL_TABLES:
         assert rebuilt[table] == live[table], table
 
     report = {"learners": total, "valid": N_VALID, "missing": len(missing), "duplicates": duplicates,

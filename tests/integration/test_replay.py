@@ -11,29 +11,9 @@ import pytest
 from offload.client import change_company_settings, submit_job
 from offload.logtools import EventFilter, export_csv
 from offload.replay import replay
-from tests.support.observe import query, wait_for_job
+from tests.support.observe import READ_MODEL_TABLES, read_models, wait_for_job
 
 pytestmark = pytest.mark.integration
-
-# Bookkeeping that says when a row was written, not what happened: the only columns allowed to differ.
-TABLES = {
-    "jobs": ("job_id", {"updated_at"}),
-    "job_recipients": ("job_id, userid", {"updated_at"}),
-    "job_batches": ("job_id, run, batch_no", set()),
-    "job_runs": ("job_id, run", set()),
-    "company_cloud_settings": ("company_id", set()),
-    "audit_log": ("topic, partition, \"offset\"", {"id"}),
-}
-
-
-def snapshot(settings, schema: str) -> dict[str, list[dict]]:
-    view = settings.model_copy(update={"projection_schema": schema})
-    out = {}
-    for table, (order, skip) in TABLES.items():
-        rows = query(view, f"SELECT * FROM {table} ORDER BY {order}")
-        out[table] = [{k: v for k, v in row.items() if k not in skip} for row in rows]
-    return out
-
 
 def test_replay_rebuilds_the_read_models_row_for_row(settings_factory, topics_for, processes, job_factory,
                                                       mail_sink, tmp_path):
@@ -57,13 +37,13 @@ def test_replay_rebuilds_the_read_models_row_for_row(settings_factory, topics_fo
     assert (a["succeeded"], a["failed"]) == (148, 3)
     projector.stop()
 
-    live = snapshot(settings, settings.projection_schema)
+    live = read_models(settings, settings.projection_schema)
     stats = asyncio.run(replay(settings, f"{settings.projection_schema}_replay"))
-    rebuilt = snapshot(settings, f"{settings.projection_schema}_replay")
+    rebuilt = read_models(settings, f"{settings.projection_schema}_replay")
     print(f"replayed {stats.events} events in {stats.seconds:.2f} s ({stats.per_second:,.0f} events/s)")
 
     assert stats.events > 150
-    for table in TABLES:
+    for table in READ_MODEL_TABLES:
         assert live[table], f"{table} is empty: the test proves nothing"
         assert rebuilt[table] == live[table], table
     # Analysts' export: one CSV per event type, one row per event, CloudEvents attributes + flattened data.

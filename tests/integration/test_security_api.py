@@ -10,14 +10,7 @@ import email.policy
 import hashlib
 import hmac
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,6 +20,7 @@ from offload.client import submit_job
 from schemas.events import BatchDispatched, JobRejected
 from tests.support.api import (
     PUBLIC_CALLBACK,
+    ApiProcess,
     ApiServer,
     SignedClient,
     api_keys,
@@ -36,46 +30,11 @@ from tests.support.api import (
 )
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, records, wait_for, wait_for_job
-from tests.support.stack import REPO, settings_env
 
 pytestmark = pytest.mark.integration
 
 K7 = "security-k7-secret-0123456789"
 MAILGUN_KEY = "mailgun-signing-key-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def api_process(settings, extra_env: dict[str, str], log_path) -> Iterator[str]:
-    """``python -m api`` on a free port, configured from the environment only; yields its base URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
-    env.update(settings_env(settings))
-    env.update(extra_env)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port)], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if send(base, "GET", "/api/v1/health", b"", {}).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the API did not answer within 60 s"
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_two_api_processes_refuse_each_others_replays_of_requests_and_webhooks(settings_factory, topics_for,
@@ -89,7 +48,8 @@ def test_two_api_processes_refuse_each_others_replays_of_requests_and_webhooks(s
     env = {"OFFLOAD_API_KEYS": json.dumps({"k7": {"secret": K7, "company_id": 7}}),
            "OFFLOAD_WEBHOOK_MAILGUN_SIGNING_KEY": MAILGUN_KEY,
            "OFFLOAD_WEBHOOK_SENDGRID_PUBLIC_KEY": base64.b64encode(public_der).decode()}
-    with api_process(settings, env, tmp_path / "a.log") as a, api_process(settings, env, tmp_path / "b.log") as b:
+    with ApiProcess(settings, tmp_path / "a.log", env) as api_a, ApiProcess(settings, tmp_path / "b.log", env) as api_b:
+        a, b = api_a.base_url, api_b.base_url
         job = json.dumps(job_factory("replayed-job", 2, callback_url=PUBLIC_CALLBACK)).encode()
         headers = SignedClient(a, "k7", K7).headers("POST", "/api/v1/jobs", job)
         assert send(a, "POST", "/api/v1/jobs", job, headers).status == 202

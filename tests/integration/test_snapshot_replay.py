@@ -13,9 +13,7 @@ from aiokafka.admin.records_to_delete import RecordsToDelete
 from offload.client import request_retry, submit_job
 from offload.replay import replay
 from offload.snapshot import SnapshotTooOld, log_beginnings, replay_from_snapshot, take_snapshot
-from tests.integration.test_replay import TABLES
-from tests.integration.test_replay import snapshot as rows_of
-from tests.support.observe import wait_for_job
+from tests.support.observe import READ_MODEL_TABLES, read_models, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +51,7 @@ def test_a_replay_from_a_snapshot_rebuilds_the_read_models_after_the_history_bef
     wait_for_job(settings, "after-b")
     wait_for_job(settings, "before-a", run=1)
     projector.stop()
-    live = rows_of(settings, schema)
+    live = read_models(settings, schema)
 
     # Retention at work: the compacted settings topic keeps its records; every other one loses its history up
     # to where the snapshot stands.
@@ -64,14 +62,14 @@ def test_a_replay_from_a_snapshot_rebuilds_the_read_models_after_the_history_bef
     assert sum(beginnings.values()) >= 120, "nothing was deleted: the test would prove nothing"
 
     asyncio.run(replay_from_snapshot(settings, f"{schema}_snap", f"{schema}_rebuilt"))
-    rebuilt = rows_of(settings, f"{schema}_rebuilt")
+    rebuilt = read_models(settings, f"{schema}_rebuilt")
     for table in ("jobs", "job_recipients", "job_batches", "job_runs", "audit_log"):
         assert live[table], f"{table} is empty: the test proves nothing"
         assert rebuilt[table] == live[table], table
 
     # From offset 0 the log alone no longer knows the job before the snapshot: only its retry run's learner.
     asyncio.run(replay(settings, f"{schema}_from_zero"))
-    from_zero = rows_of(settings, f"{schema}_from_zero")
+    from_zero = read_models(settings, f"{schema}_from_zero")
     before = {r["job_id"]: r for r in from_zero["jobs"]}["before-a"]
     assert (before["total_recipients"], before["type"]) == (0, None)  # its JobAccepted is gone
     assert [r["userid"] for r in from_zero["job_recipients"] if r["job_id"] == "before-a"] == [7]
@@ -79,4 +77,4 @@ def test_a_replay_from_a_snapshot_rebuilds_the_read_models_after_the_history_bef
     too_old = r"older than the log: .*jobs\[\d\]: snapshot at 0, log starts at"
     with pytest.raises(SnapshotTooOld, match=too_old):
         asyncio.run(replay_from_snapshot(settings, f"{schema}_empty", f"{schema}_too_old"))
-    assert "company_cloud_settings" in TABLES  # compared by test_replay; empty here
+    assert "company_cloud_settings" in READ_MODEL_TABLES  # compared by test_replay; empty here

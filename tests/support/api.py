@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 from aiohttp import web
@@ -23,6 +28,7 @@ from pydantic import SecretStr
 from api.app import create_app
 from config.settings import ApiKey, Settings
 from security.signing import sign
+from tests.support.stack import REPO, settings_env
 
 PUBLIC_CALLBACK = "https://93.184.215.14/local/offload/callback.php"  # a literal public address: needs no DNS
 
@@ -149,3 +155,54 @@ def raw_exchange(port: int, head: bytes, body_parts: list[bytes], timeout: float
         except (ConnectionResetError, TimeoutError):
             pass
         return b"".join(chunks)
+
+
+class ApiProcess:
+    """``python -m api`` on a free port, configured from the environment only (as a deployment runs it);
+    ready once its health endpoint answers, stopped with SIGTERM on exit (``returncode`` then says how)."""
+
+    def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.settings, self.log_path, self.extra_env, self.args = settings, log_path, extra_env or {}, args
+        self.port = free_port()
+        self.returncode: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Self:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+        env.update(settings_env(self.settings))
+        env.update(self.extra_env)
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(self.port), *self.args],
+                                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while not self._answers():
+                assert self._proc.poll() is None, self.log_path.read_text()
+                assert time.monotonic() < deadline, "the API did not answer within 60 s"
+                time.sleep(0.2)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return send(self.base_url, "GET", "/api/v1/health", b"", {}).status == 200
+        except OSError:
+            return False
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self.returncode is None:
+            self._proc.send_signal(signal.SIGTERM)
+            self.returncode = self._proc.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

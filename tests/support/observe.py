@@ -124,3 +124,25 @@ def events(settings: Settings, short_topic: str) -> list[Event]:
 
 def records(settings: Settings, short_topic: str) -> list[tuple[Any, Event | Exception]]:
     return asyncio.run(_read_topic(settings, short_topic))
+
+
+# Bookkeeping that says when a row was written, not what happened: the only columns allowed to differ between
+# the live read models and a replay of the log.
+READ_MODEL_TABLES = {
+    "jobs": ("job_id", {"updated_at"}),
+    "job_recipients": ("job_id, userid", {"updated_at"}),
+    "job_batches": ("job_id, run, batch_no", set()),
+    "job_runs": ("job_id, run", set()),
+    "company_cloud_settings": ("company_id", set()),
+    "audit_log": ('topic, partition, "offset"', {"id"}),
+}
+
+
+def read_models(settings: Settings, schema: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the read models in ``schema``, in a fixed order, without the bookkeeping columns."""
+    view = settings.model_copy(update={"projection_schema": schema})
+    out = {}
+    for table, (order, skip) in READ_MODEL_TABLES.items():
+        rows = query(view, f"SELECT * FROM {table} ORDER BY {order}")
+        out[table] = [{k: v for k, v in row.items() if k not in skip} for row in rows]
+    return out
