@@ -26,7 +26,7 @@ import hmac
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import psycopg
@@ -38,6 +38,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.state import STATE, ApiState
+from resilience.dependencies import DependencyState
+from resilience.dependencies import snapshot as dependencies_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,23 @@ class OffloadCollector(Collector):
         yield up
         yield GaugeMetricFamily("offload_metrics_scrape_seconds", "time taken to gather these metrics",
                                 value=r.seconds)
+        yield from dependency_metrics(dependencies_snapshot())
+
+
+def dependency_metrics(states: Mapping[str, DependencyState]) -> Iterator[Metric]:
+    """What this API process has seen of Postgres and Kafka: up now, losses and reconnects since it started."""
+    up = GaugeMetricFamily("offload_dependency_up", "1 while this API process reaches the dependency",
+                           labels=["dependency"])
+    losses = CounterMetricFamily("offload_dependency_losses", "times this API process lost the dependency",
+                                 labels=["dependency"])
+    reconnects = CounterMetricFamily("offload_dependency_reconnects",
+                                     "times this API process got the dependency back after losing it",
+                                     labels=["dependency"])
+    for name, state in sorted(states.items()):
+        up.add_metric([name], int(state.up))
+        losses.add_metric([name], state.losses)
+        reconnects.add_metric([name], state.reconnects)
+    yield from (up, losses, reconnects)
 
 
 KAFKA = web.AppKey("metrics_kafka", KafkaOffsets)

@@ -162,7 +162,7 @@ def test_signed_provider_reports_become_recipient_events(settings_factory, topic
     assert any("Action=ConfirmSubscription" in r for r in aws.requests), aws.requests
     assert replies["ses"] == (200, {"published": 1, "unmatched": 0})
     assert replies["ses-by-provider-id"] == (200, {"published": 1, "unmatched": 0})
-    assert replies["ses-replay"][1]["error"]["code"] == "replayed_request"  # issue 11, finding 10
+    assert replies["ses-replay"][1]["error"]["code"] == "replayed_request"
     assert replies["sendgrid-replay"][1]["error"]["code"] == "replayed_request"
     assert replies["ses-evil-cert"][0] == 403 and replies["ses-evil-cert"][1]["error"]["code"] == "untrusted_sns_url"
     assert not any("evil" in r for r in aws.requests)

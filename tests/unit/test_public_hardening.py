@@ -20,7 +20,7 @@ BATCH = BatchDispatched(job_id="certs", batch_no=0, batch_count=1, type="certifi
                         recipients=[Recipient(userid=1, email="a@example.org", firstname="Ada", lastname="Byron")])
 
 
-# --- issue 11 finding 4: the certificate-code secret -------------------------------------------------------
+# --- the certificate-code secret -------------------------------------------------------
 
 
 def test_certificates_are_refused_with_the_public_code_secret_outside_tests_and_the_dev_stack():
@@ -43,7 +43,7 @@ def test_the_dev_stack_opts_in_to_the_public_code_secret_explicitly(tmp_path):
     assert env["OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT"] == "true"
 
 
-# --- issue 11 finding 7: the sign-in throttle --------------------------------------------------------------
+# --- the sign-in throttle --------------------------------------------------------------
 
 
 def test_sign_in_throttle_counts_an_attempt_when_it_starts_and_forgives_only_success():
@@ -84,7 +84,7 @@ def test_rate_limiter_refills_over_time_and_is_bounded_in_memory():
     assert len(limiter) == 100
 
 
-# --- issue 11 finding 11: malformed CSRF tokens ------------------------------------------------------------
+# --- malformed CSRF tokens ------------------------------------------------------------
 
 
 def test_a_non_ascii_csrf_token_is_a_400_and_a_wrong_one_a_403():

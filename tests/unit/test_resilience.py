@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
+
 from api.errors import ApiError
+from api.metrics import dependency_metrics
 from resilience.dependencies import Backoff, Dependencies
 
 
@@ -19,6 +23,29 @@ def test_an_outage_is_counted_once_and_its_end_as_a_reconnect():
     deps.restored("postgres")  # answering again while up is no reconnect
     state = deps.snapshot()["postgres"]
     assert (state.up, state.reason, state.losses, state.reconnects) == (True, None, 1, 1)
+
+
+def test_metrics_expose_each_dependency_up_losses_and_reconnects():
+    deps = Dependencies()
+    deps.track("postgres")
+    deps.track("kafka")
+    for _ in range(2):  # two outages of Postgres, both over; Kafka down now
+        deps.lost("postgres", "connection refused")
+        deps.restored("postgres")
+    deps.lost("kafka", "broker gone")
+
+    class Deps(Collector):
+        def collect(self):
+            return dependency_metrics(deps.snapshot())
+
+    registry = CollectorRegistry()
+    registry.register(Deps())
+    text = generate_latest(registry).decode()
+    for line in ('offload_dependency_up{dependency="postgres"} 1.0', 'offload_dependency_up{dependency="kafka"} 0.0',
+                 'offload_dependency_losses_total{dependency="postgres"} 2.0',
+                 'offload_dependency_reconnects_total{dependency="postgres"} 2.0',
+                 'offload_dependency_reconnects_total{dependency="kafka"} 0.0'):
+        assert line in text.splitlines(), (line, text)
 
 
 def test_back_off_doubles_to_its_cap_with_bounded_jitter_and_starts_again_after_a_reset():
