@@ -68,18 +68,26 @@ def wait_for_job(settings: Settings, job_id: str, status: str = "completed", tim
         # The job's status can be projected before the last outcomes that raise its counters (they are on
         # other topics, read in no fixed order): once it shows, let the projector reach the log's end as it
         # is now, which holds every outcome the job's completion waited for, then read the row again.
-        return matches() and projector_caught_up(settings) and matches()
+        if not matches():
+            return None
+        wait_for_projector(settings, timeout=timeout)
+        return matches()
 
     return wait_for(check, timeout=timeout, what=f"job {job_id} to be {status} after run {run}")
 
 
-def projector_caught_up(settings: Settings) -> bool:
-    """Has the projector applied every record the projected topics hold now?"""
+def wait_for_projector(settings: Settings, timeout: float = 90) -> None:
+    """Until the projector has applied every record the projected topics hold now (the ends are read once, so
+    records produced meanwhile, e.g. a callback retried every few seconds, cannot keep moving the goal)."""
     ends = asyncio.run(_end_offsets(settings, PROJECTED_TOPICS))
-    applied = {(r["topic"], r["partition"]): r["next_offset"] for r in query(
-        settings, "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = %s",
-        (PROJECTION,))}
-    return all(applied.get(place, 0) >= end for place, end in ends.items())
+
+    def caught_up() -> bool:
+        applied = {(r["topic"], r["partition"]): r["next_offset"] for r in query(
+            settings, "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = %s",
+            (PROJECTION,))}
+        return all(applied.get(place, 0) >= end for place, end in ends.items())
+
+    wait_for(caught_up, timeout=timeout, what="the projector to reach the end of the log")
 
 
 async def _end_offsets(settings: Settings, shorts: tuple[str, ...]) -> dict[tuple[str, int], int]:
