@@ -62,13 +62,17 @@ class ApiServer:
 
     def __exit__(self, *exc: object) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=60)
+            # A deadline, not an estimate: the runner waits up to its shutdown_timeout for requests still in
+            # flight, then the app's cleanup (producer, pools: a few seconds each after a dependency outage).
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=120)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._loop.close()
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(create_app(self.settings), access_log=None)
+        # aiohttp's default grace for requests in flight at shutdown is 60 s, as long as the wait above was:
+        # a test server stops with the test, so 5 s is grace enough.
+        self._runner = web.AppRunner(create_app(self.settings), access_log=None, shutdown_timeout=5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
