@@ -27,7 +27,7 @@ class CompanySettingsChange(BaseModel):
     email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
     storage_provider: Literal["s3", "r2"] = "s3"
     monthly_budget: float | None = Field(default=None, ge=0, le=1e9)  # cloud spend per UTC month; None: no limit
-    over_budget: Literal["local"] = "local"
+    over_budget: Literal["local", "wait"] = "local"  # over budget: route local, or wait for the budget
 
 
 def _visible_company(request: web.Request) -> int:

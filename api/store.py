@@ -27,7 +27,7 @@ JOB_STATUSES = tuple(JobStatus)
 _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provider, template_id, total_recipients,
     succeeded, failed, duplicates_removed, batch_count, batches_done, fell_back, fallback_reason, error_message,
     problems, createdby, timecreated, timestarted, timecompleted, updated_at, delivered, bounced, complained,
-    pacing, estimated_cost, currency"""
+    pacing, estimated_cost, currency, budget_wait"""
 
 
 class ReadStore:
@@ -254,6 +254,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
         "pacing": row["pacing"],  # what paces the sends, e.g. "paced by SES max send rate 14/s"
         "estimated_cost": row["estimated_cost"],  # from the price table (OFFLOAD_PRICES), once completed
         "currency": row["currency"],
+        # Set when the job waited (or waits: status "waiting") for its company's monthly budget: the figures.
+        "budget_wait": row["budget_wait"],
         # From the providers' webhooks, after sending: how many were delivered, bounced, marked as spam.
         "delivery": {
             "delivered": row["delivered"],

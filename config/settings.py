@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     ses_quota_refresh_seconds: float = Field(default=300.0, ge=5, le=24 * 3600)
     # Off: SES is not paced to the quota GetAccount reports (e.g. against moto, whose quota is fixed at 1/s).
     ses_pace_to_account: bool = True
+    # When the next SES send would pass the account's Max24HourSend (SentLast24Hours + what this worker sent
+    # since the last read): "pause" holds SES sends (the quota is read again every minute meanwhile) until
+    # the 24-hour window has room; "local" sends the rest to the local relay (JobFellBackToLocal says why);
+    # "off" does not watch the 24-hour quota (SES itself then refuses with "Daily message quota exceeded").
+    ses_daily_quota: Literal["pause", "local", "off"] = "pause"
 
     # SendGrid v3 (POST {sendgrid_base_url}/v3/mail/send) and Mailgun (POST {base}/v3/{domain}/messages).
     # The keys are read from here only and never go into an event, a log line or a projection.
@@ -124,6 +129,8 @@ class Settings(BaseSettings):
     # per million writes. Override with your contract's prices: OFFLOAD_PRICES='{"ses": {"per_1000": 0.1}}'.
     prices: dict[str, ProviderPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     currency: str = "USD"
+    # How often jobs waiting for their company's monthly budget (over_budget "wait") are looked at again.
+    budget_recheck_seconds: float = Field(default=60.0, ge=0.2, le=3600)
 
     # --- certificates ---------------------------------------------------------------------------
     # Codes are HMACs under this secret: deterministic per job+learner+template, unguessable without it.

@@ -134,7 +134,7 @@ def cmd_company_settings(args: argparse.Namespace) -> int:
         _settings(), args.company_id, cloud_enabled=args.cloud, use_cloud_for_emails=args.emails,
         use_cloud_for_certificates=args.certificates, user_threshold=args.threshold,
         email_provider=args.email_provider, storage_provider=args.storage_provider, changed_by=args.changed_by,
-        monthly_budget=args.monthly_budget,
+        monthly_budget=args.monthly_budget, over_budget=args.over_budget,
     ))
     print(event.model_dump_json(indent=2))
     return 0
@@ -276,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email-provider", choices=["ses", "sendgrid", "mailgun"], default="ses")
     p.add_argument("--storage-provider", choices=["s3", "r2"], default="s3")
     p.add_argument("--monthly-budget", type=float, default=None,
-                   help="cloud spend allowed per UTC month (OFFLOAD_CURRENCY); a job that would pass it goes local")
+                   help="cloud spend allowed per UTC month (OFFLOAD_CURRENCY)")
+    p.add_argument("--over-budget", choices=["local", "wait"], default="local",
+                   help="a cloud job that would pass the budget goes local, or waits until the budget allows it")
     p.add_argument("--changed-by", default="cli")
     p.set_defaults(func=cmd_company_settings)
 

@@ -20,12 +20,14 @@ from schemas.events import (
     JobCompleted,
     JobFellBackToLocal,
     JobRejected,
+    JobWaitingForBudget,
 )
 
 
 class JobStatus(StrEnum):
     """A job's status in the read model; the API, the monitoring pages and the CLI all use these."""
 
+    WAITING = "waiting"      # waits for its company's monthly budget, no batch yet (JobWaitingForBudget)
     ACCEPTED = "accepted"    # routed, batches on their way (JobAccepted)
     RUNNING = "running"      # a retry run is under way (its first BatchDispatched)
     COMPLETED = "completed"  # every batch of every run reported (JobCompleted)
@@ -69,6 +71,7 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS complained int NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pacing text;                        -- latest batch's pacing
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS estimated_cost double precision;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS currency text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS budget_wait jsonb;                  -- the figures of a budget wait
 CREATE TABLE IF NOT EXISTS job_runs (
     job_id      text NOT NULL,
     run         int  NOT NULL,
@@ -112,6 +115,24 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                  event.callback_url, event.createdby, event.accepted_at),
             )
             await _note_run(cur, event.job_id, 0, event.batch_count)
+            # A job that waited for its budget is accepted now (the wait's figures stay on the row).
+            await cur.execute("UPDATE jobs SET status = %s WHERE job_id = %s AND status = %s",
+                              (JobStatus.ACCEPTED.value, event.job_id, JobStatus.WAITING.value))
+        elif isinstance(event, JobWaitingForBudget):
+            figures = {"month": event.month, "monthly_budget": event.monthly_budget, "spent": event.spent,
+                       "estimated_cost": event.estimated_cost, "currency": event.currency,
+                       "provider": event.provider, "since": event.waiting_since.isoformat()}
+            # Before its JobAccepted (same topic and key, so in order); a JobWaitingForBudget seen again after a
+            # crash only rewrites the figures.
+            await cur.execute(
+                """INSERT INTO jobs (job_id, type, company_id, status, route_reason, provider, template_id,
+                                     total_recipients, createdby, timecreated, budget_wait)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (job_id) DO UPDATE SET budget_wait = EXCLUDED.budget_wait""",
+                (event.job_id, event.type, event.company_id, JobStatus.WAITING.value, event.reason[:1000],
+                 event.provider, event.template_id, event.total_recipients, event.createdby, event.waiting_since,
+                 json.dumps(figures)),
+            )
         elif isinstance(event, JobRejected):
             message = "; ".join(f"{p.field}: {p.message}" for p in event.problems)
             await cur.execute(

@@ -330,8 +330,9 @@ class CompanySettingsChanged(Event):
     storage_provider: Literal["s3", "r2"] = "s3"
     monthly_budget: float | None = Field(
         default=None, ge=0, description="cloud spend allowed per calendar month (UTC), in the worker's currency")
-    over_budget: Literal["local"] = Field(
-        default="local", description="what a cloud job that would go past the budget does: route local")
+    over_budget: Literal["local", "wait"] = Field(
+        default="local", description="what a cloud job that would go past the budget does: route local, or wait "
+                                     "until the budget allows it (next month, or a larger budget)")
     changed_by: str | None = None
     changed_at: datetime = Field(default_factory=utcnow)
 
@@ -549,3 +550,32 @@ class ProviderCircuitClosed(_ProviderCircuit):
 
 EVENT_TYPES = (*EVENT_TYPES, ProviderCircuitOpened, ProviderCircuitClosed)
 BY_CE_TYPE.update({cls.ce_type: cls for cls in (ProviderCircuitOpened, ProviderCircuitClosed)})
+
+
+# --- the monthly budget's "wait" (topic offload.jobs, keyed by job id) -----------------------------------------
+class JobWaitingForBudget(Event):
+    """A cloud job would take its company past the monthly budget and the company's setting is to wait: no batch
+    exists yet. The worker checks again every ``OFFLOAD_BUDGET_RECHECK_SECONDS``; when the budget allows it (a
+    new month, a larger budget, or a setting that no longer routes it to the cloud) a JobAccepted follows."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.waiting-for-budget.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    type: JobType
+    company_id: int
+    template_id: str
+    total_recipients: int
+    month: str = Field(description="YYYY-MM (UTC)")
+    monthly_budget: float
+    spent: float = Field(description="estimated cost of the company's cloud jobs accepted this month")
+    estimated_cost: float = Field(description="of this job on the provider it waits for")
+    currency: str
+    provider: str = Field(description="the cloud provider it waits for")
+    reason: str
+    createdby: int | None = None
+    waiting_since: datetime = Field(default_factory=utcnow)
+
+
+EVENT_TYPES = (*EVENT_TYPES, JobWaitingForBudget)
+BY_CE_TYPE[JobWaitingForBudget.ce_type] = JobWaitingForBudget

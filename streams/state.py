@@ -2,7 +2,8 @@
 
 | table            | key                  | value                                                          |
 |------------------|----------------------|----------------------------------------------------------------|
-| known-jobs       | job id               | ``"accepted"`` or ``"rejected"`` (IntakeOutcome)               |
+| known-jobs       | job id               | ``"accepted"``, ``"rejected"`` or ``"waiting"`` (IntakeOutcome)  |
+| budget-waits     | job id               | BudgetWait (streams.budget_wait)                               |
 | company-settings | company id           | the CompanySettingsChanged event's own JSON (schemas/ decodes) |
 | batch-progress   | job:run:batch        | BatchProgress                                                  |
 | job-progress     | job id               | JobProgress                                                    |
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-IntakeOutcome = Literal["accepted", "rejected"]
+IntakeOutcome = Literal["accepted", "rejected", "waiting"]  # waiting: for the budget
 BatchStage = Literal["started", "done"]
 
 Stored = Mapping[str, Any]

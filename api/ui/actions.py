@@ -85,6 +85,7 @@ async def save_company(request: web.Request) -> web.Response:
         # Every field of the row is in the form: a change replaces the whole row, so a budget left out would
         # silently be cleared. Empty means no limit.
         "monthly_budget": (float(budget) if _DECIMAL.fullmatch(budget) else budget) if budget else None,
+        "over_budget": form.get("over_budget", "local"),
     }
     try:
         change = CompanySettingsChange.model_validate(values)

@@ -28,7 +28,7 @@ routes = web.RouteTableDef()
 JOBS_PER_PAGE = 25
 RECIPIENTS_PER_PAGE = 50
 SETTINGS_FIELDS = ("cloud_enabled", "use_cloud_for_emails", "use_cloud_for_certificates", "user_threshold",
-                   "email_provider", "storage_provider", "monthly_budget")
+                   "email_provider", "storage_provider", "monthly_budget", "over_budget")
 SETTINGS_CHANGED = CompanySettingsChanged.ce_type
 
 

@@ -1,7 +1,12 @@
-"""route-jobs: validate each JobRequested, decide cloud or local, record why, and cut the job into batches."""
+"""route-jobs: validate each JobRequested, decide cloud or local, record why, and cut the job into batches.
+
+A cloud job that would take its company past its monthly budget goes local (JobOverBudget) or waits
+(JobWaitingForBudget, ``streams.budget_wait``) as the company's ``over_budget`` setting says.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -17,9 +22,12 @@ from schemas.events import (
     JobOverBudget,
     JobRejected,
     JobRequested,
+    JobWaitingForBudget,
 )
 from schemas.intake import batch_count, batches, template_data_problem, validate_request
-from streams.budget import check_budget, month_of, spend_key, spent
+from streams import budget_wait
+from streams.budget import BudgetCheck, check_budget, month_of, spend_key, spent
+from streams.budget_wait import BudgetWait, BudgetWaits
 from streams.context import StreamContext
 from streams.cost import cost_of
 from streams.routing import RouteDecision, decide_route
@@ -28,8 +36,12 @@ log = logging.getLogger(__name__)
 
 
 class JobRouter:
-    def __init__(self, ctx: StreamContext) -> None:
+    def __init__(self, ctx: StreamContext, waits: BudgetWaits) -> None:
         self.ctx = ctx
+        self.waits = waits
+        # Held from a company's budget check to the write of the job's spend, so a job let go by the budget
+        # timer and one routed now cannot both count on the same remaining budget in this worker.
+        self._budget_lock = asyncio.Lock()
 
     async def handle(self, message: faust.types.Message) -> None:
         ce_type = header(message.headers, "ce_type")
@@ -59,23 +71,42 @@ class JobRouter:
             )
             self.ctx.known_jobs[job_id] = "rejected"
             return
-        await self._accept(intake.job, intake.duplicates_removed, (message.partition, message.offset))
-        self.ctx.known_jobs[job_id] = "accepted"
+        accepted = await self._accept(intake.job, intake.duplicates_removed, (message.partition, message.offset))
+        self.ctx.known_jobs[job_id] = "accepted" if accepted else "waiting"
 
-    async def _accept(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int]) -> None:
-        """Batches refer to the job request's place in job-requests (kept forever) for template_data instead of
+    async def reroute(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int],
+                      wait: BudgetWait) -> bool:
+        """A job waiting for its budget, routed again with the settings as they are now (the budget timer)."""
+        return await self._accept(job, duplicates_removed, requested_at, wait)
+
+    async def _accept(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int],
+                      waited: BudgetWait | None = None) -> bool:
+        """Route and dispatch the job; False when it waits for its monthly budget (nothing dispatched).
+
+        Batches refer to the job request's place in job-requests (kept forever) for template_data instead of
         copying it: a job's data is in the log once, however many batches and retry runs it has."""
         settings = self.ctx.settings
-        company = self.ctx.company_settings_for(job.company_id)
-        decision = decide_route(
-            job_type=job.type,
-            company_id=job.company_id,
-            recipient_count=len(job.recipients),
-            company=company,
-            offload_enabled=settings.cloud_enabled,
-        )
-        if decision.route == "cloud":
-            decision = await self._within_budget(job, company, decision)
+        async with self._budget_lock:
+            company = self.ctx.company_settings_for(job.company_id)
+            decision: RouteDecision | None = decide_route(
+                job_type=job.type,
+                company_id=job.company_id,
+                recipient_count=len(job.recipients),
+                company=company,
+                offload_enabled=settings.cloud_enabled,
+            )
+            assert decision is not None
+            if decision.route == "local":
+                decision = self._after_wait(decision, waited, "the company's settings no longer send it to the cloud")
+            if decision.route == "cloud":
+                decision = await self._within_budget(job, company, decision, requested_at, waited)
+            if decision is None:
+                return False
+            if decision.route == "cloud":
+                # Written before the batches: a crash in between routes the job again under the same key.
+                month = month_of(datetime.now(UTC))
+                self.ctx.company_spend[spend_key(job.company_id, month, job.job_id)] = round(
+                    cost_of(settings, {decision.provider: len(job.recipients)}), 4)
         size = settings.job_batch_size
         count = batch_count(len(job.recipients), size)
         # Awaited before any batch exists, so progress never sees a batch of a job it does not know yet.
@@ -116,24 +147,27 @@ class JobRouter:
             for number, chunk in enumerate(batches(job.recipients, size))
         )
         await self.ctx.publisher.send_and_wait(BatchesDispatched(job_id=job.job_id, run=0, locations=locations))
-        if decision.route == "cloud":
-            month = month_of(datetime.now(UTC))
-            self.ctx.company_spend[spend_key(job.company_id, month, job.job_id)] = round(
-                cost_of(settings, {decision.provider: len(job.recipients)}), 4)
         log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches", job.job_id, decision.route,
                  decision.provider, decision.reason, len(job.recipients), count)
+        return True
 
     async def _within_budget(self, job: JobRequested, company: CompanySettingsChanged | None,
-                             decision: RouteDecision) -> RouteDecision:
-        """The cloud decision, or local with an event saying why, when the job would pass the monthly budget."""
+                             decision: RouteDecision, requested_at: tuple[int, int],
+                             waited: BudgetWait | None) -> RouteDecision | None:
+        """The cloud decision when the job fits the monthly budget; else local with an event saying why, or
+        None (the job waits, JobWaitingForBudget) when the company's setting is to wait."""
         if company is None or company.monthly_budget is None:
-            return decision
+            return self._after_wait(decision, waited, "the company has no monthly budget now")
         month = month_of(datetime.now(UTC))
         so_far = spent(self.ctx.company_spend.items(), job.company_id, month)
         check = check_budget(self.ctx.settings, company, provider=decision.provider,
                              recipients=len(job.recipients), spent_this_month=so_far)
         if not check.over:
-            return decision
+            return self._after_wait(decision, waited, f"{check.reason} fits it now")
+        if company.over_budget == "wait":
+            if waited is None:
+                await self._wait(job, company, decision, check, month, requested_at)
+            return None
         reason = f"{check.reason} would pass it: routed local"
         await self.ctx.publisher.send_and_wait(JobOverBudget(
             job_id=job.job_id, company_id=job.company_id, month=month, monthly_budget=company.monthly_budget,
@@ -143,9 +177,32 @@ class JobRouter:
         log.info("job %s: %s", job.job_id, reason)
         return RouteDecision("local", reason, "smtp" if job.type == "email" else "local")
 
+    async def _wait(self, job: JobRequested, company: CompanySettingsChanged, decision: RouteDecision,
+                    check: BudgetCheck, month: str, requested_at: tuple[int, int]) -> None:
+        assert company.monthly_budget is not None
+        reason = (f"{check.reason} would pass it: waits until the budget allows it "
+                  f"(next month, or a larger budget)")
+        await self.ctx.publisher.send_and_wait(JobWaitingForBudget(
+            job_id=job.job_id, type=job.type, company_id=job.company_id, template_id=job.template_id,
+            total_recipients=len(job.recipients), month=month, monthly_budget=company.monthly_budget,
+            spent=check.spent, estimated_cost=check.estimated_cost, currency=self.ctx.settings.currency,
+            provider=decision.provider, reason=reason, createdby=job.createdby,
+        ))
+        self.waits.add(job.job_id, BudgetWait(job.company_id, *requested_at, datetime.now(UTC).timestamp()))
+        log.info("job %s: %s", job.job_id, reason)
+
+    @staticmethod
+    def _after_wait(decision: RouteDecision, waited: BudgetWait | None, why: str) -> RouteDecision:
+        if waited is None:
+            return decision
+        return RouteDecision(decision.route, f"{decision.reason}; waited for the monthly budget since "
+                                             f"{waited.since_text}: {why}", decision.provider)
+
 
 def register(app: faust.App, ctx: StreamContext) -> None:
-    router = JobRouter(ctx)
+    waits = BudgetWaits(ctx, budget_wait.make_table(app, ctx.settings.job_partitions))
+    router = JobRouter(ctx, waits)
+    budget_wait.register(app, ctx, waits, router.reroute)
 
     # concurrency=1: with more, faust-streaming can commit past an in-flight message (#606).
     @app.agent(ctx.job_requests, name="route-jobs", concurrency=1)

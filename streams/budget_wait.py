@@ -1,0 +1,146 @@
+"""Jobs waiting for their company's monthly budget (``over_budget: "wait"``), and the timer that lets them go.
+
+How a job waits, and why it is crash safe without new machinery:
+
+1. The router finds that a cloud job would take its company past its monthly budget and that the company's
+   setting is to wait. It records ``JobWaitingForBudget`` (the figures and the reason, shown by the API and the
+   job page), then notes the wait in ``budget-waits``: job id -> where its JobRequested lies in job-requests
+   (a topic kept forever) and since when it waits. No batch exists yet.
+2. Every ``budget_recheck_seconds`` each worker looks at the waits in the job-requests partitions it owns
+   (the table is keyed, and its changelog partitioned, like job-requests, so the owner of a job's request owns
+   its wait), oldest first. It reads each job request back from the log and routes it again with the company's
+   settings as they are now: a new month, a larger budget, or a setting that no longer sends the job to the
+   cloud lets it go (JobAccepted, batches, as for any job), otherwise it keeps waiting (no new event).
+3. The wait is dropped after its batches are out. A crash in between routes the job again at the next tick;
+   dispatching a job twice is harmless (batches are keyed job:run:batch and served once, progress counts
+   each batch once), as it is for the router itself.
+
+A job cancelled while it waits is dropped here with a cancelled ``JobCompleted``: nobody was served.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import faust
+from faust.types import TP
+
+from eventlog.publisher import partition_for
+from schemas.events import JobCompleted, JobRequested
+from schemas.intake import validate_request
+from streams.context import StreamContext
+from streams.state import Stored, _check_keys
+
+log = logging.getLogger(__name__)
+
+TABLE = "budget-waits"  # changelog {app_id}-budget-waits-changelog, job_partitions partitions, compacted
+
+
+class JobKeyedTable(faust.Table):
+    """A table keyed by job id whose changelog partition is the job's job-requests partition, also when it is
+    written outside an agent (the release timer has no current event to take the partition from)."""
+
+    def partition_for_key(self, key: str) -> int:
+        assert self.partitions is not None  # always given when the table is made
+        return partition_for(key.encode(), self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWait:
+    """One waiting job: its company, where its request is in job-requests, and since when it waits."""
+
+    company_id: int
+    partition: int
+    offset: int
+    since: float  # epoch seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"company_id": self.company_id, "partition": self.partition, "offset": self.offset,
+                "since": self.since}
+
+    @classmethod
+    def from_dict(cls, raw: Stored) -> BudgetWait:
+        _check_keys(TABLE, raw, ("company_id", "partition", "offset", "since"))
+        return cls(int(raw["company_id"]), int(raw["partition"]), int(raw["offset"]), float(raw["since"]))
+
+    @property
+    def since_text(self) -> str:
+        return f"{datetime.fromtimestamp(self.since, UTC):%Y-%m-%d %H:%M} UTC"
+
+
+# Routes a job request again: (job, duplicates removed, where the request is, the wait) -> True once dispatched.
+Reroute = Callable[[JobRequested, int, tuple[int, int], BudgetWait], Awaitable[bool]]
+
+
+def make_table(app: faust.App, partitions: int) -> JobKeyedTable:
+    table = JobKeyedTable(app, name=TABLE, beacon=app.tables.beacon, partitions=partitions, default=None)
+    return cast(JobKeyedTable, app.tables.add(table))
+
+
+class BudgetWaits:
+    """The waits of this worker's partitions, and letting them go once their budget allows."""
+
+    def __init__(self, ctx: StreamContext, table: JobKeyedTable) -> None:
+        self.ctx = ctx
+        self.table = table
+
+    def add(self, job_id: str, wait: BudgetWait) -> None:
+        self.table[job_id] = wait.to_dict()
+
+    def owned(self) -> list[tuple[str, BudgetWait]]:
+        """Waits in the changelog partitions this worker owns as active, oldest first."""
+        actives = self.ctx.app.assignor.assigned_actives()
+        changelog = self.table.changelog_topic.get_topic_name()
+        found = [(str(job_id), BudgetWait.from_dict(raw)) for job_id, raw in list(self.table.data.items())
+                 if raw and TP(changelog, self.table.partition_for_key(str(job_id))) in actives]
+        return sorted(found, key=lambda item: item[1].since)
+
+    async def recheck(self, reroute: Reroute) -> int:
+        """Route every owned wait again; returns how many were let go (dispatched or dropped)."""
+        released = 0
+        for job_id, wait in self.owned():
+            if self.ctx.cancelled_jobs.get(job_id):
+                await self._drop_cancelled(job_id, wait)
+                released += 1
+                continue
+            value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
+            intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
+            if intake.job is None or intake.job.job_id != job_id:
+                # Cannot happen for a request the router accepted as valid; never serve another job's request.
+                log.error("job %s: job-requests[%d]@%d is not its valid request; the wait is dropped", job_id,
+                          wait.partition, wait.offset)
+                del self.table[job_id]
+                continue
+            if await reroute(intake.job, intake.duplicates_removed, (wait.partition, wait.offset), wait):
+                del self.table[job_id]
+                released += 1
+        return released
+
+    async def _drop_cancelled(self, job_id: str, wait: BudgetWait) -> None:
+        value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
+        intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
+        total = len(intake.job.recipients) if intake.job is not None else 0
+        await self.ctx.publisher.send_and_wait(JobCompleted(
+            job_id=job_id, run=0, total=total, succeeded=0, failed=total, cancelled=True,
+            estimated_cost=0.0, currency=self.ctx.settings.currency))
+        del self.table[job_id]
+        log.info("job %s cancelled while it waited for the budget (since %s)", job_id, wait.since_text)
+
+
+def register(app: faust.App, ctx: StreamContext, waits: BudgetWaits, reroute: Reroute) -> None:
+    @app.timer(interval=ctx.settings.budget_recheck_seconds, name="recheck-budget-waits")
+    async def recheck_budget_waits() -> None:
+        if app.rebalancing or app.in_recovery:
+            return  # the table may be half-recovered; the next tick will do
+        await ctx.ensure_started()
+        try:
+            released = await waits.recheck(reroute)
+        except Exception:  # a recheck that fails is tried again at the next tick
+            log.exception("rechecking the jobs waiting for their budget failed")
+            return
+        if released:
+            log.info("%d job(s) waiting for their monthly budget were let go", released)
