@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from adapters.email.base import EmailProvider, Outcome, OutgoingEmail, ProviderUnavailable, SendResult
 from adapters.email.breaker import CircuitBreaker
+from adapters.email.quota import DailyQuotaReached
 from resilience.backoff import backoff
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Round:
     answered: bool = False  # some message was sent, or refused for its own sake: the provider is up
     transient: str | None = None  # the last transient error of the round
     unreached: str | None = None  # why some messages never left (the provider went away mid-round)
+    quota_reached: str | None = None  # the account's 24-hour quota is used up (and the rest should go local)
 
 
 class BatchDelivery:
@@ -172,6 +174,10 @@ class BatchDelivery:
 
             try:
                 results = await self.provider.send_batch([self.messages[i] for i in chunk], on_result=on_each)
+            except DailyQuotaReached as exc:  # not an outage: no breaker failure, straight to the fallback
+                done.quota_reached = str(exc)
+                done.retry.extend(i for i in self.open[start:] if i not in early)
+                break
             except ProviderUnavailable as exc:
                 done.unavailable = f"{self.provider.name} unavailable: {exc}"
                 # nothing after this point was sent this round (but some of this chunk may have been)
@@ -229,9 +235,9 @@ class BatchDelivery:
     def _next_phase(self, done: Round) -> tuple[Phase, str, float]:
         """What to do with the recipients still open: (phase, reason for a fallback or giving up, delay)."""
         policy = self.policy
-        breaker = self._guard()
-        if breaker is not None and not breaker.allows():
-            return Phase.FALLING_BACK, done.unavailable or f"circuit open for {breaker.account.key}", 0.0
+        forced = self._must_fall_back(done)
+        if forced is not None:
+            return Phase.FALLING_BACK, forced, 0.0
         if done.unavailable is not None:
             self.unavailable_rounds += 1
             if self._can_fall_back():
@@ -263,6 +269,18 @@ class BatchDelivery:
         self.consecutive_throttles = 0
         self.retry_rounds += 1
         return Phase.BACKING_OFF, "", policy.delay(self.retry_rounds, self.rng)
+
+    def _must_fall_back(self, done: Round) -> str | None:
+        """Why the open recipients go to the fallback now, without more rounds: an open circuit, or the account's
+        24-hour quota used up (without a fallback the quota is waited for like an outage)."""
+        breaker = self._guard()
+        if breaker is not None and not breaker.allows():
+            return done.unavailable or f"circuit open for {breaker.account.key}"
+        if done.quota_reached is not None:
+            if self._can_fall_back():
+                return done.quota_reached
+            done.unavailable = done.quota_reached
+        return None
 
     def _guard(self) -> CircuitBreaker | None:
         """The breaker in charge: only while the primary is used and a fallback exists."""

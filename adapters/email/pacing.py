@@ -6,6 +6,10 @@ moves the next free moment on by ``n / rate``), so over any stretch of time the 
 under the rate, plus at most one call's worth. Its rate comes from the account (SES ``GetAccount`` →
 ``MaxSendRate``; SendGrid/Mailgun ``X-RateLimit-*`` headers), from settings, or from neither (no cap).
 
+Several worker processes share one account: each limiter is given this worker's share of it
+(:meth:`RateLimiter.set_share`, the fraction of the batch partitions the worker owns, see
+``streams.handlers.email_batches``), so the workers' rates add up to the account's at most.
+
 Throttling answers slow it down: the rate halves (from the rate actually being sent at when there was no
 cap) and a ``Retry-After``/``X-RateLimit-Reset`` holds every call until then; each throttle-free call then
 raises the rate by 10 % until it is back at the account's ceiling, and the slowdown is lifted. Each limiter
@@ -20,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from adapters.email.base import EmailProvider, OnEachResult, Outcome, OutgoingEmail, SendResult, report
+from adapters.email.quota import DailyQuota
 
 _MIN_RATE = 0.5  # messages/s: throttling never slows an account below this
 _RECOVERY = 1.10  # after each call without throttling, the slowed rate grows by this factor
@@ -35,6 +40,7 @@ class RateLimiter:
         self._clock = clock
         self._ceiling: float | None = rate if rate else None  # what the account / settings allow
         self._ceiling_reason = reason or (f"{label} cap {rate:g}/s" if rate else "")
+        self._share = 1.0  # of the account's (or company's) rate that this worker may use
         self._slowed: float | None = None  # below the ceiling after throttling
         self._next = 0.0  # the clock time the next call may start
         self._held_until = 0.0
@@ -44,11 +50,17 @@ class RateLimiter:
 
     # --- what paces it ------------------------------------------------------------------------------
     @property
+    def ceiling(self) -> float | None:
+        """This worker's part of the account's (or settings') limit; None: no cap."""
+        return None if self._ceiling is None else self._ceiling * self._share
+
+    @property
     def rate(self) -> float | None:
         """The rate in force now (None: no cap)."""
+        ceiling = self.ceiling
         if self._slowed is not None:
-            return self._slowed if self._ceiling is None else min(self._slowed, self._ceiling)
-        return self._ceiling
+            return self._slowed if ceiling is None else min(self._slowed, ceiling)
+        return ceiling
 
     def describe(self) -> str:
         if self._clock() < self._held_until:
@@ -56,15 +68,29 @@ class RateLimiter:
         rate = self.rate
         if rate is None:
             return f"{self.label}: not paced"
-        if self._slowed is not None and (self._ceiling is None or self._slowed < self._ceiling):
+        ceiling = self.ceiling
+        if self._slowed is not None and (ceiling is None or self._slowed < ceiling):
             return f"slowed after {self.label} throttling to {rate:.3g}/s"
+        if self._share < 1.0:
+            return f"paced by {self._ceiling_reason}, this worker's share {self._share:.0%}: {rate:.3g}/s"
         return f"paced by {self._ceiling_reason}"
 
     def set_ceiling(self, rate: float | None, reason: str) -> None:
         """The account's own limit (e.g. from GetAccount or a rate-limit header); None or 0 lifts it."""
         self._ceiling = rate if rate else None
         self._ceiling_reason = reason
-        if self._slowed is not None and self._ceiling is not None and self._slowed >= self._ceiling:
+        self._lift_slowdown_at_ceiling()
+
+    def set_share(self, share: float) -> None:
+        """This worker's fraction (0, 1] of the limit: the workers sharing one account split its rate."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"a worker's share of a rate must be in (0, 1], not {share}")
+        self._share = share
+        self._lift_slowdown_at_ceiling()
+
+    def _lift_slowdown_at_ceiling(self) -> None:
+        ceiling = self.ceiling
+        if self._slowed is not None and ceiling is not None and self._slowed >= ceiling:
             self._slowed = None
 
     def hold_until(self, seconds_from_now: float, reason: str) -> None:
@@ -85,9 +111,10 @@ class RateLimiter:
         if self._slowed is None:
             return
         self._slowed *= _RECOVERY
-        if self._ceiling is not None and self._slowed >= self._ceiling:
+        ceiling = self.ceiling
+        if ceiling is not None and self._slowed >= ceiling:
             self._slowed = None
-        elif self._ceiling is None and self._slowed > 4 * max(1.0, self.observed_rate()):
+        elif ceiling is None and self._slowed > 4 * max(1.0, self.observed_rate()):
             self._slowed = None  # far above what we send anyway: the cap no longer binds
 
     def observed_rate(self, window: float = 5.0) -> float:
@@ -121,18 +148,22 @@ class PacedProvider:
     """A provider seen through limiters: every call waits its turn, throttling slows the limiters down."""
 
     def __init__(self, inner: EmailProvider, limiters: Sequence[RateLimiter],
-                 sleep: Callable[[float], object] = asyncio.sleep, *, learn_from_throttling: bool = True) -> None:
+                 sleep: Callable[[float], object] = asyncio.sleep, *, learn_from_throttling: bool = True,
+                 quota: DailyQuota | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.max_batch = inner.max_batch
         self.limiters = list(limiters)
         self._sleep = sleep
+        self.quota = quota  # the account's 24-hour sending quota (SES Max24HourSend), when it has one
         # False for a provider whose throttling answers are about one recipient or session, not the account
         # (an SMTP relay's 451 greylisting): delivery's back-off handles those; the rate stays as it is.
         self._learn = learn_from_throttling
 
     def describe(self) -> str:
-        """What paces this provider for this company now: the slowest limiter, with its reason."""
+        """What paces this provider for this company now: a paused 24-hour quota, else the slowest limiter."""
+        if self.quota is not None and self.quota.paused_by:
+            return f"paused: {self.quota.paused_by}"
         capped = [limiter for limiter in self.limiters if limiter.rate is not None]
         if not capped:
             return self.limiters[0].describe() if self.limiters else f"{self.name}: not paced"
@@ -152,6 +183,8 @@ class PacedProvider:
         while position < len(messages):
             sizes = [size for size in (limiter.chunk() for limiter in self.limiters) if size]
             size = min([len(messages) - position, *sizes])
+            if self.quota is not None:  # waits while the 24-hour quota is used up, or raises DailyQuotaReached
+                size = await self.quota.take(size)
             part = messages[position : position + size]
             wait = max([limiter.delay_for(len(part)) for limiter in self.limiters], default=0.0)
             if wait > 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 from botocore.config import Config
@@ -41,6 +41,15 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
+class SendQuota(NamedTuple):
+    """An SES account's sending quota as the account reports it."""
+
+    max_send_rate: float  # messages per second
+    max_24_hour_send: float  # messages per rolling 24 hours (-1: unlimited)
+    sent_last_24_hours: float
+    source: str  # which call answered: GetAccount (v2) or GetSendQuota (v1)
+
+
 class _Unavailable(Exception):
     """Raised inside a worker thread when the call says nothing about the message, only about SES."""
 
@@ -63,6 +72,8 @@ def classify_client_error(exc: ClientError) -> tuple[Outcome | None, str]:
     text = _short(f"{code}: {message}" if message else code)
     if code in _THROTTLED_CODES or "maximum sending rate exceeded" in message.lower():
         return Outcome.THROTTLED, text
+    if "daily message quota exceeded" in message.lower() or code == "LimitExceededException":
+        return Outcome.THROTTLED, text  # the 24-hour quota: the message is fine, the account must wait
     if code in _UNAVAILABLE_CODES:
         return None, text
     if code in _FAILED_CODES:
@@ -173,8 +184,8 @@ class SesProvider:
             raise ProviderUnavailable(unavailable[0])
         return results
 
-    async def read_quota(self) -> tuple[float, float, str]:
-        """(MaxSendRate, Max24HourSend, where read) of the account: SES v2 ``GetAccount``, else v1 ``GetSendQuota``.
+    async def read_quota(self) -> SendQuota:
+        """The account's quota: SES v2 ``GetAccount``, else v1 ``GetSendQuota``.
 
         Both carry the same quota; v1 is asked when v2's answer is refused or not served (moto 5.2, the test
         double, serves only v1's). Raises the last error when neither answers.
@@ -184,10 +195,12 @@ class SesProvider:
         try:
             account = await loop.run_in_executor(self._executor, self._client.get_account)
             quota = account["SendQuota"]
-            return float(quota["MaxSendRate"]), float(quota["Max24HourSend"]), "GetAccount"
+            return SendQuota(float(quota["MaxSendRate"]), float(quota["Max24HourSend"]),
+                             float(quota["SentLast24Hours"]), "GetAccount")
         except (ClientError, BotoCoreError, KeyError):
             v1 = await loop.run_in_executor(self._executor, self._v1_quota)
-            return float(v1["MaxSendRate"]), float(v1["Max24HourSend"]), "GetSendQuota"
+            return SendQuota(float(v1["MaxSendRate"]), float(v1["Max24HourSend"]), float(v1["SentLast24Hours"]),
+                             "GetSendQuota")
 
     def _v1_quota(self) -> dict[str, Any]:
         session = boto3.session.Session(

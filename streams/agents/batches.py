@@ -100,9 +100,17 @@ class BatchRunner:
 def register(app: faust.App, ctx: StreamContext) -> None:
     from content.email import EmailRenderer, TemplateStore
     from streams.handlers.certificate_batches import CertificateBatchHandler
-    from streams.handlers.email_batches import CertificateMailer, EmailBatchHandler, EmailProviders
+    from streams.handlers.email_batches import CertificateMailer, EmailBatchHandler
+    from streams.handlers.email_providers import EmailProviders
 
-    providers = EmailProviders(ctx.settings)  # one SMTP pool per worker, shared by email and certificate mail
+    def share_of_batches() -> float:
+        """The fraction of the batch partitions this worker owns: its share of every account's rate."""
+        topic = ctx.batches.get_topic_name()
+        owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == topic)
+        return max(1, min(owned, ctx.settings.batch_partitions)) / ctx.settings.batch_partitions
+
+    # One SMTP pool per worker, shared by email and certificate mail.
+    providers = EmailProviders(ctx.settings, share=share_of_batches)
     ctx.add_service(providers)
     mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp)
     handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx, providers),

@@ -112,3 +112,62 @@ async def test_throttling_slows_the_limiters_only_when_it_speaks_for_the_account
     results = await paced.send_batch([outgoing(i) for i in range(5)])
     assert [r.outcome for r in results] == [Outcome.THROTTLED] * 5
     assert limiter.rate == (50 if learn else 100)
+
+
+def test_a_worker_takes_its_share_of_the_account_rate_and_says_so() -> None:
+    clock = Clock()
+    limiter = RateLimiter("ses", 14, "SES max send rate 14/s", clock=clock)
+    limiter.set_share(6 / 12)  # this worker owns 6 of the 12 batch partitions
+    assert limiter.rate == pytest.approx(7.0) and limiter.chunk() == 7
+    assert limiter.delay_for(7) == 0.0 and limiter.delay_for(7) == pytest.approx(1.0)
+    assert limiter.describe() == "paced by SES max send rate 14/s, this worker's share 50%: 7/s"
+    limiter.set_share(1.0)
+    assert limiter.describe() == "paced by SES max send rate 14/s"
+    with pytest.raises(ValueError, match="share"):
+        limiter.set_share(0.0)
+
+
+def test_shares_of_two_workers_add_up_to_the_account_rate_over_any_stretch() -> None:
+    clock = Clock()
+    workers = [RateLimiter("sendgrid", 40, "account 40/s", clock=clock) for _ in range(2)]
+    for limiter, share in zip(workers, (5 / 12, 7 / 12), strict=True):
+        limiter.set_share(share)
+    sent = 0
+    for _ in range(100):  # each worker keeps its own schedule full for 10 s of the test clock
+        for limiter in workers:
+            chunk = limiter.chunk()
+            assert chunk is not None
+            if limiter.delay_for(chunk) <= 10.0:
+                sent += chunk
+    assert sent <= 40 * 10 + 40  # the rate over 10 s, plus one call per worker at the start
+
+
+async def test_the_daily_quota_grants_what_is_left_then_pauses_until_a_read_shows_room() -> None:
+    import asyncio
+
+    from adapters.email.quota import DailyQuota
+
+    quota = DailyQuota("SES", "pause")
+    assert quota.room() is None and await quota.take(500) == 500  # nothing read yet: not limited
+    quota.update(200, 190)
+    assert await quota.take(25) == 10  # only ten left in the 24-hour window
+    waiting = asyncio.create_task(quota.take(5))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and quota.waiting == 1
+    assert quota.paused_by == "SES 24-hour quota reached: 200 of Max24HourSend 200 sent in the last 24 h"
+    quota.update(200, 150)  # the window rolled on: 50 free again
+    assert await asyncio.wait_for(waiting, 1) == 5 and quota.paused_by is None
+    quota.update(-1, 10_000)  # SES's "unlimited"
+    assert quota.room() is None
+
+
+async def test_the_daily_quota_set_to_local_refuses_once_used_up_and_shares_split_the_room() -> None:
+    from adapters.email.quota import DailyQuota, DailyQuotaReached
+
+    quota = DailyQuota("SES", "local")
+    quota.update(1000, 400)
+    quota.set_share(0.25)
+    assert quota.room() == pytest.approx(150.0)
+    assert await quota.take(200) == 150
+    with pytest.raises(DailyQuotaReached, match="this worker's share 25%"):
+        await quota.take(1)

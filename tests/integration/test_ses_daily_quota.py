@@ -1,0 +1,94 @@
+"""SES's 24-hour quota (Max24HourSend) against moto's SES, whose sandbox account allows 200 messages a day and
+counts every message sent (GetSendQuota's SentLast24Hours): past it, sends pause until a read of the account
+shows room again, or go to the local relay and say why, as OFFLOAD_SES_DAILY_QUOTA says."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import boto3
+import pytest
+
+from adapters.email.delivery import RetryPolicy, deliver
+from config.settings import Settings
+from streams.handlers.email_providers import EmailProviders
+from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
+from tests.support.moto_server import MotoServer
+
+pytestmark = pytest.mark.integration
+QUOTA_REACHED = "SES 24-hour quota reached: 200 of Max24HourSend 200 sent in the last 24 h"
+
+
+def ses_client(moto: MotoServer) -> Any:
+    return boto3.client("sesv2", region_name="eu-west-1", endpoint_url=moto.endpoint_url,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def fresh_account_that_sent(moto: MotoServer, count: int) -> None:
+    """moto's account reset, the sender verified, and ``count`` messages sent already today."""
+    moto.reset()
+    client = ses_client(moto)
+    client.create_email_identity(EmailIdentity=MAIL_DOMAIN)
+    client.close()
+    # SES v1's simple send: moto counts its one recipient once (a raw send also counts the To header again).
+    v1 = boto3.client("ses", region_name="eu-west-1", endpoint_url=moto.endpoint_url,
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    for i in range(count):
+        v1.send_email(Source=MAIL_FROM, Destination={"ToAddresses": [f"earlier{i}@example.org"]},
+                      Message={"Subject": {"Data": "earlier"}, "Body": {"Text": {"Data": "sent before the test"}}})
+    v1.close()
+
+
+def quota_settings(moto: MotoServer, sink_port: int, action: str) -> Settings:
+    # Not paced to moto's 1/s send rate (that is test_pacing's subject): only the 24-hour quota is.
+    return Settings(environment="test", aws_endpoint_url=moto.endpoint_url, aws_access_key_id="testing",
+                    aws_secret_access_key="testing", mail_from=MAIL_FROM, smtp_port=sink_port,
+                    ses_pace_to_account=False, ses_daily_quota=action, ses_quota_refresh_seconds=5)
+
+
+async def test_past_the_24_hour_quota_the_rest_goes_to_the_local_relay_and_says_why(moto, mail_sink) -> None:
+    fresh_account_that_sent(moto, 190)
+    providers = EmailProviders(quota_settings(moto, mail_sink.port, "local"))
+    await providers.read_ses_quota()
+    primary, fallback = providers.paced(providers.ses, 7), providers.paced(providers.smtp, 7)
+    report = await deliver([outgoing(i) for i in range(20)], primary=primary, fallback=fallback,
+                           policy=RetryPolicy(max_attempts=2))
+    await providers.stop()
+
+    by_provider = [r.provider for r in report.results]
+    assert all(r.sent for r in report.results) and by_provider == ["ses"] * 10 + ["smtp"] * 10
+    assert report.fell_back and report.fallback_reason == QUOTA_REACHED
+    assert all(r.attempts == 1 for r in report.results)  # the quota cost nobody an attempt
+    assert len(moto.sent_emails()) == 200  # SES got exactly what the quota allowed, never more
+    await asyncio.sleep(0.5)  # the sink appends its record just after answering
+    assert mail_sink.count() == 10
+
+
+async def test_past_the_24_hour_quota_sends_pause_say_why_and_resume_when_the_account_has_room(
+    moto, mail_sink
+) -> None:
+    fresh_account_that_sent(moto, 190)
+    providers = EmailProviders(quota_settings(moto, mail_sink.port, "pause"))
+    await providers.read_ses_quota()
+    await providers.start()  # reads the quota again every 5 s (at least every minute while paused)
+    primary, fallback = providers.paced(providers.ses, 7), providers.paced(providers.smtp, 7)
+    sending = asyncio.create_task(deliver([outgoing(i) for i in range(20)], primary=primary, fallback=fallback,
+                                          policy=RetryPolicy(max_attempts=2)))
+    quota = providers.ses_daily_quota
+    assert quota is not None
+    async with asyncio.timeout(30):
+        while not quota.waiting:
+            await asyncio.sleep(0.05)
+    assert primary.describe() == f"paused: {QUOTA_REACHED}"
+    assert len(moto.sent_emails()) == 200 and not sending.done()
+
+    # The window has room again (here: a fresh account; in SES, a day rolls on or the quota is raised).
+    # Blocking calls: nothing else in this event loop runs until the sender is verified again.
+    fresh_account_that_sent(moto, 0)
+    report = await asyncio.wait_for(sending, 60)
+    await providers.stop()
+
+    assert all(r.sent and r.provider == "ses" for r in report.results) and not report.fell_back
+    assert len(moto.sent_emails()) == 10 and mail_sink.count() == 0
+    assert quota.paused_by is None and primary.describe() != f"paused: {QUOTA_REACHED}"
