@@ -16,7 +16,7 @@ Run ``python -m bench.email_job`` (or ``python bench/email_job.py``) after ``off
    in the JSON names what was measured: ``ses_50k_seconds`` only when 50,000 were really sent). moto's
    quota is fixed at 1/s, so SES pacing to the account is switched off here (OFFLOAD_SES_PACE_TO_ACCOUNT);
 5b. routes two more companies to SendGrid and Mailgun, served by the local API servers of the tests
-   (``tests.support.provider_servers``, in this process), and times ``--sendgrid-n`` / ``--mailgun-n``
+   (``devtools.provider_servers``, in this process), and times ``--sendgrid-n`` / ``--mailgun-n``
    recipients through each: ``sendgrid_recipients_per_s``, ``mailgun_recipients_per_s``, with the calls
    made and the request bytes per learner (per-learner content travels as substitutions / recipient
    variables, one call per batch);
@@ -451,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
 
+    from devtools.provider_servers import MailgunServer, SendGridServer
     from eventlog.topics import create_topics
     from tests.support.moto_server import moto_server, verify_ses_sender
-    from tests.support.provider_servers import MailgunServer, SendGridServer
 
     info = stack_info(args.home)
     tag = uuid.uuid4().hex[:10]

@@ -16,8 +16,8 @@ import time
 
 from adapters.email.mailgun import MailgunProvider
 from adapters.email.sendgrid import SendGridProvider
+from devtools.provider_servers import MailgunServer, SendGridServer
 from tests.support.email import MAIL_FROM, outgoing
-from tests.support.provider_servers import MailgunServer, SendGridServer
 
 
 async def measure(provider, server, messages, *, per_learner: bool) -> dict:  # type: ignore[no-untyped-def]

@@ -8,10 +8,10 @@ import asyncio
 import pytest
 
 from api.store import progress
+from devtools.provider_servers import SendGridServer
 from offload.client import cancel_job, change_company_settings, submit_job
 from schemas.events import JobAccepted, JobCompleted, JobWaitingForBudget
 from tests.support.observe import events, wait_for_job
-from tests.support.provider_servers import SendGridServer
 
 pytestmark = pytest.mark.integration
 SG_KEY = "SG.budget-wait-key"

@@ -15,8 +15,8 @@ from adapters.email.pacing import PacedProvider, RateLimiter
 from adapters.email.sendgrid import SendGridProvider
 from adapters.email.smtp import SmtpProvider
 from devtools.devmail import DevMailSink
+from devtools.provider_servers import MailgunServer, SendGridServer
 from tests.support.email import MAIL_FROM, RecordingSleep, address_of, closed_port, outgoing
-from tests.support.provider_servers import MailgunServer, SendGridServer
 
 pytestmark = pytest.mark.integration
 SG_KEY = "SG.test-key-0123456789"

@@ -14,10 +14,10 @@ from adapters.email.delivery import RetryPolicy, deliver
 from adapters.email.pacing import PacedProvider, RateLimiter
 from adapters.email.sendgrid import SendGridProvider
 from config.settings import Settings
+from devtools.provider_servers import Call, SendGridServer
 from streams.handlers.email_providers import EmailProviders
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
 from tests.support.moto_server import MotoServer
-from tests.support.provider_servers import Call, SendGridServer
 
 pytestmark = pytest.mark.integration
 KEY = "SG.pacing-test-key"

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from content.email import EmailRenderer, TemplateStore
+from devtools.provider_servers import MailgunServer, SendGridServer
 from offload.client import change_company_settings, submit_job
 from schemas.events import JobCompleted, JobFellBackToLocal, JobOverBudget, Recipient
 from streams.handlers.email_batches import compose_email
 from tests.integration.test_pacing import assert_never_faster_than
 from tests.support.observe import events, query, wait_for_job
-from tests.support.provider_servers import MailgunServer, SendGridServer
 
 pytestmark = pytest.mark.integration
 SG_KEY = "SG.job-test-key-abcdef"
