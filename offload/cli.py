@@ -206,7 +206,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from devtools.demo import run_demo
 
-    return run_demo(Path(args.home).resolve(), recipients=args.recipients, keep_running=args.keep_running)
+    return run_demo(Path(args.home).resolve(), recipients=args.recipients, keep_running=args.keep_running,
+                    provider=args.provider)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipients", type=int, default=5000)
     p.add_argument("--home", default=".dev")
     p.add_argument("--keep-running", action="store_true", help="leave the worker and projector running")
+    p.add_argument("--provider", choices=["smtp", "sendgrid", "mailgun"], default="smtp",
+                   help="send through the local relay (the mail sink), or through a local SendGrid/Mailgun test "
+                        "server that checks each call as the provider documents it")
     p.set_defaults(func=cmd_demo)
 
     certificates_cli.add_commands(sub)  # offload certificates verify CODE | zip JOB OUT.zip

@@ -56,6 +56,11 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
             if row["status"] == JobStatus.REJECTED:
                 out.write(f"\n{job_id}: REJECTED: {row['error_message']}\n")
                 return 1
+            if row["status"] == JobStatus.WAITING:
+                out.write(f"\r{job_id}: waiting for the monthly budget ({row['route_reason']})")
+                out.flush()
+                await asyncio.sleep(0.5)
+                continue
             if not routed and row["route"]:
                 out.write(f"\n{job_id}: {row['route']} via {row['provider']} ({row['route_reason']})\n")
                 routed = True

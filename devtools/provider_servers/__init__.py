@@ -20,8 +20,8 @@ applied) and kept in ``delivered``. ``inject(status, times=…, headers=…)`` m
 ``X-RateLimit-Reset`` once more than ``n`` recipients arrive within ``per`` seconds.
 """
 
-from devtools.provider_servers.base import Call, Delivered
+from devtools.provider_servers.base import Call, Delivered, ProviderServer
 from devtools.provider_servers.mailgun import MailgunServer
 from devtools.provider_servers.sendgrid import SendGridServer
 
-__all__ = ["Call", "Delivered", "MailgunServer", "SendGridServer"]
+__all__ = ["Call", "Delivered", "MailgunServer", "ProviderServer", "SendGridServer"]
