@@ -16,7 +16,7 @@ calls, 1,564 bytes per learner (the multipart envelope repeats), 320 learners/s.
 Authentication is HTTP basic ``api:<key>``; EU domains live on ``api.eu.mailgun.net``, US ones on
 ``api.mailgun.net`` (``OFFLOAD_MAILGUN_REGION``, or ``OFFLOAD_MAILGUN_BASE_URL`` for anything else). The
 answer's ``id`` (without its angle brackets, as Mailgun's webhooks show it) is stored as the provider message
-id; ``api/webhooks.py`` matches a webhook to the learner by that id and the recipient address.
+id; ``api/webhooks/`` matches a webhook to the learner by that id and the recipient address.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ of ~100-300 ms and counts against the account's request rate limit, so the gap i
 2,369 request bytes per learner for the 2.8 KB course-reminder message.
 
 Each personalization also carries our ``Message-ID`` header (SendGrid reports it back as ``smtp-id`` in its
-Event Webhook, which ``api/webhooks.py`` matches to the learner) and ``custom_args`` with the learner key.
+Event Webhook, which ``api/webhooks/`` matches to the learner) and ``custom_args`` with the learner key.
 The 202's ``X-Message-Id`` is stored as the provider message id (webhooks' ``sg_message_id`` begins with it).
 """
 
