@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, SendResult, report
+from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, SendResult
 from adapters.email.http_api import Answer, HttpEmailProvider
 from adapters.email.pacing import RateLimiter
 
@@ -57,17 +57,7 @@ class MailgunProvider(HttpEmailProvider):
                     break
             else:
                 rounds.append([index])
-        if len(rounds) == 1:
-            return await super().send_batch(messages, on_result)
-        results: list[SendResult] = [SendResult(m.key, Outcome.RETRY) for m in messages]
-        for group in rounds:
-            async def shifted(index: int, result: SendResult, group: list[int] = group) -> None:
-                await report(on_result, group[index], result)
-
-            part = await super().send_batch([messages[i] for i in group], shifted)
-            for index, result in zip(group, part, strict=True):
-                results[index] = result
-        return results
+        return await self.send_groups(messages, rounds, on_result)
 
     def fields(self, messages: Sequence[OutgoingEmail]) -> list[tuple[str, str]]:
         out = [("from", self.sender)]
