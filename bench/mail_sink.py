@@ -4,11 +4,12 @@ GIL, and counting what it received from its spool file."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from devtools.processes import stop_child
 
 _REPO = Path(__file__).resolve().parents[1]  # devtools.devmail is imported from the checkout
 
@@ -56,13 +57,8 @@ class SinkProcess:
         return [json.loads(line) for line in data.splitlines() if line.strip()]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_child(self.proc, timeout=15)
         if hasattr(self, "_log"):
             self._log.close()
 
