@@ -6,6 +6,8 @@ event loop at import time (the module-level ``app`` is built on first access).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -22,6 +24,9 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",  # tables are rebuilt from their changelog topics on start
+        # With memory tables Faust keeps nothing of value on disk, but it still makes "<id>-data/" in the working
+        # directory: a user's checkout or a container's /app filled up with one per test app id.
+        datadir=str(Path(tempfile.gettempdir()) / "manireports-offload" / f"{settings.app_id}-data"),
         # faust-streaming's exactly_once has open duplicate/crash bugs (#323, #517): effects are idempotent.
         processing_guarantee="at_least_once",
         topic_disable_leader=True,
