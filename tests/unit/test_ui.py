@@ -98,3 +98,29 @@ def test_metrics_exposition_escapes_labels_and_parses_back():
                                                  ("route", "local")))] == 1
     assert samples[("offload_callback_success_ratio", ())] == 0.75
     assert samples[("offload_metrics_source_up", (("source", "postgres"),))] == 1
+
+
+def test_a_job_waiting_for_its_budget_shows_why_and_the_figures():
+    now = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
+    row = {
+        "job_id": "waits", "type": "email", "company_id": 7, "status": "waiting", "route": None,
+        "route_reason": "company 7 monthly budget 0.05 USD: spent 0.04, this job ~0.01 on sendgrid would pass it: "
+                        "waits until the budget allows it (next month, or a larger budget)",
+        "provider": "sendgrid", "template_id": "course_reminder", "total_recipients": 10, "succeeded": 0,
+        "failed": 0, "duplicates_removed": 0, "batch_count": 0, "batches_done": 0, "fell_back": False,
+        "fallback_reason": None, "error_message": None, "problems": None, "createdby": 2, "timecreated": now,
+        "timestarted": None, "timecompleted": None, "updated_at": now, "delivered": 0, "bounced": 0,
+        "complained": 0, "pacing": None, "estimated_cost": None, "currency": None,
+        "budget_wait": {"month": "2026-11", "monthly_budget": 0.05, "spent": 0.045, "estimated_cost": 0.009,
+                        "currency": "USD", "provider": "sendgrid", "since": now.isoformat()},
+    }
+    job = views.job_view(row, [], cancel_requested=False)
+    assert job["can_cancel"] and job["budget_wait"]["spent"] == 0.045
+    html = views.templates().get_template("job.html").render(
+        session=None, csrf_token="", notice=None, path="/ui/jobs/waits", prefix="/ui", title="Job waits", job=job,
+        recipients=[], failed_only=False, page=1, has_next=False, page_url=lambda n, failed=False: "#",
+        history=[], last_event=0)
+    assert 'class="badge badge-waiting">waiting<' in html
+    assert "waits until the budget allows it" in html
+    assert "waiting for the monthly budget" in html and "2026-11 budget 0.05 USD" in html
+    assert "spent 0.04, this job ~0.01 on sendgrid" in " ".join(html.split())
