@@ -94,12 +94,15 @@ class Settings(ApiSettings, CallbackSettings):
     ses_concurrency: int = Field(default=8, ge=1, le=64)
     # How often SES's account quota (GetAccount: MaxSendRate, Max24HourSend) is read again.
     ses_quota_refresh_seconds: float = Field(default=300.0, ge=5, le=24 * 3600)
-    # Off: SES is not paced to the quota GetAccount reports (e.g. against moto, whose quota is fixed at 1/s).
+    # Off: SES is not paced to the MaxSendRate GetAccount reports (e.g. against moto, whose quota is fixed at
+    # 1/s); the 24-hour quota follows ses_daily_quota either way.
     ses_pace_to_account: bool = True
     # When the next SES send would pass the account's Max24HourSend (SentLast24Hours + what this worker sent
     # since the last read): "pause" holds SES sends (the quota is read again every minute meanwhile) until
     # the 24-hour window has room; "local" sends the rest to the local relay (JobFellBackToLocal says why);
     # "off" does not watch the 24-hour quota (SES itself then refuses with "Daily message quota exceeded").
+    # A paused SES batch holds its worker's batch agent (one batch at a time), so other batches on that
+    # worker wait too: choose "local" when other companies' jobs must not wait for SES's window.
     ses_daily_quota: Literal["pause", "local", "off"] = "pause"
 
     # SendGrid v3 (POST {sendgrid_base_url}/v3/mail/send) and Mailgun (POST {base}/v3/{domain}/messages).

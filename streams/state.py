@@ -2,7 +2,8 @@
 
 | table            | key                  | value                                                          |
 |------------------|----------------------|----------------------------------------------------------------|
-| known-jobs       | job id               | ``"accepted"``, ``"rejected"`` or ``"waiting"`` (IntakeOutcome)  |
+| known-jobs       | job id               | ``"accepted"``, ``"rejected"`` or ``"waiting"`` (for its budget, |
+|                  |                      | then let go by the budget timer without changing this note)    |
 | budget-waits     | job id               | BudgetWait (streams.budget_wait)                               |
 | company-settings | company id           | the CompanySettingsChanged event's own JSON (schemas/ decodes) |
 | batch-progress   | job:run:batch        | BatchProgress                                                  |
