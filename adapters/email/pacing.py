@@ -8,7 +8,7 @@ under the rate, plus at most one call's worth. Its rate comes from the account (
 
 Several worker processes share one account: each limiter is given this worker's share of it
 (:meth:`RateLimiter.set_share`, the fraction of the batch partitions the worker owns, see
-``streams.handlers.email_batches``), so the workers' rates add up to the account's at most.
+``streams.handlers.email_providers``), so the workers' rates add up to the account's at most.
 
 Throttling answers slow it down: the rate halves (from the rate actually being sent at when there was no
 cap) and a ``Retry-After``/``X-RateLimit-Reset`` holds every call until then; each throttle-free call then
@@ -149,13 +149,16 @@ class PacedProvider:
 
     def __init__(self, inner: EmailProvider, limiters: Sequence[RateLimiter],
                  sleep: Callable[[float], object] = asyncio.sleep, *, learn_from_throttling: bool = True,
-                 quota: DailyQuota | None = None) -> None:
+                 quota: DailyQuota | None = None, before_each_call: Callable[[], object] | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.max_batch = inner.max_batch
         self.limiters = list(limiters)
         self._sleep = sleep
         self.quota = quota  # the account's 24-hour sending quota (SES Max24HourSend), when it has one
+        # Run before each call is reserved: the worker takes its current share of the limits there, so a
+        # rebalance that changes its partitions changes its rate from the next call, not the next batch.
+        self._before_each_call = before_each_call
         # False for a provider whose throttling answers are about one recipient or session, not the account
         # (an SMTP relay's 451 greylisting): delivery's back-off handles those; the rate stays as it is.
         self._learn = learn_from_throttling
@@ -181,6 +184,8 @@ class PacedProvider:
         results: list[SendResult] = []
         position = 0
         while position < len(messages):
+            if self._before_each_call is not None:
+                self._before_each_call()
             sizes = [size for size in (limiter.chunk() for limiter in self.limiters) if size]
             size = min([len(messages) - position, *sizes])
             if self.quota is not None:  # waits while the 24-hour quota is used up, or raises DailyQuotaReached

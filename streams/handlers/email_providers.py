@@ -48,10 +48,11 @@ class EmailProviders:
     one per provider account, one per company that has its own cap (``OFFLOAD_COMPANY_RATE_LIMITS``).
 
     Rates and SES's 24-hour quota are per account, and several worker processes may send for one account:
-    before each batch the worker takes its share of every limit, the fraction of the batch partitions it owns
-    (``share``, from the partition assignment). The shares of all workers add up to one, so together they stay
-    within the account's rate however the partitions are spread; a worker whose partitions hold no work leaves
-    its share unused, which errs on the side of the account's limit.
+    before each call the worker takes its share of every limit, the fraction of the batch partitions it owns
+    (``share``, from the partition assignment, so a rebalance changes it from the next call on). The shares of
+    all workers add up to one, so together they stay within the account's rate however the partitions are
+    spread; a worker whose partitions hold no work leaves its share unused, which errs on the side of the
+    account's limit.
     """
 
     def __init__(self, settings: Settings, share: Callable[[], float] | None = None) -> None:
@@ -141,7 +142,8 @@ class EmailProviders:
         # rate: delivery's back-off handles them and the limiters keep their rate.
         return PacedProvider(provider, [*limiters, *([company] if company else [])],
                              learn_from_throttling=provider.name != "smtp",
-                             quota=self.ses_daily_quota if provider.name == "ses" else None)
+                             quota=self.ses_daily_quota if provider.name == "ses" else None,
+                             before_each_call=self.take_share)
 
     def take_share(self) -> float:
         """This worker's share of every account and company limit, as the partition assignment gives it now."""
@@ -154,7 +156,6 @@ class EmailProviders:
 
     def for_batch(self, batch: BatchDispatched) -> tuple[EmailProvider, EmailProvider | None]:
         """Primary provider and the fallback for when it is unavailable (local jobs have none), both paced."""
-        self.take_share()
         smtp = self.paced(self.smtp, batch.company_id)
         if batch.route == "local":
             return smtp, None
