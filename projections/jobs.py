@@ -93,6 +93,11 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
+    # Each job's status and batch counts are worked out once per poll, after its runs and batches are in:
+    # _REFRESH derives them from those rows (and the status it set before), so once at the end leaves what once
+    # per event did, for one statement per job instead of one per batch.
+    touched: dict[str, None] = {}
+    batches: list[tuple] = []
     for _, event in events:
         if isinstance(event, JobAccepted):
             await cur.execute(
@@ -112,6 +117,7 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                  event.callback_url, event.createdby, event.accepted_at),
             )
             await _note_run(cur, event.job_id, 0, event.batch_count)
+            touched[event.job_id] = None
         elif isinstance(event, JobRejected):
             message = "; ".join(f"{p.field}: {p.message}" for p in event.problems)
             await cur.execute(
@@ -122,18 +128,14 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                  json.dumps([p.model_dump() for p in event.problems]), event.rejected_at, event.rejected_at),
             )
         elif isinstance(event, BatchCompleted):
-            # A batch reported twice (processed again after a crash) is counted once.
-            await cur.execute(
-                "INSERT INTO job_batches VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (event.job_id, event.run, event.batch_no, event.succeeded, event.failed, event.fell_back,
-                 event.completed_at),
-            )
+            batches.append((event.job_id, event.run, event.batch_no, event.succeeded, event.failed, event.fell_back,
+                            event.completed_at))
             if event.pacing is not None:  # the row may not exist yet: the topics are read in any order
                 await cur.execute(
                     """INSERT INTO jobs (job_id, pacing) VALUES (%s, %s)
                        ON CONFLICT (job_id) DO UPDATE SET pacing = EXCLUDED.pacing""",
                     (event.job_id, event.pacing[:300]))
-            await _refresh(cur, event.job_id)
+            touched[event.job_id] = None
         elif isinstance(event, JobFellBackToLocal):
             await cur.execute(
                 """UPDATE jobs SET fell_back = true, fallback_reason = %s, updated_at = now() WHERE job_id = %s""",
@@ -143,6 +145,7 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             # A retry run: its batches join the job's count (failed learners go back to pending in recipients).
             # Idempotent, so a stalled run whose batches are sent again changes nothing.
             await _note_run(cur, event.job_id, event.run, event.batch_count)
+            touched[event.job_id] = None
         elif isinstance(event, JobCompleted):
             await cur.execute(
                 """INSERT INTO job_runs (job_id, run, batch_count, completed_at, cancelled) VALUES (%s, %s, 0, %s, %s)
@@ -158,7 +161,12 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                        WHERE jobs.estimated_cost IS NULL OR %s >= (SELECT coalesce(max(run), 0) FROM job_runs
                                                                    WHERE job_id = EXCLUDED.job_id)""",
                     (event.job_id, event.estimated_cost, event.currency, event.run))
-            await _refresh(cur, event.job_id)
+            touched[event.job_id] = None
+    if batches:  # only _REFRESH reads job_batches; a batch reported twice (served again after a crash) counts once
+        await cur.executemany("INSERT INTO job_batches VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                              batches)
+    for job_id in touched:
+        await _refresh(cur, job_id)
 
 
 async def _note_run(cur: AsyncCursor, job_id: str, run: int, batch_count: int) -> None:
@@ -167,7 +175,6 @@ async def _note_run(cur: AsyncCursor, job_id: str, run: int, batch_count: int) -
            ON CONFLICT (job_id, run) DO UPDATE SET batch_count = EXCLUDED.batch_count""",
         (job_id, run, batch_count),
     )
-    await _refresh(cur, job_id)
 
 
 # A job's status, batch count and batches done follow from its runs and batches as recorded so far, not from
