@@ -279,6 +279,14 @@ async def raw_smtp_rate_same_message(host: str, port: int, n: int, connections: 
 
 
 # ---- the job -------------------------------------------------------------------------------------
+class JobRefused(RuntimeError):
+    """The job was rejected (JobRejected in the log): waiting longer would change nothing."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id} was rejected: {reason}")
+        self.job_id, self.reason = job_id, reason
+
+
 async def _wait_completed(settings: Settings, job_id: str, timeout: float, started: float,
                           sink: LineCounter | None) -> dict[str, Any]:
     """Poll the jobs row until completed; return the row and a coarse timeline (seconds since submission)."""
@@ -301,6 +309,11 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
                 row = None
             if row is not None:
                 status, ok, bad = row[0], row[2], row[3]
+                if status == "rejected":  # the route agent refused it: say why now, not after the timeout
+                    cur = await conn.execute("SELECT error_message FROM jobs WHERE job_id = %s", (job_id,))
+                    refused = await cur.fetchone()
+                    assert refused is not None  # the row was read a moment ago
+                    raise JobRefused(job_id, refused[0])
                 marks.setdefault("accepted_visible", round(now, 2))
                 if ok + bad > 0:
                     marks.setdefault("first_outcome_visible", round(now, 2))
@@ -638,4 +651,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except JobRefused as refused:  # e.g. more learners than max_recipients_per_job: reported at once
+        log(str(refused))
+        print(json.dumps({"rejected": {"job_id": refused.job_id, "reason": refused.reason}}), flush=True)
+        raise SystemExit(2) from None
