@@ -39,17 +39,9 @@ import psycopg
 from psycopg import sql
 
 from bench.api_latency import COMPANY, signed, start_api
-from bench.email_job import (
-    JobRefused,
-    LineCounter,
-    SinkProcess,
-    _wait_completed,
-    drop_own_artifacts,
-    load_avg,
-    log,
-    stack_info,
-    vm_hwm_mb,
-)
+from bench.jobs import JobRefused, _wait_completed, drop_own_artifacts, stack_info
+from bench.mail_sink import LineCounter, SinkProcess
+from bench.measure import load_avg, log, vm_hwm_mb
 from config.settings import Settings
 from devtools.processes import ServiceProcess
 from tests.support.jobs import job_payload
