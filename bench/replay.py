@@ -156,10 +156,12 @@ def postgres_cpu_seconds() -> float:
 def check_rebuilt(settings: Settings, schema: str, job_id: str, n: int) -> dict[str, Any]:
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-        status, succeeded, failed, done, batches = conn.execute(
-            "SELECT status, succeeded, failed, batches_done, batch_count FROM jobs WHERE job_id = %s",
-            (job_id,)).fetchone()
-        by_status = dict(conn.execute("SELECT status, count(*) FROM job_recipients WHERE job_id = %s "
+        row = conn.execute("SELECT status, succeeded, failed, batches_done, batch_count FROM jobs WHERE job_id = %s",
+                           (job_id,)).fetchone()
+        if row is None:
+            raise AssertionError(f"job {job_id} is missing from the rebuilt read models")
+        status, succeeded, failed, done, batches = row
+        by_status: dict[str, int] = dict(conn.execute("SELECT status, count(*) FROM job_recipients WHERE job_id = %s "
                                       "GROUP BY status", (job_id,)).fetchall())
     check = {"status": status, "succeeded": succeeded, "failed": failed, "batches_done": done,
              "batch_count": batches, "recipients_by_status": by_status}
