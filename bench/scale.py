@@ -47,6 +47,12 @@ from devtools.processes import ServiceProcess
 from tests.support.jobs import job_payload
 
 MILLION = 1_000_000
+WHY_REFUSED = {
+    413: "a job is one Kafka record, at most 32 MiB (about 300,000 learners); jobs in chunks (issue 14 item 3) "
+         "are needed for more",
+    422: "intake takes at most max_recipients_per_job learners (OFFLOAD_MAX_RECIPIENTS_PER_JOB, 100,000 by "
+         "default); and a job is one Kafka record of at most 32 MiB",
+}
 
 
 async def submit(base: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any], float, int]:
@@ -115,7 +121,7 @@ def run_size(n: int, info: Any, sink: SinkProcess, work: Path, timeout: float, k
         del payload
         out.update(body_mb=round(size / 1e6, 1), handoff_seconds=round(handoff, 2))
         if status != 202:
-            out["refused"] = {"http_status": status, "answer": answer}
+            out["refused"] = {"http_status": status, "answer": answer, "why": WHY_REFUSED.get(status, "")}
             out["peak_rss_mb"] = {name: vm_hwm_mb(pid) for name, pid in pids.items()}
             log(f"{n:,} learners: refused by the API: {status} {answer}")
             return out
