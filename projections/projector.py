@@ -205,7 +205,8 @@ class Projector:
         The read models do not depend on the order topics are read in (tests/integration/test_projection_polls.py),
         but the cost does: outcomes read first insert each learner's row once, and the BatchDispatched read
         afterwards finds it there; read the other way round, every learner is inserted as pending and then
-        rewritten (an update that touches every index), which was ~40 % of a replay's Postgres time.
+        rewritten (an update that touches every index). In bench/replay.py, under load, a commit of 5,000
+        outcomes took 0.05-0.1 s this way against 0.09-0.15 s the other way round.
         """
         batches = self.settings.topic("batches")
         self._held = [tp for tp in partitions if tp.topic == batches and self._next[tp] < targets[tp]]
