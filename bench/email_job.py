@@ -52,6 +52,7 @@ from bench.jobs import (
     CLOUD_COMPANY,
     HTTP_COMPANIES,
     LOCAL_COMPANY,
+    JobRefused,
     drop_own_artifacts,
     route_cloud_companies,
     run_job,
@@ -303,4 +304,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except JobRefused as refused:  # e.g. more learners than max_recipients_per_job: reported at once
+        log(str(refused))
+        print(json.dumps({"rejected": {"job_id": refused.job_id, "reason": refused.reason}}), flush=True)
+        raise SystemExit(2) from None

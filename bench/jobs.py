@@ -24,6 +24,14 @@ CLOUD_COMPANY = 4242
 HTTP_COMPANIES = {4243: "sendgrid", 4244: "mailgun"}  # companies routed to the local SendGrid/Mailgun servers
 
 
+class JobRefused(RuntimeError):
+    """The job was rejected (JobRejected in the log): waiting longer would change nothing."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id} was rejected: {reason}")
+        self.job_id, self.reason = job_id, reason
+
+
 async def _wait_completed(settings: Settings, job_id: str, timeout: float, started: float,
                           sink: LineCounter | None) -> dict[str, Any]:
     """Poll the jobs row until completed; return the row and a coarse timeline (seconds since submission)."""
@@ -46,6 +54,11 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
                 row = None
             if row is not None:
                 status, ok, bad = row[0], row[2], row[3]
+                if status == "rejected":  # the route agent refused it: say why now, not after the timeout
+                    cur = await conn.execute("SELECT error_message FROM jobs WHERE job_id = %s", (job_id,))
+                    refused = await cur.fetchone()
+                    assert refused is not None  # the row was read a moment ago
+                    raise JobRefused(job_id, refused[0])
                 marks.setdefault("accepted_visible", round(now, 2))
                 if ok + bad > 0:
                     marks.setdefault("first_outcome_visible", round(now, 2))

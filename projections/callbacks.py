@@ -49,6 +49,8 @@ WHERE c.status <> 'delivered' AND (EXCLUDED.attempt >= c.attempt OR EXCLUDED.sta
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     for position, event in events:
+        if event.topic != CallbackDelivered.topic:  # the callbacks topic carries both kinds
+            continue
         if isinstance(event, CallbackDelivered):
             await cur.execute(_UPSERT, (
                 event.callback_id, event.job_id, event.event, event.run, event.milestone, event.attempt,

@@ -1,0 +1,202 @@
+"""The same email job at growing sizes: time, learners/s, peak memory of each process, and replay time.
+
+Run ``python -m bench.scale`` (sizes 10,000 and 100,000) or ``python -m bench.scale --sizes 10000,100000
+--million`` (adds 1,000,000) with a stack up: the one ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` name,
+else the dev stack (started if need be, without its mail sink). For each size it
+
+1. creates fresh topics and a fresh projection schema, and starts a fresh API, worker and projector (so each
+   size's peak RSS is its own), plus one SMTP sink (``devtools.devmail``) in its own process for the run;
+2. POSTs the job to the API as Moodle does (signed), times submission -> ``completed`` in Postgres, and checks
+   the sink received one message per learner;
+3. reads each process's peak RSS (VmHWM), stops them, and times ``offload replay`` of that size's log into a
+   fresh schema, checking the rebuilt job row equals the live one.
+
+A size the API refuses is reported with the API's answer at once (a job is one Kafka record, capped at 32 MiB,
+and intake takes at most ``max_recipients_per_job`` = 100,000 learners by default: 1,000,000 learners are ~110 MB
+of JSON and are refused with 413 ``body_too_large``). Prints one JSON line last; stops what it started by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import aiohttp
+import psycopg
+from psycopg import sql
+
+from bench.api_latency import COMPANY, signed, start_api
+from bench.jobs import JobRefused, _wait_completed, drop_own_artifacts, stack_info
+from bench.mail_sink import LineCounter, SinkProcess
+from bench.measure import load_avg, log, vm_hwm_mb
+from config.settings import Settings
+from devtools.processes import ServiceProcess
+from tests.support.jobs import job_payload
+
+MILLION = 1_000_000
+WHY_REFUSED = {
+    413: "a job is one Kafka record, at most 32 MiB (about 300,000 learners); jobs in chunks (issue 14 item 3) "
+         "are needed for more",
+    422: "intake takes at most max_recipients_per_job learners (OFFLOAD_MAX_RECIPIENTS_PER_JOB, 100,000 by "
+         "default); and a job is one Kafka record of at most 32 MiB",
+}
+
+
+async def submit(base: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any], float, int]:
+    """POST the job as Moodle does: (HTTP status, answer, seconds to the answer, body bytes)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = signed("POST", "/api/v1/jobs", body)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(base) as http, http.post("/api/v1/jobs", data=body, headers=headers) as r:
+        try:
+            answer = await r.json(content_type=None)
+        except ValueError:
+            answer = {"body": (await r.text())[:500]}
+        return r.status, answer, time.perf_counter() - started, len(body)
+
+
+def job_row(settings: Settings, schema: str, job_id: str) -> dict[str, Any]:
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        cur = conn.execute("SELECT status, succeeded, failed, batches_done, batch_count FROM jobs WHERE job_id = %s",
+                           (job_id,))
+        row = cur.fetchone()
+        assert row is not None, f"job {job_id} is not in schema {schema}"
+        learners = conn.execute("SELECT count(*) FROM job_recipients WHERE job_id = %s", (job_id,)).fetchone()
+    assert learners is not None
+    return {"status": row[0], "succeeded": row[1], "failed": row[2], "batches_done": row[3], "batch_count": row[4],
+            "learner_rows": learners[0]}
+
+
+def run_size(n: int, info: Any, sink: SinkProcess, work: Path, timeout: float, keep: bool) -> dict[str, Any]:
+    """One size end to end with its own processes, topics and schema."""
+    from eventlog.topics import create_topics
+    from offload.replay import replay
+
+    tag = uuid.uuid4().hex[:10]
+    settings = Settings(environment="test", kafka_bootstrap_servers=info.kafka_bootstrap,
+                        database_url=info.database_url, topic_prefix=f"s{tag}.", app_id=f"s{tag}",
+                        projection_schema=f"s_{tag}", broker_session_timeout=6.0, smtp_host="127.0.0.1",
+                        smtp_port=sink.port)
+    out: dict[str, Any] = {"learners": n, "load_before": load_avg()}
+    with ExitStack() as stack:
+        if not keep:
+            stack.callback(drop_own_artifacts, settings, tag)
+            stack.callback(drop_schema, settings, f"{settings.projection_schema}_replay")
+        asyncio.run(create_topics(settings, with_changelogs=True))
+        worker = ServiceProcess("worker", settings, work, None, cwd=REPO).start()
+        stack.callback(worker.stop)
+        projector = ServiceProcess("projector", settings, work, None, cwd=REPO).start()
+        stack.callback(projector.stop)
+        base, api_pid = start_api(settings, work, stack)
+        worker.wait_for_log("Worker]: Ready", timeout=180)
+        pids = {"api": api_pid, "worker": worker.pid, "projector": projector.pid}
+
+        # Warm-up: partitions assigned, SMTP connections and the API's producer open.
+        warm = job_payload(f"warm-{tag}", 20, company_id=COMPANY, callback_url=None, start=10_000_000)
+        warm_status, warm_answer, _, _ = asyncio.run(submit(base, warm))
+        assert warm_status == 202, warm_answer
+        asyncio.run(_wait_completed(settings, f"warm-{tag}", 180, time.monotonic(), None))
+
+        job_id = f"scale-{n}-{tag}"
+        payload = job_payload(job_id, n, company_id=COMPANY, callback_url=None)
+        counter = LineCounter(sink.received_file, sink.size())
+        log(f"{n:,} learners: submitting through the API (worker {worker.pid}, projector {projector.pid}, "
+            f"api {api_pid})")
+        started = time.monotonic()
+        status, answer, handoff, size = asyncio.run(submit(base, payload))
+        del payload
+        out.update(body_mb=round(size / 1e6, 1), handoff_seconds=round(handoff, 2))
+        if status != 202:
+            out["refused"] = {"http_status": status, "answer": answer, "why": WHY_REFUSED.get(status, "")}
+            out["peak_rss_mb"] = {name: vm_hwm_mb(pid) for name, pid in pids.items()}
+            log(f"{n:,} learners: refused by the API: {status} {answer}")
+            return out
+        try:
+            done = asyncio.run(_wait_completed(settings, job_id, timeout, started, counter))
+        except JobRefused as exc:
+            out["refused"] = {"by": "route agent (JobRejected)", "reason": exc.reason}
+            return out
+        seconds = time.monotonic() - started
+        counter.poll()
+        if counter.count < n:  # the job's completion is projected a moment after the last message arrives
+            time.sleep(1.0)
+            counter.poll()
+        out["peak_rss_mb"] = {name: vm_hwm_mb(pid) for name, pid in pids.items()}
+        out.update(seconds=round(seconds, 1), learners_per_s=round(n / seconds, 1),
+                   ms_per_learner=round(seconds * 1000 / n, 3), sink_messages=counter.count,
+                   row=done["row"], load_after=load_avg())
+        for process in (worker, projector):
+            process.stop()
+        live = job_row(settings, settings.projection_schema, job_id)
+        stats = asyncio.run(replay(settings, f"{settings.projection_schema}_replay"))
+        rebuilt = job_row(settings, f"{settings.projection_schema}_replay", job_id)
+        out.update(replay_seconds=round(stats.seconds, 2), replay_events=stats.events,
+                   replay_events_per_s=round(stats.per_second), replay_equals_live=rebuilt == live)
+        log(f"{n:,} learners: {seconds:.1f} s ({n / seconds:,.0f}/s), sink {counter.count:,}, "
+            f"peak RSS {out['peak_rss_mb']}, replay {stats.seconds:.1f} s ({stats.per_second:,.0f} events/s)")
+    return out
+
+
+def drop_schema(settings: Settings, schema: str) -> None:
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Time per learner and peak RSS of each size against the smallest one that completed."""
+    done = [r for r in results if "seconds" in r]
+    if len(done) < 2:
+        return {}
+    first = done[0]
+    out: dict[str, Any] = {}
+    for r in done[1:]:
+        label = f"{r['learners']}_vs_{first['learners']}"
+        out[label] = {
+            "time_per_learner": round(r["ms_per_learner"] / first["ms_per_learner"], 2),
+            **{f"peak_rss_{name}": round(r["peak_rss_mb"][name] / first["peak_rss_mb"][name], 2)
+               for name in ("api", "worker", "projector")},
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="learners per job, comma-separated")
+    parser.add_argument("--million", action="store_true", help="also 1,000,000 learners (long; refused today)")
+    parser.add_argument("--timeout", type=float, default=1800, help="per size, submission to completion")
+    parser.add_argument("--keep", action="store_true", help="keep each size's topics and schemas")
+    parser.add_argument("--home", type=Path, default=REPO / ".dev")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s] + ([MILLION] if args.million else [])
+
+    info = stack_info(args.home)
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    result: dict[str, Any] = {"cores": os.cpu_count(), "load_before": load_avg(), "sizes": []}
+    log(f"work dir {work}; sizes {sizes}; {os.cpu_count()} cores, load {result['load_before']}")
+    with ExitStack() as stack:
+        sink = SinkProcess(work / "mail", work / "sink.log").start()
+        stack.callback(sink.stop)
+        for n in sizes:
+            result["sizes"].append(run_size(n, info, sink, work, args.timeout, args.keep))
+    result["ratios"] = ratios(result["sizes"])
+    result["load_after"] = load_avg()
+    print(json.dumps(result, separators=(", ", ": ")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
