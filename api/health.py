@@ -26,6 +26,8 @@ from resilience.dependencies import DEPENDENCIES
 
 log = logging.getLogger(__name__)
 CHECKER = web.AppKey("health_checker", asyncio.Task)
+STOPPING = web.AppKey("health_stopping", asyncio.Event)
+STOP_TIMEOUT_S = 10.0
 
 
 def setup(app: web.Application) -> None:
@@ -69,19 +71,27 @@ async def _start_checks(app: web.Application) -> None:
     state = app[STATE]
     DEPENDENCIES.track("postgres")
     DEPENDENCIES.track("kafka")
+    stopping = app[STOPPING] = asyncio.Event()
 
     async def loop() -> None:
-        while True:
+        # Ends on the flag, not only on cancellation: Python 3.11's wait_for (used by the checks) can swallow a
+        # cancel that lands as its inner call finishes, and the loop would then run on while shutdown waits.
+        while not stopping.is_set():
             started = time.monotonic()
             await check_once(state)
-            await asyncio.sleep(max(0.0, state.settings.api_health_interval - (time.monotonic() - started)))
+            pause = max(0.0, state.settings.api_health_interval - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), pause)
 
     app[CHECKER] = asyncio.create_task(loop(), name="health-checks")
 
 
 async def _stop_checks(app: web.Application) -> None:
     task = app.get(CHECKER)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    if task is None:
+        return
+    app[STOPPING].set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+    if not done:
+        log.warning("the health checks did not stop within %.0f s at shutdown; left behind", STOP_TIMEOUT_S)

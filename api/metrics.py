@@ -87,8 +87,9 @@ class KafkaOffsets:
     async def close(self) -> None:
         for client in (self.consumer, self.admin):
             if client is not None:
-                try:
-                    await client.close() if isinstance(client, AIOKafkaAdminClient) else await client.stop()
+                closing = client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
+                try:  # bounded: a client in the middle of a metadata read must not hold up shutdown
+                    await asyncio.wait_for(closing, 10.0)
                 except Exception:
                     log.debug("closing a Kafka client failed", exc_info=True)
         self.admin = self.consumer = None

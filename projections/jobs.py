@@ -99,7 +99,7 @@ _TOPICS = frozenset(t.topic for t in (JobAccepted, JobRejected, BatchCompleted, 
                                        JobCompleted))
 
 
-async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
+async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C901 - one branch per event type
     # Each job's status and batch counts are worked out once per poll, after its runs and batches are in:
     # _REFRESH derives them from those rows (and the status it set before), so once at the end leaves what once
     # per event did, for one statement per job instead of one per batch.
@@ -108,42 +108,10 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     # Most of a poll is outcomes: one look at the topic each, instead of six isinstance checks.
     for event in [event for _, event in events if event.topic in _TOPICS]:
         if isinstance(event, JobAccepted):
-            await cur.execute(
-                """INSERT INTO jobs (job_id, type, company_id, status, route, route_reason, provider, template_id,
-                                     total_recipients, duplicates_removed, batch_count, callback_url, createdby,
-                                     timecreated)
-                   VALUES (%s, %s, %s, 'accepted', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                   ON CONFLICT (job_id) DO UPDATE SET
-                     type = EXCLUDED.type, company_id = EXCLUDED.company_id, route = EXCLUDED.route,
-                     route_reason = EXCLUDED.route_reason, provider = EXCLUDED.provider,
-                     template_id = EXCLUDED.template_id, total_recipients = EXCLUDED.total_recipients,
-                     duplicates_removed = EXCLUDED.duplicates_removed, batch_count = EXCLUDED.batch_count,
-                     callback_url = EXCLUDED.callback_url, createdby = EXCLUDED.createdby,
-                     timecreated = COALESCE(jobs.timecreated, EXCLUDED.timecreated), updated_at = now()""",
-                (event.job_id, event.type, event.company_id, event.route, event.reason, event.provider,
-                 event.template_id, event.total_recipients, event.duplicates_removed, event.batch_count,
-                 event.callback_url, event.createdby, event.accepted_at),
-            )
-            await _note_run(cur, event.job_id, 0, event.batch_count)
-            # A job that waited for its budget is accepted now (the wait's figures stay on the row).
-            await cur.execute("UPDATE jobs SET status = %s WHERE job_id = %s AND status = %s",
-                              (JobStatus.ACCEPTED.value, event.job_id, JobStatus.WAITING.value))
+            await _accepted(cur, event)
             touched[event.job_id] = None
         elif isinstance(event, JobWaitingForBudget):
-            figures = {"month": event.month, "monthly_budget": event.monthly_budget, "spent": event.spent,
-                       "estimated_cost": event.estimated_cost, "currency": event.currency,
-                       "provider": event.provider, "since": event.waiting_since.isoformat()}
-            # Before its JobAccepted (same topic and key, so in order); a JobWaitingForBudget seen again after a
-            # crash only rewrites the figures.
-            await cur.execute(
-                """INSERT INTO jobs (job_id, type, company_id, status, route_reason, provider, template_id,
-                                     total_recipients, createdby, timecreated, budget_wait)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                   ON CONFLICT (job_id) DO UPDATE SET budget_wait = EXCLUDED.budget_wait""",
-                (event.job_id, event.type, event.company_id, JobStatus.WAITING.value, event.reason[:1000],
-                 event.provider, event.template_id, event.total_recipients, event.createdby, event.waiting_since,
-                 json.dumps(figures)),
-            )
+            await _waiting_for_budget(cur, event)
         elif isinstance(event, JobRejected):
             message = "; ".join(f"{p.field}: {p.message}" for p in event.problems)
             await cur.execute(
@@ -230,3 +198,43 @@ WHERE j.job_id = %(job_id)s AND r.last_run IS NOT NULL
 async def _refresh(cur: AsyncCursor, job_id: str) -> None:
     await cur.execute(_REFRESH, {"job_id": job_id, "completed": JobStatus.COMPLETED.value,
                                  "cancelled": JobStatus.CANCELLED.value, "running": JobStatus.RUNNING.value})
+
+
+async def _waiting_for_budget(cur: AsyncCursor, event: JobWaitingForBudget) -> None:
+    figures = {"month": event.month, "monthly_budget": event.monthly_budget, "spent": event.spent,
+               "estimated_cost": event.estimated_cost, "currency": event.currency,
+               "provider": event.provider, "since": event.waiting_since.isoformat()}
+    # Before its JobAccepted (same topic and key, so in order); a JobWaitingForBudget seen again after a
+    # crash only rewrites the figures.
+    await cur.execute(
+        """INSERT INTO jobs (job_id, type, company_id, status, route_reason, provider, template_id,
+                             total_recipients, createdby, timecreated, budget_wait)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+           ON CONFLICT (job_id) DO UPDATE SET budget_wait = EXCLUDED.budget_wait""",
+        (event.job_id, event.type, event.company_id, JobStatus.WAITING.value, event.reason[:1000],
+         event.provider, event.template_id, event.total_recipients, event.createdby, event.waiting_since,
+         json.dumps(figures)),
+    )
+
+
+async def _accepted(cur: AsyncCursor, event: JobAccepted) -> None:
+    await cur.execute(
+        """INSERT INTO jobs (job_id, type, company_id, status, route, route_reason, provider, template_id,
+                             total_recipients, duplicates_removed, batch_count, callback_url, createdby,
+                             timecreated)
+           VALUES (%s, %s, %s, 'accepted', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+           ON CONFLICT (job_id) DO UPDATE SET
+             type = EXCLUDED.type, company_id = EXCLUDED.company_id, route = EXCLUDED.route,
+             route_reason = EXCLUDED.route_reason, provider = EXCLUDED.provider,
+             template_id = EXCLUDED.template_id, total_recipients = EXCLUDED.total_recipients,
+             duplicates_removed = EXCLUDED.duplicates_removed, batch_count = EXCLUDED.batch_count,
+             callback_url = EXCLUDED.callback_url, createdby = EXCLUDED.createdby,
+             timecreated = COALESCE(jobs.timecreated, EXCLUDED.timecreated), updated_at = now()""",
+        (event.job_id, event.type, event.company_id, event.route, event.reason, event.provider,
+         event.template_id, event.total_recipients, event.duplicates_removed, event.batch_count,
+         event.callback_url, event.createdby, event.accepted_at),
+    )
+    await _note_run(cur, event.job_id, 0, event.batch_count)
+    # A job that waited for its budget is accepted now (the wait's figures stay on the row).
+    await cur.execute("UPDATE jobs SET status = %s WHERE job_id = %s AND status = %s",
+                      (JobStatus.ACCEPTED.value, event.job_id, JobStatus.WAITING.value))
