@@ -22,6 +22,7 @@ from schemas.events import (
     JobRejected,
     JobWaitingForBudget,
 )
+from security.callback_urls import redacted
 
 
 class JobStatus(StrEnum):
@@ -232,7 +233,7 @@ async def _accepted(cur: AsyncCursor, event: JobAccepted) -> None:
              timecreated = COALESCE(jobs.timecreated, EXCLUDED.timecreated), updated_at = now()""",
         (event.job_id, event.type, event.company_id, event.route, event.reason, event.provider,
          event.template_id, event.total_recipients, event.duplicates_removed, event.batch_count,
-         event.callback_url, event.createdby, event.accepted_at),
+         redacted(event.callback_url, event.callback_query_sealed), event.createdby, event.accepted_at),
     )
     await _note_run(cur, event.job_id, 0, event.batch_count)
     # A job that waited for its budget is accepted now (the wait's figures stay on the row).

@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.exceptions import InvalidTag
@@ -22,6 +23,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from schemas.intake import Refusal
 
 _FIELD = "callback_url"
+# Callback hosts are resolved in threads of their own, never in the event loop's default executor: anything else
+# that fills that executor (aiohttp's file responses of /certificates, a library's blocking call) would otherwise
+# make a good callback URL time out as callback_url_unresolvable. Threads start on first use.
+RESOLVER_THREADS = 4
+_RESOLVER = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="callback-dns")
 
 
 _NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))  # RFC 6052, RFC 8215
@@ -82,7 +88,7 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: 
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM),
+                loop.run_in_executor(_RESOLVER, _getaddrinfo, host, port or (443 if parts.scheme == "https" else 80)),
                 timeout=resolve_timeout,
             )
         except (OSError, TimeoutError):
@@ -92,6 +98,10 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: 
         return Refusal("callback_url_forbidden", _FIELD,
                        f"the callback host {host!r} is or resolves to a loopback, private or link-local address")
     return None
+
+
+def _getaddrinfo(host: str, port: int) -> list[tuple]:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 # --- the query string of a callback URL stays out of the log -------------------------------------------------
@@ -137,6 +147,8 @@ def redacted(url: str | None, sealed: str | None = None) -> str | None:
         return None
     parts = urlsplit(url)
     if parts.query:
-        names = [pair.split("=", 1)[0] for pair in parts.query.split("&") if pair]
-        return urlunsplit(parts._replace(query="&".join(f"{n}=[redacted]" for n in names), fragment=""))
+        # A pair without "=" is all value (``?0123TOKEN``): nothing of it is kept.
+        shown = [f"{pair.split('=', 1)[0]}=[redacted]" if "=" in pair else "[redacted]"
+                 for pair in parts.query.split("&") if pair]
+        return urlunsplit(parts._replace(query="&".join(shown), fragment=""))
     return f"{url}?[redacted]" if sealed else url
