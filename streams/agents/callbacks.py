@@ -36,7 +36,7 @@ from schemas.events import (
     JobCompleted,
     client_job_id,
 )
-from security.callback_urls import SealedQueryError, open_query
+from security.callback_urls import SealedQueryError, open_query, seal_query
 from streams.context import BatchProgressTable, StreamContext
 from streams.state import CallbackQueue, PendingCallback
 
@@ -80,8 +80,12 @@ class CallbackScheduler:
         if isinstance(event, JobAccepted):
             if not event.callback_url or self.table.get(event.job_id) is not None:
                 return
+            url, sealed = event.callback_url, event.callback_query_sealed
+            if sealed is None:  # written before the API sealed queries: keep the query out of the changelog too
+                url, sealed = seal_query(url, event.job_id,
+                                         self.settings.callback_url_secret.get_secret_value().encode())
             state = CallbackQueue(
-                company_id=event.company_id, url=event.callback_url, sealed=event.callback_query_sealed,
+                company_id=event.company_id, url=url, sealed=sealed,
                 # None when the job named no key: the company's current key signs (Settings.callback_key_for).
                 key_id=event.callback_key_id,
                 total=event.total_recipients,

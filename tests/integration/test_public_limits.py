@@ -1,7 +1,8 @@
 """Unauthenticated work, the sign-in throttle and callback URLs, against the real app on a loopback port with the
 shared Postgres: callback hosts resolve while the default thread pool is full, IPv6 clients are limited by
 their /64, and a callback URL's query (Moodle's wstoken) shows redacted in the read models, the API and the UI,
-for events written before the API sealed queries too.
+for events written before the API sealed queries too (and such an old job, run by a real worker, is called back
+at its full URL while its callback table holds no token).
 
 Read-model rows come from real events applied by the projections' own code (no hand-written rows).
 """
@@ -23,12 +24,14 @@ from pydantic import SecretStr
 from api.app import create_app
 from api.ui.state import COOKIE, UI_STATE
 from config.settings import Settings
-from schemas.events import JobAccepted
+from eventlog.publisher import EventPublisher
+from schemas.events import Event, JobAccepted, JobRequested
 from security.callback_urls import seal_query
 from tests.integration.test_public_routes import project
 from tests.support.api import SignedClient, api_keys
 from tests.support.jobs import job_payload
-from tests.support.observe import query
+from tests.support.moodle_receiver import MoodleReceiver
+from tests.support.observe import query, records, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +167,42 @@ async def test_a_callback_token_shows_redacted_in_read_models_api_and_ui_for_old
                 page = await r.text()
             assert r.status == 200 and "[redacted]" in page and TOKEN not in page, job_id
             assert sealed not in page
+
+
+async def _publish(settings: Settings, event: Event) -> None:
+    publisher = EventPublisher(settings, source="urn:test:old-producer")
+    await publisher.start()
+    try:
+        await publisher.send_and_wait(event)
+    finally:
+        await publisher.stop()
+
+
+def test_an_old_job_request_with_a_token_in_its_callback_url_is_called_back_but_not_kept_in_clear(
+        settings_factory, topics_for, processes, mail_sink):
+    """A JobRequested written before the API sealed queries (the whole URL, no sealed part) is still valid: Moodle
+    is called at the full URL; the worker's callback table (its changelog topic) and the read models hold no
+    token. The job topics keep the old events as they were written: the log is not rewritten."""
+    cb_key, cb_secret = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
+    settings = settings_factory(smtp_port=mail_sink.port, api_allow_private_callbacks=True,
+                                callback_check_interval=0.2,
+                                callback_keys=json.dumps({cb_key: {"secret": cb_secret, "company_id": 7}}))
+    topics_for(settings)
+    with MoodleReceiver({cb_key: cb_secret}) as moodle:
+        processes("worker", settings)
+        processes("projector", settings)
+        url = moodle.url(f"/webservice/rest/server.php?wstoken={TOKEN}&wsfunction=local_offload_callback")
+        old = JobRequested.model_validate(job_payload("old-cb", 3, callback_url=url))
+        assert old.callback_query_sealed is None
+        asyncio.run(_publish(settings, old))
+        wait_for(lambda: [r for r in moodle.delivered() if r.json["event"] == "completed"] or None, timeout=120,
+                 what="the completed callback")
+        wait_for_job(settings, "old-cb")
+    assert moodle.received and all(r.valid and f"wstoken={TOKEN}" in r.path for r in moodle.received)
+    changelog = settings.model_copy(update={"topic_prefix": ""})
+    entries = records(changelog, f"{settings.app_id}-callbacks-changelog")
+    assert entries and all(TOKEN.encode() not in (record.value or b"") for record, _ in entries)
+    (row,) = query(settings, "SELECT callback_url FROM jobs WHERE job_id = %s", ("old-cb",))
+    assert row["callback_url"].endswith("/webservice/rest/server.php?wstoken=[redacted]&wsfunction=[redacted]")
+    audit = query(settings, "SELECT detail::text AS detail FROM audit_log WHERE subject = %s", ("old-cb",))
+    assert audit and all(TOKEN not in r["detail"] for r in audit)
