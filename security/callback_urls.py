@@ -15,7 +15,7 @@ import ipaddress
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -152,3 +152,18 @@ def redacted(url: str | None, sealed: str | None = None) -> str | None:
                  for pair in parts.query.split("&") if pair]
         return urlunsplit(parts._replace(query="&".join(shown), fragment=""))
     return f"{url}?[redacted]" if sealed else url
+
+
+def scrub(text: str, query: str) -> str:
+    """``text`` (an error about a call to a URL with this query) with the query and each of its values, as sent
+    and percent-decoded, replaced by ``[redacted]``: an error that quotes the URL, or only a part of it, must not
+    carry the token into an event or a log line."""
+    if not query:
+        return text
+    secrets_ = {query}
+    for pair in query.split("&"):
+        secrets_.add(pair.split("=", 1)[-1])
+    secrets_.update(value for _, value in parse_qsl(query, keep_blank_values=True))
+    for secret in sorted((v for v in secrets_ if len(v) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text

@@ -36,7 +36,7 @@ from schemas.events import (
     JobCompleted,
     client_job_id,
 )
-from security.callback_urls import SealedQueryError, open_query, seal_query
+from security.callback_urls import SealedQueryError, open_query, scrub, seal_query
 from streams.context import BatchProgressTable, StreamContext
 from streams.state import CallbackQueue, PendingCallback
 
@@ -201,9 +201,8 @@ class CallbackScheduler:
                     result = await self.sender.send(url, callback.body.encode(), key_id=key_id,
                                                     secret=api_key.secret.get_secret_value(),
                                                     callback_id=callback.callback_id)
-                    query = url[len(state.url) + 1:]
-                    if query and result.error and query in result.error:  # an error that quotes the URL
-                        result = replace(result, error=result.error.replace(query, "[redacted]"))
+                    if result.error:  # an error that quotes the URL, or a part of it, keeps no token
+                        result = replace(result, error=scrub(result.error, url[len(state.url) + 1:]))
                 await self._record(job_id, callback, attempt_no, result)
         except asyncio.CancelledError:
             raise

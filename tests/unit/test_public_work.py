@@ -49,3 +49,15 @@ def test_an_old_event_without_a_sealed_query_is_called_back_at_its_full_url():
     """Events written before the API sealed queries carry the whole URL and no sealed part: it is used as is."""
     full = "https://m.example.org/webservice/rest/server.php?wstoken=T0K3N&wsfunction=f"
     assert open_query(full, None, "job-1", b"k" * 32) == full
+
+
+def test_a_callback_error_keeps_no_token_even_when_it_quotes_only_a_part_of_the_url():
+    from security import callback_urls
+
+    query = "wstoken=abc%2Fdef0123&wsfunction=local_offload_callback"
+    # The pair order changed and the value percent-decoded: the whole query is nowhere in the text.
+    error = "InvalidUrlClientError: https://m.example.org/x?wsfunction=local_offload_callback&wstoken=abc/def0123"
+    scrubbed = callback_urls.scrub(error, query)
+    assert "abc/def0123" not in scrubbed and "def0123" not in scrubbed, scrubbed
+    assert callback_urls.scrub(f"HTTP 404 for ?{query}", query) == "HTTP 404 for ?[redacted]"
+    assert callback_urls.scrub("timed out", "") == "timed out"
