@@ -20,6 +20,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from psycopg_pool import PoolTimeout
 
+from adapters.email.dkim_dns import check_published, dns_txt_lookup
 from api.errors import json_response
 from api.state import STATE, ApiState
 from resilience.dependencies import DEPENDENCIES
@@ -69,8 +70,11 @@ async def _start_checks(app: web.Application) -> None:
     state = app[STATE]
     DEPENDENCIES.track("postgres")
     DEPENDENCIES.track("kafka")
+    settings = state.settings
 
     async def loop() -> None:
+        if settings.dkim_dns_check and settings.dkim_keys:  # once at start: warns, never refuses
+            await check_published(settings.dkim_keys, dns_txt_lookup(settings.dkim_dns_timeout))
         while True:
             started = time.monotonic()
             await check_once(state)

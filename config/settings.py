@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from config.deliverability import DeliverabilitySettings
 
 _DEV_CODE_SECRET = "development-only-certificate-code-secret"
 _DEV_MESSAGE_ID_SECRET = "development-only-message-id-secret"
@@ -22,7 +24,7 @@ _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_
                  _DEV_CALLBACK_URL_SECRET}
 
 
-class Settings(BaseSettings):
+class Settings(DeliverabilitySettings):
     """Configuration of the worker, projector and CLI.
 
     Variables are prefixed ``OFFLOAD_`` except the two that every Kafka/Postgres tool already knows:

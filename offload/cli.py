@@ -23,12 +23,16 @@ def _settings() -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
+    from adapters.email.dkim import DkimKeyError
     from eventlog.topics import create_topics
     from streams.app import create_app
 
     settings = _settings()
     asyncio.run(create_topics(settings, with_changelogs=True))
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except DkimKeyError as exc:  # production: a DKIM key that cannot sign stops the worker here
+        sys.exit(f"configuration error: {exc}")
     faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 

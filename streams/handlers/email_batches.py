@@ -18,6 +18,8 @@ from adapters.email.breaker import (
     account_label,
 )
 from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
+from adapters.email.dkim import DkimSigners, DkimSigningProvider
+from adapters.email.dkim_dns import check_published, dns_txt_lookup
 from adapters.email.mailgun import MailgunProvider
 from adapters.email.pacing import PacedProvider, RateLimiter
 from adapters.email.sendgrid import SendGridProvider
@@ -122,6 +124,8 @@ class EmailProviders:
             "mailgun": ProviderAccount("mailgun", "default", "global"),
         }
         self._quota_task: asyncio.Task[None] | None = None
+        # DKIM keys of the SMTP route (the cloud providers sign for themselves); production refuses a bad key.
+        self.dkim = DkimSigners(settings.dkim_keys, strict=settings.environment == "production")
 
     def breaker_for(self, batch: BatchDispatched) -> CircuitBreaker | None:
         """The breaker guarding a cloud batch's provider account (local batches have none)."""
@@ -160,7 +164,9 @@ class EmailProviders:
         company = self.company_limiter(company_id)
         # SMTP's 45x replies concern one recipient or session (greylisting, a busy mailbox), not an account
         # rate: delivery's back-off handles them and the limiters keep their rate.
-        return PacedProvider(provider, [*limiters, *([company] if company else [])],
+        signer = self.dkim.for_company(company_id) if provider.name == "smtp" else None
+        inner = DkimSigningProvider(provider, signer) if signer else provider
+        return PacedProvider(inner, [*limiters, *([company] if company else [])],
                              learn_from_throttling=provider.name != "smtp")
 
     def for_batch(self, batch: BatchDispatched) -> tuple[EmailProvider, EmailProvider | None]:
@@ -203,6 +209,8 @@ class EmailProviders:
             log.warning("the local relay is unavailable at start-up (%s): batches will wait for it", exc)
         for provider in self.cloud.values():
             await provider.start()
+        if self.settings.dkim_dns_check and self.settings.dkim_keys:  # warns in the log; signing goes on
+            await check_published(self.settings.dkim_keys, dns_txt_lookup(self.settings.dkim_dns_timeout))
         if self._quota_task is None:
             self._quota_task = asyncio.create_task(self._refresh_ses_quota(), name="ses-quota")
 
