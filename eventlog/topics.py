@@ -65,7 +65,7 @@ EVENT_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", 
 # with 0 partitions fails the table's partition check).
 TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job-failures": "job_partitions",
           "batch-progress": "batch_partitions", "company-settings": None, "cancelled-jobs": None,
-          "company-spend": None,
+          "company-spend": None, "paused-jobs": None, "delivery-watch": "outcome_partitions",
           "callbacks": "job_partitions", "finished-jobs": None}
 
 

@@ -215,6 +215,8 @@ class RecipientSent(RecipientOutcome):
     message_id: str
     attempts: int
     sent_at: datetime = Field(default_factory=utcnow)
+    company_id: int | None = Field(default=None, description="the job's company: the delivery watch applies that "
+                                                              "company's pause thresholds")
 
 
 class RecipientFailed(RecipientOutcome):
@@ -549,3 +551,42 @@ class ProviderCircuitClosed(_ProviderCircuit):
 
 EVENT_TYPES = (*EVENT_TYPES, ProviderCircuitOpened, ProviderCircuitClosed)
 BY_CE_TYPE.update({cls.ce_type: cls for cls in (ProviderCircuitOpened, ProviderCircuitClosed)})
+
+
+# === Automatic pause on bounces and complaints (issue 13) =============================================
+class JobPaused(Event):
+    """A job's bounce or complaint rate passed its company's threshold: its remaining batches wait (neither sent
+    nor failed) until someone resumes or cancels it. The figures are those the worker decided on."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.paused.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    company_id: int | None = None
+    reason: str = Field(max_length=500, description="e.g. 'bounce rate 4.0 % (20 of 500) above 2.0 %'")
+    sent: int = Field(ge=0, description="messages sent in the sample the rates are computed over")
+    bounced: int = Field(ge=0)
+    complained: int = Field(ge=0)
+    bounce_rate: float
+    complaint_rate: float
+    bounce_threshold: float
+    complaint_threshold: float
+    min_sample: int
+    paused_at: datetime = Field(default_factory=utcnow)
+
+
+class JobResumed(Event):
+    """Someone resumed a paused job: its waiting batches are sent; nobody already served is sent again."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.resumed.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    company_id: int | None = None
+    requested_by: str = Field(description="the API key id (or operator) that asked; never a secret")
+    reason: str | None = Field(default=None, max_length=500)
+    resumed_at: datetime = Field(default_factory=utcnow)
+
+
+EVENT_TYPES = (*EVENT_TYPES, JobPaused, JobResumed)
+BY_CE_TYPE.update({cls.ce_type: cls for cls in (JobPaused, JobResumed)})

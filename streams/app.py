@@ -45,9 +45,10 @@ def create_app(settings: Settings) -> faust.App:
     routing.register(app, ctx)
     batches.register(app, ctx)
     progress.register(app, ctx)
-    from streams.agents import callbacks
+    from streams.agents import callbacks, delivery_watch
 
     callbacks.register(app, ctx)
+    delivery_watch.register(app, ctx)  # pauses a job whose bounce/complaint rate passes its thresholds
     from streams import expiry
 
     expiry.register(app, ctx)  # forgets finished jobs' table state after finished_job_retention_days

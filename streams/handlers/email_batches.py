@@ -314,7 +314,7 @@ class EmailBatchHandler:
                     job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
                     email=recipient.email, provider=result.provider,
                     provider_message_id=result.provider_message_id, message_id=message_ids[result.key],
-                    attempts=result.attempts,
+                    attempts=result.attempts, company_id=batch.company_id,
                 ))
             else:
                 await recorder.record(self._failed(batch, recipient, result.error or "failed",

@@ -1,0 +1,76 @@
+"""Automatic pause: bounces reported through a provider webhook pause the job; resumed, it sends the rest once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from content.email import message_id_for
+from offload.client import submit_job
+from schemas.events import JobCompleted, JobPaused
+from tests.support.api import ApiProcess, SignedClient, api_keys
+from tests.support.observe import events, query, wait_for, wait_for_job
+from tests.unit.test_webhooks import mailgun_signature
+
+pytestmark = pytest.mark.integration
+
+MAILGUN_KEY = "mailgun-signing-key-0123456789"
+ADMIN_SECRET = "admin-secret-0123456789-0123456789"
+
+
+def test_bounces_above_the_threshold_pause_the_job_until_resumed_and_nobody_is_sent_twice(
+    settings_factory, topics_for, processes, job_factory, mail_sink, tmp_path
+):
+    # One batch partition and one SMTP session: batches run one after another, so the sink's hold stops the job
+    # in its third batch while the bounces of the first two arrive.
+    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=10, batch_partitions=1, smtp_connections=1,
+                                pause_min_sample=10, webhook_mailgun_signing_key=MAILGUN_KEY,
+                                api_keys=api_keys(ops=(ADMIN_SECRET, None)))
+    topics_for(settings)
+    mail_sink.hold_after(20)
+    worker = processes("worker", settings)
+    processes("projector", settings)
+    with ApiProcess(settings, tmp_path / "api.log") as api:
+        client = SignedClient(api.base_url, "ops", ADMIN_SECRET)
+        asyncio.run(submit_job(settings, job_factory("pause-job", 60)))
+        wait_for(lambda: len(query(settings, "SELECT 1 FROM job_recipients WHERE job_id = %s AND status = 'sent'",
+                                   ("pause-job",))) >= 20, timeout=60, what="two batches sent and projected")
+
+        for userid in (3,):  # 1 of 20 bounces: 5 % > 2 %
+            mid = message_id_for("pause-job", userid, settings.message_id_domain, key=settings.message_id_key())
+            report = {"signature": mailgun_signature(MAILGUN_KEY, str(int(time.time())), f"tok-{userid}"),
+                      "event-data": {"event": "failed", "severity": "permanent", "id": f"ev-{userid}",
+                                     "recipient": f"learner{userid}@example.org", "timestamp": time.time(),
+                                     "delivery-status": {"message": "550 5.1.1 no such user"},
+                                     "message": {"headers": {"message-id": mid.strip("<>")}}}}
+            reply = client.post("/webhooks/mailgun", json.dumps(report).encode(), headers={})
+            assert reply.status == 200, reply.body
+
+        paused = wait_for(lambda: [e for e in events(settings, "jobs") if isinstance(e, JobPaused)], timeout=60,
+                          what="JobPaused")[0]
+        assert paused.bounced == 1 and paused.sent >= 20 and paused.bounce_threshold == 0.02
+        assert paused.reason.startswith("bounce rate ") and "above 2.0%" in paused.reason
+        view = wait_for(lambda: (v := client.get("/api/v1/jobs/pause-job").body)["status"] == "paused" and v,
+                        timeout=60, what="the API shows the pause")
+        assert view["pause"]["reason"] == paused.reason and view["pause"]["figures"]["bounced"] == 1
+
+        # The batch in flight finishes; the rest wait: neither sent nor failed.
+        mail_sink.release()
+        wait_for(lambda: "waits: job pause-job is paused" in worker.log_path.read_text(), timeout=60,
+                 what="a batch held back")
+        assert mail_sink.count() < 60
+        assert not [e for e in events(settings, "jobs") if isinstance(e, JobCompleted)]
+        assert not query(settings, "SELECT 1 FROM job_recipients WHERE job_id = %s AND status = 'failed'",
+                         ("pause-job",))
+
+        reply = client.post("/api/v1/jobs/pause-job/resume", {"reason": "bad list cleaned"})
+        assert reply.status == 202, reply.body
+        job = wait_for_job(settings, "pause-job", timeout=120)
+        assert (job["succeeded"], job["failed"]) == (60, 0)
+        assert client.get("/api/v1/jobs/pause-job").body["pause"]["paused"] is False
+        assert client.post("/api/v1/jobs/pause-job/resume").status == 409
+    counts = mail_sink.recipient_counts()
+    assert len(counts) == 60 and set(counts.values()) == {1}, counts
