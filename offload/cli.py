@@ -23,16 +23,18 @@ def _settings() -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from adapters.email.dkim import DkimKeyError
+    from adapters.email.dkim import DkimKeyError, DkimSigners
     from eventlog.topics import create_topics
     from streams.app import create_app
 
     settings = _settings()
+    if settings.environment == "production":  # a DKIM key that cannot sign stops the worker before anything
+        try:
+            DkimSigners(settings.dkim_keys, strict=True)
+        except DkimKeyError as exc:
+            sys.exit(f"configuration error: {exc}")
     asyncio.run(create_topics(settings, with_changelogs=True))
-    try:
-        app = create_app(settings)
-    except DkimKeyError as exc:  # production: a DKIM key that cannot sign stops the worker here
-        sys.exit(f"configuration error: {exc}")
+    app = create_app(settings)
     faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 

@@ -7,6 +7,7 @@ pauses again only when, once a fresh minimum sample has gone out, the rates are 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,7 @@ class DeliveryCounts:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, int | None]) -> DeliveryCounts:
+    def from_dict(cls, raw: dict[str, Any]) -> DeliveryCounts:
         return cls(**raw)  # an unknown or misspelt field fails here
 
     def rebased(self) -> DeliveryCounts:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # covered for one-click unsubscribe to be honoured).
 SIGNED_HEADERS = ("from", "to", "subject", "date", "message-id", "reply-to", "mime-version", "content-type",
                   "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post", "list-id")
+_SIGNED = tuple(name.encode() for name in SIGNED_HEADERS)
 _WSP_RUN = re.compile(rb"[ \t]+")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 
@@ -112,10 +113,10 @@ class DkimSigner:
             by_name.setdefault(name.strip().lower(), []).append(value)
         signed: list[bytes] = []
         canonical = bytearray()
-        for name in SIGNED_HEADERS:
-            for value in reversed(by_name.get(name.encode(), [])):  # several instances: bottom-up (§5.4.2)
-                signed.append(name.encode())
-                canonical += relaxed_header(name.encode(), value)
+        for wanted in _SIGNED:
+            for value in reversed(by_name.get(wanted, [])):  # several instances: bottom-up (§5.4.2)
+                signed.append(wanted)
+                canonical += relaxed_header(wanted, value)
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         tags = (b"v=1; a=rsa-sha256; c=relaxed/relaxed; d=" + self.domain.encode() + b"; s=" + self.selector.encode()
                 + b"; t=" + str(int(now if now is not None else time.time())).encode()

@@ -108,7 +108,8 @@ def register(app: faust.App, ctx: StreamContext) -> None:
 
     providers = EmailProviders(ctx.settings)  # one SMTP pool per worker, shared by email and certificate mail
     ctx.add_service(providers)
-    mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp)
+    mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp,
+                               providers.dkim)
     handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx, providers),
                                          "certificate": CertificateBatchHandler.build(ctx, mailer)}
     runner = BatchRunner(ctx, handlers)

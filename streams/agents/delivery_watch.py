@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 
 import faust
 
@@ -30,8 +31,9 @@ _FLUSH_EVERY = 100
 
 
 class DeliveryWatch:
-    def __init__(self, ctx: StreamContext) -> None:
+    def __init__(self, ctx: StreamContext, finished: Mapping[str, float]) -> None:
         self.ctx = ctx
+        self.finished = finished  # job id -> when it finished (streams.expiry): late reports pause nothing
         self._unsaved: Counter[str] = Counter()  # sends counted but not yet in the table, by job
 
     def _counts(self, job_id: str) -> DeliveryCounts:
@@ -64,7 +66,7 @@ class DeliveryWatch:
         elif isinstance(event, RecipientComplained):
             counts = DeliveryCounts(counts.company_id, counts.sent, counts.bounced, counts.complained + 1,
                                     counts.base_sent, counts.base_bounced, counts.base_complained)
-        if not isinstance(event, RecipientSent):
+        if not isinstance(event, RecipientSent) and job_id not in self.finished:
             counts = await self._decide(job_id, counts)
         self.ctx.delivery_watch[job_id] = counts.to_dict()
 
@@ -85,8 +87,8 @@ class DeliveryWatch:
         return counts.rebased()
 
 
-def register(app: faust.App, ctx: StreamContext) -> None:
-    watch = DeliveryWatch(ctx)
+def register(app: faust.App, ctx: StreamContext, finished: Mapping[str, float]) -> None:
+    watch = DeliveryWatch(ctx, finished)
     outcomes = app.topic(ctx.settings.topic("outcomes"), key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=ctx.settings.outcome_partitions, internal=False)
 

@@ -264,10 +264,12 @@ def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, t
 class CertificateMailer:
     """Emails a learner the link to the certificate just issued to them, over the local SMTP relay."""
 
-    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: EmailProvider) -> None:
+    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: EmailProvider,
+                 dkim: DkimSigners | None = None) -> None:
         self.settings = settings
         self.renderer = renderer
         self.smtp = smtp
+        self.dkim = dkim
         self.policy = retry_policy(settings)
 
     async def send(self, batch: BatchDispatched, recipient: Recipient, *, certificate_url: str,
@@ -284,7 +286,9 @@ class CertificateMailer:
                                     recipient=recipient, fields=fields, message_scope=f"{batch.job_id}/certificate")
         except (TemplateRenderError, UnknownTemplate) as exc:
             return None, f"template error: {exc}"
-        report = await deliver([message], primary=self.smtp, fallback=None, policy=self.policy)
+        signer = self.dkim.for_company(batch.company_id) if self.dkim else None
+        smtp = DkimSigningProvider(self.smtp, signer) if signer else self.smtp
+        report = await deliver([message], primary=smtp, fallback=None, policy=self.policy)
         result = report.results[0]
         return (message.message_id, None) if result.sent else (None, result.error or "not sent")
 

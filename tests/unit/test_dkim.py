@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +140,22 @@ def test_the_start_check_reports_a_missing_record_in_health_and_clears_when_publ
     assert asyncio.run(check_published({"7": key}, lookup)) == {dependency: None}
     assert dependency not in DEPENDENCIES.down()
 
+
+
+def test_a_production_worker_with_an_unreadable_key_refuses_to_start_and_says_which(tmp_path):
+    pem = tmp_path / "dkim-7.pem"
+    write_key(pem, rsa_key())
+    pem.chmod(0)  # unreadable (root reads anything: then the key file is missing instead)
+    path = pem if not os.access(pem, os.R_OK) else tmp_path / "missing.pem"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
+           "OFFLOAD_ENVIRONMENT": "production", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+           "OFFLOAD_MESSAGE_ID_SECRET": "m" * 40, "OFFLOAD_CALLBACK_URL_SECRET": "c" * 40,
+           "OFFLOAD_CERTIFICATE_CODE_SECRET": "x" * 40,
+           "OFFLOAD_DKIM_KEYS": json.dumps({"7": {"domain": "school7.example.org", "selector": "s2026",
+                                                  "key_file": str(path)}})}
+    done = subprocess.run([sys.executable, "-m", "offload.cli", "worker"], env=env, capture_output=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().endswith(
+        f"configuration error: DKIM key s2026._domainkey.school7.example.org: cannot read {path}: "
+        + ("Permission denied" if path == pem else "No such file or directory"))
