@@ -178,3 +178,9 @@ class DkimSigners:
 
     def for_company(self, company_id: int) -> DkimSigner | None:
         return self.signers.get(str(company_id)) or self.signers.get(ANY_COMPANY)
+
+    def misaligned(self, mail_from: str) -> list[str]:
+        """Keys whose d= is neither the From address's domain nor a parent of it: DMARC fails on them."""
+        domain = mail_from.rpartition("@")[2].lower()
+        return [f"{s.selector}._domainkey.{s.domain}" for s in self.signers.values()
+                if domain != s.domain.lower() and not domain.endswith("." + s.domain.lower())]

@@ -126,6 +126,9 @@ class EmailProviders:
         self._quota_task: asyncio.Task[None] | None = None
         # DKIM keys of the SMTP route (the cloud providers sign for themselves); production refuses a bad key.
         self.dkim = DkimSigners(settings.dkim_keys, strict=settings.environment == "production")
+        for name in self.dkim.misaligned(settings.mail_from):
+            log.warning("DKIM key %s is not aligned with the From address %s: DMARC will not pass", name,
+                        settings.mail_from)
 
     def breaker_for(self, batch: BatchDispatched) -> CircuitBreaker | None:
         """The breaker guarding a cloud batch's provider account (local batches have none)."""

@@ -159,3 +159,11 @@ def test_a_production_worker_with_an_unreadable_key_refuses_to_start_and_says_wh
     assert done.stderr.decode().strip().endswith(
         f"configuration error: DKIM key s2026._domainkey.school7.example.org: cannot read {path}: "
         + ("Permission denied" if path == pem else "No such file or directory"))
+
+
+def test_keys_not_aligned_with_the_from_domain_are_named(tmp_path):
+    signers = DkimSigners({"7": key_config(tmp_path)}, strict=True)
+    assert signers.misaligned("noreply@school7.example.org") == []
+    assert signers.misaligned("noreply@mail.school7.example.org") == []
+    assert signers.misaligned("noreply@moodle.example.org") == ["s2026._domainkey.school7.example.org"]
+    assert signers.misaligned("noreply@evilschool7.example.org") == ["s2026._domainkey.school7.example.org"]
