@@ -89,7 +89,7 @@ class ProgressTracker:
         if isinstance(event, JobPaused):
             if not state.all_runs_completed():
                 self.ctx.paused_jobs[event.job_id] = True
-                log.warning("job %s paused: %s", event.job_id, event.reason)
+                log.warning("job %s paused, its batches wait: %s", event.job_id, event.reason)
             return
         if not self.ctx.paused_jobs.get(event.job_id):
             log.info("resume of job %s ignored: it is not paused", event.job_id)

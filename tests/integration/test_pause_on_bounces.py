@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import html
+import http.cookiejar
 import json
+import re
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -16,6 +21,29 @@ from tests.support.observe import events, query, wait_for, wait_for_job
 from tests.unit.test_webhooks import mailgun_signature
 
 pytestmark = pytest.mark.integration
+
+
+class AdminBrowser:
+    """Signs in to /ui/ with an admin key and keeps the session cookie, as a browser does."""
+
+    def __init__(self, base_url: str, key_id: str, secret: str) -> None:
+        self.base_url = base_url
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.post("/ui/login", {"key_id": key_id, "secret": secret}, csrf=False)
+        self.csrf = ""
+
+    def get(self, path: str) -> str:
+        with self.opener.open(self.base_url + path, timeout=30) as response:
+            page = response.read().decode()
+        found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+        self.csrf = found.group(1) if found else self.csrf
+        return page
+
+    def post(self, path: str, form: dict[str, str], *, csrf: bool = True) -> str:
+        data = urllib.parse.urlencode({**form, **({"csrf_token": self.csrf} if csrf else {})}).encode()
+        with self.opener.open(urllib.request.Request(self.base_url + path, data=data, method="POST"),
+                              timeout=30) as response:
+            return response.geturl()  # after the redirect
 
 MAILGUN_KEY = "mailgun-signing-key-0123456789"
 ADMIN_SECRET = "admin-secret-0123456789-0123456789"
@@ -58,6 +86,8 @@ def test_bounces_above_the_threshold_pause_the_job_until_resumed_and_nobody_is_s
         assert view["pause"]["reason"] == paused.reason and view["pause"]["figures"]["bounced"] == 1
 
         # The batch in flight finishes; the rest wait: neither sent nor failed.
+        wait_for(lambda: "job pause-job paused, its batches wait" in worker.log_path.read_text(), timeout=60,
+                 what="the worker holding the job's batches")
         mail_sink.release()
         wait_for(lambda: "waits: job pause-job is paused" in worker.log_path.read_text(), timeout=60,
                  what="a batch held back")
@@ -66,8 +96,12 @@ def test_bounces_above_the_threshold_pause_the_job_until_resumed_and_nobody_is_s
         assert not query(settings, "SELECT 1 FROM job_recipients WHERE job_id = %s AND status = 'failed'",
                          ("pause-job",))
 
-        reply = client.post("/api/v1/jobs/pause-job/resume", {"reason": "bad list cleaned"})
-        assert reply.status == 202, reply.body
+        # The admin's job page says why and offers Resume; resuming there is a CSRF-protected form like cancel.
+        admin = AdminBrowser(api.base_url, "ops", ADMIN_SECRET)
+        page = admin.get("/ui/jobs/pause-job")
+        assert f"Paused: {html.escape(paused.reason)}" in page and 'id="resume-button"' in page
+        assert admin.post("/ui/jobs/pause-job/resume", {"reason": "bad list cleaned"}).endswith(
+            "/ui/jobs/pause-job?notice=resume_requested")
         job = wait_for_job(settings, "pause-job", timeout=120)
         assert (job["succeeded"], job["failed"]) == (60, 0)
         assert client.get("/api/v1/jobs/pause-job").body["pause"]["paused"] is False
