@@ -3,11 +3,12 @@
 
 Why here: bounces and complaints reach us through the provider webhooks, which the API turns into
 RecipientBounced / RecipientComplained on the outcomes topic, keyed by job id, beside the job's RecipientSent.
-Reading that one topic gives the worker both sides of the rate, in log order, without asking Postgres. Sends are
-recognised by their ``ce_type`` header and counted without decoding their JSON (only a job's first send is
-decoded, for its company); the counts are written to the table on every report and every
-``_FLUSH_EVERY`` sends, so a worker that crashes may count up to that many sends of a job again or not at all:
-a rate off by a fraction of a percent of the sample, never a learner sent twice.
+Reading that one topic gives the worker both sides of the rate, in log order, without asking Postgres. Only
+permanent bounces count (a transient one may still deliver). Sends are recognised by their ``ce_type`` header
+and counted without decoding their JSON (only a job's first send is decoded, for its company); the counts are
+written to the table on every report and every ``_FLUSH_EVERY`` sends, so a worker that crashes may count up to
+that many sends of a job again or not at all: a rate off by a fraction of a percent of the sample, never a
+learner sent twice. Reports about a job that has finished pause nothing (``finished-jobs``, streams.expiry).
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ class DeliveryWatch:
             company = counts.company_id if counts.company_id is not None else event.company_id
             counts = DeliveryCounts(company, counts.sent + 1, counts.bounced, counts.complained,
                                     counts.base_sent, counts.base_bounced, counts.base_complained)
-        elif isinstance(event, RecipientBounced):
+        elif isinstance(event, RecipientBounced) and event.permanent:  # a transient bounce may yet deliver
             counts = DeliveryCounts(counts.company_id, counts.sent, counts.bounced + 1, counts.complained,
                                     counts.base_sent, counts.base_bounced, counts.base_complained)
         elif isinstance(event, RecipientComplained):
             counts = DeliveryCounts(counts.company_id, counts.sent, counts.bounced, counts.complained + 1,
                                     counts.base_sent, counts.base_bounced, counts.base_complained)
-        if not isinstance(event, RecipientSent) and job_id not in self.finished:
+        if isinstance(event, RecipientBounced | RecipientComplained) and job_id not in self.finished:
             counts = await self._decide(job_id, counts)
         self.ctx.delivery_watch[job_id] = counts.to_dict()
 
