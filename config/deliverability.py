@@ -1,6 +1,6 @@
 """Settings for mail that inboxes accept: DKIM keys per company, and when a job pauses on bounces/complaints.
 
-A mixin of :class:`config.settings.Settings` (same ``OFFLOAD_`` variables), kept apart so the rules of bulk
+A part of :class:`config.settings.Settings` (same ``OFFLOAD_`` variables), kept apart so the rules of bulk
 sending live in one place. Private keys are read from a file or from a secret variable and never leave the
 worker's memory: no event, log line or projection carries one.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings
+
+from config.base import SettingsBase
 
 _DNS_LABEL = r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$"
 _DOMAIN = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
@@ -55,7 +56,7 @@ class PauseThresholds(BaseModel):
     complaint_rate: float | None = Field(default=None, gt=0, le=1)
 
 
-class DeliverabilitySettings(BaseSettings):
+class DeliverabilitySettings(SettingsBase):
     # DKIM keys of the SMTP route by company id, e.g. OFFLOAD_DKIM_KEYS='{"7": {"domain": "school7.example",
     # "selector": "s2026", "key_file": "/etc/offload/dkim-7.pem"}, "*": {...}}'; "*" signs every other company.
     # SES, SendGrid and Mailgun sign with their own (Easy DKIM / domain authentication) and are left alone.
