@@ -125,6 +125,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from offload.client import resume_job
+
+    asyncio.run(resume_job(_settings(), args.job_id, requested_by=args.by, reason=args.reason))
+    print(f"resume of {args.job_id} requested")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from offload.client import cancel_job
 
@@ -272,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason")
     p.add_argument("--by", default="cli", help="who asks (recorded in the event)")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("resume", help="send a paused job's waiting batches (it paused on its bounce/complaint rate)")
+    p.add_argument("job_id")
+    p.add_argument("--reason")
+    p.add_argument("--by", default="cli", help="who asks (recorded in the event)")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("settings", help="change a company's cloud settings")
     p.add_argument("company_id", type=int)

@@ -95,6 +95,8 @@ _SUMMARY_FIELDS = {
     "job.completed": ("run", "succeeded", "failed", "cancelled"),
     "job.cancelled": ("reason",),
     "job.retry-requested": ("only_retryable",),
+    "job.paused": ("reason",),
+    "job.resumed": ("reason",),
 }
 
 
