@@ -73,12 +73,17 @@ async def _start_checks(app: web.Application) -> None:
     settings = state.settings
 
     async def loop() -> None:
-        if settings.dkim_dns_check and settings.dkim_keys:  # once at start: warns, never refuses
-            await check_published(settings.dkim_keys, dns_txt_lookup(settings.dkim_dns_timeout))
-        while True:
-            started = time.monotonic()
-            await check_once(state)
-            await asyncio.sleep(max(0.0, state.settings.api_health_interval - (time.monotonic() - started)))
+        dkim = None
+        if settings.dkim_dns_check and settings.dkim_keys:  # once at start, beside the checks: warns, never refuses
+            dkim = asyncio.create_task(check_published(settings.dkim_keys, dns_txt_lookup(settings.dkim_dns_timeout)))
+        try:
+            while True:
+                started = time.monotonic()
+                await check_once(state)
+                await asyncio.sleep(max(0.0, state.settings.api_health_interval - (time.monotonic() - started)))
+        finally:
+            if dkim is not None:
+                dkim.cancel()
 
     app[CHECKER] = asyncio.create_task(loop(), name="health-checks")
 

@@ -124,6 +124,7 @@ class EmailProviders:
             "mailgun": ProviderAccount("mailgun", "default", "global"),
         }
         self._quota_task: asyncio.Task[None] | None = None
+        self._dkim_check: asyncio.Task[dict[str, str | None]] | None = None
         # DKIM keys of the SMTP route (the cloud providers sign for themselves); production refuses a bad key.
         self.dkim = DkimSigners(settings.dkim_keys, strict=settings.environment == "production")
         for name in self.dkim.misaligned(settings.mail_from):
@@ -212,16 +213,19 @@ class EmailProviders:
             log.warning("the local relay is unavailable at start-up (%s): batches will wait for it", exc)
         for provider in self.cloud.values():
             await provider.start()
-        if self.settings.dkim_dns_check and self.settings.dkim_keys:  # warns in the log; signing goes on
-            await check_published(self.settings.dkim_keys, dns_txt_lookup(self.settings.dkim_dns_timeout))
+        if self.settings.dkim_dns_check and self.settings.dkim_keys and self._dkim_check is None:
+            # In the background (DNS may be slow or absent): it warns in the log, signing goes on regardless.
+            self._dkim_check = asyncio.create_task(check_published(
+                self.settings.dkim_keys, dns_txt_lookup(self.settings.dkim_dns_timeout)), name="dkim-dns-check")
         if self._quota_task is None:
             self._quota_task = asyncio.create_task(self._refresh_ses_quota(), name="ses-quota")
 
     async def stop(self) -> None:
-        task, self._quota_task = self._quota_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for task in (self._quota_task, self._dkim_check):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._quota_task = self._dkim_check = None
         for provider in (*self.cloud.values(), self.smtp):
             await provider.stop()
 

@@ -8,8 +8,9 @@ import pytest
 
 from config.deliverability import DkimKey
 from offload.client import submit_job
+from tests.support.api import ApiProcess, send
 from tests.support.dkim_keys import dkimpy_verify, rsa_key, write_key
-from tests.support.observe import wait_for_job
+from tests.support.observe import wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -39,3 +40,20 @@ def test_mail_sent_over_smtp_is_signed_with_the_company_key(settings_factory, to
     assert not dkimpy_verify(tampered, name=name, key=rsa_key())
     for learner in other_job["recipients"]:  # company 8 has no key and no "*" key: unsigned
         assert b"DKIM-Signature" not in by_address[learner["email"]][0].raw
+
+
+def test_the_api_reports_an_unpublished_key_in_health_and_metrics(settings_factory, tmp_path):
+    # Nobody publishes s2026._domainkey.school7.example.org: the lookup answers no record (or, on a machine
+    # without DNS, fails); either way the API warns and says which key, and never refuses to serve.
+    key_file = write_key(tmp_path / "dkim-7.pem", rsa_key())
+    settings = settings_factory(dkim_dns_timeout=3, dkim_keys={"7": DkimKey(domain="school7.example.org",
+                                                                             selector="s2026", key_file=key_file)})
+    dependency = "dkim:s2026._domainkey.school7.example.org"
+    with ApiProcess(settings, tmp_path / "api.log") as api:
+        health = wait_for(lambda: (h := send(api.base_url, "GET", "/api/v1/health", b"", {}).body)["status"]
+                          == "degraded" and h, timeout=30, what="the DKIM warning in health")
+        (reason,) = [r for r in health["reasons"] if r.startswith(dependency)]
+        assert "no DKIM record" in reason or "DNS lookup failed" in reason
+        metrics = send(api.base_url, "GET", "/metrics", b"", {}).raw.decode()
+        assert f'offload_dependency_up{{dependency="{dependency}"}} 0.0' in metrics
+    assert "PRIVATE KEY" not in (tmp_path / "api.log").read_text()
