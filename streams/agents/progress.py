@@ -94,6 +94,8 @@ class ProgressTracker:
         if not self.ctx.paused_jobs.get(event.job_id):
             log.info("resume of job %s ignored: it is not paused", event.job_id)
             return
+        # Another worker may still see the job paused (its copy of the global table lags by the changelog) and hold
+        # a batch sent again here once more: the stall sweeper sends it again once the job makes no progress.
         self.ctx.paused_jobs.pop(event.job_id, None)
         log.info("job %s resumed by %s", event.job_id, event.requested_by)
         await self._send_unfinished_again(event.job_id, state)
