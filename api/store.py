@@ -165,6 +165,13 @@ class ReadStore:
                                 (subject, event_type))
         return bool(rows)
 
+    async def latest_of(self, subject: str, event_types: tuple[str, ...]) -> dict[str, Any] | None:
+        """The latest audit-log event of these types about this subject (one topic and key: offset orders them)."""
+        rows = await self._rows(
+            """SELECT event_type, occurred_at, detail FROM audit_log WHERE subject = %s AND event_type = ANY(%s)
+               ORDER BY "offset" DESC LIMIT 1""", (subject, list(event_types)))
+        return rows[0] if rows else None
+
     async def job_history(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         return await self._rows(
             """SELECT id, occurred_at, event_type, actor, detail FROM audit_log

@@ -16,13 +16,14 @@ from pydantic_settings import SettingsConfigDict
 from config.api import ApiSettings
 from config.base import DEV_CODE_SECRET, DEV_MESSAGE_ID_SECRET, PLACEHOLDERS
 from config.callbacks import CallbackSettings
+from config.deliverability import DeliverabilitySettings
 from config.keys import ApiKey
 from config.prices import DEFAULT_PRICES, ProviderPrice
 
 __all__ = ["DEFAULT_PRICES", "ApiKey", "ProviderPrice", "Settings"]
 
 
-class Settings(ApiSettings, CallbackSettings):
+class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings):
     """Configuration of the worker, projector and CLI.
 
     Variables are prefixed ``OFFLOAD_`` except the two that every Kafka/Postgres tool already knows:

@@ -67,6 +67,7 @@ EVENT_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", 
 TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job-failures": "job_partitions",
           "batch-progress": "batch_partitions", "company-settings": None, "cancelled-jobs": None,
           "company-spend": None, "budget-waits": "job_partitions",
+          "paused-jobs": None, "delivery-watch": "outcome_partitions",
           "callbacks": "job_partitions", "finished-jobs": None}
 
 

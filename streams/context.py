@@ -50,6 +50,14 @@ class BatchProgressTable(faust.Table):
         return partition_for(key.encode(), self.partitions)
 
 
+class OutcomeKeyedTable(faust.Table):
+    """A table keyed by job id and written from the outcomes topic: each key in its outcomes partition."""
+
+    def partition_for_key(self, key: str) -> int:
+        assert self.partitions is not None
+        return partition_for(key.encode(), self.partitions)
+
+
 class SinglePartitionGlobalTable(faust.GlobalTable):
     """A global table written from agents on many partitions: every write goes to its one changelog partition."""
 
@@ -72,6 +80,8 @@ class StreamContext:
     job_failures: TableT[str, dict[str, Any]]
     cancelled_jobs: TableT[str, bool]
     company_spend: GlobalTableT
+    paused_jobs: TableT[str, bool]
+    delivery_watch: TableT[str, dict[str, Any]]
     publisher: EventPublisher
     ledger: OutcomeLedger
     _started: bool = False
@@ -122,6 +132,17 @@ class StreamContext:
             company_spend=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
                 app, name="company-spend", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
                 standby_buffer_size=1, is_global=True, default=None,
+            ))),
+            # Jobs paused on their bounce/complaint rate (JobPaused): every worker holds their batches back.
+            paused_jobs=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
+                app, name="paused-jobs", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
+                standby_buffer_size=1, is_global=True, default=None,
+            ))),
+            # Sent, bounced and complained counts per job (streams.pause_rule.DeliveryCounts), kept by the
+            # watch-delivery agent from the outcomes topic, so in the partition of the job's outcomes.
+            delivery_watch=cast(OutcomeKeyedTable, app.tables.add(OutcomeKeyedTable(
+                app, name="delivery-watch", beacon=app.tables.beacon, partitions=s.outcome_partitions,
+                default=None,
             ))),
             publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),
             ledger=OutcomeLedger(s),

@@ -24,6 +24,8 @@ NOTICES = {
     "retry_requested": ("ok", "Retry requested: the failed recipients will be sent again as a new run."),
     "cancel_requested": ("ok", "Cancel requested: recipients not yet served will not be sent."),
     "job_finished": ("error", "The job has already finished; it cannot be cancelled."),
+    "resume_requested": ("ok", "Resume requested: the waiting batches will be sent; nobody is sent twice."),
+    "job_not_paused": ("error", "Only a paused job can be resumed."),
     "job_not_finished": ("error", "Only a completed job can be retried."),
     "nothing_to_retry": ("error", "The job has no failed recipients to retry."),
     "settings_saved": ("ok", "Settings saved."),
@@ -93,6 +95,8 @@ _SUMMARY_FIELDS = {
     "job.completed": ("run", "succeeded", "failed", "cancelled"),
     "job.cancelled": ("reason",),
     "job.retry-requested": ("only_retryable",),
+    "job.paused": ("reason",),
+    "job.resumed": ("reason",),
 }
 
 

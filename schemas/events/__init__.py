@@ -5,8 +5,8 @@ These classes are the one source of truth. ``python -m schemas.generate`` writes
 Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
 
 The modules hold one part of the story each (``jobs``, ``batches``, ``outcomes``, ``certificates``,
-``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``); ``registry`` lists every type.
-Import from here: ``from schemas.events import JobAccepted``.
+``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``, ``pauses``); ``registry`` lists
+every type. Import from here: ``from schemas.events import JobAccepted``.
 """
 
 from schemas.events.base import EmailProviderName, Event, JobType, Route, StorageProviderName, utcnow
@@ -46,6 +46,7 @@ from schemas.events.outcomes import (
     RecipientOutcome,
     RecipientSent,
 )
+from schemas.events.pauses import JobPaused, JobResumed
 from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
 from schemas.events.registry import BY_CE_TYPE, EVENT_TYPES
 
@@ -71,8 +72,10 @@ __all__ = [
     "JobFellBackToLocal",
     "JobId",
     "JobOverBudget",
+    "JobPaused",
     "JobRejected",
     "JobRequested",
+    "JobResumed",
     "JobRetryRequested",
     "JobType",
     "JobWaitingForBudget",

@@ -29,6 +29,7 @@ from schemas.events.outcomes import (
     RecipientFailed,
     RecipientSent,
 )
+from schemas.events.pauses import JobPaused, JobResumed
 from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -56,5 +57,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ProviderCircuitOpened,
     ProviderCircuitClosed,
     JobWaitingForBudget,
+    JobPaused,
+    JobResumed,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}

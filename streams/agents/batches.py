@@ -55,6 +55,10 @@ class BatchRunner:
             recorder.sent_by, recorder.pacing = dict(state.sent_by), state.pacing
             await self._complete(batch, recorder, failures, state.fell_back, source, succeeded=state.succeeded)
             return
+        if self.ctx.paused_jobs.get(batch.job_id) and not self.ctx.cancelled_jobs.get(batch.job_id):
+            # Neither sent nor failed: JobResumed (or a cancel) sends this batch again (track-progress).
+            log.info("batch %s waits: job %s is paused", key, batch.job_id)
+            return
         if state is not None and state.stage == "started":
             assert state.partition is not None and state.offset is not None
             recorded = await self.ctx.ledger.recorded(
@@ -112,7 +116,8 @@ def register(app: faust.App, ctx: StreamContext) -> None:
     # One SMTP pool per worker, shared by email and certificate mail.
     providers = EmailProviders(ctx.settings, share=share_of_batches)
     ctx.add_service(providers)
-    mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp)
+    mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp,
+                               providers.dkim)
     handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx, providers),
                                          "certificate": CertificateBatchHandler.build(ctx, mailer)}
     runner = BatchRunner(ctx, handlers)

@@ -22,6 +22,8 @@ from schemas.events import (
     JobAccepted,
     JobCancelled,
     JobCompleted,
+    JobPaused,
+    JobResumed,
     JobRetryRequested,
     Recipient,
 )
@@ -43,9 +45,13 @@ class ProgressTracker:
         except UndecodableRecord as exc:
             await self.ctx.dead_letter(message, str(exc), "track-progress")
             return
-        if not isinstance(event, JobAccepted | BatchCompleted | BatchesDispatched | JobCancelled | JobRetryRequested):
+        if not isinstance(event, JobAccepted | BatchCompleted | BatchesDispatched | JobCancelled | JobRetryRequested
+                          | JobPaused | JobResumed):
             return
         state = self._state(event.job_id)
+        if isinstance(event, JobPaused | JobResumed):
+            await self._pause_or_resume(event, state)
+            return
         if isinstance(event, BatchesDispatched):
             state.locations[event.run] = [(partition, offset) for partition, offset in event.locations]
             self._save(event.job_id, state)
@@ -69,12 +75,40 @@ class ProgressTracker:
             self.ctx.cancelled_jobs[event.job_id] = True
             self._save(event.job_id, state)
             log.info("job %s cancelled by %s", event.job_id, event.requested_by)
+            if self.ctx.paused_jobs.get(event.job_id):  # the batches held back now fail as cancelled
+                self.ctx.paused_jobs.pop(event.job_id, None)
+                await self._send_unfinished_again(event.job_id, state)
         elif not state.runs:
             log.warning("retry of unknown job %s ignored", event.job_id)
         else:
             # Kept until every run has completed, so a retry asked for mid-run serves that run's failures too.
             state.retry_pending = event.only_retryable
             await self._advance(event.job_id, state, run=None)
+
+    async def _pause_or_resume(self, event: JobPaused | JobResumed, state: JobProgress) -> None:
+        if isinstance(event, JobPaused):
+            if not state.all_runs_completed():
+                self.ctx.paused_jobs[event.job_id] = True
+                log.warning("job %s paused, its batches wait: %s", event.job_id, event.reason)
+            return
+        if not self.ctx.paused_jobs.get(event.job_id):
+            log.info("resume of job %s ignored: it is not paused", event.job_id)
+            return
+        # Another worker may still see the job paused (its copy of the global table lags by the changelog) and hold
+        # a batch sent again here once more: the stall sweeper sends it again once the job makes no progress.
+        self.ctx.paused_jobs.pop(event.job_id, None)
+        log.info("job %s resumed by %s", event.job_id, event.requested_by)
+        await self._send_unfinished_again(event.job_id, state)
+        self._save(event.job_id, state)
+
+    async def _send_unfinished_again(self, job_id: str, state: JobProgress) -> None:
+        """Every batch of an unfinished run not yet reported done, sent again from where it lies in the log
+        (safe: a batch already done only repeats its BatchCompleted, one half done resumes from its outcomes)."""
+        for run in state.runs:
+            if run in state.completed_runs:
+                continue
+            for _, partition, offset in state.unfinished_batches(run):
+                await self.ctx.publisher.send_and_wait(await self.ctx.ledger.fetch("batches", partition, offset))
 
     def _state(self, job_id: str) -> JobProgress:
         current = self.ctx.job_progress.get(job_id)
@@ -171,7 +205,7 @@ class StallSweeper:
                 continue
             state = JobProgress.from_dict(stored)
             touched = state.touched if state.touched is not None else now
-            if state.cancelled or now - touched < after:
+            if state.cancelled or self.ctx.paused_jobs.get(job_id) or now - touched < after:
                 continue
             for run in state.runs:
                 if run in state.completed_runs or now - self._last.get((job_id, run), 0) < after:

@@ -10,6 +10,7 @@ import socket
 from adapters.email.base import EmailProvider, OutgoingEmail
 from adapters.email.breaker import CircuitChange
 from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
+from adapters.email.dkim import DkimSigners, DkimSigningProvider
 from adapters.email.pacing import PacedProvider
 from config.settings import Settings
 from content.email import (
@@ -84,10 +85,12 @@ def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, t
 class CertificateMailer:
     """Emails a learner the link to the certificate just issued to them, over the local SMTP relay."""
 
-    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: EmailProvider) -> None:
+    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: EmailProvider,
+                 dkim: DkimSigners | None = None) -> None:
         self.settings = settings
         self.renderer = renderer
         self.smtp = smtp
+        self.dkim = dkim
         self.policy = retry_policy(settings)
 
     async def send(self, batch: BatchDispatched, recipient: Recipient, *, certificate_url: str,
@@ -104,7 +107,9 @@ class CertificateMailer:
                                     recipient=recipient, fields=fields, message_scope=f"{batch.job_id}/certificate")
         except (TemplateRenderError, UnknownTemplate) as exc:
             return None, f"template error: {exc}"
-        report = await deliver([message], primary=self.smtp, fallback=None, policy=self.policy)
+        signer = self.dkim.for_company(batch.company_id) if self.dkim else None
+        smtp = DkimSigningProvider(self.smtp, signer) if signer else self.smtp
+        report = await deliver([message], primary=smtp, fallback=None, policy=self.policy)
         result = report.results[0]
         return (message.message_id, None) if result.sent else (None, result.error or "not sent")
 
@@ -134,7 +139,7 @@ class EmailBatchHandler:
                     job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
                     email=recipient.email, provider=result.provider,
                     provider_message_id=result.provider_message_id, message_id=message_ids[result.key],
-                    attempts=result.attempts,
+                    attempts=result.attempts, company_id=batch.company_id,
                 ))
             else:
                 await recorder.record(self._failed(batch, recipient, result.error or "failed",
