@@ -205,13 +205,17 @@ def broker_ready(port: int, host: str = "127.0.0.1", brokers: int = 1) -> bool:
         return False
 
 
+def broker_argv(home: Path, libs: Path) -> list[str]:
+    """The JVM command line of the broker configured in ``home`` (its markers are in it)."""
+    return ["java", *JVM_OPTS, "-cp", f"{libs}/*", "kafka.Kafka", str(props_path(home))]
+
+
 def start(home: Path, libs: Path, kafka_port: int, controller_port: int, log: Log) -> int:
     """Start the broker detached and wait until it answers; return its pid."""
     for port, what in ((kafka_port, "kafka"), (controller_port, "kafka controller")):
         ensure_port_free(port, what)
-    argv = ["java", *JVM_OPTS, "-cp", f"{libs}/*", "kafka.Kafka", str(props_path(home))]
-    return start_service(argv, name="kafka", address=f"127.0.0.1:{kafka_port}", pidfile=pidfile(home),
-                         markers=markers(home), log_path=home / "logs" / "kafka.log",
+    return start_service(broker_argv(home, libs), name="kafka", address=f"127.0.0.1:{kafka_port}",
+                         pidfile=pidfile(home), markers=markers(home), log_path=home / "logs" / "kafka.log",
                          ready=lambda: broker_ready(kafka_port), timeout=READY_TIMEOUT, interval=0.2, log=log)
 
 

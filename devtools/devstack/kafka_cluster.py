@@ -103,8 +103,7 @@ def start_cluster(home: Path, ports: list[tuple[int, int]], libs: Path, *, log: 
 
 def start_node(node: Node, libs: Path, log: Log = print) -> int:
     """Start one node detached (not waiting: it answers once a quorum of its peers is up)."""
-    argv = ["java", *kafka.JVM_OPTS, "-cp", f"{libs}/*", "kafka.Kafka", str(kafka.props_path(node.home))]
-    pid = spawn(argv, log_path(node))
+    pid = spawn(kafka.broker_argv(node.home, libs), log_path(node))
     write_pid(kafka.pidfile(node.home), pid)
     log(f"kafka node {node.node_id} starting (pid {pid}) on {node.address}")
     return pid

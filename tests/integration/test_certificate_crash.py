@@ -11,11 +11,11 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import boto3
 import pytest
 
 from offload.client import change_company_settings, submit_job
 from schemas.events import CertificateIssued, RecipientFailed
+from tests.support.moto_server import s3_client
 from tests.support.observe import events, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,7 @@ def test_a_killed_worker_leaves_one_certificate_per_learner_in_s3(settings_facto
         certificate_bucket=bucket, certificate_storage_root=tmp_path / "certs", certificate_render_processes=1,
         job_batch_size=50, stall_redispatch_seconds=8,
     )
-    s3 = boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="eu-west-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")
+    s3 = s3_client(moto)
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     topics_for(settings)
     asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_certificates=True,

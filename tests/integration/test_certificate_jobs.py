@@ -11,7 +11,6 @@ import uuid
 import zipfile
 from pathlib import Path
 
-import boto3
 import pytest
 
 from content.certificates.templates import CertificateTemplateStore
@@ -21,7 +20,7 @@ from schemas.envelope import Record
 from schemas.events import BatchCompleted, BatchDispatched, CertificateIssued, JobFellBackToLocal
 from streams.issued_certificates import verify_certificate, zip_certificates
 from tests.support.certificates import decode_qr, pdf_text
-from tests.support.moto_server import free_port
+from tests.support.moto_server import free_port, s3_client
 from tests.support.observe import events, query, records, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -43,11 +42,6 @@ def certificate_job(job_factory, job_id: str, company_id: int, start: int, names
 
 def issued(settings, job_id: str) -> dict[int, CertificateIssued]:
     return {e.userid: e for e in events(settings, "outcomes") if isinstance(e, CertificateIssued) and e.job_id == job_id}
-
-
-def s3_client(moto):
-    return boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="eu-west-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 def test_certificate_jobs_issue_verifiable_pdfs_once_in_s3_and_on_disk(

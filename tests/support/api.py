@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from api.app import create_app
 from config.settings import ApiKey, Settings
 from security.signing import sign
-from tests.support.stack import REPO, settings_env
+from tests.support.stack import REPO, free_port, settings_env
 
 PUBLIC_CALLBACK = "https://93.184.215.14/local/offload/callback.php"  # a literal public address: needs no DNS
 
@@ -206,7 +206,3 @@ class ApiProcess:
             self.returncode = self._proc.wait(timeout=30)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

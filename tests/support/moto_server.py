@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,10 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from devtools.processes import stop_child
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.stack import free_port
 
 
 @dataclass(frozen=True)
@@ -81,3 +76,11 @@ def moto_server(extra_env: dict[str, str] | None = None) -> Iterator[MotoServer]
         yield MotoServer(endpoint_url=url, pid=proc.pid)
     finally:
         stop_child(proc, timeout=10)
+
+
+def s3_client(moto: MotoServer) -> Any:
+    """A boto3 S3 client on the moto server, with its test credentials."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto.endpoint_url, region_name="eu-west-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")

@@ -8,6 +8,7 @@ fixtures fail: integration tests are never skipped.
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -103,3 +104,10 @@ def drop_database(admin_url: str, name: str, deadline_s: float = 60.0) -> None:
                 if time.monotonic() > stop_at:
                     raise
             time.sleep(0.5)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
