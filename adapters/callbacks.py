@@ -54,6 +54,20 @@ def callback_body(*, callback_id: str, job_id: str, company_id: int, event: str,
     }, separators=(",", ":")).encode()
 
 
+def unsubscribe_body(*, callback_id: str, company_id: int, userid: int, list_id: str, method: str,
+                     at: datetime) -> bytes:
+    """What Moodle receives when a learner unsubscribed: enough to update that user's message preferences."""
+    return json.dumps({
+        "callback_id": callback_id,
+        "company_id": company_id,
+        "event": "unsubscribed",
+        "userid": userid,
+        "list_id": list_id,
+        "method": method,
+        "timestamp": at.isoformat(),
+    }, separators=(",", ":")).encode()
+
+
 def signed_headers(url: str, body: bytes, key_id: str, secret: str, *, now: float | None = None,
                    nonce: str | None = None) -> dict[str, str]:
     """The headers of one callback attempt; the signed path is the raw path and query aiohttp sends."""

@@ -18,8 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _DEV_CODE_SECRET = "development-only-certificate-code-secret"
 _DEV_MESSAGE_ID_SECRET = "development-only-message-id-secret"
 _DEV_CALLBACK_URL_SECRET = "development-only-callback-url-secret"
+_DEV_UNSUBSCRIBE_SECRET = "development-only-unsubscribe-secret"
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET, _DEV_MESSAGE_ID_SECRET,
-                 _DEV_CALLBACK_URL_SECRET}
+                 _DEV_CALLBACK_URL_SECRET, _DEV_UNSUBSCRIBE_SECRET}
 
 
 class Settings(BaseSettings):
@@ -77,6 +78,18 @@ class Settings(BaseSettings):
     # development default.
     message_id_secret: SecretStr = SecretStr(_DEV_MESSAGE_ID_SECRET)
     template_dir: Path | None = None  # extra email templates beside the built-in ones
+    # --- one-click unsubscribe (RFC 8058) and suppression lists (docs/suppression.md) ---
+    # Unsubscribe tokens are HMAC(company, learner, list) under this secret: stateless, unguessable. Every worker
+    # and API process needs the same value; production refuses the development default.
+    unsubscribe_secret: SecretStr = SecretStr(_DEV_UNSUBSCRIBE_SECRET)
+    unsubscribe_base_url: str | None = None  # default: public_base_url; bulk mail links {this}/u/{token}
+    unsubscribe_mailto: str | None = None  # e.g. unsubscribe@moodle.example.org: the mailto: of List-Unsubscribe
+    # Email jobs that name no category are bulk unless their template is one of these (certificate jobs and
+    # their notification mail are always transactional).
+    transactional_templates: list[str] = Field(default_factory=lambda: [
+        "certificate_ready", "password_reset", "password_changed", "account_confirmation", "email_change"])
+    # Where Moodle hears about unsubscribes: company id (or "*" for every company) -> its callback endpoint.
+    unsubscribe_callback_urls: dict[str, str] = Field(default_factory=dict)
     default_cloud_email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
 
     smtp_host: str = "127.0.0.1"
@@ -187,7 +200,8 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return self
         for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret",
-                     "message_id_secret", "callback_url_secret", "sendgrid_api_key", "mailgun_api_key"):
+                     "message_id_secret", "callback_url_secret", "sendgrid_api_key", "mailgun_api_key",
+                     "unsubscribe_secret"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
@@ -209,6 +223,12 @@ class Settings(BaseSettings):
 
     def message_id_key(self) -> bytes:
         return self.message_id_secret.get_secret_value().encode()
+
+    def unsubscribe_url_base(self) -> str:
+        return (self.unsubscribe_base_url or self.public_base_url).rstrip("/")
+
+    def unsubscribe_callback_url(self, company_id: int) -> str | None:
+        return self.unsubscribe_callback_urls.get(str(company_id)) or self.unsubscribe_callback_urls.get("*")
 
     def topic(self, name: str) -> str:
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""

@@ -17,6 +17,8 @@ JobType = Literal["email", "certificate"]
 Route = Literal["cloud", "local"]
 EmailProviderName = Literal["smtp", "ses", "sendgrid", "mailgun"]
 StorageProviderName = Literal["local", "s3", "r2"]
+MailCategory = Literal["bulk", "transactional"]  # bulk mail carries one-click unsubscribe (schemas/suppression.py)
+ListId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
 
 # No ":" (it separates the parts of batch keys) and nothing that could not name a storage object.
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -103,6 +105,12 @@ class JobRequested(Event):
     notify_template_id: TemplateId | None = Field(
         default=None, description="certificate jobs: email each learner a link to their certificate with this template"
     )
+    category: MailCategory | None = Field(
+        default=None, description="bulk (one-click unsubscribe, suppression lists) or transactional; unset: "
+                                  "certificate jobs and OFFLOAD_TRANSACTIONAL_TEMPLATES are transactional, "
+                                  "other email jobs bulk")
+    list_id: ListId | None = Field(
+        default=None, description="the list a learner unsubscribes from with this job's link; default: template_id")
 
 
 class Problem(BaseModel):
@@ -150,6 +158,8 @@ class JobAccepted(Event):
     )
     accepted_at: datetime = Field(default_factory=utcnow)
     callback_query_sealed: str | None = Field(default=None, description="as on JobRequested: never in clear")
+    category: MailCategory | None = Field(default=None, description="as decided by the route agent")
+    list_id: str | None = Field(default=None, description="bulk jobs: the unsubscribe list")
 
 
 class BatchDispatched(Event):
@@ -176,6 +186,10 @@ class BatchDispatched(Event):
         description="(partition, offset) of the JobRequested in job-requests whose template_data this batch uses; "
                     "set, template_data is left empty: the job's data is written to the log once, not once per batch",
     )
+
+    category: MailCategory | None = Field(
+        default=None, description="bulk: one-click unsubscribe headers and the list's suppressions apply")
+    list_id: str | None = Field(default=None, description="bulk jobs: the unsubscribe list")
 
     def kafka_key(self) -> str:
         return f"{self.job_id}:{self.run}:{self.batch_no}"
@@ -280,6 +294,7 @@ class BatchCompleted(Event):
     sent_by: dict[str, int] = Field(default_factory=dict, description="succeeded learners by provider/backend")
     pacing: str | None = Field(default=None, description="what paced the batch, e.g. 'paced by SES max send rate 14/s'")
     completed_at: datetime = Field(default_factory=utcnow)
+    suppressed: int = Field(default=0, description="learners not sent: on the company's suppression list")
 
 
 class JobFellBackToLocal(Event):
@@ -313,6 +328,8 @@ class JobCompleted(Event):
         default=None, description="estimate of every run so far, from the settings' price table (OFFLOAD_PRICES)")
     currency: str | None = Field(default=None, description="of estimated_cost, e.g. USD")
     completed_at: datetime = Field(default_factory=utcnow)
+    suppressed: int = Field(default=0, description="learners not sent: on the suppression list (not in total's "
+                                                   "succeeded or failed)")
 
 
 class CompanySettingsChanged(Event):
@@ -431,7 +448,7 @@ BY_CE_TYPE.update({cls.ce_type: cls for cls in (JobCancelled, JobRetryRequested)
 
 
 # === Callbacks to Moodle ============================================================================
-CallbackName = Literal["started", "progress", "completed"]
+CallbackName = Literal["started", "progress", "completed", "unsubscribed"]
 
 
 class CallbackDelivered(Event):
@@ -549,3 +566,4 @@ class ProviderCircuitClosed(_ProviderCircuit):
 
 EVENT_TYPES = (*EVENT_TYPES, ProviderCircuitOpened, ProviderCircuitClosed)
 BY_CE_TYPE.update({cls.ce_type: cls for cls in (ProviderCircuitOpened, ProviderCircuitClosed)})
+

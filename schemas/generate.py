@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.events import EVENT_TYPES, Event
+from schemas.suppression import SUPPRESSION_EVENTS
 
 OUT_DIR = Path(__file__).parent / "json"
 
@@ -31,7 +32,7 @@ def rendered() -> dict[str, str]:
     """File name -> file text for every event type."""
     return {
         f"{cls.ce_type}.schema.json": json.dumps(schema_for(cls), indent=2, sort_keys=True) + "\n"
-        for cls in EVENT_TYPES
+        for cls in (*EVENT_TYPES, *SUPPRESSION_EVENTS)
     }
 
 

@@ -45,9 +45,10 @@ def create_app(settings: Settings) -> faust.App:
     routing.register(app, ctx)
     batches.register(app, ctx)
     progress.register(app, ctx)
-    from streams.agents import callbacks
+    from streams.agents import callbacks, suppressions
 
-    callbacks.register(app, ctx)
+    scheduler = callbacks.register(app, ctx)
+    suppressions.register(app, ctx, scheduler)  # the suppression list, and Moodle told of unsubscribes
     from streams import expiry
 
     expiry.register(app, ctx)  # forgets finished jobs' table state after finished_job_retention_days

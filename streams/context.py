@@ -72,6 +72,8 @@ class StreamContext:
     job_failures: TableT[str, dict[str, Any]]
     cancelled_jobs: TableT[str, bool]
     company_spend: GlobalTableT
+    suppression_events: faust.TopicT
+    suppressions: GlobalTableT  # company:userid:scope -> streams.suppressions.SuppressionEntry
     publisher: EventPublisher
     ledger: OutcomeLedger
     _started: bool = False
@@ -121,6 +123,13 @@ class StreamContext:
             # a company's spend this month is the sum of its keys (no read-modify-write between workers).
             company_spend=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
                 app, name="company-spend", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
+                standby_buffer_size=1, is_global=True, default=None,
+            ))),
+            suppression_events=_raw_topic(app, s.topic("suppressions"), 1),
+            # Every company's suppression list on every worker, fed by apply-suppressions: a learner is checked
+            # in memory, and the compacted changelog brings the list back after a restart (docs/suppression.md).
+            suppressions=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
+                app, name="suppressions", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
                 standby_buffer_size=1, is_global=True, default=None,
             ))),
             publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),

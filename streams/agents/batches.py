@@ -19,6 +19,7 @@ from streams.batchwork import BatchHandler, OutcomeRecorder
 from streams.context import StreamContext
 from streams.job_data import JobData
 from streams.state import BatchProgress
+from streams.suppressions import SuppressionList
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class BatchRunner:
         self.ctx = ctx
         self.handlers = handlers
         self.job_data = JobData(ctx.ledger)
+        self.suppressions = SuppressionList(ctx.suppressions)
 
     async def handle(self, message: faust.types.Message) -> None:
         try:
@@ -53,6 +55,7 @@ class BatchRunner:
         if state is not None and state.stage == "done":
             failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.failures]
             recorder.sent_by, recorder.pacing = dict(state.sent_by), state.pacing
+            recorder.suppressed = state.suppressed
             await self._complete(batch, recorder, failures, state.fell_back, source, succeeded=state.succeeded)
             return
         if state is not None and state.stage == "started":
@@ -80,11 +83,14 @@ class BatchRunner:
                     email=recipient.email, error="job cancelled before this batch ran", attempts=0, retryable=True,
                 ))
         elif remaining:
-            fell_back = await handler.process(batch, remaining, recorder)
+            # Learners on the company's suppression list get their outcome here and are not sent.
+            remaining = await self.suppressions.hold_back(batch, remaining, recorder)
+            if remaining:
+                fell_back = await handler.process(batch, remaining, recorder)
         await recorder.flush()
         table[key] = BatchProgress.done(recorder.succeeded, fell_back,
                                         [(f.userid, f.retryable) for f in recorder.failures],
-                                        recorder.sent_by, recorder.pacing).to_dict()
+                                        recorder.sent_by, recorder.pacing, recorder.suppressed).to_dict()
         await self._complete(batch, recorder, recorder.failures, fell_back, source, succeeded=recorder.succeeded)
 
     async def _complete(self, batch: BatchDispatched, recorder: OutcomeRecorder, failures: list[FailedRecipient],
@@ -93,7 +99,8 @@ class BatchRunner:
             BatchCompleted(job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
                            batch_count=batch.batch_count, succeeded=succeeded, failed=len(failures),
                            fell_back=fell_back, failures=failures, source_partition=source[0],
-                           source_offset=source[1], sent_by=recorder.sent_by, pacing=recorder.pacing)
+                           source_offset=source[1], sent_by=recorder.sent_by, pacing=recorder.pacing,
+                           suppressed=recorder.suppressed)
         )
 
 
