@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from api.errors import ApiError, json_response
 from api.store import ReadStore
+from api.suppressions import suppression_for_report
 from config.settings import Settings
 from eventlog.publisher import EventPublisher
 from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered
@@ -333,6 +334,10 @@ class WebhookService:
                         detail=(report.detail or None) and str(report.detail)[:2000],
                         occurred_at=report.occurred_at, **extra)
             sends.append(await self.publisher.send(event))
+            # A hard bounce or a complaint also puts the learner on the company's suppression list.
+            suppression = await suppression_for_report(self.store, event)
+            if suppression is not None:
+                sends.append(await self.publisher.send(suppression))
         await asyncio.gather(*sends)
         return len(sends), unmatched
 

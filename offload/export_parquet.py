@@ -28,8 +28,8 @@ from offload.logtools import (
     read_log,
 )
 from schemas.events import EVENT_TYPES, Event
-from schemas.suppression import SUPPRESSION_EVENTS
 from schemas.generate import schema_for
+from schemas.suppression import SUPPRESSION_EVENTS
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -69,6 +69,7 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS complained int NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pacing text;                        -- latest batch's pacing
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS estimated_cost double precision;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS currency text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS suppressed int NOT NULL DEFAULT 0;  -- on the suppression list, see recipients
 CREATE TABLE IF NOT EXISTS job_runs (
     job_id      text NOT NULL,
     run         int  NOT NULL,

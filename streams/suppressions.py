@@ -92,7 +92,8 @@ class SuppressionList:
             entry = SuppressionEntry(event.source, event.reason, event.email if event.source == "bounce" else None)
         self.table[key] = entry.to_dict()
 
-    def find(self, company_id: int, recipient: Recipient, scopes: tuple[str, ...]) -> tuple[str, SuppressionEntry] | None:
+    def find(self, company_id: int, recipient: Recipient,
+             scopes: tuple[str, ...]) -> tuple[str, SuppressionEntry] | None:
         for scope in scopes:
             stored = self.table.get(suppression_key(company_id, recipient.userid, scope))
             if stored:
