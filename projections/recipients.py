@@ -199,7 +199,9 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
                 reports[key] = (event.job_id, event.userid, kind, (event.detail or "")[:2000] or None)
         elif (row := _outcome_row(event)) is not None:
             outcomes.setdefault((row[0], row[1]), row)
-    for statement, rows in ((_REPORTS, list(reports.values())), (_PENDING, pending), (_RETRY_PENDING, retried),
-                            (_OUTCOMES, list(outcomes.values()))):
+    # Provider reports last: in a replay one poll holds a message's send and its bounce, and the report can only
+    # mark a row that exists.
+    for statement, rows in ((_PENDING, pending), (_RETRY_PENDING, retried), (_OUTCOMES, list(outcomes.values())),
+                            (_REPORTS, list(reports.values()))):
         if rows:
             await cur.execute(statement, [list(col) for col in zip(*rows, strict=True)])
