@@ -9,6 +9,7 @@
 | job-failures     | job:run:batch        | BatchFailures                                                  |
 | cancelled-jobs   | job id               | ``True``                                                       |
 | callbacks        | job id               | CallbackQueue                                                  |
+| suppressions     | company:userid:scope | streams.suppressions.SuppressionEntry                          |
 
 Tables hold each value's ``to_dict()`` (JSON in the changelog) and code reads it back through ``from_dict()``,
 which refuses a key it does not know, so a misspelt field fails loudly instead of reading as empty.

@@ -8,9 +8,13 @@ import asyncio
 import email
 import json
 import re
+import shutil
+import subprocess
 import time
 from email.message import Message
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from api.store import progress
@@ -25,9 +29,37 @@ from tests.unit.test_webhooks import mailgun_signature
 
 pytestmark = pytest.mark.integration
 
+CLIENT = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
+
 K7, K7_SECRET = "moodle-7", "moodle-7-api-secret-0123456789abcdef"
 CB, CB_SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
 MAILGUN_KEY = "mailgun-signing-key-0123456789"
+OPS, OPS_SECRET = "ops", "ops-admin-secret-0123456789abcdef"
+
+
+async def ui_suppress(base: str, company_id: int, form: dict[str, str]) -> tuple[str, str]:
+    """An admin signs in to /ui/, adds a suppression with the company page's form; (redirect, page after)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post(f"{base}/ui/login", data={"key_id": OPS, "secret": OPS_SECRET, "next": "/ui/jobs"},
+                             allow_redirects=False) as signed_in:
+            assert signed_in.status == 303
+        async with http.get(f"{base}/ui/companies/{company_id}") as page:
+            html = await page.text()
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', html)
+        assert csrf is not None and "Suppression list" in html
+        async with http.post(f"{base}/ui/companies/{company_id}/suppressions",
+                             data={"csrf_token": csrf.group(1), **form}, headers={"Origin": base},
+                             allow_redirects=False) as added:
+            location = added.headers["Location"]
+
+        deadline = time.monotonic() + 60  # until the projector has applied the entry
+        while True:
+            async with http.get(f"{base}/ui/companies/{company_id}") as again:
+                after = await again.text()
+            if form["reason"] in after:
+                return location, after
+            assert time.monotonic() < deadline, "the UI entry never showed on the company page"
+            await asyncio.sleep(0.25)
 
 
 def received(mail_sink, address: str) -> list[Message]:
@@ -44,8 +76,21 @@ def form_post(base: str, path: str, body: bytes) -> tuple[int, dict[str, str], b
     return reply.status, {}, reply.raw
 
 
+def moodle_reads_unsubscribe(callback, tmp_path: Path) -> dict:
+    """What Moodle's PHP client (clients/moodle) makes of a received callback: verified, and who left which list."""
+    php_bin = shutil.which("php")
+    assert php_bin, "php-cli is not installed (apt-get install -y php-cli; .ci/run installs it)"
+    spec = tmp_path / "unsubscribe-callback.json"
+    spec.write_text(json.dumps({"headers": callback.headers, "method": "POST", "path": callback.path,
+                                "body": callback.body.decode(), "secrets": {CB: CB_SECRET}}))
+    done = subprocess.run([php_bin, str(CLIENT), "", "", "", "unsubscribe-callback", str(spec)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def test_a_bulk_message_unsubscribes_in_one_click_and_the_next_job_does_not_mail_that_learner(
-    settings_factory, topics_for, processes, job_factory, mail_sink
+    settings_factory, topics_for, processes, job_factory, mail_sink, tmp_path
 ):
     with MoodleReceiver({CB: CB_SECRET}) as moodle:
         settings = settings_factory(
@@ -99,6 +144,8 @@ def test_a_bulk_message_unsubscribes_in_one_click_and_the_next_job_does_not_mail
         assert {k: callback.json[k] for k in ("event", "company_id", "userid", "list_id", "method")} == {
             "event": "unsubscribed", "company_id": 7, "userid": 1, "list_id": "course_reminder",
             "method": "one-click"}
+        assert moodle_reads_unsubscribe(callback, tmp_path) == {
+            "valid": True, "unsubscribe": {"userid": 1, "list_id": "course_reminder", "company_id": 7}}
         unsubscribes = [e for e in events(settings, "suppressions") if isinstance(e, RecipientUnsubscribed)]
         assert [(e.company_id, e.userid, e.list_id, e.method) for e in unsubscribes] == [
             (7, 1, "course_reminder", "one-click")]  # the GET and the forged tokens added nothing
@@ -128,8 +175,8 @@ def test_a_bulk_message_unsubscribes_in_one_click_and_the_next_job_does_not_mail
 def test_hard_bounces_and_admin_entries_suppress_and_replay_rebuilds_the_lists(
     settings_factory, topics_for, processes, job_factory, mail_sink
 ):
-    settings = settings_factory(smtp_port=mail_sink.port, api_keys=api_keys(**{K7: (K7_SECRET, 7)}),
-                                webhook_mailgun_signing_key=MAILGUN_KEY)
+    settings = settings_factory(smtp_port=mail_sink.port, webhook_mailgun_signing_key=MAILGUN_KEY,
+                                api_keys=api_keys(**{K7: (K7_SECRET, 7), OPS: (OPS_SECRET, None)}))
     topics_for(settings)
     processes("worker", without_api_keys(settings))
     processes("projector", without_api_keys(settings))
@@ -161,6 +208,10 @@ def test_hard_bounces_and_admin_entries_suppress_and_replay_rebuilds_the_lists(
         assert refused.status == 422 and refused.code == "invalid_suppression"
         assert company.get("/api/v1/companies/8/suppressions").status == 404  # another company's list
         wait_for(lambda: (3, "*") in listed(), what="the admin entry")
+        # An admin on the company page puts learner 1 off one other list only (course reminders still reach them).
+        location, page = asyncio.run(ui_suppress(api.base_url, 7, {"userid": "1", "scope": "weekly_digest",
+                                                                   "reason": "asked at the front desk"}))
+        assert location == "/ui/companies/7?notice=suppression_added" and "weekly_digest" in page
         asyncio.run(submit_job(settings, job_factory("sent-2", 3)))
         assert wait_for_job(settings, "sent-2")["suppressed"] == 2
         assert {u: s for u, (s, _) in statuses(settings, "sent-2").items()} == {
@@ -172,19 +223,20 @@ def test_hard_bounces_and_admin_entries_suppress_and_replay_rebuilds_the_lists(
         assert removed.status == 202
         wait_for(lambda: (2, "*") not in listed(), what="the removal")
         listing = company.get("/api/v1/companies/7/suppressions")
-        assert [(e["userid"], e["source"]) for e in listing.body["suppressions"]] == [(3, "manual")]
+        assert [(e["userid"], e["source"]) for e in listing.body["suppressions"]] == [(1, "manual"), (3, "manual")]
         history = [(h["event"], h["entry"], h["by"]) for h in listing.body["history"]]
-        assert history == [("removed", "7:2:*", K7), ("added", "7:3:*", K7), ("added", "7:2:*", None)]
+        assert history == [("removed", "7:2:*", K7), ("added", "7:1:weekly_digest", f"ui:{OPS}"),
+                           ("added", "7:3:*", K7), ("added", "7:2:*", None)]
     asyncio.run(submit_job(settings, job_factory("sent-3", 3)))
     assert wait_for_job(settings, "sent-3")["suppressed"] == 1
 
     # Every change is in the log, in order; the read model is rebuilt from it row for row.
     changes = [e for e in events(settings, "suppressions") if isinstance(e, SuppressionAdded | SuppressionRemoved)]
     assert [(type(e).__name__, e.userid) for e in changes] == [
-        ("SuppressionAdded", 2), ("SuppressionAdded", 3), ("SuppressionRemoved", 2)]
-    assert [e.reason for e in changes][1:] == ["asked by phone", "address fixed"]
+        ("SuppressionAdded", 2), ("SuppressionAdded", 3), ("SuppressionAdded", 1), ("SuppressionRemoved", 2)]
+    assert [e.reason for e in changes][1:] == ["asked by phone", "asked at the front desk", "address fixed"]
     live = read_models(settings, settings.projection_schema)
     asyncio.run(replay(settings, f"{settings.projection_schema}_replay"))
     rebuilt = read_models(settings, f"{settings.projection_schema}_replay")
-    assert rebuilt["suppressions"] == live["suppressions"] and len(live["suppressions"]) == 1
+    assert rebuilt["suppressions"] == live["suppressions"] and len(live["suppressions"]) == 2
     assert rebuilt["job_recipients"] == live["job_recipients"] and rebuilt["jobs"] == live["jobs"]
