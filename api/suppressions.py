@@ -18,7 +18,7 @@ from api.errors import ApiError, json_response
 from api.state import body_of, caller_of, state_of
 from api.store import ReadStore
 from schemas.events import RecipientBounced, RecipientComplained
-from schemas.suppression import ALL_BULK, ALL_MAIL, Scope, SuppressionAdded, SuppressionRemoved
+from schemas.events.suppression import ALL_BULK, ALL_MAIL, Scope, SuppressionAdded, SuppressionRemoved
 
 routes = web.RouteTableDef()
 

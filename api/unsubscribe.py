@@ -18,7 +18,7 @@ from aiohttp import web
 
 from api.certificates import public_page
 from api.state import state_of
-from schemas.suppression import RecipientUnsubscribed
+from schemas.events.suppression import RecipientUnsubscribed
 from security.unsubscribe import MAX_TOKEN_LENGTH, UnsubscribeToken, read_token
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ ONE_CLICK = "List-Unsubscribe=One-Click"
 
 def _token(request: web.Request) -> UnsubscribeToken | None:
     raw = request.match_info["token"]
-    secret = state_of(request).settings.unsubscribe_secret.get_secret_value().encode()
+    secret = state_of(request).settings.unsubscribe_key()
     return read_token(secret, raw) if len(raw) <= MAX_TOKEN_LENGTH else None
 
 

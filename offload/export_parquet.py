@@ -29,7 +29,6 @@ from offload.logtools import (
 )
 from schemas.events import EVENT_TYPES, Event
 from schemas.generate import schema_for
-from schemas.suppression import SUPPRESSION_EVENTS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -167,8 +166,8 @@ async def export_parquet(settings: Settings, flt: EventFilter, out_dir: Path,
     unknown = set(partition_by) - set(PARTITION_KEYS)
     if unknown:
         raise ValueError(f"cannot partition by {sorted(unknown)}; choose from {PARTITION_KEYS}")
-    schemas = {cls.ce_type: arrow_schema(cls) for cls in (*EVENT_TYPES, *SUPPRESSION_EVENTS)}
-    json_columns = {cls.ce_type: json_fields(cls) for cls in (*EVENT_TYPES, *SUPPRESSION_EVENTS)}
+    schemas = {cls.ce_type: arrow_schema(cls) for cls in EVENT_TYPES}
+    json_columns = {cls.ce_type: json_fields(cls) for cls in EVENT_TYPES}
     if "company" in partition_by:  # the value is in the directory name instead
         schemas = {t: s.remove(s.get_field_index("company_id")) for t, s in schemas.items()}
     companies = await companies_of_jobs(settings)

@@ -22,7 +22,7 @@ from schemas.events import (
     RecipientFailed,
     RecipientSent,
 )
-from schemas.suppression import RecipientSuppressed
+from schemas.events.suppression import RecipientSuppressed
 
 DDL = """
 CREATE TABLE IF NOT EXISTS job_recipients (

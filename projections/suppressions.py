@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from psycopg import AsyncCursor
 
 from projections.base import Applied
-from schemas.suppression import RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
+from schemas.events.suppression import RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
 
 DDL = """
 CREATE TABLE IF NOT EXISTS suppressions (

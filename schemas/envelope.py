@@ -13,11 +13,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from schemas.events import BY_CE_TYPE, Event
-from schemas.suppression import SUPPRESSION_EVENTS
 from schemas.upcasters import upcast
-
-# Event types defined beside schemas.events register here, where every reader decodes.
-BY_CE_TYPE.update({cls.ce_type: cls for cls in SUPPRESSION_EVENTS})
 
 SPEC_VERSION = b"1.0"
 DEFAULT_SOURCE = "urn:manireports:offload"

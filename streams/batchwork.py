@@ -20,7 +20,7 @@ from schemas.events import (
     RecipientOutcome,
     RecipientSent,
 )
-from schemas.suppression import RecipientSuppressed
+from schemas.events.suppression import RecipientSuppressed
 from streams.context import StreamContext
 
 

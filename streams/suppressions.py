@@ -18,7 +18,7 @@ from typing import Any
 
 from config.settings import Settings
 from schemas.events import BatchDispatched, JobRequested, MailCategory, Recipient
-from schemas.suppression import (
+from schemas.events.suppression import (
     ALL_BULK,
     ALL_MAIL,
     RecipientSuppressed,

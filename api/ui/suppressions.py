@@ -13,7 +13,7 @@ from api.state import STATE
 from api.ui.pages import company_id_of
 from api.ui.state import require_post
 from api.ui.views import PREFIX
-from schemas.suppression import SuppressionAdded, SuppressionRemoved
+from schemas.events.suppression import SuppressionAdded, SuppressionRemoved
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -36,7 +36,7 @@ from schemas.events import (
     JobCompleted,
     client_job_id,
 )
-from schemas.suppression import RecipientUnsubscribed
+from schemas.events.suppression import RecipientUnsubscribed
 from security.callback_urls import SealedQueryError, open_query
 from streams.context import BatchProgressTable, StreamContext
 from streams.state import CallbackQueue, PendingCallback

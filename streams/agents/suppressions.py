@@ -14,7 +14,7 @@ import logging
 import faust
 
 from schemas.envelope import UndecodableRecord, decode
-from schemas.suppression import RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
+from schemas.events.suppression import RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
 from streams.agents.callbacks import CallbackScheduler
 from streams.context import StreamContext
 from streams.suppressions import SuppressionList

@@ -356,7 +356,7 @@ class EmailBatchHandler:
         headers = None
         if batch.category == "bulk" and batch.list_id:  # RFC 8058 one-click unsubscribe on every bulk message
             headers = list_unsubscribe_headers(
-                self.settings.unsubscribe_secret.get_secret_value().encode(),
+                self.settings.unsubscribe_key(),
                 base_url=self.settings.unsubscribe_url_base(), mailto=self.settings.unsubscribe_mailto,
                 company_id=batch.company_id, userid=recipient.userid, list_id=batch.list_id)
         return compose_email(self.settings, self.renderer, job_id=batch.job_id, template_id=batch.template_id,

@@ -21,7 +21,7 @@ from api.store import progress
 from content.email.addresses import message_id_for
 from offload.client import submit_job
 from offload.replay import replay
-from schemas.suppression import RecipientSuppressed, RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
+from schemas.events.suppression import RecipientSuppressed, RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
 from tests.support.api import ApiServer, SignedClient, api_keys, send, without_api_keys
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, read_models, wait_for, wait_for_job

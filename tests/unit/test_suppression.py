@@ -11,7 +11,7 @@ from adapters.email.mailgun import MailgunProvider
 from adapters.email.sendgrid import SendGridProvider
 from config.settings import Settings
 from schemas.events import BatchDispatched, JobRequested, Recipient
-from schemas.suppression import RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
+from schemas.events.suppression import RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
 from security.unsubscribe import list_unsubscribe_headers, make_token, read_token
 from streams.suppressions import SuppressionList, mail_category, scopes_for
 from tests.support.email import outgoing

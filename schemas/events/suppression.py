@@ -17,14 +17,14 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, StringConstraints
 
-from schemas.events import Event, RecipientOutcome, utcnow
+from schemas.events.base import Event, utcnow
+from schemas.events.outcomes import RecipientOutcome
 
 ALL_MAIL = "*"
 ALL_BULK = "bulk"
 # A list id (template-id shaped), or one of the two wide scopes above.
 Scope = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^(\*|[a-z0-9_-]+)$")]
 SuppressionSource = Literal["unsubscribe", "bounce", "complaint", "manual"]
-MailCategory = Literal["bulk", "transactional"]
 
 
 def suppression_key(company_id: int, userid: int, scope: str) -> str:
@@ -104,5 +104,3 @@ class RecipientSuppressed(RecipientOutcome):
     suppressed_at: datetime = Field(default_factory=utcnow)
 
 
-SUPPRESSION_EVENTS: tuple[type[Event], ...] = (
-    RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved, RecipientSuppressed)
