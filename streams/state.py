@@ -316,21 +316,22 @@ class CallbackQueue:
     key_id: str | None
     total: int
     sealed: str | None = None  # the sealed query; absent in entries written before queries were sealed
-    done: dict[int, tuple[int, int]] | None = field(default_factory=dict)  # batch -> (succeeded, failed); run 0
+    # batch -> (succeeded, failed, suppressed) of run 0; stored as a pair when nobody was suppressed
+    done: dict[int, tuple[int, int, int]] | None = field(default_factory=dict)
     queued: list[str] = field(default_factory=list)
     pending: list[PendingCallback] = field(default_factory=list)
 
-    def progress(self) -> tuple[int, int]:
-        """(succeeded, failed) of the first run so far."""
+    def progress(self) -> tuple[int, int, int]:
+        """(succeeded, failed, suppressed) of the first run so far."""
         done = self.done or {}
-        return sum(v[0] for v in done.values()), sum(v[1] for v in done.values())
+        return tuple(sum(v[i] for v in done.values()) for i in range(3))  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"company_id": self.company_id, "url": self.url, "sealed": self.sealed,
                                "key_id": self.key_id, "total": self.total, "queued": list(self.queued),
                                "pending": [p.to_dict() for p in self.pending]}
         if self.done is not None:
-            out["done"] = {str(b): list(v) for b, v in self.done.items()}
+            out["done"] = {str(b): list(v if v[2] else v[:2]) for b, v in self.done.items()}
         return out
 
     @classmethod
@@ -340,7 +341,8 @@ class CallbackQueue:
             company_id=int(raw["company_id"]), url=raw["url"], key_id=raw["key_id"], total=int(raw["total"]),
             sealed=raw.get("sealed"),  # absent in entries written before callback queries were sealed
             # Absent once the first run has completed: no more milestones.
-            done={int(b): (int(v[0]), int(v[1])) for b, v in raw["done"].items()} if "done" in raw else None,
+            done={int(b): (int(v[0]), int(v[1]), int(v[2]) if len(v) > 2 else 0) for b, v in raw["done"].items()}
+            if "done" in raw else None,
             queued=list(raw["queued"]),
             pending=[PendingCallback.from_dict(p) for p in raw["pending"]],
         )

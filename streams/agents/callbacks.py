@@ -94,16 +94,17 @@ class CallbackScheduler:
             state = self._state(event.job_id)
             if state is None or event.run != 0 or state.done is None:
                 return  # no callback URL, or a retry run (its milestones are not meaningful), or finished
-            state.done.setdefault(event.batch_no, (event.succeeded, event.failed))
-            succeeded, failed = state.progress()
-            percent = (succeeded + failed) * 100 // state.total if state.total else 100
+            state.done.setdefault(event.batch_no, (event.succeeded, event.failed, event.suppressed))
+            succeeded, failed, suppressed = state.progress()
+            percent = (succeeded + failed + suppressed) * 100 // state.total if state.total else 100
             crossed = [m for m in sorted(self.settings.callback_milestones)
                        if m <= percent and f"progress-{m}" not in state.queued]
             if crossed:
                 state.queued.extend(f"progress-{m}" for m in crossed[:-1])
                 if percent < 100:  # at 100 % the completed callback says it all
                     self._queue(state, event.job_id, f"progress-{crossed[-1]}", "running", run=0,
-                                succeeded=succeeded, failed=failed, milestone=crossed[-1], at=event.completed_at)
+                                succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=crossed[-1],
+                                at=event.completed_at)
                 else:
                     state.queued.append(f"progress-{crossed[-1]}")
             self._save(event.job_id, state)
@@ -114,7 +115,7 @@ class CallbackScheduler:
             name = "completed" if event.run == 0 else f"completed-run{event.run}"
             status = "cancelled" if event.cancelled else "completed"
             self._queue(state, event.job_id, name, status, run=event.run, succeeded=event.succeeded,
-                        failed=event.failed, total=event.total, at=event.completed_at)
+                        failed=event.failed, suppressed=event.suppressed, total=event.total, at=event.completed_at)
             if event.run == 0:
                 state.done = None  # no more milestones: keep the entry small
             self._save(event.job_id, state)
@@ -135,7 +136,8 @@ class CallbackScheduler:
         self._save(key, state)
 
     def _queue(self, state: CallbackQueue, job_id: str, name: str, status: str, *, run: int, succeeded: int,
-               failed: int, at: datetime, milestone: int | None = None, total: int | None = None) -> None:
+               failed: int, at: datetime, milestone: int | None = None, total: int | None = None,
+               suppressed: int = 0) -> None:
         if name in state.queued:
             return
         event = name.split("-")[0]
@@ -144,7 +146,7 @@ class CallbackScheduler:
         body = callback_body(callback_id=callback_id, job_id=client_job_id(job_id, state.company_id),
                              company_id=state.company_id, event=event,
                              status=status, run=run, total=state.total if total is None else total,
-                             succeeded=succeeded, failed=failed, milestone=milestone, at=at)
+                             succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=milestone, at=at)
         now = time.time()
         state.queued.append(name)
         state.pending.append(PendingCallback(callback_id=callback_id, event=event, run=run, milestone=milestone,

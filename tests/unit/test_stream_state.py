@@ -80,11 +80,12 @@ def test_batch_progress_keeps_the_stored_form_of_the_old_worker(value):
 
 def test_a_callback_queue_survives_the_changelog_and_drops_its_milestones_when_the_run_is_over():
     queue = CallbackQueue(company_id=7, url="https://moodle.example/cb", key_id=None, total=10)
-    queue.done = {0: (4, 1)}
+    queue.done = {0: (4, 1, 0), 1: (2, 0, 3)}
     queue.queued.append("started")
     queue.pending.append(PendingCallback("j:0:started", "started", 0, None, "{}", 0, 1.0, 1.0))
+    assert queue.to_dict()["done"] == {"0": [4, 1], "1": [2, 0, 3]}  # the pair the older worker wrote, if it can
     assert CallbackQueue.from_dict(stored(queue.to_dict())) == queue
-    assert queue.progress() == (4, 1)
+    assert queue.progress() == (6, 1, 3)
     queue.done = None
     assert "done" not in queue.to_dict()
     assert CallbackQueue.from_dict(stored(queue.to_dict())).done is None
