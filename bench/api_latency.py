@@ -1,4 +1,4 @@
-"""Issue 5 benchmark: how long Moodle waits to hand over a 50,000-recipient job, and how fast the API answers
+"""Benchmark: how long Moodle waits to hand over a 50,000-recipient job, and how fast the API answers
 progress reads while that job runs. Real Kafka, Postgres, worker, projector, API and SMTP sink processes.
 
 Run ``python bench/api_latency.py`` (or ``python -m bench.api_latency``) after ``offload dev up``; it starts
