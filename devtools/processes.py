@@ -43,8 +43,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = json.dumps({company: key.env_value() for company, key in settings.dkim_keys.items()})
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        if isinstance(value, dict) and name not in ("api_keys", "dkim_keys"):  # read back as JSON, like lists
-            value = json.dumps(value)
+        if isinstance(value, dict | list) and name not in ("api_keys", "dkim_keys"):  # read back as JSON
+            value = json.dumps(value, default=str)
         key = _ALIASES.get(name, f"OFFLOAD_{name.upper()}")
         env[key] = str(value).lower() if isinstance(value, bool) else str(value)
     return env

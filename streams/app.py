@@ -53,9 +53,10 @@ def create_app(settings: Settings) -> faust.App:
     routing.register(app, ctx)
     batches.register(app, ctx)
     progress.register(app, ctx)
-    from streams.agents import callbacks, delivery_watch
+    from streams.agents import callbacks, delivery_watch, suppressions
 
-    callbacks.register(app, ctx)
+    scheduler = callbacks.register(app, ctx)
+    suppressions.register(app, ctx, scheduler)  # the suppression list, and Moodle told of unsubscribes
     from streams import expiry
 
     finished = expiry.register(app, ctx).finished  # forgets finished jobs' state after the retention period

@@ -82,6 +82,8 @@ class StreamContext:
     company_spend: GlobalTableT
     paused_jobs: TableT[str, bool]
     delivery_watch: TableT[str, dict[str, Any]]
+    suppression_events: faust.TopicT
+    suppressions: GlobalTableT  # company:userid:scope -> streams.suppressions.SuppressionEntry
     publisher: EventPublisher
     ledger: OutcomeLedger
     _started: bool = False
@@ -143,6 +145,13 @@ class StreamContext:
             delivery_watch=cast(OutcomeKeyedTable, app.tables.add(OutcomeKeyedTable(
                 app, name="delivery-watch", beacon=app.tables.beacon, partitions=s.outcome_partitions,
                 default=None,
+            ))),
+            suppression_events=_raw_topic(app, s.topic("suppressions"), 1),
+            # Every company's suppression list on every worker, fed by apply-suppressions: a learner is checked
+            # in memory, and the compacted changelog brings the list back after a restart (docs/suppression.md).
+            suppressions=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
+                app, name="suppressions", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
+                standby_buffer_size=1, is_global=True, default=None,
             ))),
             publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),
             ledger=OutcomeLedger(s),

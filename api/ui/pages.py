@@ -143,6 +143,7 @@ async def company_page(request: web.Request) -> web.Response:
     session = require(request)
     company_id = company_id_of(request)
     current, configured, changes = await load_company(request.app[STATE], company_id)
+    suppressions = await request.app[STATE].store.suppressions(company_id, limit=200)
     return render(request, "company.html", session, title=f"Company {company_id}", company_id=company_id,
                   current=current, configured=configured, changes=changes, problems=[],
-                  fields=SETTINGS_FIELDS)
+                  fields=SETTINGS_FIELDS, suppressions=suppressions)

@@ -114,6 +114,42 @@ final class OffloadClient
             json_encode($settings, JSON_THROW_ON_ERROR));
     }
 
+    /** The company's suppression list (newest first) and its latest changes. */
+    public function suppressions(int $companyId): OffloadResponse
+    {
+        return $this->request('GET', '/api/v1/companies/' . $companyId . '/suppressions');
+    }
+
+    /** Put a learner on the list: $scope '*' every message, 'bulk' every bulk message, or one list id. */
+    public function addSuppression(int $companyId, int $userId, string $reason, string $scope = '*'): OffloadResponse
+    {
+        return $this->request('POST', '/api/v1/companies/' . $companyId . '/suppressions',
+            json_encode(['userid' => $userId, 'scope' => $scope, 'reason' => $reason], JSON_THROW_ON_ERROR));
+    }
+
+    public function removeSuppression(int $companyId, int $userId, string $reason, string $scope = '*'): OffloadResponse
+    {
+        return $this->request('DELETE', '/api/v1/companies/' . $companyId . '/suppressions/' . $userId,
+            json_encode(['scope' => $scope, 'reason' => $reason], JSON_THROW_ON_ERROR));
+    }
+
+    /**
+     * A verified callback body that says a learner unsubscribed (event "unsubscribed"): ['userid' => ...,
+     * 'list_id' => ..., 'company_id' => ...], or null for any other callback. Moodle then turns that list's
+     * message preference off for the user, e.g. set_user_preference('message_provider_<component>_<name>_enabled',
+     * 'none', $userid).
+     * @return array<string,mixed>|null
+     */
+    public static function unsubscribeFrom(string $body): ?array
+    {
+        $data = json_decode($body, true, 16, JSON_THROW_ON_ERROR);
+        if (!is_array($data) || ($data['event'] ?? '') !== 'unsubscribed') {
+            return null;
+        }
+        return ['userid' => (int) $data['userid'], 'list_id' => (string) $data['list_id'],
+                'company_id' => (int) $data['company_id']];
+    }
+
     /**
      * Verify a callback from the service: same canonical string, over the callback URL's path (and query),
      * under the key the service names in X-Offload-Key-Id; the timestamp must be within $window seconds.

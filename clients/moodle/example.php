@@ -2,6 +2,7 @@
 // php example.php BASE_URL KEY_ID SECRET COMMAND [ARG]
 //   submit JOB_FILE | job JOB_ID | failed JOB_ID | settings COMPANY_ID
 //   verify-callback FILE   (FILE: {"headers": {...}, "method": ..., "path": ..., "body": ..., "secrets": {...}})
+//   unsubscribe-callback FILE   (the same FILE: prints {"valid": bool, "unsubscribe": {...} or null})
 // Prints one JSON line: {"status": HTTP status, "body": the API's JSON} (or {"valid": bool}).
 declare(strict_types=1);
 require __DIR__ . '/OffloadClient.php';
@@ -26,6 +27,12 @@ switch ($command) {
         $c = json_decode((string) file_get_contents($arg), true, 512, JSON_THROW_ON_ERROR);
         $valid = OffloadClient::verifyCallback($c['headers'], $c['method'], $c['path'], $c['body'], $c['secrets']);
         echo json_encode(['valid' => $valid]), "\n";
+        exit(0);
+    case 'unsubscribe-callback':
+        $c = json_decode((string) file_get_contents($arg), true, 512, JSON_THROW_ON_ERROR);
+        $valid = OffloadClient::verifyCallback($c['headers'], $c['method'], $c['path'], $c['body'], $c['secrets']);
+        echo json_encode(['valid' => $valid, 'unsubscribe' => $valid ? OffloadClient::unsubscribeFrom($c['body']) : null]),
+            "\n";
         exit(0);
     default:
         fwrite(STDERR, "unknown command {$command}\n");

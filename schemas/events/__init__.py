@@ -5,11 +5,19 @@ These classes are the one source of truth. ``python -m schemas.generate`` writes
 Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
 
 The modules hold one part of the story each (``jobs``, ``batches``, ``outcomes``, ``certificates``,
-``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``, ``pauses``); ``registry`` lists
-every type. Import from here: ``from schemas.events import JobAccepted``.
+``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``, ``pauses``, ``suppression``);
+``registry`` lists every type. Import from here: ``from schemas.events import JobAccepted``.
 """
 
-from schemas.events.base import EmailProviderName, Event, JobType, Route, StorageProviderName, utcnow
+from schemas.events.base import (
+    EmailProviderName,
+    Event,
+    JobType,
+    MailCategory,
+    Route,
+    StorageProviderName,
+    utcnow,
+)
 from schemas.events.batches import (
     BatchCompleted,
     BatchDispatched,
@@ -49,6 +57,12 @@ from schemas.events.outcomes import (
 from schemas.events.pauses import JobPaused, JobResumed
 from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
 from schemas.events.registry import BY_CE_TYPE, EVENT_TYPES
+from schemas.events.suppression import (
+    RecipientSuppressed,
+    RecipientUnsubscribed,
+    SuppressionAdded,
+    SuppressionRemoved,
+)
 
 __all__ = [
     "BY_CE_TYPE",
@@ -79,6 +93,7 @@ __all__ = [
     "JobRetryRequested",
     "JobType",
     "JobWaitingForBudget",
+    "MailCategory",
     "Problem",
     "ProviderCircuitClosed",
     "ProviderCircuitOpened",
@@ -89,8 +104,12 @@ __all__ = [
     "RecipientFailed",
     "RecipientOutcome",
     "RecipientSent",
+    "RecipientSuppressed",
+    "RecipientUnsubscribed",
     "Route",
     "StorageProviderName",
+    "SuppressionAdded",
+    "SuppressionRemoved",
     "TemplateId",
     "client_job_id",
     "scoped_job_id",

@@ -31,6 +31,12 @@ from schemas.events.outcomes import (
 )
 from schemas.events.pauses import JobPaused, JobResumed
 from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
+from schemas.events.suppression import (
+    RecipientSuppressed,
+    RecipientUnsubscribed,
+    SuppressionAdded,
+    SuppressionRemoved,
+)
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     JobRequested,
@@ -59,5 +65,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     JobWaitingForBudget,
     JobPaused,
     JobResumed,
+    RecipientUnsubscribed,
+    SuppressionAdded,
+    SuppressionRemoved,
+    RecipientSuppressed,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}

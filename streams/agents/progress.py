@@ -63,7 +63,7 @@ class ProgressTracker:
             await self._advance(event.job_id, state, run=0)
         elif isinstance(event, BatchCompleted):
             first_report = state.record_batch(event.run, event.batch_no, event.batch_count, event.succeeded,
-                                              event.failed, event.sent_by)
+                                              event.failed, event.sent_by, event.suppressed)
             if first_report and event.failures:
                 self.ctx.job_failures[failures_key(event.job_id, event.run, event.batch_no)] = BatchFailures(
                     event.source_partition, event.source_offset,
@@ -126,9 +126,10 @@ class ProgressTracker:
     async def _advance(self, job_id: str, state: JobProgress, run: int | None) -> None:
         totals = state.run_totals(run) if run is not None else None
         if run is not None and totals is not None:
-            succeeded, failed = totals
+            succeeded, failed, suppressed = totals
             await self.ctx.publisher.send_and_wait(JobCompleted(
-                job_id=job_id, run=run, total=succeeded + failed, succeeded=succeeded, failed=failed,
+                job_id=job_id, run=run, total=succeeded + failed + suppressed, succeeded=succeeded, failed=failed,
+                suppressed=suppressed,
                 cancelled=state.cancelled, estimated_cost=job_cost(self.ctx.settings, state),
                 currency=self.ctx.settings.currency,
             ))
@@ -176,7 +177,7 @@ class ProgressTracker:
                 company_id=source.company_id, route=source.route, provider=source.provider,
                 template_id=source.template_id, template_data=source.template_data,
                 template_data_at=source.template_data_at, recipients=chunk,
-                notify_template_id=source.notify_template_id,
+                notify_template_id=source.notify_template_id, category=source.category, list_id=source.list_id,
             )
             for number, chunk in enumerate(chunks)
         )

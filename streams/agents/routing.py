@@ -31,6 +31,7 @@ from streams.budget_wait import BudgetWait, BudgetWaits
 from streams.context import StreamContext
 from streams.cost import cost_of
 from streams.routing import RouteDecision, decide_route
+from streams.suppressions import mail_category
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class JobRouter:
                     cost_of(settings, {decision.provider: len(job.recipients)}), 4)
         size = settings.job_batch_size
         count = batch_count(len(job.recipients), size)
+        category, list_id = mail_category(job, settings)
         # Awaited before any batch exists, so progress never sees a batch of a job it does not know yet.
         await self.ctx.publisher.send_and_wait(
             JobAccepted(
@@ -127,6 +129,8 @@ class JobRouter:
                 callback_query_sealed=job.callback_query_sealed,
                 createdby=job.createdby,
                 callback_key_id=job.callback_key_id,
+                category=category,
+                list_id=list_id,
             )
         )
         locations = await self.ctx.publisher.send_all(
@@ -143,6 +147,8 @@ class JobRouter:
                 template_data_at=requested_at if job.template_data else None,
                 recipients=chunk,
                 notify_template_id=job.notify_template_id,
+                category=category,
+                list_id=list_id,
             )
             for number, chunk in enumerate(batches(job.recipients, size))
         )

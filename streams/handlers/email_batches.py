@@ -32,6 +32,7 @@ from schemas.events import (
     RecipientFailed,
     RecipientSent,
 )
+from security.unsubscribe import list_unsubscribe_headers
 from streams.batchwork import OutcomeRecorder
 from streams.context import StreamContext
 from streams.handlers.email_providers import EmailProviders
@@ -66,7 +67,7 @@ def circuit_event(change: CircuitChange) -> Event:
 
 def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, template_id: str,
                   template_data: dict, recipient: Recipient, fields: dict | None = None,
-                  message_scope: str | None = None) -> OutgoingEmail:
+                  message_scope: str | None = None, headers: dict[str, str] | None = None) -> OutgoingEmail:
     """One learner's message, rendered and composed; its Message-ID is derived from job (or scope) and learner.
 
     Raises TemplateRenderError / UnknownTemplate when the template cannot render for this learner.
@@ -76,10 +77,10 @@ def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, t
                                 key=settings.message_id_key())
     raw = compose_message(rendered, from_address=settings.mail_from, from_name=settings.mail_from_name,
                           to_address=recipient.email, to_name=recipient.full_name, message_id=message_id,
-                          headers={"X-Offload-Job": job_id})
+                          headers={"X-Offload-Job": job_id, **(headers or {})})
     return OutgoingEmail(key=str(recipient.userid), to_address=recipient.email, to_name=recipient.full_name,
                          subject=rendered.subject, text=rendered.text, html=rendered.html, message_id=message_id,
-                         raw=raw)
+                         raw=raw, headers=tuple((headers or {}).items()))
 
 
 class CertificateMailer:
@@ -185,8 +186,14 @@ class EmailBatchHandler:
         return bool(fell_back)
 
     def _compose(self, batch: BatchDispatched, recipient: Recipient) -> OutgoingEmail:
+        headers = None
+        if batch.category == "bulk" and batch.list_id:  # RFC 8058 one-click unsubscribe on every bulk message
+            headers = list_unsubscribe_headers(
+                self.settings.unsubscribe_key(),
+                base_url=self.settings.unsubscribe_url_base(), mailto=self.settings.unsubscribe_mailto,
+                company_id=batch.company_id, userid=recipient.userid, list_id=batch.list_id)
         return compose_email(self.settings, self.renderer, job_id=batch.job_id, template_id=batch.template_id,
-                             template_data=batch.template_data, recipient=recipient)
+                             template_data=batch.template_data, recipient=recipient, headers=headers)
 
     @staticmethod
     def _failed(batch: BatchDispatched, recipient: Recipient, error: str, *, attempts: int, retryable: bool,

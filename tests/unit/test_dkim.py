@@ -150,7 +150,7 @@ def test_a_production_worker_with_an_unreadable_key_refuses_to_start_and_says_wh
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
            "OFFLOAD_ENVIRONMENT": "production", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
            "OFFLOAD_MESSAGE_ID_SECRET": "m" * 40, "OFFLOAD_CALLBACK_URL_SECRET": "c" * 40,
-           "OFFLOAD_CERTIFICATE_CODE_SECRET": "x" * 40,
+           "OFFLOAD_CERTIFICATE_CODE_SECRET": "x" * 40, "OFFLOAD_UNSUBSCRIBE_SECRET": "u" * 40,
            "OFFLOAD_DKIM_KEYS": json.dumps({"7": {"domain": "school7.example.org", "selector": "s2026",
                                                   "key_file": str(path)}})}
     done = subprocess.run([sys.executable, "-m", "offload.cli", "worker"], env=env, capture_output=True, timeout=60,
