@@ -79,6 +79,20 @@ class Recipient(BaseModel):
         return f"{self.firstname} {self.lastname}".strip()
 
 
+class InlineContent(BaseModel):
+    """A message Moodle composed itself: rendered in the same sandbox as a template, checked the same way."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Hard bounds of the contract; the deployment's own cap (Settings.template_max_bytes) is checked at intake.
+    subject: str = Field(min_length=1, max_length=2000)
+    html: str = Field(default="", max_length=4 * 1024 * 1024)
+    text: str = Field(default="", max_length=4 * 1024 * 1024)
+
+
+TemplateSource = Literal["builtin", "company", "inline"]
+
+
 class JobRequested(Event):
     """What Moodle asked for: the original design's Job JSON, minus any secret (no callback_secret)."""
 
@@ -103,6 +117,9 @@ class JobRequested(Event):
     notify_template_id: TemplateId | None = Field(
         default=None, description="certificate jobs: email each learner a link to their certificate with this template"
     )
+    content: InlineContent | None = Field(
+        default=None, description="email jobs: the message itself (subject, html, text) instead of a stored "
+                                  "template; template_id then only names it in reports")
 
 
 class Problem(BaseModel):
@@ -150,6 +167,11 @@ class JobAccepted(Event):
     )
     accepted_at: datetime = Field(default_factory=utcnow)
     callback_query_sealed: str | None = Field(default=None, description="as on JobRequested: never in clear")
+    template_source: TemplateSource | None = Field(
+        default=None, description="email jobs: where the message comes from: the company's own template, the "
+                                  "built-in one of that id, or the job's inline content (None on older records)")
+    template_version: int | None = Field(
+        default=None, description="the company template version every batch and retry run of this job uses")
 
 
 class BatchDispatched(Event):
@@ -176,6 +198,11 @@ class BatchDispatched(Event):
         description="(partition, offset) of the JobRequested in job-requests whose template_data this batch uses; "
                     "set, template_data is left empty: the job's data is written to the log once, not once per batch",
     )
+    template_source: TemplateSource | None = Field(
+        default=None, description="as on JobAccepted; None (older records): the built-in template")
+    template_version: int | None = Field(default=None, description="the company template version to render")
+    content: InlineContent | None = Field(
+        default=None, description="inline content; left empty when template_data_at is set (read from the request)")
 
     def kafka_key(self) -> str:
         return f"{self.job_id}:{self.run}:{self.batch_no}"
@@ -549,3 +576,55 @@ class ProviderCircuitClosed(_ProviderCircuit):
 
 EVENT_TYPES = (*EVENT_TYPES, ProviderCircuitOpened, ProviderCircuitClosed)
 BY_CE_TYPE.update({cls.ce_type: cls for cls in (ProviderCircuitOpened, ProviderCircuitClosed)})
+
+
+# --- company email templates (topic offload.templates, keyed company:template_id, kept forever) -------------
+class _TemplateEvent(Event):
+    """Something that happened to one company's email template of one id."""
+
+    topic: ClassVar[str] = "templates"
+
+    company_id: int = Field(ge=0)
+    template_id: TemplateId
+
+    def subject(self) -> str:
+        return f"{self.company_id}:{self.template_id}"
+
+
+class TemplatePublished(_TemplateEvent):
+    """A new version of a company's own email template, validated before it was published.
+
+    Jobs of that company naming ``template_id`` use its latest version instead of the built-in template; a
+    job keeps the version it was accepted with (``JobAccepted.template_version``) for all its batches and runs.
+    """
+
+    ce_type: ClassVar[str] = "org.manireports.offload.template.published.v1"
+
+    version: int = Field(ge=1, description="1, 2, … per company and template id")
+    subject_template: str = Field(min_length=1, max_length=2000, description="Jinja2 source of the subject line")
+    html: str = Field(default="", max_length=4 * 1024 * 1024, description="Jinja2 source of the HTML part")
+    text: str = Field(default="", max_length=4 * 1024 * 1024, description="Jinja2 source of the text part")
+    variables: list[str] = Field(
+        default_factory=list, description="the names the template reads beyond the learner's own fields")
+    sha256: str = Field(description="of subject, html and text: tells versions with the same content apart")
+    description: str | None = Field(default=None, max_length=500)
+    published_by: str | None = Field(default=None, description="the API key id that published it; never a secret")
+    published_at: datetime = Field(default_factory=utcnow)
+
+
+class TemplateRetired(_TemplateEvent):
+    """A company's own template of this id no longer applies: new jobs use the built-in one again.
+
+    Versions stay in the log, so a job accepted with one keeps rendering it; publishing again revives the id.
+    """
+
+    ce_type: ClassVar[str] = "org.manireports.offload.template.retired.v1"
+
+    version: int = Field(ge=1, description="the latest version when it was retired")
+    reason: str | None = Field(default=None, max_length=500)
+    retired_by: str | None = Field(default=None, description="the API key id that retired it; never a secret")
+    retired_at: datetime = Field(default_factory=utcnow)
+
+
+EVENT_TYPES = (*EVENT_TYPES, TemplatePublished, TemplateRetired)
+BY_CE_TYPE.update({cls.ce_type: cls for cls in (TemplatePublished, TemplateRetired)})
