@@ -23,6 +23,7 @@ from streams.budget import check_budget, month_of, spend_key, spent
 from streams.context import StreamContext
 from streams.cost import cost_of
 from streams.routing import RouteDecision, decide_route
+from streams.templates import ResolvedTemplate
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +49,27 @@ class JobRouter:
             log.info("job %s already %s; repeated request ignored", job_id, self.ctx.known_jobs[job_id])
             return
         problems = list(intake.problems)
+        resolved = None
         if intake.job is not None:
             too_large = template_data_problem(intake.job.template_data, self.ctx.settings.template_data_max_bytes)
+            # Chosen once, here: every batch and retry run of the job renders this template (streams.templates).
+            resolved = self.ctx.company_templates.for_job(intake.job)
             # A template that cannot work for anyone rejects the job here, not every learner one by one later.
             problems += [too_large] if too_large else [
-                p.as_problem() for p in job_template_problems(intake.job, self.ctx.settings)]
+                p.as_problem() for p in job_template_problems(
+                    intake.job, self.ctx.settings,
+                    email_template=resolved.template if resolved and resolved.source == "company" else None)]
         if intake.job is None or problems:
             await self.ctx.publisher.send_and_wait(
                 JobRejected(job_id=job_id, company_id=intake.company_id, problems=problems)
             )
             self.ctx.known_jobs[job_id] = "rejected"
             return
-        await self._accept(intake.job, intake.duplicates_removed, (message.partition, message.offset))
+        await self._accept(intake.job, intake.duplicates_removed, (message.partition, message.offset), resolved)
         self.ctx.known_jobs[job_id] = "accepted"
 
-    async def _accept(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int]) -> None:
+    async def _accept(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int],
+                      resolved: ResolvedTemplate | None) -> None:
         """Batches refer to the job request's place in job-requests (kept forever) for template_data instead of
         copying it: a job's data is in the log once, however many batches and retry runs it has."""
         settings = self.ctx.settings
@@ -78,6 +85,8 @@ class JobRouter:
             decision = await self._within_budget(job, company, decision)
         size = settings.job_batch_size
         count = batch_count(len(job.recipients), size)
+        source = resolved.source if resolved else ("builtin" if job.type == "email" else None)
+        version = resolved.version if resolved else None
         # Awaited before any batch exists, so progress never sees a batch of a job it does not know yet.
         await self.ctx.publisher.send_and_wait(
             JobAccepted(
@@ -96,6 +105,8 @@ class JobRouter:
                 callback_query_sealed=job.callback_query_sealed,
                 createdby=job.createdby,
                 callback_key_id=job.callback_key_id,
+                template_source=source,
+                template_version=version,
             )
         )
         locations = await self.ctx.publisher.send_all(
@@ -109,9 +120,12 @@ class JobRouter:
                 route=decision.route,
                 provider=decision.provider,
                 template_id=job.template_id,
-                template_data_at=requested_at if job.template_data else None,
+                # Inline content is read from the request too: one copy in the log, not one per batch.
+                template_data_at=requested_at if job.template_data or job.content else None,
                 recipients=chunk,
                 notify_template_id=job.notify_template_id,
+                template_source=source,
+                template_version=version,
             )
             for number, chunk in enumerate(batches(job.recipients, size))
         )
@@ -120,8 +134,9 @@ class JobRouter:
             month = month_of(datetime.now(UTC))
             self.ctx.company_spend[spend_key(job.company_id, month, job.job_id)] = round(
                 cost_of(settings, {decision.provider: len(job.recipients)}), 4)
-        log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches", job.job_id, decision.route,
-                 decision.provider, decision.reason, len(job.recipients), count)
+        log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches, template %s (%s%s)", job.job_id,
+                 decision.route, decision.provider, decision.reason, len(job.recipients), count, job.template_id,
+                 source, f" v{version}" if version else "")
 
     async def _within_budget(self, job: JobRequested, company: CompanySettingsChanged | None,
                              decision: RouteDecision) -> RouteDecision:
