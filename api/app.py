@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from api import certificates, companies, health, jobs, metrics, public, ui, webhooks
+from api import certificates, companies, health, jobs, metrics, public, templates, ui, webhooks
 from api.auth import signed_requests
 from api.errors import MAX_BODY, RETRY_AFTER, json_errors, json_response
 from api.state import STATE, ApiState
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     app[RETRY_AFTER] = settings.api_retry_after
     app.add_routes(jobs.routes)
     app.add_routes(companies.routes)
+    app.add_routes(templates.routes)
     app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}
     health.setup(app)  # /api/v1/health: ready or degraded, with the reason
     app.router.add_get("/api/v1/openapi.yaml", _openapi)

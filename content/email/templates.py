@@ -76,6 +76,11 @@ class TemplateStore:
         self._cache: dict[str, EmailTemplate] = {}
         self._lock = threading.Lock()
 
+    def ids(self) -> list[str]:
+        """Every template id this store can serve, sorted."""
+        return sorted({d.name for base in self._dirs if base.is_dir() for d in base.iterdir()
+                       if valid_template_id(d.name) and (d / "subject.txt").is_file()})
+
     def get(self, template_id: str) -> EmailTemplate:
         """The template called ``template_id``; raises :class:`UnknownTemplate` when there is none."""
         cached = self._cache.get(template_id)
