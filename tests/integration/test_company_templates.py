@@ -6,6 +6,7 @@ templates read model."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -181,3 +182,38 @@ def test_a_running_job_keeps_its_version_and_inline_content_is_rendered_and_chec
     assert heads == [{"latest_version": 2, "retired": True}]
     assert query(settings, "SELECT template_source, template_version FROM jobs WHERE job_id = 'tpl-pinned'") == [
         {"template_source": "company", "template_version": 1}]
+
+
+def test_moodle_publishes_a_template_and_sends_its_own_message_with_the_php_client(
+    api_settings, topics_for, processes, job_factory, mail_sink, tmp_path
+):
+    from tests.integration.test_api_php_client import php
+
+    settings = api_settings
+    topics_for(settings)
+    processes("worker", without_api_keys(settings))
+    processes("projector", without_api_keys(settings))
+    files = {"draft": BRANDED, "bad": {**BRANDED, "html": "{{ course_name|safe }"},
+             "job": job_factory("php-tpl", 1, company_id=7, callback_url=None),
+             "inline-job": job_factory("php-inline", 1, company_id=7, start=2, callback_url=None,
+                                       template_id="moodle_message"),
+             "content": {"subject": "Composed in Moodle for {{ firstname }}", "text": "Hello {{ firstname }}"}}
+    for name, value in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(value))
+    with ApiServer(settings) as server:
+        base, path = server.base_url, lambda name: str(tmp_path / f"{name}.json")
+        preview = php(base, "k7", K7, "preview-template", "7", "course_reminder", path("draft"))
+        assert preview["body"]["rendered"]["subject"] == "Acme Academy: finish Ladders <b>& you</b>"
+        bad = php(base, "k7", K7, "publish-template", "7", "course_reminder", path("bad"))
+        assert bad["status"] == 422 and [p["field"] for p in bad["body"]["error"]["problems"]] == ["html"]
+        good = php(base, "k7", K7, "publish-template", "7", "course_reminder", path("draft"))
+        assert (good["status"], good["body"]["version"]) == (202, 1)
+        assert php(base, "k7", K7, "publish-template", "8", "course_reminder", path("draft"))["status"] == 404
+        wait_for_worker_template(settings, 7, "course_reminder", version=1)
+        assert php(base, "k7", K7, "submit", path("job"))["status"] == 202
+        assert php(base, "k7", K7, "submit", path("inline-job"), path("content"))["status"] == 202
+        wait_for_job(settings, "php-tpl")
+        wait_for_job(settings, "php-inline")
+    assert subject_of(mail_sink, "learner1@example.org") == "Acme Academy: finish Fire Safety 101"
+    assert subject_of(mail_sink, "learner2@example.org") == "Composed in Moodle for First2"
+    assert [type(e) for e in events(settings, "templates")] == [TemplatePublished]
