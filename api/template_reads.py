@@ -45,12 +45,13 @@ async def template_versions(store: ReadStore, company_id: int, template_id: str)
 
 async def company_template(store: ReadStore, company_id: int, template_id: str) -> EmailTemplate | None:
     """The company's own template a job naming ``template_id`` would use now (None: the built-in one)."""
-    head = await template_head(store, company_id, template_id)
-    if head is None or head["retired"]:
+    rows = await store._rows(  # noqa: SLF001 - one round trip: this runs on every job submission
+        """SELECT v.version, v.subject, v.html, v.text FROM email_templates t JOIN email_template_versions v
+             ON v.company_id = t.company_id AND v.template_id = t.template_id AND v.version = t.latest_version
+           WHERE t.company_id = %s AND t.template_id = %s AND NOT t.retired""", (company_id, template_id))
+    if not rows:
         return None
-    row = await template_version(store, company_id, template_id, head["latest_version"])
-    if row is None:
-        return None
+    row = rows[0]
     return EmailTemplate(id=template_id, subject=row["subject"], text=row["text"], html=row["html"],
                          source="company", version=row["version"])
 

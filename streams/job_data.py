@@ -1,4 +1,4 @@
-"""A job's template_data (and inline content), read from the job request itself: batches carry only where it lies in the log.
+"""A job's template_data and inline content, read from the job request: batches carry only where it lies in the log.
 
 The route agent writes no copy of template_data into the batches: a batch names the
 (partition, offset) of its JobRequested in job-requests, a topic kept forever, and the batch agent reads the data

@@ -14,7 +14,7 @@ from tests.support.templates import subject_of, wait_for_worker_template
 pytestmark = pytest.mark.integration
 
 
-def test_an_admin_previews_refuses_and_publishes_a_company_template(ui_stack, job_factory, mail_sink):
+def test_an_admin_previews_refuses_and_publishes_a_company_template(ui_stack, job_factory, mail_sink):  # noqa: F811
     settings, api, admin = ui_stack
     with chromium() as browser:
         page = browser.new_page()
