@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
@@ -26,6 +28,7 @@ from security.seen import PostgresSeen
 from security.signing import RequestVerifier
 
 log = logging.getLogger(__name__)
+SHUTDOWN_STEP_S = 10.0
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
@@ -81,9 +84,18 @@ async def _start(app: web.Application) -> None:
 
 
 async def _stop(app: web.Application) -> None:
+    # Each step has a deadline: a producer still holding records for a broker that is gone would otherwise wait
+    # as long as its retries last, and those requests were answered 503 already.
     state = app[STATE]
-    await state.publisher.stop()
-    await state.store.close()
+    await _within(SHUTDOWN_STEP_S, "the Kafka producer", state.publisher.stop())
+    await _within(SHUTDOWN_STEP_S, "the Postgres pool", state.store.close())
+
+
+async def _within(seconds: float, what: str, closing: Coroutine[Any, Any, None]) -> None:
+    try:
+        await asyncio.wait_for(closing, seconds)
+    except TimeoutError:
+        log.warning("%s did not close within %.0f s at shutdown; left behind", what, seconds)
 
 
 async def _openapi(request: web.Request) -> web.StreamResponse:

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # Served to anyone: the API description and a liveness probe carry nothing about any company; certificate
 # verification and local certificate files are reached from a QR code or a link (see api/certificates.py).
 UNSIGNED_PATHS = frozenset({"/api/v1/openapi.yaml", "/api/v1/health"})
-# Provider webhooks carry the provider's own signature, checked in api/webhooks.py.
+# Provider webhooks carry the provider's own signature, checked in api/webhooks/signatures.py.
 UNSIGNED_PREFIXES = ("/verify/", "/certificates/", "/webhooks/")
 
 

@@ -1,4 +1,4 @@
-"""Issue 5 benchmark: how long Moodle waits to hand over a 50,000-recipient job, and how fast the API answers
+"""Benchmark: how long Moodle waits to hand over a 50,000-recipient job, and how fast the API answers
 progress reads while that job runs. Real Kafka, Postgres, worker, projector, API and SMTP sink processes.
 
 Run ``python bench/api_latency.py`` (or ``python -m bench.api_latency``) after ``offload dev up``; it starts
@@ -38,7 +38,9 @@ if str(REPO) not in sys.path:
 
 import aiohttp
 
+from bench.mail_sink import SinkProcess
 from config.settings import Settings
+from devtools.processes import stop_child
 from security.signing import sign
 from tests.support.jobs import job_payload
 from tests.support.stack import ServiceProcess, settings_env
@@ -65,30 +67,8 @@ class Process:
         self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc, timeout=30)
         self._log.close()
-
-
-def start_sink(work: Path, stack: ExitStack) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0",
-                             "--spool", str(work / "mail")], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    def stop() -> None:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-    stack.callback(stop)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "devmail listening on 127.0.0.1:PORT spool=..."
-    if "listening on" not in line:
-        raise RuntimeError(f"mail sink did not start: {line!r}")
-    return int(line.split()[3].rsplit(":", 1)[1])
 
 
 def start_api(settings: Settings, work: Path, stack: ExitStack) -> tuple[str, int]:
@@ -190,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"bench-api-{tag}-"))
     log(f"run {tag}: work dir {work}")
     with ExitStack() as stack:
-        smtp_port = start_sink(work, stack)
+        sink = SinkProcess(work / "mail", work / "sink.log").start()
+        stack.callback(sink.stop)
+        smtp_port = sink.port
         settings = Settings(
             environment="test", kafka_bootstrap_servers=info.kafka_bootstrap, database_url=info.database_url,
             topic_prefix=f"bench{tag}.", app_id=f"bench{tag}", projection_schema=f"bench_{tag}",

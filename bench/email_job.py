@@ -1,4 +1,4 @@
-"""Issue 3 benchmark: a 50,000-recipient email job end to end, against real Kafka, Postgres and SMTP.
+"""Benchmark: a 50,000-recipient email job end to end, against real Kafka, Postgres and SMTP.
 
 Run ``python -m bench.email_job`` (or ``python bench/email_job.py``) after ``offload dev up``. In one run it
 
@@ -35,369 +35,34 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # ``python bench/email_job.py`` as well as ``python -m bench.email_job``
     sys.path.insert(0, str(REPO))
 
-import psycopg
-from psycopg import sql
-
-from bench.smtp_baselines import naive_moodle_rate, raw_smtp_rate
+from bench.jobs import (
+    CLOUD_COMPANY,
+    HTTP_COMPANIES,
+    LOCAL_COMPANY,
+    drop_own_artifacts,
+    route_cloud_companies,
+    run_job,
+    stack_info,
+    wait_for_company_settings,
+)
+from bench.mail_sink import LineCounter, SinkProcess
+from bench.measure import CpuMeter, Profilers, load_avg, log, vm_hwm_mb
+from bench.smtp_baselines import naive_moodle_rate, raw_smtp_rate, raw_smtp_rate_same_message
 from config.settings import Settings
 from devtools.processes import ServiceProcess
-from tests.support.jobs import job_payload
-
-_TICK = os.sysconf("SC_CLK_TCK")
-LOCAL_COMPANY = 7
-CLOUD_COMPANY = 4242
-HTTP_COMPANIES = {4243: "sendgrid", 4244: "mailgun"}  # companies routed to the local SendGrid/Mailgun servers
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---- /proc readings ------------------------------------------------------------------------------
-def vm_hwm_mb(pid: int) -> float | None:
-    """Peak resident set size (VmHWM) of a live process, in MB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def postgres_cpu_seconds() -> float:
-    """CPU of every postgres process on the machine (server + backends); others' tests count too."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != "postgres":
-                continue
-        except OSError:
-            continue
-        total += cpu_seconds(int(entry.name)) or 0.0
-    return total
-
-
-def machine_busy_seconds() -> float:
-    """Non-idle CPU seconds of the whole machine (all cores) from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values) - idle) / _TICK
-
-
-class CpuMeter:
-    """CPU seconds used by named pids (plus Postgres and the whole machine) between start() and stop()."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._start: dict[str, float] = {}
-
-    def _read(self) -> dict[str, float]:
-        out = {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
-        out["bench(self)"] = cpu_seconds(os.getpid()) or 0.0
-        out["postgres(approx: all backends, others too)"] = postgres_cpu_seconds()
-        out["machine(all cores)"] = machine_busy_seconds()
-        return out
-
-    def start(self) -> None:
-        self._start = self._read()
-
-    def stop(self) -> dict[str, float]:
-        end = self._read()
-        return {name: round(end[name] - self._start.get(name, 0.0), 1) for name in end}
-
-
-# ---- the SMTP sink in its own process ------------------------------------------------------------
-class SinkProcess:
-    def __init__(self, spool: Path, log_path: Path) -> None:
-        self.spool = spool
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> SinkProcess:
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0",
-             "--spool", str(self.spool)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "devmail listening on 127.0.0.1:PORT spool=..."
-        if "listening on" not in line:
-            raise RuntimeError(f"mail sink did not start: {line!r} {self.log_path.read_text()[-2000:]}")
-        self.port = int(line.split()[3].rsplit(":", 1)[1])
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def received_file(self) -> Path:
-        return self.spool / "received.jsonl"
-
-    def size(self) -> int:
-        try:
-            return self.received_file.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def lines_since(self, offset: int) -> list[dict[str, Any]]:
-        with open(self.received_file, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if hasattr(self, "_log"):
-            self._log.close()
-
-
-class LineCounter:
-    """Counts spool lines as they arrive, reading only the new bytes each time."""
-
-    def __init__(self, path: Path, offset: int) -> None:
-        self.path, self.offset, self.count = path, offset, 0
-
-    def poll(self) -> int:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return self.count
-        complete = data.rfind(b"\n") + 1
-        self.count += data.count(b"\n", 0, complete)
-        self.offset += complete
-        return self.count
-
-
-# ---- py-spy (optional) ---------------------------------------------------------------------------
-class Profilers:
-    def __init__(self, out_dir: Path | None) -> None:
-        self.out_dir = out_dir
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, pids: dict[str, int]) -> None:
-        if self.out_dir is None:
-            return
-        exe = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
-        if exe is None:
-            log("py-spy not found; no profiles")
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name, pid in pids.items():
-            self.procs.append(subprocess.Popen(
-                [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--nonblocking",
-                 "--threads", "-o", str(self.out_dir / f"{name}.txt")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
-
-
-# ---- the same ceiling, for the pipeline's own message ------------------------------------------
-async def raw_smtp_rate_same_message(host: str, port: int, n: int, connections: int = 8) -> tuple[float, int]:
-    """Like bench.smtp_baselines.raw_smtp_rate, but sending the pipeline's own messages (course_reminder
-    rendered and composed exactly as the worker does), so the ceiling is measured for the same bytes."""
-    import aiosmtplib
-
-    from content.email import EmailRenderer, TemplateStore, compose_message, message_id_for
-    from schemas.events import Recipient
-
-    payload = job_payload("bench-raw-same", n, start=10_000_000)
-    renderer = EmailRenderer(TemplateStore())
-    prepared = []
-    for fields in payload["recipients"]:
-        r = Recipient(**fields)
-        rendered = renderer.render(payload["template_id"], r.template_fields(), payload["template_data"])
-        raw = compose_message(rendered, from_address="noreply@moodle.example.org", from_name="Moodle",
-                              to_address=r.email, to_name=r.full_name,
-                              message_id=message_id_for("bench-raw-same", r.userid, "bench.local", key=b"bench"),
-                              headers={"X-Offload-Job": "bench-raw-same"})
-        prepared.append((r.email, raw))
-    clients = [aiosmtplib.SMTP(hostname=host, port=port, local_hostname="bench.local") for _ in range(connections)]
-    await asyncio.gather(*(c.connect() for c in clients))
-
-    async def send(client: aiosmtplib.SMTP, share: list[tuple[str, bytes]]) -> None:
-        for address, raw in share:
-            await client.sendmail("noreply@moodle.example.org", [address], raw)
-
-    warmup = prepared[: min(len(prepared), 25 * connections)]
-    await asyncio.gather(*(send(c, warmup[k::connections]) for k, c in enumerate(clients)))
-    started = time.perf_counter()
-    await asyncio.gather(*(send(c, prepared[k::connections]) for k, c in enumerate(clients)))
-    elapsed = time.perf_counter() - started
-    await asyncio.gather(*(c.quit() for c in clients))
-    return n / elapsed, len(prepared[0][1])
-
-
-# ---- the job -------------------------------------------------------------------------------------
-async def _wait_completed(settings: Settings, job_id: str, timeout: float, started: float,
-                          sink: LineCounter | None) -> dict[str, Any]:
-    """Poll the jobs row until completed; return the row and a coarse timeline (seconds since submission)."""
-    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
-    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.projection_schema)))
-    timeline: list[tuple[float, int, int]] = []  # (t, done in Postgres, messages at the sink)
-    marks: dict[str, float] = {}
-    last_sample = 0.0
-    try:
-        while True:
-            now = time.monotonic() - started
-            if now > timeout:
-                raise TimeoutError(f"job {job_id} not completed within {timeout:.0f} s; last {timeline[-1:]}")
-            try:
-                cur = await conn.execute(
-                    "SELECT status, total_recipients, succeeded, failed, batches_done, batch_count, route, "
-                    "provider, route_reason, fell_back, estimated_cost, pacing FROM jobs WHERE job_id = %s", (job_id,))
-                row = await cur.fetchone()
-            except psycopg.errors.UndefinedTable:
-                row = None
-            if row is not None:
-                status, ok, bad = row[0], row[2], row[3]
-                marks.setdefault("accepted_visible", round(now, 2))
-                if ok + bad > 0:
-                    marks.setdefault("first_outcome_visible", round(now, 2))
-                if status == "completed":
-                    marks["completed_visible"] = round(now, 2)
-                    if sink is not None:
-                        sink.poll()
-                    timeline.append((round(now, 2), ok + bad, sink.count if sink else 0))
-                    return {"row": dict(zip(("status", "total", "succeeded", "failed", "batches_done",
-                                               "batch_count", "route", "provider", "route_reason", "fell_back",
-                                               "estimated_cost", "pacing"),
-                                               row, strict=True)),
-                            "marks": marks, "timeline": timeline}
-                if now - last_sample >= 2.0:
-                    last_sample = now
-                    timeline.append((round(now, 2), ok + bad, sink.poll() if sink else 0))
-            await asyncio.sleep(0.05)
-    finally:
-        await conn.close()
-
-
-def run_job(settings: Settings, job_id: str, n: int, company_id: int, timeout: float,
-            sink: LineCounter | None) -> dict[str, Any]:
-    from offload.client import submit_job
-
-    payload = job_payload(job_id, n, company_id=company_id)
-
-    async def go() -> dict[str, Any]:
-        started = time.monotonic()
-        wall = time.time()
-        await submit_job(settings, payload)
-        submitted = time.monotonic() - started
-        result = await _wait_completed(settings, job_id, timeout, started, sink)
-        result["seconds"] = time.monotonic() - started
-        result["marks"]["submitted(acks=all)"] = round(submitted, 2)
-        result["submitted_wall"] = wall
-        return result
-
-    return asyncio.run(go())
-
-
-def load_avg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
-def drop_own_artifacts(settings: Settings, tag: str) -> None:
-    """Delete this run's topics (named by its unique tag) and projection schema; nobody else's."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def drop_topics() -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=30000)
-        await admin.start()
-        try:
-            mine = [t for t in await admin.list_topics()
-                    if t.startswith((settings.topic_prefix, f"{settings.app_id}-"))]
-            assert all(tag in t for t in mine)
-            if mine:
-                await admin.delete_topics(mine)
-            return len(mine)
-        finally:
-            await admin.close()
-
-    try:
-        dropped = asyncio.run(drop_topics())
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.projection_schema)))
-        log(f"dropped this run's {dropped} topics and schema {settings.projection_schema}")
-    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the result
-        log(f"cleanup of this run's topics/schema failed: {exc!r}")
-
-
-def stack_info(home: Path) -> Any:
-    """Where Kafka and Postgres answer: a stack named by the environment, else the dev stack (started if need be)."""
-    from devtools import devstack
-
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"):  # a stack already running
-        return SimpleNamespace(kafka_bootstrap=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-                               database_url=os.environ["DATABASE_URL"], pids={})  # its pids are not ours
-    return devstack.up(home, start_mail_sink=False, log=lambda *a: None)
-
-
-def route_cloud_companies(settings: Settings) -> None:
-    """Route the SES company and the SendGrid/Mailgun companies to the cloud, from their first learner."""
-    from offload.client import change_company_settings
-
-    for company, provider in {CLOUD_COMPANY: "ses", **HTTP_COMPANIES}.items():
-        asyncio.run(change_company_settings(settings, company, cloud_enabled=True, use_cloud_for_emails=True,
-                                            user_threshold=1, email_provider=provider, changed_by="bench"))
-
-
-def wait_for_company_settings(workers: list[Any], companies: tuple[int, ...], timeout: float = 60) -> None:
-    """Until some worker has applied each company's settings (only the owner of the settings partition logs it)."""
-    deadline = time.monotonic() + timeout
-    while not all(any(f"company {c} settings" in w.log_text() for w in workers) for c in companies):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no worker applied the settings of companies {companies} within {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 def run_http_provider_job(settings: Any, provider: str, company: int, n: int, server: Any, tag: str,

@@ -26,15 +26,8 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.email_job import (
-    CLOUD_COMPANY,
-    LOCAL_COMPANY,
-    REPO,
-    LineCounter,
-    SinkProcess,
-    drop_own_artifacts,
-    run_job,
-)
+from bench.jobs import CLOUD_COMPANY, LOCAL_COMPANY, REPO, drop_own_artifacts, run_job
+from bench.mail_sink import LineCounter, SinkProcess
 from config.settings import Settings
 from devtools.processes import ServiceProcess
 from tests.support.email import closed_port

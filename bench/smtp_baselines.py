@@ -1,6 +1,7 @@
 """SMTP baselines for the email benchmark: the best a relay can take, and how Moodle core sends.
 
-``raw_smtp_rate`` is the ceiling (pre-built bytes, persistent sessions, concurrent, no pipeline at all);
+``raw_smtp_rate`` is the ceiling (pre-built bytes, persistent sessions, concurrent, no pipeline at all), and
+``raw_smtp_rate_same_message`` the same ceiling for the pipeline's own rendered message;
 ``naive_moodle_rate`` is the floor we replace (one SMTP session per mail, sequential, a new
 ``EmailMessage`` each time, as Moodle core does with its default ``smtpmaxbulk=1``).
 Run ``python -m bench.smtp_baselines [-n N]`` to print both against an in-process DevMailSink.
@@ -18,7 +19,9 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from content.email import RenderedEmail, compose_message, message_id_for
+from content.email import EmailRenderer, RenderedEmail, TemplateStore, compose_message, message_id_for
+from schemas.events import Recipient
+from tests.support.jobs import job_payload
 
 _TEXT = (
     "Dear {name},\n\nThis is a friendly reminder that you have not yet completed the course\n"
@@ -49,6 +52,29 @@ async def raw_smtp_rate(host: str, port: int, n: int, connections: int = 8) -> f
             message_id=message_id_for("bench", i, "bench.local", key=b"bench"),
         )
         prepared.append((address, raw))
+    return await _send_rate(host, port, prepared, connections)
+
+
+async def raw_smtp_rate_same_message(host: str, port: int, n: int, connections: int = 8) -> tuple[float, int]:
+    """Like ``raw_smtp_rate``, but sending the pipeline's own messages (course_reminder rendered and composed
+    exactly as the worker does), so the ceiling is measured for the same bytes; also returns one message's size."""
+    payload = job_payload("bench-raw-same", n, start=10_000_000)
+    renderer = EmailRenderer(TemplateStore())
+    prepared = []
+    for fields in payload["recipients"]:
+        r = Recipient(**fields)
+        rendered = renderer.render(payload["template_id"], r.template_fields(), payload["template_data"])
+        raw = compose_message(rendered, from_address=_FROM, from_name="Moodle",
+                              to_address=r.email, to_name=r.full_name,
+                              message_id=message_id_for("bench-raw-same", r.userid, "bench.local", key=b"bench"),
+                              headers={"X-Offload-Job": "bench-raw-same"})
+        prepared.append((r.email, raw))
+    return await _send_rate(host, port, prepared, connections), len(prepared[0][1])
+
+
+async def _send_rate(host: str, port: int, prepared: list[tuple[str, bytes]], connections: int) -> float:
+    """Messages/s sending pre-built ``(address, bytes)`` over ``connections`` persistent sessions, after a
+    warm-up (fresh sessions, cold interpreter caches on both sides): we want the steady rate."""
     clients = [aiosmtplib.SMTP(hostname=host, port=port, local_hostname="bench.local") for _ in range(connections)]
     await asyncio.gather(*(c.connect() for c in clients))
 
@@ -56,14 +82,13 @@ async def raw_smtp_rate(host: str, port: int, n: int, connections: int = 8) -> f
         for address, raw in share:
             await client.sendmail(_FROM, [address], raw)
 
-    # Warm up first (fresh sessions, cold interpreter caches on both sides): we want the steady rate.
     warmup = prepared[: min(len(prepared), 25 * connections)]
     await asyncio.gather(*(send(c, warmup[k::connections]) for k, c in enumerate(clients)))
     started = time.perf_counter()
     await asyncio.gather(*(send(c, prepared[k::connections]) for k, c in enumerate(clients)))
     elapsed = time.perf_counter() - started
     await asyncio.gather(*(c.quit() for c in clients))
-    return n / elapsed
+    return len(prepared) / elapsed
 
 
 def naive_moodle_rate(host: str, port: int, n: int) -> float:

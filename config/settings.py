@@ -1,28 +1,28 @@
 """One typed settings object for every process, read from environment variables and validated at start-up.
 
 Nothing else in the project reads ``os.environ``: processes build a :class:`Settings` once and pass it down.
+The fields of the HTTP side (``config/api.py``) and of the callbacks to Moodle (``config/callbacks.py``) are
+declared in parts of their own; ``Settings`` is all of them.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
-_DEV_CODE_SECRET = "development-only-certificate-code-secret"
-_DEV_MESSAGE_ID_SECRET = "development-only-message-id-secret"
-_DEV_CALLBACK_URL_SECRET = "development-only-callback-url-secret"
-_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", _DEV_CODE_SECRET, _DEV_MESSAGE_ID_SECRET,
-                 _DEV_CALLBACK_URL_SECRET}
+from config.api import ApiSettings
+from config.base import DEV_CODE_SECRET, DEV_MESSAGE_ID_SECRET, PLACEHOLDERS
+from config.callbacks import CallbackSettings
+from config.keys import ApiKey
+from config.prices import DEFAULT_PRICES, ProviderPrice
+
+__all__ = ["DEFAULT_PRICES", "ApiKey", "ProviderPrice", "Settings"]
 
 
-class Settings(BaseSettings):
+class Settings(ApiSettings, CallbackSettings):
     """Configuration of the worker, projector and CLI.
 
     Variables are prefixed ``OFFLOAD_`` except the two that every Kafka/Postgres tool already knows:
@@ -30,8 +30,6 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True, populate_by_name=True)
-
-    environment: Literal["development", "test", "production"] = "development"
 
     # --- infrastructure -------------------------------------------------------------------------
     kafka_bootstrap_servers: str = Field(
@@ -75,7 +73,7 @@ class Settings(BaseSettings):
     # same Message-ID (crash safety relies on it), and nobody outside can compute one to forge a webhook
     # report. Every worker and API process of one deployment needs the same value; production refuses the
     # development default.
-    message_id_secret: SecretStr = SecretStr(_DEV_MESSAGE_ID_SECRET)
+    message_id_secret: SecretStr = SecretStr(DEV_MESSAGE_ID_SECRET)
     template_dir: Path | None = None  # extra email templates beside the built-in ones
     default_cloud_email_provider: Literal["ses", "sendgrid", "mailgun"] = "ses"
 
@@ -127,7 +125,7 @@ class Settings(BaseSettings):
 
     # --- certificates ---------------------------------------------------------------------------
     # Codes are HMACs under this secret: deterministic per job+learner+template, unguessable without it.
-    certificate_code_secret: SecretStr = SecretStr(_DEV_CODE_SECRET)
+    certificate_code_secret: SecretStr = SecretStr(DEV_CODE_SECRET)
     # The default above is public: anyone could compute codes with it. Certificates are issued with it only
     # when environment is "test" or this is set (the dev stack sets it); otherwise every learner of a
     # certificate job fails with a non-retryable error that names the setting to change.
@@ -189,14 +187,14 @@ class Settings(BaseSettings):
         for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret",
                      "message_id_secret", "callback_url_secret", "sendgrid_api_key", "mailgun_api_key"):
             value = getattr(self, name)
-            if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+            if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
         return self
 
     @property
     def uses_public_code_secret(self) -> bool:
         """True when certificate codes would be HMACs under the public development default."""
-        return self.certificate_code_secret.get_secret_value() == _DEV_CODE_SECRET
+        return self.certificate_code_secret.get_secret_value() == DEV_CODE_SECRET
 
     def code_secret_refusal(self) -> str | None:
         """Why certificates must not be issued with these settings, or None when they may."""
@@ -213,219 +211,3 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""
         return f"{self.topic_prefix}{name}"
-
-    # === API: the Moodle-facing side ==============================================================
-    # Per-company signing keys by key id, e.g. OFFLOAD_API_KEYS='{"moodle-7-2026a": {"secret": "...",
-    # "company_id": 7}, "ops": {"secret": "...", "company_id": null}}'; company_id null is an admin key.
-    # Two keys per company may be valid at once, so a key is rotated without downtime.
-    api_keys: dict[str, ApiKey] = Field(default_factory=dict)
-    api_timestamp_window: float = Field(default=300, ge=5, le=3600)  # seconds either side of now
-    # Default = the job-requests topic's max.message.bytes (eventlog.topics.MAX_MESSAGE_BYTES, 32 MiB): a body
-    # the API admits always fits in one Kafka record. A 100,000-recipient job is ~10-20 MB of JSON.
-    api_max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=32 * 1024 * 1024)
-    # Callback URLs resolving to loopback/private/link-local addresses are refused unless this is set.
-    api_allow_private_callbacks: bool = False
-    api_db_pool_size: int = Field(default=10, ge=1, le=100)
-    # A job's template_data is printed into every message; more than this (JSON bytes) is refused at the API and
-    # by the worker (JobRejected), so one request cannot make the worker write gigabytes.
-    template_data_max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
-    # A company's published template, or a job's inline content: subject, text and HTML together, in bytes. At
-    # most 384 KiB so a TemplatePublished (JSON may escape it to twice that) fits the broker's default 1 MB.
-    template_max_bytes: int = Field(default=256 * 1024, ge=1024, le=384 * 1024)
-    # The whole body of a signed request must arrive within this many seconds (408 otherwise); the timestamp
-    # window is checked again once it has, so a slowly sent body cannot carry a replay past the window.
-    api_body_timeout: float = Field(default=60.0, gt=0, le=600)
-    # One retry request per job per this many seconds (429 retry_rate_limited otherwise), across API replicas.
-    api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
-    # Bounds on waiting for a dependency, so a request answers 503 + Retry-After instead of hanging.
-    api_db_timeout: float = Field(default=5.0, gt=0, le=120)  # getting a Postgres connection
-    api_handoff_timeout: float = Field(default=10.0, gt=0, le=120)  # Kafka acknowledging a job (acks=all)
-    api_retry_after: int = Field(default=5, ge=1, le=3600)  # seconds a client is told to wait on a 503
-    api_health_interval: float = Field(default=2.0, gt=0, le=60)  # how often Postgres and Kafka are checked
-
-    @model_validator(mode="after")
-    def _refuse_open_limits(self) -> Settings:
-        if self.environment == "production" and self.api_retry_interval == 0:
-            raise ValueError("api_retry_interval 0 (retries unlimited) is refused in production")
-        return self
-
-    @model_validator(mode="after")
-    def _check_api_keys(self) -> Settings:
-        per_company: dict[int | None, int] = {}
-        for key_id, key in self.api_keys.items():
-            if not _API_KEY_ID.fullmatch(key_id):
-                raise ValueError(f"api key id {key_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
-            per_company[key.company_id] = per_company.get(key.company_id, 0) + 1
-            if self.environment == "production" and (
-                len(key.secret.get_secret_value()) < 32
-                or key.secret.get_secret_value().strip().lower() in _PLACEHOLDERS
-            ):
-                raise ValueError(f"api key {key_id!r} needs a real secret of at least 32 characters in production")
-        crowded = sorted(str(c) for c, n in per_company.items() if n > 2 and c is not None)
-        if crowded:
-            raise ValueError(f"companies {', '.join(crowded)} have more than two api keys (two allow a rotation)")
-        return self
-
-    # === Callbacks to Moodle ======================================================================
-    # Callback signing keys by key id, the same JSON shape as api_keys, e.g. OFFLOAD_CALLBACK_KEYS=
-    # '{"moodle-7-cb-2026a": {"secret": "...", "company_id": 7}}'. A job's callbacks are signed with the key the
-    # job named (callback_key_id) when it belongs to the job's company, else the company's key listed last (a
-    # rotation appends the new key), else a key with company_id null. Held as one secret string so it never
-    # shows in a repr and travels to child processes as the JSON it is read from.
-    callback_keys: SecretStr = SecretStr("{}")
-    # Percent of recipients done at which Moodle hears of progress, between "started" and "completed".
-    callback_milestones: list[int] = Field(default_factory=lambda: [25, 50, 75])
-    callback_max_age: float = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)  # then the callback is given up
-    callback_retry_base: float = Field(default=15.0, gt=0, le=3600)  # first retry ~ this many seconds later
-    callback_retry_max: float = Field(default=3600.0, gt=0, le=24 * 3600)  # backoff ceiling
-    callback_timeout: float = Field(default=10.0, gt=0, le=120)  # whole request, connect included
-    callback_connect_timeout: float = Field(default=5.0, gt=0, le=60)
-    callback_check_interval: float = Field(default=1.0, gt=0, le=60)  # how often due callbacks are looked for
-    callback_concurrency: int = Field(default=32, ge=1, le=512)  # callbacks in flight per worker
-    # Seals the query string of callback URLs (e.g. Moodle's wstoken) so it never sits in the log or a read model
-    # in clear; the API seals, the worker opens. Same value in every API and worker process; production refuses
-    # the development default. Rotating it makes the callbacks of jobs still running fail (say so, then rotate).
-    callback_url_secret: SecretStr = SecretStr(_DEV_CALLBACK_URL_SECRET)
-
-    def callback_key_table(self) -> dict[str, ApiKey]:
-        return _parse_callback_keys(self.callback_keys.get_secret_value())
-
-    def callback_key_for(self, company_id: int, requested: str | None = None) -> tuple[str, ApiKey] | None:
-        """The key id and key that sign this company's callbacks, or None when none is configured."""
-        keys = self.callback_key_table()
-        if requested and requested in keys and keys[requested].company_id in (company_id, None):
-            return requested, keys[requested]
-        own = [(key_id, key) for key_id, key in keys.items() if key.company_id == company_id]
-        shared = [(key_id, key) for key_id, key in keys.items() if key.company_id is None]
-        chosen = own or shared
-        return chosen[-1] if chosen else None
-
-    @model_validator(mode="after")
-    def _check_callback_settings(self) -> Settings:
-        try:
-            keys = self.callback_key_table()
-        except ValueError as exc:
-            raise ValueError(f"callback_keys: {exc}") from None
-        for key_id, key in keys.items():
-            if not _API_KEY_ID.fullmatch(key_id):
-                raise ValueError(f"callback key id {key_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
-            secret = key.secret.get_secret_value()
-            if self.environment == "production" and (len(secret) < 32 or secret.strip().lower() in _PLACEHOLDERS):
-                raise ValueError(f"callback key {key_id!r} needs a real secret of at least 32 characters in production")
-        if any(not 0 < m < 100 for m in self.callback_milestones):
-            raise ValueError("callback_milestones are percentages strictly between 0 and 100")
-        return self
-
-    # === Provider webhooks ========================================================================
-    # SES through SNS: only these topic ARNs are accepted (anyone can sign a message with AWS's SNS key from
-    # their own topic, so the signature alone proves nothing about the sender). Empty: SES webhooks refused.
-    webhook_sns_topic_arns: list[str] = Field(default_factory=list)
-    # SendGrid Event Webhook verification key (base64 DER or PEM public key, as SendGrid shows it).
-    webhook_sendgrid_public_key: str | None = None
-    webhook_mailgun_signing_key: SecretStr | None = None  # Mailgun's HTTP webhook signing key
-    webhook_max_age: float = Field(default=3600, ge=60, le=7 * 24 * 3600)  # older signed timestamps are refused
-
-    # === Monitoring UI and /metrics ===============================================================
-    # Signs the admin UI's session cookies (HMAC-SHA256). Unset: a random secret per API process (every
-    # sign-in ends when the process restarts; several API replicas need one shared value). >= 32 chars.
-    ui_session_secret: SecretStr | None = None
-    ui_session_hours: float = Field(default=8, gt=0, le=24 * 7)
-    # Cookies marked Secure (HTTPS only); default on in production, off elsewhere (plain http on loopback).
-    ui_secure_cookies: bool | None = None
-    # When set, /metrics needs "Authorization: Bearer <token>"; unset, it is served to anyone who can reach it
-    # (it carries aggregate counts only: no company, job id, address or secret).
-    metrics_token: SecretStr | None = None
-    # Whether /metrics answers only with that token; default on in production, off elsewhere. Required but no
-    # token set: /metrics refuses everyone (and the API says so at start-up).
-    metrics_require_token: bool | None = None
-    # Largest form the admin UI reads (sign-in, CSRF-protected actions); checked before the body is read.
-    ui_max_form_bytes: int = Field(default=8 * 1024, ge=1024, le=1024 * 1024)
-    # Requests per minute per client address on the unauthenticated routes (/verify, /certificates, the UI's
-    # sign-in); 0 turns the limit off.
-    public_rate_limit_per_minute: int = Field(default=120, ge=0, le=100_000)
-    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the client address is the
-    # rightmost hop that is not one of them. Empty: the TCP peer is the client (X-Forwarded-For ignored).
-    trusted_proxies: list[str] = Field(default_factory=list)
-
-    @property
-    def metrics_token_required(self) -> bool:
-        if self.metrics_require_token is not None:
-            return self.metrics_require_token
-        return self.environment == "production"
-
-    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return _networks(tuple(self.trusted_proxies))
-
-    @model_validator(mode="after")
-    def _check_ui_secrets(self) -> Settings:
-        secret = self.ui_session_secret
-        if secret is not None and len(secret.get_secret_value()) < 32:
-            raise ValueError("ui_session_secret must be at least 32 characters")
-        try:
-            self.trusted_proxy_networks()
-        except ValueError as exc:
-            raise ValueError(f"trusted_proxies: {exc}") from None
-        return self
-
-
-# === Cost ===========================================================================================
-class ProviderPrice(BaseModel):
-    """A provider's list price: per 1,000 messages, per request, per GB stored (certificates)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    per_1000: float = Field(default=0.0, ge=0)
-    per_request: float = Field(default=0.0, ge=0)
-    per_gb: float = Field(default=0.0, ge=0)
-
-
-DEFAULT_PRICES: dict[str, ProviderPrice] = {
-    "smtp": ProviderPrice(),  # Moodle's own relay: no per-message price
-    "local": ProviderPrice(),
-    "ses": ProviderPrice(per_1000=0.10, per_gb=0.12),
-    "sendgrid": ProviderPrice(per_1000=0.90),
-    "mailgun": ProviderPrice(per_1000=0.70),
-    "s3": ProviderPrice(per_request=0.000005, per_gb=0.023),
-    "r2": ProviderPrice(per_request=0.0000045, per_gb=0.015),
-}
-
-
-# === API: the Moodle-facing side ====================================================================
-_API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-class ApiKey(BaseModel):
-    """One signing key: the shared secret and the company it speaks for (None: an admin key, every company).
-
-    ``company_id`` must be given, ``null`` included: a key that forgot it must not quietly become an admin key
-    that sees every company.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    secret: SecretStr = Field(min_length=16)
-    company_id: int | None = Field(ge=0, description="the key's company; null (explicitly) for an admin key")
-
-
-
-@lru_cache(maxsize=8)
-def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
-
-
-# === Callbacks to Moodle ==========================================================================
-@lru_cache(maxsize=8)
-def _parse_callback_keys(raw: str) -> dict[str, ApiKey]:
-    try:
-        data = json.loads(raw or "{}")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise ValueError("expected a JSON object of key id -> {secret, company_id}")  # noqa: TRY004
-    try:
-        return {str(key_id): ApiKey.model_validate(value) for key_id, value in data.items()}
-    except ValidationError as exc:
-        raise ValueError(str(exc.errors(include_url=False, include_input=False))) from None
-
-
-Settings.model_rebuild()

@@ -11,11 +11,24 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from config.settings import Settings
 
 _ALIASES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "database_url": "DATABASE_URL"}
 
+
+
+def stop_child(proc: subprocess.Popen[Any], *, timeout: float) -> None:
+    """SIGTERM a child process that still runs, wait up to ``timeout`` seconds for it, then SIGKILL it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment a child process needs to build the same Settings."""
@@ -89,12 +102,7 @@ class ServiceProcess:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_child(self.proc, timeout=30)
         if hasattr(self, "_log"):
             self._log.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,8 @@ from config.settings import Settings
 from eventlog.topics import MAX_MESSAGE_BYTES, public_topics
 from schemas.envelope import Record, encode
 from schemas.events import Event
+
+log = logging.getLogger(__name__)
 
 
 class BrokerUnavailable(Exception):
@@ -60,7 +63,13 @@ class EventPublisher:
                 # Batches of similar JSON compress ~5-10x; lz4 costs the least CPU.
                 compression_type=None if (codec := self._settings.kafka_compression) == "none" else codec,
             )
-            await producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                # A start that failed or was cancelled half-way leaves the client's connections and its metadata
+                # task behind; close them, or every failed start while the broker is down leaks one more.
+                await asyncio.shield(_close_quietly(producer))
+                raise
             self._producer = producer
 
     async def stop(self) -> None:
@@ -126,3 +135,11 @@ class EventPublisher:
         await self.flush()
         metadata = await asyncio.gather(*futures) if futures else []
         return [(m.partition, m.offset) for m in metadata]
+
+
+async def _close_quietly(producer: AIOKafkaProducer, timeout: float = 10.0) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except Exception as exc:  # closing a producer that never started: nothing to save, say what happened
+        log.debug("closing a half-started Kafka producer: %r", exc)
+

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -92,6 +93,21 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str, *, wait: float =
         # aiokafka has no public refresh; partitions_for_topic() only reads the metadata it already has.
         await consumer._client.force_metadata_update()  # noqa: SLF001
         await asyncio.sleep(0.1)
+
+
+async def offsets_of(settings: Settings, shorts: Iterable[str], *, end: bool) -> dict[tuple[str, int], int]:
+    """For each partition of these public topics (short names): the first offset the log still holds, or with
+    ``end`` the offset its next record will get."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        places = [TopicPartition(settings.topic(short), p) for short in shorts
+                  for p in await partitions_of(consumer, settings.topic(short))]
+        found = await (consumer.end_offsets(places) if end else consumer.beginning_offsets(places))
+        return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
+    finally:
+        await consumer.stop()
 
 
 async def create_topics(settings: Settings, *, with_changelogs: bool = False) -> dict[str, str]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 
 from config.settings import Settings
-from eventlog.topics import partitions_of
+from eventlog.topics import offsets_of
 from projections import tracking
 from projections.projector import (
     PROJECTED_TOPICS,
@@ -104,16 +103,7 @@ async def take_snapshot(settings: Settings, name: str) -> Snapshot:
 
 async def log_beginnings(settings: Settings) -> dict[tuple[str, int], int]:
     """The first offset each projected partition still holds."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        places = [TopicPartition(settings.topic(short), p) for short in PROJECTED_TOPICS
-                  for p in await partitions_of(consumer, settings.topic(short))]
-        firsts = await consumer.beginning_offsets(places)
-        return {(tp.topic, tp.partition): first for tp, first in firsts.items()}
-    finally:
-        await consumer.stop()
+    return await offsets_of(settings, PROJECTED_TOPICS, end=False)
 
 
 def missing_history(offsets: dict[tuple[str, int], int], beginnings: dict[tuple[str, int], int]) -> list[str]:

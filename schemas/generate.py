@@ -1,6 +1,6 @@
 """Write the JSON Schema files under ``schemas/json/`` from the event classes (the one source of truth).
 
-Run ``python -m schemas.generate`` after changing ``schemas/events.py``; ``--check`` exits 1 on drift.
+Run ``python -m schemas.generate`` after changing ``schemas/events/``; ``--check`` exits 1 on drift.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ event loop at import time (the module-level ``app`` is built on first access).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -18,10 +20,16 @@ app: faust.App  # built on first access, by __getattr__ below
 
 
 def create_app(settings: Settings) -> faust.App:
+    # With memory tables Faust keeps nothing of value on disk, but it still makes "<id>-data/" in the working
+    # directory: a user's checkout or a container's /app filled up with one per test app id. Faust creates only
+    # the last level of the path.
+    datadir = Path(tempfile.gettempdir()) / "manireports-offload" / f"{settings.app_id}-data"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",  # tables are rebuilt from their changelog topics on start
+        datadir=str(datadir),
         # faust-streaming's exactly_once has open duplicate/crash bugs (#323, #517): effects are idempotent.
         processing_guarantee="at_least_once",
         topic_disable_leader=True,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +118,13 @@ class HttpEmailProvider:
     async def send_batch(
         self, messages: Sequence[OutgoingEmail], on_result: OnEachResult | None = None
     ) -> list[SendResult]:
+        return await self.send_groups(messages, [range(len(messages))], on_result)
+
+    async def send_groups(
+        self, messages: Sequence[OutgoingEmail], groups: Iterable[Sequence[int]], on_result: OnEachResult | None
+    ) -> list[SendResult]:
+        """Send ``messages`` in calls that each hold learners of one group only (positions in ``messages``), the
+        groups one after another, at most ``max_batch`` a call; ``on_result`` hears of each by its position."""
         await self.start()
         results: list[SendResult | None] = [None] * len(messages)
 
@@ -125,8 +132,9 @@ class HttpEmailProvider:
             results[index] = result
             await report(on_result, index, result)
 
-        for start in range(0, len(messages), self.max_batch):
-            await self._send(list(range(start, min(len(messages), start + self.max_batch))), messages, done)
+        for group in groups:
+            for start in range(0, len(group), self.max_batch):
+                await self._send(list(group[start:start + self.max_batch]), messages, done)
         return [r if r is not None else SendResult(m.key, Outcome.RETRY, error="no answer")
                 for r, m in zip(results, messages, strict=True)]
 

@@ -16,7 +16,7 @@ calls, 1,564 bytes per learner (the multipart envelope repeats), 320 learners/s.
 Authentication is HTTP basic ``api:<key>``; EU domains live on ``api.eu.mailgun.net``, US ones on
 ``api.mailgun.net`` (``OFFLOAD_MAILGUN_REGION``, or ``OFFLOAD_MAILGUN_BASE_URL`` for anything else). The
 answer's ``id`` (without its angle brackets, as Mailgun's webhooks show it) is stored as the provider message
-id; ``api/webhooks.py`` matches a webhook to the learner by that id and the recipient address.
+id; ``api/webhooks/`` matches a webhook to the learner by that id and the recipient address.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, SendResult, report
+from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, SendResult
 from adapters.email.http_api import Answer, HttpEmailProvider
 from adapters.email.pacing import RateLimiter
 
@@ -57,17 +57,7 @@ class MailgunProvider(HttpEmailProvider):
                     break
             else:
                 rounds.append([index])
-        if len(rounds) == 1:
-            return await super().send_batch(messages, on_result)
-        results: list[SendResult] = [SendResult(m.key, Outcome.RETRY) for m in messages]
-        for group in rounds:
-            async def shifted(index: int, result: SendResult, group: list[int] = group) -> None:
-                await report(on_result, group[index], result)
-
-            part = await super().send_batch([messages[i] for i in group], shifted)
-            for index, result in zip(group, part, strict=True):
-                results[index] = result
-        return results
+        return await self.send_groups(messages, rounds, on_result)
 
     def fields(self, messages: Sequence[OutgoingEmail]) -> list[tuple[str, str]]:
         out = [("from", self.sender)]

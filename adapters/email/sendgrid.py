@@ -16,7 +16,7 @@ of ~100-300 ms and counts against the account's request rate limit, so the gap i
 2,369 request bytes per learner for the 2.8 KB course-reminder message.
 
 Each personalization also carries our ``Message-ID`` header (SendGrid reports it back as ``smtp-id`` in its
-Event Webhook, which ``api/webhooks.py`` matches to the learner) and ``custom_args`` with the learner key.
+Event Webhook, which ``api/webhooks/`` matches to the learner) and ``custom_args`` with the learner key.
 The 202's ``X-Message-Id`` is stored as the provider message id (webhooks' ``sg_message_id`` begins with it).
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, SendResult, report
+from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, SendResult
 from adapters.email.http_api import Answer, HttpEmailProvider
 from adapters.email.pacing import RateLimiter
 
@@ -57,23 +57,10 @@ class SendGridProvider(HttpEmailProvider):
     async def send_batch(
         self, messages: Sequence[OutgoingEmail], on_result: OnEachResult | None = None
     ) -> list[SendResult]:
-        big = [i for i, m in enumerate(messages) if not _substitutable(m)]
-        if not big:
-            return await super().send_batch(messages, on_result)
-        results: list[SendResult] = [SendResult(m.key, Outcome.RETRY) for m in messages]
-        alone = set(big)
-        groups = [[i for i in range(len(messages)) if i not in alone], *([i] for i in big)]
-        for group in groups:
-            if not group:
-                continue
-
-            async def shifted(index: int, result: SendResult, group: list[int] = group) -> None:
-                await report(on_result, group[index], result)
-
-            part = await super().send_batch([messages[i] for i in group], shifted)
-            for index, result in zip(group, part, strict=True):
-                results[index] = result
-        return results
+        # Messages too big to substitute go alone, each in a call of its own, after the others.
+        alone = {i for i, m in enumerate(messages) if not _substitutable(m)}
+        groups = [[i for i in range(len(messages)) if i not in alone], *([i] for i in sorted(alone))]
+        return await self.send_groups(messages, groups, on_result)
 
     def body(self, messages: Sequence[OutgoingEmail]) -> dict[str, Any]:
         sender: dict[str, str] = {"email": self.mail_from}

@@ -7,14 +7,17 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from aiohttp import web
+from multidict import MultiDict
 from pydantic import ValidationError
 
 from api.companies import CompanySettingsChange
-from api.state import STATE
+from api.state import STATE, ApiState
 from api.ui.pages import SETTINGS_FIELDS, company_id_of, load_company, load_job
+from api.ui.sessions import Session
 from api.ui.state import render, require_post
 from api.ui.views import PREFIX
 from projections.jobs import FINISHED, JobStatus
@@ -24,44 +27,61 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-@routes.post(PREFIX + "/jobs/{job_id}/retry")
-async def retry(request: web.Request) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class _JobAction:
+    """A CSRF-checked POST about one job that exists: who asked, the form, and the job as the pages show it."""
+
+    session: Session
+    form: MultiDict[str]
+    state: ApiState
+    job_id: str
+    job: dict[str, Any]
+
+    @property
+    def requested_by(self) -> str:
+        return f"ui:{self.session.key_id}"
+
+    def back(self, notice: str) -> NoReturn:
+        """To the job's page, with a notice saying what happened."""
+        raise web.HTTPSeeOther(f"{PREFIX}/jobs/{self.job_id}?notice={notice}")
+
+
+async def _job_action(request: web.Request) -> _JobAction:
     session, form = await require_post(request)
     state = request.app[STATE]
     job_id = request.match_info["job_id"][:128]
     job = await load_job(state, job_id)
     if job is None:
         raise web.HTTPNotFound(text="no such job")
-    back = f"{PREFIX}/jobs/{job_id}"
-    if job["status"] != JobStatus.COMPLETED:
-        raise web.HTTPSeeOther(f"{back}?notice=job_not_finished")
-    if not job["progress"]["failed"]:
-        raise web.HTTPSeeOther(f"{back}?notice=nothing_to_retry")
-    only_retryable = form.get("which", "retryable") != "all"
-    event = JobRetryRequested(job_id=job_id, company_id=job["company_id"], requested_by=f"ui:{session.key_id}",
-                              only_retryable=only_retryable)
-    await state.publisher.send_and_wait(event)
-    log.info("UI: retry of job %s requested by %s (only retryable: %s)", job_id, session.key_id, only_retryable)
-    raise web.HTTPSeeOther(f"{back}?notice=retry_requested")
+    return _JobAction(session, form, state, job_id, job)
+
+
+@routes.post(PREFIX + "/jobs/{job_id}/retry")
+async def retry(request: web.Request) -> web.Response:
+    action = await _job_action(request)
+    if action.job["status"] != JobStatus.COMPLETED:
+        action.back("job_not_finished")
+    if not action.job["progress"]["failed"]:
+        action.back("nothing_to_retry")
+    only_retryable = action.form.get("which", "retryable") != "all"
+    await action.state.publisher.send_and_wait(JobRetryRequested(
+        job_id=action.job_id, company_id=action.job["company_id"], requested_by=action.requested_by,
+        only_retryable=only_retryable))
+    log.info("UI: retry of job %s requested by %s (only retryable: %s)", action.job_id, action.session.key_id,
+             only_retryable)
+    action.back("retry_requested")
 
 
 @routes.post(PREFIX + "/jobs/{job_id}/cancel")
 async def cancel(request: web.Request) -> web.Response:
-    session, form = await require_post(request)
-    state = request.app[STATE]
-    job_id = request.match_info["job_id"][:128]
-    job = await load_job(state, job_id)
-    if job is None:
-        raise web.HTTPNotFound(text="no such job")
-    back = f"{PREFIX}/jobs/{job_id}"
-    if job["status"] in FINISHED:
-        raise web.HTTPSeeOther(f"{back}?notice=job_finished")
-    reason = form.get("reason", "").strip()[:500] or None
-    event = JobCancelled(job_id=job_id, company_id=job["company_id"], requested_by=f"ui:{session.key_id}",
-                         reason=reason)
-    await state.publisher.send_and_wait(event)
-    log.info("UI: cancel of job %s requested by %s", job_id, session.key_id)
-    raise web.HTTPSeeOther(f"{back}?notice=cancel_requested")
+    action = await _job_action(request)
+    if action.job["status"] in FINISHED:
+        action.back("job_finished")
+    reason = action.form.get("reason", "").strip()[:500] or None
+    await action.state.publisher.send_and_wait(JobCancelled(
+        job_id=action.job_id, company_id=action.job["company_id"], requested_by=action.requested_by, reason=reason))
+    log.info("UI: cancel of job %s requested by %s", action.job_id, action.session.key_id)
+    action.back("cancel_requested")
 
 
 _DECIMAL = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")  # ASCII digits only; anything else fails validation as typed

@@ -20,12 +20,9 @@ from devtools.devstack.process import (
     DevStackError,
     Log,
     ensure_port_free,
-    log_tail,
     running_pid,
-    spawn,
-    stop_pid,
-    wait_until,
-    write_pid,
+    start_service,
+    stop_service,
 )
 
 POM = Path(__file__).resolve().parent.parent / "infra" / "kafka" / "pom.xml"
@@ -202,27 +199,12 @@ def start(home: Path, libs: Path, kafka_port: int, controller_port: int, log: Lo
     """Start the broker detached and wait until it answers; return its pid."""
     for port, what in ((kafka_port, "kafka"), (controller_port, "kafka controller")):
         ensure_port_free(port, what)
-    log_path = home / "logs" / "kafka.log"
     argv = ["java", *JVM_OPTS, "-cp", f"{libs}/*", "kafka.Kafka", str(props_path(home))]
-    pid = spawn(argv, log_path)
-    write_pid(pidfile(home), pid)
-    log(f"kafka starting (pid {pid}) on 127.0.0.1:{kafka_port}; log {log_path}")
-
-    def alive() -> bool:
-        return running(home) is not None
-
-    ready = wait_until(lambda: broker_ready(kafka_port) or not alive(), READY_TIMEOUT, 0.2) and alive()
-    if not ready:
-        why = "exited" if not alive() else f"did not answer within {READY_TIMEOUT:.0f} s"
-        stop_pid(pid, markers(home), "kafka", log)
-        pidfile(home).unlink(missing_ok=True)
-        raise DevStackError(f"kafka {why}. Last lines of {log_path}:\n{log_tail(log_path)}")
-    return pid
+    return start_service(argv, name="kafka", address=f"127.0.0.1:{kafka_port}", pidfile=pidfile(home),
+                         markers=markers(home), log_path=home / "logs" / "kafka.log",
+                         ready=lambda: broker_ready(kafka_port), timeout=READY_TIMEOUT, interval=0.2, log=log)
 
 
 def stop(home: Path, log: Log) -> None:
     """Stop our broker (SIGTERM = controlled shutdown, SIGKILL after 30 s) and drop its pidfile."""
-    pid = running(home)
-    if pid is not None:
-        stop_pid(pid, markers(home), "kafka", log)
-    pidfile(home).unlink(missing_ok=True)
+    stop_service(pidfile(home), markers(home), "kafka", log)

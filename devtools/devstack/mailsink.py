@@ -10,18 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from devtools.devstack.process import (
-    DevStackError,
-    Log,
-    ensure_port_free,
-    log_tail,
-    running_pid,
-    spawn,
-    stop_pid,
-    tcp_answers,
-    wait_until,
-    write_pid,
-)
+from devtools.devstack.process import Log, ensure_port_free, running_pid, start_service, stop_service, tcp_answers
 
 READY_TIMEOUT = 60.0  # a deadline, not an estimate: the sink starts in ~1 s, far slower on a loaded machine
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # so `-m devtools.devmail` works without an install
@@ -49,23 +38,14 @@ def start(home: Path, port: int, log: Log) -> int:
     spool(home).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
-    log_path = home / "logs" / "mail.log"
     argv = [sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", str(port),
             "--spool", str(spool(home))]
-    pid = spawn(argv, log_path, env=env)
-    write_pid(pidfile(home), pid)
-    ready = wait_until(lambda: tcp_answers(port) or running(home) is None, READY_TIMEOUT, 0.1)
-    if not ready or running(home) is None:
-        stop_pid(pid, markers(home), "mail sink", log)
-        pidfile(home).unlink(missing_ok=True)
-        raise DevStackError(f"mail sink did not start on 127.0.0.1:{port}. Last lines of {log_path}:\n"
-                            + log_tail(log_path))
+    pid = start_service(argv, name="mail sink", address=f"127.0.0.1:{port}", pidfile=pidfile(home),
+                        markers=markers(home), log_path=home / "logs" / "mail.log", ready=lambda: tcp_answers(port),
+                        timeout=READY_TIMEOUT, interval=0.1, log=log, env=env)
     log(f"mail sink running (pid {pid}) on 127.0.0.1:{port}; spool {spool(home)}")
     return pid
 
 
 def stop(home: Path, log: Log) -> None:
-    pid = running(home)
-    if pid is not None:
-        stop_pid(pid, markers(home), "mail sink", log)
-    pidfile(home).unlink(missing_ok=True)
+    stop_service(pidfile(home), markers(home), "mail sink", log)

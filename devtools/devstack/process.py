@@ -180,6 +180,37 @@ def stop_pid(
     wait_until(lambda: not is_ours(pid, markers), 10.0, 0.1)
 
 
+def start_service(argv: Sequence[str], *, name: str, address: str, pidfile: Path, markers: Sequence[str],
+                  log_path: Path, ready: Callable[[], bool], timeout: float, interval: float, log: Log,
+                  env: dict[str, str] | None = None) -> int:
+    """Start ``argv`` detached, remember it in ``pidfile`` and wait until ``ready()``; return its pid.
+
+    A service that exits, or is not ready within ``timeout`` seconds, is stopped and forgotten, and the error
+    carries the last lines of its log.
+    """
+    pid = spawn(argv, log_path, env=env)
+    write_pid(pidfile, pid)
+    log(f"{name} starting (pid {pid}) on {address}; log {log_path}")
+
+    def alive() -> bool:
+        return running_pid(pidfile, markers) is not None
+
+    if wait_until(lambda: ready() or not alive(), timeout, interval) and alive():
+        return pid
+    why = "exited" if not alive() else f"did not answer within {timeout:.0f} s"
+    stop_pid(pid, markers, name, log)
+    pidfile.unlink(missing_ok=True)
+    raise DevStackError(f"{name} {why}. Last lines of {log_path}:\n{log_tail(log_path)}")
+
+
+def stop_service(pidfile: Path, markers: Sequence[str], name: str, log: Log) -> None:
+    """Stop the service ``pidfile`` names if it is still ours (SIGTERM, SIGKILL after 30 s); drop the pidfile."""
+    pid = running_pid(pidfile, markers)
+    if pid is not None:
+        stop_pid(pid, markers, name, log)
+    pidfile.unlink(missing_ok=True)
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     """The last ``lines`` lines of a log file, for error messages."""
     try:

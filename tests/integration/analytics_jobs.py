@@ -5,9 +5,11 @@ webhooks publish them), and one job rejected at intake. Run through the real wor
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from config.settings import Settings
 from devtools.devmail import DevMailSink
@@ -139,3 +141,18 @@ def run_sample(settings: Settings, mail_sink: DevMailSink, jobs: list[SampleJob]
         return True
 
     wait_for(reports_projected, timeout=timeout, what="the provider reports in the read model")
+
+
+def run_sample_on_own_processes(settings_factory: Callable[..., Settings], topics_for: Callable[[Settings], Any],
+                                processes: Callable[..., Any], mail_sink: DevMailSink,
+                                tmp_path: Path) -> tuple[Settings, list[SampleJob]]:
+    """The sample jobs run to completion (``run_sample``) through a worker and a projector of their own, on
+    fresh topics and schema, with the extra templates; the tests' fixtures are passed in."""
+    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=100,
+                                template_dir=write_templates(tmp_path / "templates"))
+    topics_for(settings)
+    processes("worker", settings)
+    processes("projector", settings)
+    jobs = sample_jobs()
+    run_sample(settings, mail_sink, jobs)
+    return settings, jobs

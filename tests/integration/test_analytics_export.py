@@ -11,7 +11,7 @@ import pytest
 
 from offload.export_parquet import export_parquet
 from offload.logtools import EventFilter
-from tests.integration.analytics_jobs import run_sample, sample_jobs, write_templates
+from tests.integration.analytics_jobs import run_sample_on_own_processes
 from tests.support.observe import query
 
 pytestmark = pytest.mark.integration
@@ -25,13 +25,7 @@ def outcome_counts(settings) -> dict[tuple[str, str], int]:
 def test_an_export_of_real_jobs_opens_in_duckdb_with_typed_columns_and_the_read_models_counts(
     settings_factory, topics_for, processes, mail_sink, tmp_path
 ):
-    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=100,
-                                template_dir=write_templates(tmp_path / "templates"))
-    topics_for(settings)
-    processes("worker", settings)
-    processes("projector", settings)
-    jobs = sample_jobs()
-    run_sample(settings, mail_sink, jobs)
+    settings, jobs = run_sample_on_own_processes(settings_factory, topics_for, processes, mail_sink, tmp_path)
 
     out = tmp_path / "export"
     counts = asyncio.run(export_parquet(settings, EventFilter(), out))

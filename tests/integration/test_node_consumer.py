@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from offload.client import request_retry
-from tests.integration.analytics_jobs import run_sample, sample_jobs, write_templates
+from tests.integration.analytics_jobs import run_sample_on_own_processes
 from tests.support.observe import query, wait_for_job
 from tests.support.stack import REPO
 
@@ -39,13 +39,7 @@ def node_consumer(settings, *extra: str) -> subprocess.CompletedProcess:
 def test_the_node_consumers_per_job_summary_equals_the_read_model(
     settings_factory, topics_for, processes, mail_sink, tmp_path
 ):
-    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=100,
-                                template_dir=write_templates(tmp_path / "templates"))
-    topics_for(settings)
-    processes("worker", settings)
-    processes("projector", settings)
-    jobs = sample_jobs()
-    run_sample(settings, mail_sink, jobs)
+    settings, jobs = run_sample_on_own_processes(settings_factory, topics_for, processes, mail_sink, tmp_path)
     # A retry run of every failed learner of one job: each is refused again, in run 1 this time.
     retried = next(j for j in jobs if j.refused)
     asyncio.run(request_retry(settings, retried.job_id, only_retryable=False))

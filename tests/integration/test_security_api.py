@@ -1,4 +1,4 @@
-"""Issue 11 against the real broker, database and API processes: replays refused across two API processes,
+"""The API's hardening against the real broker, database and API processes: replays refused across two API processes,
 bodies that never arrive, template_data written once and capped, callback tokens kept out of the log."""
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Self
 
 from config.settings import Settings
+from devtools.processes import stop_child
 from tests.support.api import send
 from tests.support.stack import REPO, settings_env
 
@@ -93,13 +94,8 @@ class ApiProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_child(self.proc, timeout=30)
 
     def __enter__(self) -> Self:
         return self.start()

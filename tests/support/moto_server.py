@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from devtools.processes import stop_child
 
 
 def free_port() -> int:
@@ -76,9 +77,4 @@ def moto_server() -> Iterator[MotoServer]:
                 time.sleep(0.1)
         yield MotoServer(endpoint_url=url, pid=proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, timeout=10)

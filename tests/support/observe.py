@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from config.settings import Settings
-from eventlog.topics import partitions_of
+from eventlog.topics import offsets_of, partitions_of
 from projections.projector import PROJECTED_TOPICS, PROJECTION
 from schemas.envelope import decode
 from schemas.events import Event
@@ -79,7 +79,7 @@ def wait_for_job(settings: Settings, job_id: str, status: str = "completed", tim
 def wait_for_projector(settings: Settings, timeout: float = 90) -> None:
     """Until the projector has applied every record the projected topics hold now (the ends are read once, so
     records produced meanwhile, e.g. a callback retried every few seconds, cannot keep moving the goal)."""
-    ends = asyncio.run(_end_offsets(settings, PROJECTED_TOPICS))
+    ends = asyncio.run(offsets_of(settings, PROJECTED_TOPICS, end=True))
 
     def caught_up() -> bool:
         applied = {(r["topic"], r["partition"]): r["next_offset"] for r in query(
@@ -88,18 +88,6 @@ def wait_for_projector(settings: Settings, timeout: float = 90) -> None:
         return all(applied.get(place, 0) >= end for place, end in ends.items())
 
     wait_for(caught_up, timeout=timeout, what="the projector to reach the end of the log")
-
-
-async def _end_offsets(settings: Settings, shorts: tuple[str, ...]) -> dict[tuple[str, int], int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        places = [TopicPartition(settings.topic(short), p) for short in shorts
-                  for p in await partitions_of(consumer, settings.topic(short))]
-        return {(tp.topic, tp.partition): end for tp, end in (await consumer.end_offsets(places)).items()}
-    finally:
-        await consumer.stop()
 
 
 async def _read_topic(settings: Settings, short: str) -> list[tuple[Any, Event | Exception]]:

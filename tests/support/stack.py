@@ -8,6 +8,7 @@ fixtures fail: integration tests are never skipped.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,5 +74,32 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str, deadline_s: float = 60.0) -> None:
+    """Drop a test database whoever is still connected to it.
+
+    ``WITH (FORCE)`` run by a non-superuser refuses ("must be a member of the role whose process is being
+    terminated") when an autovacuum worker happens to be in the database at that moment, which a busy session's
+    database often is. A plain DROP DATABASE stops autovacuum workers itself, so: end our own role's sessions,
+    then drop without FORCE, retrying until nobody is left.
+    """
+    stop_at = time.monotonic() + deadline_s
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        while True:
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+                if time.monotonic() > stop_at:
+                    raise
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = %s AND usename = current_user AND pid <> pg_backend_pid()", (name,))
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            except psycopg.errors.ObjectInUse:
+                if time.monotonic() > stop_at:
+                    raise
+            time.sleep(0.5)

@@ -275,7 +275,7 @@ def test_message_ids_are_deterministic_and_distinct() -> None:
 
 
 def test_message_ids_are_keyed_so_they_cannot_be_computed_from_outside() -> None:
-    """Issue 11 finding 10: sha256(job_id, userid) could be computed by anyone who knows a job id and a userid."""
+    """An unkeyed sha256(job_id, userid) could be computed by anyone who knows a job id and a userid."""
     unkeyed = "<" + hashlib.sha256(b"job-1\x0042").hexdigest()[:40] + "@offload.example.org>"
     keyed = message_id_for("job-1", 42, "offload.example.org", key=K)
     assert keyed != unkeyed

@@ -1,4 +1,4 @@
-"""Issue 11 (API side): each test fails on the code before the fix. Property tests cover the signing path
+"""The API's request security: each test fails on the code before its fix. Property tests cover the signing path
 (slow bodies, clock edges) and the callback SSRF check over IP literal forms."""
 
 from __future__ import annotations

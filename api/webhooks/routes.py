@@ -1,0 +1,131 @@
+"""The /webhooks/{ses,sendgrid,mailgun} routes: read the body, verify, accept once, publish."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from api.errors import ApiError, json_response
+from api.store import ReadStore
+from api.webhooks.reports import mailgun_reports, sendgrid_reports, ses_reports
+from api.webhooks.service import WebhookService
+from api.webhooks.signatures import Fetch, Refused, parse_time, verify_mailgun, verify_sendgrid
+from config.settings import Settings
+from eventlog.publisher import EventPublisher
+from security.seen import PostgresSeen, SeenOnce, token_of
+
+log = logging.getLogger(__name__)
+MAX_WEBHOOK_BYTES = 1024 * 1024
+
+WEBHOOKS: web.AppKey[WebhookService] = web.AppKey("webhooks", WebhookService)
+
+
+async def _body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
+        raise ApiError(413, "body_too_large", f"webhooks are limited to {MAX_WEBHOOK_BYTES} bytes")
+    body = await request.content.read(MAX_WEBHOOK_BYTES + 1)
+    if len(body) > MAX_WEBHOOK_BYTES:
+        raise ApiError(413, "body_too_large", f"webhooks are limited to {MAX_WEBHOOK_BYTES} bytes")
+    return body
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "malformed_json", "the body is not JSON (or is nested too deeply)") from None
+
+
+def _refused(provider: str, exc: Refused) -> ApiError:
+    log.warning("%s webhook refused: %s", provider, exc.code)
+    status = 503 if exc.code == "webhook_not_configured" else 403
+    return ApiError(status, exc.code, exc.message)
+
+
+async def ses_webhook(request: web.Request) -> web.Response:
+    service = request.app[WEBHOOKS]
+    message = _json(await _body(request))
+    if not isinstance(message, dict):
+        raise ApiError(400, "bad_sns_message", "an SNS message is a JSON object")
+    now = time.time()
+    try:
+        await service.sns.verify(message)
+        if message["Type"] == "SubscriptionConfirmation":
+            await service.confirm_subscription(str(message.get("SubscribeURL", "")))
+            log.info("SNS subscription to %s confirmed", message.get("TopicArn"))
+            return json_response({"confirmed": True})
+    except Refused as exc:
+        raise _refused("ses", exc) from None
+    if message["Type"] != "Notification":
+        return json_response({"ignored": message["Type"]})
+    notification = _json(str(message.get("Message", "")).encode())
+    reports = ses_reports(notification, str(message.get("MessageId"))) if isinstance(notification, dict) else []
+    async with service.once("ses", token_of(str(message["TopicArn"]), str(message.get("MessageId"))),
+                            signed_at=parse_time(message.get("Timestamp")), now=now):
+        published, unmatched = await service.publish("ses", reports)
+    return json_response({"published": published, "unmatched": unmatched})
+
+
+async def sendgrid_webhook(request: web.Request) -> web.Response:
+    service = request.app[WEBHOOKS]
+    key = service.settings.webhook_sendgrid_public_key
+    body = await _body(request)
+    timestamp, now = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", ""), time.time()
+    try:
+        if not key:
+            raise Refused("webhook_not_configured", "no SendGrid verification key is configured")
+        verify_sendgrid(key, request.headers.get("X-Twilio-Email-Event-Webhook-Signature", ""), timestamp, body,
+                        max_age=service.settings.webhook_max_age, now=now)
+    except Refused as exc:
+        raise _refused("sendgrid", exc) from None
+    events = _json(body)
+    # Keyed by what was signed, not by the signature: an ECDSA signature has a second valid form (s -> n - s).
+    async with service.once("sendgrid", token_of(timestamp, body), signed_at=float(timestamp), now=now):
+        published, unmatched = await service.publish("sendgrid", sendgrid_reports(events if isinstance(events, list)
+                                                                                  else []))
+    return json_response({"published": published, "unmatched": unmatched})
+
+
+async def mailgun_webhook(request: web.Request) -> web.Response:
+    service = request.app[WEBHOOKS]
+    key = service.settings.webhook_mailgun_signing_key
+    payload = _json(await _body(request))
+    if not isinstance(payload, dict):
+        raise ApiError(400, "bad_webhook", "a Mailgun webhook is a JSON object")
+    now = time.time()
+    signed = payload.get("signature") or {}
+    try:
+        if key is None:
+            raise Refused("webhook_not_configured", "no Mailgun signing key is configured")
+        if not isinstance(signed, dict):
+            raise Refused("bad_signature", "the Mailgun signature block is incomplete")
+        token = verify_mailgun(key.get_secret_value(), signed, max_age=service.settings.webhook_max_age, now=now)
+    except Refused as exc:
+        raise _refused("mailgun", exc) from None
+    data = payload.get("event-data")
+    async with service.once("mailgun", token, signed_at=float(signed["timestamp"]), now=now):
+        published, unmatched = await service.publish("mailgun", mailgun_reports(data if isinstance(data, dict)
+                                                                                else {}))
+    return json_response({"published": published, "unmatched": unmatched})
+
+
+def setup(app: web.Application, settings: Settings, publisher: EventPublisher, store: ReadStore, *,
+          fetch: Fetch | None = None, seen: SeenOnce | None = None) -> None:
+    """Add /webhooks/{ses,sendgrid,mailgun}. ``fetch`` replaces the https GET of SNS certificates and
+    subscription URLs in tests only; the SNS host check happens before it is called either way. ``seen`` is
+    the replay store every API replica shares (default: Postgres through the read store's pool)."""
+    shared = seen if seen is not None else PostgresSeen(store.pool, settings.projection_schema)
+    service = WebhookService(settings, publisher, store, fetch, shared)
+    app[WEBHOOKS] = service
+    app.router.add_post("/webhooks/ses", ses_webhook)
+    app.router.add_post("/webhooks/sendgrid", sendgrid_webhook)
+    app.router.add_post("/webhooks/mailgun", mailgun_webhook)
+
+    async def _close(app: web.Application) -> None:
+        await service.close()
+
+    app.on_cleanup.append(_close)

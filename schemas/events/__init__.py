@@ -1,0 +1,99 @@
+"""The event contract: frozen, typed values named in the past tense, free of Faust and Kafka types.
+
+These classes are the one source of truth. ``python -m schemas.generate`` writes the JSON Schema files under
+``schemas/json/`` from them for other teams; a test fails when the committed files drift from this code.
+Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
+
+The modules hold one part of the story each (``jobs``, ``batches``, ``outcomes``, ``certificates``,
+``callbacks``, ``company``, ``provider_health``, ``dead_letters``, ``templates``; ``content``: what a job's
+email is made of); ``registry`` lists every type. Import from here: ``from schemas.events import JobAccepted``.
+"""
+
+from schemas.events.base import EmailProviderName, Event, JobType, Route, StorageProviderName, utcnow
+from schemas.events.batches import (
+    BatchCompleted,
+    BatchDispatched,
+    BatchesDispatched,
+    FailedRecipient,
+    JobFellBackToLocal,
+)
+from schemas.events.callbacks import CallbackDelivered, CallbackFailed, CallbackName
+from schemas.events.certificates import CertificateIssued
+from schemas.events.company import CompanySettingsChanged
+from schemas.events.content import InlineContent, TemplateSource
+from schemas.events.dead_letters import DeadLettered
+from schemas.events.jobs import (
+    SCOPED_SUFFIX,
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+    JobId,
+    JobOverBudget,
+    JobRejected,
+    JobRequested,
+    JobRetryRequested,
+    Problem,
+    Recipient,
+    TemplateId,
+    client_job_id,
+    scoped_job_id,
+)
+from schemas.events.outcomes import (
+    RecipientBounced,
+    RecipientComplained,
+    RecipientDelivered,
+    RecipientFailed,
+    RecipientOutcome,
+    RecipientSent,
+)
+from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
+from schemas.events.registry import BY_CE_TYPE, EVENT_TYPES
+from schemas.events.templates import TemplatePublished, TemplateRetired
+
+__all__ = [
+    "BY_CE_TYPE",
+    "EVENT_TYPES",
+    "SCOPED_SUFFIX",
+    "BatchCompleted",
+    "BatchDispatched",
+    "BatchesDispatched",
+    "CallbackDelivered",
+    "CallbackFailed",
+    "CallbackName",
+    "CertificateIssued",
+    "CompanySettingsChanged",
+    "DeadLettered",
+    "EmailProviderName",
+    "Event",
+    "FailedRecipient",
+    "InlineContent",
+    "JobAccepted",
+    "JobCancelled",
+    "JobCompleted",
+    "JobFellBackToLocal",
+    "JobId",
+    "JobOverBudget",
+    "JobRejected",
+    "JobRequested",
+    "JobRetryRequested",
+    "JobType",
+    "Problem",
+    "ProviderCircuitClosed",
+    "ProviderCircuitOpened",
+    "Recipient",
+    "RecipientBounced",
+    "RecipientComplained",
+    "RecipientDelivered",
+    "RecipientFailed",
+    "RecipientOutcome",
+    "RecipientSent",
+    "Route",
+    "StorageProviderName",
+    "TemplateId",
+    "TemplatePublished",
+    "TemplateRetired",
+    "TemplateSource",
+    "client_job_id",
+    "scoped_job_id",
+    "utcnow",
+]

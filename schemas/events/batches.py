@@ -1,0 +1,102 @@
+"""A job's batches (topics ``batches`` and ``jobs``): dispatched, located in the log, completed, or fallen back
+from the cloud provider to the local one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events.base import Event, JobType, Route, utcnow
+from schemas.events.content import InlineContent, TemplateSource
+from schemas.events.jobs import Recipient
+
+
+class BatchDispatched(Event):
+    """One batch of a job's recipients; keyed job_id:run:batch_no so batches spread over partitions."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.batch.dispatched.v1"
+    topic: ClassVar[str] = "batches"
+
+    job_id: str
+    run: int = Field(default=0, description="0 for the first run, n for the n-th retry run")
+    batch_no: int
+    batch_count: int
+    type: JobType
+    company_id: int
+    route: Route
+    provider: str
+    template_id: str
+    template_data: dict[str, Any] = Field(default_factory=dict)
+    recipients: list[Recipient]
+    notify_template_id: str | None = None
+    dispatched_at: datetime = Field(default_factory=utcnow)
+    template_data_at: tuple[int, int] | None = Field(
+        default=None,
+        description="(partition, offset) of the JobRequested in job-requests whose template_data this batch uses; "
+                    "set, template_data is left empty: the job's data is written to the log once, not once per batch",
+    )
+    template_source: TemplateSource | None = Field(
+        default=None, description="as on JobAccepted; None (older records): the built-in template")
+    template_version: int | None = Field(default=None, description="the company template version to render")
+    content: InlineContent | None = Field(
+        default=None, description="inline content; left empty when template_data_at is set (read from the request)")
+
+    def kafka_key(self) -> str:
+        return f"{self.job_id}:{self.run}:{self.batch_no}"
+
+
+class BatchesDispatched(Event):
+    """Where each batch of a job run lies in the log, so a stalled run's missing batches can be sent again."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.batches.dispatched.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    locations: list[tuple[int, int]] = Field(description="(partition, offset) of batch 0, 1, … in the batches topic")
+    dispatched_at: datetime = Field(default_factory=utcnow)
+
+
+class FailedRecipient(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    userid: int
+    retryable: bool
+
+
+class BatchCompleted(Event):
+    """Every recipient of a batch has a terminal outcome in this run; feeds job progress and retries."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.batch.completed.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    batch_count: int
+    succeeded: int
+    failed: int
+    fell_back: bool = False
+    failures: list[FailedRecipient] = Field(default_factory=list, description="who failed, for a later retry")
+    source_partition: int | None = Field(default=None, description="where the BatchDispatched record lies")
+    source_offset: int | None = None
+    sent_by: dict[str, int] = Field(default_factory=dict, description="succeeded learners by provider/backend")
+    pacing: str | None = Field(default=None, description="what paced the batch, e.g. 'paced by SES max send rate 14/s'")
+    completed_at: datetime = Field(default_factory=utcnow)
+
+
+class JobFellBackToLocal(Event):
+    """The cloud provider was unavailable past the retry budget; the rest of the batch went local."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.fell-back-to-local.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    from_provider: str
+    to_provider: str
+    reason: str
+    fell_back_at: datetime = Field(default_factory=utcnow)

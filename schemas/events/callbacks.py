@@ -1,0 +1,48 @@
+"""Callbacks to Moodle (topic ``callbacks``): each attempt that reached it, or did not."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from schemas.events.base import Event, utcnow
+
+CallbackName = Literal["started", "progress", "completed"]
+
+
+class CallbackDelivered(Event):
+    """Moodle answered a signed callback with 2xx: this callback is done."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.callback.delivered.v1"
+    topic: ClassVar[str] = "callbacks"
+
+    job_id: str
+    callback_id: str = Field(description="job_id:run:name, the same for every attempt of one callback")
+    event: CallbackName
+    run: int = 0
+    milestone: int | None = Field(default=None, description="percent, for progress callbacks")
+    attempt: int = Field(ge=1)
+    status: int = Field(description="Moodle's HTTP status")
+    duration_ms: int
+    delivered_at: datetime = Field(default_factory=utcnow)
+
+
+class CallbackFailed(Event):
+    """One attempt that did not reach Moodle; next_attempt_at is when it is tried again, None when given up."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.callback.failed.v1"
+    topic: ClassVar[str] = "callbacks"
+
+    job_id: str
+    callback_id: str = Field(description="job_id:run:name, the same for every attempt of one callback")
+    event: CallbackName
+    run: int = 0
+    milestone: int | None = None
+    attempt: int = Field(ge=1)
+    status: int | None = Field(default=None, description="Moodle's HTTP status; None when no answer came")
+    error: str = Field(max_length=2000)
+    next_attempt_at: datetime | None = None
+    duration_ms: int | None = None
+    failed_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,61 @@
+"""Every event type the service writes or reads, and the lookup by CloudEvents type.
+
+A new event type is added to ``EVENT_TYPES`` here (at the end: the order is the order the schemas were added),
+or ``BY_CE_TYPE`` cannot decode it and ``python -m schemas.generate`` writes no schema for it.
+"""
+
+from __future__ import annotations
+
+from schemas.events.base import Event
+from schemas.events.batches import BatchCompleted, BatchDispatched, BatchesDispatched, JobFellBackToLocal
+from schemas.events.callbacks import CallbackDelivered, CallbackFailed
+from schemas.events.certificates import CertificateIssued
+from schemas.events.company import CompanySettingsChanged
+from schemas.events.dead_letters import DeadLettered
+from schemas.events.jobs import (
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+    JobOverBudget,
+    JobRejected,
+    JobRequested,
+    JobRetryRequested,
+)
+from schemas.events.outcomes import (
+    RecipientBounced,
+    RecipientComplained,
+    RecipientDelivered,
+    RecipientFailed,
+    RecipientSent,
+)
+from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
+from schemas.events.templates import TemplatePublished, TemplateRetired
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    JobRequested,
+    JobRejected,
+    JobAccepted,
+    BatchDispatched,
+    BatchesDispatched,
+    RecipientSent,
+    RecipientFailed,
+    CertificateIssued,
+    BatchCompleted,
+    JobFellBackToLocal,
+    JobCompleted,
+    CompanySettingsChanged,
+    DeadLettered,
+    JobOverBudget,
+    JobCancelled,
+    JobRetryRequested,
+    CallbackDelivered,
+    CallbackFailed,
+    RecipientDelivered,
+    RecipientBounced,
+    RecipientComplained,
+    ProviderCircuitOpened,
+    ProviderCircuitClosed,
+    TemplatePublished,
+    TemplateRetired,
+)
+BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}
