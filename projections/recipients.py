@@ -192,7 +192,11 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
             if key not in reports or _SEVERITY[kind] > _SEVERITY[reports[key][2]]:
                 reports[key] = (event.job_id, event.userid, kind, (event.detail or "")[:2000] or None)
         elif (row := _outcome_row(event)) is not None:
-            outcomes.setdefault((row[0], row[1]), row)
+            # One row per learner per statement: the latest run's outcome (a replay can read a failure and the
+            # retry run's success in one poll; the first of them used to win, leaving the job one short).
+            key = (row[0], row[1])
+            if key not in outcomes or row[4] > outcomes[key][4]:
+                outcomes[key] = row
     for statement, rows in ((_REPORTS, list(reports.values())), (_PENDING, pending), (_RETRY_PENDING, retried),
                             (_OUTCOMES, list(outcomes.values()))):
         if rows:

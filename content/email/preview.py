@@ -8,6 +8,7 @@ a made-up learner plus ``[name]`` for every variable, so a preview is always pos
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from content.email.templates import (
 from content.problems import TemplateProblem
 
 UNDEFINED_VARIABLE = "undefined_variable"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 RENDER_ERROR = "render_error"
 SAMPLE_LEARNER: dict[str, Any] = {"userid": 1, "email": "learner@example.org", "firstname": "Ada",
                                   "lastname": "Lovelace"}
@@ -70,6 +72,10 @@ def check_template(template: EmailTemplate, *, declared: Sequence[str] | None = 
     problems = source_problems(template, max_bytes=max_bytes)
     variables = variables_of(template)
     if declared is not None:
+        bad_names = tuple(name for name in declared if not _NAME.fullmatch(name))
+        if bad_names:
+            problems.append(TemplateProblem(UNDEFINED_VARIABLE, "variables",
+                                            f"not usable as variable names: {', '.join(bad_names)}", bad_names))
         known = set(declared) | LEARNER_FIELDS
         undeclared = tuple(name for name in variables if name not in known)
         if undeclared:

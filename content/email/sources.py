@@ -68,6 +68,8 @@ def source_problems(template: EmailTemplate, *, max_bytes: int = DEFAULT_MAX_BYT
         problems.append(TemplateProblem(TEMPLATE_TOO_LARGE, field or "(root)",
                                         f"subject, text and html are {size} bytes together; the limit is "
                                         f"{max_bytes} (template_max_bytes)"))
+        if size > 4 * max_bytes:  # far too large to be worth parsing: the one problem says enough
+            return problems
     if not template.subject.strip():
         problems.append(TemplateProblem(TEMPLATE_INVALID, f"{prefix}subject", "the subject is empty"))
     elif len(template.subject) > SUBJECT_MAX_CHARS:

@@ -120,6 +120,7 @@ def test_a_running_job_keeps_its_version_and_inline_content_is_rendered_and_chec
 
         # Version 2 is published while the job's first batch is held at the sink: every batch still uses v1.
         mail_sink.hold_after(2)
+        mail_sink.fail_next("learner12@example.org", code=550, times=1)  # fails once: served by the retry below
         asyncio.run(submit_job(settings, job_factory("tpl-pinned", 12, company_id=7)))
         wait_for(lambda: mail_sink.count() >= 2, what="the job to start sending")
         second = k7.put(TEMPLATES.format(7), {**BRANDED, "subject": "Acme v2: {{ course_name }}"})
@@ -129,11 +130,17 @@ def test_a_running_job_keeps_its_version_and_inline_content_is_rendered_and_chec
         wait_for_job(settings, "tpl-pinned")
         asyncio.run(submit_job(settings, job_factory("tpl-later", 1, company_id=7, start=301)))
         wait_for_job(settings, "tpl-later")
-        assert {subject_of(mail_sink, f"learner{i}@example.org") for i in range(1, 13)} == {
+        assert {subject_of(mail_sink, f"learner{i}@example.org") for i in range(1, 12)} == {
             "Acme Academy: finish Fire Safety 101"}
         assert subject_of(mail_sink, "learner301@example.org") == "Acme v2: Fire Safety 101"
+        # A retry run after v2 was published serves the failed learner with the job's own version, v1.
+        retried = k7.post("/api/v1/jobs/tpl-pinned/retry", {"only_retryable": False})
+        assert retried.status == 202, retried.body
+        wait_for_job(settings, "tpl-pinned", run=1)
+        assert subject_of(mail_sink, "learner12@example.org") == "Acme Academy: finish Fire Safety 101"
         batches = [e for e in events(settings, "batches") if e.job_id == "tpl-pinned"]
-        assert len(batches) == 3 and {(b.template_source, b.template_version) for b in batches} == {("company", 1)}
+        assert sorted((b.run, b.batch_no) for b in batches) == [(0, 0), (0, 1), (0, 2), (1, 0)]
+        assert {(b.template_source, b.template_version) for b in batches} == {("company", 1)}
 
         # Inline content: rendered per learner, escaped like a template; checked at the API and by the worker.
         inline = {"subject": "Forum digest for {{ firstname }}", "text": "Dear {{ firstname }}, {{ count }} posts.",
@@ -177,7 +184,9 @@ def test_a_running_job_keeps_its_version_and_inline_content_is_rendered_and_chec
                 for r in query(settings, statement)]
         rebuilt = [{k: v for k, v in r.items() if k != "updated_at" or table != "jobs"}
                    for r in query(settings.model_copy(update={"projection_schema": replayed}), statement)]
-        assert live and rebuilt == live, table
+        differences = [(a.get("job_id", a), {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)})
+                       for a, b in zip(live, rebuilt, strict=False) if a != b]
+        assert live and rebuilt == live, (table, differences)
     heads = query(settings, "SELECT latest_version, retired FROM email_templates")
     assert heads == [{"latest_version": 2, "retired": True}]
     assert query(settings, "SELECT template_source, template_version FROM jobs WHERE job_id = 'tpl-pinned'") == [

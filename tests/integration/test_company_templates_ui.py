@@ -42,8 +42,12 @@ def test_an_admin_previews_refuses_and_publishes_a_company_template(ui_stack, jo
 
         page.get_by_role("button", name="Publish").click()
         page.wait_for_url("**notice=template_published*")
-        wait_for(lambda: page.reload() or "course_reminder" in page.locator("table.templates").inner_text(),
-                 what="the published template in the list")
+
+        def listed() -> bool:
+            page.reload()
+            return "in use" in page.locator("table.templates tbody").inner_text()
+
+        wait_for(listed, what="the published template in the list")
     (published,) = events(settings, "templates")  # only the good one: the refused draft was never published
     assert isinstance(published, TemplatePublished) and published.published_by == "ui:ops"
     wait_for_worker_template(settings, 7, "course_reminder", version=1)

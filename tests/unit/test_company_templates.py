@@ -132,3 +132,10 @@ def test_a_batch_renders_the_version_it_was_dispatched_with_not_the_latest():
     assert templates.for_job(job(company_id=8)) is None
     inline = templates.for_job(job(content={"subject": "s", "text": "t"}))
     assert inline is not None and inline.source == "inline"
+
+
+def test_declared_names_must_be_names_and_a_huge_source_is_not_parsed():
+    report = check_template(template(), declared=["course_name", "due date", "{{x}}"])
+    assert [(p.code, p.missing) for p in report.problems] == [("undefined_variable", ("due date", "{{x}}"))]
+    huge = source_problems(template(text="{% if %}" * 2000), max_bytes=1024)
+    assert [p.code for p in huge] == ["template_too_large"]  # one problem, found without parsing 16 KB
