@@ -23,7 +23,7 @@ Run ``python -m bench.email_job`` (or ``python bench/email_job.py``) after ``off
 6. prints one JSON line at the end, and stops every process it started, by pid (also on failure).
 
 Knobs reach the worker through the usual environment variables (OFFLOAD_SMTP_CONNECTIONS,
-OFFLOAD_BATCHES_IN_FLIGHT, OFFLOAD_JOB_BATCH_SIZE, OFFLOAD_BATCH_PARTITIONS, ...) or ``--workers N``.
+OFFLOAD_JOB_BATCH_SIZE, OFFLOAD_BATCH_PARTITIONS, ...) or ``--workers N``.
 ``--profile DIR`` runs ``py-spy record`` (raw collapsed stacks) on the worker, projector and sink during the
 local job; it costs CPU on a 2-core machine, so do not compare its timings with unprofiled runs.
 """

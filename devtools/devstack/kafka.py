@@ -99,13 +99,18 @@ def ensure_jars(home: Path, log: Log) -> tuple[Path, bool]:
     return libs, True
 
 
-def write_properties(home: Path, kafka_port: int, controller_port: int) -> Path:
-    """Write the broker configuration; rewritten on every start so port changes take effect."""
+def write_properties(home: Path, kafka_port: int, controller_port: int, *, node_id: int = 1,
+                     voters: str | None = None, replication: int = 1) -> Path:
+    """Write the broker configuration; rewritten on every start so port changes take effect.
+
+    One node by default; ``voters`` and ``replication`` make it one node of a cluster (see kafka_cluster).
+    """
     data = home / "kafka" / "data"
+    min_isr = str(min(2, replication))  # with 3 replicas a write needs 2: one broker may go, nothing is lost
     lines = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@127.0.0.1:{controller_port}",
         "listeners": f"PLAINTEXT://127.0.0.1:{kafka_port},CONTROLLER://127.0.0.1:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{kafka_port}",
         "controller.listener.names": "CONTROLLER",
@@ -117,14 +122,15 @@ def write_properties(home: Path, kafka_port: int, controller_port: int) -> Path:
         # metadata requests; Faust still creates its internal topics through the admin API.
         "auto.create.topics.enable": "false",
         "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": str(replication),
+        "min.insync.replicas": min_isr,
+        "unclean.leader.election.enable": "false",  # a lagging replica never leads: no acknowledged loss
+        "offsets.topic.replication.factor": str(replication),
         "offsets.topic.num.partitions": "10",  # default 50 only slows a dev broker's first group join
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replication),
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": str(replication),
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         "message.max.bytes": str(MAX_MESSAGE_BYTES),
         "replica.fetch.max.bytes": str(MAX_MESSAGE_BYTES),
@@ -141,12 +147,16 @@ def write_properties(home: Path, kafka_port: int, controller_port: int) -> Path:
     return path
 
 
-def format_storage(home: Path, libs: Path, log: Log) -> bool:
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+def format_storage(home: Path, libs: Path, log: Log, cluster_id: str | None = None) -> bool:
     """Format the KRaft storage once (True if it ran); an existing meta.properties means done."""
     if (home / "kafka" / "data" / "meta.properties").exists():
         return False
     # Joined to its flag with "=": a base64url id can start with "-", which the tool would read as an option.
-    cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    cluster_id = cluster_id or new_cluster_id()
     log(f"formatting Kafka storage (cluster id {cluster_id})")
     result = subprocess.run(
         ["java", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
@@ -176,8 +186,8 @@ def _read(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def broker_ready(port: int, host: str = "127.0.0.1") -> bool:
-    """True when the broker answers ApiVersions and its Metadata lists at least one broker.
+def broker_ready(port: int, host: str = "127.0.0.1", brokers: int = 1) -> bool:
+    """True when the broker answers ApiVersions and its Metadata lists at least ``brokers`` brokers.
 
     Raw protocol (v0/v1 requests, still served by Kafka 4.x) so this works from sync code and from
     inside a running event loop alike.
@@ -189,8 +199,8 @@ def broker_ready(port: int, host: str = "127.0.0.1") -> bool:
             if struct.unpack(">h", versions[4:6])[0] != 0:
                 return False
             metadata = _exchange(sock, 3, 1, struct.pack(">i", -1))  # Metadata v1, all topics
-            brokers: int = struct.unpack(">i", metadata[4:8])[0]
-            return brokers >= 1
+            listed: int = struct.unpack(">i", metadata[4:8])[0]
+            return listed >= brokers
     except (OSError, ConnectionError, struct.error):
         return False
 
