@@ -14,6 +14,7 @@ from api.ingest import NotAJob, check_job, gc_paused
 from api.pauses import pause_of
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
+from api.template_reads import company_template
 from content.validation import job_template_problems, refusal_code
 from projections.jobs import FINISHED, JobStatus
 from schemas.events import (
@@ -58,7 +59,11 @@ async def submit_job(request: web.Request) -> web.Response:
     if too_large is not None:
         problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
         raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
-    if template_problems := job_template_problems(job, state.settings):  # before Kafka ever sees the job
+    # The company's own version of the template when it has one (the read model's view; the worker checks again
+    # with what it has learnt from the templates topic).
+    own = (await company_template(state.store, job.company_id, job.template_id)
+           if job.type == "email" and job.content is None else None)
+    if template_problems := job_template_problems(job, state.settings, email_template=own):  # before Kafka sees it
         raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
                        problems=[p.as_json() for p in template_problems])
     if job.callback_url:

@@ -30,7 +30,7 @@ JOB_STATUSES = tuple(JobStatus)
 _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provider, template_id, total_recipients,
     succeeded, failed, duplicates_removed, batch_count, batches_done, fell_back, fallback_reason, error_message,
     problems, createdby, timecreated, timestarted, timecompleted, updated_at, delivered, bounced, complained,
-    pacing, estimated_cost, currency, budget_wait, suppressed"""
+    pacing, estimated_cost, currency, budget_wait, suppressed, template_source, template_version"""
 
 
 class ReadStore:
@@ -266,6 +266,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
         "company_id": row["company_id"],
         "status": row["status"],
         "template_id": row["template_id"],
+        # Where the message comes from (builtin, company, inline) and the company template version it renders.
+        "template": {"source": row["template_source"], "version": row["template_version"]},
         "route": row["route"],
         "reason": row["route_reason"],
         "provider": row["provider"],

@@ -47,9 +47,10 @@ def create_app(settings: Settings) -> faust.App:
     ctx = StreamContext.build(app, settings)
 
     # Imported here so that importing streams.app stays cheap and free of side effects.
-    from streams.agents import batches, company_settings, progress, routing
+    from streams.agents import batches, company_settings, progress, routing, templates
 
     company_settings.register(app, ctx)
+    templates.register(app, ctx)
     routing.register(app, ctx)
     batches.register(app, ctx)
     progress.register(app, ctx)

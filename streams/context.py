@@ -15,11 +15,13 @@ from faust.types import TableT
 from faust.types.tables import GlobalTableT
 
 from config.settings import Settings
+from content.email import TemplateStore
 from eventlog.publisher import EventPublisher, partition_for
 from resilience.backoff import backoff
 from schemas.envelope import UndecodableRecord, decode, header_items
 from schemas.events import CompanySettingsChanged, DeadLettered
 from streams.ledger import OutcomeLedger
+from streams.templates import CompanyTemplates
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ class StreamContext:
     delivery_watch: TableT[str, dict[str, Any]]
     suppression_events: faust.TopicT
     suppressions: GlobalTableT  # company:userid:scope -> streams.suppressions.SuppressionEntry
+    templates: faust.TopicT
+    company_templates: CompanyTemplates
     publisher: EventPublisher
     ledger: OutcomeLedger
     _started: bool = False
@@ -153,6 +157,11 @@ class StreamContext:
                 app, name="suppressions", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
                 standby_buffer_size=1, is_global=True, default=None,
             ))),
+            templates=_raw_topic(app, s.topic("templates"), 1),
+            # Companies' published templates (streams.templates): every worker holds every version.
+            company_templates=CompanyTemplates(app.GlobalTable("company-templates", partitions=1,
+                                                               recovery_buffer_size=1, default=None),
+                                               TemplateStore(s.template_dir)),
             publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),
             ledger=OutcomeLedger(s),
         )

@@ -35,6 +35,9 @@ NOTICES = {
                                      "and a reason."),
     "settings_pending": ("ok", "Settings change sent; it appears here as soon as the projector applies it."),
     "signed_out": ("ok", "You are signed out."),
+    "template_published": ("ok", "Template published: jobs accepted from now on use the new version."),
+    "template_retired": ("ok", "Template retired: new jobs use the built-in template of this id."),
+    "template_unknown": ("error", "This company has published no template of this id."),
 }
 
 

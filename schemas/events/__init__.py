@@ -5,8 +5,9 @@ These classes are the one source of truth. ``python -m schemas.generate`` writes
 Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
 
 The modules hold one part of the story each (``jobs``, ``batches``, ``outcomes``, ``certificates``,
-``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``, ``pauses``, ``suppression``);
-``registry`` lists every type. Import from here: ``from schemas.events import JobAccepted``.
+``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``, ``pauses``, ``suppression``,
+``templates``; ``content``: what a job's email is made of); ``registry`` lists every type. Import from here:
+``from schemas.events import JobAccepted``.
 """
 
 from schemas.events.base import (
@@ -29,6 +30,7 @@ from schemas.events.budget import JobWaitingForBudget
 from schemas.events.callbacks import CallbackDelivered, CallbackFailed, CallbackName
 from schemas.events.certificates import CertificateIssued
 from schemas.events.company import CompanySettingsChanged
+from schemas.events.content import InlineContent, TemplateSource
 from schemas.events.dead_letters import DeadLettered
 from schemas.events.jobs import (
     SCOPED_SUFFIX,
@@ -63,6 +65,7 @@ from schemas.events.suppression import (
     SuppressionAdded,
     SuppressionRemoved,
 )
+from schemas.events.templates import TemplatePublished, TemplateRetired
 
 __all__ = [
     "BY_CE_TYPE",
@@ -80,6 +83,7 @@ __all__ = [
     "EmailProviderName",
     "Event",
     "FailedRecipient",
+    "InlineContent",
     "JobAccepted",
     "JobCancelled",
     "JobCompleted",
@@ -111,6 +115,9 @@ __all__ = [
     "SuppressionAdded",
     "SuppressionRemoved",
     "TemplateId",
+    "TemplatePublished",
+    "TemplateRetired",
+    "TemplateSource",
     "client_job_id",
     "scoped_job_id",
     "utcnow",

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events.base import Event, JobType, MailCategory, Route, utcnow
+from schemas.events.content import InlineContent, TemplateSource
 from schemas.events.jobs import Recipient
 
 
@@ -36,6 +37,11 @@ class BatchDispatched(Event):
         description="(partition, offset) of the JobRequested in job-requests whose template_data this batch uses; "
                     "set, template_data is left empty: the job's data is written to the log once, not once per batch",
     )
+    template_source: TemplateSource | None = Field(
+        default=None, description="as on JobAccepted; None (older records): the built-in template")
+    template_version: int | None = Field(default=None, description="the company template version to render")
+    content: InlineContent | None = Field(
+        default=None, description="inline content; left empty when template_data_at is set (read from the request)")
 
     category: MailCategory | None = Field(
         default=None, description="bulk: one-click unsubscribe headers and the list's suppressions apply")

@@ -37,6 +37,7 @@ from schemas.events.suppression import (
     SuppressionAdded,
     SuppressionRemoved,
 )
+from schemas.events.templates import TemplatePublished, TemplateRetired
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     JobRequested,
@@ -69,5 +70,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SuppressionAdded,
     SuppressionRemoved,
     RecipientSuppressed,
+    TemplatePublished,
+    TemplateRetired,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}

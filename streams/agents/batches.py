@@ -45,7 +45,8 @@ class BatchRunner:
             await self.ctx.dead_letter(message, f"no handler for {batch.type} batches", "process-batches")
             return
         if batch.template_data_at is not None:
-            batch = batch.model_copy(update={"template_data": await self.job_data.template_data(batch)})
+            data, content = await self.job_data.parts(batch)
+            batch = batch.model_copy(update={"template_data": data, "content": content or batch.content})
         key = batch.kafka_key()
         table = self.ctx.batch_progress
         stored = table.get(key)

@@ -178,6 +178,9 @@ class ProgressTracker:
                 template_id=source.template_id, template_data=source.template_data,
                 template_data_at=source.template_data_at, recipients=chunk,
                 notify_template_id=source.notify_template_id, category=source.category, list_id=source.list_id,
+                # The run serves the same message as the first: the template chosen when the job was accepted.
+                template_source=source.template_source, template_version=source.template_version,
+                content=source.content,
             )
             for number, chunk in enumerate(chunks)
         )

@@ -15,6 +15,7 @@ from adapters.email.pacing import PacedProvider
 from config.settings import Settings
 from content.email import (
     EmailRenderer,
+    EmailTemplate,
     TemplateRenderError,
     TemplateStore,
     UnknownTemplate,
@@ -36,6 +37,7 @@ from security.unsubscribe import list_unsubscribe_headers
 from streams.batchwork import OutcomeRecorder
 from streams.context import StreamContext
 from streams.handlers.email_providers import EmailProviders
+from streams.templates import CompanyTemplates, TemplateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +67,19 @@ def circuit_event(change: CircuitChange) -> Event:
                                  worker=WORKER, reason=change.reason, open_seconds=change.open_seconds or 0.0)
 
 
-def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, template_id: str,
+def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, template_id: str | EmailTemplate,
                   template_data: dict, recipient: Recipient, fields: dict | None = None,
                   message_scope: str | None = None, headers: dict[str, str] | None = None) -> OutgoingEmail:
     """One learner's message, rendered and composed; its Message-ID is derived from job (or scope) and learner.
 
+    ``template_id``: a built-in template's id, or the template itself (a company's version, inline content).
     Raises TemplateRenderError / UnknownTemplate when the template cannot render for this learner.
     """
-    rendered = renderer.render(template_id, {**recipient.template_fields(), **(fields or {})}, template_data)
+    learner = {**recipient.template_fields(), **(fields or {})}
+    if isinstance(template_id, EmailTemplate):
+        rendered = renderer.render_template(template_id, learner, template_data)
+    else:
+        rendered = renderer.render(template_id, learner, template_data)
     message_id = message_id_for(message_scope or job_id, recipient.userid, settings.message_id_domain,
                                 key=settings.message_id_key())
     raw = compose_message(rendered, from_address=settings.mail_from, from_name=settings.mail_from_name,
@@ -116,17 +123,26 @@ class CertificateMailer:
 
 
 class EmailBatchHandler:
-    def __init__(self, settings: Settings, renderer: EmailRenderer, providers: EmailProviders) -> None:
+    def __init__(self, settings: Settings, renderer: EmailRenderer, providers: EmailProviders,
+                 templates: CompanyTemplates) -> None:
         self.settings = settings
         self.renderer = renderer
         self.providers = providers
+        self.templates = templates
         self.policy = retry_policy(settings)
 
     @classmethod
     def build(cls, ctx: StreamContext, providers: EmailProviders) -> EmailBatchHandler:
-        return cls(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers)
+        return cls(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers,
+                   ctx.company_templates)
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        template = await self.templates.wait_for_batch(batch)
+        if isinstance(template, TemplateUnavailable):
+            for recipient in recipients:
+                await recorder.record(self._failed(batch, recipient, template.error, attempts=0,
+                                                   retryable=template.retryable))
+            return False
         by_key: dict[str, Recipient] = {}
         message_ids: dict[str, str] = {}
         primary, fallback = self.providers.for_batch(batch)
@@ -157,7 +173,7 @@ class EmailBatchHandler:
                 error = f"unusable address: {problem}" if problem else None
                 if error is None:
                     try:
-                        message = self._compose(batch, recipient)
+                        message = self._compose(batch, recipient, template)
                     except (TemplateRenderError, UnknownTemplate) as exc:
                         error = f"template error: {exc}"
                 if error is not None:
@@ -185,14 +201,14 @@ class EmailBatchHandler:
             ))
         return bool(fell_back)
 
-    def _compose(self, batch: BatchDispatched, recipient: Recipient) -> OutgoingEmail:
+    def _compose(self, batch: BatchDispatched, recipient: Recipient, template: EmailTemplate) -> OutgoingEmail:
         headers = None
         if batch.category == "bulk" and batch.list_id:  # RFC 8058 one-click unsubscribe on every bulk message
             headers = list_unsubscribe_headers(
                 self.settings.unsubscribe_key(),
                 base_url=self.settings.unsubscribe_url_base(), mailto=self.settings.unsubscribe_mailto,
                 company_id=batch.company_id, userid=recipient.userid, list_id=batch.list_id)
-        return compose_email(self.settings, self.renderer, job_id=batch.job_id, template_id=batch.template_id,
+        return compose_email(self.settings, self.renderer, job_id=batch.job_id, template_id=template,
                              template_data=batch.template_data, recipient=recipient, headers=headers)
 
     @staticmethod
