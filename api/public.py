@@ -8,9 +8,10 @@ Limits and the sign-in throttle count an IPv6 client by its /64 (``limit_key``):
 whole /64, so counting single addresses would let it take 2**64 fresh budgets. IPv4 (and IPv4-mapped IPv6)
 addresses count one by one.
 
-The rate limit is a token bucket per client address over the public routes (``/verify/``, ``/certificates/``
-and the sign-in form), held in memory for a bounded number of addresses (the least recently seen
-are forgotten first). Several API replicas each limit on their own, which only makes the limit looser.
+The rate limit is a token bucket per client address over the public routes (``/verify/``, ``/certificates/``,
+the unsubscribe links ``/u/`` and the sign-in form), held in memory for a bounded number of addresses (the
+least recently seen are forgotten first). Several API replicas each limit on their own, which only makes the
+limit looser.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from api.state import STATE
 
 # /metrics is not here: it reads at most once a second whatever the rate (api/metrics.py), and in production
 # it answers only with its bearer token.
-PUBLIC_PREFIXES = ("/verify/", "/certificates/", "/ui/login")
+PUBLIC_PREFIXES = ("/verify/", "/certificates/", "/ui/login", "/u/")
 PUBLIC_PATHS: tuple[str, ...] = ()
 MAX_CLIENTS = 10_000
 
