@@ -59,7 +59,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/v1/openapi.yaml", _openapi)
     ui.setup(app)  # /ui/: admin monitoring pages (session cookie)
     metrics.setup(app)  # /metrics: Prometheus (optional bearer token)
-    webhooks.setup(app, settings, publisher, store)  # /webhooks/*: provider signatures, not ours
+    # /webhooks/*: provider signatures, not ours; the same replay store as signed requests
+    webhooks.setup(app, settings, publisher, store, seen=app[STATE].verifier.seen)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     if not settings.api_keys:

@@ -57,7 +57,10 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_request"}
 
 MAX_BODY = web.AppKey("max_body", int)
-RETRY_AFTER = web.AppKey("retry_after", int)  # seconds a client is told to wait while a dependency is down
+RETRY_AFTER = web.AppKey("retry_after", int)
+# The name health and /metrics give the shared replay store (security.seen): while it is down, every signed
+# request and webhook is refused with 503 replay_store_unavailable.
+REPLAY_STORE = "replay-store"  # seconds a client is told to wait while a dependency is down
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,8 +75,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         DEPENDENCIES.lost("kafka", str(exc))
         return ApiError(503, "broker_unavailable", "the request could not be handed to Kafka in time; retry later",
                         retry_after=request.app[RETRY_AFTER]).response()
-    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, SeenUnavailable) as exc:
-        # SeenUnavailable: the replay memory is in Postgres too; a request it cannot check is never admitted.
+    except SeenUnavailable as exc:
+        # The replay memory (Postgres) cannot be asked: a signed request or webhook it cannot check is never
+        # admitted. Health says so too (its check of the store runs in the background).
+        DEPENDENCIES.lost(REPLAY_STORE, f"{' '.join(str(exc).split())[:200]}")
+        return ApiError(503, "replay_store_unavailable", "signed requests cannot be checked for replays at the "
+                        "moment; retry later", retry_after=request.app[RETRY_AFTER]).response()
+    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
         # Postgres is down or restarting: say so, and when to come back; the pool reconnects by itself.
         DEPENDENCIES.lost("postgres", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
         return ApiError(503, "database_unavailable", "the read models are unavailable for a moment; retry later",

@@ -3,8 +3,12 @@ requests. Kept in Postgres so every API replica behind a balancer refuses the ot
 
 One row per (scope, token) with the unix time after which it may be forgotten. ``first_time`` is a single
 INSERT ... ON CONFLICT: two replicas offered the same token at the same moment cannot both win. An expired row
-is taken over by the same statement, and old rows are deleted now and then. When Postgres cannot be reached the
-answer is "unavailable" (a 503), never "first time": a replay store that fails open is no replay store.
+is taken over by the same statement (judged by the caller's clock, the one its window check uses). Old rows
+are deleted now and then, but only ``PRUNE_GRACE`` seconds after they expired: the replica that prunes judges
+expiry by its own clock, and a replica whose clock runs behind (or whose request waited for a pooled
+connection) may still be inside the window of a token another replica thinks is long gone. When Postgres cannot
+be reached the answer is "unavailable" (a 503), never "first time": a replay store that fails open is no
+replay store.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ _CLAIM = """
 INSERT INTO api_seen_once AS s (scope, token, expires_at) VALUES (%s, %s, %s)
 ON CONFLICT (scope, token) DO UPDATE SET expires_at = EXCLUDED.expires_at WHERE s.expires_at < %s"""
 _PRUNE_EVERY = 60.0
+# Replica clocks may differ by this much (and a request may wait this long for the store) before a pruned row
+# could let a replay in; far more than NTP-synchronised hosts ever differ. Rows live window + grace.
+PRUNE_GRACE = 600.0
 
 
 class SeenUnavailable(Exception):
@@ -40,6 +47,9 @@ class SeenOnce(Protocol):
     async def first_time(self, scope: str, token: str, *, expires_at: float, now: float) -> bool: ...
 
     async def forget(self, scope: str, token: str) -> None: ...
+
+    async def check(self) -> None:
+        """Raises SeenUnavailable when the store cannot be used now (health asks this in the background)."""
 
 
 def token_of(*parts: str | bytes) -> str:
@@ -72,9 +82,13 @@ class MemorySeen:
     async def forget(self, scope: str, token: str) -> None:
         self._seen.pop((scope, token), None)
 
+    async def check(self) -> None:
+        return None
+
 
 class PostgresSeen:
-    """``pool`` connections must have ``schema`` on their search path (the read store's pool does)."""
+    """``pool`` connections must have ``schema`` on their search path (the read store's pool does). A connection
+    is waited for as long as the pool's own timeout (the API's ``api_db_timeout``)."""
 
     def __init__(self, pool: AsyncConnectionPool, schema: str) -> None:
         self._pool = pool
@@ -98,20 +112,31 @@ class PostgresSeen:
 
     async def first_time(self, scope: str, token: str, *, expires_at: float, now: float) -> bool:
         try:
-            async with self._pool.connection(timeout=5) as conn:
+            async with self._pool.connection() as conn:
                 await self._ensure_table(conn)
                 cur = await conn.execute(_CLAIM, (scope, token, expires_at, now))
                 claimed = cur.rowcount == 1
                 if time.monotonic() - self._pruned > _PRUNE_EVERY:
                     self._pruned = time.monotonic()
-                    await conn.execute("DELETE FROM api_seen_once WHERE expires_at < %s", (now,))
+                    await self._prune(conn, now)
                 return claimed
         except (psycopg.Error, OSError, TimeoutError) as exc:  # psycopg_pool.PoolTimeout is a psycopg.Error
             raise SeenUnavailable(str(exc)) from None
 
+    async def _prune(self, conn: psycopg.AsyncConnection, now: float) -> None:
+        await conn.execute("DELETE FROM api_seen_once WHERE expires_at < %s", (now - PRUNE_GRACE,))
+
+    async def check(self) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await self._ensure_table(conn)
+                await conn.execute("SELECT 1 FROM api_seen_once LIMIT 1")
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            raise SeenUnavailable(str(exc)) from None
+
     async def forget(self, scope: str, token: str) -> None:
         try:
-            async with self._pool.connection(timeout=5) as conn:
+            async with self._pool.connection() as conn:
                 await conn.execute("DELETE FROM api_seen_once WHERE scope = %s AND token = %s", (scope, token))
         except (psycopg.Error, OSError, TimeoutError):
             pass  # the token stays refused until it expires: the provider's next retry is a new delivery
