@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     app[STATE] = ApiState(
         settings=settings,
         verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window,
-                                 seen=PostgresSeen(store.pool, settings.projection_schema)),
+                                 seen=PostgresSeen(store.pool, settings.api_seen_schema)),
         publisher=publisher,
         store=store,
         submissions=Submissions(publisher, store, source=source, handoff_timeout=settings.api_handoff_timeout,

@@ -137,7 +137,7 @@ def setup(app: web.Application, settings: Settings, publisher: EventPublisher, s
     subscription URLs in tests only; the SNS host check happens before it is called either way. ``seen`` is
     the replay store every API replica shares (the API passes the one its request verifier uses; default:
     Postgres through the read store's pool). ``clock`` judges every timestamp window (tests move it)."""
-    shared = seen if seen is not None else PostgresSeen(store.pool, settings.projection_schema)
+    shared = seen if seen is not None else PostgresSeen(store.pool, settings.api_seen_schema)
     service = WebhookService(settings, publisher, store, fetch, shared, clock=clock)
     app[WEBHOOKS] = service
     app.router.add_post("/webhooks/ses", ses_webhook)
