@@ -100,7 +100,7 @@ class PostgresSeen:
         self._ddl = sql.SQL(TABLE_DDL).format(table)
         self._claim = sql.SQL(_CLAIM).format(table)
         self._prune_sql = sql.SQL("DELETE FROM {}.api_seen_once WHERE expires_at < %s").format(table)
-        self._probe = sql.SQL("SELECT 1 FROM {}.api_seen_once LIMIT 1").format(table)
+        self._probe = sql.SQL("SELECT scope, token, expires_at FROM {}.api_seen_once LIMIT 1").format(table)
         self._forget = sql.SQL("DELETE FROM {}.api_seen_once WHERE scope = %s AND token = %s").format(table)
         self._ready = False
         self._creating = asyncio.Lock()
