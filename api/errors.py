@@ -57,10 +57,11 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_request"}
 
 MAX_BODY = web.AppKey("max_body", int)
-RETRY_AFTER = web.AppKey("retry_after", int)
-# The name health and /metrics give the shared replay store (security.seen): while it is down, every signed
-# request and webhook is refused with 503 replay_store_unavailable.
-REPLAY_STORE = "replay-store"  # seconds a client is told to wait while a dependency is down
+RETRY_AFTER = web.AppKey("retry_after", int)  # seconds a client is told to wait while a dependency is down
+# The name health and /metrics give the shared replay store (security.seen): while it cannot be used, every
+# signed request and webhook is refused with a 503 (database_unavailable or replay_store_unavailable).
+REPLAY_STORE = "replay-store"
+REPLAY_STORE_REFUSES = "signed requests and webhooks are refused (503)"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,7 +79,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except SeenUnavailable as exc:
         # The replay memory (Postgres) cannot be asked: a signed request or webhook it cannot check is never
         # admitted. Health says so too (its check of the store runs in the background).
-        DEPENDENCIES.lost(REPLAY_STORE, f"{' '.join(str(exc).split())[:200]}")
+        reason = f"{' '.join(str(exc).split())[:200]}"
+        DEPENDENCIES.lost(REPLAY_STORE, f"{reason}; {REPLAY_STORE_REFUSES}")
+        if exc.database_down:  # the same answer as every other request that needs Postgres
+            DEPENDENCIES.lost("postgres", reason)
+            return ApiError(503, "database_unavailable", "the database is unavailable for a moment; retry later",
+                            retry_after=request.app[RETRY_AFTER]).response()
         return ApiError(503, "replay_store_unavailable", "signed requests cannot be checked for replays at the "
                         "moment; retry later", retry_after=request.app[RETRY_AFTER]).response()
     except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:

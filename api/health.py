@@ -21,7 +21,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from psycopg_pool import PoolTimeout
 
-from api.errors import REPLAY_STORE, json_response
+from api.errors import REPLAY_STORE, REPLAY_STORE_REFUSES, json_response
 from api.state import STATE, ApiState
 from resilience.dependencies import DEPENDENCIES
 from security.seen import SeenUnavailable
@@ -58,15 +58,12 @@ async def check_once(state: ApiState) -> None:
         await _check_replay_store(state)
     except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
         DEPENDENCIES.lost("postgres", _reason(exc))
-        DEPENDENCIES.lost(REPLAY_STORE, f"Postgres is down; {REFUSED}")
+        DEPENDENCIES.lost(REPLAY_STORE, f"Postgres is down; {REPLAY_STORE_REFUSES}")
     try:
         await state.publisher.ping(state.settings.api_handoff_timeout)
         DEPENDENCIES.restored("kafka")
     except (KafkaError, OSError, TimeoutError) as exc:
         DEPENDENCIES.lost("kafka", _reason(exc))
-
-
-REFUSED = "signed requests and webhooks are refused (503 replay_store_unavailable)"
 
 
 async def _check_replay_store(state: ApiState) -> None:
@@ -76,7 +73,7 @@ async def _check_replay_store(state: ApiState) -> None:
         await asyncio.wait_for(state.verifier.seen.check(), state.settings.api_db_timeout)
         DEPENDENCIES.restored(REPLAY_STORE)
     except (SeenUnavailable, TimeoutError) as exc:
-        DEPENDENCIES.lost(REPLAY_STORE, f"{_reason(exc)}; {REFUSED}")
+        DEPENDENCIES.lost(REPLAY_STORE, f"{_reason(exc)}; {REPLAY_STORE_REFUSES}")
 
 
 def _reason(exc: BaseException) -> str:

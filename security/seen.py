@@ -42,7 +42,12 @@ PRUNE_GRACE = 600.0
 
 
 class SeenUnavailable(Exception):
-    """The shared store could not be asked; the request must be refused (503), not waved through."""
+    """The shared store could not be asked; the request must be refused (503), not waved through.
+    ``database_down``: Postgres itself could not be reached (else it answered, but the store cannot be used)."""
+
+    def __init__(self, message: str, *, database_down: bool) -> None:
+        super().__init__(message)
+        self.database_down = database_down
 
 
 class SeenOnce(Protocol):
@@ -128,9 +133,12 @@ class PostgresSeen:
                 yield conn
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
             self._ready = False  # dropped under us (a schema dropped by hand): created again on the next call
-            raise SeenUnavailable(str(exc)) from None
-        except (psycopg.Error, OSError, TimeoutError) as exc:  # psycopg_pool.PoolTimeout is a psycopg.Error
-            raise SeenUnavailable(str(exc)) from None
+            raise SeenUnavailable(str(exc), database_down=False) from None
+        # psycopg_pool.PoolTimeout is an OperationalError: no connection came in time
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError) as exc:
+            raise SeenUnavailable(str(exc), database_down=True) from None
+        except psycopg.Error as exc:  # it answered: no right to create the table, a table of another shape ...
+            raise SeenUnavailable(str(exc), database_down=False) from None
 
     async def first_time(self, scope: str, token: str, *, expires_at: float, now: float) -> bool:
         async with self._connection() as conn:

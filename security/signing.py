@@ -109,6 +109,9 @@ class ReplayCache:
         self._seen[signature] = expires_at
         return True
 
+    def forget(self, signature: str) -> None:
+        self._seen.pop(signature, None)
+
     def _prune(self, now: float) -> None:
         # Expiry is timestamp + window, which grows with arrival order only roughly; pruning stops at the
         # first live entry, so a few expired entries may stay a little longer. Harmless: they are refused
@@ -176,8 +179,13 @@ class RequestVerifier:
         that store cannot be asked: the request is refused, never waved through."""
         now = self._clock()
         caller = self.verify(signed, method, path, body, now=now)
-        if not await self.seen.first_time("request", signed.signature, expires_at=self.remember_until(signed),
-                                          now=now):
+        try:
+            first = await self.seen.first_time("request", signed.signature, expires_at=self.remember_until(signed),
+                                               now=now)
+        except SeenUnavailable:
+            self.replays.forget(signed.signature)  # refused unchecked, not admitted: the client may send it again
+            raise
+        if not first:
             raise AuthError("replayed_request", "this signed request was already received")
         # The store answered a moment later than ``now``: admitted only if the window is still open now, so what
         # the store remembered (until timestamp + window) covers every moment this request could be admitted.

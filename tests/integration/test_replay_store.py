@@ -10,11 +10,16 @@ code before these changes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -203,3 +208,105 @@ def test_property_two_replicas_never_both_admit_one_signed_request(loop_and_pool
         except AuthError:
             pass
     assert len(admitted) <= 1, admitted
+
+
+class CuttableLink:
+    """A TCP relay on loopback between the API and the real Postgres that the test can cut and restore: an outage
+    of the database as this API sees it, without stopping the Postgres other tests share."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target_host, self.target_port, self.port = target_host, target_port, 0
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="cuttable-link", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def __enter__(self) -> CuttableLink:
+        self._thread.start()
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def restore(self) -> None:
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+            self.port = self._server.sockets[0].getsockname()[1]
+
+        self._run(start())
+
+    def cut(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            for writer in self._writers:
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._run(stop())
+
+
+def test_while_postgres_is_unreachable_signed_requests_and_webhooks_fail_closed_and_health_names_the_store(
+        settings_factory, database_url):
+    """Finding 5's outage: nothing signed is admitted unchecked (503 with a code), health names the replay store,
+    and both come back by themselves once Postgres answers again."""
+    mailgun_key = "replay-store-mailgun-key-0123456789"
+    target = psycopg.conninfo.conninfo_to_dict(database_url)
+    with CuttableLink(str(target.get("host") or "127.0.0.1"), int(target.get("port") or 5432)) as link:
+        through_link = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=link.port)
+        settings = settings_factory(api_keys=api_keys(k7=(K7, 7)), database_url=through_link, api_db_timeout=1.0,
+                                    api_health_interval=0.2, webhook_mailgun_signing_key=mailgun_key)
+        with ApiServer(settings) as server:
+            client = SignedClient(server.base_url, "k7", K7)
+
+            def checks() -> dict:
+                return send(server.base_url, "GET", "/api/v1/health", b"", {}).body["checks"]
+
+            wait_for(lambda: checks()["replay-store"]["up"] or None, timeout=30, what="a usable replay store")
+            body, headers = _invalid_job(client)
+            assert send(server.base_url, "POST", "/api/v1/jobs", body, headers).status == 422
+
+            link.cut()
+            body, headers = _invalid_job(client)
+            refused = send(server.base_url, "POST", "/api/v1/jobs", body, headers)
+            assert (refused.status, refused.code) == (503, "database_unavailable")
+            ts, token = str(int(time.time())), "mg-token-outage-0001"
+            webhook = json.dumps({"signature": {"timestamp": ts, "token": token, "signature": hmac.new(
+                mailgun_key.encode(), (ts + token).encode(), hashlib.sha256).hexdigest()},
+                "event-data": {"event": "accepted"}}).encode()
+            json_headers = {"Content-Type": "application/json"}
+            assert send(server.base_url, "POST", "/webhooks/mailgun", webhook, json_headers).status == 503
+            down = wait_for(lambda: (c := checks())["replay-store"]["up"] is False and c or None, timeout=30,
+                            what="health to name the replay store")
+            assert "refused" in down["replay-store"]["reason"] and down["postgres"]["up"] is False
+
+            link.restore()
+            wait_for(lambda: checks()["replay-store"]["up"] or None, timeout=60, what="the replay store back")
+            assert send(server.base_url, "POST", "/api/v1/jobs", body, headers).status == 422  # never admitted
+            assert send(server.base_url, "POST", "/webhooks/mailgun", webhook, json_headers).status == 200
+            assert send(server.base_url, "POST", "/webhooks/mailgun", webhook, json_headers).code == "replayed_request"
