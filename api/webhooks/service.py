@@ -55,7 +55,7 @@ class WebhookService:
             first = await self.seen.first_time(provider, token, expires_at=signed_at + max_age, now=self.clock())
         except SeenUnavailable as exc:
             log.error("%s webhook refused: replay store unavailable (%s)", provider, exc)
-            raise  # 503 replay_store_unavailable (json_errors): the provider delivers it again later
+            raise  # 503 (json_errors): the provider delivers it again later
         if not first:
             log.warning("%s webhook refused: replayed_request", provider)
             raise ApiError(403, "replayed_request", "this webhook was already received")
