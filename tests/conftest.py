@@ -18,7 +18,6 @@ from tests.support.jobs import job_payload
 from tests.support.moto_server import MotoServer, moto_server
 from tests.support.stack import REPO, Infra, delete_test_topics, fresh_database, infrastructure
 
-
 # The tags of the settings made in this session: their topics are deleted when the session ends.
 _TAGS: set[str] = set()
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import warnings
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
