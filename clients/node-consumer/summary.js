@@ -7,6 +7,24 @@ const SEVERITY = { delivered: 1, bounced: 2, complained: 3 };
 const OUTCOME_STATUS = { 'recipient.sent.v1': 'sent', 'recipient.failed.v1': 'failed', 'certificate.issued.v1': 'issued' };
 const REPORT_KIND = { 'recipient.delivered.v1': 'delivered', 'recipient.bounced.v1': 'bounced', 'recipient.complained.v1': 'complained' };
 
+const nameOf = (type) => type.replace(/\.v\d+$/, '');
+
+// Every type the summary counts, by name without its version. A record of another version of one of these
+// (a newer producer's v2, or an old v1 once the summary moved on) is refused, not skipped: skipping it would
+// print wrong counts as if they were right.
+const COUNTED_VERSIONS = [
+  'job.accepted.v1', 'job.rejected.v1', 'batches.dispatched.v1', 'batch.completed.v1', 'job.completed.v1',
+  ...Object.keys(OUTCOME_STATUS), ...Object.keys(REPORT_KIND),
+];
+const COUNTED_NAMES = new Set(COUNTED_VERSIONS.map((type) => nameOf(type)));
+
+// Why the summary cannot count a type it counts another version of; null when it can count it or ignores it.
+function unreadVersion(type) {
+  if (COUNTED_VERSIONS.includes(type) || !COUNTED_NAMES.has(nameOf(type))) return null;
+  const known = COUNTED_VERSIONS.filter((t) => nameOf(t) === nameOf(type));
+  return `the summary counts ${known.join(', ')}, not ${type}: teach summary.js that version`;
+}
+
 class JobState {
   constructor(jobId) {
     this.jobId = jobId;
@@ -101,4 +119,4 @@ class JobSummaries {
   }
 }
 
-module.exports = { JobSummaries };
+module.exports = { JobSummaries, unreadVersion };

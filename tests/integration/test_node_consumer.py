@@ -96,3 +96,39 @@ def test_the_node_consumer_reports_a_record_that_breaks_the_contract(settings_fa
     assert (out["records"], out["invalid"], out["valid"]) == (2, 2, 0)
     assert "/userid must be integer" in result.stderr and "/sent_at must match format" in result.stderr
     assert "missing CloudEvents header(s) ce_specversion, ce_id, ce_source, ce_type" in result.stderr
+
+
+def test_the_node_consumer_refuses_a_version_of_a_counted_type_it_does_not_know(settings_factory, topics_for):
+    """A new type is skipped (readers ignore what newer producers add), but a ``recipient.sent.v2`` is not:
+    skipping it would print a summary with wrong counts as if they were right."""
+    from aiokafka import AIOKafkaProducer
+
+    from schemas.envelope import encode
+    from schemas.events import RecipientSent
+
+    settings = settings_factory()
+    topics_for(settings)
+    sent = encode(RecipientSent(job_id="j1", batch_no=0, run=0, userid=7, email="a@example.org",
+                                provider="smtp", message_id="<m@x>", attempts=1))
+
+    def retyped(ce_type: str) -> list[tuple[str, bytes]]:
+        return [(k, ce_type.encode() if k == "ce_type" else v) for k, v in sent.headers]
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await producer.start()
+        try:
+            for headers in (sent.headers, retyped("org.manireports.offload.recipient.sent.v2"),
+                            retyped("org.manireports.offload.recipient.thanked.v1")):
+                await producer.send_and_wait(settings.topic("outcomes"), sent.value, key=b"j1", headers=headers)
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    result = node_consumer(settings)
+    assert result.returncode == 1, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["records"], out["valid"], out["unknown_types"], out["unread_versions"]) == (3, 1, 1, 1)
+    assert ("the summary counts recipient.sent.v1, not recipient.sent.v2: teach summary.js that version"
+            in result.stderr)
+    assert [(j["job_id"], j["succeeded"]) for j in out["jobs"]] == [("j1", 1)]
