@@ -13,7 +13,8 @@ const nameOf = (type) => type.replace(/\.v\d+$/, '');
 // (a newer producer's v2, or an old v1 once the summary moved on) is refused, not skipped: skipping it would
 // print wrong counts as if they were right.
 const COUNTED_VERSIONS = [
-  'job.accepted.v1', 'job.rejected.v1', 'batches.dispatched.v1', 'batch.completed.v1', 'job.completed.v1',
+  'job.accepted.v1', 'job.rejected.v1', 'job.waiting-for-budget.v1', 'batches.dispatched.v1', 'batch.completed.v1',
+  'job.completed.v1',
   ...Object.keys(OUTCOME_STATUS), ...Object.keys(REPORT_KIND),
 ];
 const COUNTED_NAMES = new Set(COUNTED_VERSIONS.map((type) => nameOf(type)));
@@ -29,6 +30,7 @@ class JobState {
   constructor(jobId) {
     this.jobId = jobId;
     this.accepted = null;
+    this.waiting = null; // waits for its company's monthly budget: no route and no batch yet
     this.rejected = null;
     this.runs = new Map(); // run -> { batchCount, completed, cancelled }
     this.batchesDone = new Set(); // "run:batch"
@@ -50,8 +52,9 @@ class JobState {
     if (this.rejected) status = 'rejected';
     else if (last && last.completed) status = last.cancelled ? 'cancelled' : 'completed';
     else if (runNumbers.length > 1 || this.learners.size > 0) status = 'running';
+    else if (!this.accepted && this.waiting) status = 'waiting';
     else status = 'accepted';
-    const a = this.accepted || {};
+    const a = this.accepted || this.waiting || {}; // the wait names the job's type, company, provider, size
     return {
       job_id: this.jobId,
       status,
@@ -92,6 +95,8 @@ class JobSummaries {
     if (type === 'job.accepted.v1') {
       job.accepted = data;
       job.run(0).batchCount = data.batch_count;
+    } else if (type === 'job.waiting-for-budget.v1') {
+      job.waiting = data;
     } else if (type === 'job.rejected.v1') {
       job.rejected = data;
     } else if (type === 'batches.dispatched.v1') {

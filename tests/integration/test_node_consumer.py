@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from offload.client import request_retry
+from offload.client import cancel_job, change_company_settings, request_retry, submit_job
 from tests.integration.analytics_jobs import run_sample_on_own_processes
 from tests.support.observe import query, wait_for_job
 from tests.support.stack import REPO
@@ -19,6 +19,7 @@ from tests.support.stack import REPO
 pytestmark = pytest.mark.integration
 
 CLIENT = REPO / "clients" / "node-consumer"
+CLOSED_PORT = "http://127.0.0.1:9"  # discard: nothing listens, and nothing is sent there
 COMPARED = ("status", "type", "company_id", "route", "provider", "template_id", "total_recipients",
             "duplicates_removed", "batch_count", "batches_done", "succeeded", "failed", "delivered",
             "bounced", "complained")
@@ -37,13 +38,33 @@ def node_consumer(settings, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_the_node_consumers_per_job_summary_equals_the_read_model(
-    settings_factory, topics_for, processes, mail_sink, tmp_path
+    settings_factory, topics_for, processes, mail_sink, tmp_path, job_factory
 ):
-    settings, jobs = run_sample_on_own_processes(settings_factory, topics_for, processes, mail_sink, tmp_path)
+    started = []
+
+    def recording(command, settings, **options):
+        started.append(process := processes(command, settings, **options))
+        return process
+
+    def with_a_cloud_provider(**fields):  # nothing is sent to it: its jobs wait for their budget
+        return settings_factory(**fields, sendgrid_api_key="SG.node-consumer", sendgrid_base_url=CLOSED_PORT,
+                                budget_recheck_seconds=0.5)  # a cancel of a waiting job is seen at a recheck
+
+    settings, jobs = run_sample_on_own_processes(with_a_cloud_provider, topics_for, recording, mail_sink, tmp_path)
     # A retry run of every failed learner of one job: each is refused again, in run 1 this time.
     retried = next(j for j in jobs if j.refused)
     asyncio.run(request_retry(settings, retried.job_id, only_retryable=False))
     wait_for_job(settings, retried.job_id, run=1)
+    # Two cloud jobs over their company's monthly budget wait (no JobAccepted); one is cancelled while it waits.
+    asyncio.run(change_company_settings(settings, 11, monthly_budget=0.001, over_budget="wait",
+                                        cloud_enabled=True, use_cloud_for_emails=True, user_threshold=1,
+                                        email_provider="sendgrid"))
+    started[0].wait_for_log("company 11 settings", timeout=60)
+    for job_id, start in (("umbrella-waits-1", 9001), ("umbrella-cancelled-1", 9101)):
+        asyncio.run(submit_job(settings, job_factory(job_id, 20, company_id=11, start=start)))
+        wait_for_job(settings, job_id, status="waiting")
+    asyncio.run(cancel_job(settings, "umbrella-cancelled-1"))
+    wait_for_job(settings, "umbrella-cancelled-1", status="cancelled")
 
     result = node_consumer(settings)
     assert result.returncode == 0, f"node consumer failed ({result.returncode}):\n{result.stderr[-4000:]}"
@@ -56,7 +77,10 @@ def test_the_node_consumers_per_job_summary_equals_the_read_model(
     assert got == expected
     # Not a vacuous match: the read model holds what the sample did.
     assert expected["hooli-bad-1"]["status"] == "rejected"
-    assert {j.job_id for j in jobs} | {"hooli-bad-1"} == set(expected)
+    assert (expected["umbrella-waits-1"]["status"], expected["umbrella-cancelled-1"]["status"]) == (
+        "waiting", "cancelled")
+    assert expected["umbrella-waits-1"]["provider"] == "sendgrid"
+    assert {j.job_id for j in jobs} | {"hooli-bad-1", "umbrella-waits-1", "umbrella-cancelled-1"} == set(expected)
     assert sum(r["failed"] for r in expected.values()) == sum(len(j.refused) for j in jobs) > 0
     assert sum(r["bounced"] for r in expected.values()) == sum(list(j.reports.values()).count("bounced")
                                                                for j in jobs) > 0
