@@ -14,7 +14,7 @@ const path = require('node:path');
 const crypto = require('node:crypto');
 const { parseArgs } = require('node:util');
 const { Kafka, logLevel } = require('kafkajs');
-const { loadValidators } = require('./schemas');
+const { isDateTime, loadValidators } = require('./schemas');
 const { JobSummaries, unreadVersion } = require('./summary');
 const { registerLz4 } = require('./lz4');
 
@@ -145,6 +145,14 @@ async function main() {
     if (validator.topic !== shortTopic) problems.push(`type ${type} belongs on ${validator.topic}`);
     if (event.attributes.ce_subject && event.data.job_id && event.attributes.ce_subject !== event.data.job_id) {
       problems.push(`ce_subject ${event.attributes.ce_subject} is not the job id ${event.data.job_id}`);
+    }
+    // Keyed by job id, so a job's events keep their order (one partition); another key breaks that promise.
+    const key = message.key === null ? null : message.key.toString('utf8');
+    if (typeof event.data.job_id === 'string' && key !== event.data.job_id) {
+      problems.push(`record key ${JSON.stringify(key)} is not the job id ${event.data.job_id}`);
+    }
+    if (event.attributes.ce_time !== undefined && !isDateTime(event.attributes.ce_time)) {
+      problems.push(`ce_time ${JSON.stringify(event.attributes.ce_time)} is not an RFC 3339 timestamp`);
     }
     if (problems.length) {
       stats.invalid += 1;

@@ -25,4 +25,11 @@ function loadValidators(directory) {
   return validators;
 }
 
-module.exports = { loadValidators };
+// ce_time: RFC 3339, checked by the same rules as a schema's "format": "date-time".
+const isDateTime = (() => {
+  const ajv = new Ajv2020({ strict: true });
+  addFormats(ajv, ['date-time']);
+  return ajv.compile({ type: 'string', format: 'date-time' });
+})();
+
+module.exports = { isDateTime, loadValidators };

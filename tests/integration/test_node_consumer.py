@@ -10,8 +10,11 @@ import shutil
 import subprocess
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from offload.client import cancel_job, change_company_settings, request_retry, submit_job
+from schemas.envelope import encode
+from schemas.events import RecipientSent
 from tests.integration.analytics_jobs import run_sample_on_own_processes
 from tests.support.observe import query, wait_for_job
 from tests.support.stack import REPO
@@ -93,8 +96,6 @@ def test_the_node_consumers_per_job_summary_equals_the_read_model(
 
 def test_the_node_consumer_reports_a_record_that_breaks_the_contract(settings_factory, topics_for):
     """A record whose JSON does not match its type's schema is reported and fails the run (exit 1)."""
-    from aiokafka import AIOKafkaProducer
-
     settings = settings_factory()
     topics_for(settings)
 
@@ -110,6 +111,11 @@ def test_the_node_consumer_reports_a_record_that_breaks_the_contract(settings_fa
             await producer.send_and_wait(settings.topic("outcomes"), json.dumps(bad).encode(), key=b"j1",
                                          headers=headers)
             await producer.send_and_wait(settings.topic("jobs"), b'{"job_id": "j1"}', key=b"j1")  # no headers
+            # A record that matches its schema, but keyed by something else and with a time that is not one.
+            good = encode(RecipientSent(job_id="j1", batch_no=0, userid=7, email="a@example.org",
+                                        provider="smtp", message_id="<m@x>", attempts=1))
+            odd = [(k, b"yesterday" if k == "ce_time" else v) for k, v in good.headers]
+            await producer.send_and_wait(settings.topic("outcomes"), good.value, key=b"learner-7", headers=odd)
         finally:
             await producer.stop()
 
@@ -117,19 +123,16 @@ def test_the_node_consumer_reports_a_record_that_breaks_the_contract(settings_fa
     result = node_consumer(settings)
     assert result.returncode == 1, result.stderr
     out = json.loads(result.stdout)
-    assert (out["records"], out["invalid"], out["valid"]) == (2, 2, 0)
+    assert (out["records"], out["invalid"], out["valid"]) == (3, 3, 0)
     assert "/userid must be integer" in result.stderr and "/sent_at must match format" in result.stderr
     assert "missing CloudEvents header(s) ce_specversion, ce_id, ce_source, ce_type" in result.stderr
+    assert 'record key "learner-7" is not the job id j1' in result.stderr
+    assert 'ce_time "yesterday" is not an RFC 3339 timestamp' in result.stderr
 
 
 def test_the_node_consumer_refuses_a_version_of_a_counted_type_it_does_not_know(settings_factory, topics_for):
     """A new type is skipped (readers ignore what newer producers add), but a ``recipient.sent.v2`` is not:
     skipping it would print a summary with wrong counts as if they were right."""
-    from aiokafka import AIOKafkaProducer
-
-    from schemas.envelope import encode
-    from schemas.events import RecipientSent
-
     settings = settings_factory()
     topics_for(settings)
     sent = encode(RecipientSent(job_id="j1", batch_no=0, run=0, userid=7, email="a@example.org",
