@@ -9,10 +9,14 @@ the tree (``schemas/json/``), these are BACKWARD-incompatible and fail the check
 - an optional field made required, or a new field added as required;
 - an enum narrowed (a value dropped), or a constraint narrowed (shorter ``maxLength``, higher ``minimum``,
   a new or changed ``pattern`` or ``format``, fewer tuple items);
-- a type dropped from the tree without an upcaster (``schemas/upcasters.py``) that reads it as a newer type.
+- a type dropped from the tree without an upcaster (``schemas/upcasters.py``) that reads it as a newer type;
+- a schema whose ``x-version`` is not its type's ``.vN``.
 
 A breaking change is made as a new version: the type becomes ``….v2`` (a new type, always compatible), and
-an upcaster turns a ``….v1`` record into a ``….v2`` one, so records already in the log stay readable.
+an upcaster turns a ``….v1`` record into a ``….v2`` one, so records already in the log stay readable. The
+upcaster is proven, not trusted: records built from the old schema (``schemas/samples.py``) and its own
+examples must come out of it valid for the new schema. The old version's schema stays in the tree (frozen,
+``x-superseded-by``) for consumers in other languages.
 
 ``python -m schemas.evolution`` checks (exit 1 and one line per break); ``--refresh-baseline`` copies the
 tree's schemas into the baseline at a release.
@@ -211,7 +215,7 @@ def prove_upcaster(ce_type: str, baseline: Mapping[str, Schema], tree: Mapping[s
                    upcasters: Mapping[str, Upcaster]) -> list[str]:
     """An upcaster reads the old version: its chain ends at a newer type in the tree, and records of the old
     version (generated from its schema, and the upcaster's own examples) come out valid for that type."""
-    old_schema = tree.get(ce_type, baseline.get(ce_type))
+    old_schema = baseline.get(ce_type) or tree.get(ce_type)  # as released; else as retired since
     if old_schema is None:
         return ["upcaster for a type with no schema in the tree or the baseline"]
     target, step = ce_type, upcasters[ce_type]

@@ -40,7 +40,9 @@ def retired_schema(ce_type: str, superseded_by: str) -> dict[str, Any]:
     for directory in (BASELINE_DIR, OUT_DIR):
         path = directory / f"{ce_type}.schema.json"
         if path.exists():
-            return {**json.loads(path.read_text()), "x-superseded-by": superseded_by}
+            # x-version too: a baseline written before schemas carried it has none.
+            return {**json.loads(path.read_text()), "x-version": version_of(ce_type),
+                    "x-superseded-by": superseded_by}
     raise FileNotFoundError(f"{ce_type} has an upcaster but no schema in {BASELINE_DIR} or {OUT_DIR}")
 
 

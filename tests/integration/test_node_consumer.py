@@ -8,16 +8,19 @@ import asyncio
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from offload.client import cancel_job, change_company_settings, request_retry, submit_job
+from schemas import generate, upcasters
 from schemas.envelope import encode
 from schemas.events import RecipientSent
 from tests.integration.analytics_jobs import run_sample_on_own_processes
 from tests.support.observe import query, wait_for_job
 from tests.support.stack import REPO
+from tests.unit.test_schema_evolution import RecipientSentV2, sent_v1_to_v2
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +31,14 @@ COMPARED = ("status", "type", "company_id", "route", "provider", "template_id", 
             "bounced", "complained")
 
 
-def node_consumer(settings, *extra: str) -> subprocess.CompletedProcess:
+def node_consumer(settings, *extra: str, schemas: Path = REPO / "schemas" / "json") -> subprocess.CompletedProcess:
     assert shutil.which("node"), "node is not installed: run scripts/setup.sh"
     if not (CLIENT / "node_modules" / "kafkajs").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=CLIENT, check=True,
                        timeout=300)
     return subprocess.run(
         ["node", str(CLIENT / "consumer.js"), "--brokers", settings.kafka_bootstrap_servers,
-         "--prefix", settings.topic_prefix, "--schemas", str(REPO / "schemas" / "json"), *extra],
+         "--prefix", settings.topic_prefix, "--schemas", str(schemas), *extra],
         capture_output=True, text=True, timeout=300,
     )
 
@@ -130,32 +133,45 @@ def test_the_node_consumer_reports_a_record_that_breaks_the_contract(settings_fa
     assert 'ce_time "yesterday" is not an RFC 3339 timestamp' in result.stderr
 
 
-def test_the_node_consumer_refuses_a_version_of_a_counted_type_it_does_not_know(settings_factory, topics_for):
-    """A new type is skipped (readers ignore what newer producers add), but a ``recipient.sent.v2`` is not:
-    skipping it would print a summary with wrong counts as if they were right."""
+def test_after_a_version_bump_the_node_consumer_validates_old_records_and_refuses_the_version_it_does_not_know(
+    settings_factory, topics_for, tmp_path, monkeypatch
+):
+    """recipient.sent goes v1 -> v2 (an upcaster, schemas regenerated): the v1 records in the log still
+    validate with v1's frozen schema file and are counted; a v2 record is refused, not skipped (the summary
+    would print wrong counts as if they were right); a type nobody counts is skipped."""
+    monkeypatch.setattr(upcasters, "UPCASTERS", {})
+    upcasters.upcaster(RecipientSent.ce_type, RecipientSentV2.ce_type)(sent_v1_to_v2)
+    monkeypatch.setattr(generate, "EVENT_TYPES",
+                        [RecipientSentV2 if cls is RecipientSent else cls for cls in generate.EVENT_TYPES])
+    published = tmp_path / "json"
+    published.mkdir()
+    for name, text in generate.rendered().items():
+        (published / name).write_text(text)
+    assert json.loads((published / f"{RecipientSent.ce_type}.schema.json").read_text())["x-superseded-by"] == (
+        RecipientSentV2.ce_type)
+
     settings = settings_factory()
     topics_for(settings)
-    sent = encode(RecipientSent(job_id="j1", batch_no=0, run=0, userid=7, email="a@example.org",
-                                provider="smtp", message_id="<m@x>", attempts=1))
-
-    def retyped(ce_type: str) -> list[tuple[str, bytes]]:
-        return [(k, ce_type.encode() if k == "ce_type" else v) for k, v in sent.headers]
+    fields = dict(job_id="j1", batch_no=0, run=0, email="a@example.org", provider="smtp", message_id="<m@x>")
+    v1 = encode(RecipientSent(userid=7, attempts=1, **fields))
+    v2 = encode(RecipientSentV2(userid=8, tries=1, **fields))
+    new_type = [(k, b"org.manireports.offload.recipient.thanked.v1" if k == "ce_type" else v) for k, v in v1.headers]
 
     async def produce() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
         await producer.start()
         try:
-            for headers in (sent.headers, retyped("org.manireports.offload.recipient.sent.v2"),
-                            retyped("org.manireports.offload.recipient.thanked.v1")):
-                await producer.send_and_wait(settings.topic("outcomes"), sent.value, key=b"j1", headers=headers)
+            for value, headers in ((v1.value, v1.headers), (v2.value, v2.headers), (v1.value, new_type)):
+                await producer.send_and_wait(settings.topic("outcomes"), value, key=b"j1", headers=headers)
         finally:
             await producer.stop()
 
     asyncio.run(produce())
-    result = node_consumer(settings)
+    result = node_consumer(settings, schemas=published)
     assert result.returncode == 1, result.stderr
     out = json.loads(result.stdout)
     assert (out["records"], out["valid"], out["unknown_types"], out["unread_versions"]) == (3, 1, 1, 1)
     assert ("the summary counts recipient.sent.v1, not recipient.sent.v2: teach summary.js that version"
             in result.stderr)
+    assert out["by_type"] == {"recipient.sent.v1": 1}
     assert [(j["job_id"], j["succeeded"]) for j in out["jobs"]] == [("j1", 1)]
