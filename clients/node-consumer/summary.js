@@ -4,7 +4,12 @@
 // reports about a learner the most severe stands (complained > bounced > delivered).
 
 const SEVERITY = { delivered: 1, bounced: 2, complained: 3 };
-const OUTCOME_STATUS = { 'recipient.sent.v1': 'sent', 'recipient.failed.v1': 'failed', 'certificate.issued.v1': 'issued' };
+// Each learner of a run has exactly one of these; a suppressed learner was not sent (on the company's
+// suppression list) and counts neither as succeeded nor as failed.
+const OUTCOME_STATUS = {
+  'recipient.sent.v1': 'sent', 'recipient.failed.v1': 'failed', 'certificate.issued.v1': 'issued',
+  'recipient.suppressed.v1': 'suppressed',
+};
 const REPORT_KIND = { 'recipient.delivered.v1': 'delivered', 'recipient.bounced.v1': 'bounced', 'recipient.complained.v1': 'complained' };
 
 const nameOf = (type) => type.replace(/\.v\d+$/, '');
@@ -70,6 +75,7 @@ class JobState {
       batches_done: last && last.completed ? batchCount : this.batchesDone.size,
       succeeded: count(this.learners, ['sent', 'issued']),
       failed: count(this.learners, ['failed']),
+      suppressed: count(this.learners, ['suppressed']),
       delivered: count(this.reports, ['delivered']),
       bounced: count(this.reports, ['bounced']),
       complained: count(this.reports, ['complained']),

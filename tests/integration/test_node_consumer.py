@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from eventlog.publisher import EventPublisher
 from offload.client import cancel_job, change_company_settings, request_retry, submit_job
 from schemas import generate, upcasters
 from schemas.envelope import encode
-from schemas.events import RecipientSent
+from schemas.events import Event, RecipientSent, SuppressionAdded
 from tests.integration.analytics_jobs import run_sample_on_own_processes
 from tests.support.observe import query, wait_for_job
 from tests.support.stack import REPO
@@ -27,8 +28,17 @@ pytestmark = pytest.mark.integration
 CLIENT = REPO / "clients" / "node-consumer"
 CLOSED_PORT = "http://127.0.0.1:9"  # discard: nothing listens, and nothing is sent there
 COMPARED = ("status", "type", "company_id", "route", "provider", "template_id", "total_recipients",
-            "duplicates_removed", "batch_count", "batches_done", "succeeded", "failed", "delivered",
+            "duplicates_removed", "batch_count", "batches_done", "succeeded", "failed", "suppressed", "delivered",
             "bounced", "complained")
+
+
+async def publish(settings, event: Event) -> None:
+    publisher = EventPublisher(settings, source="urn:manireports:offload:test")
+    await publisher.start()
+    try:
+        await publisher.send_and_wait(event)
+    finally:
+        await publisher.stop()
 
 
 def node_consumer(settings, *extra: str, schemas: Path = REPO / "schemas" / "json") -> subprocess.CompletedProcess:
@@ -71,6 +81,12 @@ def test_the_node_consumers_per_job_summary_equals_the_read_model(
         wait_for_job(settings, job_id, status="waiting")
     asyncio.run(cancel_job(settings, "umbrella-cancelled-1"))
     wait_for_job(settings, "umbrella-cancelled-1", status="cancelled")
+    # A learner on their company's suppression list is not sent: a RecipientSuppressed outcome.
+    asyncio.run(publish(settings, SuppressionAdded(company_id=9, userid=9202, source="manual",
+                                                   reason="asked by phone", changed_by="ops")))
+    started[0].wait_for_log("suppression list of company 9", timeout=60)
+    asyncio.run(submit_job(settings, job_factory("initech-notice-1", 4, company_id=9, start=9201)))
+    wait_for_job(settings, "initech-notice-1")
 
     result = node_consumer(settings)
     assert result.returncode == 0, f"node consumer failed ({result.returncode}):\n{result.stderr[-4000:]}"
@@ -86,7 +102,9 @@ def test_the_node_consumers_per_job_summary_equals_the_read_model(
     assert (expected["umbrella-waits-1"]["status"], expected["umbrella-cancelled-1"]["status"]) == (
         "waiting", "cancelled")
     assert expected["umbrella-waits-1"]["provider"] == "sendgrid"
-    assert {j.job_id for j in jobs} | {"hooli-bad-1", "umbrella-waits-1", "umbrella-cancelled-1"} == set(expected)
+    assert (expected["initech-notice-1"]["succeeded"], expected["initech-notice-1"]["suppressed"]) == (3, 1)
+    assert {j.job_id for j in jobs} | {"hooli-bad-1", "umbrella-waits-1", "umbrella-cancelled-1",
+                                      "initech-notice-1"} == set(expected)
     assert sum(r["failed"] for r in expected.values()) == sum(len(j.refused) for j in jobs) > 0
     assert sum(r["bounced"] for r in expected.values()) == sum(list(j.reports.values()).count("bounced")
                                                                for j in jobs) > 0

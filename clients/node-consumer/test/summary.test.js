@@ -15,9 +15,11 @@ test("a learner's outcome is the one of their latest run, whatever order the rec
   for (const [type, data] of [
     outcome('recipient.failed.v1', 1, 0), outcome('recipient.sent.v1', 1, 1), // retried and sent
     outcome('recipient.sent.v1', 2, 1), outcome('recipient.failed.v1', 2, 0), // run 0's failure read late
+    outcome('recipient.suppressed.v1', 3, 0), // on the suppression list: neither succeeded nor failed
   ]) summaries.apply(type, data);
   const [job] = summaries.all();
-  assert.deepEqual([job.succeeded, job.failed, job.runs, job.batch_count, job.status], [2, 0, 2, 2, 'running']);
+  assert.deepEqual([job.succeeded, job.failed, job.suppressed, job.runs, job.batch_count, job.status],
+    [2, 0, 1, 2, 2, 'running']);
 });
 
 test("of a provider's reports about a learner the most severe stands", () => {
