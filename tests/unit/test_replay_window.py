@@ -257,3 +257,32 @@ async def test_a_webhook_is_judged_by_one_clock_before_and_after_the_store_answe
             pass
     assert info.value.code == "stale_timestamp"
     assert ("mailgun", "t-stale") not in store._seen
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=2200), max_size=5, unique=True),
+       pause=st.sampled_from([0.0, 0.01, 0.05]), tampered=st.booleans())
+def test_property_however_a_webhook_body_is_cut_into_segments_it_is_judged_whole(cuts, pause, tampered):
+    """The verdict on a signed webhook does not depend on how its body travels: split anywhere, with pauses, it
+    is accepted exactly when it was signed as sent (and refused when one byte was changed)."""
+    loop = asyncio.new_event_loop()
+    try:
+        runner, port = loop.run_until_complete(_webhook_app(Settings(environment="test",
+                                                                     webhook_mailgun_signing_key=MAILGUN_KEY)))
+        body = _mailgun_body(f"mg-token-prop-{time.monotonic_ns()}")
+        if tampered:  # the signature covers timestamp + token only: change the token, keep the signature
+            body = body.replace(b"mg-token-prop-", b"mg-token-prox-", 1)
+        parts: list[bytes | float] = []
+        start = 0
+        for cut in sorted(c for c in cuts if c < len(body)):
+            parts += [body[start:cut], pause]
+            start = cut
+        parts.append(body[start:])
+        try:
+            answer = loop.run_until_complete(_exchange(port, _head("/webhooks/mailgun", len(body)), parts))
+        finally:
+            loop.run_until_complete(runner.cleanup())
+    finally:
+        loop.close()
+    status = answer.split(b" ", 2)[1]
+    assert status == (b"403" if tampered else b"200"), answer[:300]
