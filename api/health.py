@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 
 from api.errors import json_response
 from api.state import STATE, ApiState
+from config.settings import Settings
 from resilience.dependencies import DEPENDENCIES
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,27 @@ async def health(request: web.Request) -> web.Response:
     return json_response({
         "status": "degraded" if down else "ready",
         "reasons": [f"{name}: {s.reason}" for name, s in down.items()],
+        "warnings": configuration_warnings(request.app[STATE].settings),
         "checks": {name: {"up": s.up, "reason": s.reason, "since": round(s.since, 3), "losses": s.losses,
                           "reconnects": s.reconnects} for name, s in sorted(states.items())},
     })
+
+
+def configuration_warnings(settings: Settings) -> list[str]:
+    """What is unsafe about this configuration though the process runs: said in health on every check, not only
+    once in a start-up log that nobody reads."""
+    warnings = []
+    if settings.uses_public_code_secret:
+        refusal = settings.code_secret_refusal()
+        warnings.append(
+            "certificate_code_secret: the public development default; workers refuse to issue certificates with it"
+            if refusal is not None else
+            "certificate_code_secret: the public development default, allowed here "
+            f"({'tests' if settings.environment == 'test' else 'OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT'}): "
+            "anyone can compute certificate codes; never hand these certificates out")
+    if not settings.api_keys:
+        warnings.append("api_keys: none configured (OFFLOAD_API_KEYS); every signed request is refused")
+    return warnings
 
 
 async def check_once(state: ApiState) -> None:

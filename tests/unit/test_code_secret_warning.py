@@ -1,0 +1,50 @@
+"""Issue 11 finding 4: certificate codes under the public development secret are said loudly: in health on every
+check (not only once in a start-up log), whether workers refuse them or the dev stack's opt-in allows them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from api.health import health
+from api.state import STATE
+from config.settings import Settings
+
+KEYS = {"moodle-7": {"secret": "k" * 32, "company_id": 7}}
+OWN = SecretStr("a-certificate-code-secret-of-our-own-0123")
+
+
+async def _health_of(settings: Settings) -> dict:
+    app = web.Application()
+    app[STATE] = SimpleNamespace(settings=settings)  # type: ignore[assignment]  # health reads only settings
+    app.router.add_get("/api/v1/health", health)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/api/v1/health")
+        assert response.status == 200
+        return await response.json()
+
+
+async def test_health_warns_when_certificates_would_be_refused_for_the_public_code_secret():
+    body = await _health_of(Settings(environment="development", api_keys=KEYS))
+    assert any("certificate_code_secret" in w and "refuse" in w for w in body["warnings"]), body
+
+
+async def test_health_warns_when_the_dev_stack_opt_in_issues_codes_anyone_can_compute():
+    body = await _health_of(Settings(environment="development", api_keys=KEYS,
+                                     certificate_code_secret_allow_default=True))
+    assert any("OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT" in w and "anyone can compute" in w
+               for w in body["warnings"]), body
+
+
+async def test_health_has_no_warning_with_a_secret_of_our_own_and_keys():
+    body = await _health_of(Settings(environment="development", api_keys=KEYS, certificate_code_secret=OWN))
+    assert body["warnings"] == []
+    assert OWN.get_secret_value() not in str(body)
+
+
+async def test_health_says_when_no_api_keys_are_configured():
+    body = await _health_of(Settings(environment="development", certificate_code_secret=OWN))
+    assert body["warnings"] == ["api_keys: none configured (OFFLOAD_API_KEYS); every signed request is refused"]
