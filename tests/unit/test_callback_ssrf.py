@@ -26,6 +26,8 @@ def _decision(url: str) -> str:
 
 
 @pytest.mark.parametrize("url", [
+    # the review's four: IPv4-compatible 127.0.0.1, NAT64 and 6to4 of 169.254.169.254, site-local
+    "http://[::7f00:1]/", "http://[64:ff9b::a9fe:a9fe]/", "http://[2002:a9fe:a9fe::]/", "http://[fec0::1]/",
     # RFC 8215 local-use NAT64: with a /48 prefix (RFC 6052 layout) this is 169.254.169.254, and the last 32 bits,
     # which the check used to read, hold a public address.
     "http://[64:ff9b:1:a9fe:a9:fe00:5db8:d70e]/",
