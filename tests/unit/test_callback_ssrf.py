@@ -75,7 +75,7 @@ inside_v4 = st.one_of(*(st.ip_addresses(v=4, network=n) for n in (
     "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4")))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(v4=st.one_of(any_v4, inside_v4))
 def test_property_an_ipv6_form_of_an_ipv4_address_is_judged_exactly_as_that_address(v4):
     expected = "callback_url_forbidden" if non_public(v4) else "allowed"
