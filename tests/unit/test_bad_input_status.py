@@ -8,6 +8,7 @@ to ~990 levels while the events are read back by pydantic's JSON parser, which s
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
@@ -58,3 +59,22 @@ def test_property_the_api_and_the_worker_draw_the_depth_line_in_the_same_place(d
     assert api_ok == worker_ok == (doc_depth <= MAX_JSON_DEPTH), (depth, where)
     if api_ok:
         JobRequested.model_validate_json(body)  # and what is accepted reads back
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "²", "١٢", "-1", "1e3", ""])
+def test_ui_page_numbers_that_are_not_small_ascii_integers_fall_back_to_the_default(value):
+    from aiohttp.test_utils import make_mocked_request
+
+    from api.ui.state import int_param
+
+    request = make_mocked_request("GET", f"/ui/?page={quote(value)}")
+    assert int_param(request, "page", 1, high=10**6) == 1  # int("9" * 5000) raised ValueError: a 500
+
+
+def test_ui_page_numbers_within_range_are_read():
+    from aiohttp.test_utils import make_mocked_request
+
+    from api.ui.state import int_param
+
+    assert int_param(make_mocked_request("GET", "/ui/?page=42"), "page", 1, high=10**6) == 42
+    assert int_param(make_mocked_request("GET", "/ui/?page=1000001"), "page", 1, high=10**6) == 1
