@@ -36,3 +36,23 @@ def test_sns_urls_off_the_regional_https_hosts_are_refused(url):
 def test_regional_govcloud_and_china_sns_hosts_are_accepted(host):
     check_sns_url(f"https://{host}/SimpleNotificationService-0123456789abcdef.pem")
     check_sns_url(f"https://{host}/?Action=ConfirmSubscription&TopicArn=arn&Token=t")
+
+
+@pytest.mark.parametrize("url", ["https://sns.eu-west-1.amazonaws.com:99999/x.pem", "https://[sns.s3.amazonaws.com/x.pem",
+                                 "https://sns.s3.amazonaws.com/x.pem"])
+async def test_a_signed_sns_message_naming_such_a_certificate_is_refused_before_anything_is_fetched(url):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from api.webhooks import SnsVerifier
+    from tests.unit.test_webhooks import TOPIC, make_certificate, sns_message
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return make_certificate(key)
+
+    with pytest.raises(Refused) as refused:
+        await SnsVerifier(fetch, topic_arns=[TOPIC], max_age=3600).verify(sns_message(key, SigningCertURL=url))
+    assert refused.value.code == "untrusted_sns_url" and fetched == []
