@@ -110,3 +110,20 @@ outside_global_unicast = st.integers(min_value=0, max_value=2**128 - 1).map(V6).
 def test_property_no_ipv6_address_outside_global_unicast_is_called_back(address):
     assert non_public(address), address
     assert _decision(f"http://[{address.compressed}]/") == "callback_url_forbidden"
+
+
+def _inet_aton_forms(v4: V4) -> list[str]:
+    """The shorthand spellings C's inet_aton (and so getaddrinfo) reads as ``v4``: a.b.c.d, a.b.c16, a.b24,
+    one 32-bit number, each part in decimal, hex or octal."""
+    a, b, c, d = v4.packed
+    n = int(v4)
+    return [str(v4), f"{a}.{b}.{(c << 8) | d}", f"{a}.{(b << 16) | (c << 8) | d}", str(n), hex(n), f"0{n:o}",
+            ".".join(hex(o) for o in (a, b, c, d)), ".".join(f"0{o:o}" for o in (a, b, c, d))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(v4=inside_v4)
+def test_property_shorthand_ipv4_spellings_of_an_inside_address_never_pass(v4):
+    for host in _inet_aton_forms(v4):
+        # Literal or read numerically by the resolver (no DNS query): never let through.
+        assert _decision(f"http://{host}/cb") in ("callback_url_forbidden", "callback_url_unresolvable"), host
