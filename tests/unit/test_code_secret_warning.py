@@ -48,3 +48,18 @@ async def test_health_has_no_warning_with_a_secret_of_our_own_and_keys():
 async def test_health_says_when_no_api_keys_are_configured():
     body = await _health_of(Settings(environment="development", certificate_code_secret=OWN))
     assert body["warnings"] == ["api_keys: none configured (OFFLOAD_API_KEYS); every signed request is refused"]
+
+
+def test_the_compose_file_does_not_opt_in_to_the_public_code_secret():
+    """docker compose is how a site may well run in earnest (it has an HA profile); only the loopback dev stack
+    (devtools.devstack, test_public_hardening) opts in. Both variables come from the shell, unset by default."""
+    from pathlib import Path
+
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+    for name in ("worker", "api"):
+        env = compose["services"][name]["environment"]
+        assert env["OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT"] is None, (name, env)  # None: from the shell
+        assert env["OFFLOAD_CERTIFICATE_CODE_SECRET"] is None, (name, env)
+        assert env["OFFLOAD_ENVIRONMENT"] != "test", name
