@@ -78,3 +78,13 @@ def test_ui_page_numbers_within_range_are_read():
 
     assert int_param(make_mocked_request("GET", "/ui/?page=42"), "page", 1, high=10**6) == 42
     assert int_param(make_mocked_request("GET", "/ui/?page=1000001"), "page", 1, high=10**6) == 1
+
+
+def test_template_sample_data_nested_thousands_deep_in_the_ui_form_is_a_problem_not_a_500():
+    from multidict import MultiDict
+
+    from api.ui.template_pages import _draft_body
+
+    deep = "[" * 4000 + "]" * 4000  # 8,000 bytes: within the UI form limit (8 KiB by default)
+    _, problems = _draft_body(MultiDict({"template_id": "welcome", "subject": "Hi", "sample_data": deep}))
+    assert {"field": "sample_data", "message": "sample data must be a JSON object"} in problems
