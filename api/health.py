@@ -23,6 +23,7 @@ from psycopg_pool import PoolTimeout
 from adapters.email.dkim_dns import check_published, dns_txt_lookup
 from api.errors import json_response
 from api.state import STATE, ApiState
+from config.base import DEV_CALLBACK_URL_SECRET, DEV_MESSAGE_ID_SECRET, DEV_UNSUBSCRIBE_SECRET
 from config.settings import Settings
 from resilience.dependencies import DEPENDENCIES
 
@@ -50,6 +51,14 @@ async def health(request: web.Request) -> web.Response:
     })
 
 
+# The other secrets with a public development default (production refuses each) and what anyone can do with it.
+_PUBLIC_DEFAULTS = (
+    ("unsubscribe_secret", DEV_UNSUBSCRIBE_SECRET, "anyone can make unsubscribe links for any learner"),
+    ("message_id_secret", DEV_MESSAGE_ID_SECRET, "anyone can compute the Message-IDs of learners' messages"),
+    ("callback_url_secret", DEV_CALLBACK_URL_SECRET, "a reader of the log can open sealed callback URL queries"),
+)
+
+
 def configuration_warnings(settings: Settings) -> list[str]:
     """What is unsafe about this configuration though the process runs: said in health on every check, not only
     once in a start-up log that nobody reads."""
@@ -62,6 +71,9 @@ def configuration_warnings(settings: Settings) -> list[str]:
             "certificate_code_secret: the public development default, allowed here "
             f"({'tests' if settings.environment == 'test' else 'OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT'}): "
             "anyone can compute certificate codes; never hand these certificates out")
+    for name, default, risk in _PUBLIC_DEFAULTS:
+        if getattr(settings, name).get_secret_value() == default:
+            warnings.append(f"{name}: the public development default; {risk} (set OFFLOAD_{name.upper()})")
     if not settings.api_keys:
         warnings.append("api_keys: none configured (OFFLOAD_API_KEYS); every signed request is refused")
     return warnings

@@ -15,6 +15,8 @@ from config.settings import Settings
 
 KEYS = {"moodle-7": {"secret": "k" * 32, "company_id": 7}}
 OWN = SecretStr("a-certificate-code-secret-of-our-own-0123")
+# The other secrets with a public development default, set to values of our own.
+OWN_OTHERS = {"unsubscribe_secret": "u" * 40, "message_id_secret": "m" * 40, "callback_url_secret": "c" * 40}
 
 
 async def _health_of(settings: Settings) -> dict:
@@ -40,13 +42,14 @@ async def test_health_warns_when_the_dev_stack_opt_in_issues_codes_anyone_can_co
 
 
 async def test_health_has_no_warning_with_a_secret_of_our_own_and_keys():
-    body = await _health_of(Settings(environment="development", api_keys=KEYS, certificate_code_secret=OWN))
+    body = await _health_of(Settings(environment="development", api_keys=KEYS, certificate_code_secret=OWN,
+                                     **OWN_OTHERS))
     assert body["warnings"] == []
     assert OWN.get_secret_value() not in str(body)
 
 
 async def test_health_says_when_no_api_keys_are_configured():
-    body = await _health_of(Settings(environment="development", certificate_code_secret=OWN))
+    body = await _health_of(Settings(environment="development", certificate_code_secret=OWN, **OWN_OTHERS))
     assert body["warnings"] == ["api_keys: none configured (OFFLOAD_API_KEYS); every signed request is refused"]
 
 
@@ -63,3 +66,10 @@ def test_the_compose_file_does_not_opt_in_to_the_public_code_secret():
         assert env["OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT"] is None, (name, env)  # None: from the shell
         assert env["OFFLOAD_CERTIFICATE_CODE_SECRET"] is None, (name, env)
         assert env["OFFLOAD_ENVIRONMENT"] != "test", name
+
+
+async def test_health_names_every_other_secret_left_at_its_public_default():
+    body = await _health_of(Settings(environment="development", api_keys=KEYS, certificate_code_secret=OWN))
+    named = [w.split(":")[0] for w in body["warnings"]]
+    assert named == ["unsubscribe_secret", "message_id_secret", "callback_url_secret"], body
+    assert any("unsubscribe links for any learner" in w for w in body["warnings"])
