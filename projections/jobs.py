@@ -119,7 +119,9 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C
             await cur.execute(
                 """INSERT INTO jobs (job_id, company_id, status, error_message, problems, timecreated, timecompleted)
                    VALUES (%s, %s, 'rejected', %s, %s, %s, %s)
-                   ON CONFLICT (job_id) DO NOTHING""",
+                   ON CONFLICT (job_id) DO UPDATE SET status = 'rejected', error_message = EXCLUDED.error_message,
+                       problems = EXCLUDED.problems, timecompleted = EXCLUDED.timecompleted, updated_at = now()
+                   WHERE jobs.status = 'waiting'""",  # a wait dropped: its request expired (streams/budget_wait.py)
                 (event.job_id, event.company_id, message[:4000],
                  json.dumps([p.model_dump() for p in event.problems]), event.rejected_at, event.rejected_at),
             )
