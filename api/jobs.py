@@ -15,7 +15,14 @@ from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
 from content.validation import job_template_problems, refusal_code
 from projections.jobs import FINISHED, JobStatus
-from schemas.events import SCOPED_SUFFIX, JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
+from schemas.events import (
+    SCOPED_SUFFIX,
+    JobCancelled,
+    JobRetryRequested,
+    client_job_id,
+    scoped_id_room,
+    scoped_job_id,
+)
 from schemas.intake import template_data_problem
 from security.callback_urls import check_callback_url, seal_query
 from security.signing import Caller
@@ -44,6 +51,12 @@ async def submit_job(request: web.Request) -> web.Response:
     if SCOPED_SUFFIX.search(job.job_id):
         raise ApiError(422, "invalid_field", "a job id may not end in ..c<digits>: that form is reserved",
                        problems=[{"code": "invalid_field", "field": "job_id", "message": "reserved form"}])
+    if (room := scoped_id_room(job.company_id)) < len(job.job_id):
+        # Refused whether or not the id is in use: a longer id could not be scoped if another company held it,
+        # and answering differently then would tell the caller that it exists (issue 11 finding 12).
+        message = f"a job id of company {job.company_id} may have at most {room} characters"
+        raise ApiError(422, "invalid_field", message,
+                       problems=[{"code": "invalid_field", "field": "job_id", "message": message}])
     if job.callback_query_sealed is not None:
         raise ApiError(422, "invalid_field", "callback_query_sealed is set by the API, never by a client")
     too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
@@ -108,16 +121,20 @@ async def _visible_job(state: ApiState, caller: Caller, job_id: str) -> dict[str
     candidates = [job_id]
     if caller.company_id is not None:
         candidates.append(scoped_job_id(job_id, caller.company_id))
+    rows = []
     for stored in candidates:
         row, errors = await state.store.job_with_errors(stored)
-        if row is not None:
-            if caller.may_see(row["company_id"]):
-                return {**progress(row, errors), "job_id": job_id, "_id": stored, "_row": row}
-            continue
+        if row is not None and caller.may_see(row["company_id"]):
+            return {**progress(row, errors), "job_id": job_id, "_id": stored, "_row": row}
+        rows.append(row)
+    for stored, row in zip(candidates, rows, strict=True):
         company = state.submissions.handed_over(stored)
         if company is not None and caller.may_see(company):
+            # Handed over, not routed yet. If another company's job holds the id after all (its request reached
+            # Kafka first, through another API process), the worker routes this one under the scoped id.
+            routed_as = stored if row is None or row["company_id"] == company else scoped_job_id(stored, company)
             return {"job_id": job_id, "company_id": company, "status": "submitted", "progress": None,
-                    "errors": [], "_id": stored, "_row": None}
+                    "errors": [], "_id": routed_as, "_row": None}
     raise ApiError(404, "job_not_found", "no such job")
 
 

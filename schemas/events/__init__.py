@@ -36,6 +36,7 @@ from schemas.events.jobs import (
     Recipient,
     TemplateId,
     client_job_id,
+    scoped_id_room,
     scoped_job_id,
 )
 from schemas.events.outcomes import (
@@ -90,6 +91,7 @@ __all__ = [
     "StorageProviderName",
     "TemplateId",
     "client_job_id",
+    "scoped_id_room",
     "scoped_job_id",
     "utcnow",
 ]
