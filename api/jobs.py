@@ -61,8 +61,8 @@ async def submit_job(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_field", "callback_query_sealed is set by the API, never by a client")
     too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
     if too_large is not None:
-        problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
-        raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
+        assert too_large.code is not None
+        raise ApiError(422, too_large.code, too_large.message, problems=[too_large.model_dump()])
     if template_problems := job_template_problems(job, state.settings):  # before Kafka ever sees the job
         raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
                        problems=[p.as_json() for p in template_problems])
@@ -196,13 +196,25 @@ async def retry_job(request: web.Request) -> web.Response:
 
 
 async def _limit_retries(state: ApiState, job_id: str) -> None:
-    """One retry request per job per api_retry_interval, counted in the store every API replica shares: each
-    retry run writes the job's failed learners to Kafka again, so a loop of retries must not be free."""
+    """One retry request per job per api_retry_interval, and at most api_retries_per_job_per_day in any 24
+    hours, counted in the store every API replica shares: each retry run writes the job's failed learners to
+    Kafka again, so a loop of retries must not be free (issue 11 finding 1)."""
     interval = state.settings.api_retry_interval
-    if interval <= 0:
-        return
+    seen = state.verifier.seen
     now = time.time()
-    first = await state.verifier.seen.first_time("retry", job_id, expires_at=now + interval, now=now)
-    if not first:
+    if interval > 0 and not await seen.first_time("retry", job_id, expires_at=now + interval, now=now):
         raise ApiError(429, "retry_rate_limited", f"this job was retried less than {interval:.0f} s ago; "
                                                   "wait for that run to finish", retry_after=int(interval))
+    per_day = state.settings.api_retries_per_job_per_day
+    if per_day <= 0:
+        return
+    # per_day slots, each held for 24 hours by the request that took it: no more than per_day in any 24 hours.
+    for slot in range(per_day):
+        if await seen.first_time("retry-day", f"{job_id}:{slot}", expires_at=now + DAY, now=now):
+            return
+    raise ApiError(429, "retry_limit_reached", f"this job was retried {per_day} times in the last 24 hours, "
+                                               "the most allowed (api_retries_per_job_per_day)",
+                   retry_after=3600)
+
+
+DAY = 24 * 3600.0
