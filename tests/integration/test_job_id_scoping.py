@@ -5,13 +5,16 @@ request for an id in order from one partition, decides; one company can neither 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from offload.client import submit_job
 from schemas.events import JobAccepted, JobRequested
+from security.callback_urls import seal_query
 from tests.support.api import PUBLIC_CALLBACK, ApiServer, SignedClient, api_keys, without_api_keys
-from tests.support.observe import events, wait_for_job
+from tests.support.moodle_receiver import MoodleReceiver
+from tests.support.observe import events, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -21,17 +24,38 @@ K7, K8 = "scoping-k7-secret-0123456789", "scoping-k8-secret-0123456789"
 def test_one_job_id_handed_over_for_two_companies_at_once_serves_both_jobs(
         settings_factory, topics_for, processes, job_factory, mail_sink):
     """Company 8 took company 7's (predictable) id a moment earlier on another API process: neither job is
-    dropped; the later one is served as "<id>..c<company>" and its company reads it under the id it chose."""
-    settings = settings_factory(smtp_port=mail_sink.port, api_keys=api_keys(k7=(K7, 7), k8=(K8, 8)))
+    dropped; the later one is served as "<id>..c<company>", its company reads it under the id it chose, and
+    each Moodle is called back at its own URL (query sealed by the API under the id the company chose)."""
+    secrets = {"cb7": "scoping-cb7-secret-0123456789abcdef", "cb8": "scoping-cb8-secret-0123456789abcdef"}
+    settings = settings_factory(
+        smtp_port=mail_sink.port, api_keys=api_keys(k7=(K7, 7), k8=(K8, 8)), api_allow_private_callbacks=True,
+        callback_check_interval=0.2,
+        callback_keys=json.dumps({key: {"secret": secret, "company_id": int(key[2:])}
+                                  for key, secret in secrets.items()}))
     topics_for(settings)
-    # Both in job-requests before any worker or projector runs: neither API process could know of the other.
-    asyncio.run(submit_job(settings, job_factory("race-id", 2, company_id=8, start=101)))
-    asyncio.run(submit_job(settings, job_factory("race-id", 3, company_id=7, start=1)))
-    asyncio.run(submit_job(settings, job_factory("race-id", 3, company_id=7, start=1)))  # Moodle resubmits
-    processes("worker", without_api_keys(settings))
-    processes("projector", without_api_keys(settings))
-    first = wait_for_job(settings, "race-id", timeout=120)
-    second = wait_for_job(settings, "race-id..c7", timeout=120)
+    with MoodleReceiver(secrets) as moodle:
+
+        def job(company: int, n: int, start: int) -> dict:
+            # As the API hands it over: the callback URL's query sealed under the id the company chose.
+            url, sealed = seal_query(moodle.url(f"/webservice/rest/server.php?wstoken=T{company}"), "race-id",
+                                     settings.callback_url_secret.get_secret_value().encode())
+            return job_factory("race-id", n, company_id=company, start=start, callback_url=url,
+                               callback_query_sealed=sealed)
+
+        # Both in job-requests before any worker or projector runs: neither API process could know of the other.
+        asyncio.run(submit_job(settings, job(8, 2, 101)))
+        asyncio.run(submit_job(settings, job(7, 3, 1)))
+        asyncio.run(submit_job(settings, job(7, 3, 1)))  # Moodle resubmits
+        processes("worker", without_api_keys(settings))
+        processes("projector", without_api_keys(settings))
+        first = wait_for_job(settings, "race-id", timeout=120)
+        second = wait_for_job(settings, "race-id..c7", timeout=120)
+
+        def completed_callbacks():
+            done = {r.path.rsplit("=", 1)[1]: r for r in moodle.delivered() if r.json["event"] == "completed"}
+            return done if len(done) == 2 else None
+
+        called = wait_for(completed_callbacks, timeout=120, what="both companies' completed callbacks")
     assert (first["company_id"], first["total_recipients"], first["succeeded"]) == (8, 2, 2)
     assert (second["company_id"], second["total_recipients"], second["succeeded"]) == (7, 3, 3)
     assert sorted(mail_sink.recipient_counts().values()) == [1] * 5
@@ -39,6 +63,8 @@ def test_one_job_id_handed_over_for_two_companies_at_once_serves_both_jobs(
     assert accepted == [("race-id", 8), ("race-id..c7", 7)]  # the resubmission was not a third job
     requests = [(e.job_id, e.company_id) for e in events(settings, "job-requests") if isinstance(e, JobRequested)]
     assert requests.count(("race-id..c7", 7)) >= 1
+    assert {token: (r.valid, r.json["job_id"], r.json["company_id"], r.json["totals"]["total"])
+            for token, r in called.items()} == {"T7": (True, "race-id", 7, 3), "T8": (True, "race-id", 8, 2)}
     with ApiServer(settings) as server:
         seen7 = SignedClient(server.base_url, "k7", K7).get("/api/v1/jobs/race-id").body
         seen8 = SignedClient(server.base_url, "k8", K8).get("/api/v1/jobs/race-id").body
