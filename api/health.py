@@ -20,8 +20,11 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from psycopg_pool import PoolTimeout
 
+from adapters.email.dkim_dns import check_published, dns_txt_lookup
 from api.errors import json_response
 from api.state import STATE, ApiState
+from config.base import DEV_CALLBACK_URL_SECRET, DEV_MESSAGE_ID_SECRET, DEV_UNSUBSCRIBE_SECRET
+from config.settings import Settings
 from resilience.dependencies import DEPENDENCIES
 
 log = logging.getLogger(__name__)
@@ -42,9 +45,38 @@ async def health(request: web.Request) -> web.Response:
     return json_response({
         "status": "degraded" if down else "ready",
         "reasons": [f"{name}: {s.reason}" for name, s in down.items()],
+        "warnings": configuration_warnings(request.app[STATE].settings),
         "checks": {name: {"up": s.up, "reason": s.reason, "since": round(s.since, 3), "losses": s.losses,
                           "reconnects": s.reconnects} for name, s in sorted(states.items())},
     })
+
+
+# The other secrets with a public development default (production refuses each) and what anyone can do with it.
+_PUBLIC_DEFAULTS = (
+    ("unsubscribe_secret", DEV_UNSUBSCRIBE_SECRET, "anyone can make unsubscribe links for any learner"),
+    ("message_id_secret", DEV_MESSAGE_ID_SECRET, "anyone can compute the Message-IDs of learners' messages"),
+    ("callback_url_secret", DEV_CALLBACK_URL_SECRET, "a reader of the log can open sealed callback URL queries"),
+)
+
+
+def configuration_warnings(settings: Settings) -> list[str]:
+    """What is unsafe about this configuration though the process runs: said in health on every check, not only
+    once in a start-up log that nobody reads."""
+    warnings = []
+    if settings.uses_public_code_secret:
+        refusal = settings.code_secret_refusal()
+        warnings.append(
+            "certificate_code_secret: the public development default; workers refuse to issue certificates with it"
+            if refusal is not None else
+            "certificate_code_secret: the public development default, allowed here "
+            f"({'tests' if settings.environment == 'test' else 'OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT'}): "
+            "anyone can compute certificate codes; never hand these certificates out")
+    for name, default, risk in _PUBLIC_DEFAULTS:
+        if getattr(settings, name).get_secret_value() == default:
+            warnings.append(f"{name}: the public development default; {risk} (set OFFLOAD_{name.upper()})")
+    if not settings.api_keys:
+        warnings.append("api_keys: none configured (OFFLOAD_API_KEYS); every signed request is refused")
+    return warnings
 
 
 async def check_once(state: ApiState) -> None:
@@ -72,16 +104,24 @@ async def _start_checks(app: web.Application) -> None:
     DEPENDENCIES.track("postgres")
     DEPENDENCIES.track("kafka")
     stopping = app[STOPPING] = asyncio.Event()
+    settings = state.settings
 
     async def loop() -> None:
-        # Ends on the flag, not only on cancellation: Python 3.11's wait_for (used by the checks) can swallow a
-        # cancel that lands as its inner call finishes, and the loop would then run on while shutdown waits.
-        while not stopping.is_set():
-            started = time.monotonic()
-            await check_once(state)
-            pause = max(0.0, state.settings.api_health_interval - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), pause)
+        dkim = None
+        if settings.dkim_dns_check and settings.dkim_keys:  # once at start, beside the checks: warns, never refuses
+            dkim = asyncio.create_task(check_published(settings.dkim_keys, dns_txt_lookup(settings.dkim_dns_timeout)))
+        try:
+            # Ends on the flag, not only on cancellation: Python 3.11's wait_for (used by the checks) can swallow
+            # a cancel that lands as its inner call finishes, and the loop would then run on while shutdown waits.
+            while not stopping.is_set():
+                started = time.monotonic()
+                await check_once(state)
+                pause = max(0.0, settings.api_health_interval - (time.monotonic() - started))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), pause)
+        finally:
+            if dkim is not None:
+                dkim.cancel()
 
     app[CHECKER] = asyncio.create_task(loop(), name="health-checks")
 

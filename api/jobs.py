@@ -11,13 +11,16 @@ from aiohttp import web
 from api import params
 from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
+from api.pauses import pause_of
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
+from api.template_reads import company_template
 from content.validation import job_template_problems, refusal_code
 from projections.jobs import FINISHED, JobStatus
 from schemas.events import (
     SCOPED_SUFFIX,
     JobCancelled,
+    JobResumed,
     JobRetryRequested,
     client_job_id,
     scoped_id_room,
@@ -63,7 +66,11 @@ async def submit_job(request: web.Request) -> web.Response:
     if too_large is not None:
         assert too_large.code is not None
         raise ApiError(422, too_large.code, too_large.message, problems=[too_large.model_dump()])
-    if template_problems := job_template_problems(job, state.settings):  # before Kafka ever sees the job
+    # The company's own version of the template when it has one (the read model's view; the worker checks again
+    # with what it has learnt from the templates topic).
+    own = (await company_template(state.store, job.company_id, job.template_id)
+           if job.type == "email" and job.content is None else None)
+    if template_problems := job_template_problems(job, state.settings, email_template=own):  # before Kafka sees it
         raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
                        problems=[p.as_json() for p in template_problems])
     if job.callback_url:
@@ -140,9 +147,12 @@ async def _visible_job(state: ApiState, caller: Caller, job_id: str) -> dict[str
 
 @routes.get("/api/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
-    job = await _visible_job(state_of(request), caller_of(request), params.job_id(request))
+    state = state_of(request)
+    job = await _visible_job(state, caller_of(request), params.job_id(request))
     job.pop("_row")
-    job.pop("_id")
+    job["pause"] = await pause_of(state.store, job.pop("_id"))
+    if job["pause"] and job["pause"]["paused"] and job["status"] not in FINISHED:
+        job["status"] = "paused"
     return json_response(job)
 
 
@@ -173,6 +183,23 @@ async def cancel_job(request: web.Request) -> web.Response:
     await state.publisher.send_and_wait(event)
     return json_response({"job_id": job["job_id"], "status": "cancel_requested",
                           "requested_at": event.cancelled_at}, status=202)
+
+
+@routes.post("/api/v1/jobs/{job_id}/resume")
+async def resume_job(request: web.Request) -> web.Response:
+    state, caller = state_of(request), caller_of(request)
+    job = await _visible_job(state, caller, params.job_id(request))
+    pause = await pause_of(state.store, job["_id"])
+    if job["status"] in FINISHED or not (pause and pause["paused"]):
+        raise ApiError(409, "job_not_paused", f"only a paused job can be resumed; this one is {job['status']}")
+    body = params.json_object(body_of(request), required=False)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise ApiError(422, "invalid_field", "reason must be a string of at most 500 characters")
+    event = JobResumed(job_id=job["_id"], company_id=job["company_id"], requested_by=caller.key_id, reason=reason)
+    await state.publisher.send_and_wait(event)
+    return json_response({"job_id": job["job_id"], "status": "resume_requested",
+                          "requested_at": event.resumed_at}, status=202)
 
 
 @routes.post("/api/v1/jobs/{job_id}/retry")

@@ -29,7 +29,15 @@ from schemas.events.outcomes import (
     RecipientFailed,
     RecipientSent,
 )
+from schemas.events.pauses import JobPaused, JobResumed
 from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
+from schemas.events.suppression import (
+    RecipientSuppressed,
+    RecipientUnsubscribed,
+    SuppressionAdded,
+    SuppressionRemoved,
+)
+from schemas.events.templates import TemplatePublished, TemplateRetired
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     JobRequested,
@@ -56,5 +64,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ProviderCircuitOpened,
     ProviderCircuitClosed,
     JobWaitingForBudget,
+    JobPaused,
+    JobResumed,
+    RecipientUnsubscribed,
+    SuppressionAdded,
+    SuppressionRemoved,
+    RecipientSuppressed,
+    TemplatePublished,
+    TemplateRetired,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}
