@@ -32,9 +32,14 @@ class ApiSettings(SettingsBase):
     # API and the worker check it). At most 384 KiB so a TemplatePublished (JSON may escape it to twice that)
     # fits the broker's default 1 MB record.
     template_max_bytes: int = Field(default=256 * 1024, ge=1024, le=384 * 1024)
-    # The whole body of a signed request must arrive within this many seconds (408 otherwise); the timestamp
-    # window is checked again once it has, so a slowly sent body cannot carry a replay past the window.
+    # The whole body of a signed request or a provider webhook must arrive within this many seconds (408
+    # otherwise); the timestamp window is checked again once it has, and again once the replay store has
+    # answered, so a slowly sent body cannot carry a replay past the window.
     api_body_timeout: float = Field(default=60.0, gt=0, le=600)
+    # The replay memory every API replica shares (security.seen): the table api_seen_once in this schema, kept
+    # apart from the read models so that pointing projection_schema at a rebuilt one (offload replay) keeps it.
+    # Every API replica of one deployment must name the same schema.
+    api_seen_schema: str = Field(default="offload_api", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     # One retry request per job per this many seconds (429 retry_rate_limited otherwise), across API replicas.
     api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
     # And at most this many retry requests per job in any 24 hours (429 retry_limit_reached; 0 = no daily cap):
