@@ -94,3 +94,31 @@ def test_a_job_id_too_long_to_scope_is_refused_alike_whether_or_not_another_comp
         first, second = submit(k8, longest, 8), submit(k7, longest, 7)
         assert (first.status, first.body["job_id"]) == (202, longest)
         assert (second.status, second.body["job_id"], second.body["created"]) == (202, longest, True)
+
+
+def test_a_job_handed_over_under_an_id_another_company_holds_is_never_lost_to_its_company(
+        settings_factory, topics_for, processes, job_factory, mail_sink):
+    """Company 7's request for the id reached Kafka first through another API process; this API process hands
+    over company 8's before either is routed. Company 8 reads its job under the id it chose the whole time: as
+    submitted (the worker will route it scoped), then as routed, never 404."""
+    settings = settings_factory(smtp_port=mail_sink.port, api_keys=api_keys(k7=(K7, 7), k8=(K8, 8)))
+    topics_for(settings)
+    asyncio.run(submit_job(settings, job_factory("seen-id", 2, company_id=7)))
+    with ApiServer(settings) as server:
+        k8 = SignedClient(server.base_url, "k8", K8)
+        reply = k8.post("/api/v1/jobs", job_factory("seen-id", 3, company_id=8, start=11,
+                                                    callback_url=PUBLIC_CALLBACK))
+        assert (reply.status, reply.body["job_id"], reply.body["created"]) == (202, "seen-id", True)
+        processes("worker", without_api_keys(settings))
+        processes("projector", without_api_keys(settings))
+        answers: list[tuple[int, str | None]] = []
+
+        def completed():
+            answer = k8.get("/api/v1/jobs/seen-id")
+            answers.append((answer.status, answer.body.get("status")))
+            return answer.body if answer.status == 200 and answer.body["status"] == "completed" else None
+
+        seen = wait_for(completed, timeout=120, what="company 8's job to complete")
+    assert all(status == 200 for status, _ in answers), answers
+    assert (seen["job_id"], seen["company_id"], seen["progress"]["total"]) == ("seen-id", 8, 3)
+    assert wait_for_job(settings, "seen-id")["company_id"] == 7
