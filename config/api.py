@@ -98,8 +98,8 @@ class ApiSettings(SettingsBase):
     metrics_require_token: bool | None = None
     # Largest form the admin UI reads (sign-in, CSRF-protected actions); checked before the body is read.
     ui_max_form_bytes: int = Field(default=8 * 1024, ge=1024, le=1024 * 1024)
-    # Requests per minute per client address on the unauthenticated routes (/verify, /certificates, the UI's
-    # sign-in); 0 turns the limit off.
+    # Requests per minute per client address (an IPv6 client by its /64) on the unauthenticated routes (/verify,
+    # /certificates, the UI's sign-in); 0 turns the limit off.
     public_rate_limit_per_minute: int = Field(default=120, ge=0, le=100_000)
     # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the client address is the
     # rightmost hop that is not one of them. Empty: the TCP peer is the client (X-Forwarded-For ignored).
