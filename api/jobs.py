@@ -23,6 +23,7 @@ from schemas.events import (
     JobResumed,
     JobRetryRequested,
     client_job_id,
+    scoped_id_room,
     scoped_job_id,
 )
 from schemas.intake import template_data_problem
@@ -53,12 +54,18 @@ async def submit_job(request: web.Request) -> web.Response:
     if SCOPED_SUFFIX.search(job.job_id):
         raise ApiError(422, "invalid_field", "a job id may not end in ..c<digits>: that form is reserved",
                        problems=[{"code": "invalid_field", "field": "job_id", "message": "reserved form"}])
+    if (room := scoped_id_room(job.company_id)) < len(job.job_id):
+        # Refused whether or not the id is in use: a longer id could not be scoped if another company held it,
+        # and answering differently then would tell the caller that it exists (issue 11 finding 12).
+        message = f"a job id of company {job.company_id} may have at most {room} characters"
+        raise ApiError(422, "invalid_field", message,
+                       problems=[{"code": "invalid_field", "field": "job_id", "message": message}])
     if job.callback_query_sealed is not None:
         raise ApiError(422, "invalid_field", "callback_query_sealed is set by the API, never by a client")
     too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
     if too_large is not None:
-        problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
-        raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
+        assert too_large.code is not None
+        raise ApiError(422, too_large.code, too_large.message, problems=[too_large.model_dump()])
     # The company's own version of the template when it has one (the read model's view; the worker checks again
     # with what it has learnt from the templates topic).
     own = (await company_template(state.store, job.company_id, job.template_id)
@@ -121,16 +128,20 @@ async def _visible_job(state: ApiState, caller: Caller, job_id: str) -> dict[str
     candidates = [job_id]
     if caller.company_id is not None:
         candidates.append(scoped_job_id(job_id, caller.company_id))
+    rows = []
     for stored in candidates:
         row, errors = await state.store.job_with_errors(stored)
-        if row is not None:
-            if caller.may_see(row["company_id"]):
-                return {**progress(row, errors), "job_id": job_id, "_id": stored, "_row": row}
-            continue
+        if row is not None and caller.may_see(row["company_id"]):
+            return {**progress(row, errors), "job_id": job_id, "_id": stored, "_row": row}
+        rows.append(row)
+    for stored, row in zip(candidates, rows, strict=True):
         company = state.submissions.handed_over(stored)
         if company is not None and caller.may_see(company):
+            # Handed over, not routed yet. If another company's job holds the id after all (its request reached
+            # Kafka first, through another API process), the worker routes this one under the scoped id.
+            routed_as = stored if row is None or row["company_id"] == company else scoped_job_id(stored, company)
             return {"job_id": job_id, "company_id": company, "status": "submitted", "progress": None,
-                    "errors": [], "_id": stored, "_row": None}
+                    "errors": [], "_id": routed_as, "_row": None}
     raise ApiError(404, "job_not_found", "no such job")
 
 
@@ -212,13 +223,25 @@ async def retry_job(request: web.Request) -> web.Response:
 
 
 async def _limit_retries(state: ApiState, job_id: str) -> None:
-    """One retry request per job per api_retry_interval, counted in the store every API replica shares: each
-    retry run writes the job's failed learners to Kafka again, so a loop of retries must not be free."""
+    """One retry request per job per api_retry_interval, and at most api_retries_per_job_per_day in any 24
+    hours, counted in the store every API replica shares: each retry run writes the job's failed learners to
+    Kafka again, so a loop of retries must not be free (issue 11 finding 1)."""
     interval = state.settings.api_retry_interval
-    if interval <= 0:
-        return
+    seen = state.verifier.seen
     now = time.time()
-    first = await state.verifier.seen.first_time("retry", job_id, expires_at=now + interval, now=now)
-    if not first:
+    if interval > 0 and not await seen.first_time("retry", job_id, expires_at=now + interval, now=now):
         raise ApiError(429, "retry_rate_limited", f"this job was retried less than {interval:.0f} s ago; "
                                                   "wait for that run to finish", retry_after=int(interval))
+    per_day = state.settings.api_retries_per_job_per_day
+    if per_day <= 0:
+        return
+    # per_day slots, each held for 24 hours by the request that took it: no more than per_day in any 24 hours.
+    for slot in range(per_day):
+        if await seen.first_time("retry-day", f"{job_id}:{slot}", expires_at=now + DAY, now=now):
+            return
+    raise ApiError(429, "retry_limit_reached", f"this job was retried {per_day} times in the last 24 hours, "
+                                               "the most allowed (api_retries_per_job_per_day)",
+                   retry_after=3600)
+
+
+DAY = 24 * 3600.0

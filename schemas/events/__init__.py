@@ -46,6 +46,7 @@ from schemas.events.jobs import (
     Recipient,
     TemplateId,
     client_job_id,
+    scoped_id_room,
     scoped_job_id,
 )
 from schemas.events.outcomes import (
@@ -119,6 +120,7 @@ __all__ = [
     "TemplateRetired",
     "TemplateSource",
     "client_job_id",
+    "scoped_id_room",
     "scoped_job_id",
     "utcnow",
 ]
