@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 from faust.types import TableT
@@ -24,6 +24,7 @@ from streams.ledger import OutcomeLedger
 from streams.templates import CompanyTemplates
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
@@ -196,22 +197,23 @@ class StreamContext:
         return _decode_company_settings(raw) if raw else None
 
     async def guarded(self, message: faust.types.Message, stage: str,
-                      handle: Callable[[faust.types.Message], Awaitable[None]], attempts: int = 4) -> None:
+                      handle: Callable[[faust.types.Message], Awaitable[_T]], attempts: int = 4) -> _T | None:
         """Handle one record; retry an unexpected failure (a broker or database hiccup) with backoff, and
-        dead-letter the record only when it keeps failing, so one poison record never stops the agent."""
+        dead-letter the record only when it keeps failing, so one poison record never stops the agent.
+        Returns what ``handle`` returned, or None once the record was dead-lettered."""
         await self.ensure_started()
         for attempt in range(1, attempts + 1):
             try:
-                await handle(message)
-                return
+                return await handle(message)
             except Exception as exc:
                 if attempt == attempts:
                     log.exception("%s gave up on %s[%s]@%s", stage, message.topic, message.partition, message.offset)
                     await self.dead_letter(message, f"{stage} failed {attempts} times: {exc!r}", stage)
-                    return
+                    return None
                 log.warning("%s failed on %s[%s]@%s (attempt %d): %r; retrying", stage, message.topic,
                             message.partition, message.offset, attempt, exc)
                 await asyncio.sleep(backoff(attempt, base=0.5, jitter="none"))
+        return None
 
     async def dead_letter(self, message: faust.types.Message, error: str, stage: str) -> None:
         """Keep a record nobody could process, with its bytes and the reason; never stop the agent."""

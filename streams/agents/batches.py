@@ -5,11 +5,26 @@ Crash safety, in order: (1) note where this batch's outcomes will start in the l
 every outcome, (4) emit BatchCompleted and mark the batch done. A batch that comes back after a crash
 reads its already recorded outcomes from the log (streams.ledger) and serves only the others; a batch that
 comes back after step 4 only repeats its BatchCompleted, which progress counts once.
+
+Pipelined: while one batch finishes (steps 3-4, returned by ``BatchRunner.serve`` as a ``Finish``), the next
+one is taken, decoded and noted (step 1), so the SMTP connections do not idle through BatchCompleted, the table
+mark, the ack and the next record's intake. The guarantees stay those of one batch at a time:
+- The agent takes its records without Faust's automatic ack and acks each one itself, only once its batch has
+  finished step 4, in record order; the consumer commits an offset only once every record before it was
+  acked, so a commit never passes a batch that has not finished.
+- A batch sends nothing (and reads its state back from the ledger) until the batch before it has every
+  outcome in the log (``Finish.durable``): at any moment the sends without a durable outcome, the only ones a
+  killed worker can repeat, belong to one batch; and a batch delivered twice in a row sees all of the first
+  delivery's outcomes.
+- At most two batches are in flight: one sending, one finishing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import cast
 
 import faust
 
@@ -24,26 +39,66 @@ from streams.suppressions import SuppressionList
 log = logging.getLogger(__name__)
 
 
+class Finish:
+    """Steps 3-4 of a batch whose work is done; ``durable`` is set once its outcomes are all in the log."""
+
+    def __init__(self, flush: Callable[[], Awaitable[None]], complete: Callable[[], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._complete = complete
+        self.durable = asyncio.Event()
+
+    async def __call__(self) -> None:
+        await self._flush()
+        self.durable.set()
+        await self._complete()
+
+
+async def _nothing() -> None:
+    return None
+
+
 class BatchRunner:
     def __init__(self, ctx: StreamContext, handlers: dict[str, BatchHandler]) -> None:
         self.ctx = ctx
         self.handlers = handlers
         self.job_data = JobData(ctx.ledger)
         self.suppressions = SuppressionList(ctx.suppressions)
+        self._previous: Finish | None = None  # the batch served before this one, maybe still finishing
 
-    async def handle(self, message: faust.types.Message) -> None:
+    async def _previous_durable(self) -> None:
+        """Until the outcomes of the batch served before are all in the log (or it was given up)."""
+        if self._previous is not None:
+            await self._previous.durable.wait()
+
+    async def serve(self, message: faust.types.Message) -> Finish | None:
+        """Steps 1-2 of one batch (its work); returns steps 3-4, to run before the record is acked, and only
+        after the Finish of the batch served before it."""
+        finish = await self._serve(message)
+        if finish is not None:
+            self._previous = finish
+        return finish
+
+    async def _accept(self, message: faust.types.Message) -> tuple[BatchDispatched, BatchHandler] | None:
+        """The batch and its job type's handler; None once a record that is neither was dead-lettered."""
         try:
             batch = decode(message.value, message.headers)
         except UndecodableRecord as exc:
             await self.ctx.dead_letter(message, str(exc), "process-batches")
-            return
+            return None
         if not isinstance(batch, BatchDispatched):
             await self.ctx.dead_letter(message, f"unexpected {type(batch).__name__}", "process-batches")
-            return
+            return None
         handler = self.handlers.get(batch.type)
         if handler is None:
             await self.ctx.dead_letter(message, f"no handler for {batch.type} batches", "process-batches")
-            return
+            return None
+        return batch, handler
+
+    async def _serve(self, message: faust.types.Message) -> Finish | None:
+        accepted = await self._accept(message)
+        if accepted is None:
+            return None
+        batch, handler = accepted
         if batch.template_data_at is not None:
             data, content = await self.job_data.parts(batch)
             batch = batch.model_copy(update={"template_data": data, "content": content or batch.content})
@@ -57,12 +112,14 @@ class BatchRunner:
             failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.failures]
             recorder.sent_by, recorder.pacing = dict(state.sent_by), state.pacing
             recorder.suppressed = state.suppressed
-            await self._complete(batch, recorder, failures, state.fell_back, source, succeeded=state.succeeded)
-            return
+
+            async def repeat_completed() -> None:
+                await self._complete(batch, recorder, failures, state.fell_back, source, succeeded=state.succeeded)
+            return Finish(_nothing, repeat_completed)
         if self.ctx.paused_jobs.get(batch.job_id) and not self.ctx.cancelled_jobs.get(batch.job_id):
             # Neither sent nor failed: JobResumed (or a cancel) sends this batch again (track-progress).
             log.info("batch %s waits: job %s is paused", key, batch.job_id)
-            return
+            return None
         recorded = await self._begin(batch, state, recorder)
         remaining = [r for r in batch.recipients if r.userid not in recorded]
         fell_back = False
@@ -77,11 +134,14 @@ class BatchRunner:
             remaining = await self.suppressions.hold_back(batch, remaining, recorder)
             if remaining:
                 fell_back = await handler.process(batch, remaining, recorder)
-        await recorder.flush()
-        table[key] = BatchProgress.done(recorder.succeeded, fell_back,
-                                        [(f.userid, f.retryable) for f in recorder.failures],
-                                        recorder.sent_by, recorder.pacing, recorder.suppressed).to_dict()
-        await self._complete(batch, recorder, recorder.failures, fell_back, source, succeeded=recorder.succeeded)
+
+        async def mark_and_complete() -> None:
+            table[key] = BatchProgress.done(recorder.succeeded, fell_back,
+                                            [(f.userid, f.retryable) for f in recorder.failures],
+                                            recorder.sent_by, recorder.pacing, recorder.suppressed).to_dict()
+            await self._complete(batch, recorder, recorder.failures, fell_back, source,
+                                 succeeded=recorder.succeeded)
+        return Finish(recorder.flush, mark_and_complete)
 
 
     async def _begin(self, batch: BatchDispatched, state: BatchProgress | None,
@@ -91,6 +151,8 @@ class BatchRunner:
         key = batch.kafka_key()
         if state is not None and state.stage == "started":
             assert state.partition is not None and state.offset is not None
+            # The batch may be this worker's previous one delivered again: read its outcomes once all are in.
+            await self._previous_durable()
             recorded = await self.ctx.ledger.recorded(
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
                 partition=state.partition, from_offset=state.offset,
@@ -104,6 +166,7 @@ class BatchRunner:
         offset = await self.ctx.ledger.end_offset(partition)
         self.ctx.batch_progress[key] = BatchProgress.started(partition, offset).to_dict()
         await self.ctx.app.producer.flush()  # the note must be durable before anyone is served
+        await self._previous_durable()  # one batch's sends at a time without a durable outcome
         return {}
 
     async def _complete(self, batch: BatchDispatched, recorder: OutcomeRecorder, failures: list[FailedRecipient],
@@ -138,10 +201,47 @@ def register(app: faust.App, ctx: StreamContext) -> None:
                                          "certificate": CertificateBatchHandler.build(ctx, mailer)}
     runner = BatchRunner(ctx, handlers)
 
-    # concurrency=1 (faust-streaming #606), and one batch at a time through stream.events(): with take_events()
-    # a killed worker was seen to have committed offsets past batches it never started (they were then never
-    # served). Parallelism comes from the batch's own concurrent sends, from partitions and from more workers.
+    # concurrency=1 (faust-streaming #606), and records taken one at a time through stream.events(): with
+    # take_events() a killed worker was seen to have committed offsets past batches it never started (they were
+    # then never served). Acks are ours (noack): a record is acked only once its batch has finished, and the next
+    # batch's work overlaps with that finish (see the module docstring). Parallelism comes from the batch's own
+    # concurrent sends, from this overlap, from partitions and from more workers.
     @app.agent(ctx.batches, name="process-batches", concurrency=1)
     async def process_batches(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await ctx.guarded(event.message, "process-batches", runner.handle)
+        await run_pipelined(ctx, runner, stream)
+
+
+async def run_pipelined(ctx: StreamContext, runner: BatchRunner, stream: faust.StreamT) -> None:
+    """Serve each batch record, overlapping its work with the finish of the one before (module docstring)."""
+    manual = cast(faust.Stream, stream).noack()
+    previous: asyncio.Task[None] | None = None
+    finishing: asyncio.Task[None] | None = None
+    try:
+        async for event in manual.events():
+            finish = await ctx.guarded(event.message, "process-batches", runner.serve)
+            previous, finishing = finishing, asyncio.create_task(
+                _finish_and_ack(ctx, manual, event, finish, after=previous))
+            if previous is not None:
+                await previous  # at most two batches in flight: this one finishing, the next one sending
+        if finishing is not None:
+            await finishing
+    finally:
+        for task in (previous, finishing):
+            if task is not None and not task.done():
+                task.cancel()  # not acked: the batch is served again, from the ledger
+
+
+async def _finish_and_ack(ctx: StreamContext, stream: faust.StreamT, event: faust.EventT, finish: Finish | None, *,
+                          after: asyncio.Task[None] | None) -> None:
+    """Steps 3-4 of one batch, after those of the batch before it; then the ack that lets it be committed."""
+    try:
+        if after is not None:
+            await after
+        if finish is not None:
+            async def run(_message: faust.types.Message) -> None:
+                await finish()
+            await ctx.guarded(event.message, "process-batches", run)
+    finally:
+        if finish is not None:
+            finish.durable.set()  # done, given up (dead-lettered) or cancelled: the next batch may go on
+    await stream.ack(event)
