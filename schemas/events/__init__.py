@@ -5,7 +5,7 @@ These classes are the one source of truth. ``python -m schemas.generate`` writes
 Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
 
 The modules hold one part of the story each (``jobs``, ``batches``, ``outcomes``, ``certificates``,
-``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``); ``registry`` lists every type.
+``callbacks``, ``chunked``, ``company``, ``budget``, ``provider_health``, ``dead_letters``); ``registry`` lists every type.
 Import from here: ``from schemas.events import JobAccepted``.
 """
 
@@ -20,6 +20,7 @@ from schemas.events.batches import (
 from schemas.events.budget import JobWaitingForBudget
 from schemas.events.callbacks import CallbackDelivered, CallbackFailed, CallbackName
 from schemas.events.certificates import CertificateIssued
+from schemas.events.chunked import CHUNK_ORDER, JobCommitted, JobOpened, RecipientChunkReceived
 from schemas.events.company import CompanySettingsChanged
 from schemas.events.dead_letters import DeadLettered
 from schemas.events.jobs import (
@@ -51,6 +52,7 @@ from schemas.events.registry import BY_CE_TYPE, EVENT_TYPES
 
 __all__ = [
     "BY_CE_TYPE",
+    "CHUNK_ORDER",
     "EVENT_TYPES",
     "SCOPED_SUFFIX",
     "BatchCompleted",
@@ -67,9 +69,11 @@ __all__ = [
     "FailedRecipient",
     "JobAccepted",
     "JobCancelled",
+    "JobCommitted",
     "JobCompleted",
     "JobFellBackToLocal",
     "JobId",
+    "JobOpened",
     "JobOverBudget",
     "JobRejected",
     "JobRequested",
@@ -81,6 +85,7 @@ __all__ = [
     "ProviderCircuitOpened",
     "Recipient",
     "RecipientBounced",
+    "RecipientChunkReceived",
     "RecipientComplained",
     "RecipientDelivered",
     "RecipientFailed",

@@ -11,6 +11,7 @@ from schemas.events.batches import BatchCompleted, BatchDispatched, BatchesDispa
 from schemas.events.budget import JobWaitingForBudget
 from schemas.events.callbacks import CallbackDelivered, CallbackFailed
 from schemas.events.certificates import CertificateIssued
+from schemas.events.chunked import JobCommitted, JobOpened, RecipientChunkReceived
 from schemas.events.company import CompanySettingsChanged
 from schemas.events.dead_letters import DeadLettered
 from schemas.events.jobs import (
@@ -56,5 +57,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ProviderCircuitOpened,
     ProviderCircuitClosed,
     JobWaitingForBudget,
+    JobOpened,
+    RecipientChunkReceived,
+    JobCommitted,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}
