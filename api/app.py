@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from api import certificates, companies, health, jobs, metrics, public, ui, webhooks
+from api import certificates, chunked, companies, health, jobs, metrics, public, ui, webhooks
 from api.auth import signed_requests
 from api.errors import MAX_BODY, RETRY_AFTER, json_errors, json_response
 from api.state import STATE, ApiState
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     public.setup(app)  # rate limit of /verify, /certificates, /ui/login per client address
     app[RETRY_AFTER] = settings.api_retry_after
     app.add_routes(jobs.routes)
+    chunked.setup(app)  # /api/v1/jobs/{id}/recipients and /commit: jobs sent in parts
     app.add_routes(companies.routes)
     app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}
     health.setup(app)  # /api/v1/health: ready or degraded, with the reason

@@ -9,15 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from api import params
+from api.admission import admit
+from api.chunked import is_chunked_header, open_chunked_job
 from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
-from content.validation import job_template_problems, refusal_code
 from projections.jobs import FINISHED, JobStatus
-from schemas.events import SCOPED_SUFFIX, JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
-from schemas.intake import template_data_problem
-from security.callback_urls import check_callback_url, seal_query
+from schemas.events import JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
 from security.signing import Caller
 
 log = logging.getLogger(__name__)
@@ -26,8 +25,11 @@ routes = web.RouteTableDef()
 
 @routes.post("/api/v1/jobs")
 async def submit_job(request: web.Request) -> web.Response:
-    """202 once the JobRequested is durable in Kafka; 200 with the existing job for a job id seen before."""
+    """202 once the JobRequested is durable in Kafka; 200 with the existing job for a job id seen before.
+    A body with ``"chunked": true`` and no recipients opens a job sent in parts (api.chunked)."""
     state, caller = state_of(request), caller_of(request)
+    if is_chunked_header(body_of(request)):
+        return await open_chunked_job(request)
     started = time.perf_counter()
     try:
         with gc_paused():
@@ -38,31 +40,7 @@ async def submit_job(request: web.Request) -> web.Response:
     if result.job is None:
         raise ApiError(422, result.code, f"the job has {len(result.problems)} problem(s); nothing was accepted",
                        problems=[p.as_json() for p in result.problems])
-    job = result.job
-    if caller.company_id is not None and job.company_id != caller.company_id:
-        raise ApiError(403, "company_mismatch", "this key may only submit jobs of its own company")
-    if SCOPED_SUFFIX.search(job.job_id):
-        raise ApiError(422, "invalid_field", "a job id may not end in ..c<digits>: that form is reserved",
-                       problems=[{"code": "invalid_field", "field": "job_id", "message": "reserved form"}])
-    if job.callback_query_sealed is not None:
-        raise ApiError(422, "invalid_field", "callback_query_sealed is set by the API, never by a client")
-    too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
-    if too_large is not None:
-        problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
-        raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
-    if template_problems := job_template_problems(job, state.settings):  # before Kafka ever sees the job
-        raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
-                       problems=[p.as_json() for p in template_problems])
-    if job.callback_url:
-        refusal = await check_callback_url(job.callback_url,
-                                           allow_private=state.settings.api_allow_private_callbacks)
-        if refusal is not None:
-            raise ApiError(422, refusal.code, refusal.message, problems=[refusal.as_json()])
-        # A token in the query (Moodle's wstoken) goes into the log sealed, never in clear (finding 13).
-        base, sealed = seal_query(job.callback_url, job.job_id,
-                                  state.settings.callback_url_secret.get_secret_value().encode())
-        if sealed is not None:
-            job = job.model_copy(update={"callback_url": base, "callback_query_sealed": sealed})
+    job = await admit(state, caller, result.job)
     checked = time.perf_counter()
     may_see = None if caller.company_id is None else {caller.company_id}
     submission = await state.submissions.submit(job, may_see=may_see)

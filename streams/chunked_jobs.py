@@ -158,8 +158,13 @@ class ChunkedJobs:
             raise LookupError(f"job-requests[{opened.partition}]@{opened.offset} is not the header of job {job_id}")
         problems = list(check.problems)
         too_large = template_data_problem(header.template_data, self.ctx.settings.template_data_max_bytes)
-        problems += [too_large] if too_large else [
-            p.as_problem() for p in job_template_problems(header, self.ctx.settings)]
+        if too_large:
+            problems.append(too_large)
+        elif notes[0] is not None:  # the templates need a learner to check against: the first chunk's
+            first = await self.ctx.ledger.fetch("job-requests", notes[0].partition, notes[0].offset)
+            assert isinstance(first, RecipientChunkReceived)
+            sample = header.model_copy(update={"recipients": first.recipients})
+            problems += [p.as_problem() for p in job_template_problems(sample, self.ctx.settings)]
         if problems:
             await self._reject(job_id, header.company_id, problems, opened, event.chunk_count)
             return
