@@ -5,7 +5,8 @@ These classes are the one source of truth. ``python -m schemas.generate`` writes
 Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
 
 The modules hold one part of the story each (``jobs``, ``batches``, ``outcomes``, ``certificates``,
-``callbacks``, ``chunked``, ``company``, ``budget``, ``provider_health``, ``dead_letters``); ``registry`` lists every type.
+``callbacks``, ``chunked``, ``company``, ``budget``, ``provider_health``, ``dead_letters``); ``registry`` lists
+every type.
 Import from here: ``from schemas.events import JobAccepted``.
 """
 
