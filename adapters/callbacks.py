@@ -36,9 +36,11 @@ CALLBACK_ID_HEADER = "X-Offload-Callback-Id"
 
 
 def callback_body(*, callback_id: str, job_id: str, company_id: int, event: str, status: str, run: int,
-                  total: int, succeeded: int, failed: int, milestone: int | None, at: datetime) -> bytes:
-    """The JSON Moodle receives: what happened to the job, in totals and percent. No secret, no learner data."""
-    done = succeeded + failed
+                  total: int, succeeded: int, failed: int, milestone: int | None, at: datetime,
+                  suppressed: int = 0) -> bytes:
+    """The JSON Moodle receives: what happened to the job, in totals and percent. No secret, no learner data.
+    ``suppressed``: learners on the company's suppression list, not sent (docs/suppression.md)."""
+    done = succeeded + failed + suppressed
     percent = 100 if event == "completed" else (min(100, done * 100 // total) if total else 0)
     return json.dumps({
         "callback_id": callback_id,
@@ -48,8 +50,23 @@ def callback_body(*, callback_id: str, job_id: str, company_id: int, event: str,
         "status": status,
         "run": run,
         "milestone": milestone,
-        "totals": {"total": total, "succeeded": succeeded, "failed": failed, "pending": max(0, total - done)},
+        "totals": {"total": total, "succeeded": succeeded, "failed": failed, "suppressed": suppressed,
+                   "pending": max(0, total - done)},
         "percent": percent,
+        "timestamp": at.isoformat(),
+    }, separators=(",", ":")).encode()
+
+
+def unsubscribe_body(*, callback_id: str, company_id: int, userid: int, list_id: str, method: str,
+                     at: datetime) -> bytes:
+    """What Moodle receives when a learner unsubscribed: enough to update that user's message preferences."""
+    return json.dumps({
+        "callback_id": callback_id,
+        "company_id": company_id,
+        "event": "unsubscribed",
+        "userid": userid,
+        "list_id": list_id,
+        "method": method,
         "timestamp": at.isoformat(),
     }, separators=(",", ":")).encode()
 

@@ -6,6 +6,7 @@ from typing import TypeVar
 
 from api.errors import ApiError
 from api.state import ApiState
+from api.template_reads import company_template
 from content.validation import job_template_problems, refusal_code
 from schemas.events import SCOPED_SUFFIX, JobRequested
 from schemas.intake import template_data_problem
@@ -17,8 +18,8 @@ JobRequestedT = TypeVar("JobRequestedT", bound=JobRequested)  # a JobRequested, 
 
 async def admit(state: ApiState, caller: Caller, job: JobRequestedT, *,
                 check_templates: bool = True) -> JobRequestedT:
-    """The checks every job (or chunked job's header) passes before Kafka sees it; the job with its callback
-    URL's query sealed. A chunked job's templates are checked with its first chunk (they need a learner)."""
+    """The job with its callback URL's query sealed, or an ApiError. A chunked job's templates are checked with
+    its first chunk instead (check_templates=False here): the check needs a learner."""
     if caller.company_id is not None and job.company_id != caller.company_id:
         raise ApiError(403, "company_mismatch", "this key may only submit jobs of its own company")
     if SCOPED_SUFFIX.search(job.job_id):
@@ -30,10 +31,8 @@ async def admit(state: ApiState, caller: Caller, job: JobRequestedT, *,
     if too_large is not None:
         problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
         raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
-    # Before Kafka ever sees the job.
-    if check_templates and (template_problems := job_template_problems(job, state.settings)):
-        raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
-                       problems=[p.as_json() for p in template_problems])
+    if check_templates:
+        await check_job_templates(state, job)
     if job.callback_url:
         refusal = await check_callback_url(job.callback_url,
                                            allow_private=state.settings.api_allow_private_callbacks)
@@ -45,3 +44,14 @@ async def admit(state: ApiState, caller: Caller, job: JobRequestedT, *,
         if sealed is not None:
             job = job.model_copy(update={"callback_url": base, "callback_query_sealed": sealed})
     return job
+
+
+async def check_job_templates(state: ApiState, job: JobRequested) -> None:
+    """Refuse a job whose template cannot work for anyone, before Kafka sees it."""
+    # The company's own version of the template when it has one (the read model's view; the worker checks again
+    # with what it has learnt from the templates topic).
+    own = (await company_template(state.store, job.company_id, job.template_id)
+           if job.type == "email" and job.content is None else None)
+    if template_problems := job_template_problems(job, state.settings, email_template=own):
+        raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
+                       problems=[p.as_json() for p in template_problems])

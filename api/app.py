@@ -16,7 +16,20 @@ from typing import Any
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from api import certificates, chunked, companies, health, jobs, metrics, public, ui, webhooks
+from api import (
+    certificates,
+    chunked,
+    companies,
+    health,
+    jobs,
+    metrics,
+    public,
+    suppressions,
+    templates,
+    ui,
+    unsubscribe,
+    webhooks,
+)
 from api.auth import signed_requests
 from api.errors import MAX_BODY, RETRY_AFTER, json_errors, json_response
 from api.state import STATE, ApiState
@@ -55,7 +68,10 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(jobs.routes)
     chunked.setup(app)  # /api/v1/jobs/{id}/recipients and /commit: jobs sent in parts
     app.add_routes(companies.routes)
+    app.add_routes(templates.routes)
     app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}
+    app.add_routes(suppressions.routes)  # a company's suppression list: list, add, remove
+    app.add_routes(unsubscribe.routes)  # public: one-click unsubscribe /u/{token}
     health.setup(app)  # /api/v1/health: ready or degraded, with the reason
     app.router.add_get("/api/v1/openapi.yaml", _openapi)
     ui.setup(app)  # /ui/: admin monitoring pages (session cookie)

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 # verification and local certificate files are reached from a QR code or a link (see api/certificates.py).
 UNSIGNED_PATHS = frozenset({"/api/v1/openapi.yaml", "/api/v1/health"})
 # Provider webhooks carry the provider's own signature, checked in api/webhooks/signatures.py.
-UNSIGNED_PREFIXES = ("/verify/", "/certificates/", "/webhooks/")
+# One-click unsubscribe links (/u/<token>) carry their own HMAC (security/unsubscribe.py).
+UNSIGNED_PREFIXES = ("/verify/", "/certificates/", "/webhooks/", "/u/")
 
 
 @web.middleware

@@ -24,7 +24,7 @@ def _wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def _page(title: str, body: str, status: int) -> web.Response:
+def public_page(title: str, body: str, status: int) -> web.Response:
     text = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'></head>"
             "<body style='font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem'>"
@@ -40,7 +40,7 @@ async def verify(request: web.Request) -> web.Response:
     if code is None or found is None:
         if _wants_json(request):
             return web.json_response({"valid": False}, status=404)
-        return _page("Certificate not found", "<p>No certificate has this code.</p>", 404)
+        return public_page("Certificate not found", "<p>No certificate has this code.</p>", 404)
     completed = found["certificate_completed"]
     details = {"valid": True, "code": code, "holder": found["certificate_holder"],
                "course": found["certificate_course"], "completion_date": completed.isoformat() if completed else None}
@@ -49,7 +49,7 @@ async def verify(request: web.Request) -> web.Response:
     rows = "".join(f"<dt>{html.escape(label)}</dt><dd>{html.escape(str(value or '–'))}</dd>"
                    for label, value in (("Holder", details["holder"]), ("Course", details["course"]),
                                         ("Completed", details["completion_date"]), ("Code", code)))
-    return _page("Valid certificate", f"<p>This certificate was issued and is valid.</p><dl>{rows}</dl>", 200)
+    return public_page("Valid certificate", f"<p>This certificate was issued and is valid.</p><dl>{rows}</dl>", 200)
 
 
 @routes.get("/certificates/{key:.+}")

@@ -23,11 +23,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from api import params
-from api.admission import admit
+from api.admission import admit, check_job_templates
 from api.errors import ApiError, json_response
 from api.ingest import _control_characters, _duplicates, _template_syntax
 from api.state import ApiState, body_of, caller_of, state_of
-from content.validation import job_template_problems, refusal_code
 from schemas.chunking import ChunkSummary, summarize, unsorted_at
 from schemas.events import (
     CHUNK_ORDER,
@@ -187,9 +186,8 @@ async def add_chunk(request: web.Request) -> web.Response:
     if refusals := list(_control_characters(JobRequested.model_construct(recipients=chunk.recipients,
                                                                          template_data={}))):
         raise ApiError(422, refusals[0].code, refusals[0].message, problems=[r.as_json() for r in refusals])
-    if number == 0 and (problems := job_template_problems(
-            upload.header.model_copy(update={"recipients": chunk.recipients}), state.settings)):
-        raise ApiError(422, refusal_code(problems), problems[0].message, problems=[p.as_json() for p in problems])
+    if number == 0:
+        await check_job_templates(state, upload.header.model_copy(update={"recipients": chunk.recipients}))
     answer = {"job_id": client_job_id(job_id, upload.header.company_id), "chunk_no": number,
               "recipients": summary.count, "digest": summary.digest}
     seen = upload.chunks.get(number)

@@ -30,7 +30,7 @@ class CompanySettingsChange(BaseModel):
     over_budget: Literal["local", "wait"] = "local"  # over budget: route local, or wait for the budget
 
 
-def _visible_company(request: web.Request) -> int:
+def visible_company(request: web.Request) -> int:
     company_id = params.company_id(request)
     if not caller_of(request).may_see(company_id):
         raise ApiError(404, "company_not_found", "no such company")
@@ -39,7 +39,7 @@ def _visible_company(request: web.Request) -> int:
 
 @routes.get("/api/v1/companies/{company_id}/settings")
 async def get_company_settings(request: web.Request) -> web.Response:
-    company_id = _visible_company(request)
+    company_id = visible_company(request)
     row = await state_of(request).store.company_settings(company_id)
     if row is None:
         defaults = CompanySettingsChanged(company_id=company_id).model_dump(exclude={"changed_at", "changed_by"})
@@ -50,7 +50,7 @@ async def get_company_settings(request: web.Request) -> web.Response:
 
 @routes.put("/api/v1/companies/{company_id}/settings")
 async def put_company_settings(request: web.Request) -> web.Response:
-    company_id = _visible_company(request)
+    company_id = visible_company(request)
     state, caller = state_of(request), caller_of(request)
     body = params.json_object(body_of(request), required=True)
     try:

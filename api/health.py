@@ -20,6 +20,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from psycopg_pool import PoolTimeout
 
+from adapters.email.dkim_dns import check_published, dns_txt_lookup
 from api.errors import json_response
 from api.state import STATE, ApiState
 from resilience.dependencies import DEPENDENCIES
@@ -72,16 +73,24 @@ async def _start_checks(app: web.Application) -> None:
     DEPENDENCIES.track("postgres")
     DEPENDENCIES.track("kafka")
     stopping = app[STOPPING] = asyncio.Event()
+    settings = state.settings
 
     async def loop() -> None:
-        # Ends on the flag, not only on cancellation: Python 3.11's wait_for (used by the checks) can swallow a
-        # cancel that lands as its inner call finishes, and the loop would then run on while shutdown waits.
-        while not stopping.is_set():
-            started = time.monotonic()
-            await check_once(state)
-            pause = max(0.0, state.settings.api_health_interval - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), pause)
+        dkim = None
+        if settings.dkim_dns_check and settings.dkim_keys:  # once at start, beside the checks: warns, never refuses
+            dkim = asyncio.create_task(check_published(settings.dkim_keys, dns_txt_lookup(settings.dkim_dns_timeout)))
+        try:
+            # Ends on the flag, not only on cancellation: Python 3.11's wait_for (used by the checks) can swallow
+            # a cancel that lands as its inner call finishes, and the loop would then run on while shutdown waits.
+            while not stopping.is_set():
+                started = time.monotonic()
+                await check_once(state)
+                pause = max(0.0, settings.api_health_interval - (time.monotonic() - started))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), pause)
+        finally:
+            if dkim is not None:
+                dkim.cancel()
 
     app[CHECKER] = asyncio.create_task(loop(), name="health-checks")
 

@@ -13,10 +13,17 @@ from api.admission import admit
 from api.chunked import is_chunked_header, open_chunked_job
 from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
+from api.pauses import pause_of
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
 from projections.jobs import FINISHED, JobStatus
-from schemas.events import JobCancelled, JobRetryRequested, client_job_id, scoped_job_id
+from schemas.events import (
+    JobCancelled,
+    JobResumed,
+    JobRetryRequested,
+    client_job_id,
+    scoped_job_id,
+)
 from security.signing import Caller
 
 log = logging.getLogger(__name__)
@@ -101,9 +108,12 @@ async def _visible_job(state: ApiState, caller: Caller, job_id: str) -> dict[str
 
 @routes.get("/api/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
-    job = await _visible_job(state_of(request), caller_of(request), params.job_id(request))
+    state = state_of(request)
+    job = await _visible_job(state, caller_of(request), params.job_id(request))
     job.pop("_row")
-    job.pop("_id")
+    job["pause"] = await pause_of(state.store, job.pop("_id"))
+    if job["pause"] and job["pause"]["paused"] and job["status"] not in FINISHED:
+        job["status"] = "paused"
     return json_response(job)
 
 
@@ -134,6 +144,23 @@ async def cancel_job(request: web.Request) -> web.Response:
     await state.publisher.send_and_wait(event)
     return json_response({"job_id": job["job_id"], "status": "cancel_requested",
                           "requested_at": event.cancelled_at}, status=202)
+
+
+@routes.post("/api/v1/jobs/{job_id}/resume")
+async def resume_job(request: web.Request) -> web.Response:
+    state, caller = state_of(request), caller_of(request)
+    job = await _visible_job(state, caller, params.job_id(request))
+    pause = await pause_of(state.store, job["_id"])
+    if job["status"] in FINISHED or not (pause and pause["paused"]):
+        raise ApiError(409, "job_not_paused", f"only a paused job can be resumed; this one is {job['status']}")
+    body = params.json_object(body_of(request), required=False)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise ApiError(422, "invalid_field", "reason must be a string of at most 500 characters")
+    event = JobResumed(job_id=job["_id"], company_id=job["company_id"], requested_by=caller.key_id, reason=reason)
+    await state.publisher.send_and_wait(event)
+    return json_response({"job_id": job["job_id"], "status": "resume_requested",
+                          "requested_at": event.resumed_at}, status=202)
 
 
 @routes.post("/api/v1/jobs/{job_id}/retry")

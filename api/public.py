@@ -4,9 +4,10 @@ The client address is the TCP peer, unless the peer is one of ``trusted_proxies`
 ``X-Forwarded-For`` hop that is not a trusted proxy (the hops to its left are whatever the client wrote, so they
 are never believed). Without ``trusted_proxies`` the header is ignored, so nobody can pick their own address.
 
-The rate limit is a token bucket per client address over the public routes (``/verify/``, ``/certificates/``
-and the sign-in form), held in memory for a bounded number of addresses (the least recently seen
-are forgotten first). Several API replicas each limit on their own, which only makes the limit looser.
+The rate limit is a token bucket per client address over the public routes (``/verify/``, ``/certificates/``,
+the unsubscribe links ``/u/`` and the sign-in form), held in memory for a bounded number of addresses (the
+least recently seen are forgotten first). Several API replicas each limit on their own, which only makes the
+limit looser.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from api.state import STATE
 
 # /metrics is not here: it reads at most once a second whatever the rate (api/metrics.py), and in production
 # it answers only with its bearer token.
-PUBLIC_PREFIXES = ("/verify/", "/certificates/", "/ui/login")
+PUBLIC_PREFIXES = ("/verify/", "/certificates/", "/ui/login", "/u/")
 PUBLIC_PATHS: tuple[str, ...] = ()
 MAX_CLIENTS = 10_000
 

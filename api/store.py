@@ -21,13 +21,16 @@ from projections.jobs import JobStatus
 
 log = logging.getLogger(__name__)
 
-RECIPIENT_STATUSES = ("pending", "sent", "failed", "issued")
+RECIPIENT_STATUSES = ("pending", "sent", "failed", "issued", "suppressed")
+SUPPRESSION_EVENT_TYPES = ("org.manireports.offload.recipient.unsubscribed.v1",
+                           "org.manireports.offload.suppression.added.v1",
+                           "org.manireports.offload.suppression.removed.v1")
 JOB_STATUSES = tuple(JobStatus)
 
 _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provider, template_id, total_recipients,
     succeeded, failed, duplicates_removed, batch_count, batches_done, fell_back, fallback_reason, error_message,
     problems, createdby, timecreated, timestarted, timecompleted, updated_at, delivered, bounced, complained,
-    pacing, estimated_cost, currency, budget_wait"""
+    pacing, estimated_cost, currency, budget_wait, suppressed, template_source, template_version"""
 
 
 class ReadStore:
@@ -165,6 +168,13 @@ class ReadStore:
                                 (subject, event_type))
         return bool(rows)
 
+    async def latest_of(self, subject: str, event_types: tuple[str, ...]) -> dict[str, Any] | None:
+        """The latest audit-log event of these types about this subject (one topic and key: offset orders them)."""
+        rows = await self._rows(
+            """SELECT event_type, occurred_at, detail FROM audit_log WHERE subject = %s AND event_type = ANY(%s)
+               ORDER BY "offset" DESC LIMIT 1""", (subject, list(event_types)))
+        return rows[0] if rows else None
+
     async def job_history(self, job_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         return await self._rows(
             """SELECT id, occurred_at, event_type, actor, detail FROM audit_log
@@ -184,6 +194,27 @@ class ReadStore:
         return await self._rows(
             """SELECT id, occurred_at, actor, detail FROM audit_log WHERE event_type = %s AND subject = %s
                ORDER BY occurred_at DESC, id DESC LIMIT %s""", (event_type, str(company_id), limit))
+
+    # --- suppression lists ------------------------------------------------------------------------
+
+    async def suppressions(self, company_id: int, *, userid: int | None = None, limit: int = 50,
+                           offset: int = 0) -> list[dict[str, Any]]:
+        return await self._rows(
+            """SELECT userid, scope, source, reason, email, job_id, changed_by, since FROM suppressions
+               WHERE company_id = %s AND (%s::bigint IS NULL OR userid = %s)
+               ORDER BY since DESC, userid, scope LIMIT %s OFFSET %s""",
+            (company_id, userid, userid, limit, offset))
+
+    async def suppression_history(self, company_id: int, limit: int = 50) -> list[dict[str, Any]]:
+        """Every add and removal of the company's list, newest first, from the audit log."""
+        return await self._rows(
+            """SELECT occurred_at, event_type, subject, actor, detail FROM audit_log
+               WHERE company_id = %s AND event_type = ANY(%s) ORDER BY occurred_at DESC, id DESC LIMIT %s""",
+            (company_id, list(SUPPRESSION_EVENT_TYPES), limit))
+
+    async def job_company(self, job_id: str) -> int | None:
+        rows = await self._rows("SELECT company_id FROM jobs WHERE job_id = %s", (job_id,))
+        return rows[0]["company_id"] if rows else None
 
     # --- /metrics ------------------------------------------------------------------------------------
 
@@ -224,8 +255,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
     """A job row as the API shows it: counters, percent done, rate over the time it has run, and why it went
     where it went."""
     total = row["total_recipients"] or 0
-    sent, failed = row["succeeded"] or 0, row["failed"] or 0
-    done = sent + failed
+    sent, failed, suppressed = row["succeeded"] or 0, row["failed"] or 0, row["suppressed"] or 0
+    done = sent + failed + suppressed
     started = row["timestarted"] or row["timecreated"]
     ended = row["timecompleted"] or now or datetime.now(UTC)
     elapsed = (ended - started).total_seconds() if started else 0.0
@@ -235,6 +266,8 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
         "company_id": row["company_id"],
         "status": row["status"],
         "template_id": row["template_id"],
+        # Where the message comes from (builtin, company, inline) and the company template version it renders.
+        "template": {"source": row["template_source"], "version": row["template_version"]},
         "route": row["route"],
         "reason": row["route_reason"],
         "provider": row["provider"],
@@ -244,6 +277,7 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
             "total": total,
             "sent": sent,
             "failed": failed,
+            "suppressed": suppressed,  # on the company's suppression list: not sent (not a failure)
             "pending": max(total - done, 0),
             "percent": round(100.0 * done / total, 1) if total
             else (100.0 if row["status"] == JobStatus.COMPLETED else 0.0),

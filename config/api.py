@@ -28,6 +28,10 @@ class ApiSettings(SettingsBase):
     # A job's template_data is printed into every message; more than this (JSON bytes) is refused at the API and
     # by the worker (JobRejected), so one request cannot make the worker write gigabytes.
     template_data_max_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
+    # A company's published template, or a job's inline content: subject, text and HTML together, in bytes (the
+    # API and the worker check it). At most 384 KiB so a TemplatePublished (JSON may escape it to twice that)
+    # fits the broker's default 1 MB record.
+    template_max_bytes: int = Field(default=256 * 1024, ge=1024, le=384 * 1024)
     # The whole body of a signed request must arrive within this many seconds (408 otherwise); the timestamp
     # window is checked again once it has, so a slowly sent body cannot carry a replay past the window.
     api_body_timeout: float = Field(default=60.0, gt=0, le=600)

@@ -9,8 +9,9 @@ from pydantic_settings import BaseSettings
 DEV_CODE_SECRET = "development-only-certificate-code-secret"
 DEV_MESSAGE_ID_SECRET = "development-only-message-id-secret"
 DEV_CALLBACK_URL_SECRET = "development-only-callback-url-secret"
+DEV_UNSUBSCRIBE_SECRET = "development-only-unsubscribe-secret"
 PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret", DEV_CODE_SECRET, DEV_MESSAGE_ID_SECRET,
-                DEV_CALLBACK_URL_SECRET}
+                DEV_CALLBACK_URL_SECRET, DEV_UNSUBSCRIBE_SECRET}
 
 
 class SettingsBase(BaseSettings):

@@ -1,8 +1,9 @@
 """One typed settings object for every process, read from environment variables and validated at start-up.
 
 Nothing else in the project reads ``os.environ``: processes build a :class:`Settings` once and pass it down.
-The fields of the HTTP side (``config/api.py``) and of the callbacks to Moodle (``config/callbacks.py``) are
-declared in parts of their own; ``Settings`` is all of them.
+The fields of the HTTP side (``config/api.py``), of the callbacks to Moodle (``config/callbacks.py``) and of
+unsubscribe and suppression lists (``config/suppression.py``) are declared in parts of their own; ``Settings``
+is all of them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from pydantic_settings import SettingsConfigDict
 from config.api import ApiSettings
 from config.base import DEV_CODE_SECRET, DEV_MESSAGE_ID_SECRET, PLACEHOLDERS
 from config.callbacks import CallbackSettings
+from config.deliverability import DeliverabilitySettings
 from config.keys import ApiKey
 from config.prices import DEFAULT_PRICES, ProviderPrice
+from config.suppression import SuppressionSettings
 
 __all__ = ["DEFAULT_PRICES", "ApiKey", "ProviderPrice", "Settings"]
 
 
-class Settings(ApiSettings, CallbackSettings):
+class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, SuppressionSettings):
     """Configuration of the worker, projector and CLI.
 
     Variables are prefixed ``OFFLOAD_`` except the two that every Kafka/Postgres tool already knows:
@@ -195,7 +198,8 @@ class Settings(ApiSettings, CallbackSettings):
         if self.environment != "production":
             return self
         for name in ("smtp_password", "aws_secret_access_key", "r2_secret_access_key", "certificate_code_secret",
-                     "message_id_secret", "callback_url_secret", "sendgrid_api_key", "mailgun_api_key"):
+                     "message_id_secret", "callback_url_secret", "sendgrid_api_key", "mailgun_api_key",
+                     "unsubscribe_secret"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDERS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
@@ -217,6 +221,10 @@ class Settings(ApiSettings, CallbackSettings):
 
     def message_id_key(self) -> bytes:
         return self.message_id_secret.get_secret_value().encode()
+
+    def unsubscribe_url_base(self) -> str:
+        """Where bulk mail's one-click links point: {this}/u/{token} (docs/suppression.md)."""
+        return (self.unsubscribe_base_url or self.public_base_url).rstrip("/")
 
     def topic(self, name: str) -> str:
         """Full name of a public topic, e.g. ``topic('jobs')`` -> ``offload.jobs``."""

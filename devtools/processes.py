@@ -39,10 +39,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if name == "api_keys":  # a dict of keys travels as the JSON the setting is read from
             value = json.dumps({key_id: {"secret": key.secret.get_secret_value(), "company_id": key.company_id}
                                 for key_id, key in settings.api_keys.items()})
+        if name == "dkim_keys":  # key files as paths, inline keys as the secret they are read from
+            value = json.dumps({company: key.env_value() for company, key in settings.dkim_keys.items()})
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        if isinstance(value, dict) and name != "api_keys":  # read back as JSON, like lists
-            value = json.dumps(value)
+        if isinstance(value, dict | list) and name not in ("api_keys", "dkim_keys"):  # read back as JSON
+            value = json.dumps(value, default=str)
         key = _ALIASES.get(name, f"OFFLOAD_{name.upper()}")
         env[key] = str(value).lower() if isinstance(value, bool) else str(value)
     return env

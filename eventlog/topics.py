@@ -54,20 +54,29 @@ def public_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec("dead-letters", 1, keep, "records no agent could decode or process, with original bytes"),
         TopicSpec("provider-health", 1, keep,
                   "circuit breaker openings and closings per cloud provider account and region"),
+        # Kept forever (not compacted): the history of every list is the log; the worker's table and the
+        # read model hold the current entries (docs/suppression.md).
+        TopicSpec("suppressions", 1, keep,
+                  "unsubscribes, suppressions and removals, keyed company:userid:scope"),
+        # Not compacted: a job keeps rendering the version it was accepted with, so every version must stay.
+        TopicSpec("templates", 1, keep,
+                  "TemplatePublished / TemplateRetired: companies' own email templates, keyed company:template_id"),
     ]
 
 
 # The topics that hold what happened (every public topic but the raw job requests, which the route agent turns
 # into JobAccepted/JobRejected): what the projector reads into Postgres and what `offload tail/export` show.
-EVENT_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters", "provider-health")
+EVENT_TOPICS = ("company-settings", "jobs", "batches", "outcomes", "callbacks", "dead-letters", "provider-health",
+                "suppressions", "templates")
 
 # Faust's table changelogs, named as Faust names them ("{app_id}-{table}-changelog"). Created here with the
 # partition count of their source topic so a fresh worker never races Faust's own creation (a changelog seen
 # with 0 partitions fails the table's partition check).
 TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job-failures": "job_partitions",
           "batch-progress": "batch_partitions", "company-settings": None, "cancelled-jobs": None,
-          "company-spend": None, "budget-waits": "job_partitions",
-          "callbacks": "job_partitions", "finished-jobs": None}
+          "company-spend": None, "company-templates": None, "budget-waits": "job_partitions",
+          "paused-jobs": None, "delivery-watch": "outcome_partitions",
+          "callbacks": "job_partitions", "finished-jobs": None, "suppressions": None}
 
 
 def changelog_topics(settings: Settings) -> list[TopicSpec]:

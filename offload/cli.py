@@ -23,10 +23,16 @@ def _settings() -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
+    from adapters.email.dkim import DkimKeyError, DkimSigners
     from eventlog.topics import create_topics
     from streams.app import create_app
 
     settings = _settings()
+    if settings.environment == "production":  # a DKIM key that cannot sign stops the worker before anything
+        try:
+            DkimSigners(settings.dkim_keys, strict=True)
+        except DkimKeyError as exc:
+            sys.exit(f"configuration error: {exc}")
     asyncio.run(create_topics(settings, with_changelogs=True))
     app = create_app(settings)
     faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
@@ -116,6 +122,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     asyncio.run(request_retry(_settings(), args.job_id, only_retryable=not args.all, requested_by=args.by))
     print(f"retry of {args.job_id} requested ({'every failure' if args.all else 'retryable failures'})")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from offload.client import resume_job
+
+    asyncio.run(resume_job(_settings(), args.job_id, requested_by=args.by, reason=args.reason))
+    print(f"resume of {args.job_id} requested")
     return 0
 
 
@@ -270,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason")
     p.add_argument("--by", default="cli", help="who asks (recorded in the event)")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("resume", help="send a paused job's waiting batches (it paused on its bounce/complaint rate)")
+    p.add_argument("job_id")
+    p.add_argument("--reason")
+    p.add_argument("--by", default="cli", help="who asks (recorded in the event)")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("settings", help="change a company's cloud settings")
     p.add_argument("company_id", type=int)

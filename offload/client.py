@@ -17,6 +17,7 @@ from schemas.events import (
     JobCommitted,
     JobOpened,
     JobRequested,
+    JobResumed,
     JobRetryRequested,
     RecipientChunkReceived,
 )
@@ -99,6 +100,15 @@ async def cancel_job(settings: Settings, job_id: str, *, requested_by: str = "cl
                      reason: str | None = None) -> JobCancelled:
     """Batches of the job that have not started fail as cancelled; what was sent stays sent."""
     event = JobCancelled(job_id=job_id, requested_by=requested_by, reason=reason)
+    await _send(settings, event)
+    return event
+
+
+async def resume_job(settings: Settings, job_id: str, *, requested_by: str = "cli",
+                     reason: str | None = None) -> JobResumed:
+    """A paused job's waiting batches are sent; nobody already served is sent again (the worker ignores a job
+    that is not paused)."""
+    event = JobResumed(job_id=job_id, requested_by=requested_by, reason=reason)
     await _send(settings, event)
     return event
 

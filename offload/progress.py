@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from config.settings import Settings
 from projections.jobs import JobStatus
 
-_QUERY = """SELECT job_id, status, route, route_reason, provider, total_recipients, succeeded, failed,
+_QUERY = """SELECT job_id, status, route, route_reason, provider, total_recipients, succeeded, failed, suppressed,
                    batch_count, batches_done, fell_back, error_message, timecreated, timecompleted
             FROM jobs WHERE job_id = %s"""
 
@@ -64,7 +64,7 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
             if not routed and row["route"]:
                 out.write(f"\n{job_id}: {row['route']} via {row['provider']} ({row['route_reason']})\n")
                 routed = True
-            done = row["succeeded"] + row["failed"]
+            done = row["succeeded"] + row["failed"] + row["suppressed"]  # suppressed: on the suppression list
             total = row["total_recipients"]
             elapsed = (datetime.now(UTC) - row["timecreated"]).total_seconds() if row["timecreated"] else 0
             rate = done / elapsed if elapsed > 0 else 0
@@ -73,8 +73,9 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
             out.flush()
             if row["status"] == JobStatus.COMPLETED:
                 elapsed = (row["timecompleted"] - row["timecreated"]).total_seconds()
+                held = f", {row['suppressed']} suppressed" if row["suppressed"] else ""
                 out.write(f"\n{job_id}: completed in {elapsed:.1f} s: {row['succeeded']} sent, "
-                          f"{row['failed']} failed{' (fell back to local)' if row['fell_back'] else ''}\n")
+                          f"{row['failed']} failed{held}{' (fell back to local)' if row['fell_back'] else ''}\n")
                 return 0
             if row["status"] == JobStatus.CANCELLED:
                 out.write(f"\n{job_id}: cancelled: {row['succeeded']} sent, {row['failed']} failed\n")
@@ -93,7 +94,7 @@ async def list_jobs(settings: Settings, *, company_id: int | None, status: str |
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 """SELECT job_id, type, company_id, status, route, provider, total_recipients, succeeded, failed,
-                          timecreated, estimated_cost, currency FROM jobs
+                          suppressed, timecreated, estimated_cost, currency FROM jobs
                    WHERE (%(company)s::int IS NULL OR company_id = %(company)s)
                      AND (%(status)s::text IS NULL OR status = %(status)s)
                    ORDER BY timecreated DESC NULLS LAST LIMIT %(limit)s""",
@@ -105,7 +106,7 @@ async def list_jobs(settings: Settings, *, company_id: int | None, status: str |
     lines = [f"{'job':24} {'type':11} {'co':>4} {'status':10} {'route':6} {'provider':8} "
              f"{'done/total':>13} {'failed':>6} {'cost':>12}  created"]
     for r in rows:
-        done = r["succeeded"] + r["failed"]
+        done = r["succeeded"] + r["failed"] + r["suppressed"]
         created = f"{r['timecreated']:%Y-%m-%d %H:%M}" if r["timecreated"] else "-"
         cost = f"{r['estimated_cost']:.4f} {r['currency']}" if r["estimated_cost"] is not None else "-"
         lines.append(f"{r['job_id'][:24]:24} {r['type'] or '-':11} {r['company_id'] or 0:>4} {r['status']:10} "

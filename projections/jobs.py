@@ -72,6 +72,7 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pacing text;                        --
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS estimated_cost double precision;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS currency text;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS budget_wait jsonb;                  -- the figures of a budget wait
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS suppressed int NOT NULL DEFAULT 0;  -- on the suppression list, see recipients
 CREATE TABLE IF NOT EXISTS job_runs (
     job_id      text NOT NULL,
     run         int  NOT NULL,

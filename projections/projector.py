@@ -20,7 +20,7 @@ from psycopg import sql
 
 from config.settings import Settings
 from eventlog.topics import EVENT_TOPICS, MAX_MESSAGE_BYTES, partitions_of
-from projections import audit, callbacks, company_settings, jobs, recipients, tracking
+from projections import audit, callbacks, company_settings, jobs, recipients, suppressions, templates, tracking
 from projections.base import Applied, Position
 from resilience.dependencies import DEPENDENCIES, Backoff
 from schemas.envelope import UndecodableRecord, decode
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # Read models in the order they apply a poll: settings and jobs first, then recipients (which raise job
 # counters), then the audit log.
-READ_MODELS = (company_settings, jobs, recipients, callbacks, audit)
+READ_MODELS = (company_settings, jobs, recipients, callbacks, suppressions, templates, audit)
 PROJECTED_TOPICS = EVENT_TOPICS  # a name of its own so a test can add a topic not yet listed
 PROJECTION = "read-models"
 # A poll's records are decoded and held at once: this bounds it when records are large (a BatchDispatched of

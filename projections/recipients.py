@@ -26,13 +26,14 @@ from schemas.events import (
     RecipientFailed,
     RecipientSent,
 )
+from schemas.events.suppression import RecipientSuppressed
 
 DDL = """
 CREATE TABLE IF NOT EXISTS job_recipients (
     job_id              text   NOT NULL,
     userid              bigint NOT NULL,
     email               text   NOT NULL,
-    status              text   NOT NULL,   -- pending | sent | failed | issued
+    status              text   NOT NULL,   -- pending | sent | failed | issued | suppressed
     run                 int    NOT NULL DEFAULT 0,
     batch_no            int    NOT NULL,
     attempts            int    NOT NULL DEFAULT 0,
@@ -125,18 +126,20 @@ WITH incoming AS (
     RETURNING r.job_id, r.userid, r.status, r.timesent
 ), counts AS (
     SELECT c.job_id,
-           count(*) FILTER (WHERE c.status <> 'failed')
+           count(*) FILTER (WHERE c.status IN ('sent', 'issued'))
              - count(*) FILTER (WHERE p.status IN ('sent', 'issued')) AS ok,
            count(*) FILTER (WHERE c.status = 'failed') - count(*) FILTER (WHERE p.status = 'failed') AS bad,
+           count(*) FILTER (WHERE c.status = 'suppressed') - count(*) FILTER (WHERE p.status = 'suppressed') AS sup,
            min(c.timesent) AS first
     FROM changed c LEFT JOIN previous p USING (job_id, userid)
     GROUP BY c.job_id
 )
-INSERT INTO jobs AS j (job_id, succeeded, failed, status, timestarted)
-SELECT job_id, ok, bad, 'running', first FROM counts
+INSERT INTO jobs AS j (job_id, succeeded, failed, suppressed, status, timestarted)
+SELECT job_id, ok, bad, sup, 'running', first FROM counts
 ON CONFLICT (job_id) DO UPDATE SET
     succeeded = j.succeeded + EXCLUDED.succeeded,
     failed = j.failed + EXCLUDED.failed,
+    suppressed = j.suppressed + EXCLUDED.suppressed,
     status = CASE WHEN j.status = 'accepted' THEN 'running' ELSE j.status END,
     timestarted = LEAST(j.timestarted, EXCLUDED.timestarted),
     updated_at = now()
@@ -182,6 +185,9 @@ def _outcome_row(event: Event) -> tuple | None:
         return (event.job_id, event.userid, event.email, "failed", event.run, event.batch_no, event.attempts,
                 event.retryable, event.error[:2000], event.provider, None, None, None, None, None, event.failed_at,
                 None, None, None)
+    if isinstance(event, RecipientSuppressed):  # not sent: the reason, as a failure's error would be
+        return (event.job_id, event.userid, event.email, "suppressed", event.run, event.batch_no, 0, False,
+                event.reason, None, None, None, None, None, None, event.suppressed_at, None, None, None)
     if isinstance(event, CertificateIssued):
         # message_id/error_message: the email telling the learner, when the job asked for one.
         return (event.job_id, event.userid, event.email, "issued", event.run, event.batch_no, event.attempts, None,

@@ -47,18 +47,21 @@ def create_app(settings: Settings) -> faust.App:
     ctx = StreamContext.build(app, settings)
 
     # Imported here so that importing streams.app stays cheap and free of side effects.
-    from streams.agents import batches, company_settings, progress, routing
+    from streams.agents import batches, company_settings, progress, routing, templates
 
     company_settings.register(app, ctx)
+    templates.register(app, ctx)
     routing.register(app, ctx)
     batches.register(app, ctx)
     progress.register(app, ctx)
-    from streams.agents import callbacks
+    from streams.agents import callbacks, delivery_watch, suppressions
 
-    callbacks.register(app, ctx)
+    scheduler = callbacks.register(app, ctx)
+    suppressions.register(app, ctx, scheduler)  # the suppression list, and Moodle told of unsubscribes
     from streams import expiry
 
-    expiry.register(app, ctx)  # forgets finished jobs' table state after finished_job_retention_days
+    finished = expiry.register(app, ctx).finished  # forgets finished jobs' state after the retention period
+    delivery_watch.register(app, ctx, finished)  # pauses a job whose bounce/complaint rate passes its thresholds
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types the receiver narrower than it calls it
     async def _stop_services(app: faust.App, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -20,6 +20,7 @@ from schemas.events import (
     RecipientOutcome,
     RecipientSent,
 )
+from schemas.events.suppression import RecipientSuppressed
 from streams.context import StreamContext
 
 
@@ -30,6 +31,7 @@ class OutcomeRecorder:
         self._publisher = ctx.publisher
         self._pending: list[asyncio.Future] = []
         self.succeeded = 0
+        self.suppressed = 0  # on the company's suppression list: neither sent nor failed
         self.failures: list[FailedRecipient] = []
         self.sent_by: dict[str, int] = {}  # succeeded learners by provider (email) or backend (certificates)
         self.pacing: str | None = None  # set by the handler: what paced its sends
@@ -41,6 +43,8 @@ class OutcomeRecorder:
     def count(self, outcome: RecipientOutcome) -> None:
         if isinstance(outcome, RecipientFailed):
             self.failures.append(FailedRecipient(userid=outcome.userid, retryable=outcome.retryable))
+        elif isinstance(outcome, RecipientSuppressed):
+            self.suppressed += 1
         else:
             self.succeeded += 1
             by: str | None = None  # what served the learner: an email provider or a certificate store

@@ -33,14 +33,15 @@ from streams.chunk_reader import ChunkReader, LoggedLearners
 from streams.context import StreamContext
 from streams.learners import Learners
 from streams.state import Stored, _check_keys
+from streams.templates import ResolvedTemplate
 
 log = logging.getLogger(__name__)
 
 CE_TYPES = frozenset({JobOpened.ce_type, RecipientChunkReceived.ce_type, JobCommitted.ce_type})
 
-# Routes a committed job: (its header, repeats removed, where its header lies, its learners) -> True once
-# dispatched, False when it waits for its budget.
-Accept = Callable[[JobRequested, int, tuple[int, int], Learners], Awaitable[bool]]
+# Routes a committed job: (its header, repeats removed, where its header lies, its email template, its learners)
+# -> True once dispatched, False when it waits for its budget.
+Accept = Callable[[JobRequested, int, tuple[int, int], ResolvedTemplate | None, Learners], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,19 +159,23 @@ class ChunkedJobs:
             raise LookupError(f"job-requests[{opened.partition}]@{opened.offset} is not the header of job {job_id}")
         problems = list(check.problems)
         too_large = template_data_problem(header.template_data, self.ctx.settings.template_data_max_bytes)
+        # Chosen once, here, as for a job sent whole (streams.agents.routing).
+        resolved = self.ctx.company_templates.for_job(header)
         if too_large:
             problems.append(too_large)
         elif notes[0] is not None:  # the templates need a learner to check against: the first chunk's
             first = await self.ctx.ledger.fetch("job-requests", notes[0].partition, notes[0].offset)
             assert isinstance(first, RecipientChunkReceived)
             sample = header.model_copy(update={"recipients": first.recipients})
-            problems += [p.as_problem() for p in job_template_problems(sample, self.ctx.settings)]
+            problems += [p.as_problem() for p in job_template_problems(
+                sample, self.ctx.settings,
+                email_template=resolved.template if resolved and resolved.source == "company" else None)]
         if problems:
             await self._reject(job_id, header.company_id, problems, opened, event.chunk_count)
             return
         places = [(note.partition, note.offset) for note in notes if note is not None]
         learners = LoggedLearners(self.reader, job_id, places, check.unique)
-        accepted = await self.accept(header, check.repeats, (opened.partition, opened.offset), learners)
+        accepted = await self.accept(header, check.repeats, (opened.partition, opened.offset), resolved, learners)
         self.ctx.known_jobs[job_id] = "accepted" if accepted else "waiting"
         log.info("chunked job %s committed: %d chunks, %d learners, %d repeats removed, %s", job_id,
                  event.chunk_count, check.unique, check.repeats, "dispatched" if accepted else "waiting")

@@ -15,11 +15,13 @@ from faust.types import TableT
 from faust.types.tables import GlobalTableT
 
 from config.settings import Settings
+from content.email import TemplateStore
 from eventlog.publisher import EventPublisher, partition_for
 from resilience.backoff import backoff
 from schemas.envelope import UndecodableRecord, decode, header_items
 from schemas.events import CompanySettingsChanged, DeadLettered
 from streams.ledger import OutcomeLedger
+from streams.templates import CompanyTemplates
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,14 @@ class BatchProgressTable(faust.Table):
         return partition_for(key.encode(), self.partitions)
 
 
+class OutcomeKeyedTable(faust.Table):
+    """A table keyed by job id and written from the outcomes topic: each key in its outcomes partition."""
+
+    def partition_for_key(self, key: str) -> int:
+        assert self.partitions is not None
+        return partition_for(key.encode(), self.partitions)
+
+
 class SinglePartitionGlobalTable(faust.GlobalTable):
     """A global table written from agents on many partitions: every write goes to its one changelog partition."""
 
@@ -72,6 +82,12 @@ class StreamContext:
     job_failures: TableT[str, dict[str, Any]]
     cancelled_jobs: TableT[str, bool]
     company_spend: GlobalTableT
+    paused_jobs: TableT[str, bool]
+    delivery_watch: TableT[str, dict[str, Any]]
+    suppression_events: faust.TopicT
+    suppressions: GlobalTableT  # company:userid:scope -> streams.suppressions.SuppressionEntry
+    templates: faust.TopicT
+    company_templates: CompanyTemplates
     publisher: EventPublisher
     ledger: OutcomeLedger
     _started: bool = False
@@ -123,6 +139,29 @@ class StreamContext:
                 app, name="company-spend", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
                 standby_buffer_size=1, is_global=True, default=None,
             ))),
+            # Jobs paused on their bounce/complaint rate (JobPaused): every worker holds their batches back.
+            paused_jobs=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
+                app, name="paused-jobs", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
+                standby_buffer_size=1, is_global=True, default=None,
+            ))),
+            # Sent, bounced and complained counts per job (streams.pause_rule.DeliveryCounts), kept by the
+            # watch-delivery agent from the outcomes topic, so in the partition of the job's outcomes.
+            delivery_watch=cast(OutcomeKeyedTable, app.tables.add(OutcomeKeyedTable(
+                app, name="delivery-watch", beacon=app.tables.beacon, partitions=s.outcome_partitions,
+                default=None,
+            ))),
+            suppression_events=_raw_topic(app, s.topic("suppressions"), 1),
+            # Every company's suppression list on every worker, fed by apply-suppressions: a learner is checked
+            # in memory, and the compacted changelog brings the list back after a restart (docs/suppression.md).
+            suppressions=cast(SinglePartitionGlobalTable, app.tables.add(SinglePartitionGlobalTable(
+                app, name="suppressions", beacon=app.tables.beacon, partitions=1, recovery_buffer_size=1,
+                standby_buffer_size=1, is_global=True, default=None,
+            ))),
+            templates=_raw_topic(app, s.topic("templates"), 1),
+            # Companies' published templates (streams.templates): every worker holds every version.
+            company_templates=CompanyTemplates(app.GlobalTable("company-templates", partitions=1,
+                                                               recovery_buffer_size=1, default=None),
+                                               TemplateStore(s.template_dir)),
             publisher=EventPublisher(s, source=f"urn:manireports:offload:worker:{s.app_id}"),
             ledger=OutcomeLedger(s),
         )

@@ -50,7 +50,8 @@ def job_of(key: str) -> str:
 
 # Tables keyed by job id or job_id:run:batch, by name (callbacks is created by its own agent module).
 # Not here: known-jobs (see above), company-settings (keyed by company), finished-jobs (dropped separately).
-EXPIRING_TABLES = ("job-progress", "job-failures", "batch-progress", "callbacks", "cancelled-jobs")
+EXPIRING_TABLES = ("job-progress", "job-failures", "batch-progress", "callbacks", "cancelled-jobs", "paused-jobs",
+                   "delivery-watch")
 
 
 def expired_jobs(finished: Iterable[tuple[str, float]], now: float, retention_seconds: float) -> set[str]:

@@ -1,4 +1,4 @@
-"""A job's template_data, read from the job request itself: batches carry only where it lies in the log.
+"""A job's template_data and inline content, read from the job request: batches carry only where it lies in the log.
 
 The route agent writes no copy of template_data into the batches: a batch names the
 (partition, offset) of its JobRequested in job-requests, a topic kept forever, and the batch agent reads the data
@@ -13,7 +13,7 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from schemas.events import BatchDispatched
+from schemas.events import BatchDispatched, InlineContent
 from streams.ledger import OutcomeLedger
 
 
@@ -25,9 +25,13 @@ class JobData:
     def __init__(self, ledger: OutcomeLedger, *, keep: int = 16) -> None:
         self._ledger = ledger
         self._keep = keep
-        self._cache: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], tuple[dict[str, Any], InlineContent | None]] = OrderedDict()
 
     async def template_data(self, batch: BatchDispatched) -> dict[str, Any]:
+        return (await self.parts(batch))[0]
+
+    async def parts(self, batch: BatchDispatched) -> tuple[dict[str, Any], InlineContent | None]:
+        """The job's template_data and its inline content (None when it has none)."""
         where = batch.template_data_at
         assert where is not None
         found = self._cache.get(where)
@@ -39,7 +43,9 @@ class JobData:
             data = request.get("template_data", {})  # optional in JobRequested, {} by default there too
             if not isinstance(data, dict):
                 raise JobDataMismatch(f"job {batch.job_id}: template_data is not an object")
-            found = data
+            raw_content = request.get("content")  # optional in JobRequested, as template_data
+            content = InlineContent.model_validate(raw_content) if raw_content is not None else None
+            found = (data, content)
             self._cache[where] = found
             while len(self._cache) > self._keep:
                 self._cache.popitem(last=False)

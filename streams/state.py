@@ -11,6 +11,7 @@
 | job-failures     | job:run:batch        | BatchFailures                                                  |
 | cancelled-jobs   | job id               | ``True``                                                       |
 | callbacks        | job id               | CallbackQueue                                                  |
+| suppressions     | company:userid:scope | streams.suppressions.SuppressionEntry                          |
 
 Tables hold each value's ``to_dict()`` (JSON in the changelog) and code reads it back through ``from_dict()``,
 which refuses a key it does not know, so a misspelt field fails loudly instead of reading as empty.
@@ -70,6 +71,7 @@ class BatchProgress:
     failures: tuple[tuple[int, bool], ...] = ()  # (userid, retryable)
     sent_by: tuple[tuple[str, int], ...] = ()  # done: learners served per provider or storage backend
     pacing: str | None = None  # done: what paced the batch's sends, when anything did
+    suppressed: int = 0  # done: learners held back by the suppression list
 
     @classmethod
     def started(cls, partition: int, offset: int) -> BatchProgress:
@@ -77,9 +79,10 @@ class BatchProgress:
 
     @classmethod
     def done(cls, succeeded: int, fell_back: bool, failures: Iterable[tuple[int, bool]],
-             sent_by: Mapping[str, int] | None = None, pacing: str | None = None) -> BatchProgress:
+             sent_by: Mapping[str, int] | None = None, pacing: str | None = None,
+             suppressed: int = 0) -> BatchProgress:
         return cls("done", succeeded=succeeded, fell_back=fell_back, failures=tuple(failures),
-                   sent_by=tuple(sorted((sent_by or {}).items())), pacing=pacing)
+                   sent_by=tuple(sorted((sent_by or {}).items())), pacing=pacing, suppressed=suppressed)
 
     def to_dict(self) -> dict[str, Any]:
         if self.stage == "started":
@@ -90,6 +93,8 @@ class BatchProgress:
             out["sent_by"] = dict(self.sent_by)
         if self.pacing is not None:
             out["pacing"] = self.pacing
+        if self.suppressed:
+            out["suppressed"] = self.suppressed
         return out
 
     @classmethod
@@ -98,11 +103,14 @@ class BatchProgress:
             _check_keys("batch-progress", raw, ("state", "partition", "offset"))
             return cls.started(int(raw["partition"]), int(raw["offset"]))
         if raw["state"] == "done":
-            _check_keys("batch-progress", raw, ("state", "succeeded", "fell_back", "failures", "sent_by", "pacing"))
-            # sent_by and pacing came later: a batch done before them served nobody we can price.
+            _check_keys("batch-progress", raw, ("state", "succeeded", "fell_back", "failures", "sent_by", "pacing",
+                                                "suppressed"))
+            # sent_by, pacing and suppressed came later: a batch done before them served nobody we can price,
+            # and held nobody back.
             sent_by = _lazy(raw, "sent_by")
             return cls.done(int(raw["succeeded"]), bool(raw["fell_back"]), _failures(raw["failures"]),
-                            {str(k): int(v) for k, v in sent_by.items()}, raw.get("pacing"))
+                            {str(k): int(v) for k, v in sent_by.items()}, raw.get("pacing"),
+                            int(raw.get("suppressed", 0)))
         raise ValueError(f"batch-progress: unknown state {raw['state']!r}")
 
 
@@ -164,7 +172,8 @@ class JobProgress:
 
     total: int | None = None  # recipients of the job, from JobAccepted
     runs: dict[int, int] = field(default_factory=dict)  # run -> batch count
-    done: dict[int, dict[int, tuple[int, int]]] = field(default_factory=dict)  # run -> batch -> (succeeded, failed)
+    # run -> batch -> (succeeded, failed, suppressed); stored as a pair when nobody was suppressed
+    done: dict[int, dict[int, tuple[int, int, int]]] = field(default_factory=dict)
     locations: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # run -> [(partition, offset)]
     included: dict[int, list[int]] = field(default_factory=dict)  # retry run -> userids it serves
     completed_runs: list[int] = field(default_factory=list)
@@ -176,24 +185,25 @@ class JobProgress:
     # -- progress --
 
     def record_batch(self, run: int, batch_no: int, batch_count: int, succeeded: int, failed: int,
-                     sent_by: Mapping[str, int] | None = None) -> bool:
+                     sent_by: Mapping[str, int] | None = None, suppressed: int = 0) -> bool:
         """Count a batch once; False when it was already counted (reported again after a crash)."""
         self.runs.setdefault(run, batch_count)
         run_done = self.done.setdefault(run, {})
         if batch_no in run_done:
             return False
-        run_done[batch_no] = (succeeded, failed)
+        run_done[batch_no] = (succeeded, failed, suppressed)
         for provider, count in (sent_by or {}).items():
             self.served[provider] = self.served.get(provider, 0) + count
         return True
 
-    def run_totals(self, run: int) -> tuple[int, int] | None:
-        """(succeeded, failed) of a run whose batches have all reported and that is not yet marked completed."""
+    def run_totals(self, run: int) -> tuple[int, int, int] | None:
+        """(succeeded, failed, suppressed) of a run whose batches have all reported and that is not yet marked
+        completed."""
         expected = self.runs.get(run)
         run_done = self.done.get(run, {})
         if expected is None or self.total is None or len(run_done) < expected or run in self.completed_runs:
             return None
-        return sum(v[0] for v in run_done.values()), sum(v[1] for v in run_done.values())
+        return tuple(sum(v[i] for v in run_done.values()) for i in range(3))  # type: ignore[return-value]
 
     def all_runs_completed(self) -> bool:
         return bool(self.runs) and set(self.runs) <= set(self.completed_runs)
@@ -212,7 +222,7 @@ class JobProgress:
         for run in sorted(self.runs):
             for userid in self.included.get(run, []):
                 failed.pop(userid, None)
-            for batch, (_, failed_count) in sorted(self.done.get(run, {}).items()):
+            for batch, (_, failed_count, _) in sorted(self.done.get(run, {}).items()):
                 if failed_count:
                     for userid, retryable in failures_of(run, batch):
                         failed[userid] = Failure(bool(retryable), run, batch)
@@ -232,7 +242,8 @@ class JobProgress:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "runs": {str(r): n for r, n in self.runs.items()},
-            "done": {str(r): {str(b): list(v) for b, v in batches.items()} for r, batches in self.done.items()},
+            "done": {str(r): {str(b): list(v if v[2] else v[:2]) for b, v in batches.items()}
+                     for r, batches in self.done.items()},
             "locations": {str(r): [list(w) for w in where] for r, where in self.locations.items()},
             "included": {str(r): list(u) for r, u in self.included.items()},
             "completed_runs": list(self.completed_runs),
@@ -256,7 +267,8 @@ class JobProgress:
         return cls(
             total=int(raw["total"]) if "total" in raw else None,
             runs={int(r): int(n) for r, n in runs.items()},
-            done={int(r): {int(b): (int(v[0]), int(v[1])) for b, v in batches.items()} for r, batches in done.items()},
+            done={int(r): {int(b): (int(v[0]), int(v[1]), int(v[2]) if len(v) > 2 else 0)
+                           for b, v in batches.items()} for r, batches in done.items()},
             locations={int(r): [(int(p), int(o)) for p, o in where] for r, where in locations.items()},
             included={int(r): [int(u) for u in userids] for r, userids in included.items()},
             completed_runs=[int(r) for r in raw["completed_runs"]] if "completed_runs" in raw else [],
@@ -306,21 +318,22 @@ class CallbackQueue:
     key_id: str | None
     total: int
     sealed: str | None = None  # the sealed query; absent in entries written before queries were sealed
-    done: dict[int, tuple[int, int]] | None = field(default_factory=dict)  # batch -> (succeeded, failed); run 0
+    # batch -> (succeeded, failed, suppressed) of run 0; stored as a pair when nobody was suppressed
+    done: dict[int, tuple[int, int, int]] | None = field(default_factory=dict)
     queued: list[str] = field(default_factory=list)
     pending: list[PendingCallback] = field(default_factory=list)
 
-    def progress(self) -> tuple[int, int]:
-        """(succeeded, failed) of the first run so far."""
+    def progress(self) -> tuple[int, int, int]:
+        """(succeeded, failed, suppressed) of the first run so far."""
         done = self.done or {}
-        return sum(v[0] for v in done.values()), sum(v[1] for v in done.values())
+        return tuple(sum(v[i] for v in done.values()) for i in range(3))  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"company_id": self.company_id, "url": self.url, "sealed": self.sealed,
                                "key_id": self.key_id, "total": self.total, "queued": list(self.queued),
                                "pending": [p.to_dict() for p in self.pending]}
         if self.done is not None:
-            out["done"] = {str(b): list(v) for b, v in self.done.items()}
+            out["done"] = {str(b): list(v if v[2] else v[:2]) for b, v in self.done.items()}
         return out
 
     @classmethod
@@ -330,7 +343,8 @@ class CallbackQueue:
             company_id=int(raw["company_id"]), url=raw["url"], key_id=raw["key_id"], total=int(raw["total"]),
             sealed=raw.get("sealed"),  # absent in entries written before callback queries were sealed
             # Absent once the first run has completed: no more milestones.
-            done={int(b): (int(v[0]), int(v[1])) for b, v in raw["done"].items()} if "done" in raw else None,
+            done={int(b): (int(v[0]), int(v[1]), int(v[2]) if len(v) > 2 else 0) for b, v in raw["done"].items()}
+            if "done" in raw else None,
             queued=list(raw["queued"]),
             pending=[PendingCallback.from_dict(p) for p in raw["pending"]],
         )

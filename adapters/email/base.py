@@ -21,6 +21,9 @@ class OutgoingEmail:
     html: str
     message_id: str  # deterministic "<...@domain>"
     raw: bytes  # the complete message from compose_message
+    # Extra headers already in ``raw`` (e.g. List-Unsubscribe), for the providers whose API is given the parts
+    # instead of the raw message (SendGrid, Mailgun).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Outcome(enum.Enum):

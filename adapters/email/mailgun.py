@@ -66,6 +66,14 @@ class MailgunProvider(HttpEmailProvider):
                 ("v:offload-key", "%recipient.key%")]
         variables = {m.to_address: {"subject": m.subject, "text": m.text, "html": m.html, "key": m.key,
                                     "message_id": m.message_id} for m in messages}
+        # Per-learner headers (List-Unsubscribe) as h: fields whose values are recipient variables; every
+        # message of one call comes from one job, so they share the header names.
+        names = sorted({name for m in messages for name, _ in m.headers})
+        for number, name in enumerate(names):
+            out.append((f"h:{name}", f"%recipient.h{number}%"))
+        for m in messages:
+            values = dict(m.headers)
+            variables[m.to_address].update({f"h{number}": values.get(name, "") for number, name in enumerate(names)})
         out.append(("recipient-variables", json.dumps(variables)))
         return out
 

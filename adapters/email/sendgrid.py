@@ -81,7 +81,8 @@ class SendGridProvider(HttpEmailProvider):
         to: dict[str, str] = {"email": msg.to_address}
         if msg.to_name:
             to["name"] = msg.to_name
-        out: dict[str, Any] = {"to": [to], "subject": msg.subject, "headers": {"Message-ID": msg.message_id},
+        headers = {**dict(msg.headers), "Message-ID": msg.message_id}  # e.g. List-Unsubscribe, per learner
+        out: dict[str, Any] = {"to": [to], "subject": msg.subject, "headers": headers,
                                "custom_args": {"offload_key": msg.key}}
         if substitute:
             out["substitutions"] = {TEXT_TAG: msg.text, HTML_TAG: msg.html}

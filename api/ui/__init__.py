@@ -22,7 +22,7 @@ from aiohttp import web
 
 from api.errors import Handler
 from api.state import STATE
-from api.ui import actions, auth, live, pages
+from api.ui import actions, auth, live, pages, suppressions, template_pages
 from api.ui.sessions import Sessions
 from api.ui.state import UI_STATE, UiState
 from api.ui.views import HERE, PREFIX, templates
@@ -62,7 +62,7 @@ def setup(app: web.Application) -> None:
         templates=templates(),
         feeds=live.job_feeds(app[STATE]),
     )
-    for module in (auth, pages, actions, live):
+    for module in (auth, pages, actions, suppressions, live, template_pages):
         app.add_routes(module.routes)
     app.router.add_static(f"{PREFIX}/static", HERE / "static", append_version=False)
     app.on_response_prepare.append(_security_headers)

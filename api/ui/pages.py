@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from api.pauses import pause_of
 from api.state import STATE, ApiState
 from api.ui.state import int_param, render, require
 from api.ui.views import (
@@ -22,6 +23,7 @@ from api.ui.views import (
     job_view,
     safe_link,
 )
+from projections.jobs import FINISHED
 from schemas.events import CompanySettingsChanged
 
 routes = web.RouteTableDef()
@@ -37,7 +39,10 @@ async def load_job(state: ApiState, job_id: str) -> dict[str, Any] | None:
     row, errors = await state.store.job_with_errors(job_id)
     if row is None:
         return None
-    return job_view(row, errors, await state.store.was_requested(job_id, CANCELLED))
+    view = job_view(row, errors, await state.store.was_requested(job_id, CANCELLED))
+    view["pause"] = await pause_of(state.store, job_id)  # why it paused (figures), or that it was resumed
+    view["can_resume"] = bool(view["pause"] and view["pause"]["paused"]) and row["status"] not in FINISHED
+    return view
 
 
 async def load_history(state: ApiState, job_id: str, after: int = 0) -> list[dict[str, Any]]:
@@ -138,6 +143,7 @@ async def company_page(request: web.Request) -> web.Response:
     session = require(request)
     company_id = company_id_of(request)
     current, configured, changes = await load_company(request.app[STATE], company_id)
+    suppressions = await request.app[STATE].store.suppressions(company_id, limit=200)
     return render(request, "company.html", session, title=f"Company {company_id}", company_id=company_id,
                   current=current, configured=configured, changes=changes, problems=[],
-                  fields=SETTINGS_FIELDS)
+                  fields=SETTINGS_FIELDS, suppressions=suppressions)

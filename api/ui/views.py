@@ -24,11 +24,20 @@ NOTICES = {
     "retry_requested": ("ok", "Retry requested: the failed recipients will be sent again as a new run."),
     "cancel_requested": ("ok", "Cancel requested: recipients not yet served will not be sent."),
     "job_finished": ("error", "The job has already finished; it cannot be cancelled."),
+    "resume_requested": ("ok", "Resume requested: the waiting batches will be sent; nobody is sent twice."),
+    "job_not_paused": ("error", "Only a paused job can be resumed."),
     "job_not_finished": ("error", "Only a completed job can be retried."),
     "nothing_to_retry": ("error", "The job has no failed recipients to retry."),
     "settings_saved": ("ok", "Settings saved."),
+    "suppression_added": ("ok", "Learner added to the suppression list; it shows here once the projector applies it."),
+    "suppression_removed": ("ok", "Learner removed from the suppression list; it shows here once applied."),
+    "suppression_invalid": ("error", "Nothing was changed: give a learner id, a scope ('*', 'bulk' or a list id) "
+                                     "and a reason."),
     "settings_pending": ("ok", "Settings change sent; it appears here as soon as the projector applies it."),
     "signed_out": ("ok", "You are signed out."),
+    "template_published": ("ok", "Template published: jobs accepted from now on use the new version."),
+    "template_retired": ("ok", "Template retired: new jobs use the built-in template of this id."),
+    "template_unknown": ("error", "This company has published no template of this id."),
 }
 
 
@@ -65,7 +74,7 @@ def job_view(row: dict[str, Any], errors: list[dict[str, Any]], cancel_requested
     total = p["total"] or 0
     p["sent_pct"] = round(100.0 * p["sent"] / total, 2) if total else 0.0
     p["failed_pct"] = round(100.0 * p["failed"] / total, 2) if total else 0.0
-    p["done"] = p["sent"] + p["failed"]
+    p["done"] = p["sent"] + p["failed"] + p["suppressed"]
     # Asked for but not yet effective (the job ends as "cancelled" once the worker has stopped it).
     view["cancel_requested"] = cancel_requested and row["status"] not in FINISHED
     view["can_retry"] = row["status"] == JobStatus.COMPLETED and bool(row["failed"])  # as POST /api/v1/jobs/{id}/retry
@@ -80,6 +89,7 @@ def live(job: dict[str, Any]) -> dict[str, Any]:
     p = job["progress"]
     return {"status": job["status"], "cancel_requested": job["cancel_requested"], "can_retry": job["can_retry"],
             "can_cancel": job["can_cancel"], "total": p["total"], "sent": p["sent"], "failed": p["failed"],
+            "suppressed": p["suppressed"],
             "pending": p["pending"], "done": p["done"], "percent": p["percent"], "sent_pct": p["sent_pct"],
             "failed_pct": p["failed_pct"], "rate": p["rate_per_second"],
             "started": format_time(job["timestarted"]), "finished": format_time(job["timecompleted"]),
@@ -93,6 +103,8 @@ _SUMMARY_FIELDS = {
     "job.completed": ("run", "succeeded", "failed", "cancelled"),
     "job.cancelled": ("reason",),
     "job.retry-requested": ("only_retryable",),
+    "job.paused": ("reason",),
+    "job.resumed": ("reason",),
 }
 
 

@@ -16,6 +16,7 @@ import aiohttp
 
 from api.errors import ApiError
 from api.store import ReadStore
+from api.suppressions import suppression_for_report
 from api.webhooks.reports import Report
 from api.webhooks.signatures import Fetch, SnsVerifier, check_sns_url
 from config.settings import Settings
@@ -76,7 +77,7 @@ class WebhookService:
 
     async def publish(self, provider: str, reports: list[Report]) -> tuple[int, int]:
         """Publish the matched reports (acks=all); return (published, unmatched)."""
-        sends, unmatched = [], 0
+        sends, published, unmatched = [], 0, 0
         for report in reports:
             found = await self._match(report)
             if found is None:
@@ -94,8 +95,13 @@ class WebhookService:
                         detail=(report.detail or None) and str(report.detail)[:2000],
                         occurred_at=report.occurred_at, **extra)
             sends.append(await self.publisher.send(event))
+            published += 1
+            # A hard bounce or a complaint also puts the learner on the company's suppression list.
+            suppression = await suppression_for_report(self.store, event)
+            if suppression is not None:
+                sends.append(await self.publisher.send(suppression))
         await asyncio.gather(*sends)
-        return len(sends), unmatched
+        return published, unmatched
 
     async def _match(self, report: Report) -> tuple[str, int, str] | None:
         if report.message_id:

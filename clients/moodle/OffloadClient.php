@@ -73,10 +73,40 @@ final class OffloadClient
      * The job's callback_secret, if any, is dropped by the service; do not send one.
      * @param array<string,mixed> $job the original design's Job JSON
      */
-    public function submitJob(array $job): OffloadResponse
+    public function submitJob(array $job, ?array $content = null): OffloadResponse
     {
+        if ($content !== null) {
+            // A message Moodle composed itself: ['subject' => ..., 'html' => ..., 'text' => ...]. Rendered per
+            // learner in the service's sandbox ({{ firstname }} works; HTML is escaped), checked like a
+            // template (422 with every problem), at most 256 KiB for the three parts together.
+            $job['content'] = array_intersect_key($content, ['subject' => 1, 'html' => 1, 'text' => 1]);
+        }
         $body = json_encode($job, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR);
         return $this->request('POST', '/api/v1/jobs', $body);
+    }
+
+    /** The company's own email templates and the built-in template ids. */
+    public function templates(int $companyId): OffloadResponse
+    {
+        return $this->request('GET', '/api/v1/companies/' . $companyId . '/templates');
+    }
+
+    /**
+     * Publish a new version of the company's template $templateId (202 with its version; 422 with every
+     * problem, nothing published). Jobs of the company naming this id use it from then on.
+     * @param array<string,mixed> $draft subject, html, text, and optionally variables, sample_data, description
+     */
+    public function publishTemplate(int $companyId, string $templateId, array $draft): OffloadResponse
+    {
+        return $this->request('PUT', '/api/v1/companies/' . $companyId . '/templates/' . rawurlencode($templateId),
+            json_encode($draft, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR));
+    }
+
+    /** Check and render a draft without publishing it (200: valid, problems, rendered subject/html/text). */
+    public function previewTemplate(int $companyId, string $templateId, array $draft): OffloadResponse
+    {
+        return $this->request('POST', '/api/v1/companies/' . $companyId . '/templates/' . rawurlencode($templateId)
+            . '/preview', json_encode($draft, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR));
     }
 
     public function job(string $jobId): OffloadResponse
@@ -112,6 +142,42 @@ final class OffloadClient
     {
         return $this->request('PUT', '/api/v1/companies/' . $companyId . '/settings',
             json_encode($settings, JSON_THROW_ON_ERROR));
+    }
+
+    /** The company's suppression list (newest first) and its latest changes. */
+    public function suppressions(int $companyId): OffloadResponse
+    {
+        return $this->request('GET', '/api/v1/companies/' . $companyId . '/suppressions');
+    }
+
+    /** Put a learner on the list: $scope '*' every message, 'bulk' every bulk message, or one list id. */
+    public function addSuppression(int $companyId, int $userId, string $reason, string $scope = '*'): OffloadResponse
+    {
+        return $this->request('POST', '/api/v1/companies/' . $companyId . '/suppressions',
+            json_encode(['userid' => $userId, 'scope' => $scope, 'reason' => $reason], JSON_THROW_ON_ERROR));
+    }
+
+    public function removeSuppression(int $companyId, int $userId, string $reason, string $scope = '*'): OffloadResponse
+    {
+        return $this->request('DELETE', '/api/v1/companies/' . $companyId . '/suppressions/' . $userId,
+            json_encode(['scope' => $scope, 'reason' => $reason], JSON_THROW_ON_ERROR));
+    }
+
+    /**
+     * A verified callback body that says a learner unsubscribed (event "unsubscribed"): ['userid' => ...,
+     * 'list_id' => ..., 'company_id' => ...], or null for any other callback. Moodle then turns that list's
+     * message preference off for the user, e.g. set_user_preference('message_provider_<component>_<name>_enabled',
+     * 'none', $userid).
+     * @return array<string,mixed>|null
+     */
+    public static function unsubscribeFrom(string $body): ?array
+    {
+        $data = json_decode($body, true, 16, JSON_THROW_ON_ERROR);
+        if (!is_array($data) || ($data['event'] ?? '') !== 'unsubscribed') {
+            return null;
+        }
+        return ['userid' => (int) $data['userid'], 'list_id' => (string) $data['list_id'],
+                'company_id' => (int) $data['company_id']];
     }
 
     /**

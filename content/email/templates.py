@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ _TEMPLATE_ID = re.compile(r"[a-z0-9_-]{1,64}")
 # C0 controls, DEL and the C1 block, plus Unicode line/paragraph separators: none belongs in a subject line.
 _SUBJECT_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SPACES = re.compile(r" {2,}")
+_KEEP_COMPILED = 256
 
 
 class UnknownTemplate(LookupError):
@@ -35,14 +37,21 @@ class TemplateRenderError(ValueError):
         self.message = message
 
 
+class TemplateSecurityError(TemplateRenderError):
+    """The sandbox refused what the template tried (reaching Python internals, changing data)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EmailTemplate:
-    """The three sources of one email template, as read from ``<id>/subject.txt, body.txt, body.html``."""
+    """The three sources of one email template: read from ``<id>/subject.txt, body.txt, body.html``, published
+    by a company (content.email.sources) or carried inline by a job. Hashable: compiled forms are cached by it."""
 
     id: str
     subject: str
     text: str
     html: str
+    source: str = "builtin"  # "builtin" (a file), "company" (a published version) or "inline" (the job's own)
+    version: int | None = None  # of a company's published template
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,11 @@ class TemplateStore:
         self._dirs = [d for d in (extra_dir, BUILTIN_DIR) if d is not None]
         self._cache: dict[str, EmailTemplate] = {}
         self._lock = threading.Lock()
+
+    def ids(self) -> list[str]:
+        """Every template id this store can serve, sorted."""
+        return sorted({d.name for base in self._dirs if base.is_dir() for d in base.iterdir()
+                       if valid_template_id(d.name) and (d / "subject.txt").is_file()})
 
     def get(self, template_id: str) -> EmailTemplate:
         """The template called ``template_id``; raises :class:`UnknownTemplate` when there is none."""
@@ -114,14 +128,15 @@ class EmailRenderer:
         common: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "keep_trailing_newline": True}
         self._html_env = ImmutableSandboxedEnvironment(autoescape=True, **common)
         self._text_env = ImmutableSandboxedEnvironment(autoescape=False, **common)
-        self._compiled: dict[str, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = {}
+        self._compiled: OrderedDict[EmailTemplate, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = (
+            OrderedDict())
         self._lock = threading.Lock()
 
-    def _templates(self, template_id: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
-        compiled = self._compiled.get(template_id)
+    def _templates(self, source: EmailTemplate) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template]:
+        compiled = self._compiled.get(source)
         if compiled is not None:
             return compiled
-        source = self._store.get(template_id)
+        template_id = source.id
         try:
             compiled = (
                 self._text_env.from_string(source.subject),
@@ -133,14 +148,24 @@ class EmailRenderer:
                 f"template {template_id!r}: syntax error on line {exc.lineno}: {exc.message}"
             ) from None
         with self._lock:
-            self._compiled[template_id] = compiled
+            self._compiled[source] = compiled
+            # Inline content makes one entry per job: keep the most recent ones, not every job's.
+            while len(self._compiled) > _KEEP_COMPILED:
+                self._compiled.popitem(last=False)
         return compiled
 
     def render(
         self, template_id: str, recipient: Mapping[str, Any], template_data: Mapping[str, Any]
     ) -> RenderedEmail:
+        """Subject, text and HTML of the built-in template ``template_id`` for one recipient."""
+        return self.render_template(self._store.get(template_id), recipient, template_data)
+
+    def render_template(
+        self, source: EmailTemplate, recipient: Mapping[str, Any], template_data: Mapping[str, Any]
+    ) -> RenderedEmail:
         """Subject, text and HTML for one recipient; recipient fields win over template_data of the same name."""
-        subject_t, text_t, html_t = self._templates(template_id)
+        template_id = source.id
+        subject_t, text_t, html_t = self._templates(source)
         context = {**template_data, **recipient}
         try:
             return RenderedEmail(
@@ -148,6 +173,8 @@ class EmailRenderer:
                 text=text_t.render(context),
                 html=html_t.render(context),
             )
+        except jinja2.exceptions.SecurityError as exc:
+            raise TemplateSecurityError(f"template {template_id!r}: {exc.message or type(exc).__name__}") from None
         except jinja2.TemplateError as exc:
             # UndefinedError, SecurityError and the rest carry a short message of their own.
             raise TemplateRenderError(f"template {template_id!r}: {exc.message or type(exc).__name__}") from None

@@ -5,12 +5,20 @@ These classes are the one source of truth. ``python -m schemas.generate`` writes
 Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
 
 The modules hold one part of the story each (``jobs``, ``batches``, ``outcomes``, ``certificates``,
-``callbacks``, ``chunked``, ``company``, ``budget``, ``provider_health``, ``dead_letters``); ``registry`` lists
-every type.
-Import from here: ``from schemas.events import JobAccepted``.
+``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``, ``chunked``, ``pauses``, ``suppression``,
+``templates``; ``content``: what a job's email is made of); ``registry`` lists every type. Import from here:
+``from schemas.events import JobAccepted``.
 """
 
-from schemas.events.base import EmailProviderName, Event, JobType, Route, StorageProviderName, utcnow
+from schemas.events.base import (
+    EmailProviderName,
+    Event,
+    JobType,
+    MailCategory,
+    Route,
+    StorageProviderName,
+    utcnow,
+)
 from schemas.events.batches import (
     BatchCompleted,
     BatchDispatched,
@@ -23,6 +31,7 @@ from schemas.events.callbacks import CallbackDelivered, CallbackFailed, Callback
 from schemas.events.certificates import CertificateIssued
 from schemas.events.chunked import CHUNK_ORDER, JobCommitted, JobOpened, RecipientChunkReceived
 from schemas.events.company import CompanySettingsChanged
+from schemas.events.content import InlineContent, TemplateSource
 from schemas.events.dead_letters import DeadLettered
 from schemas.events.jobs import (
     SCOPED_SUFFIX,
@@ -48,8 +57,16 @@ from schemas.events.outcomes import (
     RecipientOutcome,
     RecipientSent,
 )
+from schemas.events.pauses import JobPaused, JobResumed
 from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
 from schemas.events.registry import BY_CE_TYPE, EVENT_TYPES
+from schemas.events.suppression import (
+    RecipientSuppressed,
+    RecipientUnsubscribed,
+    SuppressionAdded,
+    SuppressionRemoved,
+)
+from schemas.events.templates import TemplatePublished, TemplateRetired
 
 __all__ = [
     "BY_CE_TYPE",
@@ -68,6 +85,7 @@ __all__ = [
     "EmailProviderName",
     "Event",
     "FailedRecipient",
+    "InlineContent",
     "JobAccepted",
     "JobCancelled",
     "JobCommitted",
@@ -76,11 +94,14 @@ __all__ = [
     "JobId",
     "JobOpened",
     "JobOverBudget",
+    "JobPaused",
     "JobRejected",
     "JobRequested",
+    "JobResumed",
     "JobRetryRequested",
     "JobType",
     "JobWaitingForBudget",
+    "MailCategory",
     "Problem",
     "ProviderCircuitClosed",
     "ProviderCircuitOpened",
@@ -92,9 +113,16 @@ __all__ = [
     "RecipientFailed",
     "RecipientOutcome",
     "RecipientSent",
+    "RecipientSuppressed",
+    "RecipientUnsubscribed",
     "Route",
     "StorageProviderName",
+    "SuppressionAdded",
+    "SuppressionRemoved",
     "TemplateId",
+    "TemplatePublished",
+    "TemplateRetired",
+    "TemplateSource",
     "client_job_id",
     "scoped_job_id",
     "utcnow",

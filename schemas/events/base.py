@@ -11,6 +11,7 @@ JobType = Literal["email", "certificate"]
 Route = Literal["cloud", "local"]
 EmailProviderName = Literal["smtp", "ses", "sendgrid", "mailgun"]
 StorageProviderName = Literal["local", "s3", "r2"]
+MailCategory = Literal["bulk", "transactional"]  # bulk mail carries one-click unsubscribe (events/suppression.py)
 
 
 def utcnow() -> datetime:

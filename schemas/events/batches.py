@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events.base import Event, JobType, Route, utcnow
+from schemas.events.base import Event, JobType, MailCategory, Route, utcnow
+from schemas.events.content import InlineContent, TemplateSource
 from schemas.events.jobs import Recipient
 
 
@@ -36,6 +37,15 @@ class BatchDispatched(Event):
         description="(partition, offset) of the JobRequested in job-requests whose template_data this batch uses; "
                     "set, template_data is left empty: the job's data is written to the log once, not once per batch",
     )
+    template_source: TemplateSource | None = Field(
+        default=None, description="as on JobAccepted; None (older records): the built-in template")
+    template_version: int | None = Field(default=None, description="the company template version to render")
+    content: InlineContent | None = Field(
+        default=None, description="inline content; left empty when template_data_at is set (read from the request)")
+
+    category: MailCategory | None = Field(
+        default=None, description="bulk: one-click unsubscribe headers and the list's suppressions apply")
+    list_id: str | None = Field(default=None, description="bulk jobs: the unsubscribe list")
 
     def kafka_key(self) -> str:
         return f"{self.job_id}:{self.run}:{self.batch_no}"
@@ -79,6 +89,7 @@ class BatchCompleted(Event):
     sent_by: dict[str, int] = Field(default_factory=dict, description="succeeded learners by provider/backend")
     pacing: str | None = Field(default=None, description="what paced the batch, e.g. 'paced by SES max send rate 14/s'")
     completed_at: datetime = Field(default_factory=utcnow)
+    suppressed: int = Field(default=0, description="learners not sent: on the company's suppression list")
 
 
 class JobFellBackToLocal(Event):

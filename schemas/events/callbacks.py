@@ -9,7 +9,7 @@ from pydantic import Field
 
 from schemas.events.base import Event, utcnow
 
-CallbackName = Literal["started", "progress", "completed"]
+CallbackName = Literal["started", "progress", "completed", "unsubscribed"]
 
 
 class CallbackDelivered(Event):

@@ -9,7 +9,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from schemas.events.base import Event, JobType, Route, utcnow
+from schemas.events.base import Event, JobType, MailCategory, Route, utcnow
+from schemas.events.content import InlineContent, TemplateSource
 
 # No ":" (it separates the parts of batch keys) and nothing that could not name a storage object.
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -76,6 +77,15 @@ class JobRequested(Event):
     notify_template_id: TemplateId | None = Field(
         default=None, description="certificate jobs: email each learner a link to their certificate with this template"
     )
+    category: MailCategory | None = Field(
+        default=None, description="bulk (one-click unsubscribe, suppression lists) or transactional; unset: "
+                                  "certificate jobs and OFFLOAD_TRANSACTIONAL_TEMPLATES are transactional, "
+                                  "other email jobs bulk")
+    list_id: TemplateId | None = Field(
+        default=None, description="the list a learner unsubscribes from with this job's link; default: template_id")
+    content: InlineContent | None = Field(
+        default=None, description="email jobs: the message itself (subject, html, text) instead of a stored "
+                                  "template; template_id then only names it in reports")
 
 
 class Problem(BaseModel):
@@ -123,6 +133,13 @@ class JobAccepted(Event):
     )
     accepted_at: datetime = Field(default_factory=utcnow)
     callback_query_sealed: str | None = Field(default=None, description="as on JobRequested: never in clear")
+    category: MailCategory | None = Field(default=None, description="as decided by the route agent")
+    list_id: str | None = Field(default=None, description="bulk jobs: the unsubscribe list")
+    template_source: TemplateSource | None = Field(
+        default=None, description="email jobs: where the message comes from: the company's own template, the "
+                                  "built-in one of that id, or the job's inline content (None on older records)")
+    template_version: int | None = Field(
+        default=None, description="the company template version every batch and retry run of this job uses")
 
 
 class JobCompleted(Event):
@@ -141,6 +158,8 @@ class JobCompleted(Event):
         default=None, description="estimate of every run so far, from the settings' price table (OFFLOAD_PRICES)")
     currency: str | None = Field(default=None, description="of estimated_cost, e.g. USD")
     completed_at: datetime = Field(default_factory=utcnow)
+    suppressed: int = Field(default=0, description="learners not sent: on the suppression list (not in total's "
+                                                   "succeeded or failed)")
 
 
 class JobOverBudget(Event):

@@ -33,6 +33,8 @@ class RecipientSent(RecipientOutcome):
     message_id: str
     attempts: int
     sent_at: datetime = Field(default_factory=utcnow)
+    company_id: int | None = Field(default=None, description="the job's company: the delivery watch applies that "
+                                                              "company's pause thresholds")
 
 
 class RecipientFailed(RecipientOutcome):

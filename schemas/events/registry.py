@@ -30,7 +30,15 @@ from schemas.events.outcomes import (
     RecipientFailed,
     RecipientSent,
 )
+from schemas.events.pauses import JobPaused, JobResumed
 from schemas.events.provider_health import ProviderCircuitClosed, ProviderCircuitOpened
+from schemas.events.suppression import (
+    RecipientSuppressed,
+    RecipientUnsubscribed,
+    SuppressionAdded,
+    SuppressionRemoved,
+)
+from schemas.events.templates import TemplatePublished, TemplateRetired
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     JobRequested,
@@ -57,6 +65,14 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ProviderCircuitOpened,
     ProviderCircuitClosed,
     JobWaitingForBudget,
+    JobPaused,
+    JobResumed,
+    RecipientUnsubscribed,
+    SuppressionAdded,
+    SuppressionRemoved,
+    RecipientSuppressed,
+    TemplatePublished,
+    TemplateRetired,
     JobOpened,
     RecipientChunkReceived,
     JobCommitted,

@@ -14,11 +14,12 @@ import logging
 import faust
 
 from schemas.envelope import UndecodableRecord, decode
-from schemas.events import BatchCompleted, BatchDispatched, FailedRecipient, RecipientFailed
+from schemas.events import BatchCompleted, BatchDispatched, FailedRecipient, RecipientFailed, RecipientOutcome
 from streams.batchwork import BatchHandler, OutcomeRecorder
 from streams.context import StreamContext
 from streams.job_data import JobData
 from streams.state import BatchProgress
+from streams.suppressions import SuppressionList
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class BatchRunner:
         self.ctx = ctx
         self.handlers = handlers
         self.job_data = JobData(ctx.ledger)
+        self.suppressions = SuppressionList(ctx.suppressions)
 
     async def handle(self, message: faust.types.Message) -> None:
         try:
@@ -43,7 +45,8 @@ class BatchRunner:
             await self.ctx.dead_letter(message, f"no handler for {batch.type} batches", "process-batches")
             return
         if batch.template_data_at is not None:
-            batch = batch.model_copy(update={"template_data": await self.job_data.template_data(batch)})
+            data, content = await self.job_data.parts(batch)
+            batch = batch.model_copy(update={"template_data": data, "content": content or batch.content})
         key = batch.kafka_key()
         table = self.ctx.batch_progress
         stored = table.get(key)
@@ -53,8 +56,39 @@ class BatchRunner:
         if state is not None and state.stage == "done":
             failures = [FailedRecipient(userid=u, retryable=r) for u, r in state.failures]
             recorder.sent_by, recorder.pacing = dict(state.sent_by), state.pacing
+            recorder.suppressed = state.suppressed
             await self._complete(batch, recorder, failures, state.fell_back, source, succeeded=state.succeeded)
             return
+        if self.ctx.paused_jobs.get(batch.job_id) and not self.ctx.cancelled_jobs.get(batch.job_id):
+            # Neither sent nor failed: JobResumed (or a cancel) sends this batch again (track-progress).
+            log.info("batch %s waits: job %s is paused", key, batch.job_id)
+            return
+        recorded = await self._begin(batch, state, recorder)
+        remaining = [r for r in batch.recipients if r.userid not in recorded]
+        fell_back = False
+        if remaining and self.ctx.cancelled_jobs.get(batch.job_id):
+            for recipient in remaining:  # a retry may serve them later
+                await recorder.record(RecipientFailed(
+                    job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
+                    email=recipient.email, error="job cancelled before this batch ran", attempts=0, retryable=True,
+                ))
+        elif remaining:
+            # Learners on the company's suppression list get their outcome here and are not sent.
+            remaining = await self.suppressions.hold_back(batch, remaining, recorder)
+            if remaining:
+                fell_back = await handler.process(batch, remaining, recorder)
+        await recorder.flush()
+        table[key] = BatchProgress.done(recorder.succeeded, fell_back,
+                                        [(f.userid, f.retryable) for f in recorder.failures],
+                                        recorder.sent_by, recorder.pacing, recorder.suppressed).to_dict()
+        await self._complete(batch, recorder, recorder.failures, fell_back, source, succeeded=recorder.succeeded)
+
+
+    async def _begin(self, batch: BatchDispatched, state: BatchProgress | None,
+                     recorder: OutcomeRecorder) -> dict[int, RecipientOutcome]:
+        """The outcomes this batch recorded before a crash (counted into ``recorder``); on a first run none,
+        once it is durably noted where the batch's outcomes will start in the log."""
+        key = batch.kafka_key()
         if state is not None and state.stage == "started":
             assert state.partition is not None and state.offset is not None
             recorded = await self.ctx.ledger.recorded(
@@ -65,27 +99,12 @@ class BatchRunner:
                         len(recorded), len(batch.recipients))
             for outcome in recorded.values():
                 recorder.count(outcome)
-        else:
-            partition = self.ctx.publisher.partition_of("outcomes", batch.job_id.encode())
-            offset = await self.ctx.ledger.end_offset(partition)
-            table[key] = BatchProgress.started(partition, offset).to_dict()
-            await self.ctx.app.producer.flush()  # the note must be durable before anyone is served
-            recorded = {}
-        remaining = [r for r in batch.recipients if r.userid not in recorded]
-        fell_back = False
-        if remaining and self.ctx.cancelled_jobs.get(batch.job_id):
-            for recipient in remaining:  # a retry may serve them later
-                await recorder.record(RecipientFailed(
-                    job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
-                    email=recipient.email, error="job cancelled before this batch ran", attempts=0, retryable=True,
-                ))
-        elif remaining:
-            fell_back = await handler.process(batch, remaining, recorder)
-        await recorder.flush()
-        table[key] = BatchProgress.done(recorder.succeeded, fell_back,
-                                        [(f.userid, f.retryable) for f in recorder.failures],
-                                        recorder.sent_by, recorder.pacing).to_dict()
-        await self._complete(batch, recorder, recorder.failures, fell_back, source, succeeded=recorder.succeeded)
+            return recorded
+        partition = self.ctx.publisher.partition_of("outcomes", batch.job_id.encode())
+        offset = await self.ctx.ledger.end_offset(partition)
+        self.ctx.batch_progress[key] = BatchProgress.started(partition, offset).to_dict()
+        await self.ctx.app.producer.flush()  # the note must be durable before anyone is served
+        return {}
 
     async def _complete(self, batch: BatchDispatched, recorder: OutcomeRecorder, failures: list[FailedRecipient],
                         fell_back: bool, source: tuple[int, int], *, succeeded: int) -> None:
@@ -93,7 +112,8 @@ class BatchRunner:
             BatchCompleted(job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
                            batch_count=batch.batch_count, succeeded=succeeded, failed=len(failures),
                            fell_back=fell_back, failures=failures, source_partition=source[0],
-                           source_offset=source[1], sent_by=recorder.sent_by, pacing=recorder.pacing)
+                           source_offset=source[1], sent_by=recorder.sent_by, pacing=recorder.pacing,
+                           suppressed=recorder.suppressed)
         )
 
 
@@ -112,7 +132,8 @@ def register(app: faust.App, ctx: StreamContext) -> None:
     # One SMTP pool per worker, shared by email and certificate mail.
     providers = EmailProviders(ctx.settings, share=share_of_batches)
     ctx.add_service(providers)
-    mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp)
+    mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp,
+                               providers.dkim)
     handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx, providers),
                                          "certificate": CertificateBatchHandler.build(ctx, mailer)}
     runner = BatchRunner(ctx, handlers)

@@ -24,7 +24,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from adapters.callbacks import Attempt, CallbackSender, callback_body
+from adapters.callbacks import Attempt, CallbackSender, callback_body, unsubscribe_body
 from eventlog.publisher import partition_for
 from resilience.backoff import backoff
 from schemas.envelope import UndecodableRecord, decode
@@ -36,6 +36,7 @@ from schemas.events import (
     JobCompleted,
     client_job_id,
 )
+from schemas.events.suppression import RecipientUnsubscribed
 from security.callback_urls import SealedQueryError, open_query
 from streams.context import BatchProgressTable, StreamContext
 from streams.state import CallbackQueue, PendingCallback
@@ -93,16 +94,17 @@ class CallbackScheduler:
             state = self._state(event.job_id)
             if state is None or event.run != 0 or state.done is None:
                 return  # no callback URL, or a retry run (its milestones are not meaningful), or finished
-            state.done.setdefault(event.batch_no, (event.succeeded, event.failed))
-            succeeded, failed = state.progress()
-            percent = (succeeded + failed) * 100 // state.total if state.total else 100
+            state.done.setdefault(event.batch_no, (event.succeeded, event.failed, event.suppressed))
+            succeeded, failed, suppressed = state.progress()
+            percent = (succeeded + failed + suppressed) * 100 // state.total if state.total else 100
             crossed = [m for m in sorted(self.settings.callback_milestones)
                        if m <= percent and f"progress-{m}" not in state.queued]
             if crossed:
                 state.queued.extend(f"progress-{m}" for m in crossed[:-1])
                 if percent < 100:  # at 100 % the completed callback says it all
                     self._queue(state, event.job_id, f"progress-{crossed[-1]}", "running", run=0,
-                                succeeded=succeeded, failed=failed, milestone=crossed[-1], at=event.completed_at)
+                                succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=crossed[-1],
+                                at=event.completed_at)
                 else:
                     state.queued.append(f"progress-{crossed[-1]}")
             self._save(event.job_id, state)
@@ -113,13 +115,29 @@ class CallbackScheduler:
             name = "completed" if event.run == 0 else f"completed-run{event.run}"
             status = "cancelled" if event.cancelled else "completed"
             self._queue(state, event.job_id, name, status, run=event.run, succeeded=event.succeeded,
-                        failed=event.failed, total=event.total, at=event.completed_at)
+                        failed=event.failed, suppressed=event.suppressed, total=event.total, at=event.completed_at)
             if event.run == 0:
                 state.done = None  # no more milestones: keep the entry small
             self._save(event.job_id, state)
 
+    def queue_unsubscribe(self, event: RecipientUnsubscribed, url: str) -> None:
+        """Queue the callback that tells Moodle a learner unsubscribed. It is delivered, retried and recorded like a
+        job's callbacks, under its own key (``unsubscribe:company:userid:list:time``) in place of a job id."""
+        key = f"unsubscribe:{event.subject()}:{int(event.unsubscribed_at.timestamp() * 1000)}"
+        if self.table.get(key) is not None:
+            return  # the event read again after a crash: queued already
+        now = time.time()
+        body = unsubscribe_body(callback_id=key, company_id=event.company_id, userid=event.userid,
+                                list_id=event.list_id, method=event.method, at=event.unsubscribed_at)
+        state = CallbackQueue(company_id=event.company_id, url=url, key_id=None, total=0, done=None,
+                              queued=["unsubscribed"],
+                              pending=[PendingCallback(callback_id=key, event="unsubscribed", run=0, milestone=None,
+                                                       body=body.decode(), attempt=0, first_at=now, next_at=now)])
+        self._save(key, state)
+
     def _queue(self, state: CallbackQueue, job_id: str, name: str, status: str, *, run: int, succeeded: int,
-               failed: int, at: datetime, milestone: int | None = None, total: int | None = None) -> None:
+               failed: int, at: datetime, milestone: int | None = None, total: int | None = None,
+               suppressed: int = 0) -> None:
         if name in state.queued:
             return
         event = name.split("-")[0]
@@ -128,7 +146,7 @@ class CallbackScheduler:
         body = callback_body(callback_id=callback_id, job_id=client_job_id(job_id, state.company_id),
                              company_id=state.company_id, event=event,
                              status=status, run=run, total=state.total if total is None else total,
-                             succeeded=succeeded, failed=failed, milestone=milestone, at=at)
+                             succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=milestone, at=at)
         now = time.time()
         state.queued.append(name)
         state.pending.append(PendingCallback(callback_id=callback_id, event=event, run=run, milestone=milestone,
@@ -235,6 +253,10 @@ class CallbackScheduler:
             state.pending.pop(0)
         else:
             state.pending[0] = replace(state.pending[0], attempt=attempt_no, next_at=next_at)
+        if not state.pending and job_id.startswith("unsubscribe:"):  # one callback each: forget it once done
+            del self.table[job_id]
+            self._with_pending.discard(job_id)
+            return
         self._save(job_id, state)
 
     async def stop(self) -> None:
@@ -243,7 +265,7 @@ class CallbackScheduler:
         await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
 
 
-def register(app: faust.App, ctx: StreamContext) -> None:
+def register(app: faust.App, ctx: StreamContext) -> CallbackScheduler:
     table = app.tables.add(CallbacksTable(
         app, name=TABLE, beacon=app.tables.beacon, partitions=ctx.settings.job_partitions, default=None))
     sender = CallbackSender(ctx.settings)
@@ -270,3 +292,5 @@ def register(app: faust.App, ctx: StreamContext) -> None:
         if app.rebalancing or app.in_recovery:
             return  # the table may be half-recovered; the next tick will do
         scheduler.tick()
+
+    return scheduler

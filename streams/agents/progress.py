@@ -22,6 +22,8 @@ from schemas.events import (
     JobAccepted,
     JobCancelled,
     JobCompleted,
+    JobPaused,
+    JobResumed,
     JobRetryRequested,
     Recipient,
 )
@@ -43,9 +45,13 @@ class ProgressTracker:
         except UndecodableRecord as exc:
             await self.ctx.dead_letter(message, str(exc), "track-progress")
             return
-        if not isinstance(event, JobAccepted | BatchCompleted | BatchesDispatched | JobCancelled | JobRetryRequested):
+        if not isinstance(event, JobAccepted | BatchCompleted | BatchesDispatched | JobCancelled | JobRetryRequested
+                          | JobPaused | JobResumed):
             return
         state = self._state(event.job_id)
+        if isinstance(event, JobPaused | JobResumed):
+            await self._pause_or_resume(event, state)
+            return
         if isinstance(event, BatchesDispatched):
             state.locations[event.run] = [(partition, offset) for partition, offset in event.locations]
             self._save(event.job_id, state)
@@ -57,7 +63,7 @@ class ProgressTracker:
             await self._advance(event.job_id, state, run=0)
         elif isinstance(event, BatchCompleted):
             first_report = state.record_batch(event.run, event.batch_no, event.batch_count, event.succeeded,
-                                              event.failed, event.sent_by)
+                                              event.failed, event.sent_by, event.suppressed)
             if first_report and event.failures:
                 self.ctx.job_failures[failures_key(event.job_id, event.run, event.batch_no)] = BatchFailures(
                     event.source_partition, event.source_offset,
@@ -69,12 +75,40 @@ class ProgressTracker:
             self.ctx.cancelled_jobs[event.job_id] = True
             self._save(event.job_id, state)
             log.info("job %s cancelled by %s", event.job_id, event.requested_by)
+            if self.ctx.paused_jobs.get(event.job_id):  # the batches held back now fail as cancelled
+                self.ctx.paused_jobs.pop(event.job_id, None)
+                await self._send_unfinished_again(event.job_id, state)
         elif not state.runs:
             log.warning("retry of unknown job %s ignored", event.job_id)
         else:
             # Kept until every run has completed, so a retry asked for mid-run serves that run's failures too.
             state.retry_pending = event.only_retryable
             await self._advance(event.job_id, state, run=None)
+
+    async def _pause_or_resume(self, event: JobPaused | JobResumed, state: JobProgress) -> None:
+        if isinstance(event, JobPaused):
+            if not state.all_runs_completed():
+                self.ctx.paused_jobs[event.job_id] = True
+                log.warning("job %s paused, its batches wait: %s", event.job_id, event.reason)
+            return
+        if not self.ctx.paused_jobs.get(event.job_id):
+            log.info("resume of job %s ignored: it is not paused", event.job_id)
+            return
+        # Another worker may still see the job paused (its copy of the global table lags by the changelog) and hold
+        # a batch sent again here once more: the stall sweeper sends it again once the job makes no progress.
+        self.ctx.paused_jobs.pop(event.job_id, None)
+        log.info("job %s resumed by %s", event.job_id, event.requested_by)
+        await self._send_unfinished_again(event.job_id, state)
+        self._save(event.job_id, state)
+
+    async def _send_unfinished_again(self, job_id: str, state: JobProgress) -> None:
+        """Every batch of an unfinished run not yet reported done, sent again from where it lies in the log
+        (safe: a batch already done only repeats its BatchCompleted, one half done resumes from its outcomes)."""
+        for run in state.runs:
+            if run in state.completed_runs:
+                continue
+            for _, partition, offset in state.unfinished_batches(run):
+                await self.ctx.publisher.send_and_wait(await self.ctx.ledger.fetch("batches", partition, offset))
 
     def _state(self, job_id: str) -> JobProgress:
         current = self.ctx.job_progress.get(job_id)
@@ -92,9 +126,10 @@ class ProgressTracker:
     async def _advance(self, job_id: str, state: JobProgress, run: int | None) -> None:
         totals = state.run_totals(run) if run is not None else None
         if run is not None and totals is not None:
-            succeeded, failed = totals
+            succeeded, failed, suppressed = totals
             await self.ctx.publisher.send_and_wait(JobCompleted(
-                job_id=job_id, run=run, total=succeeded + failed, succeeded=succeeded, failed=failed,
+                job_id=job_id, run=run, total=succeeded + failed + suppressed, succeeded=succeeded, failed=failed,
+                suppressed=suppressed,
                 cancelled=state.cancelled, estimated_cost=job_cost(self.ctx.settings, state),
                 currency=self.ctx.settings.currency,
             ))
@@ -142,7 +177,10 @@ class ProgressTracker:
                 company_id=source.company_id, route=source.route, provider=source.provider,
                 template_id=source.template_id, template_data=source.template_data,
                 template_data_at=source.template_data_at, recipients=chunk,
-                notify_template_id=source.notify_template_id,
+                notify_template_id=source.notify_template_id, category=source.category, list_id=source.list_id,
+                # The run serves the same message as the first: the template chosen when the job was accepted.
+                template_source=source.template_source, template_version=source.template_version,
+                content=source.content,
             )
             for number, chunk in enumerate(chunks)
         )
@@ -171,7 +209,7 @@ class StallSweeper:
                 continue
             state = JobProgress.from_dict(stored)
             touched = state.touched if state.touched is not None else now
-            if state.cancelled or now - touched < after:
+            if state.cancelled or self.ctx.paused_jobs.get(job_id) or now - touched < after:
                 continue
             for run in state.runs:
                 if run in state.completed_runs or now - self._last.get((job_id, run), 0) < after:

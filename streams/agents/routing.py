@@ -33,6 +33,8 @@ from streams.context import StreamContext
 from streams.cost import cost_of
 from streams.learners import Learners, ListedLearners
 from streams.routing import RouteDecision, decide_route
+from streams.suppressions import mail_category
+from streams.templates import ResolvedTemplate
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +69,36 @@ class JobRouter:
             log.info("job %s already %s; repeated request ignored", job_id, self.ctx.known_jobs[job_id])
             return
         problems = list(intake.problems)
+        resolved = None
         if intake.job is not None:
             too_large = template_data_problem(intake.job.template_data, self.ctx.settings.template_data_max_bytes)
+            # Chosen once, here: every batch and retry run of the job renders this template (streams.templates).
+            resolved = self.ctx.company_templates.for_job(intake.job)
             # A template that cannot work for anyone rejects the job here, not every learner one by one later.
             problems += [too_large] if too_large else [
-                p.as_problem() for p in job_template_problems(intake.job, self.ctx.settings)]
+                p.as_problem() for p in job_template_problems(
+                    intake.job, self.ctx.settings,
+                    email_template=resolved.template if resolved and resolved.source == "company" else None)]
         if intake.job is None or problems:
             await self.ctx.publisher.send_and_wait(
                 JobRejected(job_id=job_id, company_id=intake.company_id, problems=problems)
             )
             self.ctx.known_jobs[job_id] = "rejected"
             return
-        accepted = await self._accept(intake.job, intake.duplicates_removed, (message.partition, message.offset))
+        accepted = await self._accept(intake.job, intake.duplicates_removed, (message.partition, message.offset),
+                                      resolved)
         self.ctx.known_jobs[job_id] = "accepted" if accepted else "waiting"
 
     async def reroute(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int],
                       wait: BudgetWait) -> bool:
-        """A job waiting for its budget, routed again with the settings as they are now (the budget timer)."""
-        return await self._accept(job, duplicates_removed, requested_at, wait)
+        """A job waiting for its budget, routed again with the settings as they are now (the budget timer).
+        Its template is chosen now, when it is accepted: the company's latest version, as for a new job."""
+        resolved = self.ctx.company_templates.for_job(job)
+        return await self._accept(job, duplicates_removed, requested_at, resolved, wait)
 
     async def _accept(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int],
-                      waited: BudgetWait | None = None, *, learners: Learners | None = None) -> bool:
+                      resolved: ResolvedTemplate | None, waited: BudgetWait | None = None, *,
+                      learners: Learners | None = None) -> bool:
         """Route and dispatch the job; False when it waits for its monthly budget (nothing dispatched).
 
         Batches refer to the job request's place in job-requests (kept forever) for template_data instead of
@@ -120,6 +131,9 @@ class JobRouter:
                     cost_of(settings, {decision.provider: total}), 4)
         size = settings.job_batch_size
         count = batch_count(total, size)
+        category, list_id = mail_category(job, settings)
+        source = resolved.source if resolved else ("builtin" if job.type == "email" else None)
+        version = resolved.version if resolved else None
         # Awaited before any batch exists, so progress never sees a batch of a job it does not know yet.
         await self.ctx.publisher.send_and_wait(
             JobAccepted(
@@ -138,6 +152,10 @@ class JobRouter:
                 callback_query_sealed=job.callback_query_sealed,
                 createdby=job.createdby,
                 callback_key_id=job.callback_key_id,
+                category=category,
+                list_id=list_id,
+                template_source=source,
+                template_version=version,
             )
         )
         # Produced as the batches are cut, without waiting for each ack; all acks are awaited at the end.
@@ -154,17 +172,23 @@ class JobRouter:
                 route=decision.route,
                 provider=decision.provider,
                 template_id=job.template_id,
-                template_data_at=requested_at if job.template_data else None,
+                # Inline content is read from the request too: one copy in the log, not one per batch.
+                template_data_at=requested_at if job.template_data or job.content else None,
                 recipients=chunk,
                 notify_template_id=job.notify_template_id,
+                category=category,
+                list_id=list_id,
+                template_source=source,
+                template_version=version,
             )))
             number += 1
         assert number == count, f"job {job.job_id}: cut {number} batches, expected {count}"
         await self.ctx.publisher.flush()
         locations = [(m.partition, m.offset) for m in await asyncio.gather(*sending)]
         await self.ctx.publisher.send_and_wait(BatchesDispatched(job_id=job.job_id, run=0, locations=locations))
-        log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches", job.job_id, decision.route,
-                 decision.provider, decision.reason, total, count)
+        log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches, template %s (%s%s)", job.job_id,
+                 decision.route, decision.provider, decision.reason, total, count, job.template_id,
+                 source, f" v{version}" if version else "")
         return True
 
     async def _within_budget(self, job: JobRequested, company: CompanySettingsChanged | None,
@@ -222,7 +246,8 @@ def register(app: faust.App, ctx: StreamContext) -> None:
     ctx.add_service(reader)
     router.chunked = chunked_jobs.ChunkedJobs(
         ctx, chunked_jobs.make_table(app, ctx.settings.job_partitions), reader,
-        lambda job, repeats, where, learners: router._accept(job, repeats, where, learners=learners))
+        lambda job, repeats, where, resolved, learners: router._accept(job, repeats, where, resolved,
+                                                                        learners=learners))
     budget_wait.register(app, ctx, waits, router.reroute)
 
     # concurrency=1: with more, faust-streaming can commit past an in-flight message (#606).

@@ -10,10 +10,12 @@ import socket
 from adapters.email.base import EmailProvider, OutgoingEmail
 from adapters.email.breaker import CircuitChange
 from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
+from adapters.email.dkim import DkimSigners, DkimSigningProvider
 from adapters.email.pacing import PacedProvider
 from config.settings import Settings
 from content.email import (
     EmailRenderer,
+    EmailTemplate,
     TemplateRenderError,
     TemplateStore,
     UnknownTemplate,
@@ -31,9 +33,11 @@ from schemas.events import (
     RecipientFailed,
     RecipientSent,
 )
+from security.unsubscribe import list_unsubscribe_headers
 from streams.batchwork import OutcomeRecorder
 from streams.context import StreamContext
 from streams.handlers.email_providers import EmailProviders
+from streams.templates import CompanyTemplates, TemplateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +67,38 @@ def circuit_event(change: CircuitChange) -> Event:
                                  worker=WORKER, reason=change.reason, open_seconds=change.open_seconds or 0.0)
 
 
-def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, template_id: str,
+def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, template_id: str | EmailTemplate,
                   template_data: dict, recipient: Recipient, fields: dict | None = None,
-                  message_scope: str | None = None) -> OutgoingEmail:
+                  message_scope: str | None = None, headers: dict[str, str] | None = None) -> OutgoingEmail:
     """One learner's message, rendered and composed; its Message-ID is derived from job (or scope) and learner.
 
+    ``template_id``: a built-in template's id, or the template itself (a company's version, inline content).
     Raises TemplateRenderError / UnknownTemplate when the template cannot render for this learner.
     """
-    rendered = renderer.render(template_id, {**recipient.template_fields(), **(fields or {})}, template_data)
+    learner = {**recipient.template_fields(), **(fields or {})}
+    if isinstance(template_id, EmailTemplate):
+        rendered = renderer.render_template(template_id, learner, template_data)
+    else:
+        rendered = renderer.render(template_id, learner, template_data)
     message_id = message_id_for(message_scope or job_id, recipient.userid, settings.message_id_domain,
                                 key=settings.message_id_key())
     raw = compose_message(rendered, from_address=settings.mail_from, from_name=settings.mail_from_name,
                           to_address=recipient.email, to_name=recipient.full_name, message_id=message_id,
-                          headers={"X-Offload-Job": job_id})
+                          headers={"X-Offload-Job": job_id, **(headers or {})})
     return OutgoingEmail(key=str(recipient.userid), to_address=recipient.email, to_name=recipient.full_name,
                          subject=rendered.subject, text=rendered.text, html=rendered.html, message_id=message_id,
-                         raw=raw)
+                         raw=raw, headers=tuple((headers or {}).items()))
 
 
 class CertificateMailer:
     """Emails a learner the link to the certificate just issued to them, over the local SMTP relay."""
 
-    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: EmailProvider) -> None:
+    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: EmailProvider,
+                 dkim: DkimSigners | None = None) -> None:
         self.settings = settings
         self.renderer = renderer
         self.smtp = smtp
+        self.dkim = dkim
         self.policy = retry_policy(settings)
 
     async def send(self, batch: BatchDispatched, recipient: Recipient, *, certificate_url: str,
@@ -104,23 +115,34 @@ class CertificateMailer:
                                     recipient=recipient, fields=fields, message_scope=f"{batch.job_id}/certificate")
         except (TemplateRenderError, UnknownTemplate) as exc:
             return None, f"template error: {exc}"
-        report = await deliver([message], primary=self.smtp, fallback=None, policy=self.policy)
+        signer = self.dkim.for_company(batch.company_id) if self.dkim else None
+        smtp = DkimSigningProvider(self.smtp, signer) if signer else self.smtp
+        report = await deliver([message], primary=smtp, fallback=None, policy=self.policy)
         result = report.results[0]
         return (message.message_id, None) if result.sent else (None, result.error or "not sent")
 
 
 class EmailBatchHandler:
-    def __init__(self, settings: Settings, renderer: EmailRenderer, providers: EmailProviders) -> None:
+    def __init__(self, settings: Settings, renderer: EmailRenderer, providers: EmailProviders,
+                 templates: CompanyTemplates) -> None:
         self.settings = settings
         self.renderer = renderer
         self.providers = providers
+        self.templates = templates
         self.policy = retry_policy(settings)
 
     @classmethod
     def build(cls, ctx: StreamContext, providers: EmailProviders) -> EmailBatchHandler:
-        return cls(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers)
+        return cls(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers,
+                   ctx.company_templates)
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        template = await self.templates.wait_for_batch(batch)
+        if isinstance(template, TemplateUnavailable):
+            for recipient in recipients:
+                await recorder.record(self._failed(batch, recipient, template.error, attempts=0,
+                                                   retryable=template.retryable))
+            return False
         by_key: dict[str, Recipient] = {}
         message_ids: dict[str, str] = {}
         primary, fallback = self.providers.for_batch(batch)
@@ -134,7 +156,7 @@ class EmailBatchHandler:
                     job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
                     email=recipient.email, provider=result.provider,
                     provider_message_id=result.provider_message_id, message_id=message_ids[result.key],
-                    attempts=result.attempts,
+                    attempts=result.attempts, company_id=batch.company_id,
                 ))
             else:
                 await recorder.record(self._failed(batch, recipient, result.error or "failed",
@@ -151,7 +173,7 @@ class EmailBatchHandler:
                 error = f"unusable address: {problem}" if problem else None
                 if error is None:
                     try:
-                        message = self._compose(batch, recipient)
+                        message = self._compose(batch, recipient, template)
                     except (TemplateRenderError, UnknownTemplate) as exc:
                         error = f"template error: {exc}"
                 if error is not None:
@@ -179,9 +201,15 @@ class EmailBatchHandler:
             ))
         return bool(fell_back)
 
-    def _compose(self, batch: BatchDispatched, recipient: Recipient) -> OutgoingEmail:
-        return compose_email(self.settings, self.renderer, job_id=batch.job_id, template_id=batch.template_id,
-                             template_data=batch.template_data, recipient=recipient)
+    def _compose(self, batch: BatchDispatched, recipient: Recipient, template: EmailTemplate) -> OutgoingEmail:
+        headers = None
+        if batch.category == "bulk" and batch.list_id:  # RFC 8058 one-click unsubscribe on every bulk message
+            headers = list_unsubscribe_headers(
+                self.settings.unsubscribe_key(),
+                base_url=self.settings.unsubscribe_url_base(), mailto=self.settings.unsubscribe_mailto,
+                company_id=batch.company_id, userid=recipient.userid, list_id=batch.list_id)
+        return compose_email(self.settings, self.renderer, job_id=batch.job_id, template_id=template,
+                             template_data=batch.template_data, recipient=recipient, headers=headers)
 
     @staticmethod
     def _failed(batch: BatchDispatched, recipient: Recipient, error: str, *, attempts: int, retryable: bool,

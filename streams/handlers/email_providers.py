@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 from adapters.email.base import EmailProvider, OnEachResult, OutgoingEmail, ProviderUnavailable, SendResult
 from adapters.email.breaker import BreakerPolicy, Breakers, CircuitBreaker, ProviderAccount, account_label
+from adapters.email.dkim import DkimSigners, DkimSigningProvider
+from adapters.email.dkim_dns import check_published, dns_txt_lookup
 from adapters.email.mailgun import MailgunProvider
 from adapters.email.pacing import PacedProvider, RateLimiter
 from adapters.email.quota import DailyQuota
@@ -102,6 +104,12 @@ class EmailProviders:
             "mailgun": ProviderAccount("mailgun", "default", "global"),
         }
         self._quota_task: asyncio.Task[None] | None = None
+        self._dkim_check: asyncio.Task[dict[str, str | None]] | None = None
+        # DKIM keys of the SMTP route (the cloud providers sign for themselves); production refuses a bad key.
+        self.dkim = DkimSigners(settings.dkim_keys, strict=settings.environment == "production")
+        for name in self.dkim.misaligned(settings.mail_from):
+            log.warning("DKIM key %s is not aligned with the From address %s: DMARC will not pass", name,
+                        settings.mail_from)
 
     def breaker_for(self, batch: BatchDispatched) -> CircuitBreaker | None:
         """The breaker guarding a cloud batch's provider account (local batches have none)."""
@@ -140,7 +148,9 @@ class EmailProviders:
         company = self.company_limiter(company_id)
         # SMTP's 45x replies concern one recipient or session (greylisting, a busy mailbox), not an account
         # rate: delivery's back-off handles them and the limiters keep their rate.
-        return PacedProvider(provider, [*limiters, *([company] if company else [])],
+        signer = self.dkim.for_company(company_id) if provider.name == "smtp" else None
+        inner = DkimSigningProvider(provider, signer) if signer else provider
+        return PacedProvider(inner, [*limiters, *([company] if company else [])],
                              learn_from_throttling=provider.name != "smtp",
                              quota=self.ses_daily_quota if provider.name == "ses" else None,
                              before_each_call=self.take_share)
@@ -205,13 +215,18 @@ class EmailProviders:
             log.warning("the local relay is unavailable at start-up (%s): batches will wait for it", exc)
         for provider in self.cloud.values():
             await provider.start()
+        if self.settings.dkim_dns_check and self.settings.dkim_keys and self._dkim_check is None:
+            # In the background (DNS may be slow or absent): it warns in the log, signing goes on regardless.
+            self._dkim_check = asyncio.create_task(check_published(
+                self.settings.dkim_keys, dns_txt_lookup(self.settings.dkim_dns_timeout)), name="dkim-dns-check")
         if self._quota_task is None:
             self._quota_task = asyncio.create_task(self._refresh_ses_quota(), name="ses-quota")
 
     async def stop(self) -> None:
-        task, self._quota_task = self._quota_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for task in (self._quota_task, self._dkim_check):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._quota_task = self._dkim_check = None
         for provider in (*self.cloud.values(), self.smtp):
             await provider.stop()

@@ -67,7 +67,7 @@ def test_a_signed_job_goes_through_once_and_only_its_company_can_follow_it(
 
         done = wait_for(completed, timeout=90, what="the job to complete, read through the API")
         assert done["progress"] | {"rate_per_second": 0} == {
-            "total": 20, "sent": 19, "failed": 1, "pending": 0, "percent": 100.0, "rate_per_second": 0,
+            "total": 20, "sent": 19, "failed": 1, "suppressed": 0, "pending": 0, "percent": 100.0, "rate_per_second": 0,
             "batches": {"total": 1, "done": 1}, "duplicates_removed": 0}, done["errors"]
         assert (done["route"], done["provider"]) == ("local", "smtp")
         assert "company 7 has no cloud settings" in done["reason"]

@@ -112,7 +112,7 @@ def test_callbacks_are_signed_retried_while_moodle_is_down_and_survive_a_worker_
     milestones = [b["milestone"] for b in delivered if b["event"] == "progress"]
     assert milestones and milestones == sorted(set(milestones)) and set(milestones) <= {25, 50, 75}
     assert delivered[0]["percent"] == 0 and delivered[0]["totals"]["total"] == 100
-    assert delivered[-1]["totals"] == {"total": 100, "succeeded": 100, "failed": 0, "pending": 0}
+    assert delivered[-1]["totals"] == {"total": 100, "succeeded": 100, "failed": 0, "suppressed": 0, "pending": 0}
     assert delivered[-1]["percent"] == 100 and delivered[-1]["status"] == "completed"
     assert all(b["job_id"] == "cb-job-1" and b["company_id"] == 7 for b in delivered)
     assert {r.headers["X-Offload-Key-Id"] for r in moodle.received} == {KEY_ID}

@@ -285,6 +285,7 @@ def test_ui_refuses_strangers_wrong_keys_and_forged_posts(ui_stack, job_factory)
         text = admin.get("/metrics").raw.decode()
         return text if worker_lag in text else None
 
+    wait_for_job(settings, "ui-forged")  # completed in the read model before the counts below are read
     metrics = wait_for(scrape, timeout=30, what="the worker's consumer lag in /metrics")
     assert 'offload_jobs{status="completed",type="email"} 1' in metrics
     # prometheus_client writes labels in sorted order (their order carries no meaning in the format).

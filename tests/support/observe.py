@@ -131,6 +131,7 @@ READ_MODEL_TABLES = {
     "job_runs": ("job_id, run", set()),
     "company_cloud_settings": ("company_id", set()),
     "audit_log": ('topic, partition, "offset"', {"id"}),
+    "suppressions": ("company_id, userid, scope", set()),
 }
 
 

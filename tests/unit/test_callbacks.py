@@ -86,12 +86,18 @@ def test_the_body_says_what_happened_without_secrets_or_learners():
     body = json.loads(BODY)
     assert body == {"callback_id": "j:0:completed", "job_id": "j", "company_id": 7, "event": "completed",
                     "status": "completed", "run": 0, "milestone": None,
-                    "totals": {"total": 10, "succeeded": 9, "failed": 1, "pending": 0}, "percent": 100,
+                    "totals": {"total": 10, "succeeded": 9, "failed": 1, "suppressed": 0, "pending": 0},
+                    "percent": 100,
                     "timestamp": "2026-01-01T00:00:00+00:00"}
     progress = json.loads(callback_body(callback_id="j:0:progress-50", job_id="j", company_id=7, event="progress",
                                         status="running", run=0, total=200, succeeded=101, failed=2, milestone=50,
                                         at=datetime(2026, 1, 1, tzinfo=UTC)))
     assert (progress["percent"], progress["totals"]["pending"]) == (51, 97)
+    # Learners on the suppression list are done too (not sent, not failed): a finished job has nobody pending.
+    held = json.loads(callback_body(callback_id="j:0:completed", job_id="j", company_id=7, event="completed",
+                                    status="completed", run=0, total=10, succeeded=7, failed=1, suppressed=2,
+                                    milestone=None, at=datetime(2026, 1, 1, tzinfo=UTC)))
+    assert held["totals"] == {"total": 10, "succeeded": 7, "failed": 1, "suppressed": 2, "pending": 0}
 
 
 # --- keys -----------------------------------------------------------------------------------------------------

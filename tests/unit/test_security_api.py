@@ -271,7 +271,7 @@ def test_a_callback_query_is_sealed_bound_to_its_job_and_opened_back_to_the_full
 
 
 def test_production_refuses_the_development_callback_url_and_message_id_secrets():
-    base = {"environment": "production", "certificate_code_secret": "c" * 40}
+    base = {"environment": "production", "certificate_code_secret": "c" * 40, "unsubscribe_secret": "s" * 40}
     with pytest.raises(ValidationError, match="message_id_secret"):
         Settings(**base, callback_url_secret="u" * 40)
     with pytest.raises(ValidationError, match="callback_url_secret"):

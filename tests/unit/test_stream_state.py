@@ -29,7 +29,7 @@ def test_job_progress_written_by_the_old_worker_is_read_and_written_back_unchang
            "locations": {"0": [[0, 10], [1, 11], [2, 12]], "1": [[0, 40]]}, "included": {"1": [7, 8]},
            "completed_runs": [0], "retry_pending": None, "touched": 1764500000.5}
     progress = JobProgress.from_dict(old)
-    assert progress.runs == {0: 3, 1: 1} and progress.done[0][1] == (90, 10)
+    assert progress.runs == {0: 3, 1: 1} and progress.done[0][1] == (90, 10, 0)
     assert progress.locations[1] == [(0, 40)] and progress.included == {1: [7, 8]}
     assert progress.run_totals(0) is None  # already completed
     assert progress.unfinished_batches(1) == [(0, 0, 40)]
@@ -49,7 +49,7 @@ def test_a_batch_is_counted_once_and_a_run_completes_when_all_its_batches_report
     assert progress.run_totals(0) is None
     assert not progress.record_batch(0, 0, 2, 10, 0)  # reported again after a crash
     assert progress.record_batch(0, 1, 2, 7, 3)
-    assert progress.run_totals(0) == (17, 3)
+    assert progress.run_totals(0) == (17, 3, 0)
 
 
 def test_a_job_counts_what_each_provider_served_once_per_batch():
@@ -80,11 +80,12 @@ def test_batch_progress_keeps_the_stored_form_of_the_old_worker(value):
 
 def test_a_callback_queue_survives_the_changelog_and_drops_its_milestones_when_the_run_is_over():
     queue = CallbackQueue(company_id=7, url="https://moodle.example/cb", key_id=None, total=10)
-    queue.done = {0: (4, 1)}
+    queue.done = {0: (4, 1, 0), 1: (2, 0, 3)}
     queue.queued.append("started")
     queue.pending.append(PendingCallback("j:0:started", "started", 0, None, "{}", 0, 1.0, 1.0))
+    assert queue.to_dict()["done"] == {"0": [4, 1], "1": [2, 0, 3]}  # the pair the older worker wrote, if it can
     assert CallbackQueue.from_dict(stored(queue.to_dict())) == queue
-    assert queue.progress() == (4, 1)
+    assert queue.progress() == (6, 1, 3)
     queue.done = None
     assert "done" not in queue.to_dict()
     assert CallbackQueue.from_dict(stored(queue.to_dict())).done is None

@@ -24,6 +24,7 @@
       failed.setAttribute("width", p.failed_pct);
     }
     setText("sent-count", p.sent); setText("failed-count", p.failed); setText("pending-count", p.pending);
+    setText("suppressed-count", p.suppressed);
     setText("total-count", p.total); setText("percent", p.percent); setText("rate", p.rate);
     setText("started", p.started || "–"); setText("finished", p.finished || "–");
     var status = $("status");
