@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from api import params
 from api.admission import admit, check_job_templates
 from api.errors import ApiError, json_response
-from api.ingest import _control_characters, _duplicates, _template_syntax
+from api.ingest import _control_characters, _template_syntax
 from api.state import ApiState, body_of, caller_of, state_of
 from schemas.chunking import ChunkSummary, summarize, unsorted_at
 from schemas.events import (
@@ -175,9 +175,8 @@ async def add_chunk(request: web.Request) -> web.Response:
         at = unsorted_at(chunk.recipients)
         raise ApiError(422, "unsorted_chunk", f"recipients.{at} has userid {chunk.recipients[at].userid} below the "
                                               f"one before it: send {CHUNK_ORDER}")
-    if summary.distinct != summary.count:
-        refusal = _duplicates(body, summary.count - summary.distinct)
-        raise ApiError(422, refusal.code, refusal.message, problems=[refusal.as_json()])
+    # A learner listed twice is not refused here (unlike a job sent whole): a chunked job is often streamed
+    # from a query the client cannot check as a whole, so the worker removes every repeat and counts it.
     before, after = upload.chunks.get(number - 1), upload.chunks.get(number + 1)
     if (before is not None and summary.first < before.last) or (after is not None and summary.last > after.first):
         raise ApiError(422, "unsorted_chunk", f"chunk {number} overlaps the userids of chunk "

@@ -6,18 +6,23 @@ its chunks is refused with a clear error and a JobRejected event."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from offload.client import submit_job
 from schemas.chunking import chunk_digest, job_digest
-from schemas.events import JobRejected
+from schemas.events import JobRejected, RecipientChunkReceived
 from tests.support.api import ApiServer, SignedClient, api_keys, without_api_keys
 from tests.support.observe import events, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
 
 K7 = "k7-secret-0123456789abcdef"
+PHP_EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
 LIMIT = 300  # max_recipients_per_job, small here: a chunk may hold at most this many
 
 
@@ -57,8 +62,9 @@ def test_a_job_larger_than_one_request_reaches_everyone_once_and_repeats_across_
 
         assert k7.post("/api/v1/jobs", header(job_factory, "big")).status == 202
         assert k7.post("/api/v1/jobs", header(job_factory, "big")).status == 200  # opened again: nothing new
-        # 1,000 learners in four chunks; 250 and 500 each end one chunk and start the next (two repeats).
-        chunks = [list(range(1, 251)), list(range(250, 501)), list(range(500, 751)), list(range(751, 1001))]
+        # 1,000 learners in four chunks: 250 and 500 each end one chunk and start the next, 600 is listed twice
+        # within a chunk (three repeats).
+        chunks = [list(range(1, 251)), list(range(250, 501)), sorted([*range(500, 751), 600]), list(range(751, 1001))]
         digests = send_chunks(k7, "big", chunks)
         again = k7.post("/api/v1/jobs/big/recipients", {"chunk_no": 1, "recipients": [learner(u) for u in chunks[1]]})
         assert (again.status, again.body["created"]) == (200, False)  # a retried chunk changes nothing
@@ -72,14 +78,14 @@ def test_a_job_larger_than_one_request_reaches_everyone_once_and_repeats_across_
         wait_for_job(settings, "control")
         assert set(mail_sink.recipient_counts()) == {f"learner{u}@example.org" for u in (5001, 5002, 5003)}
 
-        commit = k7.post("/api/v1/jobs/big/commit", {"chunk_count": 4, "total_recipients": 1002,
+        commit = k7.post("/api/v1/jobs/big/commit", {"chunk_count": 4, "total_recipients": 1003,
                                                      "digest": job_digest(digests)})
         assert commit.status == 202, commit.body
         assert commit.body["status"] in ("submitted", "accepted")
         row = wait_for_job(settings, "big", timeout=180)
-        assert (row["total_recipients"], row["duplicates_removed"], row["succeeded"]) == (1000, 2, 1000)
+        assert (row["total_recipients"], row["duplicates_removed"], row["succeeded"]) == (1000, 3, 1000)
         assert row["batch_count"] == 15  # ceil(1000 / 70): batches cut across chunk boundaries
-        assert k7.post("/api/v1/jobs/big/commit", {"chunk_count": 4, "total_recipients": 1002}).status == 200
+        assert k7.post("/api/v1/jobs/big/commit", {"chunk_count": 4, "total_recipients": 1003}).status == 200
 
     counts = mail_sink.recipient_counts()
     assert {a: n for a, n in counts.items() if n != 1} == {}
@@ -137,3 +143,34 @@ def test_offload_submit_sends_a_large_job_in_chunks_and_counts_every_repeat(
     counts = wait_for(lambda: c if len(c := mail_sink.recipient_counts()) == 700 else None, timeout=30,
                       what="700 learners in the sink")
     assert set(counts.values()) == {1}
+
+
+def test_the_php_client_sends_a_job_above_its_chunk_size_in_parts(settings_factory, topics_for, processes,
+                                                                  job_factory, mail_sink, tmp_path):
+    php = shutil.which("php")
+    assert php, "php-cli is not installed (apt-get install -y php-cli)"
+    settings = settings_factory(smtp_port=mail_sink.port, api_keys=api_keys(k7=(K7, 7)),
+                                max_recipients_per_job=LIMIT)
+    topics_for(settings)
+    processes("worker", without_api_keys(settings))
+    processes("projector", without_api_keys(settings))
+    listed = [*range(650, 0, -1), 5, 5, 300, 301]  # unsorted, with repeats the client sorts next to each other
+    job = {**job_factory("php-big", 1, callback_url=None), "recipients": [learner(u) for u in listed]}
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job))
+    with ApiServer(settings) as server:
+        done = subprocess.run([php, str(PHP_EXAMPLE), server.base_url, "k7", K7, "submit", str(job_file)],
+                              capture_output=True, text=True, timeout=120, check=False,
+                              env={"PATH": "/usr/bin:/bin", "OFFLOAD_CHUNK_SIZE": "250"})
+        assert done.returncode == 0, done.stderr
+        reply = json.loads(done.stdout)
+        assert reply["status"] == 202, reply
+        assert reply["body"]["chunks"] == 3  # 654 listings in chunks of 250
+
+    row = wait_for_job(settings, "php-big", timeout=180)
+    assert (row["total_recipients"], row["duplicates_removed"], row["succeeded"]) == (650, 4, 650)
+    counts = wait_for(lambda: c if len(c := mail_sink.recipient_counts()) == 650 else None, timeout=30,
+                      what="650 learners in the sink")
+    assert set(counts.values()) == {1}
+    opened = [e for e in events(settings, "job-requests") if isinstance(e, RecipientChunkReceived)]
+    assert sorted(e.chunk_no for e in opened) == [0, 1, 2]
