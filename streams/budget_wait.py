@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 from faust.types import TP
@@ -76,6 +76,14 @@ class BudgetWait:
 Reroute = Callable[[JobRequested, int, tuple[int, int], BudgetWait], Awaitable[bool]]
 
 
+class ChunkedWaits(Protocol):
+    """What the budget timer needs of jobs sent in parts (streams.chunked_jobs.ChunkedJobs)."""
+
+    def waiting_total(self, job_id: str) -> int | None: ...
+
+    async def release(self, job_id: str, wait: BudgetWait) -> bool: ...
+
+
 def make_table(app: faust.App, partitions: int) -> JobKeyedTable:
     table = JobKeyedTable(app, name=TABLE, beacon=app.tables.beacon, partitions=partitions, default=None)
     return cast(JobKeyedTable, app.tables.add(table))
@@ -87,6 +95,7 @@ class BudgetWaits:
     def __init__(self, ctx: StreamContext, table: JobKeyedTable) -> None:
         self.ctx = ctx
         self.table = table
+        self.chunked: ChunkedWaits | None = None  # jobs sent in parts (streams.chunked_jobs), set by the router
 
     def add(self, job_id: str, wait: BudgetWait) -> None:
         self.table[job_id] = wait.to_dict()
@@ -107,6 +116,11 @@ class BudgetWaits:
                 await self._drop_cancelled(job_id, wait)
                 released += 1
                 continue
+            if self.chunked is not None and self.chunked.waiting_total(job_id) is not None:
+                if await self.chunked.release(job_id, wait):
+                    del self.table[job_id]
+                    released += 1
+                continue
             value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
             intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
             if intake.job is None or intake.job.job_id != job_id:
@@ -121,9 +135,11 @@ class BudgetWaits:
         return released
 
     async def _drop_cancelled(self, job_id: str, wait: BudgetWait) -> None:
-        value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
-        intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
-        total = len(intake.job.recipients) if intake.job is not None else 0
+        total = self.chunked.waiting_total(job_id) if self.chunked is not None else None
+        if total is None:
+            value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
+            intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
+            total = len(intake.job.recipients) if intake.job is not None else 0
         await self.ctx.publisher.send_and_wait(JobCompleted(
             job_id=job_id, run=0, total=total, succeeded=0, failed=total, cancelled=True,
             estimated_cost=0.0, currency=self.ctx.settings.currency))

@@ -29,6 +29,7 @@ from schemas.chunking import ChunkSummary, check_commit, summarize
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import JobCommitted, JobOpened, JobRejected, JobRequested, Problem, RecipientChunkReceived
 from schemas.intake import template_data_problem
+from streams.budget_wait import BudgetWait
 from streams.chunk_reader import ChunkReader, LoggedLearners
 from streams.context import StreamContext
 from streams.learners import Learners
@@ -39,26 +40,31 @@ log = logging.getLogger(__name__)
 
 CE_TYPES = frozenset({JobOpened.ce_type, RecipientChunkReceived.ce_type, JobCommitted.ce_type})
 
-# Routes a committed job: (its header, repeats removed, where its header lies, its email template, its learners)
-# -> True once dispatched, False when it waits for its budget.
-Accept = Callable[[JobRequested, int, tuple[int, int], ResolvedTemplate | None, Learners], Awaitable[bool]]
+# Routes a committed job: (its header, repeats removed, where its header lies, its email template, the budget
+# wait it comes from or None, its learners) -> True once dispatched, False when it waits for its budget.
+Accept = Callable[[JobRequested, int, tuple[int, int], ResolvedTemplate | None, BudgetWait | None, Learners],
+                  Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
 class OpenedJob:
-    """Table ``job-chunks``, key job id: where the job's JobOpened lies, and the highest chunk number seen."""
+    """Table ``job-chunks``, key job id: where the job's JobOpened lies, the highest chunk number seen, and for
+    a committed job that waits for its budget: (chunk count, learners, repeats) as its commit check found."""
 
     partition: int | None  # None: chunks arrived but no header (yet)
     offset: int | None
     highest_chunk: int = -1
+    committed: tuple[int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: Stored) -> OpenedJob:
-        _check_keys("job-chunks job", raw, ("partition", "offset", "highest_chunk"))
-        return cls(raw["partition"], raw["offset"], int(raw["highest_chunk"]))
+        _check_keys("job-chunks job", raw, ("partition", "offset", "highest_chunk", "committed"))
+        committed = raw["committed"]
+        return cls(raw["partition"], raw["offset"], int(raw["highest_chunk"]),
+                   None if committed is None else (int(committed[0]), int(committed[1]), int(committed[2])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +181,39 @@ class ChunkedJobs:
             return
         places = [(note.partition, note.offset) for note in notes if note is not None]
         learners = LoggedLearners(self.reader, job_id, places, check.unique)
-        accepted = await self.accept(header, check.repeats, (opened.partition, opened.offset), resolved, learners)
+        accepted = await self.accept(header, check.repeats, (opened.partition, opened.offset), resolved, None,
+                                     learners)
+        if not accepted:  # waits for its budget: the timer lets it go through release(), reading these notes
+            self.table[job_id] = OpenedJob(opened.partition, opened.offset, opened.highest_chunk,
+                                           (event.chunk_count, check.unique, check.repeats)).to_dict()
         self.ctx.known_jobs[job_id] = "accepted" if accepted else "waiting"
         log.info("chunked job %s committed: %d chunks, %d learners, %d repeats removed, %s", job_id,
                  event.chunk_count, check.unique, check.repeats, "dispatched" if accepted else "waiting")
         if accepted:
             self._forget(job_id, opened, event.chunk_count)
+
+    def waiting_total(self, job_id: str) -> int | None:
+        """The learners of a committed chunked job that waits for its budget; None for any other job."""
+        opened = self._job(job_id)
+        return opened.committed[1] if opened is not None and opened.committed is not None else None
+
+    async def release(self, job_id: str, wait: BudgetWait) -> bool:
+        """Route a chunked job waiting for its budget again (the budget timer); True once dispatched.
+
+        Its notes are left in the table (a timer has no record whose partition a delete could take); they are a
+        few hundred bytes per chunk and known-jobs already ignores any repeat of the job's records."""
+        opened = self._job(job_id)
+        if opened is None or opened.committed is None or opened.partition is None or opened.offset is None:
+            raise LookupError(f"chunked job {job_id} waits for its budget but its notes are gone")
+        chunk_count, unique, repeats = opened.committed
+        notes = [self._note(job_id, n) for n in range(chunk_count)]
+        places = [(note.partition, note.offset) for note in notes if note is not None]
+        assert len(places) == chunk_count, f"chunked job {job_id}: a chunk note is gone"
+        header = await self.ctx.ledger.fetch("job-requests", opened.partition, opened.offset)
+        assert isinstance(header, JobOpened) and header.job_id == job_id
+        resolved = self.ctx.company_templates.for_job(header)
+        return await self.accept(header, repeats, (opened.partition, opened.offset), resolved, wait,
+                                 LoggedLearners(self.reader, job_id, places, unique))
 
     async def _reject(self, job_id: str, company_id: int | None, problems: list[Problem],
                       opened: OpenedJob | None, chunk_count: int) -> None:

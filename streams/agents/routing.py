@@ -246,8 +246,9 @@ def register(app: faust.App, ctx: StreamContext) -> None:
     ctx.add_service(reader)
     router.chunked = chunked_jobs.ChunkedJobs(
         ctx, chunked_jobs.make_table(app, ctx.settings.job_partitions), reader,
-        lambda job, repeats, where, resolved, learners: router._accept(job, repeats, where, resolved,
-                                                                        learners=learners))
+        lambda job, repeats, where, resolved, waited, learners: router._accept(job, repeats, where, resolved, waited,
+                                                                                learners=learners))
+    waits.chunked = router.chunked
     budget_wait.register(app, ctx, waits, router.reroute)
 
     # concurrency=1: with more, faust-streaming can commit past an in-flight message (#606).

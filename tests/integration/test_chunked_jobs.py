@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from offload.client import submit_job
+from devtools.provider_servers import SendGridServer
+from offload.client import cancel_job, change_company_settings, submit_job
 from schemas.chunking import chunk_digest, job_digest
-from schemas.events import JobRejected, RecipientChunkReceived
+from schemas.events import JobCompleted, JobRejected, RecipientChunkReceived
 from tests.support.api import ApiServer, SignedClient, api_keys, without_api_keys
 from tests.support.observe import events, wait_for, wait_for_job
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 K7 = "k7-secret-0123456789abcdef"
 PHP_EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
+SG_KEY = "SG.chunked-budget-key"
 LIMIT = 300  # max_recipients_per_job, small here: a chunk may hold at most this many
 
 
@@ -174,3 +176,34 @@ def test_the_php_client_sends_a_job_above_its_chunk_size_in_parts(settings_facto
     assert set(counts.values()) == {1}
     opened = [e for e in events(settings, "job-requests") if isinstance(e, RecipientChunkReceived)]
     assert sorted(e.chunk_no for e in opened) == [0, 1, 2]
+
+
+def test_a_chunked_job_over_budget_waits_then_goes_and_one_cancelled_while_waiting_counts_its_learners(
+        settings_factory, topics_for, processes, job_factory, mail_sink):
+    with SendGridServer(api_key=SG_KEY) as server:
+        settings = settings_factory(smtp_port=mail_sink.port, sendgrid_api_key=SG_KEY,
+                                    sendgrid_base_url=server.base_url, budget_recheck_seconds=0.5)
+        topics_for(settings)
+        # SendGrid's default price: $0.90 per 1,000: 50 learners ~ $0.045, 10 more would make $0.054.
+        company = dict(cloud_enabled=True, use_cloud_for_emails=True, user_threshold=1, email_provider="sendgrid",
+                       over_budget="wait")
+        asyncio.run(change_company_settings(settings, 7, monthly_budget=0.05, **company))
+        processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
+        processes("projector", settings)
+        asyncio.run(submit_job(settings, job_factory("within", 50, callback_url=None), chunk_size=20))
+        wait_for_job(settings, "within")
+        asyncio.run(submit_job(settings, job_factory("waits", 10, start=100, callback_url=None), chunk_size=4))
+        asyncio.run(submit_job(settings, job_factory("given-up", 10, start=200, callback_url=None), chunk_size=4))
+        assert wait_for_job(settings, "waits", status="waiting")["total_recipients"] == 10
+        wait_for_job(settings, "given-up", status="waiting")
+        asyncio.run(cancel_job(settings, "given-up"))
+        wait_for_job(settings, "given-up", status="cancelled")
+        assert len(server.delivered) == 50
+
+        asyncio.run(change_company_settings(settings, 7, monthly_budget=1.0, **company))
+        done = wait_for_job(settings, "waits")
+        assert (done["route"], done["succeeded"], done["failed"]) == ("cloud", 10, 0)
+        assert "waited for the monthly budget since" in done["route_reason"]
+        (cancelled,) = [e for e in events(settings, "jobs") if isinstance(e, JobCompleted) and e.job_id == "given-up"]
+        assert (cancelled.cancelled, cancelled.succeeded, cancelled.total) == (True, 0, 10)
+        assert len(server.by_recipient()) == 60 and mail_sink.count() == 0
