@@ -173,6 +173,7 @@ async def add_chunk(request: web.Request) -> web.Response:
     number = chunk.chunk_no
     if not summary.sorted:
         at = unsorted_at(chunk.recipients)
+        assert at is not None  # the summary found the chunk unsorted
         raise ApiError(422, "unsorted_chunk", f"recipients.{at} has userid {chunk.recipients[at].userid} below the "
                                               f"one before it: send {CHUNK_ORDER}")
     # A learner listed twice is not refused here (unlike a job sent whole): a chunked job is often streamed

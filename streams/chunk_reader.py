@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -48,7 +48,8 @@ class ChunkReader:
             await self._consumer.stop()
             self._consumer = None
 
-    async def chunks(self, job_id: str, places: Sequence[tuple[int, int]]) -> AsyncIterator[RecipientChunkReceived]:
+    async def chunks(self, job_id: str,
+                     places: Sequence[tuple[int, int]]) -> AsyncGenerator[RecipientChunkReceived, None]:
         """The chunks at ``places`` (chunk 0, 1, … of the job), in that order."""
         assert self._consumer is not None, "chunk reader not started"
         consumer = self._consumer
