@@ -58,3 +58,14 @@ def test_the_digests_are_the_documented_sha256_sums():
 
     assert chunk_digest([3, 10]) == hashlib.sha256(b"3\n10\n").hexdigest()
     assert job_digest(["ab", "cd"]) == hashlib.sha256(b"abcd").hexdigest()
+
+
+def test_the_route_agents_chunk_notes_read_back_what_they_wrote_and_refuse_unknown_fields():
+    from streams.chunked_jobs import ChunkNote, OpenedJob
+
+    note = ChunkNote(1, 42, summarize(people([3, 3, 5])), conflict=True)
+    assert ChunkNote.from_dict(note.to_dict()) == note
+    opened = OpenedJob(2, 7, highest_chunk=4, committed=(5, 900, 12))
+    assert OpenedJob.from_dict(opened.to_dict()) == opened
+    with pytest.raises(ValueError, match="unknown field"):
+        OpenedJob.from_dict({**opened.to_dict(), "highest_chnuk": 3})
