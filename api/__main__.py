@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from config.settings import Settings
+from config.load import settings_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,10 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-l", "--loglevel", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        settings = Settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic names the variable and the problem (never a secret's value)
-        sys.exit(f"configuration error: {exc}")
+    settings = settings_or_exit()  # names the variable and the problem, never a secret's value
     from api.app import run_api
 
     run_api(settings, args.host, args.port)

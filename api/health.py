@@ -23,6 +23,8 @@ from psycopg_pool import PoolTimeout
 from adapters.email.dkim_dns import check_published, dns_txt_lookup
 from api.errors import json_response
 from api.state import STATE, ApiState
+from config.base import DEV_CALLBACK_URL_SECRET, DEV_MESSAGE_ID_SECRET, DEV_UNSUBSCRIBE_SECRET
+from config.settings import Settings
 from resilience.dependencies import DEPENDENCIES
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,38 @@ async def health(request: web.Request) -> web.Response:
     return json_response({
         "status": "degraded" if down else "ready",
         "reasons": [f"{name}: {s.reason}" for name, s in down.items()],
+        "warnings": configuration_warnings(request.app[STATE].settings),
         "checks": {name: {"up": s.up, "reason": s.reason, "since": round(s.since, 3), "losses": s.losses,
                           "reconnects": s.reconnects} for name, s in sorted(states.items())},
     })
+
+
+# The other secrets with a public development default (production refuses each) and what anyone can do with it.
+_PUBLIC_DEFAULTS = (
+    ("unsubscribe_secret", DEV_UNSUBSCRIBE_SECRET, "anyone can make unsubscribe links for any learner"),
+    ("message_id_secret", DEV_MESSAGE_ID_SECRET, "anyone can compute the Message-IDs of learners' messages"),
+    ("callback_url_secret", DEV_CALLBACK_URL_SECRET, "a reader of the log can open sealed callback URL queries"),
+)
+
+
+def configuration_warnings(settings: Settings) -> list[str]:
+    """What is unsafe about this configuration though the process runs: said in health on every check, not only
+    once in a start-up log that nobody reads."""
+    warnings = []
+    if settings.uses_public_code_secret:
+        refusal = settings.code_secret_refusal()
+        warnings.append(
+            "certificate_code_secret: the public development default; workers refuse to issue certificates with it"
+            if refusal is not None else
+            "certificate_code_secret: the public development default, allowed here "
+            f"({'tests' if settings.environment == 'test' else 'OFFLOAD_CERTIFICATE_CODE_SECRET_ALLOW_DEFAULT'}): "
+            "anyone can compute certificate codes; never hand these certificates out")
+    for name, default, risk in _PUBLIC_DEFAULTS:
+        if getattr(settings, name).get_secret_value() == default:
+            warnings.append(f"{name}: the public development default; {risk} (set OFFLOAD_{name.upper()})")
+    if not settings.api_keys:
+        warnings.append("api_keys: none configured (OFFLOAD_API_KEYS); every signed request is refused")
+    return warnings
 
 
 async def check_once(state: ApiState) -> None:

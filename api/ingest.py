@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.events import JobRequested
-from schemas.intake import Refusal, validate_request
+from schemas.intake import MAX_JSON_DEPTH, Refusal, nested_deeper_than, validate_request
 
 # C0 controls (CR and LF among them), DEL, C1 controls, and Unicode line/paragraph separators: none belongs in
 # a name or a one-line template value; in a subject or header they would start a new line.
@@ -57,10 +57,12 @@ def check_job(body: bytes, *, max_recipients: int) -> IngestResult:
         job: JobRequested | None = JobRequested.model_validate_json(body)
     except ValueError:
         job = None
-    if job is None or len(job.recipients) > max_recipients:
+    if job is None or len(job.recipients) > max_recipients or _too_deep(job):
         try:
             intake = validate_request(body, max_recipients=max_recipients)
         except ValueError as exc:
+            if str(exc).startswith("not JSON: nested"):
+                raise NotAJob("malformed_json", f"the body is {str(exc).removeprefix('not JSON: ')}") from None
             if str(exc).startswith("not JSON"):
                 raise NotAJob("malformed_json", "the body is not valid JSON") from None
             raise NotAJob("missing_job_id", "the job needs a job_id: a string of 1-128 characters") from None
@@ -75,6 +77,14 @@ def check_job(body: bytes, *, max_recipients: int) -> IngestResult:
         problems.extend(_control_characters(job))
     problems.extend(_template_syntax(job.template_data))
     return IngestResult(None if problems else job, problems)
+
+
+def _too_deep(job: JobRequested) -> bool:
+    """Whether the parts of a job that hold free-form JSON (template_data, a recipient's extra fields) nest
+    deeper than the worker's validation allows; the body is then judged by validate_request, which refuses it."""
+    if nested_deeper_than(job.template_data, MAX_JSON_DEPTH - 1):  # the body itself is one level
+        return True
+    return any(nested_deeper_than(r.model_extra, MAX_JSON_DEPTH - 2) for r in job.recipients if r.model_extra)
 
 
 @contextmanager

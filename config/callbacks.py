@@ -9,6 +9,7 @@ from functools import lru_cache
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from config.base import DEV_CALLBACK_URL_SECRET, PLACEHOLDERS, SettingsBase
+from config.errors import describe_errors
 from config.keys import API_KEY_ID, ApiKey
 
 
@@ -72,8 +73,11 @@ def _parse_callback_keys(raw: str) -> dict[str, ApiKey]:
         raise ValueError(f"not JSON: {exc.msg}") from None
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object of key id -> {secret, company_id}")  # noqa: TRY004
-    try:
-        return {str(key_id): ApiKey.model_validate(value) for key_id, value in data.items()}
-    except ValidationError as exc:
-        raise ValueError(str(exc.errors(include_url=False, include_input=False))) from None
+    keys = {}
+    for key_id, value in data.items():
+        try:
+            keys[str(key_id)] = ApiKey.model_validate(value)
+        except ValidationError as exc:  # the key is named, its secret never shown
+            raise ValueError(f"callback key {key_id!r}: {describe_errors(exc)}") from None
+    return keys
 

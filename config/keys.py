@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 API_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -20,3 +21,12 @@ class ApiKey(BaseModel):
 
     secret: SecretStr = Field(min_length=16)
     company_id: int | None = Field(ge=0, description="the key's company; null (explicitly) for an admin key")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _company_id_given(cls, data: Any) -> Any:
+        # Said in words of its own: pydantic's "Field required" does not tell an operator what null would mean.
+        if isinstance(data, dict) and "company_id" not in data:
+            raise ValueError("company_id is required: the id of the company this key speaks for, or null for an "
+                             "admin key that speaks for every company")
+        return data

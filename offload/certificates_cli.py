@@ -7,12 +7,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from config.settings import Settings
+from config.load import settings_or_exit
 from streams.issued_certificates import verify_certificate, zip_certificates
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    found = asyncio.run(verify_certificate(Settings(), args.code))
+    found = asyncio.run(verify_certificate(settings_or_exit(), args.code))
     if found is None:
         print("unknown: no certificate has this code")
         return 1
@@ -28,7 +28,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_zip(args: argparse.Namespace) -> int:
-    counts = asyncio.run(zip_certificates(Settings(), args.job_id, Path(args.out)))
+    counts = asyncio.run(zip_certificates(settings_or_exit(), args.job_id, Path(args.out)))
     if not counts["written"] and not counts["missing"]:
         print(f"no issued certificates for job {args.job_id}")
         return 1

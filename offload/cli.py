@@ -9,15 +9,13 @@ import logging
 import sys
 from pathlib import Path
 
+from config.load import settings_or_exit
 from config.settings import Settings
 from offload import certificates_cli
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic's message names the variable and the problem
-        sys.exit(f"configuration error: {exc}")
+    return settings_or_exit()  # names the variable and the problem, never a secret's value
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -9,10 +9,14 @@ the tree (``schemas/json/``), these are BACKWARD-incompatible and fail the check
 - an optional field made required, or a new field added as required;
 - an enum narrowed (a value dropped), or a constraint narrowed (shorter ``maxLength``, higher ``minimum``,
   a new or changed ``pattern`` or ``format``, fewer tuple items);
-- a type dropped from the tree without an upcaster (``schemas/upcasters.py``) that reads it as a newer type.
+- a type dropped from the tree without an upcaster (``schemas/upcasters.py``) that reads it as a newer type;
+- a schema whose ``x-version`` is not its type's ``.vN``.
 
 A breaking change is made as a new version: the type becomes ``….v2`` (a new type, always compatible), and
-an upcaster turns a ``….v1`` record into a ``….v2`` one, so records already in the log stay readable.
+an upcaster turns a ``….v1`` record into a ``….v2`` one, so records already in the log stay readable. The
+upcaster is proven, not trusted: records built from the old schema (``schemas/samples.py``) and its own
+examples must come out of it valid for the new schema. The old version's schema stays in the tree (frozen,
+``x-superseded-by``) for consumers in other languages.
 
 ``python -m schemas.evolution`` checks (exit 1 and one line per break); ``--refresh-baseline`` copies the
 tree's schemas into the baseline at a release.
@@ -27,6 +31,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from schemas import upcasters as registry
+from schemas.samples import NoSample, samples
+from schemas.upcasters import Upcaster, upcast_data
 
 HERE = Path(__file__).parent
 TREE_DIR = HERE / "json"
@@ -179,34 +187,82 @@ def compare(old: Schema, new: Schema) -> list[str]:
 
 
 def check(baseline: Mapping[str, Schema], tree: Mapping[str, Schema],
-          upcasters: Mapping[str, str] | None = None) -> list[str]:
+          upcasters: Mapping[str, Upcaster] | None = None) -> list[str]:
     """Breaks of the evolution rules, as lines ``ce_type: path: what``; [] when the tree may be released.
 
-    ``upcasters`` maps an old ce_type to the type its upcaster produces (default: ``schemas.upcasters``).
+    ``upcasters`` maps an old ce_type to its upcaster (default: the registry in ``schemas.upcasters``).
     """
-    if upcasters is None:
-        from schemas.upcasters import upcaster_targets
-
-        upcasters = upcaster_targets()
+    upcasters = registry.UPCASTERS if upcasters is None else upcasters
     problems: list[str] = []
     for ce_type, old in sorted(baseline.items()):
+        version_of(ce_type)
         if ce_type in tree:
             problems += [f"{ce_type}: {p}" for p in compare(old, tree[ce_type])]
-            continue
-        target, seen = ce_type, set()
-        while target in upcasters and target not in seen:
-            seen.add(target)
-            target = upcasters[target]
-        if target == ce_type:
+        elif ce_type in upcasters:
+            problems.append(f"{ce_type}: retired, but its schema left the tree: consumers in other languages"
+                            " validate its records with it (python -m schemas.generate keeps it)")
+        else:
             problems.append(f"{ce_type}: type removed without an upcaster to a newer version")
-        elif target not in tree:
-            problems.append(f"{ce_type}: its upcaster leads to {target}, which is not in the tree")
-        elif _version(target) <= _version(ce_type):
-            problems.append(f"{ce_type}: its upcaster leads to {target}, which is not a newer version")
+    for ce_type, schema in sorted(tree.items()):
+        if schema.get("x-version", version_of(ce_type)) != version_of(ce_type):
+            problems.append(f"{ce_type}: x-version {schema['x-version']} is not the type's version")
+    for ce_type in sorted(upcasters):
+        problems += [f"{ce_type}: {p}" for p in prove_upcaster(ce_type, baseline, tree, upcasters)]
     return problems
 
 
-def _version(ce_type: str) -> int:
+def prove_upcaster(ce_type: str, baseline: Mapping[str, Schema], tree: Mapping[str, Schema],
+                   upcasters: Mapping[str, Upcaster]) -> list[str]:
+    """An upcaster reads the old version: its chain ends at a newer type in the tree, and records of the old
+    version (generated from its schema, and the upcaster's own examples) come out valid for that type."""
+    old_schema = baseline.get(ce_type) or tree.get(ce_type)  # as released; else as retired since
+    if old_schema is None:
+        return ["upcaster for a type with no schema in the tree or the baseline"]
+    target, step = ce_type, upcasters[ce_type]
+    seen = set()
+    while target in upcasters and target not in seen:
+        seen.add(target)
+        target = upcasters[target].to_type
+    if target in seen:
+        return [f"upcasters go round in a circle at {target}"]
+    if target not in tree:
+        return [f"its upcaster leads to {target}, which is not in the tree"]
+    if version_of(target) <= version_of(ce_type):
+        return [f"its upcaster leads to {target}, which is not a newer version"]
+    examples = {f"example {i}": dict(e) for i, e in enumerate(step.examples)}
+    try:
+        records = {**samples(old_schema), **examples}
+    except NoSample as exc:
+        if not examples:
+            return [f"cannot build a record of the old version ({exc}): give the upcaster examples"]
+        records = examples
+    problems = []
+    for name, record in records.items():
+        if errors := validation_errors(old_schema, record):
+            problems.append(f"{name} is not a valid {ce_type} record: {errors}")
+            continue
+        try:
+            new_type, new_record = upcast_data(ce_type, record, upcasters)
+        except ValueError as exc:
+            problems.append(f"the upcaster cannot read the {name} old record: {exc}")
+            continue
+        if errors := validation_errors(tree[new_type], new_record):
+            problems.append(f"the {name} old record, upcast, is not a valid {new_type}: {errors}")
+    return problems
+
+
+def validation_errors(schema: Schema, record: object) -> str:
+    """The first few reasons ``record`` does not match ``schema`` (formats checked); '' when it does."""
+    # a test dependency (no stubs): the check runs in CI, not in the service
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    errors = sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))
+    return "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:3])
+
+
+def version_of(ce_type: str) -> int:
+    """The N of a ``….vN`` type: every type carries a version."""
     head, _, tail = ce_type.rpartition(".v")
     if not head or not tail.isdigit():
         raise ValueError(f"{ce_type!r} has no .vN version")
@@ -218,18 +274,23 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--refresh-baseline", action="store_true",
                         help="at a release: make the tree's schemas the new baseline")
+    parser.add_argument("--baseline", type=Path, default=BASELINE_DIR, help="default: %(default)s")
+    parser.add_argument("--tree", type=Path, default=TREE_DIR, help="default: %(default)s")
     args = parser.parse_args(argv)
     if args.refresh_baseline:
-        BASELINE_DIR.mkdir(exist_ok=True)
-        for stale in BASELINE_DIR.glob(f"*{SUFFIX}"):
+        args.baseline.mkdir(exist_ok=True)
+        for stale in args.baseline.glob(f"*{SUFFIX}"):
             stale.unlink()
-        for source in TREE_DIR.glob(f"*{SUFFIX}"):
-            shutil.copyfile(source, BASELINE_DIR / source.name)
-        print(f"baseline refreshed: {len(list(BASELINE_DIR.glob(f'*{SUFFIX}')))} schemas in {BASELINE_DIR}")
+        for source in args.tree.glob(f"*{SUFFIX}"):
+            shutil.copyfile(source, args.baseline / source.name)
+        print(f"baseline refreshed: {len(list(args.baseline.glob(f'*{SUFFIX}')))} schemas in {args.baseline}")
         return 0
-    problems = check(load(BASELINE_DIR), load(TREE_DIR))
+    baseline, tree = load(args.baseline), load(args.tree)
+    problems = check(baseline, tree)
     for line in problems:
         print(f"incompatible: {line}", file=sys.stderr)
+    if not problems:
+        print(f"compatible: {len(tree)} schemas in {args.tree} against {len(baseline)} in {args.baseline}")
     return 1 if problems else 0
 
 

@@ -35,6 +35,27 @@ class IntakeResult:
     duplicates_removed: int = 0
 
 
+# Deeper JSON is refused as a whole. json.loads here reads ~990 levels, but the events are read back with
+# pydantic's JSON parser, which stops at 200: a job nested 200-990 deep would be accepted and then be a record no
+# reader can decode. 64 is far beyond any real template_data.
+MAX_JSON_DEPTH = 64
+
+
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether a parsed JSON value nests objects/arrays more than ``limit`` levels (``{}`` is one level).
+    Iterative, so the check itself cannot hit the recursion limit."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _identify(raw: object) -> tuple[str | None, int | None]:
     if not isinstance(raw, dict):
         return None, None
@@ -61,7 +82,9 @@ def validate_request(value: bytes, *, max_recipients: int) -> IntakeResult:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:  # nested ~1,000 deep: not a job, and no reason to crash over it
-        raise ValueError("not JSON: nested too deeply") from None
+        raise ValueError(f"not JSON: nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if nested_deeper_than(raw, MAX_JSON_DEPTH):
+        raise ValueError(f"not JSON: nested more than {MAX_JSON_DEPTH} levels deep")
     job_id, company_id = _identify(raw)
     if job_id is None:
         raise ValueError("no usable job_id: a job that cannot be named cannot be rejected either")

@@ -15,6 +15,7 @@ if ! grep -q "kafka *running" <<<"$stack_status"; then
   offload dev up --home "$HOME_DIR"
 fi
 python -m schemas.generate --check
+python -m schemas.evolution   # backward compatibility against schemas/baseline/ (schemas/README.md)
 .ci/check-compose
 ruff check .   # lint: rules in pyproject.toml [tool.ruff]
 mypy           # types: strict on the core packages, see pyproject.toml [tool.mypy]

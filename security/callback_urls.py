@@ -24,17 +24,34 @@ from schemas.intake import Refusal
 _FIELD = "callback_url"
 
 
-_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))  # RFC 6052, RFC 8215
-_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+# IPv6 space that embeds an IPv4 address the packet ends up at (judged by that address).
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+# RFC 8215 local-use NAT64: the operator picks the prefix length (/32 ... /96), so where the IPv4 address sits is
+# unknowable from outside; nothing public is reached through it, so the whole prefix is refused.
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d (RFC 4291): refused outright
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")  # everything outside it is reserved, local or multicast
+# Not globally reachable, per the IANA special-purpose registries; listed here as well as asked of Python's
+# ipaddress because its tables differ between patch releases (3.11.7 calls 3fff::1 and 64:ff9b:1::1 global).
+_NOT_GLOBAL_V6 = tuple(ipaddress.IPv6Network(n) for n in (
+    "2001::/23",  # IETF protocol assignments (Teredo, 2001::/32, is judged by its IPv4 addresses before this)
+    "2001:db8::/32", "3fff::/20",  # documentation (RFC 3849, RFC 9637)
+    "2620:4f:8000::/48",  # AS112 anycast (DNS sinks)
+))
+_NOT_GLOBAL_V4 = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16",
+    "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+))
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     """The IPv4 addresses a packet to this IPv6 address ends up at: IPv4-mapped, IPv4-compatible, NAT64
-    (well-known and local-use prefixes), 6to4 and Teredo (server and client). Empty for a plain IPv6 address."""
+    (well-known prefix), 6to4 and Teredo (server and client). Empty for a plain IPv6 address."""
     found: list[ipaddress.IPv4Address] = []
     if address.ipv4_mapped is not None:
         found.append(address.ipv4_mapped)
-    if address in _IPV4_COMPATIBLE or any(address in net for net in _NAT64):
+    if address in _IPV4_COMPATIBLE or address in _NAT64_WELL_KNOWN:
         found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     if address.sixtofour is not None:
         found.append(address.sixtofour)
@@ -46,20 +63,25 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]
 def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """True for anything but a globally routable unicast address.
 
-    An IPv6 address that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is judged by that
-    IPv4 address too: ``[64:ff9b::a9fe:a9fe]`` reaches 169.254.169.254 through a NAT64 gateway. Reserved,
-    site-local (fec0::/10, deprecated but still routed by some stacks) and unspecified ranges are refused.
+    An IPv6 address that carries an IPv4 address (mapped, NAT64, 6to4, Teredo) is judged by that IPv4 address
+    alone: ``[64:ff9b::a9fe:a9fe]`` reaches 169.254.169.254 through a NAT64 gateway, ``[64:ff9b::5db8:d70e]`` a
+    public host. IPv4-compatible (``::a.b.c.d``) and local-use NAT64 addresses are refused outright. Any other
+    IPv6 address must be global unicast (2000::/3, so site-local fec0::/10, unique-local, link-local, multicast
+    and every reserved range are refused) and outside the special-purpose blocks above.
     """
     if isinstance(address, ipaddress.IPv6Address):
-        if address in _IPV4_COMPATIBLE:  # deprecated since 2006 (RFC 4291): no public service is reached this way
+        address = ipaddress.IPv6Address(int(address))  # the zone (%eth0) says nothing about where it leads
+        if address in _IPV4_COMPATIBLE or address in _NAT64_LOCAL_USE:
             return True
         inner = embedded_ipv4(address)
         if inner:
             return any(non_public(v4) for v4 in inner)
-        if address.is_site_local:
+        if address not in _GLOBAL_UNICAST or any(address in net for net in _NOT_GLOBAL_V6):
             return True
+    elif any(address in net for net in _NOT_GLOBAL_V4):
+        return True
     return (not address.is_global or address.is_multicast or address.is_reserved or address.is_unspecified
-            or address.is_loopback or address.is_link_local)
+            or address.is_loopback or address.is_link_local or address.is_private)
 
 
 async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: float = 3.0) -> Refusal | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from config.load import settings_or_exit
 from config.settings import Settings
 from eventlog.topics import MAX_MESSAGE_BYTES
 from streams.context import StreamContext
@@ -74,6 +75,6 @@ def __getattr__(name: str) -> Any:
     """``streams.app.app`` for ``faust -A streams.app``: built from the environment on first access."""
     if name == "app":
         global app
-        app = create_app(Settings())
+        app = create_app(settings_or_exit())
         return app
     raise AttributeError(name)

@@ -16,13 +16,17 @@ from devtools.processes import READY, ServiceProcess
 from eventlog.topics import create_topics
 from tests.support.jobs import job_payload
 from tests.support.moto_server import MotoServer, moto_server
-from tests.support.stack import REPO, Infra, fresh_database, infrastructure
+from tests.support.stack import REPO, Infra, delete_test_topics, fresh_database, infrastructure
+
+# The tags of the settings made in this session: their topics are deleted when the session ends.
+_TAGS: set[str] = set()
 
 
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     with infrastructure() as found:
         yield found
+        delete_test_topics(found.kafka_bootstrap, _TAGS)
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +53,7 @@ def settings_factory(infra: Infra, database_url: str, tmp_path: Path) -> Callabl
 
     def make(**overrides: Any) -> Settings:
         tag = uuid.uuid4().hex[:10]
+        _TAGS.add(tag)
         values: dict[str, Any] = dict(
             environment="test",
             kafka_bootstrap_servers=infra.kafka_bootstrap,

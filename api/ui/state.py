@@ -78,4 +78,5 @@ def render(request: web.Request, template: str, session: Session | None, status:
 
 def int_param(request: web.Request, name: str, default: int | None = None, high: int = 10**9) -> int | None:
     raw = request.query.get(name, "")
-    return int(raw) if raw.isascii() and raw.isdigit() and int(raw) <= high else default
+    # ASCII digits only ("²".isdigit() is true), and few of them: int() refuses more than 4,300 digits.
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 and int(raw) <= high else default

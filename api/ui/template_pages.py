@@ -67,7 +67,7 @@ def _draft_body(form: MultiDict[str]) -> tuple[dict[str, Any], list[dict[str, An
     if sample:
         try:
             body["sample_data"] = json.loads(sample)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: an 8 KiB form holds JSON ~8,000 deep
             problems.append({"field": "sample_data", "message": "sample data must be a JSON object"})
         else:
             if not isinstance(body["sample_data"], dict):

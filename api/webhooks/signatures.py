@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 Fetch = Callable[[str], Awaitable[bytes]]
 # sns.<region>.amazonaws.com, sns.us-gov-west-1.amazonaws.com, sns.cn-north-1.amazonaws.com.cn: a region is
-# letters-letters-digit (an "s3" or "sns" in that place would be an S3 bucket's virtual host).
-SNS_HOST = re.compile(r"sns\.(?:(?:[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2})\.amazonaws\.com"
+# letters-letters-digit (an "s3" or "sns" in that place would be an S3 bucket's virtual host); China regions only
+# under amazonaws.com.cn.
+SNS_HOST = re.compile(r"sns\.(?:(?!cn-)(?:[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2})\.amazonaws\.com"
                       r"|cn-[a-z]+-[0-9]{1,2}\.amazonaws\.com\.cn)")
 _UNIX_TIME = re.compile(r"[0-9]{1,12}")  # ASCII only: "²".isdigit() is true and float("²") raises
 _SNS_FIELDS = {
@@ -51,9 +52,14 @@ class Refused(Exception):
 
 def check_sns_url(url: str) -> None:
     """Only AWS's own SNS hosts over https: a certificate or subscription URL anywhere else is refused."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname or not SNS_HOST.fullmatch(parts.hostname) or parts.port \
-            or parts.username:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError:  # also a broken [IPv6] host: refused like any other foreign URL, never a 500
+        port = -1
+        parts = urlsplit("")
+    if parts.scheme != "https" or not parts.hostname or not SNS_HOST.fullmatch(parts.hostname) or port is not None \
+            or parts.username or parts.password:
         raise Refused("untrusted_sns_url", "the SNS URL must be https on an sns.<region>.amazonaws.com host")
 
 

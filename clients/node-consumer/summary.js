@@ -4,13 +4,38 @@
 // reports about a learner the most severe stands (complained > bounced > delivered).
 
 const SEVERITY = { delivered: 1, bounced: 2, complained: 3 };
-const OUTCOME_STATUS = { 'recipient.sent.v1': 'sent', 'recipient.failed.v1': 'failed', 'certificate.issued.v1': 'issued' };
+// Each learner of a run has exactly one of these; a suppressed learner was not sent (on the company's
+// suppression list) and counts neither as succeeded nor as failed.
+const OUTCOME_STATUS = {
+  'recipient.sent.v1': 'sent', 'recipient.failed.v1': 'failed', 'certificate.issued.v1': 'issued',
+  'recipient.suppressed.v1': 'suppressed',
+};
 const REPORT_KIND = { 'recipient.delivered.v1': 'delivered', 'recipient.bounced.v1': 'bounced', 'recipient.complained.v1': 'complained' };
+
+const nameOf = (type) => type.replace(/\.v\d+$/, '');
+
+// Every type the summary counts, by name without its version. A record of another version of one of these
+// (a newer producer's v2, or an old v1 once the summary moved on) is refused, not skipped: skipping it would
+// print wrong counts as if they were right.
+const COUNTED_VERSIONS = [
+  'job.accepted.v1', 'job.rejected.v1', 'job.waiting-for-budget.v1', 'batches.dispatched.v1', 'batch.completed.v1',
+  'job.completed.v1',
+  ...Object.keys(OUTCOME_STATUS), ...Object.keys(REPORT_KIND),
+];
+const COUNTED_NAMES = new Set(COUNTED_VERSIONS.map((type) => nameOf(type)));
+
+// Why the summary cannot count a type it counts another version of; null when it can count it or ignores it.
+function unreadVersion(type) {
+  if (COUNTED_VERSIONS.includes(type) || !COUNTED_NAMES.has(nameOf(type))) return null;
+  const known = COUNTED_VERSIONS.filter((t) => nameOf(t) === nameOf(type));
+  return `the summary counts ${known.join(', ')}, not ${type}: teach summary.js that version`;
+}
 
 class JobState {
   constructor(jobId) {
     this.jobId = jobId;
     this.accepted = null;
+    this.waiting = null; // waits for its company's monthly budget: no route and no batch yet
     this.rejected = null;
     this.runs = new Map(); // run -> { batchCount, completed, cancelled }
     this.batchesDone = new Set(); // "run:batch"
@@ -32,8 +57,9 @@ class JobState {
     if (this.rejected) status = 'rejected';
     else if (last && last.completed) status = last.cancelled ? 'cancelled' : 'completed';
     else if (runNumbers.length > 1 || this.learners.size > 0) status = 'running';
+    else if (!this.accepted && this.waiting) status = 'waiting';
     else status = 'accepted';
-    const a = this.accepted || {};
+    const a = this.accepted || this.waiting || {}; // the wait names the job's type, company, provider, size
     return {
       job_id: this.jobId,
       status,
@@ -49,6 +75,7 @@ class JobState {
       batches_done: last && last.completed ? batchCount : this.batchesDone.size,
       succeeded: count(this.learners, ['sent', 'issued']),
       failed: count(this.learners, ['failed']),
+      suppressed: count(this.learners, ['suppressed']),
       delivered: count(this.reports, ['delivered']),
       bounced: count(this.reports, ['bounced']),
       complained: count(this.reports, ['complained']),
@@ -74,6 +101,8 @@ class JobSummaries {
     if (type === 'job.accepted.v1') {
       job.accepted = data;
       job.run(0).batchCount = data.batch_count;
+    } else if (type === 'job.waiting-for-budget.v1') {
+      job.waiting = data;
     } else if (type === 'job.rejected.v1') {
       job.rejected = data;
     } else if (type === 'batches.dispatched.v1') {
@@ -101,4 +130,4 @@ class JobSummaries {
   }
 }
 
-module.exports = { JobSummaries };
+module.exports = { JobSummaries, unreadVersion };

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 from typing import ClassVar
 
 import pytest
 from pydantic import Field
 
-from schemas import upcasters
+from schemas import evolution, generate, upcasters
 from schemas.envelope import UndecodableRecord, decode, encode
 from schemas.events import BY_CE_TYPE, Event, RecipientSent
-from schemas.evolution import BASELINE_DIR, TREE_DIR, check, compare, load
+from schemas.evolution import BASELINE_DIR, TREE_DIR, check, compare, load, validation_errors, version_of
 from schemas.generate import schema_for
+from schemas.samples import samples
 
 SENT = RecipientSent.ce_type
 
@@ -85,7 +88,7 @@ def test_narrowing_a_constraint_inside_a_nested_definition_is_caught():
 
 
 def test_removing_a_type_without_an_upcaster_is_caught():
-    tree = load(BASELINE_DIR)
+    tree = load(TREE_DIR)
     del tree[SENT]
     assert check(load(BASELINE_DIR), tree, upcasters={}) == [
         f"{SENT}: type removed without an upcaster to a newer version"]
@@ -121,42 +124,151 @@ def test_a_new_event_type_passes():
     assert check(load(BASELINE_DIR), tree) == []
 
 
+class RecipientSentV2(RecipientSent):
+    """recipient.sent v2 for the tests: ``attempts`` renamed ``tries`` (a breaking change: a new version)."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.recipient.sent.v2"
+    attempts: int = Field(default=0, exclude=True)
+    tries: int
+
+
+def sent_v1_to_v2(data: dict) -> dict:
+    data = dict(data)
+    data["tries"] = data.pop("attempts")
+    return data
+
+
+def bumped_tree() -> dict:
+    """The tree after the bump: v2 current, v1's baseline schema kept (retired, as generate keeps it)."""
+    return load(TREE_DIR) | {RecipientSentV2.ce_type: schema_for(RecipientSentV2)}
+
+
+def upcaster_of(function, examples=()) -> dict[str, upcasters.Upcaster]:
+    return {SENT: upcasters.Upcaster(SENT, RecipientSentV2.ce_type, function, tuple(examples))}
+
+
 def test_a_version_bump_with_an_upcaster_passes_and_the_decoder_reads_the_old_records(monkeypatch):
     """RecipientSent v1 -> v2 renames ``attempts`` to ``tries``; v1 records in the log are read as v2."""
-
-    class RecipientSentV2(RecipientSent):
-        ce_type: ClassVar[str] = "org.manireports.offload.recipient.sent.v2"
-        attempts: int = Field(default=0, exclude=True)
-        tries: int
-
-    v2_schema = schema_for(RecipientSentV2)
-    tree = {k: v for k, v in load(BASELINE_DIR).items() if k != SENT} | {RecipientSentV2.ce_type: v2_schema}
-    assert check(load(BASELINE_DIR), tree, upcasters={})  # the bump alone is not enough
-    assert check(load(BASELINE_DIR), tree, upcasters={SENT: RecipientSentV2.ce_type}) == []
+    assert check(load(BASELINE_DIR), bumped_tree(), upcasters=upcaster_of(sent_v1_to_v2)) == []
 
     monkeypatch.setattr(upcasters, "UPCASTERS", {})
     monkeypatch.setitem(BY_CE_TYPE, RecipientSentV2.ce_type, RecipientSentV2)
-
-    @upcasters.upcaster(SENT, RecipientSentV2.ce_type)
-    def _sent_v1_to_v2(data: dict) -> dict:
-        data = dict(data)
-        data["tries"] = data.pop("attempts")
-        return data
+    upcasters.upcaster(SENT, RecipientSentV2.ce_type)(sent_v1_to_v2)
 
     old = encode(RecipientSent(job_id="j1", batch_no=0, userid=5, email="a@example.org", provider="smtp",
                                message_id="<m@x>", attempts=3))
     event = decode(old.value, old.headers)
     assert isinstance(event, RecipientSentV2) and event.tries == 3 and event.userid == 5
-    assert upcasters.upcaster_targets() == {SENT: RecipientSentV2.ce_type}
-
-    broken = encode(RecipientSent(job_id="j1", batch_no=0, userid=5, email="a@example.org", provider="smtp",
-                                  message_id="<m@x>", attempts=3))
     with pytest.raises(UndecodableRecord, match="cannot upcast"):
-        decode(b'{"job_id": "j1"}', broken.headers)  # no attempts to rename: a clear error, not a crash
+        decode(b'{"job_id": "j1"}', old.headers)  # no attempts to rename: a clear error, not a crash
+
+
+def test_a_breaking_change_without_the_upcaster_is_caught():
+    """The bump alone is not enough: v1 is no longer produced, and nothing reads its records as v2."""
+    tree = {k: v for k, v in bumped_tree().items() if k != SENT}
+    assert check(load(BASELINE_DIR), tree, upcasters={}) == [
+        f"{SENT}: type removed without an upcaster to a newer version"]
+
+
+def test_a_retired_version_must_stay_published():
+    """Consumers in other languages validate the v1 records still in the log with v1's schema file."""
+    tree = {k: v for k, v in bumped_tree().items() if k != SENT}
+    assert check(load(BASELINE_DIR), tree, upcasters=upcaster_of(sent_v1_to_v2)) == [
+        f"{SENT}: retired, but its schema left the tree: consumers in other languages validate its records"
+        " with it (python -m schemas.generate keeps it)"]
+
+
+def test_an_upcaster_that_does_not_make_the_new_version_is_caught():
+    def forgets_the_rename(data: dict) -> dict:
+        return dict(data)
+
+    problems = check(load(BASELINE_DIR), bumped_tree(), upcasters=upcaster_of(forgets_the_rename))
+    assert problems == [
+        f"{SENT}: the minimal old record, upcast, is not a valid {RecipientSentV2.ce_type}:"
+        " (root): 'tries' is a required property",
+        f"{SENT}: the full old record, upcast, is not a valid {RecipientSentV2.ce_type}:"
+        " (root): 'tries' is a required property"]
+
+
+def test_an_upcaster_that_cannot_read_an_old_record_without_its_optional_fields_is_caught():
+    def needs_the_optional_field(data: dict) -> dict:
+        return {**sent_v1_to_v2(data), "provider_message_id": data["provider_message_id"].lower()}
+
+    problems = check(load(BASELINE_DIR), bumped_tree(), upcasters=upcaster_of(needs_the_optional_field))
+    assert problems == [f"{SENT}: the upcaster cannot read the minimal old record: {SENT} -> "
+                        f"{RecipientSentV2.ce_type}: KeyError('provider_message_id')"]
+
+
+def test_an_upcasters_example_must_be_a_record_of_the_old_version():
+    bad_example = {"job_id": "j1", "userid": 5}
+    problems = check(load(BASELINE_DIR), bumped_tree(), upcasters=upcaster_of(sent_v1_to_v2, [bad_example]))
+    assert len(problems) == 1 and problems[0].startswith(
+        f"{SENT}: example 0 is not a valid {SENT} record: (root): 'batch_no' is a required property")
+
+
+def test_every_schema_carries_its_version():
+    tree = load(TREE_DIR)
+    assert {t: s["x-version"] for t, s in tree.items()} == {t: version_of(t) for t in tree}
+    wrong = {**tree, SENT: {**tree[SENT], "x-version": 2}}
+    assert check(load(BASELINE_DIR), wrong) == [f"{SENT}: x-version 2 is not the type's version"]
+
+
+def test_records_can_be_built_from_every_schema_so_any_type_can_be_retired():
+    """The proof of an upcaster starts from records built from the old schema: that works for every type."""
+    for ce_type, schema in load(TREE_DIR).items():
+        for kind, record in samples(schema).items():
+            assert not validation_errors(schema, record), (ce_type, kind, validation_errors(schema, record))
+        assert samples(schema)["minimal"] != samples(schema)["full"]
+
+
+def test_generate_keeps_a_retired_versions_schema_frozen_and_the_bump_passes_the_check(monkeypatch):
+    """The whole workflow: bump the class, register the upcaster, regenerate; the check passes."""
+    monkeypatch.setattr(upcasters, "UPCASTERS", {})
+    upcasters.upcaster(SENT, RecipientSentV2.ce_type)(sent_v1_to_v2)
+    monkeypatch.setattr(generate, "EVENT_TYPES",
+                        [RecipientSentV2 if cls is RecipientSent else cls for cls in generate.EVENT_TYPES])
+    tree = {name.removesuffix(".schema.json"): json.loads(text) for name, text in generate.rendered().items()}
+    retired = tree[SENT]
+    assert (retired.pop("x-superseded-by"), retired["x-version"]) == (RecipientSentV2.ce_type, 1)
+    assert retired == {**load(BASELINE_DIR)[SENT], "x-version": 1}  # frozen: as released, not regenerated
+    assert tree[RecipientSentV2.ce_type]["x-version"] == 2
+    assert check(load(BASELINE_DIR), tree) == []
+
+
+# --- the check as CI runs it, on a copy of the schema files -------------------------------------------------
+@pytest.fixture
+def schema_copy(tmp_path):
+    shutil.copytree(BASELINE_DIR, tmp_path / "baseline")
+    shutil.copytree(TREE_DIR, tmp_path / "json")
+    return tmp_path
+
+
+def edit(path, change) -> None:
+    schema = json.loads(path.read_text())
+    change(schema)
+    path.write_text(json.dumps(schema, indent=2))
+
+
+def test_the_check_fails_on_a_deliberately_incompatible_change_to_a_copy(schema_copy, capsys):
+    sent = schema_copy / "json" / f"{SENT}.schema.json"
+    edit(sent, lambda s: s["required"].append("provider_message_id"))  # an optional field made required
+    edit(sent, lambda s: s["properties"].pop("attempts"))  # a field removed
+    assert evolution.main(["--baseline", str(schema_copy / "baseline"), "--tree", str(schema_copy / "json")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"incompatible: {SENT}: attempts: field removed (or renamed)",
+        f"incompatible: {SENT}: provider_message_id: optional field made required"]
+
+
+def test_the_check_passes_a_compatible_change_to_a_copy(schema_copy, capsys):
+    sent = schema_copy / "json" / f"{SENT}.schema.json"
+    edit(sent, lambda s: s["properties"].update(cost_micros={"anyOf": [{"type": "integer"}, {"type": "null"}],
+                                                              "default": None}))  # a new optional field
+    edit(sent, lambda s: s["properties"]["email"].update(description="the learner's address"))
+    assert evolution.main(["--baseline", str(schema_copy / "baseline"), "--tree", str(schema_copy / "json")]) == 0
+    assert capsys.readouterr().out.startswith("compatible: ")
 
 
 def test_a_type_without_a_version_is_refused():
     tree = load(BASELINE_DIR)
     with pytest.raises(ValueError, match="no .vN version"):
-        check({"org.manireports.offload.unversioned": {}}, tree,
-              upcasters={"org.manireports.offload.unversioned": SENT})
+        check({"org.manireports.offload.unversioned": {}}, tree, upcasters={})
