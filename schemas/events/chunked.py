@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from schemas.events.base import Event, utcnow
 from schemas.events.jobs import JobId, JobRequested, Recipient
@@ -29,9 +29,16 @@ class JobOpened(JobRequested):
     topic: ClassVar[str] = "job-requests"
 
     recipients: list[Recipient] = Field(
-        default_factory=list, max_length=0,
-        description="always empty: the learners follow in RecipientChunkReceived events",
+        default_factory=list, description="always empty: the learners follow in RecipientChunkReceived events",
     )
+
+    @field_validator("recipients")
+    @classmethod
+    def _no_learners(cls, value: list[Recipient]) -> list[Recipient]:
+        # Checked in code, not as maxItems 0 in the schema: generic record builders ignore maxItems.
+        if value:
+            raise ValueError("a chunked job's header carries no recipients: they follow in chunks")
+        return value
 
 
 class RecipientChunkReceived(Event):
