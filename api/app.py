@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     app[STATE] = ApiState(
         settings=settings,
         verifier=RequestVerifier(settings.api_keys, window=settings.api_timestamp_window,
-                                 seen=PostgresSeen(store.pool, settings.projection_schema)),
+                                 seen=PostgresSeen(store.pool, settings.api_seen_schema)),
         publisher=publisher,
         store=store,
         submissions=Submissions(publisher, store, source=source, handoff_timeout=settings.api_handoff_timeout,
@@ -76,7 +76,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/v1/openapi.yaml", _openapi)
     ui.setup(app)  # /ui/: admin monitoring pages (session cookie)
     metrics.setup(app)  # /metrics: Prometheus (optional bearer token)
-    webhooks.setup(app, settings, publisher, store)  # /webhooks/*: provider signatures, not ours
+    # /webhooks/*: provider signatures, not ours; the same replay store as signed requests
+    webhooks.setup(app, settings, publisher, store, seen=app[STATE].verifier.seen)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     if not settings.api_keys:

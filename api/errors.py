@@ -58,6 +58,10 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large
 
 MAX_BODY = web.AppKey("max_body", int)
 RETRY_AFTER = web.AppKey("retry_after", int)  # seconds a client is told to wait while a dependency is down
+# The name health and /metrics give the shared replay store (security.seen): while it cannot be used, every
+# signed request and webhook is refused with a 503 (database_unavailable or replay_store_unavailable).
+REPLAY_STORE = "replay-store"
+REPLAY_STORE_REFUSES = "signed requests and webhooks are refused (503)"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,8 +76,18 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         DEPENDENCIES.lost("kafka", str(exc))
         return ApiError(503, "broker_unavailable", "the request could not be handed to Kafka in time; retry later",
                         retry_after=request.app[RETRY_AFTER]).response()
-    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, SeenUnavailable) as exc:
-        # SeenUnavailable: the replay memory is in Postgres too; a request it cannot check is never admitted.
+    except SeenUnavailable as exc:
+        # The replay memory (Postgres) cannot be asked: a signed request or webhook it cannot check is never
+        # admitted. Health says so too (its check of the store runs in the background).
+        reason = f"{' '.join(str(exc).split())[:200]}"
+        DEPENDENCIES.lost(REPLAY_STORE, f"{reason}; {REPLAY_STORE_REFUSES}")
+        if exc.database_down:  # the same answer as every other request that needs Postgres
+            DEPENDENCIES.lost("postgres", reason)
+            return ApiError(503, "database_unavailable", "the database is unavailable for a moment; retry later",
+                            retry_after=request.app[RETRY_AFTER]).response()
+        return ApiError(503, "replay_store_unavailable", "signed requests cannot be checked for replays at the "
+                        "moment; retry later", retry_after=request.app[RETRY_AFTER]).response()
+    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
         # Postgres is down or restarting: say so, and when to come back; the pool reconnects by itself.
         DEPENDENCIES.lost("postgres", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
         return ApiError(503, "database_unavailable", "the read models are unavailable for a moment; retry later",

@@ -1,7 +1,8 @@
 """``GET /api/v1/health``: ready, or degraded with the reason, from checks that run in the background.
 
 A task pings Postgres (``SELECT 1`` through the read pool) and Kafka (a metadata request through the job
-producer) every ``api_health_interval`` seconds and records the result in ``resilience.dependencies``; the
+producer) every ``api_health_interval`` seconds, and the shared replay store (``replay-store``: without it every
+signed request and webhook is refused), and records the result in ``resilience.dependencies``; the
 endpoint only reads that record, so it answers at once even while a dependency hangs. Both states answer 200
 (the process itself is alive and serves what it can); ``status`` says which, ``checks`` say why.
 While Postgres is down reads answer 503 (``database_unavailable``), while Kafka is down job hand-offs answer
@@ -21,11 +22,12 @@ from aiokafka.errors import KafkaError
 from psycopg_pool import PoolTimeout
 
 from adapters.email.dkim_dns import check_published, dns_txt_lookup
-from api.errors import json_response
+from api.errors import REPLAY_STORE, REPLAY_STORE_REFUSES, json_response
 from api.state import STATE, ApiState
 from config.base import DEV_CALLBACK_URL_SECRET, DEV_MESSAGE_ID_SECRET, DEV_UNSUBSCRIBE_SECRET
 from config.settings import Settings
 from resilience.dependencies import DEPENDENCIES
+from security.seen import SeenUnavailable
 
 log = logging.getLogger(__name__)
 CHECKER = web.AppKey("health_checker", asyncio.Task)
@@ -85,13 +87,25 @@ async def check_once(state: ApiState) -> None:
         async with state.store.pool.connection(timeout=timeout) as conn:
             await asyncio.wait_for(conn.execute("SELECT 1"), timeout)
         DEPENDENCIES.restored("postgres")
+        await _check_replay_store(state)
     except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
         DEPENDENCIES.lost("postgres", _reason(exc))
+        DEPENDENCIES.lost(REPLAY_STORE, f"Postgres is down; {REPLAY_STORE_REFUSES}")
     try:
         await state.publisher.ping(state.settings.api_handoff_timeout)
         DEPENDENCIES.restored("kafka")
     except (KafkaError, OSError, TimeoutError) as exc:
         DEPENDENCIES.lost("kafka", _reason(exc))
+
+
+async def _check_replay_store(state: ApiState) -> None:
+    """Postgres answers, but can the replay store be used (its table created, read)? Without it nothing signed
+    is admitted, so health must say so even while the plain ping succeeds."""
+    try:
+        await asyncio.wait_for(state.verifier.seen.check(), state.settings.api_db_timeout)
+        DEPENDENCIES.restored(REPLAY_STORE)
+    except (SeenUnavailable, TimeoutError) as exc:
+        DEPENDENCIES.lost(REPLAY_STORE, f"{_reason(exc)}; {REPLAY_STORE_REFUSES}")
 
 
 def _reason(exc: BaseException) -> str:
@@ -102,6 +116,7 @@ def _reason(exc: BaseException) -> str:
 async def _start_checks(app: web.Application) -> None:
     state = app[STATE]
     DEPENDENCIES.track("postgres")
+    DEPENDENCIES.track(REPLAY_STORE)
     DEPENDENCIES.track("kafka")
     stopping = app[STOPPING] = asyncio.Event()
     settings = state.settings

@@ -4,6 +4,10 @@ The client address is the TCP peer, unless the peer is one of ``trusted_proxies`
 ``X-Forwarded-For`` hop that is not a trusted proxy (the hops to its left are whatever the client wrote, so they
 are never believed). Without ``trusted_proxies`` the header is ignored, so nobody can pick their own address.
 
+Limits and the sign-in throttle count an IPv6 client by its /64 (``limit_key``): one host is routinely given a
+whole /64, so counting single addresses would let it take 2**64 fresh budgets. IPv4 (and IPv4-mapped IPv6)
+addresses count one by one.
+
 The rate limit is a token bucket per client address over the public routes (``/verify/``, ``/certificates/``,
 the unsubscribe links ``/u/`` and the sign-in form), held in memory for a bounded number of addresses (the
 least recently seen are forgotten first). Several API replicas each limit on their own, which only makes the
@@ -54,6 +58,19 @@ def client_address(request: web.Request, trusted: tuple[Network, ...]) -> str:
     return peer
 
 
+IPV6_PREFIX = 64
+
+
+def limit_key(client: str) -> str:
+    """What limits and throttles count a client by: its IPv4 address, or its IPv6 address's /64 network."""
+    address = _address(client)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return client
+
+
 class RateLimiter:
     """Token buckets per key: ``per_minute`` requests a minute, bursts up to that many; bounded in memory."""
 
@@ -101,7 +118,7 @@ async def rate_limited(request: web.Request, handler: Handler) -> web.StreamResp
     if limiter is None or not is_public(request.path):
         return await handler(request)
     client = client_address(request, request.app[STATE].settings.trusted_proxy_networks())
-    wait = limiter.take(client)
+    wait = limiter.take(limit_key(client))
     if wait:
         response = error_response(429, "rate_limited", "too many requests from this address; try again later")
         response.headers["Retry-After"] = str(max(1, math.ceil(wait)))

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from config.settings import Settings
 from projections.jobs import JobStatus
+from security.callback_urls import redacted
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ JOB_STATUSES = tuple(JobStatus)
 _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provider, template_id, total_recipients,
     succeeded, failed, duplicates_removed, batch_count, batches_done, fell_back, fallback_reason, error_message,
     problems, createdby, timecreated, timestarted, timecompleted, updated_at, delivered, bounced, complained,
-    pacing, estimated_cost, currency, budget_wait, suppressed, template_source, template_version"""
+    pacing, estimated_cost, currency, budget_wait, suppressed, template_source, template_version, callback_url"""
 
 
 class ReadStore:
@@ -300,6 +301,9 @@ def progress(row: dict[str, Any], errors: list[dict[str, Any]], now: datetime | 
         "errors": [{"message": e["message"], "count": e["count"], "retryable": e["retryable"]} for e in errors],
         "rejection": {"message": row["error_message"], "problems": row["problems"]}
         if row["status"] == JobStatus.REJECTED else None,
+        # Where Moodle hears of progress, its query's values redacted (the read model keeps them out already; a
+        # row projected before it did is redacted here).
+        "callback_url": redacted(row["callback_url"]),
         "createdby": row["createdby"],
         "created_at": _iso(row["timecreated"]),
         "started_at": _iso(row["timestarted"]),

@@ -61,6 +61,7 @@ from bench.jobs import (
 )
 from bench.mail_sink import LineCounter, SinkProcess
 from bench.measure import CpuMeter, Profilers, load_avg, log, vm_hwm_mb
+from bench.parquet_export import parquet_figures
 from bench.smtp_baselines import naive_moodle_rate, raw_smtp_rate, raw_smtp_rate_same_message
 from config.settings import Settings
 from devtools.processes import ServiceProcess
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles of the local job here")
     parser.add_argument("--keep", action="store_true", help="keep this run's topics and schema")
+    parser.add_argument("--export-parquet", type=Path, default=None, metavar="DIR",
+                        help="export the local job as Parquet here and check it in DuckDB (analytics extra)")
     parser.add_argument("--home", type=Path, default=REPO / ".dev")
     args = parser.parse_args(argv)
 
@@ -256,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         out["local_marks_s"] = local["marks"]
         out["local_timeline"] = local["timeline"]
         out["cpu_s_during_local_job"] = cpu
+        out.update(parquet_figures(settings, f"bench-local-{tag}", args.export_parquet))
 
         # ---- the SES job ----
         if args.ses_n > 0:

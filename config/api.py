@@ -32,9 +32,14 @@ class ApiSettings(SettingsBase):
     # API and the worker check it). At most 384 KiB so a TemplatePublished (JSON may escape it to twice that)
     # fits the broker's default 1 MB record.
     template_max_bytes: int = Field(default=256 * 1024, ge=1024, le=384 * 1024)
-    # The whole body of a signed request must arrive within this many seconds (408 otherwise); the timestamp
-    # window is checked again once it has, so a slowly sent body cannot carry a replay past the window.
+    # The whole body of a signed request or a provider webhook must arrive within this many seconds (408
+    # otherwise); the timestamp window is checked again once it has, and again once the replay store has
+    # answered, so a slowly sent body cannot carry a replay past the window.
     api_body_timeout: float = Field(default=60.0, gt=0, le=600)
+    # The replay memory every API replica shares (security.seen): the table api_seen_once in this schema, kept
+    # apart from the read models so that pointing projection_schema at a rebuilt one (offload replay) keeps it.
+    # Every API replica of one deployment must name the same schema.
+    api_seen_schema: str = Field(default="offload_api", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     # One retry request per job per this many seconds (429 retry_rate_limited otherwise), across API replicas.
     api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
     # Bounds on waiting for a dependency, so a request answers 503 + Retry-After instead of hanging.
@@ -90,8 +95,8 @@ class ApiSettings(SettingsBase):
     metrics_require_token: bool | None = None
     # Largest form the admin UI reads (sign-in, CSRF-protected actions); checked before the body is read.
     ui_max_form_bytes: int = Field(default=8 * 1024, ge=1024, le=1024 * 1024)
-    # Requests per minute per client address on the unauthenticated routes (/verify, /certificates, the UI's
-    # sign-in); 0 turns the limit off.
+    # Requests per minute per client address (an IPv6 client by its /64) on the unauthenticated routes (/verify,
+    # /certificates, the UI's sign-in); 0 turns the limit off.
     public_rate_limit_per_minute: int = Field(default=120, ge=0, le=100_000)
     # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the client address is the
     # rightmost hop that is not one of them. Empty: the TCP peer is the client (X-Forwarded-For ignored).

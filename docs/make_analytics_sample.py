@@ -5,8 +5,9 @@
 
 It starts a mail sink, a worker and a projector (fresh topic prefix and database), runs the jobs of
 ``tests/integration/analytics_jobs.py`` (three companies, three templates, 200 to 2,400 learners at scale 4,
-some learners refused by the mail server, bounce/delivery/complaint reports afterwards, one rejected job),
-exports the log with ``offload export --format parquet --partition-by company,date``, and prints the answers
+some learners refused by the mail server, bounce/delivery/complaint reports afterwards as signed Mailgun
+webhooks through the API's webhook route, one rejected job),
+exports the log with ``offload export --format parquet --partition`` (by company and date), and prints the answers
 of docs/analytics.md's queries as DuckDB draws them.
 """
 
@@ -82,10 +83,12 @@ def main() -> None:
                 proc.stop()
         shutil.rmtree(args.out, ignore_errors=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")} | settings_env(settings)
-        command = ["offload", "export", "--format", "parquet", "--partition-by", "company,date",
-                   str(args.out)]
+        command = ["offload", "export", "--format", "parquet", "--partition", str(args.out)]
         print("$ " + " ".join(command[:-1]) + " export/")
-        subprocess.run([sys.executable, "-m", "offload.cli", *command[1:]], env=env, check=True, cwd=ROOT)
+        try:
+            subprocess.run([sys.executable, "-m", "offload.cli", *command[1:]], env=env, check=True, cwd=ROOT)
+        finally:
+            asyncio.run(drop_topics(settings))  # a shared broker should not keep every sample's topics
     os.chdir(args.out)  # the queries name the export's folders relative to it
     db = duckdb.connect()
     for title, statement in queries():
@@ -94,6 +97,19 @@ def main() -> None:
             print(f"\n-- {title}")
             result.show(max_width=140)
     shutil.rmtree(work, ignore_errors=True)
+
+
+async def drop_topics(settings: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith((settings.topic_prefix, f"{settings.app_id}-"))]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
 
 
 if __name__ == "__main__":

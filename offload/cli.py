@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parquet: typed columns (needs the analytics extra)")
     p.add_argument("--partition-by", metavar="KEYS",
                    help="parquet only: company, date or company,date (Hive-style directories)")
+    p.add_argument("--partition", dest="partition_by", action="store_const", const="company,date",
+                   help="parquet only: the same as --partition-by company,date")
     p.add_argument("out_dir")
     p.set_defaults(func=cmd_export)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from psycopg import AsyncCursor
@@ -18,6 +19,7 @@ from schemas.events import (
     RecipientDelivered,
     RecipientOutcome,
 )
+from security.callback_urls import redacted
 
 DDL = """
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -42,6 +44,17 @@ _SKIPPED = (BatchDispatched, BatchCompleted, RecipientOutcome, CallbackDelivered
             RecipientDelivered, RecipientBounced, RecipientComplained)
 
 
+def _detail(event: Event) -> str:
+    """The event as JSON, without recipients and template data, and with a callback URL's query redacted: an
+    event written before the API sealed queries (issue 11) carries Moodle's wstoken in clear, and the sealed form
+    is for the worker alone."""
+    if "callback_url" not in type(event).model_fields:
+        return event.model_dump_json(exclude={"recipients", "template_data"})
+    detail = event.model_dump(mode="json", exclude={"recipients", "template_data"})
+    detail["callback_url"] = redacted(detail["callback_url"], detail.pop("callback_query_sealed"))
+    return json.dumps(detail, separators=(",", ":"))
+
+
 def _actor(event: Event) -> str | None:
     """Who caused the event, for the events that say: a key id or user that changed something, or Moodle's user."""
     createdby = getattr(event, "createdby", None)
@@ -54,7 +67,7 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
     rows = [
         (pos.timestamp, pos.topic, pos.partition, pos.offset, event.ce_type, event.subject(),
          getattr(event, "company_id", None), _actor(event),
-         event.model_dump_json(exclude={"recipients", "template_data"}))
+         _detail(event))
         for pos, event in events
         if not isinstance(event, _SKIPPED)
     ]

@@ -22,6 +22,7 @@ from schemas.events import (
     JobRejected,
     JobWaitingForBudget,
 )
+from security.callback_urls import redacted
 
 
 class JobStatus(StrEnum):
@@ -118,7 +119,9 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C
             await cur.execute(
                 """INSERT INTO jobs (job_id, company_id, status, error_message, problems, timecreated, timecompleted)
                    VALUES (%s, %s, 'rejected', %s, %s, %s, %s)
-                   ON CONFLICT (job_id) DO NOTHING""",
+                   ON CONFLICT (job_id) DO UPDATE SET status = 'rejected', error_message = EXCLUDED.error_message,
+                       problems = EXCLUDED.problems, timecompleted = EXCLUDED.timecompleted, updated_at = now()
+                   WHERE jobs.status = 'waiting'""",  # a wait dropped: its request expired (streams/budget_wait.py)
                 (event.job_id, event.company_id, message[:4000],
                  json.dumps([p.model_dump() for p in event.problems]), event.rejected_at, event.rejected_at),
             )
@@ -233,7 +236,7 @@ async def _accepted(cur: AsyncCursor, event: JobAccepted) -> None:
              timecreated = COALESCE(jobs.timecreated, EXCLUDED.timecreated), updated_at = now()""",
         (event.job_id, event.type, event.company_id, event.route, event.reason, event.provider,
          event.template_id, event.total_recipients, event.duplicates_removed, event.batch_count,
-         event.callback_url, event.createdby, event.accepted_at),
+         redacted(event.callback_url, event.callback_query_sealed), event.createdby, event.accepted_at),
     )
     await _note_run(cur, event.job_id, 0, event.batch_count)
     # A job that waited for its budget is accepted now (the wait's figures stay on the row).

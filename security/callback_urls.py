@@ -14,7 +14,8 @@ import hashlib
 import ipaddress
 import os
 import socket
-from urllib.parse import urlsplit, urlunsplit
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -22,6 +23,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from schemas.intake import Refusal
 
 _FIELD = "callback_url"
+# Callback hosts are resolved in threads of their own, never in the event loop's default executor: anything else
+# that fills that executor (aiohttp's file responses of /certificates, a library's blocking call) would otherwise
+# make a good callback URL time out as callback_url_unresolvable. Threads start on first use.
+RESOLVER_THREADS = 4
+_RESOLVER = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="callback-dns")
 
 
 # IPv6 space that embeds an IPv4 address the packet ends up at (judged by that address).
@@ -104,7 +110,7 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: 
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM),
+                loop.run_in_executor(_RESOLVER, _getaddrinfo, host, port or (443 if parts.scheme == "https" else 80)),
                 timeout=resolve_timeout,
             )
         except (OSError, TimeoutError):
@@ -114,6 +120,10 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: 
         return Refusal("callback_url_forbidden", _FIELD,
                        f"the callback host {host!r} is or resolves to a loopback, private or link-local address")
     return None
+
+
+def _getaddrinfo(host: str, port: int) -> list[tuple]:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 # --- the query string of a callback URL stays out of the log -------------------------------------------------
@@ -159,6 +169,23 @@ def redacted(url: str | None, sealed: str | None = None) -> str | None:
         return None
     parts = urlsplit(url)
     if parts.query:
-        names = [pair.split("=", 1)[0] for pair in parts.query.split("&") if pair]
-        return urlunsplit(parts._replace(query="&".join(f"{n}=[redacted]" for n in names), fragment=""))
+        # A pair without "=" is all value (``?0123TOKEN``): nothing of it is kept.
+        shown = [f"{pair.split('=', 1)[0]}=[redacted]" if "=" in pair else "[redacted]"
+                 for pair in parts.query.split("&") if pair]
+        return urlunsplit(parts._replace(query="&".join(shown), fragment=""))
     return f"{url}?[redacted]" if sealed else url
+
+
+def scrub(text: str, query: str) -> str:
+    """``text`` (an error about a call to a URL with this query) with the query and each of its values, as sent
+    and percent-decoded, replaced by ``[redacted]``: an error that quotes the URL, or only a part of it, must not
+    carry the token into an event or a log line."""
+    if not query:
+        return text
+    secrets_ = {query}
+    for pair in query.split("&"):
+        secrets_.add(pair.split("=", 1)[-1])
+    secrets_.update(value for _, value in parse_qsl(query, keep_blank_values=True))
+    for secret in sorted((v for v in secrets_ if len(v) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text

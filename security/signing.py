@@ -12,11 +12,12 @@ The canonical string a client signs (UTF-8, fields joined by a single ``\\n``, n
 ``X-Offload-Key-Id``. The nonce lets a client poll the same URL twice in one second without the second
 request looking like a replay; a signature already seen within the window is refused.
 
-The timestamp is checked twice with the same clock: when the headers arrive (so a stale request's body is never
-read) and again when the signature is remembered, after the body has been read. A signature is remembered until
-timestamp + window, so a request admitted at any moment up to that edge is always still remembered: a replay
-whose body is sent slowly cannot outlive the memory of the original. The shared memory
-is ``security.seen`` (Postgres), so every API replica refuses the others' replays (finding 5).
+The timestamp is checked with the same clock when the headers arrive (so a stale request's body is never read),
+again once the body has been read, and a last time after the shared store has answered (the store may have made
+the request wait for a connection). A signature is remembered until timestamp + window, so a request admitted at
+any moment up to that edge is always still remembered: a replay whose body is sent slowly, or whose store
+round trip is slow, cannot outlive the memory of the original. The shared memory is ``security.seen``
+(Postgres), so every API replica refuses the others' replays (finding 5).
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ class ReplayCache:
         self._seen[signature] = expires_at
         return True
 
+    def forget(self, signature: str) -> None:
+        self._seen.pop(signature, None)
+
     def _prune(self, now: float) -> None:
         # Expiry is timestamp + window, which grows with arrival order only roughly; pruning stops at the
         # first live entry, so a few expired entries may stay a little longer. Harmless: they are refused
@@ -175,9 +179,17 @@ class RequestVerifier:
         that store cannot be asked: the request is refused, never waved through."""
         now = self._clock()
         caller = self.verify(signed, method, path, body, now=now)
-        if not await self.seen.first_time("request", signed.signature, expires_at=self.remember_until(signed),
-                                          now=now):
+        try:
+            first = await self.seen.first_time("request", signed.signature, expires_at=self.remember_until(signed),
+                                               now=now)
+        except SeenUnavailable:
+            self.replays.forget(signed.signature)  # refused unchecked, not admitted: the client may send it again
+            raise
+        if not first:
             raise AuthError("replayed_request", "this signed request was already received")
+        # The store answered a moment later than ``now``: admitted only if the window is still open now, so what
+        # the store remembered (until timestamp + window) covers every moment this request could be admitted.
+        self._check_window(int(signed.timestamp), self._clock())
         return caller
 
     def remember_until(self, signed: SignedHeaders) -> float:

@@ -5,7 +5,7 @@ How a job waits, and why it is crash safe without new machinery:
 1. The router finds that a cloud job would take its company past its monthly budget and that the company's
    setting is to wait. It records ``JobWaitingForBudget`` (the figures and the reason, shown by the API and the
    job page), then notes the wait in ``budget-waits``: job id -> where its JobRequested lies in job-requests
-   (a topic kept forever) and since when it waits. No batch exists yet.
+   and since when it waits. No batch exists yet.
 2. Every ``budget_recheck_seconds`` each worker looks at the waits in the job-requests partitions it owns
    (the table is keyed, and its changelog partitioned, like job-requests, so the owner of a job's request owns
    its wait), oldest first. It reads each job request back from the log and routes it again with the company's
@@ -15,7 +15,10 @@ How a job waits, and why it is crash safe without new machinery:
    dispatching a job twice is harmless (batches are keyed job:run:batch and served once, progress counts
    each batch once), as it is for the router itself.
 
-A job cancelled while it waits is dropped here with a cancelled ``JobCompleted``: nobody was served.
+A job cancelled while it waits is dropped here with a cancelled ``JobCompleted``: nobody was served. A job
+that waited longer than job-requests keeps its records (``OFFLOAD_FINISHED_JOB_RETENTION_DAYS`` + 7 days,
+docs/retention.md) can never be served: it is dropped with ``JobRejected`` (code ``request_expired``), and the
+other waits go on.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ import faust
 from faust.types import TP
 
 from eventlog.publisher import partition_for
-from schemas.events import JobCompleted, JobRequested
+from schemas.events import JobCompleted, JobRejected, JobRequested, Problem
 from schemas.intake import validate_request
 from streams.context import StreamContext
+from streams.ledger import RecordGone
 from streams.state import Stored, _check_keys
 
 log = logging.getLogger(__name__)
@@ -112,27 +116,43 @@ class BudgetWaits:
         """Route every owned wait again; returns how many were let go (dispatched or dropped)."""
         released = 0
         for job_id, wait in self.owned():
-            if self.ctx.cancelled_jobs.get(job_id):
-                await self._drop_cancelled(job_id, wait)
-                released += 1
-                continue
-            if self.chunked is not None and self.chunked.waiting_total(job_id) is not None:
-                if await self.chunked.release(job_id, wait):
-                    del self.table[job_id]
-                    released += 1
-                continue
-            value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
-            intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
-            if intake.job is None or intake.job.job_id != job_id:
-                # Cannot happen for a request the router accepted as valid; never serve another job's request.
-                log.error("job %s: job-requests[%d]@%d is not its valid request; the wait is dropped", job_id,
-                          wait.partition, wait.offset)
-                del self.table[job_id]
-                continue
-            if await reroute(intake.job, intake.duplicates_removed, (wait.partition, wait.offset), wait):
-                del self.table[job_id]
+            try:
+                released += await self._recheck_one(job_id, wait, reroute)
+            except RecordGone as gone:  # one expired request must not hold up the waits after it
+                await self._drop_expired(job_id, wait, gone)
                 released += 1
         return released
+
+    async def _recheck_one(self, job_id: str, wait: BudgetWait, reroute: Reroute) -> int:
+        if self.ctx.cancelled_jobs.get(job_id):
+            await self._drop_cancelled(job_id, wait)
+            return 1
+        if self.chunked is not None and self.chunked.waiting_total(job_id) is not None:
+            if await self.chunked.release(job_id, wait):
+                del self.table[job_id]
+                return 1
+            return 0
+        value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
+        intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
+        if intake.job is None or intake.job.job_id != job_id:
+            # Cannot happen for a request the router accepted as valid; never serve another job's request.
+            log.error("job %s: job-requests[%d]@%d is not its valid request; the wait is dropped", job_id,
+                      wait.partition, wait.offset)
+            del self.table[job_id]
+            return 0
+        if await reroute(intake.job, intake.duplicates_removed, (wait.partition, wait.offset), wait):
+            del self.table[job_id]
+            return 1
+        return 0
+
+    async def _drop_expired(self, job_id: str, wait: BudgetWait, gone: RecordGone) -> None:
+        message = (f"the job waited for its monthly budget since {wait.since_text}, longer than job-requests "
+                   f"keeps requests ({gone}); submit it again")
+        await self.ctx.publisher.send_and_wait(JobRejected(
+            job_id=job_id, company_id=wait.company_id,
+            problems=[Problem(field="job_id", message=message, code="request_expired")]))
+        del self.table[job_id]
+        log.error("job %s: %s", job_id, message)
 
     async def _drop_cancelled(self, job_id: str, wait: BudgetWait) -> None:
         total = self.chunked.waiting_total(job_id) if self.chunked is not None else None

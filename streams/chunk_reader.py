@@ -19,6 +19,7 @@ from eventlog.topics import MAX_MESSAGE_BYTES
 from schemas.chunking import without_repeats
 from schemas.envelope import decode
 from schemas.events import Recipient, RecipientChunkReceived
+from streams.ledger import RecordGone
 
 # A fetch returns at least one record however large; this bounds what is read ahead of the chunk in hand.
 _FETCH_BYTES = 4 * 1024 * 1024
@@ -71,11 +72,11 @@ class ChunkReader:
                     while not ahead:
                         fetched = (await consumer.getmany(tp, timeout_ms=5000, max_records=16)).get(tp, [])
                         if not fetched:
-                            raise LookupError(f"{tp.topic}[{partition}]@{offset} is no longer in the log")
+                            raise RecordGone(f"{tp.topic}[{partition}]@{offset} is no longer in the log")
                         ahead.extend(r for r in fetched if r.offset >= offset)
                     record = ahead.popleft()
                     if record.offset != offset:
-                        raise LookupError(f"{tp.topic}[{partition}]@{offset} is no longer in the log")
+                        raise RecordGone(f"{tp.topic}[{partition}]@{offset} is no longer in the log")
                     chunk = decode(record.value, record.headers)
                     if not isinstance(chunk, RecipientChunkReceived) or chunk.job_id != job_id \
                             or chunk.chunk_no != number:

@@ -15,6 +15,9 @@ How, without touching the agents that own those tables:
    delete is a tombstone in the key's changelog partition, so compaction drops the key and a restarted worker
    never reads it back.
 3. The note itself is dropped a few ticks later, once every worker has had a tick to clean its share.
+4. ``company-spend`` (one key per cloud job, ``company:YYYY-MM:job_id``) is read for the current month only;
+   the same timer deletes the keys of months before the previous one (the previous month is kept so a
+   worker whose clock is a little behind at the turn of the month still sees its spend).
 
 ``known-jobs`` is kept on purpose: it is what makes a job id submitted again (Moodle retrying after a
 timeout) do nothing, for the life of the system, at ~100 bytes per job. After expiry a retry request for the
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import faust
@@ -54,8 +57,19 @@ EXPIRING_TABLES = ("job-progress", "job-failures", "batch-progress", "callbacks"
                    "delivery-watch")
 
 
+SPEND_TABLE = "company-spend"
+
+
 def expired_jobs(finished: Iterable[tuple[str, float]], now: float, retention_seconds: float) -> set[str]:
     return {job_id for job_id, at in finished if at <= now - retention_seconds}
+
+
+def expired_spend_keys(keys: Iterable[str], now: float) -> list[str]:
+    """The ``company:YYYY-MM:job_id`` keys of months before the previous one (UTC) at ``now``."""
+    today = datetime.fromtimestamp(now, UTC)
+    previous = f"{today.year - 1}-12" if today.month == 1 else f"{today.year}-{today.month - 1:02d}"
+    # "YYYY-MM" strings sort like the months they name.
+    return [key for key in keys if key.split(":")[1] < previous]
 
 
 class JobExpiry:
@@ -89,35 +103,39 @@ class JobExpiry:
             del self.finished[event.job_id]  # a retry run started: the job is not finished any more
 
     def sweep(self, now: float | None = None) -> dict[str, int]:
-        """Delete the expired jobs' keys from this worker's partitions; returns table name -> keys deleted."""
+        """Delete the expired jobs' keys (and past months' spend) from this worker's partitions; returns table
+        name -> keys deleted."""
         now = time.time() if now is None else now
         expired = expired_jobs(self.finished.items(), now, self.retention)
-        if not expired:
-            return {}
         actives = self.ctx.app.assignor.assigned_actives()
         deleted: dict[str, int] = {}
         for name in EXPIRING_TABLES:
             table = cast(faust.Table, self.ctx.app.tables.get(name))
-            if table is None:
-                continue
-            changelog = table.changelog_topic.get_topic_name()
-            for key in [k for k in table.data if job_of(str(k)) in expired]:
-                partition = self.partition_of(table, key)
-                if TP(changelog, partition) not in actives:
-                    continue  # another worker owns it (or this is a standby copy): its owner cleans it
-                # What `del table[key]` does inside an agent; a timer has no current event to take the
-                # partition from, so the tombstone goes to the key's partition explicitly.
-                table.send_changelog(partition, key, None, value_serializer="raw")
-                del table.data[key]
-                deleted[name] = deleted.get(name, 0) + 1
-        if TP(self.finished.changelog_topic.get_topic_name(), 0) in actives:
+            if table is not None and expired:
+                self._delete(table, [k for k in table.data if job_of(str(k)) in expired], actives, deleted)
+        spend = cast(faust.Table, self.ctx.app.tables.get(SPEND_TABLE))
+        if spend is not None:
+            self._delete(spend, expired_spend_keys([str(k) for k in spend.data], now), actives, deleted)
+        if expired and TP(self.finished.changelog_topic.get_topic_name(), 0) in actives:
             for job_id in expired:
                 if self.finished[job_id] <= now - self.note_kept:
                     del self.finished[job_id]
         if deleted:
-            log.info("expired the state of %d job(s) finished more than %s ago: %s", len(expired),
-                     timedelta(seconds=round(self.retention)), deleted)
+            log.info("expired the state of %d job(s) finished more than %s ago, and past months' spend: %s",
+                     len(expired), timedelta(seconds=round(self.retention)), deleted)
         return deleted
+
+    def _delete(self, table: faust.Table, keys: list[str], actives: set[TP], deleted: dict[str, int]) -> None:
+        changelog = table.changelog_topic.get_topic_name()
+        for key in keys:
+            partition = self.partition_of(table, key)
+            if TP(changelog, partition) not in actives:
+                continue  # another worker owns it (or this is a standby copy): its owner cleans it
+            # What `del table[key]` does inside an agent; a timer has no current event to take the
+            # partition from, so the tombstone goes to the key's partition explicitly.
+            table.send_changelog(partition, key, None, value_serializer="raw")
+            del table.data[key]
+            deleted[table.name] = deleted.get(table.name, 0) + 1
 
 
 def register(app: faust.App, ctx: StreamContext) -> JobExpiry:

@@ -1,10 +1,10 @@
 """A job's template_data and inline content, read from the job request: batches carry only where it lies in the log.
 
-The route agent writes no copy of template_data into the batches: a batch names the
-(partition, offset) of its JobRequested in job-requests, a topic kept forever, and the batch agent reads the data
-from there. Crash safe without new state: the job request is durable before any batch exists, a retry run's
-batches copy the reference, and a worker that restarts simply reads it again. Each worker keeps the last few
-jobs' data in memory, so a job of 500 batches is read about once per worker, not once per batch.
+The route agent writes no copy of template_data into the batches: a batch names the (partition, offset) of its
+JobRequested in job-requests (kept as long as a retry may need it, docs/retention.md), and the batch agent reads
+the data from there. Crash safe without new state: the job request is durable before any batch exists, a retry
+run's batches copy the reference, and a worker that restarts simply reads it again. Each worker keeps the last
+few jobs' data in memory, so a job of 500 batches is read about once per worker, not once per batch.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ from schemas.envelope import UndecodableRecord, decode
 from schemas.events import Event, RecipientOutcome
 
 
+class RecordGone(LookupError):
+    """The record asked for is before the start of its partition: retention has deleted it."""
+
+
 class OutcomeLedger:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -53,10 +57,14 @@ class OutcomeLedger:
 
     async def fetch_record(self, short_topic: str, partition: int,
                            offset: int) -> tuple[bytes, list[tuple[str, bytes]]]:
-        """The raw value and headers of the record at one place in the log."""
+        """The raw value and headers of the record at one place in the log; ``RecordGone`` when retention has
+        deleted it (a seek before the log's start would otherwise be reset elsewhere in the partition)."""
         assert self._consumer is not None, "ledger not started"
         tp = TopicPartition(self._settings.topic(short_topic), partition)
         async with self._lock:
+            start = (await self._consumer.beginning_offsets([tp]))[tp]
+            if offset < start:
+                raise RecordGone(f"{tp.topic}[{partition}]@{offset} is no longer in the log (it starts at {start})")
             self._consumer.assign([tp])
             self._consumer.seek(tp, offset)
             try:

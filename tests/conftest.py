@@ -61,6 +61,7 @@ def settings_factory(infra: Infra, database_url: str, tmp_path: Path) -> Callabl
             topic_prefix=f"t{tag}.",
             app_id=f"t{tag}",
             projection_schema=f"t_{tag}",
+            api_seen_schema=f"t_{tag}",  # each test's replay memory its own too
             job_partitions=3,
             batch_partitions=6,
             outcome_partitions=3,

@@ -1,7 +1,8 @@
 """Signing in and out of the admin UI with an admin API key (``company_id`` null in ``OFFLOAD_API_KEYS``).
 
 Sign-in is throttled per client address (``api.public.client_address``: the TCP peer, or the client behind a
-trusted proxy) before its body is read, and the body is a small form read under a size limit and a deadline.
+trusted proxy; an IPv6 client counted by its /64) before its body is read, and the body is a small form read
+under a size limit and a deadline.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import secrets
 
 from aiohttp import web
 
-from api.public import client_address
+from api.public import client_address, limit_key
 from api.state import STATE
 from api.ui.sessions import read_form
 from api.ui.state import COOKIE, admin_secrets, current_session, render, require_post, same_origin, ui_of
@@ -43,7 +44,8 @@ async def login(request: web.Request) -> web.Response:
     ui, state = ui_of(request), request.app[STATE]
     client = client_address(request, state.settings.trusted_proxy_networks())
     # Counted (as a failure until it succeeds) before the body is read: parallel slow attempts all count.
-    if not ui.throttle.begin(client):
+    counted = limit_key(client)  # an IPv6 client by its /64
+    if not ui.throttle.begin(counted):
         return render(request, "login.html", None, status=429, next=safe_next(request.query.get("next")),
                       error="Too many failed attempts. Wait a few minutes and try again.")
     form = await read_form(request, state.settings.ui_max_form_bytes)
@@ -57,7 +59,7 @@ async def login(request: web.Request) -> web.Response:
         await asyncio.sleep(FAILED_SIGN_IN_DELAY)
         return render(request, "login.html", None, status=401, next=target,
                       error="Sign-in failed: unknown key id, wrong secret, or not an admin key.")
-    ui.throttle.succeeded(client)
+    ui.throttle.succeeded(counted)
     log.info("UI sign-in by admin key %s from %s", key_id, client)
     response = web.HTTPSeeOther(target)
     response.set_cookie(COOKIE, ui.sessions.issue(key_id, expected), max_age=ui.sessions.seconds, path=PREFIX,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,12 +27,28 @@ WEBHOOKS: web.AppKey[WebhookService] = web.AppKey("webhooks", WebhookService)
 
 
 async def _body(request: web.Request) -> bytes:
+    """The whole body, up to MAX_WEBHOOK_BYTES, within api_body_timeout (408 body_timeout otherwise).
+
+    Read to the end: one ``content.read(n)`` returns only what has arrived so far, which cuts a body sent in
+    several TCP segments short (its signature then fails)."""
+    too_large = ApiError(413, "body_too_large", f"webhooks are limited to {MAX_WEBHOOK_BYTES} bytes")
     if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
-        raise ApiError(413, "body_too_large", f"webhooks are limited to {MAX_WEBHOOK_BYTES} bytes")
-    body = await request.content.read(MAX_WEBHOOK_BYTES + 1)
-    if len(body) > MAX_WEBHOOK_BYTES:
-        raise ApiError(413, "body_too_large", f"webhooks are limited to {MAX_WEBHOOK_BYTES} bytes")
-    return body
+        raise too_large
+
+    async def read_all() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > MAX_WEBHOOK_BYTES:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    timeout = request.app[WEBHOOKS].settings.api_body_timeout
+    try:
+        return await asyncio.wait_for(read_all(), timeout)
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the body did not arrive within {timeout:.0f} s") from None
 
 
 def _json(body: bytes) -> Any:
@@ -51,7 +69,6 @@ async def ses_webhook(request: web.Request) -> web.Response:
     message = _json(await _body(request))
     if not isinstance(message, dict):
         raise ApiError(400, "bad_sns_message", "an SNS message is a JSON object")
-    now = time.time()
     try:
         await service.sns.verify(message)
         if message["Type"] == "SubscriptionConfirmation":
@@ -65,7 +82,7 @@ async def ses_webhook(request: web.Request) -> web.Response:
     notification = _json(str(message.get("Message", "")).encode())
     reports = ses_reports(notification, str(message.get("MessageId"))) if isinstance(notification, dict) else []
     async with service.once("ses", token_of(str(message["TopicArn"]), str(message.get("MessageId"))),
-                            signed_at=parse_time(message.get("Timestamp")), now=now):
+                            signed_at=parse_time(message.get("Timestamp"))):
         published, unmatched = await service.publish("ses", reports)
     return json_response({"published": published, "unmatched": unmatched})
 
@@ -74,7 +91,7 @@ async def sendgrid_webhook(request: web.Request) -> web.Response:
     service = request.app[WEBHOOKS]
     key = service.settings.webhook_sendgrid_public_key
     body = await _body(request)
-    timestamp, now = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", ""), time.time()
+    timestamp, now = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp", ""), service.clock()
     try:
         if not key:
             raise Refused("webhook_not_configured", "no SendGrid verification key is configured")
@@ -84,7 +101,7 @@ async def sendgrid_webhook(request: web.Request) -> web.Response:
         raise _refused("sendgrid", exc) from None
     events = _json(body)
     # Keyed by what was signed, not by the signature: an ECDSA signature has a second valid form (s -> n - s).
-    async with service.once("sendgrid", token_of(timestamp, body), signed_at=float(timestamp), now=now):
+    async with service.once("sendgrid", token_of(timestamp, body), signed_at=float(timestamp)):
         published, unmatched = await service.publish("sendgrid", sendgrid_reports(events if isinstance(events, list)
                                                                                   else []))
     return json_response({"published": published, "unmatched": unmatched})
@@ -96,7 +113,7 @@ async def mailgun_webhook(request: web.Request) -> web.Response:
     payload = _json(await _body(request))
     if not isinstance(payload, dict):
         raise ApiError(400, "bad_webhook", "a Mailgun webhook is a JSON object")
-    now = time.time()
+    now = service.clock()
     signed = payload.get("signature") or {}
     try:
         if key is None:
@@ -107,19 +124,21 @@ async def mailgun_webhook(request: web.Request) -> web.Response:
     except Refused as exc:
         raise _refused("mailgun", exc) from None
     data = payload.get("event-data")
-    async with service.once("mailgun", token, signed_at=float(signed["timestamp"]), now=now):
+    async with service.once("mailgun", token, signed_at=float(signed["timestamp"])):
         published, unmatched = await service.publish("mailgun", mailgun_reports(data if isinstance(data, dict)
                                                                                 else {}))
     return json_response({"published": published, "unmatched": unmatched})
 
 
 def setup(app: web.Application, settings: Settings, publisher: EventPublisher, store: ReadStore, *,
-          fetch: Fetch | None = None, seen: SeenOnce | None = None) -> None:
+          fetch: Fetch | None = None, seen: SeenOnce | None = None,
+          clock: Callable[[], float] = time.time) -> None:
     """Add /webhooks/{ses,sendgrid,mailgun}. ``fetch`` replaces the https GET of SNS certificates and
     subscription URLs in tests only; the SNS host check happens before it is called either way. ``seen`` is
-    the replay store every API replica shares (default: Postgres through the read store's pool)."""
-    shared = seen if seen is not None else PostgresSeen(store.pool, settings.projection_schema)
-    service = WebhookService(settings, publisher, store, fetch, shared)
+    the replay store every API replica shares (the API passes the one its request verifier uses; default:
+    Postgres through the read store's pool). ``clock`` judges every timestamp window (tests move it)."""
+    shared = seen if seen is not None else PostgresSeen(store.pool, settings.api_seen_schema)
+    service = WebhookService(settings, publisher, store, fetch, shared, clock=clock)
     app[WEBHOOKS] = service
     app.router.add_post("/webhooks/ses", ses_webhook)
     app.router.add_post("/webhooks/sendgrid", sendgrid_webhook)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -29,34 +30,47 @@ log = logging.getLogger(__name__)
 
 class WebhookService:
     def __init__(self, settings: Settings, publisher: EventPublisher, store: ReadStore, fetch: Fetch | None,
-                 seen: SeenOnce) -> None:
+                 seen: SeenOnce, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.seen = seen
         self.publisher = publisher
         self.store = store
+        self.clock = clock  # one clock for every window check of a webhook, the signature's and the store's
         self._session: aiohttp.ClientSession | None = None
         self.sns = SnsVerifier(fetch or self._https_get, topic_arns=settings.webhook_sns_topic_arns,
-                               max_age=settings.webhook_max_age)
+                               max_age=settings.webhook_max_age, clock=clock)
         self._fetch = fetch or self._https_get
 
     @asynccontextmanager
-    async def once(self, provider: str, token: str, *, signed_at: float, now: float) -> AsyncIterator[None]:
+    async def once(self, provider: str, token: str, *, signed_at: float) -> AsyncIterator[None]:
         """Lets a verified webhook through once across every API replica; forgotten again when handling it
-        fails, so the provider's own retry of the same delivery is not mistaken for a replay."""
+        fails, so the provider's own retry of the same delivery is not mistaken for a replay.
+
+        The window is judged again here, with the same clock, before and after the store is asked: verifying
+        may have taken a while (an SNS certificate fetch, a slow body), and the store remembers a webhook only
+        until signed_at + webhook_max_age, so nothing may be admitted after that moment."""
+        max_age = self.settings.webhook_max_age
+        self._check_window(provider, signed_at, self.clock())
         try:
-            first = await self.seen.first_time(provider, token, expires_at=signed_at + self.settings.webhook_max_age,
-                                               now=now)
+            first = await self.seen.first_time(provider, token, expires_at=signed_at + max_age, now=self.clock())
         except SeenUnavailable as exc:
             log.error("%s webhook refused: replay store unavailable (%s)", provider, exc)
-            raise  # 503 database_unavailable (json_errors): the provider delivers it again later
+            raise  # 503 (json_errors): the provider delivers it again later
         if not first:
             log.warning("%s webhook refused: replayed_request", provider)
             raise ApiError(403, "replayed_request", "this webhook was already received")
+        self._check_window(provider, signed_at, self.clock())
         try:
             yield
         except BaseException:
             await self.seen.forget(provider, token)
             raise
+
+    def _check_window(self, provider: str, signed_at: float, now: float) -> None:
+        max_age = self.settings.webhook_max_age
+        if abs(now - signed_at) > max_age:
+            log.warning("%s webhook refused: stale_timestamp", provider)
+            raise ApiError(403, "stale_timestamp", f"the webhook's timestamp is outside the {max_age:.0f} s window")
 
     async def _https_get(self, url: str) -> bytes:
         check_sns_url(url)  # again, right where the request is made

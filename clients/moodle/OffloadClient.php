@@ -73,7 +73,9 @@ final class OffloadClient
 
     /**
      * Hand a job over. 202: accepted (durably in Kafka); 200: this job id was already handed over.
-     * The job's callback_secret, if any, is dropped by the service; do not send one.
+     * The job's callback_secret, if any, is dropped by the service; do not send one. A token in callback_url's
+     * query (e.g. wstoken) is called as given, but the service keeps the query sealed, never in clear, and
+     * shows it redacted (?wstoken=[redacted]) when it reports the job.
      * @param array<string,mixed> $job the original design's Job JSON
      */
     public function submitJob(array $job, ?array $content = null, int $chunkSize = self::CHUNK_SIZE): OffloadResponse

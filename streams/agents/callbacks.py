@@ -37,7 +37,7 @@ from schemas.events import (
     client_job_id,
 )
 from schemas.events.suppression import RecipientUnsubscribed
-from security.callback_urls import SealedQueryError, open_query
+from security.callback_urls import SealedQueryError, open_query, scrub, seal_query
 from streams.context import BatchProgressTable, StreamContext
 from streams.state import CallbackQueue, PendingCallback
 
@@ -81,8 +81,12 @@ class CallbackScheduler:
         if isinstance(event, JobAccepted):
             if not event.callback_url or self.table.get(event.job_id) is not None:
                 return
+            url, sealed = event.callback_url, event.callback_query_sealed
+            if sealed is None:  # written before the API sealed queries: keep the query out of the changelog too
+                url, sealed = seal_query(url, event.job_id,
+                                         self.settings.callback_url_secret.get_secret_value().encode())
             state = CallbackQueue(
-                company_id=event.company_id, url=event.callback_url, sealed=event.callback_query_sealed,
+                company_id=event.company_id, url=url, sealed=sealed,
                 # None when the job named no key: the company's current key signs (Settings.callback_key_for).
                 key_id=event.callback_key_id,
                 total=event.total_recipients,
@@ -215,9 +219,8 @@ class CallbackScheduler:
                     result = await self.sender.send(url, callback.body.encode(), key_id=key_id,
                                                     secret=api_key.secret.get_secret_value(),
                                                     callback_id=callback.callback_id)
-                    query = url[len(state.url) + 1:]
-                    if query and result.error and query in result.error:  # an error that quotes the URL
-                        result = replace(result, error=result.error.replace(query, "[redacted]"))
+                    if result.error:  # an error that quotes the URL, or a part of it, keeps no token
+                        result = replace(result, error=scrub(result.error, url[len(state.url) + 1:]))
                 await self._record(job_id, callback, attempt_no, result)
         except asyncio.CancelledError:
             raise

@@ -1,24 +1,35 @@
 """Real jobs for the analytics tests and docs: several companies, templates and sizes, some learners refused
-by the mail server (RecipientFailed), some bounce/delivery/complaint reports afterwards (as the provider
-webhooks publish them), and one job rejected at intake. Run through the real worker and projector."""
+by the mail server (RecipientFailed), some bounce/delivery/complaint reports afterwards (signed Mailgun
+webhooks through the API's webhook route), and one job rejected at intake. Run through the real worker and
+projector."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from aiohttp import web
+from pydantic import SecretStr
+
+from api import webhooks
+from api.errors import MAX_BODY, json_errors
+from api.store import ReadStore
 from config.settings import Settings
 from devtools.devmail import DevMailSink
 from eventlog.publisher import EventPublisher
 from offload.client import submit_job
-from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered
 from tests.conftest import job_payload
 from tests.support.observe import query, wait_for, wait_for_job
 
+MAILGUN_SIGNING_KEY = "analytics-sample-mailgun-signing-key"
+MAILGUN_EVENTS = {"delivered": "delivered", "bounced": "failed", "complained": "complained"}
 EXTRA_TEMPLATES = {
     "course_overdue": ("Overdue: {{ course_name }}", "Dear {{ firstname }}, {{ course_name }} is overdue.\n",
                        "<p>Dear {{ firstname }}, <b>{{ course_name }}</b> is overdue.</p>\n"),
@@ -82,26 +93,48 @@ def sample_jobs(scale: int = 1) -> list[SampleJob]:
 
 
 async def publish_reports(settings: Settings, job: SampleJob) -> int:
-    """The provider's later reports about sent messages, as the webhook endpoints publish them."""
+    """The provider's later reports about sent messages, each POSTed as a signed Mailgun webhook (Mailgun as
+    the SMTP relay: its reports name our Message-ID) to the API's real webhook route, which matches it to the
+    learner in the read model and publishes the event."""
     rows = {r["userid"]: r for r in query(
         settings, "SELECT userid, email, message_id FROM job_recipients "
                   "WHERE job_id = %s AND status = 'sent'", (job.job_id,))}
-    kinds = {"delivered": RecipientDelivered, "bounced": RecipientBounced, "complained": RecipientComplained}
-    publisher = EventPublisher(settings, source="urn:manireports:offload:test-webhooks")
+    api_settings = settings.model_copy(update={"webhook_mailgun_signing_key": SecretStr(MAILGUN_SIGNING_KEY)})
+    publisher, store = EventPublisher(api_settings, source="urn:manireports:offload:api"), ReadStore(api_settings)
     await publisher.start()
+    await store.open()
+    app = web.Application(middlewares=[json_errors])
+    app[MAX_BODY] = api_settings.api_max_body_bytes
+    webhooks.setup(app, api_settings, publisher, store)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/webhooks/mailgun"  # type: ignore[union-attr]
+    limit = asyncio.Semaphore(8)
+
+    async def post(http: aiohttp.ClientSession, userid: int, kind: str) -> None:
+        row, now = rows[userid], time.time()
+        data: dict[str, Any] = {"event": MAILGUN_EVENTS[kind], "id": f"{kind}-{job.job_id}-{userid}",
+                                "recipient": row["email"], "timestamp": now,
+                                "message": {"headers": {"message-id": row["message_id"].strip("<>")}}}
+        if kind == "bounced":
+            data |= {"severity": "permanent", "reason": "bounce",
+                     "delivery-status": {"code": 550, "message": "550 5.1.1 mailbox unavailable"}}
+        token = f"mg-{job.job_id}-{userid}"
+        signature = hmac.new(MAILGUN_SIGNING_KEY.encode(), f"{int(now)}{token}".encode(), hashlib.sha256).hexdigest()
+        body = {"signature": {"timestamp": str(int(now)), "token": token, "signature": signature}, "event-data": data}
+        async with limit, http.post(url, json=body) as response:
+            reply = await response.json()
+            assert (response.status, reply) == (200, {"published": 1, "unmatched": 0}), (userid, kind, reply)
+
     try:
-        sends = []
-        for userid, kind in sorted(job.reports.items()):
-            row = rows[userid]
-            sends.append(await publisher.send(kinds[kind](
-                job_id=job.job_id, userid=userid, email=row["email"], provider="smtp",
-                message_id=row["message_id"],
-                provider_event_id=f"{kind}-{job.job_id}-{userid}", occurred_at=datetime.now(UTC),
-                detail="550 5.1.1 mailbox unavailable" if kind == "bounced" else None)))
-        await publisher.flush()
-        await asyncio.gather(*sends)
-        return len(sends)
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(post(http, userid, kind) for userid, kind in sorted(job.reports.items())))
+        return len(job.reports)
     finally:
+        await runner.cleanup()
+        await store.close()
         await publisher.stop()
 
 

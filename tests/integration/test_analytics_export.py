@@ -60,6 +60,14 @@ def test_an_export_of_real_jobs_opens_in_duckdb_with_typed_columns_and_the_read_
         assert n == sum(list(j.reports.values()).count(kind) for j in jobs)
         assert n == query(settings, f"SELECT sum({kind}) AS n FROM jobs")[0]["n"]
     assert db.sql(f"SELECT count(*) FROM '{out}/job.accepted.v1.parquet'").fetchone()[0] == len(jobs)
+    # The webhook route put every learner who bounced or complained on their company's list: as many rows as the
+    # suppressions read model holds, typed like the rest.
+    listed = db.sql(f"SELECT company_id, userid, source FROM '{out}/suppression.added.v1.parquet'").fetchall()
+    reported = sorted((j.company_id, u, "bounce" if k == "bounced" else "complaint")
+                      for j in jobs for u, k in j.reports.items() if k != "delivered")
+    assert sorted(listed) == reported
+    assert len(listed) == len(query(settings, "SELECT 1 FROM suppressions"))
+    assert types("suppression.added.v1")["userid"] == "BIGINT"
     rejected = db.sql(f"SELECT job_id, company_id, problems FROM '{out}/job.rejected.v1.parquet'").fetchall()
     assert [(job, company) for job, company, _ in rejected] == [("hooli-bad-1", 10)]
     assert "recipients.1.userid" in rejected[0][2]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from eventlog.topics import partitions_of
 from offload.client import request_retry, submit_job
@@ -40,6 +41,19 @@ async def _changelog(settings, table: str) -> list[tuple[int, str, object, int]]
         await consumer.stop()
 
 
+async def _write_spend(settings, entries: dict[str, float]) -> None:
+    """Spend entries as the router writes them (JSON key and value in the company-spend changelog's one
+    partition), as if earlier months' cloud jobs had run before this worker started."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for key, value in entries.items():
+            await producer.send_and_wait(f"{settings.app_id}-company-spend-changelog", json.dumps(value).encode(),
+                                         key=json.dumps(key).encode(), partition=0)
+    finally:
+        await producer.stop()
+
+
 def latest(settings, table: str, job_id: str) -> dict[tuple[int, str], tuple[object, int]]:
     """The last value (and its time) of each of the job's keys, per changelog partition."""
     last: dict[tuple[int, str], tuple[object, int]] = {}
@@ -55,6 +69,10 @@ def test_a_finished_jobs_table_state_is_deleted_after_the_retention_and_not_befo
     settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=50, job_expiry_interval_seconds=1,
                                 finished_job_retention_days=RETENTION_SECONDS / 86400)
     topics_for(settings)
+    now = datetime.now(UTC)
+    this_month, three_months_ago = f"{now:%Y-%m}", f"{now.year - (now.month <= 3)}-{(now.month - 4) % 12 + 1:02d}"
+    spend = {f"7:{three_months_ago}:long-ago": 0.5, f"7:{this_month}:this-month": 0.25}
+    asyncio.run(_write_spend(settings, spend))
     worker = processes("worker", settings)
     processes("projector", settings)
     for userid in (7, 70, 107):
@@ -93,6 +111,12 @@ def test_a_finished_jobs_table_state_is_deleted_after_the_retention_and_not_befo
     # The note that the job finished goes too, a few ticks later.
     wait_for(lambda: [v for v, _ in latest(settings, "finished-jobs", "expire-me").values()] == [None],
              timeout=60, what="the finished-jobs note to be dropped")
+
+    # Past months' spend is deleted (tombstone in the one partition); this month's is kept: the budget reads it.
+    spend_log = asyncio.run(_changelog(settings, "company-spend"))
+    assert [(p, k, v) for p, k, v, _ in spend_log if k == f"7:{three_months_ago}:long-ago"] == [
+        (0, f"7:{three_months_ago}:long-ago", 0.5), (0, f"7:{three_months_ago}:long-ago", None)]
+    assert [v for _, k, v, _ in spend_log if k == f"7:{this_month}:this-month"] == [0.25]
 
     # The worker has really forgotten the job: a retry of it is refused as unknown.
     asyncio.run(request_retry(settings, "expire-me", only_retryable=False))

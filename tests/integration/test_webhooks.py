@@ -4,6 +4,7 @@ are matched to recipients recorded by the projector and become events on the out
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from datetime import UTC, datetime
@@ -196,3 +197,65 @@ def test_signed_provider_reports_become_recipient_events(settings_factory, topic
     [job] = query(settings, "SELECT * FROM jobs WHERE job_id = %s", (JOB,))
     assert (job["delivered"], job["bounced"], job["complained"]) == (2, 1, 1)
     assert progress(job, [])["delivery"] == {"delivered": 2, "bounced": 1, "complained": 1, "bounce_rate": 0.25}
+
+
+def test_reports_map_by_the_message_id_as_sent_so_ids_from_before_keying_still_map_and_guessed_ones_do_not(
+        settings_factory, topics_for):
+    """Issue 11 finding 10: Message-IDs are HMACs under message_id_secret now. A learner sent before the upgrade
+    (an unkeyed sha256 Message-ID, recorded as sent) still gets its report; the unkeyed id an outsider computes
+    for another learner of the same job matches nobody, because matching reads the id recorded at send time."""
+    settings = settings_factory(webhook_mailgun_signing_key=MAILGUN_KEY)
+    topics_for(settings)
+    job = "wh-upgrade-job"
+
+    def unkeyed(userid: int) -> str:  # the scheme before keying: computable by anyone who knows job and userid
+        return "<" + hashlib.sha256(f"{job}\x00{userid}".encode()).hexdigest()[:40] + f"@{settings.message_id_domain}>"
+
+    keyed = message_id_for(job, 2, settings.message_id_domain, key=settings.message_id_key())
+
+    async def sent() -> None:
+        publisher = EventPublisher(settings, source="urn:test")
+        await publisher.start()
+        try:
+            for userid, message_id in ((1, unkeyed(1)), (2, keyed)):
+                await publisher.send_and_wait(RecipientSent(
+                    job_id=job, batch_no=0, userid=userid, email=f"learner{userid}@example.org", provider="mailgun",
+                    provider_message_id=None, attempts=1, message_id=message_id))
+        finally:
+            await publisher.stop()
+
+    asyncio.run(sent())
+    asyncio.run(Projector(settings).run(until_caught_up=True))
+
+    async def reports() -> list[tuple[int, dict]]:
+        publisher, store = EventPublisher(settings, source="urn:test:api"), ReadStore(settings)
+        await publisher.start()
+        await store.open()
+        app = web.Application(middlewares=[json_errors])
+        app[MAX_BODY] = settings.api_max_body_bytes
+        webhooks.setup(app, settings, publisher, store)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        replies = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                for n, (userid, message_id) in enumerate([(1, unkeyed(1)), (2, unkeyed(2)), (2, keyed)]):
+                    body = {"signature": mailgun_signature(MAILGUN_KEY, str(int(time.time())), f"mg-up-{n}"),
+                            "event-data": {"event": "delivered", "id": f"mg-up-ev-{n}",
+                                           "recipient": f"learner{userid}@example.org", "timestamp": time.time(),
+                                           "message": {"headers": {"message-id": message_id.strip("<>")}}}}
+                    async with http.post(base + "/webhooks/mailgun", json=body) as response:
+                        replies.append((response.status, await response.json()))
+        finally:
+            await runner.cleanup()
+            await store.close()
+            await publisher.stop()
+        return replies
+
+    assert asyncio.run(reports()) == [(200, {"published": 1, "unmatched": 0}), (200, {"published": 0, "unmatched": 1}),
+                                      (200, {"published": 1, "unmatched": 0})]
+    delivered = [e for e in events(settings, "outcomes") if isinstance(e, RecipientDelivered)]
+    assert sorted((e.job_id, e.userid) for e in delivered) == [(job, 1), (job, 2)]

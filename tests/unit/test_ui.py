@@ -111,7 +111,7 @@ def test_a_job_waiting_for_its_budget_shows_why_and_the_figures():
         "fallback_reason": None, "error_message": None, "problems": None, "createdby": 2, "timecreated": now,
         "timestarted": None, "timecompleted": None, "updated_at": now, "delivered": 0, "bounced": 0,
         "complained": 0, "pacing": None, "estimated_cost": None, "currency": None, "suppressed": 0,
-        "template_source": None, "template_version": None,
+        "template_source": None, "template_version": None, "callback_url": None,
         "budget_wait": {"month": "2026-11", "monthly_budget": 0.05, "spent": 0.045, "estimated_cost": 0.009,
                         "currency": "USD", "provider": "sendgrid", "since": now.isoformat()},
     }
