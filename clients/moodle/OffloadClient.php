@@ -128,7 +128,8 @@ final class OffloadClient
                 $userids .= (int) $recipients[$index]['userid'] . "\n";
             }
             $digests[] = hash('sha256', $userids);
-            $reply = $this->retried('POST', $path . '/recipients', self::json(['chunk_no' => $number, 'recipients' => $part]));
+            $chunk = self::json(['chunk_no' => $number, 'recipients' => $part]);
+            $reply = $this->retried('POST', $path . '/recipients', $chunk);
             if ($reply->status !== 202 && $reply->status !== 200) {
                 return $reply;
             }
