@@ -8,7 +8,7 @@ from api.errors import ApiError
 from api.state import ApiState
 from api.template_reads import company_template
 from content.validation import job_template_problems, refusal_code
-from schemas.events import SCOPED_SUFFIX, JobRequested
+from schemas.events import SCOPED_SUFFIX, JobRequested, scoped_id_room
 from schemas.intake import template_data_problem
 from security.callback_urls import check_callback_url, seal_query
 from security.signing import Caller
@@ -25,12 +25,18 @@ async def admit(state: ApiState, caller: Caller, job: JobRequestedT, *,
     if SCOPED_SUFFIX.search(job.job_id):
         raise ApiError(422, "invalid_field", "a job id may not end in ..c<digits>: that form is reserved",
                        problems=[{"code": "invalid_field", "field": "job_id", "message": "reserved form"}])
+    if (room := scoped_id_room(job.company_id)) < len(job.job_id):
+        # Refused whether or not the id is in use: a longer id could not be scoped if another company held it,
+        # and answering differently then would tell the caller that it exists (issue 11 finding 12).
+        message = f"a job id of company {job.company_id} may have at most {room} characters"
+        raise ApiError(422, "invalid_field", message,
+                       problems=[{"code": "invalid_field", "field": "job_id", "message": message}])
     if job.callback_query_sealed is not None:
         raise ApiError(422, "invalid_field", "callback_query_sealed is set by the API, never by a client")
     too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
     if too_large is not None:
-        problem = {"code": "template_data_too_large", "field": too_large.field, "message": too_large.message}
-        raise ApiError(422, "template_data_too_large", too_large.message, problems=[problem])
+        assert too_large.code is not None
+        raise ApiError(422, too_large.code, too_large.message, problems=[too_large.model_dump()])
     if check_templates:
         await check_job_templates(state, job)
     if job.callback_url:

@@ -93,16 +93,20 @@ async def _visible_job(state: ApiState, caller: Caller, job_id: str) -> dict[str
     candidates = [job_id]
     if caller.company_id is not None:
         candidates.append(scoped_job_id(job_id, caller.company_id))
+    rows = []
     for stored in candidates:
         row, errors = await state.store.job_with_errors(stored)
-        if row is not None:
-            if caller.may_see(row["company_id"]):
-                return {**progress(row, errors), "job_id": job_id, "_id": stored, "_row": row}
-            continue
+        if row is not None and caller.may_see(row["company_id"]):
+            return {**progress(row, errors), "job_id": job_id, "_id": stored, "_row": row}
+        rows.append(row)
+    for stored, row in zip(candidates, rows, strict=True):
         company = state.submissions.handed_over(stored)
         if company is not None and caller.may_see(company):
+            # Handed over, not routed yet. If another company's job holds the id after all (its request reached
+            # Kafka first, through another API process), the worker routes this one under the scoped id.
+            routed_as = stored if row is None or row["company_id"] == company else scoped_job_id(stored, company)
             return {"job_id": job_id, "company_id": company, "status": "submitted", "progress": None,
-                    "errors": [], "_id": stored, "_row": None}
+                    "errors": [], "_id": routed_as, "_row": None}
     raise ApiError(404, "job_not_found", "no such job")
 
 
@@ -184,13 +188,25 @@ async def retry_job(request: web.Request) -> web.Response:
 
 
 async def _limit_retries(state: ApiState, job_id: str) -> None:
-    """One retry request per job per api_retry_interval, counted in the store every API replica shares: each
-    retry run writes the job's failed learners to Kafka again, so a loop of retries must not be free."""
+    """One retry request per job per api_retry_interval, and at most api_retries_per_job_per_day in any 24
+    hours, counted in the store every API replica shares: each retry run writes the job's failed learners to
+    Kafka again, so a loop of retries must not be free (issue 11 finding 1)."""
     interval = state.settings.api_retry_interval
-    if interval <= 0:
-        return
+    seen = state.verifier.seen
     now = time.time()
-    first = await state.verifier.seen.first_time("retry", job_id, expires_at=now + interval, now=now)
-    if not first:
+    if interval > 0 and not await seen.first_time("retry", job_id, expires_at=now + interval, now=now):
         raise ApiError(429, "retry_rate_limited", f"this job was retried less than {interval:.0f} s ago; "
                                                   "wait for that run to finish", retry_after=int(interval))
+    per_day = state.settings.api_retries_per_job_per_day
+    if per_day <= 0:
+        return
+    # per_day slots, each held for 24 hours by the request that took it: no more than per_day in any 24 hours.
+    for slot in range(per_day):
+        if await seen.first_time("retry-day", f"{job_id}:{slot}", expires_at=now + DAY, now=now):
+            return
+    raise ApiError(429, "retry_limit_reached", f"this job was retried {per_day} times in the last 24 hours, "
+                                               "the most allowed (api_retries_per_job_per_day)",
+                   retry_after=3600)
+
+
+DAY = 24 * 3600.0

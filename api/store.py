@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from config.settings import Settings
 from projections.jobs import JobStatus
+from schemas.events import JobPaused, JobResumed
 from security.callback_urls import redacted
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,17 @@ _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provide
     succeeded, failed, duplicates_removed, batch_count, batches_done, fell_back, fallback_reason, error_message,
     problems, createdby, timecreated, timestarted, timecompleted, updated_at, delivered, bounced, complained,
     pacing, estimated_cost, currency, budget_wait, suppressed, template_source, template_version, callback_url"""
+
+
+# The jobs as shown: the read model's status, except that an accepted or running job whose latest
+# JobPaused / JobResumed (audit log; one topic and key, so offsets order them) is a pause shows as "paused".
+# Derived here rather than stored: the projector then needs no order between the jobs and batches topics.
+_SHOWN_STATUS = f"""CASE WHEN j.status IN ('accepted', 'running') AND (
+        SELECT a.event_type FROM audit_log a WHERE a.subject = j.job_id
+          AND a.event_type IN ('{JobPaused.ce_type}', '{JobResumed.ce_type}') ORDER BY a."offset" DESC LIMIT 1
+    ) = '{JobPaused.ce_type}' THEN 'paused' ELSE j.status END"""
+_JOBS = ("(SELECT " + ", ".join(f"j.{c.strip()}" if c.strip() != "status" else f"{_SHOWN_STATUS} AS status"
+                                 for c in _JOB_COLUMNS.split(",")) + " FROM jobs j)")
 
 
 class ReadStore:
@@ -73,14 +85,14 @@ class ReadStore:
             return await cur.fetchall()
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
-        rows = await self._rows(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s", (job_id,))
+        rows = await self._rows(f"SELECT {_JOB_COLUMNS} FROM {_JOBS} jobs WHERE job_id = %s", (job_id,))
         return rows[0] if rows else None
 
     async def job_with_errors(self, job_id: str, limit: int = 10) -> tuple[dict[str, Any] | None, list[dict]]:
         """The job row and its most frequent failure messages, in one round trip of two statements."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             try:
-                await cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s", (job_id,))
+                await cur.execute(f"SELECT {_JOB_COLUMNS} FROM {_JOBS} jobs WHERE job_id = %s", (job_id,))
                 row = await cur.fetchone()
                 if row is None or not row["failed"]:
                     return row, []
@@ -106,7 +118,7 @@ class ReadStore:
             params.append(status)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._rows(
-            f"""SELECT {_JOB_COLUMNS}, count(*) OVER () AS total_rows FROM jobs {clause}
+            f"""SELECT {_JOB_COLUMNS}, count(*) OVER () AS total_rows FROM {_JOBS} jobs {clause}
                 ORDER BY timecreated DESC NULLS LAST, job_id LIMIT %s OFFSET %s""",
             (*params, limit, offset),
         )
@@ -114,7 +126,7 @@ class ReadStore:
         for row in rows[1:]:
             row.pop("total_rows")
         if not rows and offset:
-            counted = await self._rows(f"SELECT count(*) AS n FROM jobs {clause}", tuple(params))
+            counted = await self._rows(f"SELECT count(*) AS n FROM {_JOBS} jobs {clause}", tuple(params))
             total = counted[0]["n"] if counted else 0
         return rows, total
 
@@ -141,10 +153,10 @@ class ReadStore:
         params = {"company": company_id, "status": status, "type": job_type, "cancel": cancel_type,
                   "limit": limit, "offset": offset}
         rows = await self._rows(
-            """SELECT j.*, count(*) OVER () AS total_rows,
+            f"""SELECT j.*, count(*) OVER () AS total_rows,
                       EXISTS (SELECT 1 FROM audit_log a WHERE a.subject = j.job_id AND a.event_type = %(cancel)s)
                         AS cancel_requested
-               FROM jobs j
+               FROM {_JOBS} j
                WHERE (%(company)s::int IS NULL OR j.company_id = %(company)s)
                  AND (%(status)s::text IS NULL OR j.status = %(status)s)
                  AND (%(type)s::text IS NULL OR j.type = %(type)s)
@@ -153,7 +165,7 @@ class ReadStore:
         total = rows[0]["total_rows"] if rows else 0
         if not rows and offset:
             counted = await self._rows(
-                """SELECT count(*) AS n FROM jobs WHERE (%(company)s::int IS NULL OR company_id = %(company)s)
+                f"""SELECT count(*) AS n FROM {_JOBS} j WHERE (%(company)s::int IS NULL OR company_id = %(company)s)
                    AND (%(status)s::text IS NULL OR status = %(status)s)
                    AND (%(type)s::text IS NULL OR type = %(type)s)""", params)
             total = counted[0]["n"] if counted else 0
@@ -223,8 +235,8 @@ class ReadStore:
         """Everything /metrics reads from Postgres, on one connection: jobs by status and type, outcomes by
         route and provider, callbacks by status, and the projector's next offsets."""
         queries = {
-            "jobs": ("""SELECT status, coalesce(type, 'unknown') AS type, count(*) AS n FROM jobs
-                        GROUP BY 1, 2 ORDER BY 1, 2""", ()),
+            "jobs": (f"""SELECT status, coalesce(type, 'unknown') AS type, count(*) AS n FROM {_JOBS} jobs
+                         GROUP BY 1, 2 ORDER BY 1, 2""", ()),
             "outcomes": ("""SELECT coalesce(route, 'unknown') AS route, coalesce(provider, 'unknown') AS provider,
                                    sum(succeeded)::bigint AS sent, sum(failed)::bigint AS failed
                             FROM jobs GROUP BY 1, 2 ORDER BY 1, 2""", ()),

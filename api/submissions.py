@@ -56,13 +56,12 @@ class Submissions:
         try:
             return await self._submit(job, may_see=may_see)
         except _ForeignId:
+            # api.jobs refused ids too long to scope, whether or not anyone holds them, so the answer never
+            # depends on another company's ids.
             scoped = scoped_job_id(job.job_id, job.company_id)
-            if len(scoped) > 128:
-                # Only ids of 116+ characters cannot be scoped; such a collision is still answered as before.
-                raise ApiError(409, "job_id_taken", "this job id is already in use; choose another") from None
             try:
                 return await self._submit(job.model_copy(update={"job_id": scoped}), may_see=may_see)
-            except _ForeignId:  # an admin key chose this very id for another company
+            except _ForeignId:  # only a producer other than the API could have put another company's job here
                 raise ApiError(409, "job_id_taken", "this job id is already in use; choose another") from None
 
     async def _submit(self, job: JobRequested, *, may_see: set[int] | None) -> Submission:

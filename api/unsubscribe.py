@@ -16,7 +16,9 @@ from typing import Literal
 
 from aiohttp import web
 
+from api.bodies import read_body
 from api.certificates import public_page
+from api.errors import ApiError
 from api.state import state_of
 from schemas.events.suppression import RecipientUnsubscribed
 from security.unsubscribe import MAX_TOKEN_LENGTH, UnsubscribeToken, read_token
@@ -54,9 +56,12 @@ async def unsubscribe(request: web.Request) -> web.Response:
     token = _token(request)
     if token is None:
         return _not_ours()
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        return public_page("Too large", "<p>This request is too large.</p>", 413)
-    form = (await request.content.read(MAX_FORM_BYTES)).decode("utf-8", "replace")
+    try:  # whole and within a deadline: a client trickling its body holds no connection open for long
+        body = await read_body(request, limit=MAX_FORM_BYTES, what="unsubscribe requests",
+                               timeout=state_of(request).settings.api_body_timeout)
+    except ApiError as exc:
+        return public_page("Not unsubscribed", f"<p>{html.escape(exc.message)}. Nothing was changed.</p>", exc.status)
+    form = body.decode("utf-8", "replace")
     method: Literal["one-click", "confirmation-page"] = "one-click" if ONE_CLICK in form else "confirmation-page"
     event = RecipientUnsubscribed(company_id=token.company_id, userid=token.userid, list_id=token.list_id,
                                   method=method)

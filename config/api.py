@@ -42,6 +42,9 @@ class ApiSettings(SettingsBase):
     api_seen_schema: str = Field(default="offload_api", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     # One retry request per job per this many seconds (429 retry_rate_limited otherwise), across API replicas.
     api_retry_interval: float = Field(default=60.0, ge=0, le=24 * 3600)
+    # And at most this many retry requests per job in any 24 hours (429 retry_limit_reached; 0 = no daily cap):
+    # one a minute is still 1,440 retry runs a day, each writing the job's failed learners again.
+    api_retries_per_job_per_day: int = Field(default=24, ge=0, le=1000)
     # Bounds on waiting for a dependency, so a request answers 503 + Retry-After instead of hanging.
     api_db_timeout: float = Field(default=5.0, gt=0, le=120)  # getting a Postgres connection
     api_handoff_timeout: float = Field(default=10.0, gt=0, le=120)  # Kafka acknowledging a job (acks=all)

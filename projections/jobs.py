@@ -34,6 +34,7 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"  # every batch of every run reported (JobCompleted)
     REJECTED = "rejected"    # never accepted (JobRejected)
     CANCELLED = "cancelled"  # stopped on request (JobCompleted with cancelled=true)
+    PAUSED = "paused"        # shown, never stored: accepted/running and paused by its bounce rate (api/store.py)
 
 
 # Statuses a job stays in unless someone acts: cancelling one of these is refused.

@@ -110,9 +110,9 @@ def template_data_problem(data: dict[str, Any], limit: int) -> Problem | None:
     size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
     if size <= limit:
         return None
-    return Problem(field="template_data", message=f"template_data is {size} bytes of JSON; the limit is {limit} "
-                                                  "(template_data_max_bytes): put per-learner values on the "
-                                                  "recipients instead")
+    return Problem(field="template_data", code="template_data_too_large",
+                   message=f"template_data is {size} bytes of JSON; the limit is {limit} (template_data_max_bytes): "
+                           "put per-learner values on the recipients instead")
 
 
 def unique_recipients(recipients: Sequence[Recipient]) -> list[Recipient]:

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from cryptography.exceptions import InvalidTag
@@ -122,7 +123,7 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve_timeout: 
     return None
 
 
-def _getaddrinfo(host: str, port: int) -> list[tuple]:
+def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 

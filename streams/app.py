@@ -42,6 +42,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_max_fetch_size=MAX_MESSAGE_BYTES,
         producer_max_request_size=MAX_MESSAGE_BYTES,
         producer_acks=-1,
+        # The tables' changelogs compress like every other record the project writes (eventlog.publisher).
+        producer_compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         web_enabled=False,
         autodiscover=False,
     )

@@ -33,7 +33,7 @@ from streams.budget_wait import BudgetWait
 from streams.chunk_reader import ChunkReader, LoggedLearners
 from streams.context import StreamContext
 from streams.learners import Learners
-from streams.state import Stored, _check_keys
+from streams.state import KnownJob, Stored, _check_keys
 from streams.templates import ResolvedTemplate
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,12 @@ class ChunkedJobs:
             await self.ctx.dead_letter(message, str(exc), "route-jobs")
             return
         assert isinstance(event, JobOpened | RecipientChunkReceived | JobCommitted)  # CE_TYPES only come here
-        known = self.ctx.known_jobs.get(event.job_id)
-        if known is not None:
-            log.info("job %s already %s; its %s is ignored", event.job_id, known, type(event).__name__)
+        stored = self.ctx.known_jobs.get(event.job_id)
+        if stored is not None:
+            # A resubmission, or (only for records produced past the API, which refuses an id another company
+            # holds with 409 job_id_taken) another company's job under a taken id: ignored either way.
+            log.info("job %s already %s; its %s is ignored", event.job_id, KnownJob.from_stored(stored).outcome,
+                     type(event).__name__)
             return
         where = (message.partition, message.offset)
         if isinstance(event, JobOpened):
@@ -186,7 +189,7 @@ class ChunkedJobs:
         if not accepted:  # waits for its budget: the timer lets it go through release(), reading these notes
             self.table[job_id] = OpenedJob(opened.partition, opened.offset, opened.highest_chunk,
                                            (event.chunk_count, check.unique, check.repeats)).to_dict()
-        self.ctx.known_jobs[job_id] = "accepted" if accepted else "waiting"
+        self.ctx.known_jobs[job_id] = KnownJob("accepted" if accepted else "waiting", header.company_id).to_dict()
         log.info("chunked job %s committed: %d chunks, %d learners, %d repeats removed, %s", job_id,
                  event.chunk_count, check.unique, check.repeats, "dispatched" if accepted else "waiting")
         if accepted:
@@ -218,7 +221,7 @@ class ChunkedJobs:
     async def _reject(self, job_id: str, company_id: int | None, problems: list[Problem],
                       opened: OpenedJob | None, chunk_count: int) -> None:
         await self.ctx.publisher.send_and_wait(JobRejected(job_id=job_id, company_id=company_id, problems=problems))
-        self.ctx.known_jobs[job_id] = "rejected"
+        self.ctx.known_jobs[job_id] = KnownJob("rejected", company_id).to_dict()
         log.info("chunked job %s rejected at its commit: %s", job_id, "; ".join(p.message for p in problems))
         self._forget(job_id, opened, chunk_count)
 

@@ -76,7 +76,7 @@ class StreamContext:
     jobs: faust.TopicT
     company_settings: faust.TopicT
     company_settings_table: GlobalTableT
-    known_jobs: TableT[str, str]
+    known_jobs: TableT[str, str | dict[str, Any]]  # streams.state.KnownJob
     batch_progress: TableT[str, dict[str, Any]]
     job_progress: TableT[str, dict[str, Any]]
     job_failures: TableT[str, dict[str, Any]]

@@ -2,8 +2,9 @@
 
 | table            | key                  | value                                                          |
 |------------------|----------------------|----------------------------------------------------------------|
-| known-jobs       | job id               | ``"accepted"``, ``"rejected"`` or ``"waiting"`` (for its budget, |
-|                  |                      | then let go by the budget timer without changing this note)    |
+| known-jobs       | job id               | KnownJob: ``accepted``, ``rejected`` or ``waiting`` (for its   |
+|                  |                      | budget, then let go by the budget timer without changing this  |
+|                  |                      | note) and the company that holds the id                        |
 | budget-waits     | job id               | BudgetWait (streams.budget_wait)                               |
 | company-settings | company id           | the CompanySettingsChanged event's own JSON (schemas/ decodes) |
 | batch-progress   | job:run:batch        | BatchProgress                                                  |
@@ -17,17 +18,18 @@ Tables hold each value's ``to_dict()`` (JSON in the changelog) and code reads it
 which refuses a key it does not know, so a misspelt field fails loudly instead of reading as empty.
 
 Changelog compatibility: a worker of this code resumes from changelogs written before these types existed.
-Every ``to_dict()`` writes the same JSON the old untyped code wrote, except BatchFailures, which now spells its
-fields out (``partition``, ``offset``, ``failures``); its ``from_dict()`` also reads the old one-letter form
-(``p``, ``o``, ``f``). Keys that the old code added only when first needed (``done``, ``included``,
-``locations``, ``retry_pending``, ...) are optional in the stored form and read as empty.
+Every ``to_dict()`` writes the same JSON the old untyped code wrote, except two. KnownJob: the old code stored
+the outcome alone, a plain string, which ``from_stored()`` still reads (the company is then unknown).
+BatchFailures now spells its fields out (``partition``, ``offset``, ``failures``); its ``from_dict()`` also reads
+the old one-letter form (``p``, ``o``, ``f``). Keys that the old code added only when first needed (``done``,
+``included``, ``locations``, ``retry_pending``, ...) are optional in the stored form and read as empty.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 IntakeOutcome = Literal["accepted", "rejected", "waiting"]  # waiting: for the budget
 BatchStage = Literal["started", "done"]
@@ -53,6 +55,38 @@ def _optional_int(value: Any) -> int | None:
 
 def _failures(pairs: Iterable[Iterable[Any]]) -> tuple[tuple[int, bool], ...]:
     return tuple((int(userid), bool(retryable)) for userid, retryable in pairs)
+
+
+# --- known-jobs ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KnownJob:
+    """What the route agent did with the first request for a job id, and for which company: a later request for
+    the id from the same company is Moodle resubmitting; from another company it is that company's own job."""
+
+    outcome: IntakeOutcome
+    company_id: int | None  # None: noted by a worker before the company was kept (then treated as the same)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "company_id": self.company_id}
+
+    @classmethod
+    def from_stored(cls, raw: str | Stored) -> KnownJob:
+        if isinstance(raw, str):  # written before the company was kept
+            return cls(_outcome(raw), None)
+        _check_keys("known-jobs", raw, ("outcome", "company_id"))
+        return cls(_outcome(raw["outcome"]), _optional_int(raw["company_id"]))
+
+    def held_by_another(self, company_id: int | None) -> bool:
+        """True when the id belongs to a company other than ``company_id`` (both known)."""
+        return self.company_id is not None and company_id is not None and company_id != self.company_id
+
+
+def _outcome(raw: str) -> IntakeOutcome:
+    if raw not in get_args(IntakeOutcome):
+        raise ValueError(f"known-jobs: unknown outcome {raw!r}")
+    return cast(IntakeOutcome, raw)
 
 
 # --- batch-progress --------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -11,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from api.bodies import read_body
 from api.errors import ApiError, json_response
 from api.store import ReadStore
 from api.webhooks.reports import mailgun_reports, sendgrid_reports, ses_reports
@@ -27,28 +27,9 @@ WEBHOOKS: web.AppKey[WebhookService] = web.AppKey("webhooks", WebhookService)
 
 
 async def _body(request: web.Request) -> bytes:
-    """The whole body, up to MAX_WEBHOOK_BYTES, within api_body_timeout (408 body_timeout otherwise).
-
-    Read to the end: one ``content.read(n)`` returns only what has arrived so far, which cuts a body sent in
-    several TCP segments short (its signature then fails)."""
-    too_large = ApiError(413, "body_too_large", f"webhooks are limited to {MAX_WEBHOOK_BYTES} bytes")
-    if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
-        raise too_large
-
-    async def read_all() -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > MAX_WEBHOOK_BYTES:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    timeout = request.app[WEBHOOKS].settings.api_body_timeout
-    try:
-        return await asyncio.wait_for(read_all(), timeout)
-    except TimeoutError:
-        raise ApiError(408, "body_timeout", f"the body did not arrive within {timeout:.0f} s") from None
+    """The whole body, up to MAX_WEBHOOK_BYTES, within api_body_timeout (413 / 408 otherwise)."""
+    return await read_body(request, limit=MAX_WEBHOOK_BYTES, what="webhooks",
+                           timeout=request.app[WEBHOOKS].settings.api_body_timeout)
 
 
 def _json(body: bytes) -> Any:

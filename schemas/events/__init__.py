@@ -47,6 +47,7 @@ from schemas.events.jobs import (
     Recipient,
     TemplateId,
     client_job_id,
+    scoped_id_room,
     scoped_job_id,
 )
 from schemas.events.outcomes import (
@@ -124,6 +125,7 @@ __all__ = [
     "TemplateRetired",
     "TemplateSource",
     "client_job_id",
+    "scoped_id_room",
     "scoped_job_id",
     "utcnow",
 ]

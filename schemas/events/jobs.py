@@ -13,7 +13,8 @@ from schemas.events.base import Event, JobType, MailCategory, Route, utcnow
 from schemas.events.content import InlineContent, TemplateSource
 
 # No ":" (it separates the parts of batch keys) and nothing that could not name a storage object.
-JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+JOB_ID_MAX_LENGTH = 128
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=JOB_ID_MAX_LENGTH, pattern=r"^[A-Za-z0-9._-]+$")]
 TemplateId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
 
 
@@ -25,6 +26,11 @@ SCOPED_SUFFIX = re.compile(r"\.\.c[0-9]{1,10}$")
 
 def scoped_job_id(job_id: str, company_id: int) -> str:
     return f"{job_id}..c{company_id}"
+
+
+def scoped_id_room(company_id: int) -> int:
+    """The longest job id a company may choose: one that still fits JobId when scoped."""
+    return JOB_ID_MAX_LENGTH - len(scoped_job_id("", company_id))
 
 
 def client_job_id(job_id: str, company_id: int) -> str:

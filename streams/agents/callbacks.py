@@ -210,7 +210,8 @@ class CallbackScheduler:
                 else:
                     key_id, api_key = key
                     try:
-                        url = open_query(state.url, state.sealed, job_id,
+                        # Sealed by the API under the id the company chose, before a scoped id (finding 12).
+                        url = open_query(state.url, state.sealed, client_job_id(job_id, state.company_id),
                                          self.settings.callback_url_secret.get_secret_value().encode())
                     except SealedQueryError as exc:
                         result = Attempt(False, None, str(exc), 0, permanent=True)

@@ -7,10 +7,12 @@ A cloud job that would take its company past its monthly budget goes local (JobO
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, datetime
 
 import faust
+from pydantic import ValidationError
 
 from content.validation import job_template_problems
 from schemas.envelope import header
@@ -23,8 +25,9 @@ from schemas.events import (
     JobRejected,
     JobRequested,
     JobWaitingForBudget,
+    scoped_job_id,
 )
-from schemas.intake import batch_count, template_data_problem, validate_request
+from schemas.intake import IntakeResult, batch_count, template_data_problem, validate_request
 from streams import budget_wait, chunked_jobs
 from streams.budget import BudgetCheck, check_budget, month_of, spend_key, spent
 from streams.budget_wait import BudgetWait, BudgetWaits
@@ -33,6 +36,7 @@ from streams.context import StreamContext
 from streams.cost import cost_of
 from streams.learners import Learners, ListedLearners
 from streams.routing import RouteDecision, decide_route
+from streams.state import KnownJob
 from streams.suppressions import mail_category
 from streams.templates import ResolvedTemplate
 
@@ -64,9 +68,14 @@ class JobRouter:
             return
         job_id = intake.job_id
         assert job_id is not None
-        if self.ctx.known_jobs.get(job_id) is not None:
+        stored = self.ctx.known_jobs.get(job_id)
+        if stored is not None:
+            known = KnownJob.from_stored(stored)
+            if known.held_by_another(intake.company_id):
+                await self._scope(message, intake)
+                return
             # The same job id again does nothing: Moodle may resubmit after a timeout.
-            log.info("job %s already %s; repeated request ignored", job_id, self.ctx.known_jobs[job_id])
+            log.info("job %s already %s; repeated request ignored", job_id, known.outcome)
             return
         problems = list(intake.problems)
         resolved = None
@@ -83,11 +92,33 @@ class JobRouter:
             await self.ctx.publisher.send_and_wait(
                 JobRejected(job_id=job_id, company_id=intake.company_id, problems=problems)
             )
-            self.ctx.known_jobs[job_id] = "rejected"
+            self.ctx.known_jobs[job_id] = KnownJob("rejected", intake.company_id).to_dict()
             return
         accepted = await self._accept(intake.job, intake.duplicates_removed, (message.partition, message.offset),
                                       resolved)
-        self.ctx.known_jobs[job_id] = "accepted" if accepted else "waiting"
+        self.ctx.known_jobs[job_id] = KnownJob("accepted" if accepted else "waiting", intake.company_id).to_dict()
+
+    async def _scope(self, message: faust.types.Message, intake: IntakeResult) -> None:
+        """Another company holds this job id (issue 11 finding 12): the request becomes this company's own job
+        ``scoped_job_id(id, company)``, sent again to job-requests under that key and routed from there like any
+        other, so a resubmission of it is recognised as one. Two API processes may each have handed over the id
+        before either job was in the read model; the first request in the id's partition keeps it, and neither
+        company is told of the other or blocked by it. The API shows each company the id it chose."""
+        assert intake.job_id is not None and intake.company_id is not None
+        scoped = scoped_job_id(intake.job_id, intake.company_id)
+        if intake.job is None:  # invalid: rejected under its own id, never under the other company's
+            await self.ctx.publisher.send_and_wait(
+                JobRejected(job_id=scoped, company_id=intake.company_id, problems=list(intake.problems)))
+            return
+        try:  # as sent, duplicates included: the scoped request's own routing removes and counts them
+            job = JobRequested.model_validate({**json.loads(message.value or b""), "job_id": scoped})
+        except ValidationError as exc:  # the id is too long to scope; the API refuses such ids up front
+            await self.ctx.dead_letter(message, f"job id held by another company cannot be scoped: {exc}",
+                                       "route-jobs")
+            return
+        await self.ctx.publisher.send_and_wait(job)
+        log.info("job id %s is another company's: company %d's request goes on as job %s", intake.job_id,
+                 intake.company_id, scoped)
 
     async def reroute(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int],
                       wait: BudgetWait) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email
 
 import pytest
 
@@ -38,6 +39,17 @@ def test_mail_sent_over_smtp_is_signed_with_the_company_key(settings_factory, to
         assert dkimpy_verify(received.raw, name=name, key=rsa_key()), learner["email"]
     tampered = by_address[signed_job["recipients"][0]["email"]][0].raw.replace(b"Dear ", b"Dear dear ", 1)
     assert not dkimpy_verify(tampered, name=name, key=rsa_key())
+    # A course reminder is bulk mail: both RFC 8058 headers are there and under the signature (RFC 8058 §4),
+    # so a relay that drops or rewrites the one-click link breaks it.
+    first = by_address[signed_job["recipients"][0]["email"]][0]
+    message = email.message_from_bytes(first.raw)
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/u/" in message["List-Unsubscribe"]
+    signature = " ".join(message["DKIM-Signature"].split())
+    signed = signature.split(" h=", 1)[1].split(";", 1)[0].replace(" ", "").lower().split(":")
+    assert {"list-unsubscribe", "list-unsubscribe-post"} <= set(signed), signed
+    relinked = first.raw.replace(b"/u/", b"/x/", 1)
+    assert relinked != first.raw and not dkimpy_verify(relinked, name=name, key=rsa_key())
     for learner in other_job["recipients"]:  # company 8 has no key and no "*" key: unsigned
         assert b"DKIM-Signature" not in by_address[learner["email"]][0].raw
 

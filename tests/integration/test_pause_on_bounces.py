@@ -101,16 +101,22 @@ def test_bounces_above_the_threshold_pause_the_job_until_resumed_and_nobody_is_s
     view = wait_for(lambda: (v := client.get("/api/v1/jobs/pause-job").body)["status"] == "paused" and v,
                     timeout=60, what="the API shows the pause")
     assert view["pause"]["reason"] == paused.reason and view["pause"]["figures"]["bounced"] == 1
+    # The job lists say paused too, and find it by that status.
+    listed = client.get("/api/v1/jobs?status=paused").body
+    assert [j["job_id"] for j in listed["jobs"]] == ["pause-job"] and listed["jobs"][0]["status"] == "paused"
+    assert client.get("/api/v1/jobs?status=running").body["total"] == 0
 
     # The admin's job page says why and offers Resume; resuming there is a CSRF-protected form like cancel.
     admin = AdminBrowser(api.base_url, "ops", ADMIN_SECRET)
     page = admin.get("/ui/jobs/pause-job")
     assert f"Paused: {html.escape(paused.reason)}" in page and 'id="resume-button"' in page
+    assert '<span class="badge badge-paused">paused</span>' in admin.get("/ui/jobs?status=paused")
     assert admin.post("/ui/jobs/pause-job/resume", {"reason": "bad list cleaned"}).endswith(
         "/ui/jobs/pause-job?notice=resume_requested")
     job = wait_for_job(settings, "pause-job", timeout=120)
     assert (job["succeeded"], job["failed"]) == (60, 0)
     assert client.get("/api/v1/jobs/pause-job").body["pause"]["paused"] is False
+    assert client.get("/api/v1/jobs?status=paused").body["total"] == 0
     assert client.post("/api/v1/jobs/pause-job/resume").status == 409
     counts = mail_sink.recipient_counts()
     assert len(counts) == 60 and set(counts.values()) == {1}, counts
