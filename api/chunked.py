@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from api import params
 from api.admission import admit, check_job_templates
 from api.errors import ApiError, json_response
-from api.ingest import _control_characters, _template_syntax
+from api.ingest import control_characters, template_syntax
 from api.state import ApiState, body_of, caller_of, state_of
 from schemas.chunking import ChunkSummary, summarize, unsorted_at
 from schemas.events import (
@@ -106,7 +106,7 @@ async def open_chunked_job(request: web.Request) -> web.Response:
         problems = _problems(exc)
         raise ApiError(422, problems[0]["code"], f"the job header has {len(problems)} problem(s); nothing was "
                        "accepted", problems=problems) from None
-    if refusals := list(_template_syntax(header.template_data)) + list(_control_characters(header)):
+    if refusals := list(template_syntax(header.template_data)) + list(control_characters(header)):
         raise ApiError(422, refusals[0].code, refusals[0].message, problems=[r.as_json() for r in refusals])
     header = await admit(state, caller, header, check_templates=False)
     uploads = request.app[UPLOADS]
@@ -184,7 +184,7 @@ async def add_chunk(request: web.Request) -> web.Response:
         raise ApiError(422, "unsorted_chunk", f"chunk {number} overlaps the userids of chunk "
                                               f"{number - 1 if before and summary.first < before.last else number + 1}:"
                                               f" send {CHUNK_ORDER}")
-    if refusals := list(_control_characters(JobRequested.model_construct(recipients=chunk.recipients,
+    if refusals := list(control_characters(JobRequested.model_construct(recipients=chunk.recipients,
                                                                          template_data={}))):
         raise ApiError(422, refusals[0].code, refusals[0].message, problems=[r.as_json() for r in refusals])
     if number == 0:
