@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from api import (
     certificates,
+    chunked,
     companies,
     health,
     jobs,
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     public.setup(app)  # rate limit of /verify, /certificates, /ui/login per client address
     app[RETRY_AFTER] = settings.api_retry_after
     app.add_routes(jobs.routes)
+    chunked.setup(app)  # /api/v1/jobs/{id}/recipients and /commit: jobs sent in parts
     app.add_routes(companies.routes)
     app.add_routes(templates.routes)
     app.add_routes(certificates.routes)  # public: /verify/{code}, /certificates/{key}

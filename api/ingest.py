@@ -74,8 +74,8 @@ def check_job(body: bytes, *, max_recipients: int) -> IngestResult:
     if duplicates:
         problems.append(_duplicates(body, duplicates))
     if _may_hold_control_characters(body):
-        problems.extend(_control_characters(job))
-    problems.extend(_template_syntax(job.template_data))
+        problems.extend(control_characters(job))
+    problems.extend(template_syntax(job.template_data))
     return IngestResult(None if problems else job, problems)
 
 
@@ -142,7 +142,8 @@ def _may_hold_control_characters(body: bytes) -> bool:
     return _CONTROL_MARKERS.search(body) is not None
 
 
-def _control_characters(job: JobRequested) -> Iterator[Refusal]:
+def control_characters(job: JobRequested) -> Iterator[Refusal]:
+    """Line breaks and control characters in learners' names or template data (header injection)."""
     found = 0
     for index, recipient in enumerate(job.recipients):
         for name, value in (("firstname", recipient.firstname), ("lastname", recipient.lastname),
@@ -161,7 +162,8 @@ def _control_characters(job: JobRequested) -> Iterator[Refusal]:
                                                           "characters")
 
 
-def _template_syntax(data: dict[str, Any]) -> Iterator[Refusal]:
+def template_syntax(data: dict[str, Any]) -> Iterator[Refusal]:
+    """Jinja syntax in template data: data is printed, never evaluated, so it is refused rather than escaped."""
     for path, value in _strings(data, "template_data"):
         if _TEMPLATE_SYNTAX.search(value):
             yield Refusal("template_injection", path, "template syntax ({{ }}, {% %}, {# #}) is not allowed in "

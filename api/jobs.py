@@ -9,25 +9,21 @@ from typing import Any
 from aiohttp import web
 
 from api import params
+from api.admission import admit
+from api.chunked import is_chunked_header, open_chunked_job
 from api.errors import ApiError, json_response
 from api.ingest import NotAJob, check_job, gc_paused
 from api.pauses import pause_of
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
-from api.template_reads import company_template
-from content.validation import job_template_problems, refusal_code
 from projections.jobs import FINISHED, JobStatus
 from schemas.events import (
-    SCOPED_SUFFIX,
     JobCancelled,
     JobResumed,
     JobRetryRequested,
     client_job_id,
-    scoped_id_room,
     scoped_job_id,
 )
-from schemas.intake import template_data_problem
-from security.callback_urls import check_callback_url, seal_query
 from security.signing import Caller
 
 log = logging.getLogger(__name__)
@@ -36,8 +32,11 @@ routes = web.RouteTableDef()
 
 @routes.post("/api/v1/jobs")
 async def submit_job(request: web.Request) -> web.Response:
-    """202 once the JobRequested is durable in Kafka; 200 with the existing job for a job id seen before."""
+    """202 once the JobRequested is durable in Kafka; 200 with the existing job for a job id seen before.
+    A body with ``"chunked": true`` and no recipients opens a job sent in parts (api.chunked)."""
     state, caller = state_of(request), caller_of(request)
+    if is_chunked_header(body_of(request)):
+        return await open_chunked_job(request)
     started = time.perf_counter()
     try:
         with gc_paused():
@@ -48,41 +47,7 @@ async def submit_job(request: web.Request) -> web.Response:
     if result.job is None:
         raise ApiError(422, result.code, f"the job has {len(result.problems)} problem(s); nothing was accepted",
                        problems=[p.as_json() for p in result.problems])
-    job = result.job
-    if caller.company_id is not None and job.company_id != caller.company_id:
-        raise ApiError(403, "company_mismatch", "this key may only submit jobs of its own company")
-    if SCOPED_SUFFIX.search(job.job_id):
-        raise ApiError(422, "invalid_field", "a job id may not end in ..c<digits>: that form is reserved",
-                       problems=[{"code": "invalid_field", "field": "job_id", "message": "reserved form"}])
-    if (room := scoped_id_room(job.company_id)) < len(job.job_id):
-        # Refused whether or not the id is in use: a longer id could not be scoped if another company held it,
-        # and answering differently then would tell the caller that it exists (issue 11 finding 12).
-        message = f"a job id of company {job.company_id} may have at most {room} characters"
-        raise ApiError(422, "invalid_field", message,
-                       problems=[{"code": "invalid_field", "field": "job_id", "message": message}])
-    if job.callback_query_sealed is not None:
-        raise ApiError(422, "invalid_field", "callback_query_sealed is set by the API, never by a client")
-    too_large = template_data_problem(job.template_data, state.settings.template_data_max_bytes)
-    if too_large is not None:
-        assert too_large.code is not None
-        raise ApiError(422, too_large.code, too_large.message, problems=[too_large.model_dump()])
-    # The company's own version of the template when it has one (the read model's view; the worker checks again
-    # with what it has learnt from the templates topic).
-    own = (await company_template(state.store, job.company_id, job.template_id)
-           if job.type == "email" and job.content is None else None)
-    if template_problems := job_template_problems(job, state.settings, email_template=own):  # before Kafka sees it
-        raise ApiError(422, refusal_code(template_problems), template_problems[0].message,
-                       problems=[p.as_json() for p in template_problems])
-    if job.callback_url:
-        refusal = await check_callback_url(job.callback_url,
-                                           allow_private=state.settings.api_allow_private_callbacks)
-        if refusal is not None:
-            raise ApiError(422, refusal.code, refusal.message, problems=[refusal.as_json()])
-        # A token in the query (Moodle's wstoken) goes into the log sealed, never in clear (finding 13).
-        base, sealed = seal_query(job.callback_url, job.job_id,
-                                  state.settings.callback_url_secret.get_secret_value().encode())
-        if sealed is not None:
-            job = job.model_copy(update={"callback_url": base, "callback_query_sealed": sealed})
+    job = await admit(state, caller, result.job)
     checked = time.perf_counter()
     may_see = None if caller.company_id is None else {caller.company_id}
     submission = await state.submissions.submit(job, may_see=may_see)

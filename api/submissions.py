@@ -132,6 +132,10 @@ class Submissions:
         if may_see is not None and company_id not in may_see:
             raise _ForeignId
 
+    def remember(self, job_id: str, company_id: int) -> None:
+        """A job handed to Kafka another way (a chunked job's commit, api.chunked)."""
+        self._remember_handed_over(job_id, company_id)
+
     def _remember_handed_over(self, job_id: str, company_id: int) -> None:
         self._handed_over[job_id] = company_id
         while len(self._handed_over) > self._remember:

@@ -97,10 +97,10 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from offload.client import submit_job
+    from offload.client import CHUNK_SIZE, submit_job
 
     payload = json.loads(Path(args.file).read_text())
-    job_id = asyncio.run(submit_job(_settings(), payload))
+    job_id = asyncio.run(submit_job(_settings(), payload, chunk_size=args.chunk_size or CHUNK_SIZE))
     print(f"submitted {job_id}")
     if args.wait:
         from offload.progress import watch
@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--wait", action="store_true", help="show live progress until the job completes")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="send a job with more learners than this (default 50,000) or than max_recipients_per_job "
+                        "in chunks")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("job", help="show a job's live progress until it completes")

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 from faust.types import TP
@@ -80,6 +80,14 @@ class BudgetWait:
 Reroute = Callable[[JobRequested, int, tuple[int, int], BudgetWait], Awaitable[bool]]
 
 
+class ChunkedWaits(Protocol):
+    """What the budget timer needs of jobs sent in parts (streams.chunked_jobs.ChunkedJobs)."""
+
+    def waiting_total(self, job_id: str) -> int | None: ...
+
+    async def release(self, job_id: str, wait: BudgetWait) -> bool: ...
+
+
 def make_table(app: faust.App, partitions: int) -> JobKeyedTable:
     table = JobKeyedTable(app, name=TABLE, beacon=app.tables.beacon, partitions=partitions, default=None)
     return cast(JobKeyedTable, app.tables.add(table))
@@ -91,6 +99,7 @@ class BudgetWaits:
     def __init__(self, ctx: StreamContext, table: JobKeyedTable) -> None:
         self.ctx = ctx
         self.table = table
+        self.chunked: ChunkedWaits | None = None  # jobs sent in parts (streams.chunked_jobs), set by the router
 
     def add(self, job_id: str, wait: BudgetWait) -> None:
         self.table[job_id] = wait.to_dict()
@@ -118,6 +127,11 @@ class BudgetWaits:
         if self.ctx.cancelled_jobs.get(job_id):
             await self._drop_cancelled(job_id, wait)
             return 1
+        if self.chunked is not None and self.chunked.waiting_total(job_id) is not None:
+            if await self.chunked.release(job_id, wait):
+                del self.table[job_id]
+                return 1
+            return 0
         value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
         intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
         if intake.job is None or intake.job.job_id != job_id:
@@ -141,9 +155,11 @@ class BudgetWaits:
         log.error("job %s: %s", job_id, message)
 
     async def _drop_cancelled(self, job_id: str, wait: BudgetWait) -> None:
-        value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
-        intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
-        total = len(intake.job.recipients) if intake.job is not None else 0
+        total = self.chunked.waiting_total(job_id) if self.chunked is not None else None
+        if total is None:
+            value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
+            intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
+            total = len(intake.job.recipients) if intake.job is not None else 0
         await self.ctx.publisher.send_and_wait(JobCompleted(
             job_id=job_id, run=0, total=total, succeeded=0, failed=total, cancelled=True,
             estimated_cost=0.0, currency=self.ctx.settings.currency))

@@ -29,6 +29,9 @@ final class OffloadResponse
 
 final class OffloadClient
 {
+    /** Above this many learners submitJob() sends the job in parts (set it at most max_recipients_per_job). */
+    public const CHUNK_SIZE = 50000;
+
     private string $baseUrl;
     private string $keyId;
     private string $secret;
@@ -75,8 +78,14 @@ final class OffloadClient
      * shows it redacted (?wstoken=[redacted]) when it reports the job.
      * @param array<string,mixed> $job the original design's Job JSON
      */
-    public function submitJob(array $job, ?array $content = null): OffloadResponse
+    public function submitJob(array $job, ?array $content = null, int $chunkSize = self::CHUNK_SIZE): OffloadResponse
     {
+        if (count($job['recipients'] ?? []) > $chunkSize) {
+            if ($content !== null) {
+                $job['content'] = array_intersect_key($content, ['subject' => 1, 'html' => 1, 'text' => 1]);
+            }
+            return $this->submitJobInChunks($job, $chunkSize);
+        }
         if ($content !== null) {
             // A message Moodle composed itself: ['subject' => ..., 'html' => ..., 'text' => ...]. Rendered per
             // learner in the service's sandbox ({{ firstname }} works; HTML is escaped), checked like a
@@ -85,6 +94,75 @@ final class OffloadClient
         }
         $body = json_encode($job, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR);
         return $this->request('POST', '/api/v1/jobs', $body);
+    }
+
+    /**
+     * Hand a job of any size over in parts: its header ("chunked": true), its learners sorted by userid in
+     * numbered chunks of $chunkSize, then the commit with the count and digest. Each part is retried on a
+     * transport error or 503 (the same part again changes nothing). Returns the commit's answer (202: the
+     * service serves the job; 422: refused, with the problems), or the first answer that was not a success.
+     * @param array<string,mixed> $job the original design's Job JSON
+     */
+    public function submitJobInChunks(array $job, int $chunkSize = self::CHUNK_SIZE): OffloadResponse
+    {
+        $recipients = array_values($job['recipients']);
+        unset($job['recipients'], $job['callback_secret']);
+        // Sorted by userid (the service requires it, to count repeated learners exactly); stable, so the first
+        // listing of a learner stays first.
+        $order = array_keys($recipients);
+        usort($order, static function (int $a, int $b) use ($recipients): int {
+            return [(int) $recipients[$a]['userid'], $a] <=> [(int) $recipients[$b]['userid'], $b];
+        });
+        $job['chunked'] = true;
+        $opened = $this->retried('POST', '/api/v1/jobs', self::json($job));
+        if ($opened->status !== 202 && !($opened->status === 200 && ($opened->body['status'] ?? '') === 'open')) {
+            return $opened;  // refused, or a job id already committed
+        }
+        $path = '/api/v1/jobs/' . rawurlencode((string) $job['job_id']);
+        $digests = [];
+        foreach (array_chunk($order, max(1, $chunkSize)) as $number => $indexes) {
+            $part = [];
+            $userids = '';
+            foreach ($indexes as $index) {
+                $part[] = $recipients[$index];
+                $userids .= (int) $recipients[$index]['userid'] . "\n";
+            }
+            $digests[] = hash('sha256', $userids);
+            $chunk = self::json(['chunk_no' => $number, 'recipients' => $part]);
+            $reply = $this->retried('POST', $path . '/recipients', $chunk);
+            if ($reply->status !== 202 && $reply->status !== 200) {
+                return $reply;
+            }
+        }
+        return $this->retried('POST', $path . '/commit', self::json([
+            'chunk_count' => count($digests),
+            'total_recipients' => count($recipients),
+            'digest' => hash('sha256', implode('', $digests)),
+        ]));
+    }
+
+    /** A request sent again (newly signed) after a transport error or a 503, up to $attempts times. */
+    private function retried(string $method, string $path, string $body, int $attempts = 4): OffloadResponse
+    {
+        for ($attempt = 1; ; $attempt++) {
+            try {
+                $reply = $this->request($method, $path, $body);
+                if ($reply->status !== 503 || $attempt >= $attempts) {
+                    return $reply;
+                }
+            } catch (RuntimeException $exc) {
+                if ($attempt >= $attempts) {
+                    throw $exc;
+                }
+            }
+            usleep(500000 * $attempt);
+        }
+    }
+
+    /** @param array<mixed> $value */
+    private static function json(array $value): string
+    {
+        return json_encode($value, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR);
     }
 
     /** The company's own email templates and the built-in template ids. */

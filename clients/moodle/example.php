@@ -1,6 +1,7 @@
 <?php
 // php example.php BASE_URL KEY_ID SECRET COMMAND [ARG]
-//   submit JOB_FILE [CONTENT_FILE] | job JOB_ID | failed JOB_ID | settings COMPANY_ID
+//   submit JOB_FILE [CONTENT_FILE]   (in chunks above OFFLOAD_CHUNK_SIZE learners, default 50,000)
+//   job JOB_ID | failed JOB_ID | settings COMPANY_ID
 //   publish-template COMPANY_ID TEMPLATE_ID DRAFT_FILE | preview-template COMPANY_ID TEMPLATE_ID DRAFT_FILE
 //   verify-callback FILE   (FILE: {"headers": {...}, "method": ..., "path": ..., "body": ..., "secrets": {...}})
 //   unsubscribe-callback FILE   (the same FILE: prints {"valid": bool, "unsubscribe": {...} or null})
@@ -16,7 +17,7 @@ switch ($command) {
         $content = isset($argv[6])
             ? json_decode((string) file_get_contents($argv[6]), true, 512, JSON_THROW_ON_ERROR) : null;
         $reply = $client->submitJob(json_decode((string) file_get_contents($arg), true, 512, JSON_THROW_ON_ERROR),
-            $content);
+            $content, (int) (getenv('OFFLOAD_CHUNK_SIZE') ?: OffloadClient::CHUNK_SIZE));
         break;
     case 'publish-template':
     case 'preview-template':

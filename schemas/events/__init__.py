@@ -5,7 +5,7 @@ These classes are the one source of truth. ``python -m schemas.generate`` writes
 Within a version only optional fields are added; a breaking change is a new ``.vN`` type.
 
 The modules hold one part of the story each (``jobs``, ``batches``, ``outcomes``, ``certificates``,
-``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``, ``pauses``, ``suppression``,
+``callbacks``, ``company``, ``budget``, ``provider_health``, ``dead_letters``, ``chunked``, ``pauses``, ``suppression``,
 ``templates``; ``content``: what a job's email is made of); ``registry`` lists every type. Import from here:
 ``from schemas.events import JobAccepted``.
 """
@@ -29,6 +29,7 @@ from schemas.events.batches import (
 from schemas.events.budget import JobWaitingForBudget
 from schemas.events.callbacks import CallbackDelivered, CallbackFailed, CallbackName
 from schemas.events.certificates import CertificateIssued
+from schemas.events.chunked import CHUNK_ORDER, JobCommitted, JobOpened, RecipientChunkReceived
 from schemas.events.company import CompanySettingsChanged
 from schemas.events.content import InlineContent, TemplateSource
 from schemas.events.dead_letters import DeadLettered
@@ -70,6 +71,7 @@ from schemas.events.templates import TemplatePublished, TemplateRetired
 
 __all__ = [
     "BY_CE_TYPE",
+    "CHUNK_ORDER",
     "EVENT_TYPES",
     "SCOPED_SUFFIX",
     "BatchCompleted",
@@ -87,9 +89,11 @@ __all__ = [
     "InlineContent",
     "JobAccepted",
     "JobCancelled",
+    "JobCommitted",
     "JobCompleted",
     "JobFellBackToLocal",
     "JobId",
+    "JobOpened",
     "JobOverBudget",
     "JobPaused",
     "JobRejected",
@@ -104,6 +108,7 @@ __all__ = [
     "ProviderCircuitOpened",
     "Recipient",
     "RecipientBounced",
+    "RecipientChunkReceived",
     "RecipientComplained",
     "RecipientDelivered",
     "RecipientFailed",

@@ -11,6 +11,7 @@ from schemas.events.batches import BatchCompleted, BatchDispatched, BatchesDispa
 from schemas.events.budget import JobWaitingForBudget
 from schemas.events.callbacks import CallbackDelivered, CallbackFailed
 from schemas.events.certificates import CertificateIssued
+from schemas.events.chunked import JobCommitted, JobOpened, RecipientChunkReceived
 from schemas.events.company import CompanySettingsChanged
 from schemas.events.dead_letters import DeadLettered
 from schemas.events.jobs import (
@@ -72,5 +73,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RecipientSuppressed,
     TemplatePublished,
     TemplateRetired,
+    JobOpened,
+    RecipientChunkReceived,
+    JobCommitted,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}

@@ -27,12 +27,14 @@ from schemas.events import (
     JobWaitingForBudget,
     scoped_job_id,
 )
-from schemas.intake import IntakeResult, batch_count, batches, template_data_problem, validate_request
-from streams import budget_wait
+from schemas.intake import IntakeResult, batch_count, template_data_problem, validate_request
+from streams import budget_wait, chunked_jobs
 from streams.budget import BudgetCheck, check_budget, month_of, spend_key, spent
 from streams.budget_wait import BudgetWait, BudgetWaits
+from streams.chunk_reader import ChunkReader
 from streams.context import StreamContext
 from streams.cost import cost_of
+from streams.learners import Learners, ListedLearners
 from streams.routing import RouteDecision, decide_route
 from streams.state import KnownJob
 from streams.suppressions import mail_category
@@ -48,9 +50,14 @@ class JobRouter:
         # Held from a company's budget check to the write of the job's spend, so a job let go by the budget
         # timer and one routed now cannot both count on the same remaining budget in this worker.
         self._budget_lock = asyncio.Lock()
+        self.chunked: chunked_jobs.ChunkedJobs | None = None  # jobs sent in parts (set by register)
 
     async def handle(self, message: faust.types.Message) -> None:
         ce_type = header(message.headers, "ce_type")
+        if ce_type is not None and self.chunked is not None and ce_type.decode("utf-8", "replace") in \
+                chunked_jobs.CE_TYPES:
+            await self.chunked.handle(message)
+            return
         if ce_type is not None and ce_type.decode("utf-8", "replace") != JobRequested.ce_type:
             await self.ctx.dead_letter(message, f"unexpected event type {ce_type[:200]!r}", "route-jobs")
             return
@@ -121,18 +128,23 @@ class JobRouter:
         return await self._accept(job, duplicates_removed, requested_at, resolved, wait)
 
     async def _accept(self, job: JobRequested, duplicates_removed: int, requested_at: tuple[int, int],
-                      resolved: ResolvedTemplate | None, waited: BudgetWait | None = None) -> bool:
+                      resolved: ResolvedTemplate | None, waited: BudgetWait | None = None, *,
+                      learners: Learners | None = None) -> bool:
         """Route and dispatch the job; False when it waits for its monthly budget (nothing dispatched).
 
         Batches refer to the job request's place in job-requests (kept forever) for template_data instead of
-        copying it: a job's data is in the log once, however many batches and retry runs it has."""
+        copying it: a job's data is in the log once, however many batches and retry runs it has. ``learners``
+        is given for a job sent in parts (its JobOpened has none): they are read back chunk by chunk."""
         settings = self.ctx.settings
+        if learners is None:
+            learners = ListedLearners(job.recipients)
+        total = learners.count
         async with self._budget_lock:
             company = self.ctx.company_settings_for(job.company_id)
             decision: RouteDecision | None = decide_route(
                 job_type=job.type,
                 company_id=job.company_id,
-                recipient_count=len(job.recipients),
+                recipient_count=total,
                 company=company,
                 offload_enabled=settings.cloud_enabled,
             )
@@ -140,16 +152,16 @@ class JobRouter:
             if decision.route == "local":
                 decision = self._after_wait(decision, waited, "the company's settings no longer send it to the cloud")
             if decision.route == "cloud":
-                decision = await self._within_budget(job, company, decision, requested_at, waited)
+                decision = await self._within_budget(job, company, decision, requested_at, waited, total)
             if decision is None:
                 return False
             if decision.route == "cloud":
                 # Written before the batches: a crash in between routes the job again under the same key.
                 month = month_of(datetime.now(UTC))
                 self.ctx.company_spend[spend_key(job.company_id, month, job.job_id)] = round(
-                    cost_of(settings, {decision.provider: len(job.recipients)}), 4)
+                    cost_of(settings, {decision.provider: total}), 4)
         size = settings.job_batch_size
-        count = batch_count(len(job.recipients), size)
+        count = batch_count(total, size)
         category, list_id = mail_category(job, settings)
         source = resolved.source if resolved else ("builtin" if job.type == "email" else None)
         version = resolved.version if resolved else None
@@ -163,7 +175,7 @@ class JobRouter:
                 reason=decision.reason,
                 provider=decision.provider,
                 template_id=job.template_id,
-                total_recipients=len(job.recipients),
+                total_recipients=total,
                 duplicates_removed=duplicates_removed,
                 batch_size=size,
                 batch_count=count,
@@ -177,8 +189,11 @@ class JobRouter:
                 template_version=version,
             )
         )
-        locations = await self.ctx.publisher.send_all(
-            BatchDispatched(
+        # Produced as the batches are cut, without waiting for each ack; all acks are awaited at the end.
+        sending: list[asyncio.Future] = []
+        number = 0
+        async for chunk in learners.batches(size):
+            sending.append(await self.ctx.publisher.send(BatchDispatched(
                 job_id=job.job_id,
                 run=0,
                 batch_no=number,
@@ -196,18 +211,20 @@ class JobRouter:
                 list_id=list_id,
                 template_source=source,
                 template_version=version,
-            )
-            for number, chunk in enumerate(batches(job.recipients, size))
-        )
+            )))
+            number += 1
+        assert number == count, f"job {job.job_id}: cut {number} batches, expected {count}"
+        await self.ctx.publisher.flush()
+        locations = [(m.partition, m.offset) for m in await asyncio.gather(*sending)]
         await self.ctx.publisher.send_and_wait(BatchesDispatched(job_id=job.job_id, run=0, locations=locations))
         log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches, template %s (%s%s)", job.job_id,
-                 decision.route, decision.provider, decision.reason, len(job.recipients), count, job.template_id,
+                 decision.route, decision.provider, decision.reason, total, count, job.template_id,
                  source, f" v{version}" if version else "")
         return True
 
     async def _within_budget(self, job: JobRequested, company: CompanySettingsChanged | None,
                              decision: RouteDecision, requested_at: tuple[int, int],
-                             waited: BudgetWait | None) -> RouteDecision | None:
+                             waited: BudgetWait | None, total: int) -> RouteDecision | None:
         """The cloud decision when the job fits the monthly budget; else local with an event saying why, or
         None (the job waits, JobWaitingForBudget) when the company's setting is to wait."""
         if company is None or company.monthly_budget is None:
@@ -215,12 +232,12 @@ class JobRouter:
         month = month_of(datetime.now(UTC))
         so_far = spent(self.ctx.company_spend.items(), job.company_id, month)
         check = check_budget(self.ctx.settings, company, provider=decision.provider,
-                             recipients=len(job.recipients), spent_this_month=so_far)
+                             recipients=total, spent_this_month=so_far)
         if not check.over:
             return self._after_wait(decision, waited, f"{check.reason} fits it now")
         if company.over_budget == "wait":
             if waited is None:
-                await self._wait(job, company, decision, check, month, requested_at)
+                await self._wait(job, company, decision, check, month, requested_at, total)
             return None
         reason = f"{check.reason} would pass it: routed local"
         await self.ctx.publisher.send_and_wait(JobOverBudget(
@@ -232,13 +249,13 @@ class JobRouter:
         return RouteDecision("local", reason, "smtp" if job.type == "email" else "local")
 
     async def _wait(self, job: JobRequested, company: CompanySettingsChanged, decision: RouteDecision,
-                    check: BudgetCheck, month: str, requested_at: tuple[int, int]) -> None:
+                    check: BudgetCheck, month: str, requested_at: tuple[int, int], total: int) -> None:
         assert company.monthly_budget is not None
         reason = (f"{check.reason} would pass it: waits until the budget allows it "
                   f"(next month, or a larger budget)")
         await self.ctx.publisher.send_and_wait(JobWaitingForBudget(
             job_id=job.job_id, type=job.type, company_id=job.company_id, template_id=job.template_id,
-            total_recipients=len(job.recipients), month=month, monthly_budget=company.monthly_budget,
+            total_recipients=total, month=month, monthly_budget=company.monthly_budget,
             spent=check.spent, estimated_cost=check.estimated_cost, currency=self.ctx.settings.currency,
             provider=decision.provider, reason=reason, createdby=job.createdby,
         ))
@@ -256,6 +273,13 @@ class JobRouter:
 def register(app: faust.App, ctx: StreamContext) -> None:
     waits = BudgetWaits(ctx, budget_wait.make_table(app, ctx.settings.job_partitions))
     router = JobRouter(ctx, waits)
+    reader = ChunkReader(ctx.settings)
+    ctx.add_service(reader)
+    router.chunked = chunked_jobs.ChunkedJobs(
+        ctx, chunked_jobs.make_table(app, ctx.settings.job_partitions), reader,
+        lambda job, repeats, where, resolved, waited, learners: router._accept(job, repeats, where, resolved, waited,
+                                                                                learners=learners))
+    waits.chunked = router.chunked
     budget_wait.register(app, ctx, waits, router.reroute)
 
     # concurrency=1: with more, faust-streaming can commit past an in-flight message (#606).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +21,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from api.app import create_app
 from api.ui.state import COOKIE, UI_STATE
 from config.settings import Settings
 from eventlog.publisher import EventPublisher
@@ -53,21 +52,6 @@ def make_settings(settings_factory) -> Callable[..., Settings]:
         return settings_factory(**values)
 
     return make
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[TestServer] = []
-
-    async def start(settings: Settings) -> TestServer:
-        server = TestServer(create_app(settings), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 async def signed(http: aiohttp.ClientSession, server: TestServer, method: str, path: str, key: str, secret: str,

@@ -12,7 +12,7 @@ import asyncio
 import json
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any
@@ -22,7 +22,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from api.app import create_app
 from api.metrics import COLLECTOR
 from api.state import STATE
 from api.ui.state import COOKIE, UI_STATE
@@ -72,21 +71,6 @@ def make_settings(settings_factory) -> Callable[..., Settings]:
         return settings_factory(**values)
 
     return make
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[TestServer] = []
-
-    async def start(settings: Settings) -> TestServer:
-        server = TestServer(create_app(settings), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 def signed_in_cookie(server: TestServer) -> dict[str, str]:
