@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from eventlog.topics import partitions_of
 from offload.client import request_retry, submit_job
 from schemas.events import JobCompleted
+from streams.state import KnownJob
 from tests.support.observe import events, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,7 @@ def test_a_finished_jobs_table_state_is_deleted_after_the_retention_and_not_befo
                                                                              "expire-me:0:2"}
     # Kept on purpose: the same job id sent again must still do nothing.
     ((value, _),) = latest(settings, "known-jobs", "expire-me").values()
-    assert value == "accepted"
+    assert KnownJob.from_stored(value) == KnownJob("accepted", 7)
     # The note that the job finished goes too, a few ticks later.
     wait_for(lambda: [v for v, _ in latest(settings, "finished-jobs", "expire-me").values()] == [None],
              timeout=60, what="the finished-jobs note to be dropped")
