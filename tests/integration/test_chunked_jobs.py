@@ -83,7 +83,8 @@ def test_a_job_larger_than_one_request_reaches_everyone_once_and_repeats_across_
         commit = k7.post("/api/v1/jobs/big/commit", {"chunk_count": 4, "total_recipients": 1003,
                                                      "digest": job_digest(digests)})
         assert commit.status == 202, commit.body
-        assert commit.body["status"] in ("submitted", "accepted")
+        # Routed by the time the worker's verdict is read: how far it got by then depends on the machine.
+        assert commit.body["status"] in ("submitted", "accepted", "running", "completed"), commit.body
         row = wait_for_job(settings, "big", timeout=180)
         assert (row["total_recipients"], row["duplicates_removed"], row["succeeded"]) == (1000, 3, 1000)
         assert row["batch_count"] == 15  # ceil(1000 / 70): batches cut across chunk boundaries
