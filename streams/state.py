@@ -9,6 +9,7 @@
 | company-settings | company id           | the CompanySettingsChanged event's own JSON (schemas/ decodes) |
 | batch-progress   | job:run:batch        | BatchProgress                                                  |
 | job-progress     | job id               | JobProgress                                                    |
+|                  | job:locations:run    | {"batches": [(partition, offset)]} of a run, in batch order    |
 | job-failures     | job:run:batch        | BatchFailures                                                  |
 | cancelled-jobs   | job id               | ``True``                                                       |
 | callbacks        | job id               | CallbackQueue                                                  |
@@ -18,7 +19,10 @@ Tables hold each value's ``to_dict()`` (JSON in the changelog) and code reads it
 which refuses a key it does not know, so a misspelt field fails loudly instead of reading as empty.
 
 Changelog compatibility: a worker of this code resumes from changelogs written before these types existed.
-Every ``to_dict()`` writes the same JSON the old untyped code wrote, except two. KnownJob: the old code stored
+Every ``to_dict()`` writes the same JSON the old untyped code wrote, except three. JobProgress: a run's reports
+are written compact (``reported``: a bit per batch and the summed counts) instead of one entry per batch
+(``done``), and new runs' locations go under their own key; ``from_dict()`` still reads ``done`` and
+``locations`` in the value. KnownJob: the old code stored
 the outcome alone, a plain string, which ``from_stored()`` still reads (the company is then unknown).
 BatchFailures now spells its fields out (``partition``, ``offset``, ``failures``); its ``from_dict()`` also reads
 the old one-letter form (``p``, ``o``, ``f``). Keys that the old code added only when first needed (``done``,
@@ -191,14 +195,76 @@ def choose(failed: Mapping[int, Failure], *, only_retryable: bool) -> dict[int, 
     return {u: f for u, f in failed.items() if f.retryable or not only_retryable}
 
 
-_JOB_PROGRESS_KEYS = ("total", "runs", "done", "locations", "included", "completed_runs", "cancelled",
+_JOB_PROGRESS_KEYS = ("total", "runs", "done", "reported", "locations", "included", "completed_runs", "cancelled",
                       "retry_pending", "touched", "served")
+
+
+@dataclass(slots=True)
+class RunReports:
+    """What the batches of one run have reported: a bit per batch number, their summed counts, and the batches
+    that failed someone (a retry looks those up in job-failures).
+
+    Constant-sized whatever the run's batch count (a bit per batch): the job's progress value is written to the
+    changelog on every BatchCompleted, and with a pair of counts per batch a 1,000,000-learner job (5,000
+    batches) rewrote ~75 KB each time, O(batches^2) bytes in all.
+    """
+
+    bits: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    suppressed: int = 0
+    failed_batches: list[int] = field(default_factory=list)  # batches with failed > 0, in report order
+
+    def has(self, batch_no: int) -> bool:
+        return bool(self.bits >> batch_no & 1)
+
+    def add(self, batch_no: int, succeeded: int, failed: int, suppressed: int) -> None:
+        self.bits |= 1 << batch_no
+        self.succeeded += succeeded
+        self.failed += failed
+        self.suppressed += suppressed
+        if failed:
+            self.failed_batches.append(batch_no)
+
+    @property
+    def count(self) -> int:
+        return self.bits.bit_count()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bits": format(self.bits, "x"), "sums": [self.succeeded, self.failed, self.suppressed],
+                "failed": list(self.failed_batches)}
+
+    @classmethod
+    def from_dict(cls, raw: Stored) -> RunReports:
+        _check_keys("job-progress run reports", raw, ("bits", "sums", "failed"))
+        succeeded, failed, suppressed = (int(v) for v in raw["sums"])
+        return cls(int(raw["bits"], 16), succeeded, failed, suppressed, [int(b) for b in raw["failed"]])
+
+    @classmethod
+    def from_batches(cls, batches: Mapping[str, Any]) -> RunReports:
+        """The old stored form: batch -> [succeeded, failed(, suppressed)]."""
+        reports = cls()
+        for batch, v in sorted(batches.items(), key=lambda item: int(item[0])):
+            reports.add(int(batch), int(v[0]), int(v[1]), int(v[2]) if len(v) > 2 else 0)
+        return reports
+
+
+def locations_key(job_id: str, run: int) -> str:
+    """The job-progress key of where a run's batches lie in the log: written once, when the run is dispatched,
+    apart from the job's value that is rewritten on every report (expiry reads the job id before the ':')."""
+    return f"{job_id}:locations:{run}"
+
+
+def is_job_key(key: str) -> bool:
+    """A job-progress key holding a JobProgress (not a run's locations)."""
+    return ":" not in key
 
 
 @dataclass(slots=True)
 class JobProgress:
     """The life of one job after routing (streams.agents.progress): its runs, which batches of each are done,
-    where each run's batches are in the log, whom each retry run serves, cancellation and a pending retry.
+    whom each retry run serves, cancellation and a pending retry. Where each run's batches lie in the log is kept
+    under its own key (``locations_key``); ``locations`` holds only what an older worker stored in the value.
 
     A job's first run (0) serves everyone; each retry run n serves a chosen set of earlier failures
     (``included``). A learner's standing is decided by the last run that served them.
@@ -206,9 +272,8 @@ class JobProgress:
 
     total: int | None = None  # recipients of the job, from JobAccepted
     runs: dict[int, int] = field(default_factory=dict)  # run -> batch count
-    # run -> batch -> (succeeded, failed, suppressed); stored as a pair when nobody was suppressed
-    done: dict[int, dict[int, tuple[int, int, int]]] = field(default_factory=dict)
-    locations: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # run -> [(partition, offset)]
+    done: dict[int, RunReports] = field(default_factory=dict)  # run -> what its batches reported
+    locations: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # older workers': run -> places
     included: dict[int, list[int]] = field(default_factory=dict)  # retry run -> userids it serves
     completed_runs: list[int] = field(default_factory=list)
     cancelled: bool = False
@@ -222,10 +287,10 @@ class JobProgress:
                      sent_by: Mapping[str, int] | None = None, suppressed: int = 0) -> bool:
         """Count a batch once; False when it was already counted (reported again after a crash)."""
         self.runs.setdefault(run, batch_count)
-        run_done = self.done.setdefault(run, {})
-        if batch_no in run_done:
+        run_done = self.done.setdefault(run, RunReports())
+        if run_done.has(batch_no):
             return False
-        run_done[batch_no] = (succeeded, failed, suppressed)
+        run_done.add(batch_no, succeeded, failed, suppressed)
         for provider, count in (sent_by or {}).items():
             self.served[provider] = self.served.get(provider, 0) + count
         return True
@@ -234,19 +299,19 @@ class JobProgress:
         """(succeeded, failed, suppressed) of a run whose batches have all reported and that is not yet marked
         completed."""
         expected = self.runs.get(run)
-        run_done = self.done.get(run, {})
-        if expected is None or self.total is None or len(run_done) < expected or run in self.completed_runs:
+        run_done = self.done.get(run, RunReports())
+        if expected is None or self.total is None or run_done.count < expected or run in self.completed_runs:
             return None
-        return tuple(sum(v[i] for v in run_done.values()) for i in range(3))  # type: ignore[return-value]
+        return run_done.succeeded, run_done.failed, run_done.suppressed
 
     def all_runs_completed(self) -> bool:
         return bool(self.runs) and set(self.runs) <= set(self.completed_runs)
 
-    def unfinished_batches(self, run: int) -> list[tuple[int, int, int]]:
-        """(batch_no, partition, offset) of the batches of ``run`` not yet reported whose location is known."""
-        done = self.done.get(run, {})
-        where = self.locations.get(run, [])
-        return [(b, *where[b]) for b in range(self.runs[run]) if b not in done and b < len(where)]
+    def unfinished_batches(self, run: int, where: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        """(batch_no, partition, offset) of the batches of ``run`` not yet reported whose location is known
+        (``where``: the run's locations, batch by batch)."""
+        done = self.done.get(run, RunReports())
+        return [(b, *where[b]) for b in range(self.runs[run]) if not done.has(b) and b < len(where)]
 
     # -- retries --
 
@@ -256,19 +321,17 @@ class JobProgress:
         for run in sorted(self.runs):
             for userid in self.included.get(run, []):
                 failed.pop(userid, None)
-            for batch, (_, failed_count, _) in sorted(self.done.get(run, {}).items()):
-                if failed_count:
-                    for userid, retryable in failures_of(run, batch):
-                        failed[userid] = Failure(bool(retryable), run, batch)
+            for batch in sorted(self.done[run].failed_batches if run in self.done else []):
+                for userid, retryable in failures_of(run, batch):
+                    failed[userid] = Failure(bool(retryable), run, batch)
         return failed
 
     def next_run(self) -> int:
         return max(self.runs) + 1
 
-    def add_run(self, run: int, locations: list[tuple[int, int]], userids: list[int]) -> None:
-        """Record a retry run's batches (where each is in the log) and whom it serves."""
-        self.runs[run] = len(locations)
-        self.locations[run] = list(locations)
+    def add_run(self, run: int, batch_count: int, userids: list[int]) -> None:
+        """Record a retry run's batch count and whom it serves (its locations go under their own key)."""
+        self.runs[run] = batch_count
         self.included[run] = list(userids)
 
     # -- stored form --
@@ -276,13 +339,13 @@ class JobProgress:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "runs": {str(r): n for r, n in self.runs.items()},
-            "done": {str(r): {str(b): list(v if v[2] else v[:2]) for b, v in batches.items()}
-                     for r, batches in self.done.items()},
-            "locations": {str(r): [list(w) for w in where] for r, where in self.locations.items()},
+            "reported": {str(r): reports.to_dict() for r, reports in self.done.items()},
             "included": {str(r): list(u) for r, u in self.included.items()},
             "completed_runs": list(self.completed_runs),
             "retry_pending": self.retry_pending,
         }
+        if self.locations:
+            out["locations"] = {str(r): [list(w) for w in where] for r, where in self.locations.items()}
         if self.total is not None:
             out["total"] = self.total
         if self.cancelled:
@@ -297,12 +360,14 @@ class JobProgress:
     def from_dict(cls, raw: Stored) -> JobProgress:
         _check_keys("job-progress", raw, _JOB_PROGRESS_KEYS)
         # Every key is optional in the stored form: the old code added each one when it first needed it.
-        runs, done, locations, included = (_lazy(raw, key) for key in ("runs", "done", "locations", "included"))
+        runs, done, reported, locations, included = (_lazy(raw, key) for key in
+                                                     ("runs", "done", "reported", "locations", "included"))
         return cls(
             total=int(raw["total"]) if "total" in raw else None,
             runs={int(r): int(n) for r, n in runs.items()},
-            done={int(r): {int(b): (int(v[0]), int(v[1]), int(v[2]) if len(v) > 2 else 0)
-                           for b, v in batches.items()} for r, batches in done.items()},
+            # "done" (batch -> counts) is what workers before RunReports wrote; read once, written compact.
+            done={int(r): RunReports.from_batches(batches) for r, batches in done.items()}
+            | {int(r): RunReports.from_dict(v) for r, v in reported.items()},
             locations={int(r): [(int(p), int(o)) for p, o in where] for r, where in locations.items()},
             included={int(r): [int(u) for u in userids] for r, userids in included.items()},
             completed_runs=[int(r) for r in raw["completed_runs"]] if "completed_runs" in raw else [],

@@ -30,7 +30,7 @@ from schemas.events import (
 from schemas.intake import batches
 from streams.context import StreamContext
 from streams.cost import job_cost
-from streams.state import BatchFailures, JobProgress, choose, failures_key
+from streams.state import BatchFailures, JobProgress, choose, failures_key, is_job_key, locations_key
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class ProgressTracker:
             await self._pause_or_resume(event, state)
             return
         if isinstance(event, BatchesDispatched):
-            state.locations[event.run] = [(partition, offset) for partition, offset in event.locations]
+            self.ctx.job_progress[locations_key(event.job_id, event.run)] = {
+                "batches": [[partition, offset] for partition, offset in event.locations]}
             self._save(event.job_id, state)
             return
         if isinstance(event, JobAccepted):
@@ -107,7 +108,7 @@ class ProgressTracker:
         for run in state.runs:
             if run in state.completed_runs:
                 continue
-            for _, partition, offset in state.unfinished_batches(run):
+            for _, partition, offset in state.unfinished_batches(run, run_locations(self.ctx, job_id, state, run)):
                 await self.ctx.publisher.send_and_wait(await self.ctx.ledger.fetch("batches", partition, offset))
 
     def _state(self, job_id: str) -> JobProgress:
@@ -184,8 +185,17 @@ class ProgressTracker:
             )
             for number, chunk in enumerate(chunks)
         )
-        state.add_run(new_run, list(locations), [r.userid for r in recipients])
+        self.ctx.job_progress[locations_key(job_id, new_run)] = {"batches": [list(where) for where in locations]}
+        state.add_run(new_run, len(locations), [r.userid for r in recipients])
         log.info("job %s retry run %d: %d learners in %d batches", job_id, new_run, len(recipients), len(chunks))
+
+
+def run_locations(ctx: StreamContext, job_id: str, state: JobProgress, run: int) -> list[tuple[int, int]]:
+    """Where the run's batches lie in the log, batch by batch; empty until its BatchesDispatched is read."""
+    stored = ctx.job_progress.get(locations_key(job_id, run))
+    if stored is None:
+        return state.locations.get(run, [])  # an older worker kept them in the job's value
+    return [(int(partition), int(offset)) for partition, offset in stored["batches"]]
 
 
 class StallSweeper:
@@ -205,7 +215,7 @@ class StallSweeper:
         after = self.ctx.settings.stall_redispatch_seconds
         now = time.time()
         for job_id, stored in list(self.ctx.job_progress.items()):
-            if not stored:
+            if not stored or not is_job_key(job_id):
                 continue
             state = JobProgress.from_dict(stored)
             touched = state.touched if state.touched is not None else now
@@ -214,7 +224,7 @@ class StallSweeper:
             for run in state.runs:
                 if run in state.completed_runs or now - self._last.get((job_id, run), 0) < after:
                     continue
-                missing = state.unfinished_batches(run)
+                missing = state.unfinished_batches(run, run_locations(self.ctx, job_id, state, run))
                 if not missing:
                     continue
                 self._last[(job_id, run)] = now

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streams.state import BatchFailures, BatchProgress, CallbackQueue, JobProgress, PendingCallback
+from streams.state import BatchFailures, BatchProgress, CallbackQueue, JobProgress, PendingCallback, RunReports
 
 
 def stored(value: dict) -> dict:
@@ -24,16 +24,34 @@ def test_job_failures_written_by_the_old_worker_in_one_letter_form_are_read():
     assert (unplaced.source_partition, unplaced.source_offset) == (None, None)
 
 
-def test_job_progress_written_by_the_old_worker_is_read_and_written_back_unchanged():
+def test_job_progress_written_by_the_old_worker_is_read_and_written_back_compact():
     old = {"total": 250, "runs": {"0": 3, "1": 1}, "done": {"0": {"0": [100, 0], "1": [90, 10], "2": [50, 0]}},
            "locations": {"0": [[0, 10], [1, 11], [2, 12]], "1": [[0, 40]]}, "included": {"1": [7, 8]},
            "completed_runs": [0], "retry_pending": None, "touched": 1764500000.5}
     progress = JobProgress.from_dict(old)
-    assert progress.runs == {0: 3, 1: 1} and progress.done[0][1] == (90, 10, 0)
+    assert progress.runs == {0: 3, 1: 1} and progress.done[0] == RunReports(0b111, 240, 10, 0, [1])
     assert progress.locations[1] == [(0, 40)] and progress.included == {1: [7, 8]}
     assert progress.run_totals(0) is None  # already completed
-    assert progress.unfinished_batches(1) == [(0, 0, 40)]
-    assert stored(progress.to_dict()) == old
+    assert progress.unfinished_batches(1, progress.locations[1]) == [(0, 0, 40)]
+    compact = stored(progress.to_dict())
+    assert "done" not in compact and compact["reported"] == {"0": {"bits": "7", "sums": [240, 10, 0], "failed": [1]}}
+    assert compact["locations"] == old["locations"]  # an older worker's locations stay where it put them
+    assert JobProgress.from_dict(compact) == progress
+
+
+def test_a_job_progress_value_does_not_grow_with_its_batch_count():
+    """It is rewritten on every BatchCompleted: a bit per batch, not an entry (5,000 batches for 1M learners)."""
+    def size_after(batches: int) -> int:
+        progress = JobProgress(total=batches * 200)
+        for b in range(batches):
+            progress.record_batch(0, b, batches, 200 if b % 100 else 199, 0 if b % 100 else 1, {"smtp": 200})
+        value = stored(progress.to_dict())
+        failing = len(range(0, batches, 100))
+        assert JobProgress.from_dict(value).run_totals(0) == (batches * 200 - failing, failing, 0)
+        return len(json.dumps(value))
+
+    small, large = size_after(50), size_after(5000)
+    assert large - small < 5000 // 8 * 2 + 5000 // 100 * 6  # the bits (hex) and the batches that failed someone
 
 
 def test_job_progress_before_the_first_batch_has_only_what_the_old_worker_had_set():
