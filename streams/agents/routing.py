@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from datetime import UTC, datetime
 
 import faust
@@ -41,6 +42,10 @@ from streams.suppressions import mail_category
 from streams.templates import ResolvedTemplate
 
 log = logging.getLogger(__name__)
+
+# Batches handed to the producer and not yet acknowledged, at most (~20 KB each with 200 learners): enough to
+# keep the producer's requests full, and the route agent's memory the same for 10,000 learners or 1,000,000.
+IN_FLIGHT_BATCHES = 64
 
 
 class JobRouter:
@@ -189,10 +194,17 @@ class JobRouter:
                 template_version=version,
             )
         )
-        # Produced as the batches are cut, without waiting for each ack; all acks are awaited at the end.
-        sending: list[asyncio.Future] = []
+        # Produced as the batches are cut without waiting for each ack, but at most IN_FLIGHT_BATCHES unacknowledged
+        # at a time: the producer's buffer, and the futures, stay bounded however many batches the job has. Each
+        # location is taken from its own ack, in order; BatchesDispatched (what progress re-sends from) is only
+        # produced once the broker has acknowledged every batch.
+        sending: deque[asyncio.Future] = deque()
+        locations: list[tuple[int, int]] = []
         number = 0
         async for chunk in learners.batches(size):
+            if len(sending) >= IN_FLIGHT_BATCHES:
+                metadata = await asyncio.shield(sending.popleft())  # a cancelled wait leaves the send be
+                locations.append((metadata.partition, metadata.offset))
             sending.append(await self.ctx.publisher.send(BatchDispatched(
                 job_id=job.job_id,
                 run=0,
@@ -215,7 +227,7 @@ class JobRouter:
             number += 1
         assert number == count, f"job {job.job_id}: cut {number} batches, expected {count}"
         await self.ctx.publisher.flush()
-        locations = [(m.partition, m.offset) for m in await asyncio.gather(*sending)]
+        locations += [(m.partition, m.offset) for m in await asyncio.gather(*sending)]
         await self.ctx.publisher.send_and_wait(BatchesDispatched(job_id=job.job_id, run=0, locations=locations))
         log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches, template %s (%s%s)", job.job_id,
                  decision.route, decision.provider, decision.reason, total, count, job.template_id,
