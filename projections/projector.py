@@ -35,6 +35,13 @@ PROJECTION = "read-models"
 # A poll's records are decoded and held at once: this bounds it when records are large (a BatchDispatched of
 # 200 learners is ~20 KB of JSON and ~10x that decoded).
 POLL_BYTES = 8 * 1024 * 1024
+# The live projector (not catching up) keeps up with what the workers write, so large polls gain it little, and
+# when a large job is routed its BatchDispatched records arrive in one burst (100 MB of them for 1,000,000
+# learners): with the catch-up limits it held 8 MiB of them decoded (~40 MB of objects) plus aiokafka's
+# read-ahead of up to 32 MiB per partition, so its peak memory grew with the job (2.5x its 10,000-learner peak
+# at 100,000). These bound both; a record larger than the fetch limit is still returned whole (Fetch v3+).
+LIVE_POLL_BYTES = 1024 * 1024
+LIVE_FETCH_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -102,6 +109,7 @@ class Projector:
         self._next: dict[TopicPartition, int] = {}
         self._decoded: dict[TopicPartition, int] = {}  # next offset to decode: ahead of _next by one poll at most
         self._held: list[TopicPartition] = []  # partitions paused until the others are caught up (replay)
+        self._poll_bytes = POLL_BYTES  # LIVE_POLL_BYTES when run() is not catching up
 
     def stop(self) -> None:
         self._stop.set()
@@ -114,13 +122,14 @@ class Projector:
         the offsets stored with the rows, so nothing is lost or applied twice. A broker restart is ridden out
         by the consumer itself; a Kafka call that fails is retried the same way.
         """
+        self._poll_bytes = POLL_BYTES if until_caught_up else LIVE_POLL_BYTES
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES if until_caught_up else LIVE_FETCH_BYTES,
+            fetch_max_bytes=MAX_MESSAGE_BYTES * 2 if until_caught_up else LIVE_FETCH_BYTES * 2,
             # Outcomes trickle in one by one while a job sends; without a minimum each poll brought a handful
             # of events and cost its own transaction. Waiting up to 100 ms for 64 KiB cut the projector's CPU
             # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag.
@@ -180,7 +189,7 @@ class Projector:
         return self.stats
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list]:
-        """One poll, joined by what the consumer has already fetched, up to ``max_records`` and POLL_BYTES.
+        """One poll, joined by what the consumer has already fetched, up to ``max_records`` and the poll bytes.
 
         A backlog (a replay, a restart) then goes through in few, large transactions: one getmany hands over what
         one fetch response held, which on a 50,000-learner job's log made ~570 transactions of ~90 events.
@@ -188,7 +197,7 @@ class Projector:
         polled = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
         count = sum(len(records) for records in polled.values())
         size = sum(len(r.value or b"") for records in polled.values() for r in records)
-        while polled and count < self.max_records and size < POLL_BYTES:
+        while polled and count < self.max_records and size < self._poll_bytes:
             more = await consumer.getmany(timeout_ms=0, max_records=self.max_records - count)
             if not more:
                 break
