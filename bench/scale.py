@@ -49,6 +49,7 @@ from devtools.processes import ServiceProcess
 from tests.support.jobs import job_payload
 
 MILLION = 1_000_000
+TARGET = 1.2  # issue 14: peak RSS at 1M within 1.2x of 10k, time per learner at 1M within 1.2x of 100k
 WHY_REFUSED = {
     413: "a job sent whole is one Kafka record, at most 32 MiB (about 300,000 learners): lower --chunk-size",
     422: "intake takes at most max_recipients_per_job learners (OFFLOAD_MAX_RECIPIENTS_PER_JOB, 100,000 by "
@@ -197,7 +198,9 @@ def drop_schema(settings: Settings, schema: str) -> None:
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Time per learner and peak RSS of each size against the smallest one that completed."""
+    """Time per learner and peak RSS of each size against the smallest one that completed, and issue 14's
+    targets: the largest size's peak RSS against the smallest's (1M vs 10k) and its time per learner against
+    the next size down (1M vs 100k), each within 1.2x."""
     done = [r for r in results if "seconds" in r]
     if len(done) < 2:
         return {}
@@ -210,6 +213,16 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
             **{f"peak_rss_{name}": round(r["peak_rss_mb"][name] / first["peak_rss_mb"][name], 2)
                for name in ("api", "worker", "projector")},
         }
+    largest, below = done[-1], done[-2]
+    rss = {name: round(largest["peak_rss_mb"][name] / first["peak_rss_mb"][name], 2)
+           for name in ("api", "worker", "projector")}
+    time_ratio = round(largest["ms_per_learner"] / below["ms_per_learner"], 2)
+    out["targets"] = {
+        f"peak_rss_{largest['learners']}_vs_{first['learners']}": rss,
+        f"time_per_learner_{largest['learners']}_vs_{below['learners']}": time_ratio,
+        "met": {"worker_rss": rss["worker"] <= TARGET, "projector_rss": rss["projector"] <= TARGET,
+                "time_per_learner": time_ratio <= TARGET},
+    }
     return out
 
 
