@@ -22,8 +22,9 @@ Changelog compatibility: a worker of this code resumes from changelogs written b
 Every ``to_dict()`` writes the same JSON the old untyped code wrote, except three. JobProgress: a run's reports
 are written compact (``reported``: a bit per batch and the summed counts) instead of one entry per batch
 (``done``), and new runs' locations go under their own key; ``from_dict()`` still reads ``done`` and
-``locations`` in the value. KnownJob: the old code stored
-the outcome alone, a plain string, which ``from_stored()`` still reads (the company is then unknown).
+``locations`` in the value. CallbackQueue keeps run 0's reports in the same compact form (``reported``).
+KnownJob: the old code stored the outcome alone, a plain string, which ``from_stored()`` still reads (the company
+is then unknown).
 BatchFailures now spells its fields out (``partition``, ``offset``, ``failures``); its ``from_dict()`` also reads
 the old one-letter form (``p``, ``o``, ``f``). Keys that the old code added only when first needed (``done``,
 ``included``, ``locations``, ``retry_pending``, ...) are optional in the stored form and read as empty.
@@ -218,13 +219,17 @@ class RunReports:
     def has(self, batch_no: int) -> bool:
         return bool(self.bits >> batch_no & 1)
 
-    def add(self, batch_no: int, succeeded: int, failed: int, suppressed: int) -> None:
+    def add(self, batch_no: int, succeeded: int, failed: int, suppressed: int) -> bool:
+        """Count a batch once; False when it was already counted (reported again after a crash)."""
+        if self.has(batch_no):
+            return False
         self.bits |= 1 << batch_no
         self.succeeded += succeeded
         self.failed += failed
         self.suppressed += suppressed
         if failed:
             self.failed_batches.append(batch_no)
+        return True
 
     @property
     def count(self) -> int:
@@ -287,10 +292,8 @@ class JobProgress:
                      sent_by: Mapping[str, int] | None = None, suppressed: int = 0) -> bool:
         """Count a batch once; False when it was already counted (reported again after a crash)."""
         self.runs.setdefault(run, batch_count)
-        run_done = self.done.setdefault(run, RunReports())
-        if run_done.has(batch_no):
+        if not self.done.setdefault(run, RunReports()).add(batch_no, succeeded, failed, suppressed):
             return False
-        run_done.add(batch_no, succeeded, failed, suppressed)
         for provider, count in (sent_by or {}).items():
             self.served[provider] = self.served.get(provider, 0) + count
         return True
@@ -417,33 +420,35 @@ class CallbackQueue:
     key_id: str | None
     total: int
     sealed: str | None = None  # the sealed query; absent in entries written before queries were sealed
-    # batch -> (succeeded, failed, suppressed) of run 0; stored as a pair when nobody was suppressed
-    done: dict[int, tuple[int, int, int]] | None = field(default_factory=dict)
+    # what run 0's batches reported (a bit per batch and the sums, as in JobProgress); None once it completed
+    done: RunReports | None = field(default_factory=RunReports)
     queued: list[str] = field(default_factory=list)
     pending: list[PendingCallback] = field(default_factory=list)
 
     def progress(self) -> tuple[int, int, int]:
         """(succeeded, failed, suppressed) of the first run so far."""
-        done = self.done or {}
-        return tuple(sum(v[i] for v in done.values()) for i in range(3))  # type: ignore[return-value]
+        done = self.done or RunReports()
+        return done.succeeded, done.failed, done.suppressed
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"company_id": self.company_id, "url": self.url, "sealed": self.sealed,
                                "key_id": self.key_id, "total": self.total, "queued": list(self.queued),
                                "pending": [p.to_dict() for p in self.pending]}
         if self.done is not None:
-            out["done"] = {str(b): list(v if v[2] else v[:2]) for b, v in self.done.items()}
+            out["reported"] = self.done.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, raw: Stored) -> CallbackQueue:
-        _check_keys("callbacks", raw, ("company_id", "url", "sealed", "key_id", "total", "done", "queued", "pending"))
+        _check_keys("callbacks", raw, ("company_id", "url", "sealed", "key_id", "total", "done", "reported", "queued",
+                                       "pending"))
         return cls(
             company_id=int(raw["company_id"]), url=raw["url"], key_id=raw["key_id"], total=int(raw["total"]),
             sealed=raw.get("sealed"),  # absent in entries written before callback queries were sealed
             # Absent once the first run has completed: no more milestones.
-            done={int(b): (int(v[0]), int(v[1]), int(v[2]) if len(v) > 2 else 0) for b, v in raw["done"].items()}
-            if "done" in raw else None,
+            # "done" (batch -> counts) is the form workers before RunReports wrote.
+            done=RunReports.from_dict(raw["reported"]) if "reported" in raw
+            else RunReports.from_batches(raw["done"]) if "done" in raw else None,
             queued=list(raw["queued"]),
             pending=[PendingCallback.from_dict(p) for p in raw["pending"]],
         )

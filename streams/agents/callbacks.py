@@ -98,7 +98,7 @@ class CallbackScheduler:
             state = self._state(event.job_id)
             if state is None or event.run != 0 or state.done is None:
                 return  # no callback URL, or a retry run (its milestones are not meaningful), or finished
-            state.done.setdefault(event.batch_no, (event.succeeded, event.failed, event.suppressed))
+            state.done.add(event.batch_no, event.succeeded, event.failed, event.suppressed)  # once per batch
             succeeded, failed, suppressed = state.progress()
             percent = (succeeded + failed + suppressed) * 100 // state.total if state.total else 100
             crossed = [m for m in sorted(self.settings.callback_milestones)

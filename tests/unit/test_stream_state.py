@@ -98,11 +98,16 @@ def test_batch_progress_keeps_the_stored_form_of_the_old_worker(value):
 
 def test_a_callback_queue_survives_the_changelog_and_drops_its_milestones_when_the_run_is_over():
     queue = CallbackQueue(company_id=7, url="https://moodle.example/cb", key_id=None, total=10)
-    queue.done = {0: (4, 1, 0), 1: (2, 0, 3)}
+    assert queue.done is not None
+    queue.done.add(0, 4, 1, 0)
+    queue.done.add(1, 2, 0, 3)
     queue.queued.append("started")
     queue.pending.append(PendingCallback("j:0:started", "started", 0, None, "{}", 0, 1.0, 1.0))
-    assert queue.to_dict()["done"] == {"0": [4, 1], "1": [2, 0, 3]}  # the pair the older worker wrote, if it can
+    assert queue.to_dict()["reported"] == {"bits": "3", "sums": [6, 1, 3], "failed": [0]}
     assert CallbackQueue.from_dict(stored(queue.to_dict())) == queue
+    older = {**stored(queue.to_dict()), "done": {"0": [4, 1], "1": [2, 0, 3]}}  # as a worker before RunReports
+    del older["reported"]
+    assert CallbackQueue.from_dict(older) == queue
     assert queue.progress() == (6, 1, 3)
     queue.done = None
     assert "done" not in queue.to_dict()
