@@ -25,10 +25,12 @@ from streams.templates import CompanyTemplates
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+JOB_REQUESTS_BUFFER = 4  # job-requests records Faust holds ahead of the route agent
 
 
-def _raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
-    """Agents take bytes and decode through ``schemas/``: the contract is the same for every reader."""
+def _raw_topic(app: faust.App, name: str, partitions: int, maxsize: int | None = None) -> faust.TopicT:
+    """Agents take bytes and decode through ``schemas/``: the contract is the same for every reader. ``maxsize``:
+    records Faust buffers ahead of the agent (the app's stream_buffer_maxsize when None)."""
     return app.topic(
         name,
         key_type=bytes,
@@ -37,6 +39,7 @@ def _raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
         value_serializer="raw",
         partitions=partitions,
         internal=False,
+        maxsize=maxsize,
     )
 
 
@@ -102,7 +105,9 @@ class StreamContext:
         return cls(
             app=app,
             settings=s,
-            job_requests=_raw_topic(app, s.topic("job-requests"), s.job_partitions),
+            # A chunked job's parts are ~1 MB each and the API takes them faster than the route agent notes them:
+            # with the app's buffer of 256, a 1,000,000-learner job's 100 chunks all waited in memory at once.
+            job_requests=_raw_topic(app, s.topic("job-requests"), s.job_partitions, maxsize=JOB_REQUESTS_BUFFER),
             batches=_raw_topic(app, s.topic("batches"), s.batch_partitions),
             jobs=_raw_topic(app, s.topic("jobs"), s.job_partitions),
             company_settings=company_settings,
