@@ -41,10 +41,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         # Read-ahead is bounded so the worker's memory does not grow with a job's size: a 1,000,000-learner job
         # puts ~100 MB of BatchDispatched on `batches` in one burst, which 32 MiB per-partition fetches and
-        # Faust's default buffer of 4,096 records per stream pulled in ahead of the batch in hand. A record
-        # larger than the fetch size still arrives whole (Fetch v3+ returns the first batch whatever its size);
-        # 256 buffered records keep every agent fed (a batch takes a fraction of a second, outcomes come ~1 KB).
-        consumer_max_fetch_size=1024 * 1024,
+        # Faust's default buffer of 4,096 records per stream pulled in ahead of the batch in hand (12 partitions
+        # at 1 MiB still held 12 MiB of them). A record larger than the fetch size still arrives whole (Fetch v3+
+        # returns the first batch whatever its size); 256 buffered records keep every agent fed (outcomes are
+        # ~1 KB); job-requests and batches have smaller buffers of their own (streams.context).
+        consumer_max_fetch_size=256 * 1024,
         stream_buffer_maxsize=256,
         producer_max_request_size=MAX_MESSAGE_BYTES,
         producer_acks=-1,

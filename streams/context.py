@@ -26,6 +26,7 @@ from streams.templates import CompanyTemplates
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 JOB_REQUESTS_BUFFER = 4  # job-requests records Faust holds ahead of the route agent
+BATCHES_BUFFER = 32  # BatchDispatched records Faust holds ahead of the batch agent
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int, maxsize: int | None = None) -> faust.TopicT:
@@ -108,7 +109,8 @@ class StreamContext:
             # A chunked job's parts are ~1 MB each and the API takes them faster than the route agent notes them:
             # with the app's buffer of 256, a 1,000,000-learner job's 100 chunks all waited in memory at once.
             job_requests=_raw_topic(app, s.topic("job-requests"), s.job_partitions, maxsize=JOB_REQUESTS_BUFFER),
-            batches=_raw_topic(app, s.topic("batches"), s.batch_partitions),
+            # ~20 KB each (200 learners); the batch agent has one in hand and one starting (pipelined).
+            batches=_raw_topic(app, s.topic("batches"), s.batch_partitions, maxsize=BATCHES_BUFFER),
             jobs=_raw_topic(app, s.topic("jobs"), s.job_partitions),
             company_settings=company_settings,
             # Every worker holds every company's settings. Fed by the apply-settings agent from the compacted
