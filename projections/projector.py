@@ -35,13 +35,6 @@ PROJECTION = "read-models"
 # A poll's records are decoded and held at once: this bounds it when records are large (a BatchDispatched of
 # 200 learners is ~20 KB of JSON and ~10x that decoded).
 POLL_BYTES = 8 * 1024 * 1024
-# The live projector (not catching up) keeps up with what the workers write, so large polls gain it little, and
-# when a large job is routed its BatchDispatched records arrive in one burst (100 MB of them for 1,000,000
-# learners): with the catch-up limits it held 8 MiB of them decoded (~40 MB of objects) plus aiokafka's
-# read-ahead of up to 32 MiB per partition, so its peak memory grew with the job (2.5x its 10,000-learner peak
-# at 100,000). These bound both; a record larger than the fetch limit is still returned whole (Fetch v3+).
-LIVE_POLL_BYTES = 1024 * 1024
-LIVE_FETCH_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -109,8 +102,6 @@ class Projector:
         self._next: dict[TopicPartition, int] = {}
         self._decoded: dict[TopicPartition, int] = {}  # next offset to decode: ahead of _next by one poll at most
         self._held: list[TopicPartition] = []  # partitions paused until the others are caught up (replay)
-        self._live = False  # run() not catching up: small polls (LIVE_POLL_BYTES)
-        self._carry: dict[TopicPartition, list] = {}  # fetched, not yet in a poll (live projector)
 
     def stop(self) -> None:
         self._stop.set()
@@ -123,14 +114,13 @@ class Projector:
         the offsets stored with the rows, so nothing is lost or applied twice. A broker restart is ridden out
         by the consumer itself; a Kafka call that fails is retried the same way.
         """
-        self._live = not until_caught_up
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES if until_caught_up else LIVE_FETCH_BYTES,
-            fetch_max_bytes=MAX_MESSAGE_BYTES * 2 if until_caught_up else LIVE_FETCH_BYTES * 2,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
             # Outcomes trickle in one by one while a job sends; without a minimum each poll brought a handful
             # of events and cost its own transaction. Waiting up to 100 ms for 64 KiB cut the projector's CPU
             # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag.
@@ -190,18 +180,12 @@ class Projector:
         return self.stats
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list]:
-        """One poll, joined by what the consumer has already fetched, up to ``max_records`` and POLL_BYTES (the live
-        projector: LIVE_POLL_BYTES, see ``_cut``).
+        """One poll, joined by what the consumer has already fetched, up to ``max_records`` and POLL_BYTES.
 
         A backlog (a replay, a restart) then goes through in few, large transactions: one getmany hands over what
         one fetch response held, which on a 50,000-learner job's log made ~570 transactions of ~90 events.
         """
-        if self._carry:
-            polled, self._carry = self._carry, {}
-            return self._cut(polled)
         polled = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
-        if self._live:
-            return self._cut(polled)
         count = sum(len(records) for records in polled.values())
         size = sum(len(r.value or b"") for records in polled.values() for r in records)
         while polled and count < self.max_records and size < POLL_BYTES:
@@ -213,21 +197,6 @@ class Projector:
                 count += len(records)
                 size += sum(len(r.value or b"") for r in records)
         return polled
-
-    def _cut(self, polled: dict[TopicPartition, list]) -> dict[TopicPartition, list]:
-        """The live projector's poll: at most LIVE_POLL_BYTES of it (and at least one record); the rest is kept,
-        in order, for the next polls. One getmany can hand over what aiokafka read ahead for every partition
-        (1 MiB each: 12 MiB of BatchDispatched while a large job is cut), ~5x that once decoded."""
-        size = 0
-        out: dict[TopicPartition, list] = {}
-        for tp, records in polled.items():
-            for i, record in enumerate(records):
-                if size >= LIVE_POLL_BYTES:
-                    self._carry[tp] = records[i:]
-                    break
-                out.setdefault(tp, []).append(record)
-                size += len(record.value or b"")
-        return out
 
     def _hold_batches(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
                       targets: dict[TopicPartition, int]) -> None:
@@ -279,7 +248,6 @@ class Projector:
                 raise RuntimeError(f"topic {name} does not exist: run `offload topics create` first")
             partitions.extend(TopicPartition(name, p) for p in found)
         consumer.assign(partitions)
-        self._carry = {}  # every partition is sought back to what Postgres stored
         async with conn.cursor() as cur:
             stored = await tracking.load(cur, PROJECTION)
         beginnings = await consumer.beginning_offsets(partitions)
