@@ -102,7 +102,8 @@ def test_a_finished_jobs_table_state_is_deleted_after_the_retention_and_not_befo
             assert history[(partition, key)][0] is not None, f"{table} {key}: tombstone in another partition"
             # ...and was written no earlier than the retention allows.
             assert ts >= due_ms - 1, f"{table} {key}: deleted {(due_ms - ts) / 1000:.1f} s early"
-    assert len(latest(settings, "job-progress", "expire-me")) == 1
+    # The job's progress, and where its run's batches lie (written once, under a key of its own).
+    assert {k for _, k in latest(settings, "job-progress", "expire-me")} == {"expire-me", "expire-me:locations:0"}
     assert len(latest(settings, "batch-progress", "expire-me")) == 3  # 120 learners in batches of 50
     assert {k for _, k in latest(settings, "job-failures", "expire-me")} == {"expire-me:0:0", "expire-me:0:1",
                                                                              "expire-me:0:2"}
