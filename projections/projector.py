@@ -8,8 +8,11 @@ same loop started from offset 0 into a fresh schema.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -81,6 +84,25 @@ async def _close_quietly(conn: psycopg.AsyncConnection | None) -> None:
         pass  # it was lost anyway
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a poll is decoded.
+
+    A poll's events (10-20 objects each, a BatchDispatched's thousands) all live until its commit, so every
+    collection they triggered found nothing to free and, once enough had survived, scanned the whole heap again.
+    Reference counting frees them as usual; the collector runs again on the next allocations after. In
+    bench/replay.py this and gc.freeze() at start-up took a replay of 50,503 events from 2.2 s to 1.7 s.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 async def create_read_models(conn: psycopg.AsyncConnection) -> None:
     async with conn.transaction(), conn.cursor() as cur:
         # Serialise concurrent creators (two projectors starting together would race on CREATE ... IF NOT EXISTS).
@@ -132,6 +154,9 @@ class Projector:
         backoff = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
         await self._start_consumer(consumer, backoff)
         started = time.monotonic()
+        # What is alive now (modules, pydantic's validators, the clients) lives as long as the projector: out of
+        # the collector's sight, a collection scans only what the polls made (see _collector_paused).
+        gc.freeze()
         conn: psycopg.AsyncConnection | None = None
         synced = False  # partitions assigned and positioned at the stored offsets
         targets: dict[TopicPartition, int] | None = None
@@ -177,6 +202,7 @@ class Projector:
             self.stats.seconds = time.monotonic() - started
             await consumer.stop()
             await _close_quietly(conn)
+            gc.unfreeze()  # a process that goes on (a test, a benchmark) collects them again
         return self.stats
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list]:
@@ -247,10 +273,13 @@ class Projector:
             if not found:
                 raise RuntimeError(f"topic {name} does not exist: run `offload topics create` first")
             partitions.extend(TopicPartition(name, p) for p in found)
-        consumer.assign(partitions)
         async with conn.cursor() as cur:
             stored = await tracking.load(cur, PROJECTION)
         beginnings = await consumer.beginning_offsets(partitions)
+        # Assigned and positioned in one step: assigned first, the consumer would look up the latest offsets
+        # meanwhile and start a fetch there that waits out fetch_max_wait_ms before ours is sent (0.1-0.25 s
+        # before the first record of a replay, bench/replay.py).
+        consumer.assign(partitions)
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             if offset is None or offset < beginnings[tp]:  # never read, or expired by retention since
@@ -260,6 +289,10 @@ class Projector:
         return partitions
 
     def _decode(self, polled: dict[TopicPartition, list]) -> _Decoded:
+        with _collector_paused():
+            return self._decode_poll(polled)
+
+    def _decode_poll(self, polled: dict[TopicPartition, list]) -> _Decoded:
         events: list[Applied] = []
         positions: dict[tuple[str, int], int] = {}
         for tp, records in polled.items():
