@@ -110,6 +110,7 @@ async def create_read_models(conn: psycopg.AsyncConnection) -> None:
         await cur.execute(tracking.DDL)
         for model in READ_MODELS:
             await cur.execute(model.DDL)
+        await cur.execute(recipients.STAGING)  # this connection's own (temporary) staging tables
 
 
 class Projector:
@@ -145,9 +146,12 @@ class Projector:
             fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
             # Outcomes trickle in one by one while a job sends; without a minimum each poll brought a handful
             # of events and cost its own transaction. Waiting up to 100 ms for 64 KiB cut the projector's CPU
-            # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag.
-            fetch_min_bytes=64 * 1024,
-            fetch_max_wait_ms=100,
+            # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag. A
+            # transaction still costs more than the ~165 outcomes it then carried (1,500/s): up to 250 ms for
+            # 256 KiB took the CPU per outcome from 30-36 µs to 22-27 µs (bench/projector_steady.py, three
+            # pairs run alternately), for <= 250 ms of lag in job progress.
+            fetch_min_bytes=256 * 1024,
+            fetch_max_wait_ms=250,
         )
         DEPENDENCIES.track("postgres")
         DEPENDENCIES.track("kafka")
