@@ -46,10 +46,21 @@ class ProjectorStats:
     skipped: int = 0
     seconds: float = 0.0
     reconnects: int = 0  # waits for Postgres or Kafka to come back
+    # time.monotonic() when the first record was in hand and when the last poll committed: a replay's rate
+    # without its start-up (connecting, creating the read models, finding the partitions and their offsets)
+    first_record_at: float | None = None
+    last_commit_at: float | None = None
 
     @property
     def per_second(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_per_second(self) -> float:
+        """Events per second from the first record fetched to the last commit."""
+        if self.first_record_at is None or self.last_commit_at is None or self.last_commit_at <= self.first_record_at:
+            return 0.0
+        return self.events / (self.last_commit_at - self.first_record_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +304,8 @@ class Projector:
         return partitions
 
     def _decode(self, polled: dict[TopicPartition, list]) -> _Decoded:
+        if self.stats.first_record_at is None:
+            self.stats.first_record_at = time.monotonic()
         with _collector_paused():
             return self._decode_poll(polled)
 
@@ -322,6 +335,7 @@ class Projector:
                 await model.apply(cur, polled.events)
             await tracking.save(cur, PROJECTION, polled.positions)
         self.stats.events += len(polled.events)
+        self.stats.last_commit_at = time.monotonic()
         self._next.update(polled.ends)
 
     async def _apply(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer, polled: dict,
