@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from psycopg import sql
 
 from config.settings import Settings
-from eventlog.topics import EVENT_TOPICS, MAX_MESSAGE_BYTES, partitions_of
+from eventlog.topics import EVENT_TOPICS, partitions_of
 from projections import audit, callbacks, company_settings, jobs, recipients, suppressions, templates, tracking
 from projections.base import Applied, Position
 from resilience.dependencies import DEPENDENCIES, Backoff
@@ -35,9 +35,13 @@ log = logging.getLogger(__name__)
 READ_MODELS = (company_settings, jobs, recipients, callbacks, suppressions, templates, audit)
 PROJECTED_TOPICS = EVENT_TOPICS  # a name of its own so a test can add a topic not yet listed
 PROJECTION = "read-models"
-# A poll's records are decoded and held at once: this bounds it when records are large (a BatchDispatched of
-# 200 learners is ~20 KB of JSON and ~10x that decoded).
+# A poll's records are held at once: this bounds it when records are large (a BatchDispatched of 200 learners
+# is ~20 KB of JSON and ~10x that decoded).
 POLL_BYTES = 8 * 1024 * 1024
+# A poll is decoded and committed in pieces of about this size, each decoded while the one before commits: a
+# replay's batches (250 records of 200 learners for a 50,000-learner job) came in one poll, decoded and then
+# committed with nothing to overlap (bench/replay.py). 5,000 outcomes are ~1.7 MB: one piece.
+PIECE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -95,6 +99,24 @@ async def _close_quietly(conn: psycopg.AsyncConnection | None) -> None:
         pass  # it was lost anyway
 
 
+def _pieces(polled: dict[TopicPartition, list], size: int) -> Iterator[dict[TopicPartition, list]]:
+    """``polled`` cut into pieces of about ``size`` bytes of record values, each partition's records in order."""
+    piece: dict[TopicPartition, list] = {}
+    held = 0
+    for tp, records in polled.items():
+        start = 0
+        for i, record in enumerate(records):
+            held += len(record.value or b"")
+            if held >= size:
+                piece[tp] = records[start:i + 1]
+                yield piece
+                piece, held, start = {}, 0, i + 1
+        if start < len(records):
+            piece[tp] = records[start:]
+    if piece:
+        yield piece
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while a poll is decoded.
@@ -135,7 +157,8 @@ class Projector:
         # are fetched into its buffer, before getmany() returns them, so it cannot say "caught up".
         self._next: dict[TopicPartition, int] = {}
         self._decoded: dict[TopicPartition, int] = {}  # next offset to decode: ahead of _next by one poll at most
-        self._held: list[TopicPartition] = []  # partitions paused until the others are caught up (replay)
+        self._held: list[TopicPartition] = []  # partitions not polled until the others are caught up (replay)
+        self._partitions: list[TopicPartition] = []  # assigned
 
     def stop(self) -> None:
         self._stop.set()
@@ -153,16 +176,23 @@ class Projector:
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+            # Fetched in steps of 4 MiB per partition (a larger record still comes whole): with the largest
+            # record's size (32 MiB) one fetch took a replay's whole outcomes partition before the first record
+            # could be decoded, and a backlog's batches would wait in the consumer's buffer at up to 32 MiB per
+            # partition (see _hold_batches). 1 MiB (~3,000 outcomes) cut polls short of max_records.
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
             # Outcomes trickle in one by one while a job sends; without a minimum each poll brought a handful
             # of events and cost its own transaction. Waiting up to 100 ms for 64 KiB cut the projector's CPU
             # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag. A
             # transaction still costs more than the ~165 outcomes it then carried (1,500/s): up to 250 ms for
             # 256 KiB took the CPU per outcome from 30-36 µs to 22-27 µs (bench/projector_steady.py, three
             # pairs run alternately), for <= 250 ms of lag in job progress.
-            fetch_min_bytes=256 * 1024,
-            fetch_max_wait_ms=250,
+            # Catching up (a replay), the log is all there: the consumer has one fetch in flight at a time, and
+            # one that waited for more of a topic's last records (or of the empty topics) held back the next
+            # fetch of the others by up to that wait (bench/replay.py: 0.2 s each time a topic ran out).
+            fetch_min_bytes=1 if until_caught_up else 256 * 1024,
+            fetch_max_wait_ms=10 if until_caught_up else 250,
         )
         DEPENDENCIES.track("postgres")
         DEPENDENCIES.track("kafka")
@@ -195,9 +225,9 @@ class Projector:
                                         self.stats.reconnects)
                         backoff.reset()
                         if until_caught_up:
-                            self._hold_batches(consumer, partitions, targets)
+                            self._hold_batches(partitions, targets)
                     assert targets is not None  # set when the consumer first synced
-                    self._release_batches(consumer, targets)
+                    self._release_batches(targets)
                     if until_caught_up and all(self._next[tp] >= end for tp, end in targets.items()):
                         break
                     polled = await self._poll(consumer)
@@ -226,11 +256,13 @@ class Projector:
         A backlog (a replay, a restart) then goes through in few, large transactions: one getmany hands over what
         one fetch response held, which on a 50,000-learner job's log made ~570 transactions of ~90 events.
         """
-        polled = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+        held = set(self._held)
+        reading = [tp for tp in self._partitions if tp not in held]  # every assigned one when none is held
+        polled = await consumer.getmany(*reading, timeout_ms=200, max_records=self.max_records)
         count = sum(len(records) for records in polled.values())
         size = sum(len(r.value or b"") for records in polled.values() for r in records)
         while polled and count < self.max_records and size < POLL_BYTES:
-            more = await consumer.getmany(timeout_ms=0, max_records=self.max_records - count)
+            more = await consumer.getmany(*reading, timeout_ms=0, max_records=self.max_records - count)
             if not more:
                 break
             for tp, records in more.items():
@@ -239,8 +271,7 @@ class Projector:
                 size += sum(len(r.value or b"") for r in records)
         return polled
 
-    def _hold_batches(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
-                      targets: dict[TopicPartition, int]) -> None:
+    def _hold_batches(self, partitions: list[TopicPartition], targets: dict[TopicPartition, int]) -> None:
         """Catching up (a replay), read the batches topic after the others.
 
         The read models do not depend on the order topics are read in (tests/integration/test_projection_polls.py),
@@ -248,15 +279,16 @@ class Projector:
         afterwards finds it there; read the other way round, every learner is inserted as pending and then
         rewritten (an update that touches every index). In bench/replay.py, under load, a commit of 5,000
         outcomes took 0.05-0.1 s this way against 0.09-0.15 s the other way round.
+
+        Held, they are not polled but still fetched (the consumer buffers a fetch per partition): paused, their
+        first fetch waited behind a fetch of the other, exhausted partitions, which waits out fetch_max_wait_ms
+        (0.1-0.35 s in bench/replay.py).
         """
         batches = self.settings.topic("batches")
         self._held = [tp for tp in partitions if tp.topic == batches and self._next[tp] < targets[tp]]
-        if self._held:
-            consumer.pause(*self._held)
 
-    def _release_batches(self, consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> None:
+    def _release_batches(self, targets: dict[TopicPartition, int]) -> None:
         if self._held and all(self._decoded[tp] >= end for tp, end in targets.items() if tp not in self._held):
-            consumer.resume(*self._held)
             self._held = []
 
     async def _start_consumer(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
@@ -295,6 +327,7 @@ class Projector:
         # meanwhile and start a fetch there that waits out fetch_max_wait_ms before ours is sent (0.1-0.25 s
         # before the first record of a replay, bench/replay.py).
         consumer.assign(partitions)
+        self._partitions = partitions
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             if offset is None or offset < beginnings[tp]:  # never read, or expired by retention since
@@ -348,13 +381,14 @@ class Projector:
         commit: asyncio.Task[None] | None = None
         try:
             while polled:
-                decoded = self._decode(polled)
-                if commit is not None:
-                    await commit
-                commit = asyncio.create_task(self._commit(conn, decoded))
+                for piece in _pieces(polled, PIECE_BYTES):
+                    decoded = self._decode(piece)
+                    if commit is not None:
+                        await commit
+                    commit = asyncio.create_task(self._commit(conn, decoded))
                 if self._stop.is_set() or (targets and all(self._decoded[tp] >= e for tp, e in targets.items())):
                     break
-                self._release_batches(consumer, targets)
+                self._release_batches(targets)
                 polled = await self._poll(consumer)
             if commit is not None:
                 await commit
