@@ -42,6 +42,13 @@ POLL_BYTES = 8 * 1024 * 1024
 # replay's batches (250 records of 200 learners for a 50,000-learner job) came in one poll, decoded and then
 # committed with nothing to overlap (bench/replay.py). 5,000 outcomes are ~1.7 MB: one piece.
 PIECE_BYTES = 2 * 1024 * 1024
+# The live projector (not catching up) keeps pace with the workers, so large polls gain it little, and a large
+# job's BatchDispatched arrive in one burst when it is cut (~100 MB for 1,000,000 learners): with the limits
+# above its peak memory grew with the job (aiokafka's read-ahead of 4 MiB per batches partition, 2 MiB pieces
+# decoded ~10x). These keep it near its 10,000-learner figure (docs/scaling.md).
+LIVE_FETCH_BYTES = 256 * 1024  # per partition; 1 MiB per fetch
+LIVE_POLL_BYTES = 1024 * 1024
+LIVE_PIECE_BYTES = 512 * 1024
 
 
 @dataclass
@@ -152,6 +159,7 @@ class Projector:
         self.settings = settings
         self.schema = schema
         self.max_records = max_records
+        self._live = False  # run() not catching up: the LIVE_ limits
         self.stats = ProjectorStats()
         self._stop = asyncio.Event()
         # Next offset to apply per partition, from what was applied: aiokafka's position() moves when records
@@ -172,6 +180,7 @@ class Projector:
         the offsets stored with the rows, so nothing is lost or applied twice. A broker restart is ridden out
         by the consumer itself; a Kafka call that fails is retried the same way.
         """
+        self._live = not until_caught_up
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=None,
@@ -181,8 +190,8 @@ class Projector:
             # record's size (32 MiB) one fetch took a replay's whole outcomes partition before the first record
             # could be decoded, and a backlog's batches would wait in the consumer's buffer at up to 32 MiB per
             # partition (see _hold_batches). 1 MiB (~3,000 outcomes) cut polls short of max_records.
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024 if until_caught_up else LIVE_FETCH_BYTES,
+            fetch_max_bytes=16 * 1024 * 1024 if until_caught_up else 4 * LIVE_FETCH_BYTES,
             # Outcomes trickle in one by one while a job sends; without a minimum each poll brought a handful
             # of events and cost its own transaction. Waiting up to 100 ms for 64 KiB cut the projector's CPU
             # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag. A
@@ -262,7 +271,7 @@ class Projector:
         polled = await consumer.getmany(*reading, timeout_ms=200, max_records=self.max_records)
         count = sum(len(records) for records in polled.values())
         size = sum(len(r.value or b"") for records in polled.values() for r in records)
-        while polled and count < self.max_records and size < POLL_BYTES:
+        while polled and count < self.max_records and size < (LIVE_POLL_BYTES if self._live else POLL_BYTES):
             more = await consumer.getmany(*reading, timeout_ms=0, max_records=self.max_records - count)
             if not more:
                 break
@@ -385,7 +394,7 @@ class Projector:
         commit: asyncio.Task[None] | None = None
         try:
             while polled:
-                for piece in _pieces(polled, PIECE_BYTES):
+                for piece in _pieces(polled, LIVE_PIECE_BYTES if self._live else PIECE_BYTES):
                     decoded = self._decode(piece)
                     if commit is not None:
                         await commit
