@@ -81,7 +81,6 @@ class _Decoded:
     events: list[Applied]
     positions: dict[tuple[str, int], int]
     ends: dict[TopicPartition, int]
-    recipient_rows: recipients.Rows  # built with the decoding, while the poll before commits
 
 
 async def connect(settings: Settings, schema: str | None = None) -> psycopg.AsyncConnection:
@@ -369,16 +368,13 @@ class Projector:
                 events.append((Position(tp.topic, tp.partition, record.offset, when), event))
         ends = {tp: records[-1].offset + 1 for tp, records in polled.items()}
         self._decoded.update(ends)
-        return _Decoded(events, positions, ends, recipients.rows_of(events))
+        return _Decoded(events, positions, ends)
 
     async def _commit(self, conn: psycopg.AsyncConnection, polled: _Decoded) -> None:
         """One poll's row changes and the offsets after it, in one transaction."""
         async with conn.transaction(), conn.cursor() as cur:
             for model in READ_MODELS:
-                if model is recipients:
-                    await recipients.apply(cur, polled.events, polled.recipient_rows)
-                else:
-                    await model.apply(cur, polled.events)
+                await model.apply(cur, polled.events)
             await tracking.save(cur, PROJECTION, polled.positions)
         self.stats.events += len(polled.events)
         self.stats.last_commit_at = time.monotonic()

@@ -226,7 +226,7 @@ async def _copy(cur: AsyncCursor, table: str, types: tuple[str, ...], rows: Iter
 
 
 @dataclass
-class Rows:
+class _Rows:
     """A poll's rows for job_recipients, by statement."""
 
     pending: list[tuple] = field(default_factory=list)
@@ -235,10 +235,8 @@ class Rows:
     outcomes: dict[tuple[str, int], tuple] = field(default_factory=dict)
 
 
-def rows_of(events: Sequence[Applied]) -> Rows:
-    """A poll's rows, built apart from applying them: the projector builds a poll's rows while the poll before
-    it commits, so Postgres does not wait on them."""
-    rows = Rows()
+def _rows(events: Sequence[Applied]) -> _Rows:
+    rows = _Rows()
     for _, event in events:
         if isinstance(event, BatchDispatched) and event.run > 0:
             rows.retried.extend((event.job_id, r.userid, event.run, event.batch_no) for r in event.recipients)
@@ -258,10 +256,10 @@ def rows_of(events: Sequence[Applied]) -> Rows:
     return rows
 
 
-async def apply(cur: AsyncCursor, events: Sequence[Applied], rows: Rows | None = None) -> None:
-    """Apply a poll's events (``rows``: ``rows_of(events)`` if built already); must run inside a transaction (the
-    staging tables empty at commit), on a connection that has the staging tables (create_read_models made them)."""
-    rows = rows_of(events) if rows is None else rows
+async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
+    """Apply a poll's events; must run inside a transaction (the staging tables empty at commit), on a
+    connection that has the staging tables (create_read_models made them)."""
+    rows = _rows(events)
     if rows.pending:
         await _copy(cur, "incoming_pending", _PENDING_TYPES, rows.pending)
         await cur.execute(_PENDING)
