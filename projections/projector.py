@@ -38,9 +38,9 @@ PROJECTION = "read-models"
 # A poll's records are held at once: this bounds it when records are large (a BatchDispatched of 200 learners
 # is ~20 KB of JSON and ~10x that decoded).
 POLL_BYTES = 8 * 1024 * 1024
-# A poll is decoded and committed in pieces of about this size, each decoded while the one before commits: a
-# replay's batches (250 records of 200 learners for a 50,000-learner job) came in one poll, decoded and then
-# committed with nothing to overlap (bench/replay.py). 5,000 outcomes are ~1.7 MB: one piece.
+# A poll is decoded and committed in pieces of about this size: a replay's batches (250 records of 200 learners
+# for a 50,000-learner job) came in one poll and were decoded whole (~40 MB of objects at once). 5,000 outcomes
+# are ~1.7 MB: one piece.
 PIECE_BYTES = 2 * 1024 * 1024
 # The live projector (not catching up) keeps pace with the workers, so large polls gain it little, and a large
 # job's BatchDispatched arrive in one burst when it is cut (~100 MB for 1,000,000 learners): with the limits
@@ -384,8 +384,10 @@ class Projector:
                      targets: dict[TopicPartition, int]) -> None:
         """Apply ``polled``, then each poll already fetched after it, until none is or ``targets`` are reached.
 
-        Polls are committed one at a time and in order, but each is decoded while the previous one's transaction
-        runs in Postgres: decoding is most of the projector's own CPU, so on a backlog the two overlap.
+        Polls are committed one at a time and in order. Each commit is started as a task before the next piece is
+        decoded, but it runs only when the event loop gets a turn: while getmany waits for a fetch, not while it
+        hands over buffered records or a piece decodes, so on a backlog decoding and committing mostly take turns
+        (docs/scaling.md, Replay: making them overlap by decoding in slices was measured and not faster).
         """
         commit: asyncio.Task[None] | None = None
         try:
