@@ -9,7 +9,8 @@ from pydantic import Field
 
 from schemas.events.base import Event, utcnow
 
-CallbackName = Literal["started", "progress", "completed", "unsubscribed"]
+# "paused"/"resumed": the job was paused on its bounce/complaint rate, and resumed (added after v1 began).
+CallbackName = Literal["started", "progress", "completed", "unsubscribed", "paused", "resumed"]
 
 
 class CallbackDelivered(Event):

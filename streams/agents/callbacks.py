@@ -1,4 +1,5 @@
-"""send-callbacks: tell Moodle, signed, when a job starts, passes progress milestones and completes.
+"""send-callbacks: tell Moodle, signed, when a job starts, passes progress milestones, pauses on its bounce or
+complaint rate, is resumed, and completes.
 
 The agent on the jobs topic only *queues* a callback, in the ``callbacks`` table (one entry per job, its
 changelog makes it survive a crash or a move to another worker); it never waits for Moodle, so a Moodle that is
@@ -6,7 +7,8 @@ down cannot hold up the jobs partition. A timer on every worker sends the due ca
 partition it owns, each attempt in its own task: delivered -> CallbackDelivered and the next callback of the
 job; failed -> CallbackFailed with the next attempt's time, exponential backoff with jitter, until
 ``callback_max_age`` (24 h by default) has passed. A job's callbacks go out in order (started, milestones,
-completed): Moodle never hears "completed" before "started".
+paused/resumed, completed): Moodle never hears "completed" before "started". A pause and a resume are named by
+their event's time (``paused-<ms>``), so a job paused twice gets two callbacks and an event read again none.
 
 At-least-once: a worker that dies after Moodle answered but before the table was updated sends that callback
 again; Moodle recognises it by ``callback_id`` (also in the ``X-Offload-Callback-Id`` header).
@@ -34,6 +36,8 @@ from schemas.events import (
     CallbackFailed,
     JobAccepted,
     JobCompleted,
+    JobPaused,
+    JobResumed,
     client_job_id,
 )
 from schemas.events.suppression import RecipientUnsubscribed
@@ -53,6 +57,10 @@ class CallbacksTable(BatchProgressTable):
 
 def _iso(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 class CallbackScheduler:
@@ -113,16 +121,42 @@ class CallbackScheduler:
                     state.queued.append(f"progress-{crossed[-1]}")
             self._save(event.job_id, state)
         elif isinstance(event, JobCompleted):
-            state = self._state(event.job_id)
-            if state is None:
-                return
-            name = "completed" if event.run == 0 else f"completed-run{event.run}"
-            status = "cancelled" if event.cancelled else "completed"
-            self._queue(state, event.job_id, name, status, run=event.run, succeeded=event.succeeded,
-                        failed=event.failed, suppressed=event.suppressed, total=event.total, at=event.completed_at)
-            if event.run == 0:
-                state.done = None  # no more milestones: keep the entry small
-            self._save(event.job_id, state)
+            self._queue_completed(event)
+        elif isinstance(event, JobPaused | JobResumed):
+            self._queue_pause(event)
+
+    def _queue_completed(self, event: JobCompleted) -> None:
+        state = self._state(event.job_id)
+        if state is None:
+            return
+        name = "completed" if event.run == 0 else f"completed-run{event.run}"
+        status = "cancelled" if event.cancelled else "completed"
+        self._queue(state, event.job_id, name, status, run=event.run, succeeded=event.succeeded,
+                    failed=event.failed, suppressed=event.suppressed, total=event.total, at=event.completed_at)
+        if event.run == 0:
+            state.done = None  # no more milestones: keep the entry small
+        self._save(event.job_id, state)
+
+    def _queue_pause(self, event: JobPaused | JobResumed) -> None:
+        """Queue the callback that tells Moodle its job paused on its bounce/complaint rate (with the figures the
+        worker decided on), or was resumed. The totals are the first run's so far, as the milestones count them."""
+        state = self._state(event.job_id)
+        if state is None:
+            return  # no callback URL
+        succeeded, failed, suppressed = state.progress()
+        if isinstance(event, JobPaused):
+            pause = {"reason": event.reason, "sent": event.sent, "bounced": event.bounced,
+                     "complained": event.complained, "bounce_rate": event.bounce_rate,
+                     "complaint_rate": event.complaint_rate, "bounce_threshold": event.bounce_threshold,
+                     "complaint_threshold": event.complaint_threshold, "min_sample": event.min_sample}
+            self._queue(state, event.job_id, f"paused-{_ms(event.paused_at)}", "paused", run=0,
+                        succeeded=succeeded, failed=failed, suppressed=suppressed, at=event.paused_at, pause=pause)
+        else:
+            resume = {"requested_by": event.requested_by, "reason": event.reason}
+            self._queue(state, event.job_id, f"resumed-{_ms(event.resumed_at)}", "running", run=0,
+                        succeeded=succeeded, failed=failed, suppressed=suppressed, at=event.resumed_at,
+                        resume=resume)
+        self._save(event.job_id, state)
 
     def queue_unsubscribe(self, event: RecipientUnsubscribed, url: str) -> None:
         """Queue the callback that tells Moodle a learner unsubscribed. It is delivered, retried and recorded like a
@@ -141,7 +175,8 @@ class CallbackScheduler:
 
     def _queue(self, state: CallbackQueue, job_id: str, name: str, status: str, *, run: int, succeeded: int,
                failed: int, at: datetime, milestone: int | None = None, total: int | None = None,
-               suppressed: int = 0) -> None:
+               suppressed: int = 0, pause: dict[str, Any] | None = None,
+               resume: dict[str, Any] | None = None) -> None:
         if name in state.queued:
             return
         event = name.split("-")[0]
@@ -150,7 +185,8 @@ class CallbackScheduler:
         body = callback_body(callback_id=callback_id, job_id=client_job_id(job_id, state.company_id),
                              company_id=state.company_id, event=event,
                              status=status, run=run, total=state.total if total is None else total,
-                             succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=milestone, at=at)
+                             succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=milestone, at=at,
+                             pause=pause, resume=resume)
         now = time.time()
         state.queued.append(name)
         state.pending.append(PendingCallback(callback_id=callback_id, event=event, run=run, milestone=milestone,
