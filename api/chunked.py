@@ -148,8 +148,15 @@ async def _open_upload(state: ApiState, request: web.Request) -> tuple[str, Uplo
     job_id = params.job_id(request)
     caller = caller_of(request)
     upload = request.app[UPLOADS].get(job_id)
+    row = None
     if upload is None or upload.committed is None:  # an open job may have been closed meanwhile
-        row = await state.store.job(job_id)
+        try:
+            row = await state.store.job(job_id)
+        except psycopg.Error:
+            if upload is None:
+                raise  # 503: nothing else can say whether the job exists
+            # The read model is down: the open job's chunk or commit goes on (the worker ignores either if the
+            # job was closed meanwhile, and the commit's answer then comes from the read model once it is back).
         if expired(row) and row is not None and caller.may_see(row["company_id"]):
             raise ApiError(410, "chunked_job_expired", "the job stayed open longer than "
                            f"{state.settings.chunked_job_max_open_hours:g} h without a commit and was closed "
