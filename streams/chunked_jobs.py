@@ -46,6 +46,7 @@ from streams.budget_wait import BudgetWait
 from streams.chunk_reader import ChunkReader, LoggedLearners
 from streams.context import StreamContext
 from streams.learners import Learners
+from streams.ledger import RecordGone
 from streams.state import KnownJob, Stored, _check_keys
 from streams.templates import ResolvedTemplate
 
@@ -158,12 +159,21 @@ class ChunkedJobs:
             log.info("job %s: its expiry is ignored, the job is no longer open", event.job_id)
             return
         hours = f"{event.max_open_hours:g}"
+        header: JobOpened | None = None
+        if opened.partition is not None and opened.offset is not None:  # its callback URL: nobody else is told
+            try:
+                found = await self.ctx.ledger.fetch("job-requests", opened.partition, opened.offset)
+            except RecordGone:  # open longer than job-requests keeps records: rejected all the same, untold
+                found = None
+            if found is not None:
+                assert isinstance(found, JobOpened) and found.job_id == event.job_id
+                header = found
         await self._reject(event.job_id, event.company_id, [Problem(
             field="job_id", code=NOT_COMMITTED,
             message=f"the chunked job was opened at {event.opened_at.isoformat(timespec='seconds')} and not "
                     f"committed within {hours} h (OFFLOAD_CHUNKED_JOB_MAX_OPEN_HOURS; {event.chunks_received} "
                     "chunk(s) received); nothing was sent: send the job again under a new id")],
-            opened, 0)
+            opened, 0, callback_from=header)
 
     def open_jobs(self) -> list[tuple[str, OpenedJob]]:
         """Every job in this worker's copy of the table that is still open (not committed)."""
@@ -266,8 +276,15 @@ class ChunkedJobs:
                                  LoggedLearners(self.reader, job_id, places, unique))
 
     async def _reject(self, job_id: str, company_id: int | None, problems: list[Problem],
-                      opened: OpenedJob | None, chunk_count: int) -> None:
-        await self.ctx.publisher.send_and_wait(JobRejected(job_id=job_id, company_id=company_id, problems=problems))
+                      opened: OpenedJob | None, chunk_count: int, *, callback_from: JobOpened | None = None) -> None:
+        """``callback_from``: the header whose callback URL is told of the rejection (send-callbacks), when no
+        client waits for the answer."""
+        told = callback_from
+        await self.ctx.publisher.send_and_wait(JobRejected(
+            job_id=job_id, company_id=company_id, problems=problems,
+            callback_url=told.callback_url if told else None,
+            callback_query_sealed=told.callback_query_sealed if told else None,
+            callback_key_id=told.callback_key_id if told else None))
         self.ctx.known_jobs[job_id] = KnownJob("rejected", company_id).to_dict()
         log.info("chunked job %s rejected at its commit: %s", job_id, "; ".join(p.message for p in problems))
         self._forget(job_id, opened, chunk_count)

@@ -37,6 +37,7 @@ from schemas.events import (
     JobAccepted,
     JobCompleted,
     JobPaused,
+    JobRejected,
     JobResumed,
     client_job_id,
 )
@@ -89,19 +90,12 @@ class CallbackScheduler:
         if isinstance(event, JobAccepted):
             if not event.callback_url or self.table.get(event.job_id) is not None:
                 return
-            url, sealed = event.callback_url, event.callback_query_sealed
-            if sealed is None:  # written before the API sealed queries: keep the query out of the changelog too
-                url, sealed = seal_query(url, event.job_id,
-                                         self.settings.callback_url_secret.get_secret_value().encode())
-            state = CallbackQueue(
-                company_id=event.company_id, url=url, sealed=sealed,
-                # None when the job named no key: the company's current key signs (Settings.callback_key_for).
-                key_id=event.callback_key_id,
-                total=event.total_recipients,
-            )
+            state = self._new_queue(event, event.company_id, event.total_recipients)
             self._queue(state, event.job_id, "started", "accepted", run=0, succeeded=0, failed=0,
                         at=event.accepted_at)
             self._save(event.job_id, state)
+        elif isinstance(event, JobRejected):
+            self._queue_rejected(event)
         elif isinstance(event, BatchCompleted):
             state = self._state(event.job_id)
             if state is None or event.run != 0 or state.done is None:
@@ -124,6 +118,25 @@ class CallbackScheduler:
             self._queue_completed(event)
         elif isinstance(event, JobPaused | JobResumed):
             self._queue_pause(event)
+
+    def _new_queue(self, event: JobAccepted | JobRejected, company_id: int, total: int) -> CallbackQueue:
+        assert event.callback_url is not None
+        url, sealed = event.callback_url, event.callback_query_sealed
+        if sealed is None:  # written before the API sealed queries: keep the query out of the changelog too
+            url, sealed = seal_query(url, event.job_id, self.settings.callback_url_secret.get_secret_value().encode())
+        # key_id None when the job named no key: the company's current key signs (Settings.callback_key_for).
+        return CallbackQueue(company_id=company_id, url=url, sealed=sealed, key_id=event.callback_key_id, total=total)
+
+    def _queue_rejected(self, event: JobRejected) -> None:
+        """A rejection carries a callback URL only when nobody waits for the answer: a chunked job closed for
+        staying open without a commit (streams.chunked_jobs). Moodle hears why, as the API would answer."""
+        if not event.callback_url or event.company_id is None or self.table.get(event.job_id) is not None:
+            return
+        state = self._new_queue(event, event.company_id, 0)
+        state.done = None  # no milestones
+        self._queue(state, event.job_id, "rejected", "rejected", run=0, succeeded=0, failed=0, at=event.rejected_at,
+                    problems=[p.model_dump(mode="json") for p in event.problems])
+        self._save(event.job_id, state)
 
     def _queue_completed(self, event: JobCompleted) -> None:
         state = self._state(event.job_id)
@@ -176,7 +189,7 @@ class CallbackScheduler:
     def _queue(self, state: CallbackQueue, job_id: str, name: str, status: str, *, run: int, succeeded: int,
                failed: int, at: datetime, milestone: int | None = None, total: int | None = None,
                suppressed: int = 0, pause: dict[str, Any] | None = None,
-               resume: dict[str, Any] | None = None) -> None:
+               resume: dict[str, Any] | None = None, problems: list[dict[str, Any]] | None = None) -> None:
         if name in state.queued:
             return
         event = name.split("-")[0]
@@ -186,7 +199,7 @@ class CallbackScheduler:
                              company_id=state.company_id, event=event,
                              status=status, run=run, total=state.total if total is None else total,
                              succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=milestone, at=at,
-                             pause=pause, resume=resume)
+                             pause=pause, resume=resume, problems=problems)
         now = time.time()
         state.queued.append(name)
         state.pending.append(PendingCallback(callback_id=callback_id, event=event, run=run, milestone=milestone,

@@ -18,11 +18,13 @@ from offload.client import cancel_job, change_company_settings, submit_job
 from schemas.chunking import chunk_digest, job_digest
 from schemas.events import ChunkedJobExpired, JobCompleted, JobRejected, RecipientChunkReceived
 from tests.support.api import ApiServer, SignedClient, api_keys, without_api_keys
+from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
 
 K7 = "k7-secret-0123456789abcdef"
+CB_KEY, CB_SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
 PHP_EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
 SG_KEY = "SG.chunked-budget-key"
 LIMIT = 300  # max_recipients_per_job, small here: a chunk may hold at most this many
@@ -214,13 +216,17 @@ def test_a_chunked_job_never_committed_is_closed_after_the_limit_and_a_late_comm
         settings_factory, topics_for, processes, job_factory, mail_sink):
     settings = settings_factory(smtp_port=mail_sink.port, api_keys=api_keys(k7=(K7, 7)),
                                 max_recipients_per_job=LIMIT, chunked_job_max_open_hours=5 / 3600,
-                                job_expiry_interval_seconds=0.5)
+                                job_expiry_interval_seconds=0.5, callback_check_interval=0.2,
+                                api_allow_private_callbacks=True,  # the Moodle receiver is on loopback
+                                callback_keys=json.dumps({CB_KEY: {"secret": CB_SECRET, "company_id": 7}}))
     topics_for(settings)
     processes("worker", without_api_keys(settings))
     processes("projector", without_api_keys(settings))
-    with ApiServer(settings) as server:
+    with ApiServer(settings) as server, MoodleReceiver({CB_KEY: CB_SECRET}) as moodle:
         k7 = SignedClient(server.base_url, "k7", K7)
-        assert k7.post("/api/v1/jobs", header(job_factory, "stale")).status == 202
+        # Nobody waits for an answer when a job is closed: Moodle is told at the job's callback URL.
+        opened = {**header(job_factory, "stale"), "callback_url": moodle.url("/local/offload/cb.php?wstoken=T0K")}
+        assert k7.post("/api/v1/jobs", opened).status == 202
         send_chunks(k7, "stale", [[1, 2, 3]])
         # A job committed at once is served as usual: the limit is about jobs left open.
         assert k7.post("/api/v1/jobs", header(job_factory, "prompt")).status == 202
@@ -241,6 +247,12 @@ def test_a_chunked_job_never_committed_is_closed_after_the_limit_and_a_late_comm
         chunk = k7.post("/api/v1/jobs/stale/recipients", {"chunk_no": 1, "recipients": [learner(4)]})
         assert (chunk.status, chunk.code) == (410, "chunked_job_expired")
         assert wait_for_job(settings, "prompt")["succeeded"] == 2
+        told = wait_for(lambda: moodle.delivered(), timeout=60, what="the rejected callback")
+    assert [r.json["event"] for r in moodle.received] == ["rejected"]  # once, and signed
+    assert told[0].valid and told[0].path == "/local/offload/cb.php?wstoken=T0K"
+    body = told[0].json
+    assert (body["job_id"], body["company_id"], body["status"]) == ("stale", 7, "rejected")
+    assert body["problems"] == [problem] and body["totals"]["total"] == 0
 
     expired = [e for e in events(settings, "job-requests") if isinstance(e, ChunkedJobExpired)]
     assert {e.job_id for e in expired} == {"stale"}
