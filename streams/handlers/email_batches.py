@@ -47,6 +47,17 @@ _SEND_CHUNK = 25
 _BATCH_FORM = frozenset({"sendgrid", "mailgun"})
 
 
+async def _no_fallback() -> bool:
+    return False
+
+
+async def _stop(tasks: list[asyncio.Task[DeliveryReport]]) -> None:
+    """Cancel the chunks still sending and wait until they have stopped."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(max_attempts=settings.max_attempts, base_delay=settings.retry_base_delay,
                        max_delay=settings.retry_max_delay, max_outage_seconds=settings.relay_outage_max_seconds)
@@ -137,12 +148,19 @@ class EmailBatchHandler:
                    ctx.company_templates)
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        """The whole batch: composed, sent, each outcome recorded; whether it fell back."""
+        return await (await self.start(batch, recipients, recorder))
+
+    async def start(self, batch: BatchDispatched, recipients: list[Recipient],
+                    recorder: OutcomeRecorder) -> asyncio.Task[bool]:
+        """Compose the batch and hand every chunk to the providers; the task returned ends once every learner's
+        outcome is recorded (streams.batchwork.OverlappingHandler), and says whether the batch fell back."""
         template = await self.templates.wait_for_batch(batch)
         if isinstance(template, TemplateUnavailable):
             for recipient in recipients:
                 await recorder.record(self._failed(batch, recipient, template.error, attempts=0,
                                                    retryable=template.retryable))
-            return False
+            return asyncio.ensure_future(_no_fallback())
         by_key: dict[str, Recipient] = {}
         message_ids: dict[str, str] = {}
         primary, fallback = self.providers.for_batch(batch)
@@ -165,9 +183,11 @@ class EmailBatchHandler:
 
         # Each chunk starts sending as soon as it is composed, so composing the next one (CPU) overlaps with
         # the SMTP round trips of this one instead of the sessions idling until the whole batch is composed.
+        # The chunks wait for SMTP sessions in the order they were handed over (SmtpProvider), so a batch
+        # started while this one's last chunks are out queues behind them and takes each session they free.
         reports: list[asyncio.Task[DeliveryReport]] = []
         chunk: list[OutgoingEmail] = []
-        async with asyncio.TaskGroup() as sending:
+        try:
             for position, recipient in enumerate(recipients, 1):
                 problem = address_problem(recipient.email)
                 error = f"unusable address: {problem}" if problem else None
@@ -183,14 +203,27 @@ class EmailBatchHandler:
                     by_key[message.key] = recipient
                     message_ids[message.key] = message.message_id
                 if chunk and (len(chunk) == chunk_size or position == len(recipients)):
-                    reports.append(sending.create_task(
+                    reports.append(asyncio.ensure_future(
                         deliver(chunk, primary=primary, fallback=fallback, policy=self.policy, on_result=on_result,
                                 breaker=breaker)
                     ))
                     chunk = []
                     await asyncio.sleep(0)  # let the chunk's first sends go out before composing on
+        except BaseException:
+            await _stop(reports)  # a bug or a cancel: no sends left running for a batch nobody finishes
+            raise
+        return asyncio.ensure_future(self._settle(batch, primary, fallback, reports, recorder))
+
+    async def _settle(self, batch: BatchDispatched, primary: EmailProvider, fallback: EmailProvider | None,
+                      reports: list[asyncio.Task[DeliveryReport]], recorder: OutcomeRecorder) -> bool:
+        """Once every chunk is delivered: the batch's pacing, breaker changes and fallback on record."""
+        try:
+            done = await asyncio.gather(*reports)
+        except BaseException:
+            await _stop(reports)  # one chunk failed (a bug, an outcome that could not be produced) or cancelled
+            raise
         recorder.pacing = primary.describe() if isinstance(primary, PacedProvider) else None
-        fell_back = [task.result() for task in reports if task.result().fell_back]
+        fell_back = [report for report in done if report.fell_back]
         # Openings and closings of any breaker since the last batch, made durable with this batch's outcomes.
         for change in self.providers.breakers.drain():
             await recorder.record_event(circuit_event(change))

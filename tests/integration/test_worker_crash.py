@@ -67,6 +67,10 @@ def test_a_killed_worker_resumes_without_resending_recorded_recipients(
     # Only sends in flight at the moment of the kill (not yet recorded) may have gone out twice.
     duplicates = sum(c - 1 for c in counts.values())
     assert duplicates <= sent_before_kill - len(recorded_userids) + 2 * settings.smtp_connections
-    # The restarted worker found the half-done batch and read its recorded outcomes back from the log.
-    resumed = re.findall(r"resumed after a crash: (\d+) of 100 already recorded", restarted.log_text())
-    assert resumed and int(resumed[0]) > 0, resumed
+    # The restarted worker found the half-done batch and read its recorded outcomes back from the log. The batch
+    # after it may have been taken too (its sends queue behind the first one's last ones), never a third: at
+    # most two batches have sends without a durable outcome (streams.agents.batches).
+    resumed = dict(re.findall(r"batch (\S+) resumed after a crash: (\d+) of 100 already recorded",
+                              restarted.log_text()))
+    assert any(int(n) > 0 for n in resumed.values()), resumed
+    assert len(resumed) <= 2, f"more than two batches were in flight at the kill: {resumed}"
