@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
 
@@ -30,6 +32,23 @@ class _Unreachable(Exception):
 def _short(text: Any, limit: int = 200) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def wire_form(raw: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, lines starting with "." doubled, then the end mark.
+
+    The composer already writes CRLF only (content.email.compose), so a message that is clean gets two cheap
+    scans and one replace instead of aiosmtplib's regex passes (twice per message in sendmail)."""
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+        raw = normalize_message_line_endings(raw)
+        return PERIOD_REGEX.sub(b"..", raw) + b".\r\n"
+    stuffed = raw.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
 
 
 def classify_reply(code: int, text: str) -> Outcome:
@@ -68,6 +87,7 @@ class SmtpProvider:
         if starttls and use_tls:
             raise ValueError("choose either starttls (upgrade) or use_tls (implicit TLS), not both")
         self.host, self.port, self.mail_from = host, port, mail_from
+        self._mail_from = b"FROM:" + quote_address(mail_from).encode("ascii")
         self.max_batch = max_batch
         self._username = username
         self._password = password.get_secret_value() if hasattr(password, "get_secret_value") else password
@@ -140,11 +160,8 @@ class SmtpProvider:
             if smtp is None or not smtp.is_connected:
                 smtp = self._slots[slot] = await self._open()
             try:
-                _, reply = await smtp.sendmail(self.mail_from, [msg.to_address], msg.raw)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refused = exc.recipients[0]
-                return await self._refused(slot, msg, refused.code, refused.message)
-            except aiosmtplib.SMTPResponseException as exc:  # MAIL FROM or DATA refused
+                reply = await self._transaction(smtp, msg)
+            except aiosmtplib.SMTPResponseException as exc:  # MAIL FROM, RCPT TO or DATA refused
                 return await self._refused(slot, msg, exc.code, exc.message)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 # A dropped session (idle timeout, relay restart): reopen and try this message once more.
@@ -161,6 +178,38 @@ class SmtpProvider:
             match = _QUEUE_ID.search(reply)
             return SendResult(msg.key, Outcome.SENT, provider_message_id=match.group(1) if match else msg.message_id)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, msg: OutgoingEmail) -> str:
+        """MAIL, RCPT and DATA for one message; the final reply's text. What aiosmtplib's ``sendmail`` does for one
+        recipient, without its per-message address parsing and regex passes (about a fifth of the client's CPU per
+        message). A refusal raises SMTPResponseException once the envelope is reset (RSET)."""
+        wire = wire_form(msg.raw)
+        recipient = b"TO:" + quote_address(msg.to_address).encode("ascii")
+        size = (f"SIZE={len(wire) - 3}".encode("ascii"),) if smtp.supports_extension("size") else ()
+        try:
+            reply = await smtp.execute_command(b"MAIL", self._mail_from, *size)
+            if reply.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, self.mail_from)
+            reply = await smtp.execute_command(b"RCPT", recipient)
+            if reply.code not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, msg.to_address)
+            reply = await smtp.execute_command(b"DATA")
+            if reply.code != 354:
+                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+            protocol = smtp.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(wire)
+            reply = await protocol.read_response(timeout=smtp.timeout)  # arms itself before the loop runs again
+            if reply.code != 250:
+                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        except aiosmtplib.SMTPResponseException:
+            try:
+                await smtp.rset()
+            except (ConnectionError, aiosmtplib.SMTPException):
+                pass  # the session is dropped or reopened by the caller if it is gone
+            raise
+        return reply.message
 
     async def _refused(self, slot: int, msg: OutgoingEmail, code: int, text: str) -> SendResult:
         if code == 421:
@@ -181,6 +230,11 @@ class SmtpProvider:
         )
         try:
             await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:  # greeted once per session, not checked per message (_transaction)
+                try:
+                    await smtp.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await smtp.helo()
         except aiosmtplib.SMTPAuthenticationError as exc:
             smtp.close()
             raise _Unreachable(f"authentication failed ({exc.code})") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import json
@@ -84,6 +85,17 @@ async def test_every_recipient_gets_exactly_its_own_message(sink: DevMailSink, s
         assert got.raw == msg.raw and got.message_id == msg.message_id and got.mail_from == MAIL_FROM
         parsed = email.message_from_bytes(got.raw, policy=email.policy.default)
         assert parsed["To"].addresses[0].display_name == msg.to_name
+
+
+async def test_lines_starting_with_a_dot_arrive_unchanged(sink: DevMailSink, smtp: SmtpProvider) -> None:
+    # The SMTP adapter writes DATA itself (dot-stuffing and the end mark): the server must get the bytes back.
+    base = outgoing(1)
+    raw = base.raw.replace(b"\r\n\r\n", b"\r\n\r\n.one dot\r\n..two dots\r\n.\r\n", 1)
+    message = dataclasses.replace(base, raw=raw)
+    (result,) = await smtp.send_batch([message])
+    assert result.outcome is Outcome.SENT
+    (got,) = sink.by_recipient()[message.to_address]
+    assert got.raw == raw
 
 
 async def test_smtp_reply_codes_map_to_outcomes(sink: DevMailSink, smtp: SmtpProvider) -> None:
