@@ -98,6 +98,25 @@ async def test_lines_starting_with_a_dot_arrive_unchanged(sink: DevMailSink, smt
     assert got.raw == raw
 
 
+async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(sink: DevMailSink) -> None:
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=0.5)
+    await provider.start()
+    try:
+        sink.hold_after(0)  # DATA is never answered until released
+        (result,) = await provider.send_batch([outgoing(1)])
+        assert (result.outcome, result.error) == (Outcome.RETRY, "timeout waiting for the smtp server")
+        sink.release()
+        (again,) = await provider.send_batch([outgoing(2)])
+        assert again.outcome is Outcome.SENT
+        wait = asyncio.get_running_loop().time() + 10
+        while address_of(2) not in sink.by_recipient() and asyncio.get_running_loop().time() < wait:
+            await asyncio.sleep(0.01)
+        assert address_of(2) in sink.by_recipient()
+    finally:
+        sink.release()
+        await provider.stop()
+
+
 async def test_smtp_reply_codes_map_to_outcomes(sink: DevMailSink, smtp: SmtpProvider) -> None:
     sink.fail_next(address_of(1), code=450, text="Mailbox busy")
     sink.reject(address_of(2))
