@@ -14,9 +14,10 @@ through BatchCompleted, the table mark, the ack and the next record's intake). T
 - Commits never pass an unfinished batch. The agent takes its records without Faust's automatic ack and acks
   each one itself, only once its batch has finished step 4, in record order (each Finish runs after the one
   before it); the consumer commits an offset only once every record before it was acked.
-- At most two batches send at once: record k+1 is taken only once batch k-1 has finished step 4. So the sends
-  without a durable outcome (the only ones a killed worker can repeat) belong to at most two consecutive
-  batches, k and k+1: anything of k-1 or before is in the log, and k+2 is not taken yet. A killed worker
+- At most two batches send at once: record k+1 is taken only once batch k-1 has every outcome in the log
+  (step 3; its step 4 may still run). So the sends without a durable outcome (the only ones a killed worker
+  can repeat) belong to at most two consecutive batches, k and k+1: anything of k-1 or before is in the log,
+  and k+2 is not taken yet. At most three records are unacked: k-1 completing, k and k+1 sending. A killed worker
   re-sends at most two batches' unrecorded sends (never anyone whose outcome is recorded: the batch served
   again reads its outcomes back from the ledger first); the crash and fault tests hold it to that bound.
 - A batch delivered again while the batch before it (maybe its own first delivery) still sends reads its
@@ -237,22 +238,25 @@ def register(app: faust.App, ctx: StreamContext) -> None:
 async def run_pipelined(ctx: StreamContext, runner: BatchRunner, stream: faust.StreamT) -> None:
     """Serve each batch record, its sends overlapping with those of the batch before (module docstring)."""
     manual = cast(faust.Stream, stream).noack()
-    previous: asyncio.Task[None] | None = None
-    finishing: asyncio.Task[None] | None = None
+    finishing: list[asyncio.Task[None]] = []  # the batches not yet acked, in record order (three at most)
+    previous: Finish | None = None
     try:
         async for event in manual.events():
             finish = await ctx.guarded(event.message, "process-batches", runner.serve)
-            previous, finishing = finishing, asyncio.create_task(
-                _finish_and_ack(ctx, runner, manual, event, finish, after=previous))
+            finishing = [task for task in finishing if not task.done()]
+            finishing.append(asyncio.create_task(
+                _finish_and_ack(ctx, runner, manual, event, finish, after=finishing[-1] if finishing else None)))
             if previous is not None:
-                # The batch before this one must have finished step 4 before the next record is taken: at most
-                # two batches (this one and the one before) have sends without a durable outcome.
-                await previous
-        if finishing is not None:
-            await finishing
+                # Before the next record is taken, the outcomes of the batch before this one must all be in the
+                # log (its BatchCompleted and ack may follow while the next batch is taken and composed): only
+                # this batch and the next have sends without a durable outcome.
+                await previous.durable.wait()
+            previous = finish
+        if finishing:
+            await finishing[-1]
     finally:
-        for task in (previous, finishing):
-            if task is not None and not task.done():
+        for task in finishing:
+            if not task.done():
                 task.cancel()  # not acked: the batch is served again, from the ledger
 
 
