@@ -81,11 +81,12 @@ class BatchHandler(Protocol):
 class OverlappingHandler(Protocol):
     """A handler whose sends may outlast its intake, so the next batch can start sending before they end.
 
-    ``start`` returns once every message of the batch is composed and handed to its providers; the task it
+    ``start`` returns once every message of the batch is composed and handed to its providers, none before
+    ``gate`` is set (the batches before have their outcomes in the log; composing may go ahead); the task it
     returns ends once every recipient's outcome is recorded (or raises, after stopping the sends still out),
     and says whether the batch fell back. How far two batches may overlap is streams.agents.batches' rule.
     """
 
-    async def start(self, batch: BatchDispatched, recipients: list[Recipient],
-                    recorder: OutcomeRecorder) -> asyncio.Task[bool]:
+    async def start(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder,
+                    gate: asyncio.Event | None = None) -> asyncio.Task[bool]:
         ...

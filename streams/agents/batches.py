@@ -14,10 +14,12 @@ through BatchCompleted, the table mark, the ack and the next record's intake). T
 - Commits never pass an unfinished batch. The agent takes its records without Faust's automatic ack and acks
   each one itself, only once its batch has finished step 4, in record order (each Finish runs after the one
   before it); the consumer commits an offset only once every record before it was acked.
-- At most two batches send at once: record k+1 is taken only once batch k-1 has every outcome in the log
-  (step 3; its step 4 may still run). So the sends without a durable outcome (the only ones a killed worker
-  can repeat) belong to at most two consecutive batches, k and k+1: anything of k-1 or before is in the log,
-  and k+2 is not taken yet. At most three records are unacked: k-1 completing, k and k+1 sending. A killed worker
+- At most two batches send at once: batch k+1 is taken, noted and composed while k-1 and k still send, but
+  its first message goes out only once batch k-1 has every outcome in the log (step 3; its step 4 may still
+  run), and record k+2 is taken only after that. So the sends without a durable outcome (the only ones a
+  killed worker can repeat) belong to at most two consecutive batches, k and k+1: anything of k-1 or before
+  is in the log, and k+2 sends nothing yet. (Batches that send nothing, paused or dead-lettered, do not
+  count: the gate is the batch two before among those that have a Finish.) A killed worker
   re-sends at most two batches' unrecorded sends (never anyone whose outcome is recorded: the batch served
   again reads its outcomes back from the ledger first); the crash and fault tests hold it to that bound.
 - A batch delivered again while the batch before it (maybe its own first delivery) still sends reads its
@@ -36,7 +38,14 @@ from typing import cast
 import faust
 
 from schemas.envelope import UndecodableRecord, decode
-from schemas.events import BatchCompleted, BatchDispatched, FailedRecipient, RecipientFailed, RecipientOutcome
+from schemas.events import (
+    BatchCompleted,
+    BatchDispatched,
+    FailedRecipient,
+    Recipient,
+    RecipientFailed,
+    RecipientOutcome,
+)
 from streams.batchwork import BatchHandler, OutcomeRecorder, OverlappingHandler
 from streams.context import StreamContext
 from streams.job_data import JobData
@@ -83,20 +92,26 @@ class BatchRunner:
         self.handlers = handlers
         self.job_data = JobData(ctx.ledger)
         self.suppressions = SuppressionList(ctx.suppressions)
-        self._previous: Finish | None = None  # the batch served before this one, maybe still finishing
+        self._recent: list[Finish] = []  # the last two batches served that have a Finish, oldest first
 
     async def serve(self, message: faust.types.Message) -> Finish | None:
         """Step 1 and the start of step 2 of one batch; returns the rest, to run before the record is acked and
-        only after the Finish of the batch served before it."""
-        finish = await self._serve(message, self._previous)
+        only after the Finish of the batch served before it.
+
+        The batch is taken, noted and composed at once, but its first send waits until the batch served two
+        before it has every outcome in the log (``gate``): only this batch and the one before it can then have
+        sends without a durable outcome."""
+        previous = self._recent[-1] if self._recent else None
+        gate = self._recent[-2].durable if len(self._recent) == 2 else None
+        finish = await self._serve(message, previous, gate)
         if finish is not None:
-            self._previous = finish
+            self._recent = [*self._recent[-1:], finish]
         return finish
 
     async def serve_again(self, message: faust.types.Message) -> Finish | None:
         """The same batch once more after its sends failed, from its recorded outcomes; every batch before it
-        has finished by then (its Finish runs after theirs)."""
-        return await self._serve(message, None)
+        has finished by then (its Finish runs after theirs), and the batch after it waits for this one."""
+        return await self._serve(message, None, None)
 
     async def _accept(self, message: faust.types.Message) -> tuple[BatchDispatched, BatchHandler] | None:
         """The batch and its job type's handler; None once a record that is neither was dead-lettered."""
@@ -114,7 +129,8 @@ class BatchRunner:
             return None
         return batch, handler
 
-    async def _serve(self, message: faust.types.Message, previous: Finish | None) -> Finish | None:
+    async def _serve(self, message: faust.types.Message, previous: Finish | None,
+                     gate: asyncio.Event | None) -> Finish | None:
         accepted = await self._accept(message)
         if accepted is None:
             return None
@@ -142,22 +158,7 @@ class BatchRunner:
             return None
         recorded = await self._begin(batch, state, recorder, previous)
         remaining = [r for r in batch.recipients if r.userid not in recorded]
-        sends: asyncio.Future[bool] | None = None
-        if remaining and self.ctx.cancelled_jobs.get(batch.job_id):
-            for recipient in remaining:  # a retry may serve them later
-                await recorder.record(RecipientFailed(
-                    job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
-                    email=recipient.email, error="job cancelled before this batch ran", attempts=0, retryable=True,
-                ))
-        elif remaining:
-            # Learners on the company's suppression list get their outcome here and are not sent.
-            remaining = await self.suppressions.hold_back(batch, remaining, recorder)
-            if remaining:
-                if isinstance(handler, OverlappingHandler):
-                    sends = await handler.start(batch, remaining, recorder)
-                else:
-                    sends = asyncio.get_running_loop().create_future()
-                    sends.set_result(await handler.process(batch, remaining, recorder))
+        sends = await self._work(batch, handler, remaining, recorder, gate) if remaining else None
 
         async def mark_and_complete(fell_back: bool) -> None:
             table[key] = BatchProgress.done(recorder.succeeded, fell_back,
@@ -166,6 +167,28 @@ class BatchRunner:
             await self._complete(batch, recorder, recorder.failures, fell_back, source,
                                  succeeded=recorder.succeeded)
         return Finish(sends, recorder.flush, mark_and_complete)
+
+    async def _work(self, batch: BatchDispatched, handler: BatchHandler, remaining: list[Recipient],
+                    recorder: OutcomeRecorder, gate: asyncio.Event | None) -> asyncio.Future[bool] | None:
+        """Step 2 handed out: the sends of those not yet served (None when none are sent), none before ``gate``."""
+        if self.ctx.cancelled_jobs.get(batch.job_id):
+            for recipient in remaining:  # a retry may serve them later
+                await recorder.record(RecipientFailed(
+                    job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
+                    email=recipient.email, error="job cancelled before this batch ran", attempts=0, retryable=True,
+                ))
+            return None
+        # Learners on the company's suppression list get their outcome here and are not sent.
+        remaining = await self.suppressions.hold_back(batch, remaining, recorder)
+        if not remaining:
+            return None
+        if isinstance(handler, OverlappingHandler):
+            return await handler.start(batch, remaining, recorder, gate)
+        if gate is not None:
+            await gate.wait()
+        sends = asyncio.get_running_loop().create_future()
+        sends.set_result(await handler.process(batch, remaining, recorder))
+        return sends
 
     async def _begin(self, batch: BatchDispatched, state: BatchProgress | None, recorder: OutcomeRecorder,
                      previous: Finish | None) -> dict[int, RecipientOutcome]:
@@ -238,20 +261,15 @@ def register(app: faust.App, ctx: StreamContext) -> None:
 async def run_pipelined(ctx: StreamContext, runner: BatchRunner, stream: faust.StreamT) -> None:
     """Serve each batch record, its sends overlapping with those of the batch before (module docstring)."""
     manual = cast(faust.Stream, stream).noack()
-    finishing: list[asyncio.Task[None]] = []  # the batches not yet acked, in record order (three at most)
-    previous: Finish | None = None
+    finishing: list[asyncio.Task[None]] = []  # the batches not yet acked, in record order
     try:
         async for event in manual.events():
+            # Returns once the batch's messages are handed to the sessions, which waits for the outcomes of the
+            # batch two before it to be in the log (BatchRunner.serve): the next record is taken only then.
             finish = await ctx.guarded(event.message, "process-batches", runner.serve)
             finishing = [task for task in finishing if not task.done()]
             finishing.append(asyncio.create_task(
                 _finish_and_ack(ctx, runner, manual, event, finish, after=finishing[-1] if finishing else None)))
-            if previous is not None:
-                # Before the next record is taken, the outcomes of the batch before this one must all be in the
-                # log (its BatchCompleted and ack may follow while the next batch is taken and composed): only
-                # this batch and the next have sends without a durable outcome.
-                await previous.durable.wait()
-            previous = finish
         if finishing:
             await finishing[-1]
     finally:
