@@ -42,7 +42,7 @@ from streams.templates import CompanyTemplates, TemplateUnavailable
 
 log = logging.getLogger(__name__)
 
-# Learners composed before their sends start (see EmailBatchHandler.process).
+# Learners composed before their sends start (see EmailBatchHandler.start).
 _SEND_CHUNK = 25
 # Providers whose API takes many learners in one call: the whole batch goes to them as one chunk.
 _BATCH_FORM = frozenset({"sendgrid", "mailgun"})
