@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -64,110 +65,103 @@ class Log:
             await admin.close()
 
 
-async def test_chunks_come_back_in_chunk_order_from_wherever_they_lie(settings_factory):
+
+@pytest.fixture
+async def log(settings_factory) -> AsyncIterator[Log]:
     settings = settings_factory()
     await create_topics(settings)
-    reader = ChunkReader(settings)
-    await reader.start()
-    try:
-        async with Log(settings) as log:
-            await log.put(chunk("other", 0, [1, 2]), 0)
-            one = await log.put(chunk("j", 1, [3, 4]), 0)  # sent before chunk 0: read by seeking back
-            await log.put(chunk("other", 1, [3]), 0)
-            zero = await log.put(chunk("j", 0, [1, 2, 3]), 0)
-            two = await log.put(chunk("j", 2, [4, 5, 6]), 0)
-            three = await log.put(chunk("j", 3, [7]), 1)  # another partition
-        places = [zero, one, two, three]
-
-        got = [c async for c in reader.chunks("j", places)]
-        assert [(c.job_id, c.chunk_no, [r.userid for r in c.recipients]) for c in got] == [
-            ("j", 0, [1, 2, 3]), ("j", 1, [3, 4]), ("j", 2, [4, 5, 6]), ("j", 3, [7])]
-
-        # Repeats across chunk boundaries are removed while the batches are cut across the chunks.
-        learners = LoggedLearners(reader, "j", places, 7)
-        assert learners.count == 7
-        assert [[r.userid for r in b] async for b in learners.batches(2)] == [[1, 2], [3, 4], [5, 6], [7]]
-
-        # A caller that stops early releases the reader: the next read does not wait for it.
-        async for _first in learners.batches(2):
-            break
-        assert [[r.userid for r in b] async for b in learners.batches(5)] == [[1, 2, 3, 4, 5], [6, 7]]
-    finally:
-        await reader.stop()
+    async with Log(settings) as opened:
+        yield opened
 
 
-async def test_a_place_holding_another_record_is_refused_and_a_deleted_chunk_is_gone(settings_factory):
-    settings = settings_factory()
-    await create_topics(settings)
-    reader = ChunkReader(settings)
-    await reader.start()
-    try:
-        async with Log(settings) as log:
-            zero = await log.put(chunk("j", 0, [1]), 2)
-            theirs = await log.put(chunk("other", 1, [2]), 2)
-            one = await log.put(chunk("j", 1, [2]), 2)
-
-            with pytest.raises(LookupError, match=r"is not chunk 1 of job j"):
-                _ = [c async for c in reader.chunks("j", [zero, theirs])]
-            with pytest.raises(LookupError, match=r"is not chunk 0 of job j"):
-                _ = [c async for c in reader.chunks("j", [one])]
-            assert [c.chunk_no async for c in reader.chunks("j", [zero, one])] == [0, 1]
-
-            await log.delete_before("job-requests", 2, one[1])
-        with pytest.raises(RecordGone, match=r"is no longer in the log"):
-            _ = [c async for c in reader.chunks("j", [zero, one])]
-    finally:
-        await reader.stop()
+@pytest.fixture
+async def reader(log: Log) -> AsyncIterator[ChunkReader]:
+    started = ChunkReader(log.settings)
+    await started.start()
+    yield started
+    await started.stop()  # a hang here fails the test (pytest's timeout): the consumer must always stop
 
 
-async def test_the_ledger_reads_one_record_back_and_says_when_retention_deleted_it(settings_factory):
-    settings = settings_factory()
-    await create_topics(settings)
-    ledger = OutcomeLedger(settings)
-    await ledger.start()
-    try:
-        async with Log(settings) as log:
-            first = await log.put(chunk("j", 0, [1, 2]), 1)
-            second = await log.put(chunk("j", 1, [3]), 1)
-            event = await ledger.fetch("job-requests", *second)
-            assert isinstance(event, RecipientChunkReceived) and (event.chunk_no, event.job_id) == (1, "j")
-            value, headers = await ledger.fetch_record("job-requests", *first)
-            again = decode(value, headers)
-            assert isinstance(again, RecipientChunkReceived) and again.chunk_no == 0
-
-            await log.delete_before("job-requests", 1, second[1])
-            with pytest.raises(RecordGone, match=r"is no longer in the log"):
-                await ledger.fetch_record("job-requests", *first)
-            assert (await ledger.fetch("job-requests", *second)).chunk_no == 1  # type: ignore[attr-defined]
-    finally:
-        await ledger.stop()
+@pytest.fixture
+async def ledger(log: Log) -> AsyncIterator[OutcomeLedger]:
+    started = OutcomeLedger(log.settings)
+    await started.start()
+    yield started
+    await started.stop()
 
 
-async def test_the_ledger_finds_the_outcomes_one_batch_run_recorded_after_a_noted_offset(settings_factory):
-    settings = settings_factory()
-    await create_topics(settings)
-    ledger = OutcomeLedger(settings)
-    await ledger.start()
-    try:
-        async with Log(settings) as log:
-            await log.put(sent("j", 9), 0)  # before the noted offset: not this run's
-            noted = await ledger.end_offset(0)
-            assert await ledger.recorded(job_id="j", run=0, batch_no=1, partition=0, from_offset=noted) == {}
-            await log.put(sent("j", 1), 0)
-            await log.put(sent("j", 1, attempts=2), 0)  # recorded twice: the first one wins
-            await log.put(sent("j", 2, batch_no=2), 0)  # another batch
-            await log.put(sent("j", 3, run=1), 0)  # another run
-            await log.put(sent("other", 4), 0)  # another job's key
-            await log.put_raw("outcomes", 0, b"j", b"not an event")  # undecodable: passed over
-            await log.put(sent("j", 5), 0)
-            assert await ledger.end_offset(0) == noted + 7
+async def test_chunks_come_back_in_chunk_order_from_wherever_they_lie(log, reader):
+    await log.put(chunk("other", 0, [1, 2]), 0)
+    one = await log.put(chunk("j", 1, [3, 4]), 0)  # sent before chunk 0: read by seeking back
+    await log.put(chunk("other", 1, [3]), 0)
+    zero = await log.put(chunk("j", 0, [1, 2, 3]), 0)
+    two = await log.put(chunk("j", 2, [4, 5, 6]), 0)
+    three = await log.put(chunk("j", 3, [7]), 1)  # another partition
+    places = [zero, one, two, three]
 
-        found = await ledger.recorded(job_id="j", run=0, batch_no=1, partition=0, from_offset=noted)
-        assert sorted(found) == [1, 5]
-        assert found[1].attempts == 1
-        assert await ledger.recorded(job_id="j", run=0, batch_no=1, partition=0, from_offset=noted + 7) == {}
-        assert sorted(await ledger.recorded(job_id="j", run=0, batch_no=1, partition=0, from_offset=0)) == [1, 5, 9]
-        # The ledger is left ready for the next read: a fetch on another topic works after it.
-        assert isinstance(await asyncio.wait_for(ledger.fetch("outcomes", 0, noted), 30), RecipientSent)
-    finally:
-        await ledger.stop()
+    got = [c async for c in reader.chunks("j", places)]
+    assert [(c.job_id, c.chunk_no, [r.userid for r in c.recipients]) for c in got] == [
+        ("j", 0, [1, 2, 3]), ("j", 1, [3, 4]), ("j", 2, [4, 5, 6]), ("j", 3, [7])]
+
+    # Repeats across chunk boundaries are removed while the batches are cut across the chunks.
+    learners = LoggedLearners(reader, "j", places, 7)
+    assert learners.count == 7
+    assert [[r.userid for r in b] async for b in learners.batches(2)] == [[1, 2], [3, 4], [5, 6], [7]]
+
+    # A caller that stops early releases the reader: the next read does not wait for it.
+    async for _first in learners.batches(2):
+        break
+    assert [[r.userid for r in b] async for b in learners.batches(5)] == [[1, 2, 3, 4, 5], [6, 7]]
+
+
+async def test_a_place_holding_another_record_is_refused_and_a_deleted_chunk_is_gone(log, reader):
+    zero = await log.put(chunk("j", 0, [1]), 2)
+    theirs = await log.put(chunk("other", 1, [2]), 2)
+    one = await log.put(chunk("j", 1, [2]), 2)
+
+    with pytest.raises(LookupError, match=r"is not chunk 1 of job j"):
+        _ = [c async for c in reader.chunks("j", [zero, theirs])]
+    with pytest.raises(LookupError, match=r"is not chunk 0 of job j"):
+        _ = [c async for c in reader.chunks("j", [one])]
+    assert [c.chunk_no async for c in reader.chunks("j", [zero, one])] == [0, 1]
+
+    await log.delete_before("job-requests", 2, one[1])
+    with pytest.raises(RecordGone, match=r"is no longer in the log"):
+        _ = [c async for c in reader.chunks("j", [zero, one])]
+
+
+async def test_the_ledger_reads_one_record_back_and_says_when_retention_deleted_it(log, ledger):
+    first = await log.put(chunk("j", 0, [1, 2]), 1)
+    second = await log.put(chunk("j", 1, [3]), 1)
+    event = await ledger.fetch("job-requests", *second)
+    assert isinstance(event, RecipientChunkReceived) and (event.chunk_no, event.job_id) == (1, "j")
+    value, headers = await ledger.fetch_record("job-requests", *first)
+    again = decode(value, headers)
+    assert isinstance(again, RecipientChunkReceived) and again.chunk_no == 0
+
+    await log.delete_before("job-requests", 1, second[1])
+    with pytest.raises(RecordGone, match=r"is no longer in the log"):
+        await ledger.fetch_record("job-requests", *first)
+    assert (await ledger.fetch("job-requests", *second)).chunk_no == 1  # type: ignore[attr-defined]
+
+
+async def test_the_ledger_finds_the_outcomes_one_batch_run_recorded_after_a_noted_offset(log, ledger):
+    await log.put(sent("j", 9), 0)  # before the noted offset: not this run's
+    noted = await ledger.end_offset(0)
+    assert await ledger.recorded(job_id="j", run=0, batch_no=1, partition=0, from_offset=noted) == {}
+    await log.put(sent("j", 1), 0)
+    await log.put(sent("j", 1, attempts=2), 0)  # recorded twice: the first one wins
+    await log.put(sent("j", 2, batch_no=2), 0)  # another batch
+    await log.put(sent("j", 3, run=1), 0)  # another run
+    await log.put(sent("other", 4), 0)  # another job's key
+    await log.put_raw("outcomes", 0, b"j", b"not an event")  # undecodable: passed over
+    await log.put(sent("j", 5), 0)
+    assert await ledger.end_offset(0) == noted + 7
+
+    found = await ledger.recorded(job_id="j", run=0, batch_no=1, partition=0, from_offset=noted)
+    assert sorted(found) == [1, 5]
+    assert found[1].attempts == 1
+    assert await ledger.recorded(job_id="j", run=0, batch_no=1, partition=0, from_offset=noted + 7) == {}
+    assert sorted(await ledger.recorded(job_id="j", run=0, batch_no=1, partition=0, from_offset=0)) == [1, 5, 9]
+    # The ledger is left ready for the next read: a fetch on another topic works after it.
+    assert isinstance(await asyncio.wait_for(ledger.fetch("outcomes", 0, noted), 30), RecipientSent)
