@@ -8,6 +8,7 @@ import http.cookiejar
 import json
 import re
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -111,6 +112,9 @@ def test_bounces_above_the_threshold_pause_the_job_until_resumed_and_nobody_is_s
     page = admin.get("/ui/jobs/pause-job")
     assert f"Paused: {html.escape(paused.reason)}" in page and 'id="resume-button"' in page
     assert '<span class="badge badge-paused">paused</span>' in admin.get("/ui/jobs?status=paused")
+    for bad_reason in (5, "x" * 501):
+        refused = client.post("/api/v1/jobs/pause-job/resume", {"reason": bad_reason})
+        assert (refused.status, refused.code) == (422, "invalid_field"), refused.body
     assert admin.post("/ui/jobs/pause-job/resume", {"reason": "bad list cleaned"}).endswith(
         "/ui/jobs/pause-job?notice=resume_requested")
     job = wait_for_job(settings, "pause-job", timeout=120)
@@ -118,6 +122,11 @@ def test_bounces_above_the_threshold_pause_the_job_until_resumed_and_nobody_is_s
     assert client.get("/api/v1/jobs/pause-job").body["pause"]["paused"] is False
     assert client.get("/api/v1/jobs?status=paused").body["total"] == 0
     assert client.post("/api/v1/jobs/pause-job/resume").status == 409
+    assert admin.post("/ui/jobs/pause-job/resume", {"reason": "again"}).endswith(
+        "/ui/jobs/pause-job?notice=job_not_paused")
+    with pytest.raises(urllib.error.HTTPError) as unknown:
+        admin.post("/ui/jobs/no-such-job/resume", {"reason": "x"})
+    assert unknown.value.code == 404
     counts = mail_sink.recipient_counts()
     assert len(counts) == 60 and set(counts.values()) == {1}, counts
 
