@@ -18,8 +18,9 @@ from schemas.envelope import decode
 from schemas.events import Recipient, RecipientChunkReceived
 from streams.log_reader import LogReader
 
-# A fetch returns at least one record however large; this bounds what is read ahead of the chunk in hand.
-_FETCH_BYTES = 4 * 1024 * 1024
+# A fetch returns at least one record however large; this bounds what is read ahead of the chunk in hand (a
+# chunk of 10,000 learners is ~1 MB, ~8 MB once decoded: 4 MiB read ahead doubled the reader's share).
+_FETCH_BYTES = 1024 * 1024
 
 
 class ChunkReader(LogReader):
