@@ -37,9 +37,12 @@ CALLBACK_ID_HEADER = "X-Offload-Callback-Id"
 
 def callback_body(*, callback_id: str, job_id: str, company_id: int, event: str, status: str, run: int,
                   total: int, succeeded: int, failed: int, milestone: int | None, at: datetime,
-                  suppressed: int = 0) -> bytes:
+                  suppressed: int = 0, pause: dict[str, Any] | None = None,
+                  resume: dict[str, Any] | None = None, problems: list[dict[str, Any]] | None = None) -> bytes:
     """The JSON Moodle receives: what happened to the job, in totals and percent. No secret, no learner data.
-    ``suppressed``: learners on the company's suppression list, not sent (docs/suppression.md)."""
+    ``suppressed``: learners on the company's suppression list, not sent (docs/suppression.md). ``pause`` (event
+    "paused": why, the figures and thresholds), ``resume`` (event "resumed": who asked, why) and ``problems``
+    (event "rejected": code, field and message of each) only on those."""
     done = succeeded + failed + suppressed
     percent = 100 if event == "completed" else (min(100, done * 100 // total) if total else 0)
     return json.dumps({
@@ -54,6 +57,9 @@ def callback_body(*, callback_id: str, job_id: str, company_id: int, event: str,
                    "pending": max(0, total - done)},
         "percent": percent,
         "timestamp": at.isoformat(),
+        **({"pause": pause} if pause is not None else {}),
+        **({"resume": resume} if resume is not None else {}),
+        **({"problems": problems} if problems is not None else {}),
     }, separators=(",", ":")).encode()
 
 

@@ -30,6 +30,7 @@ from api.state import ApiState, body_of, caller_of, state_of
 from schemas.chunking import ChunkSummary, summarize, unsorted_at
 from schemas.events import (
     CHUNK_ORDER,
+    NOT_COMMITTED,
     JobCommitted,
     JobOpened,
     JobRequested,
@@ -137,12 +138,31 @@ def _check_owner(caller: Caller, company_id: int) -> None:
         raise ApiError(404, "job_not_found", "no such job")
 
 
+def expired(row: dict[str, Any] | None) -> bool:
+    """Whether the read model says the job was closed for staying open too long (streams.chunked_expiry)."""
+    return row is not None and row["status"] == "rejected" and any(
+        p.get("code") == NOT_COMMITTED for p in row["problems"] or [])
+
+
 async def _open_upload(state: ApiState, request: web.Request) -> tuple[str, Upload]:
     job_id = params.job_id(request)
     caller = caller_of(request)
     upload = request.app[UPLOADS].get(job_id)
+    row = None
+    if upload is None or upload.committed is None:  # an open job may have been closed meanwhile
+        try:
+            row = await state.store.job(job_id)
+        except psycopg.Error:
+            if upload is None:
+                raise  # 503: nothing else can say whether the job exists
+            # The read model is down: the open job's chunk or commit goes on (the worker ignores either if the
+            # job was closed meanwhile, and the commit's answer then comes from the read model once it is back).
+        if expired(row) and row is not None and caller.may_see(row["company_id"]):
+            raise ApiError(410, "chunked_job_expired", "the job stayed open longer than "
+                           f"{state.settings.chunked_job_max_open_hours:g} h without a commit and was closed "
+                           f"(chunked_job_not_committed); nothing will be sent: send it again under a new id",
+                           problems=row["problems"])
     if upload is None:
-        row = await state.store.job(job_id)
         if row is not None and caller.may_see(row["company_id"]):
             raise ApiError(409, "job_not_open", f"the job is {row['status']}: chunks and commits are over")
         raise ApiError(404, "job_not_open", "no open chunked job with this id here: open it (again) with POST "

@@ -1,8 +1,9 @@
 """``GET /api/v1/health``: ready, or degraded with the reason, from checks that run in the background.
 
 A task pings Postgres (``SELECT 1`` through the read pool) and Kafka (a metadata request through the job
-producer) every ``api_health_interval`` seconds, and the shared replay store (``replay-store``: without it every
-signed request and webhook is refused), and records the result in ``resilience.dependencies``; the
+producer) every ``api_health_interval`` seconds, the shared replay store (``replay-store``: without it every
+signed request and webhook is refused) and the shared rate limits (``rate-limit-store``: without them each
+replica limits on its own), and records the result in ``resilience.dependencies``; the
 endpoint only reads that record, so it answers at once even while a dependency hangs. Both states answer 200
 (the process itself is alive and serves what it can); ``status`` says which, ``checks`` say why.
 While Postgres is down reads answer 503 (``database_unavailable``), while Kafka is down job hand-offs answer
@@ -23,10 +24,12 @@ from psycopg_pool import PoolTimeout
 
 from adapters.email.dkim_dns import check_published, dns_txt_lookup
 from api.errors import REPLAY_STORE, REPLAY_STORE_REFUSES, json_response
+from api.public import LIMIT_STORE, LIMITS, ReplicaLimits
 from api.state import STATE, ApiState
 from config.base import DEV_CALLBACK_URL_SECRET, DEV_MESSAGE_ID_SECRET, DEV_UNSUBSCRIBE_SECRET
 from config.settings import Settings
 from resilience.dependencies import DEPENDENCIES
+from security.limits import LimitStoreUnavailable
 from security.seen import SeenUnavailable
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,15 @@ async def _check_replay_store(state: ApiState) -> None:
         DEPENDENCIES.lost(REPLAY_STORE, f"{_reason(exc)}; {REPLAY_STORE_REFUSES}")
 
 
+async def check_limits(limits: ReplicaLimits, timeout: float) -> None:
+    """Can the rate limits every replica shares be used? While not, each replica limits on its own."""
+    try:
+        await asyncio.wait_for(limits.check(), timeout)
+        DEPENDENCIES.restored(LIMIT_STORE)
+    except (LimitStoreUnavailable, TimeoutError) as exc:
+        DEPENDENCIES.lost(LIMIT_STORE, f"{_reason(exc)}; rate limits and the sign-in throttle are per replica")
+
+
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -117,6 +129,7 @@ async def _start_checks(app: web.Application) -> None:
     state = app[STATE]
     DEPENDENCIES.track("postgres")
     DEPENDENCIES.track(REPLAY_STORE)
+    DEPENDENCIES.track(LIMIT_STORE)
     DEPENDENCIES.track("kafka")
     stopping = app[STOPPING] = asyncio.Event()
     settings = state.settings
@@ -131,6 +144,7 @@ async def _start_checks(app: web.Application) -> None:
             while not stopping.is_set():
                 started = time.monotonic()
                 await check_once(state)
+                await check_limits(app[LIMITS], settings.api_db_timeout)
                 pause = max(0.0, settings.api_health_interval - (time.monotonic() - started))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), pause)

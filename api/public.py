@@ -9,22 +9,34 @@ whole /64, so counting single addresses would let it take 2**64 fresh budgets. I
 addresses count one by one.
 
 The rate limit is a token bucket per client address over the public routes (``/verify/``, ``/certificates/``,
-the unsubscribe links ``/u/`` and the sign-in form), held in memory for a bounded number of addresses (the
-least recently seen are forgotten first). Several API replicas each limit on their own, which only makes the
-limit looser.
+the unsubscribe links ``/u/`` and the sign-in form). It and the admin sign-in throttle are kept in Postgres
+(security.limits), so every API replica spends the same budget: N replicas allow what one does. While that
+store cannot be used, each replica limits with its own memory (bounded: the least recently seen addresses are
+forgotten first), tries the store again after a back-off, and health and /metrics say ``rate-limit-store`` is
+down: the limits are then per replica (looser), never off.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 
 from api.errors import Handler, error_response
 from api.state import STATE
+from resilience.backoff import backoff
+from resilience.dependencies import DEPENDENCIES
+from security.limits import LimitStoreUnavailable, SharedLimits
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+LIMIT_STORE = "rate-limit-store"  # its name in health and /metrics
 
 # /metrics is not here: it reads at most once a second whatever the rate (api/metrics.py), and in production
 # it answers only with its bearer token.
@@ -99,7 +111,72 @@ class RateLimiter:
         return wait
 
 
-LIMITER = web.AppKey("public_rate_limiter", RateLimiter)
+class Throttle(Protocol):
+    """This process's own sign-in throttle (api.ui.sessions.LoginThrottle)."""
+
+    window: float
+    max_failures: int
+
+    def begin(self, client: str) -> bool: ...
+
+    def succeeded(self, client: str) -> None: ...
+
+
+class ReplicaLimits:
+    """The public rate limit and the sign-in throttle as every replica shares them (``store``), with this
+    process's own memory standing in while the store cannot be used."""
+
+    def __init__(self, store: SharedLimits | None, per_minute: int) -> None:
+        self.store = store
+        self.per_minute = per_minute
+        self.local = RateLimiter(per_minute) if per_minute else None
+        self._failures = 0
+        self._retry_at = 0.0
+
+    async def _shared(self, call: Callable[[SharedLimits], Awaitable[T]]) -> T | None:
+        """The store's answer, or None: no store, it just failed (back-off), or it fails now."""
+        if self.store is None or time.monotonic() < self._retry_at:
+            return None
+        try:
+            answer = await call(self.store)
+        except LimitStoreUnavailable as exc:
+            self._failures += 1
+            delay = backoff(self._failures, base=1.0, cap=30.0, jitter="equal")
+            self._retry_at = time.monotonic() + delay
+            reason = " ".join(str(exc).split())[:200]
+            DEPENDENCIES.lost(LIMIT_STORE, f"{reason}; rate limits and the sign-in throttle are per replica")
+            log.warning("shared rate limits unavailable (%s); this replica limits on its own, next try in %.0f s",
+                        reason, delay)
+            return None
+        if self._failures:
+            self._failures = 0
+            DEPENDENCIES.restored(LIMIT_STORE)
+        return answer
+
+    async def take(self, key: str) -> float:
+        """Spend one of the client's tokens on a public route: 0.0 when allowed, else seconds to wait."""
+        assert self.local is not None, "take() without a rate limit"
+        wait = await self._shared(lambda store: store.take("public", key, per_minute=self.per_minute))
+        return self.local.take(key) if wait is None else wait
+
+    async def begin_sign_in(self, key: str, local: Throttle) -> bool:
+        admitted = await self._shared(
+            lambda store: store.begin(key, window=local.window, max_failures=local.max_failures))
+        return local.begin(key) if admitted is None else admitted
+
+    async def sign_in_succeeded(self, key: str, local: Throttle) -> None:
+        local.succeeded(key)
+        await self._shared(lambda store: store.forgive(key))
+
+    async def check(self) -> None:
+        """For health: LimitStoreUnavailable when the store cannot be used now."""
+        if self.store is not None:
+            await self.store.check()
+            if self._failures:  # it is back: the next request need not wait for the back-off to end
+                self._failures, self._retry_at = 0, 0.0
+
+
+LIMITS = web.AppKey("replica_limits", ReplicaLimits)
 
 
 def is_public(path: str) -> bool:
@@ -107,18 +184,19 @@ def is_public(path: str) -> bool:
 
 
 def setup(app: web.Application) -> None:
-    per_minute = app[STATE].settings.public_rate_limit_per_minute
-    if per_minute:
-        app[LIMITER] = RateLimiter(per_minute)
+    state = app[STATE]
+    settings = state.settings
+    store = SharedLimits(state.store.pool, settings.api_seen_schema, timeout=settings.api_db_timeout)
+    app[LIMITS] = ReplicaLimits(store, settings.public_rate_limit_per_minute)
 
 
 @web.middleware
 async def rate_limited(request: web.Request, handler: Handler) -> web.StreamResponse:
-    limiter = request.app.get(LIMITER)
-    if limiter is None or not is_public(request.path):
+    limits = request.app[LIMITS]
+    if not limits.per_minute or not is_public(request.path):
         return await handler(request)
     client = client_address(request, request.app[STATE].settings.trusted_proxy_networks())
-    wait = limiter.take(limit_key(client))
+    wait = await limits.take(limit_key(client))
     if wait:
         response = error_response(429, "rate_limited", "too many requests from this address; try again later")
         response.headers["Retry-After"] = str(max(1, math.ceil(wait)))

@@ -67,6 +67,9 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     # long after it finished: a retry must be asked for within it. See docs/retention.md.
     finished_job_retention_days: float = Field(default=30.0, gt=0)
     job_expiry_interval_seconds: float = Field(default=3600.0, ge=0.5)
+    # A chunked job (POST /api/v1/jobs with "chunked": true) not committed this long after it was opened is
+    # rejected (JobRejected, code chunked_job_not_committed), checked every job_expiry_interval_seconds.
+    chunked_job_max_open_hours: float = Field(default=24.0, gt=0)
 
     # --- email ----------------------------------------------------------------------------------
     mail_from: str = "noreply@moodle.example.org"

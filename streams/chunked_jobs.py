@@ -12,6 +12,10 @@ Crash safety is the route agent's: a commit processed again after a crash (its o
 the same batches under the same keys, and the batch agent serves each batch once; a chunk processed again
 finds its own note (same place in the log) and changes nothing. The notes are dropped once the job is
 accepted, after ``known-jobs`` says so, so a repeat of any of its records is ignored from then on.
+
+A job never committed is closed by a ChunkedJobExpired record (streams.chunked_expiry writes it once the job has
+been open longer than ``chunked_job_max_open_hours``): read here in order with the job's records, it rejects the
+job (JobRejected, ``chunked_job_not_committed``) unless a commit came first.
 """
 
 from __future__ import annotations
@@ -27,18 +31,29 @@ from faust.types import TableT
 from content.validation import job_template_problems
 from schemas.chunking import ChunkSummary, check_commit, summarize
 from schemas.envelope import UndecodableRecord, decode
-from schemas.events import JobCommitted, JobOpened, JobRejected, JobRequested, Problem, RecipientChunkReceived
+from schemas.events import (
+    NOT_COMMITTED,
+    ChunkedJobExpired,
+    JobCommitted,
+    JobOpened,
+    JobRejected,
+    JobRequested,
+    Problem,
+    RecipientChunkReceived,
+)
 from schemas.intake import template_data_problem
 from streams.budget_wait import BudgetWait
 from streams.chunk_reader import ChunkReader, LoggedLearners
 from streams.context import StreamContext
 from streams.learners import Learners
+from streams.ledger import RecordGone
 from streams.state import KnownJob, Stored, _check_keys
 from streams.templates import ResolvedTemplate
 
 log = logging.getLogger(__name__)
 
-CE_TYPES = frozenset({JobOpened.ce_type, RecipientChunkReceived.ce_type, JobCommitted.ce_type})
+CE_TYPES = frozenset({JobOpened.ce_type, RecipientChunkReceived.ce_type, JobCommitted.ce_type,
+                      ChunkedJobExpired.ce_type})
 
 # Routes a committed job: (its header, repeats removed, where its header lies, its email template, the budget
 # wait it comes from or None, its learners) -> True once dispatched, False when it waits for its budget.
@@ -48,23 +63,26 @@ Accept = Callable[[JobRequested, int, tuple[int, int], ResolvedTemplate | None, 
 
 @dataclass(frozen=True, slots=True)
 class OpenedJob:
-    """Table ``job-chunks``, key job id: where the job's JobOpened lies, the highest chunk number seen, and for
-    a committed job that waits for its budget: (chunk count, learners, repeats) as its commit check found."""
+    """Table ``job-chunks``, key job id: where the job's JobOpened lies, the highest chunk number seen, for
+    a committed job that waits for its budget: (chunk count, learners, repeats) as its commit check found, and
+    when the job's first record reached the log (unix seconds; the open-job limit counts from it)."""
 
     partition: int | None  # None: chunks arrived but no header (yet)
     offset: int | None
     highest_chunk: int = -1
     committed: tuple[int, int, int] | None = None
+    opened_at: float | None = None  # None only in notes written before open jobs expired
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: Stored) -> OpenedJob:
-        _check_keys("job-chunks job", raw, ("partition", "offset", "highest_chunk", "committed"))
+        _check_keys("job-chunks job", raw, ("partition", "offset", "highest_chunk", "committed", "opened_at"))
         committed = raw["committed"]
         return cls(raw["partition"], raw["offset"], int(raw["highest_chunk"]),
-                   None if committed is None else (int(committed[0]), int(committed[1]), int(committed[2])))
+                   None if committed is None else (int(committed[0]), int(committed[1]), int(committed[2])),
+                   raw.get("opened_at"))  # absent in notes written before open jobs expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +124,7 @@ class ChunkedJobs:
         except UndecodableRecord as exc:
             await self.ctx.dead_letter(message, str(exc), "route-jobs")
             return
-        assert isinstance(event, JobOpened | RecipientChunkReceived | JobCommitted)  # CE_TYPES only come here
+        assert isinstance(event, JobOpened | RecipientChunkReceived | JobCommitted | ChunkedJobExpired)
         stored = self.ctx.known_jobs.get(event.job_id)
         if stored is not None:
             # A resubmission, or (only for records produced past the API, which refuses an id another company
@@ -116,22 +134,59 @@ class ChunkedJobs:
             return
         where = (message.partition, message.offset)
         if isinstance(event, JobOpened):
-            self._opened(event, where)
+            self._opened(event, where, message.timestamp)
         elif isinstance(event, RecipientChunkReceived):
-            self._chunk(event, where)
+            self._chunk(event, where, message.timestamp)
+        elif isinstance(event, ChunkedJobExpired):
+            await self._expire(event)
         else:
             await self._commit(event)
 
-    def _opened(self, event: JobOpened, where: tuple[int, int]) -> None:
+    def _opened(self, event: JobOpened, where: tuple[int, int], at: float) -> None:
         opened = self._job(event.job_id)
         if opened is not None and opened.partition is not None:
             if (opened.partition, opened.offset) != where:
                 log.info("job %s opened again; the first header stands", event.job_id)
             return
-        highest = opened.highest_chunk if opened is not None else -1
-        self.table[event.job_id] = OpenedJob(*where, highest_chunk=highest).to_dict()
+        if opened is None:
+            opened = OpenedJob(None, None, opened_at=at)
+        self.table[event.job_id] = OpenedJob(*where, highest_chunk=opened.highest_chunk,
+                                             opened_at=opened.opened_at).to_dict()
 
-    def _chunk(self, event: RecipientChunkReceived, where: tuple[int, int]) -> None:
+    async def _expire(self, event: ChunkedJobExpired) -> None:
+        opened = self._job(event.job_id)
+        if opened is None or opened.committed is not None:
+            log.info("job %s: its expiry is ignored, the job is no longer open", event.job_id)
+            return
+        hours = f"{event.max_open_hours:g}"
+        header: JobOpened | None = None
+        if opened.partition is not None and opened.offset is not None:  # its callback URL: nobody else is told
+            try:
+                found = await self.ctx.ledger.fetch("job-requests", opened.partition, opened.offset)
+            except RecordGone:  # open longer than job-requests keeps records: rejected all the same, untold
+                found = None
+            if found is not None:
+                assert isinstance(found, JobOpened) and found.job_id == event.job_id
+                header = found
+        await self._reject(event.job_id, event.company_id, [Problem(
+            field="job_id", code=NOT_COMMITTED,
+            message=f"the chunked job was opened at {event.opened_at.isoformat(timespec='seconds')} and not "
+                    f"committed within {hours} h (OFFLOAD_CHUNKED_JOB_MAX_OPEN_HOURS; {event.chunks_received} "
+                    "chunk(s) received); nothing was sent: send the job again under a new id")],
+            opened, 0, callback_from=header)
+
+    def open_jobs(self) -> list[tuple[str, OpenedJob]]:
+        """Every job in this worker's copy of the table that is still open (not committed)."""
+        found = []
+        for key, raw in list(self.table.items()):
+            if raw is None or ":" in str(key):
+                continue  # a chunk's note, or a deleted key
+            opened = OpenedJob.from_dict(raw)
+            if opened.committed is None:
+                found.append((str(key), opened))
+        return found
+
+    def _chunk(self, event: RecipientChunkReceived, where: tuple[int, int], at: float) -> None:
         key = chunk_key(event.job_id, event.chunk_no)
         summary = summarize(event.recipients)
         stored = self.table.get(key)
@@ -142,9 +197,10 @@ class ChunkedJobs:
                 self.table[key] = ChunkNote(note.partition, note.offset, note.summary, conflict=True).to_dict()
             return  # the same chunk again (a client's retry, or this record after a crash): the first stands
         self.table[key] = ChunkNote(*where, summary).to_dict()
-        opened = self._job(event.job_id) or OpenedJob(None, None)
+        opened = self._job(event.job_id) or OpenedJob(None, None, opened_at=at)
         if event.chunk_no > opened.highest_chunk:
-            self.table[event.job_id] = OpenedJob(opened.partition, opened.offset, event.chunk_no).to_dict()
+            self.table[event.job_id] = OpenedJob(opened.partition, opened.offset, event.chunk_no,
+                                                 opened_at=opened.opened_at).to_dict()
 
     async def _commit(self, event: JobCommitted) -> None:
         job_id = event.job_id
@@ -188,7 +244,8 @@ class ChunkedJobs:
                                      learners)
         if not accepted:  # waits for its budget: the timer lets it go through release(), reading these notes
             self.table[job_id] = OpenedJob(opened.partition, opened.offset, opened.highest_chunk,
-                                           (event.chunk_count, check.unique, check.repeats)).to_dict()
+                                           (event.chunk_count, check.unique, check.repeats),
+                                           opened.opened_at).to_dict()
         self.ctx.known_jobs[job_id] = KnownJob("accepted" if accepted else "waiting", header.company_id).to_dict()
         log.info("chunked job %s committed: %d chunks, %d learners, %d repeats removed, %s", job_id,
                  event.chunk_count, check.unique, check.repeats, "dispatched" if accepted else "waiting")
@@ -219,8 +276,15 @@ class ChunkedJobs:
                                  LoggedLearners(self.reader, job_id, places, unique))
 
     async def _reject(self, job_id: str, company_id: int | None, problems: list[Problem],
-                      opened: OpenedJob | None, chunk_count: int) -> None:
-        await self.ctx.publisher.send_and_wait(JobRejected(job_id=job_id, company_id=company_id, problems=problems))
+                      opened: OpenedJob | None, chunk_count: int, *, callback_from: JobOpened | None = None) -> None:
+        """``callback_from``: the header whose callback URL is told of the rejection (send-callbacks), when no
+        client waits for the answer."""
+        told = callback_from
+        await self.ctx.publisher.send_and_wait(JobRejected(
+            job_id=job_id, company_id=company_id, problems=problems,
+            callback_url=told.callback_url if told else None,
+            callback_query_sealed=told.callback_query_sealed if told else None,
+            callback_key_id=told.callback_key_id if told else None))
         self.ctx.known_jobs[job_id] = KnownJob("rejected", company_id).to_dict()
         log.info("chunked job %s rejected at its commit: %s", job_id, "; ".join(p.message for p in problems))
         self._forget(job_id, opened, chunk_count)

@@ -12,7 +12,9 @@ from aiokafka import TopicPartition
 from config.settings import Settings
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import Event, RecipientOutcome
-from streams.log_reader import LogReader
+from streams.log_reader import LogReader, RecordGone
+
+__all__ = ["OutcomeLedger", "RecordGone"]  # RecordGone lives in streams.log_reader; imported from here too
 
 # One record is wanted at a time (or one batch's outcomes), and a larger record still comes whole: with
 # MAX_MESSAGE_BYTES, fetching a chunked job's header pulled up to 32 MiB of the chunks after it into the worker

@@ -14,7 +14,7 @@ import secrets
 
 from aiohttp import web
 
-from api.public import client_address, limit_key
+from api.public import LIMITS, client_address, limit_key
 from api.state import STATE
 from api.ui.sessions import read_form
 from api.ui.state import COOKIE, admin_secrets, current_session, render, require_post, same_origin, ui_of
@@ -45,7 +45,8 @@ async def login(request: web.Request) -> web.Response:
     client = client_address(request, state.settings.trusted_proxy_networks())
     # Counted (as a failure until it succeeds) before the body is read: parallel slow attempts all count.
     counted = limit_key(client)  # an IPv6 client by its /64
-    if not ui.throttle.begin(counted):
+    # Shared by every API replica (api.public.ReplicaLimits); this process's own while that store is down.
+    if not await request.app[LIMITS].begin_sign_in(counted, ui.throttle):
         return render(request, "login.html", None, status=429, next=safe_next(request.query.get("next")),
                       error="Too many failed attempts. Wait a few minutes and try again.")
     form = await read_form(request, state.settings.ui_max_form_bytes)
@@ -59,7 +60,7 @@ async def login(request: web.Request) -> web.Response:
         await asyncio.sleep(FAILED_SIGN_IN_DELAY)
         return render(request, "login.html", None, status=401, next=target,
                       error="Sign-in failed: unknown key id, wrong secret, or not an admin key.")
-    ui.throttle.succeeded(counted)
+    await request.app[LIMITS].sign_in_succeeded(counted, ui.throttle)
     log.info("UI sign-in by admin key %s from %s", key_id, client)
     response = web.HTTPSeeOther(target)
     response.set_cookie(COOKIE, ui.sessions.issue(key_id, expected), max_age=ui.sessions.seconds, path=PREFIX,

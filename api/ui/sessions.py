@@ -94,6 +94,8 @@ class LoginThrottle:
     it succeeds. The check and the count happen together with no ``await`` between them, so parallel attempts
     (however slowly their bodies arrive) cannot all pass the check. Each address keeps at most
     ``max_failures`` timestamps, and at most ``max_clients`` addresses are kept (least recently seen dropped).
+    This process's own count: sign-in asks the one every replica shares (api.public.ReplicaLimits, in Postgres)
+    and falls back to this one only while that store cannot be used.
     """
 
     def __init__(self, *, window: float = 300.0, max_failures: int = 10, max_clients: int = 10_000) -> None:

@@ -261,6 +261,26 @@ final class OffloadClient
     }
 
     /**
+     * A verified job callback that says the job paused on its bounce or complaint rate (event "paused": its
+     * batches wait until an admin resumes or cancels it) or was resumed (event "resumed"): ['event' => ...,
+     * 'job_id' => ..., 'reason' => ..., 'figures' => [...]], or null for any other callback. "paused" carries
+     * the reason, the counts (sent, bounced, complained), the rates and the thresholds; "resumed" who asked and why.
+     * Moodle may tell the course's teachers, or show it beside the job.
+     * @return array<string,mixed>|null
+     */
+    public static function pauseFrom(string $body): ?array
+    {
+        $data = json_decode($body, true, 16, JSON_THROW_ON_ERROR);
+        $event = is_array($data) ? ($data['event'] ?? '') : '';
+        if ($event !== 'paused' && $event !== 'resumed') {
+            return null;
+        }
+        $figures = $event === 'paused' ? $data['pause'] : $data['resume'];
+        return ['event' => $event, 'job_id' => (string) $data['job_id'], 'reason' => $figures['reason'],
+                'figures' => $figures];
+    }
+
+    /**
      * Verify a callback from the service: same canonical string, over the callback URL's path (and query),
      * under the key the service names in X-Offload-Key-Id; the timestamp must be within $window seconds.
      * Remember accepted signatures for $window seconds to refuse a replay (not done here: needs storage).

@@ -5,6 +5,7 @@
 //   publish-template COMPANY_ID TEMPLATE_ID DRAFT_FILE | preview-template COMPANY_ID TEMPLATE_ID DRAFT_FILE
 //   verify-callback FILE   (FILE: {"headers": {...}, "method": ..., "path": ..., "body": ..., "secrets": {...}})
 //   unsubscribe-callback FILE   (the same FILE: prints {"valid": bool, "unsubscribe": {...} or null})
+//   pause-callback FILE   (the same FILE: prints {"valid": bool, "pause": {...} or null})
 // Prints one JSON line: {"status": HTTP status, "body": the API's JSON} (or {"valid": bool}).
 declare(strict_types=1);
 require __DIR__ . '/OffloadClient.php';
@@ -45,6 +46,11 @@ switch ($command) {
         $valid = OffloadClient::verifyCallback($c['headers'], $c['method'], $c['path'], $c['body'], $c['secrets']);
         echo json_encode(['valid' => $valid, 'unsubscribe' => $valid ? OffloadClient::unsubscribeFrom($c['body']) : null]),
             "\n";
+        exit(0);
+    case 'pause-callback':
+        $c = json_decode((string) file_get_contents($arg), true, 512, JSON_THROW_ON_ERROR);
+        $valid = OffloadClient::verifyCallback($c['headers'], $c['method'], $c['path'], $c['body'], $c['secrets']);
+        echo json_encode(['valid' => $valid, 'pause' => $valid ? OffloadClient::pauseFrom($c['body']) : null]), "\n";
         exit(0);
     default:
         fwrite(STDERR, "unknown command {$command}\n");

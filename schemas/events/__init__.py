@@ -29,7 +29,14 @@ from schemas.events.batches import (
 from schemas.events.budget import JobWaitingForBudget
 from schemas.events.callbacks import CallbackDelivered, CallbackFailed, CallbackName
 from schemas.events.certificates import CertificateIssued
-from schemas.events.chunked import CHUNK_ORDER, JobCommitted, JobOpened, RecipientChunkReceived
+from schemas.events.chunked import (
+    CHUNK_ORDER,
+    NOT_COMMITTED,
+    ChunkedJobExpired,
+    JobCommitted,
+    JobOpened,
+    RecipientChunkReceived,
+)
 from schemas.events.company import CompanySettingsChanged
 from schemas.events.content import InlineContent, TemplateSource
 from schemas.events.dead_letters import DeadLettered
@@ -73,6 +80,7 @@ __all__ = [
     "BY_CE_TYPE",
     "CHUNK_ORDER",
     "EVENT_TYPES",
+    "NOT_COMMITTED",
     "SCOPED_SUFFIX",
     "BatchCompleted",
     "BatchDispatched",
@@ -81,6 +89,7 @@ __all__ = [
     "CallbackFailed",
     "CallbackName",
     "CertificateIssued",
+    "ChunkedJobExpired",
     "CompanySettingsChanged",
     "DeadLettered",
     "EmailProviderName",

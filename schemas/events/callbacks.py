@@ -9,7 +9,9 @@ from pydantic import Field
 
 from schemas.events.base import Event, utcnow
 
-CallbackName = Literal["started", "progress", "completed", "unsubscribed"]
+# "paused"/"resumed": the job was paused on its bounce/complaint rate, and resumed; "rejected": a chunked job
+# closed for staying open without a commit (added after v1 began).
+CallbackName = Literal["started", "progress", "completed", "unsubscribed", "paused", "resumed", "rejected"]
 
 
 class CallbackDelivered(Event):

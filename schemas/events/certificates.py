@@ -29,6 +29,11 @@ class CertificateIssued(RecipientOutcome):
     email_message_id: str | None = None
     email_error: str | None = None
     issued_at: datetime = Field(default_factory=utcnow)
+    # Added within v1 (optional): the notification mail was not sent because the company's suppression list
+    # holds the learner for every message (scope '*': an admin entry, or a hard bounce of this address). The
+    # certificate is issued all the same; email_error says which entry. docs/suppression.md.
+    email_suppressed: bool | None = Field(
+        default=None, description="True: not emailed, the learner is on the company's suppression list ('*')")
     # What the certificate says, so /verify answers from the read model (absent on certificates issued before
     # these fields existed: they verify as valid without details).
     holder_name: str | None = Field(default=None, description="the learner's name as printed")

@@ -3,7 +3,9 @@ the job's header, its learners in numbered chunks, and the commit that closes it
 
 A job of any size travels this way: no record holds the whole list, and the worker cuts batches chunk by chunk
 after the commit. Nothing of a job is sent before its JobCommitted, and a commit that does not match the chunks
-(one missing, a count or digest that differs) rejects the job with a JobRejected saying which.
+(one missing, a count or digest that differs) rejects the job with a JobRejected saying which. A job left open
+(never committed) longer than ``OFFLOAD_CHUNKED_JOB_MAX_OPEN_HOURS`` is closed by a ChunkedJobExpired, which the
+route agent turns into a JobRejected (code ``chunked_job_not_committed``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from schemas.events.jobs import JobId, JobRequested, Recipient
 # a learner listed twice is always next to the other listing: the worker finds every repeat exactly while
 # holding one userid, never the whole list.
 CHUNK_ORDER = "recipients sorted by userid, ascending within a chunk and from one chunk to the next"
+# The JobRejected problem code of a chunked job closed for staying open too long (ChunkedJobExpired).
+NOT_COMMITTED = "chunked_job_not_committed"
 
 
 class JobOpened(JobRequested):
@@ -67,3 +71,20 @@ class JobCommitted(Event):
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                description="job_digest over the chunks' digests in chunk order (schemas.chunking)")
     committed_at: datetime = Field(default_factory=utcnow)
+
+
+class ChunkedJobExpired(Event):
+    """A worker found a chunked job still open (no JobCommitted) longer than the limit and closes it. Written to
+    job-requests under the job's key, so the route agent reads it in order with the job's own records: a commit
+    that came first wins (this is then ignored); otherwise the job is rejected (JobRejected, code
+    ``chunked_job_not_committed``) and a later commit or chunk changes nothing."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.job.chunked-expired.v1"
+    topic: ClassVar[str] = "job-requests"
+
+    job_id: JobId
+    company_id: int | None = Field(default=None, description="None when only chunks arrived, no header")
+    opened_at: datetime = Field(description="when the job's first record (header or chunk) reached the log")
+    max_open_hours: float = Field(gt=0, description="the limit it passed (OFFLOAD_CHUNKED_JOB_MAX_OPEN_HOURS)")
+    chunks_received: int = Field(ge=0, description="the highest chunk number seen, plus one")
+    expired_at: datetime = Field(default_factory=utcnow)

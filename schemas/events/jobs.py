@@ -112,6 +112,11 @@ class JobRejected(Event):
     company_id: int | None = None
     problems: list[Problem]
     rejected_at: datetime = Field(default_factory=utcnow)
+    # Added within v1 (optional): set only when Moodle is told by callback, i.e. a chunked job closed for staying
+    # open (nobody is waiting for an answer then); as on JobAccepted, the URL without its query, never a secret.
+    callback_url: str | None = Field(default=None, max_length=2048)
+    callback_query_sealed: str | None = Field(default=None, description="as on JobRequested: never in clear")
+    callback_key_id: str | None = Field(default=None, max_length=64, description="names a callback key, never the key")
 
 
 class JobAccepted(Event):

@@ -11,7 +11,7 @@ from schemas.events.batches import BatchCompleted, BatchDispatched, BatchesDispa
 from schemas.events.budget import JobWaitingForBudget
 from schemas.events.callbacks import CallbackDelivered, CallbackFailed
 from schemas.events.certificates import CertificateIssued
-from schemas.events.chunked import JobCommitted, JobOpened, RecipientChunkReceived
+from schemas.events.chunked import ChunkedJobExpired, JobCommitted, JobOpened, RecipientChunkReceived
 from schemas.events.company import CompanySettingsChanged
 from schemas.events.dead_letters import DeadLettered
 from schemas.events.jobs import (
@@ -76,5 +76,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     JobOpened,
     RecipientChunkReceived,
     JobCommitted,
+    ChunkedJobExpired,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}

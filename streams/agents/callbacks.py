@@ -1,4 +1,5 @@
-"""send-callbacks: tell Moodle, signed, when a job starts, passes progress milestones and completes.
+"""send-callbacks: tell Moodle, signed, when a job starts, passes progress milestones, pauses on its bounce or
+complaint rate, is resumed, and completes.
 
 The agent on the jobs topic only *queues* a callback, in the ``callbacks`` table (one entry per job, its
 changelog makes it survive a crash or a move to another worker); it never waits for Moodle, so a Moodle that is
@@ -6,7 +7,8 @@ down cannot hold up the jobs partition. A timer on every worker sends the due ca
 partition it owns, each attempt in its own task: delivered -> CallbackDelivered and the next callback of the
 job; failed -> CallbackFailed with the next attempt's time, exponential backoff with jitter, until
 ``callback_max_age`` (24 h by default) has passed. A job's callbacks go out in order (started, milestones,
-completed): Moodle never hears "completed" before "started".
+paused/resumed, completed): Moodle never hears "completed" before "started". A pause and a resume are named by
+their event's time (``paused-<ms>``), so a job paused twice gets two callbacks and an event read again none.
 
 At-least-once: a worker that dies after Moodle answered but before the table was updated sends that callback
 again; Moodle recognises it by ``callback_id`` (also in the ``X-Offload-Callback-Id`` header).
@@ -34,6 +36,9 @@ from schemas.events import (
     CallbackFailed,
     JobAccepted,
     JobCompleted,
+    JobPaused,
+    JobRejected,
+    JobResumed,
     client_job_id,
 )
 from schemas.events.suppression import RecipientUnsubscribed
@@ -53,6 +58,10 @@ class CallbacksTable(BatchProgressTable):
 
 def _iso(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 class CallbackScheduler:
@@ -81,19 +90,12 @@ class CallbackScheduler:
         if isinstance(event, JobAccepted):
             if not event.callback_url or self.table.get(event.job_id) is not None:
                 return
-            url, sealed = event.callback_url, event.callback_query_sealed
-            if sealed is None:  # written before the API sealed queries: keep the query out of the changelog too
-                url, sealed = seal_query(url, event.job_id,
-                                         self.settings.callback_url_secret.get_secret_value().encode())
-            state = CallbackQueue(
-                company_id=event.company_id, url=url, sealed=sealed,
-                # None when the job named no key: the company's current key signs (Settings.callback_key_for).
-                key_id=event.callback_key_id,
-                total=event.total_recipients,
-            )
+            state = self._new_queue(event, event.company_id, event.total_recipients)
             self._queue(state, event.job_id, "started", "accepted", run=0, succeeded=0, failed=0,
                         at=event.accepted_at)
             self._save(event.job_id, state)
+        elif isinstance(event, JobRejected):
+            self._queue_rejected(event)
         elif isinstance(event, BatchCompleted):
             state = self._state(event.job_id)
             if state is None or event.run != 0 or state.done is None:
@@ -113,16 +115,61 @@ class CallbackScheduler:
                     state.queued.append(f"progress-{crossed[-1]}")
             self._save(event.job_id, state)
         elif isinstance(event, JobCompleted):
-            state = self._state(event.job_id)
-            if state is None:
-                return
-            name = "completed" if event.run == 0 else f"completed-run{event.run}"
-            status = "cancelled" if event.cancelled else "completed"
-            self._queue(state, event.job_id, name, status, run=event.run, succeeded=event.succeeded,
-                        failed=event.failed, suppressed=event.suppressed, total=event.total, at=event.completed_at)
-            if event.run == 0:
-                state.done = None  # no more milestones: keep the entry small
-            self._save(event.job_id, state)
+            self._queue_completed(event)
+        elif isinstance(event, JobPaused | JobResumed):
+            self._queue_pause(event)
+
+    def _new_queue(self, event: JobAccepted | JobRejected, company_id: int, total: int) -> CallbackQueue:
+        assert event.callback_url is not None
+        url, sealed = event.callback_url, event.callback_query_sealed
+        if sealed is None:  # written before the API sealed queries: keep the query out of the changelog too
+            url, sealed = seal_query(url, event.job_id, self.settings.callback_url_secret.get_secret_value().encode())
+        # key_id None when the job named no key: the company's current key signs (Settings.callback_key_for).
+        return CallbackQueue(company_id=company_id, url=url, sealed=sealed, key_id=event.callback_key_id, total=total)
+
+    def _queue_rejected(self, event: JobRejected) -> None:
+        """A rejection carries a callback URL only when nobody waits for the answer: a chunked job closed for
+        staying open without a commit (streams.chunked_jobs). Moodle hears why, as the API would answer."""
+        if not event.callback_url or event.company_id is None or self.table.get(event.job_id) is not None:
+            return
+        state = self._new_queue(event, event.company_id, 0)
+        state.done = None  # no milestones
+        self._queue(state, event.job_id, "rejected", "rejected", run=0, succeeded=0, failed=0, at=event.rejected_at,
+                    problems=[p.model_dump(mode="json") for p in event.problems])
+        self._save(event.job_id, state)
+
+    def _queue_completed(self, event: JobCompleted) -> None:
+        state = self._state(event.job_id)
+        if state is None:
+            return
+        name = "completed" if event.run == 0 else f"completed-run{event.run}"
+        status = "cancelled" if event.cancelled else "completed"
+        self._queue(state, event.job_id, name, status, run=event.run, succeeded=event.succeeded,
+                    failed=event.failed, suppressed=event.suppressed, total=event.total, at=event.completed_at)
+        if event.run == 0:
+            state.done = None  # no more milestones: keep the entry small
+        self._save(event.job_id, state)
+
+    def _queue_pause(self, event: JobPaused | JobResumed) -> None:
+        """Queue the callback that tells Moodle its job paused on its bounce/complaint rate (with the figures the
+        worker decided on), or was resumed. The totals are the first run's so far, as the milestones count them."""
+        state = self._state(event.job_id)
+        if state is None:
+            return  # no callback URL
+        succeeded, failed, suppressed = state.progress()
+        if isinstance(event, JobPaused):
+            pause = {"reason": event.reason, "sent": event.sent, "bounced": event.bounced,
+                     "complained": event.complained, "bounce_rate": event.bounce_rate,
+                     "complaint_rate": event.complaint_rate, "bounce_threshold": event.bounce_threshold,
+                     "complaint_threshold": event.complaint_threshold, "min_sample": event.min_sample}
+            self._queue(state, event.job_id, f"paused-{_ms(event.paused_at)}", "paused", run=0,
+                        succeeded=succeeded, failed=failed, suppressed=suppressed, at=event.paused_at, pause=pause)
+        else:
+            resume = {"requested_by": event.requested_by, "reason": event.reason}
+            self._queue(state, event.job_id, f"resumed-{_ms(event.resumed_at)}", "running", run=0,
+                        succeeded=succeeded, failed=failed, suppressed=suppressed, at=event.resumed_at,
+                        resume=resume)
+        self._save(event.job_id, state)
 
     def queue_unsubscribe(self, event: RecipientUnsubscribed, url: str) -> None:
         """Queue the callback that tells Moodle a learner unsubscribed. It is delivered, retried and recorded like a
@@ -141,7 +188,8 @@ class CallbackScheduler:
 
     def _queue(self, state: CallbackQueue, job_id: str, name: str, status: str, *, run: int, succeeded: int,
                failed: int, at: datetime, milestone: int | None = None, total: int | None = None,
-               suppressed: int = 0) -> None:
+               suppressed: int = 0, pause: dict[str, Any] | None = None,
+               resume: dict[str, Any] | None = None, problems: list[dict[str, Any]] | None = None) -> None:
         if name in state.queued:
             return
         event = name.split("-")[0]
@@ -150,7 +198,8 @@ class CallbackScheduler:
         body = callback_body(callback_id=callback_id, job_id=client_job_id(job_id, state.company_id),
                              company_id=state.company_id, event=event,
                              status=status, run=run, total=state.total if total is None else total,
-                             succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=milestone, at=at)
+                             succeeded=succeeded, failed=failed, suppressed=suppressed, milestone=milestone, at=at,
+                             pause=pause, resume=resume, problems=problems)
         now = time.time()
         state.queued.append(name)
         state.pending.append(PendingCallback(callback_id=callback_id, event=event, run=run, milestone=milestone,

@@ -28,7 +28,7 @@ from schemas.events import (
     scoped_job_id,
 )
 from schemas.intake import IntakeResult, batch_count, template_data_problem, validate_request
-from streams import budget_wait, chunked_jobs
+from streams import budget_wait, chunked_expiry, chunked_jobs
 from streams.budget import BudgetCheck, check_budget, month_of, spend_key, spent
 from streams.budget_wait import BudgetWait, BudgetWaits
 from streams.chunk_reader import ChunkReader
@@ -281,6 +281,7 @@ def register(app: faust.App, ctx: StreamContext) -> None:
                                                                                 learners=learners))
     waits.chunked = router.chunked
     budget_wait.register(app, ctx, waits, router.reroute)
+    chunked_expiry.register(app, ctx, router.chunked)  # open chunked jobs never committed are closed
 
     # concurrency=1: with more, faust-streaming can commit past an in-flight message (#606).
     @app.agent(ctx.job_requests, name="route-jobs", concurrency=1)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from streams.handlers.email_batches import (
         CertificateMailer,  # the render processes import this module: keep Faust out of them
     )
+    from streams.suppressions import SuppressionList
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +117,14 @@ class _Storing:
 
 class CertificateBatchHandler:
     def __init__(self, settings: Settings, templates: CertificateTemplateStore, pool: RenderPool,
-                 stores: CertificateStores, mailer: CertificateMailer | None = None) -> None:
+                 stores: CertificateStores, mailer: CertificateMailer | None = None,
+                 suppressions: SuppressionList | None = None) -> None:
         self.settings = settings
         self.templates = templates
         self.pool = pool
         self.stores = stores
         self.mailer = mailer
+        self.suppressions = suppressions
         self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
     @classmethod
@@ -132,12 +135,14 @@ class CertificateBatchHandler:
         elif ctx.settings.uses_public_code_secret:
             log.warning("certificate codes use the public development secret (%s only): do not hand these "
                         "certificates to anyone", ctx.settings.environment)
+        from streams.suppressions import SuppressionList  # not at the top: render processes import this module
+
         pool = RenderPool(ctx.settings.certificate_render_processes)
         stores = CertificateStores(ctx.settings)
         ctx.add_service(pool)
         ctx.add_service(stores)
         return cls(ctx.settings, CertificateTemplateStore(ctx.settings.certificate_template_dir), pool, stores,
-                   mailer)
+                   mailer, SuppressionList(ctx.suppressions))
 
     async def _inputs(self, batch: BatchDispatched, recipients: list[Recipient],
                       recorder: OutcomeRecorder) -> list[CertificateInput]:
@@ -177,18 +182,23 @@ class CertificateBatchHandler:
                 await recorder.record(self._failed(batch, recipient, error or "storage failed", retryable=True,
                                                    attempts=attempts, provider=storing.primary.backend))
                 return
-            emailed = message_id = email_error = None
+            emailed = message_id = email_error = suppressed = None
             if batch.notify_template_id and self.mailer is not None:
                 # Part of issuing: the outcome says whether the learner was told, so it stays one per learner.
-                message_id, email_error = await self.mailer.send(batch, recipient, certificate_url=stored.url,
-                                                                 code=item.code)
-                emailed = message_id is not None
+                held = self._held_back(batch, recipient)
+                if held is not None:
+                    emailed, suppressed, email_error = False, True, held
+                else:
+                    message_id, email_error = await self.mailer.send(batch, recipient, certificate_url=stored.url,
+                                                                     code=item.code)
+                    emailed = message_id is not None
             await recorder.record(CertificateIssued(
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=item.userid,
                 email=recipient.email, url=stored.url, object_key=stored.key, sha256=stored.sha256,
                 size=stored.size, code=item.code, template_id=template.id, template_version=template.version,
                 backend=cast(StorageProviderName, stored.backend), attempts=attempts, emailed=emailed,
-                email_message_id=message_id, email_error=email_error, holder_name=item.learner_name,
+                email_message_id=message_id, email_error=email_error, email_suppressed=suppressed,
+                holder_name=item.learner_name,
                 course_name=item.course_name, completion_date=item.completion_date,
             ))
 
@@ -204,6 +214,21 @@ class CertificateBatchHandler:
             for start in range(0, len(items), CHUNK):
                 group.create_task(render_and_store(items[start:start + CHUNK]))
         return storing.fell_back
+
+    def _held_back(self, batch: BatchDispatched, recipient: Recipient) -> str | None:
+        """Why the notification mail must not go to this learner, or None. The mail is transactional (a certificate
+        job always is), so only the entries for every message (scope '*') hold it: an admin's "mail nothing", or a
+        hard bounce of this very address. Unsubscribes from a list and complaints ('bulk') do not: they are about
+        bulk mail (RFC 8058), and the learner earned the certificate. The certificate itself is issued either way."""
+        if self.suppressions is None:
+            return None
+        from streams.suppressions import scopes_for
+
+        found = self.suppressions.find(batch.company_id, recipient, scopes_for(batch.category, batch.list_id))
+        if found is None:
+            return None
+        scope, entry = found
+        return f"suppressed ({scope}, {entry.source}): {entry.reason}"[:2000]
 
     async def _store(self, batch: BatchDispatched, storing: _Storing, recorder: OutcomeRecorder, key: str,
                      pdf: bytes) -> tuple[StoredObject | None, int, str | None]:

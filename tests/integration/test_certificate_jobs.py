@@ -18,6 +18,7 @@ from eventlog.publisher import EventPublisher
 from offload.client import change_company_settings, submit_job
 from schemas.envelope import Record
 from schemas.events import BatchCompleted, BatchDispatched, CertificateIssued, JobFellBackToLocal
+from schemas.events.suppression import RecipientUnsubscribed, SuppressionAdded
 from streams.issued_certificates import verify_certificate, zip_certificates
 from tests.support.certificates import decode_qr, pdf_text
 from tests.support.moto_server import free_port, s3_client
@@ -228,3 +229,56 @@ def test_learners_can_be_emailed_a_link_to_their_new_certificate(settings_factor
     rows = {r["userid"]: r for r in query(settings, "SELECT * FROM job_recipients WHERE job_id = 'certs-mailed'")}
     assert rows[801]["message_id"] == issued(settings, "certs-mailed")[801].email_message_id
     assert rows[803]["status"] == "issued" and "550" in rows[803]["error_message"]
+
+
+def test_the_certificate_mail_respects_every_message_suppressions_but_not_bulk_unsubscribes(
+        settings_factory, topics_for, processes, job_factory, mail_sink, tmp_path):
+    """A learner an admin put on the list for every message ('*'), and one whose address hard-bounced, get their
+    certificate but no mail about it, and the outcome says why; an unsubscribe from a bulk list or a complaint
+    (scope 'bulk') does not stop this transactional mail."""
+    settings = settings_factory(smtp_port=mail_sink.port, certificate_storage_root=tmp_path / "certs")
+    topics_for(settings)
+    processes("worker", settings)
+    processes("projector", settings)
+
+    async def put_on_the_list() -> None:
+        publisher = EventPublisher(settings, source="test")
+        await publisher.start()
+        try:
+            await publisher.send_and_wait(SuppressionAdded(company_id=7, userid=901, source="manual",
+                                                           reason="asked for no mail at all"))
+            await publisher.send_and_wait(SuppressionAdded(company_id=7, userid=902, source="bounce",
+                                                           reason="550 5.1.1 no such user",
+                                                           email="learner902@example.org"))
+            await publisher.send_and_wait(RecipientUnsubscribed(company_id=7, userid=903, list_id="course_reminder",
+                                                                method="one-click"))
+            await publisher.send_and_wait(SuppressionAdded(company_id=7, userid=904, scope="bulk",
+                                                           source="complaint", reason="marked as spam"))
+        finally:
+            await publisher.stop()
+
+    asyncio.run(put_on_the_list())
+    # The worker has the four entries once a bulk mail to the four learners is suppressed for each of them.
+    asyncio.run(submit_job(settings, job_factory("certs-probe", 4, start=901)))
+    assert wait_for_job(settings, "certs-probe")["suppressed"] == 4
+
+    job = certificate_job(job_factory, "certs-held", 7, start=901, names=NAMES[:5])
+    job["notify_template_id"] = "certificate_ready"
+    asyncio.run(submit_job(settings, job))
+    row = wait_for_job(settings, "certs-held")
+    assert (row["succeeded"], row["failed"], row["suppressed"]) == (5, 0, 0)  # every certificate issued
+
+    outcomes = issued(settings, "certs-held")
+    assert set(outcomes) == {901, 902, 903, 904, 905}
+    for userid in (901, 902):
+        event = outcomes[userid]
+        assert (event.emailed, event.email_suppressed, event.email_message_id) == (False, True, None)
+    assert outcomes[901].email_error == "suppressed (*, manual): asked for no mail at all"
+    assert outcomes[902].email_error == "suppressed (*, bounce): 550 5.1.1 no such user"
+    for userid in (903, 904, 905):
+        assert outcomes[userid].emailed is True and outcomes[userid].email_suppressed is None
+    by_address = mail_sink.by_recipient()
+    assert {a for a in by_address if a in {f"learner{u}@example.org" for u in range(901, 906)}} == {
+        "learner903@example.org", "learner904@example.org", "learner905@example.org"}
+    rows = {r["userid"]: r for r in query(settings, "SELECT * FROM job_recipients WHERE job_id = 'certs-held'")}
+    assert rows[901]["status"] == "issued" and rows[901]["error_message"].startswith("suppressed (*, manual)")

@@ -15,14 +15,16 @@ import pytest
 
 from offload.client import cancel_job, submit_job
 from schemas.chunking import chunk_digest, job_digest
-from schemas.events import JobCompleted, JobRejected, RecipientChunkReceived
+from schemas.events import ChunkedJobExpired, JobCompleted, JobRejected, RecipientChunkReceived
 from tests.support.api import ApiServer, SignedClient, api_keys, without_api_keys
 from tests.support.budget import sendgrid_budget_stack
+from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
 
 K7 = "k7-secret-0123456789abcdef"
+CB_KEY, CB_SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
 PHP_EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
 SG_KEY = "SG.chunked-budget-key"
 LIMIT = 300  # max_recipients_per_job, small here: a chunk may hold at most this many
@@ -202,3 +204,57 @@ def test_a_chunked_job_over_budget_waits_then_goes_and_one_cancelled_while_waiti
         (cancelled,) = [e for e in events(settings, "jobs") if isinstance(e, JobCompleted) and e.job_id == "given-up"]
         assert (cancelled.cancelled, cancelled.succeeded, cancelled.total) == (True, 0, 10)
         assert len(server.by_recipient()) == 60 and mail_sink.count() == 0
+
+
+OPEN_HOURS = 10 / 3600  # ten seconds: far more than opening, sending and committing "prompt" takes
+
+
+def test_a_chunked_job_never_committed_is_closed_after_the_limit_and_a_late_commit_is_refused(
+        settings_factory, topics_for, processes, job_factory, mail_sink):
+    settings = settings_factory(smtp_port=mail_sink.port, api_keys=api_keys(k7=(K7, 7)),
+                                max_recipients_per_job=LIMIT, chunked_job_max_open_hours=OPEN_HOURS,
+                                job_expiry_interval_seconds=0.5, callback_check_interval=0.2,
+                                api_allow_private_callbacks=True,  # the Moodle receiver is on loopback
+                                callback_keys=json.dumps({CB_KEY: {"secret": CB_SECRET, "company_id": 7}}))
+    topics_for(settings)
+    processes("worker", without_api_keys(settings))
+    processes("projector", without_api_keys(settings))
+    with ApiServer(settings) as server, MoodleReceiver({CB_KEY: CB_SECRET}) as moodle:
+        k7 = SignedClient(server.base_url, "k7", K7)
+        # Nobody waits for an answer when a job is closed: Moodle is told at the job's callback URL.
+        opened = {**header(job_factory, "stale"), "callback_url": moodle.url("/local/offload/cb.php?wstoken=T0K")}
+        assert k7.post("/api/v1/jobs", opened).status == 202
+        send_chunks(k7, "stale", [[1, 2, 3]])
+        # A job committed at once is served as usual: the limit is about jobs left open.
+        assert k7.post("/api/v1/jobs", header(job_factory, "prompt")).status == 202
+        send_chunks(k7, "prompt", [[11, 12]])
+        assert k7.post("/api/v1/jobs/prompt/commit", {"chunk_count": 1, "total_recipients": 2}).status == 202
+
+        view = wait_for(lambda: (v := k7.get("/api/v1/jobs/stale")).status == 200 and v.body, timeout=60,
+                        what="the open job closed and projected")
+        assert view["status"] == "rejected"
+        (problem,) = view["rejection"]["problems"]
+        assert problem["code"] == "chunked_job_not_committed" and f"not committed within {OPEN_HOURS:g} h" in \
+            problem["message"] and "1 chunk(s) received" in problem["message"]
+
+        # The client comes back: its commit and any chunk get a clear answer, and nothing is sent.
+        late = k7.post("/api/v1/jobs/stale/commit", {"chunk_count": 1, "total_recipients": 3})
+        assert (late.status, late.code) == (410, "chunked_job_expired"), late.body
+        assert late.body["error"]["problems"][0]["code"] == "chunked_job_not_committed"
+        chunk = k7.post("/api/v1/jobs/stale/recipients", {"chunk_no": 1, "recipients": [learner(4)]})
+        assert (chunk.status, chunk.code) == (410, "chunked_job_expired")
+        assert wait_for_job(settings, "prompt")["succeeded"] == 2
+        told = wait_for(lambda: moodle.delivered(), timeout=60, what="the rejected callback")
+    assert [r.json["event"] for r in moodle.received] == ["rejected"]  # once, and signed
+    assert told[0].valid and told[0].path == "/local/offload/cb.php?wstoken=T0K"
+    body = told[0].json
+    assert (body["job_id"], body["company_id"], body["status"]) == ("stale", 7, "rejected")
+    assert body["problems"] == [problem] and body["totals"]["total"] == 0
+
+    expired = [e for e in events(settings, "job-requests") if isinstance(e, ChunkedJobExpired)]
+    assert {e.job_id for e in expired} == {"stale"}
+    assert (expired[0].company_id, expired[0].chunks_received, expired[0].max_open_hours) == (7, 1, OPEN_HOURS)
+    rejected = [e for e in events(settings, "jobs") if isinstance(e, JobRejected)]
+    assert [(e.job_id, e.company_id, [p.code for p in e.problems]) for e in rejected] == [
+        ("stale", 7, ["chunked_job_not_committed"])]
+    assert set(mail_sink.recipient_counts()) == {"learner11@example.org", "learner12@example.org"}

@@ -7,6 +7,8 @@ import html
 import http.cookiejar
 import json
 import re
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -16,9 +18,11 @@ import pytest
 
 from content.email import message_id_for
 from offload.client import submit_job
-from schemas.events import JobCompleted, JobPaused
+from schemas.events import CallbackDelivered, JobCompleted, JobPaused
+from tests.integration.test_callbacks import CLIENT, KEY_ID, SECRET
 from tests.support.api import ApiProcess, SignedClient, api_keys
 from tests.support.jobs import job_payload
+from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, wait_for, wait_for_job
 from tests.unit.test_webhooks import mailgun_signature
 
@@ -47,14 +51,27 @@ class AdminBrowser:
                               timeout=30) as response:
             return response.geturl()  # after the redirect
 
+def php_pause_from(received, tmp_path) -> dict:
+    """What Moodle's PHP client makes of a callback: verifies it, then OffloadClient::pauseFrom."""
+    php_bin = shutil.which("php")
+    assert php_bin, "php-cli is not installed (apt-get install -y php-cli; .ci/run installs it)"
+    spec = tmp_path / "callback.json"
+    spec.write_text(json.dumps({"headers": received.headers, "method": "POST", "path": received.path,
+                                "body": received.body.decode(), "secrets": {KEY_ID: SECRET}}))
+    done = subprocess.run([php_bin, str(CLIENT), "", "", "", "pause-callback", str(spec)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 MAILGUN_KEY = "mailgun-signing-key-0123456789"
 ADMIN_SECRET = "admin-secret-0123456789-0123456789"
 
 
-def paused_job(settings, client: SignedClient, worker, mail_sink, job_id: str) -> JobPaused:
+def paused_job(settings, client: SignedClient, worker, mail_sink, job_id: str, **extra) -> JobPaused:
     """Submits a 60-learner job, bounces one of the first 20 through the Mailgun webhook, waits until the job is
     paused and a batch was held back (the sink holds the third batch until then)."""
-    asyncio.run(submit_job(settings, job_payload(job_id, 60)))
+    asyncio.run(submit_job(settings, job_payload(job_id, 60, **extra)))
     wait_for(lambda: len(query(settings, "SELECT 1 FROM job_recipients WHERE job_id = %s AND status = 'sent'",
                                (job_id,))) >= 20, timeout=60, what="two batches sent and projected")
     mid = message_id_for(job_id, 3, settings.message_id_domain, key=settings.message_id_key())
@@ -85,7 +102,10 @@ def paused_stack(settings_factory, topics_for, processes, mail_sink, tmp_path):
     # in its third batch while the bounce of the first two arrives.
     settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=10, batch_partitions=1, smtp_connections=1,
                                 pause_min_sample=10, webhook_mailgun_signing_key=MAILGUN_KEY,
-                                api_keys=api_keys(ops=(ADMIN_SECRET, None)))
+                                api_keys=api_keys(ops=(ADMIN_SECRET, None)),
+                                api_allow_private_callbacks=True,  # the Moodle receiver is on loopback
+                                callback_keys=json.dumps({KEY_ID: {"secret": SECRET, "company_id": 7}}),
+                                callback_check_interval=0.2)
     topics_for(settings)
     mail_sink.hold_after(20)
     worker = processes("worker", settings)
@@ -143,3 +163,44 @@ def test_a_paused_job_cancelled_fails_its_waiting_learners_as_cancelled(paused_s
     failed = query(settings, "SELECT error_message, retryable FROM job_recipients WHERE job_id = %s AND "
                              "status = 'failed'", ("pause-cancel",))
     assert {(r["error_message"], r["retryable"]) for r in failed} == {("job cancelled before this batch ran", True)}
+
+
+def test_moodle_hears_by_signed_callback_when_a_job_pauses_with_the_figures_and_when_it_resumes(
+        paused_stack, mail_sink, tmp_path):
+    settings, _, client, worker = paused_stack
+    with MoodleReceiver({KEY_ID: SECRET}) as moodle:
+        paused = paused_job(settings, client, worker, mail_sink, "pause-cb",
+                            callback_url=moodle.url("/local/offload/callback.php?jobid=pause-cb"))
+        (told,) = wait_for(lambda: [r for r in moodle.delivered() if r.json["event"] == "paused"], timeout=60,
+                           what="the paused callback")
+        body = told.json
+        assert told.valid
+        assert php_pause_from(told, tmp_path) == {"valid": True, "pause": {  # what Moodle's PHP client reads
+            "event": "paused", "job_id": "pause-cb", "reason": paused.reason, "figures": told.json["pause"]}}
+        assert (body["job_id"], body["company_id"], body["status"], body["run"]) == ("pause-cb", 7, "paused", 0)
+        assert body["callback_id"] == f"pause-cb:0:paused-{int(paused.paused_at.timestamp() * 1000)}"
+        assert body["pause"] == {
+            "reason": paused.reason, "sent": paused.sent, "bounced": 1, "complained": 0,
+            "bounce_rate": paused.bounce_rate, "complaint_rate": 0.0, "bounce_threshold": 0.02,
+            "complaint_threshold": paused.complaint_threshold, "min_sample": 10}
+        totals = body["totals"]
+        assert totals["total"] == 60 and totals["succeeded"] < 60 and totals["failed"] == 0
+        assert totals["pending"] == 60 - totals["succeeded"]
+
+        assert client.post("/api/v1/jobs/pause-cb/resume", {"reason": "bad address removed"}).status == 202
+        wait_for_job(settings, "pause-cb", timeout=120)
+        delivered = wait_for(lambda: (d := [r.json for r in moodle.delivered()]) and d[-1]["event"] == "completed"
+                             and d, timeout=120, what="the completed callback")
+    assert all(r.valid for r in moodle.received)
+    names = [b["event"] for b in delivered]
+    assert names[0] == "started" and names.count("paused") == 1 and names.count("resumed") == 1
+    assert names.index("paused") < names.index("resumed") < names.index("completed")
+    resumed = delivered[names.index("resumed")]
+    assert php_pause_from(moodle.delivered()[names.index("resumed")], tmp_path)["pause"]["event"] == "resumed"
+    assert resumed["status"] == "running" and resumed["resume"] == {"requested_by": "ops",
+                                                                    "reason": "bad address removed"}
+    assert "pause" not in resumed and "resume" not in body
+    assert delivered[-1]["totals"]["succeeded"] == 60
+    # Each was recorded like any callback: CallbackDelivered with its name.
+    recorded = {e.event for e in events(settings, "callbacks") if isinstance(e, CallbackDelivered)}
+    assert {"paused", "resumed", "completed"} <= recorded
