@@ -7,8 +7,6 @@ import html
 import http.cookiejar
 import json
 import re
-import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -19,9 +17,10 @@ import pytest
 from content.email import message_id_for
 from offload.client import submit_job
 from schemas.events import CallbackDelivered, JobCompleted, JobPaused
-from tests.integration.test_callbacks import CLIENT, KEY_ID, SECRET
+from tests.integration.test_callbacks import KEY_ID, SECRET
 from tests.support.api import ApiProcess, SignedClient, api_keys
 from tests.support.jobs import job_payload
+from tests.support.moodle_php import php_reads_callback
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, wait_for, wait_for_job
 from tests.unit.test_webhooks import mailgun_signature
@@ -53,15 +52,7 @@ class AdminBrowser:
 
 def php_pause_from(received, tmp_path) -> dict:
     """What Moodle's PHP client makes of a callback: verifies it, then OffloadClient::pauseFrom."""
-    php_bin = shutil.which("php")
-    assert php_bin, "php-cli is not installed (apt-get install -y php-cli; .ci/run installs it)"
-    spec = tmp_path / "callback.json"
-    spec.write_text(json.dumps({"headers": received.headers, "method": "POST", "path": received.path,
-                                "body": received.body.decode(), "secrets": {KEY_ID: SECRET}}))
-    done = subprocess.run([php_bin, str(CLIENT), "", "", "", "pause-callback", str(spec)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return php_reads_callback("pause-callback", received, {KEY_ID: SECRET}, tmp_path)
 
 
 MAILGUN_KEY = "mailgun-signing-key-0123456789"
