@@ -97,7 +97,8 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str, *, wait: float =
             return sorted(found or [])
         # aiokafka has no public refresh; partitions_for_topic() only reads the metadata it already has.
         await consumer._client.force_metadata_update()  # noqa: SLF001
-        await asyncio.sleep(0.1)
+        if not consumer.partitions_for_topic(topic):  # known now (the usual case): no need to wait 0.1 s
+            await asyncio.sleep(0.1)
 
 
 async def offsets_of(settings: Settings, shorts: Iterable[str], *, end: bool) -> dict[tuple[str, int], int]:

@@ -8,8 +8,11 @@ same loop started from offset 0 into a fresh schema.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,7 +22,7 @@ from aiokafka.errors import KafkaError
 from psycopg import sql
 
 from config.settings import Settings
-from eventlog.topics import EVENT_TOPICS, MAX_MESSAGE_BYTES, partitions_of
+from eventlog.topics import EVENT_TOPICS, partitions_of
 from projections import audit, callbacks, company_settings, jobs, recipients, suppressions, templates, tracking
 from projections.base import Applied, Position
 from resilience.dependencies import DEPENDENCIES, Backoff
@@ -32,9 +35,20 @@ log = logging.getLogger(__name__)
 READ_MODELS = (company_settings, jobs, recipients, callbacks, suppressions, templates, audit)
 PROJECTED_TOPICS = EVENT_TOPICS  # a name of its own so a test can add a topic not yet listed
 PROJECTION = "read-models"
-# A poll's records are decoded and held at once: this bounds it when records are large (a BatchDispatched of
-# 200 learners is ~20 KB of JSON and ~10x that decoded).
+# A poll's records are held at once: this bounds it when records are large (a BatchDispatched of 200 learners
+# is ~20 KB of JSON and ~10x that decoded).
 POLL_BYTES = 8 * 1024 * 1024
+# A poll is decoded and committed in pieces of about this size: a replay's batches (250 records of 200 learners
+# for a 50,000-learner job) came in one poll and were decoded whole (~40 MB of objects at once). 5,000 outcomes
+# are ~1.7 MB: one piece.
+PIECE_BYTES = 2 * 1024 * 1024
+# The live projector (not catching up) keeps pace with the workers, so large polls gain it little, and a large
+# job's BatchDispatched arrive in one burst when it is cut (~100 MB for 1,000,000 learners): with the limits
+# above its peak memory grew with the job (aiokafka's read-ahead of 4 MiB per batches partition, 2 MiB pieces
+# decoded ~10x). These keep it near its 10,000-learner figure (docs/scaling.md).
+LIVE_FETCH_BYTES = 256 * 1024  # per partition; 1 MiB per fetch
+LIVE_POLL_BYTES = 1024 * 1024
+LIVE_PIECE_BYTES = 512 * 1024
 
 
 @dataclass
@@ -43,10 +57,21 @@ class ProjectorStats:
     skipped: int = 0
     seconds: float = 0.0
     reconnects: int = 0  # waits for Postgres or Kafka to come back
+    # time.monotonic() when the first record was in hand and when the last poll committed: a replay's rate
+    # without its start-up (connecting, creating the read models, finding the partitions and their offsets)
+    first_record_at: float | None = None
+    last_commit_at: float | None = None
 
     @property
     def per_second(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_per_second(self) -> float:
+        """Events per second from the first record fetched to the last commit."""
+        if self.first_record_at is None or self.last_commit_at is None or self.last_commit_at <= self.first_record_at:
+            return 0.0
+        return self.events / (self.last_commit_at - self.first_record_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +106,43 @@ async def _close_quietly(conn: psycopg.AsyncConnection | None) -> None:
         pass  # it was lost anyway
 
 
+def _pieces(polled: dict[TopicPartition, list], size: int) -> Iterator[dict[TopicPartition, list]]:
+    """``polled`` cut into pieces of about ``size`` bytes of record values, each partition's records in order."""
+    piece: dict[TopicPartition, list] = {}
+    held = 0
+    for tp, records in polled.items():
+        start = 0
+        for i, record in enumerate(records):
+            held += len(record.value or b"")
+            if held >= size:
+                piece[tp] = records[start:i + 1]
+                yield piece
+                piece, held, start = {}, 0, i + 1
+        if start < len(records):
+            piece[tp] = records[start:]
+    if piece:
+        yield piece
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a poll is decoded.
+
+    A poll's events (10-20 objects each, a BatchDispatched's thousands) all live until its commit, so every
+    collection they triggered found nothing to free and, once enough had survived, scanned the whole heap again.
+    Reference counting frees them as usual; the collector runs again on the next allocations after. In
+    bench/replay.py this and gc.freeze() at start-up took a replay of 50,503 events from 2.2 s to 1.7 s.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 async def create_read_models(conn: psycopg.AsyncConnection) -> None:
     async with conn.transaction(), conn.cursor() as cur:
         # Serialise concurrent creators (two projectors starting together would race on CREATE ... IF NOT EXISTS).
@@ -88,6 +150,7 @@ async def create_read_models(conn: psycopg.AsyncConnection) -> None:
         await cur.execute(tracking.DDL)
         for model in READ_MODELS:
             await cur.execute(model.DDL)
+        await cur.execute(recipients.STAGING)  # this connection's own (temporary) staging tables
 
 
 class Projector:
@@ -95,13 +158,15 @@ class Projector:
         self.settings = settings
         self.schema = schema
         self.max_records = max_records
+        self._live = False  # run() not catching up: the LIVE_ limits
         self.stats = ProjectorStats()
         self._stop = asyncio.Event()
         # Next offset to apply per partition, from what was applied: aiokafka's position() moves when records
         # are fetched into its buffer, before getmany() returns them, so it cannot say "caught up".
         self._next: dict[TopicPartition, int] = {}
         self._decoded: dict[TopicPartition, int] = {}  # next offset to decode: ahead of _next by one poll at most
-        self._held: list[TopicPartition] = []  # partitions paused until the others are caught up (replay)
+        self._held: list[TopicPartition] = []  # partitions not polled until the others are caught up (replay)
+        self._partitions: list[TopicPartition] = []  # assigned
 
     def stop(self) -> None:
         self._stop.set()
@@ -114,24 +179,38 @@ class Projector:
         the offsets stored with the rows, so nothing is lost or applied twice. A broker restart is ridden out
         by the consumer itself; a Kafka call that fails is retried the same way.
         """
+        self._live = not until_caught_up
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+            # Fetched in steps of 4 MiB per partition (a larger record still comes whole): with the largest
+            # record's size (32 MiB) one fetch took a replay's whole outcomes partition before the first record
+            # could be decoded, and a backlog's batches would wait in the consumer's buffer at up to 32 MiB per
+            # partition (see _hold_batches). 1 MiB (~3,000 outcomes) cut polls short of max_records.
+            max_partition_fetch_bytes=4 * 1024 * 1024 if until_caught_up else LIVE_FETCH_BYTES,
+            fetch_max_bytes=16 * 1024 * 1024 if until_caught_up else 4 * LIVE_FETCH_BYTES,
             # Outcomes trickle in one by one while a job sends; without a minimum each poll brought a handful
             # of events and cost its own transaction. Waiting up to 100 ms for 64 KiB cut the projector's CPU
-            # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag.
-            fetch_min_bytes=64 * 1024,
-            fetch_max_wait_ms=100,
+            # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag. A
+            # transaction still costs more than the ~165 outcomes it then carried (1,500/s): up to 250 ms for
+            # 256 KiB took the CPU per outcome from 30-36 µs to 22-27 µs (bench/projector_steady.py, three
+            # pairs run alternately), for <= 250 ms of lag in job progress.
+            # Catching up (a replay), the log is all there: the consumer has one fetch in flight at a time, and
+            # one that waited for more of a topic's last records (or of the empty topics) held back the next
+            # fetch of the others by up to that wait (bench/replay.py: 0.2 s each time a topic ran out).
+            fetch_min_bytes=1 if until_caught_up else 256 * 1024,
+            fetch_max_wait_ms=10 if until_caught_up else 250,
         )
         DEPENDENCIES.track("postgres")
         DEPENDENCIES.track("kafka")
         backoff = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
         await self._start_consumer(consumer, backoff)
         started = time.monotonic()
+        # What is alive now (modules, pydantic's validators, the clients) lives as long as the projector: out of
+        # the collector's sight, a collection scans only what the polls made (see _collector_paused).
+        gc.freeze()
         conn: psycopg.AsyncConnection | None = None
         synced = False  # partitions assigned and positioned at the stored offsets
         targets: dict[TopicPartition, int] | None = None
@@ -155,9 +234,9 @@ class Projector:
                                         self.stats.reconnects)
                         backoff.reset()
                         if until_caught_up:
-                            self._hold_batches(consumer, partitions, targets)
+                            self._hold_batches(partitions, targets)
                     assert targets is not None  # set when the consumer first synced
-                    self._release_batches(consumer, targets)
+                    self._release_batches(targets)
                     if until_caught_up and all(self._next[tp] >= end for tp, end in targets.items()):
                         break
                     polled = await self._poll(consumer)
@@ -177,6 +256,7 @@ class Projector:
             self.stats.seconds = time.monotonic() - started
             await consumer.stop()
             await _close_quietly(conn)
+            gc.unfreeze()  # a process that goes on (a test, a benchmark) collects them again
         return self.stats
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list]:
@@ -185,11 +265,13 @@ class Projector:
         A backlog (a replay, a restart) then goes through in few, large transactions: one getmany hands over what
         one fetch response held, which on a 50,000-learner job's log made ~570 transactions of ~90 events.
         """
-        polled = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+        held = set(self._held)
+        reading = [tp for tp in self._partitions if tp not in held]  # every assigned one when none is held
+        polled = await consumer.getmany(*reading, timeout_ms=200, max_records=self.max_records)
         count = sum(len(records) for records in polled.values())
         size = sum(len(r.value or b"") for records in polled.values() for r in records)
-        while polled and count < self.max_records and size < POLL_BYTES:
-            more = await consumer.getmany(timeout_ms=0, max_records=self.max_records - count)
+        while polled and count < self.max_records and size < (LIVE_POLL_BYTES if self._live else POLL_BYTES):
+            more = await consumer.getmany(*reading, timeout_ms=0, max_records=self.max_records - count)
             if not more:
                 break
             for tp, records in more.items():
@@ -198,8 +280,7 @@ class Projector:
                 size += sum(len(r.value or b"") for r in records)
         return polled
 
-    def _hold_batches(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
-                      targets: dict[TopicPartition, int]) -> None:
+    def _hold_batches(self, partitions: list[TopicPartition], targets: dict[TopicPartition, int]) -> None:
         """Catching up (a replay), read the batches topic after the others.
 
         The read models do not depend on the order topics are read in (tests/integration/test_projection_polls.py),
@@ -207,15 +288,16 @@ class Projector:
         afterwards finds it there; read the other way round, every learner is inserted as pending and then
         rewritten (an update that touches every index). In bench/replay.py, under load, a commit of 5,000
         outcomes took 0.05-0.1 s this way against 0.09-0.15 s the other way round.
+
+        Held, they are not polled but still fetched (the consumer buffers a fetch per partition): paused, their
+        first fetch waited behind a fetch of the other, exhausted partitions, which waits out fetch_max_wait_ms
+        (0.1-0.35 s in bench/replay.py).
         """
         batches = self.settings.topic("batches")
         self._held = [tp for tp in partitions if tp.topic == batches and self._next[tp] < targets[tp]]
-        if self._held:
-            consumer.pause(*self._held)
 
-    def _release_batches(self, consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> None:
+    def _release_batches(self, targets: dict[TopicPartition, int]) -> None:
         if self._held and all(self._decoded[tp] >= end for tp, end in targets.items() if tp not in self._held):
-            consumer.resume(*self._held)
             self._held = []
 
     async def _start_consumer(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
@@ -247,10 +329,14 @@ class Projector:
             if not found:
                 raise RuntimeError(f"topic {name} does not exist: run `offload topics create` first")
             partitions.extend(TopicPartition(name, p) for p in found)
-        consumer.assign(partitions)
         async with conn.cursor() as cur:
             stored = await tracking.load(cur, PROJECTION)
         beginnings = await consumer.beginning_offsets(partitions)
+        # Assigned and positioned in one step: assigned first, the consumer would look up the latest offsets
+        # meanwhile and start a fetch there that waits out fetch_max_wait_ms before ours is sent (0.1-0.25 s
+        # before the first record of a replay, bench/replay.py).
+        consumer.assign(partitions)
+        self._partitions = partitions
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             if offset is None or offset < beginnings[tp]:  # never read, or expired by retention since
@@ -260,6 +346,12 @@ class Projector:
         return partitions
 
     def _decode(self, polled: dict[TopicPartition, list]) -> _Decoded:
+        if self.stats.first_record_at is None:
+            self.stats.first_record_at = time.monotonic()
+        with _collector_paused():
+            return self._decode_poll(polled)
+
+    def _decode_poll(self, polled: dict[TopicPartition, list]) -> _Decoded:
         events: list[Applied] = []
         positions: dict[tuple[str, int], int] = {}
         for tp, records in polled.items():
@@ -285,25 +377,29 @@ class Projector:
                 await model.apply(cur, polled.events)
             await tracking.save(cur, PROJECTION, polled.positions)
         self.stats.events += len(polled.events)
+        self.stats.last_commit_at = time.monotonic()
         self._next.update(polled.ends)
 
     async def _apply(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer, polled: dict,
                      targets: dict[TopicPartition, int]) -> None:
         """Apply ``polled``, then each poll already fetched after it, until none is or ``targets`` are reached.
 
-        Polls are committed one at a time and in order, but each is decoded while the previous one's transaction
-        runs in Postgres: decoding is most of the projector's own CPU, so on a backlog the two overlap.
+        Polls are committed one at a time and in order. Each commit is started as a task before the next piece is
+        decoded, but it runs only when the event loop gets a turn: while getmany waits for a fetch, not while it
+        hands over buffered records or a piece decodes, so on a backlog decoding and committing mostly take turns
+        (docs/scaling.md, Replay: making them overlap by decoding in slices was measured and not faster).
         """
         commit: asyncio.Task[None] | None = None
         try:
             while polled:
-                decoded = self._decode(polled)
-                if commit is not None:
-                    await commit
-                commit = asyncio.create_task(self._commit(conn, decoded))
+                for piece in _pieces(polled, LIVE_PIECE_BYTES if self._live else PIECE_BYTES):
+                    decoded = self._decode(piece)
+                    if commit is not None:
+                        await commit
+                    commit = asyncio.create_task(self._commit(conn, decoded))
                 if self._stop.is_set() or (targets and all(self._decoded[tp] >= e for tp, e in targets.items())):
                     break
-                self._release_batches(consumer, targets)
+                self._release_batches(targets)
                 polled = await self._poll(consumer)
             if commit is not None:
                 await commit

@@ -54,8 +54,9 @@ def header_items(headers: object) -> list[tuple[str, object]]:
 
 
 def header(headers: object, name: str) -> bytes | None:
-    """Look one header up."""
-    for key, value in header_items(headers):
+    """Look one header up (without copying them: the projector looks up every record's ce_type)."""
+    items = headers.items() if isinstance(headers, dict) else headers
+    for key, value in items or ():  # type: ignore[attr-defined]
         if key == name:
             return value if isinstance(value, bytes) else str(value).encode()
     return None

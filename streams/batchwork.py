@@ -8,7 +8,7 @@ neither imports the other.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from schemas.events import (
     BatchDispatched,
@@ -74,4 +74,19 @@ class BatchHandler(Protocol):
     """Does one job type's work for the recipients of a batch not yet served; returns whether it fell back."""
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        ...
+
+
+@runtime_checkable
+class OverlappingHandler(Protocol):
+    """A handler whose sends may outlast its intake, so the next batch can start sending before they end.
+
+    ``start`` returns once every message of the batch is composed and handed to its providers, none before
+    ``gate`` is set (the batches before have their outcomes in the log; composing may go ahead); the task it
+    returns ends once every recipient's outcome is recorded (or raises, after stopping the sends still out),
+    and says whether the batch fell back. How far two batches may overlap is streams.agents.batches' rule.
+    """
+
+    async def start(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder,
+                    gate: asyncio.Event | None = None) -> asyncio.Task[bool]:
         ...

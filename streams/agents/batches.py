@@ -6,17 +6,26 @@ every outcome, (4) emit BatchCompleted and mark the batch done. A batch that com
 reads its already recorded outcomes from the log (streams.ledger) and serves only the others; a batch that
 comes back after step 4 only repeats its BatchCompleted, which progress counts once.
 
-Pipelined: while one batch finishes (steps 3-4, returned by ``BatchRunner.serve`` as a ``Finish``), the next
-one is taken, decoded and noted (step 1), so the SMTP connections do not idle through BatchCompleted, the table
-mark, the ack and the next record's intake. The guarantees stay those of one batch at a time:
-- The agent takes its records without Faust's automatic ack and acks each one itself, only once its batch has
-  finished step 4, in record order; the consumer commits an offset only once every record before it was
-  acked, so a commit never passes a batch that has not finished.
-- A batch sends nothing (and reads its state back from the ledger) until the batch before it has every
-  outcome in the log (``Finish.durable``): at any moment the sends without a durable outcome, the only ones a
-  killed worker can repeat, belong to one batch; and a batch delivered twice in a row sees all of the first
-  delivery's outcomes.
-- At most two batches are in flight: one sending, one finishing.
+Pipelined: a batch's sends may still be out when the next batch starts. ``BatchRunner.serve`` does step 1 and
+starts step 2 (every message composed and handed to the SMTP/provider sessions) and returns the rest as a
+``Finish``: the end of the sends, then steps 3-4. The next batch is taken, noted and composed meanwhile, and its
+chunks queue behind this batch's last ones for the sessions, so no session idles across the boundary (nor
+through BatchCompleted, the table mark, the ack and the next record's intake). The guarantees:
+- Commits never pass an unfinished batch. The agent takes its records without Faust's automatic ack and acks
+  each one itself, only once its batch has finished step 4, in record order (each Finish runs after the one
+  before it); the consumer commits an offset only once every record before it was acked.
+- At most two batches send at once: batch k+1 is taken, noted and composed while k-1 and k still send, but
+  its first message goes out only once batch k-1 has every outcome in the log (step 3; its step 4 may still
+  run), and record k+2 is taken only after that. So the sends without a durable outcome (the only ones a
+  killed worker can repeat) belong to at most two consecutive batches, k and k+1: anything of k-1 or before
+  is in the log, and k+2 sends nothing yet. (Batches that send nothing, paused or dead-lettered, do not
+  count: the gate is the batch two before among those that have a Finish.) A killed worker
+  re-sends at most two batches' unrecorded sends (never anyone whose outcome is recorded: the batch served
+  again reads its outcomes back from the ledger first); the crash and fault tests hold it to that bound.
+- A batch delivered again while the batch before it (maybe its own first delivery) still sends reads its
+  recorded outcomes only once that batch's outcomes are all in the log (``Finish.durable``).
+- Sends that fail (a bug, an outcome that could not be produced) are stopped, what was recorded is flushed,
+  and the batch is served again from the ledger (``ctx.guarded`` retries, then dead-letters), as before.
 """
 
 from __future__ import annotations
@@ -29,8 +38,15 @@ from typing import cast
 import faust
 
 from schemas.envelope import UndecodableRecord, decode
-from schemas.events import BatchCompleted, BatchDispatched, FailedRecipient, RecipientFailed, RecipientOutcome
-from streams.batchwork import BatchHandler, OutcomeRecorder
+from schemas.events import (
+    BatchCompleted,
+    BatchDispatched,
+    FailedRecipient,
+    Recipient,
+    RecipientFailed,
+    RecipientOutcome,
+)
+from streams.batchwork import BatchHandler, OutcomeRecorder, OverlappingHandler
 from streams.context import StreamContext
 from streams.job_data import JobData
 from streams.state import BatchProgress
@@ -40,21 +56,34 @@ log = logging.getLogger(__name__)
 
 
 class Finish:
-    """Steps 3-4 of a batch whose work is done; ``durable`` is set once its outcomes are all in the log."""
+    """The rest of a batch once its work is handed out: the end of its sends, then steps 3-4. ``durable`` is set
+    once its outcomes are all in the log; ``failed`` once its sends failed (the batch must be served again)."""
 
-    def __init__(self, flush: Callable[[], Awaitable[None]], complete: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, sends: asyncio.Future[bool] | None, flush: Callable[[], Awaitable[None]],
+                 complete: Callable[[bool], Awaitable[None]]) -> None:
+        self._sends = sends
         self._flush = flush
         self._complete = complete
         self.durable = asyncio.Event()
+        self.failed = False
 
     async def __call__(self) -> None:
+        fell_back = False
+        if self._sends is not None:
+            try:
+                fell_back = await self._sends
+            except Exception:
+                self.failed = True
+                await self._flush()  # what was recorded stays recorded: the batch served again reads it back
+                raise
         await self._flush()
         self.durable.set()
-        await self._complete()
+        await self._complete(fell_back)
 
-
-async def _nothing() -> None:
-    return None
+    def abandon(self) -> None:
+        """Stop the sends still out (the worker stops serving this partition or exits)."""
+        if self._sends is not None:
+            self._sends.cancel()
 
 
 class BatchRunner:
@@ -63,20 +92,26 @@ class BatchRunner:
         self.handlers = handlers
         self.job_data = JobData(ctx.ledger)
         self.suppressions = SuppressionList(ctx.suppressions)
-        self._previous: Finish | None = None  # the batch served before this one, maybe still finishing
-
-    async def _previous_durable(self) -> None:
-        """Until the outcomes of the batch served before are all in the log (or it was given up)."""
-        if self._previous is not None:
-            await self._previous.durable.wait()
+        self._recent: list[Finish] = []  # the last two batches served that have a Finish, oldest first
 
     async def serve(self, message: faust.types.Message) -> Finish | None:
-        """Steps 1-2 of one batch (its work); returns steps 3-4, to run before the record is acked, and only
-        after the Finish of the batch served before it."""
-        finish = await self._serve(message)
+        """Step 1 and the start of step 2 of one batch; returns the rest, to run before the record is acked and
+        only after the Finish of the batch served before it.
+
+        The batch is taken, noted and composed at once, but its first send waits until the batch served two
+        before it has every outcome in the log (``gate``): only this batch and the one before it can then have
+        sends without a durable outcome."""
+        previous = self._recent[-1] if self._recent else None
+        gate = self._recent[-2].durable if len(self._recent) == 2 else None
+        finish = await self._serve(message, previous, gate)
         if finish is not None:
-            self._previous = finish
+            self._recent = [*self._recent[-1:], finish]
         return finish
+
+    async def serve_again(self, message: faust.types.Message) -> Finish | None:
+        """The same batch once more after its sends failed, from its recorded outcomes; every batch before it
+        has finished by then (its Finish runs after theirs), and the batch after it waits for this one."""
+        return await self._serve(message, None, None)
 
     async def _accept(self, message: faust.types.Message) -> tuple[BatchDispatched, BatchHandler] | None:
         """The batch and its job type's handler; None once a record that is neither was dead-lettered."""
@@ -94,7 +129,8 @@ class BatchRunner:
             return None
         return batch, handler
 
-    async def _serve(self, message: faust.types.Message) -> Finish | None:
+    async def _serve(self, message: faust.types.Message, previous: Finish | None,
+                     gate: asyncio.Event | None) -> Finish | None:
         accepted = await self._accept(message)
         if accepted is None:
             return None
@@ -113,46 +149,58 @@ class BatchRunner:
             recorder.sent_by, recorder.pacing = dict(state.sent_by), state.pacing
             recorder.suppressed = state.suppressed
 
-            async def repeat_completed() -> None:
+            async def repeat_completed(_fell_back: bool) -> None:
                 await self._complete(batch, recorder, failures, state.fell_back, source, succeeded=state.succeeded)
-            return Finish(_nothing, repeat_completed)
+            return Finish(None, recorder.flush, repeat_completed)
         if self.ctx.paused_jobs.get(batch.job_id) and not self.ctx.cancelled_jobs.get(batch.job_id):
             # Neither sent nor failed: JobResumed (or a cancel) sends this batch again (track-progress).
             log.info("batch %s waits: job %s is paused", key, batch.job_id)
             return None
-        recorded = await self._begin(batch, state, recorder)
+        recorded = await self._begin(batch, state, recorder, previous)
         remaining = [r for r in batch.recipients if r.userid not in recorded]
-        fell_back = False
-        if remaining and self.ctx.cancelled_jobs.get(batch.job_id):
-            for recipient in remaining:  # a retry may serve them later
-                await recorder.record(RecipientFailed(
-                    job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
-                    email=recipient.email, error="job cancelled before this batch ran", attempts=0, retryable=True,
-                ))
-        elif remaining:
-            # Learners on the company's suppression list get their outcome here and are not sent.
-            remaining = await self.suppressions.hold_back(batch, remaining, recorder)
-            if remaining:
-                fell_back = await handler.process(batch, remaining, recorder)
+        sends = await self._work(batch, handler, remaining, recorder, gate) if remaining else None
 
-        async def mark_and_complete() -> None:
+        async def mark_and_complete(fell_back: bool) -> None:
             table[key] = BatchProgress.done(recorder.succeeded, fell_back,
                                             [(f.userid, f.retryable) for f in recorder.failures],
                                             recorder.sent_by, recorder.pacing, recorder.suppressed).to_dict()
             await self._complete(batch, recorder, recorder.failures, fell_back, source,
                                  succeeded=recorder.succeeded)
-        return Finish(recorder.flush, mark_and_complete)
+        return Finish(sends, recorder.flush, mark_and_complete)
 
+    async def _work(self, batch: BatchDispatched, handler: BatchHandler, remaining: list[Recipient],
+                    recorder: OutcomeRecorder, gate: asyncio.Event | None) -> asyncio.Future[bool] | None:
+        """Step 2 handed out: the sends of those not yet served (None when none are sent), none before ``gate``."""
+        if self.ctx.cancelled_jobs.get(batch.job_id):
+            for recipient in remaining:  # a retry may serve them later
+                await recorder.record(RecipientFailed(
+                    job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=recipient.userid,
+                    email=recipient.email, error="job cancelled before this batch ran", attempts=0, retryable=True,
+                ))
+            return None
+        # Learners on the company's suppression list get their outcome here and are not sent.
+        remaining = await self.suppressions.hold_back(batch, remaining, recorder)
+        if not remaining:
+            return None
+        if isinstance(handler, OverlappingHandler):
+            return await handler.start(batch, remaining, recorder, gate)
+        if gate is not None:
+            await gate.wait()
+        sends = asyncio.get_running_loop().create_future()
+        sends.set_result(await handler.process(batch, remaining, recorder))
+        return sends
 
-    async def _begin(self, batch: BatchDispatched, state: BatchProgress | None,
-                     recorder: OutcomeRecorder) -> dict[int, RecipientOutcome]:
+    async def _begin(self, batch: BatchDispatched, state: BatchProgress | None, recorder: OutcomeRecorder,
+                     previous: Finish | None) -> dict[int, RecipientOutcome]:
         """The outcomes this batch recorded before a crash (counted into ``recorder``); on a first run none,
         once it is durably noted where the batch's outcomes will start in the log."""
         key = batch.kafka_key()
         if state is not None and state.stage == "started":
             assert state.partition is not None and state.offset is not None
-            # The batch may be this worker's previous one delivered again: read its outcomes once all are in.
-            await self._previous_durable()
+            # The batch may be this worker's previous one delivered again (maybe still sending): read its
+            # outcomes once all are in.
+            if previous is not None:
+                await previous.durable.wait()
             recorded = await self.ctx.ledger.recorded(
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
                 partition=state.partition, from_offset=state.offset,
@@ -166,7 +214,6 @@ class BatchRunner:
         offset = await self.ctx.ledger.end_offset(partition)
         self.ctx.batch_progress[key] = BatchProgress.started(partition, offset).to_dict()
         await self.ctx.app.producer.flush()  # the note must be durable before anyone is served
-        await self._previous_durable()  # one batch's sends at a time without a durable outcome
         return {}
 
     async def _complete(self, batch: BatchDispatched, recorder: OutcomeRecorder, failures: list[FailedRecipient],
@@ -212,36 +259,44 @@ def register(app: faust.App, ctx: StreamContext) -> None:
 
 
 async def run_pipelined(ctx: StreamContext, runner: BatchRunner, stream: faust.StreamT) -> None:
-    """Serve each batch record, overlapping its work with the finish of the one before (module docstring)."""
+    """Serve each batch record, its sends overlapping with those of the batch before (module docstring)."""
     manual = cast(faust.Stream, stream).noack()
-    previous: asyncio.Task[None] | None = None
-    finishing: asyncio.Task[None] | None = None
+    finishing: list[asyncio.Task[None]] = []  # the batches not yet acked, in record order
     try:
         async for event in manual.events():
+            # Returns once the batch's messages are handed to the sessions, which waits for the outcomes of the
+            # batch two before it to be in the log (BatchRunner.serve): the next record is taken only then.
             finish = await ctx.guarded(event.message, "process-batches", runner.serve)
-            previous, finishing = finishing, asyncio.create_task(
-                _finish_and_ack(ctx, manual, event, finish, after=previous))
-            if previous is not None:
-                await previous  # at most two batches in flight: this one finishing, the next one sending
-        if finishing is not None:
-            await finishing
+            finishing = [task for task in finishing if not task.done()]
+            finishing.append(asyncio.create_task(
+                _finish_and_ack(ctx, runner, manual, event, finish, after=finishing[-1] if finishing else None)))
+        if finishing:
+            await finishing[-1]
     finally:
-        for task in (previous, finishing):
-            if task is not None and not task.done():
+        for task in finishing:
+            if not task.done():
                 task.cancel()  # not acked: the batch is served again, from the ledger
 
 
-async def _finish_and_ack(ctx: StreamContext, stream: faust.StreamT, event: faust.EventT, finish: Finish | None, *,
-                          after: asyncio.Task[None] | None) -> None:
-    """Steps 3-4 of one batch, after those of the batch before it; then the ack that lets it be committed."""
+async def _finish_and_ack(ctx: StreamContext, runner: BatchRunner, stream: faust.StreamT, event: faust.EventT,
+                          finish: Finish | None, *, after: asyncio.Task[None] | None) -> None:
+    """The end of one batch's sends and its steps 3-4, after the batch before it has finished (so outcomes
+    become durable and records are acked in record order); then the ack that lets it be committed."""
+    current = finish
     try:
         if after is not None:
             await after
         if finish is not None:
-            async def run(_message: faust.types.Message) -> None:
-                await finish()
+            async def run(message: faust.types.Message) -> None:
+                nonlocal current
+                if current is not None and current.failed:  # its sends failed: once more, from the ledger
+                    current = await runner.serve_again(message)
+                if current is not None:
+                    await current()
             await ctx.guarded(event.message, "process-batches", run)
     finally:
-        if finish is not None:
-            finish.durable.set()  # done, given up (dead-lettered) or cancelled: the next batch may go on
+        for each in (finish, current):
+            if each is not None:
+                each.abandon()  # cancelled (or given up): no sends left running for a batch nobody finishes
+                each.durable.set()  # done, given up (dead-lettered) or cancelled: a batch waiting may go on
     await stream.ack(event)

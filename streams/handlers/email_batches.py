@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 
 from adapters.email.base import EmailProvider, OutgoingEmail
 from adapters.email.breaker import CircuitChange
@@ -41,10 +42,21 @@ from streams.templates import CompanyTemplates, TemplateUnavailable
 
 log = logging.getLogger(__name__)
 
-# Learners composed before their sends start (see EmailBatchHandler.process).
+# Learners composed before their sends start (see EmailBatchHandler.start).
 _SEND_CHUNK = 25
 # Providers whose API takes many learners in one call: the whole batch goes to them as one chunk.
 _BATCH_FORM = frozenset({"sendgrid", "mailgun"})
+
+
+async def _no_fallback() -> bool:
+    return False
+
+
+async def _stop(tasks: list[asyncio.Task[DeliveryReport]]) -> None:
+    """Cancel the chunks still sending and wait until they have stopped."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -137,18 +149,71 @@ class EmailBatchHandler:
                    ctx.company_templates)
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        """The whole batch: composed, sent, each outcome recorded; whether it fell back."""
+        return await (await self.start(batch, recipients, recorder))
+
+    async def start(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder,
+                    gate: asyncio.Event | None = None) -> asyncio.Task[bool]:
+        """Compose the batch and hand every chunk to the providers, none before ``gate`` is set (the chunks
+        composed meanwhile wait, so the sessions find them ready); the task returned ends once every learner's
+        outcome is recorded (streams.batchwork.OverlappingHandler), and says whether the batch fell back."""
         template = await self.templates.wait_for_batch(batch)
         if isinstance(template, TemplateUnavailable):
             for recipient in recipients:
                 await recorder.record(self._failed(batch, recipient, template.error, attempts=0,
                                                    retryable=template.retryable))
-            return False
+            return asyncio.ensure_future(_no_fallback())
         by_key: dict[str, Recipient] = {}
         message_ids: dict[str, str] = {}
         primary, fallback = self.providers.for_batch(batch)
         chunk_size = len(recipients) if primary.name in _BATCH_FORM else _SEND_CHUNK
         breaker = self.providers.breaker_for(batch)
+        on_result = self._on_result(batch, recorder, by_key, message_ids)
 
+        # Each chunk starts sending as soon as it is composed, so composing the next one (CPU) overlaps with
+        # the SMTP round trips of this one instead of the sessions idling until the whole batch is composed.
+        # The chunks wait for SMTP sessions in the order they were handed over (SmtpProvider), so a batch
+        # started while this one's last chunks are out queues behind them and takes each session they free.
+        reports: list[asyncio.Task[DeliveryReport]] = []
+        chunk: list[OutgoingEmail] = []
+        held: list[list[OutgoingEmail]] = []  # composed before the gate opened
+
+        def hand_out(messages: list[OutgoingEmail]) -> None:
+            reports.append(asyncio.ensure_future(
+                deliver(messages, primary=primary, fallback=fallback, policy=self.policy, on_result=on_result,
+                        breaker=breaker)
+            ))
+
+        try:
+            for position, recipient in enumerate(recipients, 1):
+                message = self._compose_or_why_not(batch, recipient, template)
+                if isinstance(message, str):
+                    await recorder.record(self._failed(batch, recipient, message, attempts=0, retryable=False))
+                else:
+                    chunk.append(message)
+                    by_key[message.key] = recipient
+                    message_ids[message.key] = message.message_id
+                if chunk and (len(chunk) == chunk_size or position == len(recipients)):
+                    held.append(chunk)
+                    chunk = []
+                    if gate is None or gate.is_set():
+                        for ready in held:
+                            hand_out(ready)
+                        held = []
+                    await asyncio.sleep(0)  # let the chunk's first sends go out before composing on
+            if held:
+                assert gate is not None
+                await gate.wait()
+                for ready in held:
+                    hand_out(ready)
+        except BaseException:
+            await _stop(reports)  # a bug or a cancel: no sends left running for a batch nobody finishes
+            raise
+        return asyncio.ensure_future(self._settle(batch, primary, fallback, reports, recorder))
+
+    def _on_result(self, batch: BatchDispatched, recorder: OutcomeRecorder, by_key: dict[str, Recipient],
+                   message_ids: dict[str, str]) -> Callable[[FinalResult], Awaitable[None]]:
+        """Records each learner's outcome the moment delivery knows it."""
         async def on_result(result: FinalResult) -> None:
             recipient = by_key[result.key]
             if result.sent:
@@ -162,35 +227,18 @@ class EmailBatchHandler:
                 await recorder.record(self._failed(batch, recipient, result.error or "failed",
                                                    attempts=result.attempts, retryable=result.retryable,
                                                    provider=result.provider))
+        return on_result
 
-        # Each chunk starts sending as soon as it is composed, so composing the next one (CPU) overlaps with
-        # the SMTP round trips of this one instead of the sessions idling until the whole batch is composed.
-        reports: list[asyncio.Task[DeliveryReport]] = []
-        chunk: list[OutgoingEmail] = []
-        async with asyncio.TaskGroup() as sending:
-            for position, recipient in enumerate(recipients, 1):
-                problem = address_problem(recipient.email)
-                error = f"unusable address: {problem}" if problem else None
-                if error is None:
-                    try:
-                        message = self._compose(batch, recipient, template)
-                    except (TemplateRenderError, UnknownTemplate) as exc:
-                        error = f"template error: {exc}"
-                if error is not None:
-                    await recorder.record(self._failed(batch, recipient, error, attempts=0, retryable=False))
-                else:
-                    chunk.append(message)
-                    by_key[message.key] = recipient
-                    message_ids[message.key] = message.message_id
-                if chunk and (len(chunk) == chunk_size or position == len(recipients)):
-                    reports.append(sending.create_task(
-                        deliver(chunk, primary=primary, fallback=fallback, policy=self.policy, on_result=on_result,
-                                breaker=breaker)
-                    ))
-                    chunk = []
-                    await asyncio.sleep(0)  # let the chunk's first sends go out before composing on
+    async def _settle(self, batch: BatchDispatched, primary: EmailProvider, fallback: EmailProvider | None,
+                      reports: list[asyncio.Task[DeliveryReport]], recorder: OutcomeRecorder) -> bool:
+        """Once every chunk is delivered: the batch's pacing, breaker changes and fallback on record."""
+        try:
+            done = await asyncio.gather(*reports)
+        except BaseException:
+            await _stop(reports)  # one chunk failed (a bug, an outcome that could not be produced) or cancelled
+            raise
         recorder.pacing = primary.describe() if isinstance(primary, PacedProvider) else None
-        fell_back = [task.result() for task in reports if task.result().fell_back]
+        fell_back = [report for report in done if report.fell_back]
         # Openings and closings of any breaker since the last batch, made durable with this batch's outcomes.
         for change in self.providers.breakers.drain():
             await recorder.record_event(circuit_event(change))
@@ -200,6 +248,17 @@ class EmailBatchHandler:
                 to_provider=fallback.name, reason=fell_back[0].fallback_reason or "cloud provider unavailable",
             ))
         return bool(fell_back)
+
+    def _compose_or_why_not(self, batch: BatchDispatched, recipient: Recipient,
+                            template: EmailTemplate) -> OutgoingEmail | str:
+        """The learner's message, or why there is none (an unusable address, a template that cannot render)."""
+        problem = address_problem(recipient.email)
+        if problem:
+            return f"unusable address: {problem}"
+        try:
+            return self._compose(batch, recipient, template)
+        except (TemplateRenderError, UnknownTemplate) as exc:
+            return f"template error: {exc}"
 
     def _compose(self, batch: BatchDispatched, recipient: Recipient, template: EmailTemplate) -> OutgoingEmail:
         headers = None

@@ -1,6 +1,7 @@
 """The worker's committed offsets on the batches topic never pass a batch that has not finished, while the next
-batch's work overlaps with the previous one's finish (streams.agents.batches): a batch record below a committed
-offset always has its BatchCompleted in the log. Held mid-batch, the commits still advance up to that batch."""
+batch's sends overlap with the previous one's last sends and its finish (streams.agents.batches): a batch record
+below a committed offset always has its BatchCompleted in the log. Held mid-batch (the batch after it already
+taken and queued behind it), the commits still advance up to that batch, and no further."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import json
@@ -84,6 +85,36 @@ async def test_every_recipient_gets_exactly_its_own_message(sink: DevMailSink, s
         assert got.raw == msg.raw and got.message_id == msg.message_id and got.mail_from == MAIL_FROM
         parsed = email.message_from_bytes(got.raw, policy=email.policy.default)
         assert parsed["To"].addresses[0].display_name == msg.to_name
+
+
+async def test_lines_starting_with_a_dot_arrive_unchanged(sink: DevMailSink, smtp: SmtpProvider) -> None:
+    # The SMTP adapter writes DATA itself (dot-stuffing and the end mark): the server must get the bytes back.
+    base = outgoing(1)
+    raw = base.raw.replace(b"\r\n\r\n", b"\r\n\r\n.one dot\r\n..two dots\r\n.\r\n", 1)
+    message = dataclasses.replace(base, raw=raw)
+    (result,) = await smtp.send_batch([message])
+    assert result.outcome is Outcome.SENT
+    (got,) = sink.by_recipient()[message.to_address]
+    assert got.raw == raw
+
+
+async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(sink: DevMailSink) -> None:
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=0.5)
+    await provider.start()
+    try:
+        sink.hold_after(0)  # DATA is never answered until released
+        (result,) = await provider.send_batch([outgoing(1)])
+        assert (result.outcome, result.error) == (Outcome.RETRY, "timeout waiting for the smtp server")
+        sink.release()
+        (again,) = await provider.send_batch([outgoing(2)])
+        assert again.outcome is Outcome.SENT
+        wait = asyncio.get_running_loop().time() + 10
+        while address_of(2) not in sink.by_recipient() and asyncio.get_running_loop().time() < wait:
+            await asyncio.sleep(0.01)
+        assert address_of(2) in sink.by_recipient()
+    finally:
+        sink.release()
+        await provider.stop()
 
 
 async def test_smtp_reply_codes_map_to_outcomes(sink: DevMailSink, smtp: SmtpProvider) -> None:

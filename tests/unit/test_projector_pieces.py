@@ -1,0 +1,102 @@
+"""A poll is decoded and committed in pieces (projections.projector._pieces), each decoded while the one before
+commits. The pieces must hand over every record once, each partition's records in order, and leave the same
+events and the same offsets to store as decoding the poll whole; and the collector pause must leave the
+collector as it found it."""
+
+from __future__ import annotations
+
+import gc
+from datetime import UTC, datetime
+
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config.settings import Settings
+from projections.projector import Projector, ProjectorStats, _collector_paused, _pieces
+from schemas.envelope import encode
+from schemas.events import RecipientFailed, RecipientSent
+
+T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+
+def record(tp: TopicPartition, offset: int, userid: int, padding: int) -> ConsumerRecord:
+    """A real outcome record as aiokafka hands it over; ``padding`` makes its value longer."""
+    if userid % 7 == 0:
+        event: RecipientSent | RecipientFailed = RecipientFailed(
+            job_id="pieces", batch_no=0, userid=userid, email=f"l{userid}@example.org", provider="smtp",
+            error="550 " + "x" * padding, attempts=1, retryable=False, failed_at=T0)
+    else:
+        event = RecipientSent(job_id="pieces", batch_no=0, userid=userid, email=f"l{userid}@example.org",
+                              provider="smtp", message_id=f"<{userid}{'y' * padding}@x>", attempts=1, sent_at=T0)
+    encoded = encode(event)
+    return ConsumerRecord(tp.topic, tp.partition, offset, 1_764_568_800_000 + offset, 0, encoded.key,
+                          encoded.value, None, len(encoded.key), len(encoded.value), tuple(encoded.headers))
+
+
+polls = st.lists(st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=40),
+                 min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(polls, st.integers(min_value=1, max_value=20_000))
+def test_pieces_hand_over_every_record_once_in_order_and_near_the_size(paddings: list[list[int]], size: int) -> None:
+    polled = {}
+    for p, pads in enumerate(paddings):
+        tp = TopicPartition("t.outcomes", p)
+        polled[tp] = [record(tp, 100 + i, 1 + p * 1000 + i, pad) for i, pad in enumerate(pads)]
+
+    pieces = list(_pieces(polled, size))
+
+    assert all(piece and all(piece.values()) for piece in pieces), "no empty piece, no empty partition slice"
+    for tp, records in polled.items():
+        assert [r for piece in pieces for r in piece.get(tp, [])] == records
+    for piece in pieces:
+        values = [len(r.value) for records in piece.values() for r in records]
+        assert sum(values[:-1]) < size, "a piece ends at the record that reaches the size"
+
+
+@settings(max_examples=30, deadline=None)
+@given(polls, st.integers(min_value=1, max_value=20_000))
+def test_decoding_the_pieces_gives_the_events_and_offsets_of_the_whole_poll(paddings: list[list[int]],
+                                                                            size: int) -> None:
+    polled = {}
+    for p, pads in enumerate(paddings):
+        tp = TopicPartition("t.outcomes", p)
+        polled[tp] = [record(tp, 100 + i, 1 + p * 1000 + i, pad) for i, pad in enumerate(pads)]
+    settings_ = Settings(environment="test", kafka_bootstrap_servers="127.0.0.1:1", database_url="postgresql://x@y/z")
+
+    whole = Projector(settings_)._decode(polled)
+    piecewise = Projector(settings_)
+    events, positions = [], {}
+    for piece in _pieces(polled, size):
+        decoded = piecewise._decode(piece)
+        events.extend(decoded.events)
+        positions.update(decoded.positions)  # stored after each piece's commit, in order: the last one stands
+
+    assert sorted(events, key=lambda e: (e[0].partition, e[0].offset)) == \
+        sorted(whole.events, key=lambda e: (e[0].partition, e[0].offset))
+    assert positions == whole.positions == {(tp.topic, tp.partition): records[-1].offset + 1
+                                            for tp, records in polled.items()}
+
+
+def test_the_collector_is_paused_while_a_poll_decodes_and_left_as_it_was() -> None:
+    assert gc.isenabled()
+    with _collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "a caller that had it off keeps it off"
+    finally:
+        gc.enable()
+
+
+def test_steady_rate_counts_from_the_first_record_to_the_last_commit() -> None:
+    stats = ProjectorStats(events=50_000, seconds=2.0, first_record_at=10.0, last_commit_at=11.25)
+    assert stats.per_second == 25_000
+    assert stats.steady_per_second == 40_000
+    assert ProjectorStats(events=0, seconds=1.0).steady_per_second == 0.0  # nothing read
