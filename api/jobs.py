@@ -133,16 +133,21 @@ async def job_recipients(request: web.Request) -> web.Response:
                           "offset": offset, "next_offset": offset + len(rows) if len(rows) == limit else None})
 
 
+def _reason_of(request: web.Request) -> str | None:
+    """The optional ``reason`` of a cancel or resume request's JSON body."""
+    reason = params.json_object(body_of(request), required=False).get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise ApiError(422, "invalid_field", "reason must be a string of at most 500 characters")
+    return reason
+
+
 @routes.post("/api/v1/jobs/{job_id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     state, caller = state_of(request), caller_of(request)
     job = await _visible_job(state, caller, params.job_id(request))
     if job["status"] in FINISHED:
         raise ApiError(409, "job_finished", f"the job is already {job['status']}")
-    body = params.json_object(body_of(request), required=False)
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-        raise ApiError(422, "invalid_field", "reason must be a string of at most 500 characters")
+    reason = _reason_of(request)
     event = JobCancelled(job_id=job["_id"], company_id=job["company_id"], requested_by=caller.key_id,
                          reason=reason)
     await state.publisher.send_and_wait(event)
@@ -157,10 +162,7 @@ async def resume_job(request: web.Request) -> web.Response:
     pause = await pause_of(state.store, job["_id"])
     if job["status"] in FINISHED or not (pause and pause["paused"]):
         raise ApiError(409, "job_not_paused", f"only a paused job can be resumed; this one is {job['status']}")
-    body = params.json_object(body_of(request), required=False)
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-        raise ApiError(422, "invalid_field", "reason must be a string of at most 500 characters")
+    reason = _reason_of(request)
     event = JobResumed(job_id=job["_id"], company_id=job["company_id"], requested_by=caller.key_id, reason=reason)
     await state.publisher.send_and_wait(event)
     return json_response({"job_id": job["job_id"], "status": "resume_requested",

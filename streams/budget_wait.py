@@ -36,7 +36,7 @@ from eventlog.publisher import partition_for
 from schemas.events import JobCompleted, JobRejected, JobRequested, Problem
 from schemas.intake import validate_request
 from streams.context import StreamContext
-from streams.ledger import RecordGone
+from streams.log_reader import RecordGone
 from streams.state import Stored, _check_keys
 
 log = logging.getLogger(__name__)

@@ -86,20 +86,14 @@ async def cancel(request: web.Request) -> web.Response:
 
 @routes.post(PREFIX + "/jobs/{job_id}/resume")
 async def resume(request: web.Request) -> web.Response:
-    session, form = await require_post(request)
-    state = request.app[STATE]
-    job_id = request.match_info["job_id"][:128]
-    job = await load_job(state, job_id)
-    if job is None:
-        raise web.HTTPNotFound(text="no such job")
-    back = f"{PREFIX}/jobs/{job_id}"
-    if not job["can_resume"]:
-        raise web.HTTPSeeOther(f"{back}?notice=job_not_paused")
-    reason = form.get("reason", "").strip()[:500] or None
-    await state.publisher.send_and_wait(JobResumed(job_id=job_id, company_id=job["company_id"],
-                                                   requested_by=f"ui:{session.key_id}", reason=reason))
-    log.info("UI: resume of job %s requested by %s", job_id, session.key_id)
-    raise web.HTTPSeeOther(f"{back}?notice=resume_requested")
+    action = await _job_action(request)
+    if not action.job["can_resume"]:
+        action.back("job_not_paused")
+    reason = action.form.get("reason", "").strip()[:500] or None
+    await action.state.publisher.send_and_wait(JobResumed(
+        job_id=action.job_id, company_id=action.job["company_id"], requested_by=action.requested_by, reason=reason))
+    log.info("UI: resume of job %s requested by %s", action.job_id, action.session.key_id)
+    action.back("resume_requested")
 
 
 _DECIMAL = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")  # ASCII digits only; anything else fails validation as typed

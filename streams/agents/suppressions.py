@@ -13,9 +13,9 @@ import logging
 
 import faust
 
-from schemas.envelope import UndecodableRecord, decode
 from schemas.events.suppression import RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
 from streams.agents.callbacks import CallbackScheduler
+from streams.agents.table_copies import register_table_copy
 from streams.context import StreamContext
 from streams.suppressions import SuppressionList
 
@@ -25,16 +25,8 @@ log = logging.getLogger(__name__)
 def register(app: faust.App, ctx: StreamContext, callbacks: CallbackScheduler) -> None:
     suppressions = SuppressionList(ctx.suppressions)
 
-    async def apply_one(message: faust.types.Message) -> None:
-        try:
-            event = decode(message.value, message.headers)
-        except UndecodableRecord as exc:
-            await ctx.dead_letter(message, str(exc), "apply-suppressions")
-            return
-        if not isinstance(event, RecipientUnsubscribed | SuppressionAdded | SuppressionRemoved):
-            await ctx.dead_letter(message, f"unexpected {type(event).__name__} on the suppressions topic",
-                                  "apply-suppressions")
-            return
+    async def apply_one(event: RecipientUnsubscribed | SuppressionAdded | SuppressionRemoved,
+                        _message: faust.types.Message) -> None:
         suppressions.apply(event)
         log.info("suppression list of company %s: %s %s", event.company_id, type(event).__name__, event.subject())
         if isinstance(event, RecipientUnsubscribed):
@@ -44,8 +36,5 @@ def register(app: faust.App, ctx: StreamContext, callbacks: CallbackScheduler) -
             else:
                 callbacks.queue_unsubscribe(event, url)
 
-    # concurrency=1: with more, faust-streaming can commit past an in-flight message (#606).
-    @app.agent(ctx.suppression_events, name="apply-suppressions", concurrency=1)
-    async def apply_suppressions(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await ctx.guarded(event.message, "apply-suppressions", apply_one)
+    register_table_copy(app, ctx, ctx.suppression_events, name="apply-suppressions", what="suppressions",
+                        kinds=(RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved), apply=apply_one)

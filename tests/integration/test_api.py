@@ -134,6 +134,9 @@ def test_company_settings_are_read_from_postgres_and_changed_by_events(api_setti
         assert k7.post("/api/v1/jobs", job).status == 202
         assert k7.get("/api/v1/jobs/api-unrouted").body["status"] == "submitted"
         assert k8.get("/api/v1/jobs/api-unrouted").code == "job_not_found"
+        for bad_reason in (5, "x" * 501):
+            refused = k7.post("/api/v1/jobs/api-unrouted/cancel", {"reason": bad_reason})
+            assert (refused.status, refused.code) == (422, "invalid_field"), refused.body
         cancel = k7.post("/api/v1/jobs/api-unrouted/cancel", {"reason": "sent by mistake"})
         assert (cancel.status, cancel.body["status"]) == (202, "cancel_requested")
     changes = [e for e in events(settings, "company-settings") if isinstance(e, CompanySettingsChanged)]

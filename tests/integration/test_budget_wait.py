@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from api.store import progress
-from devtools.provider_servers import SendGridServer
-from offload.client import cancel_job, change_company_settings, submit_job
+from offload.client import cancel_job, submit_job
 from schemas.events import JobAccepted, JobCompleted, JobWaitingForBudget
+from tests.support.budget import sendgrid_budget_stack
 from tests.support.observe import events, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -20,16 +20,10 @@ SG_KEY = "SG.budget-wait-key"
 def test_a_job_over_budget_waits_visibly_until_the_budget_is_raised_then_goes_to_the_cloud(
     settings_factory, topics_for, processes, job_factory, mail_sink
 ):
-    with SendGridServer(api_key=SG_KEY) as server:
-        settings = settings_factory(smtp_port=mail_sink.port, sendgrid_api_key=SG_KEY,
-                                    sendgrid_base_url=server.base_url, budget_recheck_seconds=0.5)
-        topics_for(settings)
-        # SendGrid's default price: $0.90 per 1,000, so 50 learners ~ $0.045 and 10 more would make $0.054.
-        company = dict(cloud_enabled=True, use_cloud_for_emails=True, user_threshold=1, email_provider="sendgrid",
-                       over_budget="wait")
-        asyncio.run(change_company_settings(settings, 7, monthly_budget=0.05, **company))
-        processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
-        processes("projector", settings)
+    # SendGrid's default price: $0.90 per 1,000, so 50 learners ~ $0.045 and 10 more would make $0.054.
+    with sendgrid_budget_stack(settings_factory, topics_for, processes, mail_sink, api_key=SG_KEY,
+                               monthly_budget=0.05) as stack:
+        settings, server = stack.settings, stack.sendgrid
         asyncio.run(submit_job(settings, job_factory("within", 50)))
         wait_for_job(settings, "within")
         asyncio.run(submit_job(settings, job_factory("waits", 10, start=100)))
@@ -49,7 +43,7 @@ def test_a_job_over_budget_waits_visibly_until_the_budget_is_raised_then_goes_to
         wait_for_job(settings, "given-up", status="cancelled")
         assert len(server.delivered) == 50 and mail_sink.count() == 0  # nothing of the waiting jobs went out
 
-        raised = asyncio.run(change_company_settings(settings, 7, monthly_budget=1.0, **company))
+        raised = stack.set_budget(1.0)
         done = wait_for_job(settings, "waits")
 
         assert (done["route"], done["provider"], done["succeeded"], done["failed"]) == ("cloud", "sendgrid", 10, 0)

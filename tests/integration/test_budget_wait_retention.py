@@ -9,10 +9,10 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from devtools.provider_servers import SendGridServer
 from eventlog.topics import offsets_of
-from offload.client import change_company_settings, submit_job
+from offload.client import submit_job
 from schemas.events import JobAccepted, JobRejected
+from tests.support.budget import sendgrid_budget_stack
 from tests.support.observe import events, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -33,17 +33,10 @@ async def delete_requests_so_far(settings) -> None:
 def test_a_wait_whose_request_retention_deleted_is_rejected_and_the_waits_after_it_still_go(
     settings_factory, topics_for, processes, job_factory, mail_sink
 ):
-    with SendGridServer(api_key=SG_KEY) as server:
-        settings = settings_factory(smtp_port=mail_sink.port, sendgrid_api_key=SG_KEY,
-                                    sendgrid_base_url=server.base_url, budget_recheck_seconds=0.5)
-        topics_for(settings)
-        # SendGrid's default price: $0.90 per 1,000, so 10 learners ~ $0.009: over a $0.005 budget.
-        company = dict(cloud_enabled=True, use_cloud_for_emails=True, user_threshold=1, email_provider="sendgrid",
-                       over_budget="wait")
-        asyncio.run(change_company_settings(settings, 7, monthly_budget=0.005, **company))
-        worker = processes("worker", settings)
-        worker.wait_for_log("company 7 settings", timeout=30)
-        processes("projector", settings)
+    # SendGrid's default price: $0.90 per 1,000, so 10 learners ~ $0.009: over a $0.005 budget.
+    with sendgrid_budget_stack(settings_factory, topics_for, processes, mail_sink, api_key=SG_KEY,
+                               monthly_budget=0.005) as stack:
+        settings, server, worker = stack.settings, stack.sendgrid, stack.worker
         asyncio.run(submit_job(settings, job_factory("outlived", 10)))
         wait_for_job(settings, "outlived", status="waiting")
         asyncio.run(delete_requests_so_far(settings))
@@ -57,7 +50,7 @@ def test_a_wait_whose_request_retention_deleted_is_rejected_and_the_waits_after_
         assert "is no longer in the log" in problem["message"]
         worker.wait_for_log("job outlived: the job waited for its monthly budget", timeout=30)
 
-        asyncio.run(change_company_settings(settings, 7, monthly_budget=1.0, **company))
+        stack.set_budget(1.0)
         done = wait_for_job(settings, "after-it")
         assert (done["route"], done["provider"], done["succeeded"], done["failed"]) == ("cloud", "sendgrid", 10, 0)
         jobs = events(settings, "jobs")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,12 +18,12 @@ from projections import callbacks as callbacks_model
 from projections import projector
 from schemas.events import CallbackDelivered, CallbackFailed
 from streams.agents.callbacks import TABLE
+from tests.support.moodle_php import php_reads_callback
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, wait_for
 
 pytestmark = pytest.mark.integration
 
-CLIENT = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
 KEY_ID, SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
 
 
@@ -57,15 +55,7 @@ def project(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def php_verifies(received, tmp_path: Path) -> bool:
-    php_bin = shutil.which("php")
-    assert php_bin, "php-cli is not installed (apt-get install -y php-cli; .ci/run installs it)"
-    spec = tmp_path / "callback.json"
-    spec.write_text(json.dumps({"headers": received.headers, "method": "POST", "path": received.path,
-                                "body": received.body.decode(), "secrets": {KEY_ID: SECRET}}))
-    done = subprocess.run([php_bin, str(CLIENT), "", "", "", "verify-callback", str(spec)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["valid"]
+    return php_reads_callback("verify-callback", received, {KEY_ID: SECRET}, tmp_path)["valid"]
 
 
 def test_callbacks_are_signed_retried_while_moodle_is_down_and_survive_a_worker_crash(

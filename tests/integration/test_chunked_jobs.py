@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from devtools.provider_servers import SendGridServer
-from offload.client import cancel_job, change_company_settings, submit_job
+from offload.client import cancel_job, submit_job
 from schemas.chunking import chunk_digest, job_digest
 from schemas.events import ChunkedJobExpired, JobCompleted, JobRejected, RecipientChunkReceived
 from tests.support.api import ApiServer, SignedClient, api_keys, without_api_keys
+from tests.support.budget import sendgrid_budget_stack
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, wait_for, wait_for_job
 
@@ -183,16 +183,10 @@ def test_the_php_client_sends_a_job_above_its_chunk_size_in_parts(settings_facto
 
 def test_a_chunked_job_over_budget_waits_then_goes_and_one_cancelled_while_waiting_counts_its_learners(
         settings_factory, topics_for, processes, job_factory, mail_sink):
-    with SendGridServer(api_key=SG_KEY) as server:
-        settings = settings_factory(smtp_port=mail_sink.port, sendgrid_api_key=SG_KEY,
-                                    sendgrid_base_url=server.base_url, budget_recheck_seconds=0.5)
-        topics_for(settings)
-        # SendGrid's default price: $0.90 per 1,000: 50 learners ~ $0.045, 10 more would make $0.054.
-        company = dict(cloud_enabled=True, use_cloud_for_emails=True, user_threshold=1, email_provider="sendgrid",
-                       over_budget="wait")
-        asyncio.run(change_company_settings(settings, 7, monthly_budget=0.05, **company))
-        processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
-        processes("projector", settings)
+    # SendGrid's default price: $0.90 per 1,000: 50 learners ~ $0.045, 10 more would make $0.054.
+    with sendgrid_budget_stack(settings_factory, topics_for, processes, mail_sink, api_key=SG_KEY,
+                               monthly_budget=0.05) as stack:
+        settings, server = stack.settings, stack.sendgrid
         asyncio.run(submit_job(settings, job_factory("within", 50, callback_url=None), chunk_size=20))
         wait_for_job(settings, "within")
         asyncio.run(submit_job(settings, job_factory("waits", 10, start=100, callback_url=None), chunk_size=4))
@@ -203,7 +197,7 @@ def test_a_chunked_job_over_budget_waits_then_goes_and_one_cancelled_while_waiti
         wait_for_job(settings, "given-up", status="cancelled")
         assert len(server.delivered) == 50
 
-        asyncio.run(change_company_settings(settings, 7, monthly_budget=1.0, **company))
+        stack.set_budget(1.0)
         done = wait_for_job(settings, "waits")
         assert (done["route"], done["succeeded"], done["failed"]) == ("cloud", 10, 0)
         assert "waited for the monthly budget since" in done["route_reason"]

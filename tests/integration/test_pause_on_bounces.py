@@ -7,9 +7,8 @@ import html
 import http.cookiejar
 import json
 import re
-import shutil
-import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -18,9 +17,10 @@ import pytest
 from content.email import message_id_for
 from offload.client import submit_job
 from schemas.events import CallbackDelivered, JobCompleted, JobPaused
-from tests.integration.test_callbacks import CLIENT, KEY_ID, SECRET
+from tests.integration.test_callbacks import KEY_ID, SECRET
 from tests.support.api import ApiProcess, SignedClient, api_keys
 from tests.support.jobs import job_payload
+from tests.support.moodle_php import php_reads_callback
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, wait_for, wait_for_job
 from tests.unit.test_webhooks import mailgun_signature
@@ -52,15 +52,7 @@ class AdminBrowser:
 
 def php_pause_from(received, tmp_path) -> dict:
     """What Moodle's PHP client makes of a callback: verifies it, then OffloadClient::pauseFrom."""
-    php_bin = shutil.which("php")
-    assert php_bin, "php-cli is not installed (apt-get install -y php-cli; .ci/run installs it)"
-    spec = tmp_path / "callback.json"
-    spec.write_text(json.dumps({"headers": received.headers, "method": "POST", "path": received.path,
-                                "body": received.body.decode(), "secrets": {KEY_ID: SECRET}}))
-    done = subprocess.run([php_bin, str(CLIENT), "", "", "", "pause-callback", str(spec)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return php_reads_callback("pause-callback", received, {KEY_ID: SECRET}, tmp_path)
 
 
 MAILGUN_KEY = "mailgun-signing-key-0123456789"
@@ -131,6 +123,9 @@ def test_bounces_above_the_threshold_pause_the_job_until_resumed_and_nobody_is_s
     page = admin.get("/ui/jobs/pause-job")
     assert f"Paused: {html.escape(paused.reason)}" in page and 'id="resume-button"' in page
     assert '<span class="badge badge-paused">paused</span>' in admin.get("/ui/jobs?status=paused")
+    for bad_reason in (5, "x" * 501):
+        refused = client.post("/api/v1/jobs/pause-job/resume", {"reason": bad_reason})
+        assert (refused.status, refused.code) == (422, "invalid_field"), refused.body
     assert admin.post("/ui/jobs/pause-job/resume", {"reason": "bad list cleaned"}).endswith(
         "/ui/jobs/pause-job?notice=resume_requested")
     job = wait_for_job(settings, "pause-job", timeout=120)
@@ -138,6 +133,11 @@ def test_bounces_above_the_threshold_pause_the_job_until_resumed_and_nobody_is_s
     assert client.get("/api/v1/jobs/pause-job").body["pause"]["paused"] is False
     assert client.get("/api/v1/jobs?status=paused").body["total"] == 0
     assert client.post("/api/v1/jobs/pause-job/resume").status == 409
+    assert admin.post("/ui/jobs/pause-job/resume", {"reason": "again"}).endswith(
+        "/ui/jobs/pause-job?notice=job_not_paused")
+    with pytest.raises(urllib.error.HTTPError) as unknown:
+        admin.post("/ui/jobs/no-such-job/resume", {"reason": "x"})
+    assert unknown.value.code == 404
     counts = mail_sink.recipient_counts()
     assert len(counts) == 60 and set(counts.values()) == {1}, counts
 

@@ -8,8 +8,6 @@ import asyncio
 import email
 import json
 import re
-import shutil
-import subprocess
 import time
 from email.message import Message
 from pathlib import Path
@@ -23,13 +21,13 @@ from offload.client import submit_job
 from offload.replay import replay
 from schemas.events.suppression import RecipientSuppressed, RecipientUnsubscribed, SuppressionAdded, SuppressionRemoved
 from tests.support.api import ApiServer, SignedClient, api_keys, send, without_api_keys
+from tests.support.moodle_php import php_reads_callback
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, read_models, wait_for, wait_for_job
 from tests.unit.test_webhooks import mailgun_signature
 
 pytestmark = pytest.mark.integration
 
-CLIENT = Path(__file__).resolve().parents[2] / "clients" / "moodle" / "example.php"
 
 K7, K7_SECRET = "moodle-7", "moodle-7-api-secret-0123456789abcdef"
 CB, CB_SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
@@ -78,15 +76,7 @@ def form_post(base: str, path: str, body: bytes) -> tuple[int, dict[str, str], b
 
 def moodle_reads_unsubscribe(callback, tmp_path: Path) -> dict:
     """What Moodle's PHP client (clients/moodle) makes of a received callback: verified, and who left which list."""
-    php_bin = shutil.which("php")
-    assert php_bin, "php-cli is not installed (apt-get install -y php-cli; .ci/run installs it)"
-    spec = tmp_path / "unsubscribe-callback.json"
-    spec.write_text(json.dumps({"headers": callback.headers, "method": "POST", "path": callback.path,
-                                "body": callback.body.decode(), "secrets": {CB: CB_SECRET}}))
-    done = subprocess.run([php_bin, str(CLIENT), "", "", "", "unsubscribe-callback", str(spec)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return php_reads_callback("unsubscribe-callback", callback, {CB: CB_SECRET}, tmp_path)
 
 
 def test_a_bulk_message_unsubscribes_in_one_click_and_the_next_job_does_not_mail_that_learner(

@@ -1,0 +1,130 @@
+"""Reads records back from places the log already holds, for the worker: the chunks of a chunked job
+(streams.chunk_reader), a batch's recorded outcomes and single records (streams.ledger).
+
+One consumer outside any consumer group; one read at a time, because assign and seek are per consumer; the
+partition is unassigned after each read. A place before the start of its partition (retention deleted it) is
+refused with ``RecordGone`` before the partition is assigned: a seek there is reset elsewhere in the partition,
+and a consumer left with an assigned partition it never positioned hung in ``stop()`` (aiokafka 0.12; seen
+with a deleted chunk, tests/integration/test_log_reading.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from config.settings import Settings
+
+
+class RecordGone(LookupError):
+    """The record asked for is before the start of its partition: retention has deleted it."""
+
+
+class PositionedRead:
+    """One read under the reader's lock: records at known places, read ahead within the partition in hand."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, max_records: int) -> None:
+        self._consumer = consumer
+        self._max_records = max_records
+        self._current: TopicPartition | None = None
+        self._ahead: deque[ConsumerRecord] = deque()
+
+    def _assign(self, tp: TopicPartition) -> None:
+        if tp != self._current:
+            self._consumer.assign([tp])
+            self._current = tp
+            self._ahead.clear()
+
+    async def end_offset(self, tp: TopicPartition) -> int:
+        return int((await self._consumer.end_offsets([tp]))[tp])
+
+    async def record_at(self, tp: TopicPartition, offset: int) -> ConsumerRecord:
+        """The record at ``offset``: from what an earlier fetch read ahead, else after a seek."""
+        where = f"{tp.topic}[{tp.partition}]@{offset}"
+        ahead = self._ahead
+        if tp == self._current:
+            while ahead and ahead[0].offset < offset:
+                ahead.popleft()
+        if tp != self._current or not ahead or ahead[0].offset > offset:  # not read ahead: seek
+            # Asked before the partition is assigned: assigned and then left without a position, the consumer
+            # hung in stop().
+            start = (await self._consumer.beginning_offsets([tp]))[tp]
+            if offset < start:
+                raise RecordGone(f"{where} is no longer in the log (it starts at {start})")
+            self._assign(tp)
+            ahead.clear()
+            self._consumer.seek(tp, offset)
+        while not ahead:
+            fetched = (await self._consumer.getmany(tp, timeout_ms=5000, max_records=self._max_records)).get(tp, [])
+            if not fetched:
+                raise LookupError(f"{where} is no longer in the log")
+            ahead.extend(r for r in fetched if r.offset >= offset)
+        record = ahead.popleft()
+        if record.offset != offset:
+            raise LookupError(f"{where} holds no record (the next one is at {record.offset})")
+        return record
+
+    async def records_between(self, tp: TopicPartition, start: int, end: int) -> AsyncIterator[ConsumerRecord]:
+        """Every record from ``start`` on, until the position reaches ``end`` (a fetch may return some past it)."""
+        self._assign(tp)
+        self._ahead.clear()
+        self._consumer.seek(tp, start)
+        while await self._consumer.position(tp) < end:
+            for record in (await self._consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                yield record
+
+    def release(self) -> None:
+        if self._current is not None:
+            self._consumer.unsubscribe()
+            self._current = None
+
+
+class LogReader:
+    """The consumer's lifecycle and the one-read-at-a-time lock; subclasses say what they read."""
+
+    def __init__(self, settings: Settings, *, what: str, max_partition_fetch_bytes: int,
+                 fetch_max_bytes: int | None = None, max_records: int = 1) -> None:
+        self._settings = settings
+        self._what = what
+        self._fetch = {"max_partition_fetch_bytes": max_partition_fetch_bytes}
+        if fetch_max_bytes is not None:
+            self._fetch["fetch_max_bytes"] = fetch_max_bytes
+        self._max_records = max_records
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()  # one reader at a time: assign/seek are per consumer
+
+    async def start(self) -> None:
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                **self._fetch,
+            )
+            await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    def _started(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, f"{self._what} not started"
+        return self._consumer
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[PositionedRead]:
+        """One read: holds the lock, unassigns the partition at the end (also when the caller stops early)."""
+        consumer = self._started()
+        async with self._lock:
+            read = PositionedRead(consumer, self._max_records)
+            try:
+                yield read
+            finally:
+                read.release()
