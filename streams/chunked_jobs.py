@@ -229,12 +229,7 @@ class ChunkedJobs:
         if too_large:
             problems.append(too_large)
         elif notes[0] is not None:  # the templates need a learner to check against: the first chunk's
-            first = await self.ctx.ledger.fetch("job-requests", notes[0].partition, notes[0].offset)
-            assert isinstance(first, RecipientChunkReceived)
-            sample = header.model_copy(update={"recipients": first.recipients})
-            problems += [p.as_problem() for p in job_template_problems(
-                sample, self.ctx.settings,
-                email_template=resolved.template if resolved and resolved.source == "company" else None)]
+            problems += await self._template_problems(header, resolved, notes[0])
         if problems:
             await self._reject(job_id, header.company_id, problems, opened, event.chunk_count)
             return
@@ -251,6 +246,17 @@ class ChunkedJobs:
                  event.chunk_count, check.unique, check.repeats, "dispatched" if accepted else "waiting")
         if accepted:
             self._forget(job_id, opened, event.chunk_count)
+
+    async def _template_problems(self, header: JobOpened, resolved: ResolvedTemplate | None,
+                                 first_note: ChunkNote) -> list[Problem]:
+        """The templates checked against the first chunk's learners. Its own frame, so the decoded chunk (~8 MB
+        for 10,000 learners) is freed here and not held by ``_commit`` while the whole job is cut into batches."""
+        first = await self.ctx.ledger.fetch("job-requests", first_note.partition, first_note.offset)
+        assert isinstance(first, RecipientChunkReceived)
+        sample = header.model_copy(update={"recipients": first.recipients})
+        return [p.as_problem() for p in job_template_problems(
+            sample, self.ctx.settings,
+            email_template=resolved.template if resolved and resolved.source == "company" else None)]
 
     def waiting_total(self, job_id: str) -> int | None:
         """The learners of a committed chunked job that waits for its budget; None for any other job."""
