@@ -17,6 +17,8 @@ from config.settings import Settings
 from eventlog.topics import MAX_MESSAGE_BYTES
 from streams.context import StreamContext
 
+MAX_POLL_RECORDS = 200  # records one poll of the worker's consumer hands to its agents, at most (below)
+
 app: faust.App  # built on first access, by __getattr__ below
 
 
@@ -47,6 +49,13 @@ def create_app(settings: Settings) -> faust.App:
         # ~1 KB); job-requests and batches have smaller buffers of their own (streams.context).
         consumer_max_fetch_size=256 * 1024,
         stream_buffer_maxsize=256,
+        # The fetch size does not bound what one poll decodes: the producer batches up to 1 MiB per partition
+        # (eventlog.publisher), lz4 makes that ~150 KB on the wire, and a fetch returns its first batch whole.
+        # Faust held a whole poll (every partition's fetch, decoded) until its last record was handed on, while
+        # aiokafka fetched the next one: after a 300,000-learner job was cut, 636 BatchDispatched (12.9 MB of
+        # values, ~1 MiB per `batches` partition) waited in one poll (counted in the worker's heap). 200 records
+        # per poll bound that; the rest stay in aiokafka's fetched (compressed) data until asked for.
+        broker_max_poll_records=MAX_POLL_RECORDS,
         producer_max_request_size=MAX_MESSAGE_BYTES,
         producer_acks=-1,
         # The tables' changelogs compress like every other record the project writes (eventlog.publisher).
