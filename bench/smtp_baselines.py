@@ -15,7 +15,9 @@ import smtplib
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from email.message import EmailMessage
+from types import MappingProxyType
 
 import aiosmtplib
 
@@ -55,20 +57,31 @@ async def raw_smtp_rate(host: str, port: int, n: int, connections: int = 8) -> f
     return await _send_rate(host, port, prepared, connections)
 
 
-async def raw_smtp_rate_same_message(host: str, port: int, n: int, connections: int = 8) -> tuple[float, int]:
-    """Like ``raw_smtp_rate``, but sending the pipeline's own messages (course_reminder rendered and composed
-    exactly as the worker does), so the ceiling is measured for the same bytes; also returns one message's size."""
-    payload = job_payload("bench-raw-same", n, start=10_000_000)
+PipelineMessage = tuple[Recipient, RenderedEmail, str, bytes]
+
+
+def pipeline_messages(job_id: str, n: int, *, start: int,
+                      headers: Mapping[str, str] = MappingProxyType({})) -> list[PipelineMessage]:
+    """``n`` of the pipeline's own messages (course_reminder rendered and composed exactly as the worker does):
+    each learner with the rendered email, its Message-ID and the composed bytes."""
+    payload = job_payload(job_id, n, start=start)
     renderer = EmailRenderer(TemplateStore())
-    prepared = []
+    out = []
     for fields in payload["recipients"]:
         r = Recipient(**fields)
         rendered = renderer.render(payload["template_id"], r.template_fields(), payload["template_data"])
-        raw = compose_message(rendered, from_address=_FROM, from_name="Moodle",
-                              to_address=r.email, to_name=r.full_name,
-                              message_id=message_id_for("bench-raw-same", r.userid, "bench.local", key=b"bench"),
-                              headers={"X-Offload-Job": "bench-raw-same"})
-        prepared.append((r.email, raw))
+        message_id = message_id_for(job_id, r.userid, "bench.local", key=b"bench")
+        raw = compose_message(rendered, from_address=_FROM, from_name="Moodle", to_address=r.email,
+                              to_name=r.full_name, message_id=message_id, headers=headers)
+        out.append((r, rendered, message_id, raw))
+    return out
+
+
+async def raw_smtp_rate_same_message(host: str, port: int, n: int, connections: int = 8) -> tuple[float, int]:
+    """Like ``raw_smtp_rate``, but sending the pipeline's own messages, so the ceiling is measured for the same
+    bytes; also returns one message's size."""
+    prepared = [(r.email, raw) for r, _, _, raw in
+                pipeline_messages("bench-raw-same", n, start=10_000_000, headers={"X-Offload-Job": "bench-raw-same"})]
     return await _send_rate(host, port, prepared, connections), len(prepared[0][1])
 
 

@@ -22,27 +22,15 @@ if str(REPO) not in sys.path:
 
 from adapters.email.base import OutgoingEmail  # noqa: E402
 from adapters.email.smtp import SmtpProvider  # noqa: E402
-from content.email import EmailRenderer, TemplateStore, compose_message, message_id_for  # noqa: E402
-from schemas.events import Recipient  # noqa: E402
-from tests.support.jobs import job_payload  # noqa: E402
+from bench.smtp_baselines import pipeline_messages  # noqa: E402
 
 WARMUP = 200
 
 
 def messages(n: int) -> list[OutgoingEmail]:
-    payload = job_payload("bench-client", n, start=20_000_000)
-    renderer = EmailRenderer(TemplateStore())
-    out = []
-    for fields in payload["recipients"]:
-        r = Recipient(**fields)
-        rendered = renderer.render(payload["template_id"], r.template_fields(), payload["template_data"])
-        message_id = message_id_for("bench-client", r.userid, "bench.local", key=b"bench")
-        raw = compose_message(rendered, from_address="noreply@moodle.example.org", from_name="Moodle",
-                              to_address=r.email, to_name=r.full_name, message_id=message_id)
-        out.append(OutgoingEmail(key=str(r.userid), to_address=r.email, to_name=r.full_name,
-                                 subject=rendered.subject, text=rendered.text, html=rendered.html,
-                                 message_id=message_id, raw=raw))
-    return out
+    return [OutgoingEmail(key=str(r.userid), to_address=r.email, to_name=r.full_name, subject=rendered.subject,
+                          text=rendered.text, html=rendered.html, message_id=message_id, raw=raw)
+            for r, rendered, message_id, raw in pipeline_messages("bench-client", n, start=20_000_000)]
 
 
 async def client_cost(port: int, n: int, connections: int) -> tuple[float, float]:

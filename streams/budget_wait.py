@@ -38,6 +38,7 @@ from schemas.intake import validate_request
 from streams.context import StreamContext
 from streams.log_reader import RecordGone
 from streams.state import Stored, _check_keys
+from streams.timers import table_timer
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +169,9 @@ class BudgetWaits:
 
 
 def register(app: faust.App, ctx: StreamContext, waits: BudgetWaits, reroute: Reroute) -> None:
-    @app.timer(interval=ctx.settings.budget_recheck_seconds, name="recheck-budget-waits")
-    async def recheck_budget_waits() -> None:
-        if app.rebalancing or app.in_recovery:
-            return  # the table may be half-recovered; the next tick will do
-        await ctx.ensure_started()
-        try:
-            released = await waits.recheck(reroute)
-        except Exception:  # a recheck that fails is tried again at the next tick
-            log.exception("rechecking the jobs waiting for their budget failed")
-            return
+    async def recheck() -> None:
+        released = await waits.recheck(reroute)
         if released:
             log.info("%d job(s) waiting for their monthly budget were let go", released)
+    table_timer(app, ctx, name="recheck-budget-waits", interval=ctx.settings.budget_recheck_seconds,
+                failure="rechecking the jobs waiting for their budget", tick=recheck)

@@ -28,6 +28,7 @@ from schemas.events import ChunkedJobExpired, JobOpened
 from streams.chunked_jobs import ChunkedJobs, OpenedJob
 from streams.context import StreamContext
 from streams.ledger import RecordGone
+from streams.timers import table_timer
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +91,9 @@ class OpenJobExpiry:
 def register(app: faust.App, ctx: StreamContext, chunked: ChunkedJobs) -> OpenJobExpiry:
     expiry = OpenJobExpiry(ctx, chunked)
 
-    @app.timer(interval=ctx.settings.job_expiry_interval_seconds, name="expire-open-chunked-jobs")
-    async def expire_open_chunked_jobs() -> None:
-        if app.rebalancing or app.in_recovery:
-            return  # the table may be half-recovered; the next tick will do
-        await ctx.ensure_started()
-        try:
-            await expiry.sweep()
-        except Exception:  # tried again at the next tick
-            log.exception("closing chunked jobs left open failed")
 
+    async def sweep() -> None:
+        await expiry.sweep()
+    table_timer(app, ctx, name="expire-open-chunked-jobs", interval=ctx.settings.job_expiry_interval_seconds,
+                failure="closing chunked jobs left open", tick=sweep)
     return expiry

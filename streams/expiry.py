@@ -39,6 +39,7 @@ from eventlog.publisher import partition_for
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import BatchesDispatched, JobCompleted, JobRejected
 from streams.context import SinglePartitionGlobalTable, StreamContext
+from streams.timers import table_timer
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +153,8 @@ def register(app: faust.App, ctx: StreamContext) -> JobExpiry:
         async for event in stream.events():
             await ctx.guarded(event.message, "note-finished-jobs", expiry.note)
 
-    @app.timer(interval=s.job_expiry_interval_seconds, name="expire-finished-jobs")
-    async def expire_finished_jobs() -> None:
-        if app.rebalancing or app.in_recovery:
-            return  # the tables may be half-recovered; the next tick will do
-        try:
-            expiry.sweep()
-        except Exception:  # a sweep that fails is tried again at the next tick
-            log.exception("expiring finished jobs failed")
-
+    async def sweep() -> None:
+        expiry.sweep()
+    table_timer(app, ctx, name="expire-finished-jobs", interval=s.job_expiry_interval_seconds,
+                failure="expiring finished jobs", tick=sweep)
     return expiry
