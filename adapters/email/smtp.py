@@ -43,6 +43,24 @@ def _short(text: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def envelope_address(address: str) -> bytes:
+    """``<address>`` as MAIL/RCPT carry it without SMTPUTF8: an internationalised domain in its IDNA form, as the
+    composer writes it in To: (a non-ASCII local part has no ASCII form: ValueError, the learner's outcome)."""
+    if _CONTROL.search(address.encode("utf-8")):  # quote_address would quietly keep the part before a CRLF
+        raise ValueError(f"address {address!r} contains a control character")
+    local, at, domain = address.rpartition("@")
+    if at and not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"unusable domain in {address!r}: {exc}") from None
+        address = f"{local}@{domain}"
+    quoted = quote_address(address)
+    if not quoted.isascii():
+        raise ValueError(f"address {address!r} is not ASCII and the relay is not asked for SMTPUTF8")
+    return quoted.encode("ascii")
+
+
 def wire_form(raw: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, lines starting with "." doubled, then the end mark.
 
@@ -96,9 +114,7 @@ class SmtpProvider:
         if starttls and use_tls:
             raise ValueError("choose either starttls (upgrade) or use_tls (implicit TLS), not both")
         self.host, self.port, self.mail_from = host, port, mail_from
-        self._mail_from = b"MAIL FROM:" + quote_address(mail_from).encode("ascii")
-        if _CONTROL.search(self._mail_from):
-            raise ValueError(f"sender address {mail_from!r} contains a control character")
+        self._mail_from = b"MAIL FROM:" + envelope_address(mail_from)
         self.max_batch = max_batch
         self._username = username
         self._password = password.get_secret_value() if hasattr(password, "get_secret_value") else password
@@ -201,9 +217,7 @@ class SmtpProvider:
         timeout closes the session and raises SMTPTimeoutError.
         """
         wire = wire_form(msg.raw)
-        recipient = b"RCPT TO:" + quote_address(msg.to_address).encode("ascii")
-        if _CONTROL.search(recipient):
-            raise ValueError(f"recipient address {msg.to_address!r} contains a control character")
+        recipient = b"RCPT TO:" + envelope_address(msg.to_address)
         size = f" SIZE={len(wire) - 3}".encode("ascii") if smtp.supports_extension("size") else b""
         protocol = smtp.protocol
         if protocol is None:

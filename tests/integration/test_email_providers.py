@@ -98,6 +98,17 @@ async def test_lines_starting_with_a_dot_arrive_unchanged(sink: DevMailSink, smt
     assert got.raw == raw
 
 
+async def test_an_internationalised_domain_is_sent_with_its_idna_form_in_the_envelope(
+        sink: DevMailSink, smtp: SmtpProvider) -> None:
+    # Intake accepts an IDN domain (content.email.address_problem) and the composer writes it IDNA-encoded in To:;
+    # the envelope must carry the same ASCII form (the adapter writes RCPT TO itself), not refuse the learner.
+    message = dataclasses.replace(outgoing(1), to_address="learner@bücher.de")
+    (result,) = await smtp.send_batch([message])
+    assert result.outcome is Outcome.SENT, result.error
+    (got,) = sink.by_recipient()["learner@xn--bcher-kva.de"]
+    assert got.raw == message.raw
+
+
 async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(sink: DevMailSink) -> None:
     provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=0.5)
     await provider.start()

@@ -1,11 +1,12 @@
-"""What DATA carries for a message: the lean transaction's wire form equals aiosmtplib's own encoding."""
+"""What MAIL/RCPT and DATA carry for a message: envelope addresses in ASCII, and the lean transaction's wire form
+equal to aiosmtplib's own encoding."""
 
 from __future__ import annotations
 
 import pytest
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
-from adapters.email.smtp import wire_form
+from adapters.email.smtp import envelope_address, wire_form
 from tests.support.email import outgoing
 
 
@@ -30,3 +31,18 @@ def test_a_composed_message_is_only_dot_stuffed_and_terminated() -> None:
     raw = outgoing(7).raw
     assert wire_form(raw) == aiosmtplib_form(raw)
     assert wire_form(raw).endswith(b"\r\n.\r\n")
+
+
+@pytest.mark.parametrize(("address", "line"), [
+    ("learner@example.org", b"<learner@example.org>"),
+    ("learner@bücher.de", b"<learner@xn--bcher-kva.de>"),
+    ("x@BÜCHER.example", b"<x@xn--bcher-kva.example>"),
+])
+def test_envelope_addresses_are_ascii_with_idna_domains(address: str, line: bytes) -> None:
+    assert envelope_address(address) == line
+
+
+@pytest.mark.parametrize("address", ["jörg@example.org", "a@example.org\r\nRCPT TO:<b@example.org>", "a@\x00.org"])
+def test_envelope_addresses_that_cannot_be_written_are_refused(address: str) -> None:
+    with pytest.raises(ValueError):
+        envelope_address(address)
