@@ -1,6 +1,6 @@
 """Email content: templates and their rendering, the MIME composer, Message-IDs and address checks."""
 
-from content.email.addresses import address_problem, message_id_for
+from content.email.addresses import address_problem, ascii_address, message_id_for
 from content.email.compose import boundary_for, compose_message
 from content.email.templates import (
     EmailRenderer,
@@ -20,6 +20,7 @@ __all__ = [
     "TemplateStore",
     "UnknownTemplate",
     "address_problem",
+    "ascii_address",
     "boundary_for",
     "compose_message",
     "message_id_for",

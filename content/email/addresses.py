@@ -42,6 +42,12 @@ def address_problem(address: str) -> str | None:
     return _local_part_problem(local) or _domain_problem(local, domain)
 
 
+def ascii_address(address: str) -> str:
+    """A usable address (``address_problem`` is None) as every provider takes it: the domain IDNA-encoded."""
+    local, _, domain = address.rpartition("@")
+    return address if domain.isascii() else f"{local}@{domain.encode('idna').decode('ascii')}"
+
+
 def _local_part_problem(local: str) -> str | None:
     if not local:
         return "local part is empty"

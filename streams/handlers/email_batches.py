@@ -21,6 +21,7 @@ from content.email import (
     TemplateStore,
     UnknownTemplate,
     address_problem,
+    ascii_address,
     compose_message,
     message_id_for,
 )
@@ -97,7 +98,9 @@ def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, t
     raw = compose_message(rendered, from_address=settings.mail_from, from_name=settings.mail_from_name,
                           to_address=recipient.email, to_name=recipient.full_name, message_id=message_id,
                           headers={"X-Offload-Job": job_id, **(headers or {})})
-    return OutgoingEmail(key=str(recipient.userid), to_address=recipient.email, to_name=recipient.full_name,
+    # Providers get the domain IDNA-encoded, as To: has it (the caller checked the address with address_problem).
+    return OutgoingEmail(key=str(recipient.userid), to_address=ascii_address(recipient.email),
+                         to_name=recipient.full_name,
                          subject=rendered.subject, text=rendered.text, html=rendered.html, message_id=message_id,
                          raw=raw, headers=tuple((headers or {}).items()))
 

@@ -46,6 +46,7 @@ def test_every_learner_gets_exactly_their_own_message_and_bad_input_is_recorded(
     learners[1].update(firstname="Иван", lastname="Петров")
     learners[2].update(firstname="Eve\r\nBcc: victim@example.org", lastname="X\nTo: victim@example.org")
     learners[3].update(firstname="<script>alert(1)</script>")
+    learners[4].update(email="idn.learner@bücher.de")  # an internationalised domain: sent, as IDNA
     learners.append({"userid": 9001, "email": "no-at-sign.example.org", "firstname": "Bad", "lastname": "Address"})
     learners.append(dict(learners[5]))  # the same learner twice is served once
     asyncio.run(submit_job(settings, payload))
@@ -56,11 +57,12 @@ def test_every_learner_gets_exactly_their_own_message_and_bad_input_is_recorded(
 
     counts = mail_sink.recipient_counts()
     assert "victim@example.org" not in counts, "a name injected a header"
-    assert sorted(counts) == sorted(r["email"] for r in learners[:230])
+    envelope = {r["email"]: r["email"] for r in learners[:230]} | {"idn.learner@bücher.de": "idn.learner@xn--bcher-kva.de"}
+    assert sorted(counts) == sorted(envelope.values())
     assert set(counts.values()) == {1}
     by_address = mail_sink.by_recipient()
     for learner in learners[:230]:
-        (received,) = by_address[learner["email"]]
+        (received,) = by_address[envelope[learner["email"]]]
         message = email.message_from_bytes(received.raw)
         assert message["Message-ID"] == message_id_for("email-exact", learner["userid"], settings.message_id_domain,
                                                      key=settings.message_id_key())

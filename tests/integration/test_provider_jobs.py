@@ -49,6 +49,7 @@ def test_a_company_set_to_the_provider_gets_its_job_sent_through_its_api(
     settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=50, **provider_settings(api_server))
     start(settings, topics_for, processes, provider)
     payload = job_factory(f"via-{provider}", 120)
+    payload["recipients"][7]["email"] = "idn.learner@bücher.de"  # the API gets the domain as IDNA, as To: has it
     asyncio.run(submit_job(settings, payload))
 
     job = wait_for_job(settings, f"via-{provider}")
@@ -59,8 +60,9 @@ def test_a_company_set_to_the_provider_gets_its_job_sent_through_its_api(
     renderer = EmailRenderer(TemplateStore(None))
     rows = {r["userid"]: r for r in query(settings, "SELECT * FROM job_recipients WHERE job_id = %s",
                                           (f"via-{provider}",))}
+    assert "idn.learner@bücher.de" not in received
     for learner in payload["recipients"]:
-        (got,) = received[learner["email"]]
+        (got,) = received[learner["email"].replace("@bücher.de", "@xn--bcher-kva.de")]
         own = compose_email(settings, renderer, job_id=f"via-{provider}", template_id="course_reminder",
                             template_data=payload["template_data"], recipient=Recipient(**learner))
         assert (got.subject, got.text, got.html) == (own.subject, own.text, own.html)

@@ -20,6 +20,7 @@ from content.email import (
     TemplateStore,
     UnknownTemplate,
     address_problem,
+    ascii_address,
     compose_message,
     message_id_for,
 )
@@ -225,6 +226,16 @@ def test_international_domain_is_idna_encoded() -> None:
         to_name="", message_id="<m@x.org>",
     )
     assert parse(raw)["To"].addresses[0].addr_spec == "joerg@xn--bcher-kva.de"
+
+
+@pytest.mark.parametrize("address", ["learner@example.org", "joerg@bücher.de", "a@Bücher.Example.org"])
+def test_providers_get_the_address_to_header_carries(address: str) -> None:
+    raw = compose_message(
+        RenderedEmail("s", "t", "h"), from_address="a@example.org", from_name="", to_address=address,
+        to_name="", message_id="<m@x.org>",
+    )
+    assert ascii_address(address) == parse(raw)["To"].addresses[0].addr_spec
+    assert ascii_address(address).isascii()
 
 
 def test_long_ascii_subject_is_folded_and_read_back_exactly() -> None:
