@@ -14,6 +14,7 @@ from psycopg_pool import PoolTimeout
 
 from eventlog.publisher import BrokerUnavailable
 from resilience.dependencies import DEPENDENCIES
+from resilience.reasons import one_line, reason
 from security.seen import SeenUnavailable
 
 log = logging.getLogger(__name__)
@@ -79,17 +80,17 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except SeenUnavailable as exc:
         # The replay memory (Postgres) cannot be asked: a signed request or webhook it cannot check is never
         # admitted. Health says so too (its check of the store runs in the background).
-        reason = f"{' '.join(str(exc).split())[:200]}"
-        DEPENDENCIES.lost(REPLAY_STORE, f"{reason}; {REPLAY_STORE_REFUSES}")
+        why = one_line(exc)
+        DEPENDENCIES.lost(REPLAY_STORE, f"{why}; {REPLAY_STORE_REFUSES}")
         if exc.database_down:  # the same answer as every other request that needs Postgres
-            DEPENDENCIES.lost("postgres", reason)
+            DEPENDENCIES.lost("postgres", why)
             return ApiError(503, "database_unavailable", "the database is unavailable for a moment; retry later",
                             retry_after=request.app[RETRY_AFTER]).response()
         return ApiError(503, "replay_store_unavailable", "signed requests cannot be checked for replays at the "
                         "moment; retry later", retry_after=request.app[RETRY_AFTER]).response()
     except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
         # Postgres is down or restarting: say so, and when to come back; the pool reconnects by itself.
-        DEPENDENCIES.lost("postgres", f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        DEPENDENCIES.lost("postgres", reason(exc))
         return ApiError(503, "database_unavailable", "the read models are unavailable for a moment; retry later",
                         retry_after=request.app[RETRY_AFTER]).response()
     except web.HTTPException as exc:

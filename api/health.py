@@ -29,6 +29,7 @@ from api.state import STATE, ApiState
 from config.base import DEV_CALLBACK_URL_SECRET, DEV_MESSAGE_ID_SECRET, DEV_UNSUBSCRIBE_SECRET
 from config.settings import Settings
 from resilience.dependencies import DEPENDENCIES
+from resilience.reasons import reason
 from security.limits import LimitStoreUnavailable
 from security.seen import SeenUnavailable
 
@@ -92,13 +93,13 @@ async def check_once(state: ApiState) -> None:
         DEPENDENCIES.restored("postgres")
         await _check_replay_store(state)
     except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
-        DEPENDENCIES.lost("postgres", _reason(exc))
+        DEPENDENCIES.lost("postgres", reason(exc))
         DEPENDENCIES.lost(REPLAY_STORE, f"Postgres is down; {REPLAY_STORE_REFUSES}")
     try:
         await state.publisher.ping(state.settings.api_handoff_timeout)
         DEPENDENCIES.restored("kafka")
     except (KafkaError, OSError, TimeoutError) as exc:
-        DEPENDENCIES.lost("kafka", _reason(exc))
+        DEPENDENCIES.lost("kafka", reason(exc))
 
 
 async def _check_replay_store(state: ApiState) -> None:
@@ -108,7 +109,7 @@ async def _check_replay_store(state: ApiState) -> None:
         await asyncio.wait_for(state.verifier.seen.check(), state.settings.api_db_timeout)
         DEPENDENCIES.restored(REPLAY_STORE)
     except (SeenUnavailable, TimeoutError) as exc:
-        DEPENDENCIES.lost(REPLAY_STORE, f"{_reason(exc)}; {REPLAY_STORE_REFUSES}")
+        DEPENDENCIES.lost(REPLAY_STORE, f"{reason(exc)}; {REPLAY_STORE_REFUSES}")
 
 
 async def check_limits(limits: ReplicaLimits, timeout: float) -> None:
@@ -117,12 +118,7 @@ async def check_limits(limits: ReplicaLimits, timeout: float) -> None:
         await asyncio.wait_for(limits.check(), timeout)
         DEPENDENCIES.restored(LIMIT_STORE)
     except (LimitStoreUnavailable, TimeoutError) as exc:
-        DEPENDENCIES.lost(LIMIT_STORE, f"{_reason(exc)}; rate limits and the sign-in throttle are per replica")
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())[:200]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        DEPENDENCIES.lost(LIMIT_STORE, f"{reason(exc)}; rate limits and the sign-in throttle are per replica")
 
 
 async def _start_checks(app: web.Application) -> None:

@@ -32,6 +32,7 @@ from api.errors import Handler, error_response
 from api.state import STATE
 from resilience.backoff import backoff
 from resilience.dependencies import DEPENDENCIES
+from resilience.reasons import one_line
 from security.limits import LimitStoreUnavailable, SharedLimits
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class ReplicaLimits:
             self._failures += 1
             delay = backoff(self._failures, base=1.0, cap=30.0, jitter="equal")
             self._retry_at = time.monotonic() + delay
-            reason = " ".join(str(exc).split())[:200]
+            reason = one_line(exc)
             DEPENDENCIES.lost(LIMIT_STORE, f"{reason}; rate limits and the sign-in throttle are per replica")
             log.warning("shared rate limits unavailable (%s); this replica limits on its own, next try in %.0f s",
                         reason, delay)

@@ -26,6 +26,7 @@ from eventlog.topics import EVENT_TOPICS, partitions_of
 from projections import audit, callbacks, company_settings, jobs, recipients, suppressions, templates, tracking
 from projections.base import Applied, Position
 from resilience.dependencies import DEPENDENCIES, Backoff
+from resilience.reasons import reason
 from schemas.envelope import UndecodableRecord, decode
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,6 @@ async def connect(settings: Settings, schema: str | None = None) -> psycopg.Asyn
         await cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target)))
         await cur.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target)))
     return conn
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _close_quietly(conn: psycopg.AsyncConnection | None) -> None:
@@ -244,12 +240,12 @@ class Projector:
                         await self._apply(conn, consumer, polled, targets)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     # The poll in hand was not committed: drop it and seek back to what Postgres stored.
-                    DEPENDENCIES.lost("postgres", _short(exc))
+                    DEPENDENCIES.lost("postgres", reason(exc))
                     await _close_quietly(conn)
                     conn, synced = None, False
                     await self._wait(backoff.next(), "postgres", exc)
                 except KafkaError as exc:
-                    DEPENDENCIES.lost("kafka", _short(exc))
+                    DEPENDENCIES.lost("kafka", reason(exc))
                     synced = False
                     await self._wait(backoff.next(), "kafka", exc)
         finally:
@@ -306,7 +302,7 @@ class Projector:
                 await consumer.start()
                 return
             except KafkaError as exc:
-                DEPENDENCIES.lost("kafka", _short(exc))
+                DEPENDENCIES.lost("kafka", reason(exc))
                 await self._wait(backoff.next(), "kafka", exc)
                 if self._stop.is_set():
                     raise
@@ -314,8 +310,7 @@ class Projector:
     async def _wait(self, delay: float, what: str, exc: BaseException) -> None:
         """Back off before reconnecting, unless asked to stop meanwhile."""
         self.stats.reconnects += 1
-        log.warning("projector: %s unavailable (%s: %s); reconnecting in %.1f s", what, type(exc).__name__,
-                    _short(exc), delay)
+        log.warning("projector: %s unavailable (%s); reconnecting in %.1f s", what, reason(exc), delay)
         try:
             await asyncio.wait_for(self._stop.wait(), timeout=delay)
         except TimeoutError:

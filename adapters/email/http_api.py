@@ -31,13 +31,9 @@ import aiohttp
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
 from adapters.email.pacing import RateLimiter
+from resilience.reasons import one_line
 
 log = logging.getLogger(__name__)
-
-
-def short(text: Any, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def wait_seconds(headers: Any, now: float | None = None) -> float | None:
@@ -147,7 +143,7 @@ class HttpEmailProvider:
             for index, result in zip(indexes, self._accepted(answer, part), strict=True):
                 await done(index, result)
             return
-        text = short(f"{self.name} {status}: {self._error_text(answer)}")
+        text = one_line(f"{self.name} {status}: {self._error_text(answer)}")
         if status in self.configuration_statuses:
             raise ProviderUnavailable(f"{self.name} refused the credentials ({status}): {self._error_text(answer)}"
                                       " — check the API key, its permissions and the sending domain")
@@ -188,11 +184,11 @@ class HttpEmailProvider:
             try:
                 return await self._call(self._session, part)
             except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
-                raise ProviderUnavailable(f"{self.name} unreachable: {short(exc)}") from None
+                raise ProviderUnavailable(f"{self.name} unreachable: {one_line(exc)}") from None
             except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
                     aiohttp.ClientOSError) as exc:
                 # The request may have left and been accepted: a retry, not "provider down".
-                return Answer(599, {}, f"{type(exc).__name__}: {short(exc)}".encode())
+                return Answer(599, {}, f"{type(exc).__name__}: {one_line(exc)}".encode())
 
     def _follow_headers(self, answer: Answer) -> None:
         """An exhausted rate-limit window holds the account until it resets, before any 429."""
@@ -208,11 +204,11 @@ class HttpEmailProvider:
         data = answer.json()
         if isinstance(data, dict):
             if isinstance(data.get("errors"), list):
-                return short("; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
+                return one_line("; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
                                        for e in data["errors"]))
             if "message" in data:
-                return short(data["message"])
-        return short(answer.body.decode("utf-8", "replace") or "no body")
+                return one_line(data["message"])
+        return one_line(answer.body.decode("utf-8", "replace") or "no body")
 
 
 Done = Callable[[int, SendResult], Awaitable[None]]

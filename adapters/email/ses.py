@@ -27,6 +27,7 @@ from botocore.exceptions import (
 )
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
+from resilience.reasons import one_line, reason
 
 _THROTTLED_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling"})
 _FAILED_CODES = frozenset(
@@ -58,18 +59,13 @@ class _NotTried(_Unavailable):
     """Another call of the same batch already found SES unreachable: this one was not made."""
 
 
-def _short(text: Any, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def classify_client_error(exc: ClientError) -> tuple[Outcome | None, str]:
     """Outcome for an SES error response (None: the provider as a whole is unavailable) and a short text."""
     error = exc.response.get("Error", {})
     code = str(error.get("Code", "Unknown"))
     message = str(error.get("Message", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    text = _short(f"{code}: {message}" if message else code)
+    text = one_line(f"{code}: {message}" if message else code)
     if code in _THROTTLED_CODES or "maximum sending rate exceeded" in message.lower():
         return Outcome.THROTTLED, text
     if "daily message quota exceeded" in message.lower() or code == "LimitExceededException":
@@ -174,12 +170,12 @@ class SesProvider:
                 results.append(outcome)
             elif isinstance(outcome, _NotTried):  # never sent: costs no attempt
                 unavailable.append(str(outcome))
-                results.append(SendResult(msg.key, Outcome.UNREACHED, error=_short(f"ses unavailable: {outcome}")))
+                results.append(SendResult(msg.key, Outcome.UNREACHED, error=one_line(f"ses unavailable: {outcome}")))
             elif isinstance(outcome, _Unavailable):
                 unavailable.append(str(outcome))
-                results.append(SendResult(msg.key, Outcome.RETRY, error=_short(f"ses unavailable: {outcome}")))
+                results.append(SendResult(msg.key, Outcome.RETRY, error=one_line(f"ses unavailable: {outcome}")))
             else:  # a bug, not an SES answer: report it per message instead of losing the batch
-                results.append(SendResult(msg.key, Outcome.RETRY, error=_short(f"{type(outcome).__name__}: {outcome}")))
+                results.append(SendResult(msg.key, Outcome.RETRY, error=reason(outcome)))
         if messages and len(unavailable) == len(messages):
             raise ProviderUnavailable(unavailable[0])
         return results
@@ -228,12 +224,12 @@ class SesProvider:
                 raise _Unavailable(text) from None
             return SendResult(msg.key, outcome, error=text)
         except (EndpointConnectionError, ConnectTimeoutError, NoCredentialsError) as exc:
-            raise _Unavailable(_short(exc)) from None
+            raise _Unavailable(one_line(exc)) from None
         except ParamValidationError as exc:  # the request itself is malformed: sending it again won't help
-            return SendResult(msg.key, Outcome.FAILED, error=_short(exc))
+            return SendResult(msg.key, Outcome.FAILED, error=one_line(exc))
         except (ReadTimeoutError, ConnectionClosedError) as exc:
             # The request left; SES may have accepted it. Retry later rather than declare SES down.
-            return SendResult(msg.key, Outcome.RETRY, error=_short(exc))
+            return SendResult(msg.key, Outcome.RETRY, error=one_line(exc))
         except BotoCoreError as exc:
-            return SendResult(msg.key, Outcome.RETRY, error=_short(exc))
+            return SendResult(msg.key, Outcome.RETRY, error=one_line(exc))
         return SendResult(msg.key, Outcome.SENT, provider_message_id=response.get("MessageId"))

@@ -18,6 +18,7 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
+from resilience.reasons import one_line
 
 # Replies that mean "slow down" rather than "this message has a problem" (RFC 5321 + common relays).
 _THROTTLE_CODES = frozenset({421, 451, 452, 454})
@@ -36,11 +37,6 @@ async def _command(protocol: SMTPProtocol, line: bytes) -> aiosmtplib.SMTPRespon
 
 class _Unreachable(Exception):
     """No session could be opened to the relay (refused, DNS, TLS or authentication failure)."""
-
-
-def _short(text: Any, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def envelope_address(address: str) -> bytes:
@@ -178,7 +174,7 @@ class SmtpProvider:
             if all(r is None for r in results):
                 raise ProviderUnavailable(reason)
             for index in pending:  # never handed to the relay: the outage must not cost them an attempt
-                results[index] = SendResult(messages[index].key, Outcome.UNREACHED, error=_short(reason))
+                results[index] = SendResult(messages[index].key, Outcome.UNREACHED, error=one_line(reason))
         return [r for r in results if r is not None]
 
     async def _send_on(self, slot: int, msg: OutgoingEmail) -> SendResult:
@@ -195,13 +191,13 @@ class SmtpProvider:
                 await self._drop(slot)
                 if attempt == 1:
                     continue
-                return SendResult(msg.key, Outcome.RETRY, error=_short(f"connection lost: {exc}"))
+                return SendResult(msg.key, Outcome.RETRY, error=one_line(f"connection lost: {exc}"))
             except aiosmtplib.SMTPTimeoutError:
                 # The relay may or may not have taken the message; let the retry policy decide when.
                 await self._drop(slot)
                 return SendResult(msg.key, Outcome.RETRY, error="timeout waiting for the smtp server")
             except (ValueError, aiosmtplib.SMTPNotSupported) as exc:
-                return SendResult(msg.key, Outcome.FAILED, error=_short(f"unusable message: {exc}"))
+                return SendResult(msg.key, Outcome.FAILED, error=one_line(f"unusable message: {exc}"))
             match = _QUEUE_ID.search(reply)
             return SendResult(msg.key, Outcome.SENT, provider_message_id=match.group(1) if match else msg.message_id)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
@@ -256,7 +252,7 @@ class SmtpProvider:
         if code == 421:
             await self._drop(slot)  # 421 means the server is closing this session
         outcome = classify_reply(code, text)
-        return SendResult(msg.key, outcome, error=_short(f"{code} {text}"))
+        return SendResult(msg.key, outcome, error=one_line(f"{code} {text}"))
 
     async def _open(self) -> aiosmtplib.SMTP:
         smtp = aiosmtplib.SMTP(
@@ -281,7 +277,7 @@ class SmtpProvider:
             raise _Unreachable(f"authentication failed ({exc.code})") from None
         except (OSError, aiosmtplib.SMTPException) as exc:
             smtp.close()
-            raise _Unreachable(_short(exc) or type(exc).__name__) from None
+            raise _Unreachable(one_line(exc) or type(exc).__name__) from None
         return smtp
 
     async def _drop(self, slot: int, *, polite: bool = False) -> None:

@@ -41,6 +41,11 @@ class _JobAction:
     def requested_by(self) -> str:
         return f"ui:{self.session.key_id}"
 
+    @property
+    def reason(self) -> str | None:
+        """The form's optional reason (cancel, resume), trimmed and capped as the events carry it."""
+        return self.form.get("reason", "").strip()[:500] or None
+
     def back(self, notice: str) -> NoReturn:
         """To the job's page, with a notice saying what happened."""
         raise web.HTTPSeeOther(f"{PREFIX}/jobs/{self.job_id}?notice={notice}")
@@ -77,9 +82,9 @@ async def cancel(request: web.Request) -> web.Response:
     action = await _job_action(request)
     if action.job["status"] in FINISHED:
         action.back("job_finished")
-    reason = action.form.get("reason", "").strip()[:500] or None
     await action.state.publisher.send_and_wait(JobCancelled(
-        job_id=action.job_id, company_id=action.job["company_id"], requested_by=action.requested_by, reason=reason))
+        job_id=action.job_id, company_id=action.job["company_id"], requested_by=action.requested_by,
+        reason=action.reason))
     log.info("UI: cancel of job %s requested by %s", action.job_id, action.session.key_id)
     action.back("cancel_requested")
 
@@ -89,9 +94,9 @@ async def resume(request: web.Request) -> web.Response:
     action = await _job_action(request)
     if not action.job["can_resume"]:
         action.back("job_not_paused")
-    reason = action.form.get("reason", "").strip()[:500] or None
     await action.state.publisher.send_and_wait(JobResumed(
-        job_id=action.job_id, company_id=action.job["company_id"], requested_by=action.requested_by, reason=reason))
+        job_id=action.job_id, company_id=action.job["company_id"], requested_by=action.requested_by,
+        reason=action.reason))
     log.info("UI: resume of job %s requested by %s", action.job_id, action.session.key_id)
     action.back("resume_requested")
 
