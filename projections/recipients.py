@@ -235,24 +235,36 @@ class _Rows:
     outcomes: dict[tuple[str, int], tuple] = field(default_factory=dict)
 
 
+_REPORT_KINDS: tuple[tuple[type[Event], str], ...] = (
+    (RecipientDelivered, "delivered"), (RecipientBounced, "bounced"), (RecipientComplained, "complained"))
+
+
+def _report_kind(event: Event) -> str | None:
+    for cls, kind in _REPORT_KINDS:
+        if isinstance(event, cls):
+            return kind
+    return None
+
+
 def _rows(events: Sequence[Applied]) -> _Rows:
+    """Outcomes, by far the most events, are tried first: tried last, each went through every other test (and
+    built a union type) first; over bench.replay's 50,000-learner log this took 2.0 us per event, now 1.5-1.7."""
     rows = _Rows()
     for _, event in events:
-        if isinstance(event, BatchDispatched) and event.run > 0:
+        if (row := _outcome_row(event)) is not None:
+            key = (row[0], row[1])
+            if _outcome_wins(row, rows.outcomes.get(key)):
+                rows.outcomes[key] = row
+        elif isinstance(event, BatchDispatched) and event.run > 0:
             rows.retried.extend((event.job_id, r.userid, event.run, event.batch_no) for r in event.recipients)
         elif isinstance(event, BatchDispatched):
             rows.pending.extend((event.job_id, r.userid, r.email, event.run, event.batch_no)
                                 for r in event.recipients)
-        elif isinstance(event, RecipientDelivered | RecipientBounced | RecipientComplained):
-            kind = {RecipientDelivered: "delivered", RecipientBounced: "bounced",
-                    RecipientComplained: "complained"}[type(event)]
+        elif (kind := _report_kind(event)) is not None:
+            assert isinstance(event, RecipientDelivered | RecipientBounced | RecipientComplained)
             key = (event.job_id, event.userid)
             if key not in rows.reports or _SEVERITY[kind] > _SEVERITY[rows.reports[key][2]]:
                 rows.reports[key] = (event.job_id, event.userid, kind, (event.detail or "")[:2000] or None)
-        elif (row := _outcome_row(event)) is not None:
-            key = (row[0], row[1])
-            if _outcome_wins(row, rows.outcomes.get(key)):
-                rows.outcomes[key] = row
     return rows
 
 
