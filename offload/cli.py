@@ -23,8 +23,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from adapters.email.dkim import DkimKeyError, DkimSigners
     from eventlog.topics import create_topics
+    from offload.heap import return_large_blocks
     from streams.app import create_app
 
+    return_large_blocks()  # the worker's resident size stays near its start-up size (offload.heap)
     settings = _settings()
     if settings.environment == "production":  # a DKIM key that cannot sign stops the worker before anything
         try:
@@ -38,8 +40,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
+    from offload.heap import return_large_blocks
     from projections.projector import Projector
 
+    return_large_blocks()  # as the worker's (offload.heap)
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     projector = Projector(_settings(), schema=args.schema)
 

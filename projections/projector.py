@@ -50,6 +50,12 @@ PIECE_BYTES = 2 * 1024 * 1024
 LIVE_FETCH_BYTES = 256 * 1024  # per partition; 1 MiB per fetch
 LIVE_POLL_BYTES = 1024 * 1024
 LIVE_PIECE_BYTES = 512 * 1024
+# Records taken from the consumer at a time while live. POLL_BYTES and LIVE_POLL_BYTES are checked between takes,
+# and one take hands over everything the consumer has buffered up to its max_records, every partition's fetch:
+# when a 1,000,000-learner job was cut, the first take of a poll could be every batches partition's fetch at once
+# (a fetch returns a producer batch whole: up to 1 MiB, ~50 BatchDispatched, per partition). 64 records are at
+# most ~1.3 MB of BatchDispatched, and ~22 KB of outcomes (a poll of them takes a few more calls).
+LIVE_TAKE = 64
 
 
 @dataclass
@@ -271,11 +277,12 @@ class Projector:
         """
         held = set(self._held)
         reading = [tp for tp in self._partitions if tp not in held]  # every assigned one when none is held
-        polled = await consumer.getmany(*reading, timeout_ms=200, max_records=self.max_records)
+        take = LIVE_TAKE if self._live else self.max_records
+        polled = await consumer.getmany(*reading, timeout_ms=200, max_records=min(take, self.max_records))
         count = sum(len(records) for records in polled.values())
         size = sum(len(r.value or b"") for records in polled.values() for r in records)
         while polled and count < self.max_records and size < (LIVE_POLL_BYTES if self._live else POLL_BYTES):
-            more = await consumer.getmany(*reading, timeout_ms=0, max_records=self.max_records - count)
+            more = await consumer.getmany(*reading, timeout_ms=0, max_records=min(take, self.max_records - count))
             if not more:
                 break
             for tp, records in more.items():

@@ -25,32 +25,45 @@ class RecordGone(LookupError):
     """The record asked for is before the start of its partition: retention has deleted it."""
 
 
+# A place this few offsets past the consumer's position is read forward to, not sought: the chunks of one job
+# lie in one partition in order, at most a few other jobs' chunks between them.
+_READ_FORWARD = 16
+
+
 class PositionedRead:
-    """One read under the reader's lock: records at known places, read ahead within the partition in hand."""
+    """One read under the reader's lock: records at known places, read forward within the partition in hand.
+
+    At most ``max_records`` records are taken from the consumer at once (decompressed and held here until asked
+    for); the rest of a fetch stays in the consumer's buffer, compressed. A place at or a little past the
+    consumer's position is read forward to without a seek (which would drop that buffer and fetch it again)."""
 
     def __init__(self, consumer: AIOKafkaConsumer, max_records: int) -> None:
         self._consumer = consumer
         self._max_records = max_records
         self._current: TopicPartition | None = None
         self._ahead: deque[ConsumerRecord] = deque()
+        self._after: int | None = None  # records of _current from here on are in _ahead or still to be fetched
+
+    @property
+    def held(self) -> int:
+        """Records taken from the consumer and held ahead of the one last returned."""
+        return len(self._ahead)
 
     def _assign(self, tp: TopicPartition) -> None:
         if tp != self._current:
             self._consumer.assign([tp])
             self._current = tp
             self._ahead.clear()
+            self._after = None
 
     async def end_offset(self, tp: TopicPartition) -> int:
         return int((await self._consumer.end_offsets([tp]))[tp])
 
     async def record_at(self, tp: TopicPartition, offset: int) -> ConsumerRecord:
-        """The record at ``offset``: from what an earlier fetch read ahead, else after a seek."""
+        """The record at ``offset``: read forward from where the consumer is, else after a seek."""
         where = f"{tp.topic}[{tp.partition}]@{offset}"
         ahead = self._ahead
-        if tp == self._current:
-            while ahead and ahead[0].offset < offset:
-                ahead.popleft()
-        if tp != self._current or not ahead or ahead[0].offset > offset:  # not read ahead: seek
+        if tp != self._current or self._after is None or not self._after <= offset <= self._after + _READ_FORWARD:
             # Asked before the partition is assigned: assigned and then left without a position, the consumer
             # hung in stop().
             start = (await self._consumer.beginning_offsets([tp]))[tp]
@@ -59,12 +72,18 @@ class PositionedRead:
             self._assign(tp)
             ahead.clear()
             self._consumer.seek(tp, offset)
-        while not ahead:
+            self._after = offset
+        while True:
+            while ahead and ahead[0].offset < offset:
+                ahead.popleft()
+            if ahead:
+                break
             fetched = (await self._consumer.getmany(tp, timeout_ms=5000, max_records=self._max_records)).get(tp, [])
             if not fetched:
                 raise LookupError(f"{where} is no longer in the log")
-            ahead.extend(r for r in fetched if r.offset >= offset)
+            ahead.extend(fetched)
         record = ahead.popleft()
+        self._after = record.offset + 1
         if record.offset != offset:
             raise LookupError(f"{where} holds no record (the next one is at {record.offset})")
         return record
@@ -73,6 +92,7 @@ class PositionedRead:
         """Every record from ``start`` on, until the position reaches ``end`` (a fetch may return some past it)."""
         self._assign(tp)
         self._ahead.clear()
+        self._after = None  # read past what record_at could tell: its next read seeks
         self._consumer.seek(tp, start)
         while await self._consumer.position(tp) < end:
             for record in (await self._consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
@@ -82,6 +102,7 @@ class PositionedRead:
         if self._current is not None:
             self._consumer.unsubscribe()
             self._current = None
+            self._after = None
 
 
 class LogReader:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from eventlog.topics import create_topics
 from schemas.envelope import decode, encode
 from schemas.events import Event, Recipient, RecipientChunkReceived, RecipientSent
+from streams import chunk_reader
 from streams.chunk_reader import ChunkReader, LoggedLearners
 from streams.ledger import OutcomeLedger
 from streams.log_reader import RecordGone
@@ -112,6 +114,45 @@ async def test_chunks_come_back_in_chunk_order_from_wherever_they_lie(log, reade
     async for _first in learners.batches(2):
         break
     assert [[r.userid for r in b] async for b in learners.batches(5)] == [[1, 2, 3, 4, 5], [6, 7]]
+
+
+async def test_the_chunk_reader_holds_no_chunk_ahead_of_the_one_asked_for_and_reads_on_without_seeking(
+        log, reader, monkeypatch):
+    # Six chunks of ~100 KB: one 1 MiB fetch brings them all. Taken 16 at a time, five were held decoded-ready
+    # beside the one in hand (a 1,000,000-learner job's chunks are ~1 MB each: 5 MB in the worker while it cut).
+    places = [await log.put(chunk("big", n, list(range(n * 2000 + 1, (n + 1) * 2000 + 1))), 0) for n in range(6)]
+    tp = TopicPartition(log.settings.topic("job-requests"), 0)
+    async with reader.reading() as read:
+        seeks = []
+        seek = read._consumer.seek
+        monkeypatch.setattr(read._consumer, "seek", lambda tp, offset: (seeks.append(offset), seek(tp, offset)))
+        for number, (_, offset) in enumerate(places):
+            record = await read.record_at(tp, offset)
+            got = decode(record.value, record.headers)
+            assert isinstance(got, RecipientChunkReceived) and got.chunk_no == number
+            assert read.held == 0
+        # Consecutive places are read on from the consumer's position: one seek, to the first.
+        assert seeks == [places[0][1]]
+        # A place behind the position, or far past it, is sought.
+        assert (await read.record_at(tp, places[2][1])).offset == places[2][1]
+        assert seeks == [places[0][1], places[2][1]]
+    assert [c.chunk_no async for c in reader.chunks("big", places)] == list(range(6))
+
+
+async def test_a_chunk_is_decoded_only_once_the_one_before_it_is_freed(log, reader, monkeypatch):
+    # Cutting a job holds one decoded chunk (~8 MB for 10,000 learners), not two while the next one decodes.
+    places = [await log.put(chunk("one", n, list(range(n * 50 + 1, (n + 1) * 50 + 1))), 1) for n in range(4)]
+    alive_at_decode = []
+
+    def counting_decode(value, headers):
+        alive_at_decode.append(sum(isinstance(o, RecipientChunkReceived) for o in gc.get_objects()))
+        return decode(value, headers)
+
+    monkeypatch.setattr(chunk_reader, "decode", counting_decode)
+    learners = LoggedLearners(reader, "one", places, 200)
+    cut = [[r.userid for r in b] async for b in learners.batches(30)]  # batches across chunk boundaries
+    assert [u for b in cut for u in b] == list(range(1, 201)) and len(cut) == 7
+    assert alive_at_decode == [0, 0, 0, 0]
 
 
 async def test_a_place_holding_another_record_is_refused_and_a_deleted_chunk_is_gone(log, reader):

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from projections.projector import Projector, ProjectorStats, _collector_paused, _pieces
+from projections.projector import LIVE_POLL_BYTES, LIVE_TAKE, Projector, ProjectorStats, _collector_paused, _pieces
 from schemas.envelope import encode
 from schemas.events import RecipientFailed, RecipientSent
 
@@ -100,3 +100,42 @@ def test_steady_rate_counts_from_the_first_record_to_the_last_commit() -> None:
     assert stats.per_second == 25_000
     assert stats.steady_per_second == 40_000
     assert ProjectorStats(events=0, seconds=1.0).steady_per_second == 0.0  # nothing read
+
+
+class BufferedConsumer:
+    """What the projector's poll sees of aiokafka's consumer: each partition's fetched records, handed over by
+    getmany as aiokafka's Fetcher.fetched_records does, partition after partition until max_records."""
+
+    def __init__(self, buffered: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        self.buffered = {tp: list(records) for tp, records in buffered.items()}
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int) -> dict:
+        drained = {}
+        for tp in partitions:
+            records = self.buffered.get(tp)
+            if not records or max_records == 0:
+                continue
+            drained[tp], self.buffered[tp] = records[:max_records], records[max_records:]
+            max_records -= len(drained[tp])
+        return drained
+
+
+async def test_a_live_poll_stays_near_its_byte_limit_however_much_the_consumer_has_buffered() -> None:
+    # A large job's cut: every batches partition has a whole fetch buffered (~50 BatchDispatched of ~20 KB).
+    # The first take of a poll used to hand all of them over at once (12 MB); the byte limit only stopped the
+    # takes after it.
+    buffered = {TopicPartition("t.batches", p): [record(TopicPartition("t.batches", p), i, 1 + p * 1000 + i, 20_000)
+                                                 for i in range(50)] for p in range(12)}
+    consumer = BufferedConsumer(buffered)
+    projector = Projector(Settings(environment="test"))
+    projector._live = True
+    projector._partitions = list(buffered)
+    polls = []
+    while polled := await projector._poll(consumer):  # type: ignore[arg-type]
+        polls.append(polled)
+    largest = max(len(r.value) for records in buffered.values() for r in records)
+    for polled in polls:
+        size = sum(len(r.value) for records in polled.values() for r in records)
+        assert size <= LIVE_POLL_BYTES + LIVE_TAKE * largest
+    for tp, records in buffered.items():
+        assert [r for polled in polls for r in polled.get(tp, [])] == records
