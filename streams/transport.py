@@ -22,8 +22,8 @@ import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-FETCH_MIN_BYTES = 64 * 1024  # ~400 outcomes as lz4 batches on the wire
-FETCH_MAX_WAIT_MS = 200
+FETCH_MIN_BYTES = 64 * 1024
+FETCH_MAX_WAIT_MS = 100
 
 
 class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
