@@ -4,7 +4,7 @@ Faust builds its consumer with ``fetch_max_wait_ms=1500`` fixed and aiokafka's `
 no setting for either. One fetch request asks the broker for every partition the worker holds (job requests,
 batches, jobs, outcomes, the global tables' changelogs: ~40 on the default topics), so with ``fetch_min_bytes=1``
 the broker answers as soon as any one record lands anywhere. During a job that is every linger of the outcome
-producer: the worker re-reads its own outcomes (watch-delivery) a few records per fetch, and each fetch costs its
+producer: the worker re-reads its own outcomes (watch-delivery) in many small fetches, and each fetch costs its
 request, a response listing every partition, and a hop between Faust's consumer thread and the event loop.
 
 Here the broker holds a fetch until ``FETCH_MIN_BYTES`` have gathered over the partitions asked for, or at most
