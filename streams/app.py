@@ -16,6 +16,7 @@ from config.load import settings_or_exit
 from config.settings import Settings
 from eventlog.topics import MAX_MESSAGE_BYTES
 from streams.context import StreamContext
+from streams.transport import use_fuller_fetches
 
 MAX_POLL_RECORDS = 200  # records one poll of the worker's consumer hands to its agents, at most (below)
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         autodiscover=False,
     )
+    use_fuller_fetches(app)  # before the first topic: fewer, fuller fetches (streams.transport)
     ctx = StreamContext.build(app, settings)
 
     # Imported here so that importing streams.app stays cheap and free of side effects.

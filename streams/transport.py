@@ -1,0 +1,51 @@
+"""The worker's Kafka transport: Faust's aiokafka driver, whose consumer fetches in fewer, fuller requests.
+
+Faust builds its consumer with ``fetch_max_wait_ms=1500`` fixed and aiokafka's ``fetch_min_bytes=1``, and offers
+no setting for either. One fetch request asks the broker for every partition the worker holds (job requests,
+batches, jobs, outcomes, the global tables' changelogs: ~40 on the default topics), so with ``fetch_min_bytes=1``
+the broker answers as soon as any one record lands anywhere. During a job that is every linger of the outcome
+producer: the worker re-reads its own outcomes (watch-delivery) in many small fetches, and each fetch costs its
+request, a response listing every partition, and a hop between Faust's consumer thread and the event loop.
+
+Here the broker holds a fetch until ``FETCH_MIN_BYTES`` have gathered over the partitions asked for, or at most
+``FETCH_MAX_WAIT_MS``. Where records are waiting (a job's ``BatchDispatched`` cut ahead, its chunks) the fetch
+fills at once and nothing waits; what does wait is a record that arrives alone on a quiet log: a new job's
+``JobRequested``, a pause or cancel, the ``BatchCompleted`` that ends a job, each up to ``FETCH_MAX_WAIT_MS`` more
+(docs/benchmarks.md has what it saved). Idle, the worker polls every ``FETCH_MAX_WAIT_MS`` instead of 1.5 s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import aiokafka
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+FETCH_MIN_BYTES = 64 * 1024
+FETCH_MAX_WAIT_MS = 100
+
+
+class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust passes fetch_max_wait_ms=1500 itself, so neither can go through its settings; aiokafka keeps the
+        # constructor's values in these two attributes until start() builds the fetcher from them (the consumer
+        # is not started yet); tests/unit/test_worker_transport.py checks that the fetcher is built with them.
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
+class _FullerFetchConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _FullerFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class FullerFetchTransport(faust_aiokafka.Transport):
+    Consumer: ClassVar[Any] = _FullerFetchConsumer
+
+
+def use_fuller_fetches(app: faust.App) -> None:
+    """Give ``app`` this transport; call before anything asks for its topics, consumer or producer."""
+    app.transport = FullerFetchTransport(app.conf.broker_consumer, app)
