@@ -23,12 +23,9 @@ def return_large_blocks() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None)  # the C library this process already uses
-    try:
-        mallopt = libc.mallopt
-        gnu_get_libc_version = libc.gnu_get_libc_version  # glibc's own: musl has a mallopt that does nothing
-    except AttributeError:
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc's own: musl has a mallopt that does nothing
         return False
-    del gnu_get_libc_version
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)) and bool(mallopt(M_TRIM_THRESHOLD, 2 * LARGE_BLOCK))
