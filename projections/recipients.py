@@ -10,7 +10,7 @@ never count twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from psycopg import AsyncCursor, sql
@@ -246,20 +246,67 @@ def _report_kind(event: Event) -> str | None:
     return None
 
 
-def _rows(events: Sequence[Applied]) -> _Rows:
-    """Outcomes, by far the most events, are tried first: tried last, each went through every other test (and
-    built a union type) first; over bench.replay's 50,000-learner log this took 2.0 us per event, now 1.5-1.7."""
+@dataclass(frozen=True, slots=True)
+class Built:
+    """Rows of a poll built apart from its other events (by ``build``, in a replay's decoder process): the
+    outcomes' rows, one per learner, and the first runs' pending rows, in log order."""
+
+    outcomes: list[tuple]
+    pending: list[tuple]
+
+
+def _first_run(event: Event) -> BatchDispatched | None:
+    return event if isinstance(event, BatchDispatched) and event.run == 0 else None
+
+
+def build(events: Iterable[Event | None]) -> tuple[Built, list[int]]:
+    """The rows of the events that only job_recipients reads, outcomes and first-run BatchDispatched
+    (tests/unit/test_built_rows.py holds the other read models to that), and the places of the others (None:
+    a record that did not decode), which go to every read model as events.
+
+    A replay builds these in a decoder process of its own (projections/decoder.py): they are nearly all of a
+    log, and rows cross a process boundary for a fraction of what decoded events cost."""
+    outcomes: dict[tuple[str, int], tuple] = {}
+    pending: list[tuple] = []
+    others: list[int] = []
+    for i, event in enumerate(events):
+        if event is None:
+            others.append(i)
+        elif (row := _outcome_row(event)) is not None:
+            key = (row[0], row[1])
+            if _outcome_wins(row, outcomes.get(key)):
+                outcomes[key] = row
+        elif (batch := _first_run(event)) is not None:
+            pending.extend(_pending_rows(batch))
+        else:
+            others.append(i)
+    return Built(list(outcomes.values()), pending), others
+
+
+def _pending_rows(event: BatchDispatched) -> Iterator[tuple]:
+    return ((event.job_id, r.userid, r.email, event.run, event.batch_no) for r in event.recipients)
+
+
+def _rows(events: Sequence[Applied], built: Built | None = None) -> _Rows:
+    """A poll's rows by statement; ``built``: the rows ``build`` made of its outcomes and first-run batches,
+    which ``events`` then do not hold. Outcomes, by far the most events, are tried first: tried last, each went
+    through every other test (and built a union type) first; over bench.replay's 50,000-learner log this took
+    2.0 us per event, now 1.5-1.7."""
     rows = _Rows()
+    if built is not None:
+        rows.outcomes = {(row[0], row[1]): row for row in built.outcomes}
+        rows.pending = built.pending
     for _, event in events:
         if (row := _outcome_row(event)) is not None:
+            assert built is None, "outcomes built apart, and one among the events too"
             key = (row[0], row[1])
             if _outcome_wins(row, rows.outcomes.get(key)):
                 rows.outcomes[key] = row
         elif isinstance(event, BatchDispatched) and event.run > 0:
             rows.retried.extend((event.job_id, r.userid, event.run, event.batch_no) for r in event.recipients)
         elif isinstance(event, BatchDispatched):
-            rows.pending.extend((event.job_id, r.userid, r.email, event.run, event.batch_no)
-                                for r in event.recipients)
+            assert built is None, "first-run batches built apart, and one among the events too"
+            rows.pending.extend(_pending_rows(event))
         elif (kind := _report_kind(event)) is not None:
             assert isinstance(event, RecipientDelivered | RecipientBounced | RecipientComplained)
             key = (event.job_id, event.userid)
@@ -268,10 +315,11 @@ def _rows(events: Sequence[Applied]) -> _Rows:
     return rows
 
 
-async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:
-    """Apply a poll's events; must run inside a transaction (the staging tables empty at commit), on a
-    connection that has the staging tables (create_read_models made them)."""
-    rows = _rows(events)
+async def apply(cur: AsyncCursor, events: Sequence[Applied], built: Built | None = None) -> None:
+    """Apply a poll's events, and the rows ``build`` made of the rest of it; must run inside a transaction (the
+    staging tables empty at commit), on a connection that has the staging tables (create_read_models made
+    them)."""
+    rows = _rows(events, built)
     if rows.pending:
         await _copy(cur, "incoming_pending", _PENDING_TYPES, rows.pending)
         await cur.execute(_PENDING)
