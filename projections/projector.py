@@ -11,7 +11,9 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Coroutine, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +27,10 @@ from config.settings import Settings
 from eventlog.topics import EVENT_TOPICS, partitions_of
 from projections import audit, callbacks, company_settings, jobs, recipients, suppressions, templates, tracking
 from projections.base import Applied, Position
+from projections.decoder import Decoder, Raw
 from resilience.dependencies import DEPENDENCIES, Backoff
 from resilience.reasons import reason
-from schemas.envelope import UndecodableRecord, decode
+from schemas.envelope import UndecodableRecord, decode, header
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class ProjectorStats:
     skipped: int = 0
     seconds: float = 0.0
     reconnects: int = 0  # waits for Postgres or Kafka to come back
+    built_apart: int = 0  # events whose rows the decoder process built (catching up: projections/decoder.py)
     # time.monotonic() when the first record was in hand and when the last poll committed: a replay's rate
     # without its start-up (connecting, creating the read models, finding the partitions and their offsets)
     first_record_at: float | None = None
@@ -83,11 +87,14 @@ class ProjectorStats:
 
 @dataclass(frozen=True, slots=True)
 class _Decoded:
-    """A poll decoded: its events, the next offset per partition to store with them, and to read after them."""
+    """A poll decoded: its events, the next offset per partition to store with them, and to read after them;
+    the rows the decoder process built of the rest (recipients.build), when it did."""
 
     events: list[Applied]
     positions: dict[tuple[str, int], int]
     ends: dict[TopicPartition, int]
+    built: recipients.Built | None = None
+    count: int = 0  # events decoded, those ``built`` included
 
 
 async def connect(settings: Settings, schema: str | None = None) -> psycopg.AsyncConnection:
@@ -169,6 +176,7 @@ class Projector:
         self._decoded: dict[TopicPartition, int] = {}  # next offset to decode: ahead of _next by one poll at most
         self._held: list[TopicPartition] = []  # partitions not polled until the others are caught up (replay)
         self._partitions: list[TopicPartition] = []  # assigned
+        self._decoder: Decoder | None = None  # catching up: builds most rows (projections/decoder.py)
 
     def stop(self) -> None:
         self._stop.set()
@@ -208,6 +216,9 @@ class Projector:
         DEPENDENCIES.track("postgres")
         DEPENDENCIES.track("kafka")
         backoff = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
+        # Catching up, outcomes and batches are decoded in a process of their own, forked before the consumer starts (it
+        # copies no connection).
+        self._decoder = Decoder.forked() if until_caught_up else None
         await self._start_consumer(consumer, backoff)
         started = time.monotonic()
         # What is alive now (modules, pydantic's validators, the clients) lives as long as the projector: out of
@@ -262,6 +273,7 @@ class Projector:
                     await self._wait(backoff.next(), "kafka", exc)
         finally:
             self.stats.seconds = time.monotonic() - started
+            self._close_decoder()
             await consumer.stop()
             await _close_quietly(conn)
             gc.unfreeze()  # a process that goes on (a test, a benchmark) collects them again
@@ -355,18 +367,32 @@ class Projector:
             self._next[tp] = self._decoded[tp] = offset
         return partitions
 
-    def _decode(self, polled: dict[TopicPartition, list]) -> _Decoded:
+    def _decode(self, polled: dict[TopicPartition, list], elsewhere: list[int] | None = None) -> _Decoded:
+        """``elsewhere``: the outcomes and batches topics' records were sent to the decoder process, and these are
+        the places (in the order of ``polled``) of the ones it did not turn into rows: only those are decoded
+        here."""
         if self.stats.first_record_at is None:
             self.stats.first_record_at = time.monotonic()
         with _collector_paused():
-            return self._decode_poll(polled)
+            return self._decode_poll(polled, elsewhere)
 
-    def _decode_poll(self, polled: dict[TopicPartition, list]) -> _Decoded:
+    def _decode_poll(self, polled: dict[TopicPartition, list], elsewhere: list[int] | None) -> _Decoded:
         events: list[Applied] = []
         positions: dict[tuple[str, int], int] = {}
+        apart = self._built_apart()
+        place, left = 0, iter(elsewhere or ())
+        wanted = next(left, None)
+        count = 0
         for tp, records in polled.items():
+            sent = elsewhere is not None and tp.topic in apart
             for record in records:
                 positions[(tp.topic, tp.partition)] = record.offset + 1
+                if sent:
+                    here, place = place, place + 1
+                    if here != wanted:
+                        count += 1  # its rows came from the decoder process
+                        continue
+                    wanted = next(left, None)
                 try:
                     event = decode(record.value, record.headers)
                 except UndecodableRecord as exc:
@@ -377,16 +403,55 @@ class Projector:
                 when = datetime.fromtimestamp(record.timestamp / 1000, UTC)
                 events.append((Position(tp.topic, tp.partition, record.offset, when), event))
         ends = {tp: records[-1].offset + 1 for tp, records in polled.items()}
-        self._decoded.update(ends)
-        return _Decoded(events, positions, ends)
+        return _Decoded(events, positions, ends, count=count + len(events))
+
+    def _start_decoding(self, piece: dict[TopicPartition, list]) -> Coroutine[None, None, _Decoded]:
+        """The piece's outcomes sent to the decoder process now, when there is one (catching up); awaited, the
+        returned coroutine decodes the rest here and hands the piece over. The piece counts as decoded from now
+        on (the next poll may read on)."""
+        self._decoded.update({tp: records[-1].offset + 1 for tp, records in piece.items()})
+        apart = self._built_apart()
+        sent: list[Raw] = [] if self._decoder is None else [
+            (r.value, header(r.headers, "ce_type")) for tp, records in piece.items() if tp.topic in apart
+            for r in records]
+        if self._decoder is None or not sent:
+            return self._decoded_here(piece)
+        return self._decoded_elsewhere(piece, self._decoder.build(sent))
+
+    def _built_apart(self) -> tuple[str, str]:
+        """The topics whose records go to the decoder process: those recipients.build can turn into rows."""
+        return self.settings.topic("outcomes"), self.settings.topic("batches")
+
+    async def _decoded_here(self, piece: dict[TopicPartition, list]) -> _Decoded:
+        return self._decode(piece)
+
+    async def _decoded_elsewhere(self, piece: dict[TopicPartition, list],
+                                 rows: asyncio.Future[tuple[recipients.Built, list[int]]]) -> _Decoded:
+        try:
+            built, others = await rows
+        except BrokenProcessPool as exc:
+            log.warning("replay decoder process lost (%s): decoding in the projector from here on", reason(exc))
+            self._close_decoder()
+            return self._decode(piece)
+        decoded = self._decode(piece, others)
+        return _Decoded(decoded.events, decoded.positions, decoded.ends, built, decoded.count)
+
+    def _close_decoder(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
 
     async def _commit(self, conn: psycopg.AsyncConnection, polled: _Decoded) -> None:
         """One poll's row changes and the offsets after it, in one transaction."""
         async with conn.transaction(), conn.cursor() as cur:
             for model in READ_MODELS:
-                await model.apply(cur, polled.events)
+                if model is recipients:
+                    await recipients.apply(cur, polled.events, polled.built)
+                else:
+                    await model.apply(cur, polled.events)
             await tracking.save(cur, PROJECTION, polled.positions)
-        self.stats.events += len(polled.events)
+        self.stats.events += polled.count
+        self.stats.built_apart += polled.count - len(polled.events)
         self.stats.last_commit_at = time.monotonic()
         self._next.update(polled.ends)
 
@@ -395,25 +460,30 @@ class Projector:
         """Apply ``polled``, then each poll already fetched after it, until none is or ``targets`` are reached.
 
         Polls are committed one at a time and in order. Each commit is started as a task before the next piece is
-        decoded, but it runs only when the event loop gets a turn: while getmany waits for a fetch, not while it
-        hands over buffered records or a piece decodes, so on a backlog decoding and committing mostly take turns
-        (docs/scaling.md, Replay: making them overlap by decoding in slices was measured and not faster).
+        decoded, but it runs only when the event loop gets a turn: while getmany waits for a fetch, or while the
+        decoder process (catching up) decodes, not while a piece decodes here. With the decoder, the piece after
+        the next is sent to it before the next is awaited, so it always has one to work on.
         """
         commit: asyncio.Task[None] | None = None
+        decoding: deque[Coroutine[None, None, _Decoded]] = deque()
+        ahead = 0 if self._decoder is None else 1
         try:
             while polled:
                 for piece in _pieces(polled, LIVE_PIECE_BYTES if self._live else PIECE_BYTES):
-                    decoded = self._decode(piece)
-                    if commit is not None:
-                        await commit
-                    commit = asyncio.create_task(self._commit(conn, decoded))
+                    decoding.append(self._start_decoding(piece))
+                    if len(decoding) > ahead:
+                        commit = await self._commit_next(conn, decoding.popleft(), commit)
                 if self._stop.is_set() or (targets and all(self._decoded[tp] >= e for tp, e in targets.items())):
                     break
                 self._release_batches(targets)
                 polled = await self._poll(consumer)
+            while decoding:
+                commit = await self._commit_next(conn, decoding.popleft(), commit)
             if commit is not None:
                 await commit
         finally:
+            for left in decoding:  # leaving on an error: pieces not committed are read again from the stored offsets
+                left.close()
             if commit is not None and not commit.done():
                 # Leaving on an error: the transaction in flight ends (commits or rolls back) before the
                 # connection is closed or its stored offsets are read again. Its own error, if any, is the
@@ -421,3 +491,11 @@ class Projector:
                 await asyncio.wait([commit])
             if commit is not None and not commit.cancelled():
                 commit.exception()  # retrieved: an error here was raised above or shows on the next use
+
+    async def _commit_next(self, conn: psycopg.AsyncConnection, decoding: Coroutine[None, None, _Decoded],
+                           commit: asyncio.Task[None] | None) -> asyncio.Task[None]:
+        """The next piece decoded, the previous commit awaited, and this piece's commit started."""
+        decoded = await decoding
+        if commit is not None:
+            await commit
+        return asyncio.create_task(self._commit(conn, decoded))
