@@ -371,8 +371,6 @@ class Projector:
         """``elsewhere``: the outcomes and batches topics' records were sent to the decoder process, and these are
         the places (in the order of ``polled``) of the ones it did not turn into rows: only those are decoded
         here."""
-        if self.stats.first_record_at is None:
-            self.stats.first_record_at = time.monotonic()
         with _collector_paused():
             return self._decode_poll(polled, elsewhere)
 
@@ -409,6 +407,8 @@ class Projector:
         """The piece's outcomes sent to the decoder process now, when there is one (catching up); awaited, the
         returned coroutine decodes the rest here and hands the piece over. The piece counts as decoded from now
         on (the next poll may read on)."""
+        if self.stats.first_record_at is None:
+            self.stats.first_record_at = time.monotonic()
         self._decoded.update({tp: records[-1].offset + 1 for tp, records in piece.items()})
         apart = self._built_apart()
         sent: list[Raw] = [] if self._decoder is None else [
