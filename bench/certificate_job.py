@@ -62,13 +62,53 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, all cores (idle includes iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), idle / os.sysconf("SC_CLK_TCK")
+
+
+def stack_pids() -> dict[str, list[int]]:
+    """Kafka's and Postgres's pids (Postgres with its backends) when the stack home is known, else none."""
+    home = os.environ.get("OFFLOAD_TEST_STACK_HOME")
+    if not home:
+        return {}
+    pids: dict[str, list[int]] = {}
+    for name in ("kafka", "postgres"):
+        pidfile = Path(home) / "run" / f"{name}.pid"
+        if pidfile.is_file():
+            pids[name] = [int(pidfile.read_text().split()[0])]
+    return pids
+
+
 def cpu_snapshot(worker: int, projector: int) -> dict[str, float]:
-    return {"worker": cpu_seconds(worker), "render": sum(cpu_seconds(p) for p in children(worker)),
-            "projector": cpu_seconds(projector)}
+    """CPU seconds so far of each part of the pipeline, and of the machine (busy and idle)."""
+    snapshot = {"worker": cpu_seconds(worker), "render": sum(cpu_seconds(p) for p in children(worker)),
+                "projector": cpu_seconds(projector)}
+    for name, pids in stack_pids().items():
+        if name == "postgres":  # the postmaster and every backend and helper it started
+            pids = pids + [int(c) for c in Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()]
+        snapshot[name] = sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists())
+    snapshot["machine_busy"], snapshot["machine_idle"] = machine_cpu()
+    snapshot["wall"] = time.perf_counter()
+    return snapshot
+
+
+PIPELINE = ("worker", "render", "projector")
 
 
 def cpu_ms_per_cert(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: round((after[k] - before[k]) * 1000 / N, 2) for k in before}
+    """CPU ms per certificate of each pipeline process (and Kafka/Postgres when known), and of the machine."""
+    return {k: round((after[k] - before[k]) * 1000 / N, 2) for k in before if k not in ("machine_idle", "wall")}
+
+
+def capacity(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """How the machine's cores were used during a job: the share idle, the share the render processes used."""
+    wall = after["wall"] - before["wall"]
+    cores = os.cpu_count() or 1
+    return {"idle_share": round((after["machine_idle"] - before["machine_idle"]) / (cores * wall), 3),
+            "render_share": round((after["render"] - before["render"]) / (cores * wall), 3)}
 
 
 def run_job(settings, payload: dict, timeout: float = 900) -> tuple[float, dict]:
@@ -139,6 +179,8 @@ def main() -> None:
             cpu2 = cpu_snapshot(worker.pid, projector.pid)
             result["cpu_ms_per_cert_local"] = cpu_ms_per_cert(cpu0, cpu1)
             result["cpu_ms_per_cert_s3"] = cpu_ms_per_cert(cpu1, cpu2)
+            result["cores_local"] = capacity(cpu0, cpu1)
+            result["cores_s3"] = capacity(cpu1, cpu2)
             assert (row["route"], row["provider"], row["succeeded"], row["failed"], row["fell_back"]) == (
                 "cloud", "s3", N, 0, False), row
             result.update(s3_certs_10k_seconds=round(s3_seconds, 1), s3_certs_per_s=round(N / s3_seconds, 1))
@@ -164,7 +206,7 @@ def main() -> None:
     # pipeline's CPU (worker, render processes, projector; not Kafka, Postgres or moto) spent rendering.
     for route in ("local", "s3"):
         cpu = result[f"cpu_ms_per_cert_{route}"]
-        result[f"cpu_ratio_{route}"] = round(cpu["render"] / sum(cpu.values()), 2)
+        result[f"cpu_ratio_{route}"] = round(cpu["render"] / sum(cpu[k] for k in PIPELINE), 2)
     result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))
