@@ -82,6 +82,17 @@ def stack_pids() -> dict[str, list[int]]:
     return pids
 
 
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each of ``pids`` still alive (a Postgres backend may exit at any time)."""
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            out[pid] = cpu_seconds(pid)
+        except (OSError, IndexError):
+            pass
+    return out
+
+
 def cpu_snapshot(worker: int, projector: int) -> dict[str, float]:
     """CPU seconds so far of each part of the pipeline, and of the machine (busy and idle)."""
     snapshot = {"worker": cpu_seconds(worker), "render": sum(cpu_seconds(p) for p in children(worker)),
@@ -89,7 +100,8 @@ def cpu_snapshot(worker: int, projector: int) -> dict[str, float]:
     for name, pids in stack_pids().items():
         if name == "postgres":  # the postmaster and every backend and helper it started
             pids = pids + [int(c) for c in Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()]
-        snapshot[name] = sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists())
+        for pid, seconds in process_cpu(pids).items():
+            snapshot[f"{name}:{pid}"] = seconds
     snapshot["machine_busy"], snapshot["machine_idle"] = machine_cpu()
     snapshot["wall"] = time.perf_counter()
     return snapshot
@@ -99,8 +111,16 @@ PIPELINE = ("worker", "render", "projector")
 
 
 def cpu_ms_per_cert(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU ms per certificate of each pipeline process (and Kafka/Postgres when known), and of the machine."""
-    return {k: round((after[k] - before[k]) * 1000 / N, 2) for k in before if k not in ("machine_idle", "wall")}
+    """CPU ms per certificate of each pipeline process, of Kafka and Postgres (when the stack home is known; a
+    process that started between the snapshots counts from zero, one that ended is left out), and of the
+    machine."""
+    totals: dict[str, float] = {}
+    for key, seconds in after.items():
+        if key in ("machine_idle", "wall"):
+            continue
+        name = key.split(":")[0]
+        totals[name] = totals.get(name, 0.0) + seconds - before.get(key, 0.0)
+    return {name: round(seconds * 1000 / N, 2) for name, seconds in totals.items()}
 
 
 def capacity(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
