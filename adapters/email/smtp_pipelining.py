@@ -30,6 +30,16 @@ class ReplyKeepingProtocol(SMTPProtocol):
 
     _kept: deque[SMTPResponse]
 
+    @classmethod
+    def adopt(cls, protocol: SMTPProtocol) -> ReplyKeepingProtocol:
+        """The same protocol object, now keeping every reply: the transport stays bound to it, as does
+        aiosmtplib's SMTP. Call between commands, with no reply outstanding."""
+        if not isinstance(protocol, cls):
+            protocol.__class__ = cls
+            assert isinstance(protocol, cls)
+            protocol._kept = deque()
+        return protocol
+
     def data_received(self, data: bytes) -> None:
         waiter = self._response_waiter
         if waiter is None:  # the connection is gone
@@ -64,11 +74,7 @@ def keep_every_reply(smtp: aiosmtplib.SMTP) -> bool:
     protocol = smtp.protocol
     if protocol is None or not smtp.supports_extension("pipelining"):
         return False
-    if not isinstance(protocol, ReplyKeepingProtocol):
-        # The same object with the two methods above: the transport stays bound to it, as does aiosmtplib's SMTP.
-        protocol.__class__ = ReplyKeepingProtocol
-        assert isinstance(protocol, ReplyKeepingProtocol)
-        protocol._kept = deque()
+    ReplyKeepingProtocol.adopt(protocol)
     return True
 
 
