@@ -90,6 +90,8 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     smtp_starttls: bool = False
     smtp_use_tls: bool = False
     smtp_connections: int = Field(default=8, ge=1, le=64)
+    # Pipeline MAIL, RCPT and DATA (RFC 2920) where the relay advertises PIPELINING; false: always in lockstep.
+    smtp_pipelining: bool = True
     smtp_timeout: float = 30.0
 
     aws_region: str = "eu-west-1"

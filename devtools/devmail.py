@@ -104,8 +104,12 @@ class DevMailSink:
         keep_messages: bool = True,
         spool_dir: Path | None = None,
         max_records: int | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.host, self._port = host, port
+        # Advertise PIPELINING (RFC 2920) as Postfix and most relays do; aiosmtpd reads commands one line at a time
+        # from the stream, so pipelined commands are served in order, but it does not say so itself.
+        self.pipelining = pipelining
         self.keep_messages = keep_messages
         self.spool_dir = spool_dir
         self._lock = threading.Lock()
@@ -219,6 +223,13 @@ class DevMailSink:
         return f"{injection.code} {injection.text}"
 
     # ---- aiosmtpd handler hooks (run in the controller's thread) -----------------------------------
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when no hook is set
+        if not self.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]  # the last line ends the reply ("250 HELP")
+
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list) -> str:
         with self._lock:
             refusal = self._take(self._throttle)

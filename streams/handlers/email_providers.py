@@ -79,6 +79,7 @@ class EmailProviders:
             use_tls=settings.smtp_use_tls,
             connections=settings.smtp_connections,
             timeout=settings.smtp_timeout,
+            pipelining=settings.smtp_pipelining,
         )
         secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
         self.ses = SesProvider(

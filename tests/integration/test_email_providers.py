@@ -20,6 +20,7 @@ from adapters.email.base import Outcome, ProviderUnavailable
 from adapters.email.delivery import FinalResult, RetryPolicy, deliver
 from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider
+from adapters.email.smtp_pipelining import ReplyKeepingProtocol
 from devtools.devmail import DevMailSink
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, RecordingSleep, address_of, closed_port, outgoing
 from tests.support.moto_server import MotoServer, moto_server
@@ -28,9 +29,10 @@ pytestmark = pytest.mark.integration
 REGION = "eu-west-1"
 
 
-@pytest.fixture
-def sink() -> Iterator[DevMailSink]:
-    with DevMailSink() as running:
+@pytest.fixture(params=[True, False], ids=["pipelining", "lockstep"])
+def sink(request: pytest.FixtureRequest) -> Iterator[DevMailSink]:
+    """The sink advertising PIPELINING (the client pipelines each envelope) or not (it sends in lockstep)."""
+    with DevMailSink(pipelining=request.param) as running:
         yield running
 
 
@@ -85,6 +87,21 @@ async def test_every_recipient_gets_exactly_its_own_message(sink: DevMailSink, s
         assert got.raw == msg.raw and got.message_id == msg.message_id and got.mail_from == MAIL_FROM
         parsed = email.message_from_bytes(got.raw, policy=email.policy.default)
         assert parsed["To"].addresses[0].display_name == msg.to_name
+
+
+async def test_the_client_pipelines_only_where_the_relay_advertises_it(sink: DevMailSink) -> None:
+    for offered in (True, False):
+        provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=5,
+                                pipelining=offered)
+        await provider.start()
+        try:
+            (result,) = await provider.send_batch([outgoing(1)])
+            assert result.outcome is Outcome.SENT
+            session = provider._slots[0]
+            assert session is not None
+            assert isinstance(session.protocol, ReplyKeepingProtocol) is (offered and sink.pipelining)
+        finally:
+            await provider.stop()
 
 
 async def test_lines_starting_with_a_dot_arrive_unchanged(sink: DevMailSink, smtp: SmtpProvider) -> None:

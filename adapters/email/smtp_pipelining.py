@@ -1,0 +1,106 @@
+"""SMTP PIPELINING (RFC 2920) for the relay sessions: MAIL, RCPT and DATA go out in one write.
+
+In lockstep a message costs four round trips (MAIL, RCPT, DATA, the content), each a write, a wait and a wake-up
+for the reply on both sides. Pipelined, the envelope is one write and its three replies come back together: two
+round trips per message. Used only with a relay that advertises PIPELINING in its EHLO reply (Postfix, Exim and
+most relays do).
+
+aiosmtplib's protocol reads one reply per command and drops bytes that arrive while a reply waits to be picked
+up ("if multiple commands are written to the transport without awaiting, response data will be lost"), so a
+pipelining session's protocol is switched to ``ReplyKeepingProtocol``, which keeps every reply, in order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import aiosmtplib
+from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.response import SMTPResponse
+
+_CLOSING = 421  # the server is closing the session: the caller drops it, nothing more is read from it
+
+
+class ReplyKeepingProtocol(SMTPProtocol):
+    """aiosmtplib's protocol, keeping every complete reply until it is read, in the order received.
+
+    The response waiter always holds the oldest reply not yet read; later ones wait in ``_kept``. Data that
+    arrives between commands is kept too (the stock protocol drops it), so an unsolicited reply, such as a
+    ``421`` before the server closes, is what the next command reads: that session is then dropped."""
+
+    _kept: deque[SMTPResponse]
+
+    @classmethod
+    def adopt(cls, protocol: SMTPProtocol) -> ReplyKeepingProtocol:
+        """The same protocol object, now keeping every reply: the transport stays bound to it, as does
+        aiosmtplib's SMTP. Call between commands, with no reply outstanding."""
+        if not isinstance(protocol, cls):
+            protocol.__class__ = cls
+            assert isinstance(protocol, cls)
+            protocol._kept = deque()
+        return protocol
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._response_waiter
+        if waiter is None:  # the connection is gone
+            return
+        self._buffer.extend(data)
+        if len(self._buffer) > MAX_RESPONSE_LENGTH:
+            del self._buffer[:]
+            if not waiter.done():
+                self._set_response_exception(waiter, aiosmtplib.SMTPResponseException(
+                    aiosmtplib.SMTPStatus.invalid_response.value, "Response too long"))
+            return
+        try:
+            while (response := self._read_response_from_buffer()) is not None:
+                if waiter.done():
+                    self._kept.append(response)
+                else:
+                    waiter.set_result(response)
+        except Exception as exc:  # a malformed reply: whoever reads next gets the error
+            if not waiter.done():
+                self._set_response_exception(waiter, exc)
+
+    async def read_response(self, timeout: float | None = None) -> SMTPResponse:
+        response = await super().read_response(timeout)  # a new waiter is in place once this returns
+        if self._kept and self._response_waiter is not None:
+            self._response_waiter.set_result(self._kept.popleft())
+        return response
+
+
+def keep_every_reply(smtp: aiosmtplib.SMTP) -> bool:
+    """Switch a connected session's protocol to ``ReplyKeepingProtocol`` if the server advertises PIPELINING;
+    whether it did. Called between commands, with no reply outstanding, so nothing received is lost."""
+    protocol = smtp.protocol
+    if protocol is None or not smtp.supports_extension("pipelining"):
+        return False
+    ReplyKeepingProtocol.adopt(protocol)
+    return True
+
+
+async def pipelined_envelope(protocol: ReplyKeepingProtocol, mail: bytes, rcpt: bytes, *, mail_from: str,
+                             to_address: str) -> None:
+    """MAIL, RCPT and DATA in one write, then their replies; returns once DATA was answered 354.
+
+    A refusal raises the exception aiosmtplib's lockstep commands raise for it, once all three replies are read,
+    so none is left over to be paired with a later command (the caller then resets the envelope). If DATA was
+    accepted although MAIL or RCPT was not, the content is a lone dot, as RFC 2920 asks. A 421 raises at once:
+    the server is closing the session and the caller drops it."""
+    protocol.write(mail + rcpt + b"DATA\r\n")
+    mail_reply = await protocol.read_response(timeout=None)
+    if mail_reply.code == _CLOSING:
+        raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, mail_from)
+    rcpt_reply = await protocol.read_response(timeout=None)
+    if rcpt_reply.code == _CLOSING:
+        raise aiosmtplib.SMTPRecipientRefused(rcpt_reply.code, rcpt_reply.message, to_address)
+    data_reply = await protocol.read_response(timeout=None)
+    refused = mail_reply.code != 250 or rcpt_reply.code not in (250, 251)
+    if refused and data_reply.code == 354:
+        protocol.write(b".\r\n")
+        await protocol.read_response(timeout=None)
+    if mail_reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, mail_from)
+    if rcpt_reply.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(rcpt_reply.code, rcpt_reply.message, to_address)
+    if data_reply.code != 354:
+        raise aiosmtplib.SMTPDataError(data_reply.code, data_reply.message)
