@@ -35,7 +35,13 @@ log = logging.getLogger(__name__)
 Raw = tuple[bytes | None, bytes | None]
 
 
+# The learners this process's outcomes have written so far (recipients.Written), for the length of one replay.
+_written = recipients.Written()
+
+
 def _child_setup() -> None:
+    global _written
+    _written = recipients.Written()  # nothing from the parent's copy
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the projector's to handle; it stops this process
     gc.disable()  # as in the projector catching up: a piece's objects hold no cycles, reference counting frees them
 
@@ -51,8 +57,9 @@ def _decoded(records: Sequence[Raw]) -> Iterator[Event | None]:
 def build(records: Sequence[Raw]) -> tuple[recipients.Built, list[int]]:
     """recipients.build over the decoded records: the rows of the outcomes and first-run batches, and the
     places in ``records`` of the others (reports, retry runs' batches, undecodable records), which the projector
-    decodes itself."""
-    return recipients.build(_decoded(records))
+    decodes itself. Pending rows of learners an earlier piece's outcome writes are left out (recipients.Written):
+    pieces reach this process in the order they commit."""
+    return recipients.build(_decoded(records), _written)
 
 
 class Decoder:

@@ -259,10 +259,39 @@ def _first_run(event: Event) -> BatchDispatched | None:
     return event if isinstance(event, BatchDispatched) and event.run == 0 else None
 
 
-def build(events: Iterable[Event | None]) -> tuple[Built, list[int]]:
+class Written:
+    """Learners whose job_recipients row an earlier outcome in this run of ``build`` writes, so that their
+    first-run pending rows, which would change nothing (``ON CONFLICT DO NOTHING``), are left out.
+
+    Sound because pieces commit one at a time, in the order they were built, and after a lost connection the
+    projector reads and commits everything after its stored offsets again in that order: an outcome noted here
+    is committed before any later piece's pending rows are. A replay reads the batches topic last, so without
+    this every learner's pending row went to Postgres only to be found there (50,000 no-op rows at the end of a
+    50,000-learner replay, none of it overlapped). Bounded: past ``limit`` learners nothing more is noted, and
+    their pending rows go as before."""
+
+    def __init__(self, limit: int = 2_000_000) -> None:
+        self.limit = limit
+        self.count = 0
+        self._users: dict[str, set[int]] = {}
+
+    def note(self, job_id: str, userid: int) -> None:
+        if self.count < self.limit:
+            users = self._users.setdefault(job_id, set())
+            if userid not in users:
+                users.add(userid)
+                self.count += 1
+
+    def has(self, job_id: str, userid: int) -> bool:
+        users = self._users.get(job_id)
+        return users is not None and userid in users
+
+
+def build(events: Iterable[Event | None], written: Written | None = None) -> tuple[Built, list[int]]:
     """The rows of the events that only job_recipients reads, outcomes and first-run BatchDispatched
     (tests/unit/test_built_rows.py holds the other read models to that), and the places of the others (None:
-    a record that did not decode), which go to every read model as events.
+    a record that did not decode), which go to every read model as events. ``written``: the learners earlier
+    calls' outcomes write, noted and used across the calls (see Written).
 
     A replay builds these in a decoder process of its own (projections/decoder.py): they are nearly all of a
     log, and rows cross a process boundary for a fraction of what decoded events cost."""
@@ -277,9 +306,13 @@ def build(events: Iterable[Event | None]) -> tuple[Built, list[int]]:
             if _outcome_wins(row, outcomes.get(key)):
                 outcomes[key] = row
         elif (batch := _first_run(event)) is not None:
-            pending.extend(_pending_rows(batch))
+            rows = _pending_rows(batch)
+            pending.extend(rows if written is None else (r for r in rows if not written.has(r[0], r[1])))
         else:
             others.append(i)
+    if written is not None:  # noted after the loop: within one call, outcomes and pending rows share a transaction
+        for job_id, userid in outcomes:
+            written.note(job_id, userid)
     return Built(list(outcomes.values()), pending), others
 
 

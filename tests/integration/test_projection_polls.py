@@ -100,10 +100,11 @@ async def project(schema_settings, polls: Sequence[Sequence[Applied]], *, built_
     """Each poll in one transaction; ``built_apart``: as a replay applies it, its outcomes and batches topics'
     events turned into rows by recipients.build (projections/decoder.py) and only the rest applied as events."""
     conn = await connect(schema_settings)
+    written = recipients.Written()  # as the decoder process keeps it, across the polls
     try:
         await create_read_models(conn)
         for poll in polls:
-            built, events = _built(poll) if built_apart else (None, poll)
+            built, events = _built(poll, written) if built_apart else (None, poll)
             async with conn.transaction(), conn.cursor() as cur:
                 for model in READ_MODELS:
                     if model is recipients:
@@ -114,9 +115,9 @@ async def project(schema_settings, polls: Sequence[Sequence[Applied]], *, built_
         await conn.close()
 
 
-def _built(poll: Sequence[Applied]) -> tuple[recipients.Built, list[Applied]]:
+def _built(poll: Sequence[Applied], written: recipients.Written) -> tuple[recipients.Built, list[Applied]]:
     apart = [i for i, (position, _) in enumerate(poll) if position.topic in ("outcomes", "batches")]
-    built, others = recipients.build(poll[i][1] for i in apart)
+    built, others = recipients.build((poll[i][1] for i in apart), written)
     left = {apart[i] for i in others} | set(range(len(poll))) - set(apart)
     return built, [applied for i, applied in enumerate(poll) if i in left]
 
@@ -157,6 +158,8 @@ async def test_any_cut_into_polls_and_any_topic_order_leave_the_same_rows(settin
            cut(shuffled_topics(events, rng), rng.randint(1, 12)) for i in range(3)},
         "rows built apart (a replay): batches last, the whole log in one poll":
             [by_topic_order(events, ["outcomes", "jobs", "batches"])],
+        "rows built apart (a replay): batches last, polls of three":
+            cut(by_topic_order(events, ["outcomes", "jobs", "batches"]), 3),
     }
     results = {}
     for name, polls in variants.items():

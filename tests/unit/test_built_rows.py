@@ -92,3 +92,20 @@ def test_rows_refuse_an_outcome_among_the_events_when_they_were_built_apart() ->
     built, _ = recipients.build([_sent(1)])
     with pytest.raises(AssertionError):
         recipients._rows([(Position("t", 0, 0, T0), _sent(2))], built)
+
+
+def test_pending_rows_of_learners_an_earlier_call_wrote_are_left_out() -> None:
+    written = recipients.Written()
+    recipients.build([_sent(1), _sent(2)], written)
+    built, _ = recipients.build([_batch(0, [1, 2, 3])], written)
+    assert [row[1] for row in built.pending] == [3]
+    built, _ = recipients.build([_batch(0, [4]), _sent(4)], written)  # in one call: one transaction, kept
+    assert [row[1] for row in built.pending] == [4]
+    assert written.has("j", 4) and not written.has("other", 4)
+
+
+def test_written_stops_noting_at_its_limit() -> None:
+    written = recipients.Written(limit=2)
+    recipients.build([_sent(1), _sent(2), _sent(3)], written)
+    built, _ = recipients.build([_batch(0, [1, 2, 3])], written)
+    assert [row[1] for row in built.pending] == [3] and written.count == 2
