@@ -57,8 +57,7 @@ class DeliveryWatch:
         return False
 
     async def handle(self, message: faust.types.Message) -> None:
-        if self.counted_quietly(message):
-            return
+        """A record ``counted_quietly`` did not take: a report, or a send that is a job's first or flushes."""
         job_id = message.key.decode() if isinstance(message.key, bytes) else str(message.key)
         try:
             event = decode(message.value, message.headers)
