@@ -1,4 +1,4 @@
-"""A replay's decoder process: the outcomes of a piece decoded, and their rows built, beside the projector.
+"""A replay's decoder process: a piece's outcomes and batches decoded, and their rows built, beside the projector.
 
 Catching up, the projector decoded a piece and committed the one before it in turns, never at once: decoding
 never waits, so the commit (a task) ran only when the loop next waited, and the two shared one interpreter lock

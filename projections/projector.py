@@ -216,8 +216,8 @@ class Projector:
         DEPENDENCIES.track("postgres")
         DEPENDENCIES.track("kafka")
         backoff = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
-        # Catching up, outcomes and batches are decoded in a process of their own, forked before the consumer starts (it
-        # copies no connection).
+        # Catching up, outcomes and batches are decoded in a process of their own, forked before the consumer
+        # starts (it copies no connection).
         self._decoder = Decoder.forked() if until_caught_up else None
         await self._start_consumer(consumer, backoff)
         started = time.monotonic()
@@ -404,9 +404,9 @@ class Projector:
         return _Decoded(events, positions, ends, count=count + len(events))
 
     def _start_decoding(self, piece: dict[TopicPartition, list]) -> Coroutine[None, None, _Decoded]:
-        """The piece's outcomes sent to the decoder process now, when there is one (catching up); awaited, the
-        returned coroutine decodes the rest here and hands the piece over. The piece counts as decoded from now
-        on (the next poll may read on)."""
+        """The piece's outcomes and batches sent to the decoder process now, when there is one (catching up);
+        awaited, the returned coroutine decodes the rest here and hands the piece over. The piece counts as
+        decoded from now on (the next poll may read on)."""
         if self.stats.first_record_at is None:
             self.stats.first_record_at = time.monotonic()
         self._decoded.update({tp: records[-1].offset + 1 for tp, records in piece.items()})
