@@ -18,7 +18,14 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
-from adapters.email.smtp_pipelining import ReplyKeepingProtocol, keep_every_reply, pipelined_envelope
+from adapters.email.smtp_pipelining import (
+    ReplyKeepingProtocol,
+    data_accepted,
+    keep_every_reply,
+    pipelined_envelope,
+    recipient_accepted,
+    sender_accepted,
+)
 from resilience.reasons import one_line
 
 # Replies that mean "slow down" rather than "this message has a problem" (RFC 5321 + common relays).
@@ -229,17 +236,11 @@ class SmtpProvider:
                     await pipelined_envelope(protocol, self._mail_from + size + b"\r\n", recipient + b"\r\n",
                                              mail_from=self.mail_from, to_address=msg.to_address)
                 else:
-                    reply = await _command(protocol, self._mail_from + size + b"\r\n")
-                    if reply.code != 250:
-                        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, self.mail_from)
+                    sender_accepted(await _command(protocol, self._mail_from + size + b"\r\n"), self.mail_from)
                     deadline.reschedule(loop.time() + self._timeout)
-                    reply = await _command(protocol, recipient + b"\r\n")
-                    if reply.code not in (250, 251):
-                        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, msg.to_address)
+                    recipient_accepted(await _command(protocol, recipient + b"\r\n"), msg.to_address)
                     deadline.reschedule(loop.time() + self._timeout)
-                    reply = await _command(protocol, b"DATA\r\n")
-                    if reply.code != 354:
-                        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+                    data_accepted(await _command(protocol, b"DATA\r\n"))
                 deadline.reschedule(loop.time() + self._timeout)
                 reply = await _command(protocol, wire)
                 if reply.code != 250:

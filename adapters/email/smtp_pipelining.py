@@ -78,6 +78,24 @@ def keep_every_reply(smtp: aiosmtplib.SMTP) -> bool:
     return True
 
 
+def sender_accepted(reply: SMTPResponse, mail_from: str) -> None:
+    """MAIL FROM's reply, as aiosmtplib's lockstep command reads it: anything but 250 is a refusal."""
+    if reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, mail_from)
+
+
+def recipient_accepted(reply: SMTPResponse, to_address: str) -> None:
+    """RCPT TO's reply: 250 or 251 (forwarded), else a refusal."""
+    if reply.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, to_address)
+
+
+def data_accepted(reply: SMTPResponse) -> None:
+    """DATA's reply: 354, go ahead with the content."""
+    if reply.code != 354:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+
+
 async def pipelined_envelope(protocol: ReplyKeepingProtocol, mail: bytes, rcpt: bytes, *, mail_from: str,
                              to_address: str) -> None:
     """MAIL, RCPT and DATA in one write, then their replies; returns once DATA was answered 354.
@@ -89,18 +107,15 @@ async def pipelined_envelope(protocol: ReplyKeepingProtocol, mail: bytes, rcpt: 
     protocol.write(mail + rcpt + b"DATA\r\n")
     mail_reply = await protocol.read_response(timeout=None)
     if mail_reply.code == _CLOSING:
-        raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, mail_from)
+        sender_accepted(mail_reply, mail_from)  # raises
     rcpt_reply = await protocol.read_response(timeout=None)
     if rcpt_reply.code == _CLOSING:
-        raise aiosmtplib.SMTPRecipientRefused(rcpt_reply.code, rcpt_reply.message, to_address)
+        recipient_accepted(rcpt_reply, to_address)  # raises
     data_reply = await protocol.read_response(timeout=None)
     refused = mail_reply.code != 250 or rcpt_reply.code not in (250, 251)
     if refused and data_reply.code == 354:
         protocol.write(b".\r\n")
         await protocol.read_response(timeout=None)
-    if mail_reply.code != 250:
-        raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, mail_from)
-    if rcpt_reply.code not in (250, 251):
-        raise aiosmtplib.SMTPRecipientRefused(rcpt_reply.code, rcpt_reply.message, to_address)
-    if data_reply.code != 354:
-        raise aiosmtplib.SMTPDataError(data_reply.code, data_reply.message)
+    sender_accepted(mail_reply, mail_from)
+    recipient_accepted(rcpt_reply, to_address)
+    data_accepted(data_reply)

@@ -31,6 +31,11 @@ _REPORTS = {RecipientBounced.ce_type.encode(), RecipientComplained.ce_type.encod
 _FLUSH_EVERY = 100
 
 
+def _job_id(message: faust.types.Message) -> str:
+    """An outcome's key: its job id."""
+    return message.key.decode() if isinstance(message.key, bytes) else str(message.key)
+
+
 class DeliveryWatch:
     def __init__(self, ctx: StreamContext, finished: Mapping[str, float]) -> None:
         self.ctx = ctx
@@ -50,7 +55,7 @@ class DeliveryWatch:
         ce_type = header(message.headers, "ce_type")
         if ce_type != _SENT:
             return ce_type not in _REPORTS
-        job_id = message.key.decode() if isinstance(message.key, bytes) else str(message.key)
+        job_id = _job_id(message)
         if job_id in self.ctx.delivery_watch and self._unsaved[job_id] + 1 < _FLUSH_EVERY:
             self._unsaved[job_id] += 1
             return True
@@ -58,7 +63,7 @@ class DeliveryWatch:
 
     async def handle(self, message: faust.types.Message) -> None:
         """A record ``counted_quietly`` did not take: a report, or a send that is a job's first or flushes."""
-        job_id = message.key.decode() if isinstance(message.key, bytes) else str(message.key)
+        job_id = _job_id(message)
         try:
             event = decode(message.value, message.headers)
         except UndecodableRecord:
