@@ -31,6 +31,7 @@ from projections.decoder import Decoder, Raw
 from resilience.dependencies import DEPENDENCIES, Backoff
 from resilience.reasons import reason
 from schemas.envelope import UndecodableRecord, decode, header
+from security.shared_schema import create_schema
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,8 @@ class _Decoded:
 async def connect(settings: Settings, schema: str | None = None) -> psycopg.AsyncConnection:
     conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
     target = schema or settings.projection_schema
-    async with conn.cursor() as cur:
-        await cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target)))
-        await cur.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target)))
+    await create_schema(conn, target)
+    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target)))
     return conn
 
 

@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from security.seen import PRUNE_GRACE
+from security.shared_schema import create_schema
 
 _DDL = ("""
 CREATE TABLE IF NOT EXISTS {}.api_rate_buckets (
@@ -106,12 +107,7 @@ class SharedLimits:
             raise LimitStoreUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     async def _create(self, conn: psycopg.AsyncConnection) -> None:
-        try:
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
-            for ddl in self._ddl:
-                await conn.execute(ddl)
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema):
-            pass  # another API process created it at the same moment (IF NOT EXISTS is not atomic)
+        await create_schema(conn, self._schema, self._ddl)
         self._ready = True
 
     async def take(self, scope: str, key: str, *, per_minute: int, now: float | None = None) -> float:

@@ -25,6 +25,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from security.shared_schema import create_schema
+
 TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS {}.api_seen_once (
     scope text NOT NULL,
@@ -117,11 +119,7 @@ class PostgresSeen:
         async with self._creating:  # the first requests of a process arrive together
             if self._ready:
                 return
-            try:
-                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
-                await conn.execute(self._ddl)
-            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema):
-                pass  # another API process created it at the same moment (IF NOT EXISTS is not atomic)
+            await create_schema(conn, self._schema, [self._ddl])
             self._ready = True
 
     @asynccontextmanager
