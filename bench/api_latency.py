@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
 import aiohttp
 
 from bench.mail_sink import SinkProcess
+from bench.measure import cpu_seconds
 from config.settings import Settings
 from devtools.processes import stop_child
 from security.signing import sign
@@ -88,12 +89,6 @@ def start_api(settings: Settings, work: Path, stack: ExitStack) -> tuple[str, in
                 raise RuntimeError(f"api exited: {api.log_path.read_text()[-2000:]}") from None
             time.sleep(0.1)
     raise TimeoutError("the API did not listen within 60 s")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds: its own work, whatever else the machine is doing."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def signed(method: str, path: str, body: bytes = b"") -> dict[str, str]:

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 if not __package__:  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import cpu_seconds, machine_cpu, postgres_cpu_seconds  # noqa: E402
+
 N = 10_000
 NAMES = [("Amélie", "Dubois-Laurent"), ("Анна", "Кузнецова"), ("Νικόλαος", "Παπαδόπουλος"), ("John", "Smith"),
          ("小明", "王"), ("Maximiliana Theodora", "Alexandrescu-Wolfenstein"), ("Siobhán", "Ní Bhriain"),
@@ -56,52 +58,26 @@ def children(pid: int) -> list[int]:
     return [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, idle) CPU seconds of the whole machine since boot, all cores (idle includes iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), idle / os.sysconf("SC_CLK_TCK")
-
-
-def stack_pids() -> dict[str, list[int]]:
-    """Kafka's and Postgres's pids (Postgres with its backends) when the stack home is known, else none."""
+def stack_pids() -> dict[str, int]:
+    """Kafka's pid and Postgres's postmaster when the stack home is known, else none."""
     home = os.environ.get("OFFLOAD_TEST_STACK_HOME")
     if not home:
         return {}
-    pids: dict[str, list[int]] = {}
+    pids: dict[str, int] = {}
     for name in ("kafka", "postgres"):
         pidfile = Path(home) / "run" / f"{name}.pid"
         if pidfile.is_file():
-            pids[name] = [int(pidfile.read_text().split()[0])]
+            pids[name] = int(pidfile.read_text().split()[0])
     return pids
 
 
-def process_cpu(pids: list[int]) -> dict[int, float]:
-    """CPU seconds of each of ``pids`` still alive (a Postgres backend may exit at any time)."""
-    out: dict[int, float] = {}
-    for pid in pids:
-        try:
-            out[pid] = cpu_seconds(pid)
-        except (OSError, IndexError):
-            pass
-    return out
-
-
 def cpu_snapshot(worker: int, projector: int) -> dict[str, float]:
-    """CPU seconds so far of each part of the pipeline, and of the machine (busy and idle)."""
+    """CPU seconds so far of each part of the pipeline, of Kafka and Postgres (the postmaster with every backend
+    and helper it started, ended ones too), and of the machine (busy and idle)."""
     snapshot = {"worker": cpu_seconds(worker), "render": sum(cpu_seconds(p) for p in children(worker)),
                 "projector": cpu_seconds(projector)}
-    for name, pids in stack_pids().items():
-        if name == "postgres":  # the postmaster and every backend and helper it started
-            pids = pids + [int(c) for c in Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()]
-        for pid, seconds in process_cpu(pids).items():
-            snapshot[f"{name}:{pid}"] = seconds
+    for name, pid in stack_pids().items():
+        snapshot[name] = postgres_cpu_seconds(pid) if name == "postgres" else cpu_seconds(pid)
     snapshot["machine_busy"], snapshot["machine_idle"] = machine_cpu()
     snapshot["wall"] = time.perf_counter()
     return snapshot
@@ -111,9 +87,8 @@ PIPELINE = ("worker", "render", "projector")
 
 
 def cpu_ms_per_cert(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU ms per certificate of each pipeline process, of Kafka and Postgres (when the stack home is known; a
-    process that started between the snapshots counts from zero, one that ended is left out), and of the
-    machine."""
+    """CPU ms per certificate of each pipeline process, of Kafka and Postgres (when the stack home is known), and
+    of the machine."""
     totals: dict[str, float] = {}
     for key, seconds in after.items():
         if key in ("machine_idle", "wall"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.measure import cpu_seconds
 from config.settings import Settings
 from devtools.processes import READY, ServiceProcess
 from eventlog.publisher import EventPublisher
@@ -28,11 +28,6 @@ from eventlog.topics import create_topics
 from schemas.events import RecipientBounced, RecipientSent
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 async def committed(settings: Settings) -> int:

@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
+
 _TICK = os.sysconf("SC_CLK_TCK")
+PROC = Path("/proc")
 
 
 def log(msg: str) -> None:
@@ -29,35 +32,79 @@ def vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+def _stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name: state [0], ppid [1], utime [11], stime [12], and the CPU
+    of its reaped children, cutime [13] and cstime [14]. OSError when the process is gone."""
+    return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (all its threads), in seconds: its own work, whatever else the machine
+    is doing. OSError when it is gone."""
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU of every postgres process on the machine (server + backends); others' tests count too."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def cpu_seconds_if_alive(pid: int) -> float | None:
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return None
+
+
+def postmaster_of(database_url: str) -> int | None:
+    """The pid of the Postgres server behind ``database_url`` when it runs on this machine (a backend's parent)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    try:
+        return int(_stat(row[0])[1])
+    except OSError:
+        return None
+
+
+def _postgres_processes() -> list[tuple[int, list[str]]]:
+    found = []
+    for entry in PROC.iterdir():
         try:
-            if (entry / "comm").read_text().strip() != "postgres":
-                continue
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
+                found.append((int(entry.name), _stat(entry.name)))
         except OSError:
             continue
-        total += cpu_seconds(int(entry.name)) or 0.0
-    return total
+    return found
+
+
+def postgres_cpu_seconds(postmaster: int | None = None) -> float:
+    """CPU seconds of one Postgres server: its postmaster, its live children, and the children it has reaped (the
+    postmaster's cutime and cstime: a backend whose client disconnected counts after it ended). Without a
+    postmaster, of every postgres process on the machine (other clients' work then counts too).
+
+    A child reaped while /proc is read (listed, then gone before its stat was read) was counted neither live nor
+    reaped when the postmaster's stat had been read first: a replay's backend ends as the replay returns, and
+    bench/replay.py read 0.01 s of Postgres CPU for it in two runs of three. So the postmaster is read before and
+    after its children, and the reading is taken again until no child was reaped in between.
+    """
+    while True:
+        if postmaster is None:
+            return sum(int(f[11]) + int(f[12]) for _, f in _postgres_processes()) / _TICK
+        first = _stat(postmaster)
+        children = [f for _, f in _postgres_processes() if int(f[1]) == postmaster]
+        last = _stat(postmaster)
+        if first[13:15] == last[13:15]:
+            reaped = sum(int(x) for x in last[11:15])
+            return (reaped + sum(int(f[11]) + int(f[12]) for f in children)) / _TICK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, all cores (idle includes iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values) - idle) / _TICK, idle / _TICK
 
 
 def machine_busy_seconds() -> float:
     """Non-idle CPU seconds of the whole machine (all cores) from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values) - idle) / _TICK
+    return machine_cpu()[0]
 
 
 class CpuMeter:
@@ -68,8 +115,8 @@ class CpuMeter:
         self._start: dict[str, float] = {}
 
     def _read(self) -> dict[str, float]:
-        out = {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
-        out["bench(self)"] = cpu_seconds(os.getpid()) or 0.0
+        out = {name: cpu_seconds_if_alive(pid) or 0.0 for name, pid in self.pids.items()}
+        out["bench(self)"] = cpu_seconds(os.getpid())
         out["postgres(approx: all backends, others too)"] = postgres_cpu_seconds()
         out["machine(all cores)"] = machine_busy_seconds()
         return out
