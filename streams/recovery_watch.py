@@ -29,8 +29,10 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import faust
+from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
@@ -143,7 +145,7 @@ def register(app: faust.App, stall_seconds: float) -> None:
 
     @app.timer(interval=interval, name="recovery-watch")
     async def watch_recovery() -> None:
-        recovery = app.tables.recovery
+        recovery = cast(TableManager, app.tables).recovery  # typed as TableManagerT, which has no recovery
         loop = asyncio.get_running_loop()
         decision = watch.decide(recovery, loop.time())
         if decision.action is Action.WAIT:
