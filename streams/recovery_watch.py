@@ -17,7 +17,7 @@ recovers from scratch. A broker that does not answer is never a stall: the watch
 partitions' ends first and waits while it cannot (reconnecting is aiokafka's and the back-off's job).
 
 :class:`RecoveryWatch` decides (pure, tested in tests/unit/test_recovery_watch.py against Faust's own
-``Recovery``); :func:`register` runs it on a timer in the worker.
+``Recovery``); :class:`RecoveryWatchService` runs it in the worker, from its start.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import faust
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
+from mode import Service
 
 from resilience.dependencies import DEPENDENCIES
 
@@ -124,10 +125,10 @@ def describe(stalled: Mapping[TP, int], recovery: Recovery) -> str:
 
 def exit_stalled(stalled: Mapping[TP, int], recovery: Recovery, stall_seconds: float) -> None:
     """Say why in one line, then leave at once: Faust's orderly stop waits on the very recovery that hangs."""
-    reason = f"table recovery stalled: {describe(stalled, recovery)}"
-    DEPENDENCIES.lost(DEPENDENCY, reason)
-    log.critical("%s; no progress %.0f s after fetching them again: exiting (code %d) so that the worker is "
-                 "restarted and the group rebalances", reason, stall_seconds, EXIT_RECOVERY_STALLED)
+    DEPENDENCIES.lost(DEPENDENCY, f"no progress on {describe(stalled, recovery)}")
+    log.critical("table recovery stalled: %s; no progress %.0f s after fetching them again: exiting (code %d) so "
+                 "that the worker is restarted and the group rebalances", describe(stalled, recovery), stall_seconds,
+                 EXIT_RECOVERY_STALLED)
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()
@@ -135,16 +136,26 @@ def exit_stalled(stalled: Mapping[TP, int], recovery: Recovery, stall_seconds: f
     os._exit(EXIT_RECOVERY_STALLED)
 
 
-def register(app: faust.App, stall_seconds: float) -> None:
-    """Watch ``app``'s recovery every few seconds; ``stall_seconds`` 0 leaves it unwatched."""
-    if stall_seconds <= 0:
-        return
-    watch = RecoveryWatch(stall_seconds)
-    DEPENDENCIES.track(DEPENDENCY)
-    interval = min(5.0, stall_seconds / 4)
+class RecoveryWatchService(Service):
+    """Runs the watch from the worker's start: Faust starts its own timers only once the first recovery is
+    done, and that recovery can stall as well as one after a rebalance."""
 
-    @app.timer(interval=interval, name="recovery-watch")
-    async def watch_recovery() -> None:
+    def __init__(self, app: faust.App, stall_seconds: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.stall_seconds = stall_seconds
+        self.watch = RecoveryWatch(stall_seconds)
+        self.interval = min(5.0, stall_seconds / 4)
+
+    @Service.task
+    async def _watch_recovery(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            if not self.should_stop:
+                await self.tick()
+
+    async def tick(self) -> None:
+        app, watch = self.app, self.watch
         recovery = cast(TableManager, app.tables).recovery  # typed as TableManagerT, which has no recovery
         loop = asyncio.get_running_loop()
         decision = watch.decide(recovery, loop.time())
@@ -161,9 +172,17 @@ def register(app: faust.App, stall_seconds: float) -> None:
             watch.broker_silent(loop.time())
             return
         if decision.action is Action.EXIT:
-            exit_stalled(stalled, recovery, stall_seconds)
-        DEPENDENCIES.lost(DEPENDENCY, f"table recovery stalled: {describe(stalled, recovery)}")
+            exit_stalled(stalled, recovery, self.stall_seconds)
+        DEPENDENCIES.lost(DEPENDENCY, f"no progress on {describe(stalled, recovery)}")
         log.warning("table recovery has not moved for %.0f s on %s: fetching them again from there",
-                    stall_seconds, describe(stalled, recovery))
+                    self.stall_seconds, describe(stalled, recovery))
         await app.consumer.seek_wait({tp: max(offset, 0) for tp, offset in stalled.items()})
         watch.reseeked(stalled, loop.time())
+
+
+def register(app: faust.App, stall_seconds: float) -> None:
+    """Watch ``app``'s recovery every few seconds from its start; ``stall_seconds`` 0 leaves it unwatched."""
+    if stall_seconds <= 0:
+        return
+    DEPENDENCIES.track(DEPENDENCY)
+    app.add_dependency(RecoveryWatchService(app, stall_seconds, beacon=app.beacon))

@@ -74,7 +74,8 @@ def test_a_recovery_that_lost_its_fetch_position_is_mended_or_the_worker_exits(
     try:
         assert proc.wait(timeout=60) == EXIT_RECOVERY_STALLED
         text = log_of(path)
-        assert text.count("table recovery stalled:") == 1 and "-job-progress-changelog[" in text
+        assert text.count("exiting (code 75)") == 1
+        assert "table recovery stalled: " in text and "-job-progress-changelog[" in text
         assert "Worker]: Ready" not in text
     finally:
         if proc.poll() is None:

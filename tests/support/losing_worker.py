@@ -40,7 +40,7 @@ def lose(when: str) -> None:
         await _real_seek_wait(self, ends)
         self._read_offset.update(read_offsets)  # Faust never saw the records it lost
         lost.extend(ends)
-        log.warning("test: recovery lost its fetch position on %s", sorted(ends))
+        log.warning("test: recovery lost its fetch position on %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in ends))
 
     ThreadDelegateConsumer.seek_wait = seek_wait  # type: ignore[method-assign]
 
