@@ -1,0 +1,47 @@
+"""One poll of the worker's consumer that hands over records only of partitions Faust is reading at that instant.
+
+Faust calls aiokafka's ``Fetcher.fetched_records(partitions, timeout)`` with its *live* set of active partitions
+(``Consumer._active_partitions``) and waits there up to a second. While it waits, a rebalance empties that set
+(``on_partitions_revoked``, then ``pause_partitions(assigned)`` until recovery resumes its changelogs) and stops
+Faust's flow; aiokafka reads an empty set as "every partition", hands over whatever it holds and moves each
+partition's position past it, and Faust drops what arrives while its flow is stopped or for a partition it no
+longer reads. For a stream partition Faust seeks back to the committed offset; for an active changelog partition
+that recovery has just sought, nothing does: its records are never fetched again and recovery waits for them for
+ever (the CI stall of 2026-12-01, docs/troubleshooting.md).
+
+:func:`poll` waits for records without taking any, and takes them (aiokafka's own ``fetched_records`` with no
+wait) only after checking, on the consumer's event loop and with no await in between, that Faust's set is not
+empty, its flow runs and no reassignment is under way; it takes only the partitions in Faust's set at that
+instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Set
+from typing import Any
+
+from aiokafka.consumer.fetcher import Fetcher
+
+
+async def poll(fetcher: Fetcher, live_partitions: Set[Any], flow_active: Callable[[], bool], *,
+               timeout: float | None, max_records: int | None) -> dict[Any, list[Any]]:
+    """Records of the partitions in ``live_partitions`` (Faust's set, read now), waiting up to ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (timeout or 0.0)
+    while True:
+        partitions = set(live_partitions)  # one copy, made under the GIL, of a set the event loop's thread changes
+        if not partitions or not flow_active() or fetcher._subscriptions.reassignment_in_progress:
+            return {}
+        # Not reassigning, so fetched_records does not wait: it drains what it holds for these partitions now.
+        records: dict[Any, list[Any]] = await fetcher.fetched_records(partitions, timeout=0,
+                                                                      max_records=max_records)
+        remaining = deadline - loop.time()
+        if records or remaining <= 0:
+            return records
+        waiter = fetcher._create_fetch_waiter()  # set when the fetcher adds records (or fails)
+        done, _ = await asyncio.wait([waiter], timeout=remaining)
+        if not done:
+            waiter.cancel()
+            return {}
+        waiter.result()  # an authorization error is raised, as fetched_records raises it
