@@ -22,6 +22,7 @@ from collections.abc import Callable, Set
 from typing import Any
 
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.errors import ConsumerStoppedError
 
 
 async def poll(fetcher: Fetcher, live_partitions: Set[Any], flow_active: Callable[[], bool], *,
@@ -30,6 +31,8 @@ async def poll(fetcher: Fetcher, live_partitions: Set[Any], flow_active: Callabl
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (timeout or 0.0)
     while True:
+        if fetcher._closed:
+            raise ConsumerStoppedError()
         partitions = set(live_partitions)  # one copy, made under the GIL, of a set the event loop's thread changes
         if not partitions or not flow_active() or fetcher._subscriptions.reassignment_in_progress:
             return {}
