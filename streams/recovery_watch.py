@@ -87,8 +87,8 @@ class RecoveryWatch:
         remaining = recovery.active_remaining()
         offsets = recovery.active_offsets
         for tp in list(self._tracks):
-            if remaining.get(tp, 0) <= 0:
-                del self._tracks[tp]  # caught up (or no longer active)
+            if tp not in remaining or remaining[tp] <= 0:
+                del self._tracks[tp]  # no longer active, or caught up
         stalled: dict[TP, int] = {}
         exit_now = False
         for tp, left in remaining.items():
