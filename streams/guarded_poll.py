@@ -1,4 +1,4 @@
-"""One poll of the worker's consumer that hands over records only of partitions Faust is reading at that instant.
+"""One poll of the worker's consumer that hands over no records while a rebalance is under way.
 
 Faust calls aiokafka's ``Fetcher.fetched_records(partitions, timeout)`` with its *live* set of active partitions
 (``Consumer._active_partitions``) and waits there up to a second. While it waits, a rebalance empties that set
@@ -10,9 +10,11 @@ that recovery has just sought, nothing does: its records are never fetched again
 ever (the CI stall of 2026-12-01, docs/troubleshooting.md).
 
 :func:`poll` waits for records without taking any, and takes them (aiokafka's own ``fetched_records`` with no
-wait) only after checking, on the consumer's event loop and with no await in between, that Faust's set is not
-empty, its flow runs and no reassignment is under way; it takes only the partitions in Faust's set at that
-instant.
+wait) only after checking, on the consumer's event loop and with no await in between, that Faust's flow runs and
+no reassignment is under way. During a rebalance Faust's set is empty only while its flow is stopped (from
+``on_partitions_revoked`` until recovery's ``resume_flow()``), so that is the window closed here; with the flow
+running everything is as in Faust's own poll, an empty set included (Faust then drops what it does not read, and
+seeks streams back; a standby changelog sought in that state has the same hazard, not seen so far).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ async def poll(fetcher: Fetcher, live_partitions: Set[Any], flow_active: Callabl
     while True:
         if fetcher._closed:
             raise ConsumerStoppedError()
-        partitions = set(live_partitions)  # one copy, made under the GIL, of a set the event loop's thread changes
-        if not partitions or not flow_active() or fetcher._subscriptions.reassignment_in_progress:
+        if not flow_active() or fetcher._subscriptions.reassignment_in_progress:
             return {}
+        partitions = set(live_partitions)  # one copy, made under the GIL, of a set the event loop's thread changes
         # Not reassigning, so fetched_records does not wait: it drains what it holds for these partitions now.
         records: dict[Any, list[Any]] = await fetcher.fetched_records(partitions, timeout=0,
                                                                       max_records=max_records)

@@ -44,7 +44,7 @@ class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def _fetch_records(self, consumer: aiokafka.AIOKafkaConsumer, active_partitions: set[Any],
                              timeout: float | None = None, max_records: int | None = None) -> Any:
         # Faust's own hands its live set of active partitions to fetched_records, which drains every partition
-        # when a rebalance empties that set mid-wait (streams.guarded_poll has the stall it caused).
+        # when a rebalance empties that set mid-wait, for Faust to drop (streams.guarded_poll has the stall).
         fetcher = consumer._fetcher
         if consumer._closed or fetcher._closed:
             raise ConsumerStoppedError()
