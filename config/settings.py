@@ -53,6 +53,10 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     # Faust's defaults (60 s) make a restarted worker wait ~110 s before it owns partitions again.
     broker_session_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
+    # A worker whose table recovery has not moved on an active changelog partition (records left) for this long,
+    # while the broker answers, fetches that partition again; still stuck as long again, it exits (code 75) for
+    # its supervisor to restart it. 0 turns the watch off. See streams/recovery_watch.py.
+    recovery_stall_seconds: float = Field(default=60.0, ge=0, le=3600)
     projection_schema: str = "public"
     # Compression of every record the project produces (cramjam provides lz4/zstd; gzip needs nothing).
     kafka_compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"

@@ -12,6 +12,8 @@ Here the broker holds a fetch until ``FETCH_MIN_BYTES`` have gathered over the p
 fills at once and nothing waits; what does wait is a record that arrives alone on a quiet log: a new job's
 ``JobRequested``, a pause or cancel, the ``BatchCompleted`` that ends a job, each up to ``FETCH_MAX_WAIT_MS`` more
 (docs/benchmarks.md has what it saved). Idle, the worker polls every ``FETCH_MAX_WAIT_MS`` instead of 1.5 s.
+
+Each poll goes through :func:`streams.guarded_poll.poll`, which never drains records past a rebalance.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any, ClassVar
 
 import aiokafka
 import faust
+from aiokafka.errors import ConsumerStoppedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams.guarded_poll import poll
 
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 100
@@ -35,6 +40,18 @@ class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_min_bytes = FETCH_MIN_BYTES
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def _fetch_records(self, consumer: aiokafka.AIOKafkaConsumer, active_partitions: set[Any],
+                             timeout: float | None = None, max_records: int | None = None) -> Any:
+        # Faust's own hands its live set of active partitions to fetched_records, which drains every partition
+        # when a rebalance empties that set mid-wait, for Faust to drop (streams.guarded_poll has the stall).
+        fetcher = consumer._fetcher
+        if consumer._closed or fetcher._closed:
+            raise ConsumerStoppedError()
+        flow = self.consumer
+        with fetcher._subscriptions.fetch_context():
+            return await poll(fetcher, active_partitions, lambda: flow.flow_active, timeout=timeout,
+                              max_records=max_records)
 
 
 class _FullerFetchConsumer(faust_aiokafka.Consumer):
