@@ -43,8 +43,9 @@ async def _consumer_holding_records(bootstrap: str, tps: tuple[TopicPartition, .
     for tp in tps:
         consumer.seek(tp, 0)
     fetcher = consumer._fetcher
-    for _ in range(100):  # until the fetcher holds every partition's records (fetched, not yet handed over)
-        if all(tp in fetcher._records for tp in tps):
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:  # until the fetcher holds every partition's records
+        if all(tp in fetcher._records for tp in tps):  # (fetched, not yet handed over)
             return consumer
         await asyncio.sleep(0.05)
     raise AssertionError("the fetcher never held the records")
@@ -109,10 +110,10 @@ def test_a_poll_waiting_when_the_set_is_emptied_takes_nothing(settings_factory):
                 flow = [True]
                 start = await consumer.position(tps[0])
                 if guarded:
-                    waiting = asyncio.ensure_future(poll(consumer._fetcher, live, lambda f=flow: f[0], timeout=3.0,
+                    waiting = asyncio.ensure_future(poll(consumer._fetcher, live, lambda f=flow: f[0], timeout=30.0,
                                                          max_records=None))
                 else:
-                    waiting = asyncio.ensure_future(consumer._fetcher.fetched_records(live, timeout=3.0))
+                    waiting = asyncio.ensure_future(consumer._fetcher.fetched_records(live, timeout=30.0))
                 await asyncio.sleep(0.3)
                 live.clear()  # the rebalance: on_partitions_revoked, pause_partitions(assigned)
                 flow[0] = False  # stop_flow(), until recovery's resume_flow()
