@@ -45,9 +45,9 @@ class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                              timeout: float | None = None, max_records: int | None = None) -> Any:
         # Faust's own hands its live set of active partitions to fetched_records, which drains every partition
         # when a rebalance empties that set mid-wait, for Faust to drop (streams.guarded_poll has the stall).
-        fetcher = consumer._fetcher
-        if consumer._closed or fetcher._closed:
+        if consumer._closed:  # the fetcher's own state is streams.guarded_poll's to read
             raise ConsumerStoppedError()
+        fetcher = consumer._fetcher
         flow = self.consumer
         with fetcher._subscriptions.fetch_context():
             return await poll(fetcher, active_partitions, lambda: flow.flow_active, timeout=timeout,

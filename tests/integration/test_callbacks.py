@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from config.settings import Settings
 from offload.client import submit_job
@@ -21,6 +19,7 @@ from streams.agents.callbacks import TABLE
 from tests.support.moodle_php import php_reads_callback
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, wait_for
+from tests.support.topics import create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -30,19 +29,9 @@ KEY_ID, SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
 def create_callbacks_changelog(settings: Settings) -> None:
     """The callbacks table's changelog, made like eventlog.topics makes the others (until TABLES lists it)."""
 
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(f"{settings.app_id}-{TABLE}-changelog", settings.job_partitions,
-                                                settings.topic_replication,
-                                                topic_configs={"cleanup.policy": "compact"})])
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    asyncio.run(create_topic(settings.kafka_bootstrap_servers, f"{settings.app_id}-{TABLE}-changelog",
+                             settings.job_partitions, replication=settings.topic_replication,
+                             configs={"cleanup.policy": "compact"}, exist_ok=True))
 
 
 def project(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,11 +18,11 @@ from typing import TypedDict
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devtools import devstack
 from devtools.devstack import kafka as devkafka
 from devtools.devstack.process import cmdline, is_ours
+from tests.support.topics import create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +62,7 @@ def stack_home() -> Iterator[tuple[Path, Ports]]:
 
 
 async def _produce(bootstrap: str, topic: str, value: bytes) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, 1)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:

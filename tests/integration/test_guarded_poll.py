@@ -9,21 +9,16 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.guarded_poll import poll
+from tests.support.topics import create_topic
 
 pytestmark = pytest.mark.integration
 
 
 async def _topic_with_records(bootstrap: str, per_partition: int) -> tuple[TopicPartition, TopicPartition]:
     topic = f"guarded-poll-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, 2)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
