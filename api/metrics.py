@@ -22,11 +22,10 @@ gets an answer; the output holds no company id, job id, address or secret.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -38,8 +37,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.state import STATE, ApiState
-from resilience.dependencies import DependencyState
 from resilience.dependencies import snapshot as dependencies_snapshot
+from resilience.probe import bearer_authorised, dependency_metrics
 
 log = logging.getLogger(__name__)
 
@@ -177,22 +176,6 @@ class OffloadCollector(Collector):
         yield from dependency_metrics(dependencies_snapshot())
 
 
-def dependency_metrics(states: Mapping[str, DependencyState]) -> Iterator[Metric]:
-    """What this API process has seen of Postgres and Kafka: up now, losses and reconnects since it started."""
-    up = GaugeMetricFamily("offload_dependency_up", "1 while this API process reaches the dependency",
-                           labels=["dependency"])
-    losses = CounterMetricFamily("offload_dependency_losses", "times this API process lost the dependency",
-                                 labels=["dependency"])
-    reconnects = CounterMetricFamily("offload_dependency_reconnects",
-                                     "times this API process got the dependency back after losing it",
-                                     labels=["dependency"])
-    for name, state in sorted(states.items()):
-        up.add_metric([name], int(state.up))
-        losses.add_metric([name], state.losses)
-        reconnects.add_metric([name], state.reconnects)
-    yield from (up, losses, reconnects)
-
-
 KAFKA = web.AppKey("metrics_kafka", KafkaOffsets)
 COLLECTOR = web.AppKey("metrics_collector", OffloadCollector)
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
@@ -217,11 +200,8 @@ async def _close(app: web.Application) -> None:
 
 def _authorised(request: web.Request, state: ApiState) -> bool:
     token = state.settings.metrics_token
-    if token is None:
-        return not state.settings.metrics_token_required
-    given = request.headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(errors="surrogateescape"),
-                               f"Bearer {token.get_secret_value()}".encode())
+    return bearer_authorised(request.headers.get("Authorization", ""),
+                             None if token is None else token.get_secret_value(), state.settings.metrics_token_required)
 
 
 async def metrics(request: web.Request) -> web.Response:

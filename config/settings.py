@@ -58,6 +58,14 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     # its supervisor to restart it. 0 turns the watch off. See streams/recovery_watch.py.
     recovery_stall_seconds: float = Field(default=60.0, ge=0, le=3600)
     projection_schema: str = "public"
+    # Where `offload worker` and `offload projector` answer GET /health and GET /metrics (resilience.probe);
+    # port 0 serves neither. One process per port: give the worker and the projector different ones when both
+    # run on one host (the API has its own, /api/v1/health and /metrics). /metrics takes OFFLOAD_METRICS_TOKEN.
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=0, ge=0, le=65535)
+    # How often the worker asks the broker for metadata to report Kafka in its health (the projector knows from
+    # its own reads).
+    health_interval: float = Field(default=5.0, gt=0, le=300)
     # Compression of every record the project produces (cramjam provides lz4/zstd; gzip needs nothing).
     kafka_compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
 

@@ -45,15 +45,22 @@ def cmd_projector(args: argparse.Namespace) -> int:
 
     return_large_blocks()  # as the worker's (offload.heap)
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    projector = Projector(_settings(), schema=args.schema)
+    settings = _settings()
+    projector = Projector(settings, schema=args.schema)
 
     async def main() -> None:
         import signal
 
+        from projections.health import served
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, projector.stop)
-        stats = await projector.run(until_caught_up=args.until_caught_up)
+        if args.until_caught_up:
+            stats = await projector.run(until_caught_up=True)
+        else:
+            async with served(settings):  # GET /health and /metrics on OFFLOAD_HEALTH_PORT (projections.health)
+                stats = await projector.run(until_caught_up=False)
         print(f"projected {stats.events} events in {stats.seconds:.1f} s ({stats.per_second:,.0f}/s)")
 
     asyncio.run(main())

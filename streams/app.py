@@ -15,7 +15,7 @@ import faust
 from config.load import settings_or_exit
 from config.settings import Settings
 from eventlog.topics import MAX_MESSAGE_BYTES
-from streams import recovery_watch
+from streams import health, recovery_watch
 from streams.context import StreamContext
 from streams.transport import use_fuller_fetches
 
@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     use_fuller_fetches(app)  # before the first topic: fewer, fuller fetches (streams.transport)
     recovery_watch.register(app, settings.recovery_stall_seconds)  # a recovery that stops moving is mended
+    health.register(app, settings)  # GET /health and /metrics on OFFLOAD_HEALTH_PORT (streams.health)
     ctx = StreamContext.build(app, settings)
 
     # Imported here so that importing streams.app stays cheap and free of side effects.

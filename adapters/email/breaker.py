@@ -24,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from resilience.dependencies import Dependencies
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +75,7 @@ class BreakerPolicy:
 
 class CircuitBreaker:
     def __init__(self, account: ProviderAccount, policy: BreakerPolicy,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, dependencies: Dependencies | None = None) -> None:
         self.account = account
         self.policy = policy
         self._clock = clock
@@ -84,6 +86,11 @@ class CircuitBreaker:
         self.last_reason = ""
         self.changes: list[CircuitChange] = []
         self._opened = asyncio.Event()  # set while open: batches waiting out a failure stop waiting
+        # Reported to the process's dependency record (the worker's health), when one is given.
+        self.dependency = f"provider {account.key}"
+        self._dependencies = dependencies
+        if dependencies is not None:
+            dependencies.track(self.dependency)
 
     def allows(self) -> bool:
         """May a batch use the provider now? Past the cool-down the first caller becomes the probe."""
@@ -109,6 +116,8 @@ class CircuitBreaker:
                         open_for)
             self.changes.append(CircuitChange(self.account, False, "the provider answered a probe",
                                               self.failures, self.policy.cooldown, round(open_for, 3)))
+            if self._dependencies is not None:
+                self._dependencies.restored(self.dependency)
             self.state = CircuitState.CLOSED
             self._opened.clear()
         self.failures = 0
@@ -137,6 +146,8 @@ class CircuitBreaker:
         log.warning("circuit of %s opened after %d consecutive failures (%s): batches go to the fallback "
                     "for %.0f s", self.account.key, self.failures, reason, self.policy.cooldown)
         self.changes.append(CircuitChange(self.account, True, reason, self.failures, self.policy.cooldown, None))
+        if self._dependencies is not None:
+            self._dependencies.lost(self.dependency, f"circuit open: {reason}")
 
     def drain(self) -> list[CircuitChange]:
         changes, self.changes = self.changes, []
@@ -146,15 +157,18 @@ class CircuitBreaker:
 class Breakers:
     """The breakers of one worker, one per provider account and region, created on first use."""
 
-    def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic,
+                 dependencies: Dependencies | None = None) -> None:
         self.policy = policy
         self._clock = clock
+        self._dependencies = dependencies
         self._by_key: dict[str, CircuitBreaker] = {}
 
     def for_account(self, account: ProviderAccount) -> CircuitBreaker:
         breaker = self._by_key.get(account.key)
         if breaker is None:
-            breaker = self._by_key[account.key] = CircuitBreaker(account, self.policy, self._clock)
+            breaker = self._by_key[account.key] = CircuitBreaker(account, self.policy, self._clock,
+                                                                     self._dependencies)
         return breaker
 
     def drain(self) -> list[CircuitChange]:

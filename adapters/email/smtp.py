@@ -26,7 +26,10 @@ from adapters.email.smtp_pipelining import (
     recipient_accepted,
     sender_accepted,
 )
+from resilience.dependencies import Dependencies
 from resilience.reasons import one_line
+
+SMTP_RELAY = "smtp-relay"  # its name in the process's dependency record (resilience.dependencies)
 
 # Replies that mean "slow down" rather than "this message has a problem" (RFC 5321 + common relays).
 _THROTTLE_CODES = frozenset({421, 451, 452, 454})
@@ -115,6 +118,7 @@ class SmtpProvider:
         max_batch: int = 500,
         local_hostname: str | None = None,
         pipelining: bool = True,
+        dependencies: Dependencies | None = None,  # where losing the relay is reported (the worker's health)
     ) -> None:
         if starttls and use_tls:
             raise ValueError("choose either starttls (upgrade) or use_tls (implicit TLS), not both")
@@ -127,6 +131,9 @@ class SmtpProvider:
         self._starttls, self._use_tls, self._timeout = starttls, use_tls, timeout
         # socket.getfqdn() (aiosmtplib's default EHLO name) can block on a DNS lookup.
         self._local_hostname = local_hostname or socket.gethostname() or "localhost"
+        self._dependencies = dependencies
+        if dependencies is not None:
+            dependencies.track(SMTP_RELAY)
         self._slots: list[aiosmtplib.SMTP | None] = [None] * max(1, connections)
         self._free: asyncio.Queue[int] = asyncio.Queue()  # indexes of sessions no batch is using
         for slot in range(len(self._slots)):
@@ -285,11 +292,18 @@ class SmtpProvider:
                 keep_every_reply(smtp)  # only if the relay advertises PIPELINING
         except aiosmtplib.SMTPAuthenticationError as exc:
             smtp.close()
-            raise _Unreachable(f"authentication failed ({exc.code})") from None
+            raise self._lost(f"authentication failed ({exc.code})") from None
         except (OSError, aiosmtplib.SMTPException) as exc:
             smtp.close()
-            raise _Unreachable(one_line(exc) or type(exc).__name__) from None
+            raise self._lost(one_line(exc) or type(exc).__name__) from None
+        if self._dependencies is not None:
+            self._dependencies.restored(SMTP_RELAY)
         return smtp
+
+    def _lost(self, why: str) -> _Unreachable:
+        if self._dependencies is not None:
+            self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {why}")
+        return _Unreachable(why)
 
     async def _drop(self, slot: int, *, polite: bool = False) -> None:
         smtp, self._slots[slot] = self._slots[slot], None

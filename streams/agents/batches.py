@@ -37,6 +37,7 @@ from typing import cast
 
 import faust
 
+from resilience.dependencies import DEPENDENCIES
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
     BatchCompleted,
@@ -240,7 +241,7 @@ def register(app: faust.App, ctx: StreamContext) -> None:
         return max(1, min(owned, ctx.settings.batch_partitions)) / ctx.settings.batch_partitions
 
     # One SMTP pool per worker, shared by email and certificate mail.
-    providers = EmailProviders(ctx.settings, share=share_of_batches)
+    providers = EmailProviders(ctx.settings, share=share_of_batches, dependencies=DEPENDENCIES)
     ctx.add_service(providers)
     mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp,
                                providers.dkim)

@@ -20,6 +20,7 @@ from adapters.email.sendgrid import SendGridProvider
 from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider
 from config.settings import Settings
+from resilience.dependencies import Dependencies
 from schemas.events import BatchDispatched
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,9 @@ class EmailProviders:
     account's limit.
     """
 
-    def __init__(self, settings: Settings, share: Callable[[], float] | None = None) -> None:
+    def __init__(self, settings: Settings, share: Callable[[], float] | None = None,
+                 dependencies: Dependencies | None = None) -> None:
+        """``dependencies``: where the relay's and each provider circuit's losses are reported (the worker's)."""
         self.settings = settings
         self._share = share
         self.limiters = {
@@ -80,6 +83,7 @@ class EmailProviders:
             connections=settings.smtp_connections,
             timeout=settings.smtp_timeout,
             pipelining=settings.smtp_pipelining,
+            dependencies=dependencies,
         )
         secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
         self.ses = SesProvider(
@@ -98,7 +102,8 @@ class EmailProviders:
         }
         # One circuit breaker per cloud provider account and region (shared by every batch of this worker).
         self.breakers = Breakers(BreakerPolicy(failure_threshold=settings.breaker_failure_threshold,
-                                               cooldown=settings.breaker_cooldown_seconds))
+                                               cooldown=settings.breaker_cooldown_seconds),
+                                 dependencies=dependencies)
         self.accounts = {
             "ses": ProviderAccount("ses", account_label(settings.aws_access_key_id), settings.aws_region),
             "sendgrid": ProviderAccount("sendgrid", "default", "global"),

@@ -22,6 +22,7 @@ from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider
 from adapters.email.smtp_pipelining import ReplyKeepingProtocol
 from devtools.devmail import DevMailSink
+from resilience.dependencies import Dependencies
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, RecordingSleep, address_of, closed_port, outgoing
 from tests.support.moto_server import MotoServer, moto_server
 
@@ -233,6 +234,25 @@ async def test_unreachable_smtp_is_provider_unavailable() -> None:
     with pytest.raises(ProviderUnavailable, match="smtp 127.0.0.1"):
         await provider.send_batch([outgoing(0)])
     await provider.stop()
+
+
+async def test_a_relay_that_goes_away_is_down_in_the_dependency_record_until_it_answers_again(
+        sink: DevMailSink) -> None:
+    deps, port = Dependencies(), sink.port
+    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, connections=2, timeout=5, dependencies=deps)
+    try:
+        assert deps.snapshot()["smtp-relay"].up  # listed from the start
+        await provider.send_batch([outgoing(0)])
+        sink.stop()
+        with pytest.raises(ProviderUnavailable):
+            await provider.send_batch([outgoing(1)])
+        assert deps.down()["smtp-relay"].startswith(f"127.0.0.1:{port}: ")
+        with DevMailSink(port=port):
+            assert (await provider.send_batch([outgoing(2)]))[0].outcome is Outcome.SENT
+        state = deps.snapshot()["smtp-relay"]
+        assert (state.up, state.losses, state.reconnects) == (True, 1, 1)
+    finally:
+        await provider.stop()
 
 
 async def test_starttls_and_auth_flags_are_honoured(sink: DevMailSink) -> None:

@@ -13,6 +13,7 @@ from adapters.email.breaker import (
     account_label,
 )
 from adapters.email.delivery import Phase, RetryPolicy, deliver
+from resilience.dependencies import Dependencies
 from tests.support.email import RecordingSleep, outgoing
 
 SES = ProviderAccount("ses", "default", "eu-west-1")
@@ -111,6 +112,24 @@ def test_a_probe_that_never_reports_is_replaced_after_a_cool_down():
     assert breaker.allows() and not breaker.allows()
     clock.now += 10
     assert breaker.allows()
+
+
+def test_a_circuit_open_is_its_provider_down_in_the_dependency_record_until_it_closes():
+    clock, deps = Clock(), Dependencies()
+    breakers = Breakers(BreakerPolicy(failure_threshold=2, cooldown=30), clock, dependencies=deps)
+    breaker = breakers.for_account(SES)
+    assert deps.snapshot()["provider ses:default:eu-west-1"].up  # listed from its first use
+    breaker.failed("timeout")
+    assert deps.down() == {}  # one failure opens nothing
+    breaker.failed("connection refused")
+    assert deps.down() == {"provider ses:default:eu-west-1": "circuit open: connection refused"}
+    clock.now += 30
+    assert breaker.allows()
+    breaker.succeeded()
+    state = deps.snapshot()["provider ses:default:eu-west-1"]
+    assert (state.up, state.losses, state.reconnects) == (True, 1, 1)
+    Breakers(BreakerPolicy(), clock).for_account(SES).failed("down")  # no record given: nothing reported
+    assert len(deps.snapshot()) == 1
 
 
 def test_breakers_are_per_account_and_region():

@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from api.errors import ApiError
-from api.metrics import dependency_metrics
 from resilience.dependencies import Backoff, Dependencies
+from resilience.probe import dependency_metrics
 
 
 def test_an_outage_is_counted_once_and_its_end_as_a_reconnect():
