@@ -183,6 +183,14 @@ class CallbackSender:
             return Attempt(False, None, _describe(exc), took())
 
 
+def moodle_dependency(url: str) -> str:
+    """``moodle <host>[:port]``, a callback URL's name in the worker's health: the host only, never the URL's
+    user info, path or query."""
+    parsed = URL(url, encoded=True)
+    port = f":{parsed.explicit_port}" if parsed.explicit_port is not None else ""
+    return f"moodle {parsed.host or '(no host)'}{port}"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timed out"

@@ -26,9 +26,10 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from adapters.callbacks import Attempt, CallbackSender, callback_body, unsubscribe_body
+from adapters.callbacks import Attempt, CallbackSender, callback_body, moodle_dependency, unsubscribe_body
 from eventlog.publisher import partition_for
 from resilience.backoff import backoff
+from resilience.dependencies import DEPENDENCIES, Dependencies
 from schemas.envelope import UndecodableRecord, decode
 from schemas.events import (
     BatchCompleted,
@@ -67,8 +68,12 @@ def _ms(at: datetime) -> int:
 class CallbackScheduler:
     """Queues callbacks from job events and delivers them when due; a job's table entry is a CallbackQueue."""
 
-    def __init__(self, ctx: StreamContext, table: Any, sender: CallbackSender) -> None:
+    def __init__(self, ctx: StreamContext, table: Any, sender: CallbackSender,
+                 dependencies: Dependencies | None = None) -> None:
         self.ctx = ctx
+        # Each Moodle host in the worker's health (when given): lost while its callbacks fail for a reason
+        # worth retrying, back at the first one it takes.
+        self.dependencies = dependencies
         self.settings = ctx.settings
         self.table = table
         self.sender = sender
@@ -271,11 +276,20 @@ class CallbackScheduler:
                                                     callback_id=callback.callback_id)
                     if result.error:  # an error that quotes the URL, or a part of it, keeps no token
                         result = replace(result, error=scrub(result.error, url[len(state.url) + 1:]))
+                    self._report(url, result)
                 await self._record(job_id, callback, attempt_no, result)
         except asyncio.CancelledError:
             raise
         except Exception:  # a broker hiccup while recording: the entry is unchanged, the next tick tries again
             log.exception("callback %s: attempt could not be recorded", callback.callback_id)
+
+    def _report(self, url: str, result: Attempt) -> None:
+        if self.dependencies is None or result.permanent:  # a forbidden URL says nothing of Moodle
+            return
+        if result.delivered:
+            self.dependencies.restored(moodle_dependency(url))
+        else:
+            self.dependencies.lost(moodle_dependency(url), result.error or "not delivered")
 
     async def _record(self, job_id: str, callback: PendingCallback, attempt_no: int, result: Attempt) -> None:
         common: dict[str, Any] = {"job_id": job_id, "callback_id": callback.callback_id,
@@ -322,7 +336,7 @@ def register(app: faust.App, ctx: StreamContext) -> CallbackScheduler:
     table = app.tables.add(CallbacksTable(
         app, name=TABLE, beacon=app.tables.beacon, partitions=ctx.settings.job_partitions, default=None))
     sender = CallbackSender(ctx.settings)
-    scheduler = CallbackScheduler(ctx, table, sender)
+    scheduler = CallbackScheduler(ctx, table, sender, DEPENDENCIES)
 
     class _Lifecycle:  # the scheduler's tasks stop before the HTTP session closes (services stop in reverse)
         async def start(self) -> None:

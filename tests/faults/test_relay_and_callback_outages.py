@@ -16,6 +16,7 @@ from schemas.events import CallbackDelivered, CallbackFailed, RecipientFailed, R
 from tests.support.email import closed_port
 from tests.support.faults import MoodleAfterOutage
 from tests.support.observe import events, wait_for, wait_for_job
+from tests.support.process_health import When
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -63,15 +64,15 @@ def test_every_callback_reaches_moodle_after_its_endpoint_was_down(settings_fact
                                                                    job_factory, mail_sink):
     # 10 minutes in production; shortened here to 30 s with a backoff scaled down to match.
     outage = 30.0
-    port = closed_port()
+    port, health_port = closed_port(), closed_port()
     settings = settings_factory(
-        smtp_port=mail_sink.port, job_batch_size=25, api_allow_private_callbacks=True,
+        smtp_port=mail_sink.port, job_batch_size=25, api_allow_private_callbacks=True, health_port=health_port,
         callback_keys=json.dumps({KEY_ID: {"secret": SECRET, "company_id": 7}}),
         callback_retry_base=1.0, callback_retry_max=4.0, callback_check_interval=0.2,
     )
     topics_for(settings)
     processes("worker", settings)
-    processes("projector", settings)
+    processes("projector", settings.model_copy(update={"health_port": 0}))  # one process per port
     callback_url = f"http://127.0.0.1:{port}/local/offload/callback.php?jobid=cb-outage"
     asyncio.run(submit_job(settings, job_factory("cb-outage", 100, callback_url=callback_url)))
     started = time.monotonic()
@@ -79,15 +80,20 @@ def test_every_callback_reaches_moodle_after_its_endpoint_was_down(settings_fact
     time.sleep(max(0.0, outage - (time.monotonic() - started)))
     failed_during = [e for e in events(settings, "callbacks") if isinstance(e, CallbackFailed)]
     assert len(failed_during) >= 3 and all(e.status is None and e.next_attempt_at for e in failed_during)
+    moodle = f"moodle 127.0.0.1:{port}"
+    during = wait_for(When(health_port, "degraded", moodle, False), timeout=30)  # said while it lasts
+    assert any(r.startswith(f"{moodle}: ") for r in during["reasons"]), during
 
-    with MoodleAfterOutage({KEY_ID: SECRET}, port) as moodle:
+    with MoodleAfterOutage({KEY_ID: SECRET}, port) as receiver:
         def completed() -> list | None:
-            bodies = [r.json for r in moodle.delivered()]
+            bodies = [r.json for r in receiver.delivered()]
             return bodies if bodies and bodies[-1]["event"] == "completed" else None
 
         delivered = wait_for(completed, timeout=120, what="the completed callback after the outage")
 
-    assert all(r.valid for r in moodle.received)
+    assert all(r.valid for r in receiver.received)
+    after = wait_for(When(health_port, "ready", moodle, True), timeout=30)
+    assert (after["checks"][moodle]["losses"], after["checks"][moodle]["reconnects"]) == (1, 1), after
     names = [b["event"] for b in delivered]
     assert names[0] == "started" and names[-1] == "completed" and set(names[1:-1]) <= {"progress"}
     assert Counter(b["callback_id"] for b in delivered).most_common(1)[0][1] == 1  # each once

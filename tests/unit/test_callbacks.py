@@ -21,6 +21,7 @@ from adapters.callbacks import (
     ForbiddenAddress,
     PublicOnlyResolver,
     callback_body,
+    moodle_dependency,
     signed_headers,
 )
 from config.settings import ApiKey, Settings
@@ -239,3 +240,9 @@ async def test_an_unreachable_moodle_is_a_retryable_failure():
     finally:
         await sender.stop()
     assert not attempt.delivered and not attempt.permanent and attempt.status is None and attempt.error
+
+
+def test_a_moodle_host_is_named_in_health_without_user_info_path_or_query():
+    assert moodle_dependency("https://alice:pw@moodle.example.org/local/cb.php?token=s3cret") == \
+        "moodle moodle.example.org"
+    assert moodle_dependency("http://127.0.0.1:8443/cb?jobid=7") == "moodle 127.0.0.1:8443"
