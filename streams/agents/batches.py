@@ -246,7 +246,7 @@ def register(app: faust.App, ctx: StreamContext) -> None:
     mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp,
                                providers.dkim)
     handlers: dict[str, BatchHandler] = {"email": EmailBatchHandler.build(ctx, providers),
-                                         "certificate": CertificateBatchHandler.build(ctx, mailer)}
+                                         "certificate": CertificateBatchHandler.build(ctx, mailer, DEPENDENCIES)}
     runner = BatchRunner(ctx, handlers)
 
     # concurrency=1 (faust-streaming #606), and records taken one at a time through stream.events(): with

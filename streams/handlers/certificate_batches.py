@@ -28,6 +28,7 @@ from config.settings import Settings
 from content.certificates.codes import certificate_code, verification_url
 from content.certificates.pool import CertificateInput, RenderPool
 from content.certificates.templates import CertificateTemplateStore, TemplateNotFound
+from resilience.dependencies import Dependencies
 from schemas.events import (
     BatchDispatched,
     CertificateIssued,
@@ -118,8 +119,11 @@ class _Storing:
 class CertificateBatchHandler:
     def __init__(self, settings: Settings, templates: CertificateTemplateStore, pool: RenderPool,
                  stores: CertificateStores, mailer: CertificateMailer | None = None,
-                 suppressions: SuppressionList | None = None) -> None:
+                 suppressions: SuppressionList | None = None, dependencies: Dependencies | None = None) -> None:
         self.settings = settings
+        # Where each store's availability is recorded (the worker's health), when given: `storage s3` lost when
+        # a put fails past its retries, back at the next put it takes.
+        self.dependencies = dependencies
         self.templates = templates
         self.pool = pool
         self.stores = stores
@@ -128,7 +132,8 @@ class CertificateBatchHandler:
         self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
     @classmethod
-    def build(cls, ctx: StreamContext, mailer: CertificateMailer | None = None) -> CertificateBatchHandler:
+    def build(cls, ctx: StreamContext, mailer: CertificateMailer | None = None,
+              dependencies: Dependencies | None = None) -> CertificateBatchHandler:
         refusal = ctx.settings.code_secret_refusal()
         if refusal is not None:
             log.error("certificates will NOT be issued: %s", refusal)
@@ -142,7 +147,7 @@ class CertificateBatchHandler:
         ctx.add_service(pool)
         ctx.add_service(stores)
         return cls(ctx.settings, CertificateTemplateStore(ctx.settings.certificate_template_dir), pool, stores,
-                   mailer, SuppressionList(ctx.suppressions))
+                   mailer, SuppressionList(ctx.suppressions), dependencies)
 
     async def _inputs(self, batch: BatchDispatched, recipients: list[Recipient],
                       recorder: OutcomeRecorder) -> list[CertificateInput]:
@@ -237,17 +242,28 @@ class CertificateBatchHandler:
         if not storing.fell_back:
             attempts += 1
             try:
-                return await storing.primary.put(key, pdf), attempts, None
+                return self._took(storing.primary, await storing.primary.put(key, pdf)), attempts, None
             except StorageUnavailable as exc:
+                self._lost(storing.primary, exc)
                 if storing.fallback is None:
                     return None, attempts, f"certificate store unavailable: {exc}"[:2000]
                 await self._fall_back(batch, storing, recorder, str(exc))
         assert storing.fallback is not None
         attempts += 1
         try:
-            return await storing.fallback.put(key, pdf), attempts, None
+            return self._took(storing.fallback, await storing.fallback.put(key, pdf)), attempts, None
         except StorageUnavailable as exc:
+            self._lost(storing.fallback, exc)
             return None, attempts, f"cloud and local certificate stores unavailable: {exc}"[:2000]
+
+    def _took(self, store: CertificateStore, stored: StoredObject) -> StoredObject:
+        if self.dependencies is not None:
+            self.dependencies.restored(f"storage {store.backend}")
+        return stored
+
+    def _lost(self, store: CertificateStore, exc: StorageUnavailable) -> None:
+        if self.dependencies is not None:
+            self.dependencies.lost(f"storage {store.backend}", str(exc)[:500])
 
     @staticmethod
     async def _fall_back(batch: BatchDispatched, storing: _Storing, recorder: OutcomeRecorder, error: str) -> None:

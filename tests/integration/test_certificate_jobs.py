@@ -23,6 +23,7 @@ from streams.issued_certificates import verify_certificate, zip_certificates
 from tests.support.certificates import decode_qr, pdf_text
 from tests.support.moto_server import free_port, s3_client
 from tests.support.observe import events, query, records, wait_for, wait_for_job
+from tests.support.process_health import When
 
 pytestmark = pytest.mark.integration
 
@@ -158,13 +159,13 @@ def test_a_learner_without_usable_data_fails_alone_and_an_unreachable_s3_falls_b
     settings = settings_factory(
         certificate_storage_endpoint_url=dead_endpoint, aws_access_key_id="testing",
         aws_secret_access_key="testing", certificate_storage_root=tmp_path / "certs",
-        certificate_render_processes=1,
+        certificate_render_processes=1, health_port=free_port(),
     )
     topics_for(settings)
     asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_certificates=True,
                                         storage_provider="s3", changed_by="test"))
     worker = processes("worker", settings)
-    processes("projector", settings)
+    processes("projector", settings.model_copy(update={"health_port": 0}))  # one process per port
     worker.wait_for_log("company 7 settings", timeout=30)
 
     job = certificate_job(job_factory, "certs-fallback", 7, 1, NAMES[:3])
@@ -179,6 +180,9 @@ def test_a_learner_without_usable_data_fails_alone_and_an_unreachable_s3_falls_b
         assert event.backend == "local"
         pdf = (tmp_path / "certs" / event.object_key).read_bytes()
         assert hashlib.sha256(pdf).hexdigest() == event.sha256
+    # The worker's health says which store is gone and that the local one took the certificates.
+    said = wait_for(When(settings.health_port, "degraded", "storage s3", False), timeout=30)
+    assert said["checks"]["storage local"]["up"] and any(r.startswith("storage s3: ") for r in said["reasons"])
     failed = query(settings, "SELECT error_message, retryable FROM job_recipients WHERE status = 'failed'")
     assert failed == [{"error_message": "invalid certificate data: completion_date '20/11/2026' is not an ISO "
                                         "date (YYYY-MM-DD) or unix time", "retryable": False}]
