@@ -13,6 +13,7 @@ import pytest
 from bench.replay import job_log, write_log
 from offload.replay import replay
 from projections import audit
+from projections import read_models as models
 from projections.projector import Projector
 from tests.support.observe import READ_MODEL_TABLES, read_models
 
@@ -95,3 +96,33 @@ def test_while_kafka_is_unreachable_a_replay_retries_and_ends_clean_when_interru
     asyncio.run(interrupted())
     assert no_decoder_process()
     assert backends(settings) == idle
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_replay_whose_first_connection_fails_after_its_first_poll_applies_every_event_once(
+        settings_factory, topics_for, monkeypatch) -> None:
+    settings = settings_factory()
+    topics_for(settings)
+    written = asyncio.run(write_log(settings, job_log("early-poll-job", 2_000)))
+    clean = f"{settings.projection_schema}_clean"
+    asyncio.run(replay(settings, clean))
+
+    opened = models.open_read_models
+    polled: list[int] = []
+
+    async def fails_once_after_the_first_poll(*args, **kwargs):
+        if not polled:
+            while not projector._early:  # the first poll, read while the read models are created
+                await asyncio.sleep(0.005)
+            polled.append(sum(len(records) for records in projector._early.values()))
+            raise psycopg.OperationalError("connection lost while creating the read models")
+        return await opened(*args, **kwargs)
+
+    monkeypatch.setattr(models, "open_read_models", fails_once_after_the_first_poll)
+    projector = Projector(settings, schema=f"{settings.projection_schema}_cut", fresh=True)
+    stats = asyncio.run(projector.run(until_caught_up=True))
+    assert polled and polled[0] > 0 and stats.reconnects == 1
+    assert stats.events == written  # the first poll was dropped with the failure, and read again once
+    cut, rows = read_models(settings, f"{settings.projection_schema}_cut"), read_models(settings, clean)
+    for table in READ_MODEL_TABLES:
+        assert cut[table] == rows[table], table
