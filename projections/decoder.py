@@ -96,8 +96,11 @@ class Decoder:
     async def started(self, timeout: float = 30.0) -> bool:
         """Whether the process answered its first call within ``timeout`` s; if not, it is closed (and the
         projector decodes everything itself)."""
+        if self._pool is None:
+            return False
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self._first), timeout)
+            # Shielded: a start-up that is cancelled (its other side failed) and tried again awaits the same call.
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._first)), timeout)
         except (BrokenProcessPool, TimeoutError) as exc:
             log.warning("replay decodes in one process: the decoder process did not start (%s)", reason(exc))
             if self._pool is not None:

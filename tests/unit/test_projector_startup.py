@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import time
 
 import pytest
 
@@ -131,4 +132,28 @@ async def test_a_decoder_process_that_dies_starting_is_closed_and_the_replay_dec
     forked = Decoder.forked()
     assert forked is not None
     assert not await forked.started()
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+_child_setup = decoder._child_setup
+
+
+def _starts_slowly() -> None:
+    time.sleep(0.3)
+    _child_setup()
+
+
+async def test_a_start_up_cancelled_while_the_decoder_starts_can_await_it_again(monkeypatch) -> None:
+    monkeypatch.setattr(decoder, "_child_setup", _starts_slowly)
+    forked = Decoder.forked()
+    assert forked is not None
+    try:
+        waiting = asyncio.create_task(forked.started())
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # the other side of the start-up failed
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await forked.started()  # the retry's start-up
+    finally:
+        forked.close()
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
