@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import psycopg
-from psycopg import sql
-
 from config.settings import Settings
 from projections.projector import Projector, ProjectorStats
 
 
 async def replay(settings: Settings, schema: str) -> ProjectorStats:
-    """Drop ``schema`` if it exists, then project the whole log into it and stop once caught up."""
+    """Drop ``schema`` if it exists, then project the whole log into it and stop once caught up.
+
+    The schema is dropped in the transaction that creates the read models again, on the projector's own
+    connection, while its consumer starts (projections/startup.py)."""
     if schema == settings.projection_schema:
         raise ValueError("replay into the live schema is refused: name a fresh one")
-    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-    return await Projector(settings, schema=schema).run(until_caught_up=True)
+    return await Projector(settings, schema=schema, fresh=True).run(until_caught_up=True)

@@ -20,14 +20,8 @@ from psycopg import sql
 from config.settings import Settings
 from eventlog.topics import offsets_of
 from projections import tracking
-from projections.projector import (
-    PROJECTED_TOPICS,
-    PROJECTION,
-    Projector,
-    ProjectorStats,
-    connect,
-    create_read_models,
-)
+from projections.projector import PROJECTED_TOPICS, PROJECTION, Projector, ProjectorStats
+from projections.read_models import connect, create_read_models
 
 
 class SnapshotTooOld(Exception):

@@ -20,7 +20,7 @@ import multiprocessing
 import signal
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from projections import recipients
@@ -65,13 +65,18 @@ def build(records: Sequence[Raw]) -> tuple[recipients.Built, list[int]]:
 class Decoder:
     """One decoder process for the length of a replay."""
 
-    def __init__(self, pool: ProcessPoolExecutor) -> None:
+    def __init__(self, pool: ProcessPoolExecutor, first: Future[int]) -> None:
         self._pool: ProcessPoolExecutor | None = pool
+        self._first = first  # the process's first call: answered once it runs
 
     @classmethod
     def forked(cls) -> Decoder | None:
         """The process forked now (call it before opening connections or starting threads); None where fork is
-        not available or fails: the projector then decodes everything itself."""
+        not available or fails: the projector then decodes everything itself.
+
+        Only the fork waits here (a fork pool starts its process at the first submit): the process starting up
+        runs beside the projector's own start-up, and ``started`` says whether it did."""
+        pool = None
         try:
             pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=_child_setup)
             with warnings.catch_warnings():
@@ -80,11 +85,30 @@ class Decoder:
                 # This child takes none of theirs: it decodes, builds rows and talks to its parent by its pipes.
                 warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks",
                                         category=DeprecationWarning)
-                pool.submit(int).result(timeout=30)  # forked here, not at the first piece
-        except (ValueError, OSError, BrokenProcessPool, TimeoutError) as exc:
+                first = pool.submit(int)  # forked here, not at the first piece
+        except (ValueError, OSError, BrokenProcessPool) as exc:
             log.warning("replay decodes in one process: no decoder process (%s)", reason(exc))
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
             return None
-        return cls(pool)
+        return cls(pool, first)
+
+    async def started(self, timeout: float = 30.0) -> bool:
+        """Whether the process answered its first call within ``timeout`` s; if not, it is closed (and the
+        projector decodes everything itself)."""
+        if self._pool is None:
+            return False
+        try:
+            # Shielded: a start-up that is cancelled (its other side failed) and tried again awaits the same call.
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._first)), timeout)
+        except (BrokenProcessPool, TimeoutError) as exc:
+            log.warning("replay decodes in one process: the decoder process did not start (%s)", reason(exc))
+            if self._pool is not None:
+                # Not waited for: a process that did not answer in time may not answer a shutdown either.
+                self._pool.shutdown(wait=not isinstance(exc, TimeoutError), cancel_futures=True)
+                self._pool = None
+            return False
+        return True
 
     def build(self, records: Sequence[Raw]) -> asyncio.Future[tuple[recipients.Built, list[int]]]:
         """build(records), sent to the decoder process now; the future raises BrokenProcessPool if the process

@@ -21,23 +21,20 @@ from datetime import UTC, datetime
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from psycopg import sql
 
 from config.settings import Settings
-from eventlog.topics import EVENT_TOPICS, partitions_of
-from projections import audit, callbacks, company_settings, jobs, recipients, suppressions, templates, tracking
+from eventlog.topics import EVENT_TOPICS
+from projections import read_models, recipients, tracking
 from projections.base import Applied, Position
 from projections.decoder import Decoder, Raw
+from projections.read_models import READ_MODELS
+from projections.startup import Partitions, both, find_partitions
 from resilience.dependencies import DEPENDENCIES, Backoff
 from resilience.reasons import reason
 from schemas.envelope import UndecodableRecord, decode, header
-from security.shared_schema import create_schema
 
 log = logging.getLogger(__name__)
 
-# Read models in the order they apply a poll: settings and jobs first, then recipients (which raise job
-# counters), then the audit log.
-READ_MODELS = (company_settings, jobs, recipients, callbacks, suppressions, templates, audit)
 PROJECTED_TOPICS = EVENT_TOPICS  # a name of its own so a test can add a topic not yet listed
 PROJECTION = "read-models"
 # A poll's records are held at once: this bounds it when records are large (a BatchDispatched of 200 learners
@@ -98,14 +95,6 @@ class _Decoded:
     count: int = 0  # events decoded, those ``built`` included
 
 
-async def connect(settings: Settings, schema: str | None = None) -> psycopg.AsyncConnection:
-    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
-    target = schema or settings.projection_schema
-    await create_schema(conn, target)
-    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target)))
-    return conn
-
-
 async def _close_quietly(conn: psycopg.AsyncConnection | None) -> None:
     if conn is None:
         return
@@ -152,20 +141,18 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-async def create_read_models(conn: psycopg.AsyncConnection) -> None:
-    async with conn.transaction(), conn.cursor() as cur:
-        # Serialise concurrent creators (two projectors starting together would race on CREATE ... IF NOT EXISTS).
-        await cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
-        await cur.execute(tracking.DDL)
-        for model in READ_MODELS:
-            await cur.execute(model.DDL)
-        await cur.execute(recipients.STAGING)  # this connection's own (temporary) staging tables
-
-
 class Projector:
-    def __init__(self, settings: Settings, *, schema: str | None = None, max_records: int = 5000) -> None:
+    def __init__(self, settings: Settings, *, schema: str | None = None, max_records: int = 5000,
+                 fresh: bool = False) -> None:
+        """``fresh``: ``schema`` (never the live one) is dropped when the projector first connects, so it starts
+        from nothing (a replay)."""
+        if fresh and (schema is None or schema == settings.projection_schema):
+            raise ValueError("the live schema is never dropped: name a fresh one")
         self.settings = settings
         self.schema = schema
+        self._fresh = fresh  # until the first connection has dropped the schema
+        self._consumer_started = False
+        self._early: dict[TopicPartition, list] = {}  # a fresh replay's first poll, read while its DDL ran (_sync)
         self.max_records = max_records
         self._live = False  # run() not catching up: the LIVE_ limits
         self.stats = ProjectorStats()
@@ -187,7 +174,8 @@ class Projector:
         Postgres lost (stopped, restarted, a dropped connection): the poll's transaction did not commit, so its
         offsets were not stored either; the projector reconnects with back-off and seeks every partition back to
         the offsets stored with the rows, so nothing is lost or applied twice. A broker restart is ridden out
-        by the consumer itself; a Kafka call that fails is retried the same way.
+        by the consumer itself; a Kafka call that fails (the consumer's start included) is retried the same way.
+        Any other error ends the run, with the decoder process, the consumer and the connection closed.
         """
         self._live = not until_caught_up
         consumer = AIOKafkaConsumer(
@@ -206,7 +194,7 @@ class Projector:
             # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag. A
             # transaction still costs more than the ~165 outcomes it then carried (1,500/s): up to 250 ms for
             # 256 KiB took the CPU per outcome from 30-36 µs to 22-27 µs (bench/projector_steady.py, three
-            # pairs run alternately), for <= 250 ms of lag in job progress.
+            # pairs run alternately).
             # Catching up (a replay), the log is all there: the consumer has one fetch in flight at a time, and
             # one that waited for more of a topic's last records (or of the empty topics) held back the next
             # fetch of the others by up to that wait (bench/replay.py: 0.2 s each time a topic ran out).
@@ -217,12 +205,12 @@ class Projector:
         DEPENDENCIES.track("kafka")
         backoff = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
         # Catching up, outcomes and batches are decoded in a process of their own, forked before the consumer
-        # starts (it copies no connection).
+        # starts or a connection opens (it copies neither); it starts up while they do (_sync).
         self._decoder = Decoder.forked() if until_caught_up else None
-        await self._start_consumer(consumer, backoff)
         started = time.monotonic()
         # What is alive now (modules, pydantic's validators, the clients) lives as long as the projector: out of
-        # the collector's sight, a collection scans only what the polls made (see _collector_paused).
+        # the collector's sight, a collection scans only what the polls made (see _collector_paused). Frozen
+        # again once the consumer and the connection are up.
         gc.freeze()
         # Catching up (a replay) ends by itself, and what it decodes is freed by reference counting (events hold
         # no cycles): no collection at all until it ends. Between two pieces the collector otherwise ran on the
@@ -236,29 +224,26 @@ class Projector:
         try:
             while not self._stop.is_set():
                 try:
-                    if conn is None:
-                        conn = await connect(self.settings, self.schema)
-                        await create_read_models(conn)
-                        DEPENDENCIES.restored("postgres")
                     if not synced:
-                        partitions = await self._assign(consumer, conn)
+                        conn, found = await self._sync(consumer, conn, ends=until_caught_up and targets is None)
                         synced = True
                         DEPENDENCIES.restored("kafka")
                         if targets is None:
-                            targets = await consumer.end_offsets(partitions) if until_caught_up else {}
-                            log.info("projector started: %d partitions into schema %s", len(partitions),
+                            targets = found.ends or {}
+                            gc.freeze()
+                            log.info("projector started: %d partitions into schema %s", len(found.partitions),
                                      self.schema or self.settings.projection_schema)
                         else:
                             log.warning("projector resumed at its stored offsets after %d reconnect(s)",
                                         self.stats.reconnects)
                         backoff.reset()
                         if until_caught_up:
-                            self._hold_batches(partitions, targets)
-                    assert targets is not None  # set when the consumer first synced
+                            self._hold_batches(found.partitions, targets)
+                    assert conn is not None and targets is not None  # set when first synced
                     self._release_batches(targets)
                     if until_caught_up and all(self._next[tp] >= end for tp, end in targets.items()):
                         break
-                    polled = await self._poll(consumer)
+                    polled, self._early = self._early or await self._poll(consumer), {}
                     if polled:
                         await self._apply(conn, consumer, polled, targets)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -323,16 +308,70 @@ class Projector:
         if self._held and all(self._decoded[tp] >= end for tp, end in targets.items() if tp not in self._held):
             self._held = []
 
-    async def _start_consumer(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
-        while True:
-            try:
-                await consumer.start()
-                return
-            except KafkaError as exc:
-                DEPENDENCIES.lost("kafka", reason(exc))
-                await self._wait(backoff.next(), "kafka", exc)
-                if self._stop.is_set():
-                    raise
+    async def _sync(self, consumer: AIOKafkaConsumer, conn: psycopg.AsyncConnection | None, *,
+                    ends: bool) -> tuple[psycopg.AsyncConnection, Partitions]:
+        """The connection (opened, its read models created, when ``conn`` is None) and the consumer (started,
+        its partitions and their offsets found, the decoder process's start awaited) made ready at once, then every
+        partition assigned and positioned at the offset stored with the rows (projections/startup.py).
+
+        A fresh schema (a replay) has no stored offsets: its partitions are positioned at their first offsets as
+        soon as the consumer has found them, so the first fetch runs while the read models are being created.
+
+        On an error both sides have ended and a connection opened here is closed; ``conn`` is the caller's."""
+        early = self._fresh and conn is None  # this open drops the schema: nothing stored can be found in it
+
+        async def discard(opened: tuple[psycopg.AsyncConnection, dict]) -> None:
+            if opened[0] is not conn:
+                await _close_quietly(opened[0])
+
+        try:
+            (opened, stored), found = await both(self._open(conn), self._start(consumer, ends=ends, position=early),
+                                                 discard=discard)
+        except BaseException:
+            self._early = {}  # read again from where the next sync positions the consumer
+            raise
+        if not early or stored:  # (a seek to where the consumer is would drop what it has fetched)
+            self._early = {}
+            self._position(consumer, found, stored)
+        return opened, found
+
+    async def _open(self, conn: psycopg.AsyncConnection | None,
+                    ) -> tuple[psycopg.AsyncConnection, dict[tuple[str, int], int]]:
+        """The connection (opened when ``conn`` is None) and the offsets stored in it."""
+        opening = conn is None
+        if conn is None:
+            conn = await read_models.open_read_models(self.settings, self.schema, drop_first=self._fresh)
+            self._fresh = False  # dropped and created again in one transaction: never again for this run
+            DEPENDENCIES.restored("postgres")
+        try:
+            async with conn.cursor() as cur:
+                return conn, await tracking.load(cur, PROJECTION)
+        except BaseException:
+            if opening:
+                await _close_quietly(conn)
+            raise
+
+    async def _start(self, consumer: AIOKafkaConsumer, *, ends: bool, position: bool) -> Partitions:
+        """The consumer started and its partitions found; with ``position``, positioned at their first offsets
+        and, catching up, the first poll read (taking the records out of the consumer is tens of ms of work in
+        this process, done while Postgres creates the read models). Timed over 8 replays of bench/replay.py's log
+        each way, load 2.6-3.3, the first record was in hand after a median 63-87 ms this way, 96-105 ms when
+        the poll waited until the DDL was sent, 109-131 ms when it waited for the read models."""
+        if not self._consumer_started:
+            await consumer.start()
+            self._consumer_started = True
+        topics = [self.settings.topic(short) for short in PROJECTED_TOPICS]
+        found, _ = await asyncio.gather(find_partitions(consumer, topics, ends=ends), self._decoder_started())
+        if position:
+            self._position(consumer, found, {})
+            if found.ends is not None:  # catching up: the first poll too, read as a replay reads
+                self._hold_batches(found.partitions, found.ends)
+                self._early = await self._poll(consumer)
+        return found
+
+    async def _decoder_started(self) -> None:
+        if self._decoder is not None and not await self._decoder.started():
+            self._decoder = None  # it closed itself: the projector decodes everything
 
     async def _wait(self, delay: float, what: str, exc: BaseException) -> None:
         """Back off before reconnecting, unless asked to stop meanwhile."""
@@ -343,29 +382,18 @@ class Projector:
         except TimeoutError:
             pass
 
-    async def _assign(self, consumer: AIOKafkaConsumer, conn: psycopg.AsyncConnection) -> list[TopicPartition]:
-        partitions: list[TopicPartition] = []
-        for short in PROJECTED_TOPICS:
-            name = self.settings.topic(short)
-            found = await partitions_of(consumer, name)  # topics may be created moments after we start
-            if not found:
-                raise RuntimeError(f"topic {name} does not exist: run `offload topics create` first")
-            partitions.extend(TopicPartition(name, p) for p in found)
-        async with conn.cursor() as cur:
-            stored = await tracking.load(cur, PROJECTION)
-        beginnings = await consumer.beginning_offsets(partitions)
+    def _position(self, consumer: AIOKafkaConsumer, found: Partitions, stored: dict[tuple[str, int], int]) -> None:
         # Assigned and positioned in one step: assigned first, the consumer would look up the latest offsets
         # meanwhile and start a fetch there that waits out fetch_max_wait_ms before ours is sent (0.1-0.25 s
         # before the first record of a replay, bench/replay.py).
-        consumer.assign(partitions)
-        self._partitions = partitions
-        for tp in partitions:
+        consumer.assign(found.partitions)
+        self._partitions = found.partitions
+        for tp in found.partitions:
             offset = stored.get((tp.topic, tp.partition))
-            if offset is None or offset < beginnings[tp]:  # never read, or expired by retention since
-                offset = beginnings[tp]
+            if offset is None or offset < found.beginnings[tp]:  # never read, or expired by retention since
+                offset = found.beginnings[tp]
             consumer.seek(tp, offset)
             self._next[tp] = self._decoded[tp] = offset
-        return partitions
 
     def _decode(self, polled: dict[TopicPartition, list], elsewhere: list[int] | None = None) -> _Decoded:
         """``elsewhere``: the outcomes and batches topics' records were sent to the decoder process, and these are

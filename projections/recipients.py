@@ -62,7 +62,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS job_recipients_code ON job_recipients (certifi
 
 # Staging tables, one set per connection, emptied at every commit. The projector applies a poll inside one
 # transaction, so rows copied in are seen by the statement that reads them and gone before the next poll.
-# Created with the read models (projections.projector.create_read_models), once per connection: created again
+# Created with the read models (projections.read_models), once per connection: created again
 # by every poll, they cost two catalog look-ups and two notices per transaction.
 STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS incoming_pending (
@@ -350,7 +350,7 @@ def _rows(events: Sequence[Applied], built: Built | None = None) -> _Rows:
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied], built: Built | None = None) -> None:
     """Apply a poll's events, and the rows ``build`` made of the rest of it; must run inside a transaction (the
-    staging tables empty at commit), on a connection that has the staging tables (create_read_models made
+    staging tables empty at commit), on a connection that has the staging tables (read_models made
     them)."""
     rows = _rows(events, built)
     if rows.pending:

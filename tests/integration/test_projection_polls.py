@@ -18,7 +18,7 @@ from psycopg import sql
 
 from projections import recipients
 from projections.base import Applied, Position
-from projections.projector import READ_MODELS, connect, create_read_models
+from projections.read_models import READ_MODELS, connect, create_read_models
 from schemas.events import (
     BatchCompleted,
     BatchDispatched,

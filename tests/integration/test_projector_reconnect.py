@@ -13,7 +13,7 @@ import pytest
 from eventlog.publisher import EventPublisher
 from eventlog.topics import create_topics
 from offload.replay import replay
-from projections import projector
+from projections import read_models as models
 from projections.projector import Projector
 from schemas.events import BatchCompleted, BatchDispatched, Event, JobAccepted, JobCompleted, Recipient, RecipientSent
 from tests.support.observe import READ_MODEL_TABLES, read_models
@@ -56,14 +56,14 @@ async def test_a_projector_cut_off_from_postgres_twice_applies_every_event_once(
     await publish(settings, events)
 
     backends: list[int] = []
-    connect = projector.connect
+    connect = models.open_read_models
 
     async def noting_backend(*args, **kwargs):
         conn = await connect(*args, **kwargs)
         backends.append(conn.info.backend_pid)
         return conn
 
-    monkeypatch.setattr(projector, "connect", noting_backend)
+    monkeypatch.setattr(models, "open_read_models", noting_backend)
     cut = Projector(settings, schema=f"{settings.projection_schema}_cut", max_records=60)
     task = asyncio.create_task(cut.run(until_caught_up=True))
     with psycopg.connect(settings.database_url, autocommit=True) as admin:
@@ -73,7 +73,7 @@ async def test_a_projector_cut_off_from_postgres_twice_applies_every_event_once(
                 await asyncio.sleep(0.01)
             admin.execute("SELECT pg_terminate_backend(%s)", (backends[-1],))
     stats = await task
-    monkeypatch.setattr(projector, "connect", connect)
+    monkeypatch.setattr(models, "open_read_models", connect)
 
     assert stats.reconnects >= 2 and len(backends) >= 3
     assert stats.events == len(events)  # a rolled-back poll is counted (and applied) only when it commits

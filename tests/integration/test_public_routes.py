@@ -27,7 +27,7 @@ from api.state import STATE
 from api.ui.state import COOKIE, UI_STATE
 from config.settings import Settings
 from projections.base import Position
-from projections.projector import READ_MODELS, connect, create_read_models
+from projections.read_models import READ_MODELS, connect, create_read_models
 from schemas.events import CertificateIssued, Event, JobAccepted, RecipientSent
 from tests.support.api import api_keys
 from tests.support.production import PRODUCTION_SECRETS

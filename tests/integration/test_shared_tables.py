@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projections.projector import connect
+from projections.read_models import connect
 from security.limits import SharedLimits
 from security.seen import PostgresSeen
 
