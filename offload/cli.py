@@ -59,7 +59,8 @@ def cmd_projector(args: argparse.Namespace) -> int:
         if args.until_caught_up:
             stats = await projector.run(until_caught_up=True)
         else:
-            async with served(settings):  # GET /health and /metrics on OFFLOAD_HEALTH_PORT (projections.health)
+            # GET /health and /metrics on OFFLOAD_HEALTH_PORT (projections.health)
+            async with served(settings, lambda: projector.serving):
                 stats = await projector.run(until_caught_up=False)
         print(f"projected {stats.events} events in {stats.seconds:.1f} s ({stats.per_second:,.0f}/s)")
 

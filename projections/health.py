@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from config.settings import Settings
 from eventlog.broker_ping import watch_broker
@@ -18,12 +18,13 @@ from resilience.probe import probe_for
 
 
 @contextlib.asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[None]:
-    """Health and metrics while the block runs, when ``settings.health_port`` names a port."""
+async def served(settings: Settings, serving: Callable[[], bool]) -> AsyncIterator[None]:
+    """Health and metrics while the block runs, when ``settings.health_port`` names a port; ``starting`` until
+    ``serving()`` (the projector has created its read models and positioned its partitions)."""
     if settings.health_port == 0:
         yield
         return
-    probe = probe_for("projector", settings, serving=lambda: True)
+    probe = probe_for("projector", settings, serving=serving)
     await probe.start()  # a port already taken stops the projector: it should not run unwatched
     broker = asyncio.create_task(watch_broker(settings.kafka_bootstrap_servers, DEPENDENCIES,
                                               settings.health_interval))

@@ -156,6 +156,7 @@ class Projector:
         self.max_records = max_records
         self._live = False  # run() not catching up: the LIVE_ limits
         self.stats = ProjectorStats()
+        self.serving = False  # its read models created and its partitions positioned once (its health says so)
         self._stop = asyncio.Event()
         # Next offset to apply per partition, from what was applied: aiokafka's position() moves when records
         # are fetched into its buffer, before getmany() returns them, so it cannot say "caught up".
@@ -231,6 +232,7 @@ class Projector:
                         if targets is None:
                             targets = found.ends or {}
                             gc.freeze()
+                            self.serving = True
                             log.info("projector started: %d partitions into schema %s", len(found.partitions),
                                      self.schema or self.settings.projection_schema)
                         else:

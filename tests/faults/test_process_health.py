@@ -74,3 +74,22 @@ def test_worker_and_projector_say_while_the_broker_is_gone_and_are_ready_when_it
     for port in (worker_port, projector_port):
         back = wait_for(When(port, "ready", "kafka", True), timeout=120)
         assert back["checks"]["kafka"]["reconnects"] >= 1
+
+
+def test_the_projector_says_starting_until_postgres_lets_it_create_its_read_models(
+    settings_factory, topics_for, processes, stack
+):
+    port = closed_port()
+    settings = settings_factory(health_port=port, reconnect_max_delay=2.0)
+    topics_for(settings)
+    stack.stop_postgres()
+    try:
+        processes("projector", settings, wait=False)
+        starting = wait_for(When(port, "starting", "postgres", False), timeout=60)
+        assert starting["process"] == "projector" and any(r.startswith("postgres: ") for r in starting["reasons"])
+        assert 'offload_process_serving{process="projector"} 0.0' in metrics(port)
+    finally:
+        stack.start_postgres()
+    ready = wait_for(When(port, "ready", "postgres", True), timeout=120)
+    assert ready["checks"]["postgres"]["reconnects"] >= 1
+    assert 'offload_process_serving{process="projector"} 1.0' in metrics(port)
