@@ -63,8 +63,8 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     # run on one host (the API has its own, /api/v1/health and /metrics). /metrics takes OFFLOAD_METRICS_TOKEN.
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=0, ge=0, le=65535)
-    # How often the worker asks the broker for metadata to report Kafka in its health (the projector knows from
-    # its own reads).
+    # How often the worker and the projector ask the broker for metadata to report Kafka in their health (an idle
+    # consumer does not notice a broker gone: eventlog.broker_ping).
     health_interval: float = Field(default=5.0, gt=0, le=300)
     # Compression of every record the project produces (cramjam provides lz4/zstd; gzip needs nothing).
     kafka_compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"

@@ -8,12 +8,15 @@ or back in the process's dependency record (:mod:`resilience.dependencies`).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from resilience.dependencies import Dependencies
 from resilience.reasons import reason
+
+log = logging.getLogger(__name__)
 
 KAFKA = "kafka"  # the name in the dependency record
 PING_TIMEOUT = 10.0  # a broker slower than this to answer metadata is as good as gone
@@ -54,7 +57,9 @@ async def watch_broker(bootstrap_servers: str, dependencies: Dependencies, inter
             try:
                 await ping(PING_TIMEOUT)
                 dependencies.restored(KAFKA)
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure is no answer: the watch goes on, and says so
+                if not isinstance(exc, KafkaError | OSError | TimeoutError):  # not an outage: a surprise, logged
+                    log.exception("asking the broker for metadata failed unexpectedly")
                 dependencies.lost(KAFKA, reason(exc))
                 await ping.close()  # a fresh client (and bootstrap) for the next ping
             await asyncio.sleep(interval)

@@ -3,7 +3,8 @@
 Both read this process's dependency record (:mod:`resilience.dependencies`) and nothing else, so they answer at
 once even while a dependency hangs; what fills the record (a broker ping, the SMTP relay's sessions, a provider's
 circuit, the table recovery watch) runs elsewhere. ``/health`` answers 200 while the process can answer at all,
-with ``status`` ``starting`` (not yet serving: the worker's first table recovery), ``ready`` or ``degraded`` and
+with ``status`` ``starting`` (not yet serving: the worker's first table recovery, the projector's read models
+and partitions), ``ready`` or ``degraded`` and
 the reasons, as the API's ``/api/v1/health`` does; a supervisor's check that gets no answer within its timeout
 has found a process whose event loop is stuck. ``/metrics`` is the Prometheus text format: the dependency
 figures, whether the process is serving, and its own CPU and memory; it takes the same bearer token as the API's.
@@ -56,7 +57,8 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         serving = GaugeMetricFamily("offload_process_serving",
-                                    "1 once the process serves (the worker: after its first table recovery)",
+                                    "1 once the process serves (the worker after its first table recovery, the "
+                                    "projector once its read models and partitions are ready)",
                                     labels=["process"])
         serving.add_metric([self.probe.process], int(self.probe.serving()))
         yield serving
