@@ -15,18 +15,28 @@ from offload.replay import replay
 from projections import audit
 from projections import read_models as models
 from projections.projector import Projector
-from tests.support.observe import READ_MODEL_TABLES, read_models
+from tests.support.observe import READ_MODEL_TABLES, read_models, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def backends(settings) -> int:
-    """Sessions on the test database other than the one asking."""
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                           "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()
-    assert row is not None
-    return row[0]
+class Connections:
+    """Every Postgres connection the code under test opens (psycopg.AsyncConnection.connect), to check that each
+    was closed when it returned: exact, where counting the server's sessions races with backends still exiting."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.opened: list[psycopg.AsyncConnection] = []
+        connect = psycopg.AsyncConnection.connect
+
+        async def recorded(*args, **kwargs):
+            conn = await connect(*args, **kwargs)
+            self.opened.append(conn)
+            return conn
+
+        monkeypatch.setattr(psycopg.AsyncConnection, "connect", recorded)
+
+    def all_closed(self) -> bool:
+        return all(conn.closed for conn in self.opened)
 
 
 def schema_exists(settings, schema: str) -> bool:
@@ -38,6 +48,10 @@ def no_decoder_process() -> bool:
     return not [p for p in multiprocessing.active_children() if p.is_alive()]
 
 
+def decoder_gone() -> None:
+    wait_for(no_decoder_process, timeout=30, what="the decoder process to exit")
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_a_failing_ddl_ends_the_replay_and_leaves_the_schema_as_it_was(settings_factory, topics_for,
                                                                       monkeypatch) -> None:
@@ -47,15 +61,15 @@ def test_a_failing_ddl_ends_the_replay_and_leaves_the_schema_as_it_was(settings_
     schema = f"{settings.projection_schema}_r"
     assert asyncio.run(replay(settings, schema)).events == written
     before = read_models(settings, schema)
-    idle = backends(settings)
 
     # Fails when it runs, after the drop and most of the DDL have (a syntax error would stop the string before
     # any of it ran).
     monkeypatch.setattr(audit, "DDL", audit.DDL + "\nCREATE TABLE audit_broken (id int REFERENCES no_such_table);")
+    connections = Connections(monkeypatch)
     with pytest.raises(psycopg.errors.UndefinedTable, match="no_such_table"):
         asyncio.run(replay(settings, schema))
-    assert no_decoder_process()
-    assert backends(settings) == idle
+    decoder_gone()
+    assert connections.opened and connections.all_closed()
     after = read_models(settings, schema)  # not dropped: the drop rolled back with the DDL
     for table in READ_MODEL_TABLES:
         assert after[table] == before[table], table
@@ -68,19 +82,21 @@ def test_a_failing_ddl_ends_the_replay_and_leaves_the_schema_as_it_was(settings_
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_a_missing_topic_ends_the_replay_with_its_name_and_closes_what_postgres_opened(settings_factory) -> None:
+def test_a_missing_topic_ends_the_replay_with_its_name_and_closes_what_postgres_opened(settings_factory,
+                                                                                       monkeypatch) -> None:
     settings = settings_factory()  # no topics created
-    idle = backends(settings)
+    connections = Connections(monkeypatch)
     with pytest.raises(RuntimeError, match=r"topic .* does not exist: run `offload topics create` first"):
         asyncio.run(replay(settings, f"{settings.projection_schema}_r"))
-    assert no_decoder_process()
-    assert backends(settings) == idle
+    decoder_gone()
+    assert connections.opened and connections.all_closed()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_while_kafka_is_unreachable_a_replay_retries_and_ends_clean_when_interrupted(settings_factory) -> None:
+def test_while_kafka_is_unreachable_a_replay_retries_and_ends_clean_when_interrupted(settings_factory,
+                                                                                     monkeypatch) -> None:
     settings = settings_factory(kafka_bootstrap_servers="127.0.0.1:1")  # nothing listens there
-    idle = backends(settings)
+    connections = Connections(monkeypatch)
     projector = Projector(settings, schema=f"{settings.projection_schema}_r", fresh=True)
 
     async def interrupted() -> None:
@@ -94,8 +110,8 @@ def test_while_kafka_is_unreachable_a_replay_retries_and_ends_clean_when_interru
             await task
 
     asyncio.run(interrupted())
-    assert no_decoder_process()
-    assert backends(settings) == idle
+    decoder_gone()
+    assert connections.all_closed()  # (none need have opened: the consumer's failure may cancel the connect)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
