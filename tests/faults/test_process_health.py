@@ -1,6 +1,7 @@
 """The worker's and the projector's own ``/health`` and ``/metrics`` (OFFLOAD_HEALTH_PORT) through the outages
-they live through: the SMTP relay gone mid-job, the broker gone. Each says degraded and why while it lasts, and
-ready again, with the loss and the reconnect counted, once it is over."""
+they live through: the SMTP relay gone mid-job, the broker gone, Postgres gone when the projector starts. Each says
+degraded (or starting) and why while it lasts, and ready again, with the loss and the reconnect counted, once it is
+over."""
 
 from __future__ import annotations
 
