@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projections.read_models import connect
+from projections.read_models import connect, open_read_models
 from security.limits import SharedLimits
 from security.seen import PostgresSeen
 
@@ -59,7 +59,10 @@ def test_projectors_starting_together_all_connect_to_their_new_schema(database_u
     schemas = [f"projected_{uuid.uuid4().hex[:10]}" for _ in range(ROUNDS)]
 
     async def connect_at_once(schema: str) -> list[BaseException | psycopg.AsyncConnection]:
+        # The projector's own way (one execute of every read model's DDL) beside connect (a snapshot's), both
+        # under the schema's advisory lock.
         connections = await asyncio.gather(*(connect(settings, schema) for _ in range(REPLICAS)),
+                                           *(open_read_models(settings, schema) for _ in range(REPLICAS)),
                                            return_exceptions=True)
         for conn in connections:
             if not isinstance(conn, BaseException):
