@@ -1,8 +1,10 @@
-"""Whether a Kafka broker answers, asked every few seconds, for a process's health (the worker, the projector).
+"""Whether a Kafka broker answers, for a process's health: the worker's and the projector's, asked every few
+seconds, and the API's, asked on its publisher's own client.
 
 Faust's and aiokafka's consumers reconnect by themselves and tell nobody: an idle consumer whose broker is gone
 just gets no records. A metadata request on a client of its own, every ``interval`` seconds, says "kafka" is lost
-or back in the process's dependency record (:mod:`resilience.dependencies`).
+or back in the process's dependency record (:mod:`resilience.dependencies`); :mod:`eventlog.served` pairs that
+watch with the process's ``/health`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ KAFKA = "kafka"  # the name in the dependency record
 PING_TIMEOUT = 10.0  # a broker slower than this to answer metadata is as good as gone
 
 
+async def ask_metadata(client: AIOKafkaClient, timeout: float) -> None:
+    """Raise unless a broker answers a metadata request on ``client`` within ``timeout`` seconds."""
+    if not await asyncio.wait_for(client.force_metadata_update(), timeout):
+        raise ConnectionError("no broker answered a metadata request")
+
+
 class BrokerPing:
     """Raise unless a broker answers a metadata request within the timeout; one client, kept between pings."""
 
@@ -39,8 +47,7 @@ class BrokerPing:
                 await client.close()  # a failed bootstrap leaves its connections behind otherwise
                 raise
             self._client = client
-        if not await asyncio.wait_for(self._client.force_metadata_update(), timeout):
-            raise ConnectionError("no broker answered a metadata request")
+        await ask_metadata(self._client, timeout)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -65,3 +72,4 @@ async def watch_broker(bootstrap_servers: str, dependencies: Dependencies, inter
             await asyncio.sleep(interval)
     finally:
         await asyncio.shield(ping.close())
+

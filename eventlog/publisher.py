@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from config.settings import Settings
+from eventlog.broker_ping import ask_metadata
 from eventlog.topics import MAX_MESSAGE_BYTES, public_topics
 from schemas.envelope import Record, encode
 from schemas.events import Event
@@ -111,8 +112,7 @@ class EventPublisher:
         if self._producer is None:
             await asyncio.wait_for(self.start(), timeout)
         assert self._producer is not None
-        if not await asyncio.wait_for(self._producer.client.force_metadata_update(), timeout):
-            raise ConnectionError("no broker answered a metadata request")
+        await ask_metadata(self._producer.client, timeout)  # the producer's own connections: what hand-off uses
 
     async def flush(self) -> None:
         """Send what linger is holding now: at a batch's end nothing is gained by waiting for more."""

@@ -51,7 +51,7 @@ def cmd_projector(args: argparse.Namespace) -> int:
     async def main() -> None:
         import signal
 
-        from projections.health import served
+        from eventlog.served import served
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,8 +59,8 @@ def cmd_projector(args: argparse.Namespace) -> int:
         if args.until_caught_up:
             stats = await projector.run(until_caught_up=True)
         else:
-            # GET /health and /metrics on OFFLOAD_HEALTH_PORT (projections.health)
-            async with served(settings, lambda: projector.serving):
+            # GET /health and /metrics on OFFLOAD_HEALTH_PORT, starting until its read models and positions are ready
+            async with served("projector", settings, serving=lambda: projector.serving):
                 stats = await projector.run(until_caught_up=False)
         print(f"projected {stats.events} events in {stats.seconds:.1f} s ({stats.per_second:,.0f}/s)")
 

@@ -21,7 +21,7 @@ from config.settings import Settings
 from eventlog.topics import offsets_of
 from projections import tracking
 from projections.projector import PROJECTED_TOPICS, PROJECTION, Projector, ProjectorStats
-from projections.read_models import connect, create_read_models
+from projections.read_models import open_read_models
 
 
 class SnapshotTooOld(Exception):
@@ -55,9 +55,9 @@ async def copy_read_models(settings: Settings, source: str, target: str) -> Snap
             raise ValueError(f"schema {source!r} does not exist")
         if await _schema_exists(admin, target):
             raise ValueError(f"schema {target!r} exists already: name a fresh one")
-    conn = await connect(settings, target)  # creates the schema
+    # The schema with the DDL of this code version, so sequences and indexes are its own.
+    conn = await open_read_models(settings, target)
     try:
-        await create_read_models(conn)  # the DDL of this code version, so sequences and indexes are its own
         targets = await _tables(conn, target)
         sources = await _tables(conn, source)
         rows: dict[str, int] = {}

@@ -1,9 +1,9 @@
 """The read models' tables: created in a projector's schema, on its connection, before it applies anything.
 
-``open_read_models`` is what a projector opens: one connection whose schema, read models and staging tables are
-created by one multi-statement execute. Postgres runs such a string as one implicit transaction, so the schema
-lock is taken once and a statement that fails leaves nothing created (and, for a replay, nothing dropped).
-Created as ``connect`` then ``create_read_models`` do it, the same DDL took 15 round trips and two transactions.
+``open_read_models`` is what a projector (and a snapshot, for its target) opens: one connection whose schema, read
+models and staging tables are created by one multi-statement execute. Postgres runs such a string as one
+implicit transaction, so the schema lock is taken once and a statement that fails leaves nothing created (and,
+for a replay, nothing dropped). Created one statement at a time, the same DDL took 15 round trips.
 """
 
 from __future__ import annotations
@@ -13,37 +13,19 @@ from psycopg import sql
 
 from config.settings import Settings
 from projections import audit, callbacks, company_settings, jobs, recipients, suppressions, templates, tracking
-from security.shared_schema import create_schema
 
 # Read models in the order they apply a poll: settings and jobs first, then recipients (which raise job
 # counters), then the audit log.
 READ_MODELS = (company_settings, jobs, recipients, callbacks, suppressions, templates, audit)
 
 
-async def connect(settings: Settings, schema: str | None = None) -> psycopg.AsyncConnection:
-    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
-    target = schema or settings.projection_schema
-    await create_schema(conn, target)
-    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target)))
-    return conn
-
-
-async def create_read_models(conn: psycopg.AsyncConnection) -> None:
-    async with conn.transaction(), conn.cursor() as cur:
-        # Serialise concurrent creators (two projectors starting together would race on CREATE ... IF NOT EXISTS).
-        await cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
-        await cur.execute(tracking.DDL)
-        for model in READ_MODELS:
-            await cur.execute(model.DDL)
-        await cur.execute(recipients.STAGING)  # this connection's own (temporary) staging tables
-
-
 def read_models_ddl(schema: str, *, drop_first: bool = False) -> sql.Composed:
     """``schema`` (dropped first with ``drop_first``: a replay's fresh one) with the read models and this
     connection's staging tables in it, and the connection's search_path set to it, as one string.
 
-    The lock is the key ``create_schema`` and ``create_read_models`` take (hashtext of the schema's name, which is
-    current_schema() once search_path names it), so creators of either kind still wait for each other."""
+    The lock is the key :func:`security.shared_schema.create_schema` takes (hashtext of the schema's name), so the
+    API creating its shared tables in the same schema and a projector creating its read models wait for each
+    other."""
     name = sql.Identifier(schema)
     lock = sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(sql.Literal(schema))
     statements: list[sql.Composable] = [lock]

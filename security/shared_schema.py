@@ -6,8 +6,8 @@ both pass the existence check, and the second fails on the catalog's unique inde
 as "already there", that error let an API replica go on while another was still creating the next table, and
 its first requests met "relation ... does not exist" (the shared rate limit then fell back to the replica's own
 memory for its back-off; the replay memory answered 503). So a creator first takes a transaction-scoped
-advisory lock on the schema's name, the key projections.projector.create_read_models takes for its read models:
-the second creator waits for the first to commit, then finds everything in place.
+advisory lock on the schema's name, the key a projector takes for its read models (projections.read_models): the
+second creator waits for the first to commit, then finds everything in place.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from projections import recipients
 from projections.base import Applied, Position
-from projections.read_models import READ_MODELS, connect, create_read_models
+from projections.read_models import READ_MODELS, open_read_models
 from schemas.events import (
     BatchCompleted,
     BatchDispatched,
@@ -99,10 +99,9 @@ def positioned(log: Sequence[Event]) -> list[Applied]:
 async def project(schema_settings, polls: Sequence[Sequence[Applied]], *, built_apart: bool = False) -> None:
     """Each poll in one transaction; ``built_apart``: as a replay applies it, its outcomes and batches topics'
     events turned into rows by recipients.build (projections/decoder.py) and only the rest applied as events."""
-    conn = await connect(schema_settings)
+    conn = await open_read_models(schema_settings)
     written = recipients.Written()  # as the decoder process keeps it, across the polls
     try:
-        await create_read_models(conn)
         for poll in polls:
             built, events = _built(poll, written) if built_apart else (None, poll)
             async with conn.transaction(), conn.cursor() as cur:

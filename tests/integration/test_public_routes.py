@@ -27,7 +27,7 @@ from api.state import STATE
 from api.ui.state import COOKIE, UI_STATE
 from config.settings import Settings
 from projections.base import Position
-from projections.read_models import READ_MODELS, connect, create_read_models
+from projections.read_models import READ_MODELS, open_read_models
 from schemas.events import CertificateIssued, Event, JobAccepted, RecipientSent
 from tests.support.api import api_keys
 from tests.support.production import PRODUCTION_SECRETS
@@ -41,9 +41,8 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 async def project(settings: Settings, events: Sequence[Event]) -> None:
     """Apply events to the test's read models exactly as the projector does (same modules, same SQL)."""
-    conn = await connect(settings)
+    conn = await open_read_models(settings)
     try:
-        await create_read_models(conn)
         applied = [(Position("test", 0, i, datetime.now(UTC)), e) for i, e in enumerate(events)]
         async with conn.transaction(), conn.cursor() as cur:
             for model in READ_MODELS:

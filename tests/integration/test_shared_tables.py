@@ -1,8 +1,9 @@
 """What processes share in Postgres is created once however many of them start together. API replicas (the
 replay memory, the rate limits): every first call of every replica is answered by the shared store, none falls
 back or is refused because another replica was still creating a table; each round is a fresh schema and twelve
-first calls at once, each on its own connection (as replicas behind a balancer are). Projectors: connecting to
-a schema that is not there yet never fails because another is creating it."""
+first calls at once, each on its own connection (as replicas behind a balancer are). Projectors: opening a
+schema that is not there yet never fails because another projector, or an API replica creating its shared
+tables in that schema, is creating it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projections.read_models import connect, open_read_models
+from projections.read_models import open_read_models
 from security.limits import SharedLimits
 from security.seen import PostgresSeen
 
@@ -58,16 +59,24 @@ def test_projectors_starting_together_all_connect_to_their_new_schema(database_u
     settings = settings_factory()
     schemas = [f"projected_{uuid.uuid4().hex[:10]}" for _ in range(ROUNDS)]
 
-    async def connect_at_once(schema: str) -> list[BaseException | psycopg.AsyncConnection]:
-        # The projector's own way (one execute of every read model's DDL) beside connect (a snapshot's), both
-        # under the schema's advisory lock.
-        connections = await asyncio.gather(*(connect(settings, schema) for _ in range(REPLICAS)),
-                                           *(open_read_models(settings, schema) for _ in range(REPLICAS)),
+    async def connect_at_once(schema: str) -> list[BaseException | object]:
+        # Projectors opening their read models beside API replicas creating their shared tables in the same
+        # schema (api_seen_schema set to the projector's: allowed, not the default), all under one advisory lock.
+        pool = AsyncConnectionPool(database_url, min_size=REPLICAS, max_size=REPLICAS,
+                                   kwargs={"autocommit": True}, open=False)
+        await pool.open(wait=True, timeout=30)
+        try:
+            answers = await asyncio.gather(*(open_read_models(settings, schema) for _ in range(REPLICAS)),
+                                           *(PostgresSeen(pool, schema).first_time("request", f"sig-{i}",
+                                                                                   expires_at=2e9, now=1e9)
+                                             for i in range(REPLICAS)),
                                            return_exceptions=True)
-        for conn in connections:
-            if not isinstance(conn, BaseException):
-                await conn.close()
-        return connections
+        finally:
+            await pool.close()
+        for answer in answers:
+            if isinstance(answer, psycopg.AsyncConnection):
+                await answer.close()
+        return answers
 
     try:
         for schema in schemas:
