@@ -4,17 +4,27 @@ often it was lost and got back: the one record that ``/api/v1/health``, ``/metri
 Per process: the API records its own Postgres pool and Kafka producer, the projector its connection and
 consumer. A metrics collector reads :func:`snapshot` (``offload_dependency_up``,
 ``offload_dependency_losses_total``, ``offload_dependency_reconnects_total``, labelled by dependency).
+
+A dependency that is only used, never asked (the SMTP relay, a certificate store), would otherwise stay lost
+until its next use, which on an idle worker may be hours after it came back: its reporter hands ``lost`` a
+``recheck``, and :func:`recheck_lost` asks every lost one again until it answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from resilience.backoff import backoff
+from resilience.reasons import one_line
+
+# Asks a lost dependency again: returns when it answers, raises (with the reason health should show) when not.
+Recheck = Callable[[], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +45,19 @@ class Dependencies:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[str, DependencyState] = {}
+        self._rechecks: dict[str, Recheck] = {}  # of the dependencies down now that can be asked again
 
     def track(self, name: str) -> None:
         """Name a dependency before its first report, so health lists it as up from the start."""
         with self._lock:
             self._states.setdefault(name, DependencyState(name, True, None, time.time(), 0, 0))
 
-    def lost(self, name: str, reason: str) -> None:
-        """``name`` failed; the first report of an outage is logged and counted, repeats only update the reason."""
+    def lost(self, name: str, reason: str, recheck: Recheck | None = None) -> None:
+        """``name`` failed; the first report of an outage is logged and counted, repeats only update the reason.
+        ``recheck``: how :func:`recheck_lost` asks it again until it is back (kept until then)."""
         with self._lock:
+            if recheck is not None:
+                self._rechecks[name] = recheck
             state = self._states.get(name) or DependencyState(name, True, None, time.time(), 0, 0)
             if state.up:
                 log.warning("%s lost: %s", name, reason)
@@ -55,6 +69,7 @@ class Dependencies:
     def restored(self, name: str) -> None:
         """``name`` answered again; counted as a reconnect if it had been lost."""
         with self._lock:
+            self._rechecks.pop(name, None)
             state = self._states.get(name)
             if state is None:
                 self._states[name] = DependencyState(name, True, None, time.time(), 0, 0)
@@ -72,9 +87,30 @@ class Dependencies:
         """The dependencies down now, with why."""
         return {name: s.reason or "unavailable" for name, s in self.snapshot().items() if not s.up}
 
+    def rechecks(self) -> dict[str, Recheck]:
+        """The dependencies down now that can be asked again, with how."""
+        with self._lock:
+            return {name: check for name, check in self._rechecks.items() if not self._states[name].up}
+
 
 # One record per process.
 DEPENDENCIES = Dependencies()
+
+
+async def recheck_lost(dependencies: Dependencies, interval: float, timeout: float) -> None:
+    """Every ``interval`` seconds, ask each lost dependency that has a recheck again (``timeout`` seconds each,
+    one after another) and record the answer, until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        for name, recheck in dependencies.rechecks().items():
+            try:
+                await asyncio.wait_for(recheck(), timeout)
+            except TimeoutError:
+                dependencies.lost(name, f"no answer within {timeout:g} s")
+            except Exception as exc:  # noqa: BLE001 - any failure is no answer: the watch goes on, and says so
+                dependencies.lost(name, one_line(str(exc) or type(exc).__name__, 500))
+            else:
+                dependencies.restored(name)
 
 
 def snapshot() -> dict[str, DependencyState]:

@@ -125,9 +125,10 @@ class Probe:
             self._runner = None
 
 
-def probe_for(process: str, settings: Settings, serving: Callable[[], bool]) -> Probe:
+def probe_for(process: str, settings: Settings, serving: Callable[[], bool],
+              dependencies: Dependencies = DEPENDENCIES) -> Probe:
     """The probe of ``process`` on ``OFFLOAD_HEALTH_HOST:OFFLOAD_HEALTH_PORT``, /metrics behind the API's token."""
     token = settings.metrics_token
     return Probe(process, settings.health_host, settings.health_port, serving=serving,
                  metrics_token=None if token is None else token.get_secret_value(),
-                 token_required=settings.metrics_token_required)
+                 token_required=settings.metrics_token_required, dependencies=dependencies)

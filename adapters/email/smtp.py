@@ -302,8 +302,20 @@ class SmtpProvider:
 
     def _lost(self, why: str) -> _Unreachable:
         if self._dependencies is not None:
-            self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {why}")
+            self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {why}", recheck=self.recheck)
         return _Unreachable(why)
+
+    async def recheck(self) -> None:
+        """Open a session and QUIT it: whether the relay answers now (health asks while it is lost; an idle worker
+        would otherwise say it is lost until its next batch). Raises ConnectionError with the reason if not."""
+        try:
+            smtp = await self._open()
+        except _Unreachable as exc:
+            raise ConnectionError(f"{self.host}:{self.port}: {exc}") from None
+        try:
+            await smtp.quit()
+        except (OSError, aiosmtplib.SMTPException):
+            smtp.close()
 
     async def _drop(self, slot: int, *, polite: bool = False) -> None:
         smtp, self._slots[slot] = self._slots[slot], None

@@ -40,6 +40,10 @@ class CertificateStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def check(self) -> None:
+        """Raise StorageUnavailable unless the store takes a write now (asked by health while it is lost)."""
+        ...
+
 
 def _segment(value: object, what: str) -> str:
     text = str(value)

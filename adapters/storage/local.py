@@ -73,3 +73,21 @@ class LocalCertificateStore:
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path(key).is_file)
+
+    async def check(self) -> None:
+        """A file written, synced and removed in the root: what ``put`` needs of the disk."""
+        await asyncio.to_thread(self._check)
+
+    def _check(self) -> None:
+        probe = self.root / f".health-{uuid.uuid4().hex}.tmp"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(probe, "xb") as fh:
+                    fh.write(b"\0")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"local certificate store {self.root}: {exc}") from exc

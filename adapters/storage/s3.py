@@ -38,7 +38,11 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 PUT_ATTEMPTS = 3  # as botocore's standard retry mode: a dead endpoint must fail over to local storage fast
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
-_PROBE_KEY = "offload-endpoint-probe"
+_PROBE_KEY = "offload-endpoint-probe"  # never sent: only where botocore would send it is read
+# Written (empty) by ``check``, which health calls only while the store is lost. A PUT, because that is the
+# permission a worker has for sure: HEAD Bucket needs s3:ListBucket, and a HEAD of a missing key without it
+# answers 403 whether the store is up or not.
+_HEALTH_KEY = "offload-health-check"
 
 
 class _Endpoint:
@@ -207,6 +211,10 @@ class S3CertificateStore:
         except ObjectNotFound:
             return False
         return True
+
+    async def check(self) -> None:
+        """An empty object written at ``offload-health-check``: what ``put`` needs of the bucket."""
+        await self._call(self._client.put_object, Bucket=self.bucket, Key=_HEALTH_KEY, Body=b"")
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if missing (development and tests; production buckets are made by ops)."""

@@ -25,6 +25,9 @@ class UnconfiguredStore:
     async def exists(self, key: str) -> bool:
         raise StorageUnavailable(f"{self.backend} is not configured on this worker")
 
+    async def check(self) -> None:
+        raise StorageUnavailable(f"{self.backend} is not configured on this worker")
+
 
 class CertificateStores:
     """The stores a worker (or the CLI) holds: local disk always, S3 and R2 when configured."""

@@ -263,7 +263,8 @@ class CertificateBatchHandler:
 
     def _lost(self, store: CertificateStore, exc: StorageUnavailable) -> None:
         if self.dependencies is not None:
-            self.dependencies.lost(f"storage {store.backend}", str(exc)[:500])
+            # Asked again while lost, so an idle worker does not say so until its next certificate.
+            self.dependencies.lost(f"storage {store.backend}", str(exc)[:500], recheck=store.check)
 
     @staticmethod
     async def _fall_back(batch: BatchDispatched, storing: _Storing, recorder: OutcomeRecorder, error: str) -> None:

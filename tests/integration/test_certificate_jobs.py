@@ -21,7 +21,7 @@ from schemas.events import BatchCompleted, BatchDispatched, CertificateIssued, J
 from schemas.events.suppression import RecipientUnsubscribed, SuppressionAdded
 from streams.issued_certificates import verify_certificate, zip_certificates
 from tests.support.certificates import decode_qr, pdf_text
-from tests.support.moto_server import free_port, s3_client
+from tests.support.moto_server import free_port, moto_server, s3_client
 from tests.support.observe import events, query, records, wait_for, wait_for_job
 from tests.support.process_health import When
 
@@ -155,7 +155,8 @@ def test_certificate_jobs_issue_verifiable_pdfs_once_in_s3_and_on_disk(
 def test_a_learner_without_usable_data_fails_alone_and_an_unreachable_s3_falls_back_to_local(
     settings_factory, topics_for, processes, job_factory, tmp_path: Path
 ):
-    dead_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    dead_port = free_port()
+    dead_endpoint = f"http://127.0.0.1:{dead_port}"  # nothing listens there (until S3 comes back, below)
     settings = settings_factory(
         certificate_storage_endpoint_url=dead_endpoint, aws_access_key_id="testing",
         aws_secret_access_key="testing", certificate_storage_root=tmp_path / "certs",
@@ -183,6 +184,12 @@ def test_a_learner_without_usable_data_fails_alone_and_an_unreachable_s3_falls_b
     # The worker's health says which store is gone and that the local one took the certificates.
     said = wait_for(When(settings.health_port, "degraded", "storage s3", False), timeout=30)
     assert said["checks"]["storage local"]["up"] and any(r.startswith("storage s3: ") for r in said["reasons"])
+    # S3 back, and no certificate since: the worker's health asks the store again and says so, idle as it is.
+    with moto_server(port=dead_port) as s3:
+        s3_client(s3).create_bucket(Bucket=settings.certificate_bucket,
+                                    CreateBucketConfiguration={"LocationConstraint": settings.aws_region})
+        back = wait_for(When(settings.health_port, "ready", "storage s3", True), timeout=60)
+    assert back["checks"]["storage s3"]["reconnects"] == 1
     failed = query(settings, "SELECT error_message, retryable FROM job_recipients WHERE status = 'failed'")
     assert failed == [{"error_message": "invalid certificate data: completion_date '20/11/2026' is not an ISO "
                                         "date (YYYY-MM-DD) or unix time", "retryable": False}]

@@ -74,6 +74,12 @@ async def test_put_get_exists_round_trip(store: CertificateStore, certificate_pd
     assert await store.get(key) == certificate_pdf
 
 
+async def test_a_store_that_takes_writes_passes_its_check(store: CertificateStore) -> None:
+    await store.check()  # what health asks while the store is lost: it answers, so it is back
+    if isinstance(store, LocalCertificateStore):
+        assert list(store.root.iterdir()) == []  # the probe file is gone again
+
+
 async def test_same_bytes_twice_is_harmless(store: CertificateStore, certificate_pdf: bytes) -> None:
     key = _key()
     first = await store.put(key, certificate_pdf)
@@ -122,7 +128,8 @@ async def test_unreachable_endpoint_is_storage_unavailable() -> None:
                                endpoint_url=f"http://127.0.0.1:{free_port()}", **CREDS)
     started = time.monotonic()
     try:
-        calls = (store.put(_key(), b"%PDF"), store.get(_key()), store.exists(_key()), store.ensure_bucket())
+        calls = (store.put(_key(), b"%PDF"), store.get(_key()), store.exists(_key()), store.ensure_bucket(),
+                 store.check())
         for call in calls:
             with pytest.raises(StorageUnavailable):
                 await call
@@ -137,6 +144,8 @@ async def test_missing_bucket_is_storage_unavailable(moto: MotoServer) -> None:
     try:
         with pytest.raises(StorageUnavailable):
             await store.put(_key(), b"%PDF")
+        with pytest.raises(StorageUnavailable):  # what health asks while the store is lost
+            await store.check()
     finally:
         store.close()
 
@@ -184,3 +193,5 @@ async def test_local_unwritable_root_is_storage_unavailable(tmp_path: Path) -> N
     blocker.write_bytes(b"not a directory")
     with pytest.raises(StorageUnavailable):
         await LocalCertificateStore(blocker, "http://x").put("a/b.pdf", b"%PDF")
+    with pytest.raises(StorageUnavailable, match="local certificate store"):
+        await LocalCertificateStore(blocker, "http://x").check()

@@ -22,7 +22,7 @@ from adapters.email.ses import SesProvider
 from adapters.email.smtp import SmtpProvider
 from adapters.email.smtp_pipelining import ReplyKeepingProtocol
 from devtools.devmail import DevMailSink
-from resilience.dependencies import Dependencies
+from resilience.dependencies import Dependencies, recheck_lost
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, RecordingSleep, address_of, closed_port, outgoing
 from tests.support.moto_server import MotoServer, moto_server
 
@@ -252,6 +252,33 @@ async def test_a_relay_that_goes_away_is_down_in_the_dependency_record_until_it_
         state = deps.snapshot()["smtp-relay"]
         assert (state.up, state.losses, state.reconnects) == (True, 1, 1)
     finally:
+        await provider.stop()
+
+
+async def test_a_lost_relay_is_asked_again_by_health_and_back_without_another_batch(sink: DevMailSink) -> None:
+    # An idle worker whose relay came back must not say it is lost until its next batch: recheck_lost (what
+    # the worker's health runs) opens and QUITs a session while the relay is lost.
+    deps, port = Dependencies(), sink.port
+    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, connections=2, timeout=5, dependencies=deps)
+    watch = asyncio.create_task(recheck_lost(deps, interval=0.05, timeout=5))
+    try:
+        sink.stop()
+        with pytest.raises(ProviderUnavailable):
+            await provider.send_batch([outgoing(0)])
+        assert set(deps.rechecks()) == {"smtp-relay"}
+        await asyncio.sleep(0.3)  # asked several times meanwhile: still lost, with the relay's address
+        assert deps.down()["smtp-relay"].startswith(f"127.0.0.1:{port}: ")
+        assert deps.snapshot()["smtp-relay"].losses == 1
+        with DevMailSink(port=port) as back:
+            async with asyncio.timeout(10):
+                while not deps.snapshot()["smtp-relay"].up:
+                    await asyncio.sleep(0.02)
+            assert back.count() == 0  # asked, nothing sent
+        state = deps.snapshot()["smtp-relay"]
+        assert (state.losses, state.reconnects) == (1, 1) and deps.rechecks() == {}
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
         await provider.stop()
 
 

@@ -46,12 +46,13 @@ def verify_ses_sender(server: MotoServer, address: str, region: str = "eu-west-1
 
 
 @contextmanager
-def moto_server(extra_env: dict[str, str] | None = None) -> Iterator[MotoServer]:
-    """Start ``moto_server`` on a free loopback port, wait until it answers, stop it (by pid) afterwards.
+def moto_server(extra_env: dict[str, str] | None = None, port: int | None = None) -> Iterator[MotoServer]:
+    """Start ``moto_server`` on a free loopback port (or ``port``: an endpoint that was dead until now), wait until
+    it answers, stop it (by pid) afterwards.
 
     ``extra_env`` reaches moto's settings, e.g. ``INITIAL_NO_AUTH_ACTION_COUNT`` to check signatures.
     """
-    port = free_port()
+    port = port or free_port()
     exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
     if exe is None:
         raise RuntimeError("moto_server not found: pip install 'moto[server]'")

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from config.settings import Settings
 from eventlog.broker_ping import KAFKA, watch_broker
+from eventlog.served import served
 from resilience.dependencies import Dependencies
 from resilience.probe import Probe
 from tests.support.email import closed_port
@@ -130,3 +132,33 @@ async def test_a_broker_that_does_not_answer_is_lost_at_the_first_ping_and_the_w
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
     assert watch.cancelled()
+
+
+async def test_served_health_asks_a_lost_dependency_again_until_it_is_back(session: aiohttp.ClientSession) -> None:
+    # What the worker and the projector run (eventlog.served): besides the broker's ping, each lost dependency
+    # that can be asked again is, so an idle worker says "ready" once its store is back.
+    deps, port = Dependencies(), closed_port()
+    settings = Settings(environment="test", health_port=port, health_interval=0.05,
+                        kafka_bootstrap_servers=f"127.0.0.1:{closed_port()}")
+    store_back = asyncio.Event()
+
+    async def recheck() -> None:
+        if not store_back.is_set():
+            raise ConnectionError("local certificate store /srv/certs: No space left on device")
+
+    async def status() -> dict[str, object]:
+        async with session.get(f"http://127.0.0.1:{port}/health") as response:
+            return dict(await response.json())
+
+    async with served("worker", settings, serving=lambda: True, dependencies=deps):
+        deps.lost("storage local", "disk full", recheck=recheck)
+        async with asyncio.timeout(10):
+            while "storage local: local certificate store /srv/certs: No space left on device" not in (
+                    body := await status())["reasons"]:  # asked again, and still lost: the newer reason
+                await asyncio.sleep(0.02)
+        assert body["status"] == "degraded"
+        store_back.set()
+        async with asyncio.timeout(10):
+            while not (body := await status())["checks"]["storage local"]["up"]:  # type: ignore[index]
+                await asyncio.sleep(0.02)
+        assert body["checks"]["storage local"]["reconnects"] == 1  # type: ignore[index]

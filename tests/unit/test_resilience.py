@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from api.errors import ApiError
-from resilience.dependencies import Backoff, Dependencies
+from resilience.dependencies import Backoff, Dependencies, recheck_lost
 from resilience.probe import dependency_metrics
 
 
@@ -23,6 +24,58 @@ def test_an_outage_is_counted_once_and_its_end_as_a_reconnect():
     deps.restored("postgres")  # answering again while up is no reconnect
     state = deps.snapshot()["postgres"]
     assert (state.up, state.reason, state.losses, state.reconnects) == (True, None, 1, 1)
+
+
+def test_a_lost_dependency_is_asked_again_until_it_answers_and_then_no_more():
+    deps = Dependencies()
+    answers: list[BaseException | None] = [ConnectionError("s3 bucket b: connection refused"), TimeoutError(),
+                                           None]
+    asked: list[str] = []
+
+    async def recheck() -> None:
+        asked.append("storage s3")
+        answer = answers.pop(0)
+        if isinstance(answer, TimeoutError):
+            await asyncio.sleep(10)  # answers nothing: the watch's own timeout ends it
+        elif answer is not None:
+            raise answer
+
+    async def scenario() -> list[str | None]:
+        reasons: list[str | None] = []
+        deps.lost("storage s3", "s3 bucket b: put failed", recheck=recheck)
+        deps.lost("smtp-relay", "127.0.0.1:25: refused")  # no recheck: only its next use tells
+        watch = asyncio.create_task(recheck_lost(deps, interval=0.01, timeout=0.05))
+        try:
+            async with asyncio.timeout(5):
+                while deps.down().get("storage s3") is not None:
+                    if reasons[-1:] != [deps.down()["storage s3"]]:
+                        reasons.append(deps.down()["storage s3"])
+                    await asyncio.sleep(0.001)
+            await asyncio.sleep(0.05)  # back: asked no more
+        finally:
+            watch.cancel()
+        return reasons
+
+    reasons = asyncio.run(scenario())
+    assert reasons == ["s3 bucket b: put failed", "s3 bucket b: connection refused", "no answer within 0.05 s"]
+    assert len(asked) == 3 and answers == []
+    state = deps.snapshot()["storage s3"]
+    assert (state.up, state.losses, state.reconnects) == (True, 1, 1)
+    assert deps.down() == {"smtp-relay": "127.0.0.1:25: refused"} and deps.rechecks() == {}
+
+
+def test_a_dependency_back_through_use_is_no_longer_asked_again():
+    deps = Dependencies()
+
+    async def recheck() -> None:
+        raise AssertionError("asked after it was back")
+
+    deps.lost("storage local", "disk full", recheck=recheck)
+    assert list(deps.rechecks()) == ["storage local"]
+    deps.restored("storage local")  # the next certificate was stored
+    assert deps.rechecks() == {}
+    deps.lost("storage local", "disk full again")  # a loss reported without a recheck keeps none from before
+    assert deps.rechecks() == {}
 
 
 def test_metrics_expose_each_dependency_up_losses_and_reconnects():
