@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import socket
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,13 +98,17 @@ def run_job_demo(settings: Settings, home: Path, *, recipients: int, keep_runnin
         print(f"== topics: {sum(v == 'created' for v in created.values())} created, "
               f"{sum(v == 'exists' for v in created.values())} already there")
         logs = home / "logs"
-        worker = ServiceProcess("worker", settings, logs, READY["worker"])
-        projector = ServiceProcess("projector", settings, logs, READY["projector"])
+        # Health on a port of each one's own, picked now so two demos (or a demo beside CI) never collide.
+        worker = ServiceProcess("worker", _with_health_port(settings), logs, READY["worker"])
+        projector = ServiceProcess("projector", _with_health_port(settings), logs, READY["projector"])
         try:
             return _submit_and_watch(settings, home, recipients, provider, server, worker, projector)
         finally:
             if keep_running:
                 print(f"== worker (pid {worker.pid}) and projector (pid {projector.pid}) keep running")
+                for process in (worker, projector):
+                    print(f"   curl http://127.0.0.1:{process.settings.health_port}/health     "
+                          f"({process.command}'s health; /metrics beside it)")
             else:
                 worker.stop()
                 projector.stop()
@@ -136,11 +143,35 @@ def _submit_and_watch(settings: Settings, home: Path, recipients: int, provider:
         once = "each once" if all(len(m) == 1 for m in learners.values()) else "SOME TWICE"
         print(f"== the {provider} test server accepted {len(accepted)} of {len(server.calls)} calls, carrying "
               f"{len(server.delivered)} messages for {len(learners)} learners ({once})")
+    for process in (worker, projector):
+        print(f"== {process.command} health: {_health(process.settings)}")
     print("== look closer:")
     print(f"   psql '{settings.database_url}' -c \"SELECT status, count(*) FROM job_recipients "
           f"WHERE job_id = '{job_id}' GROUP BY 1\"")
     print(f"   offload job {job_id}     (with the variables printed above)")
     return code
+
+
+def _with_health_port(settings: Settings) -> Settings:
+    """``settings`` with a free loopback port for the process's /health and /metrics (one port per process: an
+    OFFLOAD_HEALTH_PORT in the environment would give the worker and the projector the same one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return settings.model_copy(update={"health_host": "127.0.0.1", "health_port": port})
+
+
+def _health(settings: Settings) -> str:
+    """What a process's /health says, in one line: its status, and why when it is not ready."""
+    url = f"http://127.0.0.1:{settings.health_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.load(response)
+    except OSError as exc:
+        return f"no answer from {url} ({exc})"
+    checks = ", ".join(f"{name} {'up' if check['up'] else 'DOWN'}" for name, check in sorted(body["checks"].items()))
+    reasons = f"; {'; '.join(body['reasons'])}" if body["reasons"] else ""
+    return f"{body['status']} ({checks}){reasons}"
 
 
 def _lines(path: Path) -> int:

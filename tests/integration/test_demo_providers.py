@@ -25,5 +25,9 @@ def test_the_demo_job_runs_through_the_providers_test_server_with_visible_progre
     assert "[" in out and "121/121 sent 120 failed 1" in out  # the bar; the unusable address fails alone
     assert f"the {provider} test server accepted" in out and "120 messages for 120 learners (each once)" in out
     assert mail_sink.count() == 0  # nothing fell back to the relay
+    # Each process's own health, asked at the end: ready, with the provider's account among the worker's checks.
+    worker = next(line for line in out.splitlines() if line.startswith("== worker health: "))
+    assert worker.startswith("== worker health: ready (kafka up, ") and f"provider {provider}:" in worker, out
+    assert "== projector health: ready (kafka up, postgres up)" in out, out
     (row,) = query(settings, "SELECT route, provider, fell_back FROM jobs")
     assert (row["route"], row["provider"], row["fell_back"]) == ("cloud", provider, False)
