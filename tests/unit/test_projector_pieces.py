@@ -213,3 +213,35 @@ async def test_the_live_projector_and_one_without_a_decoder_commit_durably(monke
         made = await commits_of(projector, outcomes_buffered(settings_), monkeypatch)
         assert len(made) > 3
         assert all(durable for _, durable in made)
+
+
+async def test_a_catching_up_poll_lets_the_commit_in_flight_run_between_its_takes() -> None:
+    # Taking 5,000 fetched records never waits, so a commit started before the poll (a task) ran only after it,
+    # with Postgres idle meanwhile. Each take now comes after a turn for the loop.
+    settings_ = Settings(environment="test")
+    tps = [TopicPartition(settings_.topic("outcomes"), p) for p in range(3)]
+    buffered = {tp: [record(tp, i, 1 + p * 1000 + i, 0) for i in range(700)] for p, tp in enumerate(tps)}
+    turns = [0]
+    seen_at_take: list[int] = []
+
+    class Watched(BufferedConsumer):
+        async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int) -> dict:
+            seen_at_take.append(turns[0])
+            return await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+
+    async def commit_in_flight() -> None:
+        while True:
+            turns[0] += 1
+            await asyncio.sleep(0)
+
+    projector = Projector(settings_)  # catching up (not live)
+    projector._partitions = tps
+    commit = asyncio.create_task(commit_in_flight())
+    try:
+        polled = await projector._poll(Watched(buffered))  # type: ignore[arg-type]
+    finally:
+        commit.cancel()
+    assert polled == buffered, "one poll still takes everything fetched, up to max_records, in order"
+    assert len(seen_at_take) > 3
+    assert all(b > a for a, b in zip(seen_at_take, seen_at_take[1:], strict=False)), seen_at_take
+    assert seen_at_take[0] > 0, "the commit started before the first take"
