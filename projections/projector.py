@@ -96,7 +96,7 @@ class _Decoded:
     events: list[Applied]
     positions: dict[tuple[str, int], int]
     ends: dict[TopicPartition, int]
-    built: recipients.Built | None = None
+    built: recipients.Copied | None = None
     count: int = 0  # events decoded, those ``built`` included
 
 
@@ -465,7 +465,7 @@ class Projector:
         return self._decode(piece)
 
     async def _decoded_elsewhere(self, piece: dict[TopicPartition, list],
-                                 rows: asyncio.Future[tuple[recipients.Built, list[int]]]) -> _Decoded:
+                                 rows: asyncio.Future[tuple[recipients.Copied, list[int]]]) -> _Decoded:
         try:
             built, others = await rows
         except BrokenProcessPool as exc:
