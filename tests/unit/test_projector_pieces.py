@@ -5,15 +5,20 @@ collector as it found it."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import projections.projector as projector_module
 from config.settings import Settings
+from projections import decoder, recipients
 from projections.projector import LIVE_POLL_BYTES, LIVE_TAKE, Projector, ProjectorStats, _collector_paused, _pieces
 from schemas.envelope import encode
 from schemas.events import RecipientFailed, RecipientSent
@@ -139,3 +144,104 @@ async def test_a_live_poll_stays_near_its_byte_limit_however_much_the_consumer_h
         assert size <= LIVE_POLL_BYTES + LIVE_TAKE * largest
     for tp, records in buffered.items():
         assert [r for polled in polls for r in polled.get(tp, [])] == records
+
+
+class InProcessDecoder:
+    """projections.decoder.Decoder's contract (build answered as a future) without the process: its build runs
+    here, answered at once."""
+
+    async def started(self) -> bool:
+        return True
+
+    def build(self, records: list) -> asyncio.Future:
+        answered = asyncio.get_running_loop().create_future()
+        answered.set_result(decoder.build(records))
+        return answered
+
+    def close(self) -> None:
+        pass
+
+
+async def commits_of(projector: Projector, consumer: BufferedConsumer, monkeypatch: pytest.MonkeyPatch,
+                     ) -> list[tuple[int, bool]]:
+    """(events, durable) of each commit ``_apply`` makes of everything ``consumer`` has buffered, in pieces of
+    ~2 KB; the commits themselves only recorded."""
+    monkeypatch.setattr(projector_module, "PIECE_BYTES", 2000)
+    monkeypatch.setattr(projector_module, "LIVE_PIECE_BYTES", 2000)
+    monkeypatch.setattr(decoder, "_written", recipients.Written())
+    made: list[tuple[int, bool]] = []
+
+    async def commit(conn: object, polled: Any, *, durable: bool = True) -> None:
+        await asyncio.sleep(0)
+        made.append((polled.count, durable))
+        projector._next.update(polled.ends)
+
+    monkeypatch.setattr(projector, "_commit", commit)
+    targets = {tp: records[-1].offset + 1 for tp, records in consumer.buffered.items()}
+    total = sum(len(records) for records in consumer.buffered.values())
+    projector._partitions = list(targets)
+    for tp, records in consumer.buffered.items():
+        projector._next[tp] = projector._decoded[tp] = records[0].offset
+    await projector._apply(None, consumer, await projector._poll(consumer), targets)  # type: ignore[arg-type]
+    assert sum(count for count, _ in made) == total
+    return made
+
+
+def outcomes_buffered(settings_: Settings) -> BufferedConsumer:
+    tps = [TopicPartition(settings_.topic("outcomes"), p) for p in range(3)]
+    return BufferedConsumer({tp: [record(tp, i, 1 + p * 1000 + i, 50) for i in range(60)]
+                             for p, tp in enumerate(tps)})
+
+
+async def test_catching_up_only_the_last_commit_waits_for_the_wal_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A replay with its decoder process: every commit with a piece decoding behind it skips the flush, and the
+    # last one before _apply returns is durable (it flushes those before it).
+    settings_ = Settings(environment="test")
+    projector = Projector(settings_)
+    projector._decoder = InProcessDecoder()  # type: ignore[assignment]
+    made = await commits_of(projector, outcomes_buffered(settings_), monkeypatch)
+    assert len(made) > 3
+    assert [durable for _, durable in made] == [False] * (len(made) - 1) + [True]
+
+
+async def test_the_live_projector_and_one_without_a_decoder_commit_durably(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_ = Settings(environment="test")
+    live = Projector(settings_)
+    live._live = True
+    alone = Projector(settings_)  # catching up, its decoder process lost or never started
+    for projector in (live, alone):
+        made = await commits_of(projector, outcomes_buffered(settings_), monkeypatch)
+        assert len(made) > 3
+        assert all(durable for _, durable in made)
+
+
+async def test_a_catching_up_poll_lets_the_commit_in_flight_run_between_its_takes() -> None:
+    # Taking 5,000 fetched records never waits, so a commit started before the poll (a task) ran only after it,
+    # with Postgres idle meanwhile. Each take now comes after a turn for the loop.
+    settings_ = Settings(environment="test")
+    tps = [TopicPartition(settings_.topic("outcomes"), p) for p in range(3)]
+    buffered = {tp: [record(tp, i, 1 + p * 1000 + i, 0) for i in range(700)] for p, tp in enumerate(tps)}
+    turns = [0]
+    seen_at_take: list[int] = []
+
+    class Watched(BufferedConsumer):
+        async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int) -> dict:
+            seen_at_take.append(turns[0])
+            return await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+
+    async def commit_in_flight() -> None:
+        while True:
+            turns[0] += 1
+            await asyncio.sleep(0)
+
+    projector = Projector(settings_)  # catching up (not live)
+    projector._partitions = tps
+    commit = asyncio.create_task(commit_in_flight())
+    try:
+        polled = await projector._poll(Watched(buffered))  # type: ignore[arg-type]
+    finally:
+        commit.cancel()
+    assert polled == buffered, "one poll still takes everything fetched, up to max_records, in order"
+    assert len(seen_at_take) > 3
+    assert all(b > a for a, b in zip(seen_at_take, seen_at_take[1:], strict=False)), seen_at_take
+    assert seen_at_take[0] > 0, "the commit started before the first take"

@@ -1,0 +1,112 @@
+"""A replay's decoder process formats the rows it builds for COPY (recipients.copied), and the projector sends
+those bytes as they are: Postgres must receive the same rows as when the projector copies them one write_row
+at a time, and the read models must come out the same."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+from psycopg import sql
+
+from projections import read_models, recipients
+from schemas.events import BatchDispatched, CertificateIssued, Event, Recipient, RecipientFailed, RecipientSent
+from schemas.events.suppression import RecipientSuppressed
+from schemas.samples import samples
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 12, 1, 23, 59, 59, 999_999, tzinfo=UTC)
+
+
+def _samples(cls: type[Event]) -> list[Event]:
+    return [cls.model_validate(data) for data in samples(cls.model_json_schema()).values()]
+
+
+def log() -> list[Event | None]:
+    """Every kind build takes (the schemas' minimal and full samples, a learner each), and values that test the format: text
+    with tabs, newlines, backslashes and non-ASCII, nulls, a later run, a date, a long error."""
+    odd = "tab\there, new\nline, back\\slash, « ünïcödé » ✓"
+    outcomes = [*_samples(RecipientSent), *_samples(RecipientFailed), *_samples(RecipientSuppressed),
+                *_samples(CertificateIssued)]
+    events: list[Event | None] = [
+        *(e.model_copy(update={"userid": 100 + i, **({"code": f"C{i}"} if isinstance(e, CertificateIssued) else {})})
+          for i, e in enumerate(outcomes)),  # a row each
+        *[b for b in _samples(BatchDispatched) if b.run == 0],
+        BatchDispatched(job_id="copied", batch_no=3, batch_count=4, type="email", company_id=7, route="local",
+                        provider="smtp", template_id="t", dispatched_at=T0,
+                        recipients=[Recipient(userid=u, email=f"l{u}@exämple.org") for u in range(1, 40)]),
+        RecipientSent(job_id="copied", batch_no=3, userid=1, email="l1@exämple.org", provider=odd,
+                      message_id=f"<{odd}>", attempts=2, sent_at=T0),
+        RecipientFailed(job_id="copied", run=2, batch_no=3, userid=2, email="l2@exämple.org", provider="smtp",
+                        error="550 " + odd * 200, attempts=9, retryable=True, failed_at=T0),
+        CertificateIssued(job_id="copied", batch_no=3, userid=3, email="l3@exämple.org", url="https://x/c.pdf",
+                          object_key="c/3.pdf", size=36_000, code="ABCD-1234", sha256="0" * 64,
+                          template_id="default", template_version=2, backend="local", issued_at=T0,
+                          holder_name=odd, course_name="Fire Safety", completion_date=date(2026, 2, 28)),
+        None,
+    ]
+    return events
+
+
+async def staged(conn: Any, built: recipients.Built | recipients.Copied) -> dict[str, list[tuple]]:
+    """What the staging tables hold once ``built`` is copied into them (in a transaction rolled back after)."""
+    assert built.outcomes and built.pending
+    held = {}
+    async with conn.cursor() as cur:
+        await cur.execute("BEGIN")
+        try:
+            await recipients._copy(cur, "incoming_outcomes", recipients._OUTCOME_TYPES, built.outcomes)
+            await recipients._copy(cur, "incoming_pending", recipients._PENDING_TYPES, built.pending)
+            for table in ("incoming_outcomes", "incoming_pending"):
+                await cur.execute(sql.SQL("SELECT * FROM pg_temp.{} ORDER BY 1, 2").format(sql.Identifier(table)))
+                held[table] = await cur.fetchall()
+        finally:
+            await cur.execute("ROLLBACK")
+    return held
+
+
+async def applied(conn: Any, built: recipients.Built | recipients.Copied) -> dict[str, list[tuple]]:
+    async with conn.transaction(), conn.cursor() as cur:
+        await recipients.apply(cur, [], built)
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT job_id, userid, email, status, run, batch_no, attempts, retryable, error_message,"
+                          " provider, provider_message_id, message_id, certificate_url, certificate_code,"
+                          " certificate_sha256, timesent, certificate_holder, certificate_course,"
+                          " certificate_completed FROM job_recipients ORDER BY 1, 2")
+        rows = await cur.fetchall()
+        await cur.execute("SELECT job_id, succeeded, failed, suppressed, status, timestarted FROM jobs ORDER BY 1")
+        return {"job_recipients": rows, "jobs": await cur.fetchall()}
+
+
+def test_rows_copied_as_formatted_bytes_are_the_rows_copied_one_by_one(settings_factory) -> None:
+    settings = settings_factory()
+
+    async def run() -> None:
+        built, others = recipients.build(log())
+        assert others == [len(log()) - 1]  # only the undecodable record is left to the projector
+        formatted = recipients.copied(built)
+        assert isinstance(formatted.outcomes, bytes) and isinstance(formatted.pending, bytes)
+        one = await read_models.open_read_models(settings, f"{settings.projection_schema}_rows")
+        other = await read_models.open_read_models(settings, f"{settings.projection_schema}_bytes")
+        try:
+            by_row, by_bytes = await staged(one, built), await staged(other, formatted)
+            assert len(by_row["incoming_outcomes"]) == len(built.outcomes) > 10
+            assert len(by_row["incoming_pending"]) == len(built.pending) >= 39
+            assert by_bytes == by_row
+            assert await applied(other, formatted) == await applied(one, built)
+        finally:
+            await one.close()
+            await other.close()
+
+    asyncio.run(run())
+
+
+def test_nothing_to_copy_is_none() -> None:
+    built, _ = recipients.build([RecipientSent(job_id="j", batch_no=0, userid=1, email="l1@example.org",
+                                               provider="smtp", message_id="<m>", attempts=1, sent_at=T0)])
+    formatted = recipients.copied(built)
+    assert formatted.pending is None and formatted.outcomes is not None
+    assert formatted.outcomes.startswith(b"PGCOPY\n\xff\r\n\x00") and formatted.outcomes.endswith(b"\xff\xff")
