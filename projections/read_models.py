@@ -47,7 +47,10 @@ async def open_read_models(settings: Settings, schema: str | None = None, *,
     target = schema or settings.projection_schema
     if drop_first and target == settings.projection_schema:
         raise ValueError("the live schema is never dropped: name a fresh one")
-    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+    # UTF-8 whatever the database's encoding: a replay's decoder process formats text for COPY without a
+    # connection to ask (recipients.copied), and in a LATIN1 database that text was stored as mojibake. The
+    # server converts to the database's encoding, and refuses what it cannot hold, as it did before.
+    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True, client_encoding="UTF8")
     try:
         await conn.execute(read_models_ddl(target, drop_first=drop_first), prepare=False)
     except BaseException:

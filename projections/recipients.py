@@ -235,7 +235,7 @@ async def _copy(cur: AsyncCursor, table: str, types: tuple[str, ...], rows: Iter
 def _binary(types: tuple[str, ...], rows: Sequence[tuple]) -> bytes | None:
     """``rows`` in COPY's binary format, whole (signature, rows, trailer), as ``_copy`` sends them row by row:
     the same formatter and the same dumpers, looked up by type name without a connection (built-in types; text
-    is dumped as UTF-8, the encoding of the database). None when there are no rows."""
+    is dumped as UTF-8, the client encoding read_models.open_read_models sets). None when there are no rows."""
     if not rows:
         return None
     transformer = Transformer()
@@ -393,6 +393,10 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied], built: Built | Copi
     """Apply a poll's events, and the rows ``build`` made of the rest of it (formatted already when ``Copied``);
     must run inside a transaction (the staging tables empty at commit), on a connection that has the staging
     tables (read_models made them)."""
+    if isinstance(built, Copied) and cur.connection.info.encoding != "utf-8":
+        # Its text was formatted as UTF-8 (copied): sent on another client encoding it would be stored garbled.
+        raise ValueError(f"rows formatted as UTF-8 on a {cur.connection.info.encoding} connection: open it with "
+                         "read_models.open_read_models")
     rows = _rows(events, built)
     pending: Sequence[tuple] | bytes | None = built.pending if isinstance(built, Copied) else rows.pending
     outcomes: Iterable[tuple] | bytes | None = built.outcomes if isinstance(built, Copied) else (

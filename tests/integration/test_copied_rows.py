@@ -8,13 +8,16 @@ import asyncio
 from datetime import UTC, date, datetime
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import sql
 
+from config.settings import Settings
 from projections import read_models, recipients
 from schemas.events import BatchDispatched, CertificateIssued, Event, Recipient, RecipientFailed, RecipientSent
 from schemas.events.suppression import RecipientSuppressed
 from schemas.samples import samples
+from tests.support.stack import Infra, fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +113,35 @@ def test_nothing_to_copy_is_none() -> None:
     formatted = recipients.copied(built)
     assert formatted.pending is None and formatted.outcomes is not None
     assert formatted.outcomes.startswith(b"PGCOPY\n\xff\r\n\x00") and formatted.outcomes.endswith(b"\xff\xff")
+
+
+def test_rows_formatted_apart_keep_their_text_in_a_database_not_in_utf8(infra: Infra) -> None:
+    # The decoder process formats text as UTF-8 without a connection to ask; the projector's connection must
+    # then speak UTF-8 whatever the database's encoding, or a LATIN1 database stores "zoÃ«" without a word.
+    events: list[Event | None] = [
+        BatchDispatched(job_id="latin", batch_no=0, batch_count=1, type="email", company_id=7, route="local",
+                        provider="smtp", template_id="t", dispatched_at=T0,
+                        recipients=[Recipient(userid=1, email="zoë@exämple.org")]),
+        RecipientSent(job_id="latin", batch_no=0, userid=2, email="åsa@exämple.org", provider="smtp",
+                      message_id="<ñ@exämple.org>", attempts=1, sent_at=T0)]
+    built, _ = recipients.build(events)
+
+    async def run(url: str) -> list[tuple]:
+        conn = await read_models.open_read_models(Settings(environment="test", database_url=url), "latin")
+        try:
+            async with conn.transaction(), conn.cursor() as cur:
+                await recipients.apply(cur, [], recipients.copied(built))
+            cur = await conn.execute("SELECT userid, email, message_id FROM job_recipients ORDER BY 1")
+            return await cur.fetchall()
+        finally:
+            await conn.close()
+
+    async def on_a_plain_connection(url: str) -> None:
+        async with await psycopg.AsyncConnection.connect(url) as conn, conn.cursor() as cur:
+            assert conn.info.encoding != "utf-8"  # the database's own
+            with pytest.raises(ValueError, match="formatted as UTF-8"):
+                await recipients.apply(cur, [], recipients.copied(built))
+
+    with fresh_database(infra.database_url, encoding="LATIN1") as url:
+        assert asyncio.run(run(url)) == [(1, "zoë@exämple.org", None), (2, "åsa@exämple.org", "<ñ@exämple.org>")]
+        asyncio.run(on_a_plain_connection(url))

@@ -68,11 +68,16 @@ def infrastructure() -> Iterator[Infra]:
 
 
 @contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A new database for this test session, dropped afterwards."""
+def fresh_database(admin_url: str, encoding: str | None = None) -> Iterator[str]:
+    """A new database for this test session (in ``encoding`` when named, else the server's default), dropped
+    afterwards."""
     name = f"offload_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if encoding is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        else:  # another encoding needs template0 and a locale that takes it
+            conn.execute(f"CREATE DATABASE \"{name}\" ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' "
+                         "TEMPLATE template0")
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     try:
         yield url
