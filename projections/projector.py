@@ -28,7 +28,7 @@ from projections import read_models, recipients, tracking
 from projections.base import Applied, Position
 from projections.decoder import Decoder, Raw
 from projections.read_models import READ_MODELS
-from projections.startup import Partitions, both, find_partitions
+from projections.startup import Partitions, both, find_partitions, new_consumer
 from resilience.dependencies import DEPENDENCIES, Backoff
 from resilience.reasons import reason
 from schemas.envelope import UndecodableRecord, decode, header
@@ -47,8 +47,8 @@ PIECE_BYTES = 2 * 1024 * 1024
 # The live projector (not catching up) keeps pace with the workers, so large polls gain it little, and a large
 # job's BatchDispatched arrive in one burst when it is cut (~100 MB for 1,000,000 learners): with the limits
 # above its peak memory grew with the job (aiokafka's read-ahead of 4 MiB per batches partition, 2 MiB pieces
-# decoded ~10x). These keep it near its 10,000-learner figure (docs/scaling.md).
-LIVE_FETCH_BYTES = 256 * 1024  # per partition; 1 MiB per fetch
+# decoded ~10x). These keep it near its 10,000-learner figure (docs/scaling.md); its fetches are bounded in
+# projections.startup (LIVE_FETCH_BYTES).
 LIVE_POLL_BYTES = 1024 * 1024
 LIVE_PIECE_BYTES = 512 * 1024
 # Records taken from the consumer at a time while live. POLL_BYTES and LIVE_POLL_BYTES are checked between takes,
@@ -184,29 +184,7 @@ class Projector:
         Any other error ends the run, with the decoder process, the consumer and the connection closed.
         """
         self._live = not until_caught_up
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            # Fetched in steps of 4 MiB per partition (a larger record still comes whole): with the largest
-            # record's size (32 MiB) one fetch took a replay's whole outcomes partition before the first record
-            # could be decoded, and a backlog's batches would wait in the consumer's buffer at up to 32 MiB per
-            # partition (see _hold_batches). 1 MiB (~3,000 outcomes) cut polls short of max_records.
-            max_partition_fetch_bytes=4 * 1024 * 1024 if until_caught_up else LIVE_FETCH_BYTES,
-            fetch_max_bytes=16 * 1024 * 1024 if until_caught_up else 4 * LIVE_FETCH_BYTES,
-            # Outcomes trickle in one by one while a job sends; without a minimum each poll brought a handful
-            # of events and cost its own transaction. Waiting up to 100 ms for 64 KiB cut the projector's CPU
-            # per 20,000-recipient job from ~5.2 s to ~1.4 s (bench/email_job.py), for <= 100 ms more lag. A
-            # transaction still costs more than the ~165 outcomes it then carried (1,500/s): up to 250 ms for
-            # 256 KiB took the CPU per outcome from 30-36 µs to 22-27 µs (bench/projector_steady.py, three
-            # pairs run alternately).
-            # Catching up (a replay), the log is all there: the consumer has one fetch in flight at a time, and
-            # one that waited for more of a topic's last records (or of the empty topics) held back the next
-            # fetch of the others by up to that wait (bench/replay.py: 0.2 s each time a topic ran out).
-            fetch_min_bytes=1 if until_caught_up else 256 * 1024,
-            fetch_max_wait_ms=10 if until_caught_up else 250,
-        )
+        consumer = new_consumer(self.settings, catching_up=until_caught_up)
         DEPENDENCIES.track("postgres")
         DEPENDENCIES.track("kafka")
         backoff = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
