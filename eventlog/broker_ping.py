@@ -72,4 +72,3 @@ async def watch_broker(bootstrap_servers: str, dependencies: Dependencies, inter
             await asyncio.sleep(interval)
     finally:
         await asyncio.shield(ping.close())
-
