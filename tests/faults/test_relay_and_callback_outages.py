@@ -98,7 +98,14 @@ def test_every_callback_reaches_moodle_after_its_endpoint_was_down(settings_fact
     assert names[0] == "started" and names[-1] == "completed" and set(names[1:-1]) <= {"progress"}
     assert Counter(b["callback_id"] for b in delivered).most_common(1)[0][1] == 1  # each once
     assert delivered[-1]["totals"] == {"total": 100, "succeeded": 100, "failed": 0, "suppressed": 0, "pending": 0}
-    recorded = [e for e in events(settings, "callbacks") if isinstance(e, CallbackDelivered)]
-    assert {e.callback_id for e in recorded} == {b["callback_id"] for b in delivered}
+    # The worker records CallbackDelivered after Moodle's answer (and after health says Moodle is back): the
+    # receiver can hold the last callback before its event is on the log, so the log is waited for.
+    sent = {b["callback_id"] for b in delivered}
+
+    def recorded() -> set[str] | None:
+        ids = {e.callback_id for e in events(settings, "callbacks") if isinstance(e, CallbackDelivered)}
+        return ids if ids >= sent else None
+
+    assert wait_for(recorded, timeout=60, what="a CallbackDelivered for every delivered callback") == sent
     print("CALLBACK OUTAGE " + json.dumps({"outage_s": outage, "failed_attempts": len(failed_during),
                                            "delivered": names}))

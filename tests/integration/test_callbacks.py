@@ -105,7 +105,13 @@ def test_callbacks_are_signed_retried_while_moodle_is_down_and_survive_a_worker_
 
     # Each attempt is an event: the start callback failed (503, with its next attempt) before it was delivered,
     # and its attempt count went on across the crash instead of starting again.
-    recorded = [e for e in events(settings, "callbacks") if isinstance(e, CallbackDelivered | CallbackFailed)]
+    # Recorded after Moodle's answer: the last one can reach the receiver before its event reaches the log.
+    def recorded_through_completed() -> list | None:
+        found = [e for e in events(settings, "callbacks") if isinstance(e, CallbackDelivered | CallbackFailed)]
+        done = any(isinstance(e, CallbackDelivered) and e.callback_id == "cb-job-1:0:completed" for e in found)
+        return found if done else None
+
+    recorded = wait_for(recorded_through_completed, timeout=60, what="the completed callback's CallbackDelivered")
     started = [e for e in recorded if e.callback_id == "cb-job-1:0:started"]
     failed = [e for e in started if isinstance(e, CallbackFailed)]
     assert failed and all(e.status == 503 and e.next_attempt_at is not None for e in failed)

@@ -192,6 +192,10 @@ def test_moodle_hears_by_signed_callback_when_a_job_pauses_with_the_figures_and_
                                                                     "reason": "bad address removed"}
     assert "pause" not in resumed and "resume" not in body
     assert delivered[-1]["totals"]["succeeded"] == 60
-    # Each was recorded like any callback: CallbackDelivered with its name.
-    recorded = {e.event for e in events(settings, "callbacks") if isinstance(e, CallbackDelivered)}
-    assert {"paused", "resumed", "completed"} <= recorded
+    # Each was recorded like any callback: CallbackDelivered with its name (after Moodle's answer, so the log is
+    # waited for: the receiver can hold the last one before its event is written).
+    def recorded() -> set[str] | None:
+        names = {e.event for e in events(settings, "callbacks") if isinstance(e, CallbackDelivered)}
+        return names if {"paused", "resumed", "completed"} <= names else None
+
+    wait_for(recorded, timeout=60, what="CallbackDelivered for paused, resumed and completed")
