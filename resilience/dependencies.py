@@ -98,19 +98,41 @@ DEPENDENCIES = Dependencies()
 
 
 async def recheck_lost(dependencies: Dependencies, interval: float, timeout: float) -> None:
-    """Every ``interval`` seconds, ask each lost dependency that has a recheck again (``timeout`` seconds each,
-    one after another) and record the answer, until cancelled."""
-    while True:
-        await asyncio.sleep(interval)
-        for name, recheck in dependencies.rechecks().items():
-            try:
-                await asyncio.wait_for(recheck(), timeout)
-            except TimeoutError:
-                dependencies.lost(name, f"no answer within {timeout:g} s")
-            except Exception as exc:  # noqa: BLE001 - any failure is no answer: the watch goes on, and says so
-                dependencies.lost(name, one_line(str(exc) or type(exc).__name__, 500))
-            else:
-                dependencies.restored(name)
+    """Every ``interval`` seconds, ask each lost dependency that has a recheck again (waiting up to ``timeout``
+    seconds for each, one after another) and record the answer, until cancelled.
+
+    A recheck with no answer in time is left running, not cancelled, and is not asked again until it answers: a
+    check that waits in a thread (an S3 request, a write to a hung network disk) goes on there whatever
+    happens to its coroutine, and starting one every interval would pile the threads up behind it."""
+    asking: dict[str, asyncio.Future[None]] = {}
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            wanted = dependencies.rechecks()
+            for name in [n for n, task in asking.items() if n not in wanted and task.done()]:
+                _retrieved(asking.pop(name))  # back through use meanwhile: its answer is not needed
+            for name, recheck in wanted.items():
+                task = asking.get(name)
+                if task is None:
+                    task = asking[name] = asyncio.ensure_future(recheck())
+                done, _ = await asyncio.wait({task}, timeout=timeout)
+                if not done:
+                    dependencies.lost(name, f"no answer within {timeout:g} s")
+                    continue
+                del asking[name]
+                failure = _retrieved(task)
+                if failure is None:
+                    dependencies.restored(name)
+                else:  # any failure is no answer: the watch goes on, and says so
+                    dependencies.lost(name, one_line(str(failure) or type(failure).__name__, 500))
+    finally:
+        for task in asking.values():
+            task.cancel()
+
+
+def _retrieved(task: asyncio.Future[None]) -> BaseException | None:
+    """The task's error (a cancelled one's too), retrieved so that asyncio does not log it as never retrieved."""
+    return asyncio.CancelledError() if task.cancelled() else task.exception()
 
 
 def snapshot() -> dict[str, DependencyState]:
