@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TableT
 from faust.types.tables import GlobalTableT
 
@@ -18,6 +19,8 @@ from config.settings import Settings
 from content.email import TemplateStore
 from eventlog.publisher import EventPublisher, partition_for
 from resilience.backoff import backoff
+from resilience.dependencies import Backoff
+from resilience.reasons import reason
 from schemas.envelope import UndecodableRecord, decode, header_items
 from schemas.events import CompanySettingsChanged, DeadLettered
 from streams.ledger import OutcomeLedger
@@ -179,15 +182,31 @@ class StreamContext:
         self._services.append(service)
 
     async def ensure_started(self) -> None:
+        """The publisher, the ledger and the services started, once, by whichever agent or timer needs them first.
+
+        While no broker answers, the publisher's and the ledger's start is tried again with back-off until one
+        does, as the consumers wait out an outage: raised instead, it reached a timer (the stall sweep of an idle
+        worker that had published nothing yet) and Faust stopped the whole worker for it."""
         if self._started:
             return
         async with self._lock:
             if self._started:
                 return
-            await self.publisher.start()
-            await self.ledger.start()
-            for service in self._services:
-                await service.start()
+            waits = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
+            services = 0  # started so far: each is started once, the broker's outage or not
+            while True:
+                try:
+                    await self.publisher.start()  # both keep what started, and start only what did not
+                    await self.ledger.start()
+                    while services < len(self._services):
+                        await self._services[services].start()  # a log reader among them needs the broker too
+                        services += 1
+                    break
+                except KafkaError as exc:
+                    delay = waits.next()
+                    log.warning("worker: no broker to start its producer on (%s); trying again in %.1f s",
+                                reason(exc), delay)
+                    await asyncio.sleep(delay)
             self._started = True
 
     async def stop(self) -> None:

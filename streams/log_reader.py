@@ -120,15 +120,22 @@ class LogReader:
         self._lock = asyncio.Lock()  # one reader at a time: assign/seek are per consumer
 
     async def start(self) -> None:
+        """Start the reader's consumer; one that fails to start (no broker) is closed and not kept, so that the
+        next start tries again (the worker's context retries it until a broker answers)."""
         if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(
+            consumer = AIOKafkaConsumer(
                 bootstrap_servers=self._settings.kafka_bootstrap_servers,
                 group_id=None,
                 enable_auto_commit=False,
                 isolation_level="read_committed",
                 **self._fetch,
             )
-            await self._consumer.start()
+            try:
+                await consumer.start()
+            except BaseException:
+                await asyncio.shield(consumer.stop())  # its client's connections and tasks, not left behind
+                raise
+            self._consumer = consumer
 
     async def stop(self) -> None:
         if self._consumer is not None:
