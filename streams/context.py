@@ -184,9 +184,9 @@ class StreamContext:
     async def ensure_started(self) -> None:
         """The publisher, the ledger and the services started, once, by whichever agent or timer needs them first.
 
-        While no broker answers, the publisher's and the ledger's start is tried again with back-off until one
-        does, as the consumers wait out an outage: raised instead, it reached a timer (the stall sweep of an idle
-        worker that had published nothing yet) and Faust stopped the whole worker for it."""
+        While no broker answers, the start of the publisher, the ledger and each service not yet started is tried
+        again with back-off until one does, as the consumers wait out an outage: raised instead, it reached a timer
+        (the stall sweep of an idle worker that had published nothing yet) and Faust stopped the whole worker."""
         if self._started:
             return
         async with self._lock:

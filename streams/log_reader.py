@@ -11,6 +11,7 @@ with a deleted chunk, tests/integration/test_log_reading.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -133,7 +134,8 @@ class LogReader:
             try:
                 await consumer.start()
             except BaseException:
-                await asyncio.shield(consumer.stop())  # its client's connections and tasks, not left behind
+                with contextlib.suppress(Exception):  # the start's own error is the one to raise
+                    await asyncio.shield(consumer.stop())  # its client's connections and tasks, not left behind
                 raise
             self._consumer = consumer
 
