@@ -361,25 +361,22 @@ def _pending_rows(event: BatchDispatched) -> Iterator[tuple]:
     return ((event.job_id, r.userid, r.email, event.run, event.batch_no) for r in event.recipients)
 
 
-def _rows(events: Sequence[Applied], built: Built | Copied | None = None) -> _Rows:
-    """A poll's rows by statement; ``built``: the rows ``build`` made of its outcomes and first-run batches,
-    which ``events`` then do not hold (``Copied``: none of them here, ``apply`` copies them as they are).
+def _rows(events: Sequence[Applied], built_apart: bool) -> _Rows:
+    """A poll's rows by statement; ``built_apart``: ``build`` made the rows of its outcomes and first-run batches,
+    which ``events`` then do not hold (``apply`` copies them as ``copied`` formatted them).
     Outcomes, by far the most events, are tried first: tried last, each went through every other test (and
     built a union type) first; over bench.replay's 50,000-learner log this took 2.0 us per event, now 1.5-1.7."""
     rows = _Rows()
-    if isinstance(built, Built):
-        rows.outcomes = {(row[0], row[1]): row for row in built.outcomes}
-        rows.pending = built.pending
     for _, event in events:
         if (row := _outcome_row(event)) is not None:
-            assert built is None, "outcomes built apart, and one among the events too"
+            assert not built_apart, "outcomes built apart, and one among the events too"
             key = (row[0], row[1])
             if _outcome_wins(row, rows.outcomes.get(key)):
                 rows.outcomes[key] = row
         elif isinstance(event, BatchDispatched) and event.run > 0:
             rows.retried.extend((event.job_id, r.userid, event.run, event.batch_no) for r in event.recipients)
         elif isinstance(event, BatchDispatched):
-            assert built is None, "first-run batches built apart, and one among the events too"
+            assert not built_apart, "first-run batches built apart, and one among the events too"
             rows.pending.extend(_pending_rows(event))
         elif (kind := _report_kind(event)) is not None:
             assert isinstance(event, RecipientDelivered | RecipientBounced | RecipientComplained)
@@ -389,18 +386,17 @@ def _rows(events: Sequence[Applied], built: Built | Copied | None = None) -> _Ro
     return rows
 
 
-async def apply(cur: AsyncCursor, events: Sequence[Applied], built: Built | Copied | None = None) -> None:
-    """Apply a poll's events, and the rows ``build`` made of the rest of it (formatted already when ``Copied``);
-    must run inside a transaction (the staging tables empty at commit), on a connection that has the staging
-    tables (read_models made them)."""
-    if isinstance(built, Copied) and cur.connection.info.encoding != "utf-8":
+async def apply(cur: AsyncCursor, events: Sequence[Applied], built: Copied | None = None) -> None:
+    """Apply a poll's events, and the rows ``build`` made of the rest of it, formatted by ``copied`` (a replay's
+    decoder process); must run inside a transaction (the staging tables empty at commit), on a connection that
+    has the staging tables (read_models made them)."""
+    if built is not None and cur.connection.info.encoding != "utf-8":
         # Its text was formatted as UTF-8 (copied): sent on another client encoding it would be stored garbled.
         raise ValueError(f"rows formatted as UTF-8 on a {cur.connection.info.encoding} connection: open it with "
                          "read_models.open_read_models")
-    rows = _rows(events, built)
-    pending: Sequence[tuple] | bytes | None = built.pending if isinstance(built, Copied) else rows.pending
-    outcomes: Iterable[tuple] | bytes | None = built.outcomes if isinstance(built, Copied) else (
-        rows.outcomes.values() if rows.outcomes else None)
+    rows = _rows(events, built_apart=built is not None)
+    pending: Sequence[tuple] | bytes | None = rows.pending if built is None else built.pending
+    outcomes: Iterable[tuple] | bytes | None = (rows.outcomes.values() or None) if built is None else built.outcomes
     if pending:
         await _copy(cur, "incoming_pending", _PENDING_TYPES, pending)
         await cur.execute(_PENDING)

@@ -114,11 +114,11 @@ async def project(schema_settings, polls: Sequence[Sequence[Applied]], *, built_
         await conn.close()
 
 
-def _built(poll: Sequence[Applied], written: recipients.Written) -> tuple[recipients.Built, list[Applied]]:
+def _built(poll: Sequence[Applied], written: recipients.Written) -> tuple[recipients.Copied, list[Applied]]:
     apart = [i for i, (position, _) in enumerate(poll) if position.topic in ("outcomes", "batches")]
     built, others = recipients.build((poll[i][1] for i in apart), written)
     left = {apart[i] for i in others} | set(range(len(poll))) - set(apart)
-    return built, [applied for i, applied in enumerate(poll) if i in left]
+    return recipients.copied(built), [applied for i, applied in enumerate(poll) if i in left]
 
 
 def by_topic_order(events: list[Applied], order: Sequence[str]) -> list[Applied]:
