@@ -271,6 +271,18 @@ class SmtpProvider:
         return SendResult(msg.key, outcome, error=one_line(f"{code} {text}"))
 
     async def _open(self) -> aiosmtplib.SMTP:
+        """A greeted session; the relay recorded as lost (with the reason) or back in the process's health."""
+        try:
+            smtp = await self._connect()
+        except _Unreachable as exc:
+            if self._dependencies is not None:
+                self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {exc}", recheck=self.recheck)
+            raise
+        if self._dependencies is not None:
+            self._dependencies.restored(SMTP_RELAY)
+        return smtp
+
+    async def _connect(self) -> aiosmtplib.SMTP:
         smtp = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -292,24 +304,18 @@ class SmtpProvider:
                 keep_every_reply(smtp)  # only if the relay advertises PIPELINING
         except aiosmtplib.SMTPAuthenticationError as exc:
             smtp.close()
-            raise self._lost(f"authentication failed ({exc.code})") from None
+            raise _Unreachable(f"authentication failed ({exc.code})") from None
         except (OSError, aiosmtplib.SMTPException) as exc:
             smtp.close()
-            raise self._lost(one_line(exc) or type(exc).__name__) from None
-        if self._dependencies is not None:
-            self._dependencies.restored(SMTP_RELAY)
+            raise _Unreachable(one_line(exc) or type(exc).__name__) from None
         return smtp
-
-    def _lost(self, why: str) -> _Unreachable:
-        if self._dependencies is not None:
-            self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {why}", recheck=self.recheck)
-        return _Unreachable(why)
 
     async def recheck(self) -> None:
         """Open a session and QUIT it: whether the relay answers now (health asks while it is lost; an idle worker
-        would otherwise say it is lost until its next batch). Raises ConnectionError with the reason if not."""
+        would otherwise say it is lost until its next batch). Raises ConnectionError with the reason if not; the
+        watch that asks (resilience.dependencies.recheck_lost) records the answer."""
         try:
-            smtp = await self._open()
+            smtp = await self._connect()
         except _Unreachable as exc:
             raise ConnectionError(f"{self.host}:{self.port}: {exc}") from None
         try:
