@@ -260,15 +260,13 @@ class Projector:
         held = set(self._held)
         reading = [tp for tp in self._partitions if tp not in held]  # every assigned one when none is held
         take = LIVE_TAKE if self._live else CATCHUP_TAKE
-        if not self._live:
-            await asyncio.sleep(0)  # a turn for the commit in flight (see CATCHUP_TAKE)
-        polled = await consumer.getmany(*reading, timeout_ms=200, max_records=min(take, self.max_records))
-        count = sum(len(records) for records in polled.values())
-        size = sum(len(r.value or b"") for records in polled.values() for r in records)
-        while polled and count < self.max_records and size < (LIVE_POLL_BYTES if self._live else POLL_BYTES):
+        polled: dict[TopicPartition, list] = {}
+        count = size = 0
+        while count < self.max_records and size < (LIVE_POLL_BYTES if self._live else POLL_BYTES):
             if not self._live:
-                await asyncio.sleep(0)
-            more = await consumer.getmany(*reading, timeout_ms=0, max_records=min(take, self.max_records - count))
+                await asyncio.sleep(0)  # a turn for the commit in flight before each take (see CATCHUP_TAKE)
+            more = await consumer.getmany(*reading, timeout_ms=0 if polled else 200,
+                                          max_records=min(take, self.max_records - count))
             if not more:
                 break
             for tp, records in more.items():
