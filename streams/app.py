@@ -37,6 +37,9 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(datadir),
         # faust-streaming's exactly_once has open duplicate/crash bugs (#323, #517): effects are idempotent.
         processing_guarantee="at_least_once",
+        # A partition with no committed offset starts at its beginning (Faust's default, stated because
+        # streams.transport.seek_to_committed seeks such a partition back there after Faust dropped records).
+        consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
         topic_replication_factor=settings.topic_replication,
         topic_partitions=settings.job_partitions,

@@ -13,11 +13,16 @@ fills at once and nothing waits; what does wait is a record that arrives alone o
 ``JobRequested``, a pause or cancel, the ``BatchCompleted`` that ends a job, each up to ``FETCH_MAX_WAIT_MS`` more
 (docs/benchmarks.md has what it saved). Idle, the worker polls every ``FETCH_MAX_WAIT_MS`` instead of 1.5 s.
 
-Each poll goes through :func:`streams.guarded_poll.poll`, which never drains records past a rebalance.
+Each poll goes through :func:`streams.guarded_poll.poll`, which never drains records past a rebalance. Where Faust
+mends records it dropped by seeking its partitions back to their committed offsets (after every rebalance, and in a
+poll made while its flow is stopped), a stream partition that has never committed one is sought back to its
+beginning (:func:`seek_to_committed`): aiokafka seeks only partitions that have one, and left such a partition's
+position past the records Faust had dropped, which were then never served.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 import aiokafka
@@ -29,6 +34,17 @@ from streams.guarded_poll import poll
 
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 100
+
+
+async def seek_to_committed(consumer: aiokafka.AIOKafkaConsumer, changelogs: Collection[str]) -> Mapping[Any, Any]:
+    """Every assigned partition back to its committed offset, and a stream partition that has none (no offset, or
+    0) back to its beginning, where it starts without one (Faust's ``consumer_auto_offset_reset``, "earliest",
+    which streams.app sets). Changelog partitions have no committed offset: Faust's recovery seeks them."""
+    committed: Mapping[Any, Any] = await consumer.seek_to_committed()
+    never = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+    if never:
+        await consumer.seek_to_beginning(*never)
+    return committed
 
 
 class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -51,7 +67,12 @@ class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         flow = self.consumer
         with fetcher._subscriptions.fetch_context():
             return await poll(fetcher, active_partitions, lambda: flow.flow_active, timeout=timeout,
-                              max_records=max_records)
+                              max_records=max_records, streams_ready=lambda: not self.app.rebalancing,
+                              changelogs=self.app.tables.changelog_topics)
+
+
+    async def seek_to_committed(self) -> Mapping[Any, Any]:
+        return await self.call_thread(seek_to_committed, self._ensure_consumer(), self.app.tables.changelog_topics)
 
 
 class _FullerFetchConsumer(faust_aiokafka.Consumer):

@@ -77,8 +77,11 @@ def test_the_guarded_poll_takes_nothing_while_the_flow_is_stopped(settings_facto
             first = await poll(fetcher, {tps[0]}, lambda: True, timeout=1.0, max_records=None)
             assert set(first) == {tps[0]} and len(first[tps[0]]) == 5
             assert [await consumer.position(tp) for tp in tps] == [5, 0]
-            rest = await poll(fetcher, set(), lambda: True, timeout=1.0, max_records=None)
-            assert set(rest) == {tps[1]}  # flow running: an empty set is every partition, as in Faust's own poll
+            # Flow running, no partition active: nothing is taken either (aiokafka would hand over every partition).
+            assert await poll(fetcher, set(), lambda: True, timeout=0.3, max_records=None) == {}
+            assert [await consumer.position(tp) for tp in tps] == [5, 0]
+            rest = await poll(fetcher, {tps[1]}, lambda: True, timeout=1.0, max_records=None)
+            assert set(rest) == {tps[1]} and len(rest[tps[1]]) == 5
         finally:
             await consumer.stop()
 
@@ -100,7 +103,9 @@ def test_a_poll_waiting_when_the_set_is_emptied_takes_nothing(settings_factory):
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()
         try:
-            for guarded in (False, True):
+            # Unguarded; guarded with the flow stopped (a rebalance); guarded with the flow running (the set emptied
+            # all the same, as it was once recovery paused its changelogs and before the streams were resumed).
+            for guarded, stops_flow in ((False, True), (True, True), (True, False)):
                 live = {tps[1]}
                 flow = [True]
                 start = await consumer.position(tps[0])
@@ -111,7 +116,7 @@ def test_a_poll_waiting_when_the_set_is_emptied_takes_nothing(settings_factory):
                     waiting = asyncio.ensure_future(consumer._fetcher.fetched_records(live, timeout=30.0))
                 await asyncio.sleep(0.3)
                 live.clear()  # the rebalance: on_partitions_revoked, pause_partitions(assigned)
-                flow[0] = False  # stop_flow(), until recovery's resume_flow()
+                flow[0] = not stops_flow  # stop_flow(), until recovery's resume_flow()
                 await producer.send_and_wait(tps[0].topic, b"changelog", partition=0)
                 drained = await waiting
                 moved = await consumer.position(tps[0]) - start
@@ -121,6 +126,31 @@ def test_a_poll_waiting_when_the_set_is_emptied_takes_nothing(settings_factory):
                     assert set(drained) == {tps[0]} and moved == 1  # taken past, for Faust to drop
         finally:
             await producer.stop()
+            await consumer.stop()
+
+    asyncio.run(run())
+
+
+def test_until_a_rebalance_ends_only_changelog_records_are_taken(settings_factory):
+    """At the end of a rebalance Faust resumes the stream partitions, then seeks them to their committed offsets,
+    then ends the rebalance: stream records taken before that were never served (streams.guarded_poll). Recovery's
+    changelog records must still come."""
+    bootstrap = settings_factory().kafka_bootstrap_servers
+
+    async def run() -> None:
+        stream_tp, _ = await _topic_with_records(bootstrap, 5)
+        changelog_tp, _ = await _topic_with_records(bootstrap, 5)
+        consumer = await _consumer_holding_records(bootstrap, (stream_tp, changelog_tp))
+        both = {stream_tp, changelog_tp}
+        try:
+            taken = await poll(consumer._fetcher, both, lambda: True, timeout=1.0, max_records=None,
+                               streams_ready=lambda: False, changelogs={changelog_tp.topic})
+            assert set(taken) == {changelog_tp} and len(taken[changelog_tp]) == 5
+            assert await consumer.position(stream_tp) == 0  # the stream's records are still there for later
+            taken = await poll(consumer._fetcher, both, lambda: True, timeout=1.0, max_records=None,
+                               streams_ready=lambda: True, changelogs={changelog_tp.topic})
+            assert set(taken) == {stream_tp} and len(taken[stream_tp]) == 5
+        finally:
             await consumer.stop()
 
     asyncio.run(run())
