@@ -23,8 +23,10 @@ def test_a_killed_worker_resumes_without_resending_recorded_recipients(
 ):
     # One batch at a time over two SMTP connections: the job lasts long enough to be killed in the middle
     # of a batch, so the restarted worker must read back that batch's recorded outcomes.
+    # The stall sweep (a run's unfinished batches sent again after a quiet spell) is a safety net the restarted
+    # worker must not need: set far beyond a restart on a loaded machine, and checked below that it never fired.
     settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=100, smtp_connections=2,
-                                stall_redispatch_seconds=8)
+                                stall_redispatch_seconds=120)
     topics_for(settings)
     # Batches go one at a time, 100 learners each: the sink holds every message after the middle of a batch a
     # quarter into the job, so the worker stands still there, however fast or loaded the machine is.
@@ -48,8 +50,10 @@ def test_a_killed_worker_resumes_without_resending_recorded_recipients(
     assert 0 < len(recorded_userids) < N
 
     restarted = processes("worker", settings)
-    job = wait_for_job(settings, "crash-job", timeout=180)
+    job = wait_for_job(settings, "crash-job", timeout=240)
     assert (job["total_recipients"], job["succeeded"], job["failed"]) == (N, N, 0)
+    # Every batch came back from the log by itself: none waited for the stall sweep to be sent again.
+    assert "made no progress" not in restarted.log_text()
 
     # Exactly one terminal outcome per learner, in the log and in the read model.
     outcomes = [e for e in events(settings, "outcomes") if isinstance(e, RecipientSent | RecipientFailed)]
@@ -69,11 +73,15 @@ def test_a_killed_worker_resumes_without_resending_recorded_recipients(
     assert duplicates <= sent_before_kill - len(recorded_userids) + 2 * settings.smtp_connections
     # The restarted worker found the half-done batch and read its recorded outcomes back from the log. Batches
     # after it may have been taken too: the next one handed to the sessions (queued behind the first one's last
-    # chunks) and the one after that composed and held until the first one's outcomes are in the log, never more.
-    resumed = dict(re.findall(r"batch (\S+) resumed after a crash: (\d+) of 100 already recorded",
-                              restarted.log_text()))
-    assert any(int(n) > 0 for n in resumed.values()), resumed
-    assert len(resumed) <= 3, f"more batches were taken than may be in flight: {resumed}"
+    # chunks) and the one after that composed and held until the first one's outcomes are in the log, never more;
+    # and the one before it, every outcome recorded, may have been cut short in its BatchCompleted (its step 4
+    # still runs when the one after next is taken: streams/agents/batches.py).
+    resumed = {batch: int(n) for batch, n in re.findall(
+        r"batch (\S+) resumed after a crash: (\d+) of 100 already recorded", restarted.log_text())}
+    assert any(0 < n < 100 for n in resumed.values()), resumed
+    recorded_whole = [batch for batch, n in resumed.items() if n == 100]
+    assert len(recorded_whole) <= 1 and len(resumed) - len(recorded_whole) <= 3, \
+        f"more batches were taken than may be in flight: {resumed}"
     # Whoever was sent twice was in one of at most two batches: only two batches send at once.
     batch_of = {r.userid: e.batch_no for e in events(settings, "batches") if isinstance(e, BatchDispatched)
                 for r in e.recipients}
