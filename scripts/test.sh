@@ -26,8 +26,19 @@ if [ $# -eq 0 ]; then  # the whole suite: also the service as a user installs it
   DATABASE_URL=${DATABASE_URL:-postgresql://offload@127.0.0.1:15432/offload} .ci/wheel-smoke
   smoke=$?
 fi
-python -m pytest -q "$@"
-rc=$?
+if [ $# -eq 0 ]; then
+  # Unit and integration tests two at a time: each test has its own topics, consumer groups, database schema and
+  # mail sink (tests/conftest.py), and most of their time is spent waiting on real processes. The fault suite
+  # stops and restarts the broker and Postgres that every test shares, so it runs afterwards, alone.
+  python -m pytest -q -n "${OFFLOAD_TEST_PROCESSES:-2}" tests/unit tests/integration
+  rc=$?
+  python -m pytest -q tests/faults
+  faults=$?
+  [ "$rc" != 0 ] || rc=$faults
+else
+  python -m pytest -q "$@"
+  rc=$?
+fi
 set -e
 [ "$smoke" = 0 ] || { echo "test.sh: the wheel-installed service failed its smoke test (above)"; rc=1; }
 # pytest's 5 means "no tests collected": for this project that is a failure, never a pass.

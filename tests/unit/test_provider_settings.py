@@ -28,6 +28,8 @@ def read_by_other_code() -> set[str]:
     for path in REPO.rglob("*.py"):
         if ".venv" not in path.parts and path.name != Path(__file__).name:
             names |= set(re.findall(r"environ(?:\.get)?\(?\[?\s*[\"'](OFFLOAD_[A-Z0-9_]+)", path.read_text()))
+    for path in (REPO / "scripts").glob("*.sh"):  # and the shell scripts, e.g. scripts/test.sh
+        names |= set(re.findall(r"\$\{(OFFLOAD_[A-Z0-9_]+)", path.read_text()))
     return names
 
 
