@@ -6,9 +6,8 @@ Faust calls aiokafka's ``Fetcher.fetched_records(partitions, timeout)`` with its
 Faust's flow; aiokafka reads an empty set as "every partition", hands over whatever it holds and moves each
 partition's position past it, and Faust drops what arrives while its flow is stopped or for a partition it no
 longer reads. For a stream partition Faust seeks back to the committed offset, if it has one; for an active
-changelog partition
-that recovery has just sought, nothing does: its records are never fetched again and recovery waits for them for
-ever (the CI stall of 2026-12-01, docs/troubleshooting.md).
+changelog partition that recovery has just sought, nothing does: its records are never fetched again and recovery
+waits for them for ever (the CI stall of 2026-12-01, docs/troubleshooting.md).
 
 :func:`poll` waits for records without taking any, and takes them (aiokafka's own ``fetched_records`` with no
 wait) only after checking, on the consumer's event loop and with no await in between, that Faust's flow runs, no

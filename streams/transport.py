@@ -16,8 +16,8 @@ fills at once and nothing waits; what does wait is a record that arrives alone o
 Each poll goes through :func:`streams.guarded_poll.poll`, which never drains records past a rebalance. Where Faust
 mends records it dropped by seeking its partitions back to their committed offsets (after every rebalance, and in a
 poll made while its flow is stopped), a stream partition that has never committed one is sought back to its
-beginning (:func:`seek_to_committed`): aiokafka seeks only partitions that have one, and left such a partition's
-position past the records Faust had dropped, which were then never served.
+beginning (:func:`seek_to_committed`): aiokafka seeks only partitions that have one, and would leave such a
+partition's position past the records Faust had dropped, never to be served.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             return await poll(fetcher, active_partitions, lambda: flow.flow_active, timeout=timeout,
                               max_records=max_records, streams_ready=lambda: not self.app.rebalancing,
                               changelogs=self.app.tables.changelog_topics)
-
 
     async def seek_to_committed(self) -> Mapping[Any, Any]:
         return await self.call_thread(seek_to_committed, self._ensure_consumer(), self.app.tables.changelog_topics)
