@@ -42,9 +42,9 @@ Raw = tuple[bytes | None, bytes | None]
 _written = recipients.Written()
 
 
-def _child_setup() -> None:
+def _child_setup(fresh: bool) -> None:
     global _written
-    _written = recipients.Written()  # nothing from the parent's copy
+    _written = recipients.Written(fresh=fresh)  # nothing from the parent's copy
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the projector's to handle; it stops this process
     gc.disable()  # as in the projector catching up: a piece's objects hold no cycles, reference counting frees them
 
@@ -75,15 +75,17 @@ class Decoder:
         self._first = first  # the process's first call: answered once it runs
 
     @classmethod
-    def forked(cls) -> Decoder | None:
+    def forked(cls, *, fresh: bool) -> Decoder | None:
         """The process forked now (call it before opening connections or starting threads); None where fork is
-        not available or fails: the projector then decodes everything itself.
+        not available or fails: the projector then decodes everything itself. ``fresh``: the replay writes into
+        a schema it dropped, and only this process builds rows of learners (recipients.Written).
 
         Only the fork waits here (a fork pool starts its process at the first submit): the process starting up
         runs beside the projector's own start-up, and ``started`` says whether it did."""
         pool = None
         try:
-            pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=_child_setup)
+            pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=_child_setup,
+                                       initargs=(fresh,))
             with warnings.catch_warnings():
                 # Python 3.12+ warns when a process with threads forks (an idle executor thread from resolving
                 # the database's host, a test's servers): the child could deadlock on a lock one of them held.

@@ -190,7 +190,8 @@ class Projector:
         backoff = Backoff(base=0.5, cap=self.settings.reconnect_max_delay)
         # Catching up, outcomes and batches are decoded in a process of their own, forked before the consumer
         # starts or a connection opens (it copies neither); it starts up while they do (_sync).
-        self._decoder = Decoder.forked() if until_caught_up else None
+        # Into a schema it drops (a replay), the decoder process sends learners it has not seen as fresh rows.
+        self._decoder = Decoder.forked(fresh=self._fresh) if until_caught_up else None
         started = time.monotonic()
         # What is alive now (modules, pydantic's validators, the clients) lives as long as the projector: out of
         # the collector's sight, a collection scans only what the polls made (see _collector_paused). Frozen

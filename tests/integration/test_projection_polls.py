@@ -96,11 +96,13 @@ def positioned(log: Sequence[Event]) -> list[Applied]:
     return out
 
 
-async def project(schema_settings, polls: Sequence[Sequence[Applied]], *, built_apart: bool = False) -> None:
+async def project(schema_settings, polls: Sequence[Sequence[Applied]], *, built_apart: bool = False,
+                  fresh: bool = False) -> None:
     """Each poll in one transaction; ``built_apart``: as a replay applies it, its outcomes and batches topics'
-    events turned into rows by recipients.build (projections/decoder.py) and only the rest applied as events."""
+    events turned into rows by recipients.build (projections/decoder.py) and only the rest applied as events;
+    ``fresh``: as a replay into a schema it dropped builds them (each schema here starts empty)."""
     conn = await open_read_models(schema_settings)
-    written = recipients.Written()  # as the decoder process keeps it, across the polls
+    written = recipients.Written(fresh=fresh)  # as the decoder process keeps it, across the polls
     try:
         for poll in polls:
             built, events = _built(poll, written) if built_apart else (None, poll)
@@ -159,12 +161,19 @@ async def test_any_cut_into_polls_and_any_topic_order_leave_the_same_rows(settin
             [by_topic_order(events, ["outcomes", "jobs", "batches"])],
         "rows built apart (a replay): batches last, polls of three":
             cut(by_topic_order(events, ["outcomes", "jobs", "batches"]), 3),
+        **{f"rows built apart into a fresh schema: random interleaving {i}, random cuts":
+           cut(shuffled_topics(events, rng), rng.randint(1, 12)) for i in range(4)},
+        "rows built apart into a fresh schema: batches first, polls of three":
+            cut(by_topic_order(events, ["batches", "jobs", "outcomes"]), 3),
+        "rows built apart into a fresh schema: batches last, polls of two":
+            cut(by_topic_order(events, ["outcomes", "jobs", "batches"]), 2),
+        "rows built apart into a fresh schema: the whole log in one poll": [events],
     }
     results = {}
     for name, polls in variants.items():
         schema = f"{base.projection_schema}_{len(results)}"
         view = base.model_copy(update={"projection_schema": schema})
-        await project(view, polls, built_apart="built apart" in name)
+        await project(view, polls, built_apart="built apart" in name, fresh="fresh schema" in name)
         results[name] = read_models(view, schema)
         with psycopg.connect(base.database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

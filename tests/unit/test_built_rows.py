@@ -5,7 +5,7 @@ applying the events would make."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -112,3 +112,35 @@ def test_written_stops_noting_at_its_limit() -> None:
     recipients.build([_sent(1), _sent(2), _sent(3)], written)
     built, _ = recipients.build([_batch(0, [1, 2, 3])], written)
     assert [row[1] for row in built.pending] == [3] and written.count == 2
+
+
+def test_into_a_fresh_schema_outcomes_of_learners_without_a_row_are_fresh() -> None:
+    written = recipients.Written(fresh=True)
+    # Learner 2's outcome and pending row in one call: the pending row is left out, the outcome's row is fresh.
+    built, _ = recipients.build([_batch(0, [1, 2]), _sent(2)], written)
+    assert ([r[1] for r in built.pending], [r[1] for r in built.fresh], built.outcomes) == ([1], [2], [])
+    # Learner 1 has a pending row (an earlier call's), learner 2 an outcome's: theirs take the upsert; 3 is new.
+    built, _ = recipients.build([_sent(1), _sent(2, run=1), _sent(3)], written)
+    assert ([r[1] for r in built.outcomes], [r[1] for r in built.fresh]) == ([1, 2], [3])
+    # Not fresh (a catch-up into a schema with rows): every outcome takes the upsert.
+    built, _ = recipients.build([_sent(4)], recipients.Written())
+    assert ([r[1] for r in built.outcomes], built.fresh) == ([4], [])
+
+
+def test_a_note_refused_at_the_limit_ends_fresh_rows() -> None:
+    written = recipients.Written(limit=2, fresh=True)
+    built, _ = recipients.build([_sent(1), _sent(2), _sent(3)], written)
+    assert [r[1] for r in built.fresh] == [1, 2, 3] and not written.fresh  # 3 was not noted
+    built, _ = recipients.build([_sent(3, run=1), _sent(4)], written)
+    assert ([r[1] for r in built.outcomes], built.fresh) == ([3, 4], [])
+
+
+def test_fresh_rows_count_for_their_jobs_as_the_upsert_counts_rows_with_no_previous_state() -> None:
+    suppressed = RecipientSuppressed.model_validate({**_samples(RecipientSuppressed)[0].model_dump(), "job_id": "k",
+                                                     "userid": 9, "suppressed_at": T0 - timedelta(hours=1)})
+    failed = RecipientFailed(job_id="j", batch_no=0, userid=2, email="l2@example.org", provider="smtp",
+                             error="550 no", attempts=1, retryable=False, failed_at=T0 - timedelta(minutes=5))
+    built, _ = recipients.build([_sent(1), failed, _sent(3), suppressed], recipients.Written(fresh=True))
+    assert recipients.copied(built).counts == (["j", "k"], [2, 0], [1, 0], [0, 1],
+                                               [T0 - timedelta(minutes=5), T0 - timedelta(hours=1)])
+    assert recipients.copied(recipients.build([], recipients.Written(fresh=True))[0]).counts == ()

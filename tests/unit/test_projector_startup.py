@@ -112,7 +112,7 @@ async def test_the_live_schema_is_never_dropped() -> None:
 
 
 async def test_the_decoder_process_starts_while_the_caller_goes_on() -> None:
-    forked = Decoder.forked()
+    forked = Decoder.forked(fresh=False)
     assert forked is not None
     try:
         assert await forked.started()
@@ -123,13 +123,13 @@ async def test_the_decoder_process_starts_while_the_caller_goes_on() -> None:
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
 
 
-def _dies_at_start() -> None:
+def _dies_at_start(fresh: bool) -> None:
     os._exit(3)
 
 
 async def test_a_decoder_process_that_dies_starting_is_closed_and_the_replay_decodes_itself(monkeypatch) -> None:
     monkeypatch.setattr(decoder, "_child_setup", _dies_at_start)  # the process is forked from this one
-    forked = Decoder.forked()
+    forked = Decoder.forked(fresh=False)
     assert forked is not None
     assert not await forked.started()
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
@@ -138,14 +138,14 @@ async def test_a_decoder_process_that_dies_starting_is_closed_and_the_replay_dec
 _child_setup = decoder._child_setup
 
 
-def _starts_slowly() -> None:
+def _starts_slowly(fresh: bool) -> None:
     time.sleep(0.3)
-    _child_setup()
+    _child_setup(fresh)
 
 
 async def test_a_start_up_cancelled_while_the_decoder_starts_can_await_it_again(monkeypatch) -> None:
     monkeypatch.setattr(decoder, "_child_setup", _starts_slowly)
-    forked = Decoder.forked()
+    forked = Decoder.forked(fresh=False)
     assert forked is not None
     try:
         waiting = asyncio.create_task(forked.started())
