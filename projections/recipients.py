@@ -327,10 +327,11 @@ def _counts(rows: Sequence[tuple]) -> tuple[list, ...]:
     of job_id, succeeded, failed, suppressed and the earliest timesent (what _OUTCOMES counts of a row with no
     previous state)."""
     by_job: dict[str, list] = {}
+    job, counts = None, []
     for row in rows:
-        counts = by_job.get(row[0])
-        if counts is None:
-            counts = by_job[row[0]] = [row[0], 0, 0, 0, row[15]]
+        if row[0] != job:
+            job = row[0]
+            counts = by_job.setdefault(job, [job, 0, 0, 0, row[15]])
         counts[_COUNTED[row[3]]] += 1
         if row[15] < counts[4]:
             counts[4] = row[15]
@@ -380,6 +381,30 @@ class Written:
         users = self._users.get(job_id)
         return users is not None and userid in users
 
+    def claim(self, outcomes: dict[tuple[str, int], tuple]) -> tuple[dict[tuple[str, int], tuple], list[tuple]]:
+        """``outcomes``' learners noted, and their rows split: those that take the upsert, and the fresh ones
+        (learners not noted before, while ``fresh``). One pass, each job's set looked up once: a replay's
+        decoder process runs this over every outcome."""
+        kept: dict[tuple[str, int], tuple] = {}
+        fresh: list[tuple] = []
+        job, users = None, set()
+        for key, row in outcomes.items():
+            if key[0] != job:
+                job, users = key[0], self._users.setdefault(key[0], set())
+            if key[1] in users:
+                kept[key] = row
+                continue
+            if self.count < self.limit:
+                users.add(key[1])
+                self.count += 1
+            else:
+                self.fresh = False  # not noted: from here on, a learner not noted may have a row
+            if self.fresh:
+                fresh.append(row)
+            else:
+                kept[key] = row
+        return kept, fresh
+
 
 def build(events: Iterable[Event | None], written: Written | None = None) -> tuple[Built, list[int]]:
     """The rows of the events that only job_recipients reads, outcomes and first-run BatchDispatched
@@ -407,18 +432,11 @@ def build(events: Iterable[Event | None], written: Written | None = None) -> tup
     if written is None:
         return Built(list(outcomes.values()), pending), others
     # Noted after the loop: within one call, outcomes and pending rows share a transaction.
-    fresh: list[tuple] = []
-    if written.fresh:
+    if written.fresh and pending and outcomes:
         # A pending row of a learner whose outcome is in this call changes nothing (the outcome takes a pending
         # row's place whole) and is left out, so that the outcome's row can be fresh.
         pending = [r for r in pending if (r[0], r[1]) not in outcomes]
-        fresh = [row for key, row in outcomes.items() if not written.has(*key)]
-        if fresh:
-            outcomes = {key: row for key, row in outcomes.items() if written.has(*key)}
-    for job_id, userid in outcomes:
-        written.note(job_id, userid)
-    for row in fresh:
-        written.note(row[0], row[1])
+    outcomes, fresh = written.claim(outcomes)
     for row in pending:
         written.note(row[0], row[1])
     return Built(list(outcomes.values()), pending, fresh), others

@@ -130,7 +130,8 @@ def test_into_a_fresh_schema_outcomes_of_learners_without_a_row_are_fresh() -> N
 def test_a_note_refused_at_the_limit_ends_fresh_rows() -> None:
     written = recipients.Written(limit=2, fresh=True)
     built, _ = recipients.build([_sent(1), _sent(2), _sent(3)], written)
-    assert [r[1] for r in built.fresh] == [1, 2, 3] and not written.fresh  # 3 was not noted
+    assert ([r[1] for r in built.fresh], [r[1] for r in built.outcomes]) == ([1, 2], [3])  # 3 is not noted
+    assert not written.fresh
     built, _ = recipients.build([_sent(3, run=1), _sent(4)], written)
     assert ([r[1] for r in built.outcomes], built.fresh) == ([3, 4], [])
 
