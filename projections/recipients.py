@@ -173,8 +173,8 @@ WITH incoming AS (
 )
 """ + _COUNTERS.format(counts="counts")
 
-# Rows of learners that have none yet (Fresh), copied straight into job_recipients: no staging table, no lookup
-# of a previous state, no ON CONFLICT. Their job counters, counted where the rows were built, go up by this.
+# Rows of learners that have none yet (Written.fresh), copied straight into job_recipients: no staging table, no
+# lookup of a previous state, no ON CONFLICT. Their jobs' counters, counted where the rows were built, go up by this.
 _FRESH = sql.SQL("COPY job_recipients ({}) FROM STDIN (FORMAT BINARY)").format(
     sql.SQL(", ").join(sql.Identifier(c) for c in _OUTCOME_COLUMNS))
 _FRESH_COUNTERS = _COUNTERS.format(
