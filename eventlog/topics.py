@@ -76,7 +76,7 @@ TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job
           "batch-progress": "batch_partitions", "company-settings": None, "cancelled-jobs": None,
           "company-spend": None, "company-templates": None, "budget-waits": "job_partitions",
           "paused-jobs": None, "delivery-watch": "outcome_partitions",
-          "callbacks": "job_partitions", "finished-jobs": None, "suppressions": None}
+          "callbacks": "job_partitions", "finished-jobs": None, "suppressions": None, "job-chunks": "job_partitions"}
 
 
 def changelog_topics(settings: Settings) -> list[TopicSpec]:
