@@ -1,5 +1,5 @@
-"""Every table of the worker has its changelog made by ``offload topics`` (eventlog.topics.changelog_topics),
-with the table's partitions.
+"""Every table of the worker has its changelog made before the worker starts (``offload worker`` and the tests'
+topics: eventlog.topics.changelog_topics), with the table's partitions.
 
 A changelog left to Faust to create when the worker starts can be missing from the worker's first metadata:
 the table then sees it with 0 partitions and every write to it fails the partition check. The job-chunks table
