@@ -173,10 +173,9 @@ WITH incoming AS (
 )
 """ + _COUNTERS.format(counts="counts")
 
-# Rows of learners that have none yet (Written.fresh), copied straight into job_recipients: no staging table, no
-# lookup of a previous state, no ON CONFLICT. Their jobs' counters, counted where the rows were built, go up by this.
-_FRESH = sql.SQL("COPY job_recipients ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.SQL(", ").join(sql.Identifier(c) for c in _OUTCOME_COLUMNS))
+# Rows of learners that have none yet (Written.fresh) go straight into job_recipients (_COPY_FRESH): no staging
+# table, no lookup of a previous state, no ON CONFLICT. Their jobs' counters, counted where the rows were built,
+# go up by this.
 _FRESH_COUNTERS = _COUNTERS.format(
     counts="unnest(%s::text[], %s::int[], %s::int[], %s::int[], %s::timestamptz[]) AS t(job_id, ok, bad, sup, first)")
 
@@ -237,9 +236,17 @@ def _outcome_wins(new: tuple, kept: tuple | None) -> bool:
     return kept is None or new[4] > kept[4]
 
 
-async def _copy(cur: AsyncCursor, table: str, types: tuple[str, ...], rows: Iterable[tuple] | bytes) -> None:
-    """``rows`` copied into ``table``; already in COPY's binary format when bytes (``copied``)."""
-    statement = sql.SQL("COPY pg_temp.{} FROM STDIN (FORMAT BINARY)").format(sql.Identifier(table))
+_COPY_PENDING = sql.SQL("COPY pg_temp.incoming_pending FROM STDIN (FORMAT BINARY)")
+_COPY_OUTCOMES = sql.SQL("COPY pg_temp.incoming_outcomes FROM STDIN (FORMAT BINARY)")
+# Rows of learners that have none yet (Written.fresh): straight into job_recipients, no staging table.
+_COPY_FRESH = sql.SQL("COPY job_recipients ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(sql.Identifier(c) for c in _OUTCOME_COLUMNS))
+
+
+async def _copy(cur: AsyncCursor, statement: sql.SQL | sql.Composed, types: tuple[str, ...],
+                rows: Iterable[tuple] | bytes) -> None:
+    """``rows`` copied by ``statement`` (a binary COPY FROM STDIN); already in COPY's binary format when bytes
+    (``copied``)."""
     async with cur.copy(statement) as copy:
         if isinstance(rows, bytes):
             await copy.write(rows)
@@ -483,16 +490,15 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied], built: Copied | Non
     pending: Sequence[tuple] | bytes | None = rows.pending if built is None else built.pending
     outcomes: Iterable[tuple] | bytes | None = (rows.outcomes.values() or None) if built is None else built.outcomes
     if pending:
-        await _copy(cur, "incoming_pending", _PENDING_TYPES, pending)
+        await _copy(cur, _COPY_PENDING, _PENDING_TYPES, pending)
         await cur.execute(_PENDING)
     if rows.retried:
         await cur.execute(_RETRY_PENDING, [list(col) for col in zip(*rows.retried, strict=True)])
     if outcomes:
-        await _copy(cur, "incoming_outcomes", _OUTCOME_TYPES, outcomes)
+        await _copy(cur, _COPY_OUTCOMES, _OUTCOME_TYPES, outcomes)
         await cur.execute(_OUTCOMES)
     if built is not None and built.fresh:  # learners with no row yet: no key is also among the outcomes above
-        async with cur.copy(_FRESH) as copy:
-            await copy.write(built.fresh)
+        await _copy(cur, _COPY_FRESH, _OUTCOME_TYPES, built.fresh)
         await cur.execute(_FRESH_COUNTERS, built.counts)
     if rows.reports:  # last: a report follows its outcome in the log, and may share its poll (a replay)
         await cur.execute(_REPORTS, [list(col) for col in zip(*rows.reports.values(), strict=True)])

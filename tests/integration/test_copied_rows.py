@@ -62,8 +62,8 @@ async def staged(conn: Any, built: recipients.Built | recipients.Copied) -> dict
     async with conn.cursor() as cur:
         await cur.execute("BEGIN")
         try:
-            await recipients._copy(cur, "incoming_outcomes", recipients._OUTCOME_TYPES, built.outcomes)
-            await recipients._copy(cur, "incoming_pending", recipients._PENDING_TYPES, built.pending)
+            await recipients._copy(cur, recipients._COPY_OUTCOMES, recipients._OUTCOME_TYPES, built.outcomes)
+            await recipients._copy(cur, recipients._COPY_PENDING, recipients._PENDING_TYPES, built.pending)
             for table in ("incoming_outcomes", "incoming_pending"):
                 await cur.execute(sql.SQL("SELECT * FROM pg_temp.{} ORDER BY 1, 2").format(sql.Identifier(table)))
                 held[table] = await cur.fetchall()
