@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         out["recipients_per_s"] = round(rate, 1)
         out["ratio_to_raw"] = round(rate / out["raw_smtp_per_s"], 3)
         out["ratio_to_raw_same_msg"] = round(rate / out["raw_smtp_same_msg_per_s"], 3)
-        out["ratio_to_naive"] = round(rate / out["naive_per_s"], 1)
+        out["ratio_to_naive"] = round(rate / out["naive_per_s"], 1) if args.naive_n else None
         out["local_check"] = {
             "sink_messages": len(arrived),
             "sink_unique_recipients": len(set(rcpts)),

@@ -23,9 +23,10 @@ def _when(value: Any) -> datetime:
     if isinstance(value, int | float):
         return datetime.fromtimestamp(value, UTC)
     try:
-        return datetime.fromisoformat(str(value))
+        when = datetime.fromisoformat(str(value))
     except ValueError:
         return datetime.now(UTC)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # the providers' times are UTC
 
 
 def ses_reports(notification: dict[str, Any], event_id: str) -> list[Report]:

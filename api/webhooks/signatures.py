@@ -162,6 +162,7 @@ def _check_age(when: float, max_age: float, now: float) -> None:
 
 def parse_time(value: Any) -> float:
     try:
-        return datetime.fromisoformat(str(value)).timestamp()
+        when = datetime.fromisoformat(str(value))
     except ValueError:
         raise Refused("bad_timestamp", "the timestamp is not ISO 8601") from None
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()  # UTC, not this machine's zone

@@ -3,10 +3,9 @@ from the cloud provider to the local one."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.events.base import Event, JobType, MailCategory, Route, utcnow
 from schemas.events.content import InlineContent, TemplateSource
@@ -31,7 +30,7 @@ class BatchDispatched(Event):
     template_data: dict[str, Any] = Field(default_factory=dict)
     recipients: list[Recipient]
     notify_template_id: str | None = None
-    dispatched_at: datetime = Field(default_factory=utcnow)
+    dispatched_at: AwareDatetime = Field(default_factory=utcnow)
     template_data_at: tuple[int, int] | None = Field(
         default=None,
         description="(partition, offset) of the JobRequested in job-requests whose template_data this batch uses; "
@@ -60,7 +59,7 @@ class BatchesDispatched(Event):
     job_id: str
     run: int = 0
     locations: list[tuple[int, int]] = Field(description="(partition, offset) of batch 0, 1, … in the batches topic")
-    dispatched_at: datetime = Field(default_factory=utcnow)
+    dispatched_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class FailedRecipient(BaseModel):
@@ -88,7 +87,7 @@ class BatchCompleted(Event):
     source_offset: int | None = None
     sent_by: dict[str, int] = Field(default_factory=dict, description="succeeded learners by provider/backend")
     pacing: str | None = Field(default=None, description="what paced the batch, e.g. 'paced by SES max send rate 14/s'")
-    completed_at: datetime = Field(default_factory=utcnow)
+    completed_at: AwareDatetime = Field(default_factory=utcnow)
     suppressed: int = Field(default=0, description="learners not sent: on the company's suppression list")
 
 
@@ -104,4 +103,4 @@ class JobFellBackToLocal(Event):
     from_provider: str
     to_provider: str
     reason: str
-    fell_back_at: datetime = Field(default_factory=utcnow)
+    fell_back_at: AwareDatetime = Field(default_factory=utcnow)

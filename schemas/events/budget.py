@@ -3,10 +3,9 @@ budget, held back until the budget allows it (``streams.budget_wait``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.events.base import Event, JobType, utcnow
 
@@ -32,4 +31,4 @@ class JobWaitingForBudget(Event):
     provider: str = Field(description="the cloud provider it waits for")
     reason: str
     createdby: int | None = None
-    waiting_since: datetime = Field(default_factory=utcnow)
+    waiting_since: AwareDatetime = Field(default_factory=utcnow)

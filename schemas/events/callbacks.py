@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.events.base import Event, utcnow
 
@@ -28,7 +27,7 @@ class CallbackDelivered(Event):
     attempt: int = Field(ge=1)
     status: int = Field(description="Moodle's HTTP status")
     duration_ms: int
-    delivered_at: datetime = Field(default_factory=utcnow)
+    delivered_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class CallbackFailed(Event):
@@ -45,6 +44,6 @@ class CallbackFailed(Event):
     attempt: int = Field(ge=1)
     status: int | None = Field(default=None, description="Moodle's HTTP status; None when no answer came")
     error: str = Field(max_length=2000)
-    next_attempt_at: datetime | None = None
+    next_attempt_at: AwareDatetime | None = None
     duration_ms: int | None = None
-    failed_at: datetime = Field(default_factory=utcnow)
+    failed_at: AwareDatetime = Field(default_factory=utcnow)

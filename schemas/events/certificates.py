@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.events.base import StorageProviderName, utcnow
 from schemas.events.outcomes import RecipientOutcome
@@ -28,7 +28,7 @@ class CertificateIssued(RecipientOutcome):
     emailed: bool | None = Field(default=None, description="None: no email asked for; else whether it went out")
     email_message_id: str | None = None
     email_error: str | None = None
-    issued_at: datetime = Field(default_factory=utcnow)
+    issued_at: AwareDatetime = Field(default_factory=utcnow)
     # Added within v1 (optional): the notification mail was not sent because the company's suppression list
     # holds the learner for every message (scope '*': an admin entry, or a hard bounce of this address). The
     # certificate is issued all the same; email_error says which entry. docs/suppression.md.

@@ -10,10 +10,9 @@ route agent turns into a JobRejected (code ``chunked_job_not_committed``).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import AwareDatetime, Field, field_validator
 
 from schemas.events.base import Event, utcnow
 from schemas.events.jobs import JobId, JobRequested, Recipient
@@ -56,7 +55,7 @@ class RecipientChunkReceived(Event):
     recipients: list[Recipient] = Field(min_length=1, description=CHUNK_ORDER)
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                description="chunk_digest of these learners' userids (schemas.chunking)")
-    received_at: datetime = Field(default_factory=utcnow)
+    received_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class JobCommitted(Event):
@@ -70,7 +69,7 @@ class JobCommitted(Event):
     total_recipients: int = Field(ge=1, description="learners over every chunk, repeats included")
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                description="job_digest over the chunks' digests in chunk order (schemas.chunking)")
-    committed_at: datetime = Field(default_factory=utcnow)
+    committed_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class ChunkedJobExpired(Event):
@@ -84,7 +83,7 @@ class ChunkedJobExpired(Event):
 
     job_id: JobId
     company_id: int | None = Field(default=None, description="None when only chunks arrived, no header")
-    opened_at: datetime = Field(description="when the job's first record (header or chunk) reached the log")
+    opened_at: AwareDatetime = Field(description="when the job's first record (header or chunk) reached the log")
     max_open_hours: float = Field(gt=0, description="the limit it passed (OFFLOAD_CHUNKED_JOB_MAX_OPEN_HOURS)")
     chunks_received: int = Field(ge=0, description="the highest chunk number seen, plus one")
-    expired_at: datetime = Field(default_factory=utcnow)
+    expired_at: AwareDatetime = Field(default_factory=utcnow)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.events.base import Event, utcnow
 
@@ -29,7 +28,7 @@ class CompanySettingsChanged(Event):
         default="local", description="what a cloud job that would go past the budget does: route local, or wait "
                                      "until the budget allows it (next month, or a larger budget)")
     changed_by: str | None = None
-    changed_at: datetime = Field(default_factory=utcnow)
+    changed_at: AwareDatetime = Field(default_factory=utcnow)
 
     def subject(self) -> str:
         return str(self.company_id)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.events.base import Event, utcnow
 
@@ -24,7 +23,7 @@ class DeadLettered(Event):
     headers: dict[str, str] = Field(default_factory=dict)
     error: str
     stage: str = Field(description="which agent gave up on it")
-    dead_lettered_at: datetime = Field(default_factory=utcnow)
+    dead_lettered_at: AwareDatetime = Field(default_factory=utcnow)
 
     def subject(self) -> str:
         return f"{self.source_topic}/{self.source_partition}/{self.source_offset}"

@@ -4,10 +4,9 @@ cancelled, retried, completed; and the job ids and learners a request carries.""
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.events.base import Event, JobType, MailCategory, Route, utcnow
 from schemas.events.content import InlineContent, TemplateSource
@@ -111,7 +110,7 @@ class JobRejected(Event):
     job_id: str
     company_id: int | None = None
     problems: list[Problem]
-    rejected_at: datetime = Field(default_factory=utcnow)
+    rejected_at: AwareDatetime = Field(default_factory=utcnow)
     # Added within v1 (optional): set only when Moodle is told by callback, i.e. a chunked job closed for staying
     # open (nobody is waiting for an answer then); as on JobAccepted, the URL without its query, never a secret.
     callback_url: str | None = Field(default=None, max_length=2048)
@@ -142,7 +141,7 @@ class JobAccepted(Event):
         default=None, max_length=64,
         description="the JobRequested's callback key id, carried for the callback agent; names a key, never the key",
     )
-    accepted_at: datetime = Field(default_factory=utcnow)
+    accepted_at: AwareDatetime = Field(default_factory=utcnow)
     callback_query_sealed: str | None = Field(default=None, description="as on JobRequested: never in clear")
     category: MailCategory | None = Field(default=None, description="as decided by the route agent")
     list_id: str | None = Field(default=None, description="bulk jobs: the unsubscribe list")
@@ -168,7 +167,7 @@ class JobCompleted(Event):
     estimated_cost: float | None = Field(
         default=None, description="estimate of every run so far, from the settings' price table (OFFLOAD_PRICES)")
     currency: str | None = Field(default=None, description="of estimated_cost, e.g. USD")
-    completed_at: datetime = Field(default_factory=utcnow)
+    completed_at: AwareDatetime = Field(default_factory=utcnow)
     suppressed: int = Field(default=0, description="learners not sent: on the suppression list (not in total's "
                                                    "succeeded or failed)")
 
@@ -189,7 +188,7 @@ class JobOverBudget(Event):
     provider: str = Field(description="the cloud provider it would have used")
     action: Literal["routed_local"]
     reason: str
-    decided_at: datetime = Field(default_factory=utcnow)
+    decided_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 # --- requests from the API ----------------------------------------------------------------------------------
@@ -203,7 +202,7 @@ class JobCancelled(Event):
     company_id: int | None = None
     requested_by: str = Field(description="the API key id (or operator) that asked; never a secret")
     reason: str | None = Field(default=None, max_length=500)
-    cancelled_at: datetime = Field(default_factory=utcnow)
+    cancelled_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class JobRetryRequested(Event):
@@ -216,4 +215,4 @@ class JobRetryRequested(Event):
     company_id: int | None = None
     requested_by: str = Field(description="the API key id (or operator) that asked; never a secret")
     only_retryable: bool = Field(default=True, description="true: only failures marked retryable; false: all")
-    requested_at: datetime = Field(default_factory=utcnow)
+    requested_at: AwareDatetime = Field(default_factory=utcnow)

@@ -3,10 +3,9 @@ failed), and what a provider reported about a message afterwards (delivered, bou
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.events.base import EmailProviderName, Event, utcnow
 
@@ -32,7 +31,7 @@ class RecipientSent(RecipientOutcome):
     provider_message_id: str | None = None
     message_id: str
     attempts: int
-    sent_at: datetime = Field(default_factory=utcnow)
+    sent_at: AwareDatetime = Field(default_factory=utcnow)
     company_id: int | None = Field(default=None, description="the job's company: the delivery watch applies that "
                                                               "company's pause thresholds")
 
@@ -46,7 +45,7 @@ class RecipientFailed(RecipientOutcome):
     error: str
     attempts: int
     retryable: bool
-    failed_at: datetime = Field(default_factory=utcnow)
+    failed_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 # --- provider webhooks --------------------------------------------------------------------------------------
@@ -63,8 +62,8 @@ class _ProviderReport(Event):
     provider_message_id: str | None = None
     provider_event_id: str = Field(description="the provider's id of this report; repeats are the same report")
     detail: str | None = Field(default=None, max_length=2000)
-    occurred_at: datetime
-    received_at: datetime = Field(default_factory=utcnow)
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class RecipientDelivered(_ProviderReport):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.events.base import Event, utcnow
 
@@ -28,7 +27,7 @@ class JobPaused(Event):
     bounce_threshold: float
     complaint_threshold: float
     min_sample: int
-    paused_at: datetime = Field(default_factory=utcnow)
+    paused_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class JobResumed(Event):
@@ -41,4 +40,4 @@ class JobResumed(Event):
     company_id: int | None = None
     requested_by: str = Field(description="the API key id (or operator) that asked; never a secret")
     reason: str | None = Field(default=None, max_length=500)
-    resumed_at: datetime = Field(default_factory=utcnow)
+    resumed_at: AwareDatetime = Field(default_factory=utcnow)

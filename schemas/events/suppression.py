@@ -12,10 +12,9 @@ of a job whose entry applies is not sent: their outcome is RecipientSuppressed, 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from schemas.events.base import Event, utcnow
 from schemas.events.outcomes import RecipientOutcome
@@ -52,7 +51,7 @@ class RecipientUnsubscribed(_SuppressionEvent):
     list_id: Scope = Field(description="the list (category) of the message whose link was used")
     method: Literal["one-click", "confirmation-page"] = Field(
         description="one-click: the mail client's RFC 8058 POST; confirmation-page: the button of the GET page")
-    unsubscribed_at: datetime = Field(default_factory=utcnow)
+    unsubscribed_at: AwareDatetime = Field(default_factory=utcnow)
 
     def scope_of(self) -> str:
         return self.list_id
@@ -72,7 +71,7 @@ class SuppressionAdded(_SuppressionEvent):
     job_id: str | None = Field(default=None, description="the job whose message was reported, for reports")
     provider_event_id: str | None = Field(default=None, description="the provider's id of the report")
     changed_by: str | None = Field(default=None, description="the API key id of the admin; never a secret")
-    added_at: datetime = Field(default_factory=utcnow)
+    added_at: AwareDatetime = Field(default_factory=utcnow)
 
     def scope_of(self) -> str:
         return self.scope
@@ -86,7 +85,7 @@ class SuppressionRemoved(_SuppressionEvent):
     scope: Scope = ALL_MAIL
     reason: str = Field(min_length=1, max_length=500)
     changed_by: str | None = Field(default=None, description="the API key id of the admin; never a secret")
-    removed_at: datetime = Field(default_factory=utcnow)
+    removed_at: AwareDatetime = Field(default_factory=utcnow)
 
     def scope_of(self) -> str:
         return self.scope
@@ -101,6 +100,6 @@ class RecipientSuppressed(RecipientOutcome):
     source: SuppressionSource
     scope: Scope
     reason: str = Field(max_length=600)
-    suppressed_at: datetime = Field(default_factory=utcnow)
+    suppressed_at: AwareDatetime = Field(default_factory=utcnow)
 
 

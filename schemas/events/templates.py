@@ -3,10 +3,9 @@ versions and retirements. Which template a job renders: docs/templates.md."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.events.base import Event, utcnow
 from schemas.events.jobs import TemplateId
@@ -42,7 +41,7 @@ class TemplatePublished(_TemplateEvent):
     sha256: str = Field(description="of subject, html and text: tells versions with the same content apart")
     description: str | None = Field(default=None, max_length=500)
     published_by: str | None = Field(default=None, description="the API key id that published it; never a secret")
-    published_at: datetime = Field(default_factory=utcnow)
+    published_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class TemplateRetired(_TemplateEvent):
@@ -56,4 +55,4 @@ class TemplateRetired(_TemplateEvent):
     version: int = Field(ge=1, description="the latest version when it was retired")
     reason: str | None = Field(default=None, max_length=500)
     retired_by: str | None = Field(default=None, description="the API key id that retired it; never a secret")
-    retired_at: datetime = Field(default_factory=utcnow)
+    retired_at: AwareDatetime = Field(default_factory=utcnow)

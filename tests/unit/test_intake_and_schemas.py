@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from schemas import generate
 from schemas.envelope import UndecodableRecord, decode, encode, header
@@ -89,6 +91,20 @@ def test_headerless_job_request_is_read_as_job_requested_and_junk_is_refused():
         decode(b"{}", [("ce_type", b"org.example.unknown.v1")])
     with pytest.raises(UndecodableRecord):
         decode(b'{"job_id": 1}', [("ce_type", JobAccepted.ce_type.encode())])
+
+
+def test_a_time_without_an_offset_is_refused_when_made_and_when_read():
+    # A naive time would reach the projector's binary COPY (timestamptz), which cannot place it, and end it.
+    fields = {"job_id": "j", "batch_no": 0, "userid": 3, "email": "a@b.org", "provider": "smtp",
+              "message_id": "<x@y>", "attempts": 1}
+    with pytest.raises(ValidationError, match="timezone"):
+        RecipientSent(**fields, sent_at=datetime(2026, 12, 2, 7, 0))
+    record = encode(RecipientSent(**fields), source="urn:test")
+    naive = json.dumps({**json.loads(record.value), "sent_at": "2026-12-02T07:00:00"}).encode()
+    with pytest.raises(UndecodableRecord, match="sent_at"):
+        decode(naive, record.headers)
+    aware = json.dumps({**json.loads(record.value), "sent_at": "2026-12-02T09:00:00+02:00"}).encode()
+    assert decode(aware, record.headers).sent_at == datetime(2026, 12, 2, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
 
 
 def test_no_secret_field_exists_in_any_event():

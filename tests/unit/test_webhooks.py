@@ -27,6 +27,7 @@ from api.webhooks import (
     verify_mailgun,
     verify_sendgrid,
 )
+from api.webhooks.signatures import parse_time
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-events"
 CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
@@ -189,6 +190,10 @@ def test_provider_reports_are_read_into_delivered_bounced_and_complained():
     delivered = ses_reports({"notificationType": "Delivery", "mail": mail,
                              "delivery": {"recipients": ["c@x.org"]}}, "n3")
     assert delivered[0].kind == "delivered" and delivered[0].provider_event_id == "n3:c@x.org"
+    naive = ses_reports({"notificationType": "Delivery", "mail": mail,
+                         "delivery": {"recipients": ["c@x.org"], "timestamp": "2026-01-01T00:00:00"}}, "n4")
+    assert naive[0].occurred_at == datetime(2026, 1, 1, tzinfo=UTC)  # no offset: UTC, as the providers mean it
+    assert bounce[0].occurred_at == datetime(2026, 1, 1, tzinfo=UTC)
     sg = sendgrid_reports([{"event": "bounce", "email": "d@x.org", "smtp-id": "<m@o>", "sg_event_id": "e1",
                             "sg_message_id": "sg1.filter", "timestamp": 1_800_000_000},
                            {"event": "open", "email": "d@x.org"}, "junk"])
@@ -198,3 +203,15 @@ def test_provider_reports_are_read_into_delivered_bounced_and_complained():
     mg = mailgun_reports({"event": "complained", "recipient": "e@x.org", "id": "ev",
                           "message": {"headers": {"message-id": "m@o"}}, "timestamp": 1_800_000_000.5})
     assert [(r.kind, r.message_id) for r in mg] == [("complained", "m@o")]
+
+
+def test_an_sns_timestamp_without_an_offset_is_utc_not_this_machines_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_time("2026-01-01T00:00:00") == parse_time("2026-01-01T00:00:00.000Z") == 1_767_225_600
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    with pytest.raises(Refused, match="ISO 8601"):
+        parse_time("yesterday")
