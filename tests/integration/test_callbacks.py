@@ -12,34 +12,19 @@ import pytest
 
 from config.settings import Settings
 from offload.client import submit_job
-from projections import callbacks as callbacks_model
 from projections import projector
 from schemas.events import CallbackDelivered, CallbackFailed
-from streams.agents.callbacks import TABLE
 from tests.support.moodle_php import php_reads_callback
 from tests.support.moodle_receiver import MoodleReceiver
 from tests.support.observe import events, query, wait_for
-from tests.support.topics import create_topic
 
 pytestmark = pytest.mark.integration
 
 KEY_ID, SECRET = "moodle-7-cb", "callback-k7-secret-0123456789abcdef"
 
 
-def create_callbacks_changelog(settings: Settings) -> None:
-    """The callbacks table's changelog, made like eventlog.topics makes the others (until TABLES lists it)."""
-
-    asyncio.run(create_topic(settings.kafka_bootstrap_servers, f"{settings.app_id}-{TABLE}-changelog",
-                             settings.job_partitions, replication=settings.topic_replication,
-                             configs={"cleanup.policy": "compact"}, exist_ok=True))
-
-
-def project(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run the real projector until it has caught up, with the callbacks read model registered."""
-    if callbacks_model not in projector.READ_MODELS:
-        monkeypatch.setattr(projector, "READ_MODELS", (*projector.READ_MODELS, callbacks_model))
-    if "callbacks" not in projector.PROJECTED_TOPICS:
-        monkeypatch.setattr(projector, "PROJECTED_TOPICS", (*projector.PROJECTED_TOPICS, "callbacks"))
+def project(settings: Settings) -> None:
+    """Run the real projector until it has caught up."""
     asyncio.run(projector.Projector(settings).run(until_caught_up=True))
 
 
@@ -48,7 +33,7 @@ def php_verifies(received, tmp_path: Path) -> bool:
 
 
 def test_callbacks_are_signed_retried_while_moodle_is_down_and_survive_a_worker_crash(
-    settings_factory, topics_for, processes, job_factory, mail_sink, tmp_path, monkeypatch
+    settings_factory, topics_for, processes, job_factory, mail_sink, tmp_path
 ):
     settings = settings_factory(
         smtp_port=mail_sink.port, job_batch_size=25,
@@ -57,7 +42,6 @@ def test_callbacks_are_signed_retried_while_moodle_is_down_and_survive_a_worker_
         callback_retry_base=4.0, callback_retry_max=8.0, callback_check_interval=0.2,
     )
     topics_for(settings)
-    create_callbacks_changelog(settings)
     with MoodleReceiver({KEY_ID: SECRET}, down_for=3) as moodle:
         worker = processes("worker", settings)
         callback_url = moodle.url("/local/offload/callback.php?jobid=cb-job-1&sesskey=a%2Fb")
@@ -122,7 +106,7 @@ def test_callbacks_are_signed_retried_while_moodle_is_down_and_survive_a_worker_
         "cb-job-1:0:started", "cb-job-1:0:completed"}
 
     # The read model shows every callback delivered, the start one after several attempts.
-    project(settings, monkeypatch)
+    project(settings)
     rows = {r["callback_id"]: r for r in query(settings, "SELECT * FROM callbacks WHERE job_id = %s", ("cb-job-1",))}
     assert rows["cb-job-1:0:started"]["status"] == "delivered"
     assert rows["cb-job-1:0:started"]["attempt"] == ok.attempt
