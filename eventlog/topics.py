@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 from config.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # One 100,000-recipient job request is ~10-15 MB of JSON; the broker's default limit is 1 MB.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -141,6 +144,27 @@ async def create_topics(settings: Settings, *, with_changelogs: bool = False) ->
                 pass
             for topic in missing:
                 result[topic.name] = "created"
-        return result
     finally:
         await admin.close()
+    if missing:
+        await _until_led(settings, [topic.name for topic in missing])
+    return result
+
+
+async def _until_led(settings: Settings, names: list[str], *, wait: float = 30.0) -> None:
+    """Return once the broker leads every partition of these new topics (or after ``wait`` seconds).
+
+    The controller answers CreateTopics, and metadata names a leader, before that broker has made the partitions'
+    logs (a fresh KRaft broker takes ~10 ms each: 1-2 s for the ~150 partitions with the changelogs). A producer
+    in that window is refused NOT_LEADER_OR_FOLLOWER, retries, and logs a warning per retry; ListOffsets is refused
+    the same way but retried quietly, so asking each partition's end offset waits the window out."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, request_timeout_ms=int(wait * 1000))
+    await consumer.start()
+    try:
+        places = [TopicPartition(name, p) for name in names for p in await partitions_of(consumer, name, wait=wait)]
+        await consumer.end_offsets(places)
+    except KafkaTimeoutError:  # not worth failing for: the producers retry until the partitions are led
+        log.warning("the new topics' partitions were not all led after %.0f s; producers will retry", wait)
+    finally:
+        await consumer.stop()
