@@ -8,6 +8,7 @@ prefix, app id and database, stops them by pid at the end, and prints one JSON l
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -116,7 +117,9 @@ def run_job(settings, payload: dict, timeout: float = 900) -> tuple[float, dict]
     return time.perf_counter() - started, row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # No options; --help says what the run does instead of starting it.
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     import boto3
 
     from bench.certificate_render import raw_render_rate

@@ -6,6 +6,7 @@ to tell how much of its end-to-end rate the PDF rendering alone would allow.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import os
 import statistics
@@ -70,8 +71,10 @@ def raw_render_rate(n_per_proc: int = 300, procs: int | None = None) -> dict:
     }
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n_per_proc", type=int, nargs="?", default=300, help="certificates each process renders")
+    n = parser.parse_args(argv).n_per_proc
     result = raw_render_rate(n)
     print(f"processes:            {result['processes']}")
     print(f"certificates/s/core:  {result['per_core_per_s']}")

@@ -6,6 +6,7 @@ which shows whether OpenSSL releases the GIL so signing can run beside the event
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import time
@@ -55,4 +56,6 @@ def main(n: int = 400) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=400, help="messages signed each way")
+    main(parser.parse_args().n)
