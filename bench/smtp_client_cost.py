@@ -1,16 +1,19 @@
 """Benchmark: CPU the worker's SMTP client spends per message (``adapters.email.smtp.SmtpProvider``).
 
-``python -m bench.smtp_client_cost [-n 5000]`` starts a ``devtools.devmail`` sink in its own process, composes
-``n`` of the pipeline's own messages (course_reminder, ~2.8 KB), opens the provider's 8 sessions and sends them
-in chunks of 25, all chunks handed over at once as the worker does. It prints the rate and this process's CPU
-time per message while sending (composing excluded), so run it from two checkouts back to back to compare
-client code on the same machine; the sink's CPU is not counted.
+``python -m bench.smtp_client_cost [-n 5000] [--rtt-ms 10]`` starts a ``devtools.devmail`` sink in its own
+process, composes ``n`` of the pipeline's own messages (course_reminder, ~2.8 KB), opens the provider's 8
+sessions and sends them in chunks of 25, all chunks handed over at once as the worker does: pipelined (the relay
+advertises PIPELINING, as the sink does), then in lockstep (the baseline: a relay without it). One JSON line: per
+mode the rate and this process's CPU time per message while sending (composing excluded; the sink's CPU is not
+counted), and their ratios. With ``--rtt-ms`` the relay sits behind ``bench.latency_proxy`` (its own process),
+that far away as a relay on another host is, and each mode also says how many round trips a message waited for.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -33,39 +36,64 @@ def messages(n: int) -> list[OutgoingEmail]:
             for r, rendered, message_id, raw in pipeline_messages("bench-client", n, start=20_000_000)]
 
 
-async def client_cost(port: int, n: int, connections: int) -> tuple[float, float]:
+async def client_cost(port: int, n: int, connections: int, chunk: int, *, pipelining: bool = True,
+                      prepared: list[OutgoingEmail]) -> tuple[float, float]:
     """(messages/s, client CPU microseconds per message) over ``n`` messages after a warm-up."""
-    prepared = messages(n + WARMUP)
-    provider = SmtpProvider("127.0.0.1", port, mail_from="noreply@moodle.example.org", connections=connections)
+    provider = SmtpProvider("127.0.0.1", port, mail_from="noreply@moodle.example.org", connections=connections,
+                            pipelining=pipelining)
     await provider.start()
     try:
         await provider.send_batch(prepared[:WARMUP])
-        chunks = [prepared[i:i + 25] for i in range(WARMUP, len(prepared), 25)]
+        chunks = [prepared[i:i + chunk] for i in range(WARMUP, len(prepared), chunk)]
         cpu, wall = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(provider.send_batch(chunk) for chunk in chunks))
+        await asyncio.gather(*(provider.send_batch(part) for part in chunks))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
         await provider.stop()
     return n / wall, cpu / n * 1e6
 
 
+def _listening(proc: subprocess.Popen) -> int:
+    """The port a child printed in its first line ("... listening on HOST:PORT ...")."""
+    assert proc.stdout is not None
+    words = proc.stdout.readline().split()
+    return int(words[words.index("on") + 1].rsplit(":", 1)[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--chunk", type=int, default=25, help="messages per send_batch call (the worker's: 25)")
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="put the relay this many milliseconds of round trip away (bench.latency_proxy)")
     args = parser.parse_args()
-    proc = subprocess.Popen([sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0"],
-                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    children = [subprocess.Popen([sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0"],
+                                 stdout=subprocess.PIPE, text=True, cwd=REPO)]
+    out: dict = {"n": args.n, "sessions": args.connections, "chunk": args.chunk, "rtt_ms": args.rtt_ms}
     try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().split()[3].rsplit(":", 1)[1])  # "devmail listening on HOST:PORT ..."
-        rate, micros = asyncio.run(client_cost(port, args.n, args.connections))
+        port = _listening(children[0])
+        if args.rtt_ms:
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.latency_proxy", "--target", f"127.0.0.1:{port}",
+                 "--rtt-ms", str(args.rtt_ms)], stdout=subprocess.PIPE, text=True, cwd=REPO))
+            port = _listening(children[1])
+        prepared = messages(args.n + WARMUP)
+        for name, pipelining in (("pipelined", True), ("lockstep", False)):  # lockstep: the baseline
+            rate, micros = asyncio.run(client_cost(port, args.n, args.connections, args.chunk,
+                                                   pipelining=pipelining, prepared=prepared))
+            out[name] = {"messages_per_s": round(rate), "client_cpu_us_per_message": round(micros)}
+            if args.rtt_ms:  # how many round trips each message waited for, on average, per session
+                out[name]["round_trips_per_message"] = round(args.connections / (rate * args.rtt_ms / 1000), 2)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"SmtpProvider: {rate:,.0f} messages/s, client CPU {micros:.0f} us/message "
-          f"({args.n} messages, {args.connections} sessions, load {' '.join(load)})")
+        for child in reversed(children):
+            child.terminate()
+            child.wait(timeout=10)
+    out["rate_ratio_to_lockstep"] = round(out["pipelined"]["messages_per_s"] / out["lockstep"]["messages_per_s"], 2)
+    out["cpu_ratio_to_lockstep"] = round(out["pipelined"]["client_cpu_us_per_message"]
+                                         / out["lockstep"]["client_cpu_us_per_message"], 2)
+    out["load"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,10 @@ class DevMailSink:
         self._per_recipient: Counter[str] = Counter()
         self._failures: dict[str, _Injection] = {}
         self._throttle: _Injection | None = None
+        self._content_refusals: dict[str, _Injection] = {}  # by recipient: answer the content with a refusal
+        self._content_drops: dict[str, _Injection] = {}  # by recipient: close the session instead of answering
         self._hold_after: int | None = None  # accept this many messages, then hold the rest until release()
+        self._holding = 0  # contents received and held, their replies not yet sent
         self._spool: Any = None
         self._controller: _PortController | None = None
 
@@ -198,6 +201,18 @@ class DevMailSink:
         with self._lock:
             self._throttle = _Injection(code, text, times)
 
+    def refuse_content(self, address: str, code: int = 554, times: int = 1,
+                       text: str = "Message content rejected") -> None:
+        """Answer the content of the next ``times`` messages to ``address`` with ``code`` (DATA itself got 354)."""
+        with self._lock:
+            self._content_refusals[address.lower()] = _Injection(code, text, times)
+
+    def drop_at_content(self, address: str, times: int = 1) -> None:
+        """Close the session instead of answering the content of the next ``times`` messages to ``address``
+        (nothing is recorded): a relay that restarts, or a connection cut, just as a message ends."""
+        with self._lock:
+            self._content_drops[address.lower()] = _Injection(421, "closing", times)
+
     def hold_after(self, count: int) -> None:
         """Accept ``count`` messages in all, then keep every further DATA waiting until :meth:`release`.
 
@@ -209,6 +224,11 @@ class DevMailSink:
     def release(self) -> None:
         with self._lock:
             self._hold_after = None
+
+    def holding(self) -> int:
+        """How many messages' contents have arrived and wait for :meth:`release` to be answered."""
+        with self._lock:
+            return self._holding
 
     def _held(self) -> bool:
         with self._lock:
@@ -249,8 +269,26 @@ class DevMailSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        while self._held():
-            await asyncio.sleep(0.01)
+        if self._content_refusals or self._content_drops:
+            with self._lock:
+                refusal = next(filter(None, (self._take(self._content_refusals.get(r.lower()))
+                                             for r in envelope.rcpt_tos)), None)
+                drop = next(filter(None, (self._take(self._content_drops.get(r.lower()))
+                                          for r in envelope.rcpt_tos)), None)
+            if drop:
+                server.transport.close()
+                return drop  # never reaches the client: the session is gone
+            if refusal:
+                return refusal
+        if self._held():
+            with self._lock:
+                self._holding += 1
+            try:
+                while self._held():
+                    await asyncio.sleep(0.01)
+            finally:
+                with self._lock:
+                    self._holding -= 1
         raw: bytes = envelope.original_content or envelope.content
         now = time.time()
         message_id = _header(raw, "Message-ID")

@@ -10,8 +10,9 @@ import asyncio
 import re
 import socket
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -83,6 +84,25 @@ def wire_form(raw: bytes) -> bytes:
     if not stuffed.endswith(b"\r\n"):
         stuffed += b"\r\n"
     return stuffed + b".\r\n"
+
+
+class _Envelope(NamedTuple):
+    """One message as the session writes it: MAIL and RCPT (each with its CRLF) and DATA's content (``wire_form``)."""
+
+    mail: bytes
+    rcpt: bytes
+    wire: bytes
+
+    @property
+    def commands(self) -> bytes:
+        return self.mail + self.rcpt + b"DATA\r\n"
+
+
+class _Ahead(NamedTuple):
+    """The next message of a session, its envelope written in the same write as the previous message's content."""
+
+    at: int  # its index in the batch
+    envelope: _Envelope
 
 
 def classify_reply(code: int, text: str) -> Outcome:
@@ -169,18 +189,30 @@ class SmtpProvider:
         async def work() -> None:
             # Lease a session so concurrent batches never interleave on one connection.
             slot = await self._free.get()
+            ahead: _Ahead | None = None  # the next message, its envelope written with the last one's content
+            settled = True  # False while replies are on their way: a session left then cannot be used again
             try:
-                while pending:
-                    index = pending.popleft()
+                while ahead is not None or pending:
+                    if ahead is None:
+                        index, early = pending.popleft(), None
+                    else:
+                        (index, early), ahead = ahead, None
+                    settled = False
                     try:
-                        results[index] = result = await self._send_on(slot, messages[index])
+                        result, ahead = await self._send_on(slot, messages, index, early, pending)
                     except _Unreachable as exc:
                         # Leave the message to a session that works; this one gives up for the batch.
                         pending.appendleft(index)
                         unreachable.append(str(exc))
                         return
+                    settled = ahead is None
+                    results[index] = result
                     await report(on_result, index, result)
             finally:
+                if not settled:  # cancelled, or a bug, mid-transaction
+                    self._discard(slot)
+                    if ahead is not None:  # its content never went out: it was not sent
+                        pending.appendleft(ahead.at)
                 self._free.put_nowait(slot)
 
         async with asyncio.TaskGroup() as group:  # a bug in one worker cancels the others
@@ -194,69 +226,119 @@ class SmtpProvider:
                 results[index] = SendResult(messages[index].key, Outcome.UNREACHED, error=one_line(reason))
         return [r for r in results if r is not None]
 
-    async def _send_on(self, slot: int, msg: OutgoingEmail) -> SendResult:
+    async def _send_on(self, slot: int, messages: Sequence[OutgoingEmail], index: int, early: _Envelope | None,
+                       pending: deque[int]) -> tuple[SendResult, _Ahead | None]:
+        """``messages[index]`` on the leased session ``slot`` (reopened once if it was dropped); ``early``: its
+        envelope, already written with the previous message's content. With the result comes the next message of
+        ``pending`` if its envelope went out in the same write as this one's content (RFC 2920 3.1), else None:
+        on a refusal of this content the server goes on to the next envelope; on a lost session it goes back to
+        ``pending``, never having been sent."""
+        msg = messages[index]
         for attempt in (1, 2):
             smtp = self._slots[slot]
             if smtp is None or not smtp.is_connected:
+                early = None  # a new session: nothing of this message is on it
                 smtp = self._slots[slot] = await self._open()
+            taken: list[_Ahead] = []  # the next message, once its envelope follows this content
             try:
-                reply = await self._transaction(smtp, msg)
-            except aiosmtplib.SMTPResponseException as exc:  # MAIL FROM, RCPT TO or DATA refused
-                return await self._refused(slot, msg, exc.code, exc.message)
+                envelope = early if early is not None else self._envelope(smtp, msg)
+                reply = await self._transaction(smtp, msg, envelope, written=early is not None,
+                                                then=partial(self._follow, smtp, messages, pending, taken))
+            except aiosmtplib.SMTPResponseException as exc:  # MAIL FROM, RCPT TO, DATA or the content refused
+                result = await self._refused(slot, msg, exc.code, exc.message)
+                return result, self._kept_ahead(slot, taken, pending)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 # A dropped session (idle timeout, relay restart): reopen and try this message once more.
                 await self._drop(slot)
+                self._kept_ahead(slot, taken, pending)
                 if attempt == 1:
                     continue
-                return SendResult(msg.key, Outcome.RETRY, error=one_line(f"connection lost: {exc}"))
+                return SendResult(msg.key, Outcome.RETRY, error=one_line(f"connection lost: {exc}")), None
             except aiosmtplib.SMTPTimeoutError:
                 # The relay may or may not have taken the message; let the retry policy decide when.
                 await self._drop(slot)
-                return SendResult(msg.key, Outcome.RETRY, error="timeout waiting for the smtp server")
+                self._kept_ahead(slot, taken, pending)
+                return SendResult(msg.key, Outcome.RETRY, error="timeout waiting for the smtp server"), None
             except (ValueError, aiosmtplib.SMTPNotSupported) as exc:
-                return SendResult(msg.key, Outcome.FAILED, error=one_line(f"unusable message: {exc}"))
+                result = SendResult(msg.key, Outcome.FAILED, error=one_line(f"unusable message: {exc}"))
+                return result, self._kept_ahead(slot, taken, pending)
             match = _QUEUE_ID.search(reply)
-            return SendResult(msg.key, Outcome.SENT, provider_message_id=match.group(1) if match else msg.message_id)
+            sent = SendResult(msg.key, Outcome.SENT, provider_message_id=match.group(1) if match else msg.message_id)
+            return sent, (taken[0] if taken else None)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, msg: OutgoingEmail) -> str:
+    def _kept_ahead(self, slot: int, taken: list[_Ahead], pending: deque[int]) -> _Ahead | None:
+        """The message whose envelope went out with this content, if the session that carries it is still open;
+        else it goes back to ``pending`` (its content never went out)."""
+        if not taken:
+            return None
+        smtp = self._slots[slot]
+        if smtp is not None and smtp.is_connected:
+            return taken[0]
+        pending.appendleft(taken[0].at)
+        return None
+
+    def _envelope(self, smtp: aiosmtplib.SMTP, msg: OutgoingEmail) -> _Envelope:
+        """What goes on the wire for ``msg``; ValueError if its address cannot be written (an unusable message)."""
+        wire = wire_form(msg.raw)
+        size = f" SIZE={len(wire) - 3}".encode("ascii") if smtp.supports_extension("size") else b""
+        return _Envelope(self._mail_from + size + b"\r\n", b"RCPT TO:" + envelope_address(msg.to_address) + b"\r\n",
+                         wire)
+
+    def _follow(self, smtp: aiosmtplib.SMTP, messages: Sequence[OutgoingEmail], pending: deque[int],
+                taken: list[_Ahead]) -> bytes:
+        """The envelope of the next message of ``pending``, to follow a content in the same write, that message
+        taken off ``pending`` into ``taken``; nothing if the relay does not pipeline or its address cannot be
+        written (it stays, and fails on its own turn)."""
+        if not pending or not isinstance(smtp.protocol, ReplyKeepingProtocol):
+            return b""
+        try:
+            envelope = self._envelope(smtp, messages[pending[0]])
+        except ValueError:
+            return b""
+        taken.append(_Ahead(pending.popleft(), envelope))
+        return envelope.commands
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, msg: OutgoingEmail, envelope: _Envelope, *, written: bool,
+                           then: Callable[[], bytes]) -> str:
         """MAIL, RCPT and DATA for one message, pipelined where the relay allows it, else in lockstep; the final
-        reply's text.
+        reply's text. ``written``: the envelope went out with the previous message's content; ``then``: the bytes
+        that follow this content in the same write (the next message's envelope, or nothing).
 
         What aiosmtplib's ``sendmail`` does for one recipient, written straight to the session's protocol: no
         per-message address parsing, EHLO check or lock (the session is leased to one sender), no regex passes
         over the message (``wire_form``), and one timer per transaction, moved on at each command, instead of a
         ``wait_for`` per reply. Together about a third of the client's CPU per message. Each round trip still has
-        ``timeout`` seconds. A refusal raises SMTPResponseException once the envelope is reset (RSET); a
+        ``timeout`` seconds. A refusal raises SMTPResponseException once the envelope is reset (RSET; not while
+        the next envelope is on its way: the server has ended this transaction and goes on to that one); a
         timeout closes the session and raises SMTPTimeoutError.
         """
-        wire = wire_form(msg.raw)
-        recipient = b"RCPT TO:" + envelope_address(msg.to_address)
-        size = f" SIZE={len(wire) - 3}".encode("ascii") if smtp.supports_extension("size") else b""
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         loop = asyncio.get_running_loop()
+        following = b""
         try:
             async with asyncio.timeout(self._timeout) as deadline:
                 if isinstance(protocol, ReplyKeepingProtocol):  # the relay pipelines (adapters.email.smtp_pipelining)
-                    await pipelined_envelope(protocol, self._mail_from + size + b"\r\n", recipient + b"\r\n",
-                                             mail_from=self.mail_from, to_address=msg.to_address)
+                    await pipelined_envelope(protocol, envelope.mail, envelope.rcpt, mail_from=self.mail_from,
+                                             to_address=msg.to_address, written=written)
                 else:
-                    sender_accepted(await _command(protocol, self._mail_from + size + b"\r\n"), self.mail_from)
+                    sender_accepted(await _command(protocol, envelope.mail), self.mail_from)
                     deadline.reschedule(loop.time() + self._timeout)
-                    recipient_accepted(await _command(protocol, recipient + b"\r\n"), msg.to_address)
+                    recipient_accepted(await _command(protocol, envelope.rcpt), msg.to_address)
                     deadline.reschedule(loop.time() + self._timeout)
                     data_accepted(await _command(protocol, b"DATA\r\n"))
                 deadline.reschedule(loop.time() + self._timeout)
-                reply = await _command(protocol, wire)
+                following = then()
+                reply = await _command(protocol, envelope.wire + following)
                 if reply.code != 250:
                     raise aiosmtplib.SMTPDataError(reply.code, reply.message)
         except TimeoutError:
             smtp.close()  # a reply may still come: the session cannot be trusted to pair replies any more
             raise aiosmtplib.SMTPTimeoutError("Timed out waiting for server response") from None
         except aiosmtplib.SMTPResponseException as exc:
-            if exc.code != 421:  # 421: the server is closing the session (the caller drops it)
+            if exc.code != 421 and not following:  # 421: the server is closing the session (the caller drops it)
                 try:
                     await smtp.rset()
                 except (ConnectionError, aiosmtplib.SMTPException):
@@ -321,6 +403,12 @@ class SmtpProvider:
         try:
             await smtp.quit()
         except (OSError, aiosmtplib.SMTPException):
+            smtp.close()
+
+    def _discard(self, slot: int) -> None:
+        """Close the session at once (replies of a transaction may still be on their way)."""
+        smtp, self._slots[slot] = self._slots[slot], None
+        if smtp is not None:
             smtp.close()
 
     async def _drop(self, slot: int, *, polite: bool = False) -> None:

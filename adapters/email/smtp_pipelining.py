@@ -1,9 +1,10 @@
 """SMTP PIPELINING (RFC 2920) for the relay sessions: MAIL, RCPT and DATA go out in one write.
 
 In lockstep a message costs four round trips (MAIL, RCPT, DATA, the content), each a write, a wait and a wake-up
-for the reply on both sides. Pipelined, the envelope is one write and its three replies come back together: two
-round trips per message. Used only with a relay that advertises PIPELINING in its EHLO reply (Postfix, Exim and
-most relays do).
+for the reply on both sides. Pipelined, the envelope is one write and its three replies come back together, and
+the next message's envelope goes out in the same write as this one's content (adapters.email.smtp): one round trip
+per message. Used only with a relay that advertises PIPELINING in its EHLO reply (Postfix, Exim and most relays
+do).
 
 aiosmtplib's protocol reads one reply per command and drops bytes that arrive while a reply waits to be picked
 up ("if multiple commands are written to the transport without awaiting, response data will be lost"), so a
@@ -97,14 +98,17 @@ def data_accepted(reply: SMTPResponse) -> None:
 
 
 async def pipelined_envelope(protocol: ReplyKeepingProtocol, mail: bytes, rcpt: bytes, *, mail_from: str,
-                             to_address: str) -> None:
-    """MAIL, RCPT and DATA in one write, then their replies; returns once DATA was answered 354.
+                             to_address: str, written: bool = False) -> None:
+    """MAIL, RCPT and DATA in one write, then their replies; returns once DATA was answered 354. ``written``: the
+    three went out already, after the previous message's content in the same write (RFC 2920 3.1: content may
+    open a group), so only their replies are read.
 
     A refusal raises the exception aiosmtplib's lockstep commands raise for it, once all three replies are read,
     so none is left over to be paired with a later command (the caller then resets the envelope). If DATA was
     accepted although MAIL or RCPT was not, the content is a lone dot, as RFC 2920 asks. A 421 raises at once:
     the server is closing the session and the caller drops it."""
-    protocol.write(mail + rcpt + b"DATA\r\n")
+    if not written:
+        protocol.write(mail + rcpt + b"DATA\r\n")
     mail_reply = await protocol.read_response(timeout=None)
     if mail_reply.code == _CLOSING:
         sender_accepted(mail_reply, mail_from)  # raises

@@ -146,6 +146,81 @@ async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(si
         await provider.stop()
 
 
+async def one_session(sink: DevMailSink) -> SmtpProvider:
+    """A provider with one session: its messages go out in order, each next envelope behind a content."""
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=5)
+    await provider.start()
+    return provider
+
+
+async def test_a_refused_content_fails_only_its_own_message_while_the_next_envelope_is_on_its_way(
+        sink: DevMailSink) -> None:
+    # Pipelined, the next message's MAIL, RCPT and DATA follow a content in the same write: after refusing that
+    # content the server goes on to them, so no RSET may be sent (it would become the next message's content).
+    provider = await one_session(sink)
+    try:
+        sink.refuse_content(address_of(1), code=554)
+        sink.refuse_content(address_of(3), code=450, text="Local problem in processing")
+        messages = [outgoing(i) for i in range(5)]
+        results = await provider.send_batch(messages)
+        assert [r.outcome for r in results] == [Outcome.SENT, Outcome.FAILED, Outcome.SENT, Outcome.RETRY,
+                                                Outcome.SENT]
+        assert (results[1].error, results[3].error) == ("554 Message content rejected", "450 Local problem in processing")
+        received = sink.by_recipient()
+        assert sorted(received) == sorted(address_of(i) for i in (0, 2, 4))
+        for i in (0, 2, 4):
+            (got,) = received[address_of(i)]
+            assert got.raw == messages[i].raw
+    finally:
+        await provider.stop()
+
+
+async def test_a_session_lost_at_a_content_sends_that_message_and_the_next_once_each(sink: DevMailSink) -> None:
+    # The next message's envelope was on the lost session too, but never its content: it is sent afterwards.
+    provider = await one_session(sink)
+    try:
+        sink.drop_at_content(address_of(1))
+        messages = [outgoing(i) for i in range(4)]
+        results = await provider.send_batch(messages)
+        assert [r.outcome for r in results] == [Outcome.SENT] * 4
+        assert sink.recipient_counts() == {address_of(i): 1 for i in range(4)}
+        assert all(sink.by_recipient()[m.to_address][0].raw == m.raw for m in messages)
+    finally:
+        await provider.stop()
+
+
+async def test_a_batch_cancelled_mid_message_leaves_no_session_whose_replies_are_still_coming(
+        sink: DevMailSink) -> None:
+    # A batch's other chunks are cancelled when one fails (an outcome not written while the broker is away) or
+    # the batch is given up. The session a chunk held still has replies on their way (and, pipelined, the next
+    # envelope); used again, the next batch's commands would be paired with them and could end up as the content
+    # of the cancelled learner's message.
+    provider = await one_session(sink)
+    try:
+        sink.hold_after(1)  # the second message's content is not answered until release()
+        cancelled = asyncio.create_task(provider.send_batch([outgoing(i) for i in range(3)]))
+        deadline = asyncio.get_running_loop().time() + 10
+        while sink.holding() == 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert sink.holding() == 1
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        sink.release()
+        later = [outgoing(i) for i in range(10, 14)]
+        results = await provider.send_batch(later)
+        assert [r.outcome for r in results] == [Outcome.SENT] * 4
+        received = sink.by_recipient()
+        for message in later:
+            (got,) = received[message.to_address]
+            assert got.raw == message.raw
+        assert address_of(2) not in received  # its content never went out
+        assert all(len(got) == 1 for got in received.values())
+    finally:
+        sink.release()
+        await provider.stop()
+
+
 async def test_smtp_reply_codes_map_to_outcomes(sink: DevMailSink, smtp: SmtpProvider) -> None:
     sink.fail_next(address_of(1), code=450, text="Mailbox busy")
     sink.reject(address_of(2))
