@@ -7,6 +7,7 @@ import dataclasses
 import email
 import email.policy
 import json
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -218,6 +219,43 @@ async def test_a_batch_cancelled_mid_message_leaves_no_session_whose_replies_are
         assert all(len(got) == 1 for got in received.values())
     finally:
         sink.release()
+        await provider.stop()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_every_result_is_what_the_relay_did_with_that_message_whatever_goes_wrong_where(
+        sink: DevMailSink, seed: int) -> None:
+    # Refusals at RCPT and at the content, and sessions lost at a content, spread at random over chunks sent at
+    # once on four sessions, as the worker sends: each message's result must be what the relay did with exactly
+    # that message, and what the relay received must be exactly the messages said to be sent, each once, intact.
+    rng = random.Random(seed)
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=4, timeout=5)
+    await provider.start()
+    try:
+        messages = [outgoing(i) for i in range(100)]
+        fates = [rng.choice(["ok", "ok", "ok", "rcpt-550", "rcpt-450", "content-554", "dropped"]) for _ in messages]
+        for message, fate in zip(messages, fates, strict=True):
+            if fate == "rcpt-550":
+                sink.reject(message.to_address)
+            elif fate == "rcpt-450":
+                sink.fail_next(message.to_address, code=450, text="Mailbox busy")
+            elif fate == "content-554":
+                sink.refuse_content(message.to_address)
+            elif fate == "dropped":
+                sink.drop_at_content(message.to_address)  # once: sent on the reopened session
+        chunks = [messages[i:i + 25] for i in range(0, len(messages), 25)]
+        results = [r for part in await asyncio.gather(*(provider.send_batch(c) for c in chunks)) for r in part]
+        expected = {"ok": Outcome.SENT, "dropped": Outcome.SENT, "rcpt-550": Outcome.FAILED,
+                    "rcpt-450": Outcome.RETRY, "content-554": Outcome.FAILED}
+        assert [(r.key, r.outcome) for r in results] == [(m.key, expected[f]) for m, f in zip(messages, fates,
+                                                                                                strict=True)]
+        received = sink.by_recipient()
+        sent = [m for m, r in zip(messages, results, strict=True) if r.outcome is Outcome.SENT]
+        assert sorted(received) == sorted(m.to_address for m in sent)
+        for message in sent:
+            (got,) = received[message.to_address]
+            assert got.raw == message.raw
+    finally:
         await provider.stop()
 
 
