@@ -10,6 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
@@ -53,6 +58,26 @@ async def _serve(host: str, target: tuple[str, int], rtt: float) -> None:
     print(f"latency proxy listening on {host}:{port}", flush=True)
     async with server:
         await server.serve_forever()
+
+
+class LatencyProxy:
+    """The proxy in a child process, in front of ``127.0.0.1:target_port``; entered, the port to use instead."""
+
+    def __init__(self, target_port: int, rtt_ms: float) -> None:
+        self.target_port, self.rtt_ms = target_port, rtt_ms
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> int:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.latency_proxy", "--target", f"127.0.0.1:{self.target_port}",
+             "--rtt-ms", str(self.rtt_ms)], stdout=subprocess.PIPE, text=True, cwd=_REPO)
+        assert self._proc.stdout is not None
+        return int(self._proc.stdout.readline().rsplit(":", 1)[1])  # "latency proxy listening on HOST:PORT"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +26,7 @@ if str(REPO) not in sys.path:
 
 from adapters.email.base import OutgoingEmail  # noqa: E402
 from adapters.email.smtp import SmtpProvider  # noqa: E402
+from bench.latency_proxy import LatencyProxy  # noqa: E402
 from bench.smtp_baselines import pipeline_messages  # noqa: E402
 
 WARMUP = 200
@@ -53,13 +55,6 @@ async def client_cost(port: int, n: int, connections: int, chunk: int, *, pipeli
     return n / wall, cpu / n * 1e6
 
 
-def _listening(proc: subprocess.Popen) -> int:
-    """The port a child printed in its first line ("... listening on HOST:PORT ...")."""
-    assert proc.stdout is not None
-    words = proc.stdout.readline().split()
-    return int(words[words.index("on") + 1].rsplit(":", 1)[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000)
@@ -68,27 +63,23 @@ def main() -> None:
     parser.add_argument("--rtt-ms", type=float, default=0.0,
                         help="put the relay this many milliseconds of round trip away (bench.latency_proxy)")
     args = parser.parse_args()
-    children = [subprocess.Popen([sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0"],
-                                 stdout=subprocess.PIPE, text=True, cwd=REPO)]
+    sink = subprocess.Popen([sys.executable, "-m", "devtools.devmail", "--host", "127.0.0.1", "--port", "0"],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
     out: dict = {"n": args.n, "sessions": args.connections, "chunk": args.chunk, "rtt_ms": args.rtt_ms}
     try:
-        port = _listening(children[0])
-        if args.rtt_ms:
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "bench.latency_proxy", "--target", f"127.0.0.1:{port}",
-                 "--rtt-ms", str(args.rtt_ms)], stdout=subprocess.PIPE, text=True, cwd=REPO))
-            port = _listening(children[1])
-        prepared = messages(args.n + WARMUP)
-        for name, pipelining in (("pipelined", True), ("lockstep", False)):  # lockstep: the baseline
-            rate, micros = asyncio.run(client_cost(port, args.n, args.connections, args.chunk,
-                                                   pipelining=pipelining, prepared=prepared))
-            out[name] = {"messages_per_s": round(rate), "client_cpu_us_per_message": round(micros)}
-            if args.rtt_ms:  # how many round trips each message waited for, on average, per session
-                out[name]["round_trips_per_message"] = round(args.connections / (rate * args.rtt_ms / 1000), 2)
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline().split()[3].rsplit(":", 1)[1])  # "devmail listening on HOST:PORT ..."
+        with LatencyProxy(port, args.rtt_ms) if args.rtt_ms else nullcontext(port) as relay:
+            prepared = messages(args.n + WARMUP)
+            for name, pipelining in (("pipelined", True), ("lockstep", False)):  # lockstep: the baseline
+                rate, micros = asyncio.run(client_cost(relay, args.n, args.connections, args.chunk,
+                                                       pipelining=pipelining, prepared=prepared))
+                out[name] = {"messages_per_s": round(rate), "client_cpu_us_per_message": round(micros)}
+                if args.rtt_ms:  # how many round trips each message waited for, on average, per session
+                    out[name]["round_trips_per_message"] = round(args.connections / (rate * args.rtt_ms / 1000), 2)
     finally:
-        for child in reversed(children):
-            child.terminate()
-            child.wait(timeout=10)
+        sink.terminate()
+        sink.wait(timeout=10)
     out["rate_ratio_to_lockstep"] = round(out["pipelined"]["messages_per_s"] / out["lockstep"]["messages_per_s"], 2)
     out["cpu_ratio_to_lockstep"] = round(out["pipelined"]["client_cpu_us_per_message"]
                                          / out["lockstep"]["client_cpu_us_per_message"], 2)
