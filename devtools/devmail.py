@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -121,7 +122,9 @@ class DevMailSink:
         self._content_refusals: dict[str, _Injection] = {}  # by recipient: answer the content with a refusal
         self._content_drops: dict[str, _Injection] = {}  # by recipient: close the session instead of answering
         self._hold_after: int | None = None  # accept this many messages, then hold the rest until release()
-        self._holding = 0  # contents received and held, their replies not yet sent
+        self._holding = 0  # replies held (hold_after, hold_mail_after), not yet sent
+        self._mails = 0  # MAIL commands seen
+        self._hold_mail_after: int | None = None  # answer MAIL commands up to this count, hold later ones
         self._spool: Any = None
         self._controller: _PortController | None = None
 
@@ -221,14 +224,31 @@ class DevMailSink:
         with self._lock:
             self._hold_after = count
 
+    def hold_mail_after(self, count: int) -> None:
+        """Answer ``count`` more MAIL commands, then keep every further one (and what the session sent after it)
+        waiting until :meth:`release`: a sender stopped with its envelope's replies still to come."""
+        with self._lock:
+            self._hold_mail_after = self._mails + count
+
     def release(self) -> None:
         with self._lock:
             self._hold_after = None
+            self._hold_mail_after = None
 
     def holding(self) -> int:
-        """How many messages' contents have arrived and wait for :meth:`release` to be answered."""
+        """How many replies (to a message's content, or to a MAIL) wait for :meth:`release`."""
         with self._lock:
             return self._holding
+
+    async def _wait_while(self, held: Callable[[], bool]) -> None:
+        with self._lock:
+            self._holding += 1
+        try:
+            while held():
+                await asyncio.sleep(0.01)
+        finally:
+            with self._lock:
+                self._holding -= 1
 
     def _held(self) -> bool:
         with self._lock:
@@ -251,6 +271,11 @@ class DevMailSink:
         return [*responses[:-1], "250-PIPELINING", responses[-1]]  # the last line ends the reply ("250 HELP")
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list) -> str:
+        with self._lock:
+            self._mails += 1
+            held = self._hold_mail_after is not None and self._mails > self._hold_mail_after
+        if held:
+            await self._wait_while(lambda: self._hold_mail_after is not None)
         with self._lock:
             refusal = self._take(self._throttle)
         if refusal:
@@ -281,14 +306,7 @@ class DevMailSink:
             if refusal:
                 return refusal
         if self._held():
-            with self._lock:
-                self._holding += 1
-            try:
-                while self._held():
-                    await asyncio.sleep(0.01)
-            finally:
-                with self._lock:
-                    self._holding -= 1
+            await self._wait_while(self._held)
         raw: bytes = envelope.original_content or envelope.content
         now = time.time()
         message_id = _header(raw, "Message-ID")

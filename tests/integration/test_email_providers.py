@@ -222,6 +222,38 @@ async def test_a_batch_cancelled_mid_message_leaves_no_session_whose_replies_are
         await provider.stop()
 
 
+async def test_a_batch_cancelled_before_its_envelope_is_answered_never_sends_the_next_learner_to_that_one(
+        sink: DevMailSink) -> None:
+    # The worst case of a session reused after a cancel: its MAIL, RCPT and DATA were written, their replies not
+    # read. Reused, the next batch's MAIL, RCPT and DATA went to the relay as the cancelled message's content,
+    # paired with the stale 250, 250 and 354, and then the next learner's whole message followed: delivered to
+    # the cancelled learner, and the next learner's result said SENT (seen on the code before: learner 1 got
+    # learner 10's message).
+    provider = await one_session(sink)
+    try:
+        sink.hold_mail_after(1)  # the second message's MAIL is answered only after release()
+        cancelled = asyncio.create_task(provider.send_batch([outgoing(i) for i in range(3)]))
+        deadline = asyncio.get_running_loop().time() + 10
+        while sink.holding() == 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert sink.holding() == 1
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        sink.release()
+        later = [outgoing(i) for i in (10, 11)]
+        results = await provider.send_batch(later)
+        assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
+        received = sink.by_recipient()
+        assert sorted(received) == sorted([address_of(0), address_of(10), address_of(11)])
+        for message in later:
+            (got,) = received[message.to_address]
+            assert got.raw == message.raw
+    finally:
+        sink.release()
+        await provider.stop()
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 async def test_every_result_is_what_the_relay_did_with_that_message_whatever_goes_wrong_where(
         sink: DevMailSink, seed: int) -> None:
