@@ -190,24 +190,36 @@ async def test_a_session_lost_at_a_content_sends_that_message_and_the_next_once_
         await provider.stop()
 
 
+async def send_and_cancel_while_held(provider: SmtpProvider, sink: DevMailSink) -> None:
+    """Send learners 0-2, cancel the batch once the sink holds a reply (the test chose which), then release it."""
+    cancelled = asyncio.create_task(provider.send_batch([outgoing(i) for i in range(3)]))
+    deadline = asyncio.get_running_loop().time() + 10
+    while sink.holding() == 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert sink.holding() == 1
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    sink.release()
+
+
+@pytest.mark.parametrize("held", ["content", "mail"])
 async def test_a_batch_cancelled_mid_message_leaves_no_session_whose_replies_are_still_coming(
-        sink: DevMailSink) -> None:
+        sink: DevMailSink, held: str) -> None:
     # A batch's other chunks are cancelled when one fails (an outcome not written while the broker is away) or
     # the batch is given up. The session a chunk held still has replies on their way (and, pipelined, the next
-    # envelope); used again, the next batch's commands would be paired with them and could end up as the content
-    # of the cancelled learner's message.
+    # envelope); used again, the next batch's commands were paired with them. The worst case ("mail": MAIL, RCPT
+    # and DATA written, none answered): the next batch's MAIL, RCPT and DATA went to the relay as the cancelled
+    # message's content, paired with the stale 250, 250 and 354, and the next learner's whole message followed,
+    # delivered to the cancelled learner, while the next learner's result said SENT (seen on the code before:
+    # learner 1 got learner 10's message).
     provider = await one_session(sink)
     try:
-        sink.hold_after(1)  # the second message's content is not answered until release()
-        cancelled = asyncio.create_task(provider.send_batch([outgoing(i) for i in range(3)]))
-        deadline = asyncio.get_running_loop().time() + 10
-        while sink.holding() == 0 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        assert sink.holding() == 1
-        cancelled.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await cancelled
-        sink.release()
+        if held == "content":
+            sink.hold_after(1)  # the second message's content is answered only after release()
+        else:
+            sink.hold_mail_after(1)  # the second message's MAIL is answered only after release()
+        await send_and_cancel_while_held(provider, sink)
         later = [outgoing(i) for i in range(10, 14)]
         results = await provider.send_batch(later)
         assert [r.outcome for r in results] == [Outcome.SENT] * 4
@@ -215,40 +227,10 @@ async def test_a_batch_cancelled_mid_message_leaves_no_session_whose_replies_are
         for message in later:
             (got,) = received[message.to_address]
             assert got.raw == message.raw
-        assert address_of(2) not in received  # its content never went out
+        # Learner 1's content went out before the cancel when its reply was held: the relay may have kept it.
+        maybe = {address_of(1)} if held == "content" else set()
+        assert set(received) - maybe == {address_of(0), *(m.to_address for m in later)}
         assert all(len(got) == 1 for got in received.values())
-    finally:
-        sink.release()
-        await provider.stop()
-
-
-async def test_a_batch_cancelled_before_its_envelope_is_answered_never_sends_the_next_learner_to_that_one(
-        sink: DevMailSink) -> None:
-    # The worst case of a session reused after a cancel: its MAIL, RCPT and DATA were written, their replies not
-    # read. Reused, the next batch's MAIL, RCPT and DATA went to the relay as the cancelled message's content,
-    # paired with the stale 250, 250 and 354, and then the next learner's whole message followed: delivered to
-    # the cancelled learner, and the next learner's result said SENT (seen on the code before: learner 1 got
-    # learner 10's message).
-    provider = await one_session(sink)
-    try:
-        sink.hold_mail_after(1)  # the second message's MAIL is answered only after release()
-        cancelled = asyncio.create_task(provider.send_batch([outgoing(i) for i in range(3)]))
-        deadline = asyncio.get_running_loop().time() + 10
-        while sink.holding() == 0 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        assert sink.holding() == 1
-        cancelled.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await cancelled
-        sink.release()
-        later = [outgoing(i) for i in (10, 11)]
-        results = await provider.send_batch(later)
-        assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
-        received = sink.by_recipient()
-        assert sorted(received) == sorted([address_of(0), address_of(10), address_of(11)])
-        for message in later:
-            (got,) = received[message.to_address]
-            assert got.raw == message.raw
     finally:
         sink.release()
         await provider.stop()
