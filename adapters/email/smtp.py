@@ -19,6 +19,7 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
+from adapters.email.leases import FairLeases
 from adapters.email.smtp_pipelining import (
     ReplyKeepingProtocol,
     data_accepted,
@@ -155,9 +156,7 @@ class SmtpProvider:
         if dependencies is not None:
             dependencies.track(SMTP_RELAY)
         self._slots: list[aiosmtplib.SMTP | None] = [None] * max(1, connections)
-        self._free: asyncio.Queue[int] = asyncio.Queue()  # indexes of sessions no batch is using
-        for slot in range(len(self._slots)):
-            self._free.put_nowait(slot)
+        self._free = FairLeases(len(self._slots))  # sessions no batch is using, in the order batches asked
 
     async def start(self) -> None:
         """Open every session now so a wrong host or password shows at start-up, not on the first batch."""
@@ -188,7 +187,7 @@ class SmtpProvider:
 
         async def work() -> None:
             # Lease a session so concurrent batches never interleave on one connection.
-            slot = await self._free.get()
+            slot = await self._free.take()
             ahead: _Ahead | None = None  # the next message, its envelope written with the last one's content
             settled = True  # False while replies are on their way: a session left then cannot be used again
             try:
@@ -213,7 +212,7 @@ class SmtpProvider:
                     self._discard(slot)
                     if ahead is not None:  # its content never went out: it was not sent
                         pending.appendleft(ahead.at)
-                self._free.put_nowait(slot)
+                self._free.give(slot)
 
         async with asyncio.TaskGroup() as group:  # a bug in one worker cancels the others
             for _ in range(min(len(self._slots), len(messages))):
