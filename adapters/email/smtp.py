@@ -411,13 +411,13 @@ class SmtpProvider:
             smtp.close()
 
     async def _drop(self, slot: int, *, polite: bool = False) -> None:
-        smtp, self._slots[slot] = self._slots[slot], None
-        if smtp is None:
+        """Close the session; ``polite``: say QUIT first where it is still connected."""
+        smtp = self._slots[slot]
+        if not (polite and smtp is not None and smtp.is_connected):
+            self._discard(slot)
             return
-        if polite and smtp.is_connected:
-            try:
-                await smtp.quit()
-                return
-            except (OSError, aiosmtplib.SMTPException):
-                pass
-        smtp.close()
+        self._slots[slot] = None
+        try:
+            await smtp.quit()
+        except (OSError, aiosmtplib.SMTPException):
+            smtp.close()
