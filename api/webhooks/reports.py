@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,11 +23,14 @@ class Report:
 
 
 def _when(value: Any) -> datetime:
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
+    """When the provider says it happened. A report whose time cannot be read (none of the providers documents
+    one without it) is kept, as happened now: the bounce or complaint matters more than its exact time."""
     try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
         when = datetime.fromisoformat(str(value))
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
+        log.warning("a provider report's time %.40r cannot be read: taken as now", value)
         return datetime.now(UTC)
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # the providers' times are UTC
 

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -215,3 +216,14 @@ def test_an_sns_timestamp_without_an_offset_is_utc_not_this_machines_zone(monkey
         time.tzset()
     with pytest.raises(Refused, match="ISO 8601"):
         parse_time("yesterday")
+
+
+@pytest.mark.parametrize("timestamp", [None, "yesterday", 1e20, float("nan")])
+def test_a_report_whose_time_cannot_be_read_is_kept_as_now_with_a_warning(timestamp, caplog):
+    before = datetime.now(UTC)
+    with caplog.at_level(logging.WARNING, logger="api.webhooks.reports"):
+        reports = mailgun_reports({"event": "complained", "recipient": "e@x.org", "id": "ev",
+                                   "message": {"headers": {"message-id": "m@o"}}, "timestamp": timestamp})
+    assert [r.kind for r in reports] == ["complained"]
+    assert before <= reports[0].occurred_at <= datetime.now(UTC)
+    assert "cannot be read: taken as now" in caplog.text
