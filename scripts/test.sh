@@ -30,7 +30,8 @@ if [ $# -eq 0 ]; then
   # Unit and integration tests two at a time: each test has its own topics, consumer groups, database schema and
   # mail sink (tests/conftest.py), and most of their time is spent waiting on real processes. The fault suite
   # stops and restarts the broker and Postgres that every test shares, so it runs afterwards, alone.
-  python -m pytest -q -n "${OFFLOAD_TEST_PROCESSES:-2}" tests/unit tests/integration
+  # The slowest tests are listed at the end: where to look first when the suite grows slower.
+  python -m pytest -q -n "${OFFLOAD_TEST_PROCESSES:-2}" --durations=15 tests/unit tests/integration
   rc=$?
   python -m pytest -q tests/faults
   faults=$?
