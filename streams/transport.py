@@ -18,6 +18,9 @@ mends records it dropped by seeking its partitions back to their committed offse
 poll made while its flow is stopped), a stream partition that has never committed one is sought back to its
 beginning (:func:`seek_to_committed`): aiokafka seeks only partitions that have one, and would leave such a
 partition's position past the records Faust had dropped, never to be served.
+
+On a rebalance the consumer waits only for records a stream still works on: records Faust dropped from the agents'
+buffers are not waited for (:mod:`streams.held_events` has the wait that otherwise never ends).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from aiokafka.errors import ConsumerStoppedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.guarded_poll import poll
+from streams.held_events import HeldEvents, release_orphans
 
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 100
@@ -75,6 +79,16 @@ class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _FullerFetchConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held = HeldEvents()
+        self.app.sensors.add(self._held)
+
+    def _clean_unacked_messages(self) -> None:
+        # Called by wait_empty (a rebalance, a stop) after each second it waited for acks.
+        super()._clean_unacked_messages()
+        release_orphans(self._unacked_messages, self._held)
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _FullerFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

@@ -1,0 +1,66 @@
+"""Which records the worker's streams hold unacked, so a rebalance waits for those and for nothing else.
+
+On a rebalance Faust stops its flow, **drops every record still buffered ahead of an agent, without acking it**,
+and then waits (``Consumer.wait_empty``, with no deadline) until no record a stream has started on is unacked,
+trusting the garbage collector to take the dropped ones out of that set. On a topic read by several agents (the
+jobs topic feeds progress, callbacks and finished jobs) a record is one message shared by their events: an agent
+that already took and acked it keeps it alive (its stream iterator holds the last event while it waits for the
+next), while the copy dropped from a lagging agent's buffer is never acked. The wait then lasts for ever: the
+group evicts the worker at the rebalance timeout, and the worker, stuck there, does not even stop on SIGTERM.
+
+:class:`HeldEvents` counts what each stream has taken and not yet acked (a Faust sensor: ``on_stream_event_in``
+and ``on_stream_event_out`` fire in the same step as the take and the ack). :func:`release_orphans` takes out of
+the consumer's unacked set every record no stream holds: it is not acked, so its offset is not committed and it is
+read again after the rebalance, which is what dropping it from the buffers means. Records a stream is still working
+on (a batch still sending) are waited for as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableSet
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import faust
+from faust.types import TP, EventT, Message, StreamT
+
+log = logging.getLogger(__name__)
+
+
+class HeldEvents(faust.Sensor):
+    """For each message a stream has taken: the streams that hold one of its events unacked."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Weak keys: a message nobody references any more is held by nobody (a crashed agent's, say).
+        self._holders: WeakKeyDictionary[Message, list[int]] = WeakKeyDictionary()
+
+    def on_stream_event_in(self, tp: TP, offset: int, stream: StreamT, event: EventT) -> dict[str, Any] | None:
+        self._holders.setdefault(event.message, []).append(id(stream))
+        return None
+
+    def on_stream_event_out(self, tp: TP, offset: int, stream: StreamT, event: EventT,
+                            state: dict[str, Any] | None = None) -> None:
+        holders = self._holders.get(event.message)
+        # Faust also calls this for an event it skipped without handing it in (taken during a rebalance).
+        if holders is not None and id(stream) in holders:
+            holders.remove(id(stream))
+            if not holders:
+                del self._holders[event.message]
+
+    def holds(self, message: Message) -> bool:
+        return message in self._holders
+
+
+def release_orphans(unacked: MutableSet[Message], held: HeldEvents) -> list[Message]:
+    """Take out of ``unacked`` (without acking them) the messages no stream holds; returns them."""
+    orphans = [message for message in unacked if not held.holds(message)]
+    for message in orphans:
+        unacked.discard(message)
+    if orphans:
+        log.warning("rebalance: %d record(s) no stream holds any longer (dropped unacked from the agents' buffers) "
+                    "are not waited for; they are read again after it: %s", len(orphans),
+                    ", ".join(f"{message.tp.topic}[{message.tp.partition}]@{message.offset}"
+                              for message in orphans[:10]))
+    return orphans

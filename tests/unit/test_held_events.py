@@ -1,0 +1,59 @@
+"""streams.held_events: which messages streams hold unacked, and which ones a rebalance stops waiting for."""
+
+from __future__ import annotations
+
+import gc
+from types import SimpleNamespace
+from weakref import WeakSet
+
+from faust.types import TP, Message
+
+from streams.held_events import HeldEvents, release_orphans
+
+TOPIC = TP("jobs", 2)
+
+
+def message(offset: int) -> Message:
+    return Message(TOPIC.topic, TOPIC.partition, offset, 0.0, 0, {}, None, b"x", None, tp=TOPIC)
+
+
+def take(held: HeldEvents, stream: object, msg: Message) -> SimpleNamespace:
+    event = SimpleNamespace(message=msg)
+    held.on_stream_event_in(TOPIC, msg.offset, stream, event)
+    return event
+
+
+def test_a_message_is_held_until_every_stream_that_took_it_has_acked_it():
+    held, fast, slow, msg = HeldEvents(), object(), object(), message(4)
+    fast_event, slow_event = take(held, fast, msg), take(held, slow, msg)
+    held.on_stream_event_out(TOPIC, 4, fast, fast_event)
+    assert held.holds(msg)
+    held.on_stream_event_out(TOPIC, 4, slow, slow_event)
+    assert not held.holds(msg)
+
+
+def test_an_ack_by_a_stream_that_never_took_the_event_releases_nobody_elses_hold():
+    # Faust reports a skipped event (taken during a rebalance) as out without in.
+    held, fast, slow, msg = HeldEvents(), object(), object(), message(1)
+    take(held, slow, msg)
+    held.on_stream_event_out(TOPIC, 1, fast, SimpleNamespace(message=msg))
+    held.on_stream_event_out(TOPIC, 1, fast, SimpleNamespace(message=message(9)))
+    assert held.holds(msg)
+
+
+def test_a_message_nobody_references_is_held_by_nobody():
+    held = HeldEvents()
+    take(held, object(), message(3))
+    gc.collect()
+    assert len(held._holders) == 0
+
+
+def test_release_orphans_takes_out_what_no_stream_holds_and_acks_nothing():
+    held, stream = HeldEvents(), object()
+    working, dropped = message(0), message(4)
+    take(held, stream, working)
+    unacked: WeakSet[Message] = WeakSet([working, dropped])
+    assert release_orphans(unacked, held) == [dropped]
+    assert set(unacked) == {working}
+    assert not dropped.acked and not working.acked  # not acked: its offset is not committed, it is read again
+    assert release_orphans(unacked, held) == []
