@@ -11,7 +11,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -128,6 +128,14 @@ async def test_an_internationalised_domain_is_sent_with_its_idna_form_in_the_env
     assert got.raw == message.raw
 
 
+async def until(condition: Callable[[], bool], *, seconds: float) -> bool:
+    """Poll ``condition`` on the running loop until it holds or ``seconds`` have passed; returns its last value."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    return condition()
+
+
 async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(sink: DevMailSink) -> None:
     provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=0.5)
     await provider.start()
@@ -138,10 +146,7 @@ async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(si
         sink.release()
         (again,) = await provider.send_batch([outgoing(2)])
         assert again.outcome is Outcome.SENT
-        wait = asyncio.get_running_loop().time() + 10
-        while address_of(2) not in sink.by_recipient() and asyncio.get_running_loop().time() < wait:
-            await asyncio.sleep(0.01)
-        assert address_of(2) in sink.by_recipient()
+        assert await until(lambda: address_of(2) in sink.by_recipient(), seconds=10)
     finally:
         sink.release()
         await provider.stop()
@@ -193,9 +198,7 @@ async def test_a_session_lost_at_a_content_sends_that_message_and_the_next_once_
 async def send_and_cancel_while_held(provider: SmtpProvider, sink: DevMailSink) -> None:
     """Send learners 0-2, cancel the batch once the sink holds a reply (the test chose which), then release it."""
     cancelled = asyncio.create_task(provider.send_batch([outgoing(i) for i in range(3)]))
-    deadline = asyncio.get_running_loop().time() + 10
-    while sink.holding() == 0 and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
+    await until(lambda: sink.holding() > 0, seconds=10)
     assert sink.holding() == 1
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
