@@ -12,7 +12,8 @@ group evicts the worker at the rebalance timeout, and the worker, stuck there, d
 and ``on_stream_event_out`` fire in the same step as the take and the ack). :func:`release_orphans` takes out of
 the consumer's unacked set every record no stream holds: it is not acked, so its offset is not committed and it is
 read again after the rebalance, which is what dropping it from the buffers means. Records a stream is still working
-on (a batch still sending) are waited for as before.
+on (a batch still sending) are waited for as before. A worker's stop drops and waits the same way, and hung there
+too (a SIGTERM did not stop it; only its supervisor's SIGKILL did).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def release_orphans(unacked: MutableSet[Message], held: HeldEvents) -> list[Mess
     for message in orphans:
         unacked.discard(message)
     if orphans:
-        log.warning("rebalance: %d record(s) no stream holds any longer (dropped unacked from the agents' buffers) "
-                    "are not waited for; they are read again after it: %s", len(orphans),
+        log.warning("not waiting for %d record(s) dropped unacked from the agents' buffers that no stream holds "
+                    "any longer; they are read again after the rebalance or restart: %s", len(orphans),
                     ", ".join(f"{message.tp.topic}[{message.tp.partition}]@{message.offset}"
                               for message in orphans[:10]))
     return orphans

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,12 +33,11 @@ def offsets(pattern: str, *paths: Path) -> set[int]:
     return {int(found) for path in paths for found in re.findall(pattern + r" (\d+)", log_of(path))}
 
 
-def start_two_workers(settings, tmp_path: Path, transport: str) -> tuple[list[subprocess.Popen], Path, Path]:
-    """Worker 1 with the lagging agent holding the first record; worker 2 started once the other agent has taken
-    every record (the rebalance it causes is what the test is about)."""
+def produce(settings) -> str:
+    """A one-partition topic of RECORDS records; returns its name."""
     bootstrap, topic = settings.kafka_bootstrap_servers, f"{settings.topic_prefix}lagging"
 
-    async def produce() -> None:
+    async def run() -> None:
         await create_topic(bootstrap, topic, 1)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()
@@ -47,19 +47,39 @@ def start_two_workers(settings, tmp_path: Path, transport: str) -> tuple[list[su
         finally:
             await producer.stop()
 
-    asyncio.run(produce())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs: list[subprocess.Popen] = []
-    paths = tmp_path / "first.log", tmp_path / "second.log"
-    for path, hold in zip(paths, ("hold", "go"), strict=True):
-        with open(path, "wb") as out:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.support.lagging_agents", bootstrap, settings.app_id, topic,
-                 str(tmp_path / "data"), hold, transport], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
-        if hold == "hold":
-            wait_for(lambda: offsets("fast took", paths[0]) == set(range(RECORDS))
-                     and "slow holds 0" in log_of(paths[0]), timeout=90, what="fast to take every record")
-    return procs, paths[0], paths[1]
+    asyncio.run(run())
+    return topic
+
+
+def start_worker(settings, topic: str, tmp_path: Path, name: str, hold: str, transport: str) -> subprocess.Popen:
+    with open(tmp_path / f"{name}.log", "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.support.lagging_agents", settings.kafka_bootstrap_servers, settings.app_id,
+             topic, str(tmp_path / "data"), hold, transport], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for_the_lag(path: Path) -> None:
+    """fast has taken every record while slow still holds the first: the others are in slow's buffer only."""
+    wait_for(lambda: offsets("fast took", path) == set(range(RECORDS)) and "slow holds 0" in log_of(path),
+             timeout=90, what="fast to take every record")
+
+
+def start_two_workers(settings, tmp_path: Path, transport: str) -> tuple[list[subprocess.Popen], Path, Path]:
+    """Worker 1 lagging as above; worker 2 started then (the rebalance it causes is what the tests are about)."""
+    topic = produce(settings)
+    first = start_worker(settings, topic, tmp_path, "first", "hold", transport)
+    try:
+        wait_for_the_lag(tmp_path / "first.log")
+    except BaseException:  # the test never gets it to stop it
+        first.kill()
+        first.wait()
+        raise
+    second = start_worker(settings, topic, tmp_path, "second", "go", transport)
+    return [first, second], tmp_path / "first.log", tmp_path / "second.log"
+
+
+RELEASED = r"not waiting for 1 record\(s\) dropped unacked from the agents' buffers .*lagging\[0\]@4\s*$"
 
 
 def test_a_rebalance_waits_only_for_the_record_an_agent_still_holds(settings_factory, tmp_path):
@@ -70,8 +90,7 @@ def test_a_rebalance_waits_only_for_the_record_an_agent_still_holds(settings_fac
         text = log_of(first)
         # Records 1-4 were acked by fast and dropped unacked from slow's buffer; 1-3 are gone with them, but fast's
         # stream still references its last event, record 4, which Faust waited for; record 0 was waited for.
-        assert re.search(r"rebalance: 1 record\(s\) no stream holds any longer .*lagging\[0\]@4\s*$", text, re.M), \
-            text[-3000:]
+        assert re.search(RELEASED, text, re.M), text[-3000:]
         assert "wait_empty: Waiting for tasks" not in text
         # At least once: the records slow never did are read again after the rebalance, by whichever worker got
         # the partition; none is lost.
@@ -98,3 +117,18 @@ def test_faust_alone_waits_for_ever_for_the_dropped_records(settings_factory, tm
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_a_worker_stopped_while_an_agent_lags_stops(settings_factory, tmp_path):
+    # Faust's stop drops the buffers and waits the same way: a SIGTERM did not stop such a worker.
+    settings = settings_factory()
+    proc = start_worker(settings, produce(settings), tmp_path, "only", "hold", "mended")
+    try:
+        wait_for_the_lag(tmp_path / "only.log")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) >= 0
+    finally:
+        stop_child(proc, timeout=1)
+    text = log_of(tmp_path / "only.log")
+    assert re.search(RELEASED, text, re.M), text[-3000:]
+    assert "slow done 0" in text and "wait_empty: Waiting for tasks" not in text
