@@ -44,7 +44,7 @@ class HeldEvents(faust.Sensor):
     def on_stream_event_out(self, tp: TP, offset: int, stream: StreamT, event: EventT,
                             state: dict[str, Any] | None = None) -> None:
         holders = self._holders.get(event.message)
-        # Faust also calls this for an event it skipped without handing it in (taken during a rebalance).
+        # Faust's pure-Python iterator (NO_CYTHON) also calls this for an event it skipped, never handed in.
         if holders is not None and id(stream) in holders:
             holders.remove(id(stream))
             if not holders:

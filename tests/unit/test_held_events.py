@@ -33,7 +33,7 @@ def test_a_message_is_held_until_every_stream_that_took_it_has_acked_it():
 
 
 def test_an_ack_by_a_stream_that_never_took_the_event_releases_nobody_elses_hold():
-    # Faust reports a skipped event (taken during a rebalance) as out without in.
+    # Faust's pure-Python iterator reports an event it skipped (taken during a rebalance) as out without in.
     held, fast, slow, msg = HeldEvents(), object(), object(), message(1)
     take(held, slow, msg)
     held.on_stream_event_out(TOPIC, 1, fast, SimpleNamespace(message=msg))
