@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -15,6 +15,7 @@ from aiokafka.partitioner import murmur2
 from config.settings import Settings
 from eventlog.broker_ping import ask_metadata
 from eventlog.topics import MAX_MESSAGE_BYTES, public_topics
+from resilience.reasons import reason
 from schemas.envelope import Record, encode
 from schemas.events import Event
 
@@ -50,10 +51,20 @@ class EventPublisher:
         self._ack_timeout = ack_timeout
         self._partitions = {spec.name: spec.partitions for spec in public_topics(settings)}
         self._producer: AIOKafkaProducer | None = None
+        # Why the producer must be replaced before its next send: it failed a delivery (see _spoiled).
+        self._spoiled_by: BaseException | None = None
+        self.replacements = 0  # producers replaced after a failed delivery, since start
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         async with self._lock:
+            if self._producer is not None and self._spoiled_by is not None:
+                spoiled, why = self._producer, self._spoiled_by
+                self._producer, self._spoiled_by = None, None
+                self.replacements += 1
+                log.warning("the event producer failed a delivery (%s); a new producer takes over, and the events "
+                            "it did not deliver fail to their senders, which produce them again", reason(why))
+                await _close_quietly(spoiled)
             if self._producer is not None:
                 return
             producer = AIOKafkaProducer(
@@ -94,18 +105,46 @@ class EventPublisher:
         return await self.send_record(encode(event, source=self._source))
 
     async def send_record(self, record: Record, *, topic: str | None = None) -> asyncio.Future[Any]:
-        if self._producer is None:
-            await self.start()
-        assert self._producer is not None
         partition = self.partition_of(record.topic, record.key) if record.topic in self._partitions else None
-        sent: asyncio.Future[Any] = await self._producer.send(
-            topic or self.topic_name(record.topic),
-            value=record.value,
-            key=record.key,
-            partition=partition,
-            headers=record.headers,
-        )
-        return sent
+        for attempt in (1, 2):
+            if self._producer is None or self._spoiled_by is not None:
+                await self.start()
+            producer = self._producer
+            assert producer is not None
+            try:
+                sent: asyncio.Future[Any] = await producer.send(
+                    topic or self.topic_name(record.topic),
+                    value=record.value,
+                    key=record.key,
+                    partition=partition,
+                    headers=record.headers,
+                )
+            except KafkaError as exc:
+                # A producer whose sender died (its sequence refused, say) refuses every send from then on: once
+                # more on a new one.
+                self._spoiled(producer, exc)
+                if attempt == 2:
+                    raise
+                continue
+            sent.add_done_callback(partial(self._delivered, producer))
+            return sent
+        raise AssertionError("unreachable")
+
+    def _delivered(self, producer: AIOKafkaProducer, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            self._spoiled(producer, exc)
+
+    def _spoiled(self, producer: AIOKafkaProducer, exc: BaseException) -> None:
+        """Have ``producer`` replaced before the next send, if it is still the one in use: it failed a delivery.
+
+        An idempotent producer numbers each partition's records as it batches them, and the broker takes a
+        partition's records only in that order. A batch that fails (one that waited out the request timeout for a
+        partition without a leader: a single broker restarted leaves its partitions leaderless until it is
+        elected again, ~30 s in tests/faults) leaves a gap, and the broker refuses every later record for that
+        partition (OutOfOrderSequenceNumber), whereupon aiokafka's sender stops and the producer refuses every
+        send. A new producer gets a new producer id, whose numbering starts afresh."""
+        if producer is self._producer and self._spoiled_by is None:
+            self._spoiled_by = exc
 
     async def ping(self, timeout: float) -> None:
         """Raise unless a broker answers a metadata request within ``timeout`` seconds (health checks)."""

@@ -8,8 +8,11 @@ neither imports the other.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol, runtime_checkable
 
+from resilience.backoff import backoff
+from resilience.reasons import reason
 from schemas.events import (
     BatchDispatched,
     CertificateIssued,
@@ -23,13 +26,25 @@ from schemas.events import (
 from schemas.events.suppression import RecipientSuppressed
 from streams.context import StreamContext
 
+log = logging.getLogger(__name__)
+
+# How many times a batch's flush produces an event the broker refused before it gives up (the batch is then served
+# again from what the log holds).
+FLUSH_ATTEMPTS = 4
+
+
+def _batch_of(event: Event) -> str:
+    if isinstance(event, RecipientOutcome):
+        return f"{event.job_id}:{event.run}:{event.batch_no}"
+    return type(event).__name__
+
 
 class OutcomeRecorder:
     """Produces a batch's outcome events without waiting on each; counts what succeeded and failed."""
 
     def __init__(self, ctx: StreamContext) -> None:
         self._publisher = ctx.publisher
-        self._pending: list[asyncio.Future] = []
+        self._pending: list[tuple[Event, asyncio.Future]] = []  # produced, not yet known to be in the log
         self.succeeded = 0
         self.suppressed = 0  # on the company's suppression list: neither sent nor failed
         self.failures: list[FailedRecipient] = []
@@ -56,18 +71,35 @@ class OutcomeRecorder:
                 self.sent_by[by] = self.sent_by.get(by, 0) + 1
 
     async def record(self, outcome: RecipientOutcome) -> None:
-        self._pending.append(await self._publisher.send(outcome))
+        self._pending.append((outcome, await self._publisher.send(outcome)))
         self.count(outcome)
 
     async def record_event(self, event: Event) -> None:
         """A non-outcome event of the batch (e.g. JobFellBackToLocal), awaited with the outcomes."""
-        self._pending.append(await self._publisher.send(event))
+        self._pending.append((event, await self._publisher.send(event)))
 
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending:
+    async def flush(self, attempts: int = FLUSH_ATTEMPTS) -> None:
+        """Until the broker has every event recorded so far. One it refused is produced again (the publisher has
+        replaced its producer by then), up to ``attempts`` times in all; then the refusal is raised, and what
+        is still refused stays pending, so that no later flush can report it done."""
+        for attempt in range(1, attempts + 1):
+            pending, self._pending = self._pending, []
+            if not pending:
+                return
             await self._publisher.flush()
-            await asyncio.gather(*pending)
+            results = await asyncio.gather(*(sent for _, sent in pending), return_exceptions=True)
+            refused = [(event, result) for (event, _), result in zip(pending, results, strict=True)
+                       if isinstance(result, BaseException)]
+            if not refused:
+                continue
+            if attempt == attempts:
+                self._pending = [(event, sent) for (event, sent), result in zip(pending, results, strict=True)
+                                 if isinstance(result, BaseException)] + self._pending
+                raise refused[0][1]
+            log.warning("the broker refused %d event(s) of batch %s (%s); producing them again", len(refused),
+                        _batch_of(refused[0][0]), reason(refused[0][1]))
+            await asyncio.sleep(backoff(attempt, base=0.5, jitter="none"))
+            self._pending = [(event, await self._publisher.send(event)) for event, _ in refused] + self._pending
 
 
 class BatchHandler(Protocol):

@@ -26,6 +26,9 @@ through BatchCompleted, the table mark, the ack and the next record's intake). T
   recorded outcomes only once that batch's outcomes are all in the log (``Finish.durable``).
 - Sends that fail (a bug, an outcome that could not be produced) are stopped, what was recorded is flushed,
   and the batch is served again from the ledger (``ctx.guarded`` retries, then dead-letters), as before.
+- An outcome the broker refuses is produced again (``OutcomeRecorder.flush``; the publisher has a new producer by
+  then); one it keeps refusing fails the batch the same way. A batch is never reported done while an outcome it
+  counts is not in the log.
 """
 
 from __future__ import annotations
@@ -77,7 +80,13 @@ class Finish:
                 self.failed = True
                 await self._flush()  # what was recorded stays recorded: the batch served again reads it back
                 raise
-        await self._flush()
+        try:
+            await self._flush()
+        except Exception:
+            # Outcomes the broker kept refusing: the batch is served again from what the log holds, never
+            # reported done without them (learners whose outcome is missing are sent again).
+            self.failed = True
+            raise
         self.durable.set()
         await self._complete(fell_back)
 

@@ -1,0 +1,96 @@
+"""An event the broker refuses is produced again by a new producer, and a batch's outcomes are never reported in the
+log while one is not.
+
+Seen in the fault suite: a single broker restarted left the outcomes partition without a leader for ~30 s, a batch
+of outcomes waited out the producer's request timeout, and the idempotent producer's numbering for that partition
+then had a gap the broker refused for good (OutOfOrderSequenceNumber). Every later outcome of the job was refused,
+the batches were reported done all the same, and the job completed with 1,118 of its 4,000 sends in the log. Here
+the gap is made directly, on a real broker: the producer's next number for the partition is moved on, as a batch
+that timed out moves it."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from config.settings import Settings
+from eventlog.publisher import EventPublisher
+from schemas.events import RecipientSent
+from streams.batchwork import OutcomeRecorder
+from tests.support.observe import events
+
+pytestmark = pytest.mark.integration
+
+JOB = "refused-job"
+
+
+def sent(userid: int) -> RecipientSent:
+    return RecipientSent(job_id=JOB, batch_no=0, userid=userid, email=f"learner{userid}@example.org",
+                         provider="smtp", message_id=f"<{userid}@test>", attempts=1)
+
+
+def leave_a_gap(publisher: EventPublisher, settings: Settings) -> None:
+    """Number the next outcome of the job as if a batch of 5 before it had timed out (aiokafka's private state:
+    there is no public way to make a batch wait out its timeout on a broker that answers)."""
+    producer: Any = publisher._producer  # noqa: SLF001
+    tp = TopicPartition(settings.topic("outcomes"), publisher.partition_of("outcomes", JOB.encode()))
+    producer._txn_manager.increment_sequence_number(tp, 5)  # noqa: SLF001
+
+
+async def record_across_a_gap(settings: Settings) -> int:
+    publisher = EventPublisher(settings, source="urn:manireports:offload:test")
+    await publisher.start()
+    try:
+        recorder = OutcomeRecorder(SimpleNamespace(publisher=publisher))  # type: ignore[arg-type]
+        await recorder.record(sent(1))
+        await recorder.flush()
+        leave_a_gap(publisher, settings)
+        for userid in (2, 3):
+            await recorder.record(sent(userid))
+        await recorder.flush()  # refused, then produced again by a new producer
+        await recorder.record(sent(4))  # and the new producer goes on serving
+        await recorder.flush()
+        return publisher.replacements
+    finally:
+        await publisher.stop()
+
+
+def test_outcomes_the_broker_refuses_are_produced_again_and_land_once(settings_factory, topics_for):
+    settings = settings_factory()
+    topics_for(settings)
+    assert asyncio.run(record_across_a_gap(settings)) == 1
+    landed = sorted(e.userid for e in events(settings, "outcomes") if isinstance(e, RecipientSent))
+    assert landed == [1, 2, 3, 4]
+
+
+async def keep_refusing(settings: Settings) -> tuple[BaseException | None, int]:
+    """A flush whose outcome is refused at every attempt: it raises, and a second flush raises again."""
+    publisher = EventPublisher(settings, source="urn:manireports:offload:test")
+    await publisher.start()
+    try:
+        recorder = OutcomeRecorder(SimpleNamespace(publisher=publisher))  # type: ignore[arg-type]
+        await recorder.record(sent(1))
+        await recorder.flush()
+        leave_a_gap(publisher, settings)
+        await recorder.record(sent(2))
+        with pytest.raises(Exception) as first:
+            await recorder.flush(attempts=1)  # no second attempt: refused once, given up
+        with pytest.raises(Exception) as again:
+            await recorder.flush(attempts=1)  # still refused: never reported done
+        assert type(again.value) is type(first.value)
+        return first.value, publisher.replacements
+    finally:
+        await publisher.stop()
+
+
+def test_a_flush_that_gives_up_raises_again_rather_than_reporting_the_outcome_recorded(settings_factory, topics_for):
+    settings = settings_factory()
+    topics_for(settings)
+    refusal, replacements = asyncio.run(keep_refusing(settings))
+    assert type(refusal).__name__ == "OutOfOrderSequenceNumber"
+    assert replacements == 0  # replaced only before the next send, and there was none
+    assert [e.userid for e in events(settings, "outcomes") if isinstance(e, RecipientSent)] == [1]
