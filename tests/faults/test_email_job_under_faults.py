@@ -20,7 +20,15 @@ from offload.client import submit_job
 from projections.projector import Projector
 from schemas.events import RecipientFailed, RecipientSent
 from tests.support.faults import Timeline
-from tests.support.observe import READ_MODEL_TABLES, events, query, read_models, wait_for, wait_for_job
+from tests.support.observe import (
+    READ_MODEL_TABLES,
+    counts_explained,
+    events,
+    query,
+    read_models,
+    wait_for,
+    wait_for_job,
+)
 from tests.support.stack import REPO
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -101,7 +109,8 @@ def test_a_job_survives_killed_workers_a_broker_restart_a_postgres_outage_and_a_
     for fault in timeline.faults:
         fault["job_completed_after_s"] = round(done_at - fault["at_s"], 1)
     total = N_VALID + len(INVALID)
-    assert (job["total_recipients"], job["succeeded"], job["failed"]) == (total, N_VALID, len(INVALID))
+    counted = (job["total_recipients"], job["succeeded"], job["failed"])
+    assert counted == (total, N_VALID, len(INVALID)), f"{counted}: {counts_explained(settings, 'fault-job')}"
 
     # Every valid learner received the message, counted at the SMTP server; nobody invalid was sent anything.
     counts = slow_sink.recipient_counts()

@@ -16,7 +16,7 @@ import pytest
 from devtools.processes import settings_env, stop_child
 from offload.client import submit_job
 from streams.recovery_watch import EXIT_RECOVERY_STALLED
-from tests.support.observe import wait_for
+from tests.support.observe import log_of, wait_for
 from tests.support.stack import REPO
 
 pytestmark = pytest.mark.integration
@@ -29,10 +29,6 @@ def losing_worker(settings, when: str, log_path: Path) -> subprocess.Popen:
     with open(log_path, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "tests.support.losing_worker", when], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
-
-
-def log_of(path: Path) -> str:
-    return path.read_text(errors="replace")
 
 
 def test_a_recovery_that_lost_its_fetch_position_is_mended_or_the_worker_exits(

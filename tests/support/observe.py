@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -16,7 +18,7 @@ from config.settings import Settings
 from eventlog.topics import offsets_of, partitions_of
 from projections.projector import PROJECTED_TOPICS, PROJECTION
 from schemas.envelope import decode
-from schemas.events import Event
+from schemas.events import Event, JobCompleted, RecipientFailed, RecipientSent
 
 T = TypeVar("T")
 
@@ -43,6 +45,11 @@ def wait_for(check: Callable[[], T], *, timeout: float = 60, interval: float = 0
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or check}: last value {last!r}")
+
+
+def log_of(path: Path) -> str:
+    """A process's log file as text so far (a line half-written shows as it is)."""
+    return path.read_text(errors="replace")
 
 
 def job_row(settings: Settings, job_id: str) -> dict[str, Any] | None:
@@ -120,6 +127,29 @@ def events(settings: Settings, short_topic: str) -> list[Event]:
 
 def records(settings: Settings, short_topic: str) -> list[tuple[Any, Event | Exception]]:
     return asyncio.run(_read_topic(settings, short_topic))
+
+
+def counts_explained(settings: Settings, job_id: str) -> str:
+    """Where a job's projected counters could have gone wrong, for an assertion's message: its learners' terminal
+    outcomes in the log and their rows by status in Postgres, what its JobCompleted said, and every partition the
+    projector has not applied to the log's end (a failure in CI leaves only its message to read)."""
+    logged = [e for e in events(settings, "outcomes")
+              if isinstance(e, RecipientSent | RecipientFailed) and e.job_id == job_id]
+    in_log = Counter(type(e).__name__ for e in logged)
+    learners = len({e.userid for e in logged})
+    rows = {r["status"]: r["n"] for r in query(settings, "SELECT status, count(*) AS n FROM job_recipients "
+                                                         "WHERE job_id = %s GROUP BY 1", (job_id,))}
+    completed = [(e.run, e.succeeded, e.failed) for e in events(settings, "jobs")
+                 if isinstance(e, JobCompleted) and e.job_id == job_id]
+    ends = asyncio.run(offsets_of(settings, PROJECTED_TOPICS, end=True))
+    applied = {(r["topic"], r["partition"]): r["next_offset"] for r in query(
+        settings, "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = %s",
+        (PROJECTION,))}
+    behind = {f"{topic}[{partition}]": (applied.get((topic, partition)), end)
+              for (topic, partition), end in sorted(ends.items()) if applied.get((topic, partition), 0) != end}
+    return (f"log: {dict(in_log)} for {learners} learners; job_recipients: {rows}; JobCompleted (run, succeeded, "
+            f"failed): {completed}; partitions where the projector's next offset differs from the log's end "
+            f"(next, end): {behind or 'none'}")
 
 
 # Bookkeeping that says when a row was written, not what happened: the only columns allowed to differ between
