@@ -54,6 +54,7 @@ class EventPublisher:
         # Why the producer must be replaced before its next send: it failed a delivery (see _spoiled).
         self._spoiled_by: BaseException | None = None
         self.replacements = 0  # producers replaced after a failed delivery, since start
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced producers still closing
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -64,7 +65,11 @@ class EventPublisher:
                 self.replacements += 1
                 log.warning("the event producer failed a delivery (%s); a new producer takes over, and the events "
                             "it did not deliver fail to their senders, which produce them again", reason(why))
-                await _close_quietly(spoiled)
+                # Closed meanwhile: its stop waits for the batches it still holds (up to the request timeout each)
+                # to be delivered or fail, and sends need not wait for that.
+                retiring = asyncio.create_task(_close_quietly(spoiled, timeout=None))
+                self._retiring.add(retiring)
+                retiring.add_done_callback(self._retiring.discard)
             if self._producer is not None:
                 return
             producer = AIOKafkaProducer(
@@ -93,6 +98,10 @@ class EventPublisher:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._retiring:
+            _, left = await asyncio.wait(self._retiring, timeout=10)
+            for task in left:
+                task.cancel()
 
     def topic_name(self, short: str) -> str:
         return self._settings.topic(short)
@@ -181,9 +190,9 @@ class EventPublisher:
         return [(m.partition, m.offset) for m in metadata]
 
 
-async def _close_quietly(producer: AIOKafkaProducer, timeout: float = 10.0) -> None:
+async def _close_quietly(producer: AIOKafkaProducer, timeout: float | None = 10.0) -> None:
     try:
         await asyncio.wait_for(producer.stop(), timeout)
-    except Exception as exc:  # closing a producer that never started: nothing to save, say what happened
-        log.debug("closing a half-started Kafka producer: %r", exc)
+    except Exception as exc:  # a producer half-started, or replaced: nothing to save, say what happened
+        log.debug("closing a half-started or replaced Kafka producer: %r", exc)
 
