@@ -11,6 +11,8 @@ that timed out moves it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,7 +43,9 @@ def leave_a_gap(publisher: EventPublisher, settings: Settings) -> None:
     producer._txn_manager.increment_sequence_number(tp, 5)  # noqa: SLF001
 
 
-async def record_across_a_gap(settings: Settings) -> int:
+@asynccontextmanager
+async def across_a_gap(settings: Settings) -> AsyncIterator[tuple[EventPublisher, OutcomeRecorder]]:
+    """A publisher and a batch's recorder whose first outcome landed, and whose next one the broker will refuse."""
     publisher = EventPublisher(settings, source="urn:manireports:offload:test")
     await publisher.start()
     try:
@@ -49,14 +53,19 @@ async def record_across_a_gap(settings: Settings) -> int:
         await recorder.record(sent(1))
         await recorder.flush()
         leave_a_gap(publisher, settings)
+        yield publisher, recorder
+    finally:
+        await publisher.stop()
+
+
+async def record_across_a_gap(settings: Settings) -> int:
+    async with across_a_gap(settings) as (publisher, recorder):
         for userid in (2, 3):
             await recorder.record(sent(userid))
         await recorder.flush()  # refused, then produced again by a new producer
         await recorder.record(sent(4))  # and the new producer goes on serving
         await recorder.flush()
         return publisher.replacements
-    finally:
-        await publisher.stop()
 
 
 def test_outcomes_the_broker_refuses_are_produced_again_and_land_once(settings_factory, topics_for):
@@ -67,15 +76,9 @@ def test_outcomes_the_broker_refuses_are_produced_again_and_land_once(settings_f
     assert landed == [1, 2, 3, 4]
 
 
-async def keep_refusing(settings: Settings) -> tuple[BaseException | None, int]:
+async def keep_refusing(settings: Settings) -> tuple[BaseException, int]:
     """A flush whose outcome is refused at every attempt: it raises, and a second flush raises again."""
-    publisher = EventPublisher(settings, source="urn:manireports:offload:test")
-    await publisher.start()
-    try:
-        recorder = OutcomeRecorder(SimpleNamespace(publisher=publisher))  # type: ignore[arg-type]
-        await recorder.record(sent(1))
-        await recorder.flush()
-        leave_a_gap(publisher, settings)
+    async with across_a_gap(settings) as (publisher, recorder):
         await recorder.record(sent(2))
         with pytest.raises(Exception) as first:
             await recorder.flush(attempts=1)  # no second attempt: refused once, given up
@@ -83,8 +86,6 @@ async def keep_refusing(settings: Settings) -> tuple[BaseException | None, int]:
             await recorder.flush(attempts=1)  # still refused: never reported done
         assert type(again.value) is type(first.value)
         return first.value, publisher.replacements
-    finally:
-        await publisher.stop()
 
 
 def test_a_flush_that_gives_up_raises_again_rather_than_reporting_the_outcome_recorded(settings_factory, topics_for):
