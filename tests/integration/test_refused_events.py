@@ -1,5 +1,5 @@
-"""An event the broker refuses is produced again by a new producer, and a batch's outcomes are never reported in the
-log while one is not.
+"""An event the broker refuses is produced again by a new producer, and a batch's outcomes are never reported
+recorded while one of them is not in the log.
 
 Seen in the fault suite: a single broker restarted left the outcomes partition without a leader for ~30 s, a batch
 of outcomes waited out the producer's request timeout, and the idempotent producer's numbering for that partition
