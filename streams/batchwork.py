@@ -80,31 +80,31 @@ class OutcomeRecorder:
 
     async def flush(self, attempts: int = FLUSH_ATTEMPTS) -> None:
         """Until the broker has every event recorded so far. One it refused is produced again (the publisher has
-        replaced its producer by then), up to ``attempts`` times in all; then the refusal is raised, and what is
-        still refused stays pending, so that no later flush can report it done."""
+        replaced its producer by then), up to ``attempts`` times in all; then the refusal is raised. Whatever
+        ends a flush early, what is not known to be in the log stays pending: no later flush reports it done."""
         pending, self._pending = self._pending, []
-        for attempt in range(1, attempts + 1):
-            if not pending:
-                return
-            await self._publisher.flush()
-            results = await asyncio.gather(*(sent for _, sent in pending), return_exceptions=True)
-            refused = [(event, sent, result) for (event, sent), result in zip(pending, results, strict=True)
-                       if isinstance(result, BaseException)]
-            if not refused:
-                return
-            if attempt == attempts:
-                self._pending = [(event, sent) for event, sent, _ in refused] + self._pending
-                raise refused[0][2]
-            log.warning("the broker refused %d event(s) of batch %s (%s); producing them again", len(refused),
-                        _batch_of(refused[0][0]), reason(refused[0][2]))
-            await asyncio.sleep(backoff(attempt, base=0.5, jitter="none"))
-            pending = []
-            try:
-                for event, _, _ in refused:
-                    pending.append((event, await self._publisher.send(event)))
-            except BaseException:
-                self._pending = pending + [(event, sent) for event, sent, _ in refused[len(pending):]] + self._pending
-                raise
+        try:
+            for attempt in range(1, attempts + 1):
+                if not pending:
+                    return
+                await self._publisher.flush()
+                results = await asyncio.gather(*(sent for _, sent in pending), return_exceptions=True)
+                refused = [(event, sent, result) for (event, sent), result in zip(pending, results, strict=True)
+                           if isinstance(result, BaseException)]
+                pending = [(event, sent) for event, sent, _ in refused]
+                if not refused:
+                    return
+                if attempt == attempts:
+                    raise refused[0][2]
+                log.warning("the broker refused %d event(s) of batch %s (%s); producing them again", len(refused),
+                            _batch_of(refused[0][0]), reason(refused[0][2]))
+                await asyncio.sleep(backoff(attempt, base=0.5, jitter="none"))
+                for i, (event, _) in enumerate(pending):
+                    pending[i] = (event, await self._publisher.send(event))
+        except BaseException:
+            self._pending = pending + self._pending
+            raise
+
 
 class BatchHandler(Protocol):
     """Does one job type's work for the recipients of a batch not yet served; returns whether it fell back."""
