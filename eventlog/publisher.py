@@ -15,11 +15,16 @@ from aiokafka.partitioner import murmur2
 from config.settings import Settings
 from eventlog.broker_ping import ask_metadata
 from eventlog.topics import MAX_MESSAGE_BYTES, public_topics
+from resilience.dependencies import DEPENDENCIES, Dependencies
 from resilience.reasons import reason
 from schemas.envelope import Record, encode
 from schemas.events import Event
 
 log = logging.getLogger(__name__)
+
+# Its name in the process's dependency record (health, /metrics): lost while a producer that failed a delivery is
+# still the one in use, back once a new producer has taken over; its losses count the producers replaced.
+DELIVERY = "kafka-delivery"
 
 
 class BrokerUnavailable(Exception):
@@ -43,7 +48,8 @@ class EventPublisher:
     (see ``streams.agents.batches``); everything else uses the key's default partition.
     """
 
-    def __init__(self, settings: Settings, *, source: str, ack_timeout: float | None = None) -> None:
+    def __init__(self, settings: Settings, *, source: str, ack_timeout: float | None = None,
+                 dependencies: Dependencies = DEPENDENCIES) -> None:
         self._settings = settings
         self._source = source
         # None: wait as long as the producer retries (the worker); a number: raise BrokerUnavailable after that
@@ -54,6 +60,8 @@ class EventPublisher:
         # Why the producer must be replaced before its next send: it failed a delivery (see _spoiled).
         self._spoiled_by: BaseException | None = None
         self.replacements = 0  # producers replaced after a failed delivery, since start
+        self._dependencies = dependencies
+        dependencies.track(DELIVERY)
         self._retiring: set[asyncio.Task[None]] = set()  # replaced producers still closing
         self._lock = asyncio.Lock()
 
@@ -64,7 +72,7 @@ class EventPublisher:
                 self._producer, self._spoiled_by = None, None
                 self.replacements += 1
                 log.warning("the event producer failed a delivery (%s); a new producer takes over, and the events "
-                            "it did not deliver fail to their senders, which produce them again", reason(why))
+                            "it did not deliver fail to their senders", reason(why))
                 # Closed meanwhile: its stop waits for the batches it still holds (up to the request timeout each)
                 # to be delivered or fail, and sends need not wait for that.
                 retiring = asyncio.create_task(_close_quietly(spoiled, timeout=None))
@@ -93,6 +101,7 @@ class EventPublisher:
                 await asyncio.shield(_close_quietly(producer))
                 raise
             self._producer = producer
+            self._dependencies.restored(DELIVERY)  # counted as a reconnect only after a loss
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -154,10 +163,20 @@ class EventPublisher:
         send. A new producer gets a new producer id, whose numbering starts afresh."""
         if producer is self._producer and self._spoiled_by is None:
             self._spoiled_by = exc
+            self._dependencies.lost(DELIVERY, f"a delivery failed ({reason(exc)}); a new producer takes over at the "
+                                              "next send or health check", recheck=self._take_over)
+
+    async def _take_over(self) -> None:
+        """Have a new producer take over from one that failed a delivery now, not at the next send: an idle process
+        would otherwise stay degraded (asked by the worker's and projector's dependency rechecks; the API's health
+        check does it through :meth:`ping`). Raises while no producer can start."""
+        if self._producer is not None and self._spoiled_by is not None:
+            await self.start()
 
     async def ping(self, timeout: float) -> None:
-        """Raise unless a broker answers a metadata request within ``timeout`` seconds (health checks)."""
-        if self._producer is None:
+        """Raise unless a broker answers a metadata request within ``timeout`` seconds (health checks). A producer
+        that failed a delivery is replaced first, so an idle API does not stay degraded until its next request."""
+        if self._producer is None or self._spoiled_by is not None:
             await asyncio.wait_for(self.start(), timeout)
         assert self._producer is not None
         await ask_metadata(self._producer.client, timeout)  # the producer's own connections: what hand-off uses

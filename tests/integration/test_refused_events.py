@@ -20,7 +20,8 @@ import pytest
 from aiokafka import TopicPartition
 
 from config.settings import Settings
-from eventlog.publisher import EventPublisher
+from eventlog.publisher import DELIVERY, EventPublisher
+from resilience.dependencies import Dependencies
 from schemas.events import RecipientSent
 from streams.batchwork import OutcomeRecorder
 from tests.support.observe import events
@@ -44,9 +45,10 @@ def leave_a_gap(publisher: EventPublisher, settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def across_a_gap(settings: Settings) -> AsyncIterator[tuple[EventPublisher, OutcomeRecorder]]:
+async def across_a_gap(settings: Settings,
+                       dependencies: Dependencies) -> AsyncIterator[tuple[EventPublisher, OutcomeRecorder]]:
     """A publisher and a batch's recorder whose first outcome landed, and whose next one the broker will refuse."""
-    publisher = EventPublisher(settings, source="urn:manireports:offload:test")
+    publisher = EventPublisher(settings, source="urn:manireports:offload:test", dependencies=dependencies)
     await publisher.start()
     try:
         recorder = OutcomeRecorder(SimpleNamespace(publisher=publisher))  # type: ignore[arg-type]
@@ -58,8 +60,8 @@ async def across_a_gap(settings: Settings) -> AsyncIterator[tuple[EventPublisher
         await publisher.stop()
 
 
-async def record_across_a_gap(settings: Settings) -> int:
-    async with across_a_gap(settings) as (publisher, recorder):
+async def record_across_a_gap(settings: Settings, dependencies: Dependencies) -> int:
+    async with across_a_gap(settings, dependencies) as (publisher, recorder):
         for userid in (2, 3):
             await recorder.record(sent(userid))
         await recorder.flush()  # refused, then produced again by a new producer
@@ -71,27 +73,43 @@ async def record_across_a_gap(settings: Settings) -> int:
 def test_outcomes_the_broker_refuses_are_produced_again_and_land_once(settings_factory, topics_for):
     settings = settings_factory()
     topics_for(settings)
-    assert asyncio.run(record_across_a_gap(settings)) == 1
+    dependencies = Dependencies()
+    assert asyncio.run(record_across_a_gap(settings, dependencies)) == 1
     landed = sorted(e.userid for e in events(settings, "outcomes") if isinstance(e, RecipientSent))
     assert landed == [1, 2, 3, 4]
+    delivery = dependencies.snapshot()[DELIVERY]  # health and /metrics saw the refusal and the new producer
+    assert (delivery.up, delivery.losses, delivery.reconnects) == (True, 1, 1)
 
 
-async def keep_refusing(settings: Settings) -> tuple[BaseException, int]:
+async def keep_refusing(settings: Settings, take_over: str) -> tuple[BaseException, int]:
     """A flush whose outcome is refused at every attempt: it raises, and a second flush raises again."""
-    async with across_a_gap(settings) as (publisher, recorder):
+    dependencies = Dependencies()
+    async with across_a_gap(settings, dependencies) as (publisher, recorder):
         await recorder.record(sent(2))
         with pytest.raises(Exception) as first:
             await recorder.flush(attempts=1)  # no second attempt: refused once, given up
         with pytest.raises(Exception) as again:
             await recorder.flush(attempts=1)  # still refused: never reported done
         assert type(again.value) is type(first.value)
-        return first.value, publisher.replacements
+        replacements = publisher.replacements
+        # No send follows: health says so, and its recheck (what an idle worker's watch runs) or the API's health
+        # ping has a new producer take over, so the process does not stay degraded until its next send.
+        assert dependencies.down()[DELIVERY].startswith("a delivery failed (OutOfOrderSequenceNumber")
+        if take_over == "recheck":
+            await dependencies.rechecks()[DELIVERY]()
+        else:
+            await publisher.ping(timeout=10)
+        assert DELIVERY not in dependencies.down() and publisher.replacements == replacements + 1
+        return first.value, replacements
 
 
-def test_a_flush_that_gives_up_raises_again_rather_than_reporting_the_outcome_recorded(settings_factory, topics_for):
+@pytest.mark.parametrize("take_over", ["recheck", "ping"])
+def test_a_flush_that_gives_up_raises_again_rather_than_reporting_the_outcome_recorded(
+    settings_factory, topics_for, take_over
+):
     settings = settings_factory()
     topics_for(settings)
-    refusal, replacements = asyncio.run(keep_refusing(settings))
+    refusal, replacements = asyncio.run(keep_refusing(settings, take_over))
     assert type(refusal).__name__ == "OutOfOrderSequenceNumber"
     assert replacements == 0  # replaced only before the next send, and there was none
     assert [e.userid for e in events(settings, "outcomes") if isinstance(e, RecipientSent)] == [1]
