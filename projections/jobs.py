@@ -16,6 +16,7 @@ from projections.base import Applied
 from schemas.events import (
     BatchCompleted,
     BatchDispatched,
+    BatchWaitingForQuota,
     JobAccepted,
     JobCompleted,
     JobFellBackToLocal,
@@ -98,8 +99,8 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
 
-_TOPICS = frozenset(t.topic for t in (JobAccepted, JobRejected, BatchCompleted, JobFellBackToLocal, BatchDispatched,
-                                       JobCompleted))
+_TOPICS = frozenset(t.topic for t in (JobAccepted, JobRejected, BatchCompleted, BatchWaitingForQuota,
+                                       JobFellBackToLocal, BatchDispatched, JobCompleted))
 
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C901 - one branch per event type
@@ -129,12 +130,11 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C
         elif isinstance(event, BatchCompleted):
             batches.append((event.job_id, event.run, event.batch_no, event.succeeded, event.failed, event.fell_back,
                             event.completed_at))
-            if event.pacing is not None:  # the row may not exist yet: the topics are read in any order
-                await cur.execute(
-                    """INSERT INTO jobs (job_id, pacing) VALUES (%s, %s)
-                       ON CONFLICT (job_id) DO UPDATE SET pacing = EXCLUDED.pacing""",
-                    (event.job_id, event.pacing[:300]))
+            if event.pacing is not None:
+                await _pacing(cur, event.job_id, event.pacing)
             touched[event.job_id] = None
+        elif isinstance(event, BatchWaitingForQuota):  # on `jobs` like BatchCompleted: the later one says it
+            await _pacing(cur, event.job_id, f"paused: {event.reason}")
         elif isinstance(event, JobFellBackToLocal):
             await cur.execute(
                 """UPDATE jobs SET fell_back = true, fallback_reason = %s, updated_at = now() WHERE job_id = %s""",
@@ -166,6 +166,14 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C
                               batches)
     for job_id in touched:
         await _refresh(cur, job_id)
+
+
+async def _pacing(cur: AsyncCursor, job_id: str, pacing: str) -> None:
+    """What paces the job's sends now (the row may not exist yet: the topics are read in any order)."""
+    await cur.execute(
+        """INSERT INTO jobs (job_id, pacing) VALUES (%s, %s)
+           ON CONFLICT (job_id) DO UPDATE SET pacing = EXCLUDED.pacing""",
+        (job_id, pacing[:300]))
 
 
 async def _note_run(cur: AsyncCursor, job_id: str, run: int, batch_count: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from resilience.backoff import backoff
@@ -49,7 +50,11 @@ class OutcomeRecorder:
         self.suppressed = 0  # on the company's suppression list: neither sent nor failed
         self.failures: list[FailedRecipient] = []
         self.sent_by: dict[str, int] = {}  # succeeded learners by provider (email) or backend (certificates)
-        self.pacing: str | None = None  # set by the handler: what paced its sends
+        self.pacing: str | None = None  # what paced its sends, as the batch completed (from paced_by)
+        # Set by the handler: what paces its sends now. Asked as the batch completes, not as its sends end: a
+        # pause on the provider's quota in between (BatchWaitingForQuota, on the same topic before this batch's
+        # BatchCompleted) must not be followed by a BatchCompleted saying what paced the sends before it.
+        self.paced_by: Callable[[], str] | None = None
 
     @property
     def failed(self) -> int:

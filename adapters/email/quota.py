@@ -37,6 +37,7 @@ class DailyQuota:
         self._share = 1.0
         self._changed = asyncio.Event()
         self.paused_by: str | None = None  # why calls wait, while they do
+        self._pause = asyncio.Event()  # set while paused_by is
         self.waiting = 0  # calls waiting for room
 
     def update(self, max_24h: float, sent_last_24h: float) -> None:
@@ -75,6 +76,7 @@ class DailyQuota:
                 if self.paused_by is not None:
                     log.info("%s sends resume: the 24-hour quota has room again", self.label)
                     self.paused_by = None
+                    self._pause.clear()
                 return granted
             why = self.reason()
             if self.action == "local":
@@ -82,8 +84,16 @@ class DailyQuota:
             if self.paused_by is None:
                 log.warning("%s sends paused: %s; waiting for the next read of the quota", self.label, why)
             self.paused_by = why
+            self._pause.set()
             self.waiting += 1
             try:
                 await self._changed.wait()
             finally:
                 self.waiting -= 1
+
+    async def paused(self) -> str:
+        """Why calls wait for room, once they do (at once if they wait already)."""
+        while True:
+            await self._pause.wait()
+            if self.paused_by is not None:  # not resumed again before this waiter ran
+                return self.paused_by

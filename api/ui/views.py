@@ -93,13 +93,14 @@ def live(job: dict[str, Any]) -> dict[str, Any]:
             "pending": p["pending"], "done": p["done"], "percent": p["percent"], "sent_pct": p["sent_pct"],
             "failed_pct": p["failed_pct"], "rate": p["rate_per_second"],
             "started": format_time(job["timestarted"]), "finished": format_time(job["timecompleted"]),
-            "errors": job["errors"]}
+            "pacing": job["pacing"], "errors": job["errors"]}
 
 
 _SUMMARY_FIELDS = {
     "job.accepted": ("route", "provider", "reason", "total_recipients", "batch_count"),
     "job.rejected": ("problems",),
     "job.fell-back-to-local": ("from_provider", "to_provider", "reason"),
+    "batch.waiting-for-quota": ("batch_no", "provider", "reason"),
     "job.completed": ("run", "succeeded", "failed", "cancelled"),
     "job.cancelled": ("reason",),
     "job.retry-requested": ("only_retryable",),

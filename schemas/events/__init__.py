@@ -23,6 +23,7 @@ from schemas.events.batches import (
     BatchCompleted,
     BatchDispatched,
     BatchesDispatched,
+    BatchWaitingForQuota,
     FailedRecipient,
     JobFellBackToLocal,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "SCOPED_SUFFIX",
     "BatchCompleted",
     "BatchDispatched",
+    "BatchWaitingForQuota",
     "BatchesDispatched",
     "CallbackDelivered",
     "CallbackFailed",

@@ -91,6 +91,22 @@ class BatchCompleted(Event):
     suppressed: int = Field(default=0, description="learners not sent: on the company's suppression list")
 
 
+class BatchWaitingForQuota(Event):
+    """A batch's sends wait: its provider account's 24-hour quota is used up (SES ``Max24HourSend``, with
+    ``OFFLOAD_SES_DAILY_QUOTA=pause``). They go on once a read of the account shows room; the batch's
+    BatchCompleted then says what paced it."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.batch.waiting-for-quota.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    provider: str
+    reason: str = Field(description="e.g. 'SES 24-hour quota reached: 200 of Max24HourSend 200 sent in the last 24 h'")
+    waiting_since: AwareDatetime = Field(default_factory=utcnow)
+
+
 class JobFellBackToLocal(Event):
     """The cloud provider was unavailable past the retry budget; the rest of the batch went local."""
 

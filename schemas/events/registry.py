@@ -7,7 +7,13 @@ or ``BY_CE_TYPE`` cannot decode it and ``python -m schemas.generate`` writes no 
 from __future__ import annotations
 
 from schemas.events.base import Event
-from schemas.events.batches import BatchCompleted, BatchDispatched, BatchesDispatched, JobFellBackToLocal
+from schemas.events.batches import (
+    BatchCompleted,
+    BatchDispatched,
+    BatchesDispatched,
+    BatchWaitingForQuota,
+    JobFellBackToLocal,
+)
 from schemas.events.budget import JobWaitingForBudget
 from schemas.events.callbacks import CallbackDelivered, CallbackFailed
 from schemas.events.certificates import CertificateIssued
@@ -50,6 +56,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RecipientFailed,
     CertificateIssued,
     BatchCompleted,
+    BatchWaitingForQuota,
     JobFellBackToLocal,
     JobCompleted,
     CompanySettingsChanged,

@@ -171,6 +171,8 @@ class BatchRunner:
         sends = await self._work(batch, handler, remaining, recorder, gate) if remaining else None
 
         async def mark_and_complete(fell_back: bool) -> None:
+            if recorder.paced_by is not None:
+                recorder.pacing = recorder.paced_by()
             table[key] = BatchProgress.done(recorder.succeeded, fell_back,
                                             [(f.userid, f.retryable) for f in recorder.failures],
                                             recorder.sent_by, recorder.pacing, recorder.suppressed).to_dict()

@@ -13,6 +13,7 @@ from adapters.email.breaker import CircuitChange
 from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
 from adapters.email.dkim import DkimSigners, DkimSigningProvider
 from adapters.email.pacing import PacedProvider
+from adapters.email.quota import DailyQuota
 from config.settings import Settings
 from content.email import (
     EmailRenderer,
@@ -25,8 +26,10 @@ from content.email import (
     compose_message,
     message_id_for,
 )
+from resilience.reasons import reason
 from schemas.events import (
     BatchDispatched,
+    BatchWaitingForQuota,
     Event,
     JobFellBackToLocal,
     ProviderCircuitClosed,
@@ -51,6 +54,15 @@ _BATCH_FORM = frozenset({"sendgrid", "mailgun"})
 
 async def _no_fallback() -> bool:
     return False
+
+
+async def _say_when_waiting(batch: BatchDispatched, provider: str, quota: DailyQuota,
+                            recorder: OutcomeRecorder) -> None:
+    """BatchWaitingForQuota, once, if the batch's provider pauses its sends on the account's 24-hour quota while
+    the batch is out: the job's pacing says so at once, not only when a batch completes."""
+    why = await quota.paused()
+    await recorder.record_event(BatchWaitingForQuota(job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
+                                                     provider=provider, reason=why))
 
 
 async def _stop(tasks: list[asyncio.Task[DeliveryReport]]) -> None:
@@ -235,12 +247,21 @@ class EmailBatchHandler:
     async def _settle(self, batch: BatchDispatched, primary: EmailProvider, fallback: EmailProvider | None,
                       reports: list[asyncio.Task[DeliveryReport]], recorder: OutcomeRecorder) -> bool:
         """Once every chunk is delivered: the batch's pacing, breaker changes and fallback on record."""
+        quota = primary.quota if isinstance(primary, PacedProvider) else None
+        waiting = asyncio.ensure_future(_say_when_waiting(batch, primary.name, quota, recorder)) if quota else None
         try:
             done = await asyncio.gather(*reports)
         except BaseException:
             await _stop(reports)  # one chunk failed (a bug, an outcome that could not be produced) or cancelled
             raise
-        recorder.pacing = primary.describe() if isinstance(primary, PacedProvider) else None
+        finally:
+            if waiting is not None:
+                waiting.cancel()
+                (said,) = await asyncio.gather(waiting, return_exceptions=True)
+                if isinstance(said, Exception):  # not on record: the job's pacing says so at the batch's end
+                    log.warning("batch %s:%d:%d waited for the %s quota, which could not be recorded: %s",
+                                batch.job_id, batch.run, batch.batch_no, primary.name, reason(said))
+        recorder.paced_by = primary.describe if isinstance(primary, PacedProvider) else None
         fell_back = [report for report in done if report.fell_back]
         # Openings and closings of any breaker since the last batch, made durable with this batch's outcomes.
         for change in self.providers.breakers.drain():

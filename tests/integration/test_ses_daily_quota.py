@@ -1,6 +1,7 @@
 """SES's 24-hour quota (Max24HourSend) against moto's SES, whose sandbox account allows 200 messages a day and
 counts every message sent (GetSendQuota's SentLast24Hours): past it, sends pause until a read of the account
-shows room again, or go to the local relay and say why, as OFFLOAD_SES_DAILY_QUOTA says."""
+shows room again, or go to the local relay and say why, as OFFLOAD_SES_DAILY_QUOTA says; a job whose sends
+pause says so on its page while they wait."""
 
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ import pytest
 
 from adapters.email.delivery import RetryPolicy, deliver
 from config.settings import Settings
+from offload.client import change_company_settings, submit_job
+from schemas.events import BatchWaitingForQuota
 from streams.handlers.email_providers import EmailProviders
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
 from tests.support.moto_server import MotoServer
+from tests.support.observe import events, job_row, query, wait_for
 
 pytestmark = pytest.mark.integration
 QUOTA_REACHED = "SES 24-hour quota reached: 200 of Max24HourSend 200 sent in the last 24 h"
+# As read while paused, moto's count may be past 200 (it counts a raw message's recipient twice: once from the
+# destination, once from its To header).
+QUOTA_WAIT = r"SES 24-hour quota reached: 2[0-9]0 of Max24HourSend 200 sent in the last 24 h"
 
 
 def ses_client(moto: MotoServer) -> Any:
@@ -81,10 +88,7 @@ async def test_past_the_24_hour_quota_sends_pause_say_why_and_resume_when_the_ac
     async with asyncio.timeout(30):
         while not quota.waiting:
             await asyncio.sleep(0.05)
-    # 200 as counted here, or more once the quota is read again while paused (moto counts a raw message's
-    # recipient twice: once from the destination, once from its To header).
-    assert re.fullmatch(r"paused: SES 24-hour quota reached: 2[0-9]0 of Max24HourSend 200 sent in the last 24 h",
-                        primary.describe())
+    assert re.fullmatch(f"paused: {QUOTA_WAIT}", primary.describe())  # 200 as counted here, or more once read
     assert len(moto.sent_emails()) == 200 and not sending.done()
 
     # The window has room again (here: a fresh account; in SES, a day rolls on or the quota is raised).
@@ -96,3 +100,32 @@ async def test_past_the_24_hour_quota_sends_pause_say_why_and_resume_when_the_ac
     assert all(r.sent and r.provider == "ses" for r in report.results) and not report.fell_back
     assert len(moto.sent_emails()) == 10 and mail_sink.count() == 0
     assert quota.paused_by is None and not primary.describe().startswith("paused")
+
+
+def test_a_job_whose_sends_wait_for_the_quota_says_so_on_its_page_while_they_wait(
+    settings_factory, topics_for, processes, job_factory, mail_sink, moto
+) -> None:
+    fresh_account_that_sent(moto, 190)
+    settings = settings_factory(aws_endpoint_url=moto.endpoint_url, aws_access_key_id="testing",
+                                aws_secret_access_key="testing", mail_from=MAIL_FROM, smtp_port=mail_sink.port,
+                                ses_pace_to_account=False, ses_daily_quota="pause")
+    topics_for(settings)
+    asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_emails=True,
+                                        user_threshold=1, email_provider="ses"))
+    processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
+    processes("projector", settings)
+    asyncio.run(submit_job(settings, job_factory("quota-wait", 30)))
+
+    # One batch: the room left (10) is sent, then its sends wait, and the job's page says why while no batch has
+    # completed: its pacing comes from BatchWaitingForQuota.
+    row = wait_for(lambda: (row := job_row(settings, "quota-wait")) and (row["pacing"] or "").startswith("paused")
+                   and row["succeeded"] == 10 and row, what="the job's pacing to say its sends wait", timeout=90)
+    assert re.fullmatch(f"paused: {QUOTA_WAIT}", row["pacing"]), row["pacing"]
+    assert (row["status"], row["failed"], row["batches_done"]) == ("running", 0, 0)  # 20 learners wait
+    waiting = [e for e in events(settings, "jobs") if isinstance(e, BatchWaitingForQuota)]
+    assert waiting and {(e.job_id, e.provider) for e in waiting} == {("quota-wait", "ses")}
+    assert all(re.fullmatch(QUOTA_WAIT, e.reason) for e in waiting), [e.reason for e in waiting]
+    history = query(settings, "SELECT event_type FROM audit_log WHERE subject = %s", ("quota-wait",))
+    assert "org.manireports.offload.batch.waiting-for-quota.v1" in {r["event_type"] for r in history}
+    # Nothing past the quota went out, through SES or around it.
+    assert len(moto.sent_emails()) == 200 and mail_sink.count() == 0

@@ -148,15 +148,24 @@ async def test_the_daily_quota_grants_what_is_left_then_pauses_until_a_read_show
     from adapters.email.quota import DailyQuota
 
     quota = DailyQuota("SES", "pause")
+    told = asyncio.create_task(quota.paused())  # what a batch out with this provider waits on to say it waits
     assert quota.room() is None and await quota.take(500) == 500  # nothing read yet: not limited
     quota.update(200, 190)
     assert await quota.take(25) == 10  # only ten left in the 24-hour window
+    await asyncio.sleep(0.01)
+    assert not told.done()
     waiting = asyncio.create_task(quota.take(5))
     await asyncio.sleep(0.01)
     assert not waiting.done() and quota.waiting == 1
     assert quota.paused_by == "SES 24-hour quota reached: 200 of Max24HourSend 200 sent in the last 24 h"
+    assert await asyncio.wait_for(told, 1) == quota.paused_by
+    assert await asyncio.wait_for(quota.paused(), 1) == quota.paused_by  # asked while paused: at once
     quota.update(200, 150)  # the window rolled on: 50 free again
     assert await asyncio.wait_for(waiting, 1) == 5 and quota.paused_by is None
+    told = asyncio.create_task(quota.paused())
+    await asyncio.sleep(0.01)
+    assert not told.done()  # resumed: nothing to say until calls wait again
+    told.cancel()
     quota.update(-1, 10_000)  # SES's "unlimited"
     assert quota.room() is None
 

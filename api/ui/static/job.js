@@ -26,7 +26,7 @@
     setText("sent-count", p.sent); setText("failed-count", p.failed); setText("pending-count", p.pending);
     setText("suppressed-count", p.suppressed);
     setText("total-count", p.total); setText("percent", p.percent); setText("rate", p.rate);
-    setText("started", p.started || "–"); setText("finished", p.finished || "–");
+    setText("started", p.started || "–"); setText("finished", p.finished || "–"); setText("pacing", p.pacing || "–");
     var status = $("status");
     if (status) {
       status.replaceChildren(badge("badge-" + p.status, p.status));
