@@ -14,6 +14,7 @@ from aiokafka.partitioner import murmur2
 
 from config.settings import Settings
 from eventlog.broker_ping import ask_metadata
+from eventlog.kept_topics import KeptTopics
 from eventlog.topics import MAX_MESSAGE_BYTES, public_topics
 from resilience.dependencies import DEPENDENCIES, Dependencies
 from resilience.reasons import reason
@@ -63,7 +64,7 @@ class EventPublisher:
         self._dependencies = dependencies
         dependencies.track(DELIVERY)
         self._retiring: set[asyncio.Task[None]] = set()  # replaced producers still closing
-        self._tracked: set[str] = set()  # topics the current producer's metadata is told to keep (see _track)
+        self._kept = KeptTopics()  # the topics the producer in use keeps in its metadata (eventlog.kept_topics)
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -101,7 +102,7 @@ class EventPublisher:
                 # task behind; close them, or every failed start while the broker is down leaks one more.
                 await asyncio.shield(_close_quietly(producer))
                 raise
-            self._producer, self._tracked = producer, set()
+            self._producer = producer
             self._dependencies.restored(DELIVERY)  # counted as a reconnect only after a loss
 
     async def stop(self) -> None:
@@ -131,8 +132,7 @@ class EventPublisher:
             producer = self._producer
             assert producer is not None
             name = topic or self.topic_name(record.topic)
-            if name not in self._tracked:
-                self._track(producer, name)
+            self._kept.keep(producer, name)
             try:
                 sent: asyncio.Future[Any] = await producer.send(
                     name,
@@ -151,17 +151,6 @@ class EventPublisher:
             sent.add_done_callback(partial(self._delivered, producer))
             return sent
         raise AssertionError("unreachable")
-
-    def _track(self, producer: AIOKafkaProducer, topic: str) -> None:
-        """Have the producer's metadata keep ``topic`` from its first send on.
-
-        aiokafka asks the broker about the topics it tracks, or about every topic while it tracks none (the health
-        ping's metadata request, its periodic refresh); a topic it learned of that way is not tracked, and the
-        first refresh after any other topic is tracked drops it. A batch for it then finds no leader, waits out
-        the request timeout (30 s) and fails with NotLeaderForPartitionError (seen in CI: a webhook's bounce
-        report, answered 500). Tracking each topic as it is first sent to keeps it in every refresh."""
-        self._tracked.add(topic)
-        producer.client.add_topic(topic)  # the metadata refresh it may start is awaited by the send if needed
 
     def _delivered(self, producer: AIOKafkaProducer, done: asyncio.Future[Any]) -> None:
         if not done.cancelled() and (exc := done.exception()) is not None:

@@ -21,6 +21,10 @@ partition's position past the records Faust had dropped, never to be served.
 
 On a rebalance the consumer waits only for records a stream still works on: records Faust dropped from the agents'
 buffers are not waited for (:mod:`streams.held_events` has the wait that otherwise never ends).
+
+Faust's producer (the tables' changelogs) keeps each topic in its metadata from its first send on
+(:mod:`eventlog.kept_topics`): otherwise a refresh could drop a changelog with a batch waiting for it, which would
+wait out Faust's 1,200 s request timeout and hold up the worker's commits as long.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import faust
 from aiokafka.errors import ConsumerStoppedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from eventlog.kept_topics import KeptTopics
 from streams.guarded_poll import poll
 from streams.held_events import HeldEvents, release_orphans
 
@@ -93,8 +98,21 @@ class _FullerFetchConsumer(faust_aiokafka.Consumer):
         return _FullerFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class _TopicKeepingProducer(faust_aiokafka.Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kept = KeptTopics()
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+                   timestamp: float | None, headers: Any, *, transactional_id: str | None = None) -> Any:
+        self._kept.keep(self._ensure_producer(), topic)
+        return await super().send(topic, key, value, partition, timestamp, headers,
+                                  transactional_id=transactional_id)
+
+
 class FullerFetchTransport(faust_aiokafka.Transport):
     Consumer: ClassVar[Any] = _FullerFetchConsumer
+    Producer: ClassVar[Any] = _TopicKeepingProducer
 
 
 def use_fuller_fetches(app: faust.App) -> None:

@@ -5,18 +5,23 @@ aiokafka asks the broker about every topic while it tracks none (the API's healt
 periodic refresh), and about the tracked ones only once it tracks any; a send to a topic it had not heard of
 tracks that one, and the next refresh dropped every topic known only from the full fetch. A batch already waiting
 for such a topic then found no leader until it expired. Here on a real broker: a full fetch, then a topic the
-producer never heard of, then one send to a known topic and one to the new one; both must land."""
+producer never heard of, then one send to a known topic and one to the new one; both must land.
+The worker's Faust producer (the tables' changelogs) is held to the same: there the stranded batch would wait out
+Faust's 1,200 s request timeout. Faust's producer does not linger, so the window is the time a batch waits for its
+turn to be sent (under load); here it lingers, so the batch is still waiting when the refresh lands."""
 
 from __future__ import annotations
 
 import asyncio
 
+import faust
 import pytest
 
 from config.settings import Settings
 from eventlog.publisher import EventPublisher
 from schemas.envelope import encode
 from schemas.events import RecipientSent
+from streams.transport import use_fuller_fetches
 from tests.support.observe import events
 from tests.support.topics import create_topic
 
@@ -48,3 +53,28 @@ def test_a_topic_known_from_a_full_fetch_is_kept_when_another_is_first_sent_to(s
     late = settings.topic("late")
     asyncio.run(send_after_a_full_fetch(settings, late))
     assert [e.userid for e in events(settings, "outcomes") if isinstance(e, RecipientSent)] == [1]
+
+
+async def send_through_faust_after_a_full_fetch(settings: Settings, known: str, late: str) -> None:
+    # A stranded batch fails after 30 s, not Faust's 1,200 s, so that stopping the producer does not wait that long.
+    app = faust.App(settings.app_id, broker=f"kafka://{settings.kafka_bootstrap_servers}", producer_linger=0.5,
+                    producer_request_timeout=30)
+    use_fuller_fetches(app)  # the worker's transport (streams.app), its producer with it
+    producer = app.producer
+    await producer.start()
+    try:
+        # What Faust does after creating a topic: a refresh of every topic, as none is tracked.
+        await producer._ensure_producer().client.force_metadata_update()
+        await create_topic(settings.kafka_bootstrap_servers, late, 1)
+        first = await producer.send(known, b"k", b"known", partition=0, timestamp=None, headers=None)
+        second = await producer.send(late, b"k", b"late", partition=0, timestamp=None, headers=None)
+        await asyncio.wait_for(asyncio.gather(first, second), timeout=20)
+    finally:
+        await producer.stop()
+
+
+def test_the_workers_faust_producer_keeps_a_topic_known_from_a_full_fetch(settings_factory):
+    settings = settings_factory()
+    known, late = settings.topic("known"), settings.topic("late")
+    asyncio.run(create_topic(settings.kafka_bootstrap_servers, known, 1))
+    asyncio.run(send_through_faust_after_a_full_fetch(settings, known, late))
