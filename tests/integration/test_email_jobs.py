@@ -10,11 +10,12 @@ from email.message import Message
 import pytest
 
 from content.email import message_id_for
-from offload.client import change_company_settings, submit_job
+from offload.client import submit_job
 from schemas.events import JobFellBackToLocal, JobRejected, RecipientSent
 from tests.support.email import closed_port
 from tests.support.moto_server import verify_ses_sender
 from tests.support.observe import events, query, wait_for_job
+from tests.support.routing import start_routed_to
 
 pytestmark = pytest.mark.integration
 
@@ -158,11 +159,7 @@ def test_cloud_jobs_go_through_ses_and_fall_back_to_smtp_when_it_is_unreachable(
     down = settings_factory(aws_endpoint_url=f"http://127.0.0.1:{closed_port()}", **common)
     verify_ses_sender(moto, ses.mail_from)
     for settings in (ses, down):
-        topics_for(settings)
-        asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_emails=True,
-                                            user_threshold=1, email_provider="ses"))
-        processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
-        processes("projector", settings)
+        start_routed_to("ses", settings, topics_for, processes)
     asyncio.run(submit_job(ses, job_factory("via-ses", 30)))
     asyncio.run(submit_job(down, job_factory("ses-down", 30, start=500)))
 

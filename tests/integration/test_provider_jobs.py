@@ -14,6 +14,7 @@ from schemas.events import JobCompleted, JobFellBackToLocal, JobOverBudget, Reci
 from streams.handlers.email_batches import compose_email
 from tests.integration.test_pacing import assert_never_faster_than
 from tests.support.observe import events, query, wait_for_job
+from tests.support.routing import start_routed_to
 
 pytestmark = pytest.mark.integration
 SG_KEY = "SG.job-test-key-abcdef"
@@ -34,20 +35,12 @@ def provider_settings(server: SendGridServer | MailgunServer, *, key: str | None
     return {"mailgun_api_key": key or MG_KEY, "mailgun_domain": DOMAIN, "mailgun_base_url": server.base_url}
 
 
-def start(settings, topics_for, processes, provider: str) -> None:
-    topics_for(settings)
-    asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_emails=True,
-                                        user_threshold=1, email_provider=provider))
-    processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
-    processes("projector", settings)
-
-
 def test_a_company_set_to_the_provider_gets_its_job_sent_through_its_api(
     settings_factory, topics_for, processes, job_factory, mail_sink, api_server
 ):
     provider = api_server.name
     settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=50, **provider_settings(api_server))
-    start(settings, topics_for, processes, provider)
+    start_routed_to(provider, settings, topics_for, processes)
     payload = job_factory(f"via-{provider}", 120)
     payload["recipients"][7]["email"] = "idn.learner@bücher.de"  # the API gets the domain as IDNA, as To: has it
     asyncio.run(submit_job(settings, payload))
@@ -85,7 +78,7 @@ def test_a_company_cap_paces_its_job_and_the_job_finishes(
     with SendGridServer(api_key=SG_KEY) as server:
         settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=40, company_rate_limits={7: 20},
                                     **provider_settings(server))
-        start(settings, topics_for, processes, "sendgrid")
+        start_routed_to("sendgrid", settings, topics_for, processes)
         asyncio.run(submit_job(settings, job_factory("capped", 80)))
         job = wait_for_job(settings, "capped")
         assert (job["succeeded"], job["fell_back"]) == (80, False)
@@ -101,7 +94,7 @@ def test_a_revoked_key_falls_back_to_local_and_says_why(
     with MailgunServer(MG_KEY, DOMAIN) as server:
         settings = settings_factory(smtp_port=mail_sink.port, max_attempts=2,
                                     **provider_settings(server, key="key-revoked"))
-        start(settings, topics_for, processes, "mailgun")
+        start_routed_to("mailgun", settings, topics_for, processes)
         asyncio.run(submit_job(settings, job_factory("revoked", 10)))
         job = wait_for_job(settings, "revoked")
         assert (job["route"], job["succeeded"], job["fell_back"]) == ("cloud", 10, True)

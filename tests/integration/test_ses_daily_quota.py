@@ -14,12 +14,13 @@ import pytest
 
 from adapters.email.delivery import RetryPolicy, deliver
 from config.settings import Settings
-from offload.client import change_company_settings, submit_job
+from offload.client import submit_job
 from schemas.events import BatchWaitingForQuota
 from streams.handlers.email_providers import EmailProviders
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
 from tests.support.moto_server import MotoServer
 from tests.support.observe import events, job_row, query, wait_for
+from tests.support.routing import start_routed_to
 
 pytestmark = pytest.mark.integration
 QUOTA_REACHED = "SES 24-hour quota reached: 200 of Max24HourSend 200 sent in the last 24 h"
@@ -109,11 +110,7 @@ def test_a_job_whose_sends_wait_for_the_quota_says_so_on_its_page_while_they_wai
     settings = settings_factory(aws_endpoint_url=moto.endpoint_url, aws_access_key_id="testing",
                                 aws_secret_access_key="testing", mail_from=MAIL_FROM, smtp_port=mail_sink.port,
                                 ses_pace_to_account=False, ses_daily_quota="pause")
-    topics_for(settings)
-    asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_emails=True,
-                                        user_threshold=1, email_provider="ses"))
-    processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
-    processes("projector", settings)
+    start_routed_to("ses", settings, topics_for, processes)
     asyncio.run(submit_job(settings, job_factory("quota-wait", 30)))
 
     # One batch: the room left (10) is sent, then its sends wait, and the job's page says why while no batch has
