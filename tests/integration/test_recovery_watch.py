@@ -15,8 +15,9 @@ import pytest
 
 from devtools.processes import settings_env, stop_child
 from offload.client import submit_job
+from schemas.events import JobCompleted
 from streams.recovery_watch import EXIT_RECOVERY_STALLED
-from tests.support.observe import log_of, wait_for
+from tests.support.observe import events, log_of, wait_for
 from tests.support.stack import REPO
 
 pytestmark = pytest.mark.integration
@@ -37,8 +38,9 @@ def test_a_recovery_that_lost_its_fetch_position_is_mended_or_the_worker_exits(
     topics_for(settings)
     first = processes("worker", settings)
     asyncio.run(submit_job(settings, job_factory("recovery-watch-job", 20)))
-    wait_for(lambda: mail_sink.count() >= 20, timeout=90, what="the job's mail")
-    time.sleep(2)  # its progress written to the job-progress changelog
+    # Its progress is in the job-progress changelog by the time it is completed (a graceful stop flushes it).
+    wait_for(lambda: any(isinstance(e, JobCompleted) and e.job_id == "recovery-watch-job"
+                         for e in events(settings, "jobs")), timeout=90, what="the job completed")
     first.stop()
 
     # Without the watch, the lost partition is never fetched again: no "Ready".
