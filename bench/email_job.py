@@ -55,7 +55,7 @@ from bench.jobs import (
     CLOUD_COMPANY,
     HTTP_COMPANIES,
     LOCAL_COMPANY,
-    JobRefused,
+    JobStopped,
     drop_own_artifacts,
     route_cloud_companies,
     run_job,
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         raise SystemExit(main())
-    except JobRefused as refused:  # e.g. more learners than max_recipients_per_job: reported at once
-        log(str(refused))
-        print(json.dumps({"rejected": {"job_id": refused.job_id, "reason": refused.reason}}), flush=True)
+    except JobStopped as stopped:  # rejected (more learners than max_recipients_per_job), or waiting for a quota
+        log(str(stopped))
+        print(json.dumps({stopped.what: {"job_id": stopped.job_id, "reason": stopped.reason}}), flush=True)
         raise SystemExit(2) from None

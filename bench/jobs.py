@@ -24,12 +24,26 @@ CLOUD_COMPANY = 4242
 HTTP_COMPANIES = {4243: "sendgrid", 4244: "mailgun"}  # companies routed to the local SendGrid/Mailgun servers
 
 
-class JobRefused(RuntimeError):
-    """The job was rejected (JobRejected in the log): waiting longer would change nothing."""
+class JobStopped(RuntimeError):
+    """The job will not complete in a benchmark's time: waiting on would time the wait, not the pipeline."""
+
+    what = "stopped"
 
     def __init__(self, job_id: str, reason: str) -> None:
-        super().__init__(f"job {job_id} was rejected: {reason}")
+        super().__init__(f"job {job_id} {self.what}: {reason}")
         self.job_id, self.reason = job_id, reason
+
+
+class JobRefused(JobStopped):
+    """The job was rejected (JobRejected in the log): waiting longer would change nothing."""
+
+    what = "rejected"
+
+
+class JobWaiting(JobStopped):
+    """Its sends wait for a provider's daily quota (BatchWaitingForQuota, shown as its pacing): hours, not seconds."""
+
+    what = "waiting"
 
 
 async def _wait_completed(settings: Settings, job_id: str, timeout: float, started: float,
@@ -39,12 +53,14 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
     await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.projection_schema)))
     timeline: list[tuple[float, int, int]] = []  # (t, done in Postgres, messages at the sink)
     marks: dict[str, float] = {}
+    seen: tuple[str | None, str | None] = (None, None)  # the row's last status and pacing, for a timeout's message
     last_sample = 0.0
     try:
         while True:
             now = time.monotonic() - started
             if now > timeout:
-                raise TimeoutError(f"job {job_id} not completed within {timeout:.0f} s; last {timeline[-1:]}")
+                raise TimeoutError(f"job {job_id} not completed within {timeout:.0f} s; last (s, done, at the sink) "
+                                   f"{timeline[-1:]}, status {seen[0]}, pacing {seen[1]}")
             try:
                 cur = await conn.execute(
                     "SELECT status, total_recipients, succeeded, failed, batches_done, batch_count, route, "
@@ -53,7 +69,10 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
             except psycopg.errors.UndefinedTable:
                 row = None
             if row is not None:
-                status, ok, bad = row[0], row[2], row[3]
+                status, ok, bad, pacing = row[0], row[2], row[3], row[11]
+                seen = (status, pacing)
+                if pacing is not None and pacing.startswith("paused: "):  # e.g. SES's 24-hour quota reached
+                    raise JobWaiting(job_id, f"its sends wait: {pacing.removeprefix('paused: ')}")
                 if status == "rejected":  # the route agent refused it: say why now, not after the timeout
                     cur = await conn.execute("SELECT error_message FROM jobs WHERE job_id = %s", (job_id,))
                     refused = await cur.fetchone()
