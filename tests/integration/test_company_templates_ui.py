@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_an_admin_previews_refuses_and_publishes_a_company_template(ui_stack, job_factory, mail_sink):  # noqa: F811
-    settings, api, admin = ui_stack
+    settings, api, admin, _ = ui_stack
     with chromium() as browser:
         page = browser.new_page()
         sign_in(page, api.base_url, "/ui/companies/7/templates")

@@ -68,14 +68,19 @@ def test_retry_serves_only_the_failed_learners_again(settings_factory, topics_fo
 def test_cancel_fails_the_batches_not_yet_started_and_retry_serves_them(
     settings_factory, topics_for, processes, job_factory, mail_sink
 ):
-    # One batch at a time over one SMTP connection, so the job is still running when it is cancelled.
-    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=20, smtp_connections=1)
+    # The sink holds the job after 100 learners until the worker has taken the cancel in: it is still running
+    # when cancelled however fast or slow the machine is (small batches: few of them are under way by then).
+    settings = settings_factory(smtp_port=mail_sink.port, job_batch_size=20, smtp_connections=1,
+                                smtp_timeout=300)  # no held send gives up meanwhile
     topics_for(settings)
-    processes("worker", settings)
+    worker = processes("worker", settings)
     processes("projector", settings)
+    mail_sink.hold_after(100)
     asyncio.run(submit_job(settings, job_factory("cancel-job", 2000)))
-    wait_for(lambda: mail_sink.count() >= 100, timeout=60, interval=0.02, what="the job under way")
+    wait_for(lambda: mail_sink.holding(), timeout=60, what="the job held at 100 learners")
     asyncio.run(cancel_job(settings, "cancel-job", requested_by="admin", reason="wrong course"))
+    worker.wait_for_log("job cancel-job cancelled by admin", timeout=60)
+    mail_sink.release()
 
     job = wait_for_job(settings, "cancel-job", status="cancelled", timeout=120)
     assert job["succeeded"] + job["failed"] == 2000
