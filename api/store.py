@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from config.settings import Settings
-from projections.jobs import JobStatus
+from projections.jobs import SHOWN_STATUS, JobStatus
 from schemas.events import JobPaused, JobResumed
 from security.callback_urls import redacted
 
@@ -35,13 +35,13 @@ _JOB_COLUMNS = """job_id, type, company_id, status, route, route_reason, provide
     pacing, estimated_cost, currency, budget_wait, suppressed, template_source, template_version, callback_url"""
 
 
-# The jobs as shown: the read model's status, except that an accepted or running job whose latest
+# The jobs as shown (projections.jobs.SHOWN_STATUS), except that an accepted or running job whose latest
 # JobPaused / JobResumed (audit log; one topic and key, so offsets order them) is a pause shows as "paused".
 # Derived here rather than stored: the projector then needs no order between the jobs and batches topics.
 _SHOWN_STATUS = f"""CASE WHEN j.status IN ('accepted', 'running') AND (
         SELECT a.event_type FROM audit_log a WHERE a.subject = j.job_id
           AND a.event_type IN ('{JobPaused.ce_type}', '{JobResumed.ce_type}') ORDER BY a."offset" DESC LIMIT 1
-    ) = '{JobPaused.ce_type}' THEN 'paused' ELSE j.status END"""
+    ) = '{JobPaused.ce_type}' THEN 'paused' ELSE {SHOWN_STATUS} END"""
 _JOBS = ("(SELECT " + ", ".join(f"j.{c.strip()}" if c.strip() != "status" else f"{_SHOWN_STATUS} AS status"
                                  for c in _JOB_COLUMNS.split(",")) + " FROM jobs j)")
 

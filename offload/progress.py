@@ -12,11 +12,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from config.settings import Settings
-from projections.jobs import JobStatus
+from projections.jobs import SHOWN_STATUS, JobStatus
 
-_QUERY = """SELECT job_id, status, route, route_reason, provider, total_recipients, succeeded, failed, suppressed,
-                   batch_count, batches_done, fell_back, error_message, timecreated, timecompleted
-            FROM jobs WHERE job_id = %s"""
+_QUERY = f"""SELECT job_id, {SHOWN_STATUS} AS status, route, route_reason, provider, total_recipients, succeeded,
+                    failed, suppressed, batch_count, batches_done, fell_back, error_message, timecreated,
+                    timecompleted
+             FROM jobs j WHERE job_id = %s"""
 
 
 async def _connect(settings: Settings) -> psycopg.AsyncConnection:
@@ -93,8 +94,9 @@ async def list_jobs(settings: Settings, *, company_id: int | None, status: str |
     try:
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                """SELECT job_id, type, company_id, status, route, provider, total_recipients, succeeded, failed,
-                          suppressed, timecreated, estimated_cost, currency FROM jobs
+                f"""SELECT * FROM (SELECT job_id, type, company_id, {SHOWN_STATUS} AS status, route, provider,
+                                         total_recipients, succeeded, failed, suppressed, timecreated,
+                                         estimated_cost, currency FROM jobs j) jobs
                    WHERE (%(company)s::int IS NULL OR company_id = %(company)s)
                      AND (%(status)s::text IS NULL OR status = %(status)s)
                    ORDER BY timecreated DESC NULLS LAST LIMIT %(limit)s""",

@@ -41,6 +41,14 @@ class JobStatus(StrEnum):
 # Statuses a job stays in unless someone acts: cancelling one of these is refused.
 FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.REJECTED})
 
+# The status readers are shown (API, pages, CLI; ``j`` is the jobs row): a completed or cancelled job shows as
+# running until its counters hold every learner. Its JobCompleted (on `jobs`) can be applied in a poll before
+# the last outcomes (on `outcomes`) that raise them, the topics being read in no fixed order, and whoever reads
+# "completed" takes the counts beside it as final.
+SHOWN_STATUS = f"""CASE WHEN j.status IN ('{JobStatus.COMPLETED.value}', '{JobStatus.CANCELLED.value}')
+        AND j.succeeded + j.failed + j.suppressed < j.total_recipients THEN '{JobStatus.RUNNING.value}'
+        ELSE j.status END"""
+
 DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id             text PRIMARY KEY,

@@ -1,0 +1,57 @@
+"""A job is shown completed (or cancelled) only with its final counts: the projector can apply its JobCompleted
+before the last outcomes that raise its counters (the topics are read in no fixed order), and whoever reads
+"completed" through the API or the CLI takes the counts beside it as final."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from offload.progress import _connect, job_row, list_jobs
+from projections.read_models import open_read_models
+from tests.support.api import ApiServer, SignedClient, api_keys
+
+pytestmark = pytest.mark.integration
+
+K7 = "k7-secret-0123456789abcdef"
+
+
+async def _sql(settings, statement: str, params: tuple = ()) -> None:
+    conn = await open_read_models(settings)
+    try:
+        await conn.execute(statement, params)
+        await conn.commit()
+    finally:
+        await conn.close()
+
+
+async def _cli_status(settings, job_id: str) -> str:
+    conn = await _connect(settings)
+    try:
+        row = await job_row(conn, job_id)
+        assert row is not None
+        return row["status"]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("finished", ["completed", "cancelled"])
+def test_a_finished_job_shows_as_running_until_its_last_outcomes_are_counted(settings_factory, finished):
+    settings = settings_factory(api_keys=api_keys(k7=(K7, 7)))
+    # As the read model stands when JobCompleted was applied first: 19 of 20 learners counted.
+    asyncio.run(_sql(settings, "INSERT INTO jobs (job_id, type, company_id, status, total_recipients, succeeded, "
+                               "failed) VALUES ('shown-job', 'email', 7, %s, 20, 17, 2)", (finished,)))
+    with ApiServer(settings) as server:
+        k7 = SignedClient(server.base_url, "k7", K7)
+
+        def shown() -> tuple[str, int, str, str]:
+            reply = k7.get("/api/v1/jobs/shown-job")
+            assert reply.status == 200, reply.body
+            listed = asyncio.run(list_jobs(settings, company_id=7, status=None, limit=5))[1].split()
+            return (reply.body["status"], reply.body["progress"]["pending"], asyncio.run(_cli_status(settings,
+                    "shown-job")), listed[3])
+
+        assert shown() == ("running", 1, "running", "running")
+        asyncio.run(_sql(settings, "UPDATE jobs SET suppressed = 1 WHERE job_id = 'shown-job'"))  # the last one
+        assert shown() == (finished, 0, finished, finished)
