@@ -33,8 +33,12 @@ def adapter(server: SendGridServer, limiter: RateLimiter) -> SendGridProvider:
     return SendGridProvider(api_key=KEY, base_url=server.base_url, mail_from=MAIL_FROM, limiter=limiter)
 
 
-def assert_never_faster_than(calls: list[Call], rate: float, slack: float = 0.05) -> None:
-    """Between the arrival of any two accepted calls, no more than ``rate`` per second went out before the later."""
+def assert_never_faster_than(calls: list[Call], rate: float, slack: float = 0.25) -> None:
+    """Between the arrival of any two accepted calls, no more than ``rate`` per second went out before the later.
+
+    ``slack`` is what the way to the server may shift one arrival against another (the first call also connects;
+    the server's thread waits its turn on a busy machine): it matters only over short spans, so a limiter sending
+    even 10 % too fast still fails over the whole batch (160 recipients at 40/s: 4 s, against 0.25 s of slack)."""
     accepted = [c for c in calls if c.status < 300]
     for i, first in enumerate(accepted):
         running = 0
