@@ -137,7 +137,7 @@ async def until(condition: Callable[[], bool], *, seconds: float) -> bool:
 
 
 async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(sink: DevMailSink) -> None:
-    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=0.5)
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=3)
     await provider.start()
     try:
         sink.hold_after(0)  # DATA is never answered until released

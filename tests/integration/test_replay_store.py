@@ -279,7 +279,7 @@ def test_while_postgres_is_unreachable_signed_requests_and_webhooks_fail_closed_
     target = psycopg.conninfo.conninfo_to_dict(database_url)
     with CuttableLink(str(target.get("host") or "127.0.0.1"), int(target.get("port") or 5432)) as link:
         through_link = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=link.port)
-        settings = settings_factory(api_keys=api_keys(k7=(K7, 7)), database_url=through_link, api_db_timeout=1.0,
+        settings = settings_factory(api_keys=api_keys(k7=(K7, 7)), database_url=through_link, api_db_timeout=3.0,
                                     api_health_interval=0.2, webhook_mailgun_signing_key=mailgun_key)
         with ApiServer(settings) as server:
             client = SignedClient(server.base_url, "k7", K7)

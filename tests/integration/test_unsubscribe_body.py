@@ -36,7 +36,7 @@ def exchange(port: int, path: str, parts: list[bytes | float], length: int) -> b
 
 
 def test_an_unsubscribe_body_is_read_whole_and_within_the_deadline(settings_factory, topics_for):
-    settings = settings_factory(api_body_timeout=1.0)
+    settings = settings_factory(api_body_timeout=5.0)  # far beyond the 0.3 s pause, however busy the machine
     topics_for(settings)
     secret = settings.unsubscribe_key()
     with ApiServer(settings) as api:
@@ -50,7 +50,7 @@ def test_an_unsubscribe_body_is_read_whole_and_within_the_deadline(settings_fact
         answer = exchange(api.port, slow, [ONE_CLICK[:5]], len(ONE_CLICK))
         assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
         assert b"Nothing was changed" in answer
-        assert time.monotonic() - started < 20  # the deadline (1 s) ended it, not the client
+        assert time.monotonic() - started < 25  # the deadline (5 s) ended it, not the client
     unsubscribes = [(e.userid, e.method) for e in events(settings, "suppressions")
                     if isinstance(e, RecipientUnsubscribed)]
     assert unsubscribes == [(1, "one-click")]
