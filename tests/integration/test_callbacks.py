@@ -49,7 +49,8 @@ def test_callbacks_are_signed_retried_while_moodle_is_down_and_survive_a_worker_
 
         # Moodle is down: the first attempt is answered 503 and recorded; then the worker crashes.
         wait_for(lambda: moodle.received, timeout=90, what="the first callback attempt")
-        time.sleep(1.5)
+        wait_for(lambda: any(isinstance(e, CallbackFailed) and e.event == "started" and e.attempt == 1
+                             for e in events(settings, "callbacks")), timeout=60, what="the failed attempt recorded")
         worker.kill()
         crashed_at = time.time()
         attempts_before_crash = len(moodle.received)
