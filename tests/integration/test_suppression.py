@@ -168,7 +168,7 @@ def test_hard_bounces_and_admin_entries_suppress_and_replay_rebuilds_the_lists(
     settings = settings_factory(smtp_port=mail_sink.port, webhook_mailgun_signing_key=MAILGUN_KEY,
                                 api_keys=api_keys(**{K7: (K7_SECRET, 7), OPS: (OPS_SECRET, None)}))
     topics_for(settings)
-    processes("worker", without_api_keys(settings))
+    worker = processes("worker", without_api_keys(settings))
     processes("projector", without_api_keys(settings))
     asyncio.run(submit_job(settings, job_factory("sent-1", 3)))
     wait_for_job(settings, "sent-1")
@@ -202,6 +202,8 @@ def test_hard_bounces_and_admin_entries_suppress_and_replay_rebuilds_the_lists(
         location, page = asyncio.run(ui_suppress(api.base_url, 7, {"userid": "1", "scope": "weekly_digest",
                                                                    "reason": "asked at the front desk"}))
         assert location == "/ui/companies/7?notice=suppression_added" and "weekly_digest" in page
+        for entry in ("7:2:*", "7:3:*", "7:1:weekly_digest"):  # the worker's list, not only the read model's
+            worker.wait_for_log(f"suppression list of company 7: SuppressionAdded {entry}", timeout=60)
         asyncio.run(submit_job(settings, job_factory("sent-2", 3)))
         assert wait_for_job(settings, "sent-2")["suppressed"] == 2
         assert {u: s for u, (s, _) in statuses(settings, "sent-2").items()} == {
@@ -217,6 +219,7 @@ def test_hard_bounces_and_admin_entries_suppress_and_replay_rebuilds_the_lists(
         history = [(h["event"], h["entry"], h["by"]) for h in listing.body["history"]]
         assert history == [("removed", "7:2:*", K7), ("added", "7:1:weekly_digest", f"ui:{OPS}"),
                            ("added", "7:3:*", K7), ("added", "7:2:*", None)]
+    worker.wait_for_log("suppression list of company 7: SuppressionRemoved 7:2:*", timeout=60)
     asyncio.run(submit_job(settings, job_factory("sent-3", 3)))
     assert wait_for_job(settings, "sent-3")["suppressed"] == 1
 
