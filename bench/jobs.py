@@ -16,6 +16,7 @@ from psycopg import sql
 from bench.mail_sink import LineCounter
 from bench.measure import log
 from config.settings import Settings
+from projections.jobs import SHOWN_STATUS
 from tests.support.jobs import job_payload
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the started processes run in
@@ -62,9 +63,10 @@ async def _wait_completed(settings: Settings, job_id: str, timeout: float, start
                 raise TimeoutError(f"job {job_id} not completed within {timeout:.0f} s; last (s, done, at the sink) "
                                    f"{timeline[-1:]}, status {seen[0]}, pacing {seen[1]}")
             try:
-                cur = await conn.execute(
-                    "SELECT status, total_recipients, succeeded, failed, batches_done, batch_count, route, "
-                    "provider, route_reason, fell_back, estimated_cost, pacing FROM jobs WHERE job_id = %s", (job_id,))
+                cur = await conn.execute(  # completed with its final counts, as the API shows it
+                    f"SELECT {SHOWN_STATUS} AS status, total_recipients, succeeded, failed, batches_done, batch_count, "
+                    "route, provider, route_reason, fell_back, estimated_cost, pacing FROM jobs j WHERE job_id = %s",
+                    (job_id,))
                 row = await cur.fetchone()
             except psycopg.errors.UndefinedTable:
                 row = None
