@@ -6,7 +6,9 @@ figures; between reads the worker adds what it reserves itself. When the next ca
 account is, as ``OFFLOAD_SES_DAILY_QUOTA`` says, paused (calls wait until a read shows room again: SES's window
 rolls, and a raised quota counts at once) or left for the local relay (:class:`DailyQuotaReached`, which makes
 the batch fall back with the reason). Several workers split the room left at each read by their share of the
-batch partitions, like the send rate, so together they stay within it.
+batch partitions, like the send rate, so together they stay within it. Calls wait for the worker's first read of
+the account (answered or not): a worker started while the quota is used up, with a batch to serve at once (one
+given up by a worker that stopped, say), must not send before it knows.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class DailyQuota:
         self.paused_by: str | None = None  # why calls wait, while they do
         self._pause = asyncio.Event()  # set while paused_by is
         self.waiting = 0  # calls waiting for room
+        self._read = asyncio.Event()  # set once the account was first read, or the read went unanswered
 
     def update(self, max_24h: float, sent_last_24h: float) -> None:
         """A fresh read of the account: its figures replace what this worker counted since the last one."""
@@ -46,6 +49,11 @@ class DailyQuota:
         self._sent_at_read, self._reserved = sent_last_24h, 0
         self._changed.set()
         self._changed = asyncio.Event()
+        self._read.set()
+
+    def unread(self) -> None:
+        """A read of the account went unanswered: calls go on with what is known (before any read: no quota)."""
+        self._read.set()
 
     def set_share(self, share: float) -> None:
         if not 0.0 < share <= 1.0:
@@ -67,7 +75,9 @@ class DailyQuota:
     async def take(self, wanted: int) -> int:
         """Reserve up to ``wanted`` messages of the quota: how many may go now (at least one).
 
-        Waits while there is no room (``pause``), or raises DailyQuotaReached (``local``)."""
+        Waits for the first read of the account, then while there is no room (``pause``), or raises
+        DailyQuotaReached (``local``)."""
+        await self._read.wait()
         while True:
             room = self.room()
             if room is None or room >= 1:

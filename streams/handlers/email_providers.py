@@ -184,6 +184,8 @@ class EmailProviders:
             quota = await self.ses.read_quota()
         except Exception as exc:  # noqa: BLE001 - credentials, network, a double serving neither call: go on
             log.warning("could not read the SES send quota (%s): %s", type(exc).__name__, exc)
+            if self.ses_daily_quota is not None:
+                self.ses_daily_quota.unread()
             return
         rate, per_day, source = quota.max_send_rate, quota.max_24_hour_send, quota.source
         if self.ses_daily_quota is not None:

@@ -149,8 +149,11 @@ async def test_the_daily_quota_grants_what_is_left_then_pauses_until_a_read_show
 
     quota = DailyQuota("SES", "pause")
     told = asyncio.create_task(quota.paused())  # what a batch out with this provider waits on to say it waits
-    assert quota.room() is None and await quota.take(500) == 500  # nothing read yet: not limited
-    quota.update(200, 190)
+    early = asyncio.create_task(quota.take(5))  # the account not read yet: nothing goes before it is
+    await asyncio.sleep(0.01)
+    assert not early.done() and quota.room() is None and not quota.waiting
+    quota.update(200, 185)
+    assert await asyncio.wait_for(early, 1) == 5
     assert await quota.take(25) == 10  # only ten left in the 24-hour window
     await asyncio.sleep(0.01)
     assert not told.done()
@@ -180,3 +183,16 @@ async def test_the_daily_quota_set_to_local_refuses_once_used_up_and_shares_spli
     assert await quota.take(200) == 150
     with pytest.raises(DailyQuotaReached, match="this worker's share 25%"):
         await quota.take(1)
+
+
+async def test_a_read_of_the_quota_that_goes_unanswered_lets_calls_go_on_unlimited() -> None:
+    import asyncio
+
+    from adapters.email.quota import DailyQuota
+
+    quota = DailyQuota("SES", "pause")
+    waiting = asyncio.create_task(quota.take(500))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    quota.unread()  # no answer (credentials, network): what is known is in force, here no quota
+    assert await asyncio.wait_for(waiting, 1) == 500
