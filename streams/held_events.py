@@ -14,12 +14,17 @@ the consumer's unacked set every record no stream holds: it is not acked, so its
 read again after the rebalance, which is what dropping it from the buffers means. Records a stream is still working
 on (a batch still sending) are waited for as before. A worker's stop drops and waits the same way, and hung there
 too (a SIGTERM did not stop it; only its supervisor's SIGKILL did).
+
+A stream may also give up a record it holds (:meth:`HeldEvents.let_go`): it will not ack it, so it is read again
+after the rebalance or restart like a dropped one. The batch agent does so for a batch whose sends wait for an
+account's 24-hour quota, which may not have room for hours: while the consumer waits, it asks each stream to give
+up what cannot end soon (:meth:`HeldEvents.when_waited_on`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableSet
+from collections.abc import Callable, MutableSet
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -36,6 +41,7 @@ class HeldEvents(faust.Sensor):
         super().__init__(**kwargs)
         # Weak keys: a message nobody references any more is held by nobody (a crashed agent's, say).
         self._holders: WeakKeyDictionary[Message, list[int]] = WeakKeyDictionary()
+        self._on_wait: list[Callable[[], object]] = []
 
     def on_stream_event_in(self, tp: TP, offset: int, stream: StreamT, event: EventT) -> dict[str, Any] | None:
         self._holders.setdefault(event.message, []).append(id(stream))
@@ -43,15 +49,29 @@ class HeldEvents(faust.Sensor):
 
     def on_stream_event_out(self, tp: TP, offset: int, stream: StreamT, event: EventT,
                             state: dict[str, Any] | None = None) -> None:
-        holders = self._holders.get(event.message)
+        self.let_go(event.message, stream)
+
+    def let_go(self, message: Message, stream: StreamT) -> None:
+        """``stream`` no longer holds ``message`` (acked, or given up unacked: then it is read again later)."""
+        holders = self._holders.get(message)
         # Faust's pure-Python iterator (NO_CYTHON) also calls this for an event it skipped, never handed in.
         if holders is not None and id(stream) in holders:
             holders.remove(id(stream))
             if not holders:
-                del self._holders[event.message]
+                del self._holders[message]
 
     def holds(self, message: Message) -> bool:
         return message in self._holders
+
+    def when_waited_on(self, hook: Callable[[], object]) -> Callable[[], None]:
+        """Call ``hook`` each time the consumer waits for held records (a rebalance, a stop), about once a second;
+        returns what takes the hook off again."""
+        self._on_wait.append(hook)
+        return lambda: self._on_wait.remove(hook)
+
+    def waited_on(self) -> None:
+        for hook in list(self._on_wait):
+            hook()
 
 
 def release_orphans(unacked: MutableSet[Message], held: HeldEvents) -> list[Message]:

@@ -20,7 +20,8 @@ beginning (:func:`seek_to_committed`): aiokafka seeks only partitions that have 
 partition's position past the records Faust had dropped, never to be served.
 
 On a rebalance the consumer waits only for records a stream still works on: records Faust dropped from the agents'
-buffers are not waited for (:mod:`streams.held_events` has the wait that otherwise never ends).
+buffers are not waited for (:mod:`streams.held_events` has the wait that otherwise never ends), and while it waits
+the streams are asked to give up records that cannot end soon (:func:`held_events`).
 
 Faust's producer (the tables' changelogs) keeps each topic in its metadata from its first send on
 (:mod:`eventlog.kept_topics`): otherwise a refresh could drop a changelog with a batch waiting for it, which would
@@ -30,7 +31,7 @@ wait out Faust's 1,200 s request timeout and hold up the worker's commits as lon
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import aiokafka
 import faust
@@ -84,15 +85,12 @@ class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _FullerFetchConsumer(faust_aiokafka.Consumer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._held = HeldEvents()
-        self.app.sensors.add(self._held)
-
     def _clean_unacked_messages(self) -> None:
         # Called by wait_empty (a rebalance, a stop) after each second it waited for acks.
+        held = cast(FullerFetchTransport, self.transport).held
+        held.waited_on()
         super()._clean_unacked_messages()
-        release_orphans(self._unacked_messages, self._held)
+        release_orphans(self._unacked_messages, held)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _FullerFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -114,7 +112,21 @@ class FullerFetchTransport(faust_aiokafka.Transport):
     Consumer: ClassVar[Any] = _FullerFetchConsumer
     Producer: ClassVar[Any] = _TopicKeepingProducer
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held = HeldEvents()
+        self.app.sensors.add(self.held)
+
 
 def use_fuller_fetches(app: faust.App) -> None:
     """Give ``app`` this transport; call before anything asks for its topics, consumer or producer."""
     app.transport = FullerFetchTransport(app.conf.broker_consumer, app)
+
+
+def held_events(app: faust.App) -> HeldEvents:
+    """What ``app``'s streams hold unacked; a stream gives up a record there (``let_go``) so that no rebalance or
+    stop waits for it, and is asked to while one waits (``when_waited_on``)."""
+    transport = app.transport
+    if not isinstance(transport, FullerFetchTransport):
+        raise TypeError(f"the app's transport is {type(transport).__name__}, not the worker's (use_fuller_fetches)")
+    return transport.held

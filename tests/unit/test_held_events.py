@@ -57,3 +57,26 @@ def test_release_orphans_takes_out_what_no_stream_holds_and_acks_nothing():
     assert set(unacked) == {working}
     assert not dropped.acked and not working.acked  # not acked: its offset is not committed, it is read again
     assert release_orphans(unacked, held) == []
+
+
+def test_a_stream_that_lets_go_of_a_message_no_longer_holds_it_and_a_wait_no_longer_waits_for_it():
+    held, stream, other = HeldEvents(), object(), object()
+    given_up, shared = message(5), message(6)
+    take(held, stream, given_up)
+    take(held, stream, shared)
+    take(held, other, shared)
+    held.let_go(given_up, stream)
+    held.let_go(shared, stream)
+    unacked: WeakSet[Message] = WeakSet([given_up, shared])
+    assert release_orphans(unacked, held) == [given_up]  # the other stream still holds the shared one
+    assert not given_up.acked
+
+
+def test_each_wait_asks_the_streams_until_they_stop_asking_to_be_asked():
+    held, asked = HeldEvents(), []
+    stop_asking = held.when_waited_on(lambda: asked.append(1))
+    held.waited_on()
+    held.waited_on()
+    stop_asking()
+    held.waited_on()
+    assert asked == [1, 1]
