@@ -29,12 +29,19 @@ through BatchCompleted, the table mark, the ack and the next record's intake). T
 - An outcome the broker refuses is produced again (``OutcomeRecorder.flush``; the publisher has a new producer by
   then); one it keeps refusing fails the batch the same way. A batch is never reported done while an outcome it
   counts is not in the log.
+- A rebalance or a stop waits until every record a stream has taken is acked (Faust's ``wait_empty``, with no
+  deadline). A batch whose sends wait for the account's 24-hour quota may not end for hours, so while the consumer
+  waits, such a batch is given up (``BatchRunner.give_up_stalled``): its sends are stopped (nothing of it is in
+  flight: they wait), what it recorded is flushed, and its record is left unacked and let go of, to be served
+  again, from the ledger, by whichever worker gets its partition. Records after it are not acked either (acks
+  stay in record order); a batch among them that completed only repeats its BatchCompleted when served again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -52,30 +59,55 @@ from schemas.events import (
 )
 from streams.batchwork import BatchHandler, OutcomeRecorder, OverlappingHandler
 from streams.context import StreamContext
+from streams.held_events import HeldEvents
 from streams.job_data import JobData
 from streams.state import BatchProgress
 from streams.suppressions import SuppressionList
+from streams.transport import held_events
 
 log = logging.getLogger(__name__)
 
 
 class Finish:
     """The rest of a batch once its work is handed out: the end of its sends, then steps 3-4. ``durable`` is set
-    once its outcomes are all in the log; ``failed`` once its sends failed (the batch must be served again)."""
+    once its outcomes are all in the log; ``failed`` once its sends failed (the batch must be served again);
+    ``given_up`` says why a rebalance or stop gave the batch up (it is served again, after them)."""
 
-    def __init__(self, sends: asyncio.Future[bool] | None, flush: Callable[[], Awaitable[None]],
+    def __init__(self, key: str, sends: asyncio.Future[bool] | None, recorder: OutcomeRecorder,
                  complete: Callable[[bool], Awaitable[None]]) -> None:
+        self.key = key
         self._sends = sends
-        self._flush = flush
+        self._recorder = recorder
+        self._flush = recorder.flush
         self._complete = complete
         self.durable = asyncio.Event()
         self.failed = False
+        self.given_up: str | None = None
 
-    async def __call__(self) -> None:
+    def stalled(self) -> str | None:
+        """Why the batch's sends wait for what may take hours, while they do (the account's 24-hour quota)."""
+        if self._sends is None or self._sends.done() or self._recorder.stalled_by is None:
+            return None
+        return self._recorder.stalled_by()
+
+    def give_up(self, why: str) -> None:
+        """Stop the sends, which wait (``stalled``); the batch ends unfinished, to be served again."""
+        self.given_up = why
+        self.abandon()
+
+    async def __call__(self) -> bool:
+        """Steps 3-4 once the sends have ended; False, with what was recorded flushed, once the batch was given up
+        (it is not done: it is served again)."""
         fell_back = False
         if self._sends is not None:
             try:
                 fell_back = await self._sends
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if self.given_up is None or (current is not None and current.cancelling()):
+                    raise
+                await self._flush()  # what was recorded stays recorded: the batch served again reads it back
+                return False
             except Exception:
                 self.failed = True
                 await self._flush()  # what was recorded stays recorded: the batch served again reads it back
@@ -89,6 +121,7 @@ class Finish:
             raise
         self.durable.set()
         await self._complete(fell_back)
+        return True
 
     def abandon(self) -> None:
         """Stop the sends still out (the worker stops serving this partition or exits)."""
@@ -103,6 +136,7 @@ class BatchRunner:
         self.job_data = JobData(ctx.ledger)
         self.suppressions = SuppressionList(ctx.suppressions)
         self._recent: list[Finish] = []  # the last two batches served that have a Finish, oldest first
+        self._out: weakref.WeakSet[Finish] = weakref.WeakSet()  # batches whose sends may still be out
 
     async def serve(self, message: faust.types.Message) -> Finish | None:
         """Step 1 and the start of step 2 of one batch; returns the rest, to run before the record is acked and
@@ -122,6 +156,15 @@ class BatchRunner:
         """The same batch once more after its sends failed, from its recorded outcomes; every batch before it
         has finished by then (its Finish runs after theirs), and the batch after it waits for this one."""
         return await self._serve(message, None, None)
+
+    def give_up_stalled(self) -> None:
+        """Give up each batch whose sends wait for what may take hours (the module docstring's last point)."""
+        for finish in list(self._out):
+            why = finish.stalled()
+            if why is not None and finish.given_up is None:
+                log.warning("batch %s given up for now, unacked, as the worker stops or rebalances while its sends "
+                            "wait (%s): whichever worker gets its partition serves it again", finish.key, why)
+                finish.give_up(why)
 
     async def _accept(self, message: faust.types.Message) -> tuple[BatchDispatched, BatchHandler] | None:
         """The batch and its job type's handler; None once a record that is neither was dead-lettered."""
@@ -161,7 +204,7 @@ class BatchRunner:
 
             async def repeat_completed(_fell_back: bool) -> None:
                 await self._complete(batch, recorder, failures, state.fell_back, source, succeeded=state.succeeded)
-            return Finish(None, recorder.flush, repeat_completed)
+            return Finish(key, None, recorder, repeat_completed)
         if self.ctx.paused_jobs.get(batch.job_id) and not self.ctx.cancelled_jobs.get(batch.job_id):
             # Neither sent nor failed: JobResumed (or a cancel) sends this batch again (track-progress).
             log.info("batch %s waits: job %s is paused", key, batch.job_id)
@@ -178,7 +221,10 @@ class BatchRunner:
                                             recorder.sent_by, recorder.pacing, recorder.suppressed).to_dict()
             await self._complete(batch, recorder, recorder.failures, fell_back, source,
                                  succeeded=recorder.succeeded)
-        return Finish(sends, recorder.flush, mark_and_complete)
+        finish = Finish(key, sends, recorder, mark_and_complete)
+        if sends is not None:
+            self._out.add(finish)
+        return finish
 
     async def _work(self, batch: BatchDispatched, handler: BatchHandler, remaining: list[Recipient],
                     recorder: OutcomeRecorder, gate: asyncio.Event | None) -> asyncio.Future[bool] | None:
@@ -273,7 +319,9 @@ def register(app: faust.App, ctx: StreamContext) -> None:
 async def run_pipelined(ctx: StreamContext, runner: BatchRunner, stream: faust.StreamT) -> None:
     """Serve each batch record, its sends overlapping with those of the batch before (module docstring)."""
     manual = cast(faust.Stream, stream).noack()
-    finishing: list[asyncio.Task[None]] = []  # the batches not yet acked, in record order
+    held = held_events(ctx.app)
+    stop_asking = held.when_waited_on(runner.give_up_stalled)  # a rebalance or stop waits for the records held
+    finishing: list[asyncio.Task[bool]] = []  # the batches not yet acked, in record order
     try:
         async for event in manual.events():
             # Returns once the batch's messages are handed to the sessions, which waits for the outcomes of the
@@ -281,34 +329,58 @@ async def run_pipelined(ctx: StreamContext, runner: BatchRunner, stream: faust.S
             finish = await ctx.guarded(event.message, "process-batches", runner.serve)
             finishing = [task for task in finishing if not task.done()]
             finishing.append(asyncio.create_task(
-                _finish_and_ack(ctx, runner, manual, event, finish, after=finishing[-1] if finishing else None)))
+                _finish_and_ack(ctx, runner, manual, held, event, finish,
+                                after=finishing[-1] if finishing else None)))
         if finishing:
             await finishing[-1]
     finally:
+        stop_asking()
         for task in finishing:
             if not task.done():
                 task.cancel()  # not acked: the batch is served again, from the ledger
 
 
-async def _finish_and_ack(ctx: StreamContext, runner: BatchRunner, stream: faust.StreamT, event: faust.EventT,
-                          finish: Finish | None, *, after: asyncio.Task[None] | None) -> None:
+async def _finish_and_ack(ctx: StreamContext, runner: BatchRunner, stream: faust.StreamT, held: HeldEvents,
+                          event: faust.EventT, finish: Finish | None, *, after: asyncio.Task[bool] | None) -> bool:
     """The end of one batch's sends and its steps 3-4, after the batch before it has finished (so outcomes
-    become durable and records are acked in record order); then the ack that lets it be committed."""
+    become durable and records are acked in record order); then the ack that lets it be committed. Whether it
+    acked: not once the batch was given up, nor after a record that was not acked (so none is committed past
+    it); such a record is let go of, so no rebalance or stop waits for it, and is read again after them."""
     current = finish
+    acked = False
     try:
+        in_order = True
         if after is not None:
-            await after
+            await asyncio.wait([after])
+            in_order = _acked(after)
+        done: bool | None = None
         if finish is not None:
-            async def run(message: faust.types.Message) -> None:
+            async def run(message: faust.types.Message) -> bool:
                 nonlocal current
                 if current is not None and current.failed:  # its sends failed: once more, from the ledger
                     current = await runner.serve_again(message)
-                if current is not None:
-                    await current()
-            await ctx.guarded(event.message, "process-batches", run)
+                return await current() if current is not None else True
+            done = await ctx.guarded(event.message, "process-batches", run)  # None: dead-lettered, so acked
+        if in_order and done is not False:
+            await stream.ack(event)
+            acked = True
     finally:
         for each in (finish, current):
             if each is not None:
                 each.abandon()  # cancelled (or given up): no sends left running for a batch nobody finishes
                 each.durable.set()  # done, given up (dead-lettered) or cancelled: a batch waiting may go on
-    await stream.ack(event)
+        if not acked:
+            held.let_go(event.message, stream)
+    return acked
+
+
+def _acked(task: asyncio.Task[bool]) -> bool:
+    """Whether the finished task of the record before acked it."""
+    if task.cancelled():
+        return False
+    error = task.exception()
+    if error is not None:
+        log.error("process-batches: finishing a batch failed; the records after it are not acked",
+                  exc_info=error)
+        return False
+    return task.result()

@@ -65,6 +65,14 @@ async def _say_when_waiting(batch: BatchDispatched, provider: str, quota: DailyQ
                                                      provider=provider, reason=why))
 
 
+def _stall_reason(primary: EmailProvider) -> Callable[[], str | None] | None:
+    """Why sends through ``primary`` wait for what may take hours, while some do: its account's 24-hour quota."""
+    quota = primary.quota if isinstance(primary, PacedProvider) else None
+    if quota is None:
+        return None
+    return lambda: quota.paused_by if quota.waiting else None
+
+
 async def _stop(tasks: list[asyncio.Task[DeliveryReport]]) -> None:
     """Cancel the chunks still sending and wait until they have stopped."""
     for task in tasks:
@@ -184,6 +192,7 @@ class EmailBatchHandler:
         chunk_size = len(recipients) if primary.name in _BATCH_FORM else _SEND_CHUNK
         breaker = self.providers.breaker_for(batch)
         on_result = self._on_result(batch, recorder, by_key, message_ids)
+        recorder.stalled_by = _stall_reason(primary)
 
         # Each chunk starts sending as soon as it is composed, so composing the next one (CPU) overlaps with
         # the SMTP round trips of this one instead of the sessions idling until the whole batch is composed.

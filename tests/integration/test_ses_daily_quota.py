@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import subprocess
+from collections import Counter
 from typing import Any
 
 import boto3
@@ -19,7 +22,7 @@ from schemas.events import BatchWaitingForQuota
 from streams.handlers.email_providers import EmailProviders
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
 from tests.support.moto_server import MotoServer
-from tests.support.observe import events, job_row, query, wait_for
+from tests.support.observe import events, job_row, query, wait_for, wait_for_job
 from tests.support.routing import start_routed_to
 
 pytestmark = pytest.mark.integration
@@ -125,3 +128,87 @@ def test_a_job_whose_sends_wait_for_the_quota_says_so_on_its_page_while_they_wai
     assert "org.manireports.offload.batch.waiting-for-quota.v1" in {r["event_type"] for r in history}
     # Nothing past the quota went out, through SES or around it.
     assert len(moto.sent_emails()) == 200 and mail_sink.count() == 0
+
+
+def learners_sent(moto: MotoServer) -> Counter[str]:
+    """How often SES sent to each learner (the account's earlier messages went to others)."""
+    return Counter(sent["destinations"][0] for sent in moto.sent_emails()
+                   if isinstance(sent.get("destinations"), list) and sent["destinations"][0].startswith("learner"))
+
+
+def job_waiting_for_the_quota(settings_factory, topics_for, processes, job_factory, mail_sink, moto,
+                              job_id: str) -> tuple[Settings, Any, Counter[str]]:
+    """A 30-learner job through SES with room for 10 today: its one batch sent 10, the rest wait for the quota.
+    Returns the settings, the worker, and whom SES sent to."""
+    fresh_account_that_sent(moto, 190)
+    settings = settings_factory(aws_endpoint_url=moto.endpoint_url, aws_access_key_id="testing",
+                                aws_secret_access_key="testing", mail_from=MAIL_FROM, smtp_port=mail_sink.port,
+                                ses_pace_to_account=False, ses_daily_quota="pause", ses_quota_refresh_seconds=5)
+    worker = start_routed_to("ses", settings, topics_for, processes)
+    asyncio.run(submit_job(settings, job_factory(job_id, 30)))
+    wait_for(lambda: (row := job_row(settings, job_id)) and (row["pacing"] or "").startswith("paused")
+             and row["succeeded"] == 10, what="the job's sends to wait for the quota", timeout=90)
+    first = learners_sent(moto)
+    assert len(first) == 10 and set(first.values()) == {1}, first
+    return settings, worker, first
+
+
+def stops_on_sigterm(worker: Any) -> str:
+    """SIGTERM, and the worker's log once it has exited by itself."""
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        code = worker.proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker did not stop on SIGTERM:\n{worker.log_text()[-3000:]}") from None
+    text = worker.log_text()
+    assert code >= 0 and "wait_empty: Waiting for tasks" not in text, text[-3000:]
+    return text
+
+
+def the_rest_goes_out_once(settings: Settings, processes, moto: MotoServer, job_id: str,
+                           first: Counter[str]) -> None:
+    """With room in the quota again (no worker runs while the account is reset), a new worker sends the 20
+    learners who wait, each once, and nobody SES had already sent to."""
+    fresh_account_that_sent(moto, 0)
+    processes("worker", settings)
+    row = wait_for_job(settings, job_id, timeout=120)
+    assert (row["succeeded"], row["failed"]) == (30, 0), row
+    rest = learners_sent(moto)
+    assert len(rest) == 20 and set(rest.values()) == {1} and not set(rest) & set(first), (rest, first)
+
+
+def test_a_worker_stopped_while_a_batch_waits_for_the_quota_stops_and_the_next_sends_the_rest_once(
+    settings_factory, topics_for, processes, job_factory, mail_sink, moto
+) -> None:
+    # Before: the stop waited for the batch's record to be acked (Faust's wait_empty, no deadline) until the
+    # supervisor's SIGKILL, and a rebalance stalled the same way.
+    settings, worker, first = job_waiting_for_the_quota(settings_factory, topics_for, processes, job_factory,
+                                                        mail_sink, moto, "quota-stop")
+    text = stops_on_sigterm(worker)
+    assert re.search(r"batch quota-stop:0:0 given up for now, unacked, as the worker stops or rebalances while "
+                     f"its sends wait \\({QUOTA_WAIT}\\)", text), text[-3000:]
+    the_rest_goes_out_once(settings, processes, moto, "quota-stop", first)
+
+
+def test_a_worker_joining_while_a_batch_waits_for_the_quota_does_not_stall_the_rebalance(
+    settings_factory, topics_for, processes, job_factory, mail_sink, moto
+) -> None:
+    # Before: the first worker never finished the rebalance; the group evicted it, and it kept its batch waiting,
+    # to send beside the batch's new owner once the quota had room.
+    settings, first_worker, first = job_waiting_for_the_quota(settings_factory, topics_for, processes,
+                                                              job_factory, mail_sink, moto, "quota-join")
+    def waits() -> int:
+        return sum(isinstance(e, BatchWaitingForQuota) for e in events(settings, "jobs"))
+
+    waited = waits()
+    second_worker = processes("worker", settings)
+    # The batch is given up by the first worker and served again after the rebalance, by whichever worker got
+    # its partition; its sends then wait for the quota once more.
+    resumed = "batch quota-join:0:0 resumed after a crash: 10 of 30 already recorded"
+    wait_for(lambda: resumed in first_worker.log_text() + second_worker.log_text(), timeout=90,
+             what="the batch to be served again after the rebalance")
+    assert "batch quota-join:0:0 given up for now" in first_worker.log_text()
+    wait_for(lambda: waits() > waited, timeout=60, what="the batch served again to wait for the quota")
+    for worker in (first_worker, second_worker):
+        stops_on_sigterm(worker)
+    the_rest_goes_out_once(settings, processes, moto, "quota-join", first)

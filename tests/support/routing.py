@@ -11,10 +11,12 @@ from offload.client import change_company_settings
 
 
 def start_routed_to(provider: str, settings: Settings, topics_for: Callable[[Settings], Any],
-                    processes: Callable[..., Any]) -> None:
-    """Company 7's email jobs of any size to ``provider``; returns once the worker has read that setting."""
+                    processes: Callable[..., Any]) -> Any:
+    """Company 7's email jobs of any size to ``provider``; returns the worker once it has read that setting."""
     topics_for(settings)
     asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_emails=True,
                                         user_threshold=1, email_provider=provider))
-    processes("worker", settings).wait_for_log("company 7 settings", timeout=30)
+    worker = processes("worker", settings)
+    worker.wait_for_log("company 7 settings", timeout=30)
     processes("projector", settings)
+    return worker
