@@ -103,6 +103,17 @@ class ServiceProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
+    def terminate(self, timeout: float) -> int:
+        """SIGTERM, and the exit code once the process has stopped by itself; TimeoutError, the process still
+        running, if it has not within ``timeout`` seconds."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{self.command} did not stop within {timeout} s of SIGTERM:\n"
+                               f"{self.log_text()[-3000:]}") from None
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_child(self.proc, timeout=30)

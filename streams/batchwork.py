@@ -56,7 +56,8 @@ class OutcomeRecorder:
         # BatchCompleted) must not be followed by a BatchCompleted saying what paced the sends before it.
         self.paced_by: Callable[[], str] | None = None
         # Set by the handler: why the batch's sends cannot go on now for a while that may last hours (they wait
-        # for the account's 24-hour quota), else None. A rebalance or a stop gives such a batch up unacked.
+        # for the account's 24-hour quota, or for an unreachable relay), else None. A rebalance or a stop gives
+        # such a batch up unacked.
         self.stalled_by: Callable[[], str | None] | None = None
 
     @property

@@ -129,6 +129,7 @@ class BatchDelivery:
         self.budget = [0] * len(messages)  # tries spent on the current provider
         self.unavailable_rounds = self.retry_rounds = self.throttle_rounds = self.consecutive_throttles = 0
         self.outage_waited = 0.0  # seconds of back-off spent waiting for an unreachable provider
+        self.waits_for: str | None = None  # why it waits for its provider to be reachable, while it does
 
     async def run(self) -> DeliveryReport:
         while self.open:
@@ -142,6 +143,7 @@ class BatchDelivery:
             if not self.open:
                 break
             self.phase, reason, delay = self._next_phase(done)
+            self.waits_for = done.unavailable if self.phase is Phase.PROVIDER_DOWN else None
             if self.phase is Phase.FALLING_BACK:
                 self._fall_back(reason)
             elif self.phase is Phase.GIVING_UP:
@@ -150,7 +152,7 @@ class BatchDelivery:
                 await breaker.sleep_unless_opened(self.sleep(delay))
             else:
                 await self.sleep(delay)
-        self.phase = Phase.DONE
+        self.phase, self.waits_for = Phase.DONE, None
         return DeliveryReport(results=[r for r in self.final if r is not None], fell_back=self.fell_back,
                               fallback_reason=self.fallback_reason)
 

@@ -30,8 +30,9 @@ through BatchCompleted, the table mark, the ack and the next record's intake). T
   then); one it keeps refusing fails the batch the same way. A batch is never reported done while an outcome it
   counts is not in the log.
 - A rebalance or a stop waits until every record a stream has taken is acked (Faust's ``wait_empty``, with no
-  deadline). A batch whose sends wait for the account's 24-hour quota may not end for hours, so while the consumer
-  waits, such a batch is given up (``BatchRunner.give_up_stalled``): its sends are stopped (nothing of it is in
+  deadline). A batch whose sends wait for the account's 24-hour quota, or for an unreachable relay (waited out for
+  up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS), may not end for hours, so while the consumer waits, such a batch is
+  given up (``BatchRunner.give_up_stalled``): its sends are stopped (nothing of it is in
   flight: they wait), what it recorded is flushed, and its record is left unacked and let go of, to be served
   again, from the ledger, by whichever worker gets its partition. Records after it are not acked either (acks
   stay in record order); a batch among them that completed only repeats its BatchCompleted when served again.
@@ -85,7 +86,8 @@ class Finish:
         self.given_up: str | None = None
 
     def stalled(self) -> str | None:
-        """Why the batch's sends wait for what may take hours, while they do (the account's 24-hour quota)."""
+        """Why the batch's sends wait for what may take hours, while they do (the account's 24-hour quota, an
+        unreachable relay)."""
         if self._sends is None or self._sends.done() or self._recorder.stalled_by is None:
             return None
         return self._recorder.stalled_by()

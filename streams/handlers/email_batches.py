@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from adapters.email.base import EmailProvider, OutgoingEmail
 from adapters.email.breaker import CircuitChange
-from adapters.email.delivery import DeliveryReport, FinalResult, RetryPolicy, deliver
+from adapters.email.delivery import BatchDelivery, DeliveryReport, FinalResult, Phase, RetryPolicy, deliver
 from adapters.email.dkim import DkimSigners, DkimSigningProvider
 from adapters.email.pacing import PacedProvider
 from adapters.email.quota import DailyQuota
@@ -65,12 +65,18 @@ async def _say_when_waiting(batch: BatchDispatched, provider: str, quota: DailyQ
                                                      provider=provider, reason=why))
 
 
-def _stall_reason(primary: EmailProvider) -> Callable[[], str | None] | None:
-    """Why sends through ``primary`` wait for what may take hours, while some do: its account's 24-hour quota."""
+def _stall_reason(primary: EmailProvider, deliveries: list[BatchDelivery]) -> Callable[[], str | None]:
+    """Why the batch's sends wait for what may take hours, while they do: sends through ``primary`` wait for its
+    account's 24-hour quota, or every chunk still open waits for its provider to be reachable again (a relay
+    outage is waited out for up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS): nothing of the batch is in flight then."""
     quota = primary.quota if isinstance(primary, PacedProvider) else None
-    if quota is None:
-        return None
-    return lambda: quota.paused_by if quota.waiting else None
+
+    def why() -> str | None:
+        if quota is not None and quota.waiting and quota.paused_by is not None:
+            return quota.paused_by
+        waiting = [delivery.waits_for for delivery in deliveries if delivery.phase is not Phase.DONE]
+        return waiting[0] if waiting and all(waiting) else None
+    return why
 
 
 async def _stop(tasks: list[asyncio.Task[DeliveryReport]]) -> None:
@@ -192,7 +198,8 @@ class EmailBatchHandler:
         chunk_size = len(recipients) if primary.name in _BATCH_FORM else _SEND_CHUNK
         breaker = self.providers.breaker_for(batch)
         on_result = self._on_result(batch, recorder, by_key, message_ids)
-        recorder.stalled_by = _stall_reason(primary)
+        deliveries: list[BatchDelivery] = []
+        recorder.stalled_by = _stall_reason(primary, deliveries)
 
         # Each chunk starts sending as soon as it is composed, so composing the next one (CPU) overlaps with
         # the SMTP round trips of this one instead of the sessions idling until the whole batch is composed.
@@ -203,10 +210,10 @@ class EmailBatchHandler:
         held: list[list[OutgoingEmail]] = []  # composed before the gate opened
 
         def hand_out(messages: list[OutgoingEmail]) -> None:
-            reports.append(asyncio.ensure_future(
-                deliver(messages, primary=primary, fallback=fallback, policy=self.policy, on_result=on_result,
-                        breaker=breaker)
-            ))
+            delivery = BatchDelivery(messages, primary=primary, fallback=fallback, policy=self.policy,
+                                     on_result=on_result, breaker=breaker)
+            deliveries.append(delivery)
+            reports.append(asyncio.ensure_future(delivery.run()))
 
         try:
             for position, recipient in enumerate(recipients, 1):

@@ -1,0 +1,40 @@
+"""A worker stopped while its batch waits for an unreachable local relay (an outage is waited out for up to
+OFFLOAD_RELAY_OUTAGE_MAX_SECONDS, an hour by default): it stops at once, giving the batch up unacked, and the
+worker that serves the batch next sends each learner once. Before, the stop waited for the batch until the relay
+came back or the hour ran out (Faust waits for every record taken to be acked), and a rebalance stalled alike."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from offload.client import submit_job
+from tests.support.email import closed_port
+from tests.support.observe import wait_for_job
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_worker_stopped_while_its_batch_waits_for_the_relay_stops_and_the_next_sends_each_learner_once(
+    settings_factory, topics_for, processes, job_factory, mail_sink
+) -> None:
+    relay_down = settings_factory(smtp_port=closed_port(), relay_outage_max_seconds=3600)
+    topics_for(relay_down)
+    worker = processes("worker", relay_down)
+    processes("projector", relay_down)
+    asyncio.run(submit_job(relay_down, job_factory("relay-stop", 30)))
+    worker.wait_for_log("wait for it without spending attempts", timeout=60)
+
+    assert worker.terminate(timeout=90) >= 0
+    text = worker.log_text()
+    assert re.search(r"batch relay-stop:0:0 given up for now, unacked, as the worker stops or rebalances while its "
+                     r"sends wait \(smtp unavailable: ", text), text[-3000:]
+    assert "wait_empty: Waiting for tasks" not in text and mail_sink.count() == 0
+
+    # The same job and group; the relay reachable.
+    processes("worker", relay_down.model_copy(update={"smtp_port": mail_sink.port}))
+    row = wait_for_job(relay_down, "relay-stop", timeout=120)
+    assert (row["succeeded"], row["failed"]) == (30, 0), row
+    assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 31)}
