@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bench.jobs import JobWaiting, _wait_completed
-from projections.read_models import open_read_models
+from tests.support.read_model_rows import write
 
 pytestmark = pytest.mark.integration
 
@@ -17,13 +17,8 @@ QUOTA = "SES 24-hour quota reached: 200 of Max24HourSend 200 (this worker's shar
 
 
 async def _job_row(settings, job_id: str, pacing: str) -> None:
-    conn = await open_read_models(settings)
-    try:
-        await conn.execute("INSERT INTO jobs (job_id, status, total_recipients, succeeded, pacing) "
-                           "VALUES (%s, 'running', 500, 200, %s)", (job_id, pacing))
-        await conn.commit()
-    finally:
-        await conn.close()
+    await write(settings, "INSERT INTO jobs (job_id, status, total_recipients, succeeded, pacing) "
+                "VALUES (%s, 'running', 500, 200, %s)", (job_id, pacing))
 
 
 def test_a_job_waiting_for_a_quota_ends_the_wait_with_the_reason(settings_factory):

@@ -9,21 +9,12 @@ import asyncio
 import pytest
 
 from offload.progress import _connect, job_row, list_jobs
-from projections.read_models import open_read_models
 from tests.support.api import ApiServer, SignedClient, api_keys
+from tests.support.read_model_rows import write
 
 pytestmark = pytest.mark.integration
 
 K7 = "k7-secret-0123456789abcdef"
-
-
-async def _sql(settings, statement: str, params: tuple = ()) -> None:
-    conn = await open_read_models(settings)
-    try:
-        await conn.execute(statement, params)
-        await conn.commit()
-    finally:
-        await conn.close()
 
 
 async def _cli_status(settings, job_id: str) -> str:
@@ -40,7 +31,7 @@ async def _cli_status(settings, job_id: str) -> str:
 def test_a_finished_job_shows_as_running_until_its_last_outcomes_are_counted(settings_factory, finished):
     settings = settings_factory(api_keys=api_keys(k7=(K7, 7)))
     # As the read model stands when JobCompleted was applied first: 19 of 20 learners counted.
-    asyncio.run(_sql(settings, "INSERT INTO jobs (job_id, type, company_id, status, total_recipients, succeeded, "
+    asyncio.run(write(settings, "INSERT INTO jobs (job_id, type, company_id, status, total_recipients, succeeded, "
                                "failed) VALUES ('shown-job', 'email', 7, %s, 20, 17, 2)", (finished,)))
     with ApiServer(settings) as server:
         k7 = SignedClient(server.base_url, "k7", K7)
@@ -53,5 +44,5 @@ def test_a_finished_job_shows_as_running_until_its_last_outcomes_are_counted(set
                     "shown-job")), listed[3])
 
         assert shown() == ("running", 1, "running", "running")
-        asyncio.run(_sql(settings, "UPDATE jobs SET suppressed = 1 WHERE job_id = 'shown-job'"))  # the last one
+        asyncio.run(write(settings, "UPDATE jobs SET suppressed = 1 WHERE job_id = 'shown-job'"))  # the last one
         assert shown() == (finished, 0, finished, finished)
