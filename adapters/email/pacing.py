@@ -156,6 +156,7 @@ class PacedProvider:
         self.limiters = list(limiters)
         self._sleep = sleep
         self.quota = quota  # the account's 24-hour sending quota (SES Max24HourSend), when it has one
+        self.quota_waits = 0  # calls through this provider waiting in the quota (for room, or its first read)
         # Run before each call is reserved: the worker takes its current share of the limits there, so a
         # rebalance that changes its partitions changes its rate from the next call, not the next batch.
         self._before_each_call = before_each_call
@@ -189,7 +190,11 @@ class PacedProvider:
             sizes = [size for size in (limiter.chunk() for limiter in self.limiters) if size]
             size = min([len(messages) - position, *sizes])
             if self.quota is not None:  # waits while the 24-hour quota is used up, or raises DailyQuotaReached
-                size = await self.quota.take(size)
+                self.quota_waits += 1
+                try:
+                    size = await self.quota.take(size)
+                finally:
+                    self.quota_waits -= 1
             part = messages[position : position + size]
             wait = max([limiter.delay_for(len(part)) for limiter in self.limiters], default=0.0)
             if wait > 0:

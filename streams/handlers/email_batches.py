@@ -66,16 +66,21 @@ async def _say_when_waiting(batch: BatchDispatched, provider: str, quota: DailyQ
 
 
 def _stall_reason(primary: EmailProvider, deliveries: list[BatchDelivery]) -> Callable[[], str | None]:
-    """Why the batch's sends wait for what may take hours, while they do: sends through ``primary`` wait for its
-    account's 24-hour quota, or every chunk still open waits for its provider to be reachable again (a relay
-    outage is waited out for up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS): nothing of the batch is in flight then."""
-    quota = primary.quota if isinstance(primary, PacedProvider) else None
+    """Why the batch's sends wait for what may take hours, while they do: every chunk still open waits, either
+    in the 24-hour quota of ``primary``'s account (this batch's own PacedProvider counts its calls there) or for
+    its provider to be reachable again (a relay outage is waited out for up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS).
+    Nothing of the batch is in flight then, so giving it up sends nobody twice."""
+    paced = primary if isinstance(primary, PacedProvider) else None
 
     def why() -> str | None:
-        if quota is not None and quota.waiting and quota.paused_by is not None:
-            return quota.paused_by
-        waiting = [delivery.waits_for for delivery in deliveries if delivery.phase is not Phase.DONE]
-        return waiting[0] if waiting and all(waiting) else None
+        still_open = [delivery for delivery in deliveries if delivery.phase is not Phase.DONE]
+        down = [delivery.waits_for for delivery in still_open if delivery.waits_for is not None]
+        in_quota = paced.quota_waits if paced is not None else 0
+        if not still_open or len(down) + in_quota < len(still_open):
+            return None
+        if in_quota and paced is not None and paced.quota is not None:
+            return paced.quota.paused_by or f"{paced.quota.label} 24-hour quota not read yet"
+        return down[0]
     return why
 
 
