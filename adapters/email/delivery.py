@@ -137,7 +137,7 @@ class BatchDelivery:
             if breaker is not None and not breaker.allows():
                 # Open before we start, or opened by another batch while we waited: go local at once.
                 self._fall_back(f"circuit open for {breaker.account.key}: {breaker.last_reason}")
-            self.phase = Phase.SENDING
+            self.phase, self.waits_for = Phase.SENDING, None
             done = await self._send_round()
             self.open = done.retry
             if not self.open:

@@ -1,0 +1,60 @@
+"""BatchDelivery.waits_for: why a chunk waits for its provider to be reachable, set only while it sleeps between
+rounds of an outage (a stop or rebalance gives up a batch all of whose chunks wait: none may be sending)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult
+from adapters.email.delivery import BatchDelivery, Phase, RetryPolicy
+from tests.support.email import outgoing
+
+
+class RelayBackAfter:
+    """Unreachable for the first ``down`` rounds, then sends; notes what the delivery said while it sent."""
+
+    name = "smtp"
+    max_batch = 25
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.delivery: BatchDelivery | None = None
+        self.seen_while_sending: list[tuple[Phase, str | None]] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send_batch(self, messages: Sequence[OutgoingEmail],
+                         on_result: OnEachResult | None = None) -> list[SendResult]:
+        assert self.delivery is not None
+        self.seen_while_sending.append((self.delivery.phase, self.delivery.waits_for))
+        if self.down:
+            self.down -= 1
+            raise ProviderUnavailable("smtp 127.0.0.1:1: connection refused")
+        return [SendResult(m.key, Outcome.SENT) for m in messages]
+
+
+def test_a_chunk_says_what_it_waits_for_only_while_it_sleeps_out_an_outage() -> None:
+    relay = RelayBackAfter(down=2)
+    seen_while_sleeping: list[tuple[Phase, str | None]] = []
+
+    async def sleep(_delay: float) -> None:
+        assert relay.delivery is not None
+        seen_while_sleeping.append((relay.delivery.phase, relay.delivery.waits_for))
+
+    async def run() -> BatchDelivery:
+        delivery = BatchDelivery([outgoing(i) for i in range(3)], primary=relay, fallback=None,
+                                 policy=RetryPolicy(max_attempts=2, max_outage_seconds=60.0), sleep=sleep)
+        relay.delivery = delivery
+        report = await delivery.run()
+        assert all(result.sent for result in report.results)
+        return delivery
+
+    delivery = asyncio.run(run())
+    down = "smtp unavailable: connection refused"
+    assert [(phase, why and why.replace("smtp 127.0.0.1:1: ", "")) for phase, why in seen_while_sleeping] \
+        == [(Phase.PROVIDER_DOWN, down)] * 2
+    assert relay.seen_while_sending == [(Phase.SENDING, None)] * 3  # a round that may send: not waiting
+    assert (delivery.phase, delivery.waits_for) == (Phase.DONE, None)
