@@ -265,7 +265,7 @@ class BatchRunner:
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no,
                 partition=state.partition, from_offset=state.offset,
             )
-            log.warning("batch %s resumed after a crash: %d of %d already recorded", key,
+            log.warning("batch %s served again (after a crash, a stop or a rebalance): %d of %d already recorded", key,
                         len(recorded), len(batch.recipients))
             for outcome in recorded.values():
                 recorder.count(outcome)

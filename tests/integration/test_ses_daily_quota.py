@@ -198,7 +198,7 @@ def test_a_worker_joining_while_a_batch_waits_for_the_quota_does_not_stall_the_r
     second_worker = processes("worker", settings)
     # The batch is given up by the first worker and served again after the rebalance, by whichever worker got
     # its partition; its sends then wait for the quota once more.
-    resumed = "batch quota-join:0:0 resumed after a crash: 10 of 30 already recorded"
+    resumed = "batch quota-join:0:0 served again (after a crash, a stop or a rebalance): 10 of 30 already recorded"
     wait_for(lambda: resumed in first_worker.log_text() + second_worker.log_text(), timeout=90,
              what="the batch to be served again after the rebalance")
     assert "batch quota-join:0:0 given up for now" in first_worker.log_text()

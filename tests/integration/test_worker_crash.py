@@ -77,7 +77,8 @@ def test_a_killed_worker_resumes_without_resending_recorded_recipients(
     # and the one before it, every outcome recorded, may have been cut short in its BatchCompleted (its step 4
     # still runs when the one after next is taken: streams/agents/batches.py).
     resumed = {batch: int(n) for batch, n in re.findall(
-        r"batch (\S+) resumed after a crash: (\d+) of 100 already recorded", restarted.log_text())}
+        r"batch (\S+) served again \(after a crash, a stop or a rebalance\): (\d+) of 100 already recorded",
+        restarted.log_text())}
     assert any(0 < n < 100 for n in resumed.values()), resumed
     recorded_whole = [batch for batch, n in resumed.items() if n == 100]
     assert len(recorded_whole) <= 1 and len(resumed) - len(recorded_whole) <= 3, \
