@@ -79,7 +79,6 @@ class Finish:
         self.key = key
         self._sends = sends
         self._recorder = recorder
-        self._flush = recorder.flush
         self._complete = complete
         self.durable = asyncio.Event()
         self.failed = False
@@ -108,14 +107,14 @@ class Finish:
                 current = asyncio.current_task()
                 if self.given_up is None or (current is not None and current.cancelling()):
                     raise
-                await self._flush()  # what was recorded stays recorded: the batch served again reads it back
+                await self._recorder.flush()  # what was recorded stays recorded: the batch served again reads it back
                 return False
             except Exception:
                 self.failed = True
-                await self._flush()  # what was recorded stays recorded: the batch served again reads it back
+                await self._recorder.flush()  # what was recorded stays recorded: the batch served again reads it back
                 raise
         try:
-            await self._flush()
+            await self._recorder.flush()
         except Exception:
             # Outcomes the broker kept refusing: the batch is served again from what the log holds, never
             # reported done without them (learners whose outcome is missing are sent again).
