@@ -10,7 +10,8 @@ Pipelined: a batch's sends may still be out when the next batch starts. ``BatchR
 starts step 2 (every message composed and handed to the SMTP/provider sessions) and returns the rest as a
 ``Finish``: the end of the sends, then steps 3-4. The next batch is taken, noted and composed meanwhile, and its
 chunks queue behind this batch's last ones for the sessions, so no session idles across the boundary (nor
-through BatchCompleted, the table mark, the ack and the next record's intake). The guarantees:
+through BatchCompleted, the table mark, the ack and the next record's intake). A handler that is not an
+``OverlappingHandler`` (certificates) does all of step 2 within ``serve``, one batch at a time. The guarantees:
 - Commits never pass an unfinished batch. The agent takes its records without Faust's automatic ack and acks
   each one itself, only once its batch has finished step 4, in record order (each Finish runs after the one
   before it); the consumer commits an offset only once every record before it was acked.
@@ -225,6 +226,8 @@ class BatchRunner:
         finish = Finish(key, sends, recorder, mark_and_complete)
         if sends is not None:
             self._out.add(finish)
+            if not isinstance(handler, OverlappingHandler):
+                await _ended(sends)  # one batch at a time; out meanwhile, so a stop or rebalance can give it up
         return finish
 
     async def _work(self, batch: BatchDispatched, handler: BatchHandler, remaining: list[Recipient],
@@ -245,9 +248,7 @@ class BatchRunner:
             return await handler.start(batch, remaining, recorder, gate)
         if gate is not None:
             await gate.wait()
-        sends = asyncio.get_running_loop().create_future()
-        sends.set_result(await handler.process(batch, remaining, recorder))
-        return sends
+        return asyncio.ensure_future(handler.process(batch, remaining, recorder))
 
     async def _begin(self, batch: BatchDispatched, state: BatchProgress | None, recorder: OutcomeRecorder,
                      previous: Finish | None) -> dict[int, RecipientOutcome]:
@@ -373,6 +374,16 @@ async def _finish_and_ack(ctx: StreamContext, runner: BatchRunner, stream: faust
         if not acked:
             held.let_go(event.message, stream)
     return acked
+
+
+async def _ended(sends: asyncio.Future[bool]) -> None:
+    """Until ``sends`` has ended (its result is Finish's); stopped with the task that waits for it."""
+    try:
+        await asyncio.wait([sends])
+    except asyncio.CancelledError:
+        sends.cancel()
+        await asyncio.wait([sends])
+        raise
 
 
 def _acked(task: asyncio.Task[bool]) -> bool:

@@ -39,6 +39,7 @@ from schemas.events import (
 )
 
 if TYPE_CHECKING:
+    from adapters.email.delivery import BatchDelivery
     from streams.batchwork import OutcomeRecorder
     from streams.context import StreamContext
     from streams.handlers.email_batches import (
@@ -116,6 +117,22 @@ class _Storing:
         return self.reason is not None
 
 
+class _RelayWait:
+    """Why a batch's sends wait for what may take hours, while they do: every learner still open has its certificate
+    stored and its mail sleeping between the rounds of a relay outage (waited out for up to
+    OFFLOAD_RELAY_OUTAGE_MAX_SECONDS). Nothing of the batch is in flight then (no render, no upload, no SMTP
+    session), so a stop or rebalance that gives it up sends nobody twice; served again, it stores the same bytes
+    under the same keys."""
+
+    def __init__(self, learners: int) -> None:
+        self.open = learners  # learners whose outcome is not recorded yet
+        self.mails: set[BatchDelivery] = set()  # the mails being delivered
+
+    def __call__(self) -> str | None:
+        waiting = [mail.waits_for for mail in self.mails if mail.waits_for is not None]
+        return waiting[0] if self.open and len(waiting) == self.open else None
+
+
 class CertificateBatchHandler:
     def __init__(self, settings: Settings, templates: CertificateTemplateStore, pool: RenderPool,
                  stores: CertificateStores, mailer: CertificateMailer | None = None,
@@ -175,6 +192,8 @@ class CertificateBatchHandler:
             return False
         primary, fallback = self.stores.for_batch(batch)
         storing = _Storing(primary, fallback)
+        relay_wait = _RelayWait(len(items))
+        recorder.stalled_by = relay_wait
 
         async def store_one(item: CertificateInput, pdf: bytes | str) -> None:
             recipient = by_user[item.userid]
@@ -187,16 +206,8 @@ class CertificateBatchHandler:
                 await recorder.record(self._failed(batch, recipient, error or "storage failed", retryable=True,
                                                    attempts=attempts, provider=storing.primary.backend))
                 return
-            emailed = message_id = email_error = suppressed = None
-            if batch.notify_template_id and self.mailer is not None:
-                # Part of issuing: the outcome says whether the learner was told, so it stays one per learner.
-                held = self._held_back(batch, recipient)
-                if held is not None:
-                    emailed, suppressed, email_error = False, True, held
-                else:
-                    message_id, email_error = await self.mailer.send(batch, recipient, certificate_url=stored.url,
-                                                                     code=item.code)
-                    emailed = message_id is not None
+            emailed, message_id, email_error, suppressed = await self._notify(batch, recipient, stored, item.code,
+                                                                              relay_wait)
             await recorder.record(CertificateIssued(
                 job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=item.userid,
                 email=recipient.email, url=stored.url, object_key=stored.key, sha256=stored.sha256,
@@ -207,11 +218,17 @@ class CertificateBatchHandler:
                 course_name=item.course_name, completion_date=item.completion_date,
             ))
 
+        async def issue(item: CertificateInput, pdf: bytes | str) -> None:
+            try:
+                await store_one(item, pdf)
+            finally:
+                relay_wait.open -= 1
+
         async def render_and_store(chunk: list[CertificateInput]) -> None:
             pdfs = await self.pool.render(template, chunk)
             async with asyncio.TaskGroup() as group:
                 for item, pdf in zip(chunk, pdfs, strict=True):
-                    group.create_task(store_one(item, pdf))
+                    group.create_task(issue(item, pdf))
 
         # A TaskGroup: if the render pool breaks, the rest of the batch is cancelled and the whole batch is
         # retried (it resumes from its recorded outcomes), instead of half-finished tasks outliving it.
@@ -219,6 +236,19 @@ class CertificateBatchHandler:
             for start in range(0, len(items), CHUNK):
                 group.create_task(render_and_store(items[start:start + CHUNK]))
         return storing.fell_back
+
+    async def _notify(self, batch: BatchDispatched, recipient: Recipient, stored: StoredObject, code: str,
+                      relay_wait: _RelayWait) -> tuple[bool | None, str | None, str | None, bool | None]:
+        """(emailed, Message-ID, why not, suppressed) of the mail that tells the learner, when the job asks for one.
+        Part of issuing: the outcome says whether the learner was told, so it stays one per learner."""
+        if not batch.notify_template_id or self.mailer is None:
+            return None, None, None, None
+        held = self._held_back(batch, recipient)
+        if held is not None:
+            return False, None, held, True
+        message_id, error = await self.mailer.send(batch, recipient, certificate_url=stored.url, code=code,
+                                                   out=relay_wait.mails)
+        return message_id is not None, message_id, error, None
 
     def _held_back(self, batch: BatchDispatched, recipient: Recipient) -> str | None:
         """Why the notification mail must not go to this learner, or None. The mail is transactional (a certificate

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from adapters.email.base import EmailProvider, OutgoingEmail
 from adapters.email.breaker import CircuitChange
-from adapters.email.delivery import BatchDelivery, DeliveryReport, FinalResult, Phase, RetryPolicy, deliver
+from adapters.email.delivery import BatchDelivery, DeliveryReport, FinalResult, Phase, RetryPolicy
 from adapters.email.dkim import DkimSigners, DkimSigningProvider
 from adapters.email.pacing import PacedProvider
 from adapters.email.quota import DailyQuota
@@ -147,9 +147,10 @@ class CertificateMailer:
         self.dkim = dkim
         self.policy = retry_policy(settings)
 
-    async def send(self, batch: BatchDispatched, recipient: Recipient, *, certificate_url: str,
-                   code: str) -> tuple[str | None, str | None]:
-        """(Message-ID, None) once sent, or (None, why not)."""
+    async def send(self, batch: BatchDispatched, recipient: Recipient, *, certificate_url: str, code: str,
+                   out: set[BatchDelivery]) -> tuple[str | None, str | None]:
+        """(Message-ID, None) once sent, or (None, why not). The delivery is in ``out`` while it runs, so the
+        batch can tell when its mails all wait for an unreachable relay."""
         assert batch.notify_template_id is not None
         problem = address_problem(recipient.email)
         if problem:
@@ -163,7 +164,12 @@ class CertificateMailer:
             return None, f"template error: {exc}"
         signer = self.dkim.for_company(batch.company_id) if self.dkim else None
         smtp = DkimSigningProvider(self.smtp, signer) if signer else self.smtp
-        report = await deliver([message], primary=smtp, fallback=None, policy=self.policy)
+        delivery = BatchDelivery([message], primary=smtp, fallback=None, policy=self.policy)
+        out.add(delivery)
+        try:
+            report = await delivery.run()
+        finally:
+            out.discard(delivery)
         result = report.results[0]
         return (message.message_id, None) if result.sent else (None, result.error or "not sent")
 

@@ -1,18 +1,20 @@
 """A worker stopped while its batch waits for an unreachable local relay (an outage is waited out for up to
 OFFLOAD_RELAY_OUTAGE_MAX_SECONDS, an hour by default): it stops at once, giving the batch up unacked, and the
 worker that serves the batch next sends each learner once. Before, the stop waited for the batch until the relay
-came back or the hour ran out (Faust waits for every record taken to be acked), and a rebalance stalled alike."""
+came back or the hour ran out (Faust waits for every record taken to be acked), and a rebalance stalled alike.
+The same for a certificate batch whose mails (the link to each certificate) wait for the relay."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import pytest
 
 from offload.client import submit_job
 from tests.support.email import closed_port
-from tests.support.observe import wait_for_job
+from tests.support.observe import query, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -38,3 +40,35 @@ def test_a_worker_stopped_while_its_batch_waits_for_the_relay_stops_and_the_next
     row = wait_for_job(relay_down, "relay-stop", timeout=120)
     assert (row["succeeded"], row["failed"]) == (30, 0), row
     assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 31)}
+
+
+def test_a_worker_stopped_while_its_certificate_mails_wait_for_the_relay_stops_and_the_next_issues_each_once(
+    settings_factory, topics_for, processes, job_factory, mail_sink, tmp_path: Path
+) -> None:
+    relay_down = settings_factory(smtp_port=closed_port(), relay_outage_max_seconds=3600,
+                                  certificate_storage_root=tmp_path / "certs", certificate_render_processes=1)
+    topics_for(relay_down)
+    worker = processes("worker", relay_down)
+    processes("projector", relay_down)
+    job = job_factory("cert-relay-stop", 20, job_type="certificate", template_id="course_completion",
+                      template_data={"course_name": "Fire Safety 101", "completion_date": "2026-11-20"})
+    job["notify_template_id"] = "certificate_ready"
+    asyncio.run(submit_job(relay_down, job))
+    worker.wait_for_log("wait for it without spending attempts", timeout=90)
+
+    assert worker.terminate(timeout=90) >= 0
+    text = worker.log_text()
+    assert re.search(r"batch cert-relay-stop:0:0 given up for now, unacked, as the worker stops or rebalances "
+                     r"while its sends wait \(smtp unavailable: ", text), text[-3000:]
+    assert "wait_empty: Waiting for tasks" not in text and mail_sink.count() == 0
+    stored = sorted(path.relative_to(tmp_path) for path in (tmp_path / "certs").rglob("*.pdf"))
+    assert len(stored) == 20  # stored before their mails waited; served again, the same keys are stored again
+
+    processes("worker", relay_down.model_copy(update={"smtp_port": mail_sink.port}))
+    row = wait_for_job(relay_down, "cert-relay-stop", timeout=120)
+    assert (row["succeeded"], row["failed"]) == (20, 0), row
+    assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 21)}
+    assert sorted(path.relative_to(tmp_path) for path in (tmp_path / "certs").rglob("*.pdf")) == stored
+    rows = query(relay_down, "SELECT status, count(*) AS n FROM job_recipients WHERE job_id = 'cert-relay-stop' "
+                             "GROUP BY status")
+    assert [(r["status"], r["n"]) for r in rows] == [("issued", 20)]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult
 from adapters.email.delivery import BatchDelivery, Phase, RetryPolicy
+from streams.handlers.certificate_batches import _RelayWait
 from tests.support.email import outgoing
 
 
@@ -58,3 +59,25 @@ def test_a_chunk_says_what_it_waits_for_only_while_it_sleeps_out_an_outage() -> 
         == [(Phase.PROVIDER_DOWN, down)] * 2
     assert relay.seen_while_sending == [(Phase.SENDING, None)] * 3  # a round that may send: not waiting
     assert (delivery.phase, delivery.waits_for) == (Phase.DONE, None)
+
+
+def test_a_certificate_batch_waits_for_the_relay_only_once_every_learner_left_has_a_mail_that_waits() -> None:
+    """Its learners render, store and then mail side by side: while one still renders or stores, or one mail
+    is in a round that may send, the batch is not given up."""
+    down = "smtp unavailable: connection refused"
+    mails = [BatchDelivery([outgoing(i)], primary=RelayBackAfter(down=0), fallback=None, policy=RetryPolicy())
+             for i in range(3)]
+    wait = _RelayWait(3)
+    for mail in mails[:2]:
+        wait.mails.add(mail)
+        mail.waits_for = down
+    assert wait() is None  # the third learner's certificate is still rendered or stored
+    wait.mails.add(mails[2])
+    assert wait() is None  # its mail is in a round that may send
+    mails[2].waits_for = down
+    assert wait() == down
+    wait.mails.discard(mails[0])  # one learner done: the two left still wait
+    wait.open -= 1
+    assert wait() == down
+    wait.open, wait.mails = 0, set()
+    assert wait() is None
