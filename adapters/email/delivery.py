@@ -19,11 +19,15 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from adapters.email.base import EmailProvider, Outcome, OutgoingEmail, ProviderUnavailable, SendResult
 from adapters.email.breaker import CircuitBreaker
 from adapters.email.quota import DailyQuotaReached
 from resilience.backoff import backoff
+
+if TYPE_CHECKING:
+    from adapters.email.smtp import SmtpProvider
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,17 @@ class BatchDelivery:
         self.unavailable_rounds = self.retry_rounds = self.throttle_rounds = self.consecutive_throttles = 0
         self.outage_waited = 0.0  # seconds of back-off spent waiting for an unreachable provider
         self.waits_for: str | None = None  # why it waits for its provider to be reachable, while it does
+
+    def waiting(self, relay: SmtpProvider | None) -> str | None:
+        """Why this delivery waits for its provider to be reachable, with nothing of it in flight, while it does:
+        it sleeps between the rounds of an outage (``waits_for``), or it sends through ``relay`` (the local relay)
+        and is trying to open a session to it while none is open and the last try failed (a relay that does not
+        answer spends its whole connect timeout in each round)."""
+        if self.waits_for is not None:
+            return self.waits_for
+        if relay is not None and self.phase is Phase.SENDING and self.provider.name == relay.name:
+            return relay.unreachable_and_idle()
+        return None
 
     async def run(self) -> DeliveryReport:
         while self.open:

@@ -157,6 +157,7 @@ class SmtpProvider:
             dependencies.track(SMTP_RELAY)
         self._slots: list[aiosmtplib.SMTP | None] = [None] * max(1, connections)
         self._free = FairLeases(len(self._slots))  # sessions no batch is using, in the order batches asked
+        self._unreachable: str | None = None  # why the last session could not be opened, until one opens
 
     async def start(self) -> None:
         """Open every session now so a wrong host or password shows at start-up, not on the first batch."""
@@ -356,12 +357,22 @@ class SmtpProvider:
         try:
             smtp = await self._connect()
         except _Unreachable as exc:
+            self._unreachable = str(exc)
             if self._dependencies is not None:
                 self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {exc}", recheck=self.recheck)
             raise
+        self._unreachable = None
         if self._dependencies is not None:
             self._dependencies.restored(SMTP_RELAY)
         return smtp
+
+    def unreachable_and_idle(self) -> str | None:
+        """Why the relay cannot be reached, while no session to it is open (so no message is on its way to it: a
+        message goes out only on an open session); else None. A send that tries to open one meanwhile sends
+        nothing until it does, which may take the whole connect timeout of a relay that does not answer."""
+        if self._unreachable is None or any(smtp is not None for smtp in self._slots):
+            return None
+        return f"{self.name} unavailable: {self.name} {self.host}:{self.port}: {self._unreachable}"
 
     async def _connect(self) -> aiosmtplib.SMTP:
         smtp = aiosmtplib.SMTP(

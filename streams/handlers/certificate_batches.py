@@ -40,6 +40,7 @@ from schemas.events import (
 
 if TYPE_CHECKING:
     from adapters.email.delivery import BatchDelivery
+    from adapters.email.smtp import SmtpProvider
     from streams.batchwork import OutcomeRecorder
     from streams.context import StreamContext
     from streams.handlers.email_batches import (
@@ -119,17 +120,18 @@ class _Storing:
 
 class _RelayWait:
     """Why a batch's sends wait for what may take hours, while they do: every learner still open has its certificate
-    stored and its mail sleeping between the rounds of a relay outage (waited out for up to
-    OFFLOAD_RELAY_OUTAGE_MAX_SECONDS). Nothing of the batch is in flight then (no render, no upload, no SMTP
-    session), so a stop or rebalance that gives it up sends nobody twice; served again, it stores the same bytes
-    under the same keys."""
+    stored and its mail waiting for the unreachable relay (an outage is waited out for up to
+    OFFLOAD_RELAY_OUTAGE_MAX_SECONDS; ``BatchDelivery.waiting``). Nothing of the batch is in flight then (no render,
+    no upload, no message on its way), so a stop or rebalance that gives it up sends nobody twice; served again, it
+    stores the same bytes under the same keys."""
 
-    def __init__(self, learners: int) -> None:
+    def __init__(self, learners: int, relay: SmtpProvider | None) -> None:
         self.open = learners  # learners whose outcome is not recorded yet
+        self.relay = relay
         self.mails: set[BatchDelivery] = set()  # the mails being delivered
 
     def __call__(self) -> str | None:
-        waiting = [mail.waits_for for mail in self.mails if mail.waits_for is not None]
+        waiting = [waits for mail in self.mails if (waits := mail.waiting(self.relay)) is not None]
         return waiting[0] if self.open and len(waiting) == self.open else None
 
 
@@ -192,7 +194,7 @@ class CertificateBatchHandler:
             return False
         primary, fallback = self.stores.for_batch(batch)
         storing = _Storing(primary, fallback)
-        relay_wait = _RelayWait(len(items))
+        relay_wait = _RelayWait(len(items), self.mailer.smtp if self.mailer is not None else None)
         recorder.stalled_by = relay_wait
 
         async def store_one(item: CertificateInput, pdf: bytes | str) -> None:

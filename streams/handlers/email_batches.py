@@ -14,6 +14,7 @@ from adapters.email.delivery import BatchDelivery, DeliveryReport, FinalResult, 
 from adapters.email.dkim import DkimSigners, DkimSigningProvider
 from adapters.email.pacing import PacedProvider
 from adapters.email.quota import DailyQuota
+from adapters.email.smtp import SmtpProvider
 from config.settings import Settings
 from content.email import (
     EmailRenderer,
@@ -65,16 +66,17 @@ async def _say_when_waiting(batch: BatchDispatched, provider: str, quota: DailyQ
                                                      provider=provider, reason=why))
 
 
-def _stall_reason(primary: EmailProvider, deliveries: list[BatchDelivery]) -> Callable[[], str | None]:
+def _stall_reason(primary: EmailProvider, deliveries: list[BatchDelivery],
+                  relay: SmtpProvider) -> Callable[[], str | None]:
     """Why the batch's sends wait for what may take hours, while they do: every chunk still open waits, either
     in the 24-hour quota of ``primary``'s account (this batch's own PacedProvider counts its calls there) or for
-    its provider to be reachable again (a relay outage is waited out for up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS).
-    Nothing of the batch is in flight then, so giving it up sends nobody twice."""
+    its provider to be reachable again (a relay outage is waited out for up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS;
+    ``BatchDelivery.waiting``). Nothing of the batch is in flight then, so giving it up sends nobody twice."""
     paced = primary if isinstance(primary, PacedProvider) else None
 
     def why() -> str | None:
         still_open = [delivery for delivery in deliveries if delivery.phase is not Phase.DONE]
-        down = [delivery.waits_for for delivery in still_open if delivery.waits_for is not None]
+        down = [waits for delivery in still_open if (waits := delivery.waiting(relay)) is not None]
         in_quota = paced.quota_waits if paced is not None else 0
         if not still_open or len(down) + in_quota < len(still_open):
             return None
@@ -139,7 +141,7 @@ def compose_email(settings: Settings, renderer: EmailRenderer, *, job_id: str, t
 class CertificateMailer:
     """Emails a learner the link to the certificate just issued to them, over the local SMTP relay."""
 
-    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: EmailProvider,
+    def __init__(self, settings: Settings, renderer: EmailRenderer, smtp: SmtpProvider,
                  dkim: DkimSigners | None = None) -> None:
         self.settings = settings
         self.renderer = renderer
@@ -210,7 +212,7 @@ class EmailBatchHandler:
         breaker = self.providers.breaker_for(batch)
         on_result = self._on_result(batch, recorder, by_key, message_ids)
         deliveries: list[BatchDelivery] = []
-        recorder.stalled_by = _stall_reason(primary, deliveries)
+        recorder.stalled_by = _stall_reason(primary, deliveries, self.providers.smtp)
 
         # Each chunk starts sending as soon as it is composed, so composing the next one (CPU) overlaps with
         # the SMTP round trips of this one instead of the sessions idling until the whole batch is composed.

@@ -12,11 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from devtools.devmail import DevMailSink
+from devtools.processes import ServiceProcess
 from offload.client import submit_job
-from tests.support.email import closed_port
+from tests.support.email import closed_port, silent_port
 from tests.support.observe import query, wait_for_job
 
 pytestmark = pytest.mark.integration
+
+
+def stops_giving_up(worker: ServiceProcess, batch: str, mail_sink: DevMailSink) -> None:
+    """SIGTERM, and the worker stops by itself, having given ``batch`` up unacked; nothing was sent."""
+    assert worker.terminate(timeout=90) >= 0
+    text = worker.log_text()
+    assert re.search(rf"batch {re.escape(batch)} given up for now, unacked, as the worker stops or rebalances while "
+                     r"its sends wait \(smtp unavailable: ", text), text[-3000:]
+    assert "wait_empty: Waiting for tasks" not in text and mail_sink.count() == 0
 
 
 def test_a_worker_stopped_while_its_batch_waits_for_the_relay_stops_and_the_next_sends_each_learner_once(
@@ -28,12 +39,7 @@ def test_a_worker_stopped_while_its_batch_waits_for_the_relay_stops_and_the_next
     processes("projector", relay_down)
     asyncio.run(submit_job(relay_down, job_factory("relay-stop", 30)))
     worker.wait_for_log("wait for it without spending attempts", timeout=60)
-
-    assert worker.terminate(timeout=90) >= 0
-    text = worker.log_text()
-    assert re.search(r"batch relay-stop:0:0 given up for now, unacked, as the worker stops or rebalances while its "
-                     r"sends wait \(smtp unavailable: ", text), text[-3000:]
-    assert "wait_empty: Waiting for tasks" not in text and mail_sink.count() == 0
+    stops_giving_up(worker, "relay-stop:0:0", mail_sink)
 
     # The same job and group; the relay reachable.
     processes("worker", relay_down.model_copy(update={"smtp_port": mail_sink.port}))
@@ -56,11 +62,7 @@ def test_a_worker_stopped_while_its_certificate_mails_wait_for_the_relay_stops_a
     asyncio.run(submit_job(relay_down, job))
     worker.wait_for_log("wait for it without spending attempts", timeout=90)
 
-    assert worker.terminate(timeout=90) >= 0
-    text = worker.log_text()
-    assert re.search(r"batch cert-relay-stop:0:0 given up for now, unacked, as the worker stops or rebalances "
-                     r"while its sends wait \(smtp unavailable: ", text), text[-3000:]
-    assert "wait_empty: Waiting for tasks" not in text and mail_sink.count() == 0
+    stops_giving_up(worker, "cert-relay-stop:0:0", mail_sink)
     stored = sorted(path.relative_to(tmp_path) for path in (tmp_path / "certs").rglob("*.pdf"))
     assert len(stored) == 20  # stored before their mails waited; served again, the same keys are stored again
 
@@ -72,3 +74,26 @@ def test_a_worker_stopped_while_its_certificate_mails_wait_for_the_relay_stops_a
     rows = query(relay_down, "SELECT status, count(*) AS n FROM job_recipients WHERE job_id = 'cert-relay-stop' "
                              "GROUP BY status")
     assert [(r["status"], r["n"]) for r in rows] == [("issued", 20)]
+
+
+def test_a_worker_stopped_while_its_batch_tries_a_relay_that_does_not_answer_stops_and_the_next_sends_each_once(
+    settings_factory, topics_for, processes, job_factory, mail_sink
+) -> None:
+    """A relay behind a firewall that drops: each round spends the connect timeout trying to open a session, so
+    the batch's chunks are nearly never all asleep between rounds at once. With no session open, none of them has
+    anything on its way, so the stop need not wait for that."""
+    with silent_port() as port:
+        silent = settings_factory(smtp_port=port, smtp_timeout=3.0, retry_base_delay=0.1, retry_max_delay=0.2,
+                                  relay_outage_max_seconds=3600)
+        topics_for(silent)
+        worker = processes("worker", silent)
+        processes("projector", silent)
+        asyncio.run(submit_job(silent, job_factory("relay-silent", 30)))
+        worker.wait_for_log("wait for it without spending attempts", timeout=90)
+        stops_giving_up(worker, "relay-silent:0:0", mail_sink)
+        assert "imed out" in worker.log_text()  # the relay's silence, not a refusal
+
+    processes("worker", silent.model_copy(update={"smtp_port": mail_sink.port}))
+    row = wait_for_job(silent, "relay-silent", timeout=120)
+    assert (row["succeeded"], row["failed"]) == (30, 0), row
+    assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 31)}

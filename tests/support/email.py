@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 from adapters.email.base import OutgoingEmail
 from content.email import RenderedEmail, compose_message, message_id_for
@@ -40,6 +42,16 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A loopback port that takes connections and never answers (no greeting, and once its one-place queue is full
+    not even the handshake), like a relay behind a firewall that drops: opening a session times out."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)  # never accepted
+        yield int(s.getsockname()[1])
 
 
 class RecordingSleep:

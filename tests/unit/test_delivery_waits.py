@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult
 from adapters.email.delivery import BatchDelivery, Phase, RetryPolicy
+from adapters.email.smtp import SmtpProvider
 from streams.handlers.certificate_batches import _RelayWait
-from tests.support.email import outgoing
+from tests.support.email import outgoing, silent_port
 
 
 class RelayBackAfter:
@@ -67,7 +68,7 @@ def test_a_certificate_batch_waits_for_the_relay_only_once_every_learner_left_ha
     down = "smtp unavailable: connection refused"
     mails = [BatchDelivery([outgoing(i)], primary=RelayBackAfter(down=0), fallback=None, policy=RetryPolicy())
              for i in range(3)]
-    wait = _RelayWait(3)
+    wait = _RelayWait(3, None)
     for mail in mails[:2]:
         wait.mails.add(mail)
         mail.waits_for = down
@@ -81,3 +82,31 @@ def test_a_certificate_batch_waits_for_the_relay_only_once_every_learner_left_ha
     assert wait() == down
     wait.open, wait.mails = 0, set()
     assert wait() is None
+
+
+def test_a_chunk_that_tries_again_to_reach_a_silent_relay_waits_with_nothing_in_flight() -> None:
+    """A relay that does not answer: each round spends the whole connect timeout trying to open a session, so the
+    chunk is nearly never asleep between rounds; with no session open, nothing of it is on its way."""
+    async def no_pause(_delay: float) -> None:
+        return None
+
+    async def run(port: int) -> None:
+        relay = SmtpProvider("127.0.0.1", port, mail_from="noreply@moodle.example.org", connections=2, timeout=0.3)
+        delivery = BatchDelivery([outgoing(i) for i in range(3)], primary=relay, fallback=None,
+                                 policy=RetryPolicy(max_attempts=2, max_outage_seconds=3600.0), sleep=no_pause)
+        sending = asyncio.ensure_future(delivery.run())
+        await asyncio.sleep(0)
+        assert (delivery.phase, delivery.waiting(relay)) == (Phase.SENDING, None)  # not known unreachable yet
+        assert delivery.waiting(None) is None
+        deadline = asyncio.get_running_loop().time() + 30
+        while (why := delivery.waiting(relay)) is None:
+            assert asyncio.get_running_loop().time() < deadline, "the chunk never said it waits for the relay"
+            await asyncio.sleep(0.05)
+        assert (delivery.phase, delivery.waits_for) == (Phase.SENDING, None)  # it tries again, not asleep
+        assert why.startswith(f"smtp unavailable: smtp 127.0.0.1:{port}: ") and "imed out" in why, why
+        assert delivery.waiting(None) is None  # not through that relay: what it waits for is not known
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+
+    with silent_port() as port:
+        asyncio.run(run(port))
