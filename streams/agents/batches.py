@@ -377,7 +377,7 @@ async def _finish_and_ack(ctx: StreamContext, runner: BatchRunner, stream: faust
 
 
 async def _ended(sends: asyncio.Future[bool]) -> None:
-    """Until ``sends`` has ended (its result is Finish's); stopped with the task that waits for it."""
+    """Until the batch's work has ended (Finish takes its result or error); cancelled along with the waiting task."""
     try:
         await asyncio.wait([sends])
     except asyncio.CancelledError:
