@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from config.settings import Settings
 from devtools.devmail import DevMailSink
 from devtools.processes import ServiceProcess
 from offload.client import submit_job
@@ -30,22 +31,29 @@ def stops_giving_up(worker: ServiceProcess, batch: str, mail_sink: DevMailSink) 
     assert "wait_empty: Waiting for tasks" not in text and mail_sink.count() == 0
 
 
+def given_up_then_sent_once(relay_down: Settings, job_id: str, topics_for, processes, job_factory,
+                            mail_sink: DevMailSink) -> str:
+    """A 30-learner email job on a worker that cannot reach the relay of ``relay_down``: stopped, the worker gives
+    the batch up; a worker of the same group that reaches the relay sends each learner once. The first one's log."""
+    topics_for(relay_down)
+    worker = processes("worker", relay_down)
+    processes("projector", relay_down)
+    asyncio.run(submit_job(relay_down, job_factory(job_id, 30)))
+    worker.wait_for_log("wait for it without spending attempts", timeout=90)
+    stops_giving_up(worker, f"{job_id}:0:0", mail_sink)
+
+    processes("worker", relay_down.model_copy(update={"smtp_port": mail_sink.port}))
+    row = wait_for_job(relay_down, job_id, timeout=120)
+    assert (row["succeeded"], row["failed"]) == (30, 0), row
+    assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 31)}
+    return worker.log_text()
+
+
 def test_a_worker_stopped_while_its_batch_waits_for_the_relay_stops_and_the_next_sends_each_learner_once(
     settings_factory, topics_for, processes, job_factory, mail_sink
 ) -> None:
     relay_down = settings_factory(smtp_port=closed_port(), relay_outage_max_seconds=3600)
-    topics_for(relay_down)
-    worker = processes("worker", relay_down)
-    processes("projector", relay_down)
-    asyncio.run(submit_job(relay_down, job_factory("relay-stop", 30)))
-    worker.wait_for_log("wait for it without spending attempts", timeout=60)
-    stops_giving_up(worker, "relay-stop:0:0", mail_sink)
-
-    # The same job and group; the relay reachable.
-    processes("worker", relay_down.model_copy(update={"smtp_port": mail_sink.port}))
-    row = wait_for_job(relay_down, "relay-stop", timeout=120)
-    assert (row["succeeded"], row["failed"]) == (30, 0), row
-    assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 31)}
+    given_up_then_sent_once(relay_down, "relay-stop", topics_for, processes, job_factory, mail_sink)
 
 
 def test_a_worker_stopped_while_its_certificate_mails_wait_for_the_relay_stops_and_the_next_issues_each_once(
@@ -85,15 +93,5 @@ def test_a_worker_stopped_while_its_batch_tries_a_relay_that_does_not_answer_sto
     with silent_port() as port:
         silent = settings_factory(smtp_port=port, smtp_timeout=3.0, retry_base_delay=0.1, retry_max_delay=0.2,
                                   relay_outage_max_seconds=3600)
-        topics_for(silent)
-        worker = processes("worker", silent)
-        processes("projector", silent)
-        asyncio.run(submit_job(silent, job_factory("relay-silent", 30)))
-        worker.wait_for_log("wait for it without spending attempts", timeout=90)
-        stops_giving_up(worker, "relay-silent:0:0", mail_sink)
-        assert "imed out" in worker.log_text()  # the relay's silence, not a refusal
-
-    processes("worker", silent.model_copy(update={"smtp_port": mail_sink.port}))
-    row = wait_for_job(silent, "relay-silent", timeout=120)
-    assert (row["succeeded"], row["failed"]) == (30, 0), row
-    assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 31)}
+        log = given_up_then_sent_once(silent, "relay-silent", topics_for, processes, job_factory, mail_sink)
+    assert "imed out" in log  # the relay's silence, not a refusal
