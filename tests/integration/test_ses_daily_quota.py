@@ -191,6 +191,7 @@ def test_a_worker_joining_while_a_batch_waits_for_the_quota_does_not_stall_the_r
     # to send beside the batch's new owner once the quota had room.
     settings, first_worker, first = job_waiting_for_the_quota(settings_factory, topics_for, processes,
                                                               job_factory, mail_sink, moto, "quota-join")
+
     def waits() -> int:
         return sum(isinstance(e, BatchWaitingForQuota) for e in events(settings, "jobs"))
 
