@@ -55,9 +55,9 @@ class OutcomeRecorder:
         # pause on the provider's quota in between (BatchWaitingForQuota, on the same topic before this batch's
         # BatchCompleted) must not be followed by a BatchCompleted saying what paced the sends before it.
         self.paced_by: Callable[[], str] | None = None
-        # Set by the handler: why the batch's sends cannot go on now for a while that may last hours (they wait
-        # for the account's 24-hour quota, or for an unreachable relay), else None. A rebalance or a stop gives
-        # such a batch up unacked.
+        # Set by the handler: why the batch's sends all wait now, with nothing in flight, for what may last hours
+        # (the account's 24-hour quota, an unreachable relay) or the rest of a slow pace, else None. A rebalance
+        # or a stop gives such a batch up unacked.
         self.stalled_by: Callable[[], str | None] | None = None
 
     @property

@@ -17,8 +17,8 @@ too (a SIGTERM did not stop it; only its supervisor's SIGKILL did).
 
 A stream may also give up a record it holds (:meth:`HeldEvents.let_go`): it will not ack it, so it is read again
 after the rebalance or restart like a dropped one. The batch agent does so for a batch whose sends all wait, for an
-account's 24-hour quota or an unreachable relay, which may take hours: while the consumer waits, it asks each
-stream to give up what cannot end soon (:meth:`HeldEvents.when_waited_on`).
+account's 24-hour quota or an unreachable relay, which may take hours, or for a slow rate limit: while the consumer
+waits, it asks each stream to give up what cannot end soon (:meth:`HeldEvents.when_waited_on`).
 """
 
 from __future__ import annotations

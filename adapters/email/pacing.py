@@ -157,6 +157,7 @@ class PacedProvider:
         self._sleep = sleep
         self.quota = quota  # the account's 24-hour sending quota (SES Max24HourSend), when it has one
         self.quota_waits = 0  # calls through this provider waiting in the quota (for room, or its first read)
+        self.rate_waits = 0  # calls through this provider sleeping until the limiters let their next part go
         # Run before each call is reserved: the worker takes its current share of the limits there, so a
         # rebalance that changes its partitions changes its rate from the next call, not the next batch.
         self._before_each_call = before_each_call
@@ -198,7 +199,11 @@ class PacedProvider:
             part = messages[position : position + size]
             wait = max([limiter.delay_for(len(part)) for limiter in self.limiters], default=0.0)
             if wait > 0:
-                await self._sleep(wait)  # type: ignore[misc]
+                self.rate_waits += 1
+                try:
+                    await self._sleep(wait)  # type: ignore[misc]
+                finally:
+                    self.rate_waits -= 1
 
             async def shifted(index: int, result: SendResult, offset: int = position) -> None:
                 await report(on_result, offset + index, result)

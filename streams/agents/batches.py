@@ -32,11 +32,12 @@ through BatchCompleted, the table mark, the ack and the next record's intake). A
   counts is not in the log.
 - A rebalance or a stop waits until every record a stream has taken is acked (Faust's ``wait_empty``, with no
   deadline). A batch whose sends wait for the account's 24-hour quota, or for an unreachable relay (waited out for
-  up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS), may not end for hours, so while the consumer waits, such a batch is
-  given up (``BatchRunner.give_up_stalled``): its sends are stopped (nothing of it is in
-  flight: they wait), what it recorded is flushed, and its record is left unacked and let go of, to be served
-  again, from the ledger, by whichever worker gets its partition. Records after it are not acked either (acks
-  stay in record order); a batch among them that completed only repeats its BatchCompleted when served again.
+  up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS), may not end for hours (a slowly paced one for many minutes), so while
+  the consumer waits, a batch whose sends all wait is given up (``BatchRunner.give_up_stalled``): its sends are
+  stopped (nothing of it is in flight: they wait), what it recorded is flushed, and its record is left unacked and
+  let go of, to be served again, from the ledger, by whichever worker gets its partition. Records after it are
+  not acked either (acks stay in record order); a batch among them that completed only repeats its BatchCompleted
+  when served again.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ class Finish:
         self.given_up: str | None = None
 
     def stalled(self) -> str | None:
-        """Why the batch's sends wait for what may take hours, while they do (the account's 24-hour quota, an
-        unreachable relay)."""
+        """Why the batch's sends all wait, with nothing in flight, while they do (the account's 24-hour quota, an
+        unreachable relay, a rate limit)."""
         if self._sends is None or self._sends.done() or self._recorder.stalled_by is None:
             return None
         return self._recorder.stalled_by()
@@ -160,7 +161,7 @@ class BatchRunner:
         return await self._serve(message, None, None)
 
     def give_up_stalled(self) -> None:
-        """Give up each batch whose sends wait for what may take hours (the module docstring's last point)."""
+        """Give up each batch whose sends all wait (the module docstring's last point)."""
         for finish in list(self._out):
             why = finish.stalled()
             if why is not None and finish.given_up is None:

@@ -66,23 +66,29 @@ async def _say_when_waiting(batch: BatchDispatched, provider: str, quota: DailyQ
                                                      provider=provider, reason=why))
 
 
-def _stall_reason(primary: EmailProvider, deliveries: list[BatchDelivery],
+def _stall_reason(paced: list[PacedProvider], deliveries: list[BatchDelivery],
                   relay: SmtpProvider) -> Callable[[], str | None]:
-    """Why the batch's sends wait for what may take hours, while they do: every chunk still open waits, either
-    in the 24-hour quota of ``primary``'s account (this batch's own PacedProvider counts its calls there) or for
-    its provider to be reachable again (a relay outage is waited out for up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS;
-    ``BatchDelivery.waiting``). Nothing of the batch is in flight then, so giving it up sends nobody twice."""
-    paced = primary if isinstance(primary, PacedProvider) else None
-
+    """Why the batch's sends wait, with nothing of them in flight, while they do: every chunk still open waits,
+    in the 24-hour quota of its account or until a rate limit lets its next part go (this batch's own
+    PacedProviders, ``paced``, count their calls in either), or for its provider to be reachable again
+    (``BatchDelivery.waiting``). Such a wait may last hours (the quota; a relay outage, waited out for up to
+    OFFLOAD_RELAY_OUTAGE_MAX_SECONDS) or the rest of a slowly paced batch; giving the batch up then sends nobody
+    twice."""
     def why() -> str | None:
         still_open = [delivery for delivery in deliveries if delivery.phase is not Phase.DONE]
         down = [waits for delivery in still_open if (waits := delivery.waiting(relay)) is not None]
-        in_quota = paced.quota_waits if paced is not None else 0
-        if not still_open or len(down) + in_quota < len(still_open):
+        # While the relay is unreachable and idle, its chunks are all in ``down``, pacing sleeps included.
+        relay_idle = relay.unreachable_and_idle() is not None
+        in_quota = sum(provider.quota_waits for provider in paced)
+        in_pace = sum(provider.rate_waits for provider in paced if not (relay_idle and provider.name == relay.name))
+        if not still_open or len(down) + in_quota + in_pace < len(still_open):
             return None
-        if in_quota and paced is not None and paced.quota is not None:
-            return paced.quota.paused_by or f"{paced.quota.label} 24-hour quota not read yet"
-        return down[0]
+        for provider in paced:
+            if provider.quota_waits and provider.quota is not None:
+                return provider.quota.paused_by or f"{provider.quota.label} 24-hour quota not read yet"
+        if down:
+            return down[0]
+        return next(provider.describe() for provider in paced if provider.rate_waits)
     return why
 
 
@@ -212,7 +218,8 @@ class EmailBatchHandler:
         breaker = self.providers.breaker_for(batch)
         on_result = self._on_result(batch, recorder, by_key, message_ids)
         deliveries: list[BatchDelivery] = []
-        recorder.stalled_by = _stall_reason(primary, deliveries, self.providers.smtp)
+        paced = [provider for provider in (primary, fallback) if isinstance(provider, PacedProvider)]
+        recorder.stalled_by = _stall_reason(paced, deliveries, self.providers.smtp)
 
         # Each chunk starts sending as soon as it is composed, so composing the next one (CPU) overlaps with
         # the SMTP round trips of this one instead of the sessions idling until the whole batch is composed.

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult
 from adapters.email.delivery import BatchDelivery, Phase, RetryPolicy
+from adapters.email.pacing import PacedProvider, RateLimiter
 from adapters.email.smtp import SmtpProvider
 from streams.handlers.certificate_batches import _RelayWait
-from tests.support.email import outgoing, silent_port
+from streams.handlers.email_batches import _stall_reason
+from tests.support.email import closed_port, outgoing, silent_port
 
 
 class RelayBackAfter:
@@ -110,3 +114,49 @@ def test_a_chunk_that_tries_again_to_reach_a_silent_relay_waits_with_nothing_in_
 
     with silent_port() as port:
         asyncio.run(run(port))
+
+
+class Cloud:
+    """A cloud provider (only its name matters here)."""
+
+    name = "ses"
+    max_batch = 50
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send_batch(self, messages: Sequence[OutgoingEmail],
+                         on_result: OnEachResult | None = None) -> list[SendResult]:
+        return [SendResult(m.key, Outcome.SENT) for m in messages]
+
+
+def test_an_email_batch_is_given_up_only_when_every_chunk_waits_and_a_relay_wait_is_counted_once() -> None:
+    """Chunks sleeping for a rate limit, like those in the quota or waiting for the relay, have nothing in flight;
+    a chunk in a provider call has. A chunk on a relay that is unreachable and idle may also sleep for its rate:
+    it is counted once, so a batch with a cloud send in flight is not given up."""
+    async def run(port: int) -> None:
+        relay = SmtpProvider("127.0.0.1", port, mail_from="noreply@moodle.example.org", connections=1, timeout=1)
+        cloud = PacedProvider(Cloud(), [RateLimiter("ses", 14.0)])
+        local = PacedProvider(relay, [RateLimiter("smtp", 1.0)])
+        chunks = [BatchDelivery([outgoing(i)], primary=cloud, fallback=local, policy=RetryPolicy()) for i in (1, 2)]
+        why = _stall_reason([cloud, local], chunks, relay)
+
+        cloud.rate_waits = 1
+        assert why() is None  # the other chunk is in a call to the provider
+        cloud.rate_waits = 2
+        assert why() == cloud.describe()
+
+        with pytest.raises(ProviderUnavailable):
+            await relay.start()  # refused: the relay is unreachable, and no session to it is open
+        reason = relay.unreachable_and_idle()
+        assert reason is not None and reason.startswith(f"smtp unavailable: smtp 127.0.0.1:{port}: ")
+        # The second chunk fell back to the relay and sleeps for its rate: it waits for the relay, once. The first
+        # is in a call to the cloud.
+        chunks[1].provider = local
+        cloud.rate_waits, local.rate_waits = 0, 1
+        assert why() is None
+        cloud.rate_waits = 1  # now it sleeps for the cloud's rate: nothing is in flight
+        assert why() == reason
+
+    asyncio.run(run(closed_port()))

@@ -114,6 +114,32 @@ async def test_throttling_slows_the_limiters_only_when_it_speaks_for_the_account
     assert limiter.rate == (50 if learn else 100)
 
 
+async def test_a_call_that_sleeps_for_its_pace_is_counted_while_it_sleeps_and_only_then() -> None:
+    """What a stop or rebalance asks of a batch (streams.handlers.email_batches._stall_reason): a call asleep until
+    the limiters let its next part go has nothing in flight."""
+    from adapters.email.base import Outcome
+    from adapters.email.pacing import PacedProvider
+    from tests.support.email import outgoing
+
+    limiter = RateLimiter("smtp", 2, "cap 2/s", clock=Clock())  # two messages a call, a second apart
+    seen_asleep: list[int] = []
+    seen_sending: list[int] = []
+
+    class Watched(_Answers):
+        async def send_batch(self, messages, on_result=None):  # type: ignore[no-untyped-def]
+            seen_sending.append(paced.rate_waits)
+            return await super().send_batch(messages, on_result)
+
+    async def sleep(_: float) -> None:
+        seen_asleep.append(paced.rate_waits)
+
+    paced = PacedProvider(Watched(Outcome.SENT), [limiter], sleep)  # type: ignore[arg-type]
+    results = await paced.send_batch([outgoing(i) for i in range(6)])
+    assert [r.outcome for r in results] == [Outcome.SENT] * 6
+    assert seen_asleep == [1, 1] and seen_sending == [0, 0, 0]  # the first call goes at once
+    assert paced.rate_waits == 0
+
+
 def test_a_worker_takes_its_share_of_the_account_rate_and_says_so() -> None:
     clock = Clock()
     limiter = RateLimiter("ses", 14, "SES max send rate 14/s", clock=clock)
