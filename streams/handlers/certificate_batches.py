@@ -11,7 +11,8 @@ What a certificate job carries (per recipient, falling back to the job's ``templ
 A missing or invalid one makes that recipient a RecipientFailed (not retryable) naming the field. Rendering is
 CPU-bound, so it runs in the worker's render pool (content.certificates.pool), never on the event loop;
 uploads run concurrently beside it. Codes and object keys are deterministic, so a batch served again after a
-crash puts the same bytes under the same key.
+crash, or after a stop or rebalance gave it up while its mails waited for the relay, puts the same bytes under the
+same key.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""BatchDelivery.waits_for: why a chunk waits for its provider to be reachable, set only while it sleeps between
-rounds of an outage (a stop or rebalance gives up a batch all of whose chunks wait: none may be sending)."""
+"""What a stop or rebalance asks of a batch before giving it up: that every chunk (or certificate mail) of it waits,
+none may be sending. ``BatchDelivery.waits_for`` is set only while a chunk sleeps between rounds of an outage;
+``BatchDelivery.waiting`` also counts a chunk trying again to reach a relay that is unreachable with no session
+open; a certificate batch (``_RelayWait``) and an email batch (``_stall_reason``, with its pacing sleeps) wait only
+when all of theirs do."""
 
 from __future__ import annotations
 
