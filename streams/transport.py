@@ -19,6 +19,9 @@ poll made while its flow is stopped), a stream partition that has never committe
 beginning (:func:`seek_to_committed`): aiokafka seeks only partitions that have one, and would leave such a
 partition's position past the records Faust had dropped, never to be served.
 
+Each record goes to Faust's callback without the four tasks per record of Faust's own drain loop, when the callback
+does not wait (:mod:`streams.first_inline`).
+
 On a rebalance the consumer waits only for records a stream still works on: records Faust dropped from the agents'
 buffers are not waited for (:mod:`streams.held_events` has the wait that otherwise never ends), and while it waits
 the streams are asked to give up records that cannot end soon (:func:`held_events`).
@@ -39,6 +42,7 @@ from aiokafka.errors import ConsumerStoppedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from eventlog.kept_topics import KeptTopics
+from streams import first_inline
 from streams.guarded_poll import poll
 from streams.held_events import HeldEvents, release_orphans
 
@@ -85,6 +89,11 @@ class _FullerFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _FullerFetchConsumer(faust_aiokafka.Consumer):
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        # Faust's drain loop is the one caller that passes a coroutine (streams.first_inline).
+        return await first_inline.wait_first(super().wait_first, lambda: self._stopped.is_set()
+                                             or self._crashed.is_set(), coros, timeout)
+
     def _clean_unacked_messages(self) -> None:
         # Called by wait_empty (a rebalance, a stop) after each second it waited for acks.
         held = cast(FullerFetchTransport, self.transport).held
