@@ -11,6 +11,9 @@ channel's queue) almost never waits: only for a full queue, a stopped flow or th
 callback task would have done in Faust's own: that task takes its first step before anything else can run, and a
 callback that does not wait is delivered whether the suspend wait is set or not. If it waits, what is left of it
 races the rest in mode's own ``wait_first``, as before, so a flow suspended while it waits still cancels it.
+That first step runs in the drain loop's task, the rest in a task of its own: a callback that tied something to
+its task before it first waits (``asyncio.timeout``, ``current_task()``) would find the wrong one. Faust's conductor
+ties nothing; check it again when Faust is upgraded.
 """
 
 from __future__ import annotations
