@@ -3,7 +3,7 @@
 Faust's drain loop (``Consumer._drain_messages``) delivers every record with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``: mode's ``wait_first`` wraps the callback,
 the suspend wait and the service's stopped and crashed events in four tasks, waits for the first, and cancels the
-other three, about 40 µs of the worker's event loop per record on this machine (the deliveries watch reads one
+other three: 40–50 µs of the worker's event loop per record on this machine (watch-delivery reads one
 outcome record per learner). The callback (Faust's conductor: acquire the flow control, put the event on each
 channel's queue) almost never waits: only for a full queue, a stopped flow or the producer's buffer.
 
