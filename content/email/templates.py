@@ -128,6 +128,9 @@ class EmailRenderer:
         common: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "keep_trailing_newline": True}
         self._html_env = ImmutableSandboxedEnvironment(autoescape=True, **common)
         self._text_env = ImmutableSandboxedEnvironment(autoescape=False, **common)
+        if self._html_env.globals != self._text_env.globals:
+            raise RuntimeError("the HTML and text environments have different globals; the parts share one context")
+        self._globals = dict(self._text_env.globals)
         self._compiled: OrderedDict[EmailTemplate, tuple[jinja2.Template, jinja2.Template, jinja2.Template]] = (
             OrderedDict())
         self._lock = threading.Lock()
@@ -166,12 +169,15 @@ class EmailRenderer:
         """Subject, text and HTML for one recipient; recipient fields win over template_data of the same name."""
         template_id = source.id
         subject_t, text_t, html_t = self._templates(source)
-        context = {**template_data, **recipient}
+        # One dict of every name the three parts may use, Jinja's globals (range, dict, ...) included, shared by
+        # their contexts: Template.render copies the names twice per part and lists the globals' ChainMap
+        # (33 µs for course_reminder's three parts, 18 µs so). A part's own {% set %} stays in its context.
+        names = {**self._globals, **template_data, **recipient}
         try:
             return RenderedEmail(
-                subject=one_line(subject_t.render(context)),
-                text=text_t.render(context),
-                html=html_t.render(context),
+                subject=one_line(_render(subject_t, names)),
+                text=_render(text_t, names),
+                html=_render(html_t, names),
             )
         except jinja2.exceptions.SecurityError as exc:
             raise TemplateSecurityError(f"template {template_id!r}: {exc.message or type(exc).__name__}") from None
@@ -180,3 +186,8 @@ class EmailRenderer:
             raise TemplateRenderError(f"template {template_id!r}: {exc.message or type(exc).__name__}") from None
         except Exception as exc:  # e.g. a division by zero or a bad filter argument inside the template
             raise TemplateRenderError(f"template {template_id!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _render(template: jinja2.Template, names: dict[str, Any]) -> str:
+    """``template.render(names)`` without copying ``names``, which must hold Jinja's globals already."""
+    return template.environment.concat(template.root_render_func(template.new_context(names, shared=True)))

@@ -113,6 +113,18 @@ def test_recipient_fields_win_over_template_data(renderer: EmailRenderer) -> Non
     assert out.text.startswith("Dear Zoë,") and "Mallory" not in out.text
 
 
+def test_a_part_setting_a_name_changes_only_itself_and_jinja_globals_work_in_every_part(tmp_path: Path) -> None:
+    write_template(tmp_path, "sets", subject='{% set firstname = "Subject" %}Hi {{ firstname }}',
+                   text='{% set lastname = "Text" %}{{ firstname }} {{ lastname }} '
+                        "{% for i in range(3) %}{{ i }}{% endfor %} {{ dict(a=1)['a'] }}",
+                   html="<p>{{ firstname }} {{ lastname }} {% set ns = namespace(n=2) %}{{ ns.n }}</p>")
+    data = {"firstname": "Ann", "lastname": "Lee"}
+    renderer = EmailRenderer(TemplateStore(tmp_path))
+    first = renderer.render("sets", data, {})
+    assert (first.subject, first.text, first.html) == ("Hi Subject", "Ann Text 012 1", "<p>Ann Lee 2</p>")
+    assert renderer.render("sets", data, {}) == first and data == {"firstname": "Ann", "lastname": "Lee"}
+
+
 def test_subject_is_one_line(renderer: EmailRenderer) -> None:
     data = {**REMINDER_DATA, "course_name": "Safety\r\nBcc: victim@example.org\x00\x1b\u2028x"}
     out = renderer.render("course_reminder", RECIPIENT, data)
