@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from adapters.email.base import EmailProvider, OnEachResult, Outcome, OutgoingEmail, SendResult, report
@@ -45,7 +46,8 @@ class RateLimiter:
         self._next = 0.0  # the clock time the next call may start
         self._held_until = 0.0
         self._hold_reason = ""
-        self._sent: list[tuple[float, int]] = []  # recent (time, messages), to know the rate actually sent at
+        # Recent (start, messages) of each call, to know the rate actually sent at; starts never decrease.
+        self._sent: deque[tuple[float, int]] = deque()
         self.throttles = 0
 
     # --- what paces it ------------------------------------------------------------------------------
@@ -120,7 +122,7 @@ class RateLimiter:
     def observed_rate(self, window: float = 5.0) -> float:
         """Messages per second reserved over the last ``window`` seconds."""
         now = self._clock()
-        self._sent = [(t, n) for t, n in self._sent if now - t <= window]
+        self._forget_before(now - window)
         if not self._sent:
             return 0.0
         span = max(1.0, now - self._sent[0][0])
@@ -134,9 +136,13 @@ class RateLimiter:
         rate = self.rate
         self._next = start + (messages / rate if rate else 0.0)
         self._sent.append((start, messages))
-        if len(self._sent) > 256:  # only the last seconds matter (observed_rate); keep the list short
-            self._sent = [(t, n) for t, n in self._sent if now - t <= _WINDOW]
+        self._forget_before(now - _WINDOW)  # only the last seconds matter (observed_rate)
         return start - now
+
+    def _forget_before(self, moment: float) -> None:
+        sent = self._sent
+        while sent and sent[0][0] < moment:
+            sent.popleft()
 
     def chunk(self) -> int | None:
         """Most messages one call should carry so a call never holds more than a second's worth."""

@@ -294,11 +294,21 @@ def register(app: faust.App, ctx: StreamContext) -> None:
     from streams.handlers.email_batches import CertificateMailer, EmailBatchHandler
     from streams.handlers.email_providers import EmailProviders
 
+    counted: list[tuple[int, float]] = []  # (consumer generation, share) as last counted
+
     def share_of_batches() -> float:
-        """The fraction of the batch partitions this worker owns: its share of every account's rate."""
+        """The fraction of the batch partitions this worker owns: its share of every account's rate.
+
+        Asked before every provider call; counted again once per consumer generation (each rebalance makes a
+        new one), not from the whole assignment (~100 partitions) every call."""
+        generation = app.consumer_generation_id
+        if counted and counted[0][0] == generation:
+            return counted[0][1]
         topic = ctx.batches.get_topic_name()
         owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == topic)
-        return max(1, min(owned, ctx.settings.batch_partitions)) / ctx.settings.batch_partitions
+        share = max(1, min(owned, ctx.settings.batch_partitions)) / ctx.settings.batch_partitions
+        counted[:] = [(generation, share)]
+        return share
 
     # One SMTP pool per worker, shared by email and certificate mail.
     providers = EmailProviders(ctx.settings, share=share_of_batches, dependencies=DEPENDENCIES)
