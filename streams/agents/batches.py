@@ -288,30 +288,33 @@ class BatchRunner:
         )
 
 
+def share_of_batches(app: faust.App, ctx: StreamContext) -> Callable[[], float]:
+    """The fraction of the batch partitions this worker owns, now: its share of every account's rate.
+
+    Asked before every provider call; counted again once per consumer generation (each rebalance makes a new
+    one), not from the whole assignment (~100 partitions) every call."""
+    counted: list[tuple[int, float]] = []  # (consumer generation, share) as last counted
+
+    def share() -> float:
+        generation = app.consumer_generation_id
+        if counted and counted[0][0] == generation:
+            return counted[0][1]
+        topic = ctx.batches.get_topic_name()
+        owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == topic)
+        fraction = max(1, min(owned, ctx.settings.batch_partitions)) / ctx.settings.batch_partitions
+        counted[:] = [(generation, fraction)]
+        return fraction
+    return share
+
+
 def register(app: faust.App, ctx: StreamContext) -> None:
     from content.email import EmailRenderer, TemplateStore
     from streams.handlers.certificate_batches import CertificateBatchHandler
     from streams.handlers.email_batches import CertificateMailer, EmailBatchHandler
     from streams.handlers.email_providers import EmailProviders
 
-    counted: list[tuple[int, float]] = []  # (consumer generation, share) as last counted
-
-    def share_of_batches() -> float:
-        """The fraction of the batch partitions this worker owns: its share of every account's rate.
-
-        Asked before every provider call; counted again once per consumer generation (each rebalance makes a
-        new one), not from the whole assignment (~100 partitions) every call."""
-        generation = app.consumer_generation_id
-        if counted and counted[0][0] == generation:
-            return counted[0][1]
-        topic = ctx.batches.get_topic_name()
-        owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == topic)
-        share = max(1, min(owned, ctx.settings.batch_partitions)) / ctx.settings.batch_partitions
-        counted[:] = [(generation, share)]
-        return share
-
     # One SMTP pool per worker, shared by email and certificate mail.
-    providers = EmailProviders(ctx.settings, share=share_of_batches, dependencies=DEPENDENCIES)
+    providers = EmailProviders(ctx.settings, share=share_of_batches(app, ctx), dependencies=DEPENDENCIES)
     ctx.add_service(providers)
     mailer = CertificateMailer(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers.smtp,
                                providers.dkim)
