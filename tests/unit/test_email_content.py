@@ -250,12 +250,14 @@ def test_providers_get_the_address_to_header_carries(address: str) -> None:
     assert ascii_address(address).isascii()
 
 
+def compose_plain(rendered: RenderedEmail, message_id: str = "<m@x.org>") -> bytes:
+    return compose_message(rendered, from_address="a@example.org", from_name="", to_address="b@example.org",
+                           to_name="", message_id=message_id)
+
+
 def test_long_ascii_subject_is_folded_and_read_back_exactly() -> None:
     subject = " ".join(f"word{i}" for i in range(80))
-    raw = compose_message(
-        RenderedEmail(subject, "t", ""), from_address="a@example.org", from_name="", to_address="b@example.org",
-        to_name="", message_id="<m@x.org>",
-    )
+    raw = compose_plain(RenderedEmail(subject, "t", ""))
     assert max(len(line) for line in raw.split(b"\r\n")) <= 78
     msg = parse(raw)
     assert msg["Subject"] == subject and msg.get_content_type() == "text/plain"  # no html: a single part
@@ -263,18 +265,9 @@ def test_long_ascii_subject_is_folded_and_read_back_exactly() -> None:
 
 def test_boundary_is_deterministic_per_message_id() -> None:
     def boundary(message_id: str) -> str:
-        raw = compose_message(
-            RenderedEmail("s", "t", "<p>h</p>"), from_address="a@example.org", from_name="",
-            to_address="b@example.org", to_name="", message_id=message_id,
-        )
-        return parse(raw).get_boundary() or ""
+        return parse(compose_plain(RenderedEmail("s", "t", "<p>h</p>"), message_id)).get_boundary() or ""
 
     assert boundary("<1@x.org>") == boundary("<1@x.org>") != boundary("<2@x.org>")
-
-
-def compose_plain(rendered: RenderedEmail, message_id: str = "<m@x.org>") -> bytes:
-    return compose_message(rendered, from_address="a@example.org", from_name="", to_address="b@example.org",
-                           to_name="", message_id=message_id)
 
 
 def transfer_encodings(raw: bytes) -> list[str]:
