@@ -24,6 +24,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from adapters.email.dkim import DkimKeyError, DkimSigners
     from eventlog.topics import create_topics
     from offload.heap import return_large_blocks
+    from resilience.collector import collect_for_throughput
     from streams.app import create_app
 
     return_large_blocks()  # the worker's resident size stays near its start-up size (offload.heap)
@@ -35,6 +36,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             sys.exit(f"configuration error: {exc}")
     asyncio.run(create_topics(settings, with_changelogs=True))
     app = create_app(settings)
+    collect_for_throughput()  # no full collections of the whole heap while it sends (resilience.collector)
     faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 

@@ -33,6 +33,7 @@ import faust
 from faust.types import TP
 
 from eventlog.publisher import partition_for
+from resilience.collector import gc_paused
 from schemas.events import JobCompleted, JobRejected, JobRequested, Problem
 from schemas.intake import validate_request
 from streams.context import StreamContext
@@ -134,7 +135,8 @@ class BudgetWaits:
                 return 1
             return 0
         value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
-        intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
+        with gc_paused():  # as the router's (streams.agents.routing)
+            intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
         if intake.job is None or intake.job.job_id != job_id:
             # Cannot happen for a request the router accepted as valid; never serve another job's request.
             log.error("job %s: job-requests[%d]@%d is not its valid request; the wait is dropped", job_id,
@@ -159,7 +161,8 @@ class BudgetWaits:
         total = self.chunked.waiting_total(job_id) if self.chunked is not None else None
         if total is None:
             value, _headers = await self.ctx.ledger.fetch_record("job-requests", wait.partition, wait.offset)
-            intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
+            with gc_paused():
+                intake = validate_request(value, max_recipients=self.ctx.settings.max_recipients_per_job)
             total = len(intake.job.recipients) if intake.job is not None else 0
         await self.ctx.publisher.send_and_wait(JobCompleted(
             job_id=job_id, run=0, total=total, succeeded=0, failed=total, cancelled=True,
