@@ -8,10 +8,8 @@ Invalid email addresses are not refused here: they fail that one recipient, not 
 
 from __future__ import annotations
 
-import gc
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,19 +83,6 @@ def _too_deep(job: JobRequested) -> bool:
     if nested_deeper_than(job.template_data, MAX_JSON_DEPTH - 1):  # the body itself is one level
         return True
     return any(nested_deeper_than(r.model_extra, MAX_JSON_DEPTH - 2) for r in job.recipients if r.model_extra)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Validating 50,000 recipients creates ~10^5 objects that all stay alive; the cyclic collector, run
-    again and again meanwhile, finds nothing to free and costs ~40% of the check. Paused for that stretch."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _classify(field_name: str, message: str, max_recipients: int) -> Refusal:

@@ -12,11 +12,12 @@ from api import params
 from api.admission import admit
 from api.chunked import is_chunked_header, open_chunked_job
 from api.errors import ApiError, json_response
-from api.ingest import NotAJob, check_job, gc_paused
+from api.ingest import NotAJob, check_job
 from api.pauses import pause_of
 from api.state import ApiState, body_of, caller_of, state_of
 from api.store import JOB_STATUSES, RECIPIENT_STATUSES, progress
 from projections.jobs import FINISHED, JobStatus
+from resilience.collector import gc_paused
 from schemas.events import (
     JobCancelled,
     JobResumed,

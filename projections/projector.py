@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Coroutine, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,6 +28,7 @@ from projections.base import Applied, Position
 from projections.decoder import Decoder, Raw
 from projections.read_models import READ_MODELS
 from projections.startup import Partitions, both, find_partitions, new_consumer
+from resilience.collector import gc_paused
 from resilience.dependencies import DEPENDENCIES, Backoff
 from resilience.reasons import reason
 from schemas.envelope import UndecodableRecord, decode, header
@@ -127,25 +127,6 @@ def _pieces(polled: dict[TopicPartition, list], size: int) -> Iterator[dict[Topi
         yield piece
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a poll is decoded.
-
-    A poll's events (10-20 objects each, a BatchDispatched's thousands) all live until its commit, so every
-    collection they triggered found nothing to free and, once enough had survived, scanned the whole heap again.
-    Reference counting frees them as usual; the collector runs again on the next allocations after. In
-    bench/replay.py this and gc.freeze() at start-up took a replay of 50,503 events from 2.2 s to 1.7 s.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 class Projector:
     def __init__(self, settings: Settings, *, schema: str | None = None, max_records: int = 5000,
                  fresh: bool = False) -> None:
@@ -194,7 +175,7 @@ class Projector:
         self._decoder = Decoder.forked(fresh=self._fresh) if until_caught_up else None
         started = time.monotonic()
         # What is alive now (modules, pydantic's validators, the clients) lives as long as the projector: out of
-        # the collector's sight, a collection scans only what the polls made (see _collector_paused). Frozen
+        # the collector's sight, a collection scans only what the polls made (the poll's gc_paused). Frozen
         # again once the consumer and the connection are up.
         gc.freeze()
         # Catching up (a replay) ends by itself, and what it decodes is freed by reference counting (events hold
@@ -387,7 +368,9 @@ class Projector:
         """``elsewhere``: the outcomes and batches topics' records were sent to the decoder process, and these are
         the places (in the order of ``polled``) of the ones it did not turn into rows: only those are decoded
         here."""
-        with _collector_paused():
+        # A poll's events all live until its commit (resilience.collector.gc_paused); with gc.freeze() at start-up
+        # this took a replay of 50,503 events in bench/replay.py from 2.2 s to 1.7 s.
+        with gc_paused():
             return self._decode_poll(polled, elsewhere)
 
     def _decode_poll(self, polled: dict[TopicPartition, list], elsewhere: list[int] | None) -> _Decoded:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import projections.projector as projector_module
 from config.settings import Settings
 from projections import decoder, recipients
-from projections.projector import LIVE_POLL_BYTES, LIVE_TAKE, Projector, ProjectorStats, _collector_paused, _pieces
+from projections.projector import LIVE_POLL_BYTES, LIVE_TAKE, Projector, ProjectorStats, _pieces
 from schemas.envelope import encode
 from schemas.events import RecipientFailed, RecipientSent
 
@@ -84,20 +84,6 @@ def test_decoding_the_pieces_gives_the_events_and_offsets_of_the_whole_poll(padd
         sorted(whole.events, key=lambda e: (e[0].partition, e[0].offset))
     assert positions == whole.positions == {(tp.topic, tp.partition): records[-1].offset + 1
                                             for tp, records in polled.items()}
-
-
-def test_the_collector_is_paused_while_a_poll_decodes_and_left_as_it_was() -> None:
-    assert gc.isenabled()
-    with _collector_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with _collector_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled(), "a caller that had it off keeps it off"
-    finally:
-        gc.enable()
 
 
 def test_steady_rate_counts_from_the_first_record_to_the_last_commit() -> None:
