@@ -6,7 +6,6 @@ collector as it found it."""
 from __future__ import annotations
 
 import asyncio
-import gc
 from datetime import UTC, datetime
 from typing import Any
 
