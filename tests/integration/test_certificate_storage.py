@@ -195,3 +195,56 @@ async def test_local_unwritable_root_is_storage_unavailable(tmp_path: Path) -> N
         await LocalCertificateStore(blocker, "http://x").put("a/b.pdf", b"%PDF")
     with pytest.raises(StorageUnavailable, match="local certificate store"):
         await LocalCertificateStore(blocker, "http://x").check()
+
+
+async def test_local_puts_waiting_together_are_written_as_one_group(
+    local_store: LocalCertificateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stat
+
+    from adapters.storage import local
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(local.os, "fsync", fsync)
+    job = uuid.uuid4().hex
+    blobs = {object_key(7, job, user, "ABCD-EFGH-JKMN-PQRS"): os.urandom(4096) for user in range(40)}
+    stored = await asyncio.gather(*(local_store.put(k, v) for k, v in blobs.items()))
+    assert [s.sha256 for s in stored] == [hashlib.sha256(v).hexdigest() for v in blobs.values()]
+    for key, blob in blobs.items():
+        assert local_store.path(key).read_bytes() == blob
+    # Every file synced before any put returned; the 40 renames in one directory made durable by one sync.
+    assert synced.count("file") == 40 and synced.count("directory") == 1
+    assert not [p for p in local_store.path(next(iter(blobs))).parent.iterdir() if p.suffix == ".tmp"]
+
+
+async def test_local_one_failed_put_in_a_group_fails_alone(local_store: LocalCertificateStore) -> None:
+    job = uuid.uuid4().hex
+    local_store.root.mkdir(parents=True, exist_ok=True)
+    (local_store.root / "company-8").write_bytes(b"a file where a directory should be")
+    good = [object_key(7, job, user, "ABCD-EFGH-JKMN-PQRS") for user in range(5)]
+    bad = object_key(8, job, 1, "ABCD-EFGH-JKMN-PQRS")
+    results = await asyncio.gather(*(local_store.put(k, b"%PDF-" + k.encode()) for k in [*good[:2], bad, *good[2:]]),
+                                   return_exceptions=True)
+    assert isinstance(results[2], StorageUnavailable) and "company-8" in str(results[2])
+    assert [r.key for r in results if not isinstance(r, BaseException)] == good
+    for key in good:
+        assert await local_store.get(key) == b"%PDF-" + key.encode()
+
+
+async def test_local_a_cancelled_put_leaves_the_others_written(local_store: LocalCertificateStore) -> None:
+    job = uuid.uuid4().hex
+    keys = [object_key(7, job, user, "ABCD-EFGH-JKMN-PQRS") for user in range(6)]
+    puts = [asyncio.ensure_future(local_store.put(k, k.encode())) for k in keys]
+    await asyncio.sleep(0)  # every put queued for the disk thread
+    puts[1].cancel()
+    done = await asyncio.gather(*puts, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert [s.key for s in done if not isinstance(s, BaseException)] == keys[:1] + keys[2:]
+    for key in keys:  # the cancelled one's file too: a put is harmless to repeat, and it was already on its way
+        assert await local_store.get(key) == key.encode()
