@@ -122,6 +122,15 @@ class BatchHandler(Protocol):
         ...
 
 
+async def _did_not_fall_back() -> bool:
+    return False
+
+
+def nothing_out() -> asyncio.Task[bool]:
+    """What an OverlappingHandler's ``start`` returns for a batch it sends nothing of (every outcome recorded)."""
+    return asyncio.ensure_future(_did_not_fall_back())
+
+
 @runtime_checkable
 class OverlappingHandler(Protocol):
     """A handler whose sends may outlast its intake, so the next batch can start sending before they end.

@@ -36,6 +36,14 @@ class CertificateInput:
     template_data: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """A chunk handed to the render processes: its result to come, and the pool it went to."""
+
+    future: asyncio.Future[list[bytes | str]]
+    executor: ProcessPoolExecutor
+
+
 _renderer: Any = None
 
 
@@ -115,16 +123,27 @@ class RenderPool:
         # The executor is None before start/after stop, and _processes is None until its first task.
         return list(getattr(self._executor, "_processes", None) or {})
 
-    async def render(self, template: CertificateTemplate, items: Sequence[CertificateInput]) -> list[bytes | str]:
+    def submit(self, template: CertificateTemplate, items: Sequence[CertificateInput]) -> Rendering:
+        """Hands ``items`` to the render processes now: chunks render in the order they were handed over, so a
+        batch handed over while the one before still renders queues behind it. Await it with :meth:`result`."""
         if self._executor is None:
-            await self.start()
-        assert self._executor is not None
+            self._executor = self._new_executor()
+        executor = self._executor
+        return Rendering(asyncio.get_running_loop().run_in_executor(executor, render_chunk, template, list(items)),
+                         executor)
+
+    async def result(self, rendering: Rendering) -> list[bytes | str]:
+        """The PDFs (or error texts) of a chunk handed over with :meth:`submit`."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, render_chunk, template,
-                                                                    list(items))
+            return await rendering.future
         except BrokenProcessPool:
-            # A render process died (OOM killer, a crash in C code): start fresh ones and let the batch retry.
-            log.error("a certificate render process died; restarting the pool")
-            broken, self._executor = self._executor, self._new_executor()
-            broken.shutdown(wait=False, cancel_futures=True)
+            # A render process died (OOM killer, a crash in C code): start fresh ones (once, however many chunks
+            # the broken pool held) and let the batch retry.
+            if rendering.executor is self._executor:
+                log.error("a certificate render process died; restarting the pool")
+                self._executor = self._new_executor()
+                rendering.executor.shutdown(wait=False, cancel_futures=True)
             raise
+
+    async def render(self, template: CertificateTemplate, items: Sequence[CertificateInput]) -> list[bytes | str]:
+        return await self.result(self.submit(template, items))

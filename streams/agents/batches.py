@@ -9,9 +9,10 @@ comes back after step 4 only repeats its BatchCompleted, which progress counts o
 Pipelined: a batch's sends may still be out when the next batch starts. ``BatchRunner.serve`` does step 1 and
 starts step 2 (every message composed and handed to the SMTP/provider sessions) and returns the rest as a
 ``Finish``: the end of the sends, then steps 3-4. The next batch is taken, noted and composed meanwhile, and its
-chunks queue behind this batch's last ones for the sessions, so no session idles across the boundary (nor
-through BatchCompleted, the table mark, the ack and the next record's intake). A handler that is not an
-``OverlappingHandler`` (certificates) does all of step 2 within ``serve``, one batch at a time. The guarantees:
+chunks queue behind this batch's last ones for the sessions (a certificate batch's, behind its last ones for the
+render processes), so no session idles across the boundary (nor through BatchCompleted, the table mark, the ack
+and the next record's intake). A handler that is not an ``OverlappingHandler`` does all of step 2 within
+``serve``, one batch at a time. The guarantees:
 - Commits never pass an unfinished batch. The agent takes its records without Faust's automatic ack and acks
   each one itself, only once its batch has finished step 4, in record order (each Finish runs after the one
   before it); the consumer commits an offset only once every record before it was acked.

@@ -27,8 +27,8 @@ from adapters.storage.base import CertificateStore, StorageUnavailable, StoredOb
 from adapters.storage.stores import CertificateStores
 from config.settings import Settings
 from content.certificates.codes import certificate_code, verification_url
-from content.certificates.pool import CertificateInput, RenderPool
-from content.certificates.templates import CertificateTemplateStore, TemplateNotFound
+from content.certificates.pool import CertificateInput, Rendering, RenderPool
+from content.certificates.templates import CertificateTemplate, CertificateTemplateStore, TemplateNotFound
 from resilience.dependencies import Dependencies
 from schemas.events import (
     BatchDispatched,
@@ -136,6 +136,19 @@ class _RelayWait:
         return waiting[0] if self.open and len(waiting) == self.open else None
 
 
+@dataclass
+class _Issuing:
+    """What every certificate of one batch is issued with."""
+
+    batch: BatchDispatched
+    template: CertificateTemplate
+    by_user: dict[int, Recipient]
+    storing: _Storing
+    relay_wait: _RelayWait
+    recorder: OutcomeRecorder
+
+
+
 class CertificateBatchHandler:
     def __init__(self, settings: Settings, templates: CertificateTemplateStore, pool: RenderPool,
                  stores: CertificateStores, mailer: CertificateMailer | None = None,
@@ -182,63 +195,87 @@ class CertificateBatchHandler:
         return items
 
     async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
+        """The whole batch: rendered, stored, each outcome recorded; whether it fell back."""
+        return await (await self.start(batch, recipients, recorder))
+
+    async def start(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder,
+                    gate: asyncio.Event | None = None) -> asyncio.Task[bool]:
+        """Hand every chunk of the batch to the render processes, none before ``gate`` is set; the task returned
+        stores and records each certificate as its chunk comes back, ends once every learner's outcome is recorded
+        (streams.batchwork.OverlappingHandler), and says whether the batch fell back. A batch started while the
+        one before still renders queues behind it, so the render processes do not idle between batches."""
+        from streams.batchwork import nothing_out  # not at the top: render processes import this module
+
         try:
             # The newest version when the batch runs; versions are append-only, so issued ones never change.
             template = self.templates.get(batch.template_id)
         except (TemplateNotFound, ValueError) as exc:
             for recipient in recipients:
                 await recorder.record(self._failed(batch, recipient, f"template error: {exc}", retryable=False))
-            return False
-        by_user = {r.userid: r for r in recipients}
+            return nothing_out()
         items = await self._inputs(batch, recipients, recorder)
         if not items:
-            return False
+            return nothing_out()
         primary, fallback = self.stores.for_batch(batch)
-        storing = _Storing(primary, fallback)
         relay_wait = _RelayWait(len(items), self.mailer.smtp if self.mailer is not None else None)
         recorder.stalled_by = relay_wait
+        if gate is not None:
+            await gate.wait()
+        chunks = [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
+        renders = [(chunk, self.pool.submit(template, chunk)) for chunk in chunks]
+        issuing = _Issuing(batch, template, {r.userid: r for r in recipients}, _Storing(primary, fallback),
+                           relay_wait, recorder)
+        return asyncio.ensure_future(self._issue(issuing, renders))
 
-        async def store_one(item: CertificateInput, pdf: bytes | str) -> None:
-            recipient = by_user[item.userid]
-            if isinstance(pdf, str):
-                await recorder.record(self._failed(batch, recipient, pdf, retryable=False))
-                return
-            async with self._uploads:
-                stored, attempts, error = await self._store(batch, storing, recorder, item.key, pdf)
-            if stored is None:
-                await recorder.record(self._failed(batch, recipient, error or "storage failed", retryable=True,
-                                                   attempts=attempts, provider=storing.primary.backend))
-                return
-            emailed, message_id, email_error, suppressed = await self._notify(batch, recipient, stored, item.code,
-                                                                              relay_wait)
-            await recorder.record(CertificateIssued(
-                job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=item.userid,
-                email=recipient.email, url=stored.url, object_key=stored.key, sha256=stored.sha256,
-                size=stored.size, code=item.code, template_id=template.id, template_version=template.version,
-                backend=cast(StorageProviderName, stored.backend), attempts=attempts, emailed=emailed,
-                email_message_id=message_id, email_error=email_error, email_suppressed=suppressed,
-                holder_name=item.learner_name,
-                course_name=item.course_name, completion_date=item.completion_date,
-            ))
-
-        async def issue(item: CertificateInput, pdf: bytes | str) -> None:
-            try:
-                await store_one(item, pdf)
-            finally:
-                relay_wait.open -= 1
-
-        async def render_and_store(chunk: list[CertificateInput]) -> None:
-            pdfs = await self.pool.render(template, chunk)
+    async def _issue(self, issuing: _Issuing, renders: list[tuple[list[CertificateInput], Rendering]]) -> bool:
+        """Each chunk's certificates stored and recorded as the chunk comes back from the render processes."""
+        try:
+            # A TaskGroup: if the render pool breaks, the rest of the batch is cancelled and the whole batch is
+            # retried (it resumes from its recorded outcomes), instead of half-finished tasks outliving it.
             async with asyncio.TaskGroup() as group:
-                for item, pdf in zip(chunk, pdfs, strict=True):
-                    group.create_task(issue(item, pdf))
+                for chunk, rendering in renders:
+                    group.create_task(self._render_and_store(issuing, chunk, rendering))
+        finally:
+            for _, rendering in renders:  # not waited for: a broken pool, a cancel
+                rendering.future.cancel()
+        return issuing.storing.fell_back
 
-        # A TaskGroup: if the render pool breaks, the rest of the batch is cancelled and the whole batch is
-        # retried (it resumes from its recorded outcomes), instead of half-finished tasks outliving it.
+    async def _render_and_store(self, issuing: _Issuing, chunk: list[CertificateInput], rendering: Rendering) -> None:
+        pdfs = await self.pool.result(rendering)
         async with asyncio.TaskGroup() as group:
-            for start in range(0, len(items), CHUNK):
-                group.create_task(render_and_store(items[start:start + CHUNK]))
-        return storing.fell_back
+            for item, pdf in zip(chunk, pdfs, strict=True):
+                group.create_task(self._issue_one(issuing, item, pdf))
+
+    async def _issue_one(self, issuing: _Issuing, item: CertificateInput, pdf: bytes | str) -> None:
+        try:
+            await self._store_one(issuing, item, pdf)
+        finally:
+            issuing.relay_wait.open -= 1
+
+    async def _store_one(self, issuing: _Issuing, item: CertificateInput, pdf: bytes | str) -> None:
+        batch, recorder, storing = issuing.batch, issuing.recorder, issuing.storing
+        recipient = issuing.by_user[item.userid]
+        if isinstance(pdf, str):
+            await recorder.record(self._failed(batch, recipient, pdf, retryable=False))
+            return
+        async with self._uploads:
+            stored, attempts, error = await self._store(batch, storing, recorder, item.key, pdf)
+        if stored is None:
+            await recorder.record(self._failed(batch, recipient, error or "storage failed", retryable=True,
+                                               attempts=attempts, provider=storing.primary.backend))
+            return
+        emailed, message_id, email_error, suppressed = await self._notify(batch, recipient, stored, item.code,
+                                                                          issuing.relay_wait)
+        template = issuing.template
+        await recorder.record(CertificateIssued(
+            job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=item.userid,
+            email=recipient.email, url=stored.url, object_key=stored.key, sha256=stored.sha256,
+            size=stored.size, code=item.code, template_id=template.id, template_version=template.version,
+            backend=cast(StorageProviderName, stored.backend), attempts=attempts, emailed=emailed,
+            email_message_id=message_id, email_error=email_error, email_suppressed=suppressed,
+            holder_name=item.learner_name,
+            course_name=item.course_name, completion_date=item.completion_date,
+        ))
 
     async def _notify(self, batch: BatchDispatched, recipient: Recipient, stored: StoredObject, code: str,
                       relay_wait: _RelayWait) -> tuple[bool | None, str | None, str | None, bool | None]:

@@ -40,7 +40,7 @@ from schemas.events import (
     RecipientSent,
 )
 from security.unsubscribe import list_unsubscribe_headers
-from streams.batchwork import OutcomeRecorder
+from streams.batchwork import OutcomeRecorder, nothing_out
 from streams.context import StreamContext
 from streams.handlers.email_providers import EmailProviders
 from streams.templates import CompanyTemplates, TemplateUnavailable
@@ -52,9 +52,6 @@ _SEND_CHUNK = 25
 # Providers whose API takes many learners in one call: the whole batch goes to them as one chunk.
 _BATCH_FORM = frozenset({"sendgrid", "mailgun"})
 
-
-async def _no_fallback() -> bool:
-    return False
 
 
 async def _say_when_waiting(batch: BatchDispatched, provider: str, quota: DailyQuota,
@@ -210,7 +207,7 @@ class EmailBatchHandler:
             for recipient in recipients:
                 await recorder.record(self._failed(batch, recipient, template.error, attempts=0,
                                                    retryable=template.retryable))
-            return asyncio.ensure_future(_no_fallback())
+            return nothing_out()
         by_key: dict[str, Recipient] = {}
         message_ids: dict[str, str] = {}
         primary, fallback = self.providers.for_batch(batch)
