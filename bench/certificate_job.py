@@ -72,11 +72,11 @@ def stack_pids() -> dict[str, int]:
     return pids
 
 
-def cpu_snapshot(worker: int, projector: int) -> dict[str, float]:
-    """CPU seconds so far of each part of the pipeline, of Kafka and Postgres (the postmaster with every backend
-    and helper it started, ended ones too), and of the machine (busy and idle)."""
+def cpu_snapshot(worker: int, projector: int, moto: int) -> dict[str, float]:
+    """CPU seconds so far of each part of the pipeline, of moto's S3 server, of Kafka and Postgres (the postmaster
+    with every backend and helper it started, ended ones too), and of the machine (busy and idle)."""
     snapshot = {"worker": cpu_seconds(worker), "render": sum(cpu_seconds(p) for p in children(worker)),
-                "projector": cpu_seconds(projector)}
+                "projector": cpu_seconds(projector), "moto": cpu_seconds(moto)}
     for name, pid in stack_pids().items():
         snapshot[name] = postgres_cpu_seconds(pid) if name == "postgres" else cpu_seconds(pid)
     snapshot["machine_busy"], snapshot["machine_idle"] = machine_cpu()
@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> None:
             run_job(settings, job("warm-local", 2, 4, start=900_000))
             run_job(settings, job("warm-s3", 1, 4, start=900_000))
 
-            cpu0 = cpu_snapshot(worker.pid, projector.pid)
+            cpu0 = cpu_snapshot(worker.pid, projector.pid, moto.pid)
             seconds, row = run_job(settings, job(f"local-{tag}", 2, N))
-            cpu1 = cpu_snapshot(worker.pid, projector.pid)
+            cpu1 = cpu_snapshot(worker.pid, projector.pid, moto.pid)
             assert (row["route"], row["succeeded"], row["failed"]) == ("local", N, 0), row
             pdfs = [p for p in (work / "certs" / "company-2" / f"job-local-{tag}").glob("*.pdf")]
             assert len(pdfs) == N, len(pdfs)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                           median_pdf_kb=round(statistics.median(p.stat().st_size for p in pdfs) / 1024, 1))
 
             s3_seconds, row = run_job(settings, job(f"s3-{tag}", 1, N))
-            cpu2 = cpu_snapshot(worker.pid, projector.pid)
+            cpu2 = cpu_snapshot(worker.pid, projector.pid, moto.pid)
             result["cpu_ms_per_cert_local"] = cpu_ms_per_cert(cpu0, cpu1)
             result["cpu_ms_per_cert_s3"] = cpu_ms_per_cert(cpu1, cpu2)
             result["cores_local"] = capacity(cpu0, cpu1)
@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     for route in ("local", "s3"):
         cpu = result[f"cpu_ms_per_cert_{route}"]
         result[f"cpu_ratio_{route}"] = round(cpu["render"] / sum(cpu[k] for k in PIPELINE), 2)
+    # moto's server answers every upload on the same cores, which a real S3 would not: while the job keeps the
+    # cores busy (idle_share near 0), the rate without moto's CPU would be about the rate times busy/(busy - moto).
+    # An estimate, not a measurement: the ratio above is the figure the target is held to.
+    s3 = result["cpu_ms_per_cert_s3"]
+    result["s3_ratio_to_raw_est_without_moto_cpu"] = round(
+        result["s3_ratio_to_raw"] * s3["machine_busy"] / (s3["machine_busy"] - s3["moto"]), 2)
     result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))
