@@ -148,7 +148,6 @@ class _Issuing:
     recorder: OutcomeRecorder
 
 
-
 class CertificateBatchHandler:
     def __init__(self, settings: Settings, templates: CertificateTemplateStore, pool: RenderPool,
                  stores: CertificateStores, mailer: CertificateMailer | None = None,
