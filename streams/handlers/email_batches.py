@@ -53,7 +53,6 @@ _SEND_CHUNK = 25
 _BATCH_FORM = frozenset({"sendgrid", "mailgun"})
 
 
-
 async def _say_when_waiting(batch: BatchDispatched, provider: str, quota: DailyQuota,
                             recorder: OutcomeRecorder) -> None:
     """BatchWaitingForQuota, once, if the batch's provider pauses its sends on the account's 24-hour quota while
