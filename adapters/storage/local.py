@@ -114,7 +114,7 @@ class LocalCertificateStore:
         """Runs in a thread: every file of ``group`` durable under its key, or the error that stopped it."""
         results: list[StoredObject | Exception | None] = [None] * len(group)
         staged = self._stage(group, results)
-        for i, fd, _ in staged:  # one sync after another: each finds the journal commit the last one began
+        for i, fd, _ in staged:  # one after another in this thread: syncs from several threads at once cost more CPU
             try:
                 if results[i] is None:
                     os.fsync(fd)
