@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from resilience.backoff import backoff
 from resilience.reasons import reason
@@ -115,25 +115,18 @@ class OutcomeRecorder:
             raise
 
 
-class BatchHandler(Protocol):
-    """Does one job type's work for the recipients of a batch not yet served; returns whether it fell back."""
-
-    async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
-        ...
-
-
 async def _did_not_fall_back() -> bool:
     return False
 
 
 def nothing_out() -> asyncio.Task[bool]:
-    """What an OverlappingHandler's ``start`` returns for a batch it sends nothing of (every outcome recorded)."""
+    """What a BatchHandler's ``start`` returns for a batch it sends nothing of (every outcome recorded)."""
     return asyncio.ensure_future(_did_not_fall_back())
 
 
-@runtime_checkable
-class OverlappingHandler(Protocol):
-    """A handler whose sends may outlast its intake, so the next batch can start sending before they end.
+class BatchHandler(Protocol):
+    """Does one job type's work for the recipients of a batch not yet served. Its sends may outlast its intake, so
+    the next batch can start sending before they end.
 
     ``start`` returns once every message of the batch is composed and handed to its providers, none before
     ``gate`` is set (the batches before have their outcomes in the log; composing may go ahead); the task it

@@ -11,8 +11,7 @@ starts step 2 (every message composed and handed to the SMTP/provider sessions) 
 ``Finish``: the end of the sends, then steps 3-4. The next batch is taken, noted and composed meanwhile, and its
 chunks queue behind this batch's last ones for the sessions (a certificate batch's, behind its last ones for the
 render processes), so no session idles across the boundary (nor through BatchCompleted, the table mark, the ack
-and the next record's intake). A handler that is not an ``OverlappingHandler`` does all of step 2 within
-``serve``, one batch at a time. The guarantees:
+and the next record's intake). The guarantees:
 - Commits never pass an unfinished batch. The agent takes its records without Faust's automatic ack and acks
   each one itself, only once its batch has finished step 4, in record order (each Finish runs after the one
   before it); the consumer commits an offset only once every record before it was acked.
@@ -61,7 +60,7 @@ from schemas.events import (
     RecipientFailed,
     RecipientOutcome,
 )
-from streams.batchwork import BatchHandler, OutcomeRecorder, OverlappingHandler
+from streams.batchwork import BatchHandler, OutcomeRecorder
 from streams.context import StreamContext
 from streams.held_events import HeldEvents
 from streams.job_data import JobData
@@ -228,8 +227,6 @@ class BatchRunner:
         finish = Finish(key, sends, recorder, mark_and_complete)
         if sends is not None:
             self._out.add(finish)
-            if not isinstance(handler, OverlappingHandler):
-                await _ended(sends)  # one batch at a time; out meanwhile, so a stop or rebalance can give it up
         return finish
 
     async def _work(self, batch: BatchDispatched, handler: BatchHandler, remaining: list[Recipient],
@@ -246,11 +243,7 @@ class BatchRunner:
         remaining = await self.suppressions.hold_back(batch, remaining, recorder)
         if not remaining:
             return None
-        if isinstance(handler, OverlappingHandler):
-            return await handler.start(batch, remaining, recorder, gate)
-        if gate is not None:
-            await gate.wait()
-        return asyncio.ensure_future(handler.process(batch, remaining, recorder))
+        return await handler.start(batch, remaining, recorder, gate)
 
     async def _begin(self, batch: BatchDispatched, state: BatchProgress | None, recorder: OutcomeRecorder,
                      previous: Finish | None) -> dict[int, RecipientOutcome]:
@@ -389,16 +382,6 @@ async def _finish_and_ack(ctx: StreamContext, runner: BatchRunner, stream: faust
         if not acked:
             held.let_go(event.message, stream)
     return acked
-
-
-async def _ended(sends: asyncio.Future[bool]) -> None:
-    """Until the batch's work has ended (Finish takes its result or error); cancelled along with the waiting task."""
-    try:
-        await asyncio.wait([sends])
-    except asyncio.CancelledError:
-        sends.cancel()
-        await asyncio.wait([sends])
-        raise
 
 
 def _acked(task: asyncio.Task[bool]) -> bool:

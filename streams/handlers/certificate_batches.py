@@ -193,15 +193,11 @@ class CertificateBatchHandler:
                                                    retryable=False))
         return items
 
-    async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
-        """The whole batch: rendered, stored, each outcome recorded; whether it fell back."""
-        return await (await self.start(batch, recipients, recorder))
-
     async def start(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder,
                     gate: asyncio.Event | None = None) -> asyncio.Task[bool]:
         """Hand every chunk of the batch to the render processes, none before ``gate`` is set; the task returned
         stores and records each certificate as its chunk comes back, ends once every learner's outcome is recorded
-        (streams.batchwork.OverlappingHandler), and says whether the batch fell back. A batch started while the
+        (streams.batchwork.BatchHandler), and says whether the batch fell back. A batch started while the
         one before still renders queues behind it, so the render processes do not idle between batches."""
         from streams.batchwork import nothing_out  # not at the top: render processes import this module
 

@@ -192,15 +192,11 @@ class EmailBatchHandler:
         return cls(ctx.settings, EmailRenderer(TemplateStore(ctx.settings.template_dir)), providers,
                    ctx.company_templates)
 
-    async def process(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder) -> bool:
-        """The whole batch: composed, sent, each outcome recorded; whether it fell back."""
-        return await (await self.start(batch, recipients, recorder))
-
     async def start(self, batch: BatchDispatched, recipients: list[Recipient], recorder: OutcomeRecorder,
                     gate: asyncio.Event | None = None) -> asyncio.Task[bool]:
         """Compose the batch and hand every chunk to the providers, none before ``gate`` is set (the chunks
         composed meanwhile wait, so the sessions find them ready); the task returned ends once every learner's
-        outcome is recorded (streams.batchwork.OverlappingHandler), and says whether the batch fell back."""
+        outcome is recorded (streams.batchwork.BatchHandler), and says whether the batch fell back."""
         template = await self.templates.wait_for_batch(batch)
         if isinstance(template, TemplateUnavailable):
             for recipient in recipients:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streams.agents.batches import Finish, _ended
+from streams.agents.batches import Finish
 
 
 class Refused(Exception):
@@ -111,35 +111,5 @@ def test_a_cancel_of_the_batch_itself_is_not_taken_for_a_give_up():
         finishing.cancel()  # the worker stops the agent meanwhile: the cancel goes on up
         with pytest.raises(asyncio.CancelledError):
             await finishing
-
-    asyncio.run(run())
-
-
-def test_a_batch_s_work_that_runs_within_serve_is_stopped_with_it_and_its_error_is_left_to_the_finish():
-    """A handler that is not overlapping (certificates) works in a task of its own while serve waits for it, so a
-    stop or rebalance can give the batch up; a serve cancelled meanwhile leaves no work running, and an error of
-    the work is Finish's to raise (the batch is then served again)."""
-    async def run() -> None:
-        started = asyncio.Event()
-
-        async def forever() -> bool:
-            started.set()
-            await asyncio.sleep(3600)
-            return False
-
-        sends = asyncio.ensure_future(forever())
-        serving = asyncio.ensure_future(_ended(sends))
-        await started.wait()
-        serving.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await serving
-        assert sends.cancelled()
-
-        async def fails() -> bool:
-            raise Refused("the render pool broke")
-
-        failing = asyncio.ensure_future(fails())
-        await _ended(failing)  # returns: the error stays in the task, for Finish
-        assert isinstance(failing.exception(), Refused)
 
     asyncio.run(run())
