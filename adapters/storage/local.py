@@ -23,7 +23,6 @@ class _Write:
     key: str
     path: Path
     data: bytes
-    digest: str
     done: asyncio.Future[StoredObject]
 
 
@@ -78,7 +77,7 @@ class LocalCertificateStore:
         writes = self._writes
         if writes is None or writes.loop is not loop:
             writes = self._writes = _Writes(loop)
-        write = _Write(key, path, data, hashlib.sha256(data).hexdigest(), loop.create_future())
+        write = _Write(key, path, data, loop.create_future())
         writes.queued.append(write)
         if writes.task is None or writes.task.done():
             writes.task = loop.create_task(self._write_queued(writes), name="local-certificate-store")
@@ -113,7 +112,8 @@ class LocalCertificateStore:
     def _write_group(self, group: list[_Write]) -> list[StoredObject | Exception]:
         """Runs in a thread: every file of ``group`` durable under its key, or the error that stopped it."""
         results: list[StoredObject | Exception | None] = [None] * len(group)
-        staged = self._stage(group, results)
+        digests = [hashlib.sha256(write.data).hexdigest() for write in group]
+        staged = self._stage(group, digests, results)
         for i, fd, _ in staged:  # one after another in this thread: syncs from several threads at once cost more CPU
             try:
                 if results[i] is None:
@@ -140,10 +140,10 @@ class LocalCertificateStore:
             except OSError as exc:
                 synced = self._unavailable(exc)
             for i in indexes:
-                results[i] = synced or self._stored(group[i].key, group[i].digest, len(group[i].data))
+                results[i] = synced or self._stored(group[i].key, digests[i], len(group[i].data))
         return [result for result in results if result is not None]
 
-    def _stage(self, group: list[_Write], results: list[StoredObject | Exception | None]) -> list[
+    def _stage(self, group: list[_Write], digests: list[str], results: list[StoredObject | Exception | None]) -> list[
             tuple[int, int, Path]]:
         """Each write's bytes in a new temp file beside its target, not yet synced: (index, fd, temp path). A
         write whose file already holds its bytes, or that fails here, gets its result instead."""
@@ -158,8 +158,8 @@ class LocalCertificateStore:
                         continue
                     parent.mkdir(parents=True, exist_ok=True)
                     checked.add(parent)
-                if self._holds(write):
-                    results[i] = self._stored(write.key, write.digest, len(write.data))
+                if self._holds(write, digests[i]):
+                    results[i] = self._stored(write.key, digests[i], len(write.data))
                     continue
                 tmp = parent / f".{write.path.name}.{self._tmp_prefix}-{next(self._tmp_names)}.tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -177,14 +177,14 @@ class LocalCertificateStore:
         return staged
 
     @staticmethod
-    def _holds(write: _Write) -> bool:
+    def _holds(write: _Write, digest: str) -> bool:
         """Whether the file already holds exactly these bytes (a batch served again after a crash)."""
         try:
             if write.path.stat().st_size != len(write.data):
                 return False
         except FileNotFoundError:
             return False
-        return hashlib.sha256(write.path.read_bytes()).hexdigest() == write.digest
+        return hashlib.sha256(write.path.read_bytes()).hexdigest() == digest
 
     @staticmethod
     def _sync_directory(directory: Path) -> None:
