@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,19 @@ from adapters.storage.base import ObjectNotFound, StorageUnavailable, StoredObje
 
 # Most writes one trip to the disk thread makes durable together.
 GROUP_MAX = 64
+
+
+def _start_writeback(fd: int) -> None:
+    """Sets the file's pages on their way to the disk now, so that a group's files are all in flight before its first
+    fsync, and each fsync waits on writes already under way. In a loop test on this machine's ext4 that cut a group's
+    system CPU per file by about a quarter and its time by about a third (docs/benchmarks.md).
+
+    Linux starts writing dirty pages out when told they will not be needed (they stay cached until written). Only a
+    hint, so a refusal is ignored: each file is still fsynced, and its fsync reports what is wrong with the disk.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 @dataclass(slots=True)
@@ -172,6 +187,7 @@ class LocalCertificateStore:
                 view = memoryview(write.data)
                 while view:
                     view = view[os.write(fd, view):]
+                _start_writeback(fd)
             except OSError as exc:
                 results[i] = self._unavailable(exc)
         return staged

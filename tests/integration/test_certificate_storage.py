@@ -211,7 +211,14 @@ async def test_local_puts_waiting_together_are_written_as_one_group(
         synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
         real_fsync(fd)
 
+    real_fadvise = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        synced.append("writeback started")
+        real_fadvise(fd, offset, length, advice)
+
     monkeypatch.setattr(local.os, "fsync", fsync)
+    monkeypatch.setattr(local.os, "posix_fadvise", fadvise)
     job = uuid.uuid4().hex
     blobs = {object_key(7, job, user, "ABCD-EFGH-JKMN-PQRS"): os.urandom(4096) for user in range(40)}
     stored = await asyncio.gather(*(local_store.put(k, v) for k, v in blobs.items()))
@@ -220,6 +227,8 @@ async def test_local_puts_waiting_together_are_written_as_one_group(
         assert local_store.path(key).read_bytes() == blob
     # Every file synced before any put returned; the 40 renames in one directory made durable by one sync.
     assert synced.count("file") == 40 and synced.count("directory") == 1
+    # Every file on its way to the disk before the first sync waits for one.
+    assert synced[:40] == ["writeback started"] * 40 and synced.count("writeback started") == 40
     assert not [p for p in local_store.path(next(iter(blobs))).parent.iterdir() if p.suffix == ".tmp"]
 
 
