@@ -107,6 +107,21 @@ def capacity(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
             "render_share": round((after["render"] - before["render"]) / (cores * wall), 3)}
 
 
+def file_create_ms(directory: Path, n: int = 200) -> float:
+    """CPU ms this thread spends creating one empty file in a new directory under ``directory``, as the local store
+    makes one per certificate. On ext4 without a journal (this machine's disk) it climbs from ~0.05 to ~0.6 ms for
+    about six minutes after many files nearby were deleted (the kernel skips each inode freed in that time, one by
+    one), as a previous run's certificates are at its end: a figure above ~0.1 says the disk job pays for that."""
+    probe = Path(tempfile.mkdtemp(prefix=".create-probe-", dir=directory))
+    try:
+        started = time.thread_time()
+        for i in range(n):
+            os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        return round((time.thread_time() - started) * 1000 / n, 3)
+    finally:
+        shutil.rmtree(probe)
+
+
 def run_job(settings, payload: dict, timeout: float = 900) -> tuple[float, dict]:
     from offload.client import submit_job
     from tests.support.observe import wait_for_job
@@ -164,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             run_job(settings, job("warm-local", 2, 4, start=900_000))
             run_job(settings, job("warm-s3", 1, 4, start=900_000))
 
+            result["file_create_ms_before_disk_job"] = file_create_ms(work / "certs" / "company-2")
             cpu0 = cpu_snapshot(worker.pid, projector.pid, moto.pid)
             seconds, row = run_job(settings, job(f"local-{tag}", 2, N))
             cpu1 = cpu_snapshot(worker.pid, projector.pid, moto.pid)
