@@ -4,9 +4,12 @@ equal to aiosmtplib's own encoding."""
 from __future__ import annotations
 
 import pytest
+from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from hypothesis import given
+from hypothesis import strategies as st
 
-from adapters.email.smtp import envelope_address, wire_form
+from adapters.email.smtp import _PLAIN_ADDRESS, envelope_address, wire_form
 from tests.support.email import outgoing
 
 
@@ -40,6 +43,11 @@ def test_a_composed_message_is_only_dot_stuffed_and_terminated() -> None:
 ])
 def test_envelope_addresses_are_ascii_with_idna_domains(address: str, line: bytes) -> None:
     assert envelope_address(address) == line
+
+
+@given(st.from_regex(_PLAIN_ADDRESS, fullmatch=True))
+def test_a_plain_address_is_written_as_aiosmtplib_quotes_it(address: str) -> None:
+    assert envelope_address(address) == quote_address(address).encode("ascii")
 
 
 @pytest.mark.parametrize("address", ["jörg@example.org", "a@example.org\r\nRCPT TO:<b@example.org>", "a@\x00.org"])
