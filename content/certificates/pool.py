@@ -144,6 +144,3 @@ class RenderPool:
                 self._executor = self._new_executor()
                 rendering.executor.shutdown(wait=False, cancel_futures=True)
             raise
-
-    async def render(self, template: CertificateTemplate, items: Sequence[CertificateInput]) -> list[bytes | str]:
-        return await self.result(self.submit(template, items))

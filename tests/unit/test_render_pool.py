@@ -23,7 +23,7 @@ async def test_a_killed_render_process_fails_its_chunks_and_the_pool_restarts_on
     pool = RenderPool(1)
     template = builtin_template()
     try:
-        warm = await pool.render(template, [_input(1)])
+        warm = await pool.result(pool.submit(template, [_input(1)]))
         assert isinstance(warm[0], bytes) and warm[0].startswith(b"%PDF")
         [pid] = pool.pids()
         long = pool.submit(template, [_input(n) for n in range(2, 200)])
@@ -36,7 +36,7 @@ async def test_a_killed_render_process_fails_its_chunks_and_the_pool_restarts_on
         with pytest.raises(BrokenProcessPool):
             await pool.result(queued)  # held by the same broken pool: no second restart
         assert pool._executor is fresh  # noqa: SLF001
-        again = await pool.render(template, [_input(1)])
+        again = await pool.result(pool.submit(template, [_input(1)]))
         assert again == warm  # same inputs, same bytes, from a new process
         assert pool.pids() and pid not in pool.pids()
     finally:
