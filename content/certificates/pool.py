@@ -110,9 +110,14 @@ class RenderPool:
             executor.submit(_warm_up)
         return executor
 
-    async def start(self) -> None:
+    def _running(self) -> ProcessPoolExecutor:
+        """The executor, started if there is none yet (before the first chunk, after a stop)."""
         if self._executor is None:
             self._executor = self._new_executor()
+        return self._executor
+
+    async def start(self) -> None:
+        self._running()
 
     async def stop(self) -> None:
         executor, self._executor = self._executor, None
@@ -126,9 +131,7 @@ class RenderPool:
     def submit(self, template: CertificateTemplate, items: Sequence[CertificateInput]) -> Rendering:
         """Hands ``items`` to the render processes now: chunks render in the order they were handed over, so a
         batch handed over while the one before still renders queues behind it. Await it with :meth:`result`."""
-        if self._executor is None:
-            self._executor = self._new_executor()
-        executor = self._executor
+        executor = self._running()
         return Rendering(asyncio.get_running_loop().run_in_executor(executor, render_chunk, template, list(items)),
                          executor)
 
