@@ -39,6 +39,11 @@ class ReplyKeepingProtocol(SMTPProtocol):
             protocol.__class__ = cls
             assert isinstance(protocol, cls)
             protocol._kept = deque()
+            # Handed to its transport again: uvloop's transports keep the protocol's bound ``data_received`` from
+            # when the protocol was set, and would go on calling the stock one, which drops replies that arrive
+            # together (asyncio's look the method up on every read).
+            if protocol.transport is not None:
+                protocol.transport.set_protocol(protocol)
         return protocol
 
     def data_received(self, data: bytes) -> None:

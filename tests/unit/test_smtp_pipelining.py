@@ -9,6 +9,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+import uvloop
 from aiosmtplib.protocol import SMTPProtocol
 
 from adapters.email.smtp_pipelining import ReplyKeepingProtocol, pipelined_envelope
@@ -40,6 +41,9 @@ class ScriptedServer:
 
     def close(self) -> None:
         pass
+
+    def set_protocol(self, protocol: SMTPProtocol) -> None:
+        self.protocol = protocol
 
 
 def connected(server: ScriptedServer) -> ReplyKeepingProtocol:
@@ -133,3 +137,43 @@ async def test_a_closing_server_raises_at_once() -> None:
     with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
         await envelope(connected(server))
     assert refused.value.code == 421
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_switched_protocol_keeps_every_reply_on_a_real_connection(new_loop: Any) -> None:
+    """On a socket of either loop the worker may run (offload/loop.py). uvloop's transport keeps the protocol's
+    bound ``data_received`` from when the protocol was set: unless the switched protocol is handed to it again,
+    the stock method goes on reading, and the replies after the first are lost (the send then waits forever)."""
+
+    async def replies() -> list[tuple[int, str]]:
+        read = asyncio.Event()
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 hi\r\n")
+            await reader.readline()
+            for reply in (b"250 one\r\n", b"250 two\r\n", b"354 go\r\n"):  # apart, none read yet
+                writer.write(reply)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            await read.wait()  # then closed, so no handle of it is left when the loop closes (uvloop checks)
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_connection(lambda: SMTPProtocol(loop=loop), "127.0.0.1", port)
+        try:
+            assert (await protocol.read_response(timeout=5)).code == 220
+            kept = ReplyKeepingProtocol.adopt(protocol)
+            kept.write(b"go\r\n")
+            await asyncio.sleep(0.1)  # every reply has landed before the first is read
+            return await read_all(kept, 3)
+        finally:
+            read.set()
+            transport.close()
+            server.close()
+            await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        assert runner.run(replies()) == [(250, "one"), (250, "two"), (354, "go")]
