@@ -68,6 +68,9 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     health_interval: float = Field(default=5.0, gt=0, le=300)
     # Compression of every record the project produces (cramjam provides lz4/zstd; gzip needs nothing).
     kafka_compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
+    # The event loop of `offload worker`, `offload projector` and `offload api` (offload/loop.py): uvloop's, or
+    # Python's own asyncio loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     # --- routing and batching -------------------------------------------------------------------
     cloud_enabled: bool = True  # the global offload switch of the routing rule

@@ -24,6 +24,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from adapters.email.dkim import DkimKeyError, DkimSigners
     from eventlog.topics import create_topics
     from offload.heap import return_large_blocks
+    from offload.loop import use_event_loop
     from resilience.collector import collect_for_throughput
     from streams.app import create_app
 
@@ -34,6 +35,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             DkimSigners(settings.dkim_keys, strict=True)
         except DkimKeyError as exc:
             sys.exit(f"configuration error: {exc}")
+    use_event_loop(settings.event_loop)
     asyncio.run(create_topics(settings, with_changelogs=True))
     app = create_app(settings)
     collect_for_throughput()  # no full collections of the whole heap while it sends (resilience.collector)
@@ -43,11 +45,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_projector(args: argparse.Namespace) -> int:
     from offload.heap import return_large_blocks
+    from offload.loop import use_event_loop
     from projections.projector import Projector
 
     return_large_blocks()  # as the worker's (offload.heap)
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings()
+    use_event_loop(settings.event_loop)
     projector = Projector(settings, schema=args.schema)
 
     async def main() -> None:
@@ -72,9 +76,12 @@ def cmd_projector(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     from api.app import run_api
+    from offload.loop import use_event_loop
 
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run_api(_settings(), args.host, args.port)
+    settings = _settings()
+    use_event_loop(settings.event_loop)
+    run_api(settings, args.host, args.port)
     return 0
 
 
