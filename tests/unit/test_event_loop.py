@@ -19,7 +19,8 @@ def policy_restored() -> Iterator[None]:
     asyncio.set_event_loop_policy(saved)
 
 
-def test_uvloop_is_the_default() -> None:
+def test_uvloop_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OFFLOAD_EVENT_LOOP", raising=False)
     assert Settings().event_loop == "uvloop"
 
 
