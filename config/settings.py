@@ -22,7 +22,9 @@ from config.keys import ApiKey
 from config.prices import DEFAULT_PRICES, ProviderPrice
 from config.suppression import SuppressionSettings
 
-__all__ = ["DEFAULT_PRICES", "ApiKey", "ProviderPrice", "Settings"]
+__all__ = ["DEFAULT_PRICES", "ApiKey", "EventLoop", "ProviderPrice", "Settings"]
+
+EventLoop = Literal["uvloop", "asyncio"]
 
 
 class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, SuppressionSettings):
@@ -70,7 +72,7 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     kafka_compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
     # The event loop of `offload worker`, `offload projector` and `offload api` (offload/loop.py): uvloop's, or
     # Python's own asyncio loop.
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    event_loop: EventLoop = "uvloop"
 
     # --- routing and batching -------------------------------------------------------------------
     cloud_enabled: bool = True  # the global offload switch of the routing rule

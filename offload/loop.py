@@ -10,12 +10,11 @@ loop, to rule the loop out when chasing a fault.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
 
-EventLoopChoice = Literal["uvloop", "asyncio"]
+from config.settings import EventLoop
 
 
-def use_event_loop(choice: EventLoopChoice) -> None:
+def use_event_loop(choice: EventLoop) -> None:
     """Every loop this process makes from now on (``asyncio.run``, Faust's, aiohttp's ``run_app``) is ``choice``'s.
     Call before anything makes a loop."""
     if choice == "uvloop":
