@@ -18,24 +18,32 @@ def _settings() -> Settings:
     return settings_or_exit()  # names the variable and the problem, never a secret's value
 
 
+def _service_settings() -> Settings:
+    """The settings of a long-running process (worker, projector, API), its event loop chosen by them
+    (offload/loop.py) before anything makes one."""
+    from offload.loop import use_event_loop
+
+    settings = _settings()
+    use_event_loop(settings.event_loop)
+    return settings
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from adapters.email.dkim import DkimKeyError, DkimSigners
     from eventlog.topics import create_topics
     from offload.heap import return_large_blocks
-    from offload.loop import use_event_loop
     from resilience.collector import collect_for_throughput
     from streams.app import create_app
 
     return_large_blocks()  # the worker's resident size stays near its start-up size (offload.heap)
-    settings = _settings()
+    settings = _service_settings()
     if settings.environment == "production":  # a DKIM key that cannot sign stops the worker before anything
         try:
             DkimSigners(settings.dkim_keys, strict=True)
         except DkimKeyError as exc:
             sys.exit(f"configuration error: {exc}")
-    use_event_loop(settings.event_loop)
     asyncio.run(create_topics(settings, with_changelogs=True))
     app = create_app(settings)
     collect_for_throughput()  # no full collections of the whole heap while it sends (resilience.collector)
@@ -45,13 +53,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_projector(args: argparse.Namespace) -> int:
     from offload.heap import return_large_blocks
-    from offload.loop import use_event_loop
     from projections.projector import Projector
 
     return_large_blocks()  # as the worker's (offload.heap)
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = _settings()
-    use_event_loop(settings.event_loop)
+    settings = _service_settings()
     projector = Projector(settings, schema=args.schema)
 
     async def main() -> None:
@@ -76,12 +82,9 @@ def cmd_projector(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     from api.app import run_api
-    from offload.loop import use_event_loop
 
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = _settings()
-    use_event_loop(settings.event_loop)
-    run_api(settings, args.host, args.port)
+    run_api(_service_settings(), args.host, args.port)
     return 0
 
 
