@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from config.settings import Settings
+from config.settings import EventLoop, Settings
 from offload.loop import use_event_loop
 
 
@@ -25,8 +25,8 @@ def test_uvloop_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(("choice", "kind"), [("uvloop", uvloop.Loop), ("asyncio", asyncio.SelectorEventLoop)])
-def test_every_loop_made_after_the_choice_is_of_its_kind(choice: str, kind: type) -> None:
-    use_event_loop(choice)  # type: ignore[arg-type]
+def test_every_loop_made_after_the_choice_is_of_its_kind(choice: EventLoop, kind: type) -> None:
+    use_event_loop(choice)
 
     async def running() -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
