@@ -68,18 +68,71 @@ def _decoded_subject(raw: bytes) -> str | None:
 _SIMPLE_PATH = re.compile(r"\s*<([^<>\s@\"()\\,;:]{1,64}@[^<>\s@\"()\\,;:]+)>(.*)", re.DOTALL)
 
 
+_BDAT = re.compile(r"(\d{1,10})(?:[ \t]+(LAST))?[ \t]*", re.IGNORECASE)
+
+
 class _FastSMTP(SMTP):
-    """aiosmtpd's server with a regex fast path for plain addresses.
+    """aiosmtpd's server with a regex fast path for plain addresses, and BDAT (RFC 3030 CHUNKING).
 
     aiosmtpd parses each MAIL/RCPT path with the email package's header parser, which was about a third
     of the sink's CPU per message; anything unusual still goes through the full parser.
+
+    BDAT is what Postfix (3.0 on) and Exim (4.88 on) offer besides DATA: the content goes as counted chunks, so a
+    pipelining client need not wait for DATA's 354, and the server reads it without scanning for the end mark.
+    The handler sees a BDAT message exactly as a DATA one (``handle_DATA``).
     """
+
+    _chunks: list[bytes]
+    _chunk_error: str | None  # the reply every chunk of this transaction gets once one was refused
+
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()  # after a message, RSET, a new MAIL's transaction
+        self._chunks, self._chunk_error = [], None
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _SIMPLE_PATH.fullmatch(arg)
         if match is not None:
             return match.group(1), match.group(2)
         return super()._getaddr(arg)
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        match = _BDAT.fullmatch(arg or "")
+        if match is None:  # without its size the chunk cannot be told from the next command
+            await self.push("501 5.5.4 Syntax: BDAT count [LAST]; closing")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        size, last = int(match.group(1)), match.group(2) is not None
+        try:
+            chunk = await self._reader.readexactly(size)  # read whatever the reply: RFC 3030 2
+        except asyncio.IncompleteReadError:
+            return  # the connection closed mid-chunk: nothing to answer
+        assert self.envelope is not None and self.session is not None
+        error = self._chunk_error
+        if error is None:
+            received = sum(map(len, self._chunks)) + size
+            if not self.session.host_name:
+                error = "503 5.5.1 Error: send HELO first"
+            elif self.envelope.mail_from is None:
+                error = "503 5.5.1 Error: need MAIL command"
+            elif not self.envelope.rcpt_tos:
+                error = "554 5.5.1 Error: no valid recipients"
+            elif self.data_size_limit and received > self.data_size_limit:
+                error = "552 5.3.4 Error: message too large"
+        if error is not None:
+            self._chunk_error = error  # the rest of this message's chunks get the same reply
+            if last:
+                self._set_post_data_state()
+            await self.push(error)
+            return
+        self._chunks.append(chunk)
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        self.envelope.content = self.envelope.original_content = b"".join(self._chunks)
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
 
 
 class _PortController(Controller):
@@ -106,11 +159,13 @@ class DevMailSink:
         spool_dir: Path | None = None,
         max_records: int | None = None,
         pipelining: bool = True,
+        chunking: bool = True,
     ) -> None:
         self.host, self._port = host, port
         # Advertise PIPELINING (RFC 2920) as Postfix and most relays do; aiosmtpd reads commands one line at a time
         # from the stream, so pipelined commands are served in order, but it does not say so itself.
         self.pipelining = pipelining
+        self.chunking = chunking  # offer BDAT (RFC 3030), as Postfix and Exim do by default
         self.keep_messages = keep_messages
         self.spool_dir = spool_dir
         self._lock = threading.Lock()
@@ -266,9 +321,8 @@ class DevMailSink:
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:
         session.host_name = hostname  # what aiosmtpd does itself when no hook is set
-        if not self.pipelining:
-            return responses
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]  # the last line ends the reply ("250 HELP")
+        offered = [*(["250-PIPELINING"] if self.pipelining else []), *(["250-CHUNKING"] if self.chunking else [])]
+        return [*responses[:-1], *offered, responses[-1]]  # the last line ends the reply ("250 HELP")
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list) -> str:
         with self._lock:
