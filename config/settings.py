@@ -109,6 +109,10 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     smtp_connections: int = Field(default=8, ge=1, le=64)
     # Pipeline MAIL, RCPT and DATA (RFC 2920) where the relay advertises PIPELINING; false: always in lockstep.
     smtp_pipelining: bool = True
+    # Send each message's content with BDAT (RFC 3030) where the relay advertises CHUNKING and PIPELINING, up to
+    # smtp_window messages on a session before the first is answered; false: DATA, one message at a time.
+    smtp_chunking: bool = True
+    smtp_window: int = Field(default=1, ge=1, le=64)
     smtp_timeout: float = 30.0
 
     aws_region: str = "eu-west-1"

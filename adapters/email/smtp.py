@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.response import SMTPResponse
 
 from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUnavailable, SendResult, report
 from adapters.email.leases import FairLeases
+from adapters.email.smtp_chunking import chunked_refusal, chunked_replies, chunked_transaction
 from adapters.email.smtp_pipelining import (
     ReplyKeepingProtocol,
     data_accepted,
@@ -52,6 +54,10 @@ class _Unreachable(Exception):
     """No session could be opened to the relay (refused, DNS, TLS or authentication failure)."""
 
 
+class _Closed(Exception):
+    """The relay answered 421 and closes the session, which is dropped."""
+
+
 # What nearly every learner's address looks like; aiosmtplib's parsing below gives such an address back unchanged
 # (tests/unit/test_smtp_wire.py checks it for any), at ~20 times the cost: 3-4 % of the worker's event loop.
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
@@ -82,8 +88,7 @@ def wire_form(raw: bytes) -> bytes:
 
     The composer already writes CRLF only (content.email.compose), so a message that is clean gets two cheap
     scans and one replace instead of aiosmtplib's regex passes (twice per message in sendmail)."""
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+    if not _crlf_only(raw):
         raw = normalize_message_line_endings(raw)
         return PERIOD_REGEX.sub(b"..", raw) + b".\r\n"
     stuffed = raw.replace(b"\r\n.", b"\r\n..")
@@ -92,6 +97,20 @@ def wire_form(raw: bytes) -> bytes:
     if not stuffed.endswith(b"\r\n"):
         stuffed += b"\r\n"
     return stuffed + b".\r\n"
+
+
+def chunk_form(raw: bytes) -> bytes:
+    """The message as BDAT carries it (RFC 3030 3): CRLF line ends, ending with one, nothing doubled, no end mark:
+    the same bytes DATA delivers."""
+    if not _crlf_only(raw):
+        raw = normalize_message_line_endings(raw)
+    return raw if raw.endswith(b"\r\n") else raw + b"\r\n"
+
+
+def _crlf_only(raw: bytes) -> bool:
+    """Every line ends with CRLF, and no CR or LF stands alone (how the composer writes a message)."""
+    crlf = raw.count(b"\r\n")
+    return raw.count(b"\r") == crlf and raw.count(b"\n") == crlf
 
 
 class _Envelope(NamedTuple):
@@ -113,6 +132,16 @@ class _Ahead(NamedTuple):
     envelope: _Envelope
 
 
+def _sent(msg: OutgoingEmail, reply: str) -> SendResult:
+    """A message the relay took; its queue id as the relay gave it in ``reply``, else the Message-ID."""
+    match = _QUEUE_ID.search(reply)
+    return SendResult(msg.key, Outcome.SENT, provider_message_id=match.group(1) if match else msg.message_id)
+
+
+def _unusable(msg: OutgoingEmail, exc: Exception) -> SendResult:
+    return SendResult(msg.key, Outcome.FAILED, error=one_line(f"unusable message: {exc}"))
+
+
 def classify_reply(code: int, text: str) -> Outcome:
     """Outcome of a non-2xx SMTP reply: throttling, a transient (4xx) or a permanent (5xx) failure."""
     if 400 <= code < 500:
@@ -122,11 +151,16 @@ def classify_reply(code: int, text: str) -> Outcome:
     return Outcome.RETRY
 
 
+Settle = Callable[[int, SendResult], Awaitable[None]]  # a message's result, by its index in the batch
+
+
 class SmtpProvider:
     """Sends through an SMTP relay with ``connections`` persistent sessions shared by all batches.
 
-    Sessions open lazily and reopen after a drop; aiosmtplib sends RSET itself after a refused
-    transaction, so the session stays usable for the next message.
+    Sessions open lazily and reopen after a drop; after a refused transaction the envelope is reset (RSET), so the
+    session stays usable for the next message. Where the relay advertises PIPELINING and CHUNKING, a session keeps
+    up to ``window`` messages on the wire (``_stream``, adapters.email.smtp_chunking); else one at a time, its
+    content followed by the next message's envelope (``_send_on``, adapters.email.smtp_pipelining), or in lockstep.
     """
 
     name = "smtp"
@@ -146,6 +180,8 @@ class SmtpProvider:
         max_batch: int = 500,
         local_hostname: str | None = None,
         pipelining: bool = True,
+        chunking: bool = True,
+        window: int = 1,
         dependencies: Dependencies | None = None,  # where losing the relay is reported (the worker's health)
     ) -> None:
         if starttls and use_tls:
@@ -154,6 +190,8 @@ class SmtpProvider:
         self._mail_from = b"MAIL FROM:" + envelope_address(mail_from)
         self.max_batch = max_batch
         self._pipelining = pipelining  # used only where the relay advertises it (adapters.email.smtp_pipelining)
+        self._chunking = chunking and pipelining  # likewise (adapters.email.smtp_chunking)
+        self._window = max(1, window)  # messages a chunking session has written before the first is answered
         self._username = username
         self._password = password.get_secret_value() if hasattr(password, "get_secret_value") else password
         self._starttls, self._use_tls, self._timeout = starttls, use_tls, timeout
@@ -192,34 +230,25 @@ class SmtpProvider:
         results: list[SendResult | None] = [None] * len(messages)
         pending = deque(range(len(messages)))
         unreachable: list[str] = []
+        cut_off: Counter[int] = Counter()  # by message: sessions lost while it was the first unanswered on one
+
+        async def settle(index: int, result: SendResult) -> None:
+            results[index] = result
+            await report(on_result, index, result)
 
         async def work() -> None:
             # Lease a session so concurrent batches never interleave on one connection.
             slot = await self._free.take()
-            ahead: _Ahead | None = None  # the next message, its envelope written with the last one's content
-            settled = True  # False while replies are on their way: a session left then cannot be used again
             try:
-                while ahead is not None or pending:
-                    if ahead is None:
-                        index, early = pending.popleft(), None
+                while pending:
+                    smtp = await self._session(slot)
+                    if self._streams(smtp):
+                        await self._stream(slot, smtp, messages, pending, settle, cut_off)
                     else:
-                        (index, early), ahead = ahead, None
-                    settled = False
-                    try:
-                        result, ahead = await self._send_on(slot, messages, index, early, pending)
-                    except _Unreachable as exc:
-                        # Leave the message to a session that works; this one gives up for the batch.
-                        pending.appendleft(index)
-                        unreachable.append(str(exc))
-                        return
-                    settled = ahead is None
-                    results[index] = result
-                    await report(on_result, index, result)
+                        await self._one_at_a_time(slot, messages, pending, settle)
+            except _Unreachable as exc:  # leave the messages to a session that works; this one gives up
+                unreachable.append(str(exc))
             finally:
-                if not settled:  # cancelled, or a bug, mid-transaction
-                    self._discard(slot)
-                    if ahead is not None:  # its content never went out: it was not sent
-                        pending.appendleft(ahead.at)
                 self._free.give(slot)
 
         async with asyncio.TaskGroup() as group:  # a bug in one worker cancels the others
@@ -232,6 +261,32 @@ class SmtpProvider:
             for index in pending:  # never handed to the relay: the outage must not cost them an attempt
                 results[index] = SendResult(messages[index].key, Outcome.UNREACHED, error=one_line(reason))
         return [r for r in results if r is not None]
+
+    async def _one_at_a_time(self, slot: int, messages: Sequence[OutgoingEmail], pending: deque[int],
+                             settle: Settle) -> None:
+        """Send ``pending``'s messages on the session in ``slot`` one at a time (``_send_on``), until none is left;
+        _Unreachable if the session is lost and cannot be opened again (the message it was on back in ``pending``)."""
+        ahead: _Ahead | None = None  # the next message, its envelope written with the last one's content
+        settled = True  # False while replies are on their way: a session left then cannot be used again
+        try:
+            while ahead is not None or pending:
+                if ahead is None:
+                    index, early = pending.popleft(), None
+                else:
+                    (index, early), ahead = ahead, None
+                settled = False
+                try:
+                    result, ahead = await self._send_on(slot, messages, index, early, pending)
+                except _Unreachable:
+                    pending.appendleft(index)
+                    raise
+                settled = ahead is None
+                await settle(index, result)
+        finally:
+            if not settled:  # cancelled, or a bug, mid-transaction
+                self._discard(slot)
+                if ahead is not None:  # its content never went out: it was not sent
+                    pending.appendleft(ahead.at)
 
     async def _send_on(self, slot: int, messages: Sequence[OutgoingEmail], index: int, early: _Envelope | None,
                        pending: deque[int]) -> tuple[SendResult, _Ahead | None]:
@@ -267,12 +322,109 @@ class SmtpProvider:
                 self._kept_ahead(slot, taken, pending)
                 return SendResult(msg.key, Outcome.RETRY, error="timeout waiting for the smtp server"), None
             except (ValueError, aiosmtplib.SMTPNotSupported) as exc:
-                result = SendResult(msg.key, Outcome.FAILED, error=one_line(f"unusable message: {exc}"))
-                return result, self._kept_ahead(slot, taken, pending)
-            match = _QUEUE_ID.search(reply)
-            sent = SendResult(msg.key, Outcome.SENT, provider_message_id=match.group(1) if match else msg.message_id)
-            return sent, (taken[0] if taken else None)
+                return _unusable(msg, exc), self._kept_ahead(slot, taken, pending)
+            return _sent(msg, reply), (taken[0] if taken else None)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
+
+    def _streams(self, smtp: aiosmtplib.SMTP) -> bool:
+        """Whether the session sends with BDAT, a window of messages at a time: the relay pipelines and chunks."""
+        return (self._chunking and isinstance(smtp.protocol, ReplyKeepingProtocol)
+                and smtp.supports_extension("chunking"))
+
+    async def _stream(self, slot: int, smtp: aiosmtplib.SMTP, messages: Sequence[OutgoingEmail],
+                      pending: deque[int], settle: Settle, cut_off: Counter[int]) -> None:
+        """Send ``pending``'s messages on the session in ``slot`` with BDAT, up to ``window`` of them written before
+        the first is answered, each settled as its replies come, in order. Returns once ``pending`` is empty and
+        every message written is answered, or once the session is gone.
+
+        After a refusal nothing more is written until the window is answered; then the envelope is reset (RSET).
+        A 421, a timeout or a lost session settles only the first unanswered message, as ``_send_on`` does for
+        its one: a 421 by its reply, a timeout RETRY, a lost session tried once more (then RETRY); the rest go
+        back to ``pending``, their replies never having come."""
+        protocol = smtp.protocol
+        assert isinstance(protocol, ReplyKeepingProtocol)
+        window: deque[int] = deque()  # written, not yet answered, in order
+        again: list[int] = []  # refused only for an earlier message's sake: to be sent again
+        refused = False  # a refusal came: write nothing more until the window is answered and the envelope reset
+        try:
+            while True:
+                if not refused:
+                    await self._fill(smtp, protocol, messages, pending, window, settle)
+                if not window:
+                    return
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        replies = await chunked_replies(protocol)
+                except TimeoutError:
+                    self._discard(slot)  # a reply may still come: the session can no longer pair replies
+                    index = window.popleft()
+                    await settle(index, SendResult(messages[index].key, Outcome.RETRY,
+                                                   error="timeout waiting for the smtp server"))
+                    return
+                index = window.popleft()
+                refused = await self._answered(slot, messages[index], index, replies, refused, again, settle)
+                if refused and not window:
+                    pending.extendleft(reversed(again))
+                    again.clear()
+                    refused = False
+                    await smtp.rset()
+        except _Closed:
+            return  # the relay closed the session after a 421; the rest of the window goes back to pending
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError, aiosmtplib.SMTPResponseException) as exc:
+            # The session is gone (or would not reset its envelope): reopened by the caller for what is left.
+            await self._drop(slot)
+            if window:
+                index = window[0]
+                cut_off[index] += 1
+                if cut_off[index] > 1:  # cut off twice: left to the retry policy
+                    window.popleft()
+                    await settle(index, SendResult(messages[index].key, Outcome.RETRY,
+                                                   error=one_line(f"connection lost: {exc}")))
+        finally:
+            if window:  # never answered: not sent by this session, which cannot pair replies any more
+                self._discard(slot)
+            pending.extendleft(reversed([*again, *window]))
+
+    async def _fill(self, smtp: aiosmtplib.SMTP, protocol: ReplyKeepingProtocol, messages: Sequence[OutgoingEmail],
+                    pending: deque[int], window: deque[int], settle: Settle) -> None:
+        """Write ``pending``'s next messages, in one write, until ``window`` holds ``self._window`` of them (one
+        whose address cannot be written is settled as unusable instead)."""
+        transactions = []
+        while pending and len(window) < self._window:
+            index = pending.popleft()
+            try:
+                transactions.append(self._chunked(smtp, messages[index]))
+            except ValueError as exc:
+                await settle(index, _unusable(messages[index], exc))
+                continue
+            window.append(index)
+        if transactions:
+            protocol.write(b"".join(transactions))
+
+    async def _answered(self, slot: int, msg: OutgoingEmail, index: int, replies: list[SMTPResponse],
+                        refused: bool, again: list[int], settle: Settle) -> bool:
+        """Settle ``msg`` by its replies; whether a refusal has come in this window (``refused``: one had before).
+
+        A refusal is the message's own, except a 503 (bad sequence) behind an earlier refusal: the relay was still
+        in that transaction, so the message goes to ``again``. _Closed after a 421 (the session is dropped)."""
+        refusal = chunked_refusal(replies)
+        if refusal is None:
+            await settle(index, _sent(msg, replies[-1].message))
+            return refused
+        if refused and refusal.code == 503:
+            again.append(index)
+            return True
+        await settle(index, await self._refused(slot, msg, refusal.code, refusal.message))
+        if refusal.code == 421:
+            raise _Closed
+        return True
+
+    def _chunked(self, smtp: aiosmtplib.SMTP, msg: OutgoingEmail) -> bytes:
+        """``msg``'s whole transaction for a chunking session; ValueError if its address cannot be written."""
+        chunk = chunk_form(msg.raw)
+        size = f" SIZE={len(chunk)}".encode("ascii") if smtp.supports_extension("size") else b""
+        return chunked_transaction(self._mail_from + size + b"\r\n",
+                                   b"RCPT TO:" + envelope_address(msg.to_address) + b"\r\n", chunk)
 
     def _kept_ahead(self, slot: int, taken: list[_Ahead], pending: deque[int]) -> _Ahead | None:
         """The message whose envelope went out with this content, if the session that carries it is still open;
@@ -358,6 +510,13 @@ class SmtpProvider:
             await self._drop(slot)  # 421 means the server is closing this session
         outcome = classify_reply(code, text)
         return SendResult(msg.key, outcome, error=one_line(f"{code} {text}"))
+
+    async def _session(self, slot: int) -> aiosmtplib.SMTP:
+        """The session in ``slot``, opened if it is not (raises _Unreachable if it cannot be)."""
+        smtp = self._slots[slot]
+        if smtp is None or not smtp.is_connected:
+            smtp = self._slots[slot] = await self._open()
+        return smtp
 
     async def _open(self) -> aiosmtplib.SMTP:
         """A greeted session; the relay recorded as lost (with the reason) or back in the process's health."""

@@ -83,6 +83,8 @@ class EmailProviders:
             connections=settings.smtp_connections,
             timeout=settings.smtp_timeout,
             pipelining=settings.smtp_pipelining,
+            chunking=settings.smtp_chunking,
+            window=settings.smtp_window,
             dependencies=dependencies,
         )
         secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
