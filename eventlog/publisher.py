@@ -105,6 +105,18 @@ class EventPublisher:
             self._producer = producer
             self._dependencies.restored(DELIVERY)  # counted as a reconnect only after a loss
 
+    async def learn(self, short_topics: Iterable[str]) -> None:
+        """Have the producer know these topics' partitions before its first event to each (starting it if need
+        be). The first send to a topic the producer has not heard of waits for a metadata refresh: the first
+        outcome of a worker's first job waited ~0.8 s, and every SMTP session with it."""
+        await self.start()
+        producer = self._producer
+        assert producer is not None
+        for short in short_topics:
+            name = self.topic_name(short)
+            self._kept.keep(producer, name)
+            await producer.partitions_for(name)
+
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
@@ -186,7 +198,8 @@ class EventPublisher:
         await ask_metadata(self._producer.client, timeout)  # the producer's own connections: what hand-off uses
 
     async def flush(self) -> None:
-        """Send what linger is holding now: at a batch's end nothing is gained by waiting for more."""
+        """Until the broker has every event handed to the producer so far (aiokafka's flush does not cut a
+        lingering batch short: it waits for it, as for every other)."""
         if self._producer is not None:
             await self._producer.flush()
 
