@@ -96,7 +96,8 @@ class OutcomeRecorder:
             for attempt in range(1, attempts + 1):
                 if not pending:
                     return
-                await self._publisher.flush()
+                # This batch's own events only: the producer's flush would wait for everything handed to it, the
+                # next batches' outcomes (still lingering) and the route agent's batches too.
                 results = await asyncio.gather(*(sent for _, sent in pending), return_exceptions=True)
                 refused = [(event, sent, result) for (event, sent), result in zip(pending, results, strict=True)
                            if isinstance(result, BaseException)]
