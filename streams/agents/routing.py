@@ -44,9 +44,11 @@ from streams.templates import ResolvedTemplate
 
 log = logging.getLogger(__name__)
 
-# Batches handed to the producer and not yet acknowledged, at most (~20 KB each with 200 learners): enough to
-# keep the producer's requests full, and the route agent's memory the same for 10,000 learners or 1,000,000.
-IN_FLIGHT_BATCHES = 64
+# Batches handed to the producer and not yet acknowledged, at most (~20 KB each with 200 learners): the route
+# agent's memory stays the same for 10,000 learners or 1,000,000. Few, because the outcomes of the batches already
+# sending go through the same producer, one request at a time, behind these: with 64 (1.3 MB), the first outcomes
+# of a 50,000-learner job waited ~1 s, and every SMTP session with them (docs/benchmarks.md, session 28).
+IN_FLIGHT_BATCHES = 8
 
 
 class JobRouter:
