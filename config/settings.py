@@ -112,7 +112,7 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     # Send each message's content with BDAT (RFC 3030) where the relay advertises CHUNKING and PIPELINING, up to
     # smtp_window messages on a session before the first is answered; false: DATA, one message at a time.
     smtp_chunking: bool = True
-    smtp_window: int = Field(default=1, ge=1, le=64)
+    smtp_window: int = Field(default=4, ge=1, le=64)
     smtp_timeout: float = 30.0
 
     aws_region: str = "eu-west-1"

@@ -181,7 +181,7 @@ class SmtpProvider:
         local_hostname: str | None = None,
         pipelining: bool = True,
         chunking: bool = True,
-        window: int = 1,
+        window: int = 4,
         dependencies: Dependencies | None = None,  # where losing the relay is reported (the worker's health)
     ) -> None:
         if starttls and use_tls:

@@ -29,9 +29,6 @@ from tests.support.moto_server import MotoServer, moto_server
 
 pytestmark = pytest.mark.integration
 REGION = "eu-west-1"
-# Messages a chunking session writes before the first is answered: more than the default (1), so that the window's
-# rules (refusals, lost sessions and cancels with several messages on the wire) are what these tests hold.
-WINDOW = 4
 
 
 @pytest.fixture(params=[(True, True), (True, False), (False, True)], ids=["chunking", "pipelining", "lockstep"])
@@ -46,7 +43,7 @@ def sink(request: pytest.FixtureRequest) -> Iterator[DevMailSink]:
 
 @pytest.fixture
 async def smtp(sink: DevMailSink) -> AsyncIterator[SmtpProvider]:
-    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, window=WINDOW, connections=4, timeout=5)
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=4, timeout=5)
     await provider.start()
     yield provider
     await provider.stop()
@@ -99,7 +96,7 @@ async def test_every_recipient_gets_exactly_its_own_message(sink: DevMailSink, s
 
 async def test_the_client_pipelines_only_where_the_relay_advertises_it(sink: DevMailSink) -> None:
     for offered in (True, False):
-        provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, window=WINDOW, connections=1, timeout=5,
+        provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=5,
                                 pipelining=offered)
         await provider.start()
         try:
@@ -143,7 +140,7 @@ async def until(condition: Callable[[], bool], *, seconds: float) -> bool:
 
 
 async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(sink: DevMailSink) -> None:
-    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, window=WINDOW, connections=1, timeout=3)
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=3)
     await provider.start()
     try:
         sink.hold_after(0)  # DATA is never answered until released
@@ -160,7 +157,7 @@ async def test_a_reply_that_never_comes_times_out_and_the_session_is_reopened(si
 
 async def one_session(sink: DevMailSink) -> SmtpProvider:
     """A provider with one session: its messages go out in order, each next envelope behind a content."""
-    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, window=WINDOW, connections=1, timeout=5)
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, timeout=5)
     await provider.start()
     return provider
 
@@ -252,7 +249,7 @@ async def test_every_result_is_what_the_relay_did_with_that_message_whatever_goe
     # once on four sessions, as the worker sends: each message's result must be what the relay did with exactly
     # that message, and what the relay received must be exactly the messages said to be sent, each once, intact.
     rng = random.Random(seed)
-    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, window=WINDOW, connections=4, timeout=5)
+    provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=4, timeout=5)
     await provider.start()
     try:
         messages = [outgoing(i) for i in range(100)]
@@ -350,7 +347,7 @@ async def test_endless_throttling_is_bounded(sink: DevMailSink, smtp: SmtpProvid
 
 async def test_dropped_connections_are_reopened(sink: DevMailSink) -> None:
     port = sink.port
-    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, window=WINDOW, connections=3, timeout=5)
+    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, connections=3, timeout=5)
     try:
         assert all(r.outcome is Outcome.SENT for r in await provider.send_batch([outgoing(i) for i in range(6)]))
         sink.stop()  # the relay restarts: every pooled session is now dead
@@ -364,7 +361,7 @@ async def test_dropped_connections_are_reopened(sink: DevMailSink) -> None:
 
 
 async def test_unreachable_smtp_is_provider_unavailable() -> None:
-    provider = SmtpProvider("127.0.0.1", closed_port(), mail_from=MAIL_FROM, window=WINDOW, connections=2, timeout=2)
+    provider = SmtpProvider("127.0.0.1", closed_port(), mail_from=MAIL_FROM, connections=2, timeout=2)
     with pytest.raises(ProviderUnavailable):
         await provider.start()
     with pytest.raises(ProviderUnavailable, match="smtp 127.0.0.1"):
@@ -375,7 +372,7 @@ async def test_unreachable_smtp_is_provider_unavailable() -> None:
 async def test_a_relay_that_goes_away_is_down_in_the_dependency_record_until_it_answers_again(
         sink: DevMailSink) -> None:
     deps, port = Dependencies(), sink.port
-    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, window=WINDOW, connections=2, timeout=5, dependencies=deps)
+    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, connections=2, timeout=5, dependencies=deps)
     try:
         assert deps.snapshot()["smtp-relay"].up  # listed from the start
         await provider.send_batch([outgoing(0)])
@@ -395,7 +392,7 @@ async def test_a_lost_relay_is_asked_again_by_health_and_back_without_another_ba
     # An idle worker whose relay came back must not say it is lost until its next batch: recheck_lost (what
     # the worker's health runs) opens and QUITs a session while the relay is lost.
     deps, port = Dependencies(), sink.port
-    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, window=WINDOW, connections=2, timeout=5, dependencies=deps)
+    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, connections=2, timeout=5, dependencies=deps)
     watch = asyncio.create_task(recheck_lost(deps, interval=0.05, timeout=5))
     try:
         sink.stop()
@@ -422,7 +419,7 @@ async def test_starttls_and_auth_flags_are_honoured(sink: DevMailSink) -> None:
     # The dev sink offers neither STARTTLS nor AUTH: a provider configured to require them must refuse to
     # send in clear text, and its error must not carry the password.
     for options in ({"starttls": True}, {"username": "moodle", "password": "s3cret-pass"}):
-        provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, window=WINDOW, connections=1, **options)  # type: ignore[arg-type]
+        provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, **options)  # type: ignore[arg-type]
         with pytest.raises(ProviderUnavailable) as caught:
             await provider.start()
         assert "s3cret" not in str(caught.value)
@@ -502,7 +499,7 @@ async def test_without_fallback_an_unreachable_provider_fails_retryable() -> Non
 # ---- the sink itself ------------------------------------------------------------------------------------
 async def test_sink_spools_json_lines(tmp_path: Path) -> None:
     with DevMailSink(keep_messages=False, spool_dir=tmp_path) as spool_sink:
-        provider = SmtpProvider("127.0.0.1", spool_sink.port, mail_from=MAIL_FROM, window=WINDOW, connections=2)
+        provider = SmtpProvider("127.0.0.1", spool_sink.port, mail_from=MAIL_FROM, connections=2)
         await provider.send_batch([outgoing(i) for i in range(5)])
         await provider.stop()
     lines = [json.loads(line) for line in (tmp_path / "received.jsonl").read_text("utf-8").splitlines()]
@@ -522,7 +519,7 @@ async def test_sink_runs_standalone(tmp_path: Path) -> None:
         ready = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout=20)
         assert ready.startswith("devmail listening on 127.0.0.1:")
         port = int(ready.split()[3].rsplit(":", 1)[1])
-        provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, window=WINDOW, connections=2)
+        provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, connections=2)
         assert all(r.outcome is Outcome.SENT for r in await provider.send_batch([outgoing(i) for i in range(4)]))
         await provider.stop()
     finally:
