@@ -7,7 +7,8 @@ Run ``python -m bench.email_job`` (or ``python bench/email_job.py``) after ``off
    sink never shares this process's GIL and we can count what arrived);
 2. starts a moto server (SES), ``offload worker`` (one or more) and ``offload projector`` as processes, with a
    fresh topic prefix, app id and projection schema;
-3. measures the raw SMTP ceiling of that same sink (tuned client, no pipeline; with the baseline's small
+3. measures the raw SMTP rate of that same sink (a tuned stock client: pre-built bytes, lockstep DATA, neither
+   PIPELINING nor CHUNKING, which the pipeline uses where the relay offers them; with the baseline's small
    message and with the pipeline's own, each before and after the job, the mean of both in ``*_per_s``) and
    the naive Moodle-like floor (one session per mail, sequential) over a sample;
 4. submits the local email job and times submission -> ``jobs.status = 'completed'`` in Postgres, then

@@ -1,7 +1,9 @@
 """SMTP baselines for the email benchmark: the best a relay can take, and how Moodle core sends.
 
-``raw_smtp_rate`` is the ceiling (pre-built bytes, persistent sessions, concurrent, no pipeline at all), and
-``raw_smtp_rate_same_message`` the same ceiling for the pipeline's own rendered message;
+``raw_smtp_rate`` is what a tuned stock client sends (pre-built bytes, persistent sessions, concurrent, no
+pipeline at all, lockstep DATA: neither PIPELINING nor CHUNKING, which the pipeline uses where the relay offers
+them, so it is not the relay's ceiling), and ``raw_smtp_rate_same_message`` the same for the pipeline's own
+rendered message;
 ``naive_moodle_rate`` is the floor we replace (one SMTP session per mail, sequential, a new
 ``EmailMessage`` each time, as Moodle core does with its default ``smtpmaxbulk=1``).
 Run ``python -m bench.smtp_baselines [-n N]`` to print both against an in-process DevMailSink.

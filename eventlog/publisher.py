@@ -108,7 +108,7 @@ class EventPublisher:
     async def learn(self, short_topics: Iterable[str]) -> None:
         """Have the producer know these topics' partitions before its first event to each (starting it if need
         be). The first send to a topic the producer has not heard of waits for a metadata refresh: the first
-        outcome of a worker's first job waited ~0.8 s, and every SMTP session with it."""
+        outcomes of a worker's first job waited up to 0.8 s, and every SMTP session with them."""
         await self.start()
         producer = self._producer
         assert producer is not None

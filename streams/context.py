@@ -28,9 +28,9 @@ from streams.templates import CompanyTemplates
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-# The topics a batch's work produces to (its learners' outcomes, BatchCompleted, the route agent's batches): known
-# to the producer from the start, so no learner's outcome waits for a metadata refresh (EventPublisher.learn).
-_SENT_PER_LEARNER = ("outcomes", "jobs", "batches")
+# The topics a job's work produces to (the route agent's batches, each learner's outcome, BatchCompleted): known to
+# the producer from the start, so no learner's outcome waits for a metadata refresh (EventPublisher.learn).
+_JOB_WORK_TOPICS = ("batches", "outcomes", "jobs")
 JOB_REQUESTS_BUFFER = 4  # job-requests records Faust holds ahead of the route agent
 BATCHES_BUFFER = 32  # BatchDispatched records Faust holds ahead of the batch agent
 
@@ -200,7 +200,7 @@ class StreamContext:
             while True:
                 try:
                     await self.publisher.start()  # both keep what started, and start only what did not
-                    await self.publisher.learn(_SENT_PER_LEARNER)
+                    await self.publisher.learn(_JOB_WORK_TOPICS)
                     await self.ledger.start()
                     while services < len(self._services):
                         await self._services[services].start()  # a log reader among them needs the broker too
