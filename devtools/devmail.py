@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
@@ -89,6 +89,18 @@ class _FastSMTP(SMTP):
         super()._set_post_data_state()  # after a message, RSET, a new MAIL's transaction
         self._chunks, self._chunk_error = [], None
 
+    async def push(self, status: AnyStr) -> None:
+        await super().push(status)
+        if status[:3] in ("421", b"421"):
+            self.hang_up()  # 421: "closing transmission channel" (RFC 5321 3.8)
+
+    def hang_up(self) -> None:
+        """Close the session and serve nothing more of what the client sent, as a relay that closes its channel
+        does: aiosmtpd would go on with the commands already read, pipelined ones included, until the close lands."""
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None  # ends aiosmtpd's command loop after the command being served
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _SIMPLE_PATH.fullmatch(arg)
         if match is not None:
@@ -99,8 +111,7 @@ class _FastSMTP(SMTP):
         match = _BDAT.fullmatch(arg or "")
         if match is None:  # without its size the chunk cannot be told from the next command
             await self.push("501 5.5.4 Syntax: BDAT count [LAST]; closing")
-            assert self.transport is not None
-            self.transport.close()
+            self.hang_up()
             return
         size, last = int(match.group(1)), match.group(2) is not None
         try:
@@ -355,7 +366,7 @@ class DevMailSink:
                 drop = next(filter(None, (self._take(self._content_drops.get(r.lower()))
                                           for r in envelope.rcpt_tos)), None)
             if drop:
-                server.transport.close()
+                server.hang_up()
                 return drop  # never reaches the client: the session is gone
             if refusal:
                 return refusal

@@ -55,7 +55,8 @@ class _Unreachable(Exception):
 
 
 class _Closed(Exception):
-    """The relay answered 421 and closes the session, which is dropped."""
+    """The relay answered 421: it closes the session (RFC 5321 3.8) without serving what was written after the
+    command it refused, so the rest of a window was not sent; the session is dropped."""
 
 
 # What nearly every learner's address looks like; aiosmtplib's parsing below gives such an address back unchanged
