@@ -4,6 +4,7 @@ rules of the SMTP adapter's window (adapters.email.smtp_chunking, SmtpProvider._
 from __future__ import annotations
 
 import smtplib
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,20 +83,21 @@ class StickyRelay(DevMailSink):
         super().__init__()
         self.refused = refused
         self.resets = 0
+        self.stuck: weakref.WeakSet[Any] = weakref.WeakSet()  # sessions answering 503 until RSET
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list) -> str:
-        if getattr(session, "stuck", False):  # set on this session by handle_RCPT below
+        if session in self.stuck:
             return "503 5.5.1 Error: nested MAIL command"
         return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list) -> str:
         if address == self.refused:
-            session.stuck = True
+            self.stuck.add(session)
             return "550 5.1.1 No such user here"
         return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
 
     async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
-        session.stuck = False
+        self.stuck.discard(session)
         self.resets += 1
         return "250 OK"
 
@@ -103,7 +105,8 @@ class StickyRelay(DevMailSink):
 async def test_messages_refused_for_an_earlier_refusals_sake_are_sent_again_after_a_reset() -> None:
     # Four messages on the wire at once; the first's recipient is refused, and this relay then answers 503 to the
     # three behind it. Those three were never looked at: each is sent again, once the envelope is reset.
-    with StickyRelay(refused=address_of(0)) as relay:
+    relay = StickyRelay(refused=address_of(0))
+    with relay:
         provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=1, window=4, timeout=5)
         await provider.start()
         try:
