@@ -423,9 +423,7 @@ class SmtpProvider:
     def _chunked(self, smtp: aiosmtplib.SMTP, msg: OutgoingEmail) -> bytes:
         """``msg``'s whole transaction for a chunking session; ValueError if its address cannot be written."""
         chunk = chunk_form(msg.raw)
-        size = f" SIZE={len(chunk)}".encode("ascii") if smtp.supports_extension("size") else b""
-        return chunked_transaction(self._mail_from + size + b"\r\n",
-                                   b"RCPT TO:" + envelope_address(msg.to_address) + b"\r\n", chunk)
+        return chunked_transaction(*self._mail_and_rcpt(smtp, msg, len(chunk)), chunk)
 
     def _kept_ahead(self, slot: int, taken: list[_Ahead], pending: deque[int]) -> _Ahead | None:
         """The message whose envelope went out with this content, if the session that carries it is still open;
@@ -441,9 +439,13 @@ class SmtpProvider:
     def _envelope(self, smtp: aiosmtplib.SMTP, msg: OutgoingEmail) -> _Envelope:
         """What goes on the wire for ``msg``; ValueError if its address cannot be written (an unusable message)."""
         wire = wire_form(msg.raw)
-        size = f" SIZE={len(wire) - 3}".encode("ascii") if smtp.supports_extension("size") else b""
-        return _Envelope(self._mail_from + size + b"\r\n", b"RCPT TO:" + envelope_address(msg.to_address) + b"\r\n",
-                         wire)
+        return _Envelope(*self._mail_and_rcpt(smtp, msg, len(wire) - 3), wire)  # the size without the end mark
+
+    def _mail_and_rcpt(self, smtp: aiosmtplib.SMTP, msg: OutgoingEmail, size: int) -> tuple[bytes, bytes]:
+        """MAIL FROM (with the message's ``size`` where the relay takes SIZE) and RCPT TO, each with its CRLF;
+        ValueError if the address cannot be written."""
+        declared = f" SIZE={size}".encode("ascii") if smtp.supports_extension("size") else b""
+        return self._mail_from + declared + b"\r\n", b"RCPT TO:" + envelope_address(msg.to_address) + b"\r\n"
 
     def _follow(self, smtp: aiosmtplib.SMTP, messages: Sequence[OutgoingEmail], pending: deque[int],
                 taken: list[_Ahead]) -> bytes:
