@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.types import TableT
+from faust.types import CodecArg, FutureMessage, TableT
 from faust.types.tables import GlobalTableT
 
 from config.settings import Settings
@@ -58,9 +58,26 @@ class BatchProgressTable(faust.Table):
     Keys are the batch key as text: Faust's recovery reads changelog keys as JSON whatever the table schema.
     """
 
+    _last_sent: FutureMessage | None = None  # the changelog record of the last write, until ``set_durably`` takes it
+
     def partition_for_key(self, key: str) -> int:
         assert self.partitions is not None  # always given when the table is made (StreamContext.build)
         return partition_for(key.encode(), self.partitions)
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: CodecArg = None,
+                       value_serializer: CodecArg = None) -> FutureMessage:
+        self._last_sent = super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        return self._last_sent
+
+    async def set_durably(self, key: str, value: dict[str, Any]) -> None:
+        """Set ``key`` and return once its changelog record is in the log (acks=all); raises if the broker
+        refused it. Only this record is waited for: the producer's flush would also wait for every other table
+        write it holds (the progress and delivery-watch tables', a stream of them while outcomes come in),
+        50-200 ms of a batch's intake in a 50,000-learner job (docs/benchmarks.md, session 29)."""
+        self[key] = value
+        sent, self._last_sent = self._last_sent, None
+        assert sent is not None, "a table write produced no changelog record"
+        await sent
 
 
 class OutcomeKeyedTable(faust.Table):
@@ -88,7 +105,7 @@ class StreamContext:
     company_settings: faust.TopicT
     company_settings_table: GlobalTableT
     known_jobs: TableT[str, str | dict[str, Any]]  # streams.state.KnownJob
-    batch_progress: TableT[str, dict[str, Any]]
+    batch_progress: BatchProgressTable
     job_progress: TableT[str, dict[str, Any]]
     job_failures: TableT[str, dict[str, Any]]
     cancelled_jobs: TableT[str, bool]

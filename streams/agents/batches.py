@@ -267,8 +267,8 @@ class BatchRunner:
             return recorded
         partition = self.ctx.publisher.partition_of("outcomes", batch.job_id.encode())
         offset = await self.ctx.ledger.end_offset(partition)
-        self.ctx.batch_progress[key] = BatchProgress.started(partition, offset).to_dict()
-        await self.ctx.app.producer.flush()  # the note must be durable before anyone is served
+        # The note must be durable before anyone is served.
+        await self.ctx.batch_progress.set_durably(key, BatchProgress.started(partition, offset).to_dict())
         return {}
 
     async def _complete(self, batch: BatchDispatched, recorder: OutcomeRecorder, failures: list[FailedRecipient],
