@@ -143,6 +143,16 @@ def _unusable(msg: OutgoingEmail, exc: Exception) -> SendResult:
     return SendResult(msg.key, Outcome.FAILED, error=one_line(f"unusable message: {exc}"))
 
 
+def _timed_out(msg: OutgoingEmail) -> SendResult:
+    """The relay did not answer in time: it may or may not have taken the message (the retry policy decides)."""
+    return SendResult(msg.key, Outcome.RETRY, error="timeout waiting for the smtp server")
+
+
+def _lost(msg: OutgoingEmail, exc: Exception) -> SendResult:
+    """The session was lost before the message's reply, for the second time: left to the retry policy."""
+    return SendResult(msg.key, Outcome.RETRY, error=one_line(f"connection lost: {exc}"))
+
+
 def classify_reply(code: int, text: str) -> Outcome:
     """Outcome of a non-2xx SMTP reply: throttling, a transient (4xx) or a permanent (5xx) failure."""
     if 400 <= code < 500:
@@ -316,12 +326,12 @@ class SmtpProvider:
                 self._kept_ahead(slot, taken, pending)
                 if attempt == 1:
                     continue
-                return SendResult(msg.key, Outcome.RETRY, error=one_line(f"connection lost: {exc}")), None
+                return _lost(msg, exc), None
             except aiosmtplib.SMTPTimeoutError:
                 # The relay may or may not have taken the message; let the retry policy decide when.
                 await self._drop(slot)
                 self._kept_ahead(slot, taken, pending)
-                return SendResult(msg.key, Outcome.RETRY, error="timeout waiting for the smtp server"), None
+                return _timed_out(msg), None
             except (ValueError, aiosmtplib.SMTPNotSupported) as exc:
                 return _unusable(msg, exc), self._kept_ahead(slot, taken, pending)
             return _sent(msg, reply), (taken[0] if taken else None)
@@ -359,8 +369,7 @@ class SmtpProvider:
                 except TimeoutError:
                     self._discard(slot)  # a reply may still come: the session can no longer pair replies
                     index = window.popleft()
-                    await settle(index, SendResult(messages[index].key, Outcome.RETRY,
-                                                   error="timeout waiting for the smtp server"))
+                    await settle(index, _timed_out(messages[index]))
                     return
                 index = window.popleft()
                 refused = await self._answered(slot, messages[index], index, replies, refused, again, settle)
@@ -379,8 +388,7 @@ class SmtpProvider:
                 cut_off[index] += 1
                 if cut_off[index] > 1:  # cut off twice: left to the retry policy
                     window.popleft()
-                    await settle(index, SendResult(messages[index].key, Outcome.RETRY,
-                                                   error=one_line(f"connection lost: {exc}")))
+                    await settle(index, _lost(messages[index], exc))
         finally:
             if window:  # never answered: not sent by this session, which cannot pair replies any more
                 self._discard(slot)
