@@ -71,9 +71,9 @@ class BatchProgressTable(faust.Table):
 
     async def set_durably(self, key: str, value: dict[str, Any]) -> None:
         """Set ``key`` and return once its changelog record is in the log (acks=all); raises if the broker
-        refused it. Only this record is waited for: the producer's flush would also wait for every other table
-        write it holds (the progress and delivery-watch tables', a stream of them while outcomes come in),
-        50-200 ms of a batch's intake in a 50,000-learner job (docs/benchmarks.md, session 29)."""
+        refused it. Only this record is waited for: the producer's flush also waited for every other table write
+        it held (batch marks, job progress, callback state, the delivery watch's counts: ~930 records in a
+        50,000-learner job), up to 50-200 ms of a batch's intake (docs/benchmarks.md, session 29)."""
         self[key] = value
         sent, self._last_sent = self._last_sent, None
         assert sent is not None, "a table write produced no changelog record"

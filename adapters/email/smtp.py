@@ -328,7 +328,6 @@ class SmtpProvider:
                     continue
                 return _lost(msg, exc), None
             except aiosmtplib.SMTPTimeoutError:
-                # The relay may or may not have taken the message; let the retry policy decide when.
                 await self._drop(slot)
                 self._kept_ahead(slot, taken, pending)
                 return _timed_out(msg), None
