@@ -231,7 +231,7 @@ class JobRouter:
             )))
             number += 1
         assert number == count, f"job {job.job_id}: cut {number} batches, expected {count}"
-        await self.ctx.publisher.flush()
+        # Its own batches' acks only: the producer's flush would also wait for the outcomes of every batch sending.
         locations += [(m.partition, m.offset) for m in await asyncio.gather(*sending)]
         await self.ctx.publisher.send_and_wait(BatchesDispatched(job_id=job.job_id, run=0, locations=locations))
         log.info("job %s accepted: %s via %s (%s), %d recipients in %d batches, template %s (%s%s)", job.job_id,
