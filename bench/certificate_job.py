@@ -24,7 +24,7 @@ from types import SimpleNamespace
 if not __package__:  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.measure import cpu_seconds, machine_cpu, postgres_cpu_seconds  # noqa: E402
+from bench.measure import cpu_seconds, machine_cpu, postgres_cpu_seconds, stack_pids  # noqa: E402
 
 N = 10_000
 NAMES = [("Amélie", "Dubois-Laurent"), ("Анна", "Кузнецова"), ("Νικόλαος", "Παπαδόπουλος"), ("John", "Smith"),
@@ -57,19 +57,6 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     return [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
-
-
-def stack_pids() -> dict[str, int]:
-    """Kafka's pid and Postgres's postmaster when the stack home is known, else none."""
-    home = os.environ.get("OFFLOAD_TEST_STACK_HOME")
-    if not home:
-        return {}
-    pids: dict[str, int] = {}
-    for name in ("kafka", "postgres"):
-        pidfile = Path(home) / "run" / f"{name}.pid"
-        if pidfile.is_file():
-            pids[name] = int(pidfile.read_text().split()[0])
-    return pids
 
 
 def cpu_snapshot(worker: int, projector: int, moto: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from bench.mail_sink import LineCounter
-from bench.measure import log
+from bench.measure import log, stack_pids
 from config.settings import Settings
 from projections.jobs import SHOWN_STATUS
 from tests.support.jobs import job_payload
@@ -152,8 +152,9 @@ def stack_info(home: Path) -> Any:
     from devtools import devstack
 
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"):  # a stack already running
+        # Its pids are not ours to stop; read only to meter their CPU, when its home is named.
         return SimpleNamespace(kafka_bootstrap=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-                               database_url=os.environ["DATABASE_URL"], pids={})  # its pids are not ours
+                               database_url=os.environ["DATABASE_URL"], pids=stack_pids())
     return devstack.up(home, start_mail_sink=False, log=lambda *a: None)
 
 

@@ -109,6 +109,19 @@ def machine_busy_seconds() -> float:
     return machine_cpu()[0]
 
 
+def stack_pids() -> dict[str, int]:
+    """Kafka's pid and Postgres's postmaster of the stack in OFFLOAD_TEST_STACK_HOME, else none."""
+    home = os.environ.get("OFFLOAD_TEST_STACK_HOME")
+    if not home:
+        return {}
+    pids: dict[str, int] = {}
+    for name in ("kafka", "postgres"):
+        pidfile = Path(home) / "run" / f"{name}.pid"
+        if pidfile.is_file():
+            pids[name] = int(pidfile.read_text().split()[0])
+    return pids
+
+
 class CpuMeter:
     """CPU seconds used by named pids (plus Postgres and the whole machine) between start() and stop()."""
 
