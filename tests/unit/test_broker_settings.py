@@ -1,0 +1,53 @@
+"""The brokers we ship are configured alike: the dev stack's (devtools.devstack, which the demo, the tests and the
+benchmarks run on), docker-compose.yml's and the three of docker-compose.ha.yml. Only where a broker listens,
+who its peers are and where it keeps its data may differ; a setting tuned in one (retention, record size, index
+size) and forgotten in another would make the benchmarks measure a broker no site runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from devtools.devstack.kafka import INDEX_BYTES, write_properties
+
+ROOT = Path(__file__).resolve().parents[2]
+# Where and how each broker listens, which node it is and where its files are: set per installation.
+PER_INSTALL = {
+    "node.id", "controller.quorum.voters", "listeners", "advertised.listeners", "listener.security.protocol.map",
+    "log.dirs",
+}
+
+
+def _dev_stack_settings(tmp_path: Path, replication: int) -> dict[str, str]:
+    path = write_properties(tmp_path, 19092, 19093, replication=replication)
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return {key: value for key, value in (line.split("=", 1) for line in lines) if key not in PER_INSTALL}
+
+
+def _env_name(key: str) -> str:
+    """The apache/kafka image's spelling of a broker setting: KAFKA_ and the name upper-cased, dots to _."""
+    return "KAFKA_" + key.upper().replace(".", "_")
+
+
+def _compose_env(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def test_the_compose_broker_has_every_setting_of_the_dev_stack(tmp_path):
+    env = _compose_env("docker-compose.yml")["services"]["kafka"]["environment"]
+    wanted = _dev_stack_settings(tmp_path, replication=1)
+    assert {key: env.get(_env_name(key)) for key in wanted} == wanted
+
+
+def test_the_three_brokers_have_every_setting_of_a_dev_stack_node_of_three(tmp_path):
+    env = _compose_env("docker-compose.ha.yml")["x-kafka-ha-env"]
+    wanted = _dev_stack_settings(tmp_path, replication=3)
+    assert {key: env.get(_env_name(key)) for key in wanted} == wanted
+    assert wanted["min.insync.replicas"] == "2"
+
+
+def test_index_files_are_bounded_below_kafkas_ten_mib(tmp_path):
+    """docs/troubleshooting.md: the first write to each new index zero-fills up to the disk's readahead."""
+    assert _dev_stack_settings(tmp_path, replication=1)["log.index.size.max.bytes"] == str(INDEX_BYTES)
+    assert INDEX_BYTES == 1024 * 1024
