@@ -22,6 +22,13 @@ DAY_MS = 24 * 3600 * 1000
 # Working topics outlive the worker's memory of a finished job by this much, so a retry asked for on the last
 # day still finds the job's batches (a long job's first batches are older than its completion).
 WORKING_TOPIC_MARGIN_DAYS = 7
+# Every topic made here keeps each segment's two indexes at 1 MiB instead of Kafka's 10. The broker maps them
+# as sparse files, and its first write to a new one zero-fills as much of it as the disk reads ahead, in the
+# request thread: with an 8 MiB read_ahead_kb that held a produce ~110 ms for each new partition, and the batch
+# behind it (docs/benchmarks.md, session 30). A segment then rolls after >= ~340 MiB of log instead of 1 GiB.
+# Set per topic as it is made, never on a broker or an existing topic: a broker whose active segment holds more
+# index entries than a smaller size allows refuses to start ("newPosition > limit", tried on Kafka 4.1.1).
+INDEX_BYTES = 1024 * 1024
 
 
 def working_retention_ms(settings: Settings) -> str:
@@ -38,14 +45,16 @@ class TopicSpec:
 
 
 def public_topics(settings: Settings) -> list[TopicSpec]:
-    keep = {"retention.ms": KEEP_FOREVER}
+    index = {"segment.index.bytes": str(INDEX_BYTES)}
+    keep = {"retention.ms": KEEP_FOREVER, **index}
     # Requests and batches are working topics: they carry every learner's personal data, and everything that
     # came of them is kept in jobs and outcomes. They live as long as a retry may need them (docs/retention.md).
-    working = {"retention.ms": working_retention_ms(settings), "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    working = {"retention.ms": working_retention_ms(settings), "max.message.bytes": str(MAX_MESSAGE_BYTES),
+               **index}
     return [
         TopicSpec("job-requests", settings.job_partitions, working, "JobRequested from Moodle, keyed by job id"),
         TopicSpec("company-settings", 1,
-                  {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+                  {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **index},
                   "CompanySettingsChanged, compacted by company id: the latest settings of every company"),
         TopicSpec("jobs", settings.job_partitions, keep,
                   "job lifecycle: accepted, rejected, batch completed, fell back, completed"),
@@ -85,7 +94,8 @@ TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job
 def changelog_topics(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(f"{settings.app_id}-{table}-changelog", getattr(settings, attr) if attr else 1,
-                  {"cleanup.policy": "compact"}, f"changelog of the worker's {table} table")
+                  {"cleanup.policy": "compact", "segment.index.bytes": str(INDEX_BYTES)},
+                  f"changelog of the worker's {table} table")
         for table, attr in TABLES.items()
     ]
 

@@ -35,7 +35,6 @@ JVM_OPTS = [
 READY_TIMEOUT = 60.0
 # One JobRequested with 100,000 recipients is ~10-15 MB of JSON; leave room above it.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-INDEX_BYTES = 1024 * 1024
 
 
 def kafka_version() -> str:
@@ -139,11 +138,6 @@ def write_properties(home: Path, kafka_port: int, controller_port: int, *, node_
         # Keep every event forever: the log is the system of record and projections replay from 0.
         "log.retention.ms": "-1",
         "log.retention.bytes": "-1",
-        # Index files of 1 MiB, not 10: each new segment's two indexes are sparse files the broker maps, and
-        # its first write to one zero-fills as much of it as the disk reads ahead, in the request thread.
-        # With an 8 MiB read_ahead_kb that held a produce ~110 ms for every new partition
-        # (docs/troubleshooting.md). A segment then rolls after >= ~340 MiB of log instead of 1 GiB.
-        "log.index.size.max.bytes": str(INDEX_BYTES),
     }
     path = props_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,10 @@ import logging
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from eventlog.topics import create_topics, partitions_of
+from eventlog.topics import INDEX_BYTES, changelog_topics, create_topics, partitions_of, public_topics
 
 pytestmark = pytest.mark.integration
 
@@ -40,3 +42,29 @@ def test_every_new_partition_takes_a_record_without_a_not_leader_refusal(setting
     assert asyncio.run(create_and_write()) > 150
     refused = [r.getMessage() for r in caplog.records if "NotLeader" in r.getMessage()]
     assert not refused, refused[:3]
+
+
+def test_every_topic_made_keeps_its_indexes_at_one_mib_and_the_broker_says_so(settings_factory):
+    """The broker's own answer, not the spec: a config the broker ignored or renamed would fail here. 1 MiB bounds
+    what a new partition's first index write zero-fills in the request thread (eventlog.topics.INDEX_BYTES)."""
+    settings = settings_factory()
+
+    async def index_bytes_of_each() -> dict[str, str]:
+        created = await create_topics(settings, with_changelogs=True)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            answers = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in created])
+        finally:
+            await admin.close()
+        found = {}
+        for answer in answers:
+            for error_code, _message, _type, name, entries in answer.resources:
+                assert error_code == 0, (name, _message)
+                found[name] = {entry[0]: entry[1] for entry in entries}["segment.index.bytes"]
+        return found
+
+    found = asyncio.run(index_bytes_of_each())
+    assert len(found) == len(public_topics(settings)) + len(changelog_topics(settings))
+    assert set(found.values()) == {str(INDEX_BYTES)} == {str(1024 * 1024)}

@@ -1,7 +1,7 @@
 """The brokers we ship are configured alike: the dev stack's (devtools.devstack, which the demo, the tests and the
 benchmarks run on), docker-compose.yml's and the three of docker-compose.ha.yml. Only where a broker listens,
-who its peers are and where it keeps its data may differ; a setting tuned in one (retention, record size, index
-size) and forgotten in another would make the benchmarks measure a broker no site runs."""
+who its peers are and where it keeps its data may differ; a setting tuned in one (retention, record size) and
+forgotten in another would make the benchmarks measure a broker no site runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from devtools.devstack.kafka import INDEX_BYTES, write_properties
+from devtools.devstack.kafka import write_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where and how each broker listens, which node it is and where its files are: set per installation.
@@ -46,8 +46,3 @@ def test_the_three_brokers_have_every_setting_of_a_dev_stack_node_of_three(tmp_p
     assert {key: env.get(_env_name(key)) for key in wanted} == wanted
     assert wanted["min.insync.replicas"] == "2"
 
-
-def test_index_files_are_bounded_below_kafkas_ten_mib(tmp_path):
-    """docs/troubleshooting.md: the first write to each new index zero-fills up to the disk's readahead."""
-    assert _dev_stack_settings(tmp_path, replication=1)["log.index.size.max.bytes"] == str(INDEX_BYTES)
-    assert INDEX_BYTES == 1024 * 1024
