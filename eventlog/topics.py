@@ -29,6 +29,7 @@ WORKING_TOPIC_MARGIN_DAYS = 7
 # Set per topic as it is made, never on a broker or an existing topic: a broker whose active segment holds more
 # index entries than a smaller size allows refuses to start ("newPosition > limit", tried on Kafka 4.1.1).
 INDEX_BYTES = 1024 * 1024
+INDEX_CONFIG = {"segment.index.bytes": str(INDEX_BYTES)}
 
 
 def working_retention_ms(settings: Settings) -> str:
@@ -45,16 +46,15 @@ class TopicSpec:
 
 
 def public_topics(settings: Settings) -> list[TopicSpec]:
-    index = {"segment.index.bytes": str(INDEX_BYTES)}
-    keep = {"retention.ms": KEEP_FOREVER, **index}
+    keep = {"retention.ms": KEEP_FOREVER, **INDEX_CONFIG}
     # Requests and batches are working topics: they carry every learner's personal data, and everything that
     # came of them is kept in jobs and outcomes. They live as long as a retry may need them (docs/retention.md).
     working = {"retention.ms": working_retention_ms(settings), "max.message.bytes": str(MAX_MESSAGE_BYTES),
-               **index}
+               **INDEX_CONFIG}
     return [
         TopicSpec("job-requests", settings.job_partitions, working, "JobRequested from Moodle, keyed by job id"),
         TopicSpec("company-settings", 1,
-                  {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **index},
+                  {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **INDEX_CONFIG},
                   "CompanySettingsChanged, compacted by company id: the latest settings of every company"),
         TopicSpec("jobs", settings.job_partitions, keep,
                   "job lifecycle: accepted, rejected, batch completed, fell back, completed"),
@@ -94,8 +94,7 @@ TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job
 def changelog_topics(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(f"{settings.app_id}-{table}-changelog", getattr(settings, attr) if attr else 1,
-                  {"cleanup.policy": "compact", "segment.index.bytes": str(INDEX_BYTES)},
-                  f"changelog of the worker's {table} table")
+                  {"cleanup.policy": "compact", **INDEX_CONFIG}, f"changelog of the worker's {table} table")
         for table, attr in TABLES.items()
     ]
 

@@ -60,8 +60,8 @@ def test_every_topic_made_keeps_its_indexes_at_one_mib_and_the_broker_says_so(se
             await admin.close()
         found = {}
         for answer in answers:
-            for error_code, _message, _type, name, entries in answer.resources:
-                assert error_code == 0, (name, _message)
+            for error_code, message, _type, name, entries in answer.resources:
+                assert error_code == 0, (name, message)
                 found[name] = {entry[0]: entry[1] for entry in entries}["segment.index.bytes"]
         return found
 

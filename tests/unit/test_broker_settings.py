@@ -30,19 +30,18 @@ def _env_name(key: str) -> str:
     return "KAFKA_" + key.upper().replace(".", "_")
 
 
-def _compose_env(name: str) -> dict:
+def _compose(name: str) -> dict:
     return yaml.safe_load((ROOT / name).read_text())
 
 
 def test_the_compose_broker_has_every_setting_of_the_dev_stack(tmp_path):
-    env = _compose_env("docker-compose.yml")["services"]["kafka"]["environment"]
+    env = _compose("docker-compose.yml")["services"]["kafka"]["environment"]
     wanted = _dev_stack_settings(tmp_path, replication=1)
     assert {key: env.get(_env_name(key)) for key in wanted} == wanted
 
 
 def test_the_three_brokers_have_every_setting_of_a_dev_stack_node_of_three(tmp_path):
-    env = _compose_env("docker-compose.ha.yml")["x-kafka-ha-env"]
+    env = _compose("docker-compose.ha.yml")["x-kafka-ha-env"]
     wanted = _dev_stack_settings(tmp_path, replication=3)
     assert {key: env.get(_env_name(key)) for key in wanted} == wanted
     assert wanted["min.insync.replicas"] == "2"
-
