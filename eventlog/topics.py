@@ -29,7 +29,6 @@ WORKING_TOPIC_MARGIN_DAYS = 7
 # Set per topic as it is made, never on a broker or an existing topic: a broker whose active segment holds more
 # index entries than a smaller size allows refuses to start ("newPosition > limit", tried on Kafka 4.1.1).
 INDEX_BYTES = 1024 * 1024
-INDEX_CONFIG = {"segment.index.bytes": str(INDEX_BYTES)}
 
 
 def working_retention_ms(settings: Settings) -> str:
@@ -46,15 +45,14 @@ class TopicSpec:
 
 
 def public_topics(settings: Settings) -> list[TopicSpec]:
-    keep = {"retention.ms": KEEP_FOREVER, **INDEX_CONFIG}
+    keep = {"retention.ms": KEEP_FOREVER}
     # Requests and batches are working topics: they carry every learner's personal data, and everything that
     # came of them is kept in jobs and outcomes. They live as long as a retry may need them (docs/retention.md).
-    working = {"retention.ms": working_retention_ms(settings), "max.message.bytes": str(MAX_MESSAGE_BYTES),
-               **INDEX_CONFIG}
+    working = {"retention.ms": working_retention_ms(settings), "max.message.bytes": str(MAX_MESSAGE_BYTES)}
     return [
         TopicSpec("job-requests", settings.job_partitions, working, "JobRequested from Moodle, keyed by job id"),
         TopicSpec("company-settings", 1,
-                  {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **INDEX_CONFIG},
+                  {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
                   "CompanySettingsChanged, compacted by company id: the latest settings of every company"),
         TopicSpec("jobs", settings.job_partitions, keep,
                   "job lifecycle: accepted, rejected, batch completed, fell back, completed"),
@@ -94,7 +92,7 @@ TABLES = {"known-jobs": "job_partitions", "job-progress": "job_partitions", "job
 def changelog_topics(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(f"{settings.app_id}-{table}-changelog", getattr(settings, attr) if attr else 1,
-                  {"cleanup.policy": "compact", **INDEX_CONFIG}, f"changelog of the worker's {table} table")
+                  {"cleanup.policy": "compact"}, f"changelog of the worker's {table} table")
         for table, attr in TABLES.items()
     ]
 
@@ -145,7 +143,7 @@ async def create_topics(settings: Settings, *, with_changelogs: bool = False) ->
                 result[name] = "exists"
             else:
                 missing.append(NewTopic(name, spec.partitions, settings.topic_replication,
-                                        topic_configs=dict(spec.config)))
+                                        topic_configs={"segment.index.bytes": str(INDEX_BYTES), **spec.config}))
         if missing:
             try:
                 await admin.create_topics(missing)
