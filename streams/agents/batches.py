@@ -145,7 +145,7 @@ class BatchRunner:
 
     async def serve(self, message: faust.types.Message) -> Finish | None:
         """Step 1 and the start of step 2 of one batch; returns the rest, to run before the record is acked and
-        only after the Finish of the batch served before it.
+        only once the batch served before it has its outcomes in the log (its ``durable``).
 
         The batch is taken, noted and composed at once, but its first send waits until the batch served two
         before it has every outcome in the log (``gate``): only this batch and the one before it can then have
