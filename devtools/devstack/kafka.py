@@ -99,15 +99,15 @@ def ensure_jars(home: Path, log: Log) -> tuple[Path, bool]:
     return libs, True
 
 
-def write_properties(home: Path, kafka_port: int, controller_port: int, *, node_id: int = 1,
-                     voters: str | None = None, replication: int = 1) -> Path:
-    """Write the broker configuration; rewritten on every start so port changes take effect.
+def broker_settings(kafka_port: int, controller_port: int, data: Path, *, node_id: int = 1,
+                    voters: str | None = None, replication: int = 1) -> dict[str, str]:
+    """The broker's configuration, setting by setting: what the dev stack writes, and what the test containers and
+    both compose files are held to (tests/unit/test_broker_settings.py).
 
     One node by default; ``voters`` and ``replication`` make it one node of a cluster (see kafka_cluster).
     """
-    data = home / "kafka" / "data"
     min_isr = str(min(2, replication))  # with 3 replicas a write needs 2: one broker may go, nothing is lost
-    lines = {
+    return {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
         "controller.quorum.voters": voters or f"{node_id}@127.0.0.1:{controller_port}",
@@ -139,6 +139,14 @@ def write_properties(home: Path, kafka_port: int, controller_port: int, *, node_
         "log.retention.ms": "-1",
         "log.retention.bytes": "-1",
     }
+
+
+def write_properties(home: Path, kafka_port: int, controller_port: int, *, node_id: int = 1,
+                     voters: str | None = None, replication: int = 1) -> Path:
+    """Write the broker configuration; rewritten on every start so port changes take effect."""
+    data = home / "kafka" / "data"
+    lines = broker_settings(kafka_port, controller_port, data, node_id=node_id, voters=voters,
+                            replication=replication)
     path = props_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = "# Written by devtools.devstack on every start; edit the code, not this file.\n"

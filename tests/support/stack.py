@@ -42,18 +42,43 @@ def _docker_answers() -> bool:
         return False
 
 
+KAFKA_IMAGE = "apache/kafka:4.1.1"  # as docker-compose.yml
+
+
+def kafka_container_env(port: int) -> dict[str, str]:
+    """The environment of a one-node ``KAFKA_IMAGE`` broker that clients on this machine reach at 127.0.0.1:``port``
+    (published on the same port): the dev stack's broker settings, spelled as the image reads them (``KAFKA_`` and
+    the name upper-cased, dots to ``_``), listening on every interface of the container."""
+    from devtools.devstack.kafka import broker_settings, new_cluster_id
+
+    settings = broker_settings(port, 9093, Path("/var/lib/kafka/data"))  # the image's data directory
+    settings.update({"listeners": f"PLAINTEXT://:{port},CONTROLLER://:9093",
+                     "controller.quorum.voters": "1@localhost:9093"})
+    env = {"KAFKA_" + name.upper().replace(".", "_"): value for name, value in settings.items()}
+    env["CLUSTER_ID"] = new_cluster_id()
+    return env
+
+
 @contextmanager
 def infrastructure() -> Iterator[Infra]:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"):
         yield Infra(os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["DATABASE_URL"], "environment")
         return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
         from testcontainers.postgres import PostgresContainer
 
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka, PostgresContainer("postgres:16") as pg:
+        # testcontainers' KafkaContainer runs Confluent's images only (it refuses apache/kafka in KRaft mode, and
+        # its start script is Confluent's): the image docker-compose.yml runs is started here as it is there.
+        port = free_port()  # published on the same port, on loopback only: the broker names it to clients
+        broker = DockerContainer(KAFKA_IMAGE).with_bind_ports(port, ("127.0.0.1", port))  # type: ignore[arg-type]
+        for name, value in kafka_container_env(port).items():
+            broker.with_env(name, value)
+        with broker, PostgresContainer("postgres:16") as pg:
+            wait_for_logs(broker, "Kafka Server started", timeout=120)
             url = pg.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
-            yield Infra(kafka.get_bootstrap_server(), url, "testcontainers")
+            yield Infra(f"127.0.0.1:{port}", url, "testcontainers")
         return
     from devtools import devstack
 
