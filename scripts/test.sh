@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the whole test suite against real Kafka, Postgres, SMTP and S3/SES endpoints.
-# The dev stack is started if it is not running, and stopped again afterwards if this script started it.
+# The dev stack is started if it is not running, and stopped again afterwards if this script started it. The whole
+# suite also starts a second one for the fault suite (.dev-faults, or OFFLOAD_TEST_FAULTS_HOME) and stops it after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -9,10 +10,20 @@ HOME_DIR=${OFFLOAD_TEST_STACK_HOME:-.dev}
 # Read the status whole before matching: `| grep -q` closes the pipe early, the writer dies of a broken pipe,
 # and under pipefail a running stack then looked stopped (and was stopped at the end).
 stack_status=$(offload dev status --home "$HOME_DIR")
+# The stacks started here are stopped again on exit, also when a step (or a start itself, half-way) fails or the
+# run is interrupted.
+started_stacks=()
+trap 'for home in "${started_stacks[@]}"; do offload dev down --home "$home"; done' EXIT
 if ! grep -q "kafka *running" <<<"$stack_status"; then
-  # Stopped again on exit, also when a step (or the start itself, half-way) fails or the run is interrupted.
-  trap 'offload dev down --home "$HOME_DIR"' EXIT
+  started_stacks+=("$HOME_DIR")
   offload dev up --home "$HOME_DIR"
+fi
+if [ $# -eq 0 ]; then
+  # The fault suite stops and restarts the broker and Postgres it runs on. On a stack of its own (other home, other
+  # ports: tests/support/fault_stack.py) it runs beside the unit and integration tests instead of after them.
+  FAULTS_HOME=${OFFLOAD_TEST_FAULTS_HOME:-.dev-faults}
+  started_stacks+=("$FAULTS_HOME")
+  faults_env=$(python -m tests.support.fault_stack up "$FAULTS_HOME")
 fi
 python -m schemas.generate --check
 python -m schemas.evolution   # backward compatibility against schemas/baseline/ (schemas/README.md)
@@ -27,14 +38,20 @@ if [ $# -eq 0 ]; then  # the whole suite: also the service as a user installs it
   smoke=$?
 fi
 if [ $# -eq 0 ]; then
+  # The fault suite, one test at a time, on its own stack; its output follows the other tests'.
+  faults_log="$FAULTS_HOME/faults.log"
+  (export $faults_env; python -m pytest -q -p no:cacheprovider --basetemp="$FAULTS_HOME/pytest" tests/faults \
+     > "$faults_log" 2>&1) &
+  faults_pid=$!
   # Unit and integration tests two at a time: each test has its own topics, consumer groups, database schema and
-  # mail sink (tests/conftest.py), and most of their time is spent waiting on real processes. The fault suite
-  # stops and restarts the broker and Postgres that every test shares, so it runs afterwards, alone.
+  # mail sink (tests/conftest.py), and most of their time is spent waiting on real processes.
   # The slowest tests are listed at the end: where to look first when the suite grows slower.
   python -m pytest -q -n "${OFFLOAD_TEST_PROCESSES:-2}" --durations=15 tests/unit tests/integration
   rc=$?
-  python -m pytest -q tests/faults
+  wait "$faults_pid"
   faults=$?
+  echo "---- the fault suite (tests/faults, on the stack in $FAULTS_HOME)"
+  cat "$faults_log"
   [ "$rc" != 0 ] || rc=$faults
 else
   python -m pytest -q "$@"
