@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from devtools.devstack.kafka import write_properties
-from tests.support.stack import kafka_container_env
+from tests.support.stack import KAFKA_IMAGE, kafka_container_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where and how each broker listens, which node it is and where its files are: set per installation.
@@ -50,6 +50,7 @@ def test_the_three_brokers_have_every_setting_of_a_dev_stack_node_of_three(tmp_p
 
 
 def test_the_test_container_broker_has_every_setting_of_the_dev_stack_and_is_reached_on_loopback(tmp_path):
+    assert KAFKA_IMAGE == _compose("docker-compose.yml")["services"]["kafka"]["image"]
     env = kafka_container_env(19092)
     wanted = _dev_stack_settings(tmp_path, replication=1)
     assert {key: env.get(_env_name(key)) for key in wanted} == wanted
