@@ -40,8 +40,8 @@ fi
 if [ $# -eq 0 ]; then
   # The fault suite, one test at a time, on its own stack; its output follows the other tests'.
   faults_log="$FAULTS_HOME/faults.log"
-  (export $faults_env; python -m pytest -q -p no:cacheprovider --basetemp="$FAULTS_HOME/pytest" tests/faults \
-     > "$faults_log" 2>&1) &
+  (while IFS= read -r variable; do export "$variable"; done <<<"$faults_env"  # a path may hold spaces
+   python -m pytest -q -p no:cacheprovider --basetemp="$FAULTS_HOME/pytest" tests/faults > "$faults_log" 2>&1) &
   faults_pid=$!
   # Unit and integration tests two at a time: each test has its own topics, consumer groups, database schema and
   # mail sink (tests/conftest.py), and most of their time is spent waiting on real processes.
