@@ -106,6 +106,9 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     smtp_use_tls: bool = False
+    # With STARTTLS or implicit TLS: the CA certificates (PEM) to check the relay's certificate against instead of
+    # the system's, for a relay whose certificate the site's own CA issued. Its name is checked either way.
+    smtp_ca_file: Path | None = None
     smtp_connections: int = Field(default=8, ge=1, le=64)
     # Pipeline MAIL, RCPT and DATA (RFC 2920) where the relay advertises PIPELINING; false: always in lockstep.
     smtp_pipelining: bool = True

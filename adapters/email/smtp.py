@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import ssl
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -162,6 +163,14 @@ def classify_reply(code: int, text: str) -> Outcome:
     return Outcome.RETRY
 
 
+def _trusting(ca_file: str) -> ssl.SSLContext:
+    """A client context that trusts the CA certificates in ``ca_file`` (PEM), and checks names as always."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"smtp: cannot load the relay's CA certificates from {ca_file}: {one_line(exc)}") from None
+
+
 Settle = Callable[[int, SendResult], Awaitable[None]]  # a message's result, by its index in the batch
 
 
@@ -186,6 +195,7 @@ class SmtpProvider:
         password: Any = None,  # str or pydantic SecretStr; never logged
         starttls: bool = False,
         use_tls: bool = False,
+        ca_file: str | None = None,  # CA certificates (PEM) the relay's is checked against, instead of the system's
         connections: int = 8,
         timeout: float = 30.0,
         max_batch: int = 500,
@@ -206,6 +216,9 @@ class SmtpProvider:
         self._username = username
         self._password = password.get_secret_value() if hasattr(password, "get_secret_value") else password
         self._starttls, self._use_tls, self._timeout = starttls, use_tls, timeout
+        # The relay's certificate and name are always checked; a CA file only says whom to trust. Loaded here, so a
+        # missing or unreadable one stops the worker at start, not the first batch.
+        self._tls_context = _trusting(ca_file) if ca_file is not None else None
         # socket.getfqdn() (aiosmtplib's default EHLO name) can block on a DNS lookup.
         self._local_hostname = local_hostname or socket.gethostname() or "localhost"
         self._dependencies = dependencies
@@ -557,6 +570,7 @@ class SmtpProvider:
             timeout=self._timeout,
             use_tls=self._use_tls,
             start_tls=self._starttls,
+            tls_context=self._tls_context,
             username=self._username,
             password=self._password,
             local_hostname=self._local_hostname,

@@ -80,6 +80,7 @@ class EmailProviders:
             password=password,
             starttls=settings.smtp_starttls,
             use_tls=settings.smtp_use_tls,
+            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file is not None else None,
             connections=settings.smtp_connections,
             timeout=settings.smtp_timeout,
             pipelining=settings.smtp_pipelining,
