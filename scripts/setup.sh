@@ -9,6 +9,12 @@ APT_PACKAGES=(openjdk-17-jre-headless maven postgresql fonts-dejavu-core fonts-w
               php-cli chromium)  # php-cli: the Moodle client's test; chromium: the monitoring page's test
 # Node.js runs the non-Python consumer (clients/node-consumer) in the tests; any node >= 18.3 with npm will do.
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+# Postfix, with Cyrus SASL's tools: the real relay of tests/integration/test_postfix_relay.py. Installed with no
+# system configuration, so it runs nothing by itself (each test starts an instance of its own); not where another
+# mail server already provides /usr/sbin/sendmail, which installing Postfix would replace.
+if dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q "install ok installed" || [ ! -e /usr/sbin/sendmail ]; then
+  APT_PACKAGES+=(postfix sasl2-bin libsasl2-modules)
+fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -17,6 +23,7 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's package creates and starts its own cluster; the project runs its own on another port instead.

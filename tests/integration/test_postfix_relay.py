@@ -1,0 +1,191 @@
+"""The local route through a real Postfix (tests/support/postfix.py), the relay most sites run, instead of the dev
+sink alone: Postfix answers the worker's pipelined BDAT windows, refuses and defers recipients as a site's relay
+would, closes idle sessions, asks for STARTTLS and AUTH on submission terms, and relays every message on to the
+test's sink."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.email.base import Outcome, ProviderUnavailable
+from adapters.email.smtp import SmtpProvider
+from config.deliverability import DkimKey
+from devtools.devmail import DevMailSink
+from offload.client import submit_job
+from resilience.dependencies import Dependencies
+from tests.support.dkim_keys import dkimpy_verify, rsa_key, write_key
+from tests.support.email import MAIL_FROM, outgoing
+from tests.support.observe import query, wait_for, wait_for_job
+from tests.support.postfix import PostfixRelay, Submission, postfix_relay
+from tests.support.tls import server_tls
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+GONE = "gone@example.org"
+BUSY = "busy@example.org"
+ACCESS = {GONE: "550 5.1.1 No such user here", BUSY: "450 4.2.0 Mailbox temporarily unavailable"}
+
+
+@pytest.fixture
+def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., PostfixRelay]]:
+    """Postfix instances relaying to a sink; their logs are kept beside the test's process logs."""
+    log_dir = REPO / ".dev" / "test-logs" / request.node.name
+    with_relays: list = []
+
+    def start(sink: DevMailSink, submission: Submission | None = None, **settings: str) -> PostfixRelay:
+        context = postfix_relay(sink.port, access=ACCESS, submission=submission, settings=settings,
+                                keep_log=log_dir / f"postfix-{len(with_relays)}.log")
+        relay = context.__enter__()
+        with_relays.append(context)
+        return relay
+
+    yield start
+    for context in reversed(with_relays):
+        context.__exit__(None, None, None)
+
+
+def _relayed(sink: DevMailSink, learners: int) -> dict[str, list]:
+    """What the sink got from Postfix, by recipient, once ``learners`` have theirs (Postfix relays in the
+    background, after it answered the worker)."""
+    wait_for(lambda: len(sink.recipient_counts()) >= learners, timeout=90,
+             what=f"{learners} learners' messages relayed by Postfix")
+    return sink.by_recipient()
+
+
+def test_a_job_through_postfix_is_chunked_signed_and_each_reply_is_the_learners_own(
+    settings_factory, topics_for, processes, job_factory, mail_sink, relay_factory, tmp_path
+):
+    relay = relay_factory(mail_sink)
+    key_file = write_key(tmp_path / "dkim-7.pem", rsa_key())
+    settings = settings_factory(smtp_port=relay.port, job_batch_size=50, max_attempts=3, dkim_dns_check=False,
+                                dkim_keys={"7": DkimKey(domain="school7.example.org", selector="s2026",
+                                                        key_file=key_file)})
+    topics_for(settings)
+    job = job_factory("through-postfix", 300)
+    job["recipients"][10]["email"], job["recipients"][200]["email"] = GONE, BUSY
+    worker = processes("worker", settings)
+    processes("projector", settings)
+    asyncio.run(submit_job(settings, job))
+
+    done = wait_for_job(settings, "through-postfix")
+    assert (done["succeeded"], done["failed"]) == (298, 2)
+    rows = {r["email"]: r for r in query(settings, "SELECT * FROM job_recipients WHERE job_id = %s",
+                                          ("through-postfix",))}
+    gone, busy = rows.pop(GONE), rows.pop(BUSY)
+    assert gone["status"] == "failed" and gone["retryable"] is False and gone["attempts"] == 1
+    assert gone["error_message"].startswith("550 5.1.1 <gone@example.org>: Recipient address rejected")
+    assert busy["status"] == "failed" and busy["retryable"] is True and busy["attempts"] == 3
+    assert busy["error_message"].startswith("450 4.2.0 <busy@example.org>: Recipient address rejected")
+
+    # Each learner's recorded queue id is the one Postfix gave that learner's message: no reply in a window of
+    # pipelined transactions was taken for another's.
+    relayed = _relayed(mail_sink, 298)
+    assert set(relayed) == set(rows) and all(len(got) == 1 for got in relayed.values())
+    wait_for(lambda: len(relay.message_ids()) >= 298, what="Postfix's cleanup log lines")
+    queued = relay.message_ids()
+    name = "s2026._domainkey.school7.example.org"
+    for address, row in rows.items():
+        (received,) = relayed[address]
+        assert row["status"] == "sent" and row["provider"] == "smtp"
+        assert queued[row["provider_message_id"]] == received.message_id, address
+        assert received.raw.startswith(b"Received: from ") and f"by {relay.hostname} (Postfix)".encode() in received.raw
+        assert dkimpy_verify(received.raw, name=name, key=rsa_key()), address  # Postfix's Received: is not signed
+
+    # The worker's sessions sent every transaction with BDAT, none with DATA, and said QUIT when it stopped.
+    worker.stop()
+    wait_for(lambda: relay.open_sessions() == 0, what="the worker's sessions ended")
+    sessions = [s for s in relay.sessions() if "mail" in s]  # not the fixture's probe, which only read the greeting
+    assert sessions and all("bdat" in s and "data" not in s and s["quit"] == "1" for s in sessions), sessions
+    transactions = sum(int(s["bdat"].split("/")[-1]) for s in sessions)
+    assert transactions == 298 + 1 + 3  # the refused learner's once, the deferred one's three times
+    assert "improper command pipelining" not in relay.log()
+
+
+async def test_sessions_postfix_closed_while_idle_are_opened_again_and_nobody_is_sent_twice(
+    mail_sink, relay_factory
+):
+    relay = relay_factory(mail_sink, smtpd_timeout="1s")
+    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, window=4, timeout=10)
+    await provider.start()
+    try:
+        first = await provider.send_batch([outgoing(i) for i in range(10)])
+        # Postfix drops a session that says nothing for smtpd_timeout; wait until it dropped every one.
+        await asyncio.to_thread(wait_for, lambda: "timeout after" in relay.log() and relay.open_sessions() == 0,
+                                what="Postfix closing the idle sessions")
+        second = await provider.send_batch([outgoing(i) for i in range(10, 30)])
+    finally:
+        await provider.stop()
+    assert [r.outcome for r in first + second] == [Outcome.SENT] * 30, [r.error for r in first + second]
+    relayed = await asyncio.to_thread(_relayed, mail_sink, 30)
+    assert Counter({address: len(got) for address, got in relayed.items()}) == Counter(
+        {f"learner{i}@example.org": 1 for i in range(30)})
+
+
+def test_a_job_through_a_relay_that_asks_for_starttls_and_auth_is_sent_encrypted_and_authenticated(
+    settings_factory, topics_for, processes, job_factory, mail_sink, relay_factory, tmp_path
+):
+    # The relay's certificate is from the site's own CA, which the worker is given (OFFLOAD_SMTP_CA_FILE).
+    tls, password = server_tls(tmp_path / "tls"), secrets.token_urlsafe(16)
+    relay = relay_factory(mail_sink, Submission(tls, {"moodle": password}))
+    settings = settings_factory(smtp_port=relay.port, smtp_starttls=True, smtp_username="moodle",
+                                smtp_password=password, smtp_ca_file=tls.ca_file)
+    topics_for(settings)
+    worker = processes("worker", settings)
+    processes("projector", settings)
+    asyncio.run(submit_job(settings, job_factory("submission", 40)))
+
+    done = wait_for_job(settings, "submission")
+    assert (done["succeeded"], done["failed"]) == (40, 0)
+    assert set(_relayed(mail_sink, 40)) == {f"learner{i}@example.org" for i in range(1, 41)}
+    worker.stop()
+    wait_for(lambda: relay.open_sessions() == 0, what="the worker's sessions ended")
+    log = relay.log()
+    sessions = [s for s in relay.sessions() if "mail" in s]
+    # Every session the worker opened was upgraded before it authenticated; none was refused.
+    assert sessions and all(s["starttls"] == "1" and s["auth"] == "1" and "/" not in s["mail"] for s in sessions)
+    assert log.count("TLS connection established from localhost") == sum("starttls" in s for s in relay.sessions())
+    # Postfix logs who sent each message it took: all 40, by the authenticated user.
+    assert re.findall(r"client=localhost\[127\.0\.0\.1\](.*)", log) == [", sasl_method=PLAIN, sasl_username=moodle"] * 40
+    assert password not in worker.log_text() and password not in log
+
+
+async def test_a_relay_certificate_no_trusted_ca_issued_or_a_wrong_password_is_the_relay_unavailable_and_why(
+    mail_sink, relay_factory, tmp_path
+):
+    tls, password = server_tls(tmp_path / "tls"), secrets.token_urlsafe(16)
+    relay = relay_factory(mail_sink, Submission(tls, {"moodle": password}))
+
+    async def attempt(**options: str) -> str:
+        deps = Dependencies()
+        provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=1, timeout=10,
+                                starttls=True, username="moodle", dependencies=deps, **options)
+        try:
+            with pytest.raises(ProviderUnavailable) as refused:
+                await provider.send_batch([outgoing(0)])
+        finally:
+            await provider.stop()
+        assert deps.down()["smtp-relay"].startswith(f"127.0.0.1:{relay.port}: ")  # what health and /metrics show
+        return str(refused.value)
+
+    # The system's CAs did not issue it: the session is not used, not even for AUTH.
+    untrusted = await attempt(password=password)
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted
+    wrong = secrets.token_urlsafe(16)
+    refused = await attempt(password=wrong, ca_file=str(tls.ca_file))
+    assert "authentication failed (535)" in refused and wrong not in refused
+    trusting = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=1, timeout=10, starttls=True,
+                            username="moodle", password=password, ca_file=str(tls.ca_file))
+    try:
+        assert [r.outcome for r in await trusting.send_batch([outgoing(1)])] == [Outcome.SENT]
+    finally:
+        await trusting.stop()
+    assert set(await asyncio.to_thread(_relayed, mail_sink, 1)) == {"learner1@example.org"}
+    assert "authentication failed" in relay.log() and wrong not in relay.log()
