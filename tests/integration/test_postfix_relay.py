@@ -40,8 +40,9 @@ def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Post
     log_dir = REPO / ".dev" / "test-logs" / request.node.name
     with_relays: list = []
 
-    def start(sink: DevMailSink, submission: Submission | None = None, **settings: str) -> PostfixRelay:
-        context = postfix_relay(sink.port, access=ACCESS, submission=submission, settings=settings,
+    def start(sink: DevMailSink, submission: Submission | None = None, access: dict[str, str] = ACCESS,
+              **settings: str) -> PostfixRelay:
+        context = postfix_relay(sink.port, access=access, submission=submission, settings=settings,
                                 keep_log=log_dir / f"postfix-{len(with_relays)}.log")
         relay = context.__enter__()
         with_relays.append(context)
@@ -107,6 +108,37 @@ def test_a_job_through_postfix_is_chunked_signed_and_each_reply_is_the_learners_
     transactions = sum(int(s["bdat"].split("/")[-1]) for s in sessions)
     assert transactions == 298 + 1 + 3  # the refused learner's once, the deferred one's three times
     assert "improper command pipelining" not in relay.log()
+
+
+def test_a_job_most_of_whose_learners_the_relay_refuses_outlasts_its_error_limits_and_each_learner_ends_once(
+    settings_factory, topics_for, processes, job_factory, mail_sink, relay_factory
+):
+    # Postfix holds off a client that makes errors without delivering mail: past smtpd_hard_error_limit errors since
+    # its last delivered message it answers 421 and closes the session, the rest of a window unread. That close is
+    # a TCP reset, which may discard replies still on their way to the worker: a refused message whose refusal was
+    # lost so is tried again (so more than one attempt), and an accepted one whose 250 was lost would be sent twice.
+    # A refused BDAT transaction is two errors (RCPT, BDAT), and the worker writes nothing more after a refusal
+    # until its window is answered: after a delivered message at most window - 1 = 3 refused ones are in flight,
+    # 6 errors. With a limit of 8 (Postfix's default is 20) the 421 never follows a 250 in the same window.
+    refused = {f"learner{i}@example.org" for i in range(1, 81) if i % 10}
+    relay = relay_factory(mail_sink, access={address: "550 5.1.1 No such user here" for address in refused},
+                          smtpd_hard_error_limit="8", smtpd_soft_error_limit="4", smtpd_error_sleep_time="0")
+    settings = settings_factory(smtp_port=relay.port, smtp_connections=2, job_batch_size=40, max_attempts=10)
+    topics_for(settings)
+    processes("worker", settings)
+    processes("projector", settings)
+    asyncio.run(submit_job(settings, job_factory("refused-mostly", 80)))
+
+    done = wait_for_job(settings, "refused-mostly")
+    assert (done["succeeded"], done["failed"]) == (8, 72)
+    assert "too many errors after" in relay.log()  # the limit was reached: sessions closed under open windows
+    rows = {r["email"]: r for r in query(settings, "SELECT * FROM job_recipients WHERE job_id = %s",
+                                          ("refused-mostly",))}
+    for address in refused:  # each refused learner ends with its own refusal, whatever replies the resets took
+        assert (rows[address]["status"], rows[address]["retryable"]) == ("failed", False)
+        assert rows[address]["error_message"].startswith(f"550 5.1.1 <{address}>: Recipient address rejected")
+    _relayed(mail_sink, 8)
+    assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(10, 81, 10)}
 
 
 async def test_sessions_postfix_closed_while_idle_are_opened_again_and_nobody_is_sent_twice(
@@ -189,3 +221,42 @@ async def test_a_relay_certificate_no_trusted_ca_issued_or_a_wrong_password_is_t
         await trusting.stop()
     assert set(await asyncio.to_thread(_relayed, mail_sink, 1)) == {"learner1@example.org"}
     assert "authentication failed" in relay.log() and wrong not in relay.log()
+
+
+async def test_on_implicit_tls_a_provider_given_the_sites_ca_authenticates_and_sends(mail_sink, relay_factory,
+                                                                                    tmp_path):
+    tls, password = server_tls(tmp_path / "tls"), secrets.token_urlsafe(16)
+    relay = relay_factory(mail_sink, Submission(tls, {"moodle": password}), smtpd_tls_wrappermode="yes")
+    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=1, timeout=10, use_tls=True,
+                            username="moodle", password=password, ca_file=str(tls.ca_file))
+    try:
+        results = await provider.send_batch([outgoing(i) for i in range(3)])
+    finally:
+        await provider.stop()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 3, [r.error for r in results]
+    assert set(await asyncio.to_thread(_relayed, mail_sink, 3)) == {f"learner{i}@example.org" for i in range(3)}
+    log = relay.log()
+    assert log.count("sasl_username=moodle") == 3 and "TLS connection established from localhost" in log
+
+
+async def test_with_chunking_off_a_window_goes_as_pipelined_data_and_each_reply_is_its_own(mail_sink, relay_factory):
+    relay = relay_factory(mail_sink)
+    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10, chunking=False)
+    messages = [outgoing(i) for i in range(20)] + [outgoing(20, address=GONE), outgoing(21, address=BUSY)]
+    try:
+        results = await provider.send_batch(messages + [outgoing(i) for i in range(22, 40)])
+    finally:
+        await provider.stop()
+    by_key = {r.key: r for r in results}
+    assert by_key["20"].outcome is Outcome.FAILED and by_key["20"].error.startswith("550 5.1.1 <gone@example.org>")
+    assert by_key["21"].outcome is Outcome.RETRY and by_key["21"].error.startswith("450 4.2.0 <busy@example.org>")
+    assert [by_key[str(i)].outcome for i in (*range(20), *range(22, 40))] == [Outcome.SENT] * 38
+    relayed = await asyncio.to_thread(_relayed, mail_sink, 38)
+    await asyncio.to_thread(wait_for, lambda: len(relay.message_ids()) >= 38, what="Postfix's cleanup log lines")
+    queued = relay.message_ids()
+    for i in (*range(20), *range(22, 40)):
+        (received,) = relayed[f"learner{i}@example.org"]
+        assert queued[by_key[str(i)].provider_message_id] == received.message_id
+    await asyncio.to_thread(wait_for, lambda: relay.open_sessions() == 0, what="the sessions ended")
+    sessions = [s for s in relay.sessions() if "mail" in s]
+    assert sessions and all("data" in s and "bdat" not in s for s in sessions), sessions

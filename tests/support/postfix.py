@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -172,10 +173,15 @@ def _listeners(port: int) -> int:
         return sum(1 for line in table.readlines()[1:] if line.split()[1] == wanted and line.split()[3] == "0A")
 
 
-def _greeting(port: int, deadline: float) -> str:
+def _greeting(port: int, deadline: float, *, wrapped: bool) -> str:
+    """The relay's greeting; ``wrapped``: on implicit TLS (smtpd_tls_wrappermode), whose certificate this probe does
+    not check."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as plain, \
+                    (probe.wrap_socket(plain) if wrapped else plain) as s:
                 greeting = s.recv(512).decode(errors="replace")
                 s.sendall(b"QUIT\r\n")
                 return greeting
@@ -202,7 +208,8 @@ def _start(home: Path, conf: Path, port: int, hostname: str) -> bool:
         if "Address already in use" in log:
             return False
         raise RuntimeError(f"postfix {started.args[-1]} failed: {started.stderr}{log}")
-    greeting = _greeting(port, time.monotonic() + 30)
+    wrapped = "smtpd_tls_wrappermode = yes" in (conf / "main.cf").read_text().splitlines()
+    greeting = _greeting(port, time.monotonic() + 30, wrapped=wrapped)
     if _listeners(port) != 1 or hostname not in greeting:
         _stop(home, conf)
         return False
