@@ -38,7 +38,9 @@ SMTP_RELAY = "smtp-relay"  # its name in the process's dependency record (resili
 
 # Replies that mean "slow down" rather than "this message has a problem" (RFC 5321 + common relays).
 _THROTTLE_CODES = frozenset({421, 451, 452, 454})
-_THROTTLE_TEXT = re.compile(r"rate|too many|throttl|try again later", re.IGNORECASE)
+# Postfix's own rate limits answer "450 4.7.1 Error: too much mail from …" (smtpd_client_message_rate_limit) and
+# "… too many recipients/connections from …"; policy servers and hosted relays speak of a rate or say try later.
+_THROTTLE_TEXT = re.compile(r"rate|too many|too much|throttl|try again later", re.IGNORECASE)
 _QUEUE_ID = re.compile(r"(?:queued as|\bid=)\s*([A-Za-z0-9._-]+)", re.IGNORECASE)
 
 

@@ -141,6 +141,29 @@ def test_a_job_most_of_whose_learners_the_relay_refuses_outlasts_its_error_limit
     assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(10, 81, 10)}
 
 
+def test_a_relay_that_limits_its_rate_slows_the_job_down_without_spending_attempts(
+    settings_factory, topics_for, processes, job_factory, mail_sink, relay_factory
+):
+    # Postfix's anvil: at most 15 messages per client in 3 s ("450 4.7.1 Error: too much mail from …" past it).
+    # Clients in mynetworks are exempt by default; a site that limits its Moodle server lists none.
+    relay = relay_factory(mail_sink, smtpd_client_message_rate_limit="15", anvil_rate_time_unit="3s",
+                          smtpd_client_event_limit_exceptions="")
+    settings = settings_factory(smtp_port=relay.port, job_batch_size=20, max_attempts=2)
+    topics_for(settings)
+    processes("worker", settings)
+    processes("projector", settings)
+    asyncio.run(submit_job(settings, job_factory("rate-limited", 60)))
+
+    done = wait_for_job(settings, "rate-limited", timeout=120)
+    assert (done["succeeded"], done["failed"]) == (60, 0)
+    assert "Message delivery request rate limit exceeded" in relay.log()  # the limit was reached
+    attempts = [r["attempts"] for r in query(settings, "SELECT attempts FROM job_recipients WHERE job_id = %s",
+                                             ("rate-limited",))]
+    assert attempts == [1] * 60  # waiting for the relay's rate is not a failed attempt
+    _relayed(mail_sink, 60)
+    assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 61)}
+
+
 async def test_sessions_postfix_closed_while_idle_are_opened_again_and_nobody_is_sent_twice(
     mail_sink, relay_factory
 ):
