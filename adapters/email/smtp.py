@@ -7,6 +7,7 @@ is what lets one worker push thousands of messages a second through the same rel
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import ssl
@@ -34,6 +35,8 @@ from adapters.email.smtp_pipelining import (
 from resilience.dependencies import Dependencies
 from resilience.reasons import one_line
 
+log = logging.getLogger(__name__)
+
 SMTP_RELAY = "smtp-relay"  # its name in the process's dependency record (resilience.dependencies)
 
 # Replies that mean "slow down" rather than "this message has a problem" (RFC 5321 + common relays).
@@ -54,7 +57,12 @@ async def _command(protocol: SMTPProtocol, line: bytes) -> aiosmtplib.SMTPRespon
 
 
 class _Unreachable(Exception):
-    """No session could be opened to the relay (refused, DNS, TLS or authentication failure)."""
+    """No session could be opened to the relay (refused, DNS, TLS or authentication failure). ``greeted``: the relay
+    answered the connection with a refusal (e.g. Postfix's "421 … too many connections from …"): it is there."""
+
+    def __init__(self, reason: str, *, greeted: bool = False) -> None:
+        super().__init__(reason)
+        self.greeted = greeted
 
 
 class _Closed(Exception):
@@ -229,18 +237,19 @@ class SmtpProvider:
         self._slots: list[aiosmtplib.SMTP | None] = [None] * max(1, connections)
         self._free = FairLeases(len(self._slots))  # sessions no batch is using, in the order batches asked
         self._unreachable: str | None = None  # why the last session could not be opened, until one opens
+        self._held_to: int | None = None  # sessions open when the relay last refused another, until one opens
 
     async def start(self) -> None:
         """Open every session now so a wrong host or password shows at start-up, not on the first batch."""
-        opened = await asyncio.gather(*(self._open() for _ in self._slots), return_exceptions=True)
-        errors = [o for o in opened if isinstance(o, BaseException)]
-        for i, smtp in enumerate(opened):
-            if isinstance(smtp, BaseException):
-                continue
-            if self._slots[i] is None:
-                self._slots[i] = smtp
+        async def open_into(slot: int) -> None:
+            smtp = await self._open()  # in its slot at once: a refusal after it sees the relay has taken one
+            if self._slots[slot] is None:
+                self._slots[slot] = smtp
             else:  # started twice: keep the session already there
                 smtp.close()
+
+        opened = await asyncio.gather(*(open_into(slot) for slot in range(len(self._slots))), return_exceptions=True)
+        errors = [o for o in opened if isinstance(o, BaseException)]
         if len(errors) == len(self._slots):
             raise ProviderUnavailable(f"smtp {self.host}:{self.port}: {errors[0]}")
 
@@ -548,14 +557,27 @@ class SmtpProvider:
         try:
             smtp = await self._connect()
         except _Unreachable as exc:
+            held = sum(1 for session in self._slots if session is not None and session.is_connected)
+            if exc.greeted and held:
+                self._held(held, exc)
+                raise
             self._unreachable = str(exc)
             if self._dependencies is not None:
                 self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {exc}", recheck=self.recheck)
             raise
-        self._unreachable = None
+        self._unreachable = self._held_to = None
         if self._dependencies is not None:
             self._dependencies.restored(SMTP_RELAY)
         return smtp
+
+    def _held(self, held: int, exc: _Unreachable) -> None:
+        """The relay refused one more session while ``held`` of ours are open (a limit of sessions per client, such
+        as Postfix's smtpd_client_connection_count_limit, shared with the other workers): not lost, and the open
+        ones carry the sends. Said once while it lasts."""
+        if self._held_to is None:
+            log.warning("smtp relay %s:%d refused a session beyond the %d open (%s): they carry the sends; give "
+                        "each worker fewer connections, or raise the relay's limit", self.host, self.port, held, exc)
+        self._held_to = held
 
     def unreachable_and_idle(self) -> str | None:
         """Why the relay cannot be reached, while no session to it is open (so no message is on its way to it: a
@@ -589,6 +611,9 @@ class SmtpProvider:
         except aiosmtplib.SMTPAuthenticationError as exc:
             smtp.close()
             raise _Unreachable(f"authentication failed ({exc.code})") from None
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            smtp.close()
+            raise _Unreachable(one_line(f"{exc.code} {exc.message}"), greeted=True) from None
         except (OSError, aiosmtplib.SMTPException) as exc:
             smtp.close()
             raise _Unreachable(one_line(exc) or type(exc).__name__) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import smtplib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -162,6 +163,40 @@ def test_a_relay_that_limits_its_rate_slows_the_job_down_without_spending_attemp
     assert attempts == [1] * 60  # waiting for the relay's rate is not a failed attempt
     _relayed(mail_sink, 60)
     assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 61)}
+
+
+async def test_sessions_beyond_the_relays_limit_per_client_are_not_the_relay_lost_and_the_others_send(
+    mail_sink, relay_factory, caplog
+):
+    # Postfix takes at most 2 sessions from one client at a time (smtpd_client_connection_count_limit; mynetworks
+    # is exempt by default), as several workers' pools may together exceed a relay's limit.
+    relay = relay_factory(mail_sink, smtpd_client_connection_count_limit="2", smtpd_client_event_limit_exceptions="")
+    deps = Dependencies()
+    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=4, timeout=10,
+                            dependencies=deps)
+    try:
+        await provider.start()
+        results = await provider.send_batch([outgoing(i) for i in range(40)])
+        results += await provider.send_batch([outgoing(i) for i in range(40, 60)])
+    finally:
+        await provider.stop()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 60
+    assert "Connection concurrency limit exceeded" in relay.log()  # the relay did refuse sessions
+    state = deps.snapshot()["smtp-relay"]
+    assert (state.up, state.losses) == (True, 0)  # it was there all along: health never said otherwise
+    said = [r.getMessage() for r in caplog.records if "refused a session beyond the 2 open" in r.getMessage()]
+    assert len(said) == 1 and "421 4.7.0" in said[0], said
+    assert set(await asyncio.to_thread(_relayed, mail_sink, 60)) == {f"learner{i}@example.org" for i in range(60)}
+
+    # Other clients hold both sessions the relay allows: now it is lost to this one, and why is said.
+    with smtplib.SMTP("127.0.0.1", relay.port) as one, smtplib.SMTP("127.0.0.1", relay.port) as other:
+        assert one.noop()[0] == other.noop()[0] == 250
+        shut_out = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
+                                dependencies=deps)
+        with pytest.raises(ProviderUnavailable, match="421 4.7.0 .* too many connections from 127.0.0.1"):
+            await shut_out.send_batch([outgoing(60)])
+        await shut_out.stop()
+    assert deps.down()["smtp-relay"].startswith(f"127.0.0.1:{relay.port}: 421 4.7.0 ")
 
 
 async def test_sessions_postfix_closed_while_idle_are_opened_again_and_nobody_is_sent_twice(
