@@ -1,8 +1,8 @@
 """The brokers we ship are configured alike: the dev stack's (devtools.devstack, which the demo, the tests and the
 benchmarks run on), docker-compose.yml's, the three of docker-compose.ha.yml, and the one the tests start in a
-container where a Docker engine answers. Only where a broker listens,
-who its peers are and where it keeps its data may differ; a setting tuned in one (retention, record size) and
-forgotten in another would make the benchmarks measure a broker no site runs."""
+container where a Docker engine answers. Only where a broker listens, who its peers are and where it keeps its
+data may differ; a setting tuned in one (retention, record size) and forgotten in another would make the
+benchmarks measure a broker no site runs."""
 
 from __future__ import annotations
 
