@@ -6,11 +6,13 @@ test's sink."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import secrets
 import smtplib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -39,19 +41,16 @@ ACCESS = {GONE: "550 5.1.1 No such user here", BUSY: "450 4.2.0 Mailbox temporar
 def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., PostfixRelay]]:
     """Postfix instances relaying to a sink; their logs are kept beside the test's process logs."""
     log_dir = REPO / ".dev" / "test-logs" / request.node.name
-    with_relays: list = []
+    numbers = itertools.count()
+    with ExitStack() as relays:
 
-    def start(sink: DevMailSink, submission: Submission | None = None, access: dict[str, str] = ACCESS,
-              **settings: str) -> PostfixRelay:
-        context = postfix_relay(sink.port, access=access, submission=submission, settings=settings,
-                                keep_log=log_dir / f"postfix-{len(with_relays)}.log")
-        relay = context.__enter__()
-        with_relays.append(context)
-        return relay
+        def start(sink: DevMailSink, submission: Submission | None = None, access: dict[str, str] = ACCESS,
+                  **settings: str) -> PostfixRelay:
+            log = log_dir / f"postfix-{next(numbers)}.log"
+            return relays.enter_context(postfix_relay(sink.port, access=access, submission=submission,
+                                                      settings=settings, keep_log=log))
 
-    yield start
-    for context in reversed(with_relays):
-        context.__exit__(None, None, None)
+        yield start
 
 
 def _relayed(sink: DevMailSink, learners: int) -> dict[str, list]:
