@@ -24,10 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.devstack.process import stop_pid
 from tests.support.stack import free_port
 from tests.support.tls import ServerTls
 
 POSTFIX = "/usr/sbin/postfix"
+MASTER = "/usr/lib/postfix/sbin/master"  # Debian's daemon_directory: how a running instance's master is told
 START_ATTEMPTS = 3  # a port taken between picking and binding: a new port, at most this many times
 
 # The daemons a relay uses, none chrooted (a chroot would need copies of /etc files in the queue directory).
@@ -211,29 +213,17 @@ def _start(home: Path, conf: Path, port: int, hostname: str) -> bool:
     wrapped = "smtpd_tls_wrappermode = yes" in (conf / "main.cf").read_text().splitlines()
     greeting = _greeting(port, time.monotonic() + 30, wrapped=wrapped)
     if _listeners(port) != 1 or hostname not in greeting:
-        _stop(home, conf)
+        _stop(home)
         return False
     return True
 
 
-def _stop(home: Path, conf: Path) -> None:
+def _stop(home: Path) -> None:
+    """Stop the instance's master (SIGTERM, as ``postfix stop`` sends; SIGKILL after 30 s), by the pid it wrote;
+    its daemons exit with it."""
     pid_file = home / "queue" / "pid" / "master.pid"
-    pid = int(pid_file.read_text()) if pid_file.exists() else None
-    _postfix(conf, "stop")
-    deadline = time.monotonic() + 30
-    while pid is not None and _alive(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)  # our own instance's master, by the pid it wrote; its daemons exit with it
-            break
-        time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    if pid_file.exists():
+        stop_pid(int(pid_file.read_text()), [MASTER], "postfix", log=lambda _: None)
 
 
 @contextmanager
@@ -269,7 +259,7 @@ def postfix_relay(relay_to: int, *, access: dict[str, str] | None = None, submis
         yield PostfixRelay(port=port, home=home, hostname=hostname)
     finally:
         if conf is not None:
-            _stop(home, conf)
+            _stop(home)
         if keep_log is not None and (home / "postfix.log").exists():
             keep_log.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(home / "postfix.log", keep_log)
