@@ -237,7 +237,7 @@ class SmtpProvider:
         self._slots: list[aiosmtplib.SMTP | None] = [None] * max(1, connections)
         self._free = FairLeases(len(self._slots))  # sessions no batch is using, in the order batches asked
         self._unreachable: str | None = None  # why the last session could not be opened, until one opens
-        self._held_to: int | None = None  # sessions open when the relay last refused another, until one opens
+        self._held = False  # the relay refused a session beyond those open, and none has opened since
 
     async def start(self) -> None:
         """Open every session now so a wrong host or password shows at start-up, not on the first batch."""
@@ -559,25 +559,25 @@ class SmtpProvider:
         except _Unreachable as exc:
             held = sum(1 for session in self._slots if session is not None and session.is_connected)
             if exc.greeted and held:
-                self._held(held, exc)
+                self._refused_beyond(held, exc)
                 raise
             self._unreachable = str(exc)
             if self._dependencies is not None:
                 self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {exc}", recheck=self.recheck)
             raise
-        self._unreachable = self._held_to = None
+        self._unreachable, self._held = None, False
         if self._dependencies is not None:
             self._dependencies.restored(SMTP_RELAY)
         return smtp
 
-    def _held(self, held: int, exc: _Unreachable) -> None:
+    def _refused_beyond(self, held: int, exc: _Unreachable) -> None:
         """The relay refused one more session while ``held`` of ours are open (a limit of sessions per client, such
         as Postfix's smtpd_client_connection_count_limit, shared with the other workers): not lost, and the open
         ones carry the sends. Said once while it lasts."""
-        if self._held_to is None:
+        if not self._held:
             log.warning("smtp relay %s:%d refused a session beyond the %d open (%s): they carry the sends; give "
                         "each worker fewer connections, or raise the relay's limit", self.host, self.port, held, exc)
-        self._held_to = held
+        self._held = True
 
     def unreachable_and_idle(self) -> str | None:
         """Why the relay cannot be reached, while no session to it is open (so no message is on its way to it: a
