@@ -1,8 +1,11 @@
-"""Fixtures for the integration tests that serve the API inside the test's own event loop."""
+"""Fixtures for the integration tests: the API served inside the test's own event loop; real Postfix relays."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +13,10 @@ from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from config.settings import Settings
+from devtools.devmail import DevMailSink
+from tests.support.postfix import ACCESS, PostfixRelay, Submission, postfix_relay
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -26,3 +33,20 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., PostfixRelay]]:
+    """Postfix instances relaying to a sink (tests/support/postfix.py); their logs are kept beside the test's
+    process logs."""
+    log_dir = REPO / ".dev" / "test-logs" / request.node.name
+    numbers = itertools.count()
+    with ExitStack() as relays:
+
+        def start(sink: DevMailSink, submission: Submission | None = None, access: dict[str, str] = ACCESS,
+                  **settings: str) -> PostfixRelay:
+            log = log_dir / f"postfix-{next(numbers)}.log"
+            return relays.enter_context(postfix_relay(sink.port, access=access, submission=submission,
+                                                      settings=settings, keep_log=log))
+
+        yield start

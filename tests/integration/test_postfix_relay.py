@@ -6,60 +6,25 @@ test's sink."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 import secrets
 import smtplib
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
 from adapters.email.base import Outcome, ProviderUnavailable
 from adapters.email.smtp import SmtpProvider
 from config.deliverability import DkimKey
-from devtools.devmail import DevMailSink
 from offload.client import submit_job
 from resilience.dependencies import Dependencies
 from tests.support.dkim_keys import dkimpy_verify, rsa_key, write_key
 from tests.support.email import MAIL_FROM, outgoing
 from tests.support.observe import query, wait_for, wait_for_job
-from tests.support.postfix import PostfixRelay, Submission, postfix_relay
+from tests.support.postfix import BUSY, GONE, Submission, wait_relayed
 from tests.support.tls import server_tls
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-GONE = "gone@example.org"
-BUSY = "busy@example.org"
-ACCESS = {GONE: "550 5.1.1 No such user here", BUSY: "450 4.2.0 Mailbox temporarily unavailable"}
-
-
-@pytest.fixture
-def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., PostfixRelay]]:
-    """Postfix instances relaying to a sink; their logs are kept beside the test's process logs."""
-    log_dir = REPO / ".dev" / "test-logs" / request.node.name
-    numbers = itertools.count()
-    with ExitStack() as relays:
-
-        def start(sink: DevMailSink, submission: Submission | None = None, access: dict[str, str] = ACCESS,
-                  **settings: str) -> PostfixRelay:
-            log = log_dir / f"postfix-{next(numbers)}.log"
-            return relays.enter_context(postfix_relay(sink.port, access=access, submission=submission,
-                                                      settings=settings, keep_log=log))
-
-        yield start
-
-
-def _relayed(sink: DevMailSink, learners: int) -> dict[str, list]:
-    """What the sink got from Postfix, by recipient, once ``learners`` have theirs (Postfix relays in the
-    background, after it answered the worker)."""
-    wait_for(lambda: len(sink.recipient_counts()) >= learners, timeout=90,
-             what=f"{learners} learners' messages relayed by Postfix")
-    return sink.by_recipient()
-
 
 def test_a_job_through_postfix_is_chunked_signed_and_each_reply_is_the_learners_own(
     settings_factory, topics_for, processes, job_factory, mail_sink, relay_factory, tmp_path
@@ -88,7 +53,7 @@ def test_a_job_through_postfix_is_chunked_signed_and_each_reply_is_the_learners_
 
     # Each learner's recorded queue id is the one Postfix gave that learner's message: no reply in a window of
     # pipelined transactions was taken for another's.
-    relayed = _relayed(mail_sink, 298)
+    relayed = wait_relayed(mail_sink, 298)
     assert set(relayed) == set(rows) and all(len(got) == 1 for got in relayed.values())
     wait_for(lambda: len(relay.message_ids()) >= 298, what="Postfix's cleanup log lines")
     queued = relay.message_ids()
@@ -137,7 +102,7 @@ def test_a_job_most_of_whose_learners_the_relay_refuses_outlasts_its_error_limit
     for address in refused:  # each refused learner ends with its own refusal, whatever replies the resets took
         assert (rows[address]["status"], rows[address]["retryable"]) == ("failed", False)
         assert rows[address]["error_message"].startswith(f"550 5.1.1 <{address}>: Recipient address rejected")
-    _relayed(mail_sink, 8)
+    wait_relayed(mail_sink, 8)
     assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(10, 81, 10)}
 
 
@@ -160,7 +125,7 @@ def test_a_relay_that_limits_its_rate_slows_the_job_down_without_spending_attemp
     attempts = [r["attempts"] for r in query(settings, "SELECT attempts FROM job_recipients WHERE job_id = %s",
                                              ("rate-limited",))]
     assert attempts == [1] * 60  # waiting for the relay's rate is not a failed attempt
-    _relayed(mail_sink, 60)
+    wait_relayed(mail_sink, 60)
     assert mail_sink.recipient_counts() == {f"learner{i}@example.org": 1 for i in range(1, 61)}
 
 
@@ -185,7 +150,7 @@ async def test_sessions_beyond_the_relays_limit_per_client_are_not_the_relay_los
     assert (state.up, state.losses) == (True, 0)  # it was there all along: health never said otherwise
     said = [r.getMessage() for r in caplog.records if "refused a session beyond the 2 open" in r.getMessage()]
     assert len(said) == 1 and "421 4.7.0" in said[0], said
-    assert set(await asyncio.to_thread(_relayed, mail_sink, 60)) == {f"learner{i}@example.org" for i in range(60)}
+    assert set(await asyncio.to_thread(wait_relayed, mail_sink, 60)) == {f"learner{i}@example.org" for i in range(60)}
 
     # Other clients hold both sessions the relay allows: now it is lost to this one, and why is said.
     with smtplib.SMTP("127.0.0.1", relay.port) as one, smtplib.SMTP("127.0.0.1", relay.port) as other:
@@ -213,7 +178,7 @@ async def test_sessions_postfix_closed_while_idle_are_opened_again_and_nobody_is
     finally:
         await provider.stop()
     assert [r.outcome for r in first + second] == [Outcome.SENT] * 30, [r.error for r in first + second]
-    relayed = await asyncio.to_thread(_relayed, mail_sink, 30)
+    relayed = await asyncio.to_thread(wait_relayed, mail_sink, 30)
     assert Counter({address: len(got) for address, got in relayed.items()}) == Counter(
         {f"learner{i}@example.org": 1 for i in range(30)})
 
@@ -233,7 +198,7 @@ def test_a_job_through_a_relay_that_asks_for_starttls_and_auth_is_sent_encrypted
 
     done = wait_for_job(settings, "submission")
     assert (done["succeeded"], done["failed"]) == (40, 0)
-    assert set(_relayed(mail_sink, 40)) == {f"learner{i}@example.org" for i in range(1, 41)}
+    assert set(wait_relayed(mail_sink, 40)) == {f"learner{i}@example.org" for i in range(1, 41)}
     worker.stop()
     wait_for(lambda: relay.open_sessions() == 0, what="the worker's sessions ended")
     log = relay.log()
@@ -276,7 +241,7 @@ async def test_a_relay_certificate_no_trusted_ca_issued_or_a_wrong_password_is_t
         assert [r.outcome for r in await trusting.send_batch([outgoing(1)])] == [Outcome.SENT]
     finally:
         await trusting.stop()
-    assert set(await asyncio.to_thread(_relayed, mail_sink, 1)) == {"learner1@example.org"}
+    assert set(await asyncio.to_thread(wait_relayed, mail_sink, 1)) == {"learner1@example.org"}
     assert "authentication failed" in relay.log() and wrong not in relay.log()
 
 
@@ -291,7 +256,7 @@ async def test_on_implicit_tls_a_provider_given_the_sites_ca_authenticates_and_s
     finally:
         await provider.stop()
     assert [r.outcome for r in results] == [Outcome.SENT] * 3, [r.error for r in results]
-    assert set(await asyncio.to_thread(_relayed, mail_sink, 3)) == {f"learner{i}@example.org" for i in range(3)}
+    assert set(await asyncio.to_thread(wait_relayed, mail_sink, 3)) == {f"learner{i}@example.org" for i in range(3)}
     log = relay.log()
     assert log.count("sasl_username=moodle") == 3 and "TLS connection established from localhost" in log
 
@@ -308,7 +273,7 @@ async def test_with_chunking_off_a_window_goes_as_pipelined_data_and_each_reply_
     assert by_key["20"].outcome is Outcome.FAILED and by_key["20"].error.startswith("550 5.1.1 <gone@example.org>")
     assert by_key["21"].outcome is Outcome.RETRY and by_key["21"].error.startswith("450 4.2.0 <busy@example.org>")
     assert [by_key[str(i)].outcome for i in (*range(20), *range(22, 40))] == [Outcome.SENT] * 38
-    relayed = await asyncio.to_thread(_relayed, mail_sink, 38)
+    relayed = await asyncio.to_thread(wait_relayed, mail_sink, 38)
     await asyncio.to_thread(wait_for, lambda: len(relay.message_ids()) >= 38, what="Postfix's cleanup log lines")
     queued = relay.message_ids()
     for i in (*range(20), *range(22, 40)):

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.devmail import DevMailSink, ReceivedMessage
 from devtools.devstack.process import stop_pid
+from tests.support.observe import wait_for
 from tests.support.stack import free_port
 from tests.support.tls import ServerTls
 
@@ -53,6 +55,10 @@ scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 tlsmgr    unix  - - n 1000? 1 tlsmgr
 """
+
+GONE = "gone@example.org"
+BUSY = "busy@example.org"
+ACCESS = {GONE: "550 5.1.1 No such user here", BUSY: "450 4.2.0 Mailbox temporarily unavailable"}
 
 _CONNECT = re.compile(r"postfix/smtpd\[\d+\]: connect from ", re.MULTILINE)
 _DISCONNECT = re.compile(r"postfix/smtpd\[\d+\]: disconnect from \S+ (.*)$", re.MULTILINE)
@@ -93,6 +99,24 @@ class PostfixRelay:
         """Client sessions smtpd has taken and not yet logged the end of."""
         log = self.log()
         return len(_CONNECT.findall(log)) - len(_DISCONNECT.findall(log))
+
+    def change(self, **settings: str) -> None:
+        """Set main.cf parameters and reload, as a site's admin mends a relay: sessions opened from then on have
+        them; a session already open keeps what it had until it ends."""
+        conf = str(self.home / "conf")
+        subprocess.run(["postconf", "-c", conf, "-e", *(f"{name}={value}" for name, value in settings.items())],
+                       check=True, capture_output=True, timeout=60)
+        reloaded = _postfix(self.home / "conf", "reload")
+        if reloaded.returncode != 0:
+            raise RuntimeError(f"postfix reload failed: {reloaded.stderr}")
+
+
+def wait_relayed(sink: DevMailSink, learners: int) -> dict[str, list[ReceivedMessage]]:
+    """What the sink got from Postfix, by recipient, once ``learners`` have theirs (Postfix relays in the
+    background, after it answered the worker)."""
+    wait_for(lambda: len(sink.recipient_counts()) >= learners, timeout=90,
+             what=f"{learners} learners' messages relayed by Postfix")
+    return sink.by_recipient()
 
 
 def _unavailable() -> str | None:
