@@ -12,7 +12,8 @@ import re
 import socket
 import ssl
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -32,6 +33,7 @@ from adapters.email.smtp_pipelining import (
     recipient_accepted,
     sender_accepted,
 )
+from adapters.email.smtp_replies import classify_reply, denies_relaying, refuses_worker, without_addresses
 from resilience.dependencies import Dependencies
 from resilience.reasons import one_line
 
@@ -39,11 +41,6 @@ log = logging.getLogger(__name__)
 
 SMTP_RELAY = "smtp-relay"  # its name in the process's dependency record (resilience.dependencies)
 
-# Replies that mean "slow down" rather than "this message has a problem" (RFC 5321 + common relays).
-_THROTTLE_CODES = frozenset({421, 451, 452, 454})
-# Postfix's own rate limits answer "450 4.7.1 Error: too much mail from …" (smtpd_client_message_rate_limit) and
-# "… too many recipients/connections from …"; policy servers and hosted relays speak of a rate or say try later.
-_THROTTLE_TEXT = re.compile(r"rate|too many|too much|throttl|try again later", re.IGNORECASE)
 _QUEUE_ID = re.compile(r"(?:queued as|\bid=)\s*([A-Za-z0-9._-]+)", re.IGNORECASE)
 
 
@@ -65,9 +62,42 @@ class _Unreachable(Exception):
         self.greeted = greeted
 
 
+class _RefusesWorker(_Unreachable):
+    """The relay answers, but takes no mail from this worker as it is set up (adapters.email.smtp_replies): for the
+    sends, it is unavailable like one that cannot be reached; the session that heard it is closed."""
+
+
 class _Closed(Exception):
     """The relay answered 421: it closes the session (RFC 5321 3.8) without serving what was written after the
     command it refused, so the rest of a window was not sent; the session is dropped."""
+
+
+@dataclass
+class _Batch:
+    """One ``send_batch``: its messages, those no session has taken yet (``pending``, by index), and each result as
+    it is settled (``settle``)."""
+
+    messages: Sequence[OutgoingEmail]
+    on_result: OnEachResult | None
+    on_sent: Callable[[], None]  # told of each message the relay took
+    pending: deque[int] = field(init=False)
+    results: list[SendResult | None] = field(init=False)
+    cut_off: Counter[int] = field(default_factory=Counter)  # sessions lost while it was the first unanswered on one
+    accepted: bool = False  # the relay has taken one of its messages
+    # Relaying denied while the relay had taken none of the batch: the learner's own refusal (code, text) if it takes
+    # another of them, else the relay refusing the worker; decided once every message has been tried.
+    denied: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pending = deque(range(len(self.messages)))
+        self.results = [None] * len(self.messages)
+
+    async def settle(self, index: int, result: SendResult) -> None:
+        self.results[index] = result
+        if result.outcome is Outcome.SENT:
+            self.accepted = True
+            self.on_sent()
+        await report(self.on_result, index, result)
 
 
 # What nearly every learner's address looks like; aiosmtplib's parsing below gives such an address back unchanged
@@ -144,6 +174,15 @@ class _Ahead(NamedTuple):
     envelope: _Envelope
 
 
+def _refused_command(exc: aiosmtplib.SMTPResponseException) -> str:
+    """The command a lockstep or pipelined transaction's refusal answered: MAIL, RCPT, or DATA (or the content)."""
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return "MAIL"
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return "RCPT"
+    return "DATA"
+
+
 def _sent(msg: OutgoingEmail, reply: str) -> SendResult:
     """A message the relay took; its queue id as the relay gave it in ``reply``, else the Message-ID."""
     match = _QUEUE_ID.search(reply)
@@ -164,24 +203,12 @@ def _lost(msg: OutgoingEmail, exc: Exception) -> SendResult:
     return SendResult(msg.key, Outcome.RETRY, error=one_line(f"connection lost: {exc}"))
 
 
-def classify_reply(code: int, text: str) -> Outcome:
-    """Outcome of a non-2xx SMTP reply: throttling, a transient (4xx) or a permanent (5xx) failure."""
-    if 400 <= code < 500:
-        return Outcome.THROTTLED if code in _THROTTLE_CODES or _THROTTLE_TEXT.search(text) else Outcome.RETRY
-    if 500 <= code < 600:
-        return Outcome.FAILED
-    return Outcome.RETRY
-
-
 def _trusting(ca_file: str) -> ssl.SSLContext:
     """A client context that trusts the CA certificates in ``ca_file`` (PEM), and checks names as always."""
     try:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"smtp: cannot load the relay's CA certificates from {ca_file}: {one_line(exc)}") from None
-
-
-Settle = Callable[[int, SendResult], Awaitable[None]]  # a message's result, by its index in the batch
 
 
 class SmtpProvider:
@@ -238,6 +265,12 @@ class SmtpProvider:
         self._free = FairLeases(len(self._slots))  # sessions no batch is using, in the order batches asked
         self._unreachable: str | None = None  # why the last session could not be opened, until one opens
         self._held = False  # the relay refused a session beyond those open, and none has opened since
+        # Why the relay refuses this worker's mail, and a learner's address it refused, until it takes a message
+        # (or takes that learner from a new session, asked while health says it is lost: ``recheck``).
+        self._refusal: tuple[str, str] | None = None
+        # Sessions opened before the relay refused the worker: each is reopened before its next use, since a relay
+        # keeps a session's terms until it ends (Postfix applies a mended main.cf to new sessions only).
+        self._renew: set[int] = set()
 
     async def start(self) -> None:
         """Open every session now so a wrong host or password shows at start-up, not on the first batch."""
@@ -261,26 +294,23 @@ class SmtpProvider:
     async def send_batch(
         self, messages: Sequence[OutgoingEmail], on_result: OnEachResult | None = None
     ) -> list[SendResult]:
-        """One SMTP transaction per message, spread over the pool; results in the order of ``messages``."""
-        results: list[SendResult | None] = [None] * len(messages)
-        pending = deque(range(len(messages)))
-        unreachable: list[str] = []
-        cut_off: Counter[int] = Counter()  # by message: sessions lost while it was the first unanswered on one
+        """One SMTP transaction per message, spread over the pool; results in the order of ``messages``.
 
-        async def settle(index: int, result: SendResult) -> None:
-            results[index] = result
-            await report(on_result, index, result)
+        Messages the relay never had (it could not be reached, or refused this worker) are UNREACHED, or, if none
+        of the batch has a result, ProviderUnavailable: the sends wait for the relay, spending no attempt."""
+        batch = _Batch(messages, on_result, self._takes_mail)
+        unreachable: list[str] = []
 
         async def work() -> None:
             # Lease a session so concurrent batches never interleave on one connection.
             slot = await self._free.take()
             try:
-                while pending:
+                while batch.pending:
                     smtp = await self._session(slot)
                     if self._streams(smtp):
-                        await self._stream(slot, smtp, messages, pending, settle, cut_off)
+                        await self._stream(slot, smtp, batch)
                     else:
-                        await self._one_at_a_time(slot, messages, pending, settle)
+                        await self._one_at_a_time(slot, batch)
             except _Unreachable as exc:  # leave the messages to a session that works; this one gives up
                 unreachable.append(str(exc))
             finally:
@@ -289,18 +319,34 @@ class SmtpProvider:
         async with asyncio.TaskGroup() as group:  # a bug in one worker cancels the others
             for _ in range(min(len(self._slots), len(messages))):
                 group.create_task(work())
-        if pending:
+        if batch.denied:
+            await self._judge_denials(batch, unreachable)
+        if batch.pending:
             reason = f"smtp {self.host}:{self.port}: {unreachable[-1]}"
-            if all(r is None for r in results):
+            if all(r is None for r in batch.results):
                 raise ProviderUnavailable(reason)
-            for index in pending:  # never handed to the relay: the outage must not cost them an attempt
-                results[index] = SendResult(messages[index].key, Outcome.UNREACHED, error=one_line(reason))
-        return [r for r in results if r is not None]
+            for index in batch.pending:  # never handed to the relay: the outage must not cost them an attempt
+                batch.results[index] = SendResult(messages[index].key, Outcome.UNREACHED, error=one_line(reason))
+        return [r for r in batch.results if r is not None]
 
-    async def _one_at_a_time(self, slot: int, messages: Sequence[OutgoingEmail], pending: deque[int],
-                             settle: Settle) -> None:
-        """Send ``pending``'s messages on the session in ``slot`` one at a time (``_send_on``), until none is left;
-        _Unreachable if the session is lost and cannot be opened again (the message it was on back in ``pending``)."""
+    async def _judge_denials(self, batch: _Batch, unreachable: list[str]) -> None:
+        """The learners whose relaying the relay denied: each one's own refusal if it took another message of the
+        batch (it serves some domains only), else the relay refusing this worker (its host is not one it relays
+        for, nor did it log in), and they wait for it like the rest."""
+        if batch.accepted:
+            for index, (code, text) in sorted(batch.denied.items()):
+                outcome, reply = classify_reply(code, text), one_line(f"{code} {text}")
+                await batch.settle(index, SendResult(batch.messages[index].key, outcome, error=reply))
+            return
+        index, (code, text) = next(iter(batch.denied.items()))
+        unreachable.append(str(self._refuses_worker(batch.messages[index], code, text)))
+        batch.pending.extend(sorted(batch.denied))
+
+    async def _one_at_a_time(self, slot: int, batch: _Batch) -> None:
+        """Send the batch's pending messages on the session in ``slot`` one at a time (``_send_on``), until none is
+        left; _Unreachable if the session is lost and cannot be opened again, or the relay refuses this worker (the
+        message it was on back in ``pending``)."""
+        pending = batch.pending
         ahead: _Ahead | None = None  # the next message, its envelope written with the last one's content
         settled = True  # False while replies are on their way: a session left then cannot be used again
         try:
@@ -311,25 +357,27 @@ class SmtpProvider:
                     (index, early), ahead = ahead, None
                 settled = False
                 try:
-                    result, ahead = await self._send_on(slot, messages, index, early, pending)
+                    result, ahead = await self._send_on(slot, batch, index, early)
                 except _Unreachable:
                     pending.appendleft(index)
                     raise
                 settled = ahead is None
-                await settle(index, result)
+                if result is not None:
+                    await batch.settle(index, result)
         finally:
             if not settled:  # cancelled, or a bug, mid-transaction
                 self._discard(slot)
                 if ahead is not None:  # its content never went out: it was not sent
                     pending.appendleft(ahead.at)
 
-    async def _send_on(self, slot: int, messages: Sequence[OutgoingEmail], index: int, early: _Envelope | None,
-                       pending: deque[int]) -> tuple[SendResult, _Ahead | None]:
-        """``messages[index]`` on the leased session ``slot`` (reopened once if it was dropped); ``early``: its
-        envelope, already written with the previous message's content. With the result comes the next message of
-        ``pending`` if its envelope went out in the same write as this one's content (RFC 2920 3.1), else None:
-        on a refusal of this content the server goes on to the next envelope; on a lost session it goes back to
-        ``pending``, never having been sent."""
+    async def _send_on(self, slot: int, batch: _Batch, index: int,
+                       early: _Envelope | None) -> tuple[SendResult | None, _Ahead | None]:
+        """The batch's message ``index`` on the leased session ``slot`` (reopened once if it was dropped); ``early``:
+        its envelope, already written with the previous message's content. With the result (None: relaying denied,
+        judged with the batch) comes the next pending message if its envelope went out in the same write as this
+        one's content (RFC 2920 3.1), else None: on a refusal of this content the server goes on to the next
+        envelope; on a lost session it goes back to ``pending``, never having been sent."""
+        messages, pending = batch.messages, batch.pending
         msg = messages[index]
         for attempt in (1, 2):
             smtp = self._slots[slot]
@@ -340,8 +388,17 @@ class SmtpProvider:
             try:
                 envelope = early if early is not None else self._envelope(smtp, msg)
                 reply = await self._transaction(smtp, msg, envelope, written=early is not None,
-                                                then=partial(self._follow, smtp, messages, pending, taken))
+                                                then=partial(self._follow, smtp, batch, taken))
             except aiosmtplib.SMTPResponseException as exc:  # MAIL FROM, RCPT TO, DATA or the content refused
+                command = _refused_command(exc)
+                if refuses_worker(command, exc.code, exc.message):
+                    if taken:  # its content never went out
+                        pending.appendleft(taken[0].at)
+                    await self._drop(slot, polite=True)
+                    raise self._refuses_worker(msg, exc.code, exc.message) from None
+                if denies_relaying(command, exc.code, exc.message) and not batch.accepted:
+                    batch.denied[index] = (exc.code, exc.message)
+                    return None, self._kept_ahead(slot, taken, pending)
                 result = await self._refused(slot, msg, exc.code, exc.message)
                 return result, self._kept_ahead(slot, taken, pending)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
@@ -365,11 +422,11 @@ class SmtpProvider:
         return (self._chunking and isinstance(smtp.protocol, ReplyKeepingProtocol)
                 and smtp.supports_extension("chunking"))
 
-    async def _stream(self, slot: int, smtp: aiosmtplib.SMTP, messages: Sequence[OutgoingEmail],
-                      pending: deque[int], settle: Settle, cut_off: Counter[int]) -> None:
-        """Send ``pending``'s messages on the session in ``slot`` with BDAT, up to ``window`` of them written before
-        the first is answered, each settled as its replies come, in order. Returns once ``pending`` is empty and
-        every message written is answered, or once the session is gone.
+    async def _stream(self, slot: int, smtp: aiosmtplib.SMTP, batch: _Batch) -> None:
+        """Send the batch's pending messages on the session in ``slot`` with BDAT, up to ``window`` of them written
+        before the first is answered, each settled as its replies come, in order. Returns once ``pending`` is empty
+        and every message written is answered, or once the session is gone; _RefusesWorker once the window is
+        answered if the relay refused this worker in it (its message back in ``pending``, the session closed).
 
         After a refusal nothing more is written until the window is answered; then the envelope is reset (RSET).
         A 421, a timeout or a lost session settles only the first unanswered message, as ``_send_on`` does for
@@ -377,77 +434,109 @@ class SmtpProvider:
         back to ``pending``, their replies never having come."""
         protocol = smtp.protocol
         assert isinstance(protocol, ReplyKeepingProtocol)
+        pending = batch.pending
         window: deque[int] = deque()  # written, not yet answered, in order
-        again: list[int] = []  # refused only for an earlier message's sake: to be sent again
+        again: list[int] = []  # refused only for an earlier message's sake, or the worker's: to be sent again
+        refusals: list[_RefusesWorker] = []  # the relay refusing this worker, heard in this window
         refused = False  # a refusal came: write nothing more until the window is answered and the envelope reset
         try:
             while True:
                 if not refused:
-                    await self._fill(smtp, protocol, messages, pending, window, settle)
+                    await self._fill(smtp, protocol, batch, window)
                 if not window:
-                    return
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        replies = await chunked_replies(protocol)
-                except TimeoutError:
-                    self._discard(slot)  # a reply may still come: the session can no longer pair replies
-                    index = window.popleft()
-                    await settle(index, _timed_out(messages[index]))
-                    return
+                    break
+                replies = await self._replies(slot, protocol, batch, window)
+                if replies is None:
+                    break
                 index = window.popleft()
-                refused = await self._answered(slot, messages[index], index, replies, refused, again, settle)
+                refused = await self._answered(slot, batch, index, replies, refused, again, refusals)
                 if refused and not window:
                     pending.extendleft(reversed(again))
                     again.clear()
                     refused = False
+                    if refusals:
+                        await self._drop(slot, polite=True)
+                        break
                     await smtp.rset()
         except _Closed:
-            return  # the relay closed the session after a 421; the rest of the window goes back to pending
+            pass  # the relay closed the session after a 421; the rest of the window goes back to pending
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError, aiosmtplib.SMTPResponseException) as exc:
-            # The session is gone (or would not reset its envelope): reopened by the caller for what is left.
-            await self._drop(slot)
-            if window:
-                index = window[0]
-                cut_off[index] += 1
-                if cut_off[index] > 1:  # cut off twice: left to the retry policy
-                    window.popleft()
-                    await settle(index, _lost(messages[index], exc))
+            await self._cut_off(slot, batch, window, exc)
         finally:
             if window:  # never answered: not sent by this session, which cannot pair replies any more
                 self._discard(slot)
             pending.extendleft(reversed([*again, *window]))
+        if refusals:
+            raise refusals[0]
 
-    async def _fill(self, smtp: aiosmtplib.SMTP, protocol: ReplyKeepingProtocol, messages: Sequence[OutgoingEmail],
-                    pending: deque[int], window: deque[int], settle: Settle) -> None:
-        """Write ``pending``'s next messages, in one write, until ``window`` holds ``self._window`` of them (one
-        whose address cannot be written is settled as unusable instead)."""
+    async def _cut_off(self, slot: int, batch: _Batch, window: deque[int], exc: Exception) -> None:
+        """The session is gone (or would not reset its envelope): dropped, and reopened by the caller for what is
+        left. The window's first message is left to the retry policy if it is cut off for the second time."""
+        await self._drop(slot)
+        if window:
+            index = window[0]
+            batch.cut_off[index] += 1
+            if batch.cut_off[index] > 1:
+                window.popleft()
+                await batch.settle(index, _lost(batch.messages[index], exc))
+
+    async def _replies(self, slot: int, protocol: ReplyKeepingProtocol, batch: _Batch,
+                       window: deque[int]) -> list[SMTPResponse] | None:
+        """The replies to the window's first message; None if they did not come in time: it is then settled as timed
+        out, and the session discarded (a reply may still come: the session can no longer pair replies)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await chunked_replies(protocol)
+        except TimeoutError:
+            self._discard(slot)
+            index = window.popleft()
+            await batch.settle(index, _timed_out(batch.messages[index]))
+            return None
+
+    async def _fill(self, smtp: aiosmtplib.SMTP, protocol: ReplyKeepingProtocol, batch: _Batch,
+                    window: deque[int]) -> None:
+        """Write the batch's next pending messages, in one write, until ``window`` holds ``self._window`` of them
+        (one whose address cannot be written is settled as unusable instead)."""
         transactions = []
+        messages, pending = batch.messages, batch.pending
         while pending and len(window) < self._window:
             index = pending.popleft()
             try:
                 transactions.append(self._chunked(smtp, messages[index]))
             except ValueError as exc:
-                await settle(index, _unusable(messages[index], exc))
+                await batch.settle(index, _unusable(messages[index], exc))
                 continue
             window.append(index)
         if transactions:
             protocol.write(b"".join(transactions))
 
-    async def _answered(self, slot: int, msg: OutgoingEmail, index: int, replies: list[SMTPResponse],
-                        refused: bool, again: list[int], settle: Settle) -> bool:
-        """Settle ``msg`` by its replies; whether a refusal has come in this window (``refused``: one had before).
+    async def _answered(self, slot: int, batch: _Batch, index: int, replies: list[SMTPResponse], refused: bool,
+                        again: list[int], refusals: list[_RefusesWorker]) -> bool:
+        """Settle the batch's message ``index`` by its replies; whether a refusal has come in this window
+        (``refused``: one had before).
 
         A refusal is the message's own, except a 503 (bad sequence) behind an earlier refusal: the relay was still
-        in that transaction, so the message goes to ``again``. _Closed after a 421 (the session is dropped)."""
+        in that transaction, so the message goes to ``again``; and the relay refusing this worker (into
+        ``refusals``, the message to ``again``) or denying relaying before it took any of the batch (judged with the
+        batch). _Closed after a 421 (the session is dropped)."""
+        msg = batch.messages[index]
         refusal = chunked_refusal(replies)
         if refusal is None:
-            await settle(index, _sent(msg, replies[-1].message))
+            await batch.settle(index, _sent(msg, replies[-1].message))
             return refused
-        if refused and refusal.code == 503:
+        command, reply = refusal
+        if refused and reply.code == 503:
             again.append(index)
             return True
-        await settle(index, await self._refused(slot, msg, refusal.code, refusal.message))
-        if refusal.code == 421:
+        if refuses_worker(command, reply.code, reply.message):
+            again.append(index)
+            refusals.append(self._refuses_worker(msg, reply.code, reply.message))
+            return True
+        if denies_relaying(command, reply.code, reply.message) and not batch.accepted:
+            batch.denied[index] = (reply.code, reply.message)
+            return True
+        await batch.settle(index, await self._refused(slot, msg, reply.code, reply.message))
+        if reply.code == 421:
             raise _Closed
         return True
 
@@ -478,15 +567,15 @@ class SmtpProvider:
         declared = f" SIZE={size}".encode("ascii") if smtp.supports_extension("size") else b""
         return self._mail_from + declared + b"\r\n", b"RCPT TO:" + envelope_address(msg.to_address) + b"\r\n"
 
-    def _follow(self, smtp: aiosmtplib.SMTP, messages: Sequence[OutgoingEmail], pending: deque[int],
-                taken: list[_Ahead]) -> bytes:
-        """The envelope of the next message of ``pending``, to follow a content in the same write, that message
+    def _follow(self, smtp: aiosmtplib.SMTP, batch: _Batch, taken: list[_Ahead]) -> bytes:
+        """The envelope of the batch's next pending message, to follow a content in the same write, that message
         taken off ``pending`` into ``taken``; nothing if the relay does not pipeline or its address cannot be
         written (it stays, and fails on its own turn)."""
+        pending = batch.pending
         if not pending or not isinstance(smtp.protocol, ReplyKeepingProtocol):
             return b""
         try:
-            envelope = self._envelope(smtp, messages[pending[0]])
+            envelope = self._envelope(smtp, batch.messages[pending[0]])
         except ValueError:
             return b""
         taken.append(_Ahead(pending.popleft(), envelope))
@@ -545,9 +634,36 @@ class SmtpProvider:
         outcome = classify_reply(code, text)
         return SendResult(msg.key, outcome, error=one_line(f"{code} {text}"))
 
+    def _refuses_worker(self, msg: OutgoingEmail, code: int, text: str) -> _RefusesWorker:
+        """The relay refused this worker (``code``, ``text``) at ``msg``: recorded as the relay lost, with why, until it
+        takes a message; the sessions open now are each renewed before their next use."""
+        reason = self._refusal_reason(code, text)
+        self._refusal = (reason, msg.to_address)
+        self._renew.update(range(len(self._slots)))
+        if self._dependencies is not None:
+            self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {reason}", recheck=self.recheck)
+        return _RefusesWorker(reason)
+
+    def _refusal_reason(self, code: int, text: str) -> str:
+        """The relay's refusal of this worker as health and logs show it: naming no learner."""
+        return one_line(f"refuses this worker's mail: {code} {without_addresses(text, sender=self.mail_from)}")
+
+    def _takes_mail(self) -> None:
+        """The relay took a message: it no longer refuses this worker, if it did."""
+        if self._refusal is not None:
+            self._refusal = None
+            if self._dependencies is not None:
+                self._dependencies.restored(SMTP_RELAY)
+
     async def _session(self, slot: int) -> aiosmtplib.SMTP:
-        """The session in ``slot``, opened if it is not (raises _Unreachable if it cannot be)."""
+        """The session in ``slot``, opened if it is not, or if it was open when the relay refused this worker
+        (raises _Unreachable if it cannot be)."""
         smtp = self._slots[slot]
+        if slot in self._renew:
+            self._renew.discard(slot)
+            if smtp is not None:
+                await self._drop(slot, polite=True)
+                smtp = None
         if smtp is None or not smtp.is_connected:
             smtp = self._slots[slot] = await self._open()
         return smtp
@@ -566,7 +682,7 @@ class SmtpProvider:
                 self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {exc}", recheck=self.recheck)
             raise
         self._unreachable, self._held = None, False
-        if self._dependencies is not None:
+        if self._dependencies is not None and self._refusal is None:  # a refusal holds until the relay takes mail
             self._dependencies.restored(SMTP_RELAY)
         return smtp
 
@@ -621,16 +737,33 @@ class SmtpProvider:
 
     async def recheck(self) -> None:
         """Open a session and QUIT it: whether the relay answers now (health asks while it is lost; an idle worker
-        would otherwise say it is lost until its next batch). Raises ConnectionError with the reason if not; the
-        watch that asks (resilience.dependencies.recheck_lost) records the answer."""
+        would otherwise say it is lost until its next batch). If it refused this worker, the session also asks it
+        to take mail from the sender to the learner it refused (MAIL and RCPT, then RSET: nothing is sent). Raises
+        ConnectionError with the reason if not; the watch that asks (resilience.dependencies.recheck_lost) records
+        the answer."""
         try:
             smtp = await self._connect()
         except _Unreachable as exc:
             raise ConnectionError(f"{self.host}:{self.port}: {exc}") from None
         try:
-            await smtp.quit()
-        except (OSError, aiosmtplib.SMTPException):
-            smtp.close()
+            if self._refusal is not None:
+                await self._ask(smtp, self._refusal[1])
+        finally:
+            try:
+                await smtp.quit()
+            except (OSError, aiosmtplib.SMTPException):
+                smtp.close()
+
+    async def _ask(self, smtp: aiosmtplib.SMTP, address: str) -> None:
+        """Whether the relay would take mail from this worker to ``address`` now: ConnectionError if it still refuses
+        the worker; else the refusal is over (another answer, such as an unknown user, is that learner's own)."""
+        command, reply = "MAIL", await smtp.execute_command(self._mail_from)
+        if reply.code == 250:
+            command, reply = "RCPT", await smtp.execute_command(b"RCPT TO:" + envelope_address(address))
+        if refuses_worker(command, reply.code, reply.message) or denies_relaying(command, reply.code, reply.message):
+            raise ConnectionError(f"{self.host}:{self.port}: {self._refusal_reason(reply.code, reply.message)}")
+        await smtp.rset()
+        self._refusal = None
 
     def _discard(self, slot: int) -> None:
         """Close the session at once (replies of a transaction may still be on their way)."""

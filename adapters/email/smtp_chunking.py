@@ -19,7 +19,7 @@ from aiosmtplib.response import SMTPResponse
 from adapters.email.smtp_pipelining import ReplyKeepingProtocol
 
 _CLOSING = 421  # the server is closing the session: no further reply comes on it
-_ACCEPTED = ((250,), (250, 251), (250,))  # MAIL, RCPT (251: forwarded), the last chunk
+_ACCEPTED = (("MAIL", (250,)), ("RCPT", (250, 251)), ("BDAT", (250,)))  # 251: forwarded
 
 
 def chunked_transaction(mail: bytes, rcpt: bytes, chunk: bytes) -> bytes:
@@ -39,9 +39,10 @@ async def chunked_replies(protocol: ReplyKeepingProtocol) -> list[SMTPResponse]:
     return replies
 
 
-def chunked_refusal(replies: list[SMTPResponse]) -> SMTPResponse | None:
-    """The reply that refused the message, or None if the relay took it: MAIL's, else RCPT's, else the chunk's."""
-    for reply, accepted in zip(replies, _ACCEPTED, strict=False):  # a 421 ends the replies, and is a refusal
+def chunked_refusal(replies: list[SMTPResponse]) -> tuple[str, SMTPResponse] | None:
+    """The command that refused the message (``MAIL``, ``RCPT`` or ``BDAT``) and its reply, or None if the relay
+    took it: MAIL's, else RCPT's, else the chunk's."""
+    for reply, (command, accepted) in zip(replies, _ACCEPTED, strict=False):  # a 421 ends the replies: a refusal
         if reply.code not in accepted:
-            return reply
+            return command, reply
     return None
