@@ -81,6 +81,9 @@ class ApiSettings(SettingsBase):
     # SendGrid Event Webhook verification key (base64 DER or PEM public key, as SendGrid shows it).
     webhook_sendgrid_public_key: str | None = None
     webhook_mailgun_signing_key: SecretStr | None = None  # Mailgun's HTTP webhook signing key
+    # The local relay's bounces (delivery status notifications) posted to /webhooks/smtp with
+    # "Authorization: Bearer <this>" (docs/suppression.md shows the relay's side). Unset: refused. >= 32 chars.
+    webhook_smtp_token: SecretStr | None = None
     webhook_max_age: float = Field(default=3600, ge=60, le=7 * 24 * 3600)  # older signed timestamps are refused
 
     # === Monitoring UI and /metrics ===============================================================
@@ -116,9 +119,10 @@ class ApiSettings(SettingsBase):
 
     @model_validator(mode="after")
     def _check_ui_secrets(self) -> ApiSettings:
-        secret = self.ui_session_secret
-        if secret is not None and len(secret.get_secret_value()) < 32:
-            raise ValueError("ui_session_secret must be at least 32 characters")
+        for name in ("ui_session_secret", "webhook_smtp_token"):
+            secret = getattr(self, name)
+            if secret is not None and len(secret.get_secret_value()) < 32:
+                raise ValueError(f"{name} must be at least 32 characters")
         try:
             self.trusted_proxy_networks()
         except ValueError as exc:

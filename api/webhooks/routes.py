@@ -1,11 +1,13 @@
-"""The /webhooks/{ses,sendgrid,mailgun} routes: read the body, verify, accept once, publish."""
+"""The /webhooks/{ses,sendgrid,mailgun,smtp} routes: read the body, verify, accept once, publish."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +15,8 @@ from aiohttp import web
 from api.bodies import read_body
 from api.errors import ApiError, json_response
 from api.store import ReadStore
-from api.webhooks.reports import mailgun_reports, sendgrid_reports, ses_reports
+from api.webhooks.dsn import NotDsn, read_dsn
+from api.webhooks.reports import Report, mailgun_reports, sendgrid_reports, ses_reports
 from api.webhooks.service import WebhookService
 from api.webhooks.signatures import Fetch, Refused, parse_time, verify_mailgun, verify_sendgrid
 from config.settings import Settings
@@ -111,10 +114,57 @@ async def mailgun_webhook(request: web.Request) -> web.Response:
     return json_response({"published": published, "unmatched": unmatched})
 
 
+async def smtp_webhook(request: web.Request) -> web.Response:
+    """A delivery status notification the local relay returned to the envelope sender, posted as it came (the
+    relay pipes that address's mail here: docs/suppression.md). Its failed recipients are matched and published
+    like a provider's bounces; anything else that reaches the address is answered 200 and ignored, so that the
+    relay neither retries nor returns it."""
+    service = request.app[WEBHOOKS]
+    token = service.settings.webhook_smtp_token
+    try:
+        if token is None:
+            raise Refused("webhook_not_configured", "no token for the relay's bounces is configured")
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            raise Refused("bad_token", "the Authorization header does not carry the relay's bounce token")
+    except Refused as exc:
+        raise _refused("smtp", exc) from None
+    body = await _body(request)
+    now = service.clock()
+    try:
+        dsn = read_dsn(body, now=datetime.fromtimestamp(now, UTC))
+    except NotDsn as exc:
+        log.info("smtp webhook: ignored (%s)", exc)
+        return json_response({"ignored": str(exc)})
+    try:
+        async with service.once("smtp", token_of(dsn.notice_id), signed_at=now):
+            await _sent_already(service, dsn.reports, now)
+            published, unmatched = await service.publish("smtp", dsn.reports)
+    except ApiError as exc:
+        if exc.code != "replayed_request":
+            raise
+        return json_response({"published": 0, "unmatched": 0, "duplicate": True})  # the relay delivered it again
+    return json_response({"published": published, "unmatched": unmatched})
+
+
+async def _sent_already(service: WebhookService, reports: list[Report], now: float) -> None:
+    """503 if one of ``reports`` is about a message of ours (its Message-ID in our domain) that failed within the
+    last webhook_max_age seconds and whose send the read model does not know yet: a relay may return a bounce
+    before the projector recorded the send, and the relay's pipe (clients/relay/offload-bounces) then keeps the
+    notification and delivers it again later. Nothing of the notification is published before that."""
+    domain = f"@{service.settings.message_id_domain}>".lower()
+    for report in reports:
+        ours = report.message_id is not None and report.message_id.lower().endswith(domain)
+        recent = now - report.occurred_at.timestamp() < service.settings.webhook_max_age
+        if ours and recent and not await service.known(report):
+            raise ApiError(503, "bounce_before_send", "the bounced message's send is not recorded yet; deliver "
+                           "the notification again later", retry_after=60)
+
+
 def setup(app: web.Application, settings: Settings, publisher: EventPublisher, store: ReadStore, *,
           fetch: Fetch | None = None, seen: SeenOnce | None = None,
           clock: Callable[[], float] = time.time) -> None:
-    """Add /webhooks/{ses,sendgrid,mailgun}. ``fetch`` replaces the https GET of SNS certificates and
+    """Add /webhooks/{ses,sendgrid,mailgun,smtp}. ``fetch`` replaces the https GET of SNS certificates and
     subscription URLs in tests only; the SNS host check happens before it is called either way. ``seen`` is
     the replay store every API replica shares (the API passes the one its request verifier uses; default:
     Postgres through the read store's pool). ``clock`` judges every timestamp window (tests move it)."""
@@ -124,6 +174,7 @@ def setup(app: web.Application, settings: Settings, publisher: EventPublisher, s
     app.router.add_post("/webhooks/ses", ses_webhook)
     app.router.add_post("/webhooks/sendgrid", sendgrid_webhook)
     app.router.add_post("/webhooks/mailgun", mailgun_webhook)
+    app.router.add_post("/webhooks/smtp", smtp_webhook)
 
     async def _close(app: web.Application) -> None:
         await service.close()

@@ -117,6 +117,10 @@ class WebhookService:
         await asyncio.gather(*sends)
         return published, unmatched
 
+    async def known(self, report: Report) -> bool:
+        """Whether the report's message is one the read model knows was sent (its learner can be found)."""
+        return await self._match(report) is not None
+
     async def _match(self, report: Report) -> tuple[str, int, str] | None:
         if report.message_id:
             wanted = report.message_id.strip()

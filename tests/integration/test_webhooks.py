@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -21,6 +21,8 @@ from content.email.addresses import message_id_for
 from eventlog.publisher import EventPublisher
 from projections.projector import Projector
 from schemas.events import RecipientBounced, RecipientComplained, RecipientDelivered, RecipientSent
+from tests.support.api import ApiServer, send
+from tests.support.dsn import dsn
 from tests.support.observe import events, query
 from tests.unit.test_webhooks import (
     TOPIC,
@@ -259,3 +261,52 @@ def test_reports_map_by_the_message_id_as_sent_so_ids_from_before_keying_still_m
                                       (200, {"published": 1, "unmatched": 0})]
     delivered = [e for e in events(settings, "outcomes") if isinstance(e, RecipientDelivered)]
     assert sorted((e.job_id, e.userid) for e in delivered) == [(job, 1), (job, 2)]
+
+
+def test_a_relays_bounce_is_read_again_later_if_it_came_before_its_send_was_recorded(settings_factory, topics_for):
+    """/webhooks/smtp (the local relay's delivery status notifications): a bounce of a recent message of ours whose
+    send the read model does not know yet is answered 503, publishing nothing, so that the relay's pipe delivers it
+    again; once the send is recorded it is published once. Old or foreign notifications are answered unmatched."""
+    token = "relay-bounce-token-0123456789abcdef0123"
+    settings = settings_factory(webhook_smtp_token=token)
+    topics_for(settings)
+    job, now = "dsn-job", datetime.now(UTC)
+    mid = {u: message_id_for(job, u, settings.message_id_domain, key=settings.message_id_key()) for u in (1, 9)}
+    gone = ("learner1@example.org", "failed", "5.1.1", "550 5.1.1 <learner1@example.org>: User unknown")
+    notice = dsn(gone, message_id=mid[1], sent_at=now, notice_id="<n1@relay.example.org>")
+    authorized = {"Authorization": f"Bearer {token}", "Content-Type": "message/rfc822"}
+
+    async def sent() -> None:
+        publisher = EventPublisher(settings, source="urn:test")
+        await publisher.start()
+        try:
+            await publisher.send_and_wait(RecipientSent(
+                job_id=job, batch_no=0, userid=1, email="learner1@example.org", provider="smtp",
+                provider_message_id="A63D7984093", attempts=1, message_id=mid[1]))
+        finally:
+            await publisher.stop()
+
+    with ApiServer(settings) as api:
+        early = send(api.base_url, "POST", "/webhooks/smtp", notice, authorized)
+        assert (early.status, early.body["error"]["code"]) == (503, "bounce_before_send")
+        assert early.headers["Retry-After"] == "60"
+        assert not [e for e in events(settings, "outcomes") if isinstance(e, RecipientBounced)]
+        asyncio.run(sent())
+        asyncio.run(Projector(settings).run(until_caught_up=True))
+        again = send(api.base_url, "POST", "/webhooks/smtp", notice, authorized)
+        assert (again.status, again.body) == (200, {"published": 1, "unmatched": 0})
+        repeat = send(api.base_url, "POST", "/webhooks/smtp", notice, authorized)
+        assert (repeat.status, repeat.body) == (200, {"published": 0, "unmatched": 0, "duplicate": True})
+        old = dsn(("learner9@example.org", "failed", "5.1.1", "550 gone"), message_id=mid[9],
+                  sent_at=now - timedelta(seconds=settings.webhook_max_age + 60))
+        foreign = dsn(gone, message_id="<someone-elses@mail.example.org>", queue_id=None, sent_at=now)
+        for body in (old, foreign):
+            reply = send(api.base_url, "POST", "/webhooks/smtp", body, authorized)
+            assert (reply.status, reply.body) == (200, {"published": 0, "unmatched": 1})
+    with ApiServer(settings.model_copy(update={"webhook_smtp_token": None})) as api:
+        refused = send(api.base_url, "POST", "/webhooks/smtp", notice, authorized)
+        assert (refused.status, refused.body["error"]["code"]) == (503, "webhook_not_configured")
+
+    (bounced,) = [e for e in events(settings, "outcomes") if isinstance(e, RecipientBounced)]
+    assert (bounced.job_id, bounced.userid, bounced.provider, bounced.permanent) == (job, 1, "smtp", True)
+    assert bounced.provider_event_id == "<n1@relay.example.org>/learner1@example.org"

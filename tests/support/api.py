@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -84,6 +84,7 @@ class Reply:
     status: int
     body: Any
     raw: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def code(self) -> str | None:
@@ -132,15 +133,15 @@ def send(base_url: str, method: str, path: str, data: bytes, headers: dict[str, 
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             raw = response.read()
-            status = response.status
+            status, answered = response.status, dict(response.headers)
     except urllib.error.HTTPError as exc:
         raw = exc.read()
-        status = exc.code
+        status, answered = exc.code, dict(exc.headers)
     try:
         parsed = json.loads(raw) if raw else None
     except ValueError:
         parsed = None
-    return Reply(status, parsed, raw)
+    return Reply(status, parsed, raw, answered)
 
 
 def raw_exchange(port: int, head: bytes, body_parts: list[bytes], timeout: float = 30) -> bytes:
