@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(openjdk-17-jre-headless maven postgresql fonts-dejavu-core fonts-wqy-microhei fonts-droid-fallback
-              php-cli chromium)  # php-cli: the Moodle client's test; chromium: the monitoring page's test
+              php-cli chromium curl)  # php-cli: the Moodle client's test; chromium: the monitoring page's test;
+# curl: what a relay pipes its bounces through to the API (tests/integration/test_postfix_bounces.py)
 # Node.js runs the non-Python consumer (clients/node-consumer) in the tests; any node >= 18.3 with npm will do.
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 # Postfix, with Cyrus SASL's tools: the real relay of tests/integration/test_postfix_relay.py. Installed with no

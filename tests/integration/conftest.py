@@ -44,9 +44,9 @@ def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Post
     with ExitStack() as relays:
 
         def start(sink: DevMailSink, submission: Submission | None = None, access: dict[str, str] = ACCESS,
-                  **settings: str) -> PostfixRelay:
+                  services: str = "", **settings: str) -> PostfixRelay:
             log = log_dir / f"postfix-{next(numbers)}.log"
             return relays.enter_context(postfix_relay(sink.port, access=access, submission=submission,
-                                                      settings=settings, keep_log=log))
+                                                      settings=settings, services=services, keep_log=log))
 
         yield start

@@ -159,7 +159,7 @@ def _submission_settings(home: Path, conf: Path, hostname: str, submission: Subm
 
 
 def _write_config(home: Path, *, port: int, hostname: str, relay_to: int, access: dict[str, str],
-                  submission: Submission | None, settings: dict[str, str]) -> Path:
+                  submission: Submission | None, settings: dict[str, str], services: str) -> Path:
     conf = home / "conf"
     conf.mkdir(exist_ok=True)
     (conf / "recipient_access").write_text("".join(f"{address} {action}\n" for address, action in access.items()))
@@ -187,7 +187,7 @@ def _write_config(home: Path, *, port: int, hostname: str, relay_to: int, access
         **settings,
     }
     (conf / "main.cf").write_text("".join(f"{name} = {value}\n" for name, value in main.items()))
-    (conf / "master.cf").write_text(_MASTER_CF.format(address=f"127.0.0.1:{port}"))
+    (conf / "master.cf").write_text(_MASTER_CF.format(address=f"127.0.0.1:{port}") + services)
     return conf
 
 
@@ -252,12 +252,13 @@ def _stop(home: Path) -> None:
 
 @contextmanager
 def postfix_relay(relay_to: int, *, access: dict[str, str] | None = None, submission: Submission | None = None,
-                  settings: dict[str, str] | None = None, keep_log: Path | None = None) -> Iterator[PostfixRelay]:
+                  settings: dict[str, str] | None = None, services: str = "",
+                  keep_log: Path | None = None) -> Iterator[PostfixRelay]:
     """A Postfix instance relaying to 127.0.0.1:``relay_to``, stopped (by its master's pid) and removed afterwards.
 
     ``access``: recipient address -> what smtpd answers its RCPT instead of taking it (an access-table action such as
-    ``550 5.1.1 No such user``). ``submission``: STARTTLS and AUTH required. ``settings``: more main.cf parameters. ``keep_log``: where its log is copied at the
-    end, for a failed test's reader.
+    ``550 5.1.1 No such user``). ``submission``: STARTTLS and AUTH required. ``settings``: more main.cf parameters. ``services``: more master.cf
+    lines (such as a pipe). ``keep_log``: where its log is copied at the end, for a failed test's reader.
     """
     reason = _unavailable()
     if reason is not None:
@@ -275,7 +276,7 @@ def postfix_relay(relay_to: int, *, access: dict[str, str] | None = None, submis
         for _ in range(START_ATTEMPTS):
             port = free_port()
             conf = _write_config(home, port=port, hostname=hostname, relay_to=relay_to, access=access or {},
-                                 submission=submission, settings=settings or {})
+                                 submission=submission, settings=settings or {}, services=services)
             if _start(home, conf, port, hostname):
                 break
         else:
