@@ -22,6 +22,9 @@ from email.utils import parsedate_to_datetime
 
 from api.webhooks.reports import Report
 
+_LONGEST_ID = 250  # a Message-ID or queue id as relays write it is well under this
+_LONGEST_ADDRESS = 254  # RFC 5321's limit on a path
+
 
 class NotDsn(ValueError):
     """The message is not a delivery status notification (an auto-reply, a person's answer, spam)."""
@@ -45,14 +48,17 @@ def read_dsn(raw: bytes, *, now: datetime) -> Dsn:
         raise NotDsn("the report has no delivery-status part")
     about_message, *about_recipients = blocks
     queue_id = _field(about_message, "X-Postfix-Queue-ID")
+    queue_id = queue_id if queue_id is not None and len(queue_id) <= _LONGEST_ID else None
     message_id = _returned_message_id(notice)
-    notice_id = _field(notice, "Message-ID") or hashlib.sha256(raw).hexdigest()[:32]
+    notice_id = _field(notice, "Message-ID") or ""
+    if not notice_id or len(notice_id) > _LONGEST_ID:  # none, or not one a relay writes: the body names it
+        notice_id = hashlib.sha256(raw).hexdigest()[:32]
     reports = []
     for block in about_recipients:
         if (_field(block, "Action") or "").lower() != "failed":
             continue  # delayed, delivered, relayed, expanded: not a bounce
         recipient = _address(_field(block, "Final-Recipient") or _field(block, "Original-Recipient"))
-        if recipient is None:
+        if recipient is None or len(recipient) > _LONGEST_ADDRESS:
             continue
         status = _field(block, "Status") or ""
         diagnostic = _typed(_field(block, "Diagnostic-Code"))
