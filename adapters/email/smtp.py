@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 import ssl
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SMTP_RELAY = "smtp-relay"  # its name in the process's dependency record (resilience.dependencies)
 
+_SAMPLE = 3  # learners whose denied relaying a new session asks about again (each refusal counts as a relay error)
 _QUEUE_ID = re.compile(r"(?:queued as|\bid=)\s*([A-Za-z0-9._-]+)", re.IGNORECASE)
 
 
@@ -84,9 +86,9 @@ class _Batch:
     results: list[SendResult | None] = field(init=False)
     cut_off: Counter[int] = field(default_factory=Counter)  # sessions lost while it was the first unanswered on one
     accepted: bool = False  # the relay has taken one of its messages
-    # Relaying denied while the relay had taken none of the batch: the learner's own refusal (code, text) if it takes
-    # another of them, else the relay refusing the worker; decided once every message has been tried.
-    denied: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # Relaying denied by a session that had taken no message yet, with that session and its reply (code, text):
+    # judged once every message has been tried (SmtpProvider._judge_denials).
+    denied: dict[int, tuple[aiosmtplib.SMTP, int, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pending = deque(range(len(self.messages)))
@@ -264,13 +266,17 @@ class SmtpProvider:
         self._slots: list[aiosmtplib.SMTP | None] = [None] * max(1, connections)
         self._free = FairLeases(len(self._slots))  # sessions no batch is using, in the order batches asked
         self._unreachable: str | None = None  # why the last session could not be opened, until one opens
-        self._held = False  # the relay refused a session beyond those open, and none has opened since
+        self._held = False  # the relay refused a session beyond those open, and the pool has not been full since
+        self._opening = 0  # sessions being opened now (connect, TLS, AUTH, EHLO)
         # Why the relay refuses this worker's mail, and a learner's address it refused, until it takes a message
         # (or takes that learner from a new session, asked while health says it is lost: ``recheck``).
         self._refusal: tuple[str, str] | None = None
         # Sessions opened before the relay refused the worker: each is reopened before its next use, since a relay
         # keeps a session's terms until it ends (Postfix applies a mended main.cf to new sessions only).
         self._renew: set[int] = set()
+        # Sessions the relay has taken a message on: relaying denied on one of them is about that learner's domain.
+        self._relaying: weakref.WeakSet[aiosmtplib.SMTP] = weakref.WeakSet()
+        self._relayed_to: str | None = None  # the last learner's address the relay took a message to
 
     async def start(self) -> None:
         """Open every session now so a wrong host or password shows at start-up, not on the first batch."""
@@ -330,17 +336,63 @@ class SmtpProvider:
         return [r for r in batch.results if r is not None]
 
     async def _judge_denials(self, batch: _Batch, unreachable: list[str]) -> None:
-        """The learners whose relaying the relay denied: each one's own refusal if it took another message of the
-        batch (it serves some domains only), else the relay refusing this worker (its host is not one it relays
-        for, nor did it log in), and they wait for it like the rest."""
-        if batch.accepted:
-            for index, (code, text) in sorted(batch.denied.items()):
-                outcome, reply = classify_reply(code, text), one_line(f"{code} {text}")
-                await batch.settle(index, SendResult(batch.messages[index].key, outcome, error=reply))
-            return
-        index, (code, text) = next(iter(batch.denied.items()))
-        unreachable.append(str(self._refuses_worker(batch.messages[index], code, text)))
-        batch.pending.extend(sorted(batch.denied))
+        """The learners whose relaying a session denied before it had taken a message. Each one's own refusal if
+        that session took a message since (the relay serves some domains only). Else a new session asks the relay
+        (``_relays_to``) about a few of them and about the last address it took mail to:
+        - one of them taken: the denying sessions had other terms than new ones get (opened before the relay's
+          settings were mended, or a pool of relays of which one does not trust the worker): they are tried again,
+          on new sessions, spending no attempt;
+        - only the last address taken: the relay relays for the worker, not to these learners: their own refusal;
+        - neither: the relay refusing this worker, waited for like an outage."""
+        own, held = [], []
+        for index, (session, _, _) in sorted(batch.denied.items()):
+            if session in self._relaying:
+                own.append(index)
+            else:
+                held.append(index)
+                self._renew.update(slot for slot, smtp in enumerate(self._slots) if smtp is session)
+        if held:
+            sample = [batch.messages[index].to_address for index in held[:_SAMPLE]]
+            known = self._relayed_to
+            answers = await self._relays_to([*sample, *([known] if known is not None else [])])
+            _, code, text = batch.denied[held[0]]
+            if any(answers.get(address) for address in sample):
+                unreachable.append(f"relaying denied ({code}) on sessions older than the relay's terms for new ones")
+                batch.pending.extend(held)
+            elif known is not None and answers.get(known):
+                own += held
+            else:
+                unreachable.append(str(self._refuses_worker(batch.messages[held[0]], code, text)))
+                batch.pending.extend(held)
+        for index in sorted(own):
+            _, code, text = batch.denied[index]
+            outcome, reply = classify_reply(code, text), one_line(f"{code} {text}")
+            await batch.settle(index, SendResult(batch.messages[index].key, outcome, error=reply))
+
+    async def _relays_to(self, addresses: list[str]) -> dict[str, bool]:
+        """Which of ``addresses`` a new session may send to: MAIL, a RCPT for each, then RSET and QUIT (nothing is
+        sent). A refusal other than the relay's of the worker or of relaying (an unknown user) counts as may; none
+        if the session cannot be opened or MAIL is refused."""
+        try:
+            smtp = await self._connect()
+        except _Unreachable:
+            return {}
+        answers: dict[str, bool] = {}
+        try:
+            if (await smtp.execute_command(self._mail_from)).code == 250:
+                for address in addresses:
+                    reply = await smtp.execute_command(b"RCPT TO:" + envelope_address(address))
+                    answers[address] = not (refuses_worker("RCPT", reply.code, reply.message)
+                                            or denies_relaying("RCPT", reply.code, reply.message))
+                await smtp.rset()
+        except (OSError, aiosmtplib.SMTPException, ValueError):
+            pass  # the session went, or an address cannot be written: what was answered stands
+        finally:
+            try:
+                await smtp.quit()
+            except (OSError, aiosmtplib.SMTPException):
+                smtp.close()
+        return answers
 
     async def _one_at_a_time(self, slot: int, batch: _Batch) -> None:
         """Send the batch's pending messages on the session in ``slot`` one at a time (``_send_on``), until none is
@@ -373,10 +425,11 @@ class SmtpProvider:
     async def _send_on(self, slot: int, batch: _Batch, index: int,
                        early: _Envelope | None) -> tuple[SendResult | None, _Ahead | None]:
         """The batch's message ``index`` on the leased session ``slot`` (reopened once if it was dropped); ``early``:
-        its envelope, already written with the previous message's content. With the result (None: relaying denied,
-        judged with the batch) comes the next pending message if its envelope went out in the same write as this
-        one's content (RFC 2920 3.1), else None: on a refusal of this content the server goes on to the next
-        envelope; on a lost session it goes back to ``pending``, never having been sent."""
+        its envelope, already written with the previous message's content. With the result (None: relaying denied
+        on a session that has taken no message yet, judged with the batch) comes the next pending message if its
+        envelope went out in the same write as this one's content (RFC 2920 3.1), else None: on a refusal of this
+        content the server goes on to the next envelope; on a lost session it goes back to ``pending``, never
+        having been sent."""
         messages, pending = batch.messages, batch.pending
         msg = messages[index]
         for attempt in (1, 2):
@@ -396,8 +449,8 @@ class SmtpProvider:
                         pending.appendleft(taken[0].at)
                     await self._drop(slot, polite=True)
                     raise self._refuses_worker(msg, exc.code, exc.message) from None
-                if denies_relaying(command, exc.code, exc.message) and not batch.accepted:
-                    batch.denied[index] = (exc.code, exc.message)
+                if denies_relaying(command, exc.code, exc.message) and smtp not in self._relaying:
+                    batch.denied[index] = (smtp, exc.code, exc.message)
                     return None, self._kept_ahead(slot, taken, pending)
                 result = await self._refused(slot, msg, exc.code, exc.message)
                 return result, self._kept_ahead(slot, taken, pending)
@@ -414,6 +467,8 @@ class SmtpProvider:
                 return _timed_out(msg), None
             except (ValueError, aiosmtplib.SMTPNotSupported) as exc:
                 return _unusable(msg, exc), self._kept_ahead(slot, taken, pending)
+            self._relaying.add(smtp)
+            self._relayed_to = msg.to_address
             return _sent(msg, reply), (taken[0] if taken else None)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
@@ -517,11 +572,15 @@ class SmtpProvider:
 
         A refusal is the message's own, except a 503 (bad sequence) behind an earlier refusal: the relay was still
         in that transaction, so the message goes to ``again``; and the relay refusing this worker (into
-        ``refusals``, the message to ``again``) or denying relaying before it took any of the batch (judged with the
-        batch). _Closed after a 421 (the session is dropped)."""
+        ``refusals``, the message to ``again``) or denying relaying on a session that has taken no message yet
+        (judged with the batch). _Closed after a 421 (the session is dropped)."""
         msg = batch.messages[index]
         refusal = chunked_refusal(replies)
+        session = self._slots[slot]
         if refusal is None:
+            if session is not None:
+                self._relaying.add(session)
+            self._relayed_to = msg.to_address
             await batch.settle(index, _sent(msg, replies[-1].message))
             return refused
         command, reply = refusal
@@ -532,8 +591,9 @@ class SmtpProvider:
             again.append(index)
             refusals.append(self._refuses_worker(msg, reply.code, reply.message))
             return True
-        if denies_relaying(command, reply.code, reply.message) and not batch.accepted:
-            batch.denied[index] = (reply.code, reply.message)
+        if denies_relaying(command, reply.code, reply.message) and session is not None \
+                and session not in self._relaying:
+            batch.denied[index] = (session, reply.code, reply.message)
             return True
         await batch.settle(index, await self._refused(slot, msg, reply.code, reply.message))
         if reply.code == 421:
@@ -669,30 +729,40 @@ class SmtpProvider:
         return smtp
 
     async def _open(self) -> aiosmtplib.SMTP:
-        """A greeted session; the relay recorded as lost (with the reason) or back in the process's health."""
+        """A greeted session; the relay recorded as lost (with the reason) or back in the process's health.
+
+        A refusal at the greeting while another of the pool's sessions is open, or still opening (the relay answers
+        a refusal at once, and a session it takes only after the greeting and EHLO), is the relay's limit of
+        sessions per client, not the relay lost; the last of several refused at once, with none open, is."""
+        self._opening += 1
         try:
             smtp = await self._connect()
         except _Unreachable as exc:
             held = sum(1 for session in self._slots if session is not None and session.is_connected)
-            if exc.greeted and held:
-                self._refused_beyond(held, exc)
+            if exc.greeted and held + self._opening > 1:
+                self._refused_beyond(exc)
                 raise
             self._unreachable = str(exc)
             if self._dependencies is not None:
                 self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {exc}", recheck=self.recheck)
             raise
-        self._unreachable, self._held = None, False
+        finally:
+            self._opening -= 1
+        self._unreachable = None
+        if sum(1 for session in self._slots if session is not None and session.is_connected) + 1 >= len(self._slots):
+            self._held = False  # this one fills the pool: a later refusal beyond it is said again
         if self._dependencies is not None and self._refusal is None:  # a refusal holds until the relay takes mail
             self._dependencies.restored(SMTP_RELAY)
         return smtp
 
-    def _refused_beyond(self, held: int, exc: _Unreachable) -> None:
-        """The relay refused one more session while ``held`` of ours are open (a limit of sessions per client, such
-        as Postfix's smtpd_client_connection_count_limit, shared with the other workers): not lost, and the open
-        ones carry the sends. Said once while it lasts."""
+    def _refused_beyond(self, exc: _Unreachable) -> None:
+        """The relay refused one more session while others of ours are open or opening (a limit of sessions per
+        client, such as Postfix's smtpd_client_connection_count_limit, shared with the other workers): not lost,
+        and the open ones carry the sends. Said once while it lasts."""
         if not self._held:
-            log.warning("smtp relay %s:%d refused a session beyond the %d open (%s): they carry the sends; give "
-                        "each worker fewer connections, or raise the relay's limit", self.host, self.port, held, exc)
+            log.warning("smtp relay %s:%d refused a session beyond those the worker holds (%s): they carry the "
+                        "sends; give each worker fewer connections, or raise the relay's limit", self.host,
+                        self.port, exc)
         self._held = True
 
     def unreachable_and_idle(self) -> str | None:
@@ -748,6 +818,7 @@ class SmtpProvider:
         try:
             if self._refusal is not None:
                 await self._ask(smtp, self._refusal[1])
+                self._refusal = None
         finally:
             try:
                 await smtp.quit()
@@ -755,15 +826,14 @@ class SmtpProvider:
                 smtp.close()
 
     async def _ask(self, smtp: aiosmtplib.SMTP, address: str) -> None:
-        """Whether the relay would take mail from this worker to ``address`` now: ConnectionError if it still refuses
-        the worker; else the refusal is over (another answer, such as an unknown user, is that learner's own)."""
+        """Whether the relay would take mail from this worker to ``address`` now: ConnectionError if it refuses the
+        worker (another answer, such as an unknown user, is that learner's own)."""
         command, reply = "MAIL", await smtp.execute_command(self._mail_from)
         if reply.code == 250:
             command, reply = "RCPT", await smtp.execute_command(b"RCPT TO:" + envelope_address(address))
         if refuses_worker(command, reply.code, reply.message) or denies_relaying(command, reply.code, reply.message):
             raise ConnectionError(f"{self.host}:{self.port}: {self._refusal_reason(reply.code, reply.message)}")
         await smtp.rset()
-        self._refusal = None
 
     def _discard(self, slot: int) -> None:
         """Close the session at once (replies of a transaction may still be on their way)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import smtplib
 
 import pytest
 
@@ -69,6 +70,9 @@ async def test_a_relay_that_does_not_relay_for_the_workers_host_is_unavailable_u
         with pytest.raises(ConnectionError, match="Relay access denied"):
             await provider.recheck()  # asks MAIL and RCPT for a refused learner, then RSET: nothing is sent
         assert relay.message_ids() == {}
+        # Each learner was asked for once (the batch is judged whole), then a new session asked for 3 of them again
+        # (no address the relay took mail to is known yet), then the recheck for one.
+        assert relay.log().count("Relay access denied") == 12 + 3 + 1
 
         # The site's admin trusts the worker's host, and reloads; the worker's sessions opened before keep the old
         # terms, so it opens new ones.
@@ -82,10 +86,51 @@ async def test_a_relay_that_does_not_relay_for_the_workers_host_is_unavailable_u
     assert (state.up, state.losses, state.reconnects) == (True, 1, 1)
     got = await asyncio.to_thread(wait_relayed, mail_sink, 12)
     assert {address: len(each) for address, each in got.items()} == {f"learner{i}@example.org": 1 for i in range(12)}
-    # Each learner was asked for once while the relay refused the worker (the batch is judged whole), once by the
-    # recheck, and taken once.
-    assert relay.log().count("Relay access denied") == 12 + 1
     await asyncio.to_thread(_ended_politely, relay)
+
+
+async def test_learners_denied_on_a_session_opened_before_the_relay_was_mended_are_sent_on_new_ones_not_failed(
+    mail_sink, relay_factory
+):
+    # The relay takes one session from the worker's host (it is not in mynetworks, so the limit applies to it):
+    # the pool's first session opens on the old terms, the other is refused at start.
+    relay = relay_factory(mail_sink, mynetworks=UNTRUSTED, smtpd_client_connection_count_limit="1",
+                          smtpd_client_event_limit_exceptions="")
+    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10)
+    try:
+        await provider.start()
+        relay.change(mynetworks="127.0.0.0/8", smtpd_client_event_limit_exceptions="$mynetworks")
+        # Until a new session gets the new terms (Postfix's reload reaches new sessions only): the worker's other
+        # session opens on them, while its first keeps the old ones.
+        await asyncio.to_thread(wait_for, lambda: _takes_from_new_sessions(relay),
+                                what="the reloaded relay relaying for new sessions")
+        try:
+            first = await provider.send_batch([outgoing(i) for i in range(12)])
+        except ProviderUnavailable as exc:  # the old session was quicker than the new one to open: it had them all
+            assert "sessions older than the relay's terms for new ones" in str(exc)
+            left = list(range(12))
+        else:
+            left = [i for i, r in enumerate(first) if r.outcome is not Outcome.SENT]
+            # Those the old session was denied are back, unsent, with no attempt spent; not failed as their own.
+            assert left and all(first[i].outcome is Outcome.UNREACHED for i in left), [r.error for r in first]
+        second = await provider.send_batch([outgoing(i) for i in left])
+    finally:
+        await provider.stop()
+    assert [r.outcome for r in second] == [Outcome.SENT] * len(left), [r.error for r in second]
+    got = await asyncio.to_thread(wait_relayed, mail_sink, 12)
+    assert {address: len(each) for address, each in got.items()} == {f"learner{i}@example.org": 1 for i in range(12)}
+
+
+def _takes_from_new_sessions(relay: PostfixRelay) -> bool:
+    try:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as probe:
+            probe.ehlo("probe")
+            probe.mail(MAIL_FROM)
+            accepted = probe.rcpt("learner0@example.org")[0] == 250
+            probe.rset()
+            return accepted
+    except smtplib.SMTPException:  # the old terms: its one session per client is the worker's
+        return False
 
 
 async def test_a_relay_that_relays_for_some_domains_only_refuses_the_others_as_their_own(mail_sink, relay_factory):
