@@ -371,8 +371,9 @@ class SmtpProvider:
 
     async def _relays_to(self, addresses: list[str]) -> dict[str, bool]:
         """Which of ``addresses`` a new session may send to: MAIL, a RCPT for each, then RSET and QUIT (nothing is
-        sent). A refusal other than the relay's of the worker or of relaying (an unknown user) counts as may; none
-        if the session cannot be opened or MAIL is refused."""
+        sent). Taken, or refused permanently for another reason than the worker or relaying (an unknown user): may;
+        refused for the worker or relaying: may not; a temporary answer says neither. None if the session cannot be
+        opened or MAIL is refused."""
         try:
             smtp = await self._connect()
         except _Unreachable:
@@ -382,8 +383,11 @@ class SmtpProvider:
             if (await smtp.execute_command(self._mail_from)).code == 250:
                 for address in addresses:
                     reply = await smtp.execute_command(b"RCPT TO:" + envelope_address(address))
-                    answers[address] = not (refuses_worker("RCPT", reply.code, reply.message)
-                                            or denies_relaying("RCPT", reply.code, reply.message))
+                    if refuses_worker("RCPT", reply.code, reply.message) or \
+                            denies_relaying("RCPT", reply.code, reply.message):
+                        answers[address] = False
+                    elif reply.code in (250, 251) or 500 <= reply.code < 600:
+                        answers[address] = True
                 await smtp.rset()
         except (OSError, aiosmtplib.SMTPException, ValueError):
             pass  # the session went, or an address cannot be written: what was answered stands
