@@ -55,6 +55,14 @@ async def _command(protocol: SMTPProtocol, line: bytes) -> aiosmtplib.SMTPRespon
     return await protocol.read_response(timeout=None)  # arms itself for the reply before the loop runs again
 
 
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    """Say QUIT, or close the session if it is gone."""
+    try:
+        await smtp.quit()
+    except (OSError, aiosmtplib.SMTPException):
+        smtp.close()
+
+
 class _Unreachable(Exception):
     """No session could be opened to the relay (refused, DNS, TLS or authentication failure). ``greeted``: the relay
     answered the connection with a refusal (e.g. Postfix's "421 … too many connections from …"): it is there."""
@@ -370,32 +378,19 @@ class SmtpProvider:
             await batch.settle(index, SendResult(batch.messages[index].key, outcome, error=reply))
 
     async def _relays_to(self, addresses: list[str]) -> dict[str, bool]:
-        """Which of ``addresses`` a new session may send to: MAIL, a RCPT for each, then RSET and QUIT (nothing is
-        sent). Taken, or refused permanently for another reason than the worker or relaying (an unknown user): may;
-        refused for the worker or relaying: may not; a temporary answer says neither. None if the session cannot be
-        opened or MAIL is refused."""
+        """Which of ``addresses`` a new session may send to (``_ask``), then QUIT. Empty if the session cannot be
+        opened or MAIL is refused; what was answered before the session went stands."""
         try:
             smtp = await self._connect()
         except _Unreachable:
             return {}
         answers: dict[str, bool] = {}
         try:
-            if (await smtp.execute_command(self._mail_from)).code == 250:
-                for address in addresses:
-                    reply = await smtp.execute_command(b"RCPT TO:" + envelope_address(address))
-                    if refuses_worker("RCPT", reply.code, reply.message) or \
-                            denies_relaying("RCPT", reply.code, reply.message):
-                        answers[address] = False
-                    elif reply.code in (250, 251) or 500 <= reply.code < 600:
-                        answers[address] = True
-                await smtp.rset()
+            await self._ask(smtp, addresses, answers)
         except (OSError, aiosmtplib.SMTPException, ValueError):
-            pass  # the session went, or an address cannot be written: what was answered stands
+            pass  # the session went, or an address cannot be written
         finally:
-            try:
-                await smtp.quit()
-            except (OSError, aiosmtplib.SMTPException):
-                smtp.close()
+            await _quit(smtp)
         return answers
 
     async def _one_at_a_time(self, slot: int, batch: _Batch) -> None:
@@ -812,32 +807,42 @@ class SmtpProvider:
     async def recheck(self) -> None:
         """Open a session and QUIT it: whether the relay answers now (health asks while it is lost; an idle worker
         would otherwise say it is lost until its next batch). If it refused this worker, the session also asks it
-        to take mail from the sender to the learner it refused (MAIL and RCPT, then RSET: nothing is sent). Raises
-        ConnectionError with the reason if not; the watch that asks (resilience.dependencies.recheck_lost) records
-        the answer."""
+        about the learner it refused (``_ask``: nothing is sent). Raises ConnectionError with the reason if not; the
+        watch that asks (resilience.dependencies.recheck_lost) records the answer."""
         try:
             smtp = await self._connect()
         except _Unreachable as exc:
             raise ConnectionError(f"{self.host}:{self.port}: {exc}") from None
         try:
             if self._refusal is not None:
-                await self._ask(smtp, self._refusal[1])
+                refusal = await self._ask(smtp, [self._refusal[1]], {})
+                if refusal is not None:
+                    raise ConnectionError(f"{self.host}:{self.port}: {refusal}")
                 self._refusal = None
         finally:
-            try:
-                await smtp.quit()
-            except (OSError, aiosmtplib.SMTPException):
-                smtp.close()
+            await _quit(smtp)
 
-    async def _ask(self, smtp: aiosmtplib.SMTP, address: str) -> None:
-        """Whether the relay would take mail from this worker to ``address`` now: ConnectionError if it refuses the
-        worker (another answer, such as an unknown user, is that learner's own)."""
-        command, reply = "MAIL", await smtp.execute_command(self._mail_from)
-        if reply.code == 250:
-            command, reply = "RCPT", await smtp.execute_command(b"RCPT TO:" + envelope_address(address))
-        if refuses_worker(command, reply.code, reply.message) or denies_relaying(command, reply.code, reply.message):
-            raise ConnectionError(f"{self.host}:{self.port}: {self._refusal_reason(reply.code, reply.message)}")
+    async def _ask(self, smtp: aiosmtplib.SMTP, addresses: list[str],
+                   answers: dict[str, bool]) -> str | None:
+        """Whether the relay would take mail from this worker to each of ``addresses`` now: MAIL, a RCPT for each,
+        then RSET (nothing is sent). Into ``answers`` (kept as far as the session went): taken, or refused
+        permanently for another reason than the worker or relaying (an unknown user): True; refused for the worker
+        or relaying: False; a temporary answer says neither. Returns the first refusal of the worker or of
+        relaying, in words (``_refusal_reason``); MAIL refused answers for none of them."""
+        reply = await smtp.execute_command(self._mail_from)
+        if reply.code != 250:
+            refused = refuses_worker("MAIL", reply.code, reply.message)
+            return self._refusal_reason(reply.code, reply.message) if refused else None
+        refusal = None
+        for address in addresses:
+            reply = await smtp.execute_command(b"RCPT TO:" + envelope_address(address))
+            if refuses_worker("RCPT", reply.code, reply.message) or denies_relaying("RCPT", reply.code, reply.message):
+                answers[address] = False
+                refusal = refusal or self._refusal_reason(reply.code, reply.message)
+            elif reply.code in (250, 251) or 500 <= reply.code < 600:
+                answers[address] = True
         await smtp.rset()
+        return refusal
 
     def _discard(self, slot: int) -> None:
         """Close the session at once (replies of a transaction may still be on their way)."""
@@ -852,7 +857,4 @@ class SmtpProvider:
             self._discard(slot)
             return
         self._slots[slot] = None
-        try:
-            await smtp.quit()
-        except (OSError, aiosmtplib.SMTPException):
-            smtp.close()
+        await _quit(smtp)
