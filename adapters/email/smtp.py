@@ -93,7 +93,6 @@ class _Batch:
     pending: deque[int] = field(init=False)
     results: list[SendResult | None] = field(init=False)
     cut_off: Counter[int] = field(default_factory=Counter)  # sessions lost while it was the first unanswered on one
-    accepted: bool = False  # the relay has taken one of its messages
     # Relaying denied by a session that had taken no message yet, with that session and its reply (code, text):
     # judged once every message has been tried (SmtpProvider._judge_denials).
     denied: dict[int, tuple[aiosmtplib.SMTP, int, str]] = field(default_factory=dict)
@@ -105,7 +104,6 @@ class _Batch:
     async def settle(self, index: int, result: SendResult) -> None:
         self.results[index] = result
         if result.outcome is Outcome.SENT:
-            self.accepted = True
             self.on_sent()
         await report(self.on_result, index, result)
 
