@@ -16,8 +16,8 @@ from api.bodies import read_body
 from api.errors import ApiError, json_response
 from api.store import ReadStore
 from api.webhooks.dsn import NotDsn, read_dsn
-from api.webhooks.reports import Report, mailgun_reports, sendgrid_reports, ses_reports
-from api.webhooks.service import WebhookService
+from api.webhooks.reports import mailgun_reports, sendgrid_reports, ses_reports
+from api.webhooks.service import Matched, WebhookService
 from api.webhooks.signatures import Fetch, Refused, parse_time, verify_mailgun, verify_sendgrid
 from config.settings import Settings
 from eventlog.publisher import EventPublisher
@@ -67,7 +67,7 @@ async def ses_webhook(request: web.Request) -> web.Response:
     reports = ses_reports(notification, str(message.get("MessageId"))) if isinstance(notification, dict) else []
     async with service.once("ses", token_of(str(message["TopicArn"]), str(message.get("MessageId"))),
                             signed_at=parse_time(message.get("Timestamp"))):
-        published, unmatched = await service.publish("ses", reports)
+        published, unmatched = await service.publish("ses", await service.match(reports))
     return json_response({"published": published, "unmatched": unmatched})
 
 
@@ -86,8 +86,8 @@ async def sendgrid_webhook(request: web.Request) -> web.Response:
     events = _json(body)
     # Keyed by what was signed, not by the signature: an ECDSA signature has a second valid form (s -> n - s).
     async with service.once("sendgrid", token_of(timestamp, body), signed_at=float(timestamp)):
-        published, unmatched = await service.publish("sendgrid", sendgrid_reports(events if isinstance(events, list)
-                                                                                  else []))
+        reports = sendgrid_reports(events if isinstance(events, list) else [])
+        published, unmatched = await service.publish("sendgrid", await service.match(reports))
     return json_response({"published": published, "unmatched": unmatched})
 
 
@@ -109,8 +109,8 @@ async def mailgun_webhook(request: web.Request) -> web.Response:
         raise _refused("mailgun", exc) from None
     data = payload.get("event-data")
     async with service.once("mailgun", token, signed_at=float(signed["timestamp"])):
-        published, unmatched = await service.publish("mailgun", mailgun_reports(data if isinstance(data, dict)
-                                                                                else {}))
+        reports = mailgun_reports(data if isinstance(data, dict) else {})
+        published, unmatched = await service.publish("mailgun", await service.match(reports))
     return json_response({"published": published, "unmatched": unmatched})
 
 
@@ -138,8 +138,9 @@ async def smtp_webhook(request: web.Request) -> web.Response:
         return json_response({"ignored": str(exc)})
     try:
         async with service.once("smtp", token_of(dsn.notice_id), signed_at=now):
-            await _sent_already(service, dsn.reports, now)
-            published, unmatched = await service.publish("smtp", dsn.reports)
+            matched = await service.match(dsn.reports)
+            _sent_already(service, matched, now)
+            published, unmatched = await service.publish("smtp", matched)
     except ApiError as exc:
         if exc.code != "replayed_request":
             raise
@@ -147,16 +148,16 @@ async def smtp_webhook(request: web.Request) -> web.Response:
     return json_response({"published": published, "unmatched": unmatched})
 
 
-async def _sent_already(service: WebhookService, reports: list[Report], now: float) -> None:
-    """503 if one of ``reports`` is about a message of ours (its Message-ID in our domain) that failed within the
-    last webhook_max_age seconds and whose send the read model does not know yet: a relay may return a bounce
-    before the projector recorded the send, and the relay's pipe (clients/relay/offload-bounces) then keeps the
-    notification and delivers it again later. Nothing of the notification is published before that."""
+def _sent_already(service: WebhookService, matched: Matched, now: float) -> None:
+    """503 if one of the ``matched`` reports is about a message of ours (its Message-ID in our domain) that failed
+    within the last webhook_max_age seconds and whose send the read model does not know yet: a relay may return a
+    bounce before the projector recorded the send, and the relay's pipe (clients/relay/offload-bounces) then keeps
+    the notification and delivers it again later. Nothing of the notification is published before that."""
     domain = f"@{service.settings.message_id_domain}>".lower()
-    for report in reports:
+    for report, learner in matched:
         ours = report.message_id is not None and report.message_id.lower().endswith(domain)
         recent = now - report.occurred_at.timestamp() < service.settings.webhook_max_age
-        if ours and recent and not await service.known(report):
+        if ours and recent and learner is None:
             raise ApiError(503, "bounce_before_send", "the bounced message's send is not recorded yet; deliver "
                            "the notification again later", retry_after=60)
 

@@ -27,6 +27,9 @@ from security.seen import SeenOnce, SeenUnavailable
 
 log = logging.getLogger(__name__)
 
+Learner = tuple[str, int, str]  # the job, the learner's userid and address a report is about
+Matched = list[tuple[Report, Learner | None]]  # reports, each with its learner if the read model knows it
+
 
 class WebhookService:
     def __init__(self, settings: Settings, publisher: EventPublisher, store: ReadStore, fetch: Fetch | None,
@@ -89,11 +92,14 @@ class WebhookService:
         check_sns_url(url)
         await self._fetch(url)
 
-    async def publish(self, provider: str, reports: list[Report]) -> tuple[int, int]:
-        """Publish the matched reports (acks=all); return (published, unmatched)."""
+    async def match(self, reports: list[Report]) -> Matched:
+        """Each report with the job's recipient its message was sent to, if the read model knows that send."""
+        return [(report, await self._match(report)) for report in reports]
+
+    async def publish(self, provider: str, matched: Matched) -> tuple[int, int]:
+        """Publish the reports matched to a learner (acks=all); return (published, unmatched)."""
         sends, published, unmatched = [], 0, 0
-        for report in reports:
-            found = await self._match(report)
+        for report, found in matched:
             if found is None:
                 unmatched += 1
                 log.info("%s %s report for an unknown message (%s) ignored", provider, report.kind,
@@ -117,11 +123,7 @@ class WebhookService:
         await asyncio.gather(*sends)
         return published, unmatched
 
-    async def known(self, report: Report) -> bool:
-        """Whether the report's message is one the read model knows was sent (its learner can be found)."""
-        return await self._match(report) is not None
-
-    async def _match(self, report: Report) -> tuple[str, int, str] | None:
+    async def _match(self, report: Report) -> Learner | None:
         if report.message_id:
             wanted = report.message_id.strip()
             wanted = wanted if wanted.startswith("<") else f"<{wanted}>"
