@@ -52,6 +52,32 @@ def test_a_notification_without_a_date_it_can_read_is_taken_as_now() -> None:
     assert report.occurred_at == NOW
 
 
+def test_exims_layout_is_read_the_same() -> None:
+    """Exim's bounce as its own test suite shows it: fields in another order, ``rfc822;`` without a blank, no
+    per-message date nor queue id, the returned message whole."""
+    raw = (
+        "Return-path: <>\nX-Failed-Recipients: learner1@example.org\nAuto-Submitted: auto-replied\n"
+        "From: Mail Delivery System <Mailer-Daemon@relay.example.org>\nTo: noreply@moodle.example.org\n"
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=NN-eximdsn-MM\nMIME-Version: 1.0\n"
+        "Subject: Mail delivery failed: returning message to sender\n"
+        "Message-Id: <E1gG1vN-0001Tn-1c@relay.example.org>\nDate: Sat, 05 Dec 2026 10:27:00 +0000\n\n"
+        "--NN-eximdsn-MM\nContent-type: text/plain; charset=us-ascii\n\nThis message was created automatically by "
+        "mail delivery software.\n\n--NN-eximdsn-MM\nContent-type: message/delivery-status\n\n"
+        "Reporting-MTA: dns; relay.example.org\n\nAction: failed\nFinal-Recipient: rfc822;learner1@example.org\n"
+        "Status: 5.0.0\nRemote-MTA: dns; mx.example.org\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 <learner1@example.org>: Recipient address rejected\n\n"
+        "--NN-eximdsn-MM\nContent-type: message/rfc822\n\nReturn-path: <noreply@moodle.example.org>\n"
+        f"Subject: Reminder\nMessage-Id: {OURS}\nFrom: Moodle <noreply@moodle.example.org>\n\nDear learner,\n\n"
+        "--NN-eximdsn-MM--\n").replace("\n", "\r\n").encode()
+    notice = read_dsn(raw, now=NOW)
+    (report,) = notice.reports
+    assert notice.notice_id == "<E1gG1vN-0001Tn-1c@relay.example.org>"
+    assert (report.email, report.message_id, report.provider_message_id, report.permanent) == (
+        "learner1@example.org", OURS, None, True)
+    assert report.occurred_at == SENT
+    assert report.detail == "5.0.0 550 5.1.1 <learner1@example.org>: Recipient address rejected"
+
+
 @pytest.mark.parametrize("raw", [
     b"From: learner1@example.org\r\nTo: noreply@moodle.example.org\r\nSubject: Re: Reminder\r\n\r\nThanks!\r\n",
     b"From: x@example.org\r\nContent-Type: multipart/report; report-type=disposition-notification; boundary=b\r\n"
