@@ -19,29 +19,14 @@ from offload.client import submit_job
 from resilience.dependencies import Dependencies
 from tests.support.email import MAIL_FROM, outgoing
 from tests.support.observe import query, wait_for, wait_for_job
-from tests.support.postfix import PostfixRelay, Submission, wait_relayed
+from tests.support.postfix import PostfixRelay, Submission
+from tests.support.relays import until_mended, wait_relayed
 from tests.support.tls import server_tls
 
 pytestmark = pytest.mark.integration
 
 UNTRUSTED = "10.255.255.0/24"  # mynetworks without loopback: the worker's host is not one the relay relays for
 DENIED = "refuses this worker's mail: 554 5.7.1 <…>: Relay access denied"
-
-
-async def _mended(provider: SmtpProvider) -> None:
-    """Until the relay takes mail from the worker again, as health's watch asks it (``recheck``): a reload reaches
-    the sessions Postfix opens from then on."""
-    async def asked() -> bool:
-        try:
-            await provider.recheck()
-        except ConnectionError:
-            return False
-        return True
-
-    deadline = asyncio.get_running_loop().time() + 60
-    while not await asked():
-        assert asyncio.get_running_loop().time() < deadline, "the mended relay still refuses the worker"
-        await asyncio.sleep(0.2)
 
 
 def _ended_politely(relay: PostfixRelay) -> None:
@@ -77,7 +62,7 @@ async def test_a_relay_that_does_not_relay_for_the_workers_host_is_unavailable_u
         # The site's admin trusts the worker's host, and reloads; the worker's sessions opened before keep the old
         # terms, so it opens new ones.
         relay.change(mynetworks="127.0.0.0/8")
-        await _mended(provider)
+        await until_mended(provider)
         results = await provider.send_batch(messages)
     finally:
         await provider.stop()

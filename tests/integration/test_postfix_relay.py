@@ -21,7 +21,8 @@ from resilience.dependencies import Dependencies
 from tests.support.dkim_keys import dkimpy_verify, rsa_key, write_key
 from tests.support.email import MAIL_FROM, outgoing
 from tests.support.observe import query, wait_for, wait_for_job
-from tests.support.postfix import BUSY, GONE, Submission, wait_relayed
+from tests.support.postfix import BUSY, GONE, Submission
+from tests.support.relays import wait_relayed
 from tests.support.tls import server_tls
 
 pytestmark = pytest.mark.integration

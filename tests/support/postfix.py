@@ -24,9 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.devmail import DevMailSink, ReceivedMessage
 from devtools.devstack.process import stop_pid
-from tests.support.observe import wait_for
 from tests.support.stack import free_port
 from tests.support.tls import ServerTls
 
@@ -109,14 +107,6 @@ class PostfixRelay:
         reloaded = _postfix(self.home / "conf", "reload")
         if reloaded.returncode != 0:
             raise RuntimeError(f"postfix reload failed: {reloaded.stderr}")
-
-
-def wait_relayed(sink: DevMailSink, learners: int) -> dict[str, list[ReceivedMessage]]:
-    """What the sink got from Postfix, by recipient, once ``learners`` have theirs (Postfix relays in the
-    background, after it answered the worker)."""
-    wait_for(lambda: len(sink.recipient_counts()) >= learners, timeout=90,
-             what=f"{learners} learners' messages relayed by Postfix")
-    return sink.by_recipient()
 
 
 def _unavailable() -> str | None:
