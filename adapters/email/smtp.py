@@ -480,7 +480,7 @@ class SmtpProvider:
         and every message written is answered, or once the session is gone; _RefusesWorker once the window is
         answered if the relay refused this worker in it (its message back in ``pending``, the session closed).
 
-        After a refusal nothing more is written until the window is answered; then the envelope is reset (RSET).
+        After a refusal nothing more is written until the window is answered.
         A 421, a timeout or a lost session settles only the first unanswered message, as ``_send_on`` does for
         its one: a 421 by its reply, a timeout RETRY, a lost session tried once more (then RETRY); the rest go
         back to ``pending``, their replies never having come."""
@@ -502,14 +502,13 @@ class SmtpProvider:
                     break
                 index = window.popleft()
                 refused = await self._answered(slot, batch, index, replies, refused, again, refusals)
-                if refused and not window:
+                if refused and not window:  # the next message starts with RSET (smtp_chunking)
                     pending.extendleft(reversed(again))
                     again.clear()
                     refused = False
                     if refusals:
                         await self._drop(slot, polite=True)
                         break
-                    await smtp.rset()
         except _Closed:
             pass  # the relay closed the session after a 421; the rest of the window goes back to pending
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError, aiosmtplib.SMTPResponseException) as exc:
@@ -581,6 +580,10 @@ class SmtpProvider:
             await batch.settle(index, _sent(msg, replies[-1].message))
             return refused
         command, reply = refusal
+        if command == "RSET":  # the relay closes the session before this message (Exim: too many RSETs): not sent
+            again.append(index)
+            await self._drop(slot)
+            raise _Closed
         if refused and reply.code == 503:
             again.append(index)
             return True

@@ -8,8 +8,14 @@ their replies as they come: a window per session (``SmtpProvider``, ``smtp_windo
 chunk without scanning for the end mark or undoing dot-stuffing. Postfix (3.0 on) and Exim (4.88 on) advertise
 CHUNKING by default; it is used only where the relay advertises PIPELINING too.
 
-Each message's three replies are read in order. After a refused MAIL or RCPT the relay refuses the chunk as well
-("no valid recipients"): the first refusal is the message's.
+Each message starts with RSET. RFC 3030 (2) calls a relay's state after a refused BDAT indeterminate, and asks for
+a RSET before the next transaction; but the next message is on the wire before that refusal comes. Exim keeps the
+refused transaction open: it answers the next MAIL "503 sender already given" (a protocol error, and it ends the
+session after three), then takes that message's RCPT and chunk into the open transaction. A client that took the
+503 for a refusal sent that learner's message twice. Postfix resets by itself. RSET costs a short reply.
+
+Each message's four replies are read in order. After a refused MAIL or RCPT the relay refuses the chunk as well
+("no valid recipients"): the first refusal is the message's. A chunk answered 250 was taken, whatever came before.
 """
 
 from __future__ import annotations
@@ -19,19 +25,20 @@ from aiosmtplib.response import SMTPResponse
 from adapters.email.smtp_pipelining import ReplyKeepingProtocol
 
 _CLOSING = 421  # the server is closing the session: no further reply comes on it
-_ACCEPTED = (("MAIL", (250,)), ("RCPT", (250, 251)), ("BDAT", (250,)))  # 251: forwarded
+_ACCEPTED = (("RSET", (250,)), ("MAIL", (250,)), ("RCPT", (250, 251)), ("BDAT", (250,)))  # 251: forwarded
 
 
 def chunked_transaction(mail: bytes, rcpt: bytes, chunk: bytes) -> bytes:
-    """MAIL and RCPT (each with its CRLF) and the content as one last chunk: one message's whole transaction."""
-    return b"".join((mail, rcpt, b"BDAT %d LAST\r\n" % len(chunk), chunk))
+    """RSET, MAIL and RCPT (each with its CRLF) and the content as one last chunk: one message's whole
+    transaction."""
+    return b"".join((b"RSET\r\n", mail, rcpt, b"BDAT %d LAST\r\n" % len(chunk), chunk))
 
 
 async def chunked_replies(protocol: ReplyKeepingProtocol) -> list[SMTPResponse]:
-    """The replies to one message's MAIL, RCPT and BDAT, in order; fewer if one is a 421 (the server is closing the
-    session, so nothing more will come)."""
+    """The replies to one message's RSET, MAIL, RCPT and BDAT, in order; fewer if one is a 421 (the server is
+    closing the session, so nothing more will come)."""
     replies = []
-    for _ in range(3):
+    for _ in range(len(_ACCEPTED)):
         reply = await protocol.read_response(timeout=None)
         replies.append(reply)
         if reply.code == _CLOSING:
@@ -40,9 +47,12 @@ async def chunked_replies(protocol: ReplyKeepingProtocol) -> list[SMTPResponse]:
 
 
 def chunked_refusal(replies: list[SMTPResponse]) -> tuple[str, SMTPResponse] | None:
-    """The command that refused the message (``MAIL``, ``RCPT`` or ``BDAT``) and its reply, or None if the relay
-    took it: MAIL's, else RCPT's, else the chunk's."""
+    """The command that refused the message (``MAIL``, ``RCPT`` or ``BDAT``; ``RSET`` only with 421: the relay closed
+    the session before the message) and its reply, or None if the relay took it: its chunk answered 250, even after
+    a refusal (sending it again would send it twice). Else the first refusal."""
+    if len(replies) == len(_ACCEPTED) and replies[-1].code == 250:
+        return None
     for reply, (command, accepted) in zip(replies, _ACCEPTED, strict=False):  # a 421 ends the replies: a refusal
-        if reply.code not in accepted:
+        if reply.code not in accepted and (command != "RSET" or reply.code == _CLOSING):
             return command, reply
     return None

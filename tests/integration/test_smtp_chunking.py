@@ -102,9 +102,9 @@ class StickyRelay(DevMailSink):
         return "250 OK"
 
 
-async def test_messages_refused_for_an_earlier_refusals_sake_are_sent_again_after_a_reset() -> None:
-    # Four messages on the wire at once; the first's recipient is refused, and this relay then answers 503 to the
-    # three behind it. Those three were never looked at: each is sent again, once the envelope is reset.
+async def test_a_relay_left_in_a_refused_transaction_takes_the_next_messages_as_each_starts_with_rset() -> None:
+    # Four messages on the wire at once; the first's recipient is refused, and this relay would then answer 503 to
+    # the three behind it until RSET. Each message starts with one, so they are sent at once, each once.
     relay = StickyRelay(refused=address_of(0))
     with relay:
         provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=1, window=4, timeout=5)
@@ -116,7 +116,7 @@ async def test_messages_refused_for_an_earlier_refusals_sake_are_sent_again_afte
         assert [r.outcome for r in results] == [Outcome.FAILED] + [Outcome.SENT] * 5
         assert "550" in (results[0].error or "")
         assert relay.recipient_counts() == {address_of(i): 1 for i in range(1, 6)}
-        assert relay.resets == 1
+        assert relay.resets == 6
 
 
 async def test_a_session_keeps_up_to_its_window_of_messages_on_the_wire(sink: DevMailSink) -> None:
