@@ -23,6 +23,8 @@ _TOO_BIG = 552  # to MAIL FROM ... SIZE=n: this message exceeds the relay's size
 _REFUSES_WORKER = re.compile(
     r"client host (?:\[[^\]]*\] )?(?:rejected|blocked)"  # Postfix smtpd_client_restrictions, an RBL on the host
     r"|sender address rejected"  # Postfix smtpd_sender_restrictions: not owned by the login, domain not found
+    r"|sender verify failed"  # Exim "require verify = sender" (in Debian's configuration): the domain does not route
+    r"|is in a black list at"  # Exim's dnslists, about the client's address
     r"|helo command rejected"
     r"|authentication required|not authenticated|must issue a starttls|starttls required",
     re.IGNORECASE)

@@ -50,6 +50,8 @@ def test_a_permanent_refusal_is_a_failure() -> None:
     ("RCPT", 450, "4.7.1 Client host rejected: cannot find your hostname, [192.0.2.7]"),
     ("RCPT", 554, "5.7.1 Service unavailable; Client host [192.0.2.7] blocked using zen.spamhaus.org"),
     ("RCPT", 504, "5.5.2 <moodle>: Helo command rejected: need fully-qualified hostname"),
+    ("RCPT", 550, "Verification failed for <noreply@moodle.example.org>\nUnrouteable address\nSender verify failed"),
+    ("RCPT", 550, "rejected because 192.0.2.7 is in a black list at zen.spamhaus.org"),  # Exim's dnslists
 ])
 def test_a_refusal_of_the_workers_host_sender_or_login_is_the_relay_refusing_the_worker(
     command: str, code: int, text: str
