@@ -16,6 +16,10 @@ command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 if dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q "install ok installed" || [ ! -e /usr/sbin/sendmail ]; then
   APT_PACKAGES+=(postfix sasl2-bin libsasl2-modules)
 fi
+# Exim, the relay Debian installs by default: the binary of Debian's exim4-daemon-light, unpacked below (installing
+# the package would replace Postfix), with the libraries it links (tests/integration/test_exim_relay.py).
+EXIM_LIBRARIES=(libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 libcrypt1)
+[ -x /usr/sbin/exim4 ] || APT_PACKAGES+=("${EXIM_LIBRARIES[@]}")
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -28,6 +32,24 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's package creates and starts its own cluster; the project runs its own on another port instead.
+
+# Where no Exim is installed, its binary goes to /usr/local/lib/offload-tests (outside the checkout: Exim's daemons
+# run as its own user, Debian-exim, and exec the binary again). Each test runs an instance with a config of its own.
+EXIM=/usr/local/lib/offload-tests/exim4
+if [ ! -x /usr/sbin/exim4 ] && [ ! -x "$EXIM" ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  unpack=$(mktemp -d)
+  echo "setup: fetching Debian's exim4-daemon-light for the relay tests"
+  (cd "$unpack" && { apt-get download -qq exim4-daemon-light 2>/dev/null \
+                     || { $SUDO apt-get update -qq && apt-get download -qq exim4-daemon-light; }; })
+  dpkg-deb -x "$unpack"/exim4-daemon-light_*.deb "$unpack/root"
+  $SUDO install -D -m 0755 "$unpack/root/usr/sbin/exim4" "$EXIM"
+  rm -rf "$unpack"
+fi
+if [ ! -x /usr/sbin/exim4 ] && ! getent passwd Debian-exim >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim
+fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

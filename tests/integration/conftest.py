@@ -1,4 +1,5 @@
-"""Fixtures for the integration tests: the API served inside the test's own event loop; real Postfix relays."""
+"""Fixtures for the integration tests: the API served inside the test's own event loop; real Postfix and Exim
+relays."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from api.app import create_app
 from config.settings import Settings
 from devtools.devmail import DevMailSink
+from tests.support.exim import EximRelay, exim_relay
 from tests.support.postfix import ACCESS, PostfixRelay, Submission, postfix_relay
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,5 +50,20 @@ def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Post
             log = log_dir / f"postfix-{next(numbers)}.log"
             return relays.enter_context(postfix_relay(sink.port, access=access, submission=submission,
                                                       settings=settings, services=services, keep_log=log))
+
+        yield start
+
+
+@pytest.fixture
+def exim_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., EximRelay]]:
+    """Exim instances relaying to a sink (tests/support/exim.py); their main logs are kept beside the test's
+    process logs."""
+    log_dir = REPO / ".dev" / "test-logs" / request.node.name
+    numbers = itertools.count()
+    with ExitStack() as relays:
+
+        def start(sink: DevMailSink, **options: Any) -> EximRelay:
+            return relays.enter_context(exim_relay(sink.port, keep_log=log_dir / f"exim-{next(numbers)}.log",
+                                                   **options))
 
         yield start

@@ -1,0 +1,105 @@
+"""The local route through a real Exim (tests/support/exim.py), the relay Debian installs by default: it takes the
+worker's mail (its "OK id=…" is each learner's provider message id); a relay that will not relay for the worker's
+host, or refuses its sender, is the relay unavailable until mended; and its bounces, piped to the API as
+docs/suppression.md shows, suppress the learner."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from adapters.email.base import Outcome, ProviderUnavailable
+from adapters.email.smtp import SmtpProvider
+from resilience.dependencies import Dependencies
+from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
+from tests.support.relays import until_mended, wait_relayed
+
+pytestmark = pytest.mark.integration
+
+UNTRUSTED = "10.255.255.0/24"  # relay_from_hosts without loopback: not the worker's host
+DENIED = "refuses this worker's mail: 550 relay not permitted"
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+async def test_a_relay_that_does_not_relay_for_the_workers_host_is_unavailable_until_mended_then_each_is_sent_once(
+    mail_sink, exim_factory, chunking: bool
+):
+    relay = exim_factory(mail_sink, relay_from_hosts=UNTRUSTED)
+    deps = Dependencies()
+    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
+                            chunking=chunking, dependencies=deps)
+    messages = [outgoing(i) for i in range(12)]
+    try:
+        with pytest.raises(ProviderUnavailable, match=re.escape(f"smtp 127.0.0.1:{relay.port}: {DENIED}")):
+            await provider.send_batch(messages)
+        assert deps.down()["smtp-relay"] == f"127.0.0.1:{relay.port}: {DENIED}"
+        with pytest.raises(ConnectionError, match="relay not permitted"):
+            await provider.recheck()
+        assert relay.message_ids() == {}
+        # Each learner asked for once, then 3 again by a new session, then one by the recheck.
+        assert relay.rejected().count("relay not permitted") == 12 + 3 + 1
+
+        relay.change(relay_from_hosts="127.0.0.1")
+        await until_mended(provider)
+        results = await provider.send_batch(messages)
+    finally:
+        await provider.stop()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 12, [r.error for r in results]
+    # Exim's "250 OK id=…" names each message as its log does.
+    taken = relay.message_ids()
+    assert {r.provider_message_id: m.message_id for r, m in zip(results, messages, strict=True)} == taken
+    state = deps.snapshot()["smtp-relay"]
+    assert (state.up, state.losses, state.reconnects) == (True, 1, 1)
+    got = await asyncio.to_thread(wait_relayed, mail_sink, 12)
+    assert {address: len(each) for address, each in got.items()} == {f"learner{i}@example.org": 1 for i in range(12)}
+
+
+async def test_a_relay_whose_sender_verification_fails_for_the_workers_sender_is_unavailable(mail_sink, exim_factory):
+    relay = exim_factory(mail_sink, unroutable_sender=MAIL_DOMAIN)
+    deps = Dependencies()
+    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
+                            dependencies=deps)
+    refused = f"refuses this worker's mail: 550 Verification failed for <{MAIL_FROM}> Unrouteable address Sender " \
+              "verify failed"
+    try:
+        with pytest.raises(ProviderUnavailable, match=re.escape(refused)):
+            await provider.send_batch([outgoing(i) for i in range(40)])
+    finally:
+        await provider.stop()
+    assert deps.down()["smtp-relay"] == f"127.0.0.1:{relay.port}: {refused}"
+    # Each session gave up at its first refusal, once its window was answered, instead of 40 learners refused.
+    assert relay.rejected().count("Sender verify failed") <= 2 * 4
+    assert relay.message_ids() == {}
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+async def test_learners_it_refuses_fail_on_their_own_and_each_learner_behind_them_gets_one_message(
+    mail_sink, exim_factory, chunking: bool
+):
+    # Exim keeps a transaction whose recipients it all refused open after refusing its chunk: a MAIL already on the
+    # wire behind it is answered "503 sender already given", and that message's RCPT and chunk go into the open
+    # transaction. Taken for a refusal and sent again, each learner behind a refused one got the message twice.
+    gone = tuple(f"learner{i}@example.org" for i in range(1, 60, 4))
+    relay = exim_factory(mail_sink, refused=gone)
+    deps = Dependencies()
+    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
+                            chunking=chunking, dependencies=deps)
+    messages = [outgoing(i) for i in range(60)]
+    try:
+        results = await provider.send_batch(messages)
+    finally:
+        await provider.stop()
+    refused = [m.to_address in gone for m in messages]
+    assert [r.outcome for r in results] == [Outcome.FAILED if no else Outcome.SENT for no in refused], \
+        [r.error for r in results]
+    assert {r.error for r, no in zip(results, refused, strict=True) if no} == {"550 5.1.1 No such user here"}
+    taken = relay.message_ids()
+    assert len(taken) == 45 and set(taken.values()) == {m.message_id for m, no in zip(messages, refused,
+                                                                                      strict=True) if not no}
+    got = await asyncio.to_thread(wait_relayed, mail_sink, 45)
+    assert {address: len(each) for address, each in got.items()} == \
+        {m.to_address: 1 for m, no in zip(messages, refused, strict=True) if not no}
+    state = deps.snapshot()["smtp-relay"]
+    assert (state.up, state.losses) == (True, 0)
