@@ -10,9 +10,10 @@ CHUNKING by default; it is used only where the relay advertises PIPELINING too.
 
 Each message starts with RSET. RFC 3030 (2) calls a relay's state after a refused BDAT indeterminate, and asks for
 a RSET before the next transaction; but the next message is on the wire before that refusal comes. Exim keeps the
-refused transaction open: it answers the next MAIL "503 sender already given" (a protocol error, and it ends the
-session after three), then takes that message's RCPT and chunk into the open transaction. A client that took the
-503 for a refusal sent that learner's message twice. Postfix resets by itself. RSET costs a short reply.
+refused transaction open: it answers the next MAIL "503 sender already given" (a protocol error: it ends the
+session after a few), then takes that message's RCPT and chunk into the open transaction. A client that took the
+503 for a refusal sent that learner's message twice. Postfix resets by itself. RSET costs a short reply; Exim
+counts those beyond one per message taken, and answers the eleventh 421 (smtp_accept_max_nonmail).
 
 Each message's four replies are read in order. After a refused MAIL or RCPT the relay refuses the chunk as well
 ("no valid recipients"): the first refusal is the message's. A chunk answered 250 was taken, whatever came before.
