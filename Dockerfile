@@ -5,13 +5,15 @@
 # that wheel. A new top-level package reaches the image without a change here; .ci/check-compose checks that
 # the wheel holds every module the processes import.
 
-FROM python:3.11-slim AS build
+# PYTHON_IMAGE: the official Python image; .ci/image-smoke builds with a stand-in where that image cannot be had.
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . .
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

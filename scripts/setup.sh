@@ -10,6 +10,8 @@ APT_PACKAGES=(openjdk-17-jre-headless maven postgresql fonts-dejavu-core fonts-w
 # curl: what a relay pipes its bounces through to the API (tests/integration/test_postfix_bounces.py)
 # Node.js runs the non-Python consumer (clients/node-consumer) in the tests; any node >= 18.3 with npm will do.
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+# podman (with runc) and debootstrap: .ci/image-smoke builds the Docker image and runs the service from it.
+APT_PACKAGES+=(podman runc debootstrap)
 # Postfix, with Cyrus SASL's tools: the real relay of tests/integration/test_postfix_relay.py. Installed with no
 # system configuration, so it runs nothing by itself (each test starts an instance of its own); not where another
 # mail server already provides /usr/sbin/sendmail, which installing Postfix would replace.

@@ -31,11 +31,15 @@ python -m schemas.evolution   # backward compatibility against schemas/baseline/
 ruff check .   # lint: rules in pyproject.toml [tool.ruff]
 mypy           # types: strict on the core packages, see pyproject.toml [tool.mypy]
 set +e
-smoke=0
+smoke=0 image_smoke=0
 if [ $# -eq 0 ]; then  # the whole suite: also the service as a user installs it, from its wheel
   KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:19092} \
   DATABASE_URL=${DATABASE_URL:-postgresql://offload@127.0.0.1:15432/offload} .ci/wheel-smoke
   smoke=$?
+  # and as a user runs it from the Docker image (built here with podman)
+  KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:19092} \
+  DATABASE_URL=${DATABASE_URL:-postgresql://offload@127.0.0.1:15432/offload} .ci/image-smoke
+  image_smoke=$?
 fi
 if [ $# -eq 0 ]; then
   # The fault suite, one test at a time, on its own stack; its output follows the other tests'.
@@ -59,5 +63,6 @@ else
 fi
 set -e
 [ "$smoke" = 0 ] || { echo "test.sh: the wheel-installed service failed its smoke test (above)"; rc=1; }
+[ "$image_smoke" = 0 ] || { echo "test.sh: the service from its Docker image failed its smoke test (above)"; rc=1; }
 # pytest's 5 means "no tests collected": for this project that is a failure, never a pass.
 exit "$rc"
