@@ -243,7 +243,25 @@ def exim_relay(relay_to: int, *, relay_from_hosts: str = "127.0.0.1", unroutable
 
 
 def _stop(home: Path) -> None:
-    """Stop the daemon (SIGTERM; SIGKILL after 30 s) by the pid it wrote; the sessions it forked end with their
-    clients, its deliveries with their message."""
-    if (home / "exim.pid").exists():
-        stop_pid(_pid(home), [str(home / "exim.conf")], "exim", log=lambda _: None)
+    """Stop the daemon (SIGTERM; SIGKILL after 30 s) by the pid it wrote, then what it forked and is still running
+    (sessions, queue runs, deliveries: the daemon's process group, its own since it detached), so that none of
+    them writes to the instance's directory once it is removed."""
+    if not (home / "exim.pid").exists():
+        return
+    pid = _pid(home)
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        group = None
+    stop_pid(pid, [str(home / "exim.conf")], "exim", log=lambda _: None)
+    if group is None or group == os.getpgrp():
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + 10
+        try:
+            os.killpg(group, sig)
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                os.killpg(group, 0)
+        except ProcessLookupError:
+            return
