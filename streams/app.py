@@ -24,12 +24,16 @@ MAX_POLL_RECORDS = 200  # records one poll of the worker's consumer hands to its
 app: faust.App  # built on first access, by __getattr__ below
 
 
+def data_dir(app_id: str) -> Path:
+    """Where Faust keeps its directory for ``app_id``. With memory tables it keeps nothing of value on disk, but it
+    still makes "<id>-data/" in the working directory: a user's checkout or a container's /app filled up with one
+    per test app id. So it goes under the system's temporary directory."""
+    return Path(tempfile.gettempdir()) / "manireports-offload" / f"{app_id}-data"
+
+
 def create_app(settings: Settings) -> faust.App:
-    # With memory tables Faust keeps nothing of value on disk, but it still makes "<id>-data/" in the working
-    # directory: a user's checkout or a container's /app filled up with one per test app id. Faust creates only
-    # the last level of the path.
-    datadir = Path(tempfile.gettempdir()) / "manireports-offload" / f"{settings.app_id}-data"
-    datadir.parent.mkdir(parents=True, exist_ok=True)
+    datadir = data_dir(settings.app_id)
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level of the path
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +15,13 @@ from config.settings import Settings
 from devtools.devmail import DevMailSink
 from devtools.processes import READY, ServiceProcess
 from eventlog.topics import create_topics
+from streams.app import data_dir
 from tests.support.jobs import job_payload
 from tests.support.moto_server import MotoServer, moto_server
 from tests.support.stack import REPO, Infra, delete_test_topics, fresh_database, infrastructure
 
-# The tags of the settings made in this session: their topics are deleted when the session ends.
+# The tags of the settings made in this session: their topics, and the worker's Faust directories, are deleted when
+# the session ends.
 _TAGS: set[str] = set()
 
 
@@ -27,6 +30,8 @@ def infra() -> Iterator[Infra]:
     with infrastructure() as found:
         yield found
         delete_test_topics(found.kafka_bootstrap, _TAGS)
+        for tag in _TAGS:
+            shutil.rmtree(data_dir(f"t{tag}"), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
