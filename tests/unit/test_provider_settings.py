@@ -28,7 +28,8 @@ def read_by_other_code() -> set[str]:
     for path in REPO.rglob("*.py"):
         if ".venv" not in path.parts and path.name != Path(__file__).name:
             names |= set(re.findall(r"environ(?:\.get)?\(?\[?\s*[\"'](OFFLOAD_[A-Z0-9_]+)", path.read_text()))
-    for path in (REPO / "scripts").glob("*.sh"):  # and the shell scripts, e.g. scripts/test.sh
+    # and the shell scripts, e.g. scripts/test.sh and .ci/image-smoke
+    for path in [*(REPO / "scripts").glob("*.sh"), *(p for p in (REPO / ".ci").iterdir() if p.suffix == "")]:
         names |= set(re.findall(r"\$\{(OFFLOAD_[A-Z0-9_]+)", path.read_text()))
     return names
 
