@@ -7,9 +7,6 @@ with Postfix (test_postfix_bounces.py)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -18,13 +15,13 @@ from schemas.events import RecipientBounced
 from tests.support.api import ApiServer
 from tests.support.exim import USER
 from tests.support.observe import events, query, wait_for, wait_for_job
+from tests.support.relays import installed_pipe
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "relay-bounce-token-0123456789abcdef0123"
 GONE = "learner2@example.org"
 REFUSAL = f"5.1.1 <{GONE}>: Recipient address rejected: User unknown"
-REPO = Path(__file__).resolve().parents[2]
 # docs/suppression.md, the transport (with the user these instances deliver as).
 TRANSPORT = """\
 offload_bounces:
@@ -40,17 +37,8 @@ def test_a_learner_exim_could_not_deliver_to_is_bounced_and_suppressed(
     mail_sink.reject(GONE, 550, REFUSAL)  # the learner's mail server, after Exim took the message
     base = settings_factory(webhook_smtp_token=TOKEN)
     topics_for(base)
-    secrets_dir = Path(tempfile.mkdtemp(prefix="offload-bounce-header-"))
-    secrets_dir.chmod(0o755)
-    try:
+    with installed_pipe("not-the-token-yet", USER) as (script, header):  # set right below, once Exim deferred
         with ApiServer(base) as api:
-            script = secrets_dir / "offload-bounces"
-            shutil.copyfile(REPO / "clients" / "relay" / "offload-bounces", script)
-            script.chmod(0o755)
-            header = secrets_dir / "offload-bounces.header"
-            header.write_text("Authorization: Bearer not-the-token-yet\n")  # set right below, once Exim deferred
-            shutil.chown(header, USER)
-            header.chmod(0o400)
             transport = TRANSPORT.format(script=script, url=f"{api.base_url}/webhooks/smtp", header=header, user=USER)
             relay = exim_factory(mail_sink, bounces=(base.mail_from, transport))
             settings = base.model_copy(update={"smtp_port": relay.port})
@@ -85,6 +73,4 @@ def test_a_learner_exim_could_not_deliver_to_is_bounced_and_suppressed(
 
         asyncio.run(submit_job(settings, job_factory("exim-bounce-2", 3)))
         assert wait_for_job(settings, "exim-bounce-2")["suppressed"] == 1
-    finally:
-        shutil.rmtree(secrets_dir, ignore_errors=True)
     assert TOKEN not in relay.log()

@@ -6,8 +6,6 @@ and the bounce suppresses the learner like a cloud provider's webhook report."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from offload.client import submit_job
 from schemas.events import RecipientBounced
 from tests.support.api import ApiServer, send
 from tests.support.observe import events, query, wait_for, wait_for_job
+from tests.support.relays import installed_pipe
 
 pytestmark = pytest.mark.integration
 
@@ -28,29 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 PIPE = "offload-bounces unix - n n - - pipe user=nobody argv={script} {url} {header}\n"
 
 
-def _installed(directory: Path) -> tuple[Path, Path]:
-    """The pipe's command and its header file, as a site puts them on its relay."""
-    script = directory / "offload-bounces"
-    shutil.copyfile(REPO / "clients" / "relay" / "offload-bounces", script)
-    script.chmod(0o755)
-    header = directory / "offload-bounces.header"
-    header.write_text(f"Authorization: Bearer {TOKEN}\n")
-    shutil.chown(header, "nobody")
-    header.chmod(0o400)
-    return script, header
-
-
 def test_a_learner_the_relay_could_not_deliver_to_is_bounced_suppressed_and_left_out_of_the_next_job(
     settings_factory, topics_for, processes, job_factory, mail_sink, relay_factory
 ):
     mail_sink.reject(GONE, 550, REFUSAL)  # the learner's mail server, after the relay took the message
     base = settings_factory(webhook_smtp_token=TOKEN)
     topics_for(base)
-    secrets_dir = Path(tempfile.mkdtemp(prefix="offload-bounce-header-"))
-    secrets_dir.chmod(0o755)
-    try:
+    with installed_pipe(TOKEN, "nobody") as (script, header):
         with ApiServer(base) as api:
-            script, header = _installed(secrets_dir)
             relay = relay_factory(
                 mail_sink, services=PIPE.format(script=script, url=f"{api.base_url}/webhooks/smtp", header=header),
                 transport_maps=f"inline:{{{base.mail_from}=offload-bounces:}}",
@@ -102,6 +86,4 @@ def test_a_learner_the_relay_could_not_deliver_to_is_bounced_suppressed_and_left
                      ("bounce-2",))
         assert {r["userid"]: r["status"] for r in rows} == {1: "sent", 2: "suppressed", 3: "sent"}
         assert [r["error_message"] for r in rows if r["userid"] == 2][0].startswith("bounce reported by smtp: 5.1.1")
-    finally:
-        shutil.rmtree(secrets_dir, ignore_errors=True)
     assert TOKEN not in relay.log()

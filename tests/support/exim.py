@@ -14,7 +14,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from devtools.devstack.process import stop_pid
+from tests.support.relays import greeting
 from tests.support.stack import free_port
 
 BINARIES = ("/usr/sbin/exim4", "/usr/local/lib/offload-tests/exim4")  # the package's; unpacked by scripts/setup.sh
@@ -133,7 +133,7 @@ class EximRelay:
             if time.monotonic() > deadline:
                 raise RuntimeError("exim's daemon did not start again after SIGHUP")
             time.sleep(0.05)
-        _greeting(self.port, deadline)
+        greeting(self.port, deadline)
 
 
 def _binary() -> str | None:
@@ -171,19 +171,6 @@ def _pid(home: Path) -> int:
     return int((home / "exim.pid").read_text().split()[0])
 
 
-def _greeting(port: int, deadline: float) -> str:
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                greeting = s.recv(512).decode(errors="replace")
-                s.sendall(b"QUIT\r\n")
-                return greeting
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def _start(relay: EximRelay) -> bool:
     """Start the daemon; False if the port turned out to be taken."""
     _write_config(relay)
@@ -195,7 +182,7 @@ def _start(relay: EximRelay) -> bool:
         if "Address already in use" in said:
             return False
         raise RuntimeError(f"exim did not start: {said}")
-    if relay.hostname in _greeting(relay.port, time.monotonic() + 30):
+    if relay.hostname in greeting(relay.port, time.monotonic() + 30):
         return True
     _stop(relay.home)
     return False

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import tempfile
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from devtools.devstack.process import stop_pid
+from tests.support.relays import greeting
 from tests.support.stack import free_port
 from tests.support.tls import ServerTls
 
@@ -189,24 +188,6 @@ def _listeners(port: int) -> int:
         return sum(1 for line in table.readlines()[1:] if line.split()[1] == wanted and line.split()[3] == "0A")
 
 
-def _greeting(port: int, deadline: float, *, wrapped: bool) -> str:
-    """The relay's greeting; ``wrapped``: on implicit TLS (smtpd_tls_wrappermode), whose certificate this probe does
-    not check."""
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as plain, \
-                    (probe.wrap_socket(plain) if wrapped else plain) as s:
-                greeting = s.recv(512).decode(errors="replace")
-                s.sendall(b"QUIT\r\n")
-                return greeting
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def _postfix(conf: Path, command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([POSTFIX, "-c", str(conf), command], capture_output=True, text=True, timeout=120)
 
@@ -225,8 +206,8 @@ def _start(home: Path, conf: Path, port: int, hostname: str) -> bool:
             return False
         raise RuntimeError(f"postfix {started.args[-1]} failed: {started.stderr}{log}")
     wrapped = "smtpd_tls_wrappermode = yes" in (conf / "main.cf").read_text().splitlines()
-    greeting = _greeting(port, time.monotonic() + 30, wrapped=wrapped)
-    if _listeners(port) != 1 or hostname not in greeting:
+    said = greeting(port, time.monotonic() + 30, wrapped=wrapped)
+    if _listeners(port) != 1 or hostname not in said:
         _stop(home)
         return False
     return True

@@ -1,13 +1,62 @@
-"""What the tests of a real relay (Postfix: tests/support/postfix.py; Exim: tests/support/exim.py) wait for: the
-messages it passed on to the sink, and the relay taking the worker's mail again once mended."""
+"""What the tests of a real relay (Postfix: tests/support/postfix.py; Exim: tests/support/exim.py) share: its
+greeting once it listens, the messages it passed on to the sink, the relay taking the worker's mail again once
+mended, and the bounce pipe (clients/relay/offload-bounces) installed as a site installs it."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from adapters.email.smtp import SmtpProvider
 from devtools.devmail import DevMailSink, ReceivedMessage
 from tests.support.observe import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def greeting(port: int, deadline: float, *, wrapped: bool = False) -> str:
+    """The relay's greeting on 127.0.0.1:``port``, asked until ``deadline`` (time.monotonic()); ``wrapped``: on
+    implicit TLS (Postfix's smtpd_tls_wrappermode), whose certificate this probe does not check."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as plain, \
+                    (probe.wrap_socket(plain) if wrapped else plain) as s:
+                said = s.recv(512).decode(errors="replace")
+                s.sendall(b"QUIT\r\n")
+                return said
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextmanager
+def installed_pipe(token: str, user: str) -> Iterator[tuple[Path, Path]]:
+    """clients/relay/offload-bounces and its header file (``Authorization: Bearer token``, owned by ``user``, the
+    pipe's, and readable by it only), in a new directory the relay's pipe can reach, as docs/suppression.md has a
+    site put them; removed afterwards. Yields (script, header)."""
+    directory = Path(tempfile.mkdtemp(prefix="offload-bounce-pipe-"))
+    directory.chmod(0o755)
+    try:
+        script = directory / "offload-bounces"
+        shutil.copyfile(REPO / "clients" / "relay" / "offload-bounces", script)
+        script.chmod(0o755)
+        header = directory / "offload-bounces.header"
+        header.write_text(f"Authorization: Bearer {token}\n")
+        shutil.chown(header, user)
+        header.chmod(0o400)
+        yield script, header
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def wait_relayed(sink: DevMailSink, learners: int) -> dict[str, list[ReceivedMessage]]:
