@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,7 @@ pid_file_path = {home}/exim.pid
 primary_hostname = {hostname}
 daemon_smtp_ports = {port}
 local_interfaces = 127.0.0.1
+daemon_startup_retries = 0
 deliver_drop_privilege = true
 keep_environment =
 host_lookup =
@@ -106,7 +107,6 @@ class EximRelay:
     unroutable_sender: str | None = None  # a domain whose senders fail verification
     refused: tuple[str, ...] = ()  # recipients it refuses ("550 5.1.1 No such user here")
     bounces: tuple[str, str] | None = None  # (the envelope sender's address, its transport) for its mail
-    settings: dict[str, str] = field(default_factory=dict)
 
     def log(self) -> str:
         main = self.home / "log" / "mainlog"
@@ -172,17 +172,30 @@ def _pid(home: Path) -> int:
 
 
 def _start(relay: EximRelay) -> bool:
-    """Start the daemon; False if the port turned out to be taken."""
+    """Start the daemon; False if its port turned out to be taken. ``exim -bd`` returns at once and the daemon
+    binds after it detached: it writes its pid file once it listens, or says in its panic log why it gave up."""
     _write_config(relay)
+    panic = relay.home / "log" / "paniclog"
+    said_before = panic.stat().st_size if panic.exists() else 0  # an earlier attempt's
     started = subprocess.run([relay.binary, "-C", str(relay.home / "exim.conf"), "-bd", "-q1s"],
                              capture_output=True, text=True, timeout=60)
-    if started.returncode != 0:
-        panic = relay.home / "log" / "paniclog"
-        said = started.stderr + (panic.read_text(errors="replace") if panic.exists() else "")
+    deadline = time.monotonic() + 30
+    while True:
+        said = started.stderr
+        if panic.exists():
+            with open(panic, errors="replace") as log:
+                log.seek(said_before)
+                said += log.read()
         if "Address already in use" in said:
             return False
-        raise RuntimeError(f"exim did not start: {said}")
-    if relay.hostname in greeting(relay.port, time.monotonic() + 30):
+        if started.returncode != 0 or said:
+            raise RuntimeError(f"exim did not start: {said}")
+        if (relay.home / "exim.pid").exists():
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("exim's daemon wrote no pid file in 30 s")
+        time.sleep(0.05)
+    if relay.hostname in greeting(relay.port, deadline):
         return True
     _stop(relay.home)
     return False
