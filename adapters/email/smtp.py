@@ -580,9 +580,13 @@ class SmtpProvider:
             await batch.settle(index, _sent(msg, replies[-1].message))
             return refused
         command, reply = refusal
-        if command == "RSET":  # the relay closes the session before this message (Exim: too many RSETs): not sent
-            again.append(index)
-            await self._drop(slot)
+        if command == "RSET":  # the relay closed the session before this message (Exim: too many RSETs): not sent
+            batch.cut_off[index] += 1
+            if batch.cut_off[index] > 1:  # a second time: settled by that reply, as a 421 to its MAIL would be
+                await batch.settle(index, await self._refused(slot, msg, reply.code, reply.message))
+            else:
+                again.append(index)
+                await self._drop(slot)
             raise _Closed
         if refused and reply.code == 503:
             again.append(index)

@@ -119,6 +119,36 @@ async def test_a_relay_left_in_a_refused_transaction_takes_the_next_messages_as_
         assert relay.resets == 6
 
 
+class ClosingOnReset(DevMailSink):
+    """A relay that closes the session at every RSET (as Exim does past its limit of commands that carry no
+    mail), counting the sessions it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions = 0
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list) -> list:
+        self.sessions += 1
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        return "421 4.7.0 too many nonmail commands"
+
+
+async def test_a_message_whose_reset_closes_the_session_twice_is_settled_by_that_reply_not_tried_forever() -> None:
+    relay = ClosingOnReset()
+    with relay:
+        provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=1, window=4, timeout=5)
+        try:
+            results = await provider.send_batch([outgoing(i) for i in range(3)])
+        finally:
+            await provider.stop()
+    # Each message: closed once (not sent, tried on a new session), closed again: throttled, no attempt spent.
+    assert [(r.outcome, r.error) for r in results] == [(Outcome.THROTTLED, "421 4.7.0 too many nonmail commands")] * 3
+    assert relay.sessions == 2 * 3
+    assert relay.recipient_counts() == {}
+
+
 async def test_a_session_keeps_up_to_its_window_of_messages_on_the_wire(sink: DevMailSink) -> None:
     provider = SmtpProvider("127.0.0.1", sink.port, mail_from=MAIL_FROM, connections=1, window=3, timeout=5)
     await provider.start()
