@@ -464,8 +464,7 @@ class SmtpProvider:
                 return _timed_out(msg), None
             except (ValueError, aiosmtplib.SMTPNotSupported) as exc:
                 return _unusable(msg, exc), self._kept_ahead(slot, taken, pending)
-            self._relaying.add(smtp)
-            self._relayed_to = msg.to_address
+            self._relayed(smtp, msg)
             return _sent(msg, reply), (taken[0] if taken else None)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
 
@@ -574,9 +573,7 @@ class SmtpProvider:
         refusal = chunked_refusal(replies)
         session = self._slots[slot]
         if refusal is None:
-            if session is not None:
-                self._relaying.add(session)
-            self._relayed_to = msg.to_address
+            self._relayed(session, msg)
             await batch.settle(index, _sent(msg, replies[-1].message))
             return refused
         command, reply = refusal
@@ -708,6 +705,13 @@ class SmtpProvider:
             self._dependencies.lost(SMTP_RELAY, f"{self.host}:{self.port}: {reason}", recheck=self.recheck)
         return _RefusesWorker(reason)
 
+    def _relayed(self, smtp: aiosmtplib.SMTP | None, msg: OutgoingEmail) -> None:
+        """The relay took ``msg`` on ``smtp``: relaying denied on that session is now a learner's own, and
+        ``msg``'s address is one to ask about when a new session's terms are in doubt (``_judge_denials``)."""
+        if smtp is not None:
+            self._relaying.add(smtp)
+        self._relayed_to = msg.to_address
+
     def _refusal_reason(self, code: int, text: str) -> str:
         """The relay's refusal of this worker as health and logs show it: naming no learner."""
         return one_line(f"refuses this worker's mail: {code} {without_addresses(text, sender=self.mail_from)}")
@@ -742,8 +746,7 @@ class SmtpProvider:
         try:
             smtp = await self._connect()
         except _Unreachable as exc:
-            held = sum(1 for session in self._slots if session is not None and session.is_connected)
-            if exc.greeted and held + self._opening > 1:
+            if exc.greeted and self._connected() + self._opening > 1:
                 self._refused_beyond(exc)
                 raise
             self._unreachable = str(exc)
@@ -753,11 +756,15 @@ class SmtpProvider:
         finally:
             self._opening -= 1
         self._unreachable = None
-        if sum(1 for session in self._slots if session is not None and session.is_connected) + 1 >= len(self._slots):
+        if self._connected() + 1 >= len(self._slots):
             self._held = False  # this one fills the pool: a later refusal beyond it is said again
         if self._dependencies is not None and self._refusal is None:  # a refusal holds until the relay takes mail
             self._dependencies.restored(SMTP_RELAY)
         return smtp
+
+    def _connected(self) -> int:
+        """How many of the pool's sessions are open."""
+        return sum(1 for session in self._slots if session is not None and session.is_connected)
 
     def _refused_beyond(self, exc: _Unreachable) -> None:
         """The relay refused one more session while others of ours are open or opening (a limit of sessions per
