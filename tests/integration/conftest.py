@@ -37,19 +37,23 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
         await server.close()
 
 
+def _kept_logs(request: pytest.FixtureRequest, kind: str) -> Iterator[Path]:
+    """Where the test's relays of ``kind`` leave their logs, one after the other, beside its process logs."""
+    log_dir = REPO / ".dev" / "test-logs" / request.node.name
+    return (log_dir / f"{kind}-{number}.log" for number in itertools.count())
+
+
 @pytest.fixture
 def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., PostfixRelay]]:
     """Postfix instances relaying to a sink (tests/support/postfix.py); their logs are kept beside the test's
     process logs."""
-    log_dir = REPO / ".dev" / "test-logs" / request.node.name
-    numbers = itertools.count()
+    logs = _kept_logs(request, "postfix")
     with ExitStack() as relays:
 
         def start(sink: DevMailSink, submission: Submission | None = None, access: dict[str, str] = ACCESS,
                   services: str = "", **settings: str) -> PostfixRelay:
-            log = log_dir / f"postfix-{next(numbers)}.log"
             return relays.enter_context(postfix_relay(sink.port, access=access, submission=submission,
-                                                      settings=settings, services=services, keep_log=log))
+                                                      settings=settings, services=services, keep_log=next(logs)))
 
         yield start
 
@@ -58,12 +62,10 @@ def relay_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Post
 def exim_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., EximRelay]]:
     """Exim instances relaying to a sink (tests/support/exim.py); their main logs are kept beside the test's
     process logs."""
-    log_dir = REPO / ".dev" / "test-logs" / request.node.name
-    numbers = itertools.count()
+    logs = _kept_logs(request, "exim")
     with ExitStack() as relays:
 
         def start(sink: DevMailSink, **options: Any) -> EximRelay:
-            return relays.enter_context(exim_relay(sink.port, keep_log=log_dir / f"exim-{next(numbers)}.log",
-                                                   **options))
+            return relays.enter_context(exim_relay(sink.port, keep_log=next(logs), **options))
 
         yield start

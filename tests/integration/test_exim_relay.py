@@ -11,10 +11,8 @@ import re
 import pytest
 
 from adapters.email.base import Outcome, ProviderUnavailable
-from adapters.email.smtp import SmtpProvider
-from resilience.dependencies import Dependencies
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
-from tests.support.relays import until_mended, wait_relayed
+from tests.support.relays import until_mended, wait_relayed, watched_provider
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +25,7 @@ async def test_a_relay_that_does_not_relay_for_the_workers_host_is_unavailable_u
     mail_sink, exim_factory, chunking: bool
 ):
     relay = exim_factory(mail_sink, relay_from_hosts=UNTRUSTED)
-    deps = Dependencies()
-    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
-                            chunking=chunking, dependencies=deps)
+    provider, deps = watched_provider(relay.port, chunking=chunking)
     messages = [outgoing(i) for i in range(12)]
     try:
         with pytest.raises(ProviderUnavailable, match=re.escape(f"smtp 127.0.0.1:{relay.port}: {DENIED}")):
@@ -58,9 +54,7 @@ async def test_a_relay_that_does_not_relay_for_the_workers_host_is_unavailable_u
 
 async def test_a_relay_whose_sender_verification_fails_for_the_workers_sender_is_unavailable(mail_sink, exim_factory):
     relay = exim_factory(mail_sink, unroutable_sender=MAIL_DOMAIN)
-    deps = Dependencies()
-    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
-                            dependencies=deps)
+    provider, deps = watched_provider(relay.port)
     refused = f"refuses this worker's mail: 550 Verification failed for <{MAIL_FROM}> Unrouteable address Sender " \
               "verify failed"
     try:
@@ -83,9 +77,7 @@ async def test_learners_it_refuses_fail_on_their_own_and_each_learner_behind_the
     # transaction. Taken for a refusal and sent again, each learner behind a refused one got the message twice.
     gone = tuple(f"learner{i}@example.org" for i in range(1, 60, 4))
     relay = exim_factory(mail_sink, refused=gone)
-    deps = Dependencies()
-    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
-                            chunking=chunking, dependencies=deps)
+    provider, deps = watched_provider(relay.port, chunking=chunking)
     messages = [outgoing(i) for i in range(60)]
     try:
         results = await provider.send_batch(messages)

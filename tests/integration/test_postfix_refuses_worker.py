@@ -16,11 +16,10 @@ import pytest
 from adapters.email.base import Outcome, ProviderUnavailable
 from adapters.email.smtp import SmtpProvider
 from offload.client import submit_job
-from resilience.dependencies import Dependencies
 from tests.support.email import MAIL_FROM, outgoing
 from tests.support.observe import query, wait_for, wait_for_job
 from tests.support.postfix import PostfixRelay, Submission
-from tests.support.relays import until_mended, wait_relayed
+from tests.support.relays import until_mended, wait_relayed, watched_provider
 from tests.support.tls import server_tls
 
 pytestmark = pytest.mark.integration
@@ -41,9 +40,7 @@ async def test_a_relay_that_does_not_relay_for_the_workers_host_is_unavailable_u
     mail_sink, relay_factory, chunking: bool
 ):
     relay = relay_factory(mail_sink, mynetworks=UNTRUSTED)
-    deps = Dependencies()
-    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
-                            chunking=chunking, dependencies=deps)
+    provider, deps = watched_provider(relay.port, chunking=chunking)
     messages = [outgoing(i) for i in range(12)]
     try:
         await provider.start()  # the relay greets the worker: it is there
@@ -121,9 +118,7 @@ def _takes_from_new_sessions(relay: PostfixRelay) -> bool:
 async def test_a_relay_that_relays_for_some_domains_only_refuses_the_others_as_their_own(mail_sink, relay_factory):
     relay = relay_factory(mail_sink, mynetworks=UNTRUSTED, relay_domains="school.example.org",
                           relay_transport=f"relay:[127.0.0.1]:{mail_sink.port}")
-    deps = Dependencies()
-    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
-                            dependencies=deps)
+    provider, deps = watched_provider(relay.port)
     # The first learners are the ones it does not relay for: each session meets a refusal before any is taken.
     addresses = [f"learner{i}@example.org" for i in range(4)] + [f"learner{i}@school.example.org" for i in range(4)]
     try:
@@ -150,9 +145,7 @@ async def test_a_relay_that_refuses_the_workers_sender_or_host_is_unavailable_at
     mail_sink, relay_factory, settings: dict[str, str], refused: str
 ):
     relay = relay_factory(mail_sink, **settings)
-    deps = Dependencies()
-    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=2, timeout=10,
-                            dependencies=deps)
+    provider, deps = watched_provider(relay.port)
     try:
         with pytest.raises(ProviderUnavailable, match=re.escape(f"refuses this worker's mail: {refused}")):
             await provider.send_batch([outgoing(i) for i in range(40)])
@@ -169,9 +162,7 @@ async def test_a_relay_that_refuses_the_workers_sender_or_host_is_unavailable_at
 async def test_a_relay_that_wants_starttls_first_is_unavailable_and_says_so(mail_sink, relay_factory, tmp_path):
     relay = relay_factory(mail_sink, Submission(server_tls(tmp_path / "tls"), {"moodle": secrets.token_urlsafe(16)}),
                           smtpd_tls_security_level="encrypt")
-    deps = Dependencies()
-    provider = SmtpProvider("127.0.0.1", relay.port, mail_from=MAIL_FROM, connections=1, timeout=10,
-                            dependencies=deps)  # OFFLOAD_SMTP_STARTTLS left off
+    provider, deps = watched_provider(relay.port, connections=1)  # OFFLOAD_SMTP_STARTTLS left off
     try:
         with pytest.raises(ProviderUnavailable, match="530 5.7.0 Must issue a STARTTLS command first"):
             await provider.send_batch([outgoing(i) for i in range(5)])

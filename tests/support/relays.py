@@ -13,9 +13,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from adapters.email.smtp import SmtpProvider
 from devtools.devmail import DevMailSink, ReceivedMessage
+from resilience.dependencies import Dependencies
+from tests.support.email import MAIL_FROM
 from tests.support.observe import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +60,15 @@ def installed_pipe(token: str, user: str) -> Iterator[tuple[Path, Path]]:
         yield script, header
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def watched_provider(port: int, **options: Any) -> tuple[SmtpProvider, Dependencies]:
+    """The SMTP adapter for the relay on 127.0.0.1:``port`` (sender MAIL_FROM, 2 sessions, 10 s unless ``options``
+    say otherwise), with the dependency record health shows it through."""
+    deps = Dependencies()
+    provider = SmtpProvider("127.0.0.1", port, mail_from=MAIL_FROM, **{"connections": 2, "timeout": 10, **options},
+                            dependencies=deps)
+    return provider, deps
 
 
 def wait_relayed(sink: DevMailSink, learners: int) -> dict[str, list[ReceivedMessage]]:
