@@ -193,6 +193,9 @@ class Settings(ApiSettings, CallbackSettings, DeliverabilitySettings, Suppressio
     # Reconnecting to Postgres or Kafka after losing them: exponential back-off from 0.5 s up to this.
     reconnect_max_delay: float = Field(default=10.0, gt=0, le=300)
     relay_outage_max_seconds: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
+    # The last certificate store a batch can use unavailable (a full disk, a cloud store with no fallback): its
+    # learners wait this long (seconds of back-off) before failing as retryable.
+    storage_outage_max_seconds: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
     # Circuit breaker per cloud provider account and region: opens after this many consecutive failed rounds
     # (unreachable, or only 5xx), sends batches to the local relay for the cool-down, then lets one probe through.
     breaker_failure_threshold: int = Field(default=3, ge=1, le=100)

@@ -10,9 +10,10 @@ What a certificate job carries (per recipient, falling back to the job's ``templ
 
 A missing or invalid one makes that recipient a RecipientFailed (not retryable) naming the field. Rendering is
 CPU-bound, so it runs in the worker's render pool (content.certificates.pool), never on the event loop;
-uploads run concurrently beside it. Codes and object keys are deterministic, so a batch served again after a
-crash, or after a stop or rebalance gave it up while its mails waited for the relay, puts the same bytes under the
-same key.
+uploads run concurrently beside it. A learner whose last store is unavailable (a full disk) waits for it
+(``store_outage``). Codes and object keys are deterministic, so a batch served again after a crash, or after a stop
+or rebalance gave it up while its learners waited for the store or their mails for the relay, puts the same bytes
+under the same key.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from schemas.events import (
     RecipientFailed,
     StorageProviderName,
 )
+from streams.handlers.store_outage import StoreOutage
 
 if TYPE_CHECKING:
     from adapters.email.delivery import BatchDelivery
@@ -119,21 +121,27 @@ class _Storing:
         return self.reason is not None
 
 
-class _RelayWait:
-    """Why a batch's sends wait for what may take hours, while they do: every learner still open has its certificate
-    stored and its mail waiting for the unreachable relay (an outage is waited out for up to
-    OFFLOAD_RELAY_OUTAGE_MAX_SECONDS; ``BatchDelivery.waiting``). Nothing of the batch is in flight then (no render,
-    no upload, no message on its way), so a stop or rebalance that gives it up sends nobody twice; served again, it
-    stores the same bytes under the same keys."""
+class _Waits:
+    """Why a batch's work waits for what may take hours, while it does: every learner still open waits either for
+    the last store it can use (``StoreOutage``, its PDF rendered) or, with its certificate stored, for the
+    unreachable relay to take its mail (an outage is waited out for up to OFFLOAD_RELAY_OUTAGE_MAX_SECONDS;
+    ``BatchDelivery.waiting``). Nothing of the batch is in flight then (no render, no upload, no message on its
+    way), so a stop or rebalance that gives it up sends nobody twice; served again, it stores the same bytes under
+    the same keys."""
 
-    def __init__(self, learners: int, relay: SmtpProvider | None) -> None:
+    def __init__(self, learners: int, relay: SmtpProvider | None, store: StoreOutage) -> None:
         self.open = learners  # learners whose outcome is not recorded yet
         self.relay = relay
+        self.store = store
         self.mails: set[BatchDelivery] = set()  # the mails being delivered
 
     def __call__(self) -> str | None:
         waiting = [waits for mail in self.mails if (waits := mail.waiting(self.relay)) is not None]
-        return waiting[0] if self.open and len(waiting) == self.open else None
+        if not self.open or len(waiting) + self.store.waiting != self.open:
+            return None
+        if self.store.waiting:
+            return f"certificate store unavailable: {self.store.reason}"
+        return waiting[0]
 
 
 @dataclass
@@ -144,7 +152,7 @@ class _Issuing:
     template: CertificateTemplate
     by_user: dict[int, Recipient]
     storing: _Storing
-    relay_wait: _RelayWait
+    waits: _Waits
     recorder: OutcomeRecorder
 
 
@@ -212,14 +220,17 @@ class CertificateBatchHandler:
         if not items:
             return nothing_out()
         primary, fallback = self.stores.for_batch(batch)
-        relay_wait = _RelayWait(len(items), self.mailer.smtp if self.mailer is not None else None)
-        recorder.stalled_by = relay_wait
+        storing = _Storing(primary, fallback)
+        outage = StoreOutage(f"job {batch.job_id} batch {batch.batch_no}", (fallback or primary).check,
+                             max_seconds=self.settings.storage_outage_max_seconds,
+                             base_delay=self.settings.retry_base_delay, max_delay=self.settings.retry_max_delay)
+        waits = _Waits(len(items), self.mailer.smtp if self.mailer is not None else None, outage)
+        recorder.stalled_by = waits
         if gate is not None:
             await gate.wait()
         chunks = [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
         renders = [(chunk, self.pool.submit(template, chunk)) for chunk in chunks]
-        issuing = _Issuing(batch, template, {r.userid: r for r in recipients}, _Storing(primary, fallback),
-                           relay_wait, recorder)
+        issuing = _Issuing(batch, template, {r.userid: r for r in recipients}, storing, waits, recorder)
         return asyncio.ensure_future(self._issue(issuing, renders))
 
     async def _issue(self, issuing: _Issuing, renders: list[tuple[list[CertificateInput], Rendering]]) -> bool:
@@ -233,6 +244,7 @@ class CertificateBatchHandler:
         finally:
             for _, rendering in renders:  # not waited for: a broken pool, a cancel
                 rendering.future.cancel()
+            issuing.waits.store.close()
         return issuing.storing.fell_back
 
     async def _render_and_store(self, issuing: _Issuing, chunk: list[CertificateInput], rendering: Rendering) -> None:
@@ -245,7 +257,7 @@ class CertificateBatchHandler:
         try:
             await self._store_one(issuing, item, pdf)
         finally:
-            issuing.relay_wait.open -= 1
+            issuing.waits.open -= 1
 
     async def _store_one(self, issuing: _Issuing, item: CertificateInput, pdf: bytes | str) -> None:
         batch, recorder, storing = issuing.batch, issuing.recorder, issuing.storing
@@ -253,14 +265,23 @@ class CertificateBatchHandler:
         if isinstance(pdf, str):
             await recorder.record(self._failed(batch, recipient, pdf, retryable=False))
             return
-        async with self._uploads:
-            stored, attempts, error = await self._store(batch, storing, recorder, item.key, pdf)
-        if stored is None:
-            await recorder.record(self._failed(batch, recipient, error or "storage failed", retryable=True,
-                                               attempts=attempts, provider=storing.primary.backend))
-            return
+        outage, attempts = issuing.waits.store, 0
+        while True:
+            gave_up = await outage.until_up()
+            if gave_up is not None:
+                await recorder.record(self._failed(batch, recipient, self._unavailable(storing, gave_up),
+                                                   retryable=True, attempts=attempts,
+                                                   provider=storing.primary.backend))
+                return
+            async with self._uploads:
+                stored, tries, unavailable = await self._store(batch, storing, recorder, item.key, pdf)
+            attempts += tries
+            if stored is not None:
+                outage.took()
+                break
+            outage.lost(str(unavailable)[:1000])
         emailed, message_id, email_error, suppressed = await self._notify(batch, recipient, stored, item.code,
-                                                                          issuing.relay_wait)
+                                                                          issuing.waits)
         template = issuing.template
         await recorder.record(CertificateIssued(
             job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=item.userid,
@@ -273,7 +294,7 @@ class CertificateBatchHandler:
         ))
 
     async def _notify(self, batch: BatchDispatched, recipient: Recipient, stored: StoredObject, code: str,
-                      relay_wait: _RelayWait) -> tuple[bool | None, str | None, str | None, bool | None]:
+                      waits: _Waits) -> tuple[bool | None, str | None, str | None, bool | None]:
         """(emailed, Message-ID, why not, suppressed) of the mail that tells the learner, when the job asks for one.
         Part of issuing: the outcome says whether the learner was told, so it stays one per learner."""
         if not batch.notify_template_id or self.mailer is None:
@@ -282,7 +303,7 @@ class CertificateBatchHandler:
         if held is not None:
             return False, None, held, True
         message_id, error = await self.mailer.send(batch, recipient, certificate_url=stored.url, code=code,
-                                                   out=relay_wait.mails)
+                                                   out=waits.mails)
         return message_id is not None, message_id, error, None
 
     def _held_back(self, batch: BatchDispatched, recipient: Recipient) -> str | None:
@@ -301,8 +322,9 @@ class CertificateBatchHandler:
         return f"suppressed ({scope}, {entry.source}): {entry.reason}"[:2000]
 
     async def _store(self, batch: BatchDispatched, storing: _Storing, recorder: OutcomeRecorder, key: str,
-                     pdf: bytes) -> tuple[StoredObject | None, int, str | None]:
-        """(stored object, attempts, error): the primary store, then local for the rest of the batch."""
+                     pdf: bytes) -> tuple[StoredObject | None, int, StorageUnavailable | None]:
+        """(stored object, puts, why the last store was unavailable): the primary store, then local for the rest of
+        the batch."""
         attempts = 0
         if not storing.fell_back:
             attempts += 1
@@ -311,7 +333,7 @@ class CertificateBatchHandler:
             except StorageUnavailable as exc:
                 self._lost(storing.primary, exc)
                 if storing.fallback is None:
-                    return None, attempts, f"certificate store unavailable: {exc}"[:2000]
+                    return None, attempts, exc
                 await self._fall_back(batch, storing, recorder, str(exc))
         assert storing.fallback is not None
         attempts += 1
@@ -319,7 +341,13 @@ class CertificateBatchHandler:
             return self._took(storing.fallback, await storing.fallback.put(key, pdf)), attempts, None
         except StorageUnavailable as exc:
             self._lost(storing.fallback, exc)
-            return None, attempts, f"cloud and local certificate stores unavailable: {exc}"[:2000]
+            return None, attempts, exc
+
+    @staticmethod
+    def _unavailable(storing: _Storing, why: str) -> str:
+        """The error of a learner whose certificate no store would take, however long it was waited for."""
+        stores = "cloud and local certificate stores" if storing.fell_back else "certificate store"
+        return f"{stores} unavailable: {why}"[:2000]
 
     def _took(self, store: CertificateStore, stored: StoredObject) -> StoredObject:
         if self.dependencies is not None:

@@ -1,7 +1,7 @@
 """What a stop or rebalance asks of a batch before giving it up: that every chunk (or certificate mail) of it waits,
 none may be sending. ``BatchDelivery.waits_for`` is set only while a chunk sleeps between rounds of an outage;
 ``BatchDelivery.waiting`` also counts a chunk trying again to reach a relay that is unreachable with no session
-open; a certificate batch (``_RelayWait``) and an email batch (``_stall_reason``, with its pacing sleeps) wait only
+open; a certificate batch (``_Waits``, also counting learners that wait for the certificate store) and an email batch (``_stall_reason``, with its pacing sleeps) wait only
 when all of theirs do."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from adapters.email.base import OnEachResult, Outcome, OutgoingEmail, ProviderUn
 from adapters.email.delivery import BatchDelivery, Phase, RetryPolicy
 from adapters.email.pacing import PacedProvider, RateLimiter
 from adapters.email.smtp import SmtpProvider
-from streams.handlers.certificate_batches import _RelayWait
+from streams.handlers.certificate_batches import _Waits
 from streams.handlers.email_batches import _stall_reason
+from streams.handlers.store_outage import StoreOutage
 from tests.support.email import closed_port, outgoing, silent_port
 
 
@@ -69,13 +70,17 @@ def test_a_chunk_says_what_it_waits_for_only_while_it_sleeps_out_an_outage() -> 
     assert (delivery.phase, delivery.waits_for) == (Phase.DONE, None)
 
 
+async def stored_fine() -> None:
+    return None
+
+
 def test_a_certificate_batch_waits_for_the_relay_only_once_every_learner_left_has_a_mail_that_waits() -> None:
     """Its learners render, store and then mail side by side: while one still renders or stores, or one mail
     is in a round that may send, the batch is not given up."""
     down = "smtp unavailable: connection refused"
     mails = [BatchDelivery([outgoing(i)], primary=RelayBackAfter(down=0), fallback=None, policy=RetryPolicy())
              for i in range(3)]
-    wait = _RelayWait(3, None)
+    wait = _Waits(3, None, StoreOutage("job j batch 0", stored_fine, max_seconds=60, base_delay=0.1, max_delay=1))
     for mail in mails[:2]:
         wait.mails.add(mail)
         mail.waits_for = down
