@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 
 from config.settings import Settings
 from streams.cost import cost_of, job_cost
@@ -44,6 +44,35 @@ def test_every_variable_a_guide_names_is_one_the_settings_read(path: str) -> Non
     assert not unknown, f"{path} names variables the code does not read: {unknown}"
     if path != "README.md":
         assert named, f"{path} names no variable at all"
+
+
+def readme_table_variables() -> set[str]:
+    """The variables the README's configuration table names, ``_PORT`` after ``OFFLOAD_SMTP_HOST`` as
+    ``OFFLOAD_SMTP_PORT``."""
+    names: set[str] = set()
+    for line in (REPO / "README.md").read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        prefix = ""
+        for name in re.findall(r"`([A-Z_][A-Z0-9_]*)`", line.split("|")[1]):
+            if name.startswith("_"):
+                names.add(prefix + name)
+            else:
+                names.add(name)
+                prefix = name.rsplit("_", 1)[0]
+    return names
+
+
+def test_the_readme_table_names_every_variable_the_settings_read() -> None:
+    """The reverse of the guides' test: an operator finds every setting in one table."""
+    named = readme_table_variables()
+    missing = []
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [f"OFFLOAD_{name.upper()}"]
+        if not named & {str(choice) for choice in choices}:
+            missing.append(f"OFFLOAD_{name.upper()}")
+    assert not missing, f"README's configuration table lacks: {missing}"
 
 
 def test_the_guides_name_the_provider_variables() -> None:
