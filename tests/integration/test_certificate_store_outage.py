@@ -6,7 +6,11 @@ worker stopped while they wait stops at once and gives the batch up; the next wo
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import re
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +67,45 @@ def test_learners_wait_for_an_unusable_local_store_and_are_issued_once_it_takes_
     unblock(root)
     issued_each_once(settings, "store-down", root)
     worker.wait_for_log("the certificate store takes puts again", timeout=30)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system of 256 KiB of its own (tmpfs): room for a few certificates. Mounting needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_a_disk_that_fills_up_during_the_job_holds_the_learners_left_until_it_has_room(
+    settings_factory, topics_for, processes, job_factory, small_disk: Path
+) -> None:
+    """A real full disk (ENOSPC): the certificates that fit are issued, the rest wait; given room, each of them
+    is issued once, and every file is whole."""
+    root = small_disk / "certs"
+    settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
+                                storage_outage_max_seconds=3600)
+    topics_for(settings)
+    worker = processes("worker", settings)
+    processes("projector", settings)
+    submit(settings, "disk-full", job_factory)
+    worker.wait_for_log("No space left on device; its learners wait for the certificate store", timeout=90)
+    fitted = len(list(root.rglob("*.pdf")))
+    assert 0 < fitted < LEARNERS
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    issued_each_once(settings, "disk-full", root)
+    rows = query(settings, "SELECT certificate_sha256, certificate_url FROM job_recipients WHERE job_id = 'disk-full'")
+    for row in rows:
+        path = root / row["certificate_url"].split("/certificates/", 1)[1]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["certificate_sha256"]
+    assert not list(root.rglob("*.tmp"))
 
 
 def test_a_worker_stopped_while_its_learners_wait_for_the_store_stops_and_the_next_issues_each_once(
