@@ -38,6 +38,7 @@ if str(REPO) not in sys.path:
 
 import aiohttp
 
+from bench.jobs import drop_own_artifacts
 from bench.mail_sink import SinkProcess
 from bench.measure import cpu_seconds
 from config.settings import Settings
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             smtp_port=smtp_port,
         )
         asyncio.run(create_topics(settings, with_changelogs=True))
+        stack.callback(drop_own_artifacts, settings, tag)
         worker = ServiceProcess("worker", settings, work, "Worker]: Ready").start()
         stack.callback(worker.stop)
         projector = ServiceProcess("projector", settings, work, None).start()

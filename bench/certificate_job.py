@@ -24,6 +24,7 @@ from types import SimpleNamespace
 if not __package__:  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.jobs import drop_own_artifacts  # noqa: E402
 from bench.measure import cpu_seconds, machine_cpu, postgres_cpu_seconds, stack_pids  # noqa: E402
 
 N = 10_000
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             worker.stop()
             projector.stop()
+            drop_own_artifacts(settings, tag)
         raw_after = raw_render_rate(300)
     per_core = round((raw_before["per_core_per_s"] + raw_after["per_core_per_s"]) / 2, 1)
     total = (raw_before["total_per_s"] + raw_after["total_per_s"]) / 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -122,8 +123,13 @@ def run_job(settings: Settings, job_id: str, n: int, company_id: int, timeout: f
 
 
 def drop_own_artifacts(settings: Settings, tag: str) -> None:
-    """Delete this run's topics (named by its unique tag) and projection schema; nobody else's."""
+    """Delete this run's topics (named by its unique tag), projection schema and the worker's Faust directory;
+    nobody else's."""
     from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.app import data_dir
+
+    shutil.rmtree(data_dir(settings.app_id), ignore_errors=True)
 
     async def drop_topics() -> int:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=30000)
