@@ -16,6 +16,7 @@ from projections.base import Applied
 from schemas.events import (
     BatchCompleted,
     BatchDispatched,
+    BatchWaitingForDependency,
     BatchWaitingForQuota,
     JobAccepted,
     JobCompleted,
@@ -108,7 +109,10 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 
 
 _TOPICS = frozenset(t.topic for t in (JobAccepted, JobRejected, BatchCompleted, BatchWaitingForQuota,
-                                       JobFellBackToLocal, BatchDispatched, JobCompleted))
+                                       BatchWaitingForDependency, JobFellBackToLocal, BatchDispatched, JobCompleted))
+# The job's pacing while a batch of it waits for a dependency (BatchWaitingForDependency); a batch's BatchCompleted
+# that says no pacing of its own ends it.
+WAITING_FOR = "waiting for "
 
 
 async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C901 - one branch per event type
@@ -117,6 +121,7 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C
     # per event did, for one statement per job instead of one per batch.
     touched: dict[str, None] = {}
     batches: list[tuple] = []
+    released: dict[str, None] = {}  # jobs whose "waiting for …" a later BatchCompleted ended
     # Most of a poll is outcomes: one look at the topic each, instead of six isinstance checks.
     for event in [event for _, event in events if event.topic in _TOPICS]:
         if isinstance(event, JobAccepted):
@@ -140,9 +145,14 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C
                             event.completed_at))
             if event.pacing is not None:
                 await _pacing(cur, event.job_id, event.pacing)
+            else:
+                released[event.job_id] = None
             touched[event.job_id] = None
         elif isinstance(event, BatchWaitingForQuota):  # on `jobs` like BatchCompleted: the later one says it
             await _pacing(cur, event.job_id, f"paused: {event.reason}")
+        elif isinstance(event, BatchWaitingForDependency):
+            await _pacing(cur, event.job_id, f"{WAITING_FOR}{event.dependency}: {event.reason}")
+            released.pop(event.job_id, None)
         elif isinstance(event, JobFellBackToLocal):
             await cur.execute(
                 """UPDATE jobs SET fell_back = true, fallback_reason = %s, updated_at = now() WHERE job_id = %s""",
@@ -172,6 +182,9 @@ async def apply(cur: AsyncCursor, events: Sequence[Applied]) -> None:  # noqa: C
     if batches:  # only _REFRESH reads job_batches; a batch reported twice (served again after a crash) counts once
         await cur.executemany("INSERT INTO job_batches VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                               batches)
+    for job_id in released:
+        await cur.execute("UPDATE jobs SET pacing = NULL WHERE job_id = %s AND pacing LIKE %s",
+                          (job_id, f"{WAITING_FOR}%"))
     for job_id in touched:
         await _refresh(cur, job_id)
 

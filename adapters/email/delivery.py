@@ -77,6 +77,7 @@ class DeliveryReport:
 
 
 OnResult = Callable[[FinalResult], Awaitable[None] | None]
+OnOutage = Callable[[str, str], Awaitable[None]]
 
 
 class Phase(enum.Enum):
@@ -118,11 +119,15 @@ class BatchDelivery:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         rng: random.Random | None = None,
         breaker: CircuitBreaker | None = None,
+        on_outage: OnOutage | None = None,
     ) -> None:
         self.messages = messages
         self.primary, self.fallback, self.policy = primary, fallback, policy
         self.on_result, self.sleep, self.rng = on_result, sleep, rng or random.Random()
         self.breaker = breaker  # guards the primary only; the fallback is the local relay
+        # Told (provider name, why) as the delivery begins to wait out an outage without spending attempts.
+        self.on_outage = on_outage
+        self._outage_began: str | None = None
         self.provider = primary
         self.phase = Phase.SENDING
         self.fell_back = False
@@ -159,6 +164,10 @@ class BatchDelivery:
                 break
             self.phase, reason, delay = self._next_phase(done)
             self.waits_for = done.unavailable if self.phase is Phase.PROVIDER_DOWN else None
+            if self._outage_began is not None:
+                began, self._outage_began = self._outage_began, None
+                if self.on_outage is not None:
+                    await self.on_outage(self.provider.name, began)
             if self.phase is Phase.FALLING_BACK:
                 self._fall_back(reason)
             elif self.phase is Phase.GIVING_UP:
@@ -270,6 +279,7 @@ class BatchDelivery:
                 if self.unavailable_rounds == 1:
                     log.warning("%s; %d recipients wait for it without spending attempts", done.unavailable,
                                 len(self.open))
+                    self._outage_began = done.unavailable
                 self.outage_waited += delay
                 return Phase.PROVIDER_DOWN, "", delay
             return Phase.PROVIDER_DOWN, "", policy.delay(self.unavailable_rounds, self.rng)

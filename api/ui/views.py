@@ -101,6 +101,7 @@ _SUMMARY_FIELDS = {
     "job.rejected": ("problems",),
     "job.fell-back-to-local": ("from_provider", "to_provider", "reason"),
     "batch.waiting-for-quota": ("batch_no", "provider", "reason"),
+    "batch.waiting-for-dependency": ("batch_no", "dependency", "reason"),
     "job.completed": ("run", "succeeded", "failed", "cancelled"),
     "job.cancelled": ("reason",),
     "job.retry-requested": ("only_retryable",),

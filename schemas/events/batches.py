@@ -107,6 +107,24 @@ class BatchWaitingForQuota(Event):
     waiting_since: AwareDatetime = Field(default_factory=utcnow)
 
 
+class BatchWaitingForDependency(Event):
+    """A batch's work waits for what it cannot do without, without failing anyone: the local relay unreachable
+    (waited out for up to ``OFFLOAD_RELAY_OUTAGE_MAX_SECONDS``), or the last certificate store it can use taking no
+    files (``OFFLOAD_STORAGE_OUTAGE_MAX_SECONDS``). Said once per batch, as the wait begins, so the job's page says
+    at once why it stands still; the batch's BatchCompleted ends what it says."""
+
+    ce_type: ClassVar[str] = "org.manireports.offload.batch.waiting-for-dependency.v1"
+    topic: ClassVar[str] = "jobs"
+
+    job_id: str
+    run: int = 0
+    batch_no: int
+    dependency: str = Field(description="as the worker's health names it, e.g. 'smtp-relay', 'storage local'")
+    reason: str = Field(max_length=1000, description="e.g. 'local certificate store /srv/certs: [Errno 28] No "
+                                                     "space left on device'")
+    waiting_since: AwareDatetime = Field(default_factory=utcnow)
+
+
 class JobFellBackToLocal(Event):
     """The cloud provider was unavailable past the retry budget; the rest of the batch went local."""
 

@@ -11,6 +11,7 @@ from schemas.events.batches import (
     BatchCompleted,
     BatchDispatched,
     BatchesDispatched,
+    BatchWaitingForDependency,
     BatchWaitingForQuota,
     JobFellBackToLocal,
 )
@@ -84,5 +85,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RecipientChunkReceived,
     JobCommitted,
     ChunkedJobExpired,
+    BatchWaitingForDependency,
 )
 BY_CE_TYPE: dict[str, type[Event]] = {cls.ce_type: cls for cls in EVENT_TYPES}

@@ -40,6 +40,7 @@ from schemas.events import (
     StorageProviderName,
 )
 from streams.handlers.store_outage import StoreOutage
+from streams.handlers.wait_notice import WaitNotice
 
 if TYPE_CHECKING:
     from adapters.email.delivery import BatchDelivery
@@ -154,6 +155,7 @@ class _Issuing:
     storing: _Storing
     waits: _Waits
     recorder: OutcomeRecorder
+    notice: WaitNotice  # says once that the batch waits (BatchWaitingForDependency)
 
 
 class CertificateBatchHandler:
@@ -230,7 +232,8 @@ class CertificateBatchHandler:
             await gate.wait()
         chunks = [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
         renders = [(chunk, self.pool.submit(template, chunk)) for chunk in chunks]
-        issuing = _Issuing(batch, template, {r.userid: r for r in recipients}, storing, waits, recorder)
+        issuing = _Issuing(batch, template, {r.userid: r for r in recipients}, storing, waits, recorder,
+                           WaitNotice(batch, recorder))
         return asyncio.ensure_future(self._issue(issuing, renders))
 
     async def _issue(self, issuing: _Issuing, renders: list[tuple[list[CertificateInput], Rendering]]) -> bool:
@@ -279,9 +282,11 @@ class CertificateBatchHandler:
             if stored is not None:
                 outage.took()
                 break
-            outage.lost(str(unavailable)[:1000])
+            why = str(unavailable)[:1000]
+            if outage.lost(why):
+                await issuing.notice(f"storage {(storing.fallback or storing.primary).backend}", why)
         emailed, message_id, email_error, suppressed = await self._notify(batch, recipient, stored, item.code,
-                                                                          issuing.waits)
+                                                                          issuing.waits, issuing.notice)
         template = issuing.template
         await recorder.record(CertificateIssued(
             job_id=batch.job_id, run=batch.run, batch_no=batch.batch_no, userid=item.userid,
@@ -294,7 +299,7 @@ class CertificateBatchHandler:
         ))
 
     async def _notify(self, batch: BatchDispatched, recipient: Recipient, stored: StoredObject, code: str,
-                      waits: _Waits) -> tuple[bool | None, str | None, str | None, bool | None]:
+                      waits: _Waits, notice: WaitNotice) -> tuple[bool | None, str | None, str | None, bool | None]:
         """(emailed, Message-ID, why not, suppressed) of the mail that tells the learner, when the job asks for one.
         Part of issuing: the outcome says whether the learner was told, so it stays one per learner."""
         if not batch.notify_template_id or self.mailer is None:
@@ -303,7 +308,7 @@ class CertificateBatchHandler:
         if held is not None:
             return False, None, held, True
         message_id, error = await self.mailer.send(batch, recipient, certificate_url=stored.url, code=code,
-                                                   out=waits.mails)
+                                                   out=waits.mails, notice=notice)
         return message_id is not None, message_id, error, None
 
     def _held_back(self, batch: BatchDispatched, recipient: Recipient) -> str | None:

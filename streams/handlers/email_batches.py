@@ -14,7 +14,7 @@ from adapters.email.delivery import BatchDelivery, DeliveryReport, FinalResult, 
 from adapters.email.dkim import DkimSigners, DkimSigningProvider
 from adapters.email.pacing import PacedProvider
 from adapters.email.quota import DailyQuota
-from adapters.email.smtp import SmtpProvider
+from adapters.email.smtp import SMTP_RELAY, SmtpProvider
 from config.settings import Settings
 from content.email import (
     EmailRenderer,
@@ -43,6 +43,7 @@ from security.unsubscribe import list_unsubscribe_headers
 from streams.batchwork import OutcomeRecorder, nothing_out
 from streams.context import StreamContext
 from streams.handlers.email_providers import EmailProviders
+from streams.handlers.wait_notice import WaitNotice
 from streams.templates import CompanyTemplates, TemplateUnavailable
 
 log = logging.getLogger(__name__)
@@ -152,9 +153,9 @@ class CertificateMailer:
         self.policy = retry_policy(settings)
 
     async def send(self, batch: BatchDispatched, recipient: Recipient, *, certificate_url: str, code: str,
-                   out: set[BatchDelivery]) -> tuple[str | None, str | None]:
+                   out: set[BatchDelivery], notice: WaitNotice) -> tuple[str | None, str | None]:
         """(Message-ID, None) once sent, or (None, why not). The delivery is in ``out`` while it runs, so the
-        batch can tell when its mails all wait for an unreachable relay."""
+        batch can tell when its mails all wait for an unreachable relay; ``notice`` says once that they do."""
         assert batch.notify_template_id is not None
         problem = address_problem(recipient.email)
         if problem:
@@ -168,7 +169,8 @@ class CertificateMailer:
             return None, f"template error: {exc}"
         signer = self.dkim.for_company(batch.company_id) if self.dkim else None
         smtp = DkimSigningProvider(self.smtp, signer) if signer else self.smtp
-        delivery = BatchDelivery([message], primary=smtp, fallback=None, policy=self.policy)
+        delivery = BatchDelivery([message], primary=smtp, fallback=None, policy=self.policy,
+                                 on_outage=notice.on_outage_of(self.smtp.name, SMTP_RELAY))
         out.add(delivery)
         try:
             report = await delivery.run()
@@ -221,9 +223,11 @@ class EmailBatchHandler:
         chunk: list[OutgoingEmail] = []
         held: list[list[OutgoingEmail]] = []  # composed before the gate opened
 
+        on_outage = WaitNotice(batch, recorder).on_outage_of(self.providers.smtp.name, SMTP_RELAY)
+
         def hand_out(messages: list[OutgoingEmail]) -> None:
             delivery = BatchDelivery(messages, primary=primary, fallback=fallback, policy=self.policy,
-                                     on_result=on_result, breaker=breaker)
+                                     on_result=on_result, breaker=breaker, on_outage=on_outage)
             deliveries.append(delivery)
             reports.append(asyncio.ensure_future(delivery.run()))
 

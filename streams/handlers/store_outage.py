@@ -47,12 +47,14 @@ class StoreOutage:
         self._rounds = 0
         self._probe: asyncio.Task[None] | None = None
 
-    def lost(self, reason: str) -> None:
-        """A put found the store unavailable."""
-        if self.reason is None and self.given_up is None:
+    def lost(self, reason: str) -> bool:
+        """A put found the store unavailable; True when that begins an outage the batch waits out."""
+        began = self.reason is None and self.given_up is None
+        if began:
             log.warning("%s: %s; its learners wait for the certificate store (up to %.0f s of back-off) without "
                         "failing", self.label, reason, self.max_seconds)
         self.reason, self.down = reason, True
+        return began
 
     def took(self) -> None:
         """A put was taken: the outage, if there was one, is over."""

@@ -17,7 +17,8 @@ import pytest
 
 from config.settings import Settings
 from offload.client import submit_job
-from tests.support.observe import query, wait_for_job
+from schemas.events import BatchWaitingForDependency
+from tests.support.observe import events, job_row, query, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +63,17 @@ def test_learners_wait_for_an_unusable_local_store_and_are_issued_once_it_takes_
     processes("projector", settings)
     submit(settings, "store-down", job_factory)
     worker.wait_for_log("its learners wait for the certificate store", timeout=90)
-    assert "Not a directory" in worker.log_text() or "File exists" in worker.log_text()
+    # The job's page says why it stands still, from the batch's one BatchWaitingForDependency.
+    pacing = wait_for(lambda: (job_row(settings, "store-down") or {}).get("pacing"), what="the job's pacing")
+    assert re.fullmatch(r"waiting for storage local: local certificate store .*/certs: \[Errno \d+\] "
+                        r"(Not a directory|File exists).*", pacing), pacing
 
     unblock(root)
     issued_each_once(settings, "store-down", root)
     worker.wait_for_log("the certificate store takes puts again", timeout=30)
+    assert job_row(settings, "store-down")["pacing"] is None  # the batch's BatchCompleted ended the wait
+    waits = [e for e in events(settings, "jobs") if isinstance(e, BatchWaitingForDependency)]
+    assert [(e.job_id, e.batch_no, e.dependency) for e in waits] == [("store-down", 0, "storage local")]
 
 
 @pytest.fixture

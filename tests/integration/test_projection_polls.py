@@ -22,6 +22,7 @@ from projections.read_models import READ_MODELS, open_read_models
 from schemas.events import (
     BatchCompleted,
     BatchDispatched,
+    BatchWaitingForDependency,
     Event,
     FailedRecipient,
     JobAccepted,
@@ -68,6 +69,8 @@ def job_with_a_retry() -> list[Event]:
         RecipientDelivered(job_id=JOB, userid=1, email="l1@example.org", provider="smtp", provider_event_id="d1",
                            detail="250 ok", occurred_at=at[20], received_at=at[20]),
         JobFellBackToLocal(job_id=JOB, batch_no=1, from_provider="ses", to_provider="smtp", reason="test"),
+        BatchWaitingForDependency(job_id=JOB, batch_no=1, dependency="smtp-relay",
+                                  reason="smtp unavailable: connection refused", waiting_since=at[20]),
         BatchCompleted(job_id=JOB, batch_no=0, batch_count=2, succeeded=4, failed=1,
                        failures=[FailedRecipient(userid=3, retryable=True)], completed_at=at[21]),
         BatchCompleted(job_id=JOB, batch_no=1, batch_count=2, succeeded=3, failed=2,
@@ -181,7 +184,7 @@ async def test_any_cut_into_polls_and_any_topic_order_leave_the_same_rows(settin
     reference = results.pop("one event per poll, as written")
     job = reference["jobs"][0]
     assert (job["status"], job["succeeded"], job["failed"], job["delivered"], job["batches_done"],
-            job["batch_count"], job["fell_back"]) == ("completed", 9, 1, 1, 3, 3, True)
+            job["batch_count"], job["fell_back"], job["pacing"]) == ("completed", 9, 1, 1, 3, 3, True, None)
     learners = {r["userid"]: r for r in reference["job_recipients"]}
     assert (learners[3]["status"], learners[3]["run"], learners[9]["status"], learners[11]["status"]) == (
         "sent", 1, "failed", "pending")
@@ -190,3 +193,22 @@ async def test_any_cut_into_polls_and_any_topic_order_leave_the_same_rows(settin
             differences = [(i, k, row.get(k), ref.get(k)) for i, (row, ref) in enumerate(
                 zip(rows[table], reference[table], strict=False)) for k in ref if row.get(k) != ref.get(k)]
             assert rows[table] == reference[table], f"{name}: {table}: {differences[:5]}"
+
+
+@pytest.mark.parametrize("cut_size", [1, 3])
+async def test_a_wait_shows_as_the_jobs_pacing_until_a_batch_completes_after_it(settings_factory, cut_size) -> None:
+    """A batch's BatchCompleted ends a wait said before it, in any batch of the job (the job moves again), and
+    leaves alone one said after it, in one poll or several."""
+    settings = settings_factory()
+    log = job_with_a_retry()[:2]
+    waiting = BatchWaitingForDependency(job_id=JOB, batch_no=1, dependency="storage local",
+                                        reason="local certificate store /srv/certs: [Errno 28] No space left on device")
+    completed = BatchCompleted(job_id=JOB, batch_no=0, batch_count=2, succeeded=5, failed=0, completed_at=T0)
+    for events, pacing in (([*log, waiting, completed], None),
+                           ([*log, completed, waiting], f"waiting for storage local: {waiting.reason}")):
+        schema = f"{settings.projection_schema}_{len(events)}_{pacing is None}"
+        view = settings.model_copy(update={"projection_schema": schema})
+        await project(view, cut(positioned(events), cut_size))
+        assert read_models(view, schema)["jobs"][0]["pacing"] == pacing
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

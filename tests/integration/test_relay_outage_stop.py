@@ -16,8 +16,9 @@ from config.settings import Settings
 from devtools.devmail import DevMailSink
 from devtools.processes import ServiceProcess
 from offload.client import submit_job
+from schemas.events import BatchWaitingForDependency
 from tests.support.email import closed_port, silent_port
-from tests.support.observe import query, wait_for_job
+from tests.support.observe import events, job_row, query, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +55,12 @@ def test_a_worker_stopped_while_its_batch_waits_for_the_relay_stops_and_the_next
 ) -> None:
     relay_down = settings_factory(smtp_port=closed_port(), relay_outage_max_seconds=3600)
     given_up_then_sent_once(relay_down, "relay-stop", topics_for, processes, job_factory, mail_sink)
+    # While it waited, the job's page said why (its pacing, from the batch's BatchWaitingForDependency, said once
+    # though both of the batch's chunks waited); then it completed.
+    waits = [e for e in events(relay_down, "jobs") if isinstance(e, BatchWaitingForDependency)]
+    assert [(e.batch_no, e.dependency) for e in waits] == [(0, "smtp-relay")], waits
+    assert re.fullmatch(r"smtp unavailable: smtp 127\.0\.0\.1:\d+: .*", waits[0].reason), waits[0].reason
+    assert not (job_row(relay_down, "relay-stop")["pacing"] or "").startswith("waiting for")
 
 
 def test_a_worker_stopped_while_its_certificate_mails_wait_for_the_relay_stops_and_the_next_issues_each_once(
@@ -82,6 +89,8 @@ def test_a_worker_stopped_while_its_certificate_mails_wait_for_the_relay_stops_a
     rows = query(relay_down, "SELECT status, count(*) AS n FROM job_recipients WHERE job_id = 'cert-relay-stop' "
                              "GROUP BY status")
     assert [(r["status"], r["n"]) for r in rows] == [("issued", 20)]
+    waits = [e for e in events(relay_down, "jobs") if isinstance(e, BatchWaitingForDependency)]
+    assert [(e.batch_no, e.dependency) for e in waits] == [(0, "smtp-relay")], waits  # once for its 20 mails
 
 
 def test_a_worker_stopped_while_its_batch_tries_a_relay_that_does_not_answer_stops_and_the_next_sends_each_once(

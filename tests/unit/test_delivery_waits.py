@@ -54,9 +54,15 @@ def test_a_chunk_says_what_it_waits_for_only_while_it_sleeps_out_an_outage() -> 
         assert relay.delivery is not None
         seen_while_sleeping.append((relay.delivery.phase, relay.delivery.waits_for))
 
+    told: list[tuple[str, str, list[tuple[Phase, str | None]]]] = []
+
+    async def on_outage(provider: str, why: str) -> None:
+        told.append((provider, why, list(seen_while_sleeping)))
+
     async def run() -> BatchDelivery:
         delivery = BatchDelivery([outgoing(i) for i in range(3)], primary=relay, fallback=None,
-                                 policy=RetryPolicy(max_attempts=2, max_outage_seconds=60.0), sleep=sleep)
+                                 policy=RetryPolicy(max_attempts=2, max_outage_seconds=60.0), sleep=sleep,
+                                 on_outage=on_outage)
         relay.delivery = delivery
         report = await delivery.run()
         assert all(result.sent for result in report.results)
@@ -64,6 +70,9 @@ def test_a_chunk_says_what_it_waits_for_only_while_it_sleeps_out_an_outage() -> 
 
     delivery = asyncio.run(run())
     down = "smtp unavailable: connection refused"
+    # Told once, as the wait began (before its first sleep), not at each round of it.
+    assert [(provider, why.replace("smtp 127.0.0.1:1: ", ""), slept) for provider, why, slept in told] == [
+        ("smtp", down, [])]
     assert [(phase, why and why.replace("smtp 127.0.0.1:1: ", "")) for phase, why in seen_while_sleeping] \
         == [(Phase.PROVIDER_DOWN, down)] * 2
     assert relay.seen_while_sending == [(Phase.SENDING, None)] * 3  # a round that may send: not waiting
