@@ -140,8 +140,8 @@ class _Waits:
         waiting = [waits for mail in self.mails if (waits := mail.waiting(self.relay)) is not None]
         if not self.open or len(waiting) + self.store.waiting != self.open:
             return None
-        if self.store.waiting:
-            return f"certificate store unavailable: {self.store.reason}"
+        if self.store.waiting:  # no reason: a put was taken meanwhile, and the waiters' check is due
+            return f"certificate store unavailable: {self.store.reason or 'until its next check'}"
         return waiting[0]
 
 
