@@ -6,6 +6,7 @@ import asyncio
 
 from adapters.storage.base import CertificateStore, StorageUnavailable, StoredObject
 from adapters.storage.local import LocalCertificateStore
+from adapters.storage.watch import StoreWatch
 from config.settings import Settings
 from schemas.events import BatchDispatched
 
@@ -36,6 +37,7 @@ class CertificateStores:
         self.settings = settings
         self.local = LocalCertificateStore(settings.certificate_storage_root, settings.public_base_url)
         self.cloud: dict[str, CertificateStore] = {}
+        self.watches: dict[str, StoreWatch] = {}  # of the cloud stores: which one batches skip now
 
     async def start(self) -> None:
         if self.cloud:
@@ -59,8 +61,12 @@ class CertificateStores:
             )
         else:
             self.cloud["r2"] = UnconfiguredStore("r2")
+        self.watches = {name: StoreWatch(store, cap=s.breaker_cooldown_seconds) for name, store in self.cloud.items()
+                        if not isinstance(store, UnconfiguredStore)}  # which fails at once, and for good
 
     async def stop(self) -> None:
+        for watch in self.watches.values():
+            watch.close()
         for store in self.cloud.values():
             close = getattr(store, "close", None)  # optional: only the S3/R2 stores hold a client to close
             if close is not None:
@@ -72,6 +78,11 @@ class CertificateStores:
         if backend == "local":
             return self.local
         return self.cloud.get(backend) or UnconfiguredStore(backend)
+
+    def watch_of(self, store: CertificateStore) -> StoreWatch | None:
+        """The watch of a cloud store this worker holds (None for local disk, or before ``start``)."""
+        watch = self.watches.get(store.backend)
+        return watch if watch is not None and watch.store is store else None
 
     def for_batch(self, batch: BatchDispatched) -> tuple[CertificateStore, CertificateStore | None]:
         """Primary store and the fallback for when it is unavailable (local batches have none)."""

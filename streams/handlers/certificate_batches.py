@@ -331,15 +331,25 @@ class CertificateBatchHandler:
         """(stored object, puts, why the last store was unavailable): the primary store, then local for the rest of
         the batch."""
         attempts = 0
-        if not storing.fell_back:
+        watch = self.stores.watch_of(storing.primary)
+        skipped = watch.skipped() if watch is not None and storing.fallback is not None else None
+        if skipped is not None:  # found down by an earlier put, of this batch or another: not tried again here
+            await self._fall_back(batch, storing, recorder, skipped)
+        elif not storing.fell_back:
             attempts += 1
             try:
-                return self._took(storing.primary, await storing.primary.put(key, pdf)), attempts, None
+                stored = self._took(storing.primary, await storing.primary.put(key, pdf))
             except StorageUnavailable as exc:
                 self._lost(storing.primary, exc)
+                if watch is not None:
+                    watch.failed(str(exc)[:1000])
                 if storing.fallback is None:
                     return None, attempts, exc
                 await self._fall_back(batch, storing, recorder, str(exc))
+            else:
+                if watch is not None:
+                    watch.took()
+                return stored, attempts, None
         assert storing.fallback is not None
         attempts += 1
         try:

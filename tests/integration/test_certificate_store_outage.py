@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
 import os
 import re
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from config.settings import Settings
-from offload.client import submit_job
-from schemas.events import BatchWaitingForDependency
+from offload.client import change_company_settings, submit_job
+from schemas.events import BatchWaitingForDependency, JobFellBackToLocal
+from tests.support.moto_server import moto_server, s3_client
 from tests.support.observe import events, job_row, query, wait_for, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -154,3 +158,78 @@ def test_an_outage_longer_than_the_setting_fails_the_learners_as_retryable(
     assert {r["retryable"] for r in rows} == {True}
     assert all(re.fullmatch(r"certificate store unavailable: local certificate store .*\(waited \d+ s\)",
                             r["error_message"]) for r in rows), rows[:3]
+
+
+class SlowlyUnavailable:
+    """An S3 endpoint that answers every request 503 after a moment (a store in trouble), counting them."""
+
+    def __init__(self, delay: float = 0.3) -> None:
+        served = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:  # noqa: N802 - the stdlib's name
+                served.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(delay)
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> SlowlyUnavailable:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_cloud_store_that_failed_is_skipped_by_later_batches_until_a_check_passes(
+    settings_factory, topics_for, processes, job_factory, tmp_path: Path
+) -> None:
+    """Each batch used to try S3 first and wait out its failure (three tries, each answered 503 after a moment
+    here; against a store that never answers, three timeouts) before falling back. Now only the batches already
+    started when the first put failed try it; the others store locally at once, and once a check in the background
+    passes (S3 is back) the next job's certificates go to S3 again."""
+    with SlowlyUnavailable() as s3:
+        settings = settings_factory(certificate_storage_endpoint_url=f"http://127.0.0.1:{s3.port}",
+                                    aws_access_key_id="testing", aws_secret_access_key="testing",
+                                    certificate_storage_root=tmp_path / "certs", certificate_render_processes=1,
+                                    breaker_cooldown_seconds=2)
+        topics_for(settings)
+        asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_certificates=True,
+                                            storage_provider="s3", changed_by="test"))
+        worker = processes("worker", settings)
+        processes("projector", settings)
+        worker.wait_for_log("company 7 settings", timeout=30)
+        job = job_factory("s3-trouble", 1000, job_type="certificate", template_id="course_completion",
+                          template_data={"course_name": "Fire Safety 101", "completion_date": "2026-11-20"})
+        asyncio.run(submit_job(settings, job))
+        row = wait_for_job(settings, "s3-trouble", timeout=180)
+        assert (row["succeeded"], row["failed"], row["fell_back"]) == (1000, 0, True), row
+        fell_back = {e.batch_no: e.reason for e in events(settings, "jobs")
+                     if isinstance(e, JobFellBackToLocal) and e.job_id == "s3-trouble"}
+        assert sorted(fell_back) == [0, 1, 2, 3, 4]
+        tried = [no for no, reason in fell_back.items() if "(skipped: " not in reason]
+        # At most the two batches a worker has out at once met the failure themselves.
+        assert 1 <= len(tried) <= 2, fell_back
+        assert all(reason.startswith("s3 unavailable: s3 bucket ") and "503" in reason
+                   for reason in fell_back.values()), fell_back
+        port = s3.port
+    with moto_server(port=port) as moto:
+        s3_client(moto).create_bucket(Bucket=settings.certificate_bucket,
+                                      CreateBucketConfiguration={"LocationConstraint": settings.aws_region})
+        worker.wait_for_log("certificate store s3 answers again", timeout=60)
+        job = job_factory("s3-back", 5, job_type="certificate", template_id="course_completion",
+                          template_data={"course_name": "Fire Safety 101", "completion_date": "2026-11-20"})
+        asyncio.run(submit_job(settings, job))
+        row = wait_for_job(settings, "s3-back", timeout=60)
+        assert (row["succeeded"], row["fell_back"]) == (5, False), row
