@@ -1,9 +1,11 @@
 """Fixtures for the integration tests: the API served inside the test's own event loop; real Postfix and Exim
-relays."""
+relays; a small file system of its own, to fill up."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -69,3 +71,24 @@ def exim_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., EximR
             return relays.enter_context(exim_relay(sink.port, keep_log=next(logs), **options))
 
         yield start
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mounts a tmpfs of the size asked (e.g. ``"64k"``: room for one certificate and a half) under the test's
+    directory, a file system that fills up for real (ENOSPC); ``remount`` with ``-o remount,size=…`` gives it room.
+    Unmounted after the test. Mounting needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"small-{len(mounts)}"
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "--lazy", str(where)], check=True)

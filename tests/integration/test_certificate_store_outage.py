@@ -8,17 +8,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.server
-import os
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from config.settings import Settings
+from devtools.processes import ServiceProcess
 from offload.client import change_company_settings, submit_job
 from schemas.events import BatchWaitingForDependency, JobFellBackToLocal
 from tests.support.moto_server import moto_server, s3_client
@@ -41,10 +41,24 @@ def unblock(root: Path) -> None:
     root.mkdir()
 
 
-def submit(settings: Settings, job_id: str, job_factory) -> None:
-    job = job_factory(job_id, LEARNERS, job_type="certificate", template_id="course_completion",
-                      template_data={"course_name": "Fire Safety 101", "completion_date": "2026-11-20"})
+def certificates(job_factory, job_id: str, learners: int = LEARNERS) -> dict[str, Any]:
+    return job_factory(job_id, learners, job_type="certificate", template_id="course_completion",
+                       template_data={"course_name": "Fire Safety 101", "completion_date": "2026-11-20"})
+
+
+def started(settings: Settings, topics_for, processes, job: dict[str, Any], *, s3: bool = False) -> ServiceProcess:
+    """A worker and a projector on fresh topics, and ``job`` submitted to them (its company's certificates going to
+    S3 when ``s3``, else stored locally); the worker."""
+    topics_for(settings)
+    worker = processes("worker", settings)
+    processes("projector", settings)
+    if s3:
+        asyncio.run(change_company_settings(settings, job["company_id"], cloud_enabled=True,
+                                            use_cloud_for_certificates=True, storage_provider="s3",
+                                            changed_by="test"))
+        worker.wait_for_log(f"company {job['company_id']} settings", timeout=30)
     asyncio.run(submit_job(settings, job))
+    return worker
 
 
 def issued_each_once(settings: Settings, job_id: str, root: Path) -> None:
@@ -62,10 +76,7 @@ def test_learners_wait_for_an_unusable_local_store_and_are_issued_once_it_takes_
     root = blocked_store(tmp_path)
     settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
                                 storage_outage_max_seconds=3600)
-    topics_for(settings)
-    worker = processes("worker", settings)
-    processes("projector", settings)
-    submit(settings, "store-down", job_factory)
+    worker = started(settings, topics_for, processes, certificates(job_factory, "store-down"))
     worker.wait_for_log("its learners wait for the certificate store", timeout=90)
     # The job's page says why it stands still, from the batch's one BatchWaitingForDependency.
     pacing = wait_for(lambda: (job_row(settings, "store-down") or {}).get("pacing"), what="the job's pacing")
@@ -80,37 +91,21 @@ def test_learners_wait_for_an_unusable_local_store_and_are_issued_once_it_takes_
     assert [(e.job_id, e.batch_no, e.dependency) for e in waits] == [("store-down", 0, "storage local")]
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A file system of 256 KiB of its own (tmpfs): room for a few certificates. Mounting needs root."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount)], check=True)
-
-
 def test_a_disk_that_fills_up_during_the_job_holds_the_learners_left_until_it_has_room(
-    settings_factory, topics_for, processes, job_factory, small_disk: Path
+    settings_factory, topics_for, processes, job_factory, small_disk
 ) -> None:
     """A real full disk (ENOSPC): the certificates that fit are issued, the rest wait; given room, each of them
     is issued once, and every file is whole."""
-    root = small_disk / "certs"
+    disk = small_disk("256k")
+    root = disk / "certs"
     settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
                                 storage_outage_max_seconds=3600)
-    topics_for(settings)
-    worker = processes("worker", settings)
-    processes("projector", settings)
-    submit(settings, "disk-full", job_factory)
+    worker = started(settings, topics_for, processes, certificates(job_factory, "disk-full"))
     worker.wait_for_log("No space left on device; its learners wait for the certificate store", timeout=90)
     fitted = len(list(root.rglob("*.pdf")))
     assert 0 < fitted < LEARNERS
 
-    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
     issued_each_once(settings, "disk-full", root)
     rows = query(settings, "SELECT certificate_sha256, certificate_url FROM job_recipients WHERE job_id = 'disk-full'")
     for row in rows:
@@ -125,10 +120,7 @@ def test_a_worker_stopped_while_its_learners_wait_for_the_store_stops_and_the_ne
     root = blocked_store(tmp_path)
     settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
                                 storage_outage_max_seconds=3600)
-    topics_for(settings)
-    worker = processes("worker", settings)
-    processes("projector", settings)
-    submit(settings, "store-stop", job_factory)
+    worker = started(settings, topics_for, processes, certificates(job_factory, "store-stop"))
     worker.wait_for_log("its learners wait for the certificate store", timeout=90)
 
     assert worker.terminate(timeout=90) >= 0
@@ -148,10 +140,7 @@ def test_an_outage_longer_than_the_setting_fails_the_learners_as_retryable(
     root = blocked_store(tmp_path)
     settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
                                 storage_outage_max_seconds=1)
-    topics_for(settings)
-    processes("worker", settings)
-    processes("projector", settings)
-    submit(settings, "store-gone", job_factory)
+    started(settings, topics_for, processes, certificates(job_factory, "store-gone"))
     row = wait_for_job(settings, "store-gone", timeout=120)
     assert (row["succeeded"], row["failed"]) == (0, LEARNERS), row
     rows = query(settings, "SELECT error_message, retryable FROM job_recipients WHERE job_id = 'store-gone'")
@@ -204,15 +193,7 @@ def test_a_cloud_store_that_failed_is_skipped_by_later_batches_until_a_check_pas
                                     aws_access_key_id="testing", aws_secret_access_key="testing",
                                     certificate_storage_root=tmp_path / "certs", certificate_render_processes=1,
                                     breaker_cooldown_seconds=2)
-        topics_for(settings)
-        asyncio.run(change_company_settings(settings, 7, cloud_enabled=True, use_cloud_for_certificates=True,
-                                            storage_provider="s3", changed_by="test"))
-        worker = processes("worker", settings)
-        processes("projector", settings)
-        worker.wait_for_log("company 7 settings", timeout=30)
-        job = job_factory("s3-trouble", 1000, job_type="certificate", template_id="course_completion",
-                          template_data={"course_name": "Fire Safety 101", "completion_date": "2026-11-20"})
-        asyncio.run(submit_job(settings, job))
+        worker = started(settings, topics_for, processes, certificates(job_factory, "s3-trouble", 1000), s3=True)
         row = wait_for_job(settings, "s3-trouble", timeout=180)
         assert (row["succeeded"], row["failed"], row["fell_back"]) == (1000, 0, True), row
         fell_back = {e.batch_no: e.reason for e in events(settings, "jobs")
@@ -228,8 +209,6 @@ def test_a_cloud_store_that_failed_is_skipped_by_later_batches_until_a_check_pas
         s3_client(moto).create_bucket(Bucket=settings.certificate_bucket,
                                       CreateBucketConfiguration={"LocationConstraint": settings.aws_region})
         worker.wait_for_log("certificate store s3 answers again", timeout=60)
-        job = job_factory("s3-back", 5, job_type="certificate", template_id="course_completion",
-                          template_data={"course_name": "Fire Safety 101", "completion_date": "2026-11-20"})
-        asyncio.run(submit_job(settings, job))
+        asyncio.run(submit_job(settings, certificates(job_factory, "s3-back", 5)))
         row = wait_for_job(settings, "s3-back", timeout=60)
         assert (row["succeeded"], row["fell_back"]) == (5, False), row
