@@ -12,11 +12,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from config.settings import Settings
-from projections.jobs import SHOWN_STATUS, JobStatus
+from projections.jobs import SHOWN_STATUS, WAITING_FOR, JobStatus
 
 _QUERY = f"""SELECT job_id, {SHOWN_STATUS} AS status, route, route_reason, provider, total_recipients, succeeded,
                     failed, suppressed, batch_count, batches_done, fell_back, error_message, timecreated,
-                    timecompleted
+                    timecompleted, pacing
              FROM jobs j WHERE job_id = %s"""
 
 
@@ -43,6 +43,7 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
     conn = await _connect(settings)
     started = time.monotonic()
     routed = False
+    shown = 0  # characters of a wait at the end of the line drawn last
     try:
         while time.monotonic() - started < timeout:
             try:
@@ -69,8 +70,11 @@ async def watch(settings: Settings, job_id: str, *, timeout: float = 3600, out=s
             total = row["total_recipients"]
             elapsed = (datetime.now(UTC) - row["timecreated"]).total_seconds() if row["timecreated"] else 0
             rate = done / elapsed if elapsed > 0 else 0
+            # A wait (the relay unreachable, the disk full) said at the line's end while it lasts, blanked after.
+            waits = row["pacing"][:100] if (row["pacing"] or "").startswith(WAITING_FOR) else ""
             out.write(f"\r[{bar(done, total)}] {done}/{total} sent {row['succeeded']} failed {row['failed']} "
-                      f"pending {total - done}  {rate:,.0f}/s  ")
+                      f"pending {total - done}  {rate:,.0f}/s  {waits}{' ' * (shown - len(waits))}")
+            shown = len(waits)
             out.flush()
             if row["status"] == JobStatus.COMPLETED:
                 elapsed = (row["timecompleted"] - row["timecreated"]).total_seconds()
