@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 
 import pytest
 
 from adapters.email.base import Outcome, ProviderUnavailable
+from offload.client import submit_job
 from tests.support.email import MAIL_DOMAIN, MAIL_FROM, outgoing
+from tests.support.observe import wait_for_job
 from tests.support.relays import until_mended, wait_relayed, watched_provider
+from tests.support.tls import server_tls
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +99,52 @@ async def test_learners_it_refuses_fail_on_their_own_and_each_learner_behind_the
         {m.to_address: 1 for m, no in zip(messages, refused, strict=True) if not no}
     state = deps.snapshot()["smtp-relay"]
     assert (state.up, state.losses) == (True, 0)
+
+
+def test_a_job_through_an_exim_that_asks_for_starttls_and_auth_is_sent_encrypted_and_authenticated_once_each(
+    settings_factory, topics_for, processes, job_factory, mail_sink, exim_factory, tmp_path
+):
+    """Exim as a submission relay: STARTTLS with a certificate from the site's own CA, AUTH PLAIN offered only once
+    encrypted, relaying only for whoever logged in (not for the worker's address)."""
+    tls, password = server_tls(tmp_path / "tls"), secrets.token_urlsafe(16)
+    relay = exim_factory(mail_sink, relay_from_hosts="", login=(tls, "moodle", password))
+    settings = settings_factory(smtp_port=relay.port, smtp_starttls=True, smtp_username="moodle",
+                                smtp_password=password, smtp_ca_file=tls.ca_file)
+    topics_for(settings)
+    worker = processes("worker", settings)
+    processes("projector", settings)
+    asyncio.run(submit_job(settings, job_factory("exim-submission", 30)))
+
+    done = wait_for_job(settings, "exim-submission")
+    assert (done["succeeded"], done["failed"]) == (30, 0)
+    got = wait_relayed(mail_sink, 30)
+    assert {address: len(each) for address, each in got.items()} == {f"learner{i}@example.org": 1 for i in range(1, 31)}
+    # Exim logs each message it took with how: over TLS (X=), logged in as moodle (A=), ESMTP with both (esmtpsa).
+    arrivals = [line for line in relay.log().splitlines() if " <= " in line]
+    assert len(arrivals) == 30 and all(" P=esmtpsa " in a and " X=TLS" in a and " A=plain_server:moodle " in a
+                                       for a in arrivals), arrivals[:2]
+    assert password not in worker.log_text() and password not in relay.log()
+
+
+async def test_an_exim_whose_certificate_no_trusted_ca_issued_or_that_refuses_the_password_is_unavailable(
+    mail_sink, exim_factory, tmp_path
+):
+    tls, password = server_tls(tmp_path / "tls"), secrets.token_urlsafe(16)
+    relay = exim_factory(mail_sink, relay_from_hosts="", login=(tls, "moodle", password))
+
+    async def refused(**options: str) -> str:
+        provider, deps = watched_provider(relay.port, connections=1, starttls=True, username="moodle", **options)
+        try:
+            with pytest.raises(ProviderUnavailable) as why:
+                await provider.send_batch([outgoing(0)])
+        finally:
+            await provider.stop()
+        assert deps.down()["smtp-relay"].startswith(f"127.0.0.1:{relay.port}: ")  # what health shows
+        return str(why.value)
+
+    assert "CERTIFICATE_VERIFY_FAILED" in await refused(password=password)  # not used, not even for AUTH
+    wrong = secrets.token_urlsafe(16)
+    said = await refused(password=wrong, ca_file=str(tls.ca_file))
+    assert "authentication failed (535)" in said and wrong not in said
+    assert "535 Incorrect authentication data" in relay.log() and wrong not in relay.log()
+    assert relay.message_ids() == {}

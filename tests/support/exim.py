@@ -28,6 +28,7 @@ import pytest
 from devtools.devstack.process import stop_pid
 from tests.support.relays import greeting
 from tests.support.stack import free_port
+from tests.support.tls import ServerTls
 
 BINARIES = ("/usr/sbin/exim4", "/usr/local/lib/offload-tests/exim4")  # the package's; unpacked by scripts/setup.sh
 USER = "Debian-exim"  # Debian's build looks this user up before it reads any configuration
@@ -48,15 +49,15 @@ daemon_startup_retries = 0
 deliver_drop_privilege = true
 keep_environment =
 host_lookup =
-tls_advertise_hosts =
+{tls}
 hostlist relay_from_hosts = {relay_from_hosts}
 acl_smtp_rcpt = acl_check_rcpt
 
 begin acl
 acl_check_rcpt:
-{verify_sender}{refuse}  accept  hosts = +relay_from_hosts
+{verify_sender}{refuse}{authenticated}  accept  hosts = +relay_from_hosts
   deny    message = relay not permitted
-
+{authenticators}
 begin routers
 {routers}smarthost:
   driver = manualroute
@@ -93,6 +94,24 @@ offload_bounces:
   transport = offload_bounces
 """
 
+# STARTTLS with the test CA's server certificate, and AUTH PLAIN offered only once the session is encrypted (as
+# Debian's exim4-config does): a submission relay for a client that logs in, not one that trusts its address.
+_TLS = """\
+tls_advertise_hosts = *
+tls_certificate = {home}/tls/server.pem
+tls_privatekey = {home}/tls/server.key
+auth_advertise_hosts = ${{if eq{{$tls_in_cipher}}{{}}{{}}{{*}}}}"""
+
+_AUTHENTICATORS = """
+begin authenticators
+plain_server:
+  driver = plaintext
+  public_name = PLAIN
+  server_condition = ${{if and{{{{eq{{$auth2}}{{{user}}}}}{{eq{{$auth3}}{{{password}}}}}}}}}
+  server_set_id = $auth2
+  server_prompts = :
+"""
+
 _ARRIVAL = re.compile(r"^\S+ \S+ (\S+) <= .* id=(\S+)$", re.MULTILINE)
 
 
@@ -107,6 +126,7 @@ class EximRelay:
     unroutable_sender: str | None = None  # a domain whose senders fail verification
     refused: tuple[str, ...] = ()  # recipients it refuses ("550 5.1.1 No such user here")
     bounces: tuple[str, str] | None = None  # (the envelope sender's address, its transport) for its mail
+    login: tuple[ServerTls, str, str] | None = None  # STARTTLS with these files, and AUTH as (user, password)
 
     def log(self) -> str:
         main = self.home / "log" / "mainlog"
@@ -154,7 +174,17 @@ def _unavailable() -> str | None:
 
 def _write_config(relay: EximRelay) -> None:
     routers = _UNROUTABLE_SENDER.format(domain=relay.unroutable_sender) if relay.unroutable_sender else ""
-    transports = ""
+    transports, tls, authenticators = "", "tls_advertise_hosts =", ""
+    if relay.login is not None:
+        files, user, password = relay.login
+        tls_home = relay.home / "tls"
+        tls_home.mkdir(exist_ok=True)
+        for name, source in (("server.pem", files.cert_file), ("server.key", files.key_file)):
+            shutil.copyfile(source, tls_home / name)
+            shutil.chown(tls_home / name, USER)  # read by the session's process, which runs as Debian-exim
+            (tls_home / name).chmod(0o600)
+        tls = _TLS.format(home=relay.home)
+        authenticators = _AUTHENTICATORS.format(user=user, password=password)
     if relay.bounces is not None:
         address, transport = relay.bounces
         routers += _BOUNCES_ROUTER.format(address=address)
@@ -162,6 +192,8 @@ def _write_config(relay: EximRelay) -> None:
     (relay.home / "exim.conf").write_text(_CONFIG.format(
         binary=relay.binary, user=USER, home=relay.home, hostname=relay.hostname, port=relay.port,
         relay_from_hosts=relay.relay_from_hosts, relay_to=relay.relay_to, routers=routers, transports=transports,
+        tls=tls, authenticators=authenticators,
+        authenticated="  accept  authenticated = *\n" if relay.login else "",
         verify_sender="  require verify = sender\n" if relay.unroutable_sender else "",
         refuse=(f"  deny    recipients = {' : '.join(relay.refused)}\n          message = 5.1.1 No such user here\n"
                 if relay.refused else "")))
@@ -204,12 +236,13 @@ def _start(relay: EximRelay) -> bool:
 @contextmanager
 def exim_relay(relay_to: int, *, relay_from_hosts: str = "127.0.0.1", unroutable_sender: str | None = None,
                refused: tuple[str, ...] = (), bounces: tuple[str, str] | None = None,
-               keep_log: Path | None = None) -> Iterator[EximRelay]:
+               login: tuple[ServerTls, str, str] | None = None, keep_log: Path | None = None) -> Iterator[EximRelay]:
     """An Exim instance relaying to 127.0.0.1:``relay_to``, stopped (by its daemon's pid) and removed afterwards.
 
     ``relay_from_hosts``: the hosts it relays for. ``unroutable_sender``: a domain its sender verification fails.
     ``refused``: recipients its RCPT ACL refuses, as a relay refuses a local user that does not exist.
     ``bounces``: (address, transport): that address's mail goes to the transport named ``offload_bounces``.
+    ``login``: (TLS files, user, password): it offers STARTTLS, then AUTH PLAIN, and relays for whoever logs in.
     ``keep_log``: where its main log is copied at the end, for a failed test's reader."""
     reason = _unavailable()
     if reason is not None:
@@ -225,7 +258,7 @@ def exim_relay(relay_to: int, *, relay_from_hosts: str = "127.0.0.1", unroutable
         shutil.chown(home / directory, USER)
     relay = EximRelay(port=0, home=home, hostname=f"relay-{uuid.uuid4().hex[:8]}.offload-test.invalid",
                       binary=binary, relay_to=relay_to, relay_from_hosts=relay_from_hosts,
-                      unroutable_sender=unroutable_sender, refused=refused, bounces=bounces)
+                      unroutable_sender=unroutable_sender, refused=refused, bounces=bounces, login=login)
     try:
         for _ in range(START_ATTEMPTS):
             relay.port = free_port()
