@@ -148,3 +148,25 @@ async def test_an_exim_whose_certificate_no_trusted_ca_issued_or_that_refuses_th
     assert "authentication failed (535)" in said and wrong not in said
     assert "535 Incorrect authentication data" in relay.log() and wrong not in relay.log()
     assert relay.message_ids() == {}
+
+
+async def test_sessions_beyond_exims_limit_per_host_are_not_the_relay_lost_and_the_others_send_each_once(
+    mail_sink, exim_factory, caplog
+):
+    """Exim's ``smtp_accept_max_per_host``: the worker's pool (here 4 sessions) asks for more than the relay takes
+    from its host (2), as several workers on one host may. The sessions it refuses are not the relay lost."""
+    relay = exim_factory(mail_sink, max_per_host=2)
+    provider, deps = watched_provider(relay.port, connections=4)
+    try:
+        results = await provider.send_batch([outgoing(i) for i in range(40)])
+        results += await provider.send_batch([outgoing(i) for i in range(40, 60)])
+    finally:
+        await provider.stop()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 60, [r.error for r in results if r.error]
+    assert "Connection from [127.0.0.1] refused: too many connections from that IP address" in relay.log()
+    state = deps.snapshot()["smtp-relay"]
+    assert (state.up, state.losses) == (True, 0)  # there all along: health never said otherwise
+    said = [r.getMessage() for r in caplog.records if "refused a session beyond those the worker holds" in r.getMessage()]
+    assert len(said) == 1 and "421" in said[0], said
+    got = await asyncio.to_thread(wait_relayed, mail_sink, 60)
+    assert {address: len(each) for address, each in got.items()} == {f"learner{i}@example.org": 1 for i in range(60)}

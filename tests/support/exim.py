@@ -50,6 +50,7 @@ deliver_drop_privilege = true
 keep_environment =
 host_lookup =
 {tls}
+{limits}
 hostlist relay_from_hosts = {relay_from_hosts}
 acl_smtp_rcpt = acl_check_rcpt
 
@@ -127,6 +128,7 @@ class EximRelay:
     refused: tuple[str, ...] = ()  # recipients it refuses ("550 5.1.1 No such user here")
     bounces: tuple[str, str] | None = None  # (the envelope sender's address, its transport) for its mail
     login: tuple[ServerTls, str, str] | None = None  # STARTTLS with these files, and AUTH as (user, password)
+    max_per_host: int | None = None  # sessions it takes from one client host at a time (smtp_accept_max_per_host)
 
     def log(self) -> str:
         main = self.home / "log" / "mainlog"
@@ -193,6 +195,7 @@ def _write_config(relay: EximRelay) -> None:
         binary=relay.binary, user=USER, home=relay.home, hostname=relay.hostname, port=relay.port,
         relay_from_hosts=relay.relay_from_hosts, relay_to=relay.relay_to, routers=routers, transports=transports,
         tls=tls, authenticators=authenticators,
+        limits=f"smtp_accept_max_per_host = {relay.max_per_host}" if relay.max_per_host else "",
         authenticated="  accept  authenticated = *\n" if relay.login else "",
         verify_sender="  require verify = sender\n" if relay.unroutable_sender else "",
         refuse=(f"  deny    recipients = {' : '.join(relay.refused)}\n          message = 5.1.1 No such user here\n"
@@ -236,13 +239,15 @@ def _start(relay: EximRelay) -> bool:
 @contextmanager
 def exim_relay(relay_to: int, *, relay_from_hosts: str = "127.0.0.1", unroutable_sender: str | None = None,
                refused: tuple[str, ...] = (), bounces: tuple[str, str] | None = None,
-               login: tuple[ServerTls, str, str] | None = None, keep_log: Path | None = None) -> Iterator[EximRelay]:
+               login: tuple[ServerTls, str, str] | None = None, max_per_host: int | None = None,
+               keep_log: Path | None = None) -> Iterator[EximRelay]:
     """An Exim instance relaying to 127.0.0.1:``relay_to``, stopped (by its daemon's pid) and removed afterwards.
 
     ``relay_from_hosts``: the hosts it relays for. ``unroutable_sender``: a domain its sender verification fails.
     ``refused``: recipients its RCPT ACL refuses, as a relay refuses a local user that does not exist.
     ``bounces``: (address, transport): that address's mail goes to the transport named ``offload_bounces``.
     ``login``: (TLS files, user, password): it offers STARTTLS, then AUTH PLAIN, and relays for whoever logs in.
+    ``max_per_host``: how many sessions it takes from one client host at a time (Exim's default: no limit).
     ``keep_log``: where its main log is copied at the end, for a failed test's reader."""
     reason = _unavailable()
     if reason is not None:
@@ -258,7 +263,8 @@ def exim_relay(relay_to: int, *, relay_from_hosts: str = "127.0.0.1", unroutable
         shutil.chown(home / directory, USER)
     relay = EximRelay(port=0, home=home, hostname=f"relay-{uuid.uuid4().hex[:8]}.offload-test.invalid",
                       binary=binary, relay_to=relay_to, relay_from_hosts=relay_from_hosts,
-                      unroutable_sender=unroutable_sender, refused=refused, bounces=bounces, login=login)
+                      unroutable_sender=unroutable_sender, refused=refused, bounces=bounces, login=login,
+                      max_per_host=max_per_host)
     try:
         for _ in range(START_ATTEMPTS):
             relay.port = free_port()
