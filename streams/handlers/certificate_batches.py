@@ -331,25 +331,20 @@ class CertificateBatchHandler:
         """(stored object, puts, why the last store was unavailable): the primary store, then local for the rest of
         the batch."""
         attempts = 0
-        watch = self.stores.watch_of(storing.primary)
-        skipped = watch.skipped() if watch is not None and storing.fallback is not None else None
-        if skipped is not None:  # found down by an earlier put, of this batch or another: not tried again here
-            await self._fall_back(batch, storing, recorder, skipped)
-        elif not storing.fell_back:
-            attempts += 1
-            try:
-                stored = self._took(storing.primary, await storing.primary.put(key, pdf))
-            except StorageUnavailable as exc:
-                self._lost(storing.primary, exc)
-                if watch is not None:
-                    watch.failed(str(exc)[:1000])
-                if storing.fallback is None:
-                    return None, attempts, exc
-                await self._fall_back(batch, storing, recorder, str(exc))
+        if not storing.fell_back:
+            watch = self.stores.watch_of(storing.primary)
+            skipped = watch.skipped() if watch is not None and storing.fallback is not None else None
+            if skipped is not None:  # found down by an earlier put, of this batch or another: not tried again here
+                await self._fall_back(batch, storing, recorder, skipped)
             else:
-                if watch is not None:
-                    watch.took()
-                return stored, attempts, None
+                attempts += 1
+                try:
+                    return self._took(storing.primary, await storing.primary.put(key, pdf)), attempts, None
+                except StorageUnavailable as exc:
+                    self._lost(storing.primary, exc)
+                    if storing.fallback is None:
+                        return None, attempts, exc
+                    await self._fall_back(batch, storing, recorder, str(exc))
         assert storing.fallback is not None
         attempts += 1
         try:
@@ -365,11 +360,18 @@ class CertificateBatchHandler:
         return f"{stores} unavailable: {why}"[:2000]
 
     def _took(self, store: CertificateStore, stored: StoredObject) -> StoredObject:
+        """Records that ``store`` took a put: in the worker's health and, for a cloud store, its watch."""
         if self.dependencies is not None:
             self.dependencies.restored(f"storage {store.backend}")
+        if (watch := self.stores.watch_of(store)) is not None:
+            watch.took()
         return stored
 
     def _lost(self, store: CertificateStore, exc: StorageUnavailable) -> None:
+        """Records that a put to ``store`` failed: in the worker's health and, for a cloud store, its watch (the
+        batches after it skip the store)."""
+        if (watch := self.stores.watch_of(store)) is not None:
+            watch.failed(str(exc)[:1000])
         if self.dependencies is not None:
             # Asked again while lost, so an idle worker does not say so until its next certificate.
             self.dependencies.lost(f"storage {store.backend}", str(exc)[:500], recheck=store.check)
