@@ -29,6 +29,12 @@ pytestmark = pytest.mark.integration
 LEARNERS = 24
 
 
+def stored_in(settings_factory, root: Path, outage_max_seconds: float = 3600) -> Settings:
+    """A test's settings with certificates stored under ``root``, rendered by one process."""
+    return settings_factory(certificate_storage_root=root, certificate_render_processes=1,
+                            storage_outage_max_seconds=outage_max_seconds)
+
+
 def blocked_store(tmp_path: Path) -> Path:
     """The store's root, made unusable: a file stands where its directory should be."""
     root = tmp_path / "certs"
@@ -74,8 +80,7 @@ def test_learners_wait_for_an_unusable_local_store_and_are_issued_once_it_takes_
     settings_factory, topics_for, processes, job_factory, tmp_path: Path
 ) -> None:
     root = blocked_store(tmp_path)
-    settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
-                                storage_outage_max_seconds=3600)
+    settings = stored_in(settings_factory, root)
     worker = started(settings, topics_for, processes, certificates(job_factory, "store-down"))
     worker.wait_for_log("its learners wait for the certificate store", timeout=90)
     # The job's page says why it stands still, from the batch's one BatchWaitingForDependency.
@@ -98,8 +103,7 @@ def test_a_disk_that_fills_up_during_the_job_holds_the_learners_left_until_it_ha
     is issued once, and every file is whole."""
     disk = small_disk("256k")
     root = disk / "certs"
-    settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
-                                storage_outage_max_seconds=3600)
+    settings = stored_in(settings_factory, root)
     worker = started(settings, topics_for, processes, certificates(job_factory, "disk-full"))
     worker.wait_for_log("No space left on device; its learners wait for the certificate store", timeout=90)
     fitted = len(list(root.rglob("*.pdf")))
@@ -118,8 +122,7 @@ def test_a_worker_stopped_while_its_learners_wait_for_the_store_stops_and_the_ne
     settings_factory, topics_for, processes, job_factory, tmp_path: Path
 ) -> None:
     root = blocked_store(tmp_path)
-    settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
-                                storage_outage_max_seconds=3600)
+    settings = stored_in(settings_factory, root)
     worker = started(settings, topics_for, processes, certificates(job_factory, "store-stop"))
     worker.wait_for_log("its learners wait for the certificate store", timeout=90)
 
@@ -138,8 +141,7 @@ def test_an_outage_longer_than_the_setting_fails_the_learners_as_retryable(
     settings_factory, topics_for, processes, job_factory, tmp_path: Path
 ) -> None:
     root = blocked_store(tmp_path)
-    settings = settings_factory(certificate_storage_root=root, certificate_render_processes=1,
-                                storage_outage_max_seconds=1)
+    settings = stored_in(settings_factory, root, outage_max_seconds=1)
     started(settings, topics_for, processes, certificates(job_factory, "store-gone"))
     row = wait_for_job(settings, "store-gone", timeout=120)
     assert (row["succeeded"], row["failed"]) == (0, LEARNERS), row
